@@ -1,0 +1,36 @@
+# otel-sidecar: `make demo` and `make test` work on a fresh machine (they install what they need).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench prometheus docs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m agent.demo
+
+test: $(STAMP) prometheus
+	$(BIN)/ruff check agent tests
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent tests
+	$(BIN)/ruff format --check agent tests
+
+# Prometheus and promtool (Debian package) are needed by the scrape and rule tests; never skipped.
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Debian package prometheus (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+docs: $(STAMP)
+	$(BIN)/python -m agent.config.docs > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,76 @@
+"""The running agent: pipeline graph, admin endpoint, signals and the shutdown sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from agent.config.loader import AgentConfig
+from agent.pipeline.graph import Graph
+from agent.telemetry.admin import AdminServer
+from agent.telemetry.logs import component_logger
+from agent.telemetry.selfmetrics import SelfMetrics
+
+
+class Agent:
+    """Lifecycle: ``start`` (exporters → processors → receivers, then ready), ``stop`` (not ready, receivers
+    stop, everything buffered flushes downstream within ``service.shutdown_timeout``)."""
+
+    def __init__(self, config: AgentConfig, metrics: SelfMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or SelfMetrics()
+        self.graph = Graph(config, self.metrics)
+        self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.metrics, self.not_ready_reason)
+        self._log = component_logger("agent")
+        self._stopping = False
+        self._started = False
+        self._stop_requested = asyncio.Event()
+        self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
+
+    def not_ready_reason(self) -> str | None:
+        if self._stopping:
+            return "shutting down"
+        if not self._started or not self.graph.receivers_started:
+            return "starting: receivers are not listening yet"
+        return None
+
+    async def start(self) -> None:
+        await self.admin.start()
+        try:
+            await self.graph.start()
+        except Exception:
+            await self.graph.shutdown(time.monotonic() + 2.0)
+            await self.admin.shutdown()
+            raise
+        self._started = True
+        self._ready_gauge.set(1)
+        self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._ready_gauge.set(0)
+        timeout = float(self.config.service.shutdown_timeout)
+        self._log.info("shutting down: flushing buffered data", extra={"timeout_seconds": timeout})
+        started = time.monotonic()
+        await self.graph.shutdown(started + timeout)
+        await self.admin.shutdown()
+        self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+    def request_stop(self) -> None:
+        if self._stop_requested.is_set():
+            self._log.error("second termination signal: exiting without flushing")
+            os._exit(1)
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stop_requested.wait()
+        await self.stop()

@@ -1,0 +1,123 @@
+"""The stage model: signals, consumers, components and their factories.
+
+Data moves between stages as the OTLP export request messages themselves
+(``ExportTraceServiceRequest`` and friends): no conversion to intermediate objects on the hot path.
+
+Ownership rule (as in the Collector's ``consumer`` package): once ``consume(batch)`` returns, the batch
+belongs to the callee; the caller must neither read nor modify it again. A stage that fans out to
+several consumers gives each mutating consumer its own copy.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from agent.telemetry.selfmetrics import SelfMetrics
+
+
+class Signal(enum.StrEnum):
+    TRACES = "traces"
+    METRICS = "metrics"
+    LOGS = "logs"
+
+
+class Kind(enum.StrEnum):
+    RECEIVER = "receiver"
+    PROCESSOR = "processor"
+    EXPORTER = "exporter"
+    CONNECTOR = "connector"
+
+    @property
+    def section(self) -> str:
+        return self.value + "s"
+
+
+class Refused(Exception):
+    """The pipeline cannot take the batch now (a full buffer); the sender should retry after ``retry_after``.
+
+    Nothing of the refused batch has been accepted, so a retry does not duplicate data.
+    """
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """The batch can never be accepted (bad data); retrying it is pointless."""
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A stage that takes batches of one signal.
+
+    ``consume`` never blocks: it either takes ownership of the batch, or raises :class:`Refused`
+    (retryable, nothing taken) or :class:`PermanentError`.
+    """
+
+    def consume(self, batch: Message) -> None: ...
+
+
+class Component(Protocol):
+    """Lifecycle shared by every stage.
+
+    ``start`` runs on the agent's event loop before any data arrives. ``shutdown`` flushes what the
+    component holds to its consumers, then releases resources; it must be idempotent, safe to call
+    without ``start``, and finish by ``deadline`` (a ``time.monotonic()`` instant).
+    """
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self, deadline: float) -> None: ...
+
+
+class Exporter(Component, Protocol):
+    """A pipeline end; one instance serves every pipeline (and signal) that names it."""
+
+    def consumer_for(self, signal: Signal) -> Consumer: ...
+
+
+@dataclass(frozen=True)
+class CreateSettings:
+    """What every component is built with: its identity, a logger and the agent's own metrics."""
+
+    component_id: str
+    kind: Kind
+    logger: logging.Logger
+    metrics: SelfMetrics
+
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Factory(Generic[C]):
+    """How to configure and build one component type (``otlp``, ``file``, ``tail_sampling`` …).
+
+    ``create`` signatures by kind:
+      - receiver:  ``create(cfg, settings, consumers: Mapping[Signal, Consumer]) -> Component``
+      - processor: ``create(cfg, settings, signal, next_consumer) -> Component & Consumer``
+      - exporter:  ``create(cfg, settings) -> Exporter``
+      - connector: ``create(cfg, settings, consumers: Mapping[Signal, Consumer]) -> Exporter``
+        (it is an exporter in its input pipelines and a receiver of its output pipelines).
+    """
+
+    kind: Kind
+    type: str
+    config_class: type[C]
+    signals: frozenset[Signal]
+    create: Callable[..., Any]
+    description: str
+    output_signals: frozenset[Signal] = frozenset()
+    mutates_data: bool = False
+
+
+ConsumerMap = Mapping[Signal, Consumer]

@@ -1,0 +1,213 @@
+"""Load the agent config: YAML, ``${env:…}`` substitution, typed component configs, pipeline checks."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.component import Factory, Kind, Signal
+from agent.config.schema import ConfigError, ConfigInvalid, build, join_path, to_plain
+from agent.config.service import PipelineConfig, ServiceConfig
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
+_SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    id: str
+    kind: Kind
+    factory: Factory[Any]
+    config: Any
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    receivers: dict[str, ComponentConfig] = field(default_factory=dict)
+    processors: dict[str, ComponentConfig] = field(default_factory=dict)
+    exporters: dict[str, ComponentConfig] = field(default_factory=dict)
+    connectors: dict[str, ComponentConfig] = field(default_factory=dict)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    def section(self, kind: Kind) -> dict[str, ComponentConfig]:
+        return getattr(self, kind.section)  # type: ignore[no-any-return]
+
+    def effective(self, *, mask_secrets: bool = True) -> dict[str, Any]:
+        """The config with every default filled in, as plain data (``print-config``)."""
+        out: dict[str, Any] = {}
+        for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.CONNECTOR, Kind.EXPORTER):
+            components = self.section(kind)
+            if components:
+                out[kind.section] = {
+                    cid: to_plain(c.config, mask_secrets=mask_secrets) for cid, c in components.items()
+                }
+        out["service"] = to_plain(self.service, mask_secrets=mask_secrets)
+        return out
+
+
+def default_config_text() -> str:
+    return resources.files("agent").joinpath("default_config.yaml").read_text()
+
+
+def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load a config file, or the packaged default config when ``path`` is None."""
+    if path is None:
+        return load_text(default_config_text(), environ)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigInvalid([ConfigError("", f"cannot read config file {path}: {exc.strerror}")]) from None
+    return load_text(text, environ)
+
+
+def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
+    errors: list[ConfigError] = []
+    raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
+    config = parse(raw, errors)
+    if errors:
+        raise ConfigInvalid(errors)
+    assert config is not None
+    return config
+
+
+def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: list[ConfigError]) -> Any:
+    """Replace ``${env:NAME}`` and ``${env:NAME:-default}`` in every string value.
+
+    A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number.
+    """
+    if isinstance(node, dict):
+        return {k: substitute_env(v, join_path(path, str(k)), environ, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_env(v, join_path(path, i), environ, errors) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        errors.append(ConfigError(path, f"environment variable {name} is not set and has no default"))
+        return ""
+
+    whole = _ENV_REF.fullmatch(node) is not None
+    result = _ENV_REF.sub(replace, node)
+    if whole and result:
+        try:
+            return yaml.safe_load(result)
+        except yaml.YAMLError:
+            return result
+    return result
+
+
+def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
+    from agent.registry import factories_for
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(ConfigError("", "the config must be a mapping with receivers, exporters and service"))
+        return None
+    for key in raw:
+        if key not in _SECTIONS:
+            errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
+    sections: dict[str, dict[str, ComponentConfig]] = {}
+    for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
+        sections[kind.section] = _parse_components(kind, raw.get(kind.section), factories_for(kind), errors)
+    service = build(ServiceConfig, raw.get("service"), "service", errors)
+    if service is None:
+        return None
+    config = AgentConfig(service=service, **sections)
+    for pipeline_id, pipeline in service.pipelines.items():
+        if pipeline is not None:
+            _check_pipeline(config, pipeline_id, pipeline, errors)
+    _check_connectors_used_both_ways(config, errors)
+    return config
+
+
+def _parse_components(
+    kind: Kind, raw: Any, factories: Mapping[str, Factory[Any]], errors: list[ConfigError]
+) -> dict[str, ComponentConfig]:
+    section = kind.section
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append(ConfigError(section, "must be a mapping of component ids to their settings"))
+        return {}
+    out: dict[str, ComponentConfig] = {}
+    for component_id, body in raw.items():
+        path = join_path(section, str(component_id))
+        if not isinstance(component_id, str) or not _COMPONENT_ID.match(component_id):
+            errors.append(ConfigError(path, "component id must be type or type/name (lower_snake_case type)"))
+            continue
+        type_name = component_id.split("/", 1)[0]
+        factory = factories.get(type_name)
+        if factory is None:
+            known = ", ".join(sorted(factories)) or "none"
+            errors.append(ConfigError(path, f"unknown {kind.value} type {type_name!r}; known types: {known}"))
+            continue
+        config = build(factory.config_class, body, path, errors)
+        if config is not None:
+            out[component_id] = ComponentConfig(component_id, kind, factory, config)
+    return out
+
+
+def _check_pipeline(config: AgentConfig, pipeline_id: str, pipeline: PipelineConfig, errors: list[ConfigError]) -> None:
+    try:
+        signal = Signal(pipeline_id.split("/", 1)[0])
+    except ValueError:
+        return  # reported by ServiceConfig.validate
+    base = f"service.pipelines.{pipeline_id}"
+    for index, name in enumerate(pipeline.receivers):
+        path = f"{base}.receivers[{index}]"
+        if name in config.connectors:
+            if signal not in config.connectors[name].factory.output_signals:
+                errors.append(ConfigError(path, f"connector {name} does not produce {signal}"))
+        elif name in config.receivers:
+            _require_signal(config.receivers[name], signal, path, errors)
+        else:
+            errors.append(ConfigError(path, f"receiver {name} is not defined under receivers or connectors"))
+    for index, name in enumerate(pipeline.processors):
+        path = f"{base}.processors[{index}]"
+        if name not in config.processors:
+            errors.append(ConfigError(path, f"processor {name} is not defined under processors"))
+        else:
+            _require_signal(config.processors[name], signal, path, errors)
+    for index, name in enumerate(pipeline.exporters):
+        path = f"{base}.exporters[{index}]"
+        component = config.exporters.get(name) or config.connectors.get(name)
+        if component is None:
+            errors.append(ConfigError(path, f"exporter {name} is not defined under exporters or connectors"))
+        else:
+            _require_signal(component, signal, path, errors)
+
+
+def _require_signal(component: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:
+    if signal not in component.factory.signals:
+        supported = ", ".join(sorted(component.factory.signals))
+        errors.append(ConfigError(path, f"{component.id} does not support {signal} (supports {supported})"))
+
+
+def _check_connectors_used_both_ways(config: AgentConfig, errors: list[ConfigError]) -> None:
+    pipelines = config.service.pipelines.values()
+    for connector_id in config.connectors:
+        as_exporter = any(connector_id in p.exporters for p in pipelines if p)
+        as_receiver = any(connector_id in p.receivers for p in pipelines if p)
+        if as_exporter != as_receiver:
+            missing = "a receiver" if as_exporter else "an exporter"
+            errors.append(
+                ConfigError(f"connectors.{connector_id}", f"a connector must also be used as {missing} in a pipeline")
+            )

@@ -1,0 +1,349 @@
+"""Typed configuration: dataclasses built from YAML with every error collected and path-qualified.
+
+A config class is a frozen dataclass whose fields are declared with :func:`setting`. :func:`build`
+walks the raw mapping against the field types, so the schema (types, defaults, documentation,
+secrecy) lives in one place and also drives ``docs/configuration.md`` and ``print-config``.
+
+Supported field types: ``bool``, ``int``, ``float``, ``str``, :class:`Duration`, :class:`HostPort`,
+:class:`Url`, ``Literal[...]``, ``X | None``, ``list[X]``, ``dict[str, X]`` and nested config classes.
+A class may define ``validate(self) -> Iterable[tuple[str, str]]`` yielding ``(relative_path, message)``
+for rules that span several fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class Duration(float):
+    """Seconds, written in config as ``500ms``, ``10s``, ``2m``, ``1h30m`` or ``30d``."""
+
+    _UNITS: typing.ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        text = text.strip()
+        parts = cls._PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"must be a duration like '10s', '500ms' or '2m', got {text!r}")
+        return cls(sum(float(n) * cls._UNITS[u] for n, u in parts))
+
+    def render(self) -> str:
+        value = float(self)
+        for unit in ("d", "h", "m", "s"):
+            size = self._UNITS[unit]
+            if value >= size and (value / size).is_integer():
+                return f"{int(value / size)}{unit}"
+        return f"{round(value * 1000, 3):g}ms"
+
+
+class HostPort(str):
+    """A listen or dial address ``host:port`` (``[::1]:4317`` for IPv6)."""
+
+    _FORM = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]*):(\d{1,5})$")
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        match = cls._FORM.match(text)
+        if not match or int(match.group(2)) > 65535:
+            raise ValueError(f"must be host:port, got {text!r}")
+        return cls(text)
+
+    @property
+    def host(self) -> str:
+        host = self.rsplit(":", 1)[0]
+        return host.strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.rsplit(":", 1)[1])
+
+
+class Url(str):
+    """An ``http://`` or ``https://`` URL with a host."""
+
+    _FORM = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
+
+    @classmethod
+    def parse(cls, text: str) -> Url:
+        if not cls._FORM.match(text):
+            raise ValueError("must be a URL")
+        return cls(text)
+
+
+_CUSTOM_SCALARS: tuple[type, ...] = (Duration, HostPort, Url)
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    doc: str,
+    default_factory: Any = MISSING,
+    secret: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """Declare a config field with its documentation and constraints."""
+    metadata = {"doc": doc, "secret": secret, "minimum": minimum, "maximum": maximum}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigInvalid(Exception):
+    """Raised with every problem found in a config, each path-qualified."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def join_path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | None:
+    """Build a config class from raw YAML data; append problems to ``errors``; None if any field failed."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
+        return None
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in known:
+            errors.append(ConfigError(join_path(path, str(key)), _unknown_field_message(str(key), known)))
+    values: dict[str, Any] = {}
+    failed = False
+    for name, spec in known.items():
+        field_path = join_path(path, name)
+        if name not in raw:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                errors.append(ConfigError(field_path, "is required"))
+                failed = True
+            continue
+        before = len(errors)
+        value = _parse_value(hints[name], raw[name], field_path, errors)
+        if len(errors) == before:
+            _check_bounds(spec, value, field_path, errors)
+        if len(errors) > before:
+            failed = True
+            continue
+        values[name] = value
+    if failed:
+        return None
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as exc:
+        errors.append(ConfigError(path, str(exc)))
+        return None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        for sub, message in validate():
+            errors.append(ConfigError(join_path(path, sub) if sub else path, message))
+    return obj
+
+
+def _unknown_field_message(key: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known fields: {', '.join(known) or 'none'}"
+    return "unknown field" + hint
+
+
+def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: list[ConfigError]) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    low, high = spec.metadata.get("minimum"), spec.metadata.get("maximum")
+    if low is not None and value < low:
+        errors.append(ConfigError(path, "must be positive" if low == 1 else f"must be at least {low:g}"))
+    elif high is not None and value > high:
+        errors.append(ConfigError(path, f"must be at most {high:g}"))
+
+
+def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if raw is None:
+            return None
+        return _parse_value(options[0], raw, path, errors)
+    if origin is Literal:
+        choices = get_args(tp)
+        if raw not in choices:
+            errors.append(ConfigError(path, f"must be one of {', '.join(map(str, choices))}, got {raw!r}"))
+        return raw
+    if origin is list:
+        if not isinstance(raw, list):
+            errors.append(ConfigError(path, f"must be a list, got {_type_name(raw)}"))
+            return None
+        (item_tp,) = get_args(tp)
+        return [_parse_value(item_tp, item, join_path(path, i), errors) for i, item in enumerate(raw)]
+    if origin is dict:
+        if raw is None:
+            return {}
+        if not isinstance(raw, Mapping):
+            errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
+            return None
+        _, value_tp = get_args(tp)
+        return {str(k): _parse_value(value_tp, v, join_path(path, str(k)), errors) for k, v in raw.items()}
+    if is_dataclass(tp):
+        return build(tp, raw, path, errors)  # type: ignore[arg-type]
+    return _parse_scalar(tp, raw, path, errors)
+
+
+def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any:
+    if tp in _CUSTOM_SCALARS:
+        if not isinstance(raw, str):
+            errors.append(ConfigError(path, _custom_scalar_hint(tp, raw)))
+            return None
+        try:
+            return tp.parse(raw)
+        except ValueError as exc:
+            errors.append(ConfigError(path, str(exc)))
+            return None
+    if tp is bool:
+        if not isinstance(raw, bool):
+            errors.append(ConfigError(path, f"must be true or false, got {raw!r}"))
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            errors.append(ConfigError(path, f"must be an integer, got {raw!r}"))
+        return raw
+    if tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            errors.append(ConfigError(path, f"must be a number, got {raw!r}"))
+            return raw
+        return float(raw)
+    if tp is str:
+        if not isinstance(raw, str):
+            errors.append(ConfigError(path, f"must be a string, got {_type_name(raw)}"))
+        return raw
+    if tp is Any:
+        return raw
+    raise TypeError(f"unsupported config field type {tp!r} at {path}")
+
+
+def _custom_scalar_hint(tp: type, raw: Any) -> str:
+    if tp is Duration:
+        return f"must be a duration like '10s', '500ms' or '2m', got {raw!r}"
+    if tp is HostPort:
+        return f"must be host:port, got {raw!r}"
+    return "must be a URL"
+
+
+def _type_name(raw: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(raw), type(raw).__name__
+    )
+
+
+# --- rendering (print-config, docs) -------------------------------------------------------------------------------
+
+SECRET_MASK = "[REDACTED]"
+
+
+def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
+    """The effective config as plain YAML-able data, secrets masked."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for spec in fields(obj):
+            value = getattr(obj, spec.name)
+            if mask_secrets and spec.metadata.get("secret") and value:
+                out[spec.name] = _mask(value)
+            else:
+                out[spec.name] = to_plain(value, mask_secrets=mask_secrets)
+        return out
+    if isinstance(obj, Duration):
+        return obj.render()
+    if isinstance(obj, dict):
+        return {k: to_plain(v, mask_secrets=mask_secrets) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v, mask_secrets=mask_secrets) for v in obj]
+    if isinstance(obj, str):
+        return str(obj)
+    return obj
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict.fromkeys(value, SECRET_MASK)
+    return SECRET_MASK
+
+
+def describe_fields(cls: type, prefix: str = "") -> Iterable[tuple[str, str, str, str]]:
+    """Yield ``(path, type, default, doc)`` for every field of a config class, depth first."""
+    hints = get_type_hints(cls)
+    for spec in fields(cls):
+        path = join_path(prefix, spec.name)
+        tp = hints[spec.name]
+        doc = spec.metadata.get("doc", "")
+        if is_dataclass(tp):
+            yield path, "mapping", "", doc
+            yield from describe_fields(tp, path)  # type: ignore[arg-type]
+            continue
+        yield path, _type_label(tp), _default_label(spec), doc
+        item = _collection_item_type(tp)
+        if item is not None:
+            yield from describe_fields(item, path + ("[]" if get_origin(tp) is list else ".<name>"))
+
+
+def _collection_item_type(tp: Any) -> type | None:
+    args = get_args(tp)
+    if get_origin(tp) in (list, dict) and args and is_dataclass(args[-1]):
+        return args[-1]  # type: ignore[return-value]
+    return None
+
+
+def _type_label(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return _type_label(inner[0]) + " (optional)"
+    if origin is Literal:
+        return " \\| ".join(f"`{c}`" for c in get_args(tp))
+    if origin is list:
+        return f"list of {_type_label(get_args(tp)[0])}"
+    if origin is dict:
+        return f"map of {_type_label(get_args(tp)[1])}"
+    if is_dataclass(tp):
+        return "mapping"
+    return {Duration: "duration", HostPort: "host:port", Url: "URL"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _default_label(spec: dataclasses.Field[Any]) -> str:
+    if spec.default is not MISSING:
+        value = spec.default
+    elif spec.default_factory is not MISSING:
+        value = spec.default_factory()
+    else:
+        return "required"
+    if spec.metadata.get("secret") and value:
+        return SECRET_MASK
+    plain = to_plain(value, mask_secrets=False)
+    if plain in ({}, [], None, ""):
+        return "—" if plain in (None, "") else f"`{plain}`"
+    if isinstance(plain, bool):
+        return f"`{str(plain).lower()}`"
+    return f"`{plain}`"

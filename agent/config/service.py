@@ -1,0 +1,67 @@
+"""The ``service`` section: pipelines, the agent's own telemetry and shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config.schema import Duration, HostPort, setting
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    receivers: list[str] = setting(doc="Receivers (or connectors) feeding the pipeline.", default_factory=list)
+    processors: list[str] = setting(doc="Processors applied in order.", default_factory=list)
+    exporters: list[str] = setting(doc="Exporters (or connectors) every batch is sent to.", default_factory=list)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not self.receivers:
+            yield "receivers", "must name at least one receiver"
+        if not self.exporters:
+            yield "exporters", "must name at least one exporter"
+        for section in ("receivers", "processors", "exporters"):
+            names = getattr(self, section)
+            for name in sorted({n for n in names if names.count(n) > 1}):
+                yield section, f"names {name} more than once"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    endpoint: HostPort = setting(
+        HostPort("127.0.0.1:13133"),
+        doc="Listen address of /health/live, /health/ready and /metrics (the agent's own telemetry).",
+    )
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    level: Literal["debug", "info", "warning", "error"] = setting("info", doc="Minimum level logged.")
+    format: Literal["json", "text"] = setting("json", doc="`json` lines for log collectors, `text` for humans.")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    admin: AdminConfig = setting(doc="The admin HTTP endpoint.", default_factory=AdminConfig)
+    logs: LogsConfig = setting(doc="The agent's own logs (stdout).", default_factory=LogsConfig)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    pipelines: dict[str, PipelineConfig] = setting(
+        doc="Pipelines by id: `traces`, `metrics` or `logs`, optionally `/name` (`traces/sampling`).",
+        default_factory=dict,
+    )
+    telemetry: TelemetryConfig = setting(doc="The agent's own telemetry.", default_factory=TelemetryConfig)
+    shutdown_timeout: Duration = setting(
+        Duration(25.0),
+        doc="Time to flush everything buffered after SIGTERM; keep it under the pod's grace period (30s).",
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not self.pipelines:
+            yield "pipelines", "must define at least one pipeline"
+        for pipeline_id in self.pipelines:
+            signal = pipeline_id.split("/", 1)[0]
+            if signal not in ("traces", "metrics", "logs"):
+                yield f"pipelines.{pipeline_id}", "pipeline id must start with traces, metrics or logs"

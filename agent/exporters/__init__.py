@@ -1,0 +1,1 @@
+"""Exporters: the ends of pipelines."""

@@ -1,0 +1,1 @@
+"""Machinery shared by exporters: bounded sending queue and its workers."""

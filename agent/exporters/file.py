@@ -1,0 +1,109 @@
+"""``file`` exporter: OTLP/JSON lines, one export request per line, a file per signal.
+
+The format is the Collector ``fileexporter``'s: ``traces.jsonl``, ``metrics.jsonl``, ``logs.jsonl`` in
+``path``, each line an ``Export*ServiceRequest`` in OTLP/JSON. Files rotate by size when
+``rotation.max_megabytes`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, CreateSettings, Factory, Kind, Signal
+from agent.config.schema import setting
+from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
+from agent.otlp import json_codec
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    max_megabytes: int = setting(0, doc="Rotate a file when it exceeds this size; 0 turns rotation off.", minimum=0)
+    max_backups: int = setting(3, doc="Rotated files kept per signal (`traces.jsonl.1` is the newest).", minimum=0)
+
+
+@dataclass(frozen=True)
+class FileExporterConfig:
+    path: str = setting(doc="Directory the `<signal>.jsonl` files are written to (created if missing).")
+    rotation: RotationConfig = setting(doc="Size-based rotation.", default_factory=RotationConfig)
+    sending_queue: SendingQueueConfig = setting(
+        doc="Bounded queue in front of the writer.", default_factory=SendingQueueConfig
+    )
+
+    def validate(self) -> list[tuple[str, str]]:
+        return [("path", "must not be empty")] if not self.path.strip() else []
+
+
+class _SignalConsumer:
+    def __init__(self, queue: SendingQueue, signal: Signal) -> None:
+        self._queue = queue
+        self._signal = signal
+
+    def consume(self, batch: Message) -> None:
+        self._queue.offer(self._signal, batch)
+
+
+class FileExporter:
+    def __init__(self, config: FileExporterConfig, settings: CreateSettings) -> None:
+        self._config = config
+        self._settings = settings
+        self._dir = Path(config.path)
+        self._files: dict[Signal, IO[bytes]] = {}
+        self._queue = SendingQueue(settings, config.sending_queue, self._write)
+        self._write_lock = asyncio.Lock()  # one writer at a time keeps lines whole and rotation safe
+
+    def consumer_for(self, signal: Signal) -> Consumer:
+        return _SignalConsumer(self._queue, signal)
+
+    async def start(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        await self._queue.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._queue.shutdown(deadline)
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    async def _write(self, signal: Signal, batch: Message) -> None:
+        line = json_codec.encode(batch) + b"\n"
+        async with self._write_lock:
+            await asyncio.to_thread(self._append, signal, line)
+
+    def _append(self, signal: Signal, line: bytes) -> None:
+        handle = self._files.get(signal)
+        if handle is None:
+            handle = self._files[signal] = open(self._dir / f"{signal.value}.jsonl", "ab")  # noqa: SIM115
+        handle.write(line)
+        handle.flush()
+        limit = self._config.rotation.max_megabytes * 1024 * 1024
+        if limit and handle.tell() >= limit:
+            handle.close()
+            del self._files[signal]
+            self._rotate(self._dir / f"{signal.value}.jsonl")
+
+    def _rotate(self, current: Path) -> None:
+        backups = self._config.rotation.max_backups
+        if backups == 0:
+            current.unlink(missing_ok=True)
+            return
+        for index in range(backups - 1, 0, -1):
+            older = current.with_name(f"{current.name}.{index}")
+            if older.exists():
+                os.replace(older, current.with_name(f"{current.name}.{index + 1}"))
+        os.replace(current, current.with_name(f"{current.name}.1"))
+
+
+FACTORY: Factory[FileExporterConfig] = Factory(
+    kind=Kind.EXPORTER,
+    type="file",
+    config_class=FileExporterConfig,
+    signals=frozenset(Signal),
+    create=lambda cfg, settings: FileExporter(cfg, settings),
+    description="Writes OTLP/JSON lines, one export request per line, a file per signal.",
+)

@@ -1,0 +1,1 @@
+"""OTLP message helpers shared by receivers, processors and exporters."""

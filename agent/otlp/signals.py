@@ -1,0 +1,156 @@
+"""Per-signal facts about the OTLP export messages: types, item counts, id validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from agent.component import Signal
+
+TRACE_ID_BYTES = 16
+SPAN_ID_BYTES = 8
+
+
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def count_log_records(request: ExportLogsServiceRequest) -> int:
+    return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+
+
+def count_data_points(request: ExportMetricsServiceRequest) -> int:
+    total = 0
+    for rm in request.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total
+
+
+def _valid_span_ids(span: Message) -> bool:
+    return (
+        len(span.trace_id) == TRACE_ID_BYTES
+        and any(span.trace_id)
+        and len(span.span_id) == SPAN_ID_BYTES
+        and any(span.span_id)
+        and len(span.parent_span_id) in (0, SPAN_ID_BYTES)
+    )
+
+
+def _valid_log_ids(record: Message) -> bool:
+    return len(record.trace_id) in (0, TRACE_ID_BYTES) and len(record.span_id) in (0, SPAN_ID_BYTES)
+
+
+def reject_invalid_spans(request: ExportTraceServiceRequest) -> int:
+    """Remove spans whose ids cannot be right (trace id not 16 non-zero bytes, span id not 8); return how many."""
+    rejected = 0
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            if all(_valid_span_ids(s) for s in ss.spans):
+                continue
+            keep = [s for s in ss.spans if _valid_span_ids(s)]
+            rejected += len(ss.spans) - len(keep)
+            del ss.spans[:]
+            ss.spans.extend(keep)
+    return rejected
+
+
+def reject_invalid_log_records(request: ExportLogsServiceRequest) -> int:
+    """Remove log records with a trace id that is not 16 bytes or a span id that is not 8; return how many."""
+    rejected = 0
+    for rl in request.resource_logs:
+        for sl in rl.scope_logs:
+            if all(_valid_log_ids(r) for r in sl.log_records):
+                continue
+            keep = [r for r in sl.log_records if _valid_log_ids(r)]
+            rejected += len(sl.log_records) - len(keep)
+            del sl.log_records[:]
+            sl.log_records.extend(keep)
+    return rejected
+
+
+def _reject_nothing(_: Message) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    signal: Signal
+    request_type: type[Message]
+    response_type: type[Message]
+    partial_success_type: type[Message]
+    rejected_field: str
+    item_name: str
+    count_items: Callable[[Message], int]
+    reject_invalid: Callable[[Message], int]
+    http_path: str
+    grpc_service: str
+
+    def response(self, rejected: int = 0, message: str = "") -> Message:
+        """An export response; ``partial_success`` stays unset on full success, as the spec asks."""
+        response = self.response_type()
+        if rejected or message:
+            partial = self.partial_success_type(error_message=message)
+            setattr(partial, self.rejected_field, rejected)
+            response.partial_success.CopyFrom(partial)
+        return response
+
+
+SPECS: dict[Signal, SignalSpec] = {
+    Signal.TRACES: SignalSpec(
+        Signal.TRACES,
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+        ExportTracePartialSuccess,
+        "rejected_spans",
+        "spans",
+        count_spans,  # type: ignore[arg-type]
+        reject_invalid_spans,  # type: ignore[arg-type]
+        "/v1/traces",
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+    ),
+    Signal.METRICS: SignalSpec(
+        Signal.METRICS,
+        ExportMetricsServiceRequest,
+        ExportMetricsServiceResponse,
+        ExportMetricsPartialSuccess,
+        "rejected_data_points",
+        "data points",
+        count_data_points,  # type: ignore[arg-type]
+        _reject_nothing,
+        "/v1/metrics",
+        "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    ),
+    Signal.LOGS: SignalSpec(
+        Signal.LOGS,
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+        ExportLogsPartialSuccess,
+        "rejected_log_records",
+        "log records",
+        count_log_records,  # type: ignore[arg-type]
+        reject_invalid_log_records,  # type: ignore[arg-type]
+        "/v1/logs",
+        "opentelemetry.proto.collector.logs.v1.LogsService",
+    ),
+}

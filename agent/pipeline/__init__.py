@@ -1,0 +1,1 @@
+"""Pipelines: wiring receivers, processors, connectors and exporters into a graph with a lifecycle."""

@@ -1,0 +1,139 @@
+"""Build the component graph from a config and run its lifecycle.
+
+Components are created consumers-first (exporters, then processors from the last to the first, then
+receivers), which is also the order they start in: everything downstream is ready before data arrives.
+Shutdown runs the other way, so each component drains into consumers that are still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent.component import Consumer, CreateSettings, Kind, Signal
+from agent.config.loader import AgentConfig, ComponentConfig
+from agent.config.schema import ConfigError, ConfigInvalid
+from agent.pipeline.fanout import Target, fan_out
+from agent.telemetry.logs import component_logger
+from agent.telemetry.selfmetrics import SelfMetrics
+
+
+@dataclass
+class _Node:
+    kind: Kind
+    id: str
+    instance: Any
+
+
+@dataclass(frozen=True)
+class _Entry:
+    consumer: Consumer
+    mutates: bool
+
+
+class Graph:
+    def __init__(self, config: AgentConfig, metrics: SelfMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._nodes: list[_Node] = []
+        self._exporters: dict[str, Any] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._building: set[str] = set()
+        self._log = component_logger("pipeline")
+        self.receivers_started = False
+        self._build()
+
+    @property
+    def components(self) -> list[tuple[Kind, str, Any]]:
+        return [(n.kind, n.id, n.instance) for n in self._nodes]
+
+    def component(self, component_id: str, kind: Kind | None = None) -> Any:
+        for node in self._nodes:
+            if node.id == component_id and (kind is None or node.kind is kind):
+                return node.instance
+        raise KeyError(component_id)
+
+    async def start(self) -> None:
+        for node in self._nodes:
+            try:
+                await node.instance.start()
+            except Exception as exc:
+                raise RuntimeError(f"{node.kind.section}.{node.id}: failed to start: {exc}") from exc
+        self.receivers_started = True
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop receivers, then flush every stage downstream in turn; never raises."""
+        self.receivers_started = False
+        for node in reversed(self._nodes):
+            try:
+                await asyncio.wait_for(node.instance.shutdown(deadline), max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                self._log.error("shutdown deadline passed", extra={"component": f"{node.kind.section}.{node.id}"})
+            except Exception:
+                self._log.exception("shutdown failed", extra={"component": f"{node.kind.section}.{node.id}"})
+
+    # --- construction ------------------------------------------------------------------------------------------
+
+    def _settings(self, component: ComponentConfig, suffix: str = "") -> CreateSettings:
+        logger: logging.Logger = component_logger(component.id + suffix)
+        return CreateSettings(component.id, component.kind, logger, self._metrics)
+
+    def _build(self) -> None:
+        for pipeline_id in self._config.service.pipelines:
+            self._pipeline_entry(pipeline_id)
+        for receiver_id, component in self._config.receivers.items():
+            consumers = self._consumers_fed_by(receiver_id)
+            if not consumers:
+                continue  # defined but used by no pipeline, as in the Collector
+            instance = component.factory.create(component.config, self._settings(component), consumers)
+            self._nodes.append(_Node(Kind.RECEIVER, receiver_id, instance))
+
+    def _consumers_fed_by(self, receiver_id: str) -> dict[Signal, Consumer]:
+        by_signal: dict[Signal, list[Target]] = {}
+        for pipeline_id, pipeline in self._config.service.pipelines.items():
+            if receiver_id in pipeline.receivers:
+                entry = self._pipeline_entry(pipeline_id)
+                signal = Signal(pipeline_id.split("/", 1)[0])
+                by_signal.setdefault(signal, []).append(Target(entry.consumer, entry.mutates))
+        return {signal: fan_out(targets) for signal, targets in by_signal.items()}
+
+    def _pipeline_entry(self, pipeline_id: str) -> _Entry:
+        if pipeline_id in self._entries:
+            return self._entries[pipeline_id]
+        if pipeline_id in self._building:
+            raise ConfigInvalid([ConfigError(f"service.pipelines.{pipeline_id}", "connectors form a cycle")])
+        self._building.add(pipeline_id)
+        pipeline = self._config.service.pipelines[pipeline_id]
+        signal = Signal(pipeline_id.split("/", 1)[0])
+        targets = [Target(self._exporter(name).consumer_for(signal), False) for name in pipeline.exporters]
+        consumer = fan_out(targets)
+        mutates = False
+        for processor_id in reversed(pipeline.processors):
+            component = self._config.processors[processor_id]
+            settings = self._settings(component, f"[{pipeline_id}]")
+            consumer = component.factory.create(component.config, settings, signal, consumer)
+            mutates = mutates or component.factory.mutates_data
+            self._nodes.append(_Node(Kind.PROCESSOR, processor_id, consumer))
+        entry = _Entry(consumer, mutates)
+        self._entries[pipeline_id] = entry
+        self._building.discard(pipeline_id)
+        return entry
+
+    def _exporter(self, exporter_id: str) -> Any:
+        if exporter_id in self._exporters:
+            return self._exporters[exporter_id]
+        if exporter_id in self._config.connectors:
+            component = self._config.connectors[exporter_id]
+            consumers = self._consumers_fed_by(exporter_id)
+            instance = component.factory.create(component.config, self._settings(component), consumers)
+            kind = Kind.CONNECTOR
+        else:
+            component = self._config.exporters[exporter_id]
+            instance = component.factory.create(component.config, self._settings(component))
+            kind = Kind.EXPORTER
+        self._exporters[exporter_id] = instance
+        self._nodes.append(_Node(kind, exporter_id, instance))
+        return instance

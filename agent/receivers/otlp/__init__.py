@@ -1,0 +1,80 @@
+"""``otlp`` receiver: OTLP over gRPC (4317) and HTTP (4318, protobuf and JSON, gzip)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
+from agent.config.schema import HostPort, setting
+from agent.receivers.otlp.core import ExportHandler
+from agent.receivers.otlp.grpc_server import GrpcServer
+from agent.receivers.otlp.http_server import HttpServer
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    enabled: bool = setting(True, doc="Serve OTLP/gRPC.")
+    endpoint: HostPort = setting(
+        HostPort("127.0.0.1:4317"), doc="Listen address; the default is reachable only from inside the pod."
+    )
+    max_recv_msg_size_mib: int = setting(
+        16, doc="Largest request accepted (after decompression); larger ones get RESOURCE_EXHAUSTED.", minimum=1
+    )
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = setting(True, doc="Serve OTLP/HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`).")
+    endpoint: HostPort = setting(
+        HostPort("127.0.0.1:4318"), doc="Listen address; the default is reachable only from inside the pod."
+    )
+    max_request_body_size_mib: int = setting(
+        16, doc="Largest request body accepted (after decompression); larger ones get 413.", minimum=1
+    )
+
+
+@dataclass(frozen=True)
+class OtlpReceiverConfig:
+    grpc: GrpcConfig = setting(doc="OTLP/gRPC server.", default_factory=GrpcConfig)
+    http: HttpConfig = setting(doc="OTLP/HTTP server.", default_factory=HttpConfig)
+    retry_after: float = setting(
+        1.0, doc="Seconds a refused sender is told to wait (gRPC RetryInfo, HTTP Retry-After).", minimum=0
+    )
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.grpc.enabled and not self.http.enabled:
+            problems.append(("", "enable at least one of grpc and http"))
+        if self.grpc.enabled and self.http.enabled and self.grpc.endpoint == self.http.endpoint:
+            problems.append(("http.endpoint", "must differ from grpc.endpoint"))
+        return problems
+
+
+class OtlpReceiver:
+    def __init__(self, config: OtlpReceiverConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
+        handler = ExportHandler(settings, consumers, config.retry_after)
+        self._servers: list[GrpcServer | HttpServer] = []
+        if config.grpc.enabled:
+            self._servers.append(GrpcServer(config.grpc.endpoint, config.grpc.max_recv_msg_size_mib, handler, settings))
+        if config.http.enabled:
+            self._servers.append(
+                HttpServer(config.http.endpoint, config.http.max_request_body_size_mib, handler, settings)
+            )
+
+    async def start(self) -> None:
+        for server in self._servers:
+            await server.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await asyncio.gather(*(server.shutdown(deadline) for server in self._servers))
+
+
+FACTORY: Factory[OtlpReceiverConfig] = Factory(
+    kind=Kind.RECEIVER,
+    type="otlp",
+    config_class=OtlpReceiverConfig,
+    signals=frozenset(Signal),
+    create=lambda cfg, settings, consumers: OtlpReceiver(cfg, settings, consumers),
+    description="OTLP over gRPC and HTTP (protobuf and JSON, gzip).",
+)

@@ -1,0 +1,95 @@
+"""Transport-independent handling of one OTLP export request: validate, hand to the pipeline, answer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
+from agent.component import ConsumerMap, CreateSettings, PermanentError, Refused, Signal
+from agent.otlp import json_codec
+from agent.otlp.signals import SPECS
+from agent.telemetry.logs import RateLimitedLog
+
+
+class Failure(enum.StrEnum):
+    """Why a whole request was not accepted; each maps to a gRPC code and an HTTP status."""
+
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REFUSED = "backpressure"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class RequestFailed(Exception):
+    failure: Failure
+    message: str
+    retry_after: float = 0.0
+
+
+class ExportHandler:
+    """Shared by the gRPC and HTTP servers of one ``otlp`` receiver."""
+
+    def __init__(self, settings: CreateSettings, consumers: ConsumerMap, retry_after: float) -> None:
+        self._settings = settings
+        self._consumers = consumers
+        self._retry_after = retry_after
+        self._log = RateLimitedLog(settings.logger)
+        m = settings.metrics
+        labels = ["receiver", "transport", "signal"]
+        self._accepted = m.counter("receiver_accepted_items_total", "Items accepted into the pipeline.", labels)
+        self._refused = m.counter(
+            "receiver_refused_items_total",
+            "Items not accepted, by reason (backpressure: sender told to retry; invalid: rejected for good).",
+            [*labels, "reason"],
+        )
+        self._failed_requests = m.counter(
+            "receiver_failed_requests_total",
+            "Requests rejected whole before their items could be counted (malformed, too large, wrong type).",
+            [*labels, "reason"],
+        )
+
+    def accepts(self, signal: Signal) -> bool:
+        return signal in self._consumers
+
+    def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Message:
+        spec = SPECS[signal]
+        try:
+            if json:
+                return json_codec.decode(body, spec.request_type)
+            return spec.request_type.FromString(body)
+        except (DecodeError, json_codec.OtlpJsonError) as exc:
+            self.request_failed(signal, transport, Failure.MALFORMED)
+            raise RequestFailed(Failure.MALFORMED, f"cannot decode {spec.request_type.__name__}: {exc}") from None
+
+    def export(self, signal: Signal, request: Message, transport: str) -> Message:
+        """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success)."""
+        spec = SPECS[signal]
+        cid = self._settings.component_id
+        rejected = spec.reject_invalid(request)
+        message = ""
+        if rejected:
+            self._refused.labels(cid, transport, signal.value, "invalid").inc(rejected)
+            message = f"{rejected} {spec.item_name} rejected: trace id must be 16 bytes and span id 8 bytes"
+            self._log.warning(f"invalid:{signal}", message, receiver=cid, transport=transport)
+        items = spec.count_items(request)
+        if items:
+            consumer = self._consumers.get(signal)
+            if consumer is None:
+                raise RequestFailed(Failure.UNAVAILABLE, f"this agent has no {signal.value} pipeline")
+            try:
+                consumer.consume(request)
+            except Refused as exc:
+                self._refused.labels(cid, transport, signal.value, "backpressure").inc(items)
+                raise RequestFailed(Failure.REFUSED, f"{exc.reason}; retry later", self._retry_after) from None
+            except PermanentError as exc:
+                self._refused.labels(cid, transport, signal.value, "invalid").inc(items)
+                raise RequestFailed(Failure.MALFORMED, str(exc)) from None
+            self._accepted.labels(cid, transport, signal.value).inc(items)
+        return spec.response(rejected, message)
+
+    def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:
+        self._failed_requests.labels(self._settings.component_id, transport, signal.value, failure.value).inc()

@@ -1,0 +1,91 @@
+"""OTLP/gRPC: the three ``Export`` services on ``grpc.aio``.
+
+Requests are deserialized here rather than by gRPC so that a malformed or oversized message is counted
+and answered with a clear status instead of disappearing inside the gRPC core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from agent.component import CreateSettings, Signal
+from agent.config.schema import HostPort
+from agent.otlp.signals import SPECS
+from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+
+_GRPC_CODES = {
+    Failure.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    Failure.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Failure.REFUSED: grpc.StatusCode.UNAVAILABLE,
+    Failure.UNAVAILABLE: grpc.StatusCode.UNIMPLEMENTED,
+}
+_MIB = 1024 * 1024
+
+
+class GrpcServer:
+    def __init__(self, endpoint: HostPort, max_mib: int, handler: ExportHandler, settings: CreateSettings) -> None:
+        self._endpoint = endpoint
+        self._limit = max_mib * _MIB
+        self._handler = handler
+        self._settings = settings
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        # gRPC's own limit is set above ours so that requests between the two are counted and answered by us.
+        core_limit = min(self._limit * 2, 2**31 - 1)
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", core_limit), ("grpc.so_reuseport", 0)],
+        )
+        server.add_generic_rpc_handlers([self._service(signal) for signal in Signal if self._handler.accepts(signal)])
+        address = f"[{self._endpoint.host}]:{self._endpoint.port}" if ":" in self._endpoint.host else self._endpoint
+        if server.add_insecure_port(str(address)) == 0:
+            raise OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
+        await server.start()
+        self._server = server
+        self._settings.logger.info("OTLP/gRPC receiver listening", extra={"endpoint": str(self._endpoint)})
+
+    async def shutdown(self, deadline: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=max(deadline - time.monotonic(), 0.0) / 2)
+            self._server = None
+
+    def _service(self, signal: Signal) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(self._export_method(signal))  # raw bytes in and out
+        return grpc.method_handlers_generic_handler(SPECS[signal].grpc_service, {"Export": method})
+
+    def _export_method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        handler = self._handler
+
+        async def export(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                if len(raw) > self._limit:
+                    handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
+                    raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")
+                request = handler.decode(signal, raw, json=False, transport="grpc")
+                return handler.export(signal, request, "grpc").SerializeToString()
+            except RequestFailed as exc:
+                await context.abort(_GRPC_CODES[exc.failure], exc.message, _status_details(exc))
+            except Exception:
+                self._settings.logger.exception("internal error handling an OTLP/gRPC export")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the agent's log")
+            raise AssertionError("unreachable: abort raises")
+
+        return export
+
+
+def _status_details(exc: RequestFailed) -> tuple[tuple[str, bytes], ...]:
+    """``grpc-status-details-bin`` with a RetryInfo for refusals, which makes the sender's retry explicit."""
+    if exc.failure is not Failure.REFUSED:
+        return ()
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=0, seconds=int(exc.retry_after)))
+    if exc.retry_after % 1:
+        retry.retry_delay.nanos = int((exc.retry_after % 1) * 1e9)
+    detail = any_pb2.Any()
+    detail.Pack(retry)
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=exc.message, details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)

@@ -1,0 +1,105 @@
+"""OTLP/HTTP: ``POST /v1/{traces,metrics,logs}`` with protobuf or JSON bodies, gzip, on aiohttp."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+
+from agent.component import CreateSettings, Signal
+from agent.config.schema import HostPort
+from agent.otlp import json_codec
+from agent.otlp.signals import SPECS
+from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_MIB = 1024 * 1024
+
+_HTTP_STATUS = {
+    Failure.MALFORMED: (400, code_pb2.INVALID_ARGUMENT),
+    Failure.TOO_LARGE: (413, code_pb2.RESOURCE_EXHAUSTED),
+    Failure.UNSUPPORTED_MEDIA_TYPE: (415, code_pb2.INVALID_ARGUMENT),
+    Failure.REFUSED: (503, code_pb2.UNAVAILABLE),
+    Failure.UNAVAILABLE: (404, code_pb2.UNIMPLEMENTED),
+}
+
+
+class HttpServer:
+    def __init__(self, endpoint: HostPort, max_mib: int, handler: ExportHandler, settings: CreateSettings) -> None:
+        self._endpoint = endpoint
+        self._limit = max_mib * _MIB
+        self._handler = handler
+        self._settings = settings
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self._limit)
+        for signal in Signal:
+            app.router.add_post(SPECS[signal].http_path, self._route(signal))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._settings.logger.info("OTLP/HTTP receiver listening", extra={"endpoint": str(self._endpoint)})
+
+    async def shutdown(self, deadline: float) -> None:
+        # In-flight handlers do no I/O (they only enqueue), so aiohttp's own wait for them is short.
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _route(self, signal: Signal):  # type: ignore[no-untyped-def]
+        async def handle(request: web.Request) -> web.Response:
+            return await self._handle(signal, request)
+
+        return handle
+
+    async def _handle(self, signal: Signal, request: web.Request) -> web.Response:
+        content_type = request.content_type.lower()
+        as_json = content_type == JSON
+        try:
+            if content_type not in (PROTOBUF, JSON):
+                self._handler.request_failed(signal, "http", Failure.UNSUPPORTED_MEDIA_TYPE)
+                raise RequestFailed(
+                    Failure.UNSUPPORTED_MEDIA_TYPE,
+                    f"unsupported content type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}",
+                )
+            body = await self._read_body(signal, request)
+            message = self._handler.decode(signal, body, json=as_json, transport="http")
+            response = self._handler.export(signal, message, "http")
+            return _reply(200, response, as_json)
+        except RequestFailed as exc:
+            status, code = _HTTP_STATUS[exc.failure]
+            if exc.failure is Failure.UNSUPPORTED_MEDIA_TYPE:
+                # The sender's content type is unknown, so the answer cannot mirror it: plain text for humans.
+                return web.Response(status=status, text=exc.message)
+            reply = _reply(status, status_pb2.Status(code=code, message=exc.message), as_json)
+            if exc.failure is Failure.REFUSED:
+                reply.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            return reply
+        except Exception:
+            self._settings.logger.exception("internal error handling an OTLP/HTTP export")
+            return _reply(500, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"), as_json)
+
+    async def _read_body(self, signal: Signal, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._handler.request_failed(signal, "http", Failure.TOO_LARGE)
+            raise RequestFailed(Failure.TOO_LARGE, f"request body exceeds {self._limit} bytes") from None
+        except Exception as exc:  # a broken gzip stream, a connection dropped mid-body
+            self._handler.request_failed(signal, "http", Failure.MALFORMED)
+            raise RequestFailed(Failure.MALFORMED, f"cannot read request body: {exc}") from None
+
+
+def _reply(status: int, message: Message, as_json: bool) -> web.Response:
+    if as_json:
+        return web.Response(status=status, body=json_codec.encode(message), content_type=JSON)
+    return web.Response(status=status, body=message.SerializeToString(), content_type=PROTOBUF)

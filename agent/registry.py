@@ -1,0 +1,18 @@
+"""Every component type the agent knows, in one explicit table (no import-time registration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.component import Factory, Kind
+from agent.exporters import file as file_exporter
+from agent.receivers import otlp as otlp_receiver
+
+FACTORIES: tuple[Factory[Any], ...] = (
+    otlp_receiver.FACTORY,
+    file_exporter.FACTORY,
+)
+
+
+def factories_for(kind: Kind) -> dict[str, Factory[Any]]:
+    return {f.type: f for f in FACTORIES if f.kind is kind}

@@ -1,0 +1,1 @@
+"""The agent's own telemetry: logs, self-metrics and the admin endpoint."""

@@ -1,0 +1,56 @@
+"""Admin HTTP endpoint: liveness, readiness and the agent's own metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from agent.config.schema import HostPort
+from agent.telemetry.selfmetrics import SelfMetrics
+
+
+class AdminServer:
+    """``/health/live`` is 200 while the process serves; ``/health/ready`` is 200 only when ``not_ready()`` is None."""
+
+    def __init__(self, endpoint: HostPort, metrics: SelfMetrics, not_ready: Callable[[], str | None]) -> None:
+        self._endpoint = endpoint
+        self._metrics = metrics
+        self._not_ready = not_ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health/live", self._live)
+        app.router.add_get("/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics_page)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _live(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        reason = self._not_ready()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self._metrics.registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response

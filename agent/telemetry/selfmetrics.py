@@ -1,0 +1,57 @@
+"""The agent's own metrics, all named ``otel_sidecar_*``, on a registry owned by the agent (never the global one).
+
+Components ask for families by name; asking twice returns the same family, so several instances of one
+component type (``otlp/jaeger``, ``otlp/archive``) share a family and differ by their ``component`` label.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+PREFIX = "otel_sidecar"
+
+W = TypeVar("W", bound=MetricWrapperBase)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class SelfMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._families: dict[str, MetricWrapperBase] = {}
+        self._lock = threading.Lock()
+        ProcessCollector(namespace=PREFIX, registry=self.registry)
+
+    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return self._family(Counter, name, doc, labels)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        return self._family(Gauge, name, doc, labels)
+
+    def histogram(
+        self, name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> Histogram:
+        with self._lock:
+            family = self._families.get(name)
+            if family is None:
+                family = Histogram(f"{PREFIX}_{name}", doc, labels, registry=self.registry, buckets=buckets)
+                self._families[name] = family
+        return family  # type: ignore[return-value]
+
+    def _family(self, cls: type[W], name: str, doc: str, labels: Sequence[str]) -> W:
+        with self._lock:
+            family = self._families.get(name)
+            if family is None:
+                family = cls(f"{PREFIX}_{name}", doc, labels, registry=self.registry)
+                self._families[name] = family
+            elif not isinstance(family, cls):
+                raise ValueError(f"self-metric {name} already registered as {type(family).__name__}")
+        return family  # type: ignore[return-value]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

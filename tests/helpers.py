@@ -1,0 +1,208 @@
+"""Helpers for tests that run the agent as a real process on real ports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agent.otlp import json_codec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+    except OSError:
+        return 0, b"", {}
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def base_config(out_dir: Path) -> dict[str, Any]:
+    """A config on free ports writing to ``out_dir``; tests add to it."""
+    return {
+        "receivers": {
+            "otlp": {
+                "grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
+                "http": {"endpoint": f"127.0.0.1:{free_port()}"},
+            }
+        },
+        "exporters": {"file": {"path": str(out_dir)}},
+        "service": {
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "exporters": ["file"]},
+                "metrics": {"receivers": ["otlp"], "exporters": ["file"]},
+                "logs": {"receivers": ["otlp"], "exporters": ["file"]},
+            },
+            "telemetry": {"admin": {"endpoint": f"127.0.0.1:{free_port()}"}, "logs": {"level": "info"}},
+            "shutdown_timeout": "10s",
+        },
+    }
+
+
+@dataclass
+class AgentProcess:
+    config: dict[str, Any]
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "agent.log"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return str(self.config["receivers"]["otlp"]["grpc"]["endpoint"])
+
+    @property
+    def http_url(self) -> str:
+        return "http://" + str(self.config["receivers"]["otlp"]["http"]["endpoint"])
+
+    @property
+    def admin_url(self) -> str:
+        return "http://" + str(self.config["service"]["telemetry"]["admin"]["endpoint"])
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config["exporters"]["file"]["path"])
+
+    def start(self, wait_ready: bool = True) -> AgentProcess:
+        config_path = self.workdir / "agent.yaml"
+        config_path.write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if wait_ready:
+            wait_until(self.ready, timeout=20, what=f"agent ready (log: {self.log_path})")
+        return self
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+        return http_get(self.admin_url + "/health/ready")[0] == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        return http_get(self.admin_url + "/metrics")[1].decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        return metric_value(self.metrics(), name, **labels)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        series, _, label_text = head.partition("{")
+        if series != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+@contextlib.contextmanager
+def running_agent(tmp_path: Path, config: dict[str, Any] | None = None) -> Iterator[AgentProcess]:
+    agent = AgentProcess(config or base_config(tmp_path / "out"), tmp_path)
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.kill()
+
+
+_REQUEST_TYPES: dict[str, type[Message]] = {
+    "traces": ExportTraceServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+
+
+def read_output(out_dir: Path, signal_name: str) -> list[Any]:
+    """Every export request the file exporter wrote for a signal, decoded back to protobuf."""
+    path = out_dir / f"{signal_name}.jsonl"
+    if not path.exists():
+        return []
+    request_type = _REQUEST_TYPES[signal_name]
+    return [json_codec.decode(line.encode(), request_type) for line in path.read_text().splitlines() if line]
+
+
+def output_spans(out_dir: Path) -> list[tuple[Any, Any, Any]]:
+    """``(resource, scope, span)`` for every span written, flattened."""
+    found = []
+    for request in read_output(out_dir, "traces"):
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                found.extend((rs.resource, ss.scope, span) for span in ss.spans)
+    return found
+
+
+def dump(message: Message) -> str:
+    return json.dumps(json_codec.to_dict(message), indent=1, sort_keys=True)
