@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.message import Message
 
 if TYPE_CHECKING:
+    from agent.config.service import ServiceConfig
     from agent.telemetry.selfmetrics import SelfMetrics
 
 
@@ -87,12 +88,19 @@ class Exporter(Component, Protocol):
 
 @dataclass(frozen=True)
 class CreateSettings:
-    """What every component is built with: its identity, a logger and the agent's own metrics."""
+    """What every component is built with: its identity, a logger, the agent's own metrics, the service config.
+
+    ``shared`` is one dict per agent: instances of the same component in several pipelines (a processor in
+    the traces and the logs pipeline) keep their common state under their component id there, never in
+    module globals, so several agents can run in one process (tests).
+    """
 
     component_id: str
     kind: Kind
     logger: logging.Logger
     metrics: SelfMetrics
+    service: ServiceConfig
+    shared: dict[str, Any]
 
 
 C = TypeVar("C")
@@ -118,6 +126,9 @@ class Factory(Generic[C]):
     description: str
     output_signals: frozenset[Signal] = frozenset()
     mutates_data: bool = False
+    # Checks that need the whole config (retention classes named by a policy exist, ...):
+    # ``cross_check(cfg, agent_config) -> Iterable[(relative_path, message)]``.
+    cross_check: Callable[[Any, Any], Iterable[tuple[str, str]]] | None = None
 
 
 ConsumerMap = Mapping[Signal, Consumer]

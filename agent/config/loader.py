@@ -135,7 +135,18 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         if pipeline is not None:
             _check_pipeline(config, pipeline_id, pipeline, errors)
     _check_connectors_used_both_ways(config, errors)
+    _cross_check_components(config, errors)
     return config
+
+
+def _cross_check_components(config: AgentConfig, errors: list[ConfigError]) -> None:
+    for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
+        for component_id, component in config.section(kind).items():
+            check = component.factory.cross_check
+            if check is None:
+                continue
+            for sub, message in check(component.config, config):
+                errors.append(ConfigError(join_path(join_path(kind.section, component_id), sub), message))
 
 
 def _parse_components(

@@ -46,6 +46,32 @@ class TelemetryConfig:
     logs: LogsConfig = setting(doc="The agent's own logs (stdout).", default_factory=LogsConfig)
 
 
+DEFAULT_RETENTION_CLASSES = {
+    "error": Duration(30 * 86400),
+    "critical": Duration(30 * 86400),
+    "standard": Duration(7 * 86400),
+}
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    classes: dict[str, Duration] = setting(
+        doc="Retention classes and how long backends keep each. Sampling policies name the class they give a "
+        "trace; exporters and Loki labels route by it. Names are lower_snake_case.",
+        default_factory=lambda: dict(DEFAULT_RETENTION_CLASSES),
+    )
+    default_class: str = setting("standard", doc="Class of data no policy or rule classified.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not self.classes:
+            yield "classes", "must define at least one retention class"
+        for name in self.classes:
+            if not name.replace("_", "").isalnum() or not name.islower():
+                yield f"classes.{name}", "class names must be lower_snake_case"
+        if self.classes and self.default_class not in self.classes:
+            yield "default_class", f"must be one of the classes ({', '.join(self.classes)})"
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     pipelines: dict[str, PipelineConfig] = setting(
@@ -53,6 +79,10 @@ class ServiceConfig:
         default_factory=dict,
     )
     telemetry: TelemetryConfig = setting(doc="The agent's own telemetry.", default_factory=TelemetryConfig)
+    retention: RetentionConfig = setting(
+        doc="Retention classes, defined once for the sampler, the exporters and the backend configs.",
+        default_factory=RetentionConfig,
+    )
     shutdown_timeout: Duration = setting(
         Duration(25.0),
         doc="Time to flush everything buffered after SIGTERM; keep it under the pod's grace period (30s).",

@@ -42,6 +42,7 @@ class Graph:
         self._exporters: dict[str, Any] = {}
         self._entries: dict[str, _Entry] = {}
         self._building: set[str] = set()
+        self._shared: dict[str, Any] = {}
         self._log = component_logger("pipeline")
         self.receivers_started = False
         self._build()
@@ -79,7 +80,7 @@ class Graph:
 
     def _settings(self, component: ComponentConfig, suffix: str = "") -> CreateSettings:
         logger: logging.Logger = component_logger(component.id + suffix)
-        return CreateSettings(component.id, component.kind, logger, self._metrics)
+        return CreateSettings(component.id, component.kind, logger, self._metrics, self._config.service, self._shared)
 
     def _build(self) -> None:
         for pipeline_id in self._config.service.pipelines:
