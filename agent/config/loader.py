@@ -75,7 +75,11 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     errors: list[ConfigError] = []
     raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
+    substitution_failed = {e.path for e in errors}
+    substitution_errors = len(errors)
     config = parse(raw, errors)
+    # A value whose variable is missing fails validation too; the missing variable is the one thing to say.
+    errors[substitution_errors:] = [e for e in errors[substitution_errors:] if e.path not in substitution_failed]
     if errors:
         raise ConfigInvalid(errors)
     assert config is not None
@@ -125,15 +129,19 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         if key not in _SECTIONS:
             errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
     sections: dict[str, dict[str, ComponentConfig]] = {}
+    invalid: set[str] = set()  # defined but with errors: pipelines naming them are not wrong too
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
-        sections[kind.section] = _parse_components(kind, raw.get(kind.section), factories_for(kind), errors)
+        section = raw.get(kind.section)
+        sections[kind.section] = _parse_components(kind, section, factories_for(kind), errors)
+        if isinstance(section, dict):
+            invalid |= {str(cid) for cid in section if cid not in sections[kind.section]}
     service = build(ServiceConfig, raw.get("service"), "service", errors)
     if service is None:
         return None
     config = AgentConfig(service=service, **sections)
     for pipeline_id, pipeline in service.pipelines.items():
         if pipeline is not None:
-            _check_pipeline(config, pipeline_id, pipeline, errors)
+            _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
     _check_connectors_used_both_ways(config, errors)
     _cross_check_components(config, errors)
     return config
@@ -176,7 +184,9 @@ def _parse_components(
     return out
 
 
-def _check_pipeline(config: AgentConfig, pipeline_id: str, pipeline: PipelineConfig, errors: list[ConfigError]) -> None:
+def _check_pipeline(
+    config: AgentConfig, pipeline_id: str, pipeline: PipelineConfig, invalid: set[str], errors: list[ConfigError]
+) -> None:
     try:
         signal = Signal(pipeline_id.split("/", 1)[0])
     except ValueError:
@@ -184,6 +194,8 @@ def _check_pipeline(config: AgentConfig, pipeline_id: str, pipeline: PipelineCon
     base = f"service.pipelines.{pipeline_id}"
     for index, name in enumerate(pipeline.receivers):
         path = f"{base}.receivers[{index}]"
+        if name in invalid:
+            continue
         if name in config.connectors:
             if signal not in config.connectors[name].factory.output_signals:
                 errors.append(ConfigError(path, f"connector {name} does not produce {signal}"))
@@ -193,6 +205,8 @@ def _check_pipeline(config: AgentConfig, pipeline_id: str, pipeline: PipelineCon
             errors.append(ConfigError(path, f"receiver {name} is not defined under receivers or connectors"))
     for index, name in enumerate(pipeline.processors):
         path = f"{base}.processors[{index}]"
+        if name in invalid:
+            continue
         if name not in config.processors:
             errors.append(ConfigError(path, f"processor {name} is not defined under processors"))
         else:
@@ -200,6 +214,8 @@ def _check_pipeline(config: AgentConfig, pipeline_id: str, pipeline: PipelineCon
     for index, name in enumerate(pipeline.exporters):
         path = f"{base}.exporters[{index}]"
         component = config.exporters.get(name) or config.connectors.get(name)
+        if name in invalid:
+            continue
         if component is None:
             errors.append(ConfigError(path, f"exporter {name} is not defined under exporters or connectors"))
         else:

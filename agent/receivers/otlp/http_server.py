@@ -35,7 +35,7 @@ class HttpServer:
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._limit)
-        for signal in Signal:
+        for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agent.otlp import json_codec
+from agent.otlp.signals import count_spans, reject_invalid_log_records, reject_invalid_spans
+from agent.testing.workload import Workload
+
+
+def test_otlp_json_uses_hex_ids_camel_case_keys_and_integer_enums() -> None:
+    request, _ = next(Workload(seed=3).requests(1))
+    data = json.loads(json_codec.encode(request))
+    span = data["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == request.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+    assert len(span["spanId"]) == 16
+    assert isinstance(span["kind"], int)
+    assert isinstance(span["startTimeUnixNano"], str)  # 64-bit integers are strings
+
+
+def test_otlp_json_round_trips_every_field() -> None:
+    for request, _ in Workload(seed=4).requests(20):
+        assert json_codec.decode(json_codec.encode(request), ExportTraceServiceRequest) == request
+
+
+def test_otlp_json_accepts_64_bit_integers_as_numbers_and_ignores_unknown_fields() -> None:
+    body = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "futureField": {"x": 1},
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": "5b8efff798038103d269b633813fc60c",
+                                    "spanId": "eee19b7ec3c1b174",
+                                    "name": "op",
+                                    "kind": 2,
+                                    "startTimeUnixNano": 1544712660000000000,
+                                    "endTimeUnixNano": "1544712661000000000",
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+    request = json_codec.decode(body, ExportTraceServiceRequest)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c"
+    assert span.start_time_unix_nano == 1544712660000000000
+    assert span.end_time_unix_nano == 1544712661000000000
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"not json", "body is not JSON"),
+        (b"[1,2]", "must be a JSON object"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}', "must be a hex string"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 5}]}]}]}', "name"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": {"a": 1}}]}]}]}', "kind"),
+    ],
+)
+def test_invalid_otlp_json_is_reported_with_where_it_went_wrong(body: bytes, fragment: str) -> None:
+    with pytest.raises(json_codec.OtlpJsonError, match=fragment):
+        json_codec.decode(body, ExportTraceServiceRequest)
+
+
+@given(st.binary(max_size=2048))
+def test_decoding_arbitrary_bytes_either_succeeds_or_raises_a_decode_error(body: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        ExportTraceServiceRequest.FromString(body)
+    with contextlib.suppress(json_codec.OtlpJsonError):
+        json_codec.decode(body, ExportTraceServiceRequest)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=25,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["resourceSpans", "resourceLogs", "traceId", "scopeSpans", "x"]), json_values, max_size=3
+    )
+)
+def test_decoding_arbitrary_json_documents_never_raises_anything_but_otlp_json_error(doc: dict[str, object]) -> None:
+    with contextlib.suppress(json_codec.OtlpJsonError):
+        json_codec.decode(json.dumps(doc).encode(), ExportTraceServiceRequest)
+
+
+def test_spans_with_wrong_id_lengths_are_removed_and_counted() -> None:
+    request, _truth = next(Workload(seed=5).requests(1))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[0].trace_id = b"\x01" * 15
+    spans[1].span_id = b"\x02" * 9
+    spans[2].trace_id = b"\x00" * 16
+    before = count_spans(request)
+    assert reject_invalid_spans(request) == 3
+    assert count_spans(request) == before - 3
+    assert all(len(s.trace_id) == 16 for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+
+
+def test_log_records_without_trace_context_are_valid_but_wrong_lengths_are_not() -> None:
+    request = json_codec.decode(
+        json.dumps(
+            {
+                "resourceLogs": [
+                    {
+                        "scopeLogs": [
+                            {
+                                "logRecords": [
+                                    {"body": {"stringValue": "no trace"}},
+                                    {"traceId": "00ff", "body": {"stringValue": "short trace id"}},
+                                    {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174"},
+                                ]
+                            }
+                        ]
+                    }
+                ]
+            }
+        ).encode(),
+        ExportLogsServiceRequest,
+    )
+    assert reject_invalid_log_records(request) == 1
+    bodies = [r.body.string_value for r in request.resource_logs[0].scope_logs[0].log_records]
+    assert bodies == ["no trace", ""]

@@ -1,0 +1,231 @@
+"""The OTLP receiver in-process: each kind of bad input gets its documented answer, and the receiver keeps serving."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from agent.component import Consumer, CreateSettings, Kind, Signal
+from agent.config.schema import HostPort
+from agent.config.service import ServiceConfig
+from agent.otlp import json_codec
+from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.sinks import BatchSink, RefusingSink
+from agent.testing.workload import Workload
+from tests.helpers import free_port, metric_value
+
+TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@dataclass
+class Running:
+    grpc_target: str
+    http_url: str
+    metrics: SelfMetrics
+    channel: grpc.aio.Channel
+
+    async def grpc_export(self, body: bytes, compression: grpc.Compression | None = None) -> bytes:
+        call = self.channel.unary_unary(TRACES_METHOD)
+        return await call(body, timeout=5, compression=compression)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(self.metrics.render().decode(), name, **labels)
+
+
+async def start_receiver(consumer: Consumer, max_mib: int = 1) -> tuple[OtlpReceiver, Running]:
+    metrics = SelfMetrics()
+    grpc_port, http_port = free_port(), free_port()
+    config = OtlpReceiverConfig(
+        grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{grpc_port}"), max_recv_msg_size_mib=max_mib),
+        http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), max_request_body_size_mib=max_mib),
+        retry_after=2.0,
+    )
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), metrics, ServiceConfig(), {})
+    receiver = OtlpReceiver(config, settings, {Signal.TRACES: consumer, Signal.LOGS: consumer})
+    await receiver.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    return receiver, Running(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", metrics, channel)
+
+
+@pytest.fixture
+async def sink() -> BatchSink:
+    return BatchSink()
+
+
+@pytest.fixture
+async def running(sink: BatchSink) -> AsyncIterator[Running]:
+    receiver, state = await start_receiver(sink)
+    yield state
+    await state.channel.close()
+    await receiver.shutdown(time.monotonic() + 2)
+
+
+def request_bytes(seed: int = 1) -> tuple[ExportTraceServiceRequest, bytes]:
+    request, _ = next(Workload(seed=seed).requests(1))
+    return request, request.SerializeToString()
+
+
+async def post(url: str, body: bytes, content_type: str, **headers: str) -> tuple[int, bytes, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": content_type, **headers}) as response,
+    ):
+        return response.status, await response.read(), response.headers
+
+
+async def test_grpc_export_reaches_the_pipeline_and_answers_full_success(running: Running, sink: BatchSink) -> None:
+    request, body = request_bytes()
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(body))
+    assert not answer.HasField("partial_success")
+    assert sink.batches == [request]
+
+
+async def test_grpc_accepts_gzip_compressed_requests(running: Running, sink: BatchSink) -> None:
+    request, body = request_bytes()
+    await running.grpc_export(body, compression=grpc.Compression.Gzip)
+    assert sink.batches == [request]
+
+
+async def test_grpc_rejects_malformed_protobuf_with_invalid_argument_and_keeps_serving(
+    running: Running, sink: BatchSink
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await running.grpc_export(b"\x0a\xff\xff\xff\xff\x0f")
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 1
+    request, body = request_bytes()
+    await running.grpc_export(body)
+    assert sink.batches == [request]
+
+
+async def test_grpc_rejects_oversized_requests_with_resource_exhausted(running: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await running.grpc_export(b"\x00" * (1024 * 1024 + 10))
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="too_large") == 1
+
+
+async def test_spans_with_invalid_ids_are_rejected_individually_through_partial_success(
+    running: Running, sink: BatchSink
+) -> None:
+    request, _ = request_bytes()
+    spans = request.resource_spans[0].scope_spans[0].spans
+    total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    spans[0].trace_id = b"short"
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
+    assert answer.partial_success.rejected_spans == 1
+    assert "16 bytes" in answer.partial_success.error_message
+    accepted = sink.batches[0]
+    assert sum(len(ss.spans) for rs in accepted.resource_spans for ss in rs.scope_spans) == total - 1
+    assert running.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 1
+    assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == total - 1
+
+
+async def test_a_full_pipeline_gets_unavailable_with_retry_info_over_grpc() -> None:
+    receiver, state = await start_receiver(RefusingSink())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await state.grpc_export(request_bytes()[1])
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        details = dict(raised.value.trailing_metadata())["grpc-status-details-bin"]
+        status = status_pb2.Status.FromString(details)
+        retry = error_details_pb2.RetryInfo()
+        assert status.code == code_pb2.UNAVAILABLE and status.details[0].Unpack(retry)
+        assert retry.retry_delay.seconds == 2
+        assert state.metric("otel_sidecar_receiver_refused_items_total", reason="backpressure") > 0
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+async def test_a_full_pipeline_gets_503_with_retry_after_over_http() -> None:
+    receiver, state = await start_receiver(RefusingSink())
+    try:
+        status, body, headers = await post(state.http_url + "/v1/traces", request_bytes()[1], "application/x-protobuf")
+        assert status == 503
+        assert headers["Retry-After"] == "2"
+        assert status_pb2.Status.FromString(body).code == code_pb2.UNAVAILABLE
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+async def test_http_protobuf_export_answers_in_protobuf(running: Running, sink: BatchSink) -> None:
+    request, body = request_bytes()
+    status, answer, headers = await post(running.http_url + "/v1/traces", body, "application/x-protobuf")
+    assert status == 200
+    assert headers["Content-Type"] == "application/x-protobuf"
+    assert not ExportTraceServiceResponse.FromString(answer).HasField("partial_success")
+    assert sink.batches == [request]
+
+
+async def test_http_json_export_with_gzip_answers_in_json(running: Running, sink: BatchSink) -> None:
+    request, _ = request_bytes()
+    body = gzip.compress(json_codec.encode(request))
+    status, answer, headers = await post(
+        running.http_url + "/v1/traces", body, "application/json", **{"Content-Encoding": "gzip"}
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert answer == b"{}"
+    assert sink.batches == [request]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "reason"),
+    [
+        (b"\x0a\xff\xff", "application/x-protobuf", 400, "malformed"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 7}]}]}]}', "application/json", 400, "malformed"),
+        (b"{", "application/json", 400, "malformed"),
+        (b"hello", "text/plain", 415, "unsupported_media_type"),
+        (b"\x00" * (1024 * 1024 + 1), "application/x-protobuf", 413, "too_large"),
+    ],
+)
+async def test_bad_http_requests_get_their_documented_status_and_are_counted(
+    running: Running, sink: BatchSink, body: bytes, content_type: str, status: int, reason: str
+) -> None:
+    got, answer, _ = await post(running.http_url + "/v1/traces", body, content_type)
+    assert got == status
+    if status == 400:
+        parsed = (
+            json_codec.decode(answer, status_pb2.Status)
+            if content_type == "application/json"
+            else status_pb2.Status.FromString(answer)
+        )
+        assert parsed.code == code_pb2.INVALID_ARGUMENT and parsed.message
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason=reason) == 1
+    assert sink.batches == []
+    _request, good = request_bytes()
+    assert (await post(running.http_url + "/v1/traces", good, "application/x-protobuf"))[0] == 200
+
+
+async def test_a_broken_gzip_stream_is_a_bad_request(running: Running) -> None:
+    status, _, _ = await post(
+        running.http_url + "/v1/traces", b"\x1f\x8b not gzip", "application/x-protobuf", **{"Content-Encoding": "gzip"}
+    )
+    assert status == 400
+
+
+async def test_a_signal_without_a_pipeline_is_answered_not_found(running: Running) -> None:
+    status, _, _ = await post(running.http_url + "/v1/metrics", b"", "application/x-protobuf")
+    assert status == 404
+
+
+async def test_an_empty_request_is_a_success(running: Running, sink: BatchSink) -> None:
+    status, _, _ = await post(running.http_url + "/v1/traces", b"", "application/x-protobuf")
+    assert status == 200
+    assert sink.batches == []

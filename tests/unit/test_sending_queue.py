@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from google.protobuf.message import Message
+
+from agent.component import CreateSettings, Kind, Refused, Signal
+from agent.config.service import ServiceConfig
+from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
+from tests.helpers import metric_value
+
+
+def settings(metrics: SelfMetrics) -> CreateSettings:
+    return CreateSettings("test", Kind.EXPORTER, logging.getLogger("test"), metrics, ServiceConfig(), {})
+
+
+def batches(n: int) -> list[Message]:
+    return [request for request, _ in Workload(seed=9).requests(n)]
+
+
+async def test_a_full_queue_refuses_without_taking_the_batch_and_counts_it() -> None:
+    metrics = SelfMetrics()
+    gate = asyncio.Event()
+    pushed: list[Message] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await gate.wait()
+        pushed.append(batch)
+
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(queue_size=2, num_consumers=1), push)
+    await queue.start()
+    first, second, third, fourth = batches(4)
+    queue.offer(Signal.TRACES, first)
+    await asyncio.sleep(0)  # the worker takes the first batch and waits on the gate
+    queue.offer(Signal.TRACES, second)
+    queue.offer(Signal.TRACES, third)
+    with pytest.raises(Refused):
+        queue.offer(Signal.TRACES, fourth)
+    gate.set()
+    await queue.shutdown(time.monotonic() + 5)
+    assert pushed == [first, second, third]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_enqueue_failed_items_total") > 0
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == sum(
+        len(ss.spans) for b in pushed for rs in b.resource_spans for ss in rs.scope_spans
+    )
+
+
+async def test_the_byte_bound_refuses_before_the_item_bound() -> None:
+    one = batches(1)[0]
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await asyncio.sleep(10)
+
+    queue = SendingQueue(
+        settings(SelfMetrics()), SendingQueueConfig(queue_size=100, max_bytes=one.ByteSize() * 2), push
+    )
+    queue.offer(Signal.TRACES, one)
+    queue.offer(Signal.TRACES, one)
+    with pytest.raises(Refused):
+        queue.offer(Signal.TRACES, one)
+
+
+async def test_shutdown_drains_everything_queued_before_returning() -> None:
+    pushed: list[Message] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await asyncio.sleep(0.01)
+        pushed.append(batch)
+
+    queue = SendingQueue(settings(SelfMetrics()), SendingQueueConfig(queue_size=50), push)
+    await queue.start()
+    offered = batches(20)
+    for batch in offered:
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    assert sorted(id(b) for b in pushed) == sorted(id(b) for b in offered)
+    with pytest.raises(Refused):
+        queue.offer(Signal.TRACES, offered[0])
+
+
+async def test_what_cannot_be_sent_by_the_deadline_is_counted_as_undelivered() -> None:
+    metrics = SelfMetrics()
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await asyncio.sleep(60)
+
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(queue_size=10, num_consumers=1), push)
+    await queue.start()
+    for batch in batches(3):
+        queue.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0)
+    await queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown_timeout") > 0
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") > 0
+    assert len(queue) == 0
+
+
+async def test_a_failing_push_is_counted_and_the_worker_keeps_going() -> None:
+    metrics = SelfMetrics()
+    calls = 0
+
+    async def push(signal: Signal, batch: Message) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("disk full")
+
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
+    await queue.start()
+    for batch in batches(3):
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert calls == 3
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="OSError") > 0
