@@ -1,0 +1,261 @@
+"""The agent as a real process: real OpenTelemetry SDK and rotel clients, its CLI, its admin endpoint and shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from agent.testing.workload import Workload
+from tests.helpers import (
+    REPO,
+    AgentProcess,
+    base_config,
+    http_get,
+    output_spans,
+    read_output,
+    running_agent,
+    wait_until,
+)
+
+ROTEL = Path(sys.executable).parent.parent / "lib" / "python3.11" / "site-packages" / "rotel" / "rotel-agent"
+
+
+def emit_orchestrator_spans(exporter: SpanExporter) -> InMemorySpanExporter:
+    """Spans with every kind of field the OTLP model has, sent through ``exporter`` and also kept in memory."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "orchestrator", "service.version": "1.4.2", "pod.ordinal": 3})
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer(
+        "orchestrator.workflows", "2.0.1", schema_url="https://opentelemetry.io/schemas/1.26.0"
+    )
+    with tracer.start_as_current_span("workflow rag-pipeline", kind=SpanKind.SERVER) as root:
+        root.set_attributes(
+            {"workflow.name": "rag-pipeline", "retries": 2, "score": 0.75, "cached": False, "tags": ["a", "b"]}
+        )
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT) as llm:
+            llm.set_attributes({"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1200})
+            llm.add_event("gen_ai.content.prompt", {"length": 42})
+            llm.set_status(Status(StatusCode.ERROR, "rate limited"))
+            llm.record_exception(RuntimeError("429 from provider"))
+        link_context = root.get_span_context()
+    with tracer.start_as_current_span("tool web_search", links=[Link(link_context, {"link.reason": "follow-up"})]):
+        pass
+    provider.shutdown()
+    return memory
+
+
+def spans_by_id(out_dir: Path) -> dict[bytes, tuple[object, object, object]]:
+    return {span.span_id: (resource, scope, span) for resource, scope, span in output_spans(out_dir)}
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_every_span_from_the_sdk_comes_out_identical(tmp_path: Path, transport: str) -> None:
+    with running_agent(tmp_path) as agent:
+        exporter = (
+            GrpcSpanExporter(endpoint=agent.grpc_endpoint, insecure=True)
+            if transport == "grpc"
+            else HttpSpanExporter(endpoint=agent.http_url + "/v1/traces")
+        )
+        memory = emit_orchestrator_spans(exporter)
+        expected = encode_spans(memory.get_finished_spans())
+        want = {
+            span.span_id: (rs.resource, ss.scope, span)
+            for rs in expected.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        }
+        wait_until(lambda: len(output_spans(agent.out_dir)) == len(want), what="all spans written")
+        assert agent.stop() == 0
+    got = spans_by_id(agent.out_dir)
+    assert set(got) == set(want)
+    for span_id, (resource, scope, span) in want.items():
+        assert got[span_id] == (resource, scope, span)
+
+
+def test_rotel_forwarding_with_gzip_is_accepted(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as agent:
+        rotel_port = _free_port()
+        rotel = subprocess.Popen(
+            [
+                str(ROTEL),
+                "start",
+                "--otlp-grpc-endpoint",
+                f"127.0.0.1:{rotel_port}",
+                "--otlp-http-endpoint",
+                f"127.0.0.1:{_free_port()}",
+                "--exporter",
+                "otlp",
+                "--otlp-exporter-endpoint",
+                f"http://{agent.grpc_endpoint}",
+                "--otlp-exporter-protocol",
+                "grpc",
+                "--otlp-exporter-compression",
+                "gzip",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            sent = _send_workload_to(f"127.0.0.1:{rotel_port}", traces=30)
+            wait_until(lambda: len(output_spans(agent.out_dir)) == sent, timeout=20, what="spans forwarded by rotel")
+        finally:
+            rotel.terminate()
+            rotel.wait(10)
+        assert agent.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == sent
+
+
+def test_spans_accepted_just_before_sigterm_are_all_written_after_exit(tmp_path: Path) -> None:
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    try:
+        sent = _send_workload_to(agent.grpc_endpoint, traces=300)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert len(output_spans(agent.out_dir)) == sent
+    assert "agent stopped" in agent.log()
+
+
+def test_readiness_turns_false_during_shutdown_and_the_process_exits_zero(tmp_path: Path) -> None:
+    config = base_config(tmp_path / "out")
+    with running_agent(tmp_path, config) as agent:
+        assert http_get(agent.admin_url + "/health/live")[0] == 200
+        status, body, _ = http_get(agent.admin_url + "/health/ready")
+        assert (status, json.loads(body)["status"]) == (200, "ready")
+        assert agent.metric("otel_sidecar_ready") == 1
+        assert agent.metric("otel_sidecar_process_resident_memory_bytes") > 0
+        assert agent.stop() == 0
+        assert http_get(agent.admin_url + "/health/ready")[0] == 0  # the port is closed after exit
+
+
+def test_metrics_and_logs_pass_through_to_the_file_exporter(tmp_path: Path) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    with running_agent(tmp_path) as agent:
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=agent.grpc_endpoint, insecure=True), export_interval_millis=60_000
+        )
+        meters = MeterProvider(metric_readers=[reader])
+        meters.get_meter("orchestrator").create_counter("queue.items").add(5, {"queue": "llm"})
+        meters.shutdown()
+        logs = LoggerProvider()
+        logs.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=agent.grpc_endpoint, insecure=True))
+        )
+        import logging
+
+        from opentelemetry.sdk._logs import LoggingHandler
+
+        logger = logging.getLogger("orchestrator.test")
+        logger.addHandler(LoggingHandler(logger_provider=logs))
+        logger.error("workflow failed", extra={"workflow.name": "rag"})
+        logs.shutdown()
+        wait_until(lambda: read_output(agent.out_dir, "metrics") and read_output(agent.out_dir, "logs"))
+    metric = read_output(agent.out_dir, "metrics")[0].resource_metrics[0].scope_metrics[0].metrics[0]
+    assert metric.name == "queue.items" and metric.sum.data_points[0].as_int == 5
+    record = read_output(agent.out_dir, "logs")[0].resource_logs[0].scope_logs[0].log_records[0]
+    assert record.body.string_value == "workflow failed"
+
+
+def test_an_invalid_config_is_refused_with_exit_code_1_and_every_problem_listed(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "receivers": {"otlp": {"grpc": {"endpoint": "nowhere"}}},
+                "exporters": {"loki": {"endpoint": "not a url"}, "file": {"path": "/tmp/x", "rotation": "daily"}},
+                "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file", "jaeger"]}}},
+            }
+        )
+    )
+    expected = [
+        "receivers.otlp.grpc.endpoint: must be host:port, got 'nowhere'",
+        "exporters.file.rotation: must be a mapping, got a string",
+        "service.pipelines.traces.exporters[1]: exporter jaeger is not defined under exporters or connectors",
+    ]
+    for command in ("validate", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        assert result.returncode == 1, result.stderr
+        for message in expected:
+            assert message in result.stderr
+        assert "exporters.loki" in result.stderr  # the loki line names its path whether or not the type exists
+
+
+def test_print_config_shows_defaults_and_the_otel_sidecar_command_matches_python_m_agent(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "otel-sidecar"
+    outputs = [
+        subprocess.run([*command, "print-config"], capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
+        for command in ([str(script)], [sys.executable, "-m", "agent"])
+    ]
+    assert outputs[0].stdout == outputs[1].stdout
+    effective = yaml.safe_load(outputs[0].stdout)
+    assert effective["receivers"]["otlp"]["grpc"]["endpoint"] == "127.0.0.1:4317"
+    assert effective["service"]["shutdown_timeout"] == "25s"
+
+
+def test_a_port_already_in_use_fails_the_start_with_a_clear_log_line(tmp_path: Path) -> None:
+    config = base_config(tmp_path / "out")
+    with running_agent(tmp_path, config):
+        second = AgentProcess(
+            {**config, "service": {**config["service"], "telemetry": {"admin": {"endpoint": "127.0.0.1:0"}}}},
+            tmp_path / "second",
+        )
+        second.workdir.mkdir()
+        second.start(wait_ready=False)
+        assert second.process is not None
+        assert second.process.wait(timeout=30) == 2
+        assert "agent failed to start" in second.log()
+
+
+def _free_port() -> int:
+    from tests.helpers import free_port
+
+    return free_port()
+
+
+def _send_workload_to(endpoint: str, traces: int) -> int:
+    """Send ``traces`` synthetic traces over gRPC as separate requests; return the number of spans sent."""
+    channel = grpc.insecure_channel(endpoint)
+    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    sent = 0
+    for request, truths in Workload(seed=11).requests(traces):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                export(request.SerializeToString(), timeout=5)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # rotel may still be starting
+        sent += sum(t.spans for t in truths)
+    channel.close()
+    return sent
