@@ -1,0 +1,188 @@
+"""``make demo``: run the agent with its embedded default config under a synthetic orchestrator load, and show
+what it did.
+
+The load is a stream of workflow runs (LLM calls with token counts, vector searches, tool calls, about 2%
+failing) sent over OTLP/gRPC, the way an orchestrator's SDK would send them, plus a few log records over
+OTLP/HTTP. The agent runs as its own process, exactly as ``otel-sidecar run`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
+
+from agent.otlp import json_codec
+from agent.otlp.signals import SPECS
+from agent.testing.workload import Workload, resource_for
+
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=int, default=2000, help="workflow runs to send (default 2000)")
+    parser.add_argument("--out", default=None, help="directory for the file exporter (default: a temp dir)")
+    args = parser.parse_args()
+    out_dir = Path(args.out or tempfile.mkdtemp(prefix="otel-sidecar-demo-"))
+    env = {**os.environ, "OTEL_SIDECAR_FILE_PATH": str(out_dir), "PYTHONUNBUFFERED": "1"}
+    log_path = out_dir / "agent.log"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"starting: otel-sidecar run   (embedded default config; output in {out_dir})")
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "run"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        if not _wait_ready(agent):
+            print(f"the agent did not become ready; its log ({log_path}):\n{log_path.read_text()}")
+            return 1
+        truth = _send_load(args.traces)
+        _send_logs()
+        time.sleep(1.0)
+        self_metrics = _get("http://127.0.0.1:13133/metrics")
+        span_metrics = _get("http://127.0.0.1:9464/metrics")
+        print("stopping: SIGTERM (the agent flushes everything buffered, then exits)")
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    _report(truth, self_metrics, span_metrics, out_dir, code)
+    return 0 if code == 0 else 1
+
+
+def _wait_ready(agent: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            return False
+        if _get("http://127.0.0.1:13133/health/ready"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def _send_load(traces: int) -> dict[str, int]:
+    channel = grpc.insecure_channel("127.0.0.1:4317")
+    export = channel.unary_unary(TRACE_EXPORT)
+    counts: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    for request, truths in Workload(seed=42).requests(traces):
+        for attempt in range(50):
+            try:
+                export(request.SerializeToString(), timeout=5)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 49:  # type: ignore[attr-defined]
+                    raise
+                counts["refused_and_retried"] += 1
+                time.sleep(0.1)
+        for truth in truths:
+            counts["traces"] += 1
+            counts["spans"] += truth.spans
+            counts["error_traces"] += truth.error
+    channel.close()
+    elapsed = time.monotonic() - started
+    print(f"sent: {counts['traces']} workflow traces, {counts['spans']} spans over OTLP/gRPC in {elapsed:.1f}s")
+    return dict(counts)
+
+
+def _send_logs() -> None:
+    records = [
+        LogRecord(
+            time_unix_nano=time.time_ns(),
+            severity_number=SeverityNumber.SEVERITY_NUMBER_ERROR if i % 5 == 0 else SeverityNumber.SEVERITY_NUMBER_INFO,
+            severity_text="ERROR" if i % 5 == 0 else "INFO",
+            body=AnyValue(string_value=f"step {i} finished"),
+        )
+        for i in range(20)
+    ]
+    request = ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource_for("orchestrator"), scope_logs=[ScopeLogs(log_records=records)])]
+    )
+    body = json_codec.encode(request)
+    http = urllib.request.Request(
+        "http://127.0.0.1:4318/v1/logs", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(http, timeout=5):
+        pass
+    print("sent: 20 log records over OTLP/HTTP (JSON)")
+
+
+def _samples(text: str, prefix: str) -> list[tuple[str, float]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            rows.append((name, float(value)))
+    return rows
+
+
+def _report(truth: dict[str, int], self_metrics: str, span_metrics: str, out_dir: Path, code: int) -> None:
+    print("\n== what the agent did ==")
+    for name, value in _samples(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
+        print(f"  accepted   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
+    for name, value in _samples(self_metrics, "otel_sidecar_sampling_decisions_total"):
+        print(f"  sampling   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
+    for name, value in _samples(self_metrics, "otel_sidecar_exporter_sent_items_total"):
+        print(f"  exported   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
+    if span_metrics:
+        print("\n== span-derived metrics (http://127.0.0.1:9464/metrics), a few series ==")
+        shown = 0
+        for prefix in (
+            "orchestrator_workflow_executions_total",
+            "orchestrator_llm_tokens_total",
+            "orchestrator_llm_cost_usd_total",
+        ):
+            for name, value in _samples(span_metrics, prefix)[:4]:
+                print(f"  {name} {value:g}")
+                shown += 1
+        if not shown:
+            print("  (none yet)")
+    print("\n== output files ==")
+    for spec in SPECS.values():
+        path = out_dir / f"{spec.signal.value}.jsonl"
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines()
+        items = sum(spec.count_items(json_codec.decode(line.encode(), spec.request_type)) for line in lines)
+        print(f"  {path}: {len(lines)} export requests, {items} {spec.item_name}")
+    kept = _kept_trace_ids(out_dir / "traces.jsonl")
+    sent, errors = truth.get("traces", 0), truth.get("error_traces", 0)
+    print(f"\n  traces sent: {sent} ({errors} with errors); traces written: {len(kept)}")
+    print(f"  agent exit code: {code}; agent log: {out_dir / 'agent.log'}")
+
+
+def _kept_trace_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids = set()
+    for line in path.read_text().splitlines():
+        for rs in json.loads(line).get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                ids.update(span["traceId"] for span in ss.get("spans", []))
+    return ids
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
