@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,9 +30,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port that is free now, chosen below the ephemeral range so outgoing connections do not take it meanwhile."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+def reassign_listen_ports(config: dict[str, Any]) -> None:
+    """Give the agent's own listeners new free ports (after another process took one between pick and bind)."""
+    for receiver in config.get("receivers", {}).values():
+        for protocol in ("grpc", "http"):
+            if isinstance(receiver, dict) and isinstance(receiver.get(protocol), dict):
+                receiver[protocol]["endpoint"] = f"127.0.0.1:{free_port()}"
+    for exporter_id, exporter in config.get("exporters", {}).items():
+        if exporter_id.split("/")[0] == "prometheus" and isinstance(exporter, dict):
+            exporter["endpoint"] = f"127.0.0.1:{free_port()}"
+    config["service"]["telemetry"]["admin"]["endpoint"] = f"127.0.0.1:{free_port()}"
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -113,6 +133,20 @@ class AgentProcess:
         return Path(self.config["exporters"]["file"]["path"])
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
+        for _attempt in range(3):
+            self._spawn()
+            if not wait_ready:
+                return self
+            try:
+                wait_until(self.ready, timeout=20, what=f"agent ready (log: {self.log_path})")
+                return self
+            except AssertionError:
+                if "address already in use" not in self.log():
+                    raise
+                reassign_listen_ports(self.config)  # a port picked as free was taken meanwhile: try new ones
+        raise AssertionError(f"agent could not bind its ports:\n{self.log()}")
+
+    def _spawn(self) -> None:
         config_path = self.workdir / "agent.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -123,9 +157,6 @@ class AgentProcess:
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        if wait_ready:
-            wait_until(self.ready, timeout=20, what=f"agent ready (log: {self.log_path})")
-        return self
 
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
