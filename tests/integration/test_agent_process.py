@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from tests.helpers import (
     wait_until,
 )
 
-ROTEL = Path(sys.executable).parent.parent / "lib" / "python3.11" / "site-packages" / "rotel" / "rotel-agent"
+ROTEL = Path(importlib.util.find_spec("rotel").origin).parent / "rotel-agent"  # type: ignore[arg-type,union-attr]
 
 
 def emit_orchestrator_spans(exporter: SpanExporter) -> InMemorySpanExporter:

@@ -1,0 +1,301 @@
+"""``make bench``: the agent's CPU per span, throughput, latency and memory, side by side with rotel in one run.
+
+Scenarios (each against a fresh process, load from a separate load-generator process):
+  rotel            rotel (a Rust OTLP collector) receiving into its blackhole exporter: the reference
+  agent-receive    the agent receiving into the ``nop`` exporter: the floor of the Python receive path
+  agent-full       the full pipeline: receive → span metrics → tail sampling → redaction → OTLP export
+                   (to a second rotel with a blackhole exporter, the "local sink")
+Each runs at saturation (throughput, CPU per span) and at a fixed 20k spans/s (client-side Export latency).
+The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span.
+Results are printed as a table and written to ``bench/results/<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ROTEL = Path(importlib.util.find_spec("rotel").origin).parent / "rotel-agent"  # type: ignore[arg-type,union-attr]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import free_port  # noqa: E402
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    name: str
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def peak_rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait()
+
+
+def start_rotel(workdir: Path, exporter: str = "blackhole") -> tuple[Process, str]:
+    grpc_port = free_port()
+    command = [
+        str(ROTEL), "start",
+        "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
+        "--otlp-http-endpoint", f"127.0.0.1:{free_port()}",
+        "--exporter", exporter,
+        "--pid-file", str(workdir / f"rotel-{grpc_port}.pid"),
+    ]  # fmt: skip
+    popen = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(grpc_port)
+    return Process(popen, "rotel"), f"127.0.0.1:{grpc_port}"
+
+
+def start_agent(workdir: Path, config: dict[str, Any], admin: str) -> Process:
+    path = workdir / f"agent-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = open(workdir / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"agent exited at start; see {workdir / 'agent.log'}")
+        if _get(f"http://{admin}/health/ready")[0] == 200:
+            return Process(popen, "agent")
+        time.sleep(0.1)
+    raise RuntimeError("agent did not become ready")
+
+
+def agent_config(kind: str, sink: str | None, decision_wait: str = "2s") -> tuple[dict[str, Any], str, str]:
+    grpc_endpoint, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    receivers = {"otlp": {"grpc": {"endpoint": grpc_endpoint, "max_recv_msg_size_mib": 64}, "http": {"enabled": False}}}
+    service: dict[str, Any] = {"telemetry": {"admin": {"endpoint": admin}, "logs": {"level": "warning"}}}
+    if kind == "receive":
+        config = {"receivers": receivers, "exporters": {"nop": {}}}
+        service["pipelines"] = {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}
+    else:
+        config = full_pipeline(receivers, sink, decision_wait, free_port())
+        service["pipelines"] = config.pop("pipelines")
+    config["service"] = service
+    return config, grpc_endpoint, admin
+
+
+def full_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait: str, metrics_port: int) -> dict[str, Any]:
+    """receive → span metrics (before sampling) → tail sampling → redaction → OTLP export to the sink."""
+    return {
+        "receivers": receivers,
+        "connectors": {"spanmetrics": {}},
+        "processors": {
+            "tail_sampling": {"decision_wait": decision_wait, "decision_wait_after_root": decision_wait},
+            "redaction": {},
+        },
+        "exporters": {
+            "otlp": {"endpoint": sink, "tls": {"insecure": True}},
+            "prometheus": {"endpoint": f"127.0.0.1:{metrics_port}"},
+        },
+        "pipelines": {
+            "traces/spanmetrics": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},
+            "traces": {"receivers": ["otlp"], "processors": ["tail_sampling", "redaction"], "exporters": ["otlp"]},
+            "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
+        },
+    }
+
+
+def load(target: str, rate: float, duration: float, concurrency: int = 4) -> dict[str, Any]:
+    command = [
+        sys.executable, str(HERE / "loadgen.py"), "--target", target, "--rate", str(rate),
+        "--duration", str(duration), "--concurrency", str(concurrency),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, env=_env())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(process: Process, target: str, rate: float, duration: float) -> dict[str, Any]:
+    cpu_before = process.cpu_seconds()
+    result = load(target, rate, duration)
+    cpu = process.cpu_seconds() - cpu_before
+    spans = result["accepted_spans"]
+    result.update(
+        {
+            "cpu_seconds": cpu,
+            "cpu_us_per_span": cpu / spans * 1e6 if spans else None,
+            "cpu_s_per_million_spans": cpu / spans * 1e6 if spans else None,
+            "spans_per_second": spans / result["seconds"],
+            "spans_per_cpu_second": spans / cpu if cpu else None,
+            "rss_bytes": process.rss_bytes(),
+            "peak_rss_bytes": process.peak_rss_bytes(),
+        }
+    )
+    return result
+
+
+def _metric(admin: str, name: str) -> float:
+    text = _get(f"http://{admin}/metrics")[1]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_all(duration: float, rate: float) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="otel-sidecar-bench-") as tmp:
+        workdir = Path(tmp)
+        rotel, target = start_rotel(workdir)
+        try:
+            results["rotel_saturation"] = measure(rotel, target, 0, duration)
+            results["rotel_fixed"] = measure(rotel, target, rate, duration)
+        finally:
+            rotel.stop()
+
+        config, target, admin = agent_config("receive", None)
+        agent = start_agent(workdir, config, admin)
+        try:
+            results["agent_receive_saturation"] = measure(agent, target, 0, duration)
+        finally:
+            agent.stop()
+
+        sink, sink_target = start_rotel(workdir)
+        try:
+            config, target, admin = agent_config("full", sink_target)
+            agent = start_agent(workdir, config, admin)
+            try:
+                results["agent_full_saturation"] = measure(agent, target, 0, duration)
+                results["agent_full_fixed"] = measure(agent, target, rate, duration)
+                results["agent_full_fixed"]["refused_by_agent"] = _metric(
+                    admin, "otel_sidecar_receiver_refused_items_total"
+                )
+            finally:
+                results["agent_full_exit_code"] = agent.stop()
+
+            config, target, admin = agent_config("full", sink_target, decision_wait="10s")
+            agent = start_agent(workdir, config, admin)
+            try:
+                baseline = agent.rss_bytes()
+                memory = measure(agent, target, rate, 12.0)
+                buffered = _metric(admin, "otel_sidecar_sampling_spans_buffered")
+                memory["buffered_spans"] = buffered
+                memory["rss_per_buffered_span_bytes"] = (agent.rss_bytes() - baseline) / buffered if buffered else None
+                results["agent_full_memory"] = memory
+            finally:
+                agent.stop()
+        finally:
+            sink.stop()
+    return results
+
+
+def summarize(results: dict[str, Any]) -> str:
+    rows = [("scenario", "spans/s", "CPU µs/span", "CPU s/1M spans", "p50 ms", "p99 ms", "peak RSS MiB", "refused req")]
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        rows.append(
+            (
+                name,
+                f"{r['spans_per_second']:,.0f}",
+                f"{r['cpu_us_per_span']:.2f}" if r.get("cpu_us_per_span") else "-",
+                f"{r['cpu_s_per_million_spans']:.2f}" if r.get("cpu_s_per_million_spans") else "-",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['peak_rss_bytes'] / 2**20:.0f}",
+                str(r["refused_requests"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    full, rotel = results.get("agent_full_saturation"), results.get("rotel_saturation")
+    if full and rotel and full.get("cpu_us_per_span") and rotel.get("cpu_us_per_span"):
+        ratio = full["cpu_us_per_span"] / rotel["cpu_us_per_span"]
+        lines.append(f"\nfull pipeline CPU per span ÷ rotel CPU per span: {ratio:.2f}")
+    memory = results.get("agent_full_memory")
+    if memory and memory.get("rss_per_buffered_span_bytes"):
+        lines.append(
+            f"RSS per buffered span (decision_wait 10s, {memory['buffered_spans']:,.0f} spans buffered): "
+            f"{memory['rss_per_buffered_span_bytes']:.0f} bytes"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (default 10)")
+    parser.add_argument("--rate", type=float, default=20000.0, help="spans/s for the fixed-rate runs")
+    args = parser.parse_args()
+    started = time.time()
+    results = run_all(args.duration, args.rate)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "duration_per_scenario_s": args.duration,
+        "fixed_rate_spans_per_s": args.rate,
+        "results": results,
+    }
+    out = HERE / "results" / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + ".json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(summarize(results))
+    print(f"\nwritten: {out.relative_to(REPO)}  (total {time.time() - started:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
