@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from agent.component import CreateSettings, Kind, Signal
+from agent.config.service import ServiceConfig
+from agent.exporters._helper.queue import SendingQueueConfig
+from agent.exporters.file import FileExporter, FileExporterConfig, RotationConfig
+from agent.otlp import json_codec
+from agent.otlp.signals import ExportTraceServiceRequest
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
+
+
+def exporter(path: Path, rotation: RotationConfig) -> FileExporter:
+    settings = CreateSettings("file", Kind.EXPORTER, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {})
+    queue = SendingQueueConfig(queue_size=5000)
+    return FileExporter(FileExporterConfig(path=str(path), rotation=rotation, sending_queue=queue), settings)
+
+
+async def test_each_export_request_is_one_otlp_json_line_in_the_signal_file(tmp_path: Path) -> None:
+    file = exporter(tmp_path, RotationConfig())
+    await file.start()
+    requests = [r for r, _ in Workload(seed=6).requests(5)]
+    for request in requests:
+        copy = ExportTraceServiceRequest()
+        copy.CopyFrom(request)
+        file.consumer_for(Signal.TRACES).consume(copy)
+    await file.shutdown(time.monotonic() + 5)
+    lines = (tmp_path / "traces.jsonl").read_text().splitlines()
+    assert [json_codec.decode(line.encode(), ExportTraceServiceRequest) for line in lines] == requests
+
+
+async def test_files_rotate_by_size_and_keep_the_configured_backups(tmp_path: Path) -> None:
+    file = exporter(tmp_path, RotationConfig(max_megabytes=1, max_backups=2))
+    await file.start()
+    for request, _ in Workload(seed=7).requests(1500):  # about 4 MB of JSON
+        file.consumer_for(Signal.TRACES).consume(request)
+    await file.shutdown(time.monotonic() + 30)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["traces.jsonl", "traces.jsonl.1", "traces.jsonl.2"]
+    assert all(p.stat().st_size < 1.1 * 2**20 for p in tmp_path.iterdir())

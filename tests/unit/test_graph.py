@@ -1,0 +1,155 @@
+"""The pipeline graph: who is built, in which order things start and stop, who gets a copy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, Factory, Kind, Signal
+from agent.config.loader import AgentConfig, ComponentConfig
+from agent.config.service import PipelineConfig, ServiceConfig
+from agent.pipeline.graph import Graph
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
+
+
+@dataclass(frozen=True)
+class Empty:
+    pass
+
+
+class Recorder:
+    """A component that logs its lifecycle into a shared journal and keeps what it consumes."""
+
+    def __init__(self, name: str, journal: list[str], next_consumer: Consumer | None = None, mutate: bool = False):
+        self.name, self.journal, self.next, self.mutate = name, journal, next_consumer, mutate
+        self.batches: list[Message] = []
+
+    def consumer_for(self, signal: Signal) -> Consumer:
+        return self
+
+    def consume(self, batch: Message) -> None:
+        if self.mutate:
+            batch.resource_spans[0].resource.attributes.add(key="touched.by", value={"string_value": self.name})
+        self.batches.append(batch)
+        if self.next is not None:
+            self.next.consume(batch)
+
+    async def start(self) -> None:
+        self.journal.append(f"start {self.name}")
+
+    async def shutdown(self, deadline: float) -> None:
+        self.journal.append(f"stop {self.name}")
+
+
+def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: set[str] = frozenset()) -> Graph:
+    def exporter_factory(name: str) -> Factory[Any]:
+        return Factory(
+            Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder(s.component_id, journal), ""
+        )
+
+    processor = Factory(
+        Kind.PROCESSOR,
+        "proc",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: Recorder(s.component_id, journal, nxt, s.component_id in mutating),
+        "",
+        mutates_data=False,
+    )
+    mutator = Factory(
+        Kind.PROCESSOR,
+        "mut",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: Recorder(s.component_id, journal, nxt, True),
+        "",
+        mutates_data=True,
+    )
+    receiver = Factory(
+        Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, consumers: Source(consumers, journal), ""
+    )
+    components = {
+        "receivers": {"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        "processors": {
+            "proc/a": ComponentConfig("proc/a", Kind.PROCESSOR, processor, Empty()),
+            "proc/b": ComponentConfig("proc/b", Kind.PROCESSOR, processor, Empty()),
+            "mut": ComponentConfig("mut", Kind.PROCESSOR, mutator, Empty()),
+        },
+        "exporters": {
+            name: ComponentConfig(name, Kind.EXPORTER, exporter_factory(name), Empty()) for name in ("rec/x", "rec/y")
+        },
+    }
+    config = AgentConfig(**components, service=ServiceConfig(pipelines=pipelines))
+    return Graph(config, SelfMetrics())
+
+
+class Source:
+    def __init__(self, consumers: dict[Signal, Consumer], journal: list[str]) -> None:
+        self.consumers, self.journal = consumers, journal
+
+    async def start(self) -> None:
+        self.journal.append("start src")
+
+    async def shutdown(self, deadline: float) -> None:
+        self.journal.append("stop src")
+
+
+async def test_downstream_starts_first_and_upstream_stops_first() -> None:
+    journal: list[str] = []
+    graph = build(
+        {"traces": PipelineConfig(receivers=["src"], processors=["proc/a", "proc/b"], exporters=["rec/x"])}, journal
+    )
+    await graph.start()
+    await graph.shutdown(time.monotonic() + 1)
+    assert journal == [
+        "start rec/x",
+        "start proc/b",
+        "start proc/a",
+        "start src",
+        "stop src",
+        "stop proc/a",
+        "stop proc/b",
+        "stop rec/x",
+    ]
+
+
+async def test_an_exporter_named_by_two_pipelines_is_one_instance() -> None:
+    graph = build(
+        {
+            "traces": PipelineConfig(receivers=["src"], exporters=["rec/x"]),
+            "logs": PipelineConfig(receivers=["src"], exporters=["rec/x", "rec/y"]),
+        },
+        [],
+    )
+    exporters = [instance for kind, _, instance in graph.components if kind is Kind.EXPORTER]
+    assert len(exporters) == 2
+
+
+async def test_a_mutating_pipeline_gets_a_copy_and_readers_see_the_original() -> None:
+    graph = build(
+        {
+            "traces": PipelineConfig(receivers=["src"], processors=["mut"], exporters=["rec/x"]),
+            "traces/raw": PipelineConfig(receivers=["src"], exporters=["rec/y"]),
+        },
+        [],
+    )
+    source = graph.component("src")
+    batch, _ = next(Workload(seed=2).requests(1))
+    source.consumers[Signal.TRACES].consume(batch)
+    raw = graph.component("rec/y").batches[0]
+    mutated = graph.component("rec/x").batches[0]
+    assert raw is batch
+    assert mutated is not batch
+    assert [a.key for a in mutated.resource_spans[0].resource.attributes][-1] == "touched.by"
+    assert "touched.by" not in [a.key for a in raw.resource_spans[0].resource.attributes]
+
+
+async def test_a_single_pipeline_passes_the_batch_without_copying() -> None:
+    graph = build({"traces": PipelineConfig(receivers=["src"], processors=["mut"], exporters=["rec/x"])}, [])
+    batch, _ = next(Workload(seed=2).requests(1))
+    graph.component("src").consumers[Signal.TRACES].consume(batch)
+    assert graph.component("rec/x").batches[0] is batch
