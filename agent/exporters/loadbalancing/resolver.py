@@ -1,0 +1,97 @@
+"""Where the gateways are: a static list, or DNS (a Kubernetes headless Service: every A record is a gateway).
+
+The DNS resolver re-resolves every ``interval`` and reports changes; a failed lookup keeps the last known
+members (a DNS hiccup must not empty the ring) and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from agent.telemetry.logs import RateLimitedLog
+
+OnChange = Callable[[list[str]], Awaitable[None]]
+
+
+class Resolver(Protocol):
+    async def start(self, on_change: OnChange) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class StaticResolver:
+    def __init__(self, endpoints: list[str]) -> None:
+        self._endpoints = sorted(set(endpoints))
+
+    async def start(self, on_change: OnChange) -> None:
+        await on_change(self._endpoints)
+
+    async def shutdown(self) -> None:
+        return None
+
+
+class DnsResolver:
+    """Resolves ``hostname`` to A/AAAA records and joins each with ``port``."""
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        interval: float,
+        timeout: float,
+        nameservers: list[str],
+        log: RateLimitedLog,
+        on_result: Callable[[str], None],
+    ) -> None:
+        self._hostname = hostname
+        self._port = port
+        self._interval = interval
+        self._timeout = timeout
+        self._log = log
+        self._on_result = on_result
+        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        if nameservers:
+            self._resolver.nameservers = [ns.rsplit(":", 1)[0] for ns in nameservers]
+            ports = {int(ns.rsplit(":", 1)[1]) for ns in nameservers if ns.count(":") == 1}
+            if ports:
+                self._resolver.port = ports.pop()
+        self._resolver.lifetime = timeout
+        self._task: asyncio.Task[None] | None = None
+        self._current: list[str] | None = None
+
+    async def start(self, on_change: OnChange) -> None:
+        await self._refresh(on_change)
+        self._task = asyncio.create_task(self._loop(on_change))
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self, on_change: OnChange) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self._refresh(on_change)
+
+    async def _refresh(self, on_change: OnChange) -> None:
+        try:
+            answer = await self._resolver.resolve(self._hostname, "A")
+            addresses = sorted({record.address for record in answer})
+        except (dns.exception.DNSException, OSError) as exc:
+            self._on_result("failure")
+            self._log.warning("dns", f"cannot resolve {self._hostname}; keeping the last known gateways: {exc}")
+            return
+        self._on_result("success")
+        endpoints = [f"{address}:{self._port}" for address in addresses]
+        if endpoints != self._current:
+            self._current = endpoints
+            await on_change(endpoints)

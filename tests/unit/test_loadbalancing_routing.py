@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agent.exporters.loadbalancing.resolver import DnsResolver
+from agent.exporters.loadbalancing.ring import HashRing
+from agent.exporters.loadbalancing.split import split_traces
+from agent.telemetry.logs import RateLimitedLog
+from agent.testing.dns_server import DnsServer
+from agent.testing.workload import Workload
+
+IDS = [os.urandom(16) for _ in range(20000)]
+
+
+def test_trace_ids_spread_evenly_over_backends() -> None:
+    ring = HashRing(["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"])
+    counts = collections.Counter(ring.owner(trace_id) for trace_id in IDS)
+    assert all(abs(count / len(IDS) - 1 / 3) < 0.05 for count in counts.values())
+
+
+def test_adding_a_fourth_backend_moves_about_a_quarter_of_the_traces_and_only_to_it() -> None:
+    before = HashRing(["a:1", "b:1", "c:1"])
+    after = HashRing(["a:1", "b:1", "c:1", "d:1"])
+    moved = [trace_id for trace_id in IDS if before.owner(trace_id) != after.owner(trace_id)]
+    assert 0.18 < len(moved) / len(IDS) < 0.32
+    assert {after.owner(trace_id) for trace_id in moved} == {"d:1"}
+
+
+def test_removing_a_backend_moves_only_its_own_traces() -> None:
+    before = HashRing(["a:1", "b:1", "c:1"])
+    after = before.without("b:1")
+    for trace_id in IDS[:5000]:
+        if before.owner(trace_id) != "b:1":
+            assert after.owner(trace_id) == before.owner(trace_id)
+
+
+def test_every_sidecar_computes_the_same_owner_whatever_the_order_it_learned_backends_in() -> None:
+    assert all(HashRing(["a:1", "b:1", "c:1"]).owner(i) == HashRing(["c:1", "a:1", "b:1"]).owner(i) for i in IDS[:500])
+
+
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=1, max_value=5))
+def test_splitting_a_batch_keeps_every_span_once_and_each_trace_on_one_backend(traces: int, backends: int) -> None:
+    request = ExportTraceServiceRequest()
+    for part, _ in Workload(seed=traces).requests(traces):
+        request.resource_spans.extend(part.resource_spans)
+    ring = HashRing([f"gw{i}:4317" for i in range(backends)])
+    parts = split_traces(request, ring.owner)
+    seen: dict[bytes, str] = {}
+    span_ids = []
+    for backend, part in parts.items():
+        for rs in part.resource_spans:
+            assert rs.resource.attributes  # resources travel with their spans
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    assert seen.setdefault(span.trace_id, backend) == backend
+                    assert ring.owner(span.trace_id) == backend
+                    span_ids.append(span.span_id)
+    expected = [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert sorted(span_ids) == sorted(expected)
+
+
+async def test_the_dns_resolver_follows_the_answer_and_keeps_the_last_members_when_lookups_fail() -> None:
+    changes: list[list[str]] = []
+    results: list[str] = []
+
+    async def on_change(endpoints: list[str]) -> None:
+        changes.append(endpoints)
+
+    with DnsServer("gateways.observability.svc.cluster.local", ["127.0.0.2", "127.0.0.3"]) as server:
+        resolver = DnsResolver(
+            "gateways.observability.svc.cluster.local",
+            4317,
+            interval=0.1,
+            timeout=1.0,
+            nameservers=[server.address],
+            log=RateLimitedLog(logging.getLogger("t")),
+            on_result=results.append,
+        )
+        await resolver.start(on_change)
+        server.addresses = ["127.0.0.3", "127.0.0.4"]
+        await asyncio.sleep(0.5)
+        server.addresses = []
+        await asyncio.sleep(0.5)
+        await resolver.shutdown()
+    assert changes == [["127.0.0.2:4317", "127.0.0.3:4317"], ["127.0.0.3:4317", "127.0.0.4:4317"]]
+    assert "failure" in results and "success" in results
