@@ -7,12 +7,14 @@ from typing import Any
 from agent.component import Factory, Kind
 from agent.exporters import file as file_exporter
 from agent.exporters import nop as nop_exporter
+from agent.processors import tail_sampling
 from agent.receivers import otlp as otlp_receiver
 
 FACTORIES: tuple[Factory[Any], ...] = (
     otlp_receiver.FACTORY,
     file_exporter.FACTORY,
     nop_exporter.FACTORY,
+    tail_sampling.FACTORY,
 )
 
 

@@ -1,0 +1,199 @@
+"""Configuration of the ``tail_sampling`` processor: timing, memory bounds, decision caches and policies.
+
+Policies are fixed sections (``errors``, ``critical_services``, ``latency``, ``probabilistic``) plus a list of
+``attributes`` rules; each names the retention class it gives a trace. Whether those classes exist is checked
+against ``service.retention.classes`` by the factory's ``cross_check``, which sees the whole agent config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config.schema import Duration, setting
+
+BUILTIN_POLICY_NAMES = ("errors", "critical_services", "latency", "probabilistic")
+_POLICY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ErrorsPolicyConfig:
+    enabled: bool = setting(True, doc="Keep every trace with a span whose status is ERROR.")
+    retention_class: str = setting("error", doc="Retention class of traces this policy keeps.")
+    error_type: bool = setting(
+        False,
+        doc="Also count a span carrying an `error.type` attribute as an error. Semantic conventions already set "
+        "status ERROR on such spans; turn this on for instrumentations that only set the attribute.",
+    )
+    http_server_errors: bool = setting(
+        False, doc="Also count a span with `http.response.status_code` >= 500 as an error, whatever its status."
+    )
+
+
+@dataclass(frozen=True)
+class CriticalServicesPolicyConfig:
+    services: list[str] = setting(
+        doc="Keep every trace with a span whose resource `service.name` is one of these (empty: policy off).",
+        default_factory=list,
+    )
+    retention_class: str = setting("critical", doc="Retention class of traces this policy keeps.")
+
+
+@dataclass(frozen=True)
+class LatencyPolicyConfig:
+    threshold: Duration | None = setting(
+        None, doc="Keep traces lasting at least this long (latest span end - earliest span start); unset: off."
+    )
+    retention_class: str = setting("standard", doc="Retention class of traces this policy keeps.")
+
+
+@dataclass(frozen=True)
+class ProbabilisticPolicyConfig:
+    enabled: bool = setting(True, doc="Keep a consistent share of all other traces.")
+    percentage: float = setting(
+        10.0,
+        doc="Share of traces kept, decided by the trace id's randomness (OTEP 235), so every agent and SDK "
+        "sampling consistently at this rate keeps the same traces.",
+        minimum=0,
+        maximum=100,
+    )
+    retention_class: str = setting("standard", doc="Retention class of traces this policy keeps.")
+
+
+@dataclass(frozen=True)
+class AttributeRuleConfig:
+    name: str = setting(doc="Policy name, recorded as `sampling.policy` and in metrics (lower_snake_case).")
+    key: str = setting(doc="Attribute key to test, e.g. `deployment.environment`.")
+    match_on: Literal["any", "span", "resource"] = setting(
+        "any", doc="Test span attributes, resource attributes, or both."
+    )
+    values: list[str] = setting(doc="String matcher: the attribute equals one of these.", default_factory=list)
+    regex: str | None = setting(None, doc="String matcher: the whole attribute value matches this regex.")
+    min_value: float | None = setting(None, doc="Numeric matcher: value >= this (inclusive).")
+    max_value: float | None = setting(None, doc="Numeric matcher: value <= this (inclusive).")
+    bool_value: bool | None = setting(None, doc="Boolean matcher: the attribute is this boolean.")
+    percentage: float = setting(
+        100.0, doc="Share of matching traces kept (consistent, by trace id randomness).", minimum=0, maximum=100
+    )
+    retention_class: str = setting("standard", doc="Retention class of traces this rule keeps.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not _POLICY_NAME.match(self.name):
+            yield "name", "must be lower_snake_case"
+        elif self.name in BUILTIN_POLICY_NAMES or self.name == "none":
+            yield "name", f"{self.name} is a reserved policy name"
+        if not self.key:
+            yield "key", "must not be empty"
+        matchers = [
+            bool(self.values),
+            self.regex is not None,
+            self.min_value is not None or self.max_value is not None,
+            self.bool_value is not None,
+        ]
+        if sum(matchers) != 1:
+            yield "", "set exactly one matcher: values, regex, min_value/max_value or bool_value"
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                yield "regex", f"not a valid regular expression: {exc}"
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            yield "max_value", "must not be below min_value"
+
+
+@dataclass(frozen=True)
+class PoliciesConfig:
+    errors: ErrorsPolicyConfig = setting(doc="Errors policy.", default_factory=ErrorsPolicyConfig)
+    critical_services: CriticalServicesPolicyConfig = setting(
+        doc="Critical services policy.", default_factory=CriticalServicesPolicyConfig
+    )
+    latency: LatencyPolicyConfig = setting(doc="Latency policy.", default_factory=LatencyPolicyConfig)
+    attributes: list[AttributeRuleConfig] = setting(
+        doc="Attribute rules, e.g. keep 100% of `deployment.environment=development`.", default_factory=list
+    )
+    probabilistic: ProbabilisticPolicyConfig = setting(
+        doc="The default for everything else.", default_factory=ProbabilisticPolicyConfig
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        seen: set[str] = set()
+        for index, rule in enumerate(self.attributes):
+            if rule.name in seen:
+                yield f"attributes[{index}].name", f"policy name {rule.name} is used twice"
+            seen.add(rule.name)
+
+    def retention_classes(self) -> Iterator[tuple[str, str]]:
+        """``(relative_path, class)`` for every class a policy may give, for the cross-check."""
+        yield "errors.retention_class", self.errors.retention_class
+        yield "critical_services.retention_class", self.critical_services.retention_class
+        yield "latency.retention_class", self.latency.retention_class
+        yield "probabilistic.retention_class", self.probabilistic.retention_class
+        for index, rule in enumerate(self.attributes):
+            yield f"attributes[{index}].retention_class", rule.retention_class
+
+
+@dataclass(frozen=True)
+class DecisionCacheConfig:
+    kept_size: int = setting(
+        100_000,
+        doc="Kept trace ids remembered (LRU, about 200 bytes each) so late spans are forwarded at once.",
+        minimum=1,
+    )
+    dropped_size: int = setting(
+        1_000_000,
+        doc="Dropped trace ids remembered at least (a cuckoo filter, about 9 bytes per id) so late spans are "
+        "dropped at once.",
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
+class TailSamplingConfig:
+    decision_wait: Duration = setting(Duration(10.0), doc="Decide a trace this long after its first span arrived.")
+    decision_wait_after_root: Duration = setting(
+        Duration(2.0),
+        doc="Decide earlier, this long after the root span (no parent) arrived; 0s waits for decision_wait only.",
+    )
+    tick_interval: Duration = setting(
+        Duration(0.1), doc="How often due traces are decided; traces due in one tick are released together."
+    )
+    max_traces: int = setting(
+        20_000, doc="Most traces buffered; past it the oldest are decided early (forced).", minimum=1
+    )
+    max_buffered_bytes: int = setting(
+        128 * 1024 * 1024,
+        doc="Most bytes (protobuf size) held: buffered traces plus decided data the next stage refused. Past it "
+        "the oldest traces are decided early; while refused data fills it, new data is refused (retryable).",
+        minimum=1024,
+    )
+    max_spans_per_trace: int = setting(
+        10_000,
+        doc="A trace reaching this many spans is decided at once; its later spans follow that decision, so one "
+        "enormous trace never holds up the others.",
+        minimum=1,
+    )
+    max_batch_bytes: int = setting(
+        2 * 1024 * 1024,
+        doc="Most bytes per export request released downstream; traces decided together are split only between "
+        "traces, never inside one.",
+        minimum=1024,
+    )
+    log_error_class: str = setting(
+        "error", doc="Retention class of log records with severity ERROR or above not held with a kept trace."
+    )
+    decision_cache: DecisionCacheConfig = setting(
+        doc="Decisions remembered after a trace's data is released.", default_factory=DecisionCacheConfig
+    )
+    policies: PoliciesConfig = setting(doc="Sampling policies; any keep wins.", default_factory=PoliciesConfig)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.decision_wait <= 0:
+            yield "decision_wait", "must be longer than 0s"
+        if self.decision_wait_after_root > self.decision_wait:
+            yield "decision_wait_after_root", "must not exceed decision_wait"
+        if self.tick_interval <= 0:
+            yield "tick_interval", "must be longer than 0s"
+        elif self.tick_interval > self.decision_wait:
+            yield "tick_interval", "must not exceed decision_wait"

@@ -1,0 +1,127 @@
+"""Build the export requests released downstream, regrouped per (resource, class, policy).
+
+A resource container arriving at the processor may hold spans of many traces that end up with different
+decisions, so its resource cannot simply be stamped: each released request has one ResourceSpans (or
+ResourceLogs) per distinct resource *and* decision, whose resource carries ``retention.class`` and
+``sampling.policy``, and one ScopeSpans per distinct scope inside it. Resources and scopes from different
+incoming requests that are equal are merged (compared by their serialized form, computed once per container).
+
+Kept spans get the trace's OTEP 235 threshold in ``tracestate`` (``ot=th:…``), raised but never lowered
+relative to a threshold an earlier sampler already recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from agent.component import Signal
+from agent.otlp.probability import with_threshold
+
+RETENTION_CLASS_KEY = "retention.class"
+SAMPLING_POLICY_KEY = "sampling.policy"
+_STAMPED_KEYS = (RETENTION_CLASS_KEY, SAMPLING_POLICY_KEY)
+
+
+class _Layout:
+    def __init__(self, request_type: type, resources: str, scopes: str, items: str) -> None:
+        self.request_type = request_type
+        self.resources = resources
+        self.scopes = scopes
+        self.items = items
+
+
+_LAYOUTS = {
+    Signal.TRACES: _Layout(ExportTraceServiceRequest, "resource_spans", "scope_spans", "spans"),
+    Signal.LOGS: _Layout(ExportLogsServiceRequest, "resource_logs", "scope_logs", "log_records"),
+}
+
+
+def stamp_resource(resource: Any, retention_class: str, policy: str) -> None:
+    """Set ``retention.class`` and ``sampling.policy`` on a Resource, replacing values set upstream."""
+    attributes = resource.attributes
+    if any(kv.key in _STAMPED_KEYS for kv in attributes):
+        kept = [kv for kv in attributes if kv.key not in _STAMPED_KEYS]
+        del attributes[:]
+        attributes.extend(kept)
+    attributes.append(KeyValue(key=RETENTION_CLASS_KEY, value=AnyValue(string_value=retention_class)))
+    attributes.append(KeyValue(key=SAMPLING_POLICY_KEY, value=AnyValue(string_value=policy)))
+
+
+class OutputBuilder:
+    """Accumulates released items of one signal into one export request."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self._layout = _LAYOUTS[signal]
+        self.request = self._layout.request_type()
+        self.items = 0
+        self.bytes = 0
+        self._resource_keys: dict[int, bytes] = {}
+        self._scope_keys: dict[int, bytes] = {}
+        self._resources: dict[tuple[bytes, str, str], Any] = {}
+        self._scopes: dict[tuple[int, bytes], Any] = {}
+        self._tracestates: dict[tuple[str, int], str] = {}
+
+    def __bool__(self) -> bool:
+        return self.items > 0
+
+    def add(
+        self,
+        resource_container: Any,
+        scope_container: Any,
+        items: list[Any],
+        retention_class: str,
+        policy: str,
+        threshold: int | None = None,
+    ) -> None:
+        """Copy ``items`` (spans or log records) under their resource and scope, stamped with the decision."""
+        out_scope = self._scope_for(self._resource_for(resource_container, retention_class, policy), scope_container)
+        out_items = getattr(out_scope, self._layout.items)
+        start = len(out_items)
+        out_items.extend(items)
+        self.items += len(items)
+        if threshold is not None:
+            self._stamp_threshold(out_items, start, threshold)
+
+    def _resource_for(self, container: Any, retention_class: str, policy: str) -> Any:
+        key = self._resource_keys.get(id(container))
+        if key is None:
+            key = container.resource.SerializeToString(deterministic=True) + b"\x00" + container.schema_url.encode()
+            self._resource_keys[id(container)] = key
+        group = (key, retention_class, policy)
+        out = self._resources.get(group)
+        if out is None:
+            out = getattr(self.request, self._layout.resources).add()
+            out.resource.CopyFrom(container.resource)
+            out.schema_url = container.schema_url
+            stamp_resource(out.resource, retention_class, policy)
+            self._resources[group] = out
+        return out
+
+    def _scope_for(self, out_resource: Any, container: Any) -> Any:
+        key = self._scope_keys.get(id(container))
+        if key is None:
+            key = container.scope.SerializeToString(deterministic=True) + b"\x00" + container.schema_url.encode()
+            self._scope_keys[id(container)] = key
+        group = (id(out_resource), key)
+        out = self._scopes.get(group)
+        if out is None:
+            out = getattr(out_resource, self._layout.scopes).add()
+            out.scope.CopyFrom(container.scope)
+            out.schema_url = container.schema_url
+            self._scopes[group] = out
+        return out
+
+    def _stamp_threshold(self, spans: Any, start: int, threshold: int) -> None:
+        memo = self._tracestates
+        for index in range(start, len(spans)):
+            span = spans[index]
+            old = span.trace_state
+            new = memo.get((old, threshold))
+            if new is None:
+                new = memo[(old, threshold)] = with_threshold(old, threshold)
+            span.trace_state = new

@@ -1,0 +1,23 @@
+"""``probabilistic``: keep a consistent share of traces, decided by the trace id's randomness (OTEP 235).
+
+The policy applies to every trace; whether it keeps one is ``randomness(trace_id) >= threshold``, a pure
+function of the trace id, so independent agents and SDKs with consistent probability samplers at the same
+rate keep the same traces.
+"""
+
+from __future__ import annotations
+
+from agent.processors.tail_sampling.buffer import BufferedTrace
+from agent.processors.tail_sampling.config import ProbabilisticPolicyConfig
+from agent.processors.tail_sampling.policies import EvaluationContext, percentage_threshold
+
+
+class ProbabilisticPolicy:
+    name = "probabilistic"
+
+    def __init__(self, config: ProbabilisticPolicyConfig) -> None:
+        self.retention_class = config.retention_class
+        self._threshold = percentage_threshold(config.percentage)
+
+    def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
+        return self._threshold

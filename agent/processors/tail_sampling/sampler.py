@@ -1,0 +1,365 @@
+"""The tail sampler of one component id, shared by its traces and logs pipeline instances.
+
+Flow: ``consume_spans`` groups each scope's spans by trace id in one pass and appends the groups to the
+buffered traces (or, for traces already decided, forwards or drops them at once from the decision caches).
+A timer decides traces that are due every ``tick_interval``; traces decided together are released together,
+one export request per tick (split only between traces when larger than ``max_batch_bytes``). Bounds are
+enforced after each batch by deciding the oldest traces early. Decided data the next stage refuses is kept,
+counted in the byte bound, and retried on the next tick; while it fills the bound, ``consume`` refuses.
+
+Threading: everything runs on the agent's event loop (receivers call ``consume`` there), so there is no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
+from agent.otlp.signals import SPECS
+from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer
+from agent.processors.tail_sampling.config import TailSamplingConfig
+from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
+from agent.processors.tail_sampling.logs import LogClassifier
+from agent.processors.tail_sampling.metrics import SamplingMetrics
+from agent.processors.tail_sampling.output import OutputBuilder
+from agent.processors.tail_sampling.policies import Decision, EvaluationContext, build_policies
+from agent.telemetry.logs import RateLimitedLog
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Pending:
+    request: Any
+    items: int
+    size: int
+
+
+@dataclass
+class Release:
+    """What one decision batch (a tick, or one ``consume``) sends downstream, chunked between traces."""
+
+    max_bytes: int
+    builders: dict[Signal, list[OutputBuilder]] = field(default_factory=dict)
+
+    def builder(self, signal: Signal, size: int) -> OutputBuilder:
+        """The builder to add ``size`` more bytes of one trace to; a new one when the current would overflow."""
+        chunks = self.builders.setdefault(signal, [])
+        if not chunks or (chunks[-1].items and chunks[-1].bytes + size > self.max_bytes):
+            chunks.append(OutputBuilder(signal))
+        current = chunks[-1]
+        current.bytes += size
+        return current
+
+
+class TailSampler:
+    def __init__(self, config: TailSamplingConfig, settings: CreateSettings, clock: Clock = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._log = RateLimitedLog(settings.logger)
+        self._logger = settings.logger
+        retention = settings.service.retention
+        self.policies = build_policies(config.policies, retention.classes)
+        self.buffer = TraceBuffer(float(config.decision_wait), float(config.decision_wait_after_root))
+        self.kept = KeptCache[Decision](config.decision_cache.kept_size)
+        self.dropped = DroppedCache(config.decision_cache.dropped_size)
+        self.logs = LogClassifier(retention.classes, retention.default_class, config.log_error_class)
+        self.metrics = SamplingMetrics(settings)
+        self._consumers: dict[Signal, Consumer] = {}
+        self._pending: dict[Signal, collections.deque[_Pending]] = {s: collections.deque() for s in SPECS}
+        self.pending_bytes = 0
+        self._timer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- wiring and lifecycle ------------------------------------------------------------------------------------
+
+    def attach(self, signal: Signal, consumer: Consumer) -> None:
+        if signal in self._consumers:
+            raise ValueError(f"tail_sampling already has a {signal} pipeline; use one component id per pipeline")
+        self._consumers[signal] = consumer
+
+    async def start(self) -> None:
+        if self._timer is None and not self._closed:
+            self._timer = asyncio.create_task(self._run_timer())
+
+    async def shutdown(self, deadline: float) -> None:
+        """Decide every buffered trace now, release it, and retry refused data until ``deadline``."""
+        if not self._closed:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._timer
+            self.decide_all("shutdown")
+        while self._has_pending() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
+            self._flush_pending()
+        self._abandon_pending()
+
+    async def _run_timer(self) -> None:
+        interval = float(self._config.tick_interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.tick()
+            except Exception:  # a bug here must not stop all future decisions
+                self._logger.exception("tail_sampling tick failed")
+
+    def tick(self) -> None:
+        """Retry refused data, decide the traces that are due, release them together."""
+        self._flush_pending()
+        release = Release(self._config.max_batch_bytes)
+        self._decide(self.buffer.due(self._clock()), None, release)
+        self._emit(release)
+        self.buffer.clear_root_queue_of_stale()
+        self._update_gauges()
+
+    def decide_all(self, reason: str) -> None:
+        release = Release(self._config.max_batch_bytes)
+        self._decide(self.buffer.all(), reason, release)
+        self._emit(release)
+        self._update_gauges()
+
+    # --- ingest ----------------------------------------------------------------------------------------------------
+
+    def consume_spans(self, request: Any) -> None:
+        self._refuse_if_full()
+        now = self._clock()
+        buffer, kept, dropped = self.buffer, self.kept, self.dropped
+        max_spans = self._config.max_spans_per_trace
+        release = Release(self._config.max_batch_bytes)
+        oversized: dict[bytes, BufferedTrace] = {}
+        late_kept = late_dropped = 0
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                count = len(spans)
+                if not count:
+                    continue
+                groups: dict[bytes, list[Any]] = {}
+                roots: list[bytes] = []
+                for span in spans:
+                    trace_id = span.trace_id
+                    group = groups.get(trace_id)
+                    if group is None:
+                        groups[trace_id] = [span]
+                    else:
+                        group.append(span)
+                    if not span.parent_span_id:
+                        roots.append(trace_id)
+                # One size per scope, shared out by span count: exact for the usual one-trace scope, and a
+                # fraction of the cost of sizing every span.
+                bytes_per_span = ss.ByteSize() / count
+                for trace_id, group in groups.items():
+                    trace = buffer.get(trace_id)
+                    if trace is None:
+                        decision = kept.get(trace_id)
+                        if decision is not None:
+                            builder = release.builder(Signal.TRACES, int(bytes_per_span * len(group)))
+                            builder.add(rs, ss, group, decision.retention_class, decision.policy, decision.threshold)
+                            late_kept += len(group)
+                            continue
+                        if trace_id in dropped:
+                            late_dropped += len(group)
+                            continue
+                        trace = buffer.create(trace_id, now)
+                    buffer.add_spans(trace, rs, ss, group, int(bytes_per_span * len(group)))
+                    if trace.span_count >= max_spans:
+                        oversized[trace_id] = trace
+                for trace_id in roots:
+                    trace = buffer.get(trace_id)
+                    if trace is not None:
+                        buffer.root_arrived(trace, now)
+        if late_kept:
+            self.metrics.late_kept.inc(late_kept)
+        if late_dropped:
+            self.metrics.late_dropped.inc(late_dropped)
+        self._decide(list(oversized.values()), "max_spans_per_trace", release)
+        self._after_ingest(release)
+
+    def consume_logs(self, request: Any) -> None:
+        """Hold records of buffered traces with them; classify and pass all others at once."""
+        self._refuse_if_full()
+        buffer, kept, logs = self.buffer, self.kept, self.logs
+        release = Release(self._config.max_batch_bytes)
+        for rl in request.resource_logs:
+            for sl in rl.scope_logs:
+                records = sl.log_records
+                count = len(records)
+                if not count:
+                    continue
+                held: dict[bytes, list[Any]] = {}
+                passing: dict[tuple[str, str], list[Any]] = {}
+                for record in records:
+                    trace_id = record.trace_id
+                    if trace_id:
+                        if trace_id in buffer.traces:
+                            held.setdefault(trace_id, []).append(record)
+                            continue
+                        decision = kept.get(trace_id)
+                        if decision is not None:
+                            passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
+                            continue
+                    passing.setdefault(logs.by_severity(record), []).append(record)
+                bytes_per_record = sl.ByteSize() / count
+                for (retention_class, policy), group in passing.items():
+                    builder = release.builder(Signal.LOGS, int(bytes_per_record * len(group)))
+                    builder.add(rl, sl, group, retention_class, policy)
+                for trace_id, group in held.items():
+                    trace = buffer.traces[trace_id]
+                    buffer.add_logs(trace, rl, sl, group, int(bytes_per_record * len(group)))
+        self._after_ingest(release)
+
+    def _after_ingest(self, release: Release) -> None:
+        if self._closed:
+            # Data arriving after shutdown (from a stage upstream that flushes late) is decided at once.
+            self._decide(self.buffer.all(), "shutdown", release)
+        else:
+            self._enforce_bounds(release)
+        self._emit(release)
+        self._update_gauges()
+
+    def _refuse_if_full(self) -> None:
+        if not self.pending_bytes:
+            return
+        self._flush_pending()
+        if self.pending_bytes and self.pending_bytes + self.buffer.bytes >= self._config.max_buffered_bytes:
+            raise Refused("tail_sampling buffer is full: the next stage is not keeping up")
+
+    def _enforce_bounds(self, release: Release) -> None:
+        """Decide the oldest traces early until the trace count and byte bounds hold again."""
+        buffer = self.buffer
+        excess = len(buffer) - self._config.max_traces
+        if excess > 0:
+            self._decide(buffer.oldest(excess), "max_traces", release)
+        limit = self._config.max_buffered_bytes
+        while len(buffer) and buffer.bytes + self.pending_bytes > limit:
+            over = buffer.bytes + self.pending_bytes - limit
+            average = buffer.bytes / len(buffer)
+            self._decide(buffer.oldest(max(1, int(over / average) + 1)), "max_buffered_bytes", release)
+
+    # --- decisions -------------------------------------------------------------------------------------------------
+
+    def _decide(self, traces: list[BufferedTrace], reason: str | None, release: Release) -> None:
+        if not traces:
+            return
+        context = EvaluationContext()
+        now = self._clock()
+        counts: collections.Counter[tuple[str, bool]] = collections.Counter()
+        latency = self.metrics.decision_latency
+        for trace in traces:
+            self.buffer.remove(trace)
+            decision = self.policies.decide(trace, context)
+            counts[(decision.policy, decision.keep)] += 1
+            latency.observe(max(now - trace.first_seen, 0.0))
+            if decision.keep:
+                self.kept.put(trace.trace_id, decision)
+                self._release_kept(trace, decision, release)
+            else:
+                self.dropped.add(trace.trace_id)
+                self._release_logs_of_dropped(trace, release)
+            trace.clear()
+        self.metrics.count_decisions(counts)
+        if reason is not None:
+            self.metrics.forced[reason].inc(len(traces))
+
+    def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
+        builder = release.builder(Signal.TRACES, trace.bytes)
+        for rs, ss, spans in trace.spans:
+            builder.add(rs, ss, spans, decision.retention_class, decision.policy, decision.threshold)
+        if trace.logs:
+            builder = release.builder(Signal.LOGS, 0)
+            for rl, sl, records in trace.logs:
+                for (retention_class, policy), group in self.logs.group_for_kept_trace(records, decision).items():
+                    builder.add(rl, sl, group, retention_class, policy)
+
+    def _release_logs_of_dropped(self, trace: BufferedTrace, release: Release) -> None:
+        if not trace.logs:
+            return
+        builder = release.builder(Signal.LOGS, 0)
+        for rl, sl, records in trace.logs:
+            for (retention_class, policy), group in self.logs.group_by_severity(records).items():
+                builder.add(rl, sl, group, retention_class, policy)
+
+    # --- release ---------------------------------------------------------------------------------------------------
+
+    def _emit(self, release: Release) -> None:
+        self._flush_pending()
+        for signal, builders in release.builders.items():
+            for builder in builders:
+                if builder.items:
+                    self._send(signal, _Pending(builder.request, builder.items, 0))
+
+    def _send(self, signal: Signal, entry: _Pending) -> None:
+        queue = self._pending[signal]
+        if queue:  # keep the order: older refused data goes first
+            self._hold(signal, entry)
+            return
+        if not self._deliver(signal, entry):
+            self._hold(signal, entry)
+
+    def _hold(self, signal: Signal, entry: _Pending) -> None:
+        if not entry.size:
+            entry.size = entry.request.ByteSize()
+            if signal is Signal.TRACES:
+                self.metrics.refused_spans.inc(entry.items)
+            else:
+                self.metrics.refused_log_records.inc(entry.items)
+        self._pending[signal].append(entry)
+        self.pending_bytes += entry.size
+
+    def _deliver(self, signal: Signal, entry: _Pending) -> bool:
+        """Hand one request to the next stage; False when it refused (retry later)."""
+        try:
+            self._consumers[signal].consume(entry.request)
+        except Refused:
+            return False
+        except PermanentError as exc:
+            self._lose(signal, "permanent_error", entry.items, str(exc))
+        except Exception as exc:  # a failing next stage must not break sampling
+            self._lose(signal, type(exc).__name__, entry.items, str(exc))
+        return True
+
+    def _flush_pending(self) -> None:
+        for signal, queue in self._pending.items():
+            while queue:
+                entry = queue[0]
+                if not self._deliver(signal, entry):
+                    break
+                queue.popleft()
+                self.pending_bytes -= entry.size
+
+    def _has_pending(self) -> bool:
+        return any(self._pending.values())
+
+    def _abandon_pending(self) -> None:
+        for signal, queue in self._pending.items():
+            items = sum(entry.items for entry in queue)
+            if items:
+                self._lose(signal, "shutdown_timeout", items, "the next stage still refused at the shutdown deadline")
+            queue.clear()
+        self.pending_bytes = 0
+        self._update_gauges()
+
+    def _lose(self, signal: Signal, reason: str, items: int, detail: str) -> None:
+        self.metrics.lost(signal.value, reason, items)
+        self._log.warning(
+            f"lost:{signal}:{reason}",
+            f"{items} {SPECS[signal].item_name} lost after sampling: {detail}",
+            signal=signal.value,
+            reason=reason,
+        )
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.traces_buffered.set(len(self.buffer))
+        m.spans_buffered.set(self.buffer.spans)
+        m.bytes_buffered.set(self.buffer.bytes + self.pending_bytes)
+        m.kept_entries.set(len(self.kept))
+        m.dropped_entries.set(len(self.dropped))
