@@ -126,6 +126,9 @@ class Factory(Generic[C]):
     description: str
     output_signals: frozenset[Signal] = frozenset()
     mutates_data: bool = False
+    # False for a stage that is done with a batch when consume() returns (it neither queues nor buffers it);
+    # fan-out can then hand the original to a mutating pipeline after it instead of copying.
+    retains_data: bool = True
     # Checks that need the whole config (retention classes named by a policy exist, ...):
     # ``cross_check(cfg, agent_config) -> Iterable[(relative_path, message)]``.
     cross_check: Callable[[Any, Any], Iterable[tuple[str, str]]] | None = None

@@ -1,4 +1,4 @@
-"""Fan-out of one batch to several consumers, honouring the ownership rule."""
+"""Fan-out of one batch to several consumers, honouring the ownership rule without needless copies."""
 
 from __future__ import annotations
 
@@ -14,22 +14,27 @@ from agent.component import Consumer
 class Target:
     consumer: Consumer
     mutates: bool
+    retains: bool = True  # keeps a reference after consume() returns (queues, buffers)
 
 
 class FanOut:
-    """Give every target the batch; a target that mutates gets its own copy unless nobody else sees the original.
+    """Give every target the batch; copy only where a mutation could be seen by someone else.
+
+    Targets run in this order: readers that do not retain the batch (they are done with it when ``consume``
+    returns, like the span-metrics connector), then retaining readers, then mutators. A mutator may then take
+    the original when it is the last target and no retaining reader shares it; every other mutator gets a copy.
 
     If a later target refuses, earlier ones keep what they took and the sender's retry duplicates it there:
-    at-least-once, as in the Collector. Put the target most likely to refuse first.
+    at-least-once, as in the Collector.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
-        self._targets = list(targets)
-        readers = sum(1 for t in self._targets if not t.mutates)
-        # The last mutating target may take the original only when no read-only target shares it.
-        self._needs_copy = [t.mutates for t in self._targets]
-        if readers == 0:
-            self._needs_copy[-1] = False
+        self._targets = sorted(targets, key=lambda t: (t.mutates, t.retains))
+        shared_by_retainer = any(t.retains and not t.mutates for t in self._targets)
+        last = len(self._targets) - 1
+        self._needs_copy = [
+            t.mutates and (index != last or shared_by_retainer) for index, t in enumerate(self._targets)
+        ]
 
     def consume(self, batch: Message) -> None:
         for target, copy in zip(self._targets, self._needs_copy, strict=True):

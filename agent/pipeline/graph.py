@@ -32,6 +32,7 @@ class _Node:
 class _Entry:
     consumer: Consumer
     mutates: bool
+    retains: bool
 
 
 class Graph:
@@ -98,7 +99,7 @@ class Graph:
             if receiver_id in pipeline.receivers:
                 entry = self._pipeline_entry(pipeline_id)
                 signal = Signal(pipeline_id.split("/", 1)[0])
-                by_signal.setdefault(signal, []).append(Target(entry.consumer, entry.mutates))
+                by_signal.setdefault(signal, []).append(Target(entry.consumer, entry.mutates, entry.retains))
         return {signal: fan_out(targets) for signal, targets in by_signal.items()}
 
     def _pipeline_entry(self, pipeline_id: str) -> _Entry:
@@ -109,19 +110,28 @@ class Graph:
         self._building.add(pipeline_id)
         pipeline = self._config.service.pipelines[pipeline_id]
         signal = Signal(pipeline_id.split("/", 1)[0])
-        targets = [Target(self._exporter(name).consumer_for(signal), False) for name in pipeline.exporters]
+        targets = [
+            Target(self._exporter(name).consumer_for(signal), False, self._factory(name).retains_data)
+            for name in pipeline.exporters
+        ]
         consumer = fan_out(targets)
         mutates = False
+        retains = any(t.retains for t in targets)
         for processor_id in reversed(pipeline.processors):
             component = self._config.processors[processor_id]
             settings = self._settings(component, f"[{pipeline_id}]")
             consumer = component.factory.create(component.config, settings, signal, consumer)
             mutates = mutates or component.factory.mutates_data
+            retains = retains or component.factory.retains_data
             self._nodes.append(_Node(Kind.PROCESSOR, processor_id, consumer))
-        entry = _Entry(consumer, mutates)
+        entry = _Entry(consumer, mutates, retains)
         self._entries[pipeline_id] = entry
         self._building.discard(pipeline_id)
         return entry
+
+    def _factory(self, exporter_id: str) -> Any:
+        component = self._config.connectors.get(exporter_id) or self._config.exporters[exporter_id]
+        return component.factory
 
     def _exporter(self, exporter_id: str) -> Any:
         if exporter_id in self._exporters:

@@ -153,3 +153,22 @@ async def test_a_single_pipeline_passes_the_batch_without_copying() -> None:
     batch, _ = next(Workload(seed=2).requests(1))
     graph.component("src").consumers[Signal.TRACES].consume(batch)
     assert graph.component("rec/x").batches[0] is batch
+
+
+def test_fan_out_copies_only_when_a_mutation_could_be_seen_by_another_consumer() -> None:
+    from agent.pipeline.fanout import FanOut, Target
+    from agent.testing.sinks import BatchSink
+
+    batch, _ = next(Workload(seed=2).requests(1))
+
+    def run(*flags: tuple[bool, bool]) -> list[bool]:
+        sinks = [BatchSink() for _ in flags]
+        FanOut([Target(s, m, r) for s, (m, r) in zip(sinks, flags, strict=True)]).consume(batch)
+        return [s.batches[0] is batch for s in sinks]
+
+    # (mutates, retains): a synchronous reader then a mutator → no copy
+    assert run((False, False), (True, True)) == [True, True]
+    # a queueing reader shares the original → the mutator needs a copy
+    assert run((False, True), (True, True)) == [True, False]
+    # two mutators → the first one (in run order) gets a copy, the last one the original
+    assert run((True, True), (True, True)) == [False, True]
