@@ -1,0 +1,164 @@
+{{/* Names and labels, as in every Helm chart. */}}
+{{- define "otel-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "otel-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "otel-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "otel-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ .Values.mode }}
+{{- end }}
+
+{{- define "otel-sidecar.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "otel-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "otel-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "otel-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "otel-sidecar.configMapName" -}}
+{{- default (include "otel-sidecar.fullname" .) .Values.existingConfigMap }}
+{{- end }}
+
+{{- define "otel-sidecar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Receivers listen on localhost beside the orchestrator, on every interface in the gateway tier. */}}
+{{- define "otel-sidecar.bindHost" -}}
+{{- if eq .Values.mode "gateway" }}0.0.0.0{{ else }}127.0.0.1{{ end }}
+{{- end }}
+
+{{/* Environment given to the orchestrator's containers so their OpenTelemetry SDKs export to the sidecar. */}}
+{{- define "otel-sidecar.otlpClientEnv" -}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ printf "http://localhost:%v" .Values.ports.otlp.containerPort | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: grpc
+{{- end }}
+
+{{/*
+The agent container. Also the snippet for injecting the agent into your own pod templates from a parent chart:
+  initContainers:
+    {{- include "otel-sidecar.container" (index .Subcharts "otel-sidecar") | nindent 4 }}
+  volumes:
+    {{- include "otel-sidecar.volumes" (index .Subcharts "otel-sidecar") | nindent 4 }}
+(see docs/kubernetes.md).
+*/}}
+{{- define "otel-sidecar.container" -}}
+- name: otel-sidecar
+  image: {{ include "otel-sidecar.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if and (eq .Values.mode "sidecar") .Values.sidecar.native }}
+  restartPolicy: Always
+  {{- end }}
+  args: ["run", "--config", "/etc/otel-sidecar/config.yaml"]
+  env:
+    - name: OTEL_SIDECAR_GRPC_ENDPOINT
+      value: {{ printf "%s:%v" (include "otel-sidecar.bindHost" .) .Values.ports.otlp.containerPort | quote }}
+    - name: OTEL_SIDECAR_HTTP_ENDPOINT
+      value: {{ printf "%s:%v" (include "otel-sidecar.bindHost" .) (index .Values.ports "otlp-http").containerPort | quote }}
+    - name: OTEL_SIDECAR_METRICS_ENDPOINT
+      value: {{ printf "0.0.0.0:%v" .Values.ports.metrics.containerPort | quote }}
+    - name: OTEL_SIDECAR_ADMIN_ENDPOINT
+      value: {{ printf "0.0.0.0:%v" .Values.ports.admin.containerPort | quote }}
+    - name: K8S_POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: K8S_NAMESPACE_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    - name: K8S_NODE_NAME
+      valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+    {{- with .Values.extraEnvs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    {{- range $name, $port := .Values.ports }}
+    {{- if $port.enabled }}
+    - name: {{ $name }}
+      containerPort: {{ $port.containerPort }}
+      protocol: {{ $port.protocol }}
+    {{- end }}
+    {{- end }}
+  livenessProbe:
+    {{- toYaml .Values.livenessProbe | nindent 4 }}
+  readinessProbe:
+    {{- toYaml .Values.readinessProbe | nindent 4 }}
+  startupProbe:
+    {{- toYaml .Values.startupProbe | nindent 4 }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: otel-sidecar-config
+      mountPath: /etc/otel-sidecar
+      readOnly: true
+    - name: otel-sidecar-data
+      mountPath: /var/lib/otel-sidecar
+    - name: otel-sidecar-tmp
+      mountPath: /tmp
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{/* The pod volumes the agent container mounts. A StatefulSet with persistence gets `otel-sidecar-data` from its
+claim template instead. */}}
+{{- define "otel-sidecar.volumes" -}}
+- name: otel-sidecar-config
+  configMap:
+    name: {{ include "otel-sidecar.configMapName" . }}
+    items:
+      - {key: config.yaml, path: config.yaml}
+- name: otel-sidecar-tmp
+  emptyDir: {sizeLimit: 64Mi}
+{{- if not .Values.persistence.enabled }}
+- name: otel-sidecar-data
+  emptyDir: {sizeLimit: {{ .Values.persistence.emptyDirSizeLimit }}}
+{{- else if not (include "otel-sidecar.claimTemplate" .) }}
+- name: otel-sidecar-data
+  persistentVolumeClaim:
+    claimName: {{ default (printf "%s-data" (include "otel-sidecar.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Deployment or StatefulSet, for the workload (sidecar mode) or the agents (gateway mode). */}}
+{{- define "otel-sidecar.kind" -}}
+{{- if eq .Values.mode "gateway" }}{{ .Values.gateway.kind }}{{ else }}{{ .Values.workload.kind }}{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when a StatefulSet creates one data claim per pod from a claim template. */}}
+{{- define "otel-sidecar.claimTemplate" -}}
+{{- if and .Values.persistence.enabled (not .Values.persistence.existingClaim) (eq (include "otel-sidecar.kind" .) "StatefulSet") }}true{{ end }}
+{{- end }}
