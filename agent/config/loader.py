@@ -153,8 +153,9 @@ def _cross_check_components(config: AgentConfig, errors: list[ConfigError]) -> N
             check = component.factory.cross_check
             if check is None:
                 continue
+            base = join_path(kind.section, component_id)
             for sub, message in check(component.config, config):
-                errors.append(ConfigError(join_path(join_path(kind.section, component_id), sub), message))
+                errors.append(ConfigError(join_path(base, sub) if sub else base, message))
 
 
 def _parse_components(
