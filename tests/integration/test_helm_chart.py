@@ -1,0 +1,324 @@
+"""The Helm chart, checked with the real Helm library (helm-sdkpy, in the Python 3.12 tool venv).
+
+`helm lint --strict` semantics for the default values and every ``ci/*.yaml``; what Helm renders for each mode;
+and the agent config Helm renders into the ConfigMap, validated by the agent itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import REPO
+from tests.tools.helm_venv import ensure_helm_venv
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO / "helm" / "otel-sidecar"
+HELM_TOOL = REPO / "tests" / "tools" / "helm_lint.py"
+CI_CASES = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
+ALL_CASES = ["values.yaml", *CI_CASES]
+
+
+@pytest.fixture(scope="session")
+def helm_python() -> Path:
+    return ensure_helm_venv()
+
+
+def run_helm_tool(helm_python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm_python), str(HELM_TOOL), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def lint_results(helm_python: Path) -> dict[str, dict[str, Any]]:
+    result = run_helm_tool(helm_python, str(CHART), "--json")
+    return {case["case"]: case for case in json.loads(result.stdout)}
+
+
+@pytest.fixture(scope="module")
+def rendered(helm_python: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """case -> template file -> the Kubernetes objects Helm rendered from it."""
+    result = run_helm_tool(helm_python, str(CHART), "--render")
+    assert result.returncode == 0, result.stderr
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for case in json.loads(result.stdout):
+        assert case["fails"] == [], f"{case['case']}: templates called fail: {case['fails']}"
+        out[case["case"]] = {
+            name: [doc for doc in yaml.safe_load_all(text) if doc] for name, text in case["manifests"].items()
+        }
+    return out
+
+
+def objects(rendered_case: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [obj for docs in rendered_case.values() for obj in docs if obj.get("kind") == kind]
+
+
+def the_workload(rendered_case: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    found = objects(rendered_case, "Deployment") + objects(rendered_case, "StatefulSet")
+    assert len(found) == 1, f"expected one Deployment/StatefulSet, got {[o['kind'] for o in found]}"
+    return found[0]
+
+
+def agent_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    agents = [c for c in pod_spec.get("initContainers", []) + pod_spec["containers"] if c["name"] == "otel-sidecar"]
+    assert len(agents) == 1
+    return agents[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_the_chart_lints_without_warnings_or_errors(lint_results: dict[str, dict[str, Any]], case: str) -> None:
+    result = lint_results[case]
+    assert result["ok"], f"helm lint with {case}: {result['messages']} {result['fail_messages']}"
+    assert all(m["severity"] < 2 for m in result["messages"])
+
+
+def test_there_is_a_ci_values_file_for_each_mode() -> None:
+    modes = {(yaml.safe_load((CHART / "ci" / name).read_text())["mode"]) for name in CI_CASES}
+    natives = {yaml.safe_load((CHART / "ci" / name).read_text()).get("sidecar", {}).get("native") for name in CI_CASES}
+    assert modes == {"sidecar", "gateway"}
+    assert {True, False} <= natives
+
+
+def test_lint_fails_on_values_the_schema_rejects(helm_python: Path, tmp_path: Path) -> None:
+    for bad in ({"mode": "daemonset"}, {"sidecar": {"native": "yes"}}, {"replicaCount": 3}, {"ports": {"otlp": None}}):
+        values = tmp_path / "bad.yaml"
+        values.write_text(yaml.safe_dump(bad))
+        result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--json")
+        assert result.returncode == 1, bad
+        (case,) = json.loads(result.stdout)
+        assert {"severity": 3, "level": "error", "path": "values.yaml"} in case["messages"], bad
+
+
+def test_lint_fails_on_a_template_that_renders_invalid_yaml(helm_python: Path, tmp_path: Path) -> None:
+    chart = tmp_path / "otel-sidecar"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "broken.yaml").write_text("kind: ConfigMap\n  metadata: {{ .Values.mode }}\n")
+    result = run_helm_tool(helm_python, str(chart), "--json")
+    assert result.returncode == 1
+    assert all(
+        {"severity": 3, "level": "error", "path": "templates/broken.yaml"} in case["messages"]
+        for case in json.loads(result.stdout)
+    )
+
+
+def test_default_values_render_only_the_config_for_injecting_into_your_own_manifests(rendered: Any) -> None:
+    case = rendered["values.yaml"]
+    kinds = sorted(obj["kind"] for docs in case.values() for obj in docs)
+    assert kinds == ["ConfigMap", "ServiceAccount"]
+
+
+def test_native_sidecar_is_the_first_init_container_with_restart_policy_always(rendered: Any) -> None:
+    workload = the_workload(rendered["sidecar.yaml"])
+    pod = workload["spec"]["template"]["spec"]
+    first = pod["initContainers"][0]
+    assert first["name"] == "otel-sidecar"
+    assert first["restartPolicy"] == "Always"
+    assert first["startupProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
+    assert [c["name"] for c in pod["initContainers"][1:]] == ["migrate"]
+    assert [c["name"] for c in pod["containers"]] == ["orchestrator"]
+    assert workload["metadata"]["name"] == "orchestrator"
+    assert workload["spec"]["replicas"] == 2
+
+
+def test_orchestrator_containers_get_the_otlp_endpoint_and_keep_their_own_env(rendered: Any) -> None:
+    pod = the_workload(rendered["sidecar.yaml"])["spec"]["template"]["spec"]
+    (orchestrator,) = pod["containers"]
+    names = [e["name"] for e in orchestrator["env"]]
+    assert names == ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME"]
+    assert env_of(orchestrator)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+    agent_env = env_of(agent_container(pod))
+    assert agent_env["OTEL_SIDECAR_GRPC_ENDPOINT"] == "127.0.0.1:4317"
+    assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "127.0.0.1:4318"
+
+
+def test_non_native_sidecar_is_a_regular_container_with_a_claim_per_pod(rendered: Any) -> None:
+    workload = the_workload(rendered["sidecar-non-native.yaml"])
+    assert workload["kind"] == "StatefulSet"
+    pod = workload["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["containers"]] == ["orchestrator", "otel-sidecar"]
+    assert "restartPolicy" not in pod["containers"][1]
+    (claim,) = workload["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "otel-sidecar-data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "4Gi"
+    assert "otel-sidecar-data" not in [v["name"] for v in pod["volumes"]]
+    assert pod["terminationGracePeriodSeconds"] == 60
+
+
+def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: Any) -> None:
+    case = rendered["gateway.yaml"]
+    workload = the_workload(case)
+    (service,) = objects(case, "Service")
+    pod = workload["spec"]["template"]["spec"]
+    assert workload["kind"] == "StatefulSet"
+    assert workload["spec"]["replicas"] == 3
+    assert service["spec"]["clusterIP"] == "None"
+    assert workload["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "otlp": 4317,
+        "otlp-http": 4318,
+        "metrics": 9464,
+        "admin": 13133,
+    }
+    assert [c["name"] for c in pod["containers"]] == ["otel-sidecar"]
+    agent_env = env_of(agent_container(pod))
+    assert agent_env["OTEL_SIDECAR_GRPC_ENDPOINT"] == "0.0.0.0:4317"
+    assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "0.0.0.0:4318"
+    (monitor,) = objects(case, "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "admin"]
+
+
+@pytest.mark.parametrize("case", CI_CASES)
+def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: Any, case: str) -> None:
+    workload = the_workload(rendered[case])
+    pod = workload["spec"]["template"]["spec"]
+    agent = agent_container(pod)
+    security = agent["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "admin"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {
+        "otlp": 4317,
+        "otlp-http": 4318,
+        "metrics": 9464,
+        "admin": 13133,
+    }
+    assert agent["args"] == ["run", "--config", "/etc/otel-sidecar/config.yaml"]
+    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+    assert mounts["/var/lib/otel-sidecar"] == "otel-sidecar-data"
+    assert mounts["/tmp"] == "otel-sidecar-tmp"
+    volumes = {v["name"] for v in pod["volumes"]} | {
+        c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])
+    }
+    assert set(mounts.values()) <= volumes
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9464"
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, case: str, tmp_path: Path) -> None:
+    (config_map,) = objects(rendered[case], "ConfigMap")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config_map["data"]["config.yaml"])
+    env = {"PATH": "/usr/bin:/bin"}
+    workloads = objects(rendered[case], "Deployment") + objects(rendered[case], "StatefulSet")
+    for workload in workloads:  # the endpoints the chart sets in the agent's environment
+        env.update(env_of(agent_container(workload["spec"]["template"]["spec"])))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "validate", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{case}:\n{result.stderr}"
+    printed = subprocess.run(
+        [sys.executable, "-m", "agent", "print-config", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    effective = yaml.safe_load(printed.stdout)
+    host = "0.0.0.0" if "gateway" in case else "127.0.0.1"
+    assert str(effective["receivers"]["otlp"]["grpc"]["endpoint"]) == f"{host}:4317"
+    assert str(effective["service"]["telemetry"]["admin"]["endpoint"]) == "0.0.0.0:13133"
+
+
+def test_a_parent_chart_injects_the_agent_with_the_named_templates(helm_python: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "my-orchestrator"
+    (parent / "templates").mkdir(parents=True)
+    shutil.copytree(CHART, parent / "charts" / "otel-sidecar")
+    (parent / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: my-orchestrator\nversion: 1.0.0\n"
+        "dependencies:\n  - {name: otel-sidecar, version: 0.1.0, repository: 'file://../otel-sidecar'}\n"
+    )
+    (parent / "values.yaml").write_text("otel-sidecar:\n  sidecar: {native: true}\n")
+    snippet = (REPO / "docs" / "kubernetes.md").read_text().split("<!-- parent-chart-example -->")[1]
+    template = snippet.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (parent / "templates" / "deployment.yaml").write_text(template)
+    lint = run_helm_tool(helm_python, str(parent), "--json")
+    assert lint.returncode == 0, lint.stdout
+    result = run_helm_tool(helm_python, str(parent), "--render")
+    (case,) = json.loads(result.stdout)
+    (deployment,) = yaml.safe_load_all(case["manifests"]["deployment.yaml"])
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["name"] == "otel-sidecar"
+    assert pod["initContainers"][0]["restartPolicy"] == "Always"
+    assert {"otel-sidecar-config", "otel-sidecar-data", "otel-sidecar-tmp"} <= {v["name"] for v in pod["volumes"]}
+
+
+def test_every_value_is_documented() -> None:
+    """Every value in values.yaml has a `# --` comment (the helm-docs convention) above it.
+
+    Groups of settings (`image:`, `ports.otlp:`) are documented through their keys; the children of a documented
+    value (a probe, resources, a security context) belong to it; the agent `config` is documented in
+    docs/configuration.md.
+    """
+    assert undocumented_values((CHART / "values.yaml").read_text()) == []
+
+
+def undocumented_values(text: str) -> list[str]:
+    lines = text.splitlines()
+    stack: list[tuple[int, str, bool]] = []  # (depth, key, documented) of the enclosing keys
+    missing = []
+    for index, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z0-9_.\-/]+):(.*)$", line)
+        if not match:
+            continue
+        depth, key, rest = len(match.group(1)) // 2, match.group(2), match.group(3).split(" #")[0].strip()
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        documented = "# --" in "\n".join(_comment_block_above(lines, index))
+        covered = any(doc for _, _, doc in stack) or (stack and stack[0][1] == "config")
+        is_group = not rest and _next_line_is_a_deeper_key(lines, index, depth)
+        if not covered and not documented and not is_group:
+            missing.append(".".join([k for _, k, _ in stack] + [key]))
+        stack.append((depth, key, documented))
+    return missing
+
+
+def _comment_block_above(lines: list[str], index: int) -> list[str]:
+    block = []
+    for line in reversed(lines[:index]):
+        if not line.strip().startswith("#"):
+            break
+        block.append(line.strip())
+    return block
+
+
+def _next_line_is_a_deeper_key(lines: list[str], index: int, depth: int) -> bool:
+    for line in lines[index + 1 :]:
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        match = re.match(r"^( *)[A-Za-z0-9_.\-/]+:", line)
+        return bool(match) and len(match.group(1)) // 2 > depth
+    return False
+
+
+def test_the_documentation_check_finds_an_undocumented_value() -> None:
+    text = "# -- documented\na: 1\nimage:\n  # -- the tag\n  tag: x\n  pullPolicy: Always\n"
+    assert undocumented_values(text) == ["image.pullPolicy"]
