@@ -65,7 +65,8 @@ class CuckooFilter:
 
     def __init__(self, capacity: int, rng: random.Random | None = None) -> None:
         self.capacity = capacity
-        self._buckets = max(1, math.ceil(capacity / (_SLOTS_PER_BUCKET * _MAX_LOAD)))
+        # At least 64 buckets: tiny tables fill unevenly and would fail inserts well below the target load.
+        self._buckets = max(64, math.ceil(capacity / (_SLOTS_PER_BUCKET * _MAX_LOAD)))
         self._slots = array("I", bytes(4 * _SLOTS_PER_BUCKET * self._buckets))  # 0 marks an empty slot
         self._rng = rng or random.Random(0x5EED)
         self.count = 0

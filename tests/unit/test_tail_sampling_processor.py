@@ -1,0 +1,417 @@
+"""The tail sampler end to end in process: timing, grouping, stamping, late spans, bounds, back-pressure, shutdown.
+
+Time is a fake clock and ticks are called by the test, so nothing sleeps (except the one test of the real timer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from agent.component import PermanentError, Refused
+from agent.otlp.probability import threshold_for
+from agent.testing.workload import Workload
+from tests.unit.test_tail_sampling_support import (
+    DROPPED_AT_10,
+    KEPT_AT_10,
+    Sink,
+    exported_logs,
+    exported_spans,
+    log_record,
+    logs_request,
+    request,
+    resource,
+    rig,
+    span,
+    spans_request,
+    trace_id_with_randomness,
+)
+
+KEPT = trace_id_with_randomness(KEPT_AT_10)
+DROPPED = trace_id_with_randomness(DROPPED_AT_10)
+ERROR_TRACE = trace_id_with_randomness(DROPPED_AT_10, prefix=9)
+
+
+def normal_id(n: int, kept: bool) -> bytes:
+    return trace_id_with_randomness((KEPT_AT_10 if kept else DROPPED_AT_10) + (n if kept else -n), prefix=n)
+
+
+# --- when traces are decided ---------------------------------------------------------------------------------------
+
+
+def test_a_trace_without_root_is_held_until_decision_wait_after_its_first_span() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1)))
+    r.tick_after(5)
+    r.traces.consume(spans_request(span(KEPT, 2)))
+    r.tick_after(4.9)
+    assert r.trace_sink.batches == []
+    r.tick_after(0.1)
+    assert sorted(o.span_id[-1] for o in exported_spans(r.trace_sink)) == [1, 2]
+
+
+def test_a_trace_is_decided_decision_wait_after_root_once_its_root_arrived() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 2)))
+    r.tick_after(1)
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.tick_after(1.9)
+    assert r.trace_sink.batches == []
+    r.tick_after(0.1)
+    assert len(exported_spans(r.trace_sink)) == 2
+    assert r.metric("otel_sidecar_sampling_decision_latency_seconds_sum") == pytest.approx(3.0)
+
+
+def test_a_zero_wait_after_root_waits_for_decision_wait_only() -> None:
+    r = rig(decision_wait_after_root="0s")
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.tick_after(9.9)
+    assert r.trace_sink.batches == []
+    r.tick_after(0.1)
+    assert len(exported_spans(r.trace_sink)) == 1
+
+
+def test_dropped_traces_are_never_exported_and_every_decision_is_counted() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True), span(DROPPED, 2, root=True)))
+    r.tick_after(2)
+    assert {o.trace_id for o in exported_spans(r.trace_sink)} == {KEPT}
+    assert r.metric("otel_sidecar_sampling_decisions_total", policy="probabilistic", decision="keep") == 1
+    assert r.metric("otel_sidecar_sampling_decisions_total", policy="none", decision="drop") == 1
+    assert r.metric("otel_sidecar_sampling_traces_buffered") == 0
+
+
+# --- what comes out ------------------------------------------------------------------------------------------------
+
+
+def test_spans_of_a_trace_from_several_requests_and_resources_come_out_together_under_their_own_resources() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, root=True), service="orchestrator"))
+    r.traces.consume(spans_request(span(ERROR_TRACE, 2, error=True), service="llm-gateway"))
+    r.traces.consume(spans_request(span(ERROR_TRACE, 3), service="orchestrator"))
+    r.tick_after(2)
+    out = exported_spans(r.trace_sink)
+    assert len(r.trace_sink.batches) == 1
+    assert sorted((o.service, o.span_id[-1]) for o in out) == [
+        ("llm-gateway", 2),
+        ("orchestrator", 1),
+        ("orchestrator", 3),
+    ]
+    assert {(o.retention_class, o.policy, o.trace_state) for o in out} == {("error", "errors", "ot=th:0")}
+    # Equal resources from different requests are merged into one ResourceSpans.
+    assert len(r.trace_sink.batches[0].resource_spans) == 2
+
+
+def test_one_incoming_resource_with_traces_of_different_classes_is_split_per_class() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, root=True, error=True), span(KEPT, 2, root=True)))
+    r.tick_after(2)
+    (batch,) = r.trace_sink.batches
+    classes = sorted(
+        (
+            next(kv.value.string_value for kv in rs.resource.attributes if kv.key == "retention.class"),
+            len(rs.scope_spans[0].spans),
+        )
+        for rs in batch.resource_spans
+    )
+    assert classes == [("error", 1), ("standard", 1)]
+
+
+def test_probabilistically_kept_spans_carry_the_ten_percent_threshold_and_keep_other_tracestate() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True, trace_state="vendor=x")))
+    r.tick_after(2)
+    (out,) = exported_spans(r.trace_sink)
+    assert out.trace_state == "ot=th:e6666666666666,vendor=x"
+    assert (out.retention_class, out.policy) == ("standard", "probabilistic")
+
+
+def test_a_higher_threshold_recorded_upstream_is_never_lowered() -> None:
+    r = rig()
+    upstream = "ot=th:f"  # sampled at 1/16 by the SDK
+    r.traces.consume(
+        spans_request(span(trace_id_with_randomness(threshold_for(1 / 16)), 1, root=True, trace_state=upstream))
+    )
+    r.tick_after(2)
+    assert exported_spans(r.trace_sink)[0].trace_state == "ot=th:f"
+
+
+def test_retention_attributes_set_upstream_are_replaced_not_duplicated() -> None:
+    r = rig()
+    res = resource(**{"retention.class": "forever", "sampling.policy": "mine"})
+    r.traces.consume(request((res, [span(ERROR_TRACE, 1, root=True, error=True)])))
+    r.tick_after(2)
+    attributes = r.trace_sink.batches[0].resource_spans[0].resource.attributes
+    assert [
+        (kv.key, kv.value.string_value) for kv in attributes if kv.key in ("retention.class", "sampling.policy")
+    ] == [
+        ("retention.class", "error"),
+        ("sampling.policy", "errors"),
+    ]
+
+
+def test_traces_decided_in_one_tick_leave_in_one_request_split_only_between_traces_when_large() -> None:
+    r = rig()
+    for n in range(1, 31):
+        r.traces.consume(spans_request(*(span(normal_id(n, True), i, root=i == 0) for i in range(5))))
+    r.tick_after(2)
+    assert len(r.trace_sink.batches) == 1 and len(exported_spans(r.trace_sink)) == 150
+
+    small = rig(max_batch_bytes=2048)
+    for n in range(1, 31):
+        small.traces.consume(spans_request(*(span(normal_id(n, True), i, root=i == 0) for i in range(5))))
+    small.tick_after(2)
+    out = exported_spans(small.trace_sink)
+    assert len(small.trace_sink.batches) > 1 and len(out) == 150
+    batches_of = {}
+    for o in out:
+        batches_of.setdefault(o.trace_id, set()).add(o.batch)
+    assert all(len(b) == 1 for b in batches_of.values())  # never split inside a trace
+
+
+# --- late spans ----------------------------------------------------------------------------------------------------
+
+
+def test_late_spans_follow_the_cached_decision_at_once_and_are_counted() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True), span(DROPPED, 2, root=True)))
+    r.tick_after(2)
+    r.trace_sink.batches.clear()
+    r.traces.consume(spans_request(span(KEPT, 3), span(DROPPED, 4)))
+    out = exported_spans(r.trace_sink)  # no tick needed
+    assert [(o.span_id[-1], o.retention_class, o.policy, o.trace_state) for o in out] == [
+        (3, "standard", "probabilistic", "ot=th:e6666666666666")
+    ]
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="keep") == 1
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 1
+    assert r.metric("otel_sidecar_sampling_cache_entries", cache="kept") == 1
+    assert r.metric("otel_sidecar_sampling_cache_entries", cache="dropped") == 1
+
+
+def test_a_late_error_span_of_an_error_trace_keeps_the_error_class() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, root=True, error=True)))
+    r.tick_after(2)
+    r.traces.consume(spans_request(span(ERROR_TRACE, 2)))
+    assert [(o.retention_class, o.policy) for o in exported_spans(r.trace_sink)] == [("error", "errors")] * 2
+
+
+# --- memory bounds -------------------------------------------------------------------------------------------------
+
+
+def test_flooding_past_max_traces_decides_the_oldest_early_keeps_the_buffer_flat_and_drops_nothing_undecided() -> None:
+    r = rig(max_traces=100)
+    sizes = []
+    workload = Workload(seed=11)
+    sent = 0
+    for batch, _ in workload.requests(1000):
+        r.traces.consume(batch)
+        sent += 1
+        sizes.append(len(r.sampler.buffer))
+    assert max(sizes) == 100
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_traces") == sent - 100
+    decided = r.metric("otel_sidecar_sampling_decisions_total")
+    assert decided == sent - 100  # each forced trace decided once; the newest 100 still wait
+    r.tick_after(10)
+    assert r.metric("otel_sidecar_sampling_decisions_total") == sent
+
+
+def test_the_byte_bound_decides_the_oldest_traces_early_and_holds() -> None:
+    limit = 64 * 1024
+    r = rig(max_buffered_bytes=limit)
+    for batch, _ in Workload(seed=12).requests(300):
+        r.traces.consume(batch)
+        assert r.sampler.buffer.bytes <= limit
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") > 0
+    assert 0 < r.metric("otel_sidecar_sampling_bytes_buffered") <= limit
+
+
+def test_an_enormous_trace_is_decided_at_max_spans_and_does_not_hold_up_other_traces() -> None:
+    r = rig(max_spans_per_trace=50)
+    r.traces.consume(spans_request(span(KEPT, 0, root=True)))
+    r.traces.consume(spans_request(span(DROPPED, 0, root=True)))
+    r.traces.consume(spans_request(*(span(KEPT, i) for i in range(1, 60))))
+    assert len(exported_spans(r.trace_sink)) == 60  # decided and released at once, all together
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_spans_per_trace") == 1
+    r.traces.consume(spans_request(*(span(KEPT, i) for i in range(60, 100))))
+    assert len(exported_spans(r.trace_sink)) == 100  # later spans pass through the kept cache
+    assert len(r.sampler.buffer) == 1  # the other trace waits for its own decision as usual
+    r.tick_after(2)
+    assert r.metric("otel_sidecar_sampling_decisions_total") == 2
+
+
+# --- back-pressure -------------------------------------------------------------------------------------------------
+
+
+def test_refused_releases_are_kept_counted_and_retried_on_the_next_tick() -> None:
+    r = rig()
+    r.trace_sink.refusing = True
+    r.traces.consume(spans_request(span(KEPT, 1, root=True), span(KEPT, 2)))
+    r.tick_after(2)
+    assert r.trace_sink.batches == []
+    assert r.metric("otel_sidecar_sampling_refused_spans_total") == 2
+    assert r.metric("otel_sidecar_sampling_bytes_buffered") > 0
+    r.tick_after(0.1)
+    assert r.metric("otel_sidecar_sampling_refused_spans_total") == 2  # counted once, not per retry
+    r.trace_sink.refusing = False
+    r.tick_after(0.1)
+    assert len(exported_spans(r.trace_sink)) == 2
+    assert r.metric("otel_sidecar_sampling_bytes_buffered") == 0
+
+
+def test_when_refused_data_fills_the_byte_bound_consume_refuses_and_takes_nothing() -> None:
+    r = rig(max_buffered_bytes=16 * 1024)
+    r.trace_sink.refusing = True
+    workload = Workload(seed=13)
+    accepted = refused = 0
+    for batch, _ in workload.requests(200):
+        try:
+            r.traces.consume(batch)
+            accepted += 1
+        except Refused:
+            refused += 1
+    assert refused > 0
+    held = r.sampler.buffer.bytes + r.sampler.pending_bytes
+    assert held <= 16 * 1024 + 8 * 1024  # the bound, plus at most the one batch that crossed it
+    r.trace_sink.refusing = False
+    r.tick_after(10)
+    r.tick_after(0.1)
+    assert r.metric("otel_sidecar_sampling_decisions_total") == accepted
+    assert r.sampler.pending_bytes == 0
+
+
+def test_a_permanent_error_from_the_next_stage_is_counted_as_lost_not_retried() -> None:
+    class Broken(Sink):
+        def consume(self, batch: object) -> None:
+            raise PermanentError("bad data")
+
+    r = rig()
+    r.sampler._consumers[r.traces.signal] = Broken()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.tick_after(2)
+    assert r.metric("otel_sidecar_sampling_lost_items_total", signal="traces", reason="permanent_error") == 1
+    assert r.sampler.pending_bytes == 0
+
+
+# --- logs ----------------------------------------------------------------------------------------------------------
+
+
+def test_logs_of_a_buffered_trace_wait_for_it_and_take_its_class() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.logs.consume(logs_request(log_record(KEPT, body="step done")))
+    assert r.log_sink.batches == []
+    r.tick_after(2)
+    assert exported_logs(r.log_sink) == [("step done", "standard", "probabilistic")]
+
+
+def test_logs_of_a_dropped_trace_are_released_not_dropped_with_a_class_from_severity() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(DROPPED, 1, root=True)))
+    r.logs.consume(logs_request(log_record(DROPPED, body="info"), log_record(DROPPED, severity=17, body="boom")))
+    r.tick_after(2)
+    assert exported_spans(r.trace_sink) == []
+    assert sorted(exported_logs(r.log_sink)) == [("boom", "error", "severity"), ("info", "standard", "severity")]
+
+
+def test_logs_without_a_buffered_trace_pass_at_once_classed_by_severity() -> None:
+    r = rig()
+    r.logs.consume(
+        logs_request(
+            log_record(body="plain"),
+            log_record(body="bad", severity=17),
+            log_record(body="fatal text", severity=0, severity_text="fatal"),
+            log_record(KEPT, body="unknown trace"),
+        )
+    )
+    assert sorted(exported_logs(r.log_sink)) == [
+        ("bad", "error", "severity"),
+        ("fatal text", "error", "severity"),
+        ("plain", "standard", "severity"),
+        ("unknown trace", "standard", "severity"),
+    ]
+
+
+def test_a_late_log_of_a_kept_trace_takes_the_trace_class_and_an_error_log_never_loses_its_error_class() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.tick_after(2)
+    r.logs.consume(logs_request(log_record(KEPT, body="late"), log_record(KEPT, severity=17, body="late error")))
+    assert sorted(exported_logs(r.log_sink)) == [
+        ("late", "standard", "probabilistic"),
+        ("late error", "error", "severity"),
+    ]
+
+
+def test_held_logs_count_in_the_buffered_bytes() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    before = r.sampler.buffer.bytes
+    r.logs.consume(logs_request(*(log_record(KEPT, body="x" * 100) for _ in range(10))))
+    assert r.sampler.buffer.bytes > before + 1000
+
+
+# --- lifecycle -----------------------------------------------------------------------------------------------------
+
+
+async def test_shutdown_decides_every_buffered_trace_at_once_and_flushes_it() -> None:
+    r = rig()
+    await r.traces.start()
+    await r.logs.start()
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, error=True), span(KEPT, 2), span(DROPPED, 3)))
+    r.logs.consume(logs_request(log_record(DROPPED, body="kept anyway")))
+    await r.logs.shutdown(time.monotonic() + 5)
+    await r.traces.shutdown(time.monotonic() + 5)  # idempotent: the shared sampler already flushed
+    assert sorted(o.span_id[-1] for o in exported_spans(r.trace_sink)) == [1, 2]
+    assert exported_logs(r.log_sink) == [("kept anyway", "standard", "severity")]
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="shutdown") == 3
+    # Data arriving after shutdown (a late upstream flush) is decided at once rather than stranded.
+    r.traces.consume(spans_request(span(trace_id_with_randomness(KEPT_AT_10 + 99, prefix=3), 9)))
+    assert len(exported_spans(r.trace_sink)) == 3
+
+
+async def test_shutdown_retries_refused_data_until_its_deadline_then_counts_what_is_left_as_lost() -> None:
+    r = rig()
+    r.trace_sink.refusing = True
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, error=True)))
+    started = time.monotonic()
+    await r.traces.shutdown(started + 0.3)
+    assert 0.25 <= time.monotonic() - started < 2
+    assert r.trace_sink.refusals > 2
+    assert r.metric("otel_sidecar_sampling_lost_items_total", reason="shutdown_timeout") == 1
+
+
+async def test_the_timer_task_decides_due_traces_on_the_event_loop() -> None:
+    r = rig(decision_wait="200ms", decision_wait_after_root="100ms", tick_interval="20ms")
+    r.sampler._clock = time.monotonic  # real time for this one
+    await r.traces.start()
+    try:
+        r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+        for _ in range(100):
+            if r.trace_sink.batches:
+                break
+            await asyncio.sleep(0.02)
+        assert len(exported_spans(r.trace_sink)) == 1
+    finally:
+        await r.traces.shutdown(time.monotonic() + 1)
+
+
+def test_all_documented_self_metrics_are_exposed_under_their_exact_names() -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True)))
+    r.tick_after(2)
+    text = r.metrics.render().decode()
+    for name in (
+        "otel_sidecar_sampling_traces_buffered",
+        "otel_sidecar_sampling_bytes_buffered",
+        "otel_sidecar_sampling_spans_buffered",
+        "otel_sidecar_sampling_decisions_total",
+        "otel_sidecar_sampling_forced_decisions_total",
+        "otel_sidecar_sampling_late_spans_total",
+        "otel_sidecar_sampling_decision_latency_seconds_bucket",
+        "otel_sidecar_sampling_cache_entries",
+        "otel_sidecar_sampling_refused_spans_total",
+    ):
+        assert f"\n{name}{{" in text, name
