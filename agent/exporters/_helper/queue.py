@@ -1,8 +1,13 @@
-"""A bounded sending queue between the pipeline and an exporter's network (or disk) I/O.
+"""The sending path of an exporter: bounded queue → batching → retry → timeout → push.
 
-``offer`` never blocks: when the queue is full by items or bytes it raises :class:`Refused`, which the
-receivers turn into a retryable answer for the sender. Workers take batches off the queue and push them;
-at shutdown they drain the queue until the deadline and report whatever is left, with counts.
+``offer`` never blocks: when the queue is full by batches, items or bytes it raises :class:`Refused`, which
+the receivers turn into a retryable answer for the sender. Workers take requests off the queue, merge them
+up to the batch size (waiting at most ``flush_timeout`` for more), and push them through the retry sender.
+Every item ends in exactly one counter: sent, failed (by reason), or still queued.
+
+The queue lives in memory, or on disk when ``storage.directory`` is set (see ``persistent_queue``): then data
+accepted survives a crash and is delivered after the restart, and shutdown leaves what it cannot deliver on
+disk instead of dropping it.
 """
 
 from __future__ import annotations
@@ -13,54 +18,200 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.message import Message
 
 from agent.component import CreateSettings, Refused, Signal
-from agent.config.schema import setting
+from agent.config.schema import Duration, setting
+from agent.exporters._helper.batcher import BatchConfig, merge, split
+from agent.exporters._helper.retry import (
+    ExportAborted,
+    PermanentExportError,
+    RetryableError,
+    RetryConfig,
+    RetryingSender,
+)
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    directory: str = setting(
+        "",
+        doc="Keep the queue on disk in this directory (a subdirectory per exporter): accepted data survives a "
+        "crash and is delivered after the restart. Empty keeps the queue in memory.",
+    )
+    segment_mib: int = setting(8, doc="Size at which a queue file is closed and a new one begun.", minimum=1)
+    sync_interval: Duration = setting(
+        Duration(0.2),
+        doc="How often queue files are fsync'd. Every request is written to the OS before it is acknowledged "
+        "(survives a crash of the agent); fsync also covers a crash of the machine. 0 fsyncs every write.",
+    )
+
+
+@dataclass(frozen=True)
 class SendingQueueConfig:
     queue_size: int = setting(1000, doc="Most batches held waiting for export.", minimum=1)
-    max_bytes: int = setting(64 * 1024 * 1024, doc="Most bytes (serialized size) held waiting for export.", minimum=1)
+    max_items: int = setting(
+        200_000, doc="Most items (spans, log records, data points) held waiting for export.", minimum=1
+    )
+    max_bytes: int = setting(
+        64 * 1024 * 1024,
+        doc="Most bytes (serialized size) held waiting for export; with `storage`, the size of the queue files.",
+        minimum=1,
+    )
     num_consumers: int = setting(2, doc="Concurrent exports.", minimum=1, maximum=64)
+    storage: StorageConfig = setting(doc="Persistent queue.", default_factory=StorageConfig)
 
 
 @dataclass
-class _Entry:
+class QueueEntry:
+    """One accepted request. ``batch`` is None while a persistent entry's payload is still on disk."""
+
     signal: Signal
-    batch: Message
     items: int
     size: int
+    batch: Message | None
+    enqueued: float
+    seq: int = 0
+    maybe_duplicate: bool = False
 
 
-Push = Callable[[Signal, Message], Awaitable[None]]
+class MemoryStore:
+    """The in-memory queue: a deque."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        self._entries: collections.deque[QueueEntry] = collections.deque()
+        self.items = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def put(self, signal: Signal, batch: Message, items: int, size: int) -> None:
+        self._entries.append(QueueEntry(signal, items, size, batch, time.monotonic()))
+        self.items += items
+        self.bytes += size
+
+    def peek(self) -> QueueEntry | None:
+        return self._entries[0] if self._entries else None
+
+    def pop(self) -> QueueEntry:
+        entry = self._entries.popleft()
+        self.items -= entry.items
+        self.bytes -= entry.size
+        return entry
+
+    def load(self, entry: QueueEntry) -> Message:
+        assert entry.batch is not None
+        return entry.batch
+
+    def begin(self, entries: list[QueueEntry]) -> None:
+        return None
+
+    def ack(self, entries: list[QueueEntry]) -> None:
+        return None
+
+    def unacked(self) -> int:
+        return len(self._entries)
+
+    def drain(self) -> list[QueueEntry]:
+        left = list(self._entries)
+        self._entries.clear()
+        self.items = self.bytes = 0
+        return left
+
+
+@dataclass
+class _Group:
+    """Requests a worker took to send as one export; ``items`` is what is not yet counted as sent or failed."""
+
+    entries: list[QueueEntry]
+    items: int = 0
+
+    def __post_init__(self) -> None:
+        self.items = sum(e.items for e in self.entries)
+
+    def append(self, entry: QueueEntry) -> None:
+        self.entries.append(entry)
+        self.items += entry.items
+
+
+Push = Callable[[Signal, Message], Awaitable["int | None"]]
 
 
 class SendingQueue:
-    """Owns the bounded queue and the workers that call ``push`` for each batch."""
+    """Owns the bounded queue and the workers that push batches.
 
-    def __init__(self, settings: CreateSettings, config: SendingQueueConfig, push: Push) -> None:
+    ``push(signal, batch)`` returns normally on success, optionally with the number of items the backend
+    rejected in a partial-success answer; it raises ``RetryableError`` or ``PermanentExportError`` (see
+    ``retry``). ``retry``, ``timeout`` and ``batch`` are optional so plain exporters (``file``) keep the
+    simple behaviour: one attempt per request, failures counted.
+    """
+
+    def __init__(
+        self,
+        settings: CreateSettings,
+        config: SendingQueueConfig,
+        push: Push,
+        *,
+        retry: RetryConfig | None = None,
+        timeout: float | None = None,
+        batch: BatchConfig | None = None,
+    ) -> None:
         self._settings = settings
         self._config = config
-        self._push = push
-        self._entries: collections.deque[_Entry] = collections.deque()
-        self._bytes = 0
+        self._batch = batch if batch is not None and batch.enabled else None
+        self._retry_enabled = retry is not None and retry.enabled
+        self._sender = RetryingSender(settings, retry, timeout, push)
+        self._store = self._make_store(settings, config)
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
         self._workers: list[asyncio.Task[None]] = []
+        self._opened = False
         self._closed = False
+        self._stop_taking = False
         self._log = RateLimitedLog(settings.logger)
-        cid = settings.component_id
-        m = settings.metrics
+        self._init_metrics()
+
+    @staticmethod
+    def _make_store(settings: CreateSettings, config: SendingQueueConfig) -> MemoryStore:
+        if not config.storage.directory:
+            return MemoryStore()
+        from agent.exporters._helper.persistent_queue import PersistentStore
+
+        directory = Path(config.storage.directory) / settings.component_id.replace("/", "__")
+        return PersistentStore(directory, config.storage, settings)  # type: ignore[return-value]
+
+    def _init_metrics(self) -> None:
+        cid = self._settings.component_id
+        m = self._settings.metrics
         self._sent = m.counter("exporter_sent_items_total", "Items exported successfully.", ["exporter", "signal"])
         self._failed = m.counter(
             "exporter_send_failed_items_total", "Items an exporter gave up on.", ["exporter", "signal", "reason"]
+        )
+        self._rejected = m.counter(
+            "exporter_rejected_items_total",
+            "Items the backend refused for good (a permanent error answer, or the rejected part of a partial success).",
+            ["exporter", "signal"],
+        )
+        self._duplicates = m.counter(
+            "exporter_duplicates_total",
+            "Items sent again after an attempt whose outcome was unknown (a timeout, or a crash between sending "
+            "and recording the result): the backend may hold them twice (at-least-once).",
+            ["exporter", "signal"],
         )
         self._enqueue_failed = m.counter(
             "exporter_enqueue_failed_items_total",
@@ -68,7 +219,7 @@ class SendingQueue:
             ["exporter", "signal"],
         )
         m.gauge("exporter_queue_capacity", "Sending queue capacity in batches.", ["exporter"]).labels(cid).set(
-            config.queue_size
+            self._config.queue_size
         )
         self._queue_size = m.gauge("exporter_queue_size", "Batches waiting in the sending queue.", ["exporter"]).labels(
             cid
@@ -80,89 +231,213 @@ class SendingQueue:
             cid
         )
 
+    # --- intake ----------------------------------------------------------------------------------------------------
+
     def offer(self, signal: Signal, batch: Message) -> None:
-        spec = SPECS[signal]
-        items = spec.count_items(batch)
-        if self._closed:
-            self._enqueue_failed.labels(self._settings.component_id, signal.value).inc(items)
-            raise Refused(f"exporter {self._settings.component_id} is shutting down")
+        items = SPECS[signal].count_items(batch)
+        if self._closed or (self._store.persistent and not self._opened):
+            self._refuse(signal, items, f"exporter {self._settings.component_id} is not running")
         size = batch.ByteSize()
-        if len(self._entries) >= self._config.queue_size or self._bytes + size > self._config.max_bytes:
-            self._enqueue_failed.labels(self._settings.component_id, signal.value).inc(items)
-            raise Refused(f"sending queue of {self._settings.component_id} is full")
-        self._entries.append(_Entry(signal, batch, items, size))
-        self._bytes += size
+        store, config = self._store, self._config
+        # A request larger than a whole bound is still taken into an empty queue, or it could never be sent.
+        full = len(store) >= config.queue_size or (
+            len(store) > 0 and (store.items + items > config.max_items or store.bytes + size > config.max_bytes)
+        )
+        if full:
+            self._refuse(signal, items, f"sending queue of {self._settings.component_id} is full")
+        try:
+            store.put(signal, batch, items, size)
+        except OSError as exc:  # a full or broken disk under a persistent queue: the sender keeps the data
+            self._refuse(signal, items, f"cannot write the persistent queue: {exc.strerror or exc}")
         self._update_gauges()
         self._idle.clear()
         self._ready.set()
 
+    def _refuse(self, signal: Signal, items: int, reason: str) -> None:
+        self._enqueue_failed.labels(self._settings.component_id, signal.value).inc(items)
+        raise Refused(reason)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
     async def start(self) -> None:
+        await self._store.open()
+        self._opened = True
+        self._update_gauges()
+        if len(self._store):
+            self._idle.clear()
+            self._ready.set()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._config.num_consumers)]
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop accepting, drain the queue until ``deadline``, then stop the workers; report what is left."""
-        self._closed = True
-        if not self._workers:
+        """Stop accepting, drain until ``deadline``, stop the workers; report what is left.
+
+        A persistent queue stops draining at the first failure (its data is safe on disk); a memory queue
+        keeps retrying until the deadline, then counts what it could not deliver.
+        """
+        if self._closed:
             return
-        remaining = deadline - time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), max(remaining, 0.0))
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
-        self._report_abandoned()
+        self._closed = True
+        self._ready.set()  # wake workers waiting to fill a batch: nothing more will come
+        if self._store.persistent:
+            self._sender.interrupt()
+        if self._workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+            for task in self._workers:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
+        self._report_left()
+        await self._store.close()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._store)
+
+    # --- workers ---------------------------------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
-            if not self._entries:
+            while self._stop_taking or self._store.peek() is None:
+                self._check_idle()
                 self._ready.clear()
-                if self._in_flight == 0:
-                    self._idle.set()
                 await self._ready.wait()
-                continue
-            entry = self._entries.popleft()
-            self._bytes -= entry.size
-            self._update_gauges()
+            group = _Group([self._store.pop()])
             self._in_flight += 1
             try:
-                await self._send(entry)
+                if self._batch is not None:
+                    await self._gather_more(group)
+                self._update_gauges()
+                await self._deliver(group)
+            except asyncio.CancelledError:
+                self._abandon(group)
+                raise
             finally:
                 self._in_flight -= 1
+                self._check_idle()
 
-    async def _send(self, entry: _Entry) -> None:
-        cid, signal = self._settings.component_id, entry.signal.value
+    def _check_idle(self) -> None:
+        if self._in_flight == 0 and (len(self._store) == 0 or self._stop_taking):
+            self._idle.set()
+
+    async def _gather_more(self, group: _Group) -> None:
+        """Add queued requests of the same signal until ``min_size`` items, waiting at most ``flush_timeout``."""
+        assert self._batch is not None
+        min_size, max_size = self._batch.min_size, self._batch.max_size
+        first = group.entries[0]
+        items = first.items
+        deadline = first.enqueued + self._batch.flush_timeout
+        while items < min_size:
+            following = self._store.peek()
+            if following is not None:
+                if following.signal is not first.signal or (max_size and items + following.items > max_size):
+                    return
+                group.append(self._store.pop())
+                items += following.items
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), remaining)
+
+    async def _deliver(self, group: _Group) -> None:
+        entries = group.entries
+        signal = entries[0].signal
+        batches = self._load(entries)
+        if not batches:
+            self._store.ack(entries)
+            return
+        self._store.begin(entries)
+        merged = merge(batches)
+        max_size = self._batch.max_size if self._batch is not None else 0
+        parts = split(signal, merged, max_size) if max_size and group.items > max_size else [merged]
+        group.items = sum(SPECS[signal].count_items(p) for p in parts)  # what loaded (corrupt records excluded)
+        for part in parts:
+            if await self._send_part(signal, part):
+                if self._store.persistent:
+                    self._stop_taking = True  # the rest stays on disk for the next start
+                    group.items = 0
+                    return
+                self._count_failed(signal, group.items, "shutdown")
+                group.items = 0
+                break
+            group.items -= SPECS[signal].count_items(part)
+        duplicates = sum(e.items for e in entries if e.maybe_duplicate)
+        if duplicates:
+            self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
+        self._store.ack(entries)
+
+    def _abandon(self, group: _Group) -> None:
+        """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
+        if not self._store.persistent and group.items:
+            self._count_failed(group.entries[0].signal, group.items, "shutdown")
+            group.items = 0
+
+    def _load(self, group: list[QueueEntry]) -> list[Message]:
+        loaded = []
+        for entry in group:
+            try:
+                loaded.append(self._store.load(entry))
+            except ValueError as exc:  # a persistent record that no longer decodes: counted by the store
+                self._log.warning("load", f"queued request dropped: {exc}", exporter=self._settings.component_id)
+        return loaded
+
+    async def _send_part(self, signal: Signal, part: Message) -> bool:
+        """Push one request through the retry sender; count the outcome; True when shutdown aborted it."""
+        cid = self._settings.component_id
+        items = SPECS[signal].count_items(part)
         started = time.perf_counter()
         try:
-            await self._push(entry.signal, entry.batch)
-        except asyncio.CancelledError:
-            self._failed.labels(cid, signal, "shutdown").inc(entry.items)
-            raise
-        except Exception as exc:  # an exporter bug or I/O failure must not kill the worker
-            self._failed.labels(cid, signal, type(exc).__name__).inc(entry.items)
-            self._log.warning(
-                f"send:{type(exc).__name__}",
-                f"export failed, {entry.items} {SPECS[entry.signal].item_name} dropped: {exc}",
-                exporter=cid,
-                signal=signal,
-            )
-            return
+            rejected, maybe_delivered = await self._sender.send(signal, part)
+        except ExportAborted:
+            return True
+        except PermanentExportError as exc:
+            self._rejected.labels(cid, signal.value).inc(items)
+            self._drop(signal, items, exc.reason, f"the backend rejected the batch: {exc}")
+        except RetryableError as exc:
+            reason = "retries_exhausted" if self._retry_enabled else exc.reason
+            self._drop(signal, items, reason, f"giving up on the batch ({reason}): {exc}")
+        except Exception as exc:  # an exporter bug must not kill the worker
+            self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")
+        else:
+            self._sent.labels(cid, signal.value).inc(items - rejected)
+            if rejected:
+                self._rejected.labels(cid, signal.value).inc(rejected)
+            if maybe_delivered:
+                self._duplicates.labels(cid, signal.value).inc(items)
         finally:
             self._latency.observe(time.perf_counter() - started)
-        self._sent.labels(cid, signal).inc(entry.items)
+        return False
 
-    def _report_abandoned(self) -> None:
-        if not self._entries:
+    def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
+        self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
+        self._log.warning(
+            f"drop:{signal}:{reason}",
+            f"{message}; {items} {SPECS[signal].item_name} dropped",
+            exporter=self._settings.component_id,
+            signal=signal.value,
+            reason=reason,
+        )
+
+    def _count_failed(self, signal: Signal, items: int, reason: str) -> None:
+        self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
+
+    def _report_left(self) -> None:
+        if self._store.persistent:
+            left = self._store.unacked()
+            if left:
+                self._settings.logger.info(
+                    "data left in the persistent queue; it is delivered after the next start",
+                    extra={"exporter": self._settings.component_id, "batches": left},
+                )
+            return
+        if not len(self._store):
             return
         counts: dict[str, int] = collections.Counter()
-        for entry in self._entries:
+        for entry in self._store.drain():
             counts[entry.signal.value] += entry.items
             self._failed.labels(self._settings.component_id, entry.signal.value, "shutdown_timeout").inc(entry.items)
-        self._entries.clear()
-        self._bytes = 0
         self._update_gauges()
         self._settings.logger.error(
             "shutdown deadline reached with data still queued; it was not delivered",
@@ -170,5 +445,5 @@ class SendingQueue:
         )
 
     def _update_gauges(self) -> None:
-        self._queue_size.set(len(self._entries))
-        self._queue_bytes.set(self._bytes)
+        self._queue_size.set(len(self._store))
+        self._queue_bytes.set(self._store.bytes)

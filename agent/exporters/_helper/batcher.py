@@ -1,0 +1,101 @@
+"""Batching by size and time for exporters: merge queued export requests, split ones that are too big.
+
+Merging and splitting work on the OTLP request messages themselves: ``MergeFrom`` concatenates the
+``resource_*`` lists, and splitting copies items into new requests under copies of their resource and scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from agent.component import Signal
+from agent.config.schema import Duration, setting
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    enabled: bool = setting(True, doc="Merge queued requests into larger exports.")
+    min_size: int = setting(
+        2048,
+        doc="Items (spans, log records, data points) an export gathers, waiting at most `flush_timeout`.",
+        minimum=1,
+    )
+    max_size: int = setting(0, doc="Most items in one export; larger requests are split. 0 means no limit.", minimum=0)
+    flush_timeout: Duration = setting(
+        Duration(0.2), doc="Longest time the oldest queued request waits for more before it is sent."
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.max_size and self.max_size < self.min_size:
+            yield "max_size", "must be 0 or at least min_size"
+
+
+# (resource list, scope list, item list) field names per signal.
+_LEVELS: dict[Signal, tuple[str, str, str]] = {
+    Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
+    Signal.LOGS: ("resource_logs", "scope_logs", "log_records"),
+    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
+}
+
+
+def merge(batches: list[Message]) -> Message:
+    """One request holding every resource of ``batches`` (the first is extended in place and returned)."""
+    merged = batches[0]
+    for other in batches[1:]:
+        merged.MergeFrom(other)
+    return merged
+
+
+def _weight(signal: Signal, item: Message) -> int:
+    if signal is not Signal.METRICS:
+        return 1
+    kind = item.WhichOneof("data")  # type: ignore[attr-defined]
+    return max(len(getattr(item, kind).data_points), 1) if kind else 1
+
+
+def _shell(message: Message, skip: str) -> Message:
+    """A copy of ``message`` without its ``skip`` list (a resource or scope entry without its children)."""
+    shell = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.message_type is not None and descriptor.label != descriptor.LABEL_REPEATED:
+            getattr(shell, descriptor.name).CopyFrom(value)
+        elif descriptor.label == descriptor.LABEL_REPEATED:
+            getattr(shell, descriptor.name).extend(value)
+        else:
+            setattr(shell, descriptor.name, value)
+    return shell
+
+
+def split(signal: Signal, request: Message, max_items: int) -> list[Message]:
+    """``request`` cut into requests of at most ``max_items`` items (a metric with more points stays whole)."""
+    resource_field, scope_field, item_field = _LEVELS[signal]
+    chunks: list[Message] = []
+    current: Message | None = None
+    current_items = 0
+    for resource in getattr(request, resource_field):
+        resource_shell = _shell(resource, scope_field)
+        target_resource = None
+        for scope in getattr(resource, scope_field):
+            scope_shell = _shell(scope, item_field)
+            target_scope = None
+            for item in getattr(scope, item_field):
+                weight = _weight(signal, item)
+                if current is None or (current_items and current_items + weight > max_items):
+                    current = type(request)()
+                    chunks.append(current)
+                    current_items = 0
+                    target_resource = target_scope = None
+                if target_resource is None:
+                    target_resource = getattr(current, resource_field).add()
+                    target_resource.CopyFrom(resource_shell)
+                if target_scope is None:
+                    target_scope = getattr(target_resource, scope_field).add()
+                    target_scope.CopyFrom(scope_shell)
+                getattr(target_scope, item_field).append(item)
+                current_items += weight
+    return chunks or [request]

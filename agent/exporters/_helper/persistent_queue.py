@@ -1,0 +1,395 @@
+"""A file-backed sending queue: append-only segment files of checksummed records, and an acknowledgement log.
+
+Layout of an exporter's directory::
+
+    lock            held (flock) while an agent uses the directory; a second agent fails to start
+    <seq>.seg       segments; each accepted request is one record, appended with a single write()
+    acks.log        9-byte entries: b"S" + seq when a record is handed to the backend, b"A" + seq when it is
+                    done with (delivered, rejected or given up)
+
+A record is ``magic "OSQ1" | u32 body length | u32 crc32(body)`` then the body
+``u64 seq | u8 signal | u32 items | serialized export request``, little-endian.
+
+Guarantees: a request is written to the OS before the sender gets its answer, so it survives a crash of the
+agent (``SIGKILL``); segments are fsync'd every ``sync_interval`` (or on every write with 0) and when closed,
+which also covers a crash of the machine. Delivery is at-least-once: after a restart every record without an
+``A`` entry is sent again; those with an ``S`` entry may have reached the backend before the crash and are
+counted as duplicates when delivered. A segment is deleted once all its records are done. A damaged record
+(bad checksum, a torn write at the end of a file) ends the reading of its segment: the rest of that segment
+is skipped, counted and logged, and the agent starts anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError, Message
+
+from agent.component import CreateSettings, Signal
+from agent.exporters._helper.queue import QueueEntry, StorageConfig
+from agent.otlp.signals import SPECS
+
+MAGIC = b"OSQ1"
+_HEADER = struct.Struct("<4sII")
+_BODY_PREFIX = struct.Struct("<QBI")
+_ACK = struct.Struct("<cQ")
+_SENDING, _DONE = b"S", b"A"
+_SIGNAL_CODES = {Signal.TRACES: 1, Signal.METRICS: 2, Signal.LOGS: 3}
+_SIGNALS = {code: signal for signal, code in _SIGNAL_CODES.items()}
+_MAX_ACK_LOG = 1024 * 1024
+
+
+class QueueDirectoryBusy(RuntimeError):
+    """Another agent holds the queue directory."""
+
+
+@dataclass(eq=False)
+class _Segment:
+    path: Path
+    fd: int
+    size: int
+    live: int = 0
+    done: set[int] = field(default_factory=set)
+
+
+@dataclass
+class DiskEntry(QueueEntry):
+    segment: _Segment | None = None
+    offset: int = 0
+    length: int = 0
+
+
+def encode_record(seq: int, signal: Signal, items: int, payload: bytes) -> bytes:
+    body = _BODY_PREFIX.pack(seq, _SIGNAL_CODES[signal], items) + payload
+    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+class PersistentStore:
+    """The on-disk queue behind a ``SendingQueue``; same interface as its ``MemoryStore``."""
+
+    persistent = True
+
+    def __init__(self, directory: Path, config: StorageConfig, settings: CreateSettings) -> None:
+        self._dir = directory
+        self._segment_bytes = config.segment_mib * 1024 * 1024
+        self._sync_interval = float(config.sync_interval)
+        self._settings = settings
+        self._entries: collections.deque[DiskEntry] = collections.deque()
+        self._segments: list[_Segment] = []
+        self._active: _Segment | None = None
+        self._acks_fd = -1
+        self._lock_fd = -1
+        self._next_seq = 1
+        self._sending: set[int] = set()
+        self._unacked = 0
+        self._dirty = False
+        self._syncer: asyncio.Task[None] | None = None
+        self.items = 0
+        self.bytes = 0
+        cid = settings.component_id
+        self._errors = settings.metrics.counter(
+            "exporter_persistent_queue_errors_total",
+            "Damaged persistent-queue data skipped (a torn or corrupt segment tail, a record that does not decode).",
+            ["exporter", "reason"],
+        )
+        self._recovered = settings.metrics.counter(
+            "exporter_persistent_queue_recovered_items_total",
+            "Items found in the persistent queue at start, still to be delivered.",
+            ["exporter", "signal"],
+        )
+        self._cid = cid
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def unacked(self) -> int:
+        return self._unacked
+
+    # --- open / close ----------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        done, sending = self._read_ack_log()
+        self._next_seq = max([*done, *sending, 0]) + 1
+        for path in sorted(self._dir.glob("*.seg")):
+            self._scan_segment(path, done, sending)
+        self._sending = {seq for seq in sending if seq not in done}
+        self._rewrite_ack_log()
+        self._start_segment()
+        if self._sync_interval > 0:
+            self._syncer = asyncio.create_task(self._sync_periodically())
+        if self._entries:
+            self._settings.logger.info(
+                "persistent queue recovered undelivered data",
+                extra={"exporter": self._cid, "batches": len(self._entries), "items": self.items},
+            )
+
+    async def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+            self._syncer = None
+        for segment in self._segments:
+            if segment is self._active:
+                with contextlib.suppress(OSError):
+                    os.fsync(segment.fd)
+            os.close(segment.fd)
+        self._segments.clear()
+        self._active = None
+        if self._acks_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.fsync(self._acks_fd)
+            os.close(self._acks_fd)
+            self._acks_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _lock(self) -> None:
+        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise QueueDirectoryBusy(f"persistent queue directory {self._dir} is in use by another agent") from None
+        self._lock_fd = fd
+
+    # --- recovery --------------------------------------------------------------------------------------------------
+
+    def _read_ack_log(self) -> tuple[set[int], set[int]]:
+        done: set[int] = set()
+        sending: set[int] = set()
+        path = self._dir / "acks.log"
+        data = path.read_bytes() if path.exists() else b""
+        whole = len(data) - len(data) % _ACK.size  # a torn last entry (crash mid-write) is ignored
+        for kind, seq in _ACK.iter_unpack(data[:whole]):
+            (done if kind == _DONE else sending).add(seq)
+        return done, sending
+
+    def _scan_segment(self, path: Path, done: set[int], sending: set[int]) -> None:
+        data = path.read_bytes()
+        segment = _Segment(path, os.open(path, os.O_RDONLY), len(data))
+        offset = 0
+        while offset < len(data):
+            problem = self._check_record(data, offset)
+            if problem is not None:
+                self._skip_damaged(path, offset, len(data), problem)
+                break
+            _, length, _ = _HEADER.unpack_from(data, offset)
+            seq, code, items = _BODY_PREFIX.unpack_from(data, offset + _HEADER.size)
+            self._next_seq = max(self._next_seq, seq + 1)
+            record_length = _HEADER.size + length
+            if seq in done:
+                segment.done.add(seq)
+            else:
+                signal = _SIGNALS[code]
+                self._entries.append(
+                    DiskEntry(
+                        signal,
+                        items,
+                        record_length,
+                        None,
+                        time.monotonic(),
+                        seq=seq,
+                        maybe_duplicate=seq in sending,
+                        segment=segment,
+                        offset=offset,
+                        length=record_length,
+                    )
+                )
+                segment.live += 1
+                self.items += items
+                self._unacked += 1
+                self._recovered.labels(self._cid, signal.value).inc(items)
+            offset += record_length
+        if segment.live == 0:
+            os.close(segment.fd)
+            path.unlink()
+            return
+        self._segments.append(segment)
+        self.bytes += segment.size
+
+    @staticmethod
+    def _check_record(data: bytes, offset: int) -> str | None:
+        if offset + _HEADER.size > len(data):
+            return "truncated"
+        magic, length, crc = _HEADER.unpack_from(data, offset)
+        if magic != MAGIC or length < _BODY_PREFIX.size:
+            return "corrupt"
+        body_start = offset + _HEADER.size
+        if body_start + length > len(data):
+            return "truncated"
+        if zlib.crc32(data[body_start : body_start + length]) != crc:
+            return "corrupt"
+        if data[body_start + 8] not in _SIGNALS:
+            return "corrupt"
+        return None
+
+    def _skip_damaged(self, path: Path, offset: int, size: int, reason: str) -> None:
+        self._errors.labels(self._cid, reason).inc()
+        self._settings.logger.error(
+            "persistent queue segment is damaged; the rest of it is skipped",
+            extra={
+                "exporter": self._cid,
+                "segment": path.name,
+                "offset": offset,
+                "bytes_skipped": size - offset,
+                "reason": reason,
+            },
+        )
+
+    # --- writing ---------------------------------------------------------------------------------------------------
+
+    def _start_segment(self) -> None:
+        path = self._dir / f"{self._next_seq:020d}.seg"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        segment = _Segment(path, fd, os.fstat(fd).st_size)
+        self._segments.append(segment)
+        self.bytes += segment.size
+        self._active = segment
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, signal: Signal, batch: Message, items: int, size: int) -> None:
+        assert self._active is not None, "persistent queue is not open"
+        seq = self._next_seq
+        record = encode_record(seq, signal, items, batch.SerializeToString())
+        segment = self._active
+        self._write_all(segment, record)
+        self._next_seq += 1
+        self._entries.append(
+            DiskEntry(
+                signal,
+                items,
+                len(record),
+                None,
+                time.monotonic(),
+                seq=seq,
+                segment=segment,
+                offset=segment.size,
+                length=len(record),
+            )
+        )
+        segment.size += len(record)
+        segment.live += 1
+        self.items += items
+        self.bytes += len(record)
+        self._unacked += 1
+        if self._sync_interval <= 0:
+            os.fsync(segment.fd)
+        else:
+            self._dirty = True
+        if segment.size >= self._segment_bytes:
+            os.fsync(segment.fd)
+            self._start_segment()
+
+    @staticmethod
+    def _write_all(segment: _Segment, record: bytes) -> None:
+        written = 0
+        try:
+            while written < len(record):
+                written += os.write(segment.fd, record[written:])
+        except OSError:
+            if written:  # never leave a torn record behind a good one
+                os.ftruncate(segment.fd, segment.size)
+            raise
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._sync_interval)
+            if not self._dirty or self._active is None:
+                continue
+            self._dirty = False
+            fd = os.dup(self._active.fd)  # the segment may be closed while the thread syncs
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            except OSError as exc:
+                self._settings.logger.error("cannot fsync the persistent queue", extra={"error": str(exc)})
+            finally:
+                os.close(fd)
+
+    # --- reading and acknowledging ---------------------------------------------------------------------------------
+
+    def peek(self) -> DiskEntry | None:
+        return self._entries[0] if self._entries else None
+
+    def pop(self) -> DiskEntry:
+        entry = self._entries.popleft()
+        self.items -= entry.items
+        return entry
+
+    def load(self, entry: QueueEntry) -> Message:
+        assert isinstance(entry, DiskEntry) and entry.segment is not None
+        data = os.pread(entry.segment.fd, entry.length, entry.offset)
+        if len(data) != entry.length or self._check_record(data, 0) is not None:
+            self._errors.labels(self._cid, "corrupt").inc()
+            raise ValueError(f"record {entry.seq} in {entry.segment.path.name} changed on disk")
+        payload = data[_HEADER.size + _BODY_PREFIX.size :]
+        try:
+            return SPECS[entry.signal].request_type.FromString(payload)
+        except DecodeError as exc:
+            self._errors.labels(self._cid, "undecodable").inc()
+            raise ValueError(f"record {entry.seq} does not decode: {exc}") from None
+
+    def begin(self, entries: list[QueueEntry]) -> None:
+        self._append_acks(_SENDING, entries)
+
+    def ack(self, entries: list[QueueEntry]) -> None:
+        self._append_acks(_DONE, entries)
+        for entry in entries:
+            assert isinstance(entry, DiskEntry) and entry.segment is not None
+            segment = entry.segment
+            segment.live -= 1
+            segment.done.add(entry.seq)
+            self._sending.discard(entry.seq)
+            self._unacked -= 1
+            if segment.live == 0 and segment is not self._active:
+                self._delete(segment)
+        if os.fstat(self._acks_fd).st_size > _MAX_ACK_LOG:
+            self._rewrite_ack_log()
+
+    def _append_acks(self, kind: bytes, entries: list[QueueEntry]) -> None:
+        if kind == _SENDING:
+            self._sending.update(e.seq for e in entries)
+        os.write(self._acks_fd, b"".join(_ACK.pack(kind, e.seq) for e in entries))
+
+    def _delete(self, segment: _Segment) -> None:
+        os.close(segment.fd)
+        segment.path.unlink(missing_ok=True)
+        self._segments.remove(segment)
+        self.bytes -= segment.size
+
+    def _rewrite_ack_log(self) -> None:
+        """Keep only entries about records still on disk, so the log stays small."""
+        entries = [_ACK.pack(_DONE, seq) for segment in self._segments for seq in sorted(segment.done)]
+        entries += [_ACK.pack(_SENDING, seq) for seq in sorted(self._sending)]
+        temporary = self._dir / "acks.log.tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(b"".join(entries))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._dir / "acks.log")
+        if self._acks_fd >= 0:
+            os.close(self._acks_fd)
+        self._acks_fd = os.open(self._dir / "acks.log", os.O_WRONLY | os.O_APPEND)
+        self._sync_directory()
+
+    def drain(self) -> list[QueueEntry]:
+        return []

@@ -1,0 +1,90 @@
+"""Routing by retention class: each exporter receives only the classes it lists in ``retention_classes``.
+
+No trace store keeps some traces longer than others, so the agent routes: the tail sampler writes the resource
+attribute ``retention.class`` on everything it keeps, and an exporter whose ``retention_classes`` is set takes
+only those classes (``otlp/jaeger_archive`` with ``[error, critical]``: the 30-day store). Data without the
+attribute, or with a class the config does not define, counts as ``service.retention.default_class``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from google.protobuf.message import Message
+
+from agent.component import CreateSettings, Signal
+from agent.config.service import ServiceConfig
+
+RETENTION_ATTRIBUTE = "retention.class"
+
+_RESOURCE_LISTS = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs", Signal.METRICS: "resource_metrics"}
+_SCOPE_LISTS = {Signal.TRACES: "scope_spans", Signal.LOGS: "scope_logs", Signal.METRICS: "scope_metrics"}
+_ITEM_LISTS = {Signal.TRACES: "spans", Signal.LOGS: "log_records", Signal.METRICS: "metrics"}
+
+
+def attribute_string(attributes: Iterable[Any], key: str) -> str | None:
+    """The string value of ``key`` among OTLP ``KeyValue`` attributes, or None."""
+    for kv in attributes:
+        if kv.key == key:
+            return kv.value.string_value if kv.value.HasField("string_value") else None
+    return None
+
+
+class RetentionClassifier:
+    """Tells the retention class of a resource: its ``retention.class`` if defined, else the default class."""
+
+    def __init__(self, service: ServiceConfig) -> None:
+        self.default = service.retention.default_class
+        self._known = frozenset(service.retention.classes)
+
+    def of(self, attributes: Iterable[Any]) -> str:
+        value = attribute_string(attributes, RETENTION_ATTRIBUTE)
+        return value if value in self._known else self.default
+
+
+class RetentionFilter:
+    """Keeps the resources of a batch whose class the exporter takes; counts items routed per class."""
+
+    def __init__(self, classes: list[str], settings: CreateSettings) -> None:
+        self._accepted = frozenset(classes)
+        self._classifier = RetentionClassifier(settings.service)
+        self._cid = settings.component_id
+        self._routed = settings.metrics.counter(
+            "exporter_routed_items_total",
+            "Items an exporter received, by retention class (`retention_classes` decides which it takes).",
+            ["exporter", "signal", "retention_class"],
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self._accepted)
+
+    def apply(self, signal: Signal, batch: Message) -> bool:
+        """Remove in place the resources of other classes; False when nothing is left for this exporter."""
+        resources = getattr(batch, _RESOURCE_LISTS[signal])
+        dropped: list[int] = []
+        for index, resource in enumerate(resources):
+            retention_class = self._classifier.of(resource.resource.attributes)
+            if self._accepted and retention_class not in self._accepted:
+                dropped.append(index)
+                continue
+            items = sum(len(getattr(scope, _ITEM_LISTS[signal])) for scope in getattr(resource, _SCOPE_LISTS[signal]))
+            self._routed.labels(self._cid, signal.value, retention_class).inc(items)
+        for index in reversed(dropped):
+            del resources[index]
+        return len(resources) > 0
+
+
+def check_retention_classes(
+    classes: list[str], agent_config: Any, field: str = "retention_classes"
+) -> Iterator[tuple[str, str]]:
+    """Config check: every class an exporter names is defined in ``service.retention.classes``."""
+    defined = agent_config.service.retention.classes
+    seen: set[str] = set()
+    for index, name in enumerate(classes):
+        if name not in defined:
+            yield f"{field}[{index}]", f"unknown retention class {name!r}; defined classes: {', '.join(defined)}"
+        if name in seen:
+            yield f"{field}[{index}]", f"names {name} more than once"
+        seen.add(name)

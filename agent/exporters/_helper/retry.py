@@ -1,0 +1,209 @@
+"""Retry with exponential backoff and jitter around an exporter's push, with a per-attempt timeout.
+
+Exporters classify every failure as :class:`RetryableError` (the backend may take the data later: gRPC
+``UNAVAILABLE``, HTTP 503, a refused connection, a timeout) or :class:`PermanentExportError` (the backend
+will never take it: gRPC ``INVALID_ARGUMENT``, HTTP 400). Only the first is retried, with the Collector's
+backoff (``initial_interval * multiplier**n`` capped at ``max_interval``, ± ``randomization_factor``),
+never sooner than the server asked for (gRPC ``RetryInfo``, HTTP ``Retry-After``), and never past
+``max_elapsed_time``: a retry whose wait would end after it is not made and the batch is given up.
+
+Waits are interruptible: :meth:`RetryingSender.interrupt` ends every wait at once with :class:`ExportAborted`,
+so shutdown never sleeps out a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay, stop_never
+from tenacity.wait import wait_base
+
+from agent.component import CreateSettings, Signal
+from agent.config.schema import Duration, setting
+
+
+class ExportError(Exception):
+    """A failed export attempt; ``reason`` is a short, low-cardinality label for metrics."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RetryableError(ExportError):
+    """The backend may take the batch later. ``retry_after`` is the server's hint in seconds, if it gave one.
+
+    ``maybe_delivered`` is set when the attempt's outcome is unknown (a timeout after the request was sent):
+    if a retry then succeeds, the backend may hold the batch twice, which is counted as a duplicate.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, retry_after: float | None = None, maybe_delivered: bool = False
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
+
+
+class PermanentExportError(ExportError):
+    """The backend refused the batch for good (bad data, unauthorized, too large); never retried."""
+
+    def __init__(self, message: str, *, reason: str = "rejected") -> None:
+        super().__init__(message, reason=reason)
+
+
+class ExportAborted(Exception):
+    """Shutdown interrupted a backoff wait; the batch was not delivered (a persistent queue keeps it)."""
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    enabled: bool = setting(True, doc="Retry batches that failed with a retryable error.")
+    initial_interval: Duration = setting(Duration(5.0), doc="Wait before the first retry.")
+    multiplier: float = setting(1.5, doc="Factor the wait grows by after each retry.", minimum=1)
+    randomization_factor: float = setting(
+        0.5, doc="Jitter: each wait is drawn from interval * (1 +- factor).", minimum=0, maximum=1
+    )
+    max_interval: Duration = setting(Duration(30.0), doc="Longest wait between two attempts.")
+    max_elapsed_time: Duration = setting(
+        Duration(300.0),
+        doc="Give a batch up (dropped, counted, logged) when the next retry would start later than this after the "
+        "first attempt; 0 retries until shutdown (the queue bound still applies).",
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.initial_interval <= 0:
+            yield "initial_interval", "must be positive"
+        if self.max_interval < self.initial_interval:
+            yield "max_interval", "must be at least initial_interval"
+
+
+class BackoffWait(wait_base):
+    """Exponential backoff with jitter that never waits less than the server asked for."""
+
+    def __init__(self, config: RetryConfig, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        config = self._config
+        retries = max(retry_state.attempt_number - 1, 0)
+        interval = min(config.initial_interval * config.multiplier**retries, config.max_interval)
+        delta = config.randomization_factor * interval
+        wait = self._rng.uniform(interval - delta, interval + delta)
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        hint = getattr(error, "retry_after", None)
+        return max(wait, hint) if hint else wait
+
+
+Push = Callable[[Signal, Message], Awaitable["int | None"]]
+
+
+class RetryingSender:
+    """Calls ``push`` under a timeout, retrying retryable failures as configured.
+
+    ``send`` returns the number of items the backend rejected in a partial-success answer (0 normally) and
+    whether an earlier attempt may already have delivered the batch; it raises :class:`PermanentExportError`,
+    the last :class:`RetryableError` when retries are exhausted (or disabled), or :class:`ExportAborted`.
+    """
+
+    def __init__(self, settings: CreateSettings, config: RetryConfig | None, timeout: float | None, push: Push) -> None:
+        self._config = config if config is not None and config.enabled else None
+        self._timeout = timeout
+        self._push = push
+        self._interrupted = asyncio.Event()
+        self._retries = settings.metrics.counter(
+            "exporter_retries_total", "Export attempts retried after a retryable failure.", ["exporter", "signal"]
+        )
+        self._component_id = settings.component_id
+
+    def interrupt(self) -> None:
+        """End every backoff wait now (and any later one) with :class:`ExportAborted`."""
+        self._interrupted.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted.is_set()
+
+    async def send(self, signal: Signal, batch: Message) -> tuple[int, bool]:
+        maybe_delivered = False
+        if self._config is None:
+            return await self._attempt(signal, batch), False
+        config = self._config
+        retries = self._retries.labels(self._component_id, signal.value)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=BackoffWait(config),
+            stop=stop_before_delay(config.max_elapsed_time) if config.max_elapsed_time > 0 else stop_never,
+            sleep=self._sleep,
+            before_sleep=lambda _: retries.inc(),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    rejected = await self._attempt(signal, batch)
+                except RetryableError as exc:
+                    maybe_delivered = maybe_delivered or exc.maybe_delivered
+                    raise
+        return rejected, maybe_delivered
+
+    async def _attempt(self, signal: Signal, batch: Message) -> int:
+        started = time.monotonic()
+        try:
+            if self._timeout:
+                async with asyncio.timeout(self._timeout):
+                    return await self._push(signal, batch) or 0
+            return await self._push(signal, batch) or 0
+        except TimeoutError:
+            waited = time.monotonic() - started
+            raise RetryableError(f"no answer within {waited:.1f}s", reason="timeout", maybe_delivered=True) from None
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._interrupted.is_set():
+            raise ExportAborted("shutting down")
+        try:
+            await asyncio.wait_for(self._interrupted.wait(), seconds)
+        except TimeoutError:
+            return
+        raise ExportAborted("shutdown interrupted a retry wait")
+
+
+# --- protocol rules --------------------------------------------------------------------------------------------------
+
+OTLP_HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
+"""OTLP/HTTP: only these statuses may be retried; every other 4xx/5xx must not be."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` header (delay-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max((when - datetime.datetime.now(datetime.UTC)).total_seconds(), 0.0)
+
+
+def http_error(
+    status: int, message: str, retry_after: str | None = None, retryable: frozenset[int] = OTLP_HTTP_RETRYABLE
+) -> ExportError:
+    """Classify a non-success HTTP answer."""
+    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+    if status in retryable:
+        return RetryableError(text, reason=f"http_{status}", retry_after=parse_retry_after(retry_after))
+    return PermanentExportError(text)

@@ -1,0 +1,44 @@
+"""Client TLS settings shared by the network exporters (``otlp`` over gRPC and HTTP, ``loki``)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config.schema import setting
+
+
+@dataclass(frozen=True)
+class TlsClientConfig:
+    insecure: bool = setting(
+        False,
+        doc="Plain text instead of TLS for a gRPC endpoint without a scheme (`jaeger:4317`). URLs decide by their "
+        "scheme: `http://` is plain text, `https://` is TLS.",
+    )
+    ca_file: str = setting("", doc="PEM file of the CA(s) that sign the server's certificate; empty uses the system's.")
+    cert_file: str = setting("", doc="PEM client certificate, for mutual TLS (needs `key_file`).")
+    key_file: str = setting("", doc="PEM private key of `cert_file`.")
+    insecure_skip_verify: bool = setting(False, doc="Do not verify the server's certificate (testing only).")
+    server_name_override: str = setting("", doc="Name expected in the server's certificate, if not the host.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file" if not self.cert_file else "key_file", "cert_file and key_file go together"
+
+    def missing_files(self) -> list[str]:
+        return [name for name in (self.ca_file, self.cert_file, self.key_file) if name and not Path(name).is_file()]
+
+    def read(self, name: str) -> bytes | None:
+        return Path(name).read_bytes() if name else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context for HTTPS (aiohttp)."""
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context

@@ -1,0 +1,78 @@
+"""Configuration of the ``otlp`` exporter."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from agent.config.schema import Duration, setting
+from agent.exporters._helper.batcher import BatchConfig
+from agent.exporters._helper.queue import SendingQueueConfig
+from agent.exporters._helper.retry import RetryConfig
+from agent.exporters._helper.tls import TlsClientConfig
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class OtlpExporterConfig:
+    endpoint: str = setting(
+        doc="Where to send. gRPC: `host:port` (TLS unless `tls.insecure`) or `http[s]://host:port`. "
+        "HTTP: a base URL such as `http://jaeger:4318`; `/v1/traces` etc. are appended."
+    )
+    protocol: Literal["grpc", "http/protobuf"] = setting("grpc", doc="OTLP transport.")
+    compression: Literal["gzip", "none"] = setting("gzip", doc="Request compression.")
+    headers: dict[str, str] = setting(
+        doc="Headers (gRPC metadata) sent with every request, e.g. an authorization token.",
+        default_factory=dict,
+        secret=True,
+    )
+    tls: TlsClientConfig = setting(doc="TLS client settings.", default_factory=TlsClientConfig)
+    timeout: Duration = setting(Duration(10.0), doc="Time one export attempt may take.")
+    retention_classes: list[str] = setting(
+        doc="Retention classes this exporter receives (names from `service.retention.classes`); empty receives "
+        "every class. Data without `retention.class` counts as `service.retention.default_class`.",
+        default_factory=list,
+    )
+    retry_on_failure: RetryConfig = setting(doc="Retries of retryable failures.", default_factory=RetryConfig)
+    sending_queue: SendingQueueConfig = setting(
+        doc="Bounded (optionally persistent) queue in front of the network.", default_factory=SendingQueueConfig
+    )
+    batch: BatchConfig = setting(doc="Batching by size and time.", default_factory=BatchConfig)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.timeout <= 0:
+            yield "timeout", "must be positive"
+        yield from _check_endpoint(self.endpoint, self.protocol)
+        for name in self.headers:
+            if not name or name != name.strip() or any(c in name for c in ":\r\n "):
+                yield f"headers.{name}", "is not a valid header name"
+
+    @property
+    def uses_tls(self) -> bool:
+        if self.endpoint.startswith("https://"):
+            return True
+        if self.endpoint.startswith("http://"):
+            return False
+        return not self.tls.insecure
+
+    @property
+    def grpc_target(self) -> str:
+        return self.endpoint.split("://", 1)[1].rstrip("/") if "://" in self.endpoint else self.endpoint
+
+
+def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
+    if "://" in endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            yield "endpoint", f"must be an http:// or https:// URL, got {endpoint!r}"
+        elif protocol == "grpc" and parts.path not in ("", "/"):
+            yield "endpoint", "a gRPC endpoint has no path"
+        return
+    if protocol != "grpc":
+        yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {endpoint!r}"
+    elif not _HOST_PORT.match(endpoint):
+        yield "endpoint", f"must be host:port or a URL, got {endpoint!r}"

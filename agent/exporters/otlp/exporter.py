@@ -1,0 +1,78 @@
+"""``otlp`` exporter: OTLP over gRPC or HTTP/protobuf, the way to Jaeger (which ingests OTLP natively).
+
+The exporter only pushes one request; the sending queue around it bounds, batches, retries and counts.
+A partial-success answer is counted (``exporter_rejected_items_total``) and logged, never retried.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, CreateSettings, Signal
+from agent.exporters._helper.queue import SendingQueue
+from agent.exporters._helper.retention import RetentionFilter
+from agent.exporters.otlp.config import OtlpExporterConfig
+from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
+from agent.otlp.signals import SPECS
+from agent.telemetry.logs import RateLimitedLog
+
+
+class _SignalConsumer:
+    def __init__(self, exporter: OtlpExporter, signal: Signal) -> None:
+        self._exporter = exporter
+        self._signal = signal
+
+    def consume(self, batch: Message) -> None:
+        self._exporter.accept(self._signal, batch)
+
+
+class OtlpExporter:
+    def __init__(self, config: OtlpExporterConfig, settings: CreateSettings) -> None:
+        self._config = config
+        self._settings = settings
+        self._transport: Transport = GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
+        self._filter = RetentionFilter(config.retention_classes, settings)
+        self._queue = SendingQueue(
+            settings,
+            config.sending_queue,
+            self._push,
+            retry=config.retry_on_failure,
+            timeout=float(config.timeout),
+            batch=config.batch,
+        )
+        self._log = RateLimitedLog(settings.logger)
+
+    def consumer_for(self, signal: Signal) -> Consumer:
+        return _SignalConsumer(self, signal)
+
+    def accept(self, signal: Signal, batch: Message) -> None:
+        if self._filter.apply(signal, batch):
+            self._queue.offer(signal, batch)
+
+    async def start(self) -> None:
+        missing = self._config.tls.missing_files()
+        if missing:
+            raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
+        await self._transport.start()
+        await self._queue.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._queue.shutdown(deadline)
+        await self._transport.close()
+
+    async def _push(self, signal: Signal, batch: Message) -> int:
+        response = await self._transport.export(signal, batch, float(self._config.timeout))
+        if not response.HasField("partial_success"):
+            return 0
+        spec = SPECS[signal]
+        partial = response.partial_success  # type: ignore[attr-defined]
+        rejected = int(getattr(partial, spec.rejected_field))
+        self._log.warning(
+            f"partial:{signal}",
+            f"the backend accepted the batch partly: {rejected} {spec.item_name} rejected"
+            if rejected
+            else "the backend accepted the batch with a warning",
+            exporter=self._settings.component_id,
+            error_message=partial.error_message,
+        )
+        return rejected

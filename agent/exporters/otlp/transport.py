@@ -1,0 +1,178 @@
+"""The two OTLP transports of the ``otlp`` exporter: gRPC (``grpc.aio``) and HTTP/protobuf (``aiohttp``).
+
+Each sends one export request and returns the server's ``Export*ServiceResponse``, or raises a classified
+error following the OTLP specification: retryable gRPC codes and HTTP statuses become ``RetryableError``
+(with the server's ``RetryInfo`` / ``Retry-After`` delay), everything else ``PermanentExportError``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from typing import Protocol
+
+import aiohttp
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+
+from agent import __version__
+from agent.component import Signal
+from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
+from agent.exporters.otlp.config import OtlpExporterConfig
+from agent.otlp.signals import SPECS
+
+USER_AGENT = f"otel-sidecar/{__version__}"
+_MIB = 1024 * 1024
+
+# OTLP: retry these; RESOURCE_EXHAUSTED only when the server sent RetryInfo; never the others.
+GRPC_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class Transport(Protocol):
+    async def start(self) -> None: ...
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message: ...
+
+    async def close(self) -> None: ...
+
+
+def grpc_retry_delay(trailing_metadata: object) -> float | None:
+    """The ``RetryInfo.retry_delay`` in a status's ``grpc-status-details-bin`` trailer, if any."""
+    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+def grpc_error(code: grpc.StatusCode, details: str, trailing_metadata: object) -> ExportError:
+    delay = grpc_retry_delay(trailing_metadata)
+    message = f"gRPC {code.name}: {details}"
+    if code in GRPC_RETRYABLE or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
+        # After DEADLINE_EXCEEDED (or a cancel) the server may have stored the data: a retry can duplicate it.
+        unknown = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+        return RetryableError(message, reason=code.name.lower(), retry_after=delay, maybe_delivered=unknown)
+    return PermanentExportError(message)
+
+
+class GrpcTransport:
+    def __init__(self, config: OtlpExporterConfig) -> None:
+        self._config = config
+        self._channel: grpc.aio.Channel | None = None
+        self._methods: dict[Signal, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+
+    async def start(self) -> None:
+        config = self._config
+        options = [
+            ("grpc.primary_user_agent", USER_AGENT),
+            ("grpc.max_send_message_length", 64 * _MIB),
+            ("grpc.max_receive_message_length", 4 * _MIB),
+            ("grpc.enable_retries", 0),  # retries are ours, with the OTLP rules and counted
+        ]
+        if config.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", config.tls.server_name_override))
+        compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
+        if config.uses_tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=config.tls.read(config.tls.ca_file),
+                private_key=config.tls.read(config.tls.key_file),
+                certificate_chain=config.tls.read(config.tls.cert_file),
+            )
+            self._channel = grpc.aio.secure_channel(config.grpc_target, credentials, options, compression)
+        else:
+            self._channel = grpc.aio.insecure_channel(config.grpc_target, options, compression)
+        for signal, spec in SPECS.items():
+            self._methods[signal] = self._channel.unary_unary(
+                f"/{spec.grpc_service}/Export",
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=spec.response_type.FromString,
+            )
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        try:
+            return await self._methods[signal](request, timeout=timeout, metadata=self._metadata)  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            raise grpc_error(exc.code(), exc.details() or "", exc.trailing_metadata()) from None
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+class HttpTransport:
+    def __init__(self, config: OtlpExporterConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        base = config.endpoint.rstrip("/")
+        self._urls = {signal: base + spec.http_path for signal, spec in SPECS.items()}
+        self._headers = {**config.headers, "Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
+        if config.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+
+    async def start(self) -> None:
+        ssl_context = self._config.tls.ssl_context() if self._config.uses_tls else False
+        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=32)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        assert self._session is not None
+        body = request.SerializeToString()
+        if self._config.compression == "gzip":
+            body = gzip.compress(body, compresslevel=5)
+        try:
+            async with self._session.post(
+                self._urls[signal],
+                data=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                server_hostname=self._config.tls.server_name_override or None,
+            ) as response:
+                payload = await response.read()
+                if response.status == 200:
+                    return _decode_response(signal, payload)
+                raise http_error(response.status, _status_message(payload), response.headers.get("Retry-After"))
+        except aiohttp.ServerDisconnectedError as exc:
+            raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"cannot reach {self._urls[signal]}: {exc}", reason="connection") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _decode_response(signal: Signal, payload: bytes) -> Message:
+    try:
+        return SPECS[signal].response_type.FromString(payload)
+    except DecodeError:
+        return SPECS[signal].response_type()  # a 200 with an unreadable body is still a success
+
+
+def _status_message(payload: bytes) -> str:
+    """The message of a ``google.rpc.Status`` error body, or the start of a text body."""
+    try:
+        status = status_pb2.Status.FromString(payload)
+        if status.message:
+            return status.message
+    except DecodeError:
+        pass
+    return payload[:256].decode("utf-8", "replace").strip()

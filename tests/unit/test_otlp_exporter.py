@@ -1,0 +1,262 @@
+"""The ``otlp`` exporter against an in-process OTLP capture backend (gRPC and HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agent.component import Signal
+from agent.config.schema import ConfigError, build
+from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload, attr
+from tests.delivery_doubles import OtlpCapture, PlannedFailure, build_config, make_settings
+from tests.helpers import metric_value
+
+FAST_RETRY = {"initial_interval": "20ms", "max_interval": "100ms", "max_elapsed_time": "5s"}
+
+
+def traces(n: int, seed: int = 3) -> list[ExportTraceServiceRequest]:
+    return [request for request, _ in Workload(seed=seed).requests(n)]
+
+
+def span_keys(requests: list[Any]) -> set[bytes]:
+    return {
+        s.SerializeToString() for r in requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+
+
+def exporter_config(endpoint: str, **extra: Any) -> OtlpExporterConfig:
+    raw = {"endpoint": endpoint, "tls": {"insecure": True}, "retry_on_failure": FAST_RETRY, "timeout": "2s", **extra}
+    raw.setdefault("batch", {"flush_timeout": "10ms"})
+    return build_config(OtlpExporterConfig, raw)
+
+
+async def run_exporter(
+    config: OtlpExporterConfig, batches: list[Any], metrics: SelfMetrics, until: Any, cid: str = "otlp"
+) -> None:
+    exporter = OtlpExporter(config, make_settings(cid, metrics))
+    await exporter.start()
+    try:
+        for batch in batches:
+            exporter.consumer_for(Signal.TRACES).consume(batch)
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        await exporter.shutdown(time.monotonic() + 5)
+
+
+def value(metrics: SelfMetrics, name: str, **labels: str) -> float:
+    return metric_value(metrics.render().decode(), f"otel_sidecar_{name}", **labels)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+async def test_every_span_arrives_intact_with_the_configured_headers(protocol: str, compression: str) -> None:
+    batches = traces(20)
+    expected = span_keys(batches)
+    with OtlpCapture() as backend:
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        config = exporter_config(endpoint, protocol=protocol, compression=compression, headers={"x-team": "llm"})
+        metrics = SelfMetrics()
+        await run_exporter(config, batches, metrics, lambda: len(backend.capture.spans()) >= len(expected))
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == expected
+        assert all(h.get("x-team") == "llm" or h.get("X-Team") == "llm" for h in backend.capture.headers)
+        if protocol == "http/protobuf":
+            assert {h.get("Content-Encoding") for h in backend.capture.headers} == (
+                {"gzip"} if compression == "gzip" else {None}
+            )
+    assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(expected)
+
+
+async def test_small_requests_are_merged_into_batches_and_large_ones_split() -> None:
+    batches = traces(30)
+    total = len(span_keys(batches))
+    with OtlpCapture() as backend:
+        config = exporter_config(
+            backend.grpc_endpoint,
+            batch={"min_size": 40, "max_size": 50, "flush_timeout": "300ms"},
+            sending_queue={"num_consumers": 1},
+        )
+        await run_exporter(config, batches, SelfMetrics(), lambda: len(backend.capture.spans()) >= total)
+        sizes = [
+            sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans)
+            for r in backend.capture.requests[Signal.TRACES]
+        ]
+    assert sum(sizes) == total
+    assert max(sizes) <= 50
+    assert len(sizes) < len(batches)  # merged
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_unavailable_backends_are_retried_honouring_the_server_delay(protocol: str) -> None:
+    batch = traces(1)
+    with OtlpCapture() as backend:
+        backend.capture.failures = [
+            PlannedFailure(grpc.StatusCode.UNAVAILABLE, 503, "busy", retry_after=1.0),
+            PlannedFailure(grpc.StatusCode.UNAVAILABLE, 429, "slow down"),
+        ]
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        metrics = SelfMetrics()
+        started = time.monotonic()
+        await run_exporter(
+            exporter_config(endpoint, protocol=protocol), batch, metrics, lambda: backend.capture.spans()
+        )
+        elapsed = time.monotonic() - started
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+    assert backend.capture.attempts == 3
+    assert elapsed >= 0.9  # the server asked for one second; the backoff alone would be 20 ms
+    assert value(metrics, "exporter_retries_total", exporter="otlp") == 2
+
+
+@pytest.mark.parametrize(
+    ("protocol", "failure"),
+    [
+        ("grpc", PlannedFailure(grpc.StatusCode.INVALID_ARGUMENT, 400, "bad span")),
+        ("grpc", PlannedFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, 400, "too large")),
+        ("grpc", PlannedFailure(grpc.StatusCode.PERMISSION_DENIED, 403, "no")),
+        ("http/protobuf", PlannedFailure(grpc.StatusCode.INVALID_ARGUMENT, 400, "bad span")),
+        ("http/protobuf", PlannedFailure(grpc.StatusCode.INTERNAL, 500, "broken")),
+    ],
+)
+async def test_permanent_errors_are_not_retried_and_are_counted_as_rejected(
+    protocol: str, failure: PlannedFailure
+) -> None:
+    batch = traces(1)
+    items = len(span_keys(batch))
+    with OtlpCapture() as backend:
+        backend.capture.failures = [failure]
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        metrics = SelfMetrics()
+        await run_exporter(
+            exporter_config(endpoint, protocol=protocol),
+            batch,
+            metrics,
+            lambda: value(metrics, "exporter_send_failed_items_total") > 0,
+        )
+        await asyncio.sleep(0.1)
+    assert backend.capture.attempts == 1
+    assert value(metrics, "exporter_rejected_items_total", exporter="otlp") == items
+    assert value(metrics, "exporter_send_failed_items_total", reason="rejected") == items
+    assert value(metrics, "exporter_retries_total") == 0
+
+
+async def test_resource_exhausted_is_retried_only_when_the_server_sends_retry_info() -> None:
+    batch = traces(1)
+    with OtlpCapture() as backend:
+        backend.capture.failures = [PlannedFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "quota", retry_after=0.05)]
+        await run_exporter(
+            exporter_config(backend.grpc_endpoint), batch, SelfMetrics(), lambda: backend.capture.spans()
+        )
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+    assert backend.capture.attempts == 2
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_a_partial_success_is_counted_and_logged_but_not_retried(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch = traces(1)
+    items = len(span_keys(batch))
+    with OtlpCapture() as backend:
+        backend.capture.partial_rejections = [2]
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        metrics = SelfMetrics()
+        await run_exporter(
+            exporter_config(endpoint, protocol=protocol),
+            batch,
+            metrics,
+            lambda: value(metrics, "exporter_sent_items_total") > 0,
+        )
+    assert backend.capture.attempts == 1
+    assert value(metrics, "exporter_rejected_items_total", exporter="otlp") == 2
+    assert value(metrics, "exporter_sent_items_total", exporter="otlp") == items - 2
+    assert "2 spans rejected" in caplog.text
+
+
+async def test_after_max_elapsed_time_the_batch_is_dropped_with_a_counter_and_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = traces(1)
+    items = len(span_keys(batch))
+    with OtlpCapture() as backend:
+        backend.capture.failures = [PlannedFailure(grpc.StatusCode.UNAVAILABLE)] * 1000
+        metrics = SelfMetrics()
+        config = exporter_config(
+            backend.grpc_endpoint,
+            retry_on_failure={"initial_interval": "50ms", "max_interval": "100ms", "max_elapsed_time": "500ms"},
+        )
+        await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_send_failed_items_total") > 0)
+    assert value(metrics, "exporter_send_failed_items_total", reason="retries_exhausted") == items
+    assert value(metrics, "exporter_retries_total") >= 2
+    assert backend.capture.spans() == []
+    assert "giving up on the batch (retries_exhausted)" in caplog.text
+
+
+async def test_a_refused_connection_is_retried_until_the_backend_comes_up() -> None:
+    batch = traces(3)
+    backend = OtlpCapture()
+    metrics = SelfMetrics()
+    exporter = OtlpExporter(exporter_config(backend.grpc_endpoint), make_settings("otlp", metrics))
+    await exporter.start()
+    try:
+        for request in batch:
+            exporter.consumer_for(Signal.TRACES).consume(request)
+        await asyncio.sleep(0.5)  # several failed attempts against the closed port
+        backend.start()
+        deadline = time.monotonic() + 10
+        while len(backend.capture.spans()) < len(span_keys(batch)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+        assert value(metrics, "exporter_retries_total") > 0
+    finally:
+        await exporter.shutdown(time.monotonic() + 5)
+        backend.stop()
+
+
+def with_class(request: ExportTraceServiceRequest, retention_class: str | None) -> ExportTraceServiceRequest:
+    for rs in request.resource_spans:
+        if retention_class is not None:
+            rs.resource.attributes.append(attr("retention.class", retention_class))
+    return request
+
+
+async def test_an_exporter_with_retention_classes_receives_only_those_classes() -> None:
+    error, standard, unclassified = traces(3)
+    with_class(error, "error")
+    with_class(standard, "standard")
+    with OtlpCapture() as backend:
+        config = exporter_config(backend.grpc_endpoint, retention_classes=["error", "critical"])
+        metrics = SelfMetrics()
+        await run_exporter(config, [error, standard, unclassified], metrics, lambda: backend.capture.spans())
+        await asyncio.sleep(0.1)
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys([error])
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == len(
+        span_keys([error])
+    )
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 0
+
+
+def test_the_config_rejects_bad_endpoints_and_mismatched_tls_files() -> None:
+    errors: list[ConfigError] = []
+    build(OtlpExporterConfig, {"endpoint": "jaeger"}, "exporters.otlp", errors)
+    build(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"cert_file": "c.pem"}}, "exporters.otlp", errors)
+    build(OtlpExporterConfig, {"endpoint": "jaeger:4318", "protocol": "http/protobuf"}, "exporters.otlp/h", errors)
+    messages = [str(e) for e in errors]
+    assert "exporters.otlp.endpoint: must be host:port or a URL, got 'jaeger'" in messages
+    assert "exporters.otlp.tls.key_file: cert_file and key_file go together" in messages
+    assert any(m.startswith("exporters.otlp/h.endpoint: must be a URL") for m in messages)
+
+
+def test_endpoints_decide_tls_by_scheme_and_otherwise_by_the_insecure_flag() -> None:
+    assert build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317"}).uses_tls
+    assert not build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"insecure": True}}).uses_tls
+    assert not build_config(OtlpExporterConfig, {"endpoint": "http://jaeger:4317"}).uses_tls
+    assert build_config(OtlpExporterConfig, {"endpoint": "https://jaeger:4317"}).grpc_target == "jaeger:4317"
