@@ -132,6 +132,7 @@ class TailSampler:
         self._refuse_if_full()
         now = self._clock()
         buffer, kept, dropped = self.buffer, self.kept, self.dropped
+        traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
         release = Release(self._config.max_batch_bytes)
         oversized: dict[bytes, BufferedTrace] = {}
@@ -157,7 +158,7 @@ class TailSampler:
                 # fraction of the cost of sizing every span.
                 bytes_per_span = ss.ByteSize() / count
                 for trace_id, group in groups.items():
-                    trace = buffer.get(trace_id)
+                    trace = traces.get(trace_id)
                     if trace is None:
                         decision = kept.get(trace_id)
                         if decision is not None:
@@ -173,8 +174,8 @@ class TailSampler:
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
                 for trace_id in roots:
-                    trace = buffer.get(trace_id)
-                    if trace is not None:
+                    trace = traces.get(trace_id)
+                    if trace is not None and trace.root_seen is None:
                         buffer.root_arrived(trace, now)
         if late_kept:
             self.metrics.late_kept.inc(late_kept)
