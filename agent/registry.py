@@ -6,7 +6,9 @@ from typing import Any
 
 from agent.component import Factory, Kind
 from agent.exporters import file as file_exporter
+from agent.exporters import loki as loki_exporter
 from agent.exporters import nop as nop_exporter
+from agent.exporters import otlp as otlp_exporter
 from agent.processors import tail_sampling
 from agent.receivers import otlp as otlp_receiver
 
@@ -14,6 +16,8 @@ FACTORIES: tuple[Factory[Any], ...] = (
     otlp_receiver.FACTORY,
     file_exporter.FACTORY,
     nop_exporter.FACTORY,
+    otlp_exporter.FACTORY,
+    loki_exporter.FACTORY,
     tail_sampling.FACTORY,
 )
 

@@ -1,0 +1,251 @@
+"""OTLP → Loki: span events become log records, log records become entries of labelled streams.
+
+Stream labels are few and low-cardinality: ``service_name``, ``level``, ``retention`` (the retention class)
+and the configured resource attributes. Everything else (trace and span id, severity text, scope name, the
+other resource attributes and the record's attributes) goes into structured metadata, within Loki's limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
+
+from agent.exporters._helper.retention import RETENTION_ATTRIBUTE, RetentionClassifier
+from agent.exporters.loki.labels import MAX_LABEL_VALUE_BYTES, sanitize_label_name, truncate_utf8
+
+MAX_METADATA_ENTRIES = 128  # Loki's max_structured_metadata_entries_count
+MAX_METADATA_BYTES = 64 * 1024  # max_structured_metadata_size
+
+Labels = tuple[tuple[str, str], ...]
+Entry = tuple[int, str, list[tuple[str, str]]]
+Streams = dict[Labels, list[Entry]]
+
+_LEVELS_BY_NUMBER = ("trace", "debug", "info", "warn", "error", "fatal")
+_LEVELS_BY_TEXT = {
+    "trace": "trace",
+    "debug": "debug",
+    "info": "info",
+    "information": "info",
+    "notice": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+    "err": "error",
+    "fatal": "fatal",
+    "critical": "fatal",
+    "crit": "fatal",
+    "panic": "fatal",
+    "emergency": "fatal",
+    "alert": "fatal",
+}
+_EXCEPTION_EVENT = "exception"
+_EXCEPTION_LINE_KEYS = ("exception.message", "exception.stacktrace")  # in the line, not repeated as metadata
+
+
+def level_of(severity_number: int, severity_text: str) -> str:
+    if 1 <= severity_number <= 24:
+        return _LEVELS_BY_NUMBER[(severity_number - 1) // 4]
+    return _LEVELS_BY_TEXT.get(severity_text.lower(), "unknown") if severity_text else "unknown"
+
+
+def any_value_text(value: AnyValue) -> str:
+    """An attribute value or log body as text: strings as they are, everything else as compact JSON."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind is None:
+        return ""
+    return _scalar_text(kind, value) if kind not in ("array_value", "kvlist_value") else json.dumps(_plain(value))
+
+
+def _scalar_text(kind: str, value: AnyValue) -> str:
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        return repr(value.double_value)
+    return base64.b64encode(value.bytes_value).decode()
+
+
+def _plain(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_plain(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(value, kind)
+    return any_value_text(value) if kind else None
+
+
+# --- span events → log records ---------------------------------------------------------------------------------------
+
+
+def span_events_to_logs(request: ExportTraceServiceRequest, mode: str) -> ExportLogsServiceRequest | None:
+    """Log records for the span events of ``request`` (``mode``: ``all`` or ``exceptions``), or None."""
+    out = ExportLogsServiceRequest()
+    for resource_spans in request.resource_spans:
+        target_resource = None
+        for scope_spans in resource_spans.scope_spans:
+            target_scope = None
+            for span in scope_spans.spans:
+                for event in span.events:
+                    exception = event.name == _EXCEPTION_EVENT
+                    if mode == "exceptions" and not exception:
+                        continue
+                    if target_resource is None:
+                        target_resource = out.resource_logs.add(schema_url=resource_spans.schema_url)
+                        target_resource.resource.CopyFrom(resource_spans.resource)
+                    if target_scope is None:
+                        target_scope = target_resource.scope_logs.add(schema_url=scope_spans.schema_url)
+                        target_scope.scope.CopyFrom(scope_spans.scope)
+                    _event_record(target_scope.log_records.add(), span, event, exception)
+    return out if out.resource_logs else None
+
+
+def _event_record(record: Any, span: Any, event: Any, exception: bool) -> None:
+    timestamp = event.time_unix_nano or span.start_time_unix_nano
+    record.time_unix_nano = timestamp
+    record.observed_time_unix_nano = timestamp
+    record.trace_id = span.trace_id
+    record.span_id = span.span_id
+    record.flags = span.flags & 0xFF
+    if exception:
+        record.severity_number = SeverityNumber.SEVERITY_NUMBER_ERROR
+        record.severity_text = "ERROR"
+        record.body.string_value = exception_line(event.attributes)
+        record.attributes.extend(kv for kv in event.attributes if kv.key not in _EXCEPTION_LINE_KEYS)
+    else:
+        record.severity_number = SeverityNumber.SEVERITY_NUMBER_INFO
+        record.severity_text = "INFO"
+        record.body.string_value = event.name
+        record.attributes.extend(event.attributes)
+    record.attributes.append(KeyValue(key="span.name", value=AnyValue(string_value=span.name)))
+    record.attributes.append(KeyValue(key="event.name", value=AnyValue(string_value=event.name)))
+
+
+def exception_line(attributes: Iterable[KeyValue]) -> str:
+    """``Type: message`` then the stack trace on the following lines, as a reader of the log expects."""
+    found = {kv.key: any_value_text(kv.value) for kv in attributes if kv.key.startswith("exception.")}
+    head = ": ".join(part for part in (found.get("exception.type", ""), found.get("exception.message", "")) if part)
+    stacktrace = found.get("exception.stacktrace", "")
+    return f"{head or 'exception'}\n{stacktrace}" if stacktrace else head or "exception"
+
+
+# --- log records → streams -------------------------------------------------------------------------------------------
+
+
+class StreamMapper:
+    """Groups the log records of export requests into Loki streams; cheap per record, no per-record objects
+    beyond the entry tuple."""
+
+    def __init__(self, label_attributes: list[str], classifier: RetentionClassifier, max_line_bytes: int) -> None:
+        self._label_attributes = {attribute: sanitize_label_name(attribute) for attribute in label_attributes}
+        self._classifier = classifier
+        self._max_line_bytes = max_line_bytes
+        self._names: dict[str, str] = {}
+        self.truncated_lines = 0
+        self.dropped_metadata = 0
+
+    def streams(self, request: ExportLogsServiceRequest) -> Streams:
+        streams: Streams = {}
+        for resource_logs in request.resource_logs:
+            service, resource_class, resource_labels, resource_metadata = self._resource(resource_logs.resource)
+            for scope_logs in resource_logs.scope_logs:
+                scope_metadata = list(resource_metadata)
+                if scope_logs.scope.name:
+                    scope_metadata.append(("scope_name", scope_logs.scope.name))
+                for record in scope_logs.log_records:
+                    retention_class = resource_class or self._classifier.of(record.attributes)
+                    labels = tuple(
+                        sorted(
+                            (
+                                ("service_name", service),
+                                ("level", level_of(record.severity_number, record.severity_text)),
+                                ("retention", retention_class),
+                                *resource_labels,
+                            )
+                        )
+                    )
+                    entry = (self._timestamp(record), self._line(record.body), self._metadata(record, scope_metadata))
+                    streams.setdefault(labels, []).append(entry)
+        for entries in streams.values():
+            entries.sort(key=lambda entry: entry[0])  # Loki wants each stream in time order
+        return streams
+
+    def _resource(self, resource: Any) -> tuple[str, str | None, list[tuple[str, str]], list[tuple[str, str]]]:
+        service = "unknown_service"
+        labels: list[tuple[str, str]] = []
+        metadata: list[tuple[str, str]] = []
+        for kv in resource.attributes:
+            key = kv.key
+            if key == "service.name":
+                service = truncate_utf8(any_value_text(kv.value), MAX_LABEL_VALUE_BYTES) or service
+            elif key == RETENTION_ATTRIBUTE:
+                continue
+            elif key in self._label_attributes:
+                value = truncate_utf8(any_value_text(kv.value), MAX_LABEL_VALUE_BYTES)
+                if value:
+                    labels.append((self._label_attributes[key], value))
+            else:
+                metadata.append((self._name(key), any_value_text(kv.value)))
+        has_class = any(kv.key == RETENTION_ATTRIBUTE for kv in resource.attributes)
+        return service, self._classifier.of(resource.attributes) if has_class else None, labels, metadata
+
+    @staticmethod
+    def _timestamp(record: Any) -> int:
+        return record.time_unix_nano or record.observed_time_unix_nano or time.time_ns()
+
+    def _line(self, body: AnyValue) -> str:
+        line = any_value_text(body)
+        if len(line) * 4 <= self._max_line_bytes:  # cannot be over the limit: skip encoding
+            return line
+        raw = line.encode()
+        if len(raw) <= self._max_line_bytes:
+            return line
+        self.truncated_lines += 1
+        marker = f"…[truncated {len(raw) - self._max_line_bytes} bytes]"
+        keep = self._max_line_bytes - len(marker.encode())
+        return raw[:keep].decode("utf-8", "ignore") + marker
+
+    def _metadata(self, record: Any, shared: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        metadata: list[tuple[str, str]] = []
+        if record.trace_id:
+            metadata.append(("trace_id", record.trace_id.hex()))
+        if record.span_id:
+            metadata.append(("span_id", record.span_id.hex()))
+        if record.severity_text:
+            metadata.append(("severity_text", record.severity_text))
+        for kv in record.attributes:
+            if kv.key != RETENTION_ATTRIBUTE:
+                metadata.append((self._name(kv.key), any_value_text(kv.value)))
+        metadata.extend(shared)
+        return self._within_limits(metadata)
+
+    def _within_limits(self, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if len(metadata) > MAX_METADATA_ENTRIES:
+            self.dropped_metadata += len(metadata) - MAX_METADATA_ENTRIES
+            metadata = metadata[:MAX_METADATA_ENTRIES]
+        size = sum(len(name) + len(value) for name, value in metadata)
+        while metadata and size > MAX_METADATA_BYTES:  # drop from the end: ids and the record's own come first
+            name, value = metadata.pop()
+            size -= len(name) + len(value)
+            self.dropped_metadata += 1
+        return metadata
+
+    def _name(self, key: str) -> str:
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) > 10_000:  # attribute keys are few; never let a flood of odd ones grow this
+                self._names.clear()
+            name = self._names[key] = sanitize_label_name(key)
+        return name

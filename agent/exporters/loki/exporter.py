@@ -1,0 +1,133 @@
+"""``loki`` exporter: ``POST /loki/api/v1/push`` with the OTLP log records and the span events of kept traces.
+
+Span events are turned into log records when they arrive (only the events are queued, not the spans), so the
+queue, the retries and the counters see one signal: ``logs``. Loki answers 204 on success; 400 means the
+request is invalid for good (Loki's reason is logged and the items are counted as rejected); 429 and 5xx
+are retried, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from google.protobuf.message import Message
+
+from agent import __version__
+from agent.component import Consumer, CreateSettings, Signal
+from agent.exporters._helper.queue import SendingQueue
+from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
+from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
+from agent.exporters.loki.config import LokiExporterConfig
+from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
+from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf
+
+# Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
+LOKI_RETRYABLE = OTLP_HTTP_RETRYABLE | {500}
+
+
+class _SignalConsumer:
+    def __init__(self, exporter: LokiExporter, signal: Signal) -> None:
+        self._exporter = exporter
+        self._signal = signal
+
+    def consume(self, batch: Message) -> None:
+        self._exporter.accept(self._signal, batch)
+
+
+class LokiExporter:
+    def __init__(self, config: LokiExporterConfig, settings: CreateSettings) -> None:
+        self._config = config
+        self._settings = settings
+        self._filter = RetentionFilter(config.retention_classes, settings)
+        self._mapper = StreamMapper(
+            config.label_resource_attributes, RetentionClassifier(settings.service), config.max_line_bytes
+        )
+        self._queue = SendingQueue(
+            settings,
+            config.sending_queue,
+            self._push,
+            retry=config.retry_on_failure,
+            timeout=float(config.timeout),
+            batch=config.batch,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {
+            **config.headers,
+            "Content-Type": JSON if config.encoding == "json" else PROTOBUF,
+            "User-Agent": f"otel-sidecar/{__version__}",
+        }
+        if config.tenant_id:
+            self._headers["X-Scope-OrgID"] = config.tenant_id
+        if config.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        m = settings.metrics
+        self._converted = m.counter(
+            "loki_span_events_total", "Span events sent to Loki as log lines.", ["exporter"]
+        ).labels(settings.component_id)
+        self._truncated = m.counter(
+            "loki_truncated_total",
+            "Loki limits applied: lines truncated (`line`), structured metadata entries dropped (`metadata`).",
+            ["exporter", "what"],
+        )
+
+    def consumer_for(self, signal: Signal) -> Consumer:
+        return _SignalConsumer(self, signal)
+
+    def accept(self, signal: Signal, batch: Message) -> None:
+        if not self._filter.apply(signal, batch):
+            return
+        if signal is Signal.LOGS:
+            self._queue.offer(signal, batch)
+        elif signal is Signal.TRACES and self._config.span_events != "none":
+            logs = span_events_to_logs(batch, self._config.span_events)  # type: ignore[arg-type]
+            if logs is not None:
+                self._queue.offer(Signal.LOGS, logs)
+                self._converted.inc(sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs))
+
+    async def start(self) -> None:
+        missing = self._config.tls.missing_files()
+        if missing:
+            raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
+        ssl_context = self._config.tls.ssl_context() if self._config.endpoint.startswith("https://") else False
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context, limit=16))
+        await self._queue.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._queue.shutdown(deadline)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _push(self, signal: Signal, batch: Message) -> None:
+        assert self._session is not None
+        streams = self._mapper.streams(batch)  # type: ignore[arg-type]
+        self._count_limits()
+        if not streams:
+            return
+        if self._config.encoding == "json":
+            body = encode_json(streams, self._config.compression == "gzip")
+        else:
+            body = encode_protobuf(streams)
+        try:
+            async with self._session.post(
+                self._config.endpoint,
+                data=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=float(self._config.timeout)),
+            ) as response:
+                if 200 <= response.status < 300:
+                    return
+                reason = (await response.text(errors="replace")).strip()[:1024]
+                raise http_error(response.status, reason, response.headers.get("Retry-After"), LOKI_RETRYABLE)
+        except aiohttp.ServerDisconnectedError as exc:
+            raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"cannot reach {self._config.endpoint}: {exc}", reason="connection") from None
+
+    def _count_limits(self) -> None:
+        cid = self._settings.component_id
+        if self._mapper.truncated_lines:
+            self._truncated.labels(cid, "line").inc(self._mapper.truncated_lines)
+            self._mapper.truncated_lines = 0
+        if self._mapper.dropped_metadata:
+            self._truncated.labels(cid, "metadata").inc(self._mapper.dropped_metadata)
+            self._mapper.dropped_metadata = 0

@@ -1,0 +1,273 @@
+"""The ``loki`` exporter against the Loki push API double (see ``LokiDouble`` for why a double)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
+
+from agent.component import Signal
+from agent.config.schema import ConfigError, build
+from agent.exporters.loki import LokiExporter, LokiExporterConfig
+from agent.exporters.loki.labels import render_labels, sanitize_label_name
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import attr
+from tests.delivery_doubles import LokiDouble, PlannedFailure, build_config, make_settings, parse_labels
+from tests.helpers import metric_value
+
+TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+SPAN_ID = bytes.fromhex("b7ad6b7169203331")
+FAST_RETRY = {"initial_interval": "20ms", "max_interval": "100ms", "max_elapsed_time": "5s"}
+
+
+def logs_request(
+    service: str = "orchestrator",
+    retention_class: str | None = "error",
+    records: list[LogRecord] | None = None,
+    resource_extra: dict[str, str] | None = None,
+) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.append(attr("service.name", service))
+    if retention_class is not None:
+        resource_logs.resource.attributes.append(attr("retention.class", retention_class))
+    for key, value in (resource_extra or {}).items():
+        resource_logs.resource.attributes.append(attr(key, value))
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "orchestrator.executor"
+    scope_logs.log_records.extend(records or [record("workflow failed", 3, SeverityNumber.SEVERITY_NUMBER_ERROR)])
+    return request
+
+
+def record(body: str, at: int, severity: int = SeverityNumber.SEVERITY_NUMBER_INFO, **attributes: str) -> LogRecord:
+    log = LogRecord(time_unix_nano=1_700_000_000_000_000_000 + at, severity_number=severity, trace_id=TRACE_ID)
+    log.span_id = SPAN_ID
+    log.body.string_value = body
+    log.attributes.extend(attr(k, v) for k, v in attributes.items())
+    return log
+
+
+def loki_config(url: str, **extra: Any) -> LokiExporterConfig:
+    raw = {"endpoint": url, "retry_on_failure": FAST_RETRY, "batch": {"flush_timeout": "10ms"}, **extra}
+    return build_config(LokiExporterConfig, raw)
+
+
+async def export(
+    config: LokiExporterConfig, batches: list[tuple[Signal, Any]], metrics: SelfMetrics, until: Any
+) -> None:
+    exporter = LokiExporter(config, make_settings("loki", metrics))
+    await exporter.start()
+    try:
+        for signal, batch in batches:
+            exporter.consumer_for(signal).consume(batch)
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        await exporter.shutdown(time.monotonic() + 5)
+
+
+def value(metrics: SelfMetrics, name: str, **labels: str) -> float:
+    return metric_value(metrics.render().decode(), f"otel_sidecar_{name}", **labels)
+
+
+@pytest.mark.parametrize(("encoding", "compression"), [("protobuf", "none"), ("json", "none"), ("json", "gzip")])
+async def test_log_records_arrive_with_few_labels_and_the_rest_as_structured_metadata(
+    encoding: str, compression: str
+) -> None:
+    request = logs_request(
+        records=[record("step failed", 5, SeverityNumber.SEVERITY_NUMBER_ERROR, correlation_id="abc-123")],
+        resource_extra={"deployment.environment": "prod", "k8s.pod.name": "orchestrator-7d9f"},
+    )
+    with LokiDouble() as loki:
+        config = loki_config(
+            loki.url,
+            encoding=encoding,
+            compression=compression,
+            tenant_id="team-a",
+            label_resource_attributes=["deployment.environment"],
+        )
+        await export(config, [(Signal.LOGS, request)], SelfMetrics(), lambda: loki.entries())
+        (push,) = loki.pushes
+    assert push.encoding == encoding
+    assert push.tenant == "team-a"
+    ((labels, (entry,)),) = push.streams
+    assert labels == {
+        "service_name": "orchestrator",
+        "level": "error",
+        "retention": "error",
+        "deployment_environment": "prod",
+    }
+    assert entry.line == "step failed"
+    assert entry.timestamp_ns == 1_700_000_000_000_000_005
+    assert entry.metadata["trace_id"] == TRACE_ID.hex()
+    assert entry.metadata["span_id"] == SPAN_ID.hex()
+    assert entry.metadata["correlation_id"] == "abc-123"
+    assert entry.metadata["k8s_pod_name"] == "orchestrator-7d9f"
+    assert entry.metadata["scope_name"] == "orchestrator.executor"
+
+
+async def test_entries_of_a_stream_are_sorted_by_time_and_streams_split_by_level() -> None:
+    records = [
+        record("third", 30),
+        record("first", 10),
+        record("boom", 20, SeverityNumber.SEVERITY_NUMBER_ERROR),
+        record("second", 20),
+    ]
+    with LokiDouble() as loki:
+        await export(loki_config(loki.url), [(Signal.LOGS, logs_request(records=records))], SelfMetrics(), loki.entries)
+        streams = {labels["level"]: entries for labels, entries in loki.pushes[0].streams}
+    assert [e.line for e in streams["info"]] == ["first", "second", "third"]
+    assert [e.line for e in streams["error"]] == ["boom"]
+
+
+async def test_data_without_a_known_retention_class_gets_the_default_class() -> None:
+    with LokiDouble() as loki:
+        batches = [
+            (Signal.LOGS, logs_request(service="a", retention_class=None)),
+            (Signal.LOGS, logs_request(service="b", retention_class="no_such_class")),
+            (Signal.LOGS, logs_request(service="c", retention_class="critical")),
+        ]
+        await export(loki_config(loki.url), batches, SelfMetrics(), lambda: len(loki.entries()) >= 3)
+        classes = {labels["service_name"]: labels["retention"] for labels, _ in loki.entries()}
+    assert classes == {"a": "standard", "b": "standard", "c": "critical"}
+
+
+async def test_lines_over_the_limit_are_truncated_with_a_marker_and_counted() -> None:
+    long_line = "é" * 3000  # 6000 bytes
+    metrics = SelfMetrics()
+    with LokiDouble(max_line_size=1024) as loki:
+        request = logs_request(records=[record(long_line, 1)])
+        await export(loki_config(loki.url, max_line_bytes=1024), [(Signal.LOGS, request)], metrics, loki.entries)
+        ((_, entry),) = loki.entries()
+    assert len(entry.line.encode()) <= 1024
+    assert entry.line.startswith("éé")
+    assert entry.line.endswith(f"…[truncated {6000 - 1024} bytes]")
+    assert value(metrics, "loki_truncated_total", what="line") == 1
+
+
+def trace_with_events(retention_class: str) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(
+        [attr("service.name", "llm-gateway"), attr("retention.class", retention_class)]
+    )
+    span = resource_spans.scope_spans.add().spans.add(
+        trace_id=TRACE_ID, span_id=SPAN_ID, name="chat gpt-4o", start_time_unix_nano=1_700_000_000_000_000_000
+    )
+    span.status.code = 2
+    exception = span.events.add(name="exception", time_unix_nano=1_700_000_000_000_000_900)
+    exception.attributes.extend(
+        [
+            attr("exception.type", "RateLimitError"),
+            attr("exception.message", "429 from provider"),
+            attr("exception.stacktrace", 'Traceback (most recent call last):\n  File "llm.py", line 3'),
+        ]
+    )
+    retry = span.events.add(name="retry", time_unix_nano=1_700_000_000_000_000_500)
+    retry.attributes.append(attr("retry.attempt", 1))
+    span.events.add(name="no_time")  # falls back to the span start
+    return request
+
+
+async def test_span_events_of_kept_traces_become_log_lines_linked_to_their_span() -> None:
+    metrics = SelfMetrics()
+    with LokiDouble() as loki:
+        batches = [(Signal.TRACES, trace_with_events("error")), (Signal.TRACES, ExportTraceServiceRequest())]
+        await export(loki_config(loki.url), batches, metrics, lambda: len(loki.entries()) >= 3)
+        entries = loki.entries()
+    by_line = {entry.line.split("\n")[0]: (labels, entry) for labels, entry in entries}
+    labels, exception = by_line["RateLimitError: 429 from provider"]
+    assert labels == {"service_name": "llm-gateway", "level": "error", "retention": "error"}
+    assert exception.line.endswith('File "llm.py", line 3')
+    assert exception.metadata["trace_id"] == TRACE_ID.hex()
+    assert exception.metadata["span_id"] == SPAN_ID.hex()
+    assert exception.metadata["span_name"] == "chat gpt-4o"
+    assert exception.metadata["exception_type"] == "RateLimitError"
+    assert "exception_stacktrace" not in exception.metadata
+    labels, retry = by_line["retry"]
+    assert labels["level"] == "info"
+    assert retry.metadata["retry_attempt"] == "1"
+    assert by_line["no_time"][1].timestamp_ns == 1_700_000_000_000_000_000
+    assert value(metrics, "loki_span_events_total") == 3
+
+
+async def test_only_exception_events_are_sent_when_configured() -> None:
+    with LokiDouble() as loki:
+        config = loki_config(loki.url, span_events="exceptions")
+        await export(config, [(Signal.TRACES, trace_with_events("standard"))], SelfMetrics(), loki.entries)
+        await asyncio.sleep(0.1)
+        lines = [entry.line.split("\n")[0] for _, entry in loki.entries()]
+    assert lines == ["RateLimitError: 429 from provider"]
+
+
+@pytest.mark.parametrize("status", [429, 503, 500])
+async def test_throttling_and_server_errors_are_retried(status: int) -> None:
+    metrics = SelfMetrics()
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=status, message="slow down", retry_after=0)]
+        await export(loki_config(loki.url), [(Signal.LOGS, logs_request())], metrics, loki.entries)
+    assert loki.attempts == 2
+    assert len(loki.entries()) == 1
+    assert value(metrics, "exporter_retries_total", exporter="loki") == 1
+
+
+async def test_a_400_is_not_retried_and_lokis_reason_is_logged_and_counted_as_rejected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = SelfMetrics()
+    reason = "entry for stream '{service_name=\"orchestrator\"}' has timestamp too old: 2020-01-01T00:00:00Z"
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=reason)]
+        await export(
+            loki_config(loki.url),
+            [(Signal.LOGS, logs_request())],
+            metrics,
+            lambda: value(metrics, "exporter_rejected_items_total") > 0,
+        )
+        await asyncio.sleep(0.1)
+    assert loki.attempts == 1
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki", signal="logs") == 1
+    assert value(metrics, "exporter_send_failed_items_total", reason="rejected") == 1
+    assert "timestamp too old" in caplog.text
+
+
+async def test_an_exporter_filtered_by_retention_class_receives_only_its_classes() -> None:
+    with LokiDouble() as loki:
+        config = loki_config(loki.url, retention_classes=["error"])
+        batches = [
+            (Signal.LOGS, logs_request(service="kept", retention_class="error")),
+            (Signal.LOGS, logs_request(service="other", retention_class="standard")),
+        ]
+        await export(config, batches, SelfMetrics(), loki.entries)
+        await asyncio.sleep(0.1)
+        services = {labels["service_name"] for labels, _ in loki.entries()}
+    assert services == {"kept"}
+
+
+def test_label_names_follow_lokis_rules() -> None:
+    assert sanitize_label_name("k8s.namespace.name") == "k8s_namespace_name"
+    assert sanitize_label_name("1st-try") == "_1st_try"
+    assert sanitize_label_name("__reserved") == "key__reserved"
+    assert sanitize_label_name("") == "_"
+    rendered = render_labels((("a", 'say "hi"\\\n'), ("b", "x")))
+    assert parse_labels(rendered) == {"a": 'say "hi"\\\n', "b": "x"}
+
+
+def test_the_config_is_checked_against_lokis_limits() -> None:
+    errors: list[ConfigError] = []
+    build(LokiExporterConfig, {"endpoint": "http://loki:3100/loki/api/v1/push", "compression": "gzip"}, "l", errors)
+    too_many = [f"attribute.{i}" for i in range(13)]
+    build(LokiExporterConfig, {"endpoint": "http://l/p", "label_resource_attributes": too_many}, "m", errors)
+    build(LokiExporterConfig, {"endpoint": "http://l/p", "label_resource_attributes": ["service.name"]}, "n", errors)
+    build(LokiExporterConfig, {"endpoint": "http://l/p", "tenant_id": "a b"}, "o", errors)
+    messages = [str(e) for e in errors]
+    assert "l.compression: gzip applies to encoding: json (protobuf bodies are snappy-compressed)" in messages
+    assert any(m.startswith("m.label_resource_attributes: at most 12") for m in messages)
+    assert "n.label_resource_attributes[0]: label service_name clashes with a fixed label" in messages
+    assert any(m.startswith("o.tenant_id:") for m in messages)

@@ -1,0 +1,208 @@
+"""The persistent sending queue: records on disk survive a restart, damage is skipped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+
+from agent.component import Refused, Signal
+from agent.exporters._helper.persistent_queue import PersistentStore, QueueDirectoryBusy
+from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig, StorageConfig
+from agent.exporters._helper.retry import RetryableError, RetryConfig
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
+from tests.delivery_doubles import build_config, make_settings
+from tests.helpers import metric_value
+
+
+def batches(n: int, seed: int = 5) -> list[Message]:
+    return [request for request, _ in Workload(seed=seed).requests(n)]
+
+
+def queue_config(directory: Path, **extra: Any) -> SendingQueueConfig:
+    raw = {"num_consumers": 1, "storage": {"directory": str(directory), "sync_interval": "0s"}, **extra}
+    return build_config(SendingQueueConfig, raw)
+
+
+class Backend:
+    """A push function that fails while ``down`` and records what it got otherwise."""
+
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.received: list[Message] = []
+
+    async def push(self, signal: Signal, batch: Message) -> None:
+        if self.down:
+            raise RetryableError("backend down", reason="unavailable")
+        self.received.append(batch)
+
+
+FAST_RETRY = RetryConfig(initial_interval=0.01, max_interval=0.05, max_elapsed_time=0)
+
+
+async def run_until_delivered(queue: SendingQueue, backend: Backend, expected: int, start: bool = True) -> None:
+    if start:
+        await queue.start()
+    deadline = time.monotonic() + 10
+    while len(backend.received) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await queue.shutdown(time.monotonic() + 5)
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*.seg"))
+
+
+async def test_data_queued_while_the_backend_is_down_is_delivered_after_a_restart(tmp_path: Path) -> None:
+    sent = batches(5)
+    down = Backend(down=True)
+    first = SendingQueue(make_settings("otlp/jaeger"), queue_config(tmp_path), down.push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0.2)
+    await first.shutdown(time.monotonic() + 2)  # stops at the first failure: everything stays on disk
+    assert down.received == []
+
+    metrics = SelfMetrics()
+    up = Backend()
+    second = SendingQueue(make_settings("otlp/jaeger", metrics), queue_config(tmp_path), up.push, retry=FAST_RETRY)
+    await run_until_delivered(second, up, len(sent))
+    assert [b.SerializeToString() for b in up.received] == [b.SerializeToString() for b in sent]
+    text = metrics.render().decode()
+    items = sum(len(ss.spans) for b in sent for rs in b.resource_spans for ss in rs.scope_spans)
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_recovered_items_total") == items
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == items
+    # The batch that was being sent when the first queue stopped may have reached the backend: counted.
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") > 0
+    assert segments(tmp_path) == [] or all(p.stat().st_size == 0 for p in segments(tmp_path))
+
+
+async def test_delivered_records_are_not_sent_again_after_a_restart(tmp_path: Path) -> None:
+    sent = batches(3)
+    backend = Backend()
+    first = SendingQueue(make_settings("loki"), queue_config(tmp_path), backend.push)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await run_until_delivered(first, backend, len(sent), start=False)
+    again = Backend()
+    second = SendingQueue(make_settings("loki"), queue_config(tmp_path), again.push)
+    await second.start()
+    await asyncio.sleep(0.1)
+    await second.shutdown(time.monotonic() + 1)
+    assert len(backend.received) == len(sent)
+    assert again.received == []
+
+
+async def test_a_truncated_segment_tail_is_skipped_and_counted(tmp_path: Path) -> None:
+    sent = batches(3)
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await first.shutdown(time.monotonic() + 1)
+    (segment,) = [p for p in segments(tmp_path) if p.stat().st_size]
+    segment.write_bytes(segment.read_bytes()[:-10])  # a write torn by a crash
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await run_until_delivered(second, backend, 2)
+    assert [b.SerializeToString() for b in backend.received] == [b.SerializeToString() for b in sent[:2]]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="truncated") == 1
+
+
+async def test_a_corrupt_record_ends_its_segment_but_other_segments_are_delivered(tmp_path: Path) -> None:
+    sent = batches(6)
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "0s"})
+    first = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent[:3]:
+        first.offer(Signal.TRACES, batch)
+    await first.shutdown(time.monotonic() + 1)
+    (damaged,) = [p for p in segments(tmp_path) if p.stat().st_size]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside the second record
+    damaged.write_bytes(bytes(data))
+
+    metrics = SelfMetrics()
+    backend = Backend(down=True)
+    second = SendingQueue(make_settings("otlp", metrics), config, backend.push, retry=FAST_RETRY)
+    await second.start()
+    for batch in sent[3:]:
+        second.offer(Signal.TRACES, batch)
+    backend.down = False
+    deadline = time.monotonic() + 10
+    while len(backend.received) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await second.shutdown(time.monotonic() + 2)
+    received = [b.SerializeToString() for b in backend.received]
+    assert sent[0].SerializeToString() in received
+    assert all(b.SerializeToString() in received for b in sent[3:])
+    assert sent[2].SerializeToString() not in received
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == 1
+
+
+async def test_the_queue_is_bounded_by_bytes_on_disk(tmp_path: Path) -> None:
+    one = batches(1)[0]
+    config = queue_config(tmp_path, max_bytes=one.ByteSize() * 3)
+    queue = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
+    await queue.start()
+    accepted = 0
+    with pytest.raises(Refused):
+        for _ in range(10):
+            queue.offer(Signal.TRACES, batches(1)[0])
+            accepted += 1
+    assert 2 <= accepted <= 3
+    await queue.shutdown(time.monotonic() + 1)
+
+
+async def test_segments_are_deleted_once_everything_in_them_is_delivered(tmp_path: Path) -> None:
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "50ms"})
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp"), config, backend.push)
+    await queue.start()
+    big = batches(200, seed=8)
+    for batch in big:
+        queue.offer(Signal.TRACES, batch)
+    deadline = time.monotonic() + 10
+    while len(backend.received) < len(big) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await queue.shutdown(time.monotonic() + 2)
+    assert len(backend.received) == len(big)
+    assert len(segments(tmp_path)) <= 1  # only the last, active segment may remain
+
+
+async def test_two_agents_cannot_share_a_queue_directory(tmp_path: Path) -> None:
+    config = StorageConfig(directory=str(tmp_path))
+    first = PersistentStore(tmp_path / "otlp", config, make_settings("otlp"))
+    await first.open()
+    second = PersistentStore(tmp_path / "otlp", config, make_settings("otlp"))
+    with pytest.raises(QueueDirectoryBusy, match="in use by another agent"):
+        await second.open()
+    await first.close()
+
+
+async def test_a_record_whose_payload_no_longer_decodes_is_dropped_and_counted(tmp_path: Path) -> None:
+    metrics = SelfMetrics()
+    store = PersistentStore(tmp_path, StorageConfig(directory=str(tmp_path)), make_settings("otlp", metrics))
+    await store.open()
+    store.put(Signal.TRACES, batches(1)[0], 3, 0)
+    entry = store.pop()
+    assert entry.segment is not None
+    with open(entry.segment.path, "r+b") as handle:  # damage the payload after it was accepted
+        handle.seek(entry.offset + entry.length - 3)
+        handle.write(b"\xff\xff\xff")
+    with pytest.raises(ValueError, match="changed on disk"):
+        store.load(entry)
+    await store.close()
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == 1
