@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from agent.component import Factory, Kind
+from agent.connectors import spanmetrics as spanmetrics_connector
 from agent.exporters import file as file_exporter
 from agent.exporters import loki as loki_exporter
 from agent.exporters import nop as nop_exporter
 from agent.exporters import otlp as otlp_exporter
+from agent.exporters import prometheus as prometheus_exporter
 from agent.processors import tail_sampling
 from agent.receivers import otlp as otlp_receiver
 
@@ -19,6 +21,8 @@ FACTORIES: tuple[Factory[Any], ...] = (
     otlp_exporter.FACTORY,
     loki_exporter.FACTORY,
     tail_sampling.FACTORY,
+    spanmetrics_connector.FACTORY,
+    prometheus_exporter.FACTORY,
 )
 
 

@@ -1,0 +1,190 @@
+"""Configuration of the ``spanmetrics`` connector."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.config.schema import Duration, setting
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+SPAN_DURATION_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0]
+WORKFLOW_DURATION_BUCKETS = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+STEP_DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+LLM_DURATION_BUCKETS = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
+
+
+def _check_buckets(name: str, bounds: list[float]) -> Iterator[tuple[str, str]]:
+    if not bounds:
+        yield name, "must list at least one bucket bound"
+    elif any(b <= a for a, b in itertools.pairwise(bounds)):
+        yield name, "bucket bounds must be strictly increasing"
+
+
+@dataclass(frozen=True)
+class BucketsConfig:
+    span_duration: list[float] = setting(
+        doc="Bounds (seconds) of `<namespace>_span_duration_seconds` (the Collector's span-metrics defaults).",
+        default_factory=lambda: list(SPAN_DURATION_BUCKETS),
+    )
+    workflow_duration: list[float] = setting(
+        doc="Bounds (seconds) of `<namespace>_workflow_duration_seconds`.",
+        default_factory=lambda: list(WORKFLOW_DURATION_BUCKETS),
+    )
+    step_duration: list[float] = setting(
+        doc="Bounds (seconds) of `<namespace>_step_duration_seconds`.",
+        default_factory=lambda: list(STEP_DURATION_BUCKETS),
+    )
+    llm_request_duration: list[float] = setting(
+        doc="Bounds (seconds) of `<namespace>_llm_request_duration_seconds`.",
+        default_factory=lambda: list(LLM_DURATION_BUCKETS),
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for name in ("span_duration", "workflow_duration", "step_duration", "llm_request_duration"):
+            yield from _check_buckets(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class AttributesConfig:
+    workflow_name: list[str] = setting(
+        doc="Span attributes naming the workflow; a span carrying one counts as a workflow execution. Keep it to "
+        "attributes set on the workflow's root span only (not ones propagated to every span of the workflow).",
+        default_factory=lambda: ["workflow.name"],
+    )
+    step_type: list[str] = setting(
+        doc="Span attributes naming the step type; a span carrying one counts as a step execution.",
+        default_factory=lambda: ["step.type"],
+    )
+    step_status: list[str] = setting(
+        doc="Span attributes whose value `skipped` marks a skipped step (otherwise the status is success/failure "
+        "from the span status).",
+        default_factory=lambda: ["step.status"],
+    )
+    error_type: list[str] = setting(
+        doc="Span attributes giving the `error_type` of a failed span; without one, the `exception.type` of the "
+        "span's exception event, else `_OTHER`.",
+        default_factory=lambda: ["error.type"],
+    )
+    component: list[str] = setting(
+        doc="Span attributes giving the `component` of a failed span; without one: `executor` for workflow spans, "
+        "`step_executor` for steps, `provider` for LLM calls, else the span's service name.",
+        default_factory=list,
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for name in ("workflow_name", "step_type"):
+            if not getattr(self, name):
+                yield name, "must name at least one attribute"
+
+
+@dataclass(frozen=True)
+class ExemplarsConfig:
+    enabled: bool = setting(True, doc="Attach trace/span exemplars to histogram buckets (OpenMetrics).")
+    error_spans: bool = setting(
+        True,
+        doc="Take exemplars from failed spans (status ERROR) whatever their trace id: the tail sampler's errors "
+        "policy keeps their traces. Must be false when a `tail_sampling` processor has that policy disabled.",
+    )
+    sampled_percentage: float = setting(
+        10.0,
+        doc="Percentage of trace ids the tail sampler keeps probabilistically. Exemplars come only from error "
+        "spans and from trace ids inside this threshold (OTEP 235 randomness), i.e. from traces that will be "
+        "kept. Must equal a `tail_sampling` processor's probabilistic percentage when one is configured.",
+        minimum=0,
+        maximum=100,
+    )
+
+
+@dataclass(frozen=True)
+class ModelPriceConfig:
+    input: float = setting(doc="USD per million uncached input tokens.", minimum=0)
+    output: float = setting(doc="USD per million output tokens (without reasoning).", minimum=0)
+    provider: str = setting("", doc="Provider the model belongs to (informational).")
+    cache_read: float | None = setting(None, doc="USD per million cache-read tokens; default: the input price.")
+    cache_write: float | None = setting(None, doc="USD per million cache-write tokens; default: the input price.")
+    reasoning: float | None = setting(None, doc="USD per million reasoning tokens; default: the output price.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for name in ("cache_read", "cache_write", "reasoning"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                yield name, "must be at least 0"
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    packaged: bool = setting(
+        True, doc="Start from the price table shipped with the agent (`config/pricing.yaml`, packaged)."
+    )
+    file: str = setting("", doc="A price table file in the same format, merged over the packaged one (its models win).")
+    models: dict[str, ModelPriceConfig] = setting(
+        doc="Prices by model name, merged last (they win over both tables). Names match as described in "
+        "docs/metrics.md (exact, without provider prefix, without date/version suffix).",
+        default_factory=dict,
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        from agent.connectors.spanmetrics.pricing import PriceTableError, load_table_file
+
+        if self.file:
+            try:
+                load_table_file(self.file)
+            except PriceTableError as exc:
+                yield "file", str(exc)
+
+
+@dataclass(frozen=True)
+class GenAiConfig:
+    cache_tokens_in_input: dict[str, bool] = setting(
+        doc="Per provider (`anthropic: false`): whether the input token count already includes cache reads and "
+        "writes. Unlisted providers: included (the OpenTelemetry convention) unless the counts contradict it.",
+        default_factory=dict,
+    )
+    reasoning_tokens_in_output: dict[str, bool] = setting(
+        doc="Per provider: whether the output token count already includes reasoning tokens. Unlisted "
+        "providers: included unless the counts contradict it.",
+        default_factory=dict,
+    )
+    semconv_metrics: bool = setting(
+        False,
+        doc="Also emit the OpenTelemetry GenAI client metrics `gen_ai.client.operation.duration` and "
+        "`gen_ai.client.token.usage` (spec buckets) for GenAI dashboards.",
+    )
+
+
+@dataclass(frozen=True)
+class SpanMetricsConfig:
+    namespace: str = setting("orchestrator", doc="Prefix of every metric name (`orchestrator_spans_total`).")
+    metrics_flush_interval: Duration = setting(
+        Duration(5.0),
+        doc="How often the cumulative metrics are sent to the metrics pipeline (and once more at shutdown). "
+        "Keep it below the Prometheus scrape interval.",
+    )
+    metrics_expiration: Duration = setting(
+        Duration(15 * 60.0),
+        doc="Series not updated for this long are dropped (their counters restart from 0 if they come back); "
+        "`0s` keeps series forever.",
+    )
+    cardinality_limit: int = setting(
+        2000,
+        doc="Most series per metric family; further label combinations go to one series labelled "
+        '`otel_metric_overflow="true"` and are counted in `otel_sidecar_spanmetrics_overflow_total`.',
+        minimum=1,
+    )
+    attributes: AttributesConfig = setting(
+        doc="Which span attributes the workflow, step and error metrics read.", default_factory=AttributesConfig
+    )
+    buckets: BucketsConfig = setting(doc="Histogram bucket bounds.", default_factory=BucketsConfig)
+    genai: GenAiConfig = setting(doc="GenAI token conventions and optional metrics.", default_factory=GenAiConfig)
+    pricing: PricingConfig = setting(doc="Prices for `<namespace>_llm_cost_usd_total`.", default_factory=PricingConfig)
+    exemplars: ExemplarsConfig = setting(doc="Histogram exemplars.", default_factory=ExemplarsConfig)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not _NAMESPACE.match(self.namespace):
+            yield "namespace", "must be lower_snake_case (a Prometheus metric name prefix)"
+        if self.metrics_flush_interval <= 0:
+            yield "metrics_flush_interval", "must be positive"

@@ -1,0 +1,292 @@
+"""GenAI span attributes as instrumentations really emit them, normalized to one canonical set.
+
+Every alias of current and deprecated OpenTelemetry GenAI conventions, OpenLLMetry (Traceloop), OpenInference
+(Arize/Phoenix) and OpenLIT is read (see ``docs/metrics.md`` for the table). When a span carries several
+aliases of one concept (OpenLIT sets both ``gen_ai.usage.cache_read.input_tokens`` and
+``gen_ai.usage.prompt_tokens_details.cached_tokens``), the first in :data:`ALIASES` order wins: aliases are
+alternatives, never summed.
+
+Tokens are normalized into five **disjoint** types so that a sum over types never counts a token twice:
+
+- ``input``: uncached input tokens;
+- ``cache_read`` and ``cache_write``: input tokens read from / written to the provider's prompt cache;
+- ``output``: output tokens without reasoning tokens;
+- ``reasoning``: reasoning ("thinking") tokens.
+
+The OpenTelemetry spec (and OpenAI, OpenLLMetry, OpenInference) count cached tokens *inside* the input count
+and reasoning tokens inside the output count; native Anthropic ``input_tokens`` exclude the cache, Gemini's
+candidate count excludes thoughts. :func:`normalize_tokens` assumes the inclusive convention unless the numbers
+contradict it (input smaller than the cached parts: they cannot be included) or the config says otherwise for
+the provider.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+class Concept(enum.IntEnum):
+    PROVIDER = 0
+    REQUEST_MODEL = 1
+    RESPONSE_MODEL = 2
+    OPERATION = 3
+    OPENINFERENCE_KIND = 4
+    TRACELOOP_KIND = 5
+    INPUT = 6
+    OUTPUT = 7
+    TOTAL = 8
+    CACHE_READ = 9
+    CACHE_WRITE = 10
+    REASONING = 11
+
+
+# Aliases per concept, highest priority first.
+ALIASES: dict[Concept, tuple[str, ...]] = {
+    Concept.PROVIDER: (
+        "gen_ai.provider.name",  # OTel >= 1.37, OpenLLMetry >= 2026-03, OpenLIT
+        "gen_ai.system",  # OTel <= 1.36, older OpenLLMetry
+        "llm.provider",  # OpenInference: the hosting provider
+        "llm.system",  # OpenInference: the model family's vendor
+    ),
+    Concept.RESPONSE_MODEL: (
+        "gen_ai.response.model",  # OTel, OpenLLMetry, OpenLIT
+        "llm.response.model_name",  # OpenInference
+        "llm.response.model",  # early OpenLLMetry
+    ),
+    Concept.REQUEST_MODEL: (
+        "gen_ai.request.model",  # OTel, OpenLLMetry, OpenLIT
+        "llm.request.model_name",  # OpenInference
+        "llm.model_name",  # OpenInference (the model invoked)
+        "llm.request.model",  # early OpenLLMetry
+    ),
+    Concept.OPERATION: (
+        "gen_ai.operation.name",  # OTel, OpenLLMetry, OpenLIT
+        "llm.request.type",  # OpenLLMetry before gen_ai.operation.name: chat / completion / embedding
+    ),
+    Concept.OPENINFERENCE_KIND: ("openinference.span.kind",),
+    Concept.TRACELOOP_KIND: ("traceloop.span.kind",),
+    Concept.INPUT: (
+        "gen_ai.usage.input_tokens",  # OTel >= 1.28, OpenLLMetry >= 2025-10, OpenLIT
+        "gen_ai.usage.prompt_tokens",  # OTel < 1.28, older OpenLLMetry
+        "llm.token_count.prompt",  # OpenInference
+        "llm.usage.prompt_tokens",  # early OpenLLMetry
+    ),
+    Concept.OUTPUT: (
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+        "llm.token_count.completion",
+        "llm.usage.completion_tokens",
+    ),
+    Concept.TOTAL: (
+        "gen_ai.usage.total_tokens",  # OpenLLMetry >= 2026-03, OpenLIT
+        "llm.usage.total_tokens",  # OpenLLMetry before
+        "llm.token_count.total",  # OpenInference
+    ),
+    Concept.CACHE_READ: (
+        "gen_ai.usage.cache_read.input_tokens",  # OTel >= 1.40, OpenLLMetry, OpenLIT
+        "gen_ai.usage.cache_read_input_tokens",  # older OpenLLMetry constant
+        "gen_ai.usage.prompt_tokens_details.cached_tokens",  # OpenLIT (OpenAI's field name)
+        "llm.token_count.prompt_details.cache_read",  # OpenInference
+        "gen_ai.usage.cache_read_tokens",  # Pydantic AI / Logfire
+        "gen_ai.usage.input_cached_tokens",  # seen by Langfuse ingestion
+    ),
+    Concept.CACHE_WRITE: (
+        "gen_ai.usage.cache_write.input_tokens",  # OTel latest (semantic-conventions-genai #440)
+        "gen_ai.usage.cache_creation.input_tokens",  # OTel 1.40-1.41, OpenLLMetry Anthropic, OpenLIT
+        "gen_ai.usage.cache_creation_input_tokens",  # older OpenLLMetry constant
+        "gen_ai.usage.prompt_tokens_details.cache_creation_tokens",  # OpenLIT
+        "llm.token_count.prompt_details.cache_write",  # OpenInference
+        "gen_ai.usage.cache_write_tokens",  # Pydantic AI / Logfire
+    ),
+    Concept.REASONING: (
+        "gen_ai.usage.reasoning.output_tokens",  # OTel >= 1.41
+        "gen_ai.usage.reasoning_tokens",  # OpenLLMetry, OpenLIT
+        "gen_ai.usage.completion_tokens_details.reasoning_tokens",  # OpenLIT (OpenAI's field name)
+        "llm.token_count.completion_details.reasoning",  # OpenInference
+        "llm.usage.reasoning_tokens",  # older OpenLLMetry
+    ),
+}
+
+TOKEN_CONCEPTS = (
+    Concept.INPUT,
+    Concept.OUTPUT,
+    Concept.TOTAL,
+    Concept.CACHE_READ,
+    Concept.CACHE_WRITE,
+    Concept.REASONING,
+)
+
+# Operations that are not a billed model call even when a model attribute is present (agent and tool spans
+# often repeat the model name): counting them would double-count requests and tokens.
+NOT_INFERENCE_OPERATIONS = frozenset(
+    {
+        "invoke_agent",
+        "create_agent",
+        "execute_tool",
+        "invoke_workflow",
+        "retrieval",
+        "fetch_response",  # polls a background response; the spec says it reports no token usage
+        "plan",
+    }
+)
+# OpenInference span kinds that are model calls; CHAIN, AGENT, TOOL, RETRIEVER... are not.
+INFERENCE_OPENINFERENCE_KINDS = frozenset({"LLM", "EMBEDDING"})
+
+# Old or non-standard provider names → the OpenTelemetry well-known value.
+PROVIDER_NAMES: dict[str, str] = {
+    "xai": "x_ai",
+    "az.ai.inference": "azure.ai.inference",
+    "az.ai.openai": "azure.ai.openai",
+    "azure_openai": "azure.ai.openai",
+    "mistralai": "mistral_ai",
+    "mistral": "mistral_ai",
+    "vertex_ai": "gcp.vertex_ai",
+    "vertexai": "gcp.vertex_ai",
+    "gemini": "gcp.gemini",
+    "bedrock": "aws.bedrock",
+    "aws_bedrock": "aws.bedrock",
+    "watsonx": "ibm.watsonx.ai",
+}
+
+TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
+
+
+class TokenUsage(NamedTuple):
+    """Disjoint token counts of one call (see the module docstring)."""
+
+    input: float = 0.0
+    cache_read: float = 0.0
+    cache_write: float = 0.0
+    output: float = 0.0
+    reasoning: float = 0.0
+
+    def total(self) -> float:
+        return self.input + self.cache_read + self.cache_write + self.output + self.reasoning
+
+
+NO_TOKENS = TokenUsage()
+
+
+def normalize_tokens(
+    input_tokens: float | None,
+    output_tokens: float | None,
+    total_tokens: float | None = None,
+    cache_read: float | None = None,
+    cache_write: float | None = None,
+    reasoning: float | None = None,
+    *,
+    cache_in_input: bool | None = None,
+    reasoning_in_output: bool | None = None,
+) -> TokenUsage:
+    """Disjoint token counts from whatever a span reported (None: not reported).
+
+    ``cache_in_input`` / ``reasoning_in_output`` force a convention (from the config, per provider); None means
+    "inclusive unless the numbers contradict it".
+    """
+    read = cache_read or 0.0
+    write = cache_write or 0.0
+    thinking = reasoning or 0.0
+    if input_tokens is None and total_tokens is not None and output_tokens is not None:
+        input_tokens = max(total_tokens - output_tokens, 0.0)  # only a total and an output: the rest is input
+    uncached = 0.0
+    if input_tokens is not None:
+        included = cache_in_input if cache_in_input is not None else input_tokens >= read + write
+        uncached = max(input_tokens - read - write, 0.0) if included else input_tokens
+    output = 0.0
+    if output_tokens is not None:
+        included = reasoning_in_output if reasoning_in_output is not None else output_tokens >= thinking
+        output = max(output_tokens - thinking, 0.0) if included else output_tokens
+    return TokenUsage(uncached, read, write, output, thinking)
+
+
+def normalize_provider(raw: str) -> str:
+    name = raw.strip().lower()
+    return PROVIDER_NAMES.get(name, name)
+
+
+def is_inference(operation: str | None, openinference_kind: str | None, traceloop_kind: str | None) -> bool:
+    """Whether a span that names a model is a model call (and not an agent, tool or workflow span around one)."""
+    if operation is not None and operation in NOT_INFERENCE_OPERATIONS:
+        return False
+    if openinference_kind is not None and openinference_kind.upper() not in INFERENCE_OPENINFERENCE_KINDS:
+        return False
+    return traceloop_kind is None  # Traceloop decorators mark workflow/task/agent/tool spans, never model calls
+
+
+def any_to_str(value: AnyValue) -> str | None:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind in ("int_value", "double_value", "bool_value"):
+        return str(getattr(value, kind))
+    return None
+
+
+def any_to_number(value: AnyValue) -> float | None:
+    kind = value.WhichOneof("value")
+    if kind == "int_value":
+        return float(value.int_value)
+    if kind == "double_value":
+        return value.double_value
+    if kind == "string_value":  # some SDKs stringify every attribute
+        try:
+            return float(value.string_value)
+        except ValueError:
+            return None
+    return None
+
+
+class GenAiKeys:
+    """Slots of the GenAI aliases in a span-attribute scan (see ``AttributeScanner``), by concept and priority."""
+
+    def __init__(self, slot_of: Mapping[str, int]) -> None:
+        self.slots: dict[Concept, tuple[int, ...]] = {c: tuple(slot_of[k] for k in keys) for c, keys in ALIASES.items()}
+        self.all_slots = frozenset(s for slots in self.slots.values() for s in slots)
+
+    @staticmethod
+    def keys() -> list[str]:
+        return [key for keys in ALIASES.values() for key in keys]
+
+    def first(self, values: Sequence[AnyValue | None], concept: Concept) -> AnyValue | None:
+        for slot in self.slots[concept]:
+            value = values[slot]
+            if value is not None:
+                return value
+        return None
+
+    def text(self, values: Sequence[AnyValue | None], concept: Concept) -> str | None:
+        value = self.first(values, concept)
+        return any_to_str(value) if value is not None else None
+
+    def number(self, values: Sequence[AnyValue | None], concept: Concept) -> float | None:
+        for slot in self.slots[concept]:
+            value = values[slot]
+            if value is not None:
+                number = any_to_number(value)
+                if number is not None and number >= 0:
+                    return number
+        return None
+
+
+def normalize_attributes(attributes: Mapping[str, float | int | str], **conventions: bool | None) -> TokenUsage:
+    """:func:`normalize_tokens` from plain ``{attribute key: value}`` (tests, docs, tools; not the hot path)."""
+
+    def pick(concept: Concept) -> float | None:
+        for key in ALIASES[concept]:
+            if key in attributes:
+                return float(attributes[key])
+        return None
+
+    return normalize_tokens(
+        pick(Concept.INPUT),
+        pick(Concept.OUTPUT),
+        pick(Concept.TOTAL),
+        pick(Concept.CACHE_READ),
+        pick(Concept.CACHE_WRITE),
+        pick(Concept.REASONING),
+        **conventions,
+    )

@@ -1,0 +1,480 @@
+"""OTLP metrics → the latest Prometheus state, following the OpenTelemetry→Prometheus compatibility rules.
+
+| OTLP | Prometheus |
+| --- | --- |
+| Gauge | gauge |
+| Sum, monotonic, cumulative | counter (``_total``) |
+| Sum, monotonic, delta | counter: accumulated while points follow on (``start >= previous end``) |
+| Sum, non-monotonic, cumulative | gauge |
+| Sum, non-monotonic, delta | dropped (``delta_non_monotonic``) |
+| any unspecified temporality | dropped (``unspecified_temporality``) |
+| Histogram, cumulative | classic histogram |
+| Histogram, delta | classic histogram, accumulated like delta sums (same bucket bounds required) |
+| ExponentialHistogram, cumulative | classic histogram with the exponential bucket boundaries as ``le`` |
+| ExponentialHistogram, delta | dropped (``delta_exponential_histogram``) |
+| Summary | summary |
+
+A delta point that overlaps what was already added (``start`` before the previous point's end) would count
+twice and is dropped (``misaligned_delta``), as the Collector's exporter does; a gap (the SDK skipped empty
+intervals) is accumulated. A cumulative point older than the one held is dropped (``out_of_order``).
+
+Labels: the point's attributes (sanitized; colliding keys joined with ``;``), the scope as ``otel_scope_name``,
+``otel_scope_version``, ``otel_scope_schema_url`` and ``otel_scope_<attribute>``, and ``job``
+(``service.namespace/service.name``) and ``instance`` (``service.instance.id``) from the resource. The other
+resource attributes go to one ``target_info`` series per ``job``/``instance``. Empty values are omitted
+(Prometheus treats an empty label as absent).
+
+Series not updated for ``expiration`` seconds disappear (the exporter's ``metric_expiration``); at most
+``max_series`` are held (``series_limit`` drops). Every drop is counted by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    DataPointFlags,
+    ExponentialHistogramDataPoint,
+    Metric,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
+
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+_NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+EXEMPLAR_MAX_RUNES = 128  # OpenMetrics: label names and values of an exemplar together
+IDENTIFYING_RESOURCE_KEYS = frozenset({"service.name", "service.namespace", "service.instance.id"})
+
+COUNTER, GAUGE, HISTOGRAM, SUMMARY = "counter", "gauge", "histogram", "summary"
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class ExemplarValue:
+    labels: dict[str, str]
+    value: float
+    time_s: float | None
+
+
+@dataclass(slots=True)
+class Series:
+    labels: dict[str, str]
+    seen: bool = False  # False until the first point is stored
+    updated: float = 0.0  # time.monotonic() of the last point
+    start_ns: int = 0
+    time_ns: int = 0
+    value: float = 0.0  # counter, gauge
+    exemplar: ExemplarValue | None = None  # counter
+    bounds: tuple[float, ...] = ()  # histogram: explicit upper bounds (+Inf implied)
+    counts: list[float] = field(default_factory=list)  # histogram: per bucket (not cumulative)
+    sum: float = 0.0  # histogram, summary
+    count: float = 0.0  # histogram, summary
+    exemplars: list[ExemplarValue | None] | None = None  # histogram: per bucket
+    quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
+
+
+@dataclass
+class Family:
+    name: str  # Prometheus family name (counters without _total)
+    type: str
+    help: str
+    unit: str  # OpenMetrics UNIT (only when the name ends with it)
+    series: dict[LabelKey, Series] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    labels: dict[str, str]
+    updated: float
+
+
+def label_value(value: AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind in ("int_value", "double_value"):
+        return str(getattr(value, kind))
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    if kind == "array_value":
+        return json.dumps([label_value(v) for v in value.array_value.values])
+    if kind == "kvlist_value":
+        return json.dumps({kv.key: label_value(kv.value) for kv in value.kvlist_value.values})
+    return ""
+
+
+def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple[float, ...], list[float]]:
+    """Upper bounds (without +Inf) and per-bucket counts of a classic histogram equal to an exponential one.
+
+    Bucket ``i`` of scale ``s`` holds ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``; negative buckets
+    mirror that; the zero bucket ends at the zero threshold. The last (+Inf) bucket is empty.
+    """
+    base = 2.0 ** (2.0**-point.scale)
+    uppers: list[float] = []
+    counts: list[float] = []
+    negative = point.negative
+    for i in reversed(range(len(negative.bucket_counts))):
+        uppers.append(-(base ** (negative.offset + i)))
+        counts.append(float(negative.bucket_counts[i]))
+    uppers.append(point.zero_threshold)
+    counts.append(float(point.zero_count))
+    positive = point.positive
+    for i, count in enumerate(positive.bucket_counts):
+        uppers.append(base ** (positive.offset + i + 1))
+        counts.append(float(count))
+    counts.append(0.0)
+    return tuple(uppers), counts
+
+
+class Accumulator:
+    """The exporter's state. ``consume`` runs on the event loop; ``families`` may run on a scrape thread."""
+
+    def __init__(
+        self,
+        expiration: float,
+        max_series: int,
+        on_drop: Callable[[str, int], None],
+        *,
+        add_suffixes: bool = True,
+        scope_labels: bool = True,
+        resource_labels: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._expiration = expiration
+        self._max_series = max_series
+        self._on_drop = on_drop
+        self._add_suffixes = add_suffixes
+        self._scope_labels = scope_labels
+        self._resource_labels = resource_labels
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._families: dict[str, Family] = {}
+        self._targets: dict[LabelKey, Target] = {}
+        self._series_count = 0
+        self._label_names: dict[str, str] = {}
+
+    # --- intake ---------------------------------------------------------------------------------------------
+
+    def consume(self, request: ExportMetricsServiceRequest) -> None:
+        now = self._clock()
+        with self._lock:
+            for resource_metrics in request.resource_metrics:
+                resource = self._resource_labels_of(resource_metrics.resource, now)
+                for scope_metrics in resource_metrics.scope_metrics:
+                    base = {**self._scope_labels_of(scope_metrics.scope), **resource}
+                    for metric in scope_metrics.metrics:
+                        self._metric(metric, base, now)
+
+    def _resource_labels_of(self, resource: Resource, now: float) -> dict[str, str]:
+        """``job``/``instance`` (plus every attribute with resource_to_telemetry_conversion); records target_info."""
+        attrs = {kv.key: label_value(kv.value) for kv in resource.attributes}
+        if not attrs:
+            return {}
+        name, namespace = attrs.get("service.name", ""), attrs.get("service.namespace", "")
+        job = f"{namespace}/{name}" if namespace and name else name
+        instance = attrs.get("service.instance.id", "")
+        identity = {k: v for k, v in (("job", job), ("instance", instance)) if v}
+        if identity:
+            info = dict(identity)
+            for key, value in attrs.items():
+                if key not in IDENTIFYING_RESOURCE_KEYS and value:
+                    info.setdefault(self._label_name(key), value)
+            self._targets[tuple(sorted(identity.items()))] = Target(info, now)
+        if not self._resource_labels:
+            return identity
+        labels = {self._label_name(k): v for k, v in attrs.items() if v}
+        labels.update(identity)
+        return labels
+
+    def _scope_labels_of(self, scope: InstrumentationScope) -> dict[str, str]:
+        if not self._scope_labels:
+            return {}
+        labels: dict[str, str] = {}
+        for kv in scope.attributes:
+            value = label_value(kv.value)
+            if value:
+                labels[self._label_name("otel_scope_" + kv.key)] = value
+        for key, value in (("otel_scope_name", scope.name), ("otel_scope_version", scope.version)):
+            if value:
+                labels[key] = value
+        return labels
+
+    def _label_name(self, key: str) -> str:
+        name = self._label_names.get(key)
+        if name is None:
+            name = sanitize_label_name(key)
+            if len(self._label_names) < 10_000:
+                self._label_names[key] = name
+        return name
+
+    def _metric(self, metric: Metric, base: dict[str, str], now: float) -> None:
+        kind = metric.WhichOneof("data")
+        if kind == "gauge":
+            self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False)
+        elif kind == "sum":
+            data = metric.sum
+            temporality = data.aggregation_temporality
+            if temporality not in (CUMULATIVE, DELTA):
+                self._on_drop("unspecified_temporality", len(data.data_points))
+            elif data.is_monotonic:
+                self._numbers(metric, COUNTER, data.data_points, base, now, delta=temporality == DELTA)
+            elif temporality == CUMULATIVE:
+                self._numbers(metric, GAUGE, data.data_points, base, now, delta=False)
+            else:
+                self._on_drop("delta_non_monotonic", len(data.data_points))
+        elif kind == "histogram":
+            data = metric.histogram
+            if data.aggregation_temporality not in (CUMULATIVE, DELTA):
+                self._on_drop("unspecified_temporality", len(data.data_points))
+            else:
+                self._histograms(metric, data.data_points, base, now, delta=data.aggregation_temporality == DELTA)
+        elif kind == "exponential_histogram":
+            data = metric.exponential_histogram
+            if data.aggregation_temporality != CUMULATIVE:
+                self._on_drop("delta_exponential_histogram", len(data.data_points))
+            else:
+                self._histograms(metric, data.data_points, base, now, delta=False)
+        elif kind == "summary":
+            self._summaries(metric, metric.summary.data_points, base, now)
+
+    # --- families and series ----------------------------------------------------------------------------------
+
+    def _family(self, metric: Metric, kind: str, points: int) -> Family | None:
+        name = metric_family_name(
+            metric.name, metric.unit, counter=kind == COUNTER, gauge=kind == GAUGE, add_suffixes=self._add_suffixes
+        )
+        family = self._families.get(name)
+        if family is None:
+            unit = unit_suffix(metric.unit, gauge=kind == GAUGE) if self._add_suffixes else ""
+            family = Family(
+                name,
+                kind,
+                metric.description or metric.name,
+                unit if unit and name.endswith("_" + unit) else "",
+            )
+            self._families[name] = family
+        elif family.type != kind:
+            # Two OTLP metrics mapping to one name with different types cannot both be exposed.
+            self._on_drop("type_conflict", points)
+            return None
+        return family
+
+    def _labels(self, attributes: Iterable[KeyValue], base: dict[str, str]) -> dict[str, str]:
+        labels: dict[str, str] = {}
+        for kv in attributes:
+            value = label_value(kv.value)
+            if not value:
+                continue
+            name = self._label_name(kv.key)
+            labels[name] = f"{labels[name]};{value}" if name in labels else value
+        for name, value in base.items():
+            labels.setdefault(name, value)
+        return labels
+
+    def _series(self, family: Family, labels: dict[str, str], create: bool = True) -> Series | None:
+        key = tuple(sorted(labels.items()))
+        series = family.series.get(key)
+        if series is None and create:
+            if self._series_count >= self._max_series:
+                self._on_drop("series_limit", 1)
+                return None
+            series = family.series[key] = Series(labels)
+            self._series_count += 1
+        return series
+
+    def _remove(self, family: Family, labels: dict[str, str]) -> None:
+        if family.series.pop(tuple(sorted(labels.items())), None) is not None:
+            self._series_count -= 1
+
+    def _numbers(
+        self, metric: Metric, kind: str, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
+    ) -> None:
+        family = self._family(metric, kind, len(points))
+        if family is None:
+            return
+        for point in points:
+            labels = self._labels(point.attributes, base)
+            if point.flags & _NO_RECORDED_VALUE:
+                self._remove(family, labels)  # the source says the series ended
+                continue
+            value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
+            series = self._series(family, labels)
+            if series is None:
+                continue
+            fresh = not series.seen
+            if delta and not fresh:
+                if point.start_time_unix_nano < series.time_ns:
+                    self._on_drop("misaligned_delta", 1)
+                    continue
+                series.value += value
+            else:
+                if not fresh and point.time_unix_nano < series.time_ns:
+                    self._on_drop("out_of_order", 1)
+                    continue
+                series.value = value
+                series.start_ns = point.start_time_unix_nano
+            series.time_ns = point.time_unix_nano
+            series.updated, series.seen = now, True
+            if kind == COUNTER and point.exemplars:
+                series.exemplar = _exemplar(point.exemplars[-1])
+
+    def _histograms(
+        self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
+    ) -> None:
+        family = self._family(metric, HISTOGRAM, len(points))
+        if family is None:
+            return
+        exponential = metric.WhichOneof("data") == "exponential_histogram"
+        for point in points:
+            labels = self._labels(point.attributes, base)
+            if point.flags & _NO_RECORDED_VALUE:
+                self._remove(family, labels)
+                continue
+            if exponential:
+                try:
+                    bounds, counts = exponential_to_explicit(point)
+                except OverflowError:  # bucket indexes beyond float range: not a histogram anyone produces
+                    self._on_drop("malformed", 1)
+                    continue
+            else:
+                bounds = tuple(point.explicit_bounds)
+                counts = [float(c) for c in point.bucket_counts] or [float(point.count)]
+                if len(counts) != len(bounds) + 1:
+                    self._on_drop("malformed", 1)
+                    continue
+            series = self._series(family, labels)
+            if series is None:
+                continue
+            fresh = not series.seen
+            total_sum = point.sum if point.HasField("sum") else 0.0
+            if delta and not fresh:
+                if bounds != series.bounds:
+                    self._on_drop("bucket_mismatch", 1)
+                    continue
+                if point.start_time_unix_nano < series.time_ns:
+                    self._on_drop("misaligned_delta", 1)
+                    continue
+                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
+                series.sum += total_sum
+                series.count += float(point.count)
+            else:
+                if not fresh and point.time_unix_nano < series.time_ns:
+                    self._on_drop("out_of_order", 1)
+                    continue
+                if bounds != series.bounds:
+                    series.exemplars = None
+                series.bounds, series.counts = bounds, counts
+                series.sum, series.count = total_sum, float(point.count)
+                series.start_ns = point.start_time_unix_nano
+            series.time_ns = point.time_unix_nano
+            series.updated, series.seen = now, True
+            if point.exemplars:
+                self._bucket_exemplars(series, point.exemplars)
+
+    @staticmethod
+    def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
+        slots = series.exemplars
+        if slots is None:
+            slots = series.exemplars = [None] * (len(series.bounds) + 1)
+        for raw in exemplars:
+            exemplar = _exemplar(raw)
+            slots[bisect_left(series.bounds, exemplar.value)] = exemplar  # the bucket the value fell in
+
+    def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> None:
+        family = self._family(metric, SUMMARY, len(points))
+        if family is None:
+            return
+        for point in points:
+            labels = self._labels(point.attributes, base)
+            if point.flags & _NO_RECORDED_VALUE:
+                self._remove(family, labels)
+                continue
+            series = self._series(family, labels)
+            if series is None:
+                continue
+            if series.seen and point.time_unix_nano < series.time_ns:
+                self._on_drop("out_of_order", 1)
+                continue
+            series.sum, series.count = point.sum, float(point.count)
+            series.quantiles = [(q.quantile, q.value) for q in point.quantile_values]
+            series.start_ns, series.time_ns = point.start_time_unix_nano, point.time_unix_nano
+            series.updated, series.seen = now, True
+
+    # --- output ---------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[list[Family], list[Target]]:
+        """Expire stale series, then copy what is left (families shallow-copied; series are replaced, not
+        mutated, only under the lock, so readers outside it see consistent values)."""
+        now = self._clock()
+        cutoff = now - self._expiration
+        with self._lock:
+            for name in list(self._families):
+                family = self._families[name]
+                stale = [key for key, series in family.series.items() if series.updated < cutoff]
+                for key in stale:
+                    del family.series[key]
+                self._series_count -= len(stale)
+                if not family.series:
+                    del self._families[name]
+            for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
+                del self._targets[key]
+            families = [
+                Family(f.name, f.type, f.help, f.unit, {k: _copy(s) for k, s in f.series.items()})
+                for f in self._families.values()
+            ]
+            return families, list(self._targets.values())
+
+    @property
+    def series_count(self) -> int:
+        return self._series_count
+
+
+def _copy(series: Series) -> Series:
+    return Series(
+        series.labels,
+        series.seen,
+        series.updated,
+        series.start_ns,
+        series.time_ns,
+        series.value,
+        series.exemplar,
+        series.bounds,
+        list(series.counts),
+        series.sum,
+        series.count,
+        list(series.exemplars) if series.exemplars is not None else None,
+        list(series.quantiles),
+    )
+
+
+def _exemplar(raw: Any) -> ExemplarValue:
+    labels: dict[str, str] = {}
+    if raw.trace_id:
+        labels["trace_id"] = raw.trace_id.hex()
+    if raw.span_id:
+        labels["span_id"] = raw.span_id.hex()
+    used = sum(len(k) + len(v) for k, v in labels.items())
+    for kv in raw.filtered_attributes:
+        name, value = sanitize_label_name(kv.key), label_value(kv.value)
+        if name in labels or not value or used + len(name) + len(value) > EXEMPLAR_MAX_RUNES:
+            continue
+        labels[name] = value
+        used += len(name) + len(value)
+    value = raw.as_double if raw.WhichOneof("value") == "as_double" else float(raw.as_int)
+    time_s = raw.time_unix_nano / 1e9 if raw.time_unix_nano else None
+    return ExemplarValue(labels, value if math.isfinite(value) else 0.0, time_s)

@@ -1,0 +1,36 @@
+"""Configuration of the ``prometheus`` exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.config.schema import Duration, HostPort, setting
+
+
+@dataclass(frozen=True)
+class PrometheusExporterConfig:
+    endpoint: HostPort = setting(HostPort("0.0.0.0:9464"), doc="Listen address of the scrape endpoint.")
+    path: str = setting("/metrics", doc="HTTP path Prometheus scrapes.")
+    metric_expiration: Duration = setting(
+        Duration(300.0), doc="Series with no new data point for this long disappear from the endpoint."
+    )
+    max_series: int = setting(
+        50_000,
+        doc="Most series held; data points of further series are dropped and counted "
+        '(`otel_sidecar_prometheus_dropped_points_total{reason="series_limit"}`).',
+        minimum=1,
+    )
+    add_metric_suffixes: bool = setting(
+        True, doc="Append unit words and `_total` per the OpenTelemetry→Prometheus naming rules."
+    )
+    resource_to_telemetry_conversion: bool = setting(
+        False, doc="Copy every resource attribute onto every series (default: only `job` and `instance`)."
+    )
+    without_scope_info: bool = setting(False, doc="Leave out the `otel_scope_name`/`otel_scope_version` labels.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not self.path.startswith("/"):
+            yield "path", "must start with /"
+        if self.metric_expiration <= 0:
+            yield "metric_expiration", "must be positive"

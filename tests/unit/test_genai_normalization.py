@@ -1,0 +1,245 @@
+"""Token normalization tables: every attribute convention in the wild maps to the same disjoint token types."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.connectors.spanmetrics.genai import (
+    ALIASES,
+    Concept,
+    TokenUsage,
+    is_inference,
+    normalize_attributes,
+    normalize_provider,
+    normalize_tokens,
+)
+
+# (convention, span attributes, expected disjoint usage: input, cache_read, cache_write, output, reasoning)
+CONVENTIONS = [
+    (
+        "OTel GenAI current: input and output only",
+        {"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300},
+        TokenUsage(1200, 0, 0, 300, 0),
+    ),
+    (
+        "OTel GenAI current: cache read and write are subsets of input_tokens (OpenAI-style inclusive input)",
+        {
+            "gen_ai.usage.input_tokens": 1500,
+            "gen_ai.usage.cache_read.input_tokens": 1000,
+            "gen_ai.usage.cache_creation.input_tokens": 200,
+            "gen_ai.usage.output_tokens": 80,
+        },
+        TokenUsage(300, 1000, 200, 80, 0),
+    ),
+    (
+        "OTel GenAI latest: cache_write.input_tokens replaces cache_creation",
+        {
+            "gen_ai.usage.input_tokens": 900,
+            "gen_ai.usage.cache_write.input_tokens": 400,
+            "gen_ai.usage.output_tokens": 10,
+        },
+        TokenUsage(500, 0, 400, 10, 0),
+    ),
+    (
+        "OTel GenAI 1.41: reasoning tokens are a subset of output_tokens",
+        {
+            "gen_ai.usage.input_tokens": 100,
+            "gen_ai.usage.output_tokens": 700,
+            "gen_ai.usage.reasoning.output_tokens": 500,
+        },
+        TokenUsage(100, 0, 0, 200, 500),
+    ),
+    (
+        "OTel GenAI before 1.28: prompt_tokens / completion_tokens",
+        {"gen_ai.usage.prompt_tokens": 40, "gen_ai.usage.completion_tokens": 12},
+        TokenUsage(40, 0, 0, 12, 0),
+    ),
+    (
+        "OpenLLMetry: older cache constants and reasoning_tokens, inclusive input",
+        {
+            "gen_ai.usage.input_tokens": 2000,
+            "gen_ai.usage.cache_read_input_tokens": 1500,
+            "gen_ai.usage.cache_creation_input_tokens": 100,
+            "gen_ai.usage.output_tokens": 60,
+            "gen_ai.usage.reasoning_tokens": 20,
+        },
+        TokenUsage(400, 1500, 100, 40, 20),
+    ),
+    (
+        "OpenLLMetry (early): llm.usage.* names",
+        {"llm.usage.prompt_tokens": 30, "llm.usage.completion_tokens": 5, "llm.usage.total_tokens": 35},
+        TokenUsage(30, 0, 0, 5, 0),
+    ),
+    (
+        "OpenInference: llm.token_count.* with prompt and completion details",
+        {
+            "llm.token_count.prompt": 5000,
+            "llm.token_count.prompt_details.cache_read": 4000,
+            "llm.token_count.prompt_details.cache_write": 500,
+            "llm.token_count.completion": 300,
+            "llm.token_count.completion_details.reasoning": 100,
+            "llm.token_count.total": 5300,
+        },
+        TokenUsage(500, 4000, 500, 200, 100),
+    ),
+    (
+        "OpenLIT: OpenAI field names under gen_ai.usage (cached_tokens, reasoning_tokens details)",
+        {
+            "gen_ai.usage.input_tokens": 800,
+            "gen_ai.usage.prompt_tokens_details.cached_tokens": 512,
+            "gen_ai.usage.output_tokens": 90,
+            "gen_ai.usage.completion_tokens_details.reasoning_tokens": 64,
+        },
+        TokenUsage(288, 512, 0, 26, 64),
+    ),
+    (
+        "OpenLIT sets two aliases of one concept: they are alternatives, never summed",
+        {
+            "gen_ai.usage.input_tokens": 800,
+            "gen_ai.usage.cache_read.input_tokens": 512,
+            "gen_ai.usage.prompt_tokens_details.cached_tokens": 512,
+            "gen_ai.usage.cache_creation.input_tokens": 100,
+            "gen_ai.usage.prompt_tokens_details.cache_creation_tokens": 100,
+            "gen_ai.usage.output_tokens": 50,
+            "gen_ai.usage.reasoning_tokens": 30,
+            "gen_ai.usage.completion_tokens_details.reasoning_tokens": 30,
+        },
+        TokenUsage(188, 512, 100, 20, 30),
+    ),
+    (
+        "Pydantic AI / Logfire cache names",
+        {
+            "gen_ai.usage.input_tokens": 1000,
+            "gen_ai.usage.cache_read_tokens": 600,
+            "gen_ai.usage.cache_write_tokens": 300,
+            "gen_ai.usage.output_tokens": 7,
+        },
+        TokenUsage(100, 600, 300, 7, 0),
+    ),
+    (
+        "native Anthropic numbers (input excludes the cache): detected because input < cache read + write",
+        {
+            "gen_ai.usage.input_tokens": 25,
+            "gen_ai.usage.cache_read_input_tokens": 3000,
+            "gen_ai.usage.cache_creation_input_tokens": 1200,
+            "gen_ai.usage.output_tokens": 400,
+        },
+        TokenUsage(25, 3000, 1200, 400, 0),
+    ),
+    (
+        "Gemini-style thoughts reported beside, not inside, the output: detected because output < reasoning",
+        {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 50, "gen_ai.usage.reasoning_tokens": 900},
+        TokenUsage(10, 0, 0, 50, 900),
+    ),
+    (
+        "only a total and an output count: input is the rest",
+        {"gen_ai.usage.total_tokens": 130, "gen_ai.usage.output_tokens": 30},
+        TokenUsage(100, 0, 0, 30, 0),
+    ),
+    (
+        "cache counts without any input count stand alone",
+        {"gen_ai.usage.cache_read.input_tokens": 70, "gen_ai.usage.output_tokens": 3},
+        TokenUsage(0, 70, 0, 3, 0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("convention", "attributes", "expected"), CONVENTIONS, ids=[c[0] for c in CONVENTIONS])
+def test_each_attribute_convention_normalizes_to_the_same_disjoint_token_types(
+    convention: str, attributes: dict[str, int], expected: TokenUsage
+) -> None:
+    usage = normalize_attributes(attributes)
+    assert usage == expected
+    assert all(count >= 0 for count in usage)
+
+
+def test_cached_tokens_count_once_under_both_conventions_for_the_same_call() -> None:
+    # One Anthropic call: 100 fresh input tokens, 3000 read from cache, 500 written, 200 output.
+    inclusive = normalize_attributes(  # OTel spec: input_tokens = input + cache_read + cache_creation
+        {
+            "gen_ai.usage.input_tokens": 3600,
+            "gen_ai.usage.cache_read.input_tokens": 3000,
+            "gen_ai.usage.cache_creation.input_tokens": 500,
+            "gen_ai.usage.output_tokens": 200,
+        }
+    )
+    exclusive = normalize_attributes(  # Anthropic's own usage object copied verbatim
+        {
+            "gen_ai.usage.input_tokens": 100,
+            "gen_ai.usage.cache_read_input_tokens": 3000,
+            "gen_ai.usage.cache_creation_input_tokens": 500,
+            "gen_ai.usage.output_tokens": 200,
+        }
+    )
+    assert inclusive == exclusive == TokenUsage(100, 3000, 500, 200, 0)
+    assert inclusive.total() == 3800
+
+
+def test_a_provider_configured_as_exclusive_is_not_subtracted_even_when_the_numbers_would_allow_it() -> None:
+    attributes = {
+        "gen_ai.usage.input_tokens": 5000,
+        "gen_ai.usage.cache_read.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 10,
+    }
+    assert normalize_attributes(attributes) == TokenUsage(4000, 1000, 0, 10, 0)
+    assert normalize_attributes(attributes, cache_in_input=False) == TokenUsage(5000, 1000, 0, 10, 0)
+
+
+def test_a_provider_configured_as_inclusive_never_goes_below_zero() -> None:
+    usage = normalize_tokens(10, 5, cache_read=50, reasoning=9, cache_in_input=True, reasoning_in_output=True)
+    assert usage == TokenUsage(0, 50, 0, 0, 9)
+
+
+def test_reasoning_can_be_declared_outside_the_output_count() -> None:
+    usage = normalize_tokens(10, 100, reasoning=40, reasoning_in_output=False)
+    assert usage == TokenUsage(10, 0, 0, 100, 40)
+
+
+def test_no_alias_is_listed_under_two_concepts() -> None:
+    keys = [key for aliases in ALIASES.values() for key in aliases]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("openai", "openai"),
+        ("Anthropic", "anthropic"),
+        ("xai", "x_ai"),  # gen_ai.system before 1.37
+        ("az.ai.inference", "azure.ai.inference"),  # before 1.35
+        ("mistralai", "mistral_ai"),  # OpenInference llm.system
+        ("aws.bedrock", "aws.bedrock"),
+    ],
+)
+def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(raw: str, expected: str) -> None:
+    assert normalize_provider(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("operation", "openinference_kind", "traceloop_kind", "expected"),
+    [
+        ("chat", None, None, True),
+        ("embeddings", None, None, True),
+        (None, "LLM", None, True),
+        (None, "EMBEDDING", None, True),
+        (None, None, None, True),  # a model and no operation: an older instrumentation's model call
+        ("invoke_agent", None, None, False),
+        ("execute_tool", None, None, False),
+        ("fetch_response", None, None, False),
+        (None, "CHAIN", None, False),
+        (None, "AGENT", None, False),
+        (None, None, "workflow", False),
+    ],
+)
+def test_only_model_calls_count_as_llm_requests(
+    operation: str | None, openinference_kind: str | None, traceloop_kind: str | None, expected: bool
+) -> None:
+    assert is_inference(operation, openinference_kind, traceloop_kind) is expected
+
+
+def test_every_concept_has_aliases_from_the_current_otel_conventions_first() -> None:
+    assert ALIASES[Concept.PROVIDER][0] == "gen_ai.provider.name"
+    assert ALIASES[Concept.RESPONSE_MODEL][0] == "gen_ai.response.model"
+    assert ALIASES[Concept.REQUEST_MODEL][0] == "gen_ai.request.model"
+    assert ALIASES[Concept.INPUT][0] == "gen_ai.usage.input_tokens"
+    assert ALIASES[Concept.CACHE_WRITE][0] == "gen_ai.usage.cache_write.input_tokens"

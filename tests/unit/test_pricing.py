@@ -1,0 +1,187 @@
+"""The price table: shipped and packaged, model-name matching, overrides, cost of disjoint token counts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config.loader import load_text
+from agent.config.schema import ConfigInvalid
+from agent.connectors.spanmetrics.config import ModelPriceConfig, PricingConfig
+from agent.connectors.spanmetrics.genai import TokenUsage
+from agent.connectors.spanmetrics.pricing import (
+    ModelPrice,
+    PriceTable,
+    PriceTableError,
+    candidates,
+    packaged_table,
+    parse_table,
+)
+from tests.helpers import REPO
+
+
+def table(**models: ModelPriceConfig) -> PriceTable:
+    return PriceTable({name: ModelPrice.from_config(name, cfg) for name, cfg in models.items()})
+
+
+def test_the_user_facing_price_table_and_the_packaged_one_are_identical() -> None:
+    assert (REPO / "config" / "pricing.yaml").read_bytes() == (REPO / "agent" / "pricing.yaml").read_bytes()
+
+
+def test_the_packaged_table_loads_with_a_last_checked_date_and_sane_prices() -> None:
+    loaded = packaged_table()
+    assert len(loaded.last_checked) == 10 and loaded.last_checked[4] == "-"
+    assert len(loaded.models) >= 30
+    for name, price in loaded.models.items():
+        assert price.input >= 0 and price.output >= 0, name
+        if price.cache_read is not None:
+            assert price.cache_read <= price.input, f"{name}: a cache read never costs more than fresh input"
+    raw = yaml.safe_load((REPO / "config" / "pricing.yaml").read_text())
+    assert raw["currency"] == "USD" and raw["unit"] == "per_million_tokens"
+
+
+def test_the_packaged_table_is_found_through_the_package_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    prices = PriceTable.from_config(PricingConfig())
+    assert prices.lookup("gpt-4o") is not None
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", ["gpt-4o"]),
+        ("openai/gpt-4o-2024-08-06", ["openai/gpt-4o-2024-08-06", "gpt-4o-2024-08-06", "gpt-4o"]),
+        ("claude-3-5-sonnet@20241022", ["claude-3-5-sonnet@20241022", "claude-3-5-sonnet"]),
+        (
+            "us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+            [
+                "us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+                "claude-3-5-sonnet-20241022-v2:0",
+                "claude-3-5-sonnet-20241022",
+                "claude-3-5-sonnet",
+            ],
+        ),
+        (
+            "meta.llama3-70b-instruct-v1:0",
+            ["meta.llama3-70b-instruct-v1:0", "llama3-70b-instruct-v1:0", "llama3-70b-instruct"],
+        ),
+        ("GPT-4-0613", ["gpt-4-0613", "gpt-4"]),
+        ("gpt-4.1-mini", ["gpt-4.1-mini"]),
+        ("gemini-1.5-pro-002", ["gemini-1.5-pro-002", "gemini-1.5-pro"]),
+        ("", []),
+    ],
+)
+def test_model_names_are_tried_exact_then_without_prefix_then_without_version_suffixes(
+    model: str, expected: list[str]
+) -> None:
+    assert list(candidates(model)) == expected
+
+
+def test_an_exact_dated_entry_wins_over_the_undated_family_price() -> None:
+    prices = PriceTable.from_config(PricingConfig())
+    dated = prices.lookup("gpt-4o-2024-05-13")
+    other_date = prices.lookup("gpt-4o-2024-08-06")
+    assert dated is not None and other_date is not None
+    assert dated.model == "gpt-4o-2024-05-13"
+    assert other_date.model == "gpt-4o"
+    assert dated.per_token != other_date.per_token
+
+
+def test_the_response_model_is_matched_before_the_request_model() -> None:
+    prices = table(
+        **{
+            "gpt-4": ModelPriceConfig(input=30, output=60),
+            "gpt-4o": ModelPriceConfig(input=2.5, output=10),
+        }
+    )
+    found = prices.lookup("gpt-4-0613", "gpt-4o")
+    assert found is not None and found.model == "gpt-4"
+    fallback = prices.lookup("my-azure-deployment", "gpt-4o")
+    assert fallback is not None and fallback.model == "gpt-4o"
+
+
+def test_an_unknown_model_gets_no_price_at_all() -> None:
+    prices = PriceTable.from_config(PricingConfig())
+    assert prices.lookup("acme-llm-7b", "acme-llm") is None
+    assert prices.lookup("", "") is None
+
+
+def test_cost_is_the_sum_of_each_disjoint_token_type_times_its_price_per_million() -> None:
+    price = ModelPrice.from_config(
+        "m", ModelPriceConfig(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75, reasoning=20.0)
+    )
+    usage = TokenUsage(input=1000, cache_read=20_000, cache_write=4000, output=500, reasoning=250)
+    expected = (1000 * 3.0 + 20_000 * 0.3 + 4000 * 3.75 + 500 * 15.0 + 250 * 20.0) / 1_000_000
+    assert math.isclose(price.cost(usage), expected, rel_tol=1e-12)
+
+
+def test_missing_cache_and_reasoning_prices_fall_back_to_the_input_and_output_prices() -> None:
+    price = ModelPrice.from_config("m", ModelPriceConfig(input=2.0, output=8.0))
+    assert price.per_token == (2e-6, 2e-6, 2e-6, 8e-6, 8e-6)
+
+
+def test_inline_prices_override_and_extend_the_packaged_table(tmp_path: Path) -> None:
+    extra = tmp_path / "prices.yaml"
+    extra.write_text(
+        "last_checked: '2026-01-02'\n"
+        "models:\n  acme-llm: {input: 1.0, output: 2.0}\n  gpt-4o: {input: 9.0, output: 9.0}\n"
+    )
+    prices = PriceTable.from_config(
+        PricingConfig(file=str(extra), models={"gpt-4o": ModelPriceConfig(input=4.0, output=4.0)})
+    )
+    acme, gpt = prices.lookup("acme-llm-2026-01-01"), prices.lookup("gpt-4o")
+    assert acme is not None and acme.per_token[0] == pytest.approx(1e-6)
+    assert gpt is not None and gpt.per_token[0] == pytest.approx(4e-6)  # inline wins over the file
+    assert prices.lookup("claude-3-5-sonnet") is not None  # the packaged table is still there
+    assert prices.last_checked == "2026-01-02"
+
+
+def test_the_packaged_table_can_be_left_out() -> None:
+    prices = PriceTable.from_config(
+        PricingConfig(packaged=False, models={"house-model": ModelPriceConfig(input=1, output=1)})
+    )
+    assert len(prices) == 1
+    assert prices.lookup("gpt-4o") is None
+
+
+def test_a_broken_price_file_is_a_config_error_naming_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "prices.yaml"
+    bad.write_text("models:\n  acme: {input: -1, outptu: 2}\n")
+    config = f"""
+receivers: {{otlp: {{}}}}
+connectors: {{spanmetrics: {{pricing: {{file: {bad}}}}}}}
+exporters: {{prometheus: {{}}}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [spanmetrics]}}
+    metrics: {{receivers: [spanmetrics], exporters: [prometheus]}}
+"""
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config)
+    message = str(caught.value)
+    assert "connectors.spanmetrics.pricing.file" in message
+    assert "last_checked: is required" in message
+    assert "models.acme.outptu: unknown field" in message
+    assert "models.acme.input: must be at least 0" in message
+
+
+def test_a_missing_price_file_is_reported_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(PriceTableError, match="cannot read price table"):
+        PriceTable.from_config(PricingConfig(file=str(tmp_path / "nope.yaml")))
+
+
+def test_a_table_in_another_currency_is_refused() -> None:
+    with pytest.raises(PriceTableError, match="only USD"):
+        parse_table("last_checked: x\ncurrency: EUR\nmodels: {}\n", "t.yaml")
+
+
+def test_lookups_are_cached_and_the_cache_stays_bounded() -> None:
+    prices = PriceTable.from_config(PricingConfig())
+    for index in range(10_000):
+        prices.lookup(f"unknown-{index}")
+    assert len(prices._lookups) <= 4096

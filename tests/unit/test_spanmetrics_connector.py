@@ -1,0 +1,596 @@
+"""The spanmetrics connector: exact counts from a known workload, tokens and cost, exemplars, cardinality, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import logging
+import math
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from agent.component import CreateSettings, Kind, Refused, Signal
+from agent.config.loader import load_text
+from agent.config.schema import ConfigInvalid, Duration
+from agent.config.service import ServiceConfig
+from agent.connectors.spanmetrics.config import (
+    AttributesConfig,
+    ExemplarsConfig,
+    GenAiConfig,
+    ModelPriceConfig,
+    PricingConfig,
+    SpanMetricsConfig,
+)
+from agent.connectors.spanmetrics.connector import GENAI_DURATION_BUCKETS, GENAI_TOKEN_BUCKETS, SpanMetricsConnector
+from agent.connectors.spanmetrics.pricing import PriceTable
+from agent.otlp.probability import encode_threshold, is_sampled, threshold_for
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload, attr, to_request
+
+RED = ("service.name", "span.name", "span.kind", "status.code")
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.batches: list[ExportMetricsServiceRequest] = []
+        self.refuse = False
+
+    def consume(self, batch: Message) -> None:
+        if self.refuse:
+            raise Refused("full")
+        self.batches.append(batch)  # type: ignore[arg-type]
+
+
+def make(cfg: SpanMetricsConfig | None = None, out: Any = None) -> tuple[SpanMetricsConnector, SelfMetrics]:
+    metrics = SelfMetrics()
+    settings = CreateSettings(
+        "spanmetrics", Kind.CONNECTOR, logging.getLogger("test.spanmetrics"), metrics, ServiceConfig(), {}
+    )
+    consumers = {Signal.METRICS: out} if out is not None else {}
+    return SpanMetricsConnector(cfg or SpanMetricsConfig(), settings, consumers), metrics
+
+
+def all_spans(requests: list[ExportTraceServiceRequest]) -> list[tuple[str, Span]]:
+    found = []
+    for request in requests:
+        for rs in request.resource_spans:
+            service = next(kv.value.string_value for kv in rs.resource.attributes if kv.key == "service.name")
+            found.extend((service, span) for ss in rs.scope_spans for span in ss.spans)
+    return found
+
+
+def attributes(span: Span) -> dict[str, Any]:
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+
+
+def llm_span(trace_id: bytes, span_id: bytes, **attrs: str | int) -> ExportTraceServiceRequest:
+    span = Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        name="chat",
+        kind=Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=1_000_000_000,
+        end_time_unix_nano=1_500_000_000,
+    )
+    span.attributes.extend(attr(k, v) for k, v in attrs.items())
+    return to_request({"llm-gateway": [span]})
+
+
+@pytest.fixture(scope="module")
+def workload() -> tuple[list[ExportTraceServiceRequest], list[Any]]:
+    requests, truths = [], []
+    for request, truth in Workload(seed=7, error_rate=0.05).requests(400):
+        requests.append(request)
+        truths.extend(truth)
+    return requests, truths
+
+
+def test_red_metrics_count_every_span_by_service_name_kind_and_status(workload: Any) -> None:
+    requests, _ = workload
+    connector, _ = make()
+    for request in requests:
+        connector.consume(request)
+    expected: collections.Counter[tuple[str, ...]] = collections.Counter()
+    durations: dict[tuple[str, ...], float] = collections.defaultdict(float)
+    for service, span in all_spans(requests):
+        key = (service, span.name, Span.SpanKind.Name(span.kind), Status.StatusCode.Name(span.status.code))
+        expected[key] += 1
+        durations[key] += (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+    spans = connector.families.spans
+    assert {key: spans.value(key) for key in spans.series} == dict(expected)
+    for key, count in expected.items():
+        snapshot = connector.families.span_duration.snapshot(key)
+        assert snapshot is not None
+        buckets, total, observed = snapshot
+        assert observed == count and sum(buckets) == count
+        assert math.isclose(total, durations[key], rel_tol=1e-9)
+    assert ("orchestrator", "workflow rag-pipeline", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR") in expected
+
+
+def test_workflow_and_step_executions_are_counted_from_their_attributes(workload: Any) -> None:
+    requests, truths = workload
+    connector, _ = make()
+    for request in requests:
+        connector.consume(request)
+    workflows: collections.Counter[tuple[str, str]] = collections.Counter(
+        (t.workflow, "failure" if t.error else "success") for t in truths
+    )
+    steps: collections.Counter[tuple[str, str]] = collections.Counter()
+    for _, span in all_spans(requests):
+        step_type = attributes(span).get("step.type")
+        if step_type is not None:
+            steps[(step_type, "failure" if span.status.code == Status.STATUS_CODE_ERROR else "success")] += 1
+    f = connector.families
+    assert {k: f.workflow_executions.value(k) for k in f.workflow_executions.series} == dict(workflows)
+    assert {k: f.step_executions.value(k) for k in f.step_executions.series} == dict(steps)
+    assert sum(len(f.workflow_duration.exemplars(k)) >= 0 for k in f.workflow_duration.series) == len(
+        {w for w, _ in workflows}
+    )
+
+
+def test_tokens_and_cost_per_model_equal_the_ground_truth(workload: Any) -> None:
+    requests, truths = workload
+    connector, _ = make()
+    for request in requests:
+        connector.consume(request)
+    tokens: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for truth in truths:
+        tokens.update(truth.tokens)
+    f = connector.families
+    assert {k: f.llm_tokens.value(k) for k in f.llm_tokens.series} == {k: float(v) for k, v in tokens.items()}
+    prices = PriceTable.from_config(PricingConfig())
+    for (provider, model), _ in f.llm_cost.series.items():
+        price = prices.lookup(model)
+        assert price is not None
+        expected = (
+            tokens[(provider, model, "input")] * price.per_token[0]
+            + tokens[(provider, model, "output")] * price.per_token[3]
+        )
+        assert math.isclose(f.llm_cost.value((provider, model)), expected, rel_tol=1e-9)
+    assert len(f.llm_cost.series) == 3
+    assert not f.llm_unpriced.series
+
+
+def test_failed_spans_are_counted_as_errors_by_type_and_component(workload: Any) -> None:
+    requests, truths = workload
+    connector, _ = make()
+    for request in requests:
+        connector.consume(request)
+    errors = connector.families.errors
+    failed_traces = sum(t.error for t in truths)
+    assert failed_traces > 0
+    # Each failed trace has a failing workflow root, step and child span (LLM call, vector search or tool).
+    assert errors.value(("UpstreamError", "executor")) == failed_traces
+    assert errors.value(("UpstreamError", "step_executor")) == failed_traces
+    children = sum(errors.value(k) for k in errors.series if k[1] not in ("executor", "step_executor"))
+    assert children == failed_traces
+    assert {k[1] for k in errors.series} <= {"executor", "step_executor", "provider", "vector-store", "tools"}
+
+
+def test_error_type_falls_back_to_the_exception_event_then_to_other() -> None:
+    connector, _ = make()
+    with_event = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="a", status=Status(code=2))
+    event = with_event.events.add(name="exception")
+    event.attributes.append(attr("exception.type", "TimeoutError"))
+    bare = Span(trace_id=b"\x02" * 16, span_id=b"\x02" * 8, name="b", status=Status(code=2))
+    connector.consume(to_request({"svc": [with_event, bare]}))
+    errors = connector.families.errors
+    assert errors.value(("TimeoutError", "svc")) == 1
+    assert errors.value(("_OTHER", "svc")) == 1
+
+
+def test_a_configured_component_attribute_names_the_component_of_an_error() -> None:
+    connector, _ = make(SpanMetricsConfig(attributes=AttributesConfig(component=["orchestrator.component"])))
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="a", status=Status(code=2))
+    span.attributes.extend([attr("orchestrator.component", "executor"), attr("error.type", "timeout")])
+    connector.consume(to_request({"svc": [span]}))
+    assert connector.families.errors.value(("timeout", "executor")) == 1
+
+
+def test_skipped_steps_are_counted_as_skipped() -> None:
+    connector, _ = make()
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="step")
+    span.attributes.extend([attr("step.type", "transform"), attr("step.status", "skipped")])
+    connector.consume(to_request({"svc": [span]}))
+    assert connector.families.step_executions.value(("transform", "skipped")) == 1
+
+
+def test_head_sampled_spans_count_with_their_adjusted_count() -> None:
+    connector, _ = make()
+    spans = []
+    for index in range(100):
+        span = Span(
+            trace_id=index.to_bytes(16, "big"),
+            span_id=(index + 1).to_bytes(8, "big"),
+            name="op",
+            trace_state=f"ot=th:{encode_threshold(threshold_for(0.1))},vendor=x",
+            start_time_unix_nano=0,
+            end_time_unix_nano=10_000_000,
+        )
+        span.attributes.extend(
+            [
+                attr("gen_ai.request.model", "gpt-4o"),
+                attr("gen_ai.usage.input_tokens", 100),
+                attr("gen_ai.usage.output_tokens", 10),
+            ]
+        )
+        spans.append(span)
+    connector.consume(to_request({"svc": spans}))
+    f = connector.families
+    key = ("svc", "op", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET")
+    assert f.spans.value(key) == 1000.0  # 100 spans sampled at 10% stand for 1000
+    snapshot = f.span_duration.snapshot(key)
+    assert snapshot is not None and snapshot[2] == 1000
+    assert f.llm_tokens.value(("", "gpt-4o", "input")) == 100_000
+    assert f.llm_requests.value(("", "gpt-4o", "success")) == 1000
+
+
+def test_fractional_adjusted_counts_are_exact_in_counters_and_rounded_without_bias_in_histograms() -> None:
+    connector, _ = make()
+    connector._random.seed(3)
+    threshold = threshold_for(0.3)  # adjusted count 3.333...
+    spans = [
+        Span(
+            trace_id=index.to_bytes(16, "big"),
+            span_id=(index + 1).to_bytes(8, "big"),
+            name="op",
+            trace_state=f"ot=th:{encode_threshold(threshold)}",
+        )
+        for index in range(3000)
+    ]
+    connector.consume(to_request({"svc": spans}))
+    key = ("svc", "op", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET")
+    assert math.isclose(connector.families.spans.value(key), 10_000.0, rel_tol=1e-9)
+    snapshot = connector.families.span_duration.snapshot(key)
+    assert snapshot is not None
+    assert abs(snapshot[2] - 10_000) < 150  # stochastic rounding: 3 or 4 per span, 10 000 on average
+
+
+def test_exemplars_come_only_from_error_spans_and_trace_ids_the_tail_sampler_keeps(workload: Any) -> None:
+    requests, _ = workload
+    connector, _ = make()
+    for request in requests:
+        connector.consume(request)
+    failed_spans = {
+        (s.trace_id, s.span_id) for _, s in all_spans(requests) if s.status.code == Status.STATUS_CODE_ERROR
+    }
+    threshold = threshold_for(0.1)
+    seen = []
+    f = connector.families
+    for family in (f.span_duration, f.workflow_duration, f.step_duration, f.llm_duration):
+        for key in family.series:
+            seen.extend(family.exemplars(key))
+    assert seen
+    for trace_id, span_id, _, _ in seen:
+        assert (trace_id, span_id) in failed_spans or is_sampled(trace_id, threshold)
+    assert any((t, s) in failed_spans for t, s, _, _ in seen)
+    assert any(is_sampled(t, threshold) for t, _, _, _ in seen)
+
+
+def test_error_span_exemplars_can_be_turned_off_and_exemplars_altogether() -> None:
+    unsampled = next(
+        i.to_bytes(16, "big") for i in range(1, 10_000) if not is_sampled(i.to_bytes(16, "big"), threshold_for(0.1))
+    )
+    failed = Span(trace_id=unsampled, span_id=b"\x01" * 8, name="a", status=Status(code=2), end_time_unix_nano=5)
+    for cfg, expected in (
+        (ExemplarsConfig(), 1),
+        (ExemplarsConfig(error_spans=False), 0),
+        (ExemplarsConfig(enabled=False), 0),
+    ):
+        connector, _ = make(SpanMetricsConfig(exemplars=cfg))
+        connector.consume(to_request({"svc": [failed]}))
+        key = ("svc", "a", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_ERROR")
+        assert len(connector.families.span_duration.exemplars(key)) == expected
+
+
+def test_the_connector_neither_mutates_nor_keeps_the_batch(workload: Any) -> None:
+    requests, _ = workload
+    connector, _ = make()
+    batch = ExportTraceServiceRequest()
+    batch.CopyFrom(requests[0])
+    before = batch.SerializeToString(deterministic=True)
+    connector.consume(batch)
+    assert batch.SerializeToString(deterministic=True) == before
+    first = connector.collect().SerializeToString(deterministic=True)
+    # The receiver's other pipelines may now change or free the batch: the connector's state must not move.
+    batch.resource_spans[0].scope_spans[0].spans[0].name = "changed"
+    batch.resource_spans[0].scope_spans[0].spans[0].trace_id = b"\xff" * 16
+    del batch.resource_spans[:]
+    assert _strip_times(connector.collect()) == _strip_times(ExportMetricsServiceRequest.FromString(first))
+
+
+def _strip_times(request: ExportMetricsServiceRequest) -> bytes:
+    copy = ExportMetricsServiceRequest()
+    copy.CopyFrom(request)
+    for rm in copy.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                for point in getattr(metric, kind).data_points:
+                    point.time_unix_nano = 0
+    return copy.SerializeToString(deterministic=True)
+
+
+def test_a_cardinality_flood_goes_to_one_overflow_series_is_counted_and_memory_stays_flat() -> None:
+    limit = 50
+    connector, metrics = make(SpanMetricsConfig(cardinality_limit=limit))
+
+    def flood(start: int, count: int) -> None:
+        spans = [
+            Span(trace_id=i.to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"), name=f"GET /users/{i}")
+            for i in range(start, start + count)
+        ]
+        connector.consume(to_request({"svc": spans}))
+
+    flood(1, 5000)
+    connector.collect()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for round_ in range(1, 5):
+        flood(round_ * 10_000, 5000)
+        connector.collect()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+
+    spans = connector.families.spans
+    assert len(spans) == limit + 1
+    overflow = [key for key in spans.series if len(key) == 1]
+    assert len(overflow) == 1
+    assert spans.value(overflow[0]) == 25_000 - limit
+    assert len(connector.families.span_duration) == limit + 1
+    overflowed = metrics.registry.get_sample_value(
+        "otel_sidecar_spanmetrics_overflow_total", {"connector": "spanmetrics", "metric": "orchestrator.spans"}
+    )
+    assert overflowed == 25_000 - limit
+    series = metrics.registry.get_sample_value(
+        "otel_sidecar_spanmetrics_series", {"connector": "spanmetrics", "metric": "orchestrator.spans"}
+    )
+    assert series == limit + 1
+    assert growth < 256 * 1024, f"connector memory grew by {growth} bytes under 20 000 new span names"
+    request = connector.collect()
+    metric = next(m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "orchestrator.spans")
+    overflow_points = [p for p in metric.sum.data_points if any(a.key == "otel.metric.overflow" for a in p.attributes)]
+    assert len(overflow_points) == 1
+    assert [(a.key, a.value.string_value) for a in overflow_points[0].attributes] == [("otel.metric.overflow", "true")]
+
+
+def test_idle_series_expire_and_come_back_from_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_000 * 10**9]
+    monkeypatch.setattr("agent.connectors.spanmetrics.connector.time.time_ns", lambda: clock[0])
+    connector, _ = make(SpanMetricsConfig(metrics_expiration=Duration(60.0)))
+    connector.consume(to_request({"svc": [Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="old")]}))
+    clock[0] += 30 * 10**9
+    connector.consume(to_request({"svc": [Span(trace_id=b"\x02" * 16, span_id=b"\x02" * 8, name="new")]}))
+    clock[0] += 45 * 10**9
+    connector.collect()
+    names = {key[1] for key in connector.families.spans.series}
+    assert names == {"new"}
+    connector.consume(to_request({"svc": [Span(trace_id=b"\x03" * 16, span_id=b"\x03" * 8, name="old")]}))
+    request = connector.collect()
+    metric = next(m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "orchestrator.spans")
+    old = next(p for p in metric.sum.data_points if any(a.value.string_value == "old" for a in p.attributes))
+    assert old.as_double == 1.0 and old.start_time_unix_nano == clock[0]
+
+
+def test_flushes_periodically_and_once_more_at_shutdown_as_cumulative_otlp() -> None:
+    capture = Capture()
+    connector, metrics = make(SpanMetricsConfig(metrics_flush_interval=Duration(0.05)), capture)
+
+    async def run() -> None:
+        await connector.start()
+        connector.consume(to_request({"svc": [Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="a")]}))
+        deadline = time.monotonic() + 5
+        while not capture.batches and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        connector.consume(to_request({"svc": [Span(trace_id=b"\x02" * 16, span_id=b"\x02" * 8, name="a")]}))
+        await connector.shutdown(time.monotonic() + 1)
+        await connector.shutdown(time.monotonic() + 1)  # idempotent
+
+    asyncio.run(run())
+    assert len(capture.batches) >= 2
+    last = capture.batches[-1].resource_metrics[0]
+    assert not last.resource.attributes and not last.scope_metrics[0].scope.name
+    spans = next(m for m in last.scope_metrics[0].metrics if m.name == "orchestrator.spans")
+    assert spans.sum.is_monotonic and spans.sum.aggregation_temporality == 2  # CUMULATIVE
+    assert spans.unit == "{span}"
+    assert [p.as_double for p in spans.sum.data_points] == [2.0]
+    duration = next(m for m in last.scope_metrics[0].metrics if m.name == "orchestrator.span.duration")
+    assert duration.unit == "s" and duration.histogram.aggregation_temporality == 2
+    assert (
+        metrics.registry.get_sample_value("otel_sidecar_spanmetrics_spans_total", {"connector": "spanmetrics"}) == 2.0
+    )
+
+
+def test_a_refused_flush_is_counted_and_the_next_flush_carries_everything() -> None:
+    capture = Capture()
+    capture.refuse = True
+    connector, metrics = make(out=capture)
+    connector.consume(to_request({"svc": [Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="a")]}))
+    connector.flush()
+    assert (
+        metrics.registry.get_sample_value(
+            "otel_sidecar_spanmetrics_flushes_total", {"connector": "spanmetrics", "outcome": "refused"}
+        )
+        == 1.0
+    )
+    capture.refuse = False
+    connector.flush()
+    spans = next(m for m in capture.batches[0].resource_metrics[0].scope_metrics[0].metrics if m.name.endswith("spans"))
+    assert spans.sum.data_points[0].as_double == 1.0
+
+
+def test_llm_calls_are_recognised_across_conventions_and_agent_spans_are_not() -> None:
+    connector, _ = make()
+    requests = [
+        llm_span(
+            b"\x01" * 16,
+            b"\x01" * 8,
+            **{
+                "openinference.span.kind": "LLM",
+                "llm.provider": "anthropic",
+                "llm.model_name": "claude-3-5-sonnet",
+                "llm.token_count.prompt": 1000,
+                "llm.token_count.prompt_details.cache_read": 800,
+                "llm.token_count.completion": 50,
+            },
+        ),
+        llm_span(
+            b"\x02" * 16,
+            b"\x02" * 8,
+            **{
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.response.model": "gpt-4o-2024-08-06",
+                "gen_ai.usage.prompt_tokens": 10,
+                "gen_ai.usage.completion_tokens": 5,
+            },
+        ),
+        llm_span(
+            b"\x03" * 16,
+            b"\x03" * 8,
+            **{
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": 999,
+            },
+        ),
+        llm_span(b"\x04" * 16, b"\x04" * 8, **{"openinference.span.kind": "CHAIN", "llm.model_name": "gpt-4o"}),
+    ]
+    for request in requests:
+        connector.consume(request)
+    f = connector.families
+    assert f.llm_requests.value(("anthropic", "claude-3-5-sonnet", "success")) == 1
+    assert f.llm_tokens.value(("anthropic", "claude-3-5-sonnet", "input")) == 200
+    assert f.llm_tokens.value(("anthropic", "claude-3-5-sonnet", "cache_read")) == 800
+    assert f.llm_requests.value(("openai", "gpt-4o-2024-08-06", "success")) == 1  # the response model names it
+    assert sum(f.llm_requests.value(k) for k in f.llm_requests.series) == 2
+    claude = (200 * 3.0 + 800 * 0.3 + 50 * 15.0) / 1e6
+    assert math.isclose(f.llm_cost.value(("anthropic", "claude-3-5-sonnet")), claude, rel_tol=1e-9)
+    assert math.isclose(f.llm_cost.value(("openai", "gpt-4o-2024-08-06")), (10 * 2.5 + 5 * 10.0) / 1e6, rel_tol=1e-9)
+
+
+def test_an_unknown_model_is_counted_as_unpriced_logged_once_and_never_given_a_cost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connector, _ = make()
+    with caplog.at_level(logging.WARNING, logger="test.spanmetrics"):
+        for index in range(3):
+            connector.consume(
+                llm_span(
+                    bytes([index + 1]) * 16, b"\x01" * 8,
+                    **{"gen_ai.provider.name": "acme", "gen_ai.request.model": "acme-llm",
+                       "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 1},
+                )
+            )  # fmt: skip
+    f = connector.families
+    assert f.llm_unpriced.value(("acme", "acme-llm")) == 3
+    assert ("acme", "acme-llm") not in f.llm_cost.series
+    assert f.llm_tokens.value(("acme", "acme-llm", "input")) == 30
+    warnings = [r for r in caplog.records if "has no price" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].model == "acme-llm"  # type: ignore[attr-defined]
+
+
+def test_configured_prices_and_conventions_are_used() -> None:
+    cfg = SpanMetricsConfig(
+        pricing=PricingConfig(models={"acme-llm": ModelPriceConfig(input=1.0, output=2.0, cache_read=0.5)}),
+        genai=GenAiConfig(cache_tokens_in_input={"acme": False}),
+    )
+    connector, _ = make(cfg)
+    connector.consume(
+        llm_span(b"\x01" * 16, b"\x01" * 8, **{
+            "gen_ai.provider.name": "acme", "gen_ai.request.model": "acme-llm-2026-01-01",
+            "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.cache_read.input_tokens": 400,
+            "gen_ai.usage.output_tokens": 100,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.llm_tokens.value(("acme", "acme-llm-2026-01-01", "input")) == 1000  # not reduced: exclusive provider
+    expected = (1000 * 1.0 + 400 * 0.5 + 100 * 2.0) / 1e6
+    assert math.isclose(f.llm_cost.value(("acme", "acme-llm-2026-01-01")), expected, rel_tol=1e-9)
+
+
+def test_the_opentelemetry_genai_metrics_use_the_spec_buckets_when_enabled() -> None:
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    connector.consume(
+        llm_span(b"\x01" * 16, b"\x01" * 8, **{
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": 100, "gen_ai.usage.cache_read.input_tokens": 60,
+            "gen_ai.usage.output_tokens": 30, "gen_ai.usage.reasoning.output_tokens": 10,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.genai_duration is not None and f.genai_tokens is not None
+    assert f.genai_duration.bounds[0] == 0.01 and math.isclose(f.genai_duration.bounds[-1], 81.92)
+    assert f.genai_tokens.bounds == GENAI_TOKEN_BUCKETS and GENAI_TOKEN_BUCKETS[-1] == 67108864
+    assert len(GENAI_DURATION_BUCKETS) == 14
+    base = ("chat", "openai", "gpt-4o", "")
+    assert f.genai_tokens.snapshot((*base, "input"))[1] == 100  # type: ignore[index]  # every input token
+    assert f.genai_tokens.snapshot((*base, "output"))[1] == 30  # type: ignore[index]  # output incl. reasoning
+    assert make()[0].families.genai_duration is None
+
+
+def config_text(sampler: str, connector: str = "{}", traces_exporters: str = "[file]") -> str:
+    return f"""
+receivers: {{otlp: {{}}}}
+processors: {{tail_sampling: {sampler}}}
+connectors: {{spanmetrics: {connector}}}
+exporters: {{file: {{path: /tmp/x}}, prometheus: {{}}}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [tail_sampling], exporters: {traces_exporters}}}
+    traces/spanmetrics: {{receivers: [otlp], exporters: [spanmetrics]}}
+    metrics: {{receivers: [spanmetrics], exporters: [prometheus]}}
+"""
+
+
+def test_the_exemplar_percentage_must_match_the_tail_samplers_probabilistic_percentage() -> None:
+    load_text(config_text("{policies: {probabilistic: {percentage: 10}}}"))
+    load_text(config_text("{policies: {probabilistic: {percentage: 25}}}", "{exemplars: {sampled_percentage: 25}}"))
+    load_text(config_text("{policies: {probabilistic: {percentage: 25}}}", "{exemplars: {enabled: false}}"))
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config_text("{policies: {probabilistic: {percentage: 25}}}"))
+    assert "connectors.spanmetrics.exemplars.sampled_percentage: is 10 but processors.tail_sampling keeps 25%" in str(
+        caught.value
+    )
+    with pytest.raises(ConfigInvalid, match="keeps 0%"):
+        load_text(config_text("{policies: {probabilistic: {enabled: false}}}"))
+
+
+def test_error_exemplars_need_the_tail_samplers_errors_policy() -> None:
+    with pytest.raises(ConfigInvalid, match=r"exemplars\.error_spans: must be false"):
+        load_text(config_text("{policies: {errors: {enabled: false}}}"))
+    load_text(config_text("{policies: {errors: {enabled: false}}}", "{exemplars: {error_spans: false}}"))
+
+
+def test_the_connector_may_not_be_fed_by_a_sampled_pipeline() -> None:
+    with pytest.raises(ConfigInvalid, match="span metrics must see every span"):
+        load_text(config_text("{}", traces_exporters="[file, spanmetrics]"))
+
+
+def test_bad_connector_settings_are_reported_with_their_paths() -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config_text("{}", "{buckets: {step_duration: [1, 0.5]}, cardinality_limit: 0}"))
+    message = str(caught.value)
+    assert "connectors.spanmetrics.cardinality_limit: must be positive" in message
+    assert "connectors.spanmetrics.buckets.step_duration: bucket bounds must be strictly increasing" in message
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config_text("{}", "{namespace: Orch-1, metrics_flush_interval: 0s}"))
+    message = str(caught.value)
+    assert "connectors.spanmetrics.namespace: must be lower_snake_case" in message
+    assert "connectors.spanmetrics.metrics_flush_interval: must be positive" in message
+
+
+def test_red_labels_are_the_collectors_span_metrics_dimensions() -> None:
+    connector, _ = make()
+    assert connector.families.spans.label_keys == RED
