@@ -70,10 +70,10 @@ def lint_case(chart: Path, values_file: Path | None, workdir: Path) -> dict[str,
     name = values_file.name if values_file else "values.yaml"
     target = chart_copy(chart, values_file, workdir)
     result, fail_messages = _lint_capturing_stderr(target, workdir / "stderr.log")
-    messages = [
-        {"severity": m.get("Severity", 0), "level": SEVERITY_NAMES.get(m.get("Severity", 0), "?"), "path": m.get("Path")}
-        for m in result.get("Messages") or []
-    ]
+    messages = []
+    for message in result.get("Messages") or []:
+        severity = message.get("Severity", 0)
+        messages.append({"severity": severity, "level": SEVERITY_NAMES.get(severity, "?"), "path": message.get("Path")})
     failed = any(m["severity"] >= STRICT_FAILING_SEVERITY for m in messages) or bool(fail_messages)
     return {"case": name, "ok": not failed, "messages": messages, "fail_messages": fail_messages}
 
