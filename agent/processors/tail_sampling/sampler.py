@@ -63,7 +63,6 @@ class TailSampler:
         self._config = config
         self._clock = clock
         self._log = RateLimitedLog(settings.logger)
-        self._logger = settings.logger
         retention = settings.service.retention
         self.policies = build_policies(config.policies, retention.classes)
         self.buffer = TraceBuffer(float(config.decision_wait), float(config.decision_wait_after_root))
@@ -108,8 +107,8 @@ class TailSampler:
             await asyncio.sleep(interval)
             try:
                 self.tick()
-            except Exception:  # a bug here must not stop all future decisions
-                self._logger.exception("tail_sampling tick failed")
+            except Exception as exc:  # a bug here must not stop all future decisions
+                self._log.warning("tick", f"tail_sampling tick failed: {exc!r}", error=type(exc).__name__)
 
     def tick(self) -> None:
         """Retry refused data, decide the traces that are due, release them together."""

@@ -1,0 +1,86 @@
+"""Configuration of the ``redaction`` processor."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.config.schema import setting
+
+DEFAULT_KEY_PATTERNS = ["password", "passwd", "secret", "api_key", "apikey", "token", "authorization", "cookie"]
+DEFAULT_CONTENT_KEYS = [
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+]
+# GenAI events (older semantic conventions) whose log body is a message's content.
+DEFAULT_CONTENT_EVENTS = [
+    "gen_ai.system.message",
+    "gen_ai.user.message",
+    "gen_ai.assistant.message",
+    "gen_ai.tool.message",
+    "gen_ai.choice",
+]
+_RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    key_patterns: list[str] = setting(
+        doc="Regular expressions searched (case-insensitively) in attribute keys, including keys inside map "
+        "values and log bodies; a match turns a text, bytes, list or map value into `[REDACTED]` (numbers and "
+        "booleans are kept: `gen_ai.usage.input_tokens` is a count, not a secret).",
+        default_factory=lambda: list(DEFAULT_KEY_PATTERNS),
+    )
+    allow_keys: list[str] = setting(doc="Keys never redacted by `key_patterns` (exact names).", default_factory=list)
+    mask_credentials: bool = setting(
+        True,
+        doc="Mask values that look like credentials wherever they appear (attribute values, log bodies, status "
+        "and exception messages): `sk-…` API keys, `Bearer …`/`Basic …` tokens, AWS access keys, GitHub, Google "
+        "and Slack tokens, JWTs, passwords in URLs.",
+    )
+    value_patterns: dict[str, str] = setting(
+        doc="More credential shapes to mask: rule name → regular expression (the whole match is masked).",
+        default_factory=dict,
+    )
+    capture_content: bool = setting(
+        False,
+        doc="Keep prompt and completion content (`content_keys`, the bodies of `content_events`). Credentials in "
+        "it are still masked.",
+    )
+    content_keys: list[str] = setting(
+        doc="Attributes holding prompt or completion content, dropped unless `capture_content`; a key also covers "
+        "its sub-keys (`gen_ai.prompt.0.content`).",
+        default_factory=lambda: list(DEFAULT_CONTENT_KEYS),
+    )
+    content_events: list[str] = setting(
+        doc="Log records with these event names carry message content in their body, emptied unless `capture_content`.",
+        default_factory=lambda: list(DEFAULT_CONTENT_EVENTS),
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for index, pattern in enumerate(self.key_patterns):
+            yield from _check_regex(f"key_patterns[{index}]", pattern)
+        for name, pattern in self.value_patterns.items():
+            if not _RULE_NAME.match(name):
+                yield f"value_patterns.{name}", "rule names are lower_snake_case (they label the redaction counter)"
+            yield from _check_regex(f"value_patterns.{name}", pattern)
+            if not _check_empty_match(pattern):
+                yield f"value_patterns.{name}", "must not match the empty string"
+
+
+def _check_regex(path: str, pattern: str) -> Iterator[tuple[str, str]]:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        yield path, f"not a valid regular expression: {exc}"
+
+
+def _check_empty_match(pattern: str) -> bool:
+    try:
+        return re.fullmatch(pattern, "") is None
+    except re.error:
+        return True  # reported by _check_regex

@@ -1,0 +1,89 @@
+"""The ``redaction`` pipeline stage for traces and logs: rules applied in place, counted per rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, CreateSettings, Signal
+from agent.processors.redaction.config import RedactionConfig
+from agent.processors.redaction.rules import CONTENT_RULE, Redactor
+
+
+class RedactionProcessor:
+    """Redacts every batch before passing it on; never refuses or holds data itself."""
+
+    def __init__(self, config: RedactionConfig, settings: CreateSettings, signal: Signal, next_consumer: Consumer):
+        self._redactor = Redactor(config)
+        self._signal = signal
+        self._next = next_consumer
+        self._cid = settings.component_id
+        self._redacted = settings.metrics.counter(
+            "redaction_total",
+            "Values redacted, by rule: key:<pattern> (attribute keys), a credential shape (openai_key, "
+            "bearer_token, ...) or content (prompt and completion content removed).",
+            ["processor", "rule"],
+        )
+
+    def consume(self, batch: Message) -> None:
+        counts: Counter[str] = Counter()
+        if self._signal is Signal.TRACES:
+            self._traces(batch, counts)
+        elif self._signal is Signal.LOGS:
+            self._logs(batch, counts)
+        for rule, count in counts.items():
+            self._redacted.labels(self._cid, rule).inc(count)
+        self._next.consume(batch)
+
+    async def start(self) -> None:
+        return None
+
+    async def shutdown(self, deadline: float) -> None:
+        return None
+
+    def _traces(self, batch: Any, counts: Counter[str]) -> None:
+        redactor = self._redactor
+        for resource_spans in batch.resource_spans:
+            redactor.attributes(resource_spans.resource.attributes, counts)
+            for scope_spans in resource_spans.scope_spans:
+                redactor.attributes(scope_spans.scope.attributes, counts)
+                for span in scope_spans.spans:
+                    redactor.attributes(span.attributes, counts)
+                    name = span.name
+                    masked = redactor.mask_text(name, counts)
+                    if masked is not name:
+                        span.name = masked
+                    if span.status.message:
+                        span.status.message = redactor.mask_text(span.status.message, counts)
+                    for event in span.events:
+                        redactor.attributes(event.attributes, counts)
+                    for link in span.links:
+                        redactor.attributes(link.attributes, counts)
+
+    def _logs(self, batch: Any, counts: Counter[str]) -> None:
+        redactor = self._redactor
+        for resource_logs in batch.resource_logs:
+            redactor.attributes(resource_logs.resource.attributes, counts)
+            for scope_logs in resource_logs.scope_logs:
+                redactor.attributes(scope_logs.scope.attributes, counts)
+                for record in scope_logs.log_records:
+                    if self._is_content_event(record) and record.HasField("body"):
+                        record.ClearField("body")
+                        counts[CONTENT_RULE] += 1
+                    else:
+                        redactor.value(record.body, counts)
+                    redactor.attributes(record.attributes, counts)
+
+    def _is_content_event(self, record: Any) -> bool:
+        if record.event_name:
+            return self._redactor.is_content_event(record.event_name)
+        for kv in record.attributes:
+            if kv.key == "event.name":
+                return self._redactor.is_content_event(kv.value.string_value)
+        return False
+
+
+def create(config: RedactionConfig, settings: CreateSettings, signal: Signal, next_consumer: Consumer) -> Any:
+    return RedactionProcessor(config, settings, signal, next_consumer)

@@ -1,0 +1,122 @@
+"""The redaction rules and the walk over OTLP attributes and values that applies them.
+
+Three kinds of rule, each counted under its own name:
+  - ``key:<pattern>``: an attribute whose key matches has its (text, bytes, list or map) value replaced;
+  - a credential shape (``openai_key``, ``bearer_token`` …): the matching part of any text value is masked;
+  - ``content``: prompt and completion attributes are removed, GenAI message event bodies emptied.
+
+Per item the cost is one dictionary look-up per attribute key (decisions about keys are cached) and, for text
+values, one search with a single combined expression; the per-rule substitutions run only when it matches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from agent.processors.redaction.config import RedactionConfig
+
+MASK = "[REDACTED]"
+CONTENT_RULE = "content"
+
+# name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
+CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
+    "openai_key": (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}", MASK),
+    "bearer_token": (r"(\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]{8,}=*", r"\1" + MASK),
+    "basic_auth": (r"(\b(?i:basic)\s+)[A-Za-z0-9+/]{12,}={0,2}", r"\1" + MASK),
+    "aws_access_key": (r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", MASK),
+    "github_token": (r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", MASK),
+    "google_api_key": (r"\bAIza[0-9A-Za-z\-_]{35}", MASK),
+    "slack_token": (r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", MASK),
+    "jwt": (r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", MASK),
+    "url_password": (r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+(@)", r"\1" + MASK + r"\2"),
+}
+
+_DROP = "drop"
+_REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
+_KEY_CACHE_LIMIT = 4096
+
+
+class Redactor:
+    """Applies the configured rules in place; ``counts`` collects how often each rule fired."""
+
+    def __init__(self, config: RedactionConfig) -> None:
+        self._config = config
+        self._key_rules = [(f"key:{p}", re.compile(p, re.IGNORECASE)) for p in config.key_patterns]
+        self._allow = frozenset(config.allow_keys)
+        self._content_keys = tuple(config.content_keys)
+        self._content_prefixes = tuple(k + "." for k in config.content_keys)
+        self._content_events = frozenset(config.content_events)
+        rules = dict(CREDENTIAL_RULES) if config.mask_credentials else {}
+        rules.update({name: (pattern, MASK) for name, pattern in config.value_patterns.items()})
+        self._value_rules = [(name, re.compile(pattern), replacement) for name, (pattern, replacement) in rules.items()]
+        self._any_value = re.compile("|".join(f"(?:{p})" for p, _ in rules.values())) if rules else None
+        self._keys: dict[str, str | None] = {}
+
+    # --- keys -------------------------------------------------------------------------------------------------------
+
+    def key_action(self, key: str) -> str | None:
+        """``"drop"`` for content, a ``key:`` rule name to redact, or None; cached per key."""
+        action = self._keys.get(key, "")
+        if action != "":
+            return action
+        action = self._decide(key)
+        if len(self._keys) >= _KEY_CACHE_LIMIT:
+            self._keys.clear()
+        self._keys[key] = action
+        return action
+
+    def _decide(self, key: str) -> str | None:
+        if not self._config.capture_content and (key in self._content_keys or key.startswith(self._content_prefixes)):
+            return _DROP
+        if key in self._allow:
+            return None
+        for name, pattern in self._key_rules:
+            if pattern.search(key):
+                return name
+        return None
+
+    # --- values -----------------------------------------------------------------------------------------------------
+
+    def mask_text(self, text: str, counts: Counter[str]) -> str:
+        if self._any_value is None or not self._any_value.search(text):
+            return text
+        for name, pattern, replacement in self._value_rules:
+            text, found = pattern.subn(replacement, text)
+            if found:
+                counts[name] += found
+        return text
+
+    def attributes(self, attributes: Any, counts: Counter[str]) -> None:
+        """Redact a repeated ``KeyValue`` field in place (removing content attributes)."""
+        dropped: list[int] = []
+        for index, kv in enumerate(attributes):
+            action = self.key_action(kv.key)
+            if action is None:
+                self.value(kv.value, counts)
+            elif action == _DROP:
+                dropped.append(index)
+                counts[CONTENT_RULE] += 1
+            elif kv.value.WhichOneof("value") in _REDACTABLE and kv.value.string_value != MASK:
+                kv.value.string_value = MASK  # setting the oneof clears any other kind
+                counts[action] += 1
+        for index in reversed(dropped):
+            del attributes[index]
+
+    def value(self, value: Any, counts: Counter[str]) -> None:
+        """Mask credentials in an ``AnyValue`` (recursing into lists and maps) in place."""
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            text = value.string_value
+            masked = self.mask_text(text, counts)
+            if masked is not text:
+                value.string_value = masked
+        elif kind == "kvlist_value":
+            self.attributes(value.kvlist_value.values, counts)
+        elif kind == "array_value":
+            for item in value.array_value.values:
+                self.value(item, counts)
+
+    def is_content_event(self, name: str) -> bool:
+        return not self._config.capture_content and name in self._content_events
