@@ -1,0 +1,184 @@
+"""The ``redaction`` processor: keys, credential-shaped values, prompt content; counted per rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from agent.component import Signal
+from agent.config.schema import ConfigError, build
+from agent.processors.redaction import RedactionConfig, RedactionProcessor
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import attr
+from tests.delivery_doubles import build_config, make_settings
+from tests.helpers import metric_value
+
+OPENAI_KEY = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+BEARER = "eyJhbGciOiJIUzI1NiJ9abcdefgh"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[Message] = []
+
+    def consume(self, batch: Message) -> None:
+        self.batches.append(batch)
+
+
+def processor(signal: Signal, metrics: SelfMetrics, **raw: Any) -> tuple[RedactionProcessor, Sink]:
+    sink = Sink()
+    config = build_config(RedactionConfig, raw)
+    return RedactionProcessor(config, make_settings("redaction", metrics), signal, sink), sink
+
+
+def kvlist(**values: str) -> AnyValue:
+    value = AnyValue()
+    value.kvlist_value.values.extend(attr(k, v) for k, v in values.items())
+    return value
+
+
+def span_request() -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.append(attr("service.name", "llm-gateway"))
+    span = resource_spans.scope_spans.add().spans.add(name="chat gpt-4o")
+    span.attributes.extend(
+        [
+            attr("db.password", "hunter2"),
+            attr("http.request.header.authorization", f"Bearer {BEARER}"),
+            attr("OPENAI_API_KEY", OPENAI_KEY),
+            attr("gen_ai.usage.input_tokens", 120),
+            attr("gen_ai.request.model", "gpt-4o"),
+            attr("gen_ai.prompt", "You are a helpful assistant. My SSN is 123-45-6789"),
+            attr("gen_ai.prompt.0.content", "hello"),
+            attr("gen_ai.input.messages", '[{"role": "user"}]'),
+            attr("tool.arguments", f"curl -H 'Authorization: Bearer {BEARER}' https://admin:s3cr3t@example.com/x"),
+            attr("aws.config", f"key={AWS_KEY} region=eu-west-1"),
+            KeyValue(key="http.request.header.cookie", value=kvlist(session="abc")),
+            KeyValue(key="request.body", value=kvlist(api_key="x", user="bob")),
+        ]
+    )
+    span.status.message = f"401 for key {OPENAI_KEY}"
+    event = span.events.add(name="exception")
+    event.attributes.append(attr("exception.message", f"invalid api key {OPENAI_KEY} for org"))
+    return request
+
+
+def attributes(message: Any) -> dict[str, Any]:
+    return {kv.key: kv.value for kv in message.attributes}
+
+
+def test_secrets_in_span_keys_values_messages_and_events_are_redacted() -> None:
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.TRACES, metrics)
+    stage.consume(span_request())
+    (out,) = sink.batches
+    span = out.resource_spans[0].scope_spans[0].spans[0]
+    found = attributes(span)
+    assert found["db.password"].string_value == "[REDACTED]"
+    assert found["http.request.header.authorization"].string_value == "[REDACTED]"
+    assert found["OPENAI_API_KEY"].string_value == "[REDACTED]"
+    assert found["http.request.header.cookie"].string_value == "[REDACTED]"
+    assert found["gen_ai.usage.input_tokens"].int_value == 120  # a count under a "token" key is not a secret
+    assert found["gen_ai.request.model"].string_value == "gpt-4o"
+    assert found["tool.arguments"].string_value == (
+        "curl -H 'Authorization: Bearer [REDACTED]' https://admin:[REDACTED]@example.com/x"
+    )
+    assert found["aws.config"].string_value == "key=[REDACTED] region=eu-west-1"
+    body = {kv.key: kv.value.string_value for kv in found["request.body"].kvlist_value.values}
+    assert body == {"api_key": "[REDACTED]", "user": "bob"}
+    assert span.status.message == "401 for key [REDACTED]"
+    assert attributes(span.events[0])["exception.message"].string_value == "invalid api key [REDACTED] for org"
+    serialized = out.SerializeToString()
+    for secret in (b"hunter2", OPENAI_KEY.encode(), AWS_KEY.encode(), BEARER.encode(), b"s3cr3t", b"SSN"):
+        assert secret not in serialized
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="key:password") == 1
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="openai_key") == 2
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="bearer_token") == 1
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="url_password") == 1
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="aws_access_key") == 1
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="content") == 3
+
+
+def test_prompt_content_is_kept_with_capture_content_but_credentials_in_it_are_still_masked() -> None:
+    stage, sink = processor(Signal.TRACES, SelfMetrics(), capture_content=True)
+    request = span_request()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.append(attr("gen_ai.completion", f"Use the key {OPENAI_KEY}"))
+    stage.consume(request)
+    found = attributes(sink.batches[0].resource_spans[0].scope_spans[0].spans[0])
+    assert found["gen_ai.prompt"].string_value.startswith("You are a helpful assistant")
+    assert found["gen_ai.completion"].string_value == "Use the key [REDACTED]"
+
+
+def log_request(body: AnyValue, event_name: str = "", **extra: str) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add(event_name=event_name)
+    record.body.CopyFrom(body)
+    record.attributes.extend(attr(k, v) for k, v in extra.items())
+    return request
+
+
+def test_credentials_in_log_bodies_and_attributes_are_masked() -> None:
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.LOGS, metrics)
+    stage.consume(log_request(AnyValue(string_value=f"calling provider with {OPENAI_KEY}"), user_token="t0k3n"))
+    stage.consume(log_request(kvlist(password="p", message=f"aws {AWS_KEY}")))
+    first, second = (b.resource_logs[0].scope_logs[0].log_records[0] for b in sink.batches)
+    assert first.body.string_value == "calling provider with [REDACTED]"
+    assert attributes(first)["user_token"].string_value == "[REDACTED]"
+    assert {kv.key: kv.value.string_value for kv in second.body.kvlist_value.values} == {
+        "password": "[REDACTED]",
+        "message": "aws [REDACTED]",
+    }
+
+
+def test_genai_message_event_bodies_are_emptied_unless_content_is_captured() -> None:
+    stage, sink = processor(Signal.LOGS, SelfMetrics())
+    stage.consume(log_request(kvlist(content="my prompt"), event_name="gen_ai.user.message"))
+    stage.consume(log_request(AnyValue(string_value="the answer"), **{"event.name": "gen_ai.choice"}))
+    stage.consume(log_request(AnyValue(string_value="ordinary log")))
+    records = [b.resource_logs[0].scope_logs[0].log_records[0] for b in sink.batches]
+    assert [r.HasField("body") for r in records] == [False, False, True]
+
+    keep, kept = processor(Signal.LOGS, SelfMetrics(), capture_content=True)
+    keep.consume(log_request(kvlist(content="my prompt"), event_name="gen_ai.user.message"))
+    assert kept.batches[0].resource_logs[0].scope_logs[0].log_records[0].HasField("body")
+
+
+def test_custom_key_and_value_patterns_and_allowed_keys() -> None:
+    metrics = SelfMetrics()
+    stage, sink = processor(
+        Signal.TRACES,
+        metrics,
+        key_patterns=["^x-internal-"],
+        allow_keys=["x-internal-trace"],
+        value_patterns={"employee_id": r"\bEMP-\d{6}\b"},
+        mask_credentials=False,
+    )
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="lookup EMP-123456")
+    span.attributes.extend(
+        [attr("x-internal-user", "u"), attr("x-internal-trace", "t"), attr("password", "p"), attr("k", OPENAI_KEY)]
+    )
+    stage.consume(request)
+    out = sink.batches[0].resource_spans[0].scope_spans[0].spans[0]
+    found = {k: v.string_value for k, v in attributes(out).items()}
+    assert found == {"x-internal-user": "[REDACTED]", "x-internal-trace": "t", "password": "p", "k": OPENAI_KEY}
+    assert out.name == "lookup [REDACTED]"
+    assert metric_value(metrics.render().decode(), "otel_sidecar_redaction_total", rule="employee_id") == 1
+
+
+def test_the_config_rejects_bad_patterns() -> None:
+    errors: list[ConfigError] = []
+    build(RedactionConfig, {"key_patterns": ["(unclosed"], "value_patterns": {"Bad-Name": ".*"}}, "p", errors)
+    messages = [str(e) for e in errors]
+    assert any(m.startswith("p.key_patterns[0]: not a valid regular expression") for m in messages)
+    assert "p.value_patterns.Bad-Name: rule names are lower_snake_case (they label the redaction counter)" in messages
+    assert "p.value_patterns.Bad-Name: must not match the empty string" in messages
