@@ -1,0 +1,582 @@
+"""The prometheus exporter: OpenTelemetry→Prometheus rules, exposition formats, promtool, the catalogue names."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import subprocess
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Exemplar,
+    ExponentialHistogramDataPoint,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    SummaryDataPoint,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from agent.component import CreateSettings, Kind, Signal
+from agent.config.schema import HostPort
+from agent.connectors.spanmetrics.config import GenAiConfig, SpanMetricsConfig
+from agent.connectors.spanmetrics.connector import SpanMetricsConnector
+from agent.exporters.prometheus.accumulator import Accumulator
+from agent.exporters.prometheus.config import PrometheusExporterConfig
+from agent.exporters.prometheus.exporter import PrometheusExporter
+from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload, attr
+from tests.helpers import free_port, metric_value
+
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+S = 1_000_000_000
+
+
+def settings(metrics: SelfMetrics, cid: str = "prometheus", kind: Kind = Kind.EXPORTER) -> CreateSettings:
+    from agent.config.service import ServiceConfig
+
+    return CreateSettings(cid, kind, logging.getLogger(f"test.{cid}"), metrics, ServiceConfig(), {})
+
+
+def exporter(cfg: PrometheusExporterConfig | None = None) -> tuple[PrometheusExporter, SelfMetrics]:
+    metrics = SelfMetrics()
+    return PrometheusExporter(cfg or PrometheusExporterConfig(), settings(metrics)), metrics
+
+
+def request(*metrics: Metric, resource: dict[str, str] | None = None, scope: InstrumentationScope | None = None) -> Any:
+    res = Resource(attributes=[attr(k, v) for k, v in (resource or {}).items()])
+    return ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(resource=res, scope_metrics=[ScopeMetrics(scope=scope, metrics=metrics)])]
+    )
+
+
+def number(value: float, start: int = 0, end: int = 1, **labels: str) -> NumberDataPoint:
+    return NumberDataPoint(
+        as_double=value,
+        start_time_unix_nano=start * S,
+        time_unix_nano=end * S,
+        attributes=[attr(k, v) for k, v in labels.items()],
+    )
+
+
+def sum_metric(
+    name: str, *points: NumberDataPoint, monotonic: bool = True, temporality: int = CUMULATIVE, unit: str = ""
+) -> Metric:
+    metric = Metric(name=name, unit=unit, description=f"{name} help")
+    metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+    metric.sum.is_monotonic = monotonic
+    metric.sum.data_points.extend(points)
+    return metric
+
+
+def histogram_metric(name: str, *points: HistogramDataPoint, temporality: int = CUMULATIVE, unit: str = "s") -> Metric:
+    metric = Metric(name=name, unit=unit, description="latency")
+    metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+    metric.histogram.data_points.extend(points)
+    return metric
+
+
+def text(exp: PrometheusExporter) -> str:
+    return generate_latest(exp.registry).decode()
+
+
+def openmetrics(exp: PrometheusExporter) -> str:
+    return generate_openmetrics(exp.registry).decode()
+
+
+def dropped(metrics: SelfMetrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "otel_sidecar_prometheus_dropped_points_total", {"exporter": "prometheus", "reason": reason}
+    )
+    return value or 0.0
+
+
+# --- naming ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "kind", "expected"),
+    [
+        ("orchestrator.spans", "{span}", "counter", "orchestrator_spans"),
+        ("orchestrator.span.duration", "s", "histogram", "orchestrator_span_duration_seconds"),
+        ("orchestrator.llm.cost_usd", "{USD}", "counter", "orchestrator_llm_cost_usd"),
+        ("gen_ai.client.operation.duration", "s", "histogram", "gen_ai_client_operation_duration_seconds"),
+        ("gen_ai.client.token.usage", "{token}", "histogram", "gen_ai_client_token_usage"),
+        ("http.server.request.duration", "s", "histogram", "http_server_request_duration_seconds"),
+        ("process.memory.usage", "By", "gauge", "process_memory_usage_bytes"),
+        ("system.cpu.utilization", "1", "gauge", "system_cpu_utilization_ratio"),
+        ("queue.items", "1", "counter", "queue_items"),
+        ("vehicle.speed", "m/s", "gauge", "vehicle_speed_meters_per_second"),
+        ("requests.total", "", "counter", "requests"),
+        ("latency_seconds", "s", "histogram", "latency_seconds"),
+        ("gen_ai.usage.cost", "USD", "histogram", "gen_ai_usage_cost_USD"),
+        ("weird..name__x", "", "gauge", "weird_name_x"),
+        ("2xx.responses", "", "counter", "_2xx_responses"),
+    ],
+)
+def test_metric_names_follow_the_opentelemetry_to_prometheus_rules(
+    name: str, unit: str, kind: str, expected: str
+) -> None:
+    assert metric_family_name(name, unit, counter=kind == "counter", gauge=kind == "gauge") == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("service.name", "service_name"),
+        ("http.response.status_code", "http_response_status_code"),
+        ("1st", "key_1st"),
+        ("a-b/c", "a_b_c"),
+        ("otel.metric.overflow", "otel_metric_overflow"),
+    ],
+)
+def test_label_names_are_sanitized(key: str, expected: str) -> None:
+    assert sanitize_label_name(key) == expected
+
+
+def test_unit_annotations_are_dropped_and_unknown_units_kept() -> None:
+    assert unit_suffix("{request}") == ""
+    assert unit_suffix("ms") == "milliseconds"
+    assert unit_suffix("KiBy") == "kibibytes"
+    assert unit_suffix("{packet}/s") == "per_second"
+    assert unit_suffix("USD") == "USD"
+
+
+# --- type and temporality mapping ---------------------------------------------------------------------------------
+
+
+def test_a_cumulative_monotonic_sum_is_a_counter_with_the_latest_value() -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("jobs.done", number(5, 0, 1, queue="a"), unit="{job}")))
+    exp.consume(request(sum_metric("jobs.done", number(8, 0, 2, queue="a"), unit="{job}")))
+    exp.consume(request(sum_metric("jobs.done", number(6, 0, 1, queue="a"), unit="{job}")))  # older: ignored
+    out = text(exp)
+    assert "# TYPE jobs_done_total counter" in out
+    assert metric_value(out, "jobs_done_total", queue="a") == 8
+    assert dropped(metrics, "out_of_order") == 1
+
+
+def test_delta_sums_accumulate_while_aligned_and_overlaps_are_dropped() -> None:
+    exp, metrics = exporter()
+    for start, end, value in ((0, 10, 3), (10, 20, 4), (30, 40, 5), (35, 45, 100)):
+        exp.consume(request(sum_metric("hits", number(value, start, end), temporality=DELTA)))
+    assert metric_value(text(exp), "hits_total") == 12  # 3 + 4, gap accepted: + 5; overlap dropped
+    assert dropped(metrics, "misaligned_delta") == 1
+
+
+def test_non_monotonic_sums_are_gauges_and_delta_ones_are_dropped() -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("queue.depth", number(-3), monotonic=False)))
+    exp.consume(request(sum_metric("queue.change", number(2), monotonic=False, temporality=DELTA)))
+    out = text(exp)
+    assert "# TYPE queue_depth gauge" in out and metric_value(out, "queue_depth") == -3
+    assert "queue_change" not in out
+    assert dropped(metrics, "delta_non_monotonic") == 1
+
+
+def test_gauges_pass_through_with_unit_suffix() -> None:
+    exp, _ = exporter()
+    gauge = Metric(name="process.memory.usage", unit="By", description="rss")
+    gauge.gauge.data_points.append(number(1024))
+    exp.consume(request(gauge))
+    out = text(exp)
+    assert "# TYPE process_memory_usage_bytes gauge" in out
+    assert metric_value(out, "process_memory_usage_bytes") == 1024
+
+
+def test_cumulative_histograms_become_classic_histograms_with_exemplars_in_their_buckets() -> None:
+    exp, _ = exporter()
+    point = HistogramDataPoint(
+        start_time_unix_nano=0,
+        time_unix_nano=5 * S,
+        count=6,
+        sum=7.5,
+        bucket_counts=[1, 2, 3],
+        explicit_bounds=[0.5, 1.0],
+        exemplars=[
+            Exemplar(as_double=0.7, trace_id=b"\xaa" * 16, span_id=b"\xbb" * 8, time_unix_nano=4 * S),
+            Exemplar(as_double=3.0, trace_id=b"\xcc" * 16, span_id=b"\xdd" * 8, time_unix_nano=4 * S),
+        ],
+    )
+    exp.consume(request(histogram_metric("rpc.duration", point)))
+    out = text(exp)
+    assert metric_value(out, "rpc_duration_seconds_bucket", le="0.5") == 1
+    assert metric_value(out, "rpc_duration_seconds_bucket", le="1.0") == 3
+    assert metric_value(out, "rpc_duration_seconds_bucket", le="+Inf") == 6
+    assert metric_value(out, "rpc_duration_seconds_count") == 6
+    assert metric_value(out, "rpc_duration_seconds_sum") == 7.5
+    om = openmetrics(exp)
+    bucket_1 = next(line for line in om.splitlines() if 'le="1.0"' in line)
+    assert f'trace_id="{"aa" * 16}"' in bucket_1 and f'span_id="{"bb" * 8}"' in bucket_1
+    inf = next(line for line in om.splitlines() if 'le="+Inf"' in line)
+    assert "cc" * 16 in inf
+    assert "# UNIT rpc_duration_seconds seconds" in om
+
+
+def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
+    exp, metrics = exporter()
+
+    def point(start: int, end: int, counts: list[int], bounds: list[float]) -> HistogramDataPoint:
+        return HistogramDataPoint(
+            start_time_unix_nano=start * S,
+            time_unix_nano=end * S,
+            count=sum(counts),
+            sum=float(sum(counts)),
+            bucket_counts=counts,
+            explicit_bounds=bounds,
+        )
+
+    exp.consume(request(histogram_metric("d", point(0, 10, [1, 1], [1.0]), temporality=DELTA)))
+    exp.consume(request(histogram_metric("d", point(10, 20, [2, 0], [1.0]), temporality=DELTA)))
+    exp.consume(request(histogram_metric("d", point(20, 30, [1, 1, 1], [1.0, 2.0]), temporality=DELTA)))
+    out = text(exp)
+    assert metric_value(out, "d_seconds_bucket", le="1.0") == 3
+    assert metric_value(out, "d_seconds_count") == 4
+    assert dropped(metrics, "bucket_mismatch") == 1
+
+
+def test_exponential_histograms_are_exposed_as_classic_buckets_at_their_boundaries() -> None:
+    exp, metrics = exporter()
+    point = ExponentialHistogramDataPoint(
+        time_unix_nano=S, count=10, sum=20.0, scale=0, zero_count=1, zero_threshold=0.0
+    )
+    point.positive.offset = 0
+    point.positive.bucket_counts.extend([2, 3])  # (1, 2] and (2, 4]
+    point.negative.offset = 1
+    point.negative.bucket_counts.extend([4])  # [-4, -2)
+    metric = Metric(name="payload.size", unit="By")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(point)
+    exp.consume(request(metric))
+    out = text(exp)
+    assert metric_value(out, "payload_size_bytes_bucket", le="-2.0") == 4
+    assert metric_value(out, "payload_size_bytes_bucket", le="0.0") == 5
+    assert metric_value(out, "payload_size_bytes_bucket", le="2.0") == 7
+    assert metric_value(out, "payload_size_bytes_bucket", le="4.0") == 10
+    assert metric_value(out, "payload_size_bytes_bucket", le="+Inf") == 10
+    delta = Metric(name="payload.size2")
+    delta.exponential_histogram.aggregation_temporality = DELTA
+    delta.exponential_histogram.data_points.append(point)
+    exp.consume(request(delta))
+    assert dropped(metrics, "delta_exponential_histogram") == 1
+
+
+def test_summaries_keep_their_quantiles() -> None:
+    exp, _ = exporter()
+    metric = Metric(name="gc.pause", unit="s")
+    point = SummaryDataPoint(time_unix_nano=S, count=3, sum=0.6)
+    point.quantile_values.add(quantile=0.5, value=0.2)
+    point.quantile_values.add(quantile=0.99, value=0.3)
+    metric.summary.data_points.append(point)
+    exp.consume(request(metric))
+    out = text(exp)
+    assert "# TYPE gc_pause_seconds summary" in out
+    assert metric_value(out, "gc_pause_seconds", quantile="0.99") == 0.3
+    assert metric_value(out, "gc_pause_seconds_count") == 3
+
+
+def test_resource_becomes_target_info_and_job_instance_labels_and_scope_becomes_labels() -> None:
+    exp, _ = exporter()
+    exp.consume(
+        request(
+            sum_metric("orders", number(2)),
+            resource={
+                "service.name": "checkout",
+                "service.namespace": "shop",
+                "service.instance.id": "pod-1",
+                "deployment.environment": "prod",
+            },
+            scope=InstrumentationScope(name="shop.instrumentation", version="1.2.0"),
+        )
+    )
+    out = text(exp)
+    labels = {"job": "shop/checkout", "instance": "pod-1"}
+    scope = {"otel_scope_name": "shop.instrumentation", "otel_scope_version": "1.2.0"}
+    assert metric_value(out, "orders_total", **scope, **labels) == 2
+    target = next(line for line in out.splitlines() if line.startswith("target_info{"))
+    assert 'job="shop/checkout"' in target and 'instance="pod-1"' in target
+    assert 'deployment_environment="prod"' in target and "service_name" not in target
+
+
+def test_metrics_without_resource_or_scope_get_exactly_their_own_labels() -> None:
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("orders", number(2, region="eu"))))
+    out = text(exp)
+    assert 'orders_total{region="eu"} 2.0' in out
+    assert "target_info" not in out
+
+
+def test_resource_attributes_can_be_copied_onto_every_series() -> None:
+    exp, _ = exporter(PrometheusExporterConfig(resource_to_telemetry_conversion=True, without_scope_info=True))
+    exp.consume(
+        request(
+            sum_metric("orders", number(2)),
+            resource={"service.name": "checkout", "k8s.pod.name": "p"},
+            scope=InstrumentationScope(name="s"),
+        )
+    )
+    line = next(line for line in text(exp).splitlines() if line.startswith("orders_total"))
+    assert 'k8s_pod_name="p"' in line and 'job="checkout"' in line and "otel_scope_name" not in line
+
+
+def test_colliding_attribute_keys_are_joined_with_a_semicolon() -> None:
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("c", number(1, **{"a.b": "x", "a_b": "y"}))))
+    assert 'c_total{a_b="x;y"} 1.0' in text(exp)
+
+
+def test_series_that_stop_receiving_points_expire() -> None:
+    now = [100.0]
+    drops: list[str] = []
+    acc = Accumulator(300.0, 1000, lambda reason, n: drops.append(reason), clock=lambda: now[0])
+    acc.consume(request(sum_metric("old", number(1)), sum_metric("kept", number(1))))
+    now[0] += 200
+    acc.consume(request(sum_metric("kept", number(2, 0, 2))))
+    now[0] += 150
+    families, _ = acc.snapshot()
+    assert [f.name for f in families] == ["kept"]
+    assert acc.series_count == 1
+
+
+def test_a_no_recorded_value_point_removes_its_series() -> None:
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("c", number(1, region="eu"), number(1, region="us"))))
+    gone = number(0, 0, 2, region="eu")
+    gone.flags = 1
+    exp.consume(request(sum_metric("c", gone)))
+    out = text(exp)
+    assert 'region="us"' in out and 'region="eu"' not in out
+
+
+def test_the_series_limit_drops_and_counts_new_series() -> None:
+    exp, metrics = exporter(PrometheusExporterConfig(max_series=3))
+    exp.consume(request(sum_metric("c", *[number(1, user=str(i)) for i in range(10)])))
+    assert text(exp).count("c_total{") == 3
+    assert dropped(metrics, "series_limit") == 7
+    assert metrics.registry.get_sample_value("otel_sidecar_prometheus_series", {"exporter": "prometheus"}) == 3
+
+
+def test_a_name_reused_with_another_type_is_dropped_and_counted() -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("thing", number(1))))  # counter family "thing" (thing_total)
+    gauge = Metric(name="thing")
+    gauge.gauge.data_points.append(number(5))
+    exp.consume(request(gauge))
+    exp.consume(request(histogram_metric("thing", HistogramDataPoint(count=1, bucket_counts=[1]), unit="")))
+    out = text(exp)
+    assert "# TYPE thing_total counter" in out and metric_value(out, "thing_total") == 1
+    assert "# TYPE thing gauge" not in out
+    assert dropped(metrics, "type_conflict") == 2
+
+
+def test_a_non_monotonic_sum_and_a_gauge_of_one_name_are_one_gauge() -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("level", number(1), monotonic=False)))
+    gauge = Metric(name="level")
+    gauge.gauge.data_points.append(number(5, 0, 2))
+    exp.consume(request(gauge))
+    assert metric_value(text(exp), "level") == 5
+    assert dropped(metrics, "type_conflict") == 0
+
+
+def test_unspecified_temporality_is_dropped() -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("c", number(1), temporality=0)))
+    assert "c_total" not in text(exp)
+    assert dropped(metrics, "unspecified_temporality") == 1
+
+
+# --- span metrics through the exporter ---------------------------------------------------------------------------
+
+
+def catalogue_exporter(semconv: bool = False) -> PrometheusExporter:
+    metrics = SelfMetrics()
+    exp = PrometheusExporter(PrometheusExporterConfig(), settings(metrics))
+    cfg = SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=semconv))
+    connector = SpanMetricsConnector(cfg, settings(metrics, "spanmetrics", Kind.CONNECTOR), {Signal.METRICS: exp})
+    for batch, _ in Workload(seed=11, error_rate=0.1).requests(200):
+        connector.consume(batch)
+    exp.consume(_orchestrator_own_metrics())
+    connector.flush()
+    return exp
+
+
+def _orchestrator_own_metrics() -> Any:
+    # An orchestrator's own OTLP counter, passed through next to the span metrics.
+    return request(
+        sum_metric("orchestrator.active_workflows", number(3), monotonic=False),
+        resource={"service.name": "orchestrator"},
+        scope=InstrumentationScope(name="llm_orchestrator_core"),
+    )
+
+
+def test_span_metrics_are_exposed_under_the_catalogue_names_and_labels() -> None:
+    out = text(catalogue_exporter())
+    families = {
+        "orchestrator_spans_total": "counter",
+        "orchestrator_span_duration_seconds": "histogram",
+        "orchestrator_workflow_executions_total": "counter",
+        "orchestrator_workflow_duration_seconds": "histogram",
+        "orchestrator_step_executions_total": "counter",
+        "orchestrator_step_duration_seconds": "histogram",
+        "orchestrator_llm_requests_total": "counter",
+        "orchestrator_llm_request_duration_seconds": "histogram",
+        "orchestrator_llm_tokens_total": "counter",
+        "orchestrator_llm_cost_usd_total": "counter",
+        "orchestrator_errors_total": "counter",
+    }
+    for name, kind in families.items():
+        assert f"# TYPE {name} {kind}" in out, name
+    spans = next(line for line in out.splitlines() if line.startswith("orchestrator_spans_total{"))
+    assert sorted(label.split("=")[0] for label in spans[spans.index("{") + 1 : spans.index("}")].split(",")) == [
+        "service_name",
+        "span_kind",
+        "span_name",
+        "status_code",
+    ]
+    assert 'orchestrator_workflow_duration_seconds_bucket{le="120.0",workflow_name="rag-pipeline"}' in out
+    assert 'orchestrator_step_duration_seconds_bucket{le="0.01",step_type="llm"}' in out
+    assert 'orchestrator_llm_request_duration_seconds_bucket{le="60.0",model="gpt-4o",provider="openai"}' in out
+    assert metric_value(out, "orchestrator_workflow_executions_total", status="failure") > 0
+    assert 'orchestrator_active_workflows{job="orchestrator",otel_scope_name="llm_orchestrator_core"} 3.0' in out
+
+
+def test_the_opentelemetry_genai_metrics_get_their_standard_prometheus_names() -> None:
+    out = text(catalogue_exporter(semconv=True))
+    assert "# TYPE gen_ai_client_operation_duration_seconds histogram" in out
+    assert "# TYPE gen_ai_client_token_usage histogram" in out
+    assert 'gen_ai_token_type="input"' in out and 'le="6.7108864e+07"' in out and 'le="81.92"' in out
+
+
+# --- exposition ------------------------------------------------------------------------------------------------
+
+
+def promtool(exposition: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_promtool_reports_nothing_on_the_text_format() -> None:
+    exp = catalogue_exporter(semconv=True)
+    _every_otlp_type(exp)
+    result = promtool(text(exp))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_the_openmetrics_format_parses_strictly_and_promtool_reports_nothing_on_its_families() -> None:
+    exp = catalogue_exporter(semconv=True)
+    _every_otlp_type(exp)
+    om = openmetrics(exp)
+    assert om.endswith("# EOF\n") and " # {" in om  # exemplars are OpenMetrics only
+    # prometheus_client's OpenMetrics parser enforces the OpenMetrics 1.0 grammar (EOF, suffixes, exemplar size).
+    families = list(text_string_to_metric_families(om))
+    assert {f.name for f in families} >= {"orchestrator_spans", "orchestrator_span_duration_seconds", "target"}
+    # promtool only reads the text format: lint the very families OpenMetrics declared, re-encoded as text.
+
+    class Parsed:
+        def collect(self) -> list[Any]:
+            return families
+
+    result = promtool(generate_latest(Parsed()).decode())  # type: ignore[arg-type]
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def _every_otlp_type(exp: PrometheusExporter) -> None:
+    gauge = Metric(name="process.memory.usage", unit="By", description="Resident memory.")
+    gauge.gauge.data_points.append(number(1024))
+    summary = Metric(name="gc.pause", unit="s", description="GC pauses.")
+    point = SummaryDataPoint(time_unix_nano=S, count=3, sum=0.6)
+    point.quantile_values.add(quantile=0.5, value=0.2)
+    summary.summary.data_points.append(point)
+    histogram = histogram_metric(
+        "http.server.request.duration",
+        HistogramDataPoint(
+            time_unix_nano=S,
+            count=2,
+            sum=0.3,
+            bucket_counts=[1, 1],
+            explicit_bounds=[0.25],
+            exemplars=[Exemplar(as_double=0.1, trace_id=b"\x01" * 16, span_id=b"\x02" * 8, time_unix_nano=S)],
+        ),
+    )
+    exp.consume(
+        request(
+            gauge,
+            summary,
+            histogram,
+            sum_metric("http.server.requests", number(2), unit="{request}"),
+            resource={"service.name": "api", "service.instance.id": "i-1", "host.name": "h"},
+            scope=InstrumentationScope(name="api.scope", version="0.1"),
+        )
+    )
+
+
+async def test_the_endpoint_negotiates_text_or_openmetrics_and_gzip() -> None:
+    port = free_port()
+    exp, metrics = exporter(PrometheusExporterConfig(endpoint=HostPort(f"127.0.0.1:{port}")))
+    exp.consume(request(histogram_metric("rpc.duration", HistogramDataPoint(
+        time_unix_nano=S, count=1, sum=0.2, bucket_counts=[1, 0], explicit_bounds=[0.5],
+        exemplars=[Exemplar(as_double=0.2, trace_id=b"\x0a" * 16, span_id=b"\x0b" * 8, time_unix_nano=S)],
+    ))))  # fmt: skip
+    await exp.start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                body = (await response.read()).decode()
+                assert "rpc_duration_seconds_bucket" in body and "# EOF" not in body and "trace_id" not in body
+            prometheus_accept = (
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )
+            headers = {"Accept": prometheus_accept, "Accept-Encoding": "gzip"}
+            async with session.get(url, headers=headers) as response:
+                assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+                assert response.headers["Content-Encoding"] == "gzip"
+                body = gzip.decompress(await response.read()).decode()
+                assert body.endswith("# EOF\n") and 'trace_id="' + "0a" * 16 + '"' in body
+            async with session.get(f"http://127.0.0.1:{port}/other") as response:
+                assert response.status == 404
+    finally:
+        await exp.shutdown(time.monotonic() + 1)
+        await exp.shutdown(time.monotonic() + 1)
+    for fmt in ("text", "openmetrics"):
+        assert (
+            metrics.registry.get_sample_value(
+                "otel_sidecar_prometheus_scrapes_total", {"exporter": "prometheus", "format": fmt}
+            )
+            == 1.0
+        )
+
+
+def test_bad_exporter_settings_are_reported_with_their_paths() -> None:
+    from agent.config.loader import load_text
+    from agent.config.schema import ConfigInvalid
+
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(
+            """
+receivers: {otlp: {}}
+exporters: {prometheus: {endpoint: "nowhere", path: metrics, max_series: 0}}
+service: {pipelines: {metrics: {receivers: [otlp], exporters: [prometheus]}}}
+"""
+        )
+    message = str(caught.value)
+    assert "exporters.prometheus.endpoint: must be host:port" in message
+    assert "exporters.prometheus.max_series: must be positive" in message
