@@ -1,0 +1,107 @@
+"""Routing by retention class: ``retention_classes`` on an exporter, checked against ``service.retention``."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agent.component import Signal
+from agent.config.loader import load_text
+from agent.config.schema import ConfigInvalid
+from agent.config.service import RetentionConfig, ServiceConfig
+from agent.exporters._helper.retention import RetentionFilter
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import attr
+from tests.delivery_doubles import make_settings
+from tests.helpers import metric_value
+
+
+def traces(*classes: str | None) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for index, retention_class in enumerate(classes):
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.attributes.append(attr("service.name", f"svc{index}"))
+        if retention_class is not None:
+            resource_spans.resource.attributes.append(attr("retention.class", retention_class))
+        resource_spans.scope_spans.add().spans.add(name=f"span{index}")
+        resource_spans.scope_spans.add().spans.add(name=f"other{index}")
+    return request
+
+
+def services(request: ExportTraceServiceRequest) -> list[str]:
+    return [rs.resource.attributes[0].value.string_value for rs in request.resource_spans]
+
+
+def test_an_archive_exporter_keeps_only_error_and_critical_resources() -> None:
+    metrics = SelfMetrics()
+    archive = RetentionFilter(["error", "critical"], make_settings("otlp/jaeger_archive", metrics))
+    batch = traces("standard", "error", None, "critical", "bogus")
+    assert archive.apply(Signal.TRACES, batch)
+    assert services(batch) == ["svc1", "svc3"]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 0
+
+
+def test_an_exporter_without_retention_classes_takes_everything_and_counts_by_class() -> None:
+    metrics = SelfMetrics()
+    primary = RetentionFilter([], make_settings("otlp/jaeger", metrics))
+    batch = traces("standard", "error", None)
+    assert primary.apply(Signal.TRACES, batch)
+    assert services(batch) == ["svc0", "svc1", "svc2"]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 4
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
+
+
+def test_nothing_left_means_the_batch_is_not_for_this_exporter() -> None:
+    archive = RetentionFilter(["error"], make_settings("otlp/archive"))
+    assert not archive.apply(Signal.TRACES, traces("standard", None))
+
+
+def test_unclassified_data_follows_the_configured_default_class() -> None:
+    service = ServiceConfig(retention=RetentionConfig(default_class="error"))
+    archive = RetentionFilter(["error"], make_settings("otlp/archive", service=service))
+    batch = traces(None, "standard")
+    assert archive.apply(Signal.TRACES, batch)
+    assert services(batch) == ["svc0"]
+
+
+def test_log_resources_are_routed_the_same_way() -> None:
+    request = ExportLogsServiceRequest()
+    for retention_class in ("error", "standard"):
+        resource_logs = request.resource_logs.add()
+        resource_logs.resource.attributes.append(attr("retention.class", retention_class))
+        resource_logs.scope_logs.add().log_records.add()
+    assert RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
+    assert [rl.resource.attributes[0].value.string_value for rl in request.resource_logs] == ["standard"]
+
+
+CONFIG = """
+receivers:
+  otlp: {grpc: {endpoint: "127.0.0.1:0"}}
+exporters:
+  otlp/jaeger: {endpoint: "jaeger:4317", tls: {insecure: true}}
+  otlp/jaeger_archive: {endpoint: "jaeger-archive:4317", retention_classes: [%s]}
+  loki: {endpoint: "http://loki:3100/loki/api/v1/push", retention_classes: [%s]}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlp/jaeger, otlp/jaeger_archive, loki]}
+    logs: {receivers: [otlp], exporters: [loki]}
+"""
+
+
+def test_retention_classes_named_by_exporters_must_be_defined() -> None:
+    assert load_text(CONFIG % ("error, critical", "")).exporters["otlp/jaeger_archive"].config.retention_classes == [
+        "error",
+        "critical",
+    ]
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(CONFIG % ("error, eror", "standard, standard"))
+    messages = [str(e) for e in raised.value.errors]
+    assert (
+        "exporters.otlp/jaeger_archive.retention_classes[1]: unknown retention class 'eror'; "
+        "defined classes: error, critical, standard"
+    ) in messages
+    assert "exporters.loki.retention_classes[1]: names standard more than once" in messages
