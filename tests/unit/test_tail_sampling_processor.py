@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 
 import pytest
 
@@ -216,6 +217,32 @@ def test_flooding_past_max_traces_decides_the_oldest_early_keeps_the_buffer_flat
     assert decided == sent - 100  # each forced trace decided once; the newest 100 still wait
     r.tick_after(10)
     assert r.metric("otel_sidecar_sampling_decisions_total") == sent
+
+
+def test_the_heap_stays_flat_while_a_flood_of_traces_passes_through_a_full_buffer() -> None:
+    class Counting(Sink):
+        def consume(self, batch: object) -> None:
+            self.refusals += 0  # discard: only the sampler's own memory is measured
+
+    r = rig(max_traces=200, decision_cache={"kept_size": 100, "dropped_size": 10_000})
+    r.sampler._consumers[r.traces.signal] = Counting()
+    requests = [batch for batch, _ in Workload(seed=14).requests(6000)]
+    for batch in requests[:2000]:  # fill the buffer and the kept cache
+        r.traces.consume(batch)
+    tracemalloc.start()
+    try:
+        for batch in requests[2000:4000]:
+            r.traces.consume(batch)
+        middle = tracemalloc.get_traced_memory()[0]
+        for batch in requests[4000:]:
+            r.traces.consume(batch)
+        end = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    passed_through = sum(batch.ByteSize() for batch in requests[4000:])
+    assert end - middle < passed_through / 20, (middle, end, passed_through)
+    assert len(r.sampler.buffer) == 200
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_traces") == 6000 - 200
 
 
 def test_the_byte_bound_decides_the_oldest_traces_early_and_holds() -> None:

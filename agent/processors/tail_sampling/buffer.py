@@ -36,7 +36,7 @@ class BufferedTrace:
         self.bytes = TRACE_OVERHEAD_BYTES
 
     def clear(self) -> None:
-        """Let go of the data once released (a stale root-queue entry may still point at this object)."""
+        """Let go of the data once released, even if something still refers to this object."""
         self.spans = []
         self.logs = []
 
@@ -59,7 +59,8 @@ class TraceBuffer:
         self._decision_wait = decision_wait
         self._after_root = after_root
         self.traces: collections.OrderedDict[bytes, BufferedTrace] = collections.OrderedDict()
-        self._root_deadlines: collections.deque[tuple[float, BufferedTrace]] = collections.deque()
+        # (deadline, trace id): ids, not trace objects, so entries of traces decided by other means stay small.
+        self._root_deadlines: collections.deque[tuple[float, bytes]] = collections.deque()
         self.bytes = 0
         self.spans = 0
 
@@ -95,7 +96,7 @@ class TraceBuffer:
             return
         trace.root_seen = now
         if self._after_root > 0:
-            self._root_deadlines.append((now + self._after_root, trace))
+            self._root_deadlines.append((now + self._after_root, trace.trace_id))
 
     def remove(self, trace: BufferedTrace) -> None:
         del self.traces[trace.trace_id]
@@ -122,9 +123,11 @@ class TraceBuffer:
         seen = {id(t) for t in due}
         roots = self._root_deadlines
         while roots and roots[0][0] <= now:
-            _, trace = roots.popleft()
-            # A trace decided earlier (by age or a bound) may still sit in this queue: skip it.
-            if self.traces.get(trace.trace_id) is trace and id(trace) not in seen:
+            deadline, trace_id = roots.popleft()
+            # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
+            # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
+            trace = self.traces.get(trace_id)
+            if trace is not None and self._is_entry_of(trace, deadline) and id(trace) not in seen:
                 due.append(trace)
                 seen.add(id(trace))
         return due
@@ -132,9 +135,15 @@ class TraceBuffer:
     def all(self) -> list[BufferedTrace]:
         return list(self.traces.values())
 
+    def _is_entry_of(self, trace: BufferedTrace, deadline: float) -> bool:
+        return trace.root_seen is not None and trace.root_seen + self._after_root == deadline
+
     def clear_root_queue_of_stale(self) -> None:
-        """Drop queue entries of traces already gone, so the queue cannot outgrow the buffer."""
-        if len(self._root_deadlines) > 2 * len(self.traces) + 1024:
+        """Drop entries of traces already decided, so the queue stays within twice the buffer (amortized O(1))."""
+        if len(self._root_deadlines) > 2 * len(self.traces) + 256:
+            live = self.traces
             self._root_deadlines = collections.deque(
-                (d, t) for d, t in self._root_deadlines if self.traces.get(t.trace_id) is t
+                (deadline, trace_id)
+                for deadline, trace_id in self._root_deadlines
+                if (trace := live.get(trace_id)) is not None and self._is_entry_of(trace, deadline)
             )

@@ -223,6 +223,7 @@ class TailSampler:
         else:
             self._enforce_bounds(release)
         self._emit(release)
+        self.buffer.clear_root_queue_of_stale()
         self._update_gauges()
 
     def _refuse_if_full(self) -> None:
