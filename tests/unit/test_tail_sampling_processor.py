@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from agent.component import PermanentError, Refused
+from agent.config.loader import load_text
 from agent.otlp.probability import threshold_for
+from agent.pipeline.graph import Graph
+from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
 from tests.unit.test_tail_sampling_support import (
     DROPPED_AT_10,
@@ -442,3 +446,27 @@ def test_all_documented_self_metrics_are_exposed_under_their_exact_names() -> No
         "otel_sidecar_sampling_refused_spans_total",
     ):
         assert f"\n{name}{{" in text, name
+
+
+async def test_the_graph_builds_one_sampler_for_the_traces_and_logs_pipelines_of_one_component_id(
+    tmp_path: Path,
+) -> None:
+    text = f"""
+receivers: {{otlp: {{}}}}
+processors: {{tail_sampling: {{decision_wait: 30s}}}}
+exporters: {{file: {{path: "{tmp_path}"}}}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [tail_sampling], exporters: [file]}}
+    logs: {{receivers: [otlp], processors: [tail_sampling], exporters: [file]}}
+"""
+    graph = Graph(load_text(text, environ={}), SelfMetrics())
+    instances = [c for kind, cid, c in graph.components if cid == "tail_sampling"]
+    assert len(instances) == 2 and instances[0].sampler is instances[1].sampler
+    traces = next(c for c in instances if c.signal.value == "traces")
+    logs = next(c for c in instances if c.signal.value == "logs")
+    traces.consume(spans_request(span(ERROR_TRACE, 1, root=True, error=True)))
+    logs.consume(logs_request(log_record(ERROR_TRACE, body="held")))
+    assert len(traces.sampler.buffer) == 1
+    await traces.sampler.shutdown(time.monotonic() + 5)  # what the graph's shutdown does first
+    assert len(traces.sampler.buffer) == 0 and traces.sampler.pending_bytes == 0
