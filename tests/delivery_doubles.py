@@ -7,11 +7,13 @@ the next requests with a failure.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import json
 import logging
 import re
+import socket
 import threading
 import zlib
 from collections.abc import Iterator
@@ -119,7 +121,7 @@ class OtlpCapture:
         self.http_port = free_port()
         self.capture = Capture()
         self._grpc: grpc.Server | None = None
-        self._http: http.server.ThreadingHTTPServer | None = None
+        self._http: _Server | None = None
 
     @property
     def grpc_endpoint(self) -> str:
@@ -150,8 +152,7 @@ class OtlpCapture:
             self._grpc.stop(0).wait()
             self._grpc = None
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.take_down()
             self._http = None
 
     def __enter__(self) -> OtlpCapture:
@@ -221,9 +222,38 @@ class _QuietHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _serve_http(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+class _Server(http.server.ThreadingHTTPServer):
+    """Remembers its open connections so that stopping it really takes the backend down (keep-alive
+    connections would otherwise go on being served by their handler threads)."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", port), handler)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def take_down(self) -> None:
+        self.shutdown()
+        self.server_close()
+        with self.connections_lock:
+            for connection in list(self.connections):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+def _serve_http(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> _Server:
+    server = _Server(port, handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -269,7 +299,7 @@ class LokiDouble:
         self.pushes: list[LokiPush] = []
         self.failures: list[PlannedFailure] = []
         self.attempts = 0
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
 
     @property
     def url(self) -> str:
@@ -281,8 +311,7 @@ class LokiDouble:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.take_down()
             self._server = None
 
     def __enter__(self) -> LokiDouble:

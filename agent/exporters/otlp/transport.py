@@ -85,6 +85,9 @@ class GrpcTransport:
             ("grpc.max_send_message_length", 64 * _MIB),
             ("grpc.max_receive_message_length", 4 * _MIB),
             ("grpc.enable_retries", 0),  # retries are ours, with the OTLP rules and counted
+            # Notice a backend that is back within seconds, not after gRPC's default reconnect backoff (120 s).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         if config.tls.server_name_override:
             options.append(("grpc.ssl_target_name_override", config.tls.server_name_override))
