@@ -322,3 +322,21 @@ def _next_line_is_a_deeper_key(lines: list[str], index: int, depth: int) -> bool
 def test_the_documentation_check_finds_an_undocumented_value() -> None:
     text = "# -- documented\na: 1\nimage:\n  # -- the tag\n  tag: x\n  pullPolicy: Always\n"
     assert undocumented_values(text) == ["image.pullPolicy"]
+
+
+def test_the_image_runs_as_non_root_with_the_config_path_and_ports_the_chart_uses() -> None:
+    """docker cannot run here; check the Dockerfile against what the chart expects of the image."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
+    assert re.search(r"^EXPOSE 4317 4318 9464 13133$", dockerfile, re.M)
+    assert 'ENTRYPOINT ["otel-sidecar"]' in dockerfile
+    assert 'CMD ["run", "--config", "/etc/otel-sidecar/config.yaml"]' in dockerfile
+    assert "chown 10001:10001 /var/lib/otel-sidecar" in dockerfile
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["securityContext"]["runAsUser"] == 10001
+    assert {p["containerPort"] for p in values["ports"].values()} == {4317, 4318, 9464, 13133}
+    for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.M):
+        assert (REPO / source).exists(), source
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", ".tools", ".git", "tests"} <= set(ignored)
+    assert "agent" not in ignored
