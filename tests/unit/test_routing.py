@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.component import Signal
-from agent.config.loader import load_text
+from agent.config.loader import load_path, load_text
 from agent.config.schema import ConfigInvalid
 from agent.config.service import RetentionConfig, ServiceConfig
 from agent.exporters._helper.retention import RetentionFilter
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import make_settings
-from tests.helpers import metric_value
+from tests.helpers import REPO, metric_value
 
 
 def traces(*classes: str | None) -> ExportTraceServiceRequest:
@@ -105,3 +106,31 @@ def test_retention_classes_named_by_exporters_must_be_defined() -> None:
         "defined classes: error, critical, standard"
     ) in messages
     assert "exporters.loki.retention_classes[1]: names standard more than once" in messages
+
+
+def hours(text: str) -> float:
+    assert text.endswith("h"), text
+    return float(text[:-1])
+
+
+def test_the_shipped_config_routes_long_classes_to_the_archive_and_the_backend_configs_agree() -> None:
+    config = load_path(REPO / "config" / "agent.yaml")
+    classes = {name: float(duration) / 3600 for name, duration in config.service.retention.classes.items()}
+    archive = config.exporters["otlp/jaeger_archive"].config.retention_classes
+    longest = max(classes.values())
+    assert sorted(archive) == sorted(name for name, period in classes.items() if period == longest)
+    assert config.exporters["otlp/jaeger"].config.retention_classes == []
+
+    loki = yaml.safe_load((REPO / "deploy" / "loki" / "loki-config.yaml").read_text())
+    streams = {rule["selector"]: hours(rule["period"]) for rule in loki["limits_config"]["retention_stream"]}
+    assert streams == {f'{{retention="{name}"}}': period for name, period in classes.items()}
+    assert hours(loki["limits_config"]["retention_period"]) == classes[config.service.retention.default_class]
+    assert loki["compactor"]["retention_enabled"] is True
+
+    jaeger = yaml.safe_load((REPO / "deploy" / "jaeger" / "config.yaml").read_text())
+    backends = jaeger["extensions"]["jaeger_storage"]["backends"]
+    query = jaeger["extensions"]["jaeger_query"]["storage"]
+    assert hours(backends[query["traces"]]["badger"]["ttl"]["spans"]) == min(classes.values())
+    assert hours(backends[query["traces_archive"]]["badger"]["ttl"]["spans"]) == longest
+    archive_port = config.exporters["otlp/jaeger_archive"].config.endpoint.rsplit(":", 1)[1].split("}")[0]
+    assert jaeger["receivers"]["otlp/archive"]["protocols"]["grpc"]["endpoint"].endswith(":" + archive_port)
