@@ -157,14 +157,21 @@ class AttributeScanner:
         self.component = tuple(self.slot_of[k] for k in attrs.component)
         self.model_slots = self.genai.slots[Concept.RESPONSE_MODEL] + self.genai.slots[Concept.REQUEST_MODEL]
 
-    def scan(self, span: Span) -> list[AnyValue | None]:
-        values: list[AnyValue | None] = [None] * self.size
+    def scan(self, span: Span) -> list[AnyValue | None] | None:
+        """The values of the keys of interest by slot, or None when the span has none of them (the common case
+        for plain RED spans: nothing else to look at)."""
+        values: list[AnyValue | None] | None = None
         slot_of = self.slot_of
         for kv in span.attributes:
             slot = slot_of.get(kv.key)
             if slot is not None:
+                if values is None:
+                    values = [None] * self.size
                 values[slot] = kv.value
         return values
+
+    def names_a_model(self, values: list[AnyValue | None]) -> bool:
+        return any(values[slot] is not None for slot in self.model_slots)
 
 
 def first_text(values: Sequence[AnyValue | None], slots: Sequence[int]) -> str | None:
@@ -279,17 +286,24 @@ class SpanMetricsConnector:
         trace_state = span.trace_state
         weight = self._adjusted_count(trace_state) if trace_state else 1.0
         hist_weight = 1 if weight == 1.0 else self._round_weight(weight)
-        duration = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e9
-        failed = span.status.code == _ERROR
+        end = span.end_time_unix_nano
+        duration = max(end - span.start_time_unix_nano, 0) / 1e9
+        status_code = span.status.code
+        failed = status_code == _ERROR
         exemplar = None
-        if self._exemplars and (
-            (failed and self._error_exemplars) or randomness(span.trace_id) >= self._exemplar_threshold
-        ):
-            exemplar = (span.trace_id, span.span_id, span.end_time_unix_nano)
+        if self._exemplars:
+            trace_id = span.trace_id
+            if (failed and self._error_exemplars) or randomness(trace_id) >= self._exemplar_threshold:
+                exemplar = (trace_id, span.span_id, end)
 
-        red_key = (service, span.name, SPAN_KIND_NAMES.get(span.kind, ""), STATUS_CODE_NAMES.get(span.status.code, ""))
+        red_key = (service, span.name, SPAN_KIND_NAMES.get(span.kind, ""), STATUS_CODE_NAMES.get(status_code, ""))
         f.spans.add(red_key, weight, now)
         f.span_duration.observe(red_key, duration, hist_weight, now, exemplar)
+        if values is None:
+            if failed:
+                error_type = self._exception_type(span) or OTHER_ERROR
+                f.errors.add((error_type, service), weight, now)
+            return
         status = "failure" if failed else "success"
         role = ""
 
@@ -308,8 +322,7 @@ class SpanMetricsConnector:
             f.step_executions.add((step_type, step_status), weight, now)
             f.step_duration.observe((step_type,), duration, hist_weight, now, exemplar)
 
-        model_slots = scanner.model_slots
-        if any(values[slot] is not None for slot in model_slots) and self._record_llm(
+        if scanner.names_a_model(values) and self._record_llm(
             values, weight, hist_weight, duration, failed, now, exemplar
         ):
             role = role or "provider"
