@@ -7,6 +7,7 @@ from typing import Any
 from agent.component import Factory, Kind
 from agent.connectors import spanmetrics as spanmetrics_connector
 from agent.exporters import file as file_exporter
+from agent.exporters import loadbalancing as loadbalancing_exporter
 from agent.exporters import loki as loki_exporter
 from agent.exporters import nop as nop_exporter
 from agent.exporters import otlp as otlp_exporter
@@ -24,6 +25,7 @@ FACTORIES: tuple[Factory[Any], ...] = (
     redaction.FACTORY,
     spanmetrics_connector.FACTORY,
     prometheus_exporter.FACTORY,
+    loadbalancing_exporter.FACTORY,
 )
 
 

@@ -1,0 +1,90 @@
+"""Configuration of the ``loadbalancing`` exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config.schema import Duration, setting
+from agent.exporters._helper.queue import SendingQueueConfig
+from agent.exporters._helper.retry import RetryConfig
+from agent.exporters._helper.tls import TlsClientConfig
+from agent.exporters.otlp.config import OtlpExporterConfig
+
+
+@dataclass(frozen=True)
+class BackendProtocolConfig:
+    """How each gateway is spoken to: the ``otlp`` exporter's settings without an endpoint."""
+
+    protocol: Literal["grpc", "http/protobuf"] = setting("grpc", doc="OTLP transport to the gateways.")
+    compression: Literal["gzip", "none"] = setting("gzip", doc="Request compression.")
+    headers: dict[str, str] = setting(doc="Headers sent with every request.", default_factory=dict, secret=True)
+    tls: TlsClientConfig = setting(doc="TLS client settings.", default_factory=TlsClientConfig)
+    timeout: Duration = setting(Duration(5.0), doc="Time one export to one gateway may take.")
+
+    def for_backend(self, endpoint: str) -> OtlpExporterConfig:
+        target = endpoint if self.protocol == "grpc" else f"{'https' if not self.tls.insecure else 'http'}://{endpoint}"
+        return OtlpExporterConfig(
+            endpoint=target,
+            protocol=self.protocol,
+            compression=self.compression,
+            headers=self.headers,
+            tls=self.tls,
+            timeout=self.timeout,
+        )
+
+
+@dataclass(frozen=True)
+class StaticResolverConfig:
+    hostnames: list[str] = setting(doc="Gateways as `host:port`.", default_factory=list)
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for index, hostname in enumerate(self.hostnames):
+            host, _, port = hostname.rpartition(":")
+            if not host or not port.isdigit():
+                yield f"hostnames[{index}]", f"must be host:port, got {hostname!r}"
+
+
+@dataclass(frozen=True)
+class DnsResolverConfig:
+    hostname: str = setting(doc="Name whose A records are the gateways (a Kubernetes headless Service).")
+    port: int = setting(4317, doc="Port of every gateway.", minimum=1, maximum=65535)
+    interval: Duration = setting(Duration(5.0), doc="How often the name is resolved again.")
+    timeout: Duration = setting(Duration(1.0), doc="Time one resolution may take.")
+    nameservers: list[str] = setting(
+        doc="`ip[:port]` of DNS servers to ask instead of the system's (`/etc/resolv.conf`).", default_factory=list
+    )
+
+
+@dataclass(frozen=True)
+class ResolverConfig:
+    static: StaticResolverConfig | None = setting(None, doc="A fixed list of gateways.")
+    dns: DnsResolverConfig | None = setting(None, doc="Gateways from DNS, re-resolved periodically.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if (self.static is None) == (self.dns is None):
+            yield "", "set exactly one of static and dns"
+        elif self.static is not None and not self.static.hostnames:
+            yield "static.hostnames", "must name at least one gateway"
+
+
+@dataclass(frozen=True)
+class LoadBalancingExporterConfig:
+    routing_key: Literal["traceID"] = setting(
+        "traceID", doc="What picks the gateway: every span and log of a trace goes to the same one."
+    )
+    protocol: BackendProtocolConfig = setting(doc="How gateways are reached.", default_factory=BackendProtocolConfig)
+    resolver: ResolverConfig = setting(doc="Where the gateways are.", default_factory=ResolverConfig)
+    backend_cooldown: Duration = setting(
+        Duration(5.0),
+        doc="A gateway that fails with a retryable error is taken out of the ring for this long; its traces go "
+        "to the next gateway on the ring meanwhile.",
+    )
+    retry_on_failure: RetryConfig = setting(
+        doc="Retries when no gateway took the data.",
+        default_factory=lambda: RetryConfig(initial_interval=Duration(1.0)),
+    )
+    sending_queue: SendingQueueConfig = setting(
+        doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=SendingQueueConfig
+    )

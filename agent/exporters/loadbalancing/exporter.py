@@ -1,0 +1,199 @@
+"""``loadbalancing`` exporter: every span and log of a trace to the same gateway, chosen by the trace id.
+
+One sending queue holds whole batches; each push splits its batch over the current ring and sends the parts to
+their gateways concurrently. A gateway that fails with a retryable error leaves the ring for
+``backend_cooldown``: its part is split again over the remaining gateways at once (every sidecar sees the same
+dead gateway, so they agree on the new owner). Parts already delivered are removed from the batch before the
+queue retries what is left, so a retry never resends them. Membership comes from a resolver; a gateway that
+disappears simply stops being an owner, and batches still queued go to the new owners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, CreateSettings, Signal
+from agent.exporters._helper.batcher import merge
+from agent.exporters._helper.queue import SendingQueue
+from agent.exporters._helper.retry import PermanentExportError, RetryableError
+from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
+from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
+from agent.exporters.loadbalancing.ring import HashRing
+from agent.exporters.loadbalancing.split import split_logs, split_traces
+from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
+from agent.otlp.signals import SPECS
+from agent.telemetry.logs import RateLimitedLog
+
+_SPLITTERS = {Signal.TRACES: split_traces, Signal.LOGS: split_logs}
+
+
+class _SignalConsumer:
+    def __init__(self, queue: SendingQueue, signal: Signal) -> None:
+        self._queue = queue
+        self._signal = signal
+
+    def consume(self, batch: Message) -> None:
+        self._queue.offer(self._signal, batch)
+
+
+class LoadBalancingExporter:
+    def __init__(self, config: LoadBalancingExporterConfig, settings: CreateSettings) -> None:
+        self._config = config
+        self._settings = settings
+        self._log = RateLimitedLog(settings.logger)
+        self._transports: dict[str, Transport] = {}
+        self._ejected_until: dict[str, float] = {}
+        self._ring = HashRing([])
+        self._ring_key: tuple[str, ...] = ()
+        self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
+        self._resolver = self._make_resolver()
+        self._init_metrics()
+
+    def consumer_for(self, signal: Signal) -> Consumer:
+        return _SignalConsumer(self._queue, signal)
+
+    async def start(self) -> None:
+        await self._resolver.start(self._set_backends)
+        await self._queue.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._queue.shutdown(deadline)
+        await self._resolver.shutdown()
+        await asyncio.gather(*(t.close() for t in self._transports.values()))
+        self._transports.clear()
+
+    # --- membership -------------------------------------------------------------------------------------------
+
+    def _make_resolver(self) -> Resolver:
+        resolver = self._config.resolver
+        if resolver.static is not None:
+            return StaticResolver(resolver.static.hostnames)
+        assert resolver.dns is not None
+        dns = resolver.dns
+        return DnsResolver(
+            dns.hostname,
+            dns.port,
+            float(dns.interval),
+            float(dns.timeout),
+            dns.nameservers,
+            self._log,
+            lambda outcome: self._resolutions.labels(self._settings.component_id, outcome).inc(),
+        )
+
+    async def _set_backends(self, endpoints: list[str]) -> None:
+        added = [e for e in endpoints if e not in self._transports]
+        removed = [e for e in self._transports if e not in endpoints]
+        for endpoint in added:
+            transport = self._make_transport(endpoint)
+            await transport.start()
+            self._transports[endpoint] = transport
+        for endpoint in removed:
+            transport = self._transports.pop(endpoint)
+            self._ejected_until.pop(endpoint, None)
+            asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
+        self._backends.labels(self._settings.component_id).set(len(self._transports))
+        self._settings.logger.info(
+            "gateway membership changed",
+            extra={"exporter": self._settings.component_id, "gateways": endpoints, "added": added, "removed": removed},
+        )
+
+    def _make_transport(self, endpoint: str) -> Transport:
+        config = self._config.protocol.for_backend(endpoint)
+        return GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
+
+    def _healthy_ring(self) -> HashRing:
+        now = time.monotonic()
+        healthy = tuple(sorted(e for e in self._transports if self._ejected_until.get(e, 0.0) <= now))
+        if healthy != self._ring_key:
+            self._ring, self._ring_key = HashRing(healthy), healthy
+            self._healthy.labels(self._settings.component_id).set(len(healthy))
+        return self._ring
+
+    def _eject(self, endpoint: str, error: Exception) -> None:
+        self._ejected_until[endpoint] = time.monotonic() + float(self._config.backend_cooldown)
+        self._ejections.labels(self._settings.component_id, endpoint).inc()
+        self._log.warning(
+            f"eject:{endpoint}",
+            f"gateway {endpoint} failed ({error}); its traces go to the next gateway for "
+            f"{self._config.backend_cooldown.render()}",
+            exporter=self._settings.component_id,
+        )
+
+    # --- sending ----------------------------------------------------------------------------------------------
+
+    async def _push(self, signal: Signal, batch: Message) -> int:
+        """Deliver every part of ``batch`` to its gateway, re-routing around failed ones; return items rejected.
+
+        Raises RetryableError (after leaving only the undelivered items in ``batch``) when no gateway took them.
+        """
+        pending: Message | None = batch
+        rejected = 0
+        last_error: Exception | None = None
+        for _round in range(len(self._transports) + 1):
+            ring = self._healthy_ring()
+            if pending is None or not len(ring):
+                break
+            parts = _SPLITTERS[signal](pending, ring.owner)
+            outcomes = await asyncio.gather(*(self._send(signal, gw, part) for gw, part in parts.items()))
+            retry: list[Message] = []
+            for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
+                if isinstance(outcome, RetryableError):
+                    self._eject(gateway, outcome)
+                    retry.append(part)
+                    last_error = outcome
+                else:
+                    rejected += outcome
+            pending = merge(retry) if retry else None
+            if pending is not None:
+                self._reroutes.labels(self._settings.component_id, signal.value).inc(SPECS[signal].count_items(pending))
+        if pending is None:
+            return rejected
+        if pending is not batch:
+            batch.Clear()
+            batch.MergeFrom(pending)  # what was delivered is not sent again by the queue's retry
+        raise last_error or RetryableError("no gateway is available", reason="no_backends")
+
+    async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
+        transport = self._transports.get(gateway)
+        if transport is None:  # removed while this batch was being split
+            return RetryableError(f"gateway {gateway} left", reason="gateway_removed")
+        items = SPECS[signal].count_items(part)
+        try:
+            response = await transport.export(signal, part, float(self._config.protocol.timeout))
+        except RetryableError as exc:
+            return exc
+        except PermanentExportError as exc:
+            self._log.warning(f"rejected:{gateway}", f"gateway {gateway} rejected {items} items for good: {exc}")
+            return items
+        self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
+        if response.HasField("partial_success"):
+            return int(getattr(response.partial_success, SPECS[signal].rejected_field))  # type: ignore[attr-defined]
+        return 0
+
+    def _init_metrics(self) -> None:
+        m, cid = self._settings.metrics, self._settings.component_id
+        self._backends = m.gauge("loadbalancer_backends", "Gateways known from the resolver.", ["exporter"])
+        self._healthy = m.gauge("loadbalancer_healthy_backends", "Gateways currently in the ring.", ["exporter"])
+        self._resolutions = m.counter(
+            "loadbalancer_resolutions_total", "Gateway resolutions by outcome.", ["exporter", "outcome"]
+        )
+        self._routed = m.counter(
+            "loadbalancer_routed_items_total", "Items delivered, per gateway.", ["exporter", "backend", "signal"]
+        )
+        self._reroutes = m.counter(
+            "loadbalancer_rerouted_items_total",
+            "Items sent again to another gateway after theirs failed.",
+            ["exporter", "signal"],
+        )
+        self._ejections = m.counter(
+            "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]
+        )
+        self._backends.labels(cid).set(0)
+        self._healthy.labels(cid).set(0)
+
+
+def _close_later(transport: Transport) -> None:
+    asyncio.ensure_future(transport.close())  # noqa: RUF006 - fire and forget: the channel is no longer used

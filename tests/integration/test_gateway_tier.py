@@ -1,0 +1,217 @@
+"""Sidecars route by trace id to a gateway tier of tail samplers: separate agent processes on 127.0.0.x.
+
+Two "pods" each have a sidecar: one sees the orchestrator's spans of every trace, the other the spans of the
+LLM gateway, vector store and tools. Gateways are found through DNS (a tiny DNS server the test controls
+stands in for a Kubernetes headless Service) and decide traces with the tail sampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from agent.exporters.loadbalancing.ring import HashRing
+from agent.otlp.probability import is_sampled, threshold_for
+from agent.testing.dns_server import DnsServer
+from agent.testing.workload import TraceTruth, Workload, to_request
+from tests.helpers import AgentProcess, free_port, output_spans, wait_until
+
+GATEWAY_NAME = "otel-sidecar-gateway.observability.svc.cluster.local"
+TEN_PERCENT = threshold_for(0.1)
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+POD_A_SERVICES = {"orchestrator"}
+
+
+@dataclass
+class Tier:
+    gateway_port: int
+    gateways: dict[str, AgentProcess]
+    sidecars: list[AgentProcess]
+    dns: DnsServer
+    workdir: Path
+
+    def add_gateway(self, ip: str) -> None:
+        config = gateway_config(ip, self.gateway_port, self.workdir / f"gw-{ip}")
+        (self.workdir / ip).mkdir(exist_ok=True)
+        self.gateways[ip] = AgentProcess(config, self.workdir / ip).start()
+
+    def stop_all(self) -> None:
+        for agent in [*self.sidecars, *self.gateways.values()]:
+            agent.stop()
+
+    def spans_by_gateway(self) -> dict[str, dict[bytes, set[bytes]]]:
+        """For each gateway: trace id → span ids it wrote."""
+        found: dict[str, dict[bytes, set[bytes]]] = {}
+        for ip, agent in self.gateways.items():
+            traces: dict[bytes, set[bytes]] = {}
+            for _resource, _scope, span in output_spans(agent.out_dir):
+                traces.setdefault(span.trace_id, set()).add(span.span_id)
+            found[ip] = traces
+        return found
+
+
+def gateway_config(ip: str, port: int, out: Path) -> dict[str, Any]:
+    return {
+        "receivers": {"otlp": {"grpc": {"endpoint": f"{ip}:{port}"}, "http": {"enabled": False}}},
+        "processors": {"tail_sampling": {"decision_wait": "3s", "decision_wait_after_root": "3s"}},
+        "exporters": {"file": {"path": str(out)}},
+        "service": {
+            "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["tail_sampling"], "exporters": ["file"]}},
+            "telemetry": {"admin": {"endpoint": f"{ip}:{free_port()}"}},
+            "shutdown_timeout": "10s",
+        },
+    }
+
+
+def sidecar_config(port: int, dns: DnsServer, workdir: Path) -> dict[str, Any]:
+    return {
+        "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"}, "http": {"enabled": False}}},
+        "exporters": {
+            "loadbalancing": {
+                "protocol": {"tls": {"insecure": True}, "timeout": "2s"},
+                "resolver": {
+                    "dns": {"hostname": GATEWAY_NAME, "port": port, "interval": "200ms", "nameservers": [dns.address]}
+                },
+                "backend_cooldown": "30s",
+                "retry_on_failure": {"initial_interval": "200ms", "max_interval": "1s"},
+            },
+            "file": {"path": str(workdir / "unused")},
+        },
+        "service": {
+            "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["loadbalancing"]}},
+            "telemetry": {"admin": {"endpoint": f"127.0.0.1:{free_port()}"}},
+            "shutdown_timeout": "10s",
+        },
+    }
+
+
+@contextlib.contextmanager
+def gateway_tier(tmp_path: Path, gateway_ips: list[str]) -> Iterator[Tier]:
+    port = free_port()
+    with DnsServer(GATEWAY_NAME, gateway_ips) as dns:
+        tier = Tier(port, {}, [], dns, tmp_path)
+        try:
+            for ip in gateway_ips:
+                tier.add_gateway(ip)
+            for name in ("pod-a", "pod-b"):
+                (tmp_path / name).mkdir()
+                tier.sidecars.append(AgentProcess(sidecar_config(port, dns, tmp_path / name), tmp_path / name).start())
+            yield tier
+        finally:
+            for agent in [*tier.sidecars, *tier.gateways.values()]:
+                agent.kill()
+
+
+def cross_pod_traces(count: int, seed: int) -> list[tuple[dict[str, list[Span]], TraceTruth]]:
+    """Traces whose error, when they have one, is in one pod only (alternately the orchestrator's or the LLM's)."""
+    workload = Workload(seed=seed, error_rate=0.1)
+    traces = []
+    for index in range(count):
+        spans, truth = workload.trace()
+        if truth.error:
+            healthy_pod = POD_A_SERVICES if index % 2 else set(spans) - POD_A_SERVICES
+            for service in healthy_pod:
+                for span in spans.get(service, []):
+                    span.status.CopyFrom(Status())
+                    del span.attributes[:]
+        traces.append((spans, truth))
+    return traces
+
+
+def send(tier: Tier, traces: list[tuple[dict[str, list[Span]], TraceTruth]]) -> None:
+    """Each pod's sidecar gets its own services' spans of every trace, as separate SDK batches of 20 traces."""
+    for pod, sidecar in enumerate(tier.sidecars):
+        channel = grpc.insecure_channel(sidecar.grpc_endpoint)
+        export = channel.unary_unary(EXPORT)
+        for start in range(0, len(traces), 20):
+            batch: dict[str, list[Span]] = {}
+            for spans, _ in traces[start : start + 20]:
+                for service, service_spans in spans.items():
+                    if (service in POD_A_SERVICES) == (pod == 0):
+                        batch.setdefault(service, []).extend(service_spans)
+            export(to_request(batch).SerializeToString(), timeout=10)
+        channel.close()
+
+
+def check_complete_and_whole(tier: Tier, traces: list[tuple[dict[str, list[Span]], TraceTruth]]) -> dict[bytes, str]:
+    """Every kept trace on exactly one gateway with all its spans; return where each kept trace went."""
+    by_gateway = tier.spans_by_gateway()
+    placement: dict[bytes, str] = {}
+    for ip, found in by_gateway.items():
+        for trace_id in found:
+            assert trace_id not in placement, f"trace {trace_id.hex()} split across {placement.get(trace_id)} and {ip}"
+            placement[trace_id] = ip
+    for spans, truth in traces:
+        expected = {span.span_id for service_spans in spans.values() for span in service_spans}
+        should_keep = truth.error or is_sampled(truth.trace_id, TEN_PERCENT)
+        if should_keep:
+            assert truth.trace_id in placement, f"{'error' if truth.error else 'sampled'} trace lost"
+            assert by_gateway[placement[truth.trace_id]][truth.trace_id] == expected, "trace incomplete"
+        else:
+            assert truth.trace_id not in placement
+    ours = {truth.trace_id for _, truth in traces}
+    return {trace_id: ip for trace_id, ip in placement.items() if trace_id in ours}
+
+
+def test_error_traces_whose_error_is_in_one_pod_come_out_whole_on_one_gateway(tmp_path: Path) -> None:
+    traces = cross_pod_traces(400, seed=21)
+    with gateway_tier(tmp_path, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]) as tier:
+        send(tier, traces)
+        time.sleep(1.0)
+        tier.stop_all()
+        placement = check_complete_and_whole(tier, traces)
+    errors = [t for _, t in traces if t.error]
+    assert len(errors) >= 20
+    assert len(set(placement.values())) == 3  # all gateways took part
+    ring = HashRing([f"{ip}:{tier.gateway_port}" for ip in tier.gateways])
+    assert all(ring.owner(tid).startswith(ip + ":") for tid, ip in placement.items())
+
+
+def test_membership_changes_move_only_the_expected_share_and_lose_nothing(tmp_path: Path) -> None:
+    phases = [cross_pod_traces(300, seed=s) for s in (31, 32, 33)]
+    with gateway_tier(tmp_path, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]) as tier:
+        port = tier.gateway_port
+        send(tier, phases[0])
+        tier.add_gateway("127.0.0.5")
+        tier.dns.addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        wait_until(lambda: all(s.metric("otel_sidecar_loadbalancer_backends") == 4 for s in tier.sidecars))
+        send(tier, phases[1])
+        tier.dns.addresses = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        wait_until(lambda: all(s.metric("otel_sidecar_loadbalancer_backends") == 3 for s in tier.sidecars))
+        send(tier, phases[2])
+        time.sleep(1.0)
+        tier.stop_all()
+        placements = [check_complete_and_whole(tier, phase) for phase in phases]
+    rings = [HashRing(f"127.0.0.{n}:{port}" for n in hosts) for hosts in ((2, 3, 4), (2, 3, 4, 5), (3, 4, 5))]
+    for placement, ring in zip(placements, rings, strict=True):
+        assert all(ring.owner(tid) == f"{ip}:{port}" for tid, ip in placement.items())
+    added = [tid for tid in placements[1] if rings[0].owner(tid) != rings[1].owner(tid)]
+    assert 0.1 < len(added) / len(placements[1]) < 0.4
+    assert {placements[1][tid] for tid in added} == {"127.0.0.5"}
+    removed = [tid for tid in placements[2] if rings[1].owner(tid) != rings[2].owner(tid)]
+    assert all(rings[1].owner(tid) == f"127.0.0.2:{port}" for tid in removed)
+
+
+@pytest.mark.parametrize("victim", ["127.0.0.3"])
+def test_a_gateway_killed_mid_run_is_routed_around_and_nothing_sent_after_is_lost(tmp_path: Path, victim: str) -> None:
+    before, after = cross_pod_traces(200, seed=41), cross_pod_traces(300, seed=42)
+    with gateway_tier(tmp_path, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]) as tier:
+        send(tier, before)
+        tier.gateways[victim].kill()  # SIGKILL: its undecided traces die with it; the sidecars must notice
+        send(tier, after)
+        wait_until(lambda: all(s.metric("otel_sidecar_exporter_queue_size") == 0 for s in tier.sidecars), timeout=30)
+        rerouted = sum(s.metric("otel_sidecar_loadbalancer_rerouted_items_total") for s in tier.sidecars)
+        time.sleep(1.0)
+        del tier.gateways[victim]
+        tier.stop_all()
+        placement = check_complete_and_whole(tier, after)
+    assert victim not in set(placement.values())
+    assert rerouted > 0
