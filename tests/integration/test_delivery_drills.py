@@ -33,7 +33,7 @@ def drill_config(capture: OtlpCapture, loki: LokiDouble, queue_dir: Path | None 
         "batch": {"flush_timeout": "50ms"},
     }
     return {
-        "receivers": {"otlp": {"http": {"endpoint": f"127.0.0.1:{free_port()}"}}},
+        "receivers": {"otlp": {"grpc": {"enabled": False}, "http": {"endpoint": f"127.0.0.1:{free_port()}"}}},
         "exporters": {
             "otlp/jaeger": {"endpoint": capture.grpc_endpoint, "tls": {"insecure": True}, **common},
             "loki": {"endpoint": loki.url, "span_events": "none", **common},

@@ -260,3 +260,16 @@ def test_endpoints_decide_tls_by_scheme_and_otherwise_by_the_insecure_flag() -> 
     assert not build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"insecure": True}}).uses_tls
     assert not build_config(OtlpExporterConfig, {"endpoint": "http://jaeger:4317"}).uses_tls
     assert build_config(OtlpExporterConfig, {"endpoint": "https://jaeger:4317"}).grpc_target == "jaeger:4317"
+
+
+async def test_batches_shared_with_other_exporters_are_never_modified() -> None:
+    batches = traces(10)
+    for request in batches[:5]:
+        with_class(request, "error")
+    before = [b.SerializeToString() for b in batches]
+    with OtlpCapture() as backend:
+        config = exporter_config(
+            backend.grpc_endpoint, retention_classes=["error"], batch={"min_size": 1000, "flush_timeout": "100ms"}
+        )
+        await run_exporter(config, batches, SelfMetrics(), lambda: backend.capture.spans())
+    assert [b.SerializeToString() for b in batches] == before

@@ -38,8 +38,9 @@ def test_an_archive_exporter_keeps_only_error_and_critical_resources() -> None:
     metrics = SelfMetrics()
     archive = RetentionFilter(["error", "critical"], make_settings("otlp/jaeger_archive", metrics))
     batch = traces("standard", "error", None, "critical", "bogus")
-    assert archive.apply(Signal.TRACES, batch)
-    assert services(batch) == ["svc1", "svc3"]
+    part = archive.apply(Signal.TRACES, batch)
+    assert part is not None and services(part) == ["svc1", "svc3"]
+    assert services(batch) == ["svc0", "svc1", "svc2", "svc3", "svc4"]  # shared with other exporters: untouched
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 0
@@ -49,8 +50,7 @@ def test_an_exporter_without_retention_classes_takes_everything_and_counts_by_cl
     metrics = SelfMetrics()
     primary = RetentionFilter([], make_settings("otlp/jaeger", metrics))
     batch = traces("standard", "error", None)
-    assert primary.apply(Signal.TRACES, batch)
-    assert services(batch) == ["svc0", "svc1", "svc2"]
+    assert primary.apply(Signal.TRACES, batch) is batch
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 4
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
@@ -58,15 +58,14 @@ def test_an_exporter_without_retention_classes_takes_everything_and_counts_by_cl
 
 def test_nothing_left_means_the_batch_is_not_for_this_exporter() -> None:
     archive = RetentionFilter(["error"], make_settings("otlp/archive"))
-    assert not archive.apply(Signal.TRACES, traces("standard", None))
+    assert archive.apply(Signal.TRACES, traces("standard", None)) is None
 
 
 def test_unclassified_data_follows_the_configured_default_class() -> None:
     service = ServiceConfig(retention=RetentionConfig(default_class="error"))
     archive = RetentionFilter(["error"], make_settings("otlp/archive", service=service))
-    batch = traces(None, "standard")
-    assert archive.apply(Signal.TRACES, batch)
-    assert services(batch) == ["svc0"]
+    part = archive.apply(Signal.TRACES, traces(None, "standard"))
+    assert part is not None and services(part) == ["svc0"]
 
 
 def test_log_resources_are_routed_the_same_way() -> None:
@@ -75,8 +74,9 @@ def test_log_resources_are_routed_the_same_way() -> None:
         resource_logs = request.resource_logs.add()
         resource_logs.resource.attributes.append(attr("retention.class", retention_class))
         resource_logs.scope_logs.add().log_records.add()
-    assert RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
-    assert [rl.resource.attributes[0].value.string_value for rl in request.resource_logs] == ["standard"]
+    part = RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
+    assert part is not None
+    assert [rl.resource.attributes[0].value.string_value for rl in part.resource_logs] == ["standard"]
 
 
 CONFIG = """

@@ -42,10 +42,16 @@ _LEVELS: dict[Signal, tuple[str, str, str]] = {
 
 
 def merge(batches: list[Message]) -> Message:
-    """One request holding every resource of ``batches`` (the first is extended in place and returned)."""
-    merged = batches[0]
-    for other in batches[1:]:
-        merged.MergeFrom(other)
+    """One request holding every resource of ``batches``.
+
+    A new message: queued batches may be shared with other exporters (the fan-out hands read-only consumers
+    the same object), so they are never modified.
+    """
+    if len(batches) == 1:
+        return batches[0]
+    merged = type(batches[0])()
+    for batch in batches:
+        merged.MergeFrom(batch)
     return merged
 
 

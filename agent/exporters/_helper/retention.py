@@ -44,7 +44,7 @@ class RetentionClassifier:
 
 
 class RetentionFilter:
-    """Keeps the resources of a batch whose class the exporter takes; counts items routed per class."""
+    """Selects the resources of a batch whose class the exporter takes; counts items routed per class."""
 
     def __init__(self, classes: list[str], settings: CreateSettings) -> None:
         self._accepted = frozenset(classes)
@@ -60,20 +60,27 @@ class RetentionFilter:
     def active(self) -> bool:
         return bool(self._accepted)
 
-    def apply(self, signal: Signal, batch: Message) -> bool:
-        """Remove in place the resources of other classes; False when nothing is left for this exporter."""
+    def apply(self, signal: Signal, batch: Message) -> Message | None:
+        """The part of ``batch`` this exporter takes: ``batch`` itself, a new request, or None.
+
+        ``batch`` is never modified: the fan-out hands the same object to every exporter of a pipeline.
+        """
         resources = getattr(batch, _RESOURCE_LISTS[signal])
-        dropped: list[int] = []
-        for index, resource in enumerate(resources):
+        kept = []
+        for resource in resources:
             retention_class = self._classifier.of(resource.resource.attributes)
             if self._accepted and retention_class not in self._accepted:
-                dropped.append(index)
                 continue
+            kept.append(resource)
             items = sum(len(getattr(scope, _ITEM_LISTS[signal])) for scope in getattr(resource, _SCOPE_LISTS[signal]))
             self._routed.labels(self._cid, signal.value, retention_class).inc(items)
-        for index in reversed(dropped):
-            del resources[index]
-        return len(resources) > 0
+        if len(kept) == len(resources):
+            return batch
+        if not kept:
+            return None
+        part = type(batch)()
+        getattr(part, _RESOURCE_LISTS[signal]).extend(kept)  # copies
+        return part
 
 
 def check_retention_classes(

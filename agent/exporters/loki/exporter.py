@@ -73,8 +73,10 @@ class LokiExporter:
         return _SignalConsumer(self, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
-        if not self._filter.apply(signal, batch):
+        part = self._filter.apply(signal, batch)
+        if part is None:
             return
+        batch = part
         if signal is Signal.LOGS:
             self._queue.offer(signal, batch)
         elif signal is Signal.TRACES and self._config.span_events != "none":

@@ -46,8 +46,9 @@ class OtlpExporter:
         return _SignalConsumer(self, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
-        if self._filter.apply(signal, batch):
-            self._queue.offer(signal, batch)
+        part = self._filter.apply(signal, batch)
+        if part is not None:
+            self._queue.offer(signal, part)
 
     async def start(self) -> None:
         missing = self._config.tls.missing_files()
