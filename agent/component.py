@@ -127,7 +127,8 @@ class Factory(Generic[C]):
     output_signals: frozenset[Signal] = frozenset()
     mutates_data: bool = False
     # False for a stage that is done with a batch when consume() returns (it neither queues nor buffers it);
-    # fan-out can then hand the original to a mutating pipeline after it instead of copying.
+    # fan-out can then hand the original to a mutating pipeline after it instead of copying. A processor that
+    # retains batches must not mutate them and hands its consumer messages of its own (as tail_sampling does).
     retains_data: bool = True
     # Checks that need the whole config (retention classes named by a policy exist, ...):
     # ``cross_check(cfg, agent_config) -> Iterable[(relative_path, message)]``.

@@ -20,16 +20,18 @@ class Target:
 class FanOut:
     """Give every target the batch; copy only where a mutation could be seen by someone else.
 
-    Targets run in this order: readers that do not retain the batch (they are done with it when ``consume``
-    returns, like the span-metrics connector), then retaining readers, then mutators. A mutator may then take
-    the original when it is the last target and no retaining reader shares it; every other mutator gets a copy.
+    Targets run in this order: readers that retain the batch (buffers and queues: the ones that can refuse),
+    then readers that are done with it when ``consume`` returns (the span-metrics connector, which never
+    refuses), then mutators. A refusal therefore usually comes before anything has counted the batch, so the
+    sender's retry does not count it twice. A mutator may take the original when it is the last target and no
+    retaining reader shares it; every other mutator gets a copy.
 
     If a later target refuses, earlier ones keep what they took and the sender's retry duplicates it there:
     at-least-once, as in the Collector.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
-        self._targets = sorted(targets, key=lambda t: (t.mutates, t.retains))
+        self._targets = sorted(targets, key=lambda t: (t.mutates, not t.retains))
         shared_by_retainer = any(t.retains and not t.mutates for t in self._targets)
         last = len(self._targets) - 1
         self._needs_copy = [

@@ -115,19 +115,30 @@ class Graph:
             for name in pipeline.exporters
         ]
         consumer = fan_out(targets)
-        mutates = False
-        retains = any(t.retains for t in targets)
         for processor_id in reversed(pipeline.processors):
             component = self._config.processors[processor_id]
             settings = self._settings(component, f"[{pipeline_id}]")
             consumer = component.factory.create(component.config, settings, signal, consumer)
-            mutates = mutates or component.factory.mutates_data
-            retains = retains or component.factory.retains_data
             self._nodes.append(_Node(Kind.PROCESSOR, processor_id, consumer))
+        mutates, retains = self._input_handling(pipeline.processors, any(t.retains for t in targets))
         entry = _Entry(consumer, mutates, retains)
         self._entries[pipeline_id] = entry
         self._building.discard(pipeline_id)
         return entry
+
+    def _input_handling(self, processors: list[str], exporters_retain: bool) -> tuple[bool, bool]:
+        """Whether a pipeline may mutate, and may keep, the very batch it is given.
+
+        A processor that retains batches (a buffer) hands downstream messages of its own, so what comes after
+        it never touches the input: only mutating processors before the first retaining one count.
+        """
+        mutates = False
+        for processor_id in processors:
+            factory = self._config.processors[processor_id].factory
+            mutates = mutates or factory.mutates_data
+            if factory.retains_data:
+                return mutates, True
+        return mutates, exporters_retain
 
     def _factory(self, exporter_id: str) -> Any:
         component = self._config.connectors.get(exporter_id) or self._config.exporters[exporter_id]

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from google.protobuf.message import Message
 
 from agent.component import Consumer, Factory, Kind, Signal
@@ -172,3 +173,17 @@ def test_fan_out_copies_only_when_a_mutation_could_be_seen_by_another_consumer()
     assert run((False, True), (True, True)) == [True, False]
     # two mutators → the first one (in run order) gets a copy, the last one the original
     assert run((True, True), (True, True)) == [False, True]
+
+
+def test_a_buffer_that_refuses_is_asked_before_a_synchronous_reader_counts_the_batch() -> None:
+    from agent.component import Refused
+    from agent.pipeline.fanout import FanOut, Target
+    from agent.testing.sinks import BatchSink, RefusingSink
+
+    counter, buffer = BatchSink(), RefusingSink()
+    fan = FanOut([Target(counter, mutates=False, retains=False), Target(buffer, mutates=False, retains=True)])
+    batch, _ = next(Workload(seed=2).requests(1))
+    with pytest.raises(Refused):
+        fan.consume(batch)
+    assert buffer.offered == 1
+    assert counter.batches == []  # the sender's retry will not be counted twice
