@@ -243,7 +243,8 @@ def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, c
         check=True,
     )
     effective = yaml.safe_load(printed.stdout)
-    host = "0.0.0.0" if "gateway" in case else "127.0.0.1"
+    mode = yaml.safe_load((CHART / "ci" / case).read_text())["mode"] if case in CI_CASES else "sidecar"
+    host = "0.0.0.0" if mode == "gateway" else "127.0.0.1"
     assert str(effective["receivers"]["otlp"]["grpc"]["endpoint"]) == f"{host}:4317"
     assert str(effective["service"]["telemetry"]["admin"]["endpoint"]) == "0.0.0.0:13133"
 
@@ -340,3 +341,19 @@ def test_the_image_runs_as_non_root_with_the_config_path_and_ports_the_chart_use
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", ".tools", ".git", "tests"} <= set(ignored)
     assert "agent" not in ignored
+
+
+def test_sidecars_forward_to_the_gateway_tier_the_gateway_values_render(rendered: Any) -> None:
+    """ci/sidecar-to-gateway.yaml and ci/gateway.yaml work together: DNS name, port, and no work done twice."""
+    (gateway_service,) = objects(rendered["gateway.yaml"], "Service")
+    gateway_config = yaml.safe_load(objects(rendered["gateway.yaml"], "ConfigMap")[0]["data"]["config.yaml"])
+    sidecar_config = yaml.safe_load(objects(rendered["sidecar-to-gateway.yaml"], "ConfigMap")[0]["data"]["config.yaml"])
+    dns = sidecar_config["exporters"]["loadbalancing"]["resolver"]["dns"]
+    namespace = "observability"  # where ci/gateway.yaml says to install the gateway
+    assert dns["hostname"] == f"{gateway_service['metadata']['name']}.{namespace}.svc.cluster.local"
+    assert dns["port"] == {p["name"]: p["port"] for p in gateway_service["spec"]["ports"]}["otlp"]
+    # Span metrics are derived once (in the sidecar), sampling is decided once (in the gateway).
+    assert "spanmetrics" in sidecar_config["connectors"] and "spanmetrics" not in gateway_config.get("connectors", {})
+    assert "tail_sampling" not in sidecar_config.get("processors", {})
+    assert "tail_sampling" in gateway_config["service"]["pipelines"]["traces"]["processors"]
+    assert sidecar_config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
