@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import signal
 import subprocess
@@ -18,10 +17,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 
@@ -29,6 +30,8 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.testing.workload import Workload, resource_for
 
+ADMIN = "http://127.0.0.1:13133"
+PROMETHEUS = "http://127.0.0.1:9464/metrics"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -50,9 +53,9 @@ def main() -> int:
             return 1
         truth = _send_load(args.traces)
         _send_logs()
-        time.sleep(1.0)
-        self_metrics = _get("http://127.0.0.1:13133/metrics")
-        span_metrics = _get("http://127.0.0.1:9464/metrics")
+        print("waiting: traces are decided 2s after their root span; span metrics flush every 5s")
+        self_metrics = _wait_for(ADMIN + "/metrics", _sampler_idle, timeout=20)
+        span_metrics = _wait_for(PROMETHEUS, lambda text: "orchestrator_workflow_executions_total{" in text, 15)
         print("stopping: SIGTERM (the agent flushes everything buffered, then exits)")
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(timeout=60)
@@ -63,12 +66,26 @@ def main() -> int:
     return 0 if code == 0 else 1
 
 
+def _sampler_idle(text: str) -> bool:
+    buffered = [value for name, value in _samples(text, "otel_sidecar_sampling_traces_buffered")]
+    return bool(buffered) and sum(buffered) == 0 and "otel_sidecar_sampling_decisions_total{" in text
+
+
+def _wait_for(url: str, done: Callable[[str], bool], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    text = _get(url)
+    while not done(text) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        text = _get(url)
+    return text
+
+
 def _wait_ready(agent: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             return False
-        if _get("http://127.0.0.1:13133/health/ready"):
+        if _get(ADMIN + "/health/ready"):
             return True
         time.sleep(0.1)
     return False
@@ -139,49 +156,50 @@ def _samples(text: str, prefix: str) -> list[tuple[str, float]]:
 
 
 def _report(truth: dict[str, int], self_metrics: str, span_metrics: str, out_dir: Path, code: int) -> None:
-    print("\n== what the agent did ==")
-    for name, value in _samples(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
-        print(f"  accepted   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
-    for name, value in _samples(self_metrics, "otel_sidecar_sampling_decisions_total"):
-        print(f"  sampling   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
-    for name, value in _samples(self_metrics, "otel_sidecar_exporter_sent_items_total"):
-        print(f"  exported   {value:>9.0f}  {name.split('{', 1)[1].rstrip('}')}")
-    if span_metrics:
-        print("\n== span-derived metrics (http://127.0.0.1:9464/metrics), a few series ==")
-        shown = 0
-        for prefix in (
-            "orchestrator_workflow_executions_total",
-            "orchestrator_llm_tokens_total",
-            "orchestrator_llm_cost_usd_total",
-        ):
-            for name, value in _samples(span_metrics, prefix)[:4]:
-                print(f"  {name} {value:g}")
-                shown += 1
-        if not shown:
-            print("  (none yet)")
-    print("\n== output files ==")
+    print("\n== received (the agent's own metrics, http://127.0.0.1:13133/metrics) ==")
+    for labels, value in _labelled(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
+        print(f"  {value:>9.0f} {labels['signal']} over {labels['transport']}")
+    print("\n== tail sampling decisions (traces) ==")
+    for labels, value in _labelled(self_metrics, "otel_sidecar_sampling_decisions_total"):
+        print(f"  {value:>9.0f} {labels['decision']:<5} by policy {labels['policy']}")
+    print("\n== derived from 100% of spans before sampling (http://127.0.0.1:9464/metrics) ==")
+    for labels, value in _labelled(span_metrics, "orchestrator_workflow_executions_total"):
+        print(f"  {value:>9.0f} workflow runs   {labels['workflow_name']:<16} {labels['status']}")
+    for labels, value in _labelled(span_metrics, "orchestrator_llm_tokens_total"):
+        print(f"  {value:>9.0f} tokens          {labels['model']:<28} {labels['type']}")
+    for labels, value in _labelled(span_metrics, "orchestrator_llm_cost_usd_total"):
+        print(f"  {value:>9.4f} USD             {labels['model']}")
+    print("\n== written by the file exporter ==")
     for spec in SPECS.values():
         path = out_dir / f"{spec.signal.value}.jsonl"
-        if not path.exists():
-            continue
-        lines = path.read_text().splitlines()
-        items = sum(spec.count_items(json_codec.decode(line.encode(), spec.request_type)) for line in lines)
-        print(f"  {path}: {len(lines)} export requests, {items} {spec.item_name}")
-    kept = _kept_trace_ids(out_dir / "traces.jsonl")
+        if path.exists():
+            requests = [json_codec.decode(line.encode(), spec.request_type) for line in path.read_text().splitlines()]
+            items = sum(spec.count_items(r) for r in requests)
+            print(f"  {path}: {len(requests)} export requests, {items} {spec.item_name}")
+    classes = _traces_by_class(out_dir / "traces.jsonl")
     sent, errors = truth.get("traces", 0), truth.get("error_traces", 0)
-    print(f"\n  traces sent: {sent} ({errors} with errors); traces written: {len(kept)}")
+    print(f"\n  traces sent: {sent} ({errors} with an error); kept by retention class: {dict(sorted(classes.items()))}")
     print(f"  agent exit code: {code}; agent log: {out_dir / 'agent.log'}")
 
 
-def _kept_trace_ids(path: Path) -> set[str]:
+def _labelled(text: str, family: str) -> list[tuple[dict[str, str], float]]:
+    rows = []
+    for name, value in _samples(text, family + "{"):
+        labels = dict(part.split("=", 1) for part in name.split("{", 1)[1].rstrip("}").split('",') if "=" in part)
+        rows.append(({k: v.strip('"') for k, v in labels.items()}, value))
+    return rows
+
+
+def _traces_by_class(path: Path) -> dict[str, int]:
     if not path.exists():
-        return set()
-    ids = set()
+        return {}
+    classes: dict[str, set[bytes]] = collections.defaultdict(set)
     for line in path.read_text().splitlines():
-        for rs in json.loads(line).get("resourceSpans", []):
-            for ss in rs.get("scopeSpans", []):
-                ids.update(span["traceId"] for span in ss.get("spans", []))
-    return ids
+        for rs in json_codec.decode(line.encode(), ExportTraceServiceRequest).resource_spans:
+            attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                classes[attrs.get("retention.class", "unclassified")].update(s.trace_id for s in ss.spans)
+    return {name: len(ids) for name, ids in classes.items()}
 
 
 if __name__ == "__main__":
