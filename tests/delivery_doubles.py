@@ -14,11 +14,13 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cramjam
@@ -116,10 +118,11 @@ class Capture:
 class OtlpCapture:
     """An OTLP backend (gRPC and OTLP/HTTP protobuf) that records every export request it accepts."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.capture = Capture()
+        self._tls = tls  # (certificate, key) PEM files: serve TLS on both ports
         self._grpc: grpc.Server | None = None
         self._http: _Server | None = None
 
@@ -142,9 +145,13 @@ class OtlpCapture:
             self._grpc.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(spec.grpc_service, {"Export": handler}),)
             )
-        self._grpc.add_insecure_port(self.grpc_endpoint)
+        if self._tls is None:
+            self._grpc.add_insecure_port(self.grpc_endpoint)
+        else:
+            cert, key = (path.read_bytes() for path in self._tls)
+            self._grpc.add_secure_port(self.grpc_endpoint, grpc.ssl_server_credentials([(key, cert)]))
         self._grpc.start()
-        self._http = _serve_http(self.http_port, self._http_handler_class())
+        self._http = _serve_http(self.http_port, self._http_handler_class(), self._tls)
         return self
 
     def stop(self) -> None:
@@ -252,8 +259,14 @@ class _Server(http.server.ThreadingHTTPServer):
                     connection.shutdown(socket.SHUT_RDWR)
 
 
-def _serve_http(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> _Server:
+def _serve_http(
+    port: int, handler: type[http.server.BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None
+) -> _Server:
     server = _Server(port, handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -273,3 +275,34 @@ async def test_batches_shared_with_other_exporters_are_never_modified() -> None:
         )
         await run_exporter(config, batches, SelfMetrics(), lambda: backend.capture.spans())
     assert [b.SerializeToString() for b in batches] == before
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "server.pem", directory / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_tls_endpoints_are_verified_against_the_configured_ca(tmp_path: Path, protocol: str) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    batch = traces(2)
+    with OtlpCapture(tls=(cert, key)) as backend:
+        endpoint = f"localhost:{backend.grpc_port}" if protocol == "grpc" else f"https://localhost:{backend.http_port}"
+        raw = {"endpoint": endpoint, "protocol": protocol, "tls": {"ca_file": str(cert)}, "batch": {"enabled": False}}
+        config = build_config(OtlpExporterConfig, raw)
+        assert config.uses_tls
+        await run_exporter(config, batch, SelfMetrics(), lambda: len(backend.capture.spans()) >= 2)
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+
+        untrusted = build_config(OtlpExporterConfig, {**raw, "tls": {}, "retry_on_failure": {"enabled": False}})
+        metrics = SelfMetrics()
+        await run_exporter(
+            untrusted, traces(1, seed=9), metrics, lambda: value(metrics, "exporter_send_failed_items_total") > 0
+        )
+        assert value(metrics, "exporter_send_failed_items_total") > 0  # the system CAs do not trust it
