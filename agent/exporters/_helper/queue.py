@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -130,6 +131,12 @@ class MemoryStore:
         self._entries.clear()
         self.items = self.bytes = 0
         return left
+
+
+class _Outcome(enum.Enum):
+    SENT = "sent"
+    DROPPED = "dropped"
+    ABORTED = "aborted"
 
 
 @dataclass
@@ -353,18 +360,22 @@ class SendingQueue:
         max_size = self._batch.max_size if self._batch is not None else 0
         parts = split(signal, merged, max_size) if max_size and group.items > max_size else [merged]
         group.items = sum(SPECS[signal].count_items(p) for p in parts)  # what loaded (corrupt records excluded)
+        delivered = True
         for part in parts:
-            if await self._send_part(signal, part):
+            outcome = await self._send_part(signal, part)
+            if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
                     self._stop_taking = True  # the rest stays on disk for the next start
                     group.items = 0
                     return
                 self._count_failed(signal, group.items, "shutdown")
                 group.items = 0
+                delivered = False
                 break
+            delivered = delivered and outcome is _Outcome.SENT
             group.items -= SPECS[signal].count_items(part)
         duplicates = sum(e.items for e in entries if e.maybe_duplicate)
-        if duplicates:
+        if duplicates and delivered:  # re-sent after a restart; the first send may have reached the backend
             self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
         self._store.ack(entries)
 
@@ -383,15 +394,15 @@ class SendingQueue:
                 self._log.warning("load", f"queued request dropped: {exc}", exporter=self._settings.component_id)
         return loaded
 
-    async def _send_part(self, signal: Signal, part: Message) -> bool:
-        """Push one request through the retry sender; count the outcome; True when shutdown aborted it."""
+    async def _send_part(self, signal: Signal, part: Message) -> _Outcome:
+        """Push one request through the retry sender and count the outcome."""
         cid = self._settings.component_id
         items = SPECS[signal].count_items(part)
         started = time.perf_counter()
         try:
             rejected, maybe_delivered = await self._sender.send(signal, part)
         except ExportAborted:
-            return True
+            return _Outcome.ABORTED
         except PermanentExportError as exc:
             self._rejected.labels(cid, signal.value).inc(items)
             self._drop(signal, items, exc.reason, f"the backend rejected the batch: {exc}")
@@ -406,9 +417,10 @@ class SendingQueue:
                 self._rejected.labels(cid, signal.value).inc(rejected)
             if maybe_delivered:
                 self._duplicates.labels(cid, signal.value).inc(items)
+            return _Outcome.SENT
         finally:
             self._latency.observe(time.perf_counter() - started)
-        return False
+        return _Outcome.DROPPED
 
     def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
         self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
