@@ -26,6 +26,8 @@ CHART = REPO / "helm" / "otel-sidecar"
 HELM_TOOL = REPO / "tests" / "tools" / "helm_lint.py"
 CI_CASES = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 ALL_CASES = ["values.yaml", *CI_CASES]
+RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
+BUDGET_RECORD = "orchestrator:llm_cost_budget_usd"
 
 
 @pytest.fixture(scope="session")
@@ -357,3 +359,32 @@ def test_sidecars_forward_to_the_gateway_tier_the_gateway_values_render(rendered
     assert "tail_sampling" not in sidecar_config.get("processors", {})
     assert "tail_sampling" in gateway_config["service"]["pipelines"]["traces"]["processors"]
     assert sidecar_config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+
+
+def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(rendered: Any, tmp_path: Path) -> None:
+    """ci/gateway.yaml renders a PrometheusRule: the groups of deploy/prometheus/rules, budgets $250/day and
+    $5000/month; promtool accepts it and the alert unit tests pass against it."""
+    (rule,) = objects(rendered["gateway.yaml"], "PrometheusRule")
+    groups = rule["spec"]["groups"]
+    budgets = {r["labels"]["window"]: r["expr"] for g in groups for r in g["rules"] if r.get("record") == BUDGET_RECORD}
+    assert budgets == {"daily": "vector(250)", "monthly": "vector(5000)"}
+    shipped = [g for path in sorted(RULES_DIR.glob("*.yaml")) for g in yaml.safe_load(path.read_text())["groups"]]
+    for group in shipped:
+        for r in group["rules"]:
+            if r.get("record") == BUDGET_RECORD:
+                r["expr"] = budgets[r["labels"]["window"]]
+    assert sorted(groups, key=lambda g: g["name"]) == sorted(shipped, key=lambda g: g["name"])
+    (tmp_path / "rendered.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: install the Debian package prometheus"
+    checked = subprocess.run(
+        [promtool, "check", "rules", "rendered.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    alerts_test = yaml.safe_load((RULES_DIR.parent / "tests" / "otel-sidecar-alerts_test.yaml").read_text())
+    alerts_test["rule_files"] = ["rendered.yaml"]
+    (tmp_path / "alerts_test.yaml").write_text(yaml.safe_dump(alerts_test))
+    tested = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
