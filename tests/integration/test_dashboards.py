@@ -406,4 +406,8 @@ def test_the_compose_stack_wires_the_agent_prometheus_and_grafana_together(tmp_p
     assert targets == {"otel-sidecar:9464", "otel-sidecar:13133"}
     config = yaml.safe_load(config_text)
     assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert config["exporters"]["otlp/jaeger_archive"]["endpoint"] == "jaeger:4327"
+    for service, config_file in (("jaeger", "jaeger/config.yaml"), ("loki", "loki/loki-config.yaml")):
+        mounted = [v.split(":")[0] for v in services[service]["volumes"]]
+        assert f"./{config_file}" in mounted and (REPO / "deploy" / config_file).exists()
     assert config["exporters"]["loki"]["endpoint"].startswith("http://loki:3100/")
