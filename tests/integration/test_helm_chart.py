@@ -388,3 +388,16 @@ def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(render
         [promtool, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_a_single_claim_shared_by_several_replicas_fails_with_a_clear_message(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    values = tmp_path / "shared-claim.yaml"
+    values.write_text(yaml.safe_dump({"mode": "gateway", "gateway": {"replicas": 3}, "persistence": {"enabled": True}}))
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--json")
+    assert result.returncode == 1
+    (case,) = json.loads(result.stdout)
+    assert any("cannot hold the queues of 3 replicas" in fail for fail in case["fail_messages"])
+    values.write_text(yaml.safe_dump({"mode": "gateway", "gateway": {"replicas": 1}, "persistence": {"enabled": True}}))
+    assert run_helm_tool(helm_python, str(CHART), "--values", str(values)).returncode == 0
