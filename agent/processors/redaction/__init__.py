@@ -21,6 +21,7 @@ FACTORY: Factory[RedactionConfig] = Factory(
     description="Redacts secrets (by attribute key and by credential shape, log bodies included) and drops GenAI "
     "prompt/completion content unless capture_content; counted per rule.",
     mutates_data=True,
+    retains_data=False,  # rewrites each batch in place and passes it straight on
 )
 
 __all__ = ["FACTORY", "RedactionConfig", "RedactionProcessor"]
