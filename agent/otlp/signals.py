@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -47,14 +47,24 @@ def count_data_points(request: ExportMetricsServiceRequest) -> int:
     return total
 
 
-def _valid_span_ids(span: Message) -> bool:
-    return (
-        len(span.trace_id) == TRACE_ID_BYTES
-        and any(span.trace_id)
-        and len(span.span_id) == SPAN_ID_BYTES
-        and any(span.span_id)
-        and len(span.parent_span_id) in (0, SPAN_ID_BYTES)
-    )
+_ZERO_TRACE_ID = bytes(TRACE_ID_BYTES)
+_ZERO_SPAN_ID = bytes(SPAN_ID_BYTES)
+
+
+def _invalid_span_indexes(spans: Sequence[Message]) -> list[int]:
+    """Indexes of spans whose ids cannot be right; one tight loop, as this runs for every span received."""
+    bad = []
+    for index, span in enumerate(spans):
+        trace_id, span_id = span.trace_id, span.span_id
+        if (
+            len(trace_id) != TRACE_ID_BYTES
+            or len(span_id) != SPAN_ID_BYTES
+            or trace_id == _ZERO_TRACE_ID
+            or span_id == _ZERO_SPAN_ID
+            or len(span.parent_span_id) not in (0, SPAN_ID_BYTES)
+        ):
+            bad.append(index)
+    return bad
 
 
 def _valid_log_ids(record: Message) -> bool:
@@ -66,10 +76,12 @@ def reject_invalid_spans(request: ExportTraceServiceRequest) -> int:
     rejected = 0
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
-            if all(_valid_span_ids(s) for s in ss.spans):
+            bad = _invalid_span_indexes(ss.spans)
+            if not bad:
                 continue
-            keep = [s for s in ss.spans if _valid_span_ids(s)]
-            rejected += len(ss.spans) - len(keep)
+            skip = set(bad)
+            keep = [span for index, span in enumerate(ss.spans) if index not in skip]
+            rejected += len(bad)
             del ss.spans[:]
             ss.spans.extend(keep)
     return rejected
