@@ -5,6 +5,8 @@ Scenarios (each against a fresh process, load from a separate load-generator pro
   agent-receive    the agent receiving into the ``nop`` exporter: the floor of the Python receive path
   agent-full       the full pipeline: receive → span metrics → tail sampling → redaction → OTLP export
                    (to a second rotel with a blackhole exporter, the "local sink")
+  agent-sidecar    a sidecar in front of a gateway tier: span metrics, redaction, trace-id routing
+  agent-gateway    a gateway: tail sampling and OTLP export (for sizing the tier)
 Each runs at saturation (throughput, CPU per span) and at a fixed 20k spans/s (client-side Export latency).
 The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span.
 Results are printed as a table and written to ``bench/results/<timestamp>.json``.
@@ -108,7 +110,8 @@ def agent_config(kind: str, sink: str | None, decision_wait: str = "2s") -> tupl
         config = {"receivers": receivers, "exporters": {"nop": {}}}
         service["pipelines"] = {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}
     else:
-        config = full_pipeline(receivers, sink, decision_wait, free_port())
+        builder = {"full": full_pipeline, "sidecar": sidecar_pipeline, "gateway": gateway_pipeline}[kind]
+        config = builder(receivers, sink, decision_wait, free_port())
         service["pipelines"] = config.pop("pipelines")
     config["service"] = service
     return config, grpc_endpoint, admin
@@ -132,6 +135,34 @@ def full_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait: st
             "traces": {"receivers": ["otlp"], "processors": ["tail_sampling", "redaction"], "exporters": ["otlp"]},
             "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
         },
+    }
+
+
+def sidecar_pipeline(receivers: dict[str, Any], sink: str | None, _wait: str, metrics_port: int) -> dict[str, Any]:
+    """Sidecar in front of a gateway tier: span metrics, redaction, trace-id routing (to the sink as one gateway)."""
+    return {
+        "receivers": receivers,
+        "connectors": {"spanmetrics": {"exemplars": {"enabled": False}}},
+        "processors": {"redaction": {}},
+        "exporters": {
+            "loadbalancing": {"protocol": {"tls": {"insecure": True}}, "resolver": {"static": {"hostnames": [sink]}}},
+            "prometheus": {"endpoint": f"127.0.0.1:{metrics_port}"},
+        },
+        "pipelines": {
+            "traces/spanmetrics": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},
+            "traces": {"receivers": ["otlp"], "processors": ["redaction"], "exporters": ["loadbalancing"]},
+            "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
+        },
+    }
+
+
+def gateway_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait: str, _port: int) -> dict[str, Any]:
+    """Gateway: tail sampling and OTLP export, no span metrics."""
+    return {
+        "receivers": receivers,
+        "processors": {"tail_sampling": {"decision_wait": decision_wait, "decision_wait_after_root": decision_wait}},
+        "exporters": {"otlp": {"endpoint": sink, "tls": {"insecure": True}}},
+        "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["tail_sampling"], "exporters": ["otlp"]}},
     }
 
 
@@ -226,6 +257,14 @@ def run_all(duration: float, rate: float) -> dict[str, Any]:
                 )
             finally:
                 results["agent_full_exit_code"] = agent.stop()
+
+            for role in ("sidecar", "gateway"):
+                config, target, admin = agent_config(role, sink_target)
+                agent = start_agent(workdir, config, admin)
+                try:
+                    results[f"agent_{role}_saturation"] = measure(agent, target, 0, duration)
+                finally:
+                    agent.stop()
 
             config, target, admin = agent_config("full", sink_target, decision_wait="10s")
             agent = start_agent(workdir, config, admin)
