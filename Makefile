@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench prometheus docs clean
+.PHONY: demo test lint bench prometheus docs helm-lint rules-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ prometheus:
 # The benchmark is a separate command, never a timed assertion in the tests.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Both are also run by `make test`; these targets are for working on the chart and the rules alone.
+helm-lint: $(STAMP)
+	$(BIN)/python tests/tools/helm_venv.py >/dev/null
+	.tools/helm-venv/bin/python tests/tools/helm_lint.py helm/otel-sidecar
+
+rules-test: prometheus
+	promtool check rules deploy/prometheus/rules/*.yaml
+	promtool test rules deploy/prometheus/tests/*.yaml
 
 docs: $(STAMP)
 	$(BIN)/python -m agent.config.docs > docs/configuration.md
