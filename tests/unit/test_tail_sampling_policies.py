@@ -8,7 +8,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from agent.config.service import DEFAULT_RETENTION_CLASSES
 from agent.otlp.probability import MAX_THRESHOLD, is_sampled, threshold_for
-from agent.processors.tail_sampling.buffer import BufferedTrace
+from agent.processors.tail_sampling.buffer import BufferedTrace, group_by_trace
 from agent.processors.tail_sampling.config import PoliciesConfig
 from agent.processors.tail_sampling.policies import DROP, EvaluationContext, build_policies
 from tests.unit.test_tail_sampling_support import (
@@ -30,7 +30,11 @@ def trace_of(*parts: tuple[Any, list[Span]], trace_id: bytes | None = None) -> B
     trace = BufferedTrace(tid, 0.0)
     for res, spans in parts:
         rs = ResourceSpans(resource=res, scope_spans=[ScopeSpans(spans=spans)])
-        trace.spans.append((rs, rs.scope_spans[0], list(rs.scope_spans[0].spans)))
+        ss = rs.scope_spans[0]
+        groups, _, failed = group_by_trace(ss.spans)  # as the sampler reads each scope
+        for indices in groups.values():
+            trace.add_spans(rs, ss, indices, 0)
+        trace.failed = trace.failed or bool(failed)
     return trace
 
 

@@ -1,39 +1,83 @@
 """The trace buffer: spans (and logs) grouped by trace id, oldest first, with their byte and span counts.
 
-Spans stay the protobuf messages they arrived as: a trace holds *fragments* ``(resource_container,
-scope_container, [items])`` that point into the export requests it came from, so each span keeps its own
-resource and scope without any copy until the trace is released. Byte counts are the protobuf size of what
-is held (apportioned per scope) plus a fixed overhead per trace and fragment, i.e. an estimate of the heap
-used, not an exact figure.
+Spans stay inside the export requests they arrived in: a trace holds *fragments* ``(resource_spans,
+scope_spans, indices)``, the positions of its spans in that scope's repeated field, so each span keeps its own
+resource and scope, nothing is copied until the trace is released, and no Python object is kept per span (a
+span's message wrapper costs about 200 bytes, and freeing hundreds of thousands of them a good share of a tick).
+What the policies need of every span is read in the one pass that groups a scope's spans (``group_by_trace``):
+today, whether the trace has a span with status ERROR. Log records are few and kept as message lists.
+
+Byte counts are the protobuf size of what is held plus a fixed overhead per trace and fragment, i.e. an estimate
+of the heap used, not an exact figure.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterator
 from typing import Any
 
-TRACE_OVERHEAD_BYTES = 300  # the BufferedTrace object, its lists and the two index entries
-FRAGMENT_OVERHEAD_BYTES = 120  # one fragment tuple and its item list
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-Fragment = tuple[Any, Any, list[Any]]
-"""``(ResourceSpans|ResourceLogs, ScopeSpans|ScopeLogs, [Span|LogRecord])``."""
+TRACE_OVERHEAD_BYTES = 300  # the BufferedTrace object, its lists and the two index entries
+FRAGMENT_OVERHEAD_BYTES = 120  # one fragment tuple and its index list
+
+_ERROR = Status.STATUS_CODE_ERROR
+
+SpanFragment = tuple[Any, Any, list[int]]
+"""``(ResourceSpans, ScopeSpans, [position of a span in ScopeSpans.spans])``."""
+LogFragment = tuple[Any, Any, list[Any]]
+"""``(ResourceLogs, ScopeLogs, [LogRecord])``."""
+
+
+def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], list[bytes]]:
+    """One pass over a scope's spans: their positions by trace id, and the trace ids of root and failed spans.
+
+    Spans of one trace need not be adjacent (an SDK batch interleaves concurrent traces).
+    """
+    groups: dict[bytes, list[int]] = {}
+    roots: list[bytes] = []
+    failed: list[bytes] = []
+    for index, span in enumerate(spans):
+        trace_id = span.trace_id
+        group = groups.get(trace_id)
+        if group is None:
+            groups[trace_id] = [index]
+        else:
+            group.append(index)
+        if not span.parent_span_id:
+            roots.append(trace_id)
+        # Most spans have no status at all: asking first avoids building a Status message for each.
+        if span.HasField("status") and span.status.code == _ERROR:
+            failed.append(trace_id)
+    return groups, roots, failed
 
 
 class BufferedTrace:
     """Everything held for one undecided trace."""
 
-    __slots__ = ("bytes", "first_seen", "log_count", "logs", "root_seen", "span_count", "spans", "trace_id")
+    __slots__ = ("bytes", "failed", "first_seen", "log_count", "logs", "root_seen", "span_count", "spans", "trace_id")
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
         self.trace_id = trace_id
         self.first_seen = first_seen
         self.root_seen: float | None = None
-        self.spans: list[Fragment] = []
-        self.logs: list[Fragment] = []
+        self.spans: list[SpanFragment] = []
+        self.logs: list[LogFragment] = []
         self.span_count = 0
         self.log_count = 0
         self.bytes = TRACE_OVERHEAD_BYTES
+        self.failed = False
+        """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
+
+    def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int) -> int:
+        """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead)."""
+        size += FRAGMENT_OVERHEAD_BYTES
+        self.spans.append((rs, ss, indices))
+        self.span_count += len(indices)
+        self.bytes += size
+        return size
 
     def clear(self) -> None:
         """Let go of the data once released, even if something still refers to this object."""
@@ -42,9 +86,17 @@ class BufferedTrace:
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""
-        for rs, _, spans in self.spans:
-            for span in spans:
-                yield rs, span
+        for rs, ss, indices in self.spans:
+            spans = ss.spans
+            for index in indices:
+                yield rs, spans[index]
+
+
+def spans_of(fragment: SpanFragment) -> list[Any]:
+    """The span messages a fragment points at."""
+    _, ss, indices = fragment
+    spans = ss.spans
+    return [spans[index] for index in indices]
 
 
 class TraceBuffer:
@@ -58,7 +110,8 @@ class TraceBuffer:
     def __init__(self, decision_wait: float, after_root: float) -> None:
         self._decision_wait = decision_wait
         self._after_root = after_root
-        self.traces: collections.OrderedDict[bytes, BufferedTrace] = collections.OrderedDict()
+        # A plain dict keeps insertion order, i.e. first-span order, and is cheaper than an OrderedDict.
+        self.traces: dict[bytes, BufferedTrace] = {}
         # (deadline, trace id): ids, not trace objects, so entries of traces decided by other means stay small.
         self._root_deadlines: collections.deque[tuple[float, bytes]] = collections.deque()
         self.bytes = 0
@@ -76,13 +129,9 @@ class TraceBuffer:
         self.bytes += trace.bytes
         return trace
 
-    def add_spans(self, trace: BufferedTrace, rs: Any, ss: Any, spans: list[Any], size: int) -> None:
-        size += FRAGMENT_OVERHEAD_BYTES
-        trace.spans.append((rs, ss, spans))
-        trace.span_count += len(spans)
-        trace.bytes += size
-        self.bytes += size
-        self.spans += len(spans)
+    def add_spans(self, trace: BufferedTrace, rs: Any, ss: Any, indices: list[int], size: int) -> None:
+        self.bytes += trace.add_spans(rs, ss, indices, size)
+        self.spans += len(indices)
 
     def add_logs(self, trace: BufferedTrace, rl: Any, sl: Any, records: list[Any], size: int) -> None:
         size += FRAGMENT_OVERHEAD_BYTES
@@ -112,24 +161,32 @@ class TraceBuffer:
             out.append(trace)
         return out
 
-    def due(self, now: float) -> list[BufferedTrace]:
-        """Traces whose decision time has come (not removed), oldest first, each once."""
+    def due(self, now: float, max_spans: float = math.inf) -> list[BufferedTrace]:
+        """Traces whose decision time has come (not removed), oldest first, each once.
+
+        With ``max_spans``, only a first slice: traces are taken while the slice holds fewer spans (so at least
+        one trace), and the rest stays due for the next call.
+        """
         due: list[BufferedTrace] = []
+        spans = 0
         cutoff = now - self._decision_wait
         for trace in self.traces.values():
-            if trace.first_seen > cutoff:
+            if trace.first_seen > cutoff or spans >= max_spans:
                 break
             due.append(trace)
-        seen = {id(t) for t in due}
+            spans += trace.span_count
         roots = self._root_deadlines
-        while roots and roots[0][0] <= now:
-            deadline, trace_id = roots.popleft()
-            # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
-            # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
-            trace = self.traces.get(trace_id)
-            if trace is not None and self._is_entry_of(trace, deadline) and id(trace) not in seen:
-                due.append(trace)
-                seen.add(id(trace))
+        if roots and roots[0][0] <= now and spans < max_spans:
+            seen = {id(t) for t in due}
+            while roots and roots[0][0] <= now and spans < max_spans:
+                deadline, trace_id = roots.popleft()
+                # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
+                # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
+                trace = self.traces.get(trace_id)
+                if trace is not None and self._is_entry_of(trace, deadline) and id(trace) not in seen:
+                    due.append(trace)
+                    seen.add(id(trace))
+                    spans += trace.span_count
         return due
 
     def all(self) -> list[BufferedTrace]:

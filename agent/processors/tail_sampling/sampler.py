@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
 from agent.otlp.signals import SPECS
-from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer
+from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer, group_by_trace, spans_of
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClassifier
@@ -142,36 +142,30 @@ class TailSampler:
                 count = len(spans)
                 if not count:
                     continue
-                groups: dict[bytes, list[Any]] = {}
-                roots: list[bytes] = []
-                for span in spans:
-                    trace_id = span.trace_id
-                    group = groups.get(trace_id)
-                    if group is None:
-                        groups[trace_id] = [span]
-                    else:
-                        group.append(span)
-                    if not span.parent_span_id:
-                        roots.append(trace_id)
-                # One size per scope, shared out by span count: exact for the usual one-trace scope, and a
-                # fraction of the cost of sizing every span.
+                groups, roots, failed = group_by_trace(spans)
                 bytes_per_span = ss.ByteSize() / count
-                for trace_id, group in groups.items():
+                for trace_id, indices in groups.items():
                     trace = traces.get(trace_id)
                     if trace is None:
+                        # Only an id not buffered can be a late span of a decided trace: ask the caches then.
                         decision = kept.get(trace_id)
                         if decision is not None:
-                            builder = release.builder(Signal.TRACES, int(bytes_per_span * len(group)))
+                            builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
+                            group = spans_of((rs, ss, indices))
                             builder.add(rs, ss, group, decision.retention_class, decision.policy, decision.threshold)
-                            late_kept += len(group)
+                            late_kept += len(indices)
                             continue
                         if trace_id in dropped:
-                            late_dropped += len(group)
+                            late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
-                    buffer.add_spans(trace, rs, ss, group, int(bytes_per_span * len(group)))
+                    buffer.add_spans(trace, rs, ss, indices, int(bytes_per_span * len(indices)))
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
+                for trace_id in failed:
+                    trace = traces.get(trace_id)
+                    if trace is not None:
+                        trace.failed = True
                 for trace_id in roots:
                     trace = traces.get(trace_id)
                     if trace is not None and trace.root_seen is None:
@@ -272,8 +266,9 @@ class TailSampler:
 
     def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
         builder = release.builder(Signal.TRACES, trace.bytes)
-        for rs, ss, spans in trace.spans:
-            builder.add(rs, ss, spans, decision.retention_class, decision.policy, decision.threshold)
+        for fragment in trace.spans:
+            rs, ss, _ = fragment
+            builder.add(rs, ss, spans_of(fragment), decision.retention_class, decision.policy, decision.threshold)
         if trace.logs:
             builder = release.builder(Signal.LOGS, 0)
             for rl, sl, records in trace.logs:

@@ -67,9 +67,8 @@ class AttributePolicy:
 
     def _span_matches(self, trace: BufferedTrace) -> bool:
         key, matches = self._key, self._matches
-        for _, _, spans in trace.spans:
-            for span in spans:
-                for kv in span.attributes:
-                    if kv.key == key and matches(kv.value):
-                        return True
+        for _, span in trace.iter_spans():
+            for kv in span.attributes:
+                if kv.key == key and matches(kv.value):
+                    return True
         return False

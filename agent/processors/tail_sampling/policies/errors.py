@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
-
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import ErrorsPolicyConfig
 from agent.processors.tail_sampling.policies import EvaluationContext
-
-_ERROR = Status.STATUS_CODE_ERROR
 
 
 class ErrorsPolicy:
@@ -20,11 +16,9 @@ class ErrorsPolicy:
         self._http = config.http_server_errors
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
-        # Status first: one field per span, and it settles almost every error trace without an attribute scan.
-        for _, _, spans in trace.spans:
-            for span in spans:
-                if span.status.code == _ERROR:
-                    return 0
+        # Status first: read as the spans arrived, and it settles almost every error trace without a scan.
+        if trace.failed:
+            return 0
         if (self._error_type or self._http) and self._any_error_attribute(trace):
             return 0
         return None

@@ -18,14 +18,13 @@ class LatencyPolicy:
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
         earliest = None
         latest = 0
-        for _, _, spans in trace.spans:
-            for span in spans:
-                start = span.start_time_unix_nano
-                if start and (earliest is None or start < earliest):
-                    earliest = start
-                end = span.end_time_unix_nano
-                if end > latest:
-                    latest = end
+        for _, span in trace.iter_spans():
+            start = span.start_time_unix_nano
+            if start and (earliest is None or start < earliest):
+                earliest = start
+            end = span.end_time_unix_nano
+            if end > latest:
+                latest = end
         if earliest is not None and latest - earliest >= self._threshold_ns:
             return 0
         return None
