@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
 from agent.otlp.signals import SPECS
-from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer, group_by_trace, spans_of
+from agent.processors.tail_sampling.buffer import BufferedTrace, SpanSizes, TraceBuffer, group_by_trace, spans_of
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClassifier
@@ -66,6 +66,7 @@ class TailSampler:
         retention = settings.service.retention
         self.policies = build_policies(config.policies, retention.classes)
         self.buffer = TraceBuffer(float(config.decision_wait), float(config.decision_wait_after_root))
+        self._span_sizes = SpanSizes()
         self.kept = KeptCache[Decision](config.decision_cache.kept_size)
         self.dropped = DroppedCache(config.decision_cache.dropped_size)
         self.logs = LogClassifier(retention.classes, retention.default_class, config.log_error_class)
@@ -133,6 +134,7 @@ class TailSampler:
         buffer, kept, dropped = self.buffer, self.kept, self.dropped
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
+        span_sizes = self._span_sizes
         release = Release(self._config.max_batch_bytes)
         oversized: dict[bytes, BufferedTrace] = {}
         late_kept = late_dropped = 0
@@ -143,7 +145,7 @@ class TailSampler:
                 if not count:
                     continue
                 groups, roots, failed = group_by_trace(spans)
-                bytes_per_span = ss.ByteSize() / count
+                bytes_per_span = span_sizes.per_span(ss, count)
                 for trace_id, indices in groups.items():
                     trace = traces.get(trace_id)
                     if trace is None:
