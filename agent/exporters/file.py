@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from agent.component import Consumer, CreateSettings, Factory, Kind, Signal
 from agent.config.schema import setting
+from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
 from agent.otlp import json_codec
 
@@ -39,15 +40,6 @@ class FileExporterConfig:
         return [("path", "must not be empty")] if not self.path.strip() else []
 
 
-class _SignalConsumer:
-    def __init__(self, queue: SendingQueue, signal: Signal) -> None:
-        self._queue = queue
-        self._signal = signal
-
-    def consume(self, batch: Message) -> None:
-        self._queue.offer(self._signal, batch)
-
-
 class FileExporter:
     def __init__(self, config: FileExporterConfig, settings: CreateSettings) -> None:
         self._config = config
@@ -58,7 +50,7 @@ class FileExporter:
         self._write_lock = asyncio.Lock()  # one writer at a time keeps lines whole and rotation safe
 
     def consumer_for(self, signal: Signal) -> Consumer:
-        return _SignalConsumer(self._queue, signal)
+        return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)

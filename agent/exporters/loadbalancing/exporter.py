@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.batcher import merge
+from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retry import PermanentExportError, RetryableError
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
@@ -28,15 +29,6 @@ from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
 
 _SPLITTERS = {Signal.TRACES: split_traces, Signal.LOGS: split_logs}
-
-
-class _SignalConsumer:
-    def __init__(self, queue: SendingQueue, signal: Signal) -> None:
-        self._queue = queue
-        self._signal = signal
-
-    def consume(self, batch: Message) -> None:
-        self._queue.offer(self._signal, batch)
 
 
 class LoadBalancingExporter:
@@ -53,7 +45,7 @@ class LoadBalancingExporter:
         self._init_metrics()
 
     def consumer_for(self, signal: Signal) -> Consumer:
-        return _SignalConsumer(self._queue, signal)
+        return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
         await self._resolver.start(self._set_backends)

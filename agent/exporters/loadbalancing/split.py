@@ -4,71 +4,60 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
 Owner = Callable[[bytes], str]
 
 
 def split_traces(request: ExportTraceServiceRequest, owner: Owner) -> dict[str, ExportTraceServiceRequest]:
-    owners: dict[bytes, str] = {}  # one ring lookup per trace, not per span
-
-    def owner_of(trace_id: bytes) -> str:
-        found = owners.get(trace_id)
-        if found is None:
-            found = owners[trace_id] = owner(trace_id)
-        return found
-
+    owner_of = _memo(owner, {})
     targets = {owner_of(s.trace_id) for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
     if len(targets) <= 1:
         return {target: request for target in targets}  # the common case: no copying at all
-    out: dict[str, ExportTraceServiceRequest] = {}
-    for rs in request.resource_spans:
-        per_target: dict[str, ResourceSpans] = {}
-        for ss in rs.scope_spans:
-            scoped: dict[str, ScopeSpans] = {}
-            for span in ss.spans:
-                target = owner_of(span.trace_id)
-                group = scoped.get(target)
-                if group is None:
-                    holder = per_target.get(target)
-                    if holder is None:
-                        holder = per_target[target] = out.setdefault(
-                            target, ExportTraceServiceRequest()
-                        ).resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
-                    group = scoped[target] = holder.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url)
-                group.spans.append(span)
-    return out
+    return _split(request, owner_of, ("resource_spans", "scope_spans", "spans"))
 
 
 def split_logs(request: ExportLogsServiceRequest, owner: Owner) -> dict[str, ExportLogsServiceRequest]:
     # Records without a trace id share one random backend per batch, which spreads them without a hot spot.
-    untraced = owner(os.urandom(16))
-    owners: dict[bytes, str] = {b"": untraced}
+    owner_of = _memo(owner, {b"": owner(os.urandom(16))})
+    return _split(request, owner_of, ("resource_logs", "scope_logs", "log_records"))
+
+
+def _memo(owner: Owner, known: dict[bytes, str]) -> Owner:
+    """One ring lookup per trace, not per item."""
 
     def owner_of(trace_id: bytes) -> str:
-        found = owners.get(trace_id)
+        found = known.get(trace_id)
         if found is None:
-            found = owners[trace_id] = owner(trace_id)
+            found = known[trace_id] = owner(trace_id)
         return found
 
-    out: dict[str, ExportLogsServiceRequest] = {}
-    for rl in request.resource_logs:
-        per_target: dict[str, ResourceLogs] = {}
-        for sl in rl.scope_logs:
-            scoped: dict[str, ScopeLogs] = {}
-            for record in sl.log_records:
-                target = owner_of(record.trace_id)
+    return owner_of
+
+
+def _split(request: Any, owner_of: Owner, fields: tuple[str, str, str]) -> dict[str, Any]:
+    resources_field, scopes_field, items_field = fields
+    out: dict[str, Message] = {}
+    for resource_entry in getattr(request, resources_field):
+        per_target: dict[str, Any] = {}
+        for scope_entry in getattr(resource_entry, scopes_field):
+            scoped: dict[str, Any] = {}
+            for item in getattr(scope_entry, items_field):
+                target = owner_of(item.trace_id)
                 group = scoped.get(target)
                 if group is None:
                     holder = per_target.get(target)
                     if holder is None:
-                        holder = per_target[target] = out.setdefault(
-                            target, ExportLogsServiceRequest()
-                        ).resource_logs.add(resource=rl.resource, schema_url=rl.schema_url)
-                    group = scoped[target] = holder.scope_logs.add(scope=sl.scope, schema_url=sl.schema_url)
-                group.log_records.append(record)
+                        target_request = out.setdefault(target, type(request)())
+                        holder = per_target[target] = getattr(target_request, resources_field).add(
+                            resource=resource_entry.resource, schema_url=resource_entry.schema_url
+                        )
+                    group = scoped[target] = getattr(holder, scopes_field).add(
+                        scope=scope_entry.scope, schema_url=scope_entry.schema_url
+                    )
+                getattr(group, items_field).append(item)
     return out

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
+from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
 from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
@@ -22,15 +23,6 @@ from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_prot
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
 LOKI_RETRYABLE = OTLP_HTTP_RETRYABLE | {500}
-
-
-class _SignalConsumer:
-    def __init__(self, exporter: LokiExporter, signal: Signal) -> None:
-        self._exporter = exporter
-        self._signal = signal
-
-    def consume(self, batch: Message) -> None:
-        self._exporter.accept(self._signal, batch)
 
 
 class LokiExporter:
@@ -70,7 +62,7 @@ class LokiExporter:
         )
 
     def consumer_for(self, signal: Signal) -> Consumer:
-        return _SignalConsumer(self, signal)
+        return SignalConsumer(self.accept, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
         part = self._filter.apply(signal, batch)

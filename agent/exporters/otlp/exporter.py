@@ -9,21 +9,13 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from agent.component import Consumer, CreateSettings, Signal
+from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionFilter
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
-
-
-class _SignalConsumer:
-    def __init__(self, exporter: OtlpExporter, signal: Signal) -> None:
-        self._exporter = exporter
-        self._signal = signal
-
-    def consume(self, batch: Message) -> None:
-        self._exporter.accept(self._signal, batch)
 
 
 class OtlpExporter:
@@ -43,7 +35,7 @@ class OtlpExporter:
         self._log = RateLimitedLog(settings.logger)
 
     def consumer_for(self, signal: Signal) -> Consumer:
-        return _SignalConsumer(self, signal)
+        return SignalConsumer(self.accept, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
         part = self._filter.apply(signal, batch)
