@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import collections
+import itertools
+import weakref
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
 from agent.component import CreateSettings
+from agent.telemetry.selfmetrics import PREFIX
 
 FORCED_REASONS = ("max_traces", "max_buffered_bytes", "max_spans_per_trace", "shutdown")
 _DECISION_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 30.0, 60.0)
@@ -43,12 +52,7 @@ class SamplingMetrics:
         )
         self.late_kept = late.labels(cid, "keep")
         self.late_dropped = late.labels(cid, "drop")
-        self.decision_latency = m.histogram(
-            "sampling_decision_latency_seconds",
-            "Time from a trace's first span to its decision.",
-            label,
-            buckets=_DECISION_LATENCY_BUCKETS,
-        ).labels(cid)
+        self.decision_latency = _latency_family(m.registry).child(cid)
         entries = m.gauge("sampling_cache_entries", "Trace ids in the decision caches.", [*label, "cache"])
         self.kept_entries = entries.labels(cid, "kept")
         self.dropped_entries = entries.labels(cid, "dropped")
@@ -79,3 +83,61 @@ class SamplingMetrics:
 
     def lost(self, signal: str, reason: str, items: int) -> None:
         self._lost.labels(self._cid, signal, reason).inc(items)
+
+
+class DecisionLatency:
+    """One processor's ``sampling_decision_latency_seconds``: plain counts, rendered when scraped.
+
+    A prometheus_client Histogram takes a lock and walks its buckets on every observation, about a microsecond;
+    the sampler observes once per trace, so it counts here instead (scrapes run on the same event loop).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket whose bound is >= seconds
+        self.sum += seconds
+
+
+class _LatencyFamily:
+    """The family on one registry, with a child per processor id (asking twice returns the same child)."""
+
+    NAME = f"{PREFIX}_sampling_decision_latency_seconds"
+    DOC = "Time from a trace's first span to its decision."
+
+    def __init__(self) -> None:
+        self._children: dict[str, DecisionLatency] = {}
+
+    def child(self, component_id: str) -> DecisionLatency:
+        found = self._children.get(component_id)
+        if found is None:
+            found = self._children[component_id] = DecisionLatency(_DECISION_LATENCY_BUCKETS)
+        return found
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.NAME, self.DOC, labels=["processor"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.NAME, self.DOC, labels=["processor"])
+        for component_id, child in list(self._children.items()):
+            cumulative = list(itertools.accumulate(child.counts))
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(child.bounds, cumulative, strict=False)]
+            buckets.append(("+Inf", cumulative[-1]))
+            family.add_metric([component_id], buckets, child.sum)
+        yield family
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _LatencyFamily] = weakref.WeakKeyDictionary()
+
+
+def _latency_family(registry: CollectorRegistry) -> _LatencyFamily:
+    family = _FAMILIES.get(registry)
+    if family is None:
+        family = _FAMILIES[registry] = _LatencyFamily()
+        registry.register(family)  # type: ignore[arg-type]
+    return family
