@@ -30,6 +30,8 @@ _SLOTS_PER_BUCKET = 4
 _MAX_LOAD = 0.9
 _MAX_KICKS = 500
 _MASK32 = 0xFFFFFFFF
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_ALTERNATE_MULTIPLIER = 0x5BD1E995
 
 
 class KeptCache(Generic[V]):
@@ -75,23 +77,28 @@ class CuckooFilter:
     def nbytes(self) -> int:
         return self._slots.itemsize * len(self._slots)
 
-    def _locate(self, h: int) -> tuple[int, int, int]:
-        fingerprint = (h >> 32) & _MASK32 or 1
-        first = (h & _MASK32) % self._buckets
-        return fingerprint, first, self._alternate(first, fingerprint)
-
     def _alternate(self, bucket: int, fingerprint: int) -> int:
-        return ((fingerprint * 0x5BD1E995) - bucket) % self._buckets
+        return ((fingerprint * _ALTERNATE_MULTIPLIER) - bucket) % self._buckets
+
+    # __contains__ and add run once per new trace and per dropped trace: the arithmetic of _alternate is
+    # inlined, and a bucket is read as one slice rather than slot by slot.
 
     def __contains__(self, h: int) -> bool:
-        fingerprint, first, second = self._locate(h)
+        fingerprint = (h >> 32) & _MASK32 or 1
+        buckets = self._buckets
+        first = (h & _MASK32) % buckets
         slots = self._slots
-        a, b = first * _SLOTS_PER_BUCKET, second * _SLOTS_PER_BUCKET
-        return fingerprint in slots[a : a + _SLOTS_PER_BUCKET] or fingerprint in slots[b : b + _SLOTS_PER_BUCKET]
+        start = first * _SLOTS_PER_BUCKET
+        if fingerprint in slots[start : start + _SLOTS_PER_BUCKET]:
+            return True
+        start = ((fingerprint * _ALTERNATE_MULTIPLIER) - first) % buckets * _SLOTS_PER_BUCKET
+        return fingerprint in slots[start : start + _SLOTS_PER_BUCKET]
 
     def add(self, h: int) -> bool:
         """Insert; False when the table is too full (the caller rotates). Duplicates are not detected."""
-        fingerprint, first, second = self._locate(h)
+        fingerprint = (h >> 32) & _MASK32 or 1
+        first = (h & _MASK32) % self._buckets
+        second = self._alternate(first, fingerprint)
         if self._place(first, fingerprint) or self._place(second, fingerprint):
             self.count += 1
             return True
@@ -109,13 +116,12 @@ class CuckooFilter:
         return False
 
     def _place(self, bucket: int, fingerprint: int) -> bool:
-        slots = self._slots
         start = bucket * _SLOTS_PER_BUCKET
-        for index in range(start, start + _SLOTS_PER_BUCKET):
-            if slots[index] == 0:
-                slots[index] = fingerprint
-                return True
-        return False
+        free = self._slots[start : start + _SLOTS_PER_BUCKET]
+        if 0 not in free:
+            return False
+        self._slots[start + free.index(0)] = fingerprint
+        return True
 
 
 class DroppedCache:
@@ -134,11 +140,11 @@ class DroppedCache:
         return self._current.nbytes + (self._previous.nbytes if self._previous else 0)
 
     def __contains__(self, trace_id: bytes) -> bool:
-        h = hash(trace_id) & 0xFFFFFFFFFFFFFFFF
+        h = hash(trace_id) & _MASK64
         return h in self._current or (self._previous is not None and h in self._previous)
 
     def add(self, trace_id: bytes) -> None:
-        h = hash(trace_id) & 0xFFFFFFFFFFFFFFFF
+        h = hash(trace_id) & _MASK64
         if self._current.count >= self._size or not self._current.add(h):
             self._rotate()
             self._current.add(h)
