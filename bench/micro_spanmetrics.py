@@ -39,7 +39,6 @@ from agent.telemetry.selfmetrics import SelfMetrics  # noqa: E402
 from agent.testing.workload import attr, to_request  # noqa: E402
 from bench.loadgen import build_templates  # noqa: E402
 
-
 logging.getLogger("bench").setLevel(logging.ERROR)  # the flush benchmark's models are unpriced (warned once each)
 
 

@@ -4,10 +4,20 @@ It sits in its own traces pipeline fed by the receiver, next to (not after) the 
 100% of spans before any sampling. ``consume`` reads the batch synchronously and keeps nothing of it (no
 reference, no mutation): the batch stays valid for the other pipelines the receiver fans out to.
 
-Hot path, per span: one scan of its attributes through a ``key -> slot`` table built from the config, a few
-tuple keys, dict updates on the families. Spans carrying an OpenTelemetry threshold in ``tracestate``
-(``ot=th:…``, head-sampled upstream) count with their adjusted count ``1/p``: counters add it exactly,
-histograms add it stochastically rounded to an integer (OTLP bucket counts are integers), as the Collector does.
+Hot path, per span (it runs for every span the agent receives; ``bench/micro_spanmetrics.py`` measures it):
+
+- the service name is read once per ResourceSpans, not per span;
+- each field is read once; the attributes are scanned once through a ``key -> slot`` table built from the
+  config (``attributes.py``), which also says which roles (workflow, step, GenAI concepts...) the span has;
+- series are found through lookup caches keyed by what the span carries (``(name, kind, status)`` numbers
+  per service for RED; ``(workflow, status)``; ``(provider, models, failed)`` for LLM calls...), so that a
+  span builds no label tuple and makes one dict lookup per role; the caches hold only series a family
+  admitted (overflowing records take the slow path, which counts them) and are emptied when series expire;
+- a plain span (RED only: most of them) makes no function call once its series are known.
+
+Spans carrying an OpenTelemetry threshold in ``tracestate`` (``ot=th:…``, head-sampled upstream) count with
+their adjusted count ``1/p``: counters add it exactly, histograms add it stochastically rounded to an integer
+(OTLP bucket counts are integers), as the Collector does.
 
 Every ``metrics_flush_interval`` (and at shutdown) the cumulative state goes to the metrics pipeline as one
 ``ExportMetricsServiceRequest`` with an empty resource and scope, so that the Prometheus exporter gives the
@@ -20,6 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,20 +42,48 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from agent.component import Consumer, ConsumerMap, CreateSettings, Refused, Signal
-from agent.connectors.spanmetrics.aggregation import HistogramFamily, SumFamily
+from agent.connectors.spanmetrics.aggregation import (
+    Execution,
+    HistogramFamily,
+    SpanRef,
+    SumFamily,
+    SumSeries,
+    execution_of,
+)
+from agent.connectors.spanmetrics.attributes import (
+    ROLE_CACHE_READ,
+    ROLE_CACHE_WRITE,
+    ROLE_COMPONENT,
+    ROLE_ERROR_TYPE,
+    ROLE_INPUT,
+    ROLE_MODEL,
+    ROLE_OPENINFERENCE_KIND,
+    ROLE_OPERATION,
+    ROLE_OUTPUT,
+    ROLE_PROVIDER,
+    ROLE_REASONING,
+    ROLE_REQUEST_MODEL,
+    ROLE_RESPONSE_MODEL,
+    ROLE_STEP_STATUS,
+    ROLE_STEP_TYPE,
+    ROLE_TOTAL,
+    ROLE_TRACELOOP_KIND,
+    ROLE_WORKFLOW,
+    AttributeScanner,
+)
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
     TOKEN_TYPES,
-    Concept,
-    GenAiKeys,
-    TokenUsage,
+    alias_text,
     any_to_str,
+    disjoint_tokens,
+    first_number,
+    first_text,
     is_inference,
     normalize_provider,
-    normalize_tokens,
 )
-from agent.connectors.spanmetrics.pricing import PriceTable
-from agent.otlp.probability import adjusted_count, randomness, threshold_for
+from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
+from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, threshold_for
 from agent.telemetry.logs import RateLimitedLog
 
 SPAN_KIND_NAMES = {value: name for name, value in Span.SpanKind.items()}
@@ -58,6 +97,48 @@ GENAI_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04, .
 GENAI_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 _MAX_LOGGED_UNPRICED = 1000
 _ADJUSTED_COUNT_CACHE = 1024
+
+# Keys that can tell a span naming a model is not a model call (see is_inference).
+_NOT_INFERENCE_HINTS = ROLE_OPERATION | ROLE_OPENINFERENCE_KIND | ROLE_TRACELOOP_KIND
+
+# (span name, kind number, status code number) -> the span's RED series, one table per service.
+RedLookup = dict[tuple[str, int, int], Execution]
+
+
+def _as_randomness_bytes(threshold: int) -> bytes:
+    """The threshold as 7 big-endian bytes, to compare with a trace id's last 7; above every 7 bytes when the
+    threshold keeps nothing (2**56 needs 8)."""
+    return threshold.to_bytes(7, "big") if threshold < MAX_THRESHOLD else b"\xff" * 8
+
+
+class LlmTarget:
+    """Where the LLM calls of one (provider, response model, request model, failed) record, resolved once.
+
+    Token series are created on a call's first non-zero count of their type (as the families would), so they
+    start empty here; ``cost`` is the ``llm.cost_usd`` series, or ``llm.unpriced_requests`` when ``price`` is
+    None.
+    """
+
+    __slots__ = ("cache_in_input", "cost", "model", "price", "provider", "reasoning_in_output", "requests", "tokens")
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        requests: Execution,
+        cost: SumSeries,
+        price: ModelPrice | None,
+        cache_in_input: bool | None,
+        reasoning_in_output: bool | None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.requests = requests
+        self.tokens: list[SumSeries | None] = [None] * len(TOKEN_TYPES)
+        self.cost = cost
+        self.price = price
+        self.cache_in_input = cache_in_input
+        self.reasoning_in_output = reasoning_in_output
 
 
 class _Families:
@@ -131,59 +212,6 @@ class _Families:
         return families
 
 
-class AttributeScanner:
-    """Every attribute key the connector reads, mapped to a slot of a per-span value list."""
-
-    def __init__(self, cfg: SpanMetricsConfig) -> None:
-        attrs = cfg.attributes
-        keys: list[str] = []
-        for key in [
-            *GenAiKeys.keys(),
-            *attrs.workflow_name,
-            *attrs.step_type,
-            *attrs.step_status,
-            *attrs.error_type,
-            *attrs.component,
-        ]:
-            if key not in keys:
-                keys.append(key)
-        self.slot_of = {key: index for index, key in enumerate(keys)}
-        self.size = len(keys)
-        self.genai = GenAiKeys(self.slot_of)
-        self.workflow = tuple(self.slot_of[k] for k in attrs.workflow_name)
-        self.step_type = tuple(self.slot_of[k] for k in attrs.step_type)
-        self.step_status = tuple(self.slot_of[k] for k in attrs.step_status)
-        self.error_type = tuple(self.slot_of[k] for k in attrs.error_type)
-        self.component = tuple(self.slot_of[k] for k in attrs.component)
-        self.model_slots = self.genai.slots[Concept.RESPONSE_MODEL] + self.genai.slots[Concept.REQUEST_MODEL]
-
-    def scan(self, span: Span) -> list[AnyValue | None] | None:
-        """The values of the keys of interest by slot, or None when the span has none of them (the common case
-        for plain RED spans: nothing else to look at)."""
-        values: list[AnyValue | None] | None = None
-        slot_of = self.slot_of
-        for kv in span.attributes:
-            slot = slot_of.get(kv.key)
-            if slot is not None:
-                if values is None:
-                    values = [None] * self.size
-                values[slot] = kv.value
-        return values
-
-    def names_a_model(self, values: list[AnyValue | None]) -> bool:
-        return any(values[slot] is not None for slot in self.model_slots)
-
-
-def first_text(values: Sequence[AnyValue | None], slots: Sequence[int]) -> str | None:
-    for slot in slots:
-        value = values[slot]
-        if value is not None:
-            text = any_to_str(value)
-            if text:
-                return text
-    return None
-
-
 class SpanMetricsConnector:
     def __init__(self, cfg: SpanMetricsConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
         self._cfg = cfg
@@ -199,10 +227,15 @@ class SpanMetricsConnector:
         self._reasoning_in_output = {normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()}
         # Same rounding as the tail sampler, so both compute the identical threshold from the same percentage.
         self._exemplar_threshold = threshold_for(round(cfg.exemplars.sampled_percentage / 100.0, 12))
+        self._exemplar_threshold_bytes = _as_randomness_bytes(self._exemplar_threshold)
+        # Lookup caches of series by what spans carry (no label tuple to build); see _forget_series.
+        self._red_lookups: dict[str, RedLookup] = {}
+        self._workflows: dict[tuple[str, str], Execution] = {}
+        self._steps: dict[tuple[str, str], Execution] = {}
+        self._llm_targets: dict[tuple[str, str, str, bool], LlmTarget] = {}
         self._exemplars = cfg.exemplars.enabled
         self._error_exemplars = cfg.exemplars.error_spans
         self._adjusted_counts: dict[str, float] = {}
-        self._providers: dict[str, str] = {}
         self._logged_unpriced: set[tuple[str, str]] = set()
         self._random = random.Random()
         self._task: asyncio.Task[None] | None = None
@@ -265,11 +298,15 @@ class SpanMetricsConnector:
         now = time.time_ns()
         spans = 0
         for resource_spans in batch.resource_spans:  # type: ignore[attr-defined]
+            # Once per resource, not per span: an SDK sends one ResourceSpans per process with all its spans.
             service = self._service_name(resource_spans.resource)
+            red_lookup = self._red_lookups.get(service)
+            if red_lookup is None:
+                red_lookup = self._new_red_lookup(service)
             for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    self._record(span, service, now)
-                spans += len(scope_spans.spans)
+                scope_span_list = scope_spans.spans
+                spans += len(scope_span_list)
+                self._record_spans(scope_span_list, service, red_lookup, now)
         self._spans_metric.inc(spans)
 
     @staticmethod
@@ -279,109 +316,221 @@ class SpanMetricsConnector:
                 return any_to_str(kv.value) or UNKNOWN_SERVICE
         return UNKNOWN_SERVICE
 
-    def _record(self, span: Span, service: str, now: int) -> None:
-        f = self.families
+    def _record_spans(self, spans: Sequence[Span], service: str, red_lookup: RedLookup, now: int) -> None:
+        """RED for every span; the workflow, step, LLM and error families for spans that carry their keys.
+
+        Inlined here for speed: the attribute scan (``AttributeScanner.scan``) and the RED update
+        (``Execution.record``); everything else is a call.
+        """
         scanner = self._scanner
-        values = scanner.scan(span)
-        trace_state = span.trace_state
-        weight = self._adjusted_count(trace_state) if trace_state else 1.0
-        hist_weight = 1 if weight == 1.0 else self._round_weight(weight)
-        end = span.end_time_unix_nano
-        duration = max(end - span.start_time_unix_nano, 0) / 1e9
-        status_code = span.status.code
-        failed = status_code == _ERROR
-        exemplar = None
-        if self._exemplars:
-            trace_id = span.trace_id
-            if (failed and self._error_exemplars) or randomness(trace_id) >= self._exemplar_threshold:
-                exemplar = (trace_id, span.span_id, end)
+        slot_of = scanner.slot_of
+        roles_of_slot = scanner.roles_of_slot
+        slots = scanner.size
+        find_red = red_lookup.get
+        exemplars_on, error_exemplars = self._exemplars, self._error_exemplars
+        threshold_bytes = self._exemplar_threshold_bytes
+        for span in spans:
+            name, kind = span.name, span.kind
+            # Most spans have no status (UNSET): asking is cheaper than building the Status wrapper to read 0.
+            status_code = span.status.code if span.HasField("status") else 0
+            trace_state = span.trace_state
+            if trace_state:
+                weight = self._adjusted_count(trace_state)
+                hist_weight = 1 if weight == 1.0 else self._round_weight(weight)
+            else:
+                weight, hist_weight = 1.0, 1
+            end = span.end_time_unix_nano
+            duration = (end - span.start_time_unix_nano) / 1e9
+            if duration < 0.0:
+                duration = 0.0
+            failed = status_code == _ERROR
+            exemplar = None
+            if exemplars_on:
+                trace_id = span.trace_id
+                # The OTEP 235 randomness is the last 7 bytes, big-endian: comparing equal-length bytes compares
+                # the numbers (rjust: a short, invalid id counts as zero-padded, as randomness() reads it).
+                if (failed and error_exemplars) or trace_id[-7:].rjust(7, b"\0") >= threshold_bytes:
+                    exemplar = (trace_id, span.span_id, end)
 
-        red_key = (service, span.name, SPAN_KIND_NAMES.get(span.kind, ""), STATUS_CODE_NAMES.get(status_code, ""))
-        f.spans.add(red_key, weight, now)
-        f.span_duration.observe(red_key, duration, hist_weight, now, exemplar)
-        if values is None:
-            if failed:
+            red = find_red((name, kind, status_code)) or self._red_execution(
+                red_lookup, service, name, kind, status_code, now
+            )
+            count = red.count
+            count.value += weight
+            count.last = now
+            durations = red.duration
+            index = bisect_left(durations.bounds, duration)
+            durations.counts[index] += hist_weight
+            durations.sum += duration * hist_weight
+            durations.count += hist_weight
+            durations.last = now
+            if exemplar is not None:
+                durations.add_exemplar(index, duration, exemplar)
+
+            values = None
+            roles = 0
+            attributes = span.attributes
+            if attributes:
+                for kv in attributes[:]:  # a slice builds the wrappers faster than the container's iterator
+                    slot = slot_of.get(kv.key)
+                    if slot is not None:
+                        if values is None:
+                            values = [None] * slots
+                        values[slot] = kv.value
+                        roles |= roles_of_slot[slot]
+            if values is not None:
+                self._record_roles(span, service, values, roles, weight, hist_weight, duration, failed, now, exemplar)
+            elif failed:
                 error_type = self._exception_type(span) or OTHER_ERROR
-                f.errors.add((error_type, service), weight, now)
-            return
-        status = "failure" if failed else "success"
-        role = ""
+                self.families.errors.add((error_type, service), weight, now)
 
-        workflow = first_text(values, scanner.workflow)
-        if workflow is not None:
-            role = "executor"
-            f.workflow_executions.add((workflow, status), weight, now)
-            f.workflow_duration.observe((workflow,), duration, hist_weight, now, exemplar)
+    def _new_red_lookup(self, service: str) -> RedLookup:
+        if len(self._red_lookups) >= self._cfg.cardinality_limit:
+            self._red_lookups.clear()  # services are few; a flood of them must not grow memory
+        lookup: RedLookup = {}
+        self._red_lookups[service] = lookup
+        return lookup
 
-        step_type = first_text(values, scanner.step_type)
-        if step_type is not None:
-            role = role or "step_executor"
-            step_status = status
-            if not failed and first_text(values, scanner.step_status) == "skipped":
-                step_status = "skipped"
-            f.step_executions.add((step_type, step_status), weight, now)
-            f.step_duration.observe((step_type,), duration, hist_weight, now, exemplar)
+    def _red_execution(
+        self, lookup: RedLookup, service: str, name: str, kind: int, status_code: int, now: int
+    ) -> Execution:
+        """The RED series of a span whose (name, kind, status) the lookup does not hold yet."""
+        key = (service, name, SPAN_KIND_NAMES.get(kind, ""), STATUS_CODE_NAMES.get(status_code, ""))
+        execution, own = execution_of(self.families.spans, key, self.families.span_duration, key, now)
+        if own:
+            if len(lookup) >= self._cfg.cardinality_limit:
+                lookup.clear()  # unknown kind or status numbers share one series: keep the lookup bounded
+            lookup[(name, kind, status_code)] = execution
+        return execution
 
-        if scanner.names_a_model(values) and self._record_llm(
-            values, weight, hist_weight, duration, failed, now, exemplar
-        ):
-            role = role or "provider"
-
-        if failed:
-            error_type = first_text(values, scanner.error_type) or self._exception_type(span) or OTHER_ERROR
-            component = first_text(values, scanner.component) or role or service
-            f.errors.add((error_type, component), weight, now)
-
-    def _record_llm(
+    def _record_roles(
         self,
+        span: Span,
+        service: str,
         values: list[AnyValue | None],
+        roles: int,
         weight: float,
         hist_weight: int,
         duration: float,
         failed: bool,
         now: int,
-        exemplar: tuple[bytes, bytes, int] | None,
+        exemplar: SpanRef | None,
+    ) -> None:
+        """Workflow, step, LLM and error metrics of a span carrying at least one key of interest."""
+        scanner = self._scanner
+        status = "failure" if failed else "success"
+        role = ""
+
+        if roles & ROLE_WORKFLOW:
+            workflow = first_text(values, scanner.workflow)
+            if workflow is not None:
+                role = "executor"
+                key = (workflow, status)
+                execution = self._workflows.get(key) or self._workflow_execution(key, now)
+                execution.record(weight, duration, hist_weight, now, exemplar)
+
+        if roles & ROLE_STEP_TYPE:
+            step_type = first_text(values, scanner.step_type)
+            if step_type is not None:
+                role = role or "step_executor"
+                step_status = status
+                if not failed and roles & ROLE_STEP_STATUS and first_text(values, scanner.step_status) == "skipped":
+                    step_status = "skipped"
+                key = (step_type, step_status)
+                execution = self._steps.get(key) or self._step_execution(key, now)
+                execution.record(weight, duration, hist_weight, now, exemplar)
+
+        if roles & ROLE_MODEL and self._record_llm(values, roles, weight, hist_weight, duration, failed, now, exemplar):
+            role = role or "provider"
+
+        if failed:
+            error_type = (
+                (first_text(values, scanner.error_type) if roles & ROLE_ERROR_TYPE else None)
+                or self._exception_type(span)
+                or OTHER_ERROR
+            )
+            component = (first_text(values, scanner.component) if roles & ROLE_COMPONENT else None) or role or service
+            self.families.errors.add((error_type, component), weight, now)
+
+    def _workflow_execution(self, key: tuple[str, str], now: int) -> Execution:
+        f = self.families
+        execution, own = execution_of(f.workflow_executions, key, f.workflow_duration, key[:1], now)
+        if own:
+            self._remember(self._workflows, key, execution)
+        return execution
+
+    def _step_execution(self, key: tuple[str, str], now: int) -> Execution:
+        f = self.families
+        execution, own = execution_of(f.step_executions, key, f.step_duration, key[:1], now)
+        if own:
+            self._remember(self._steps, key, execution)
+        return execution
+
+    def _remember(self, lookup: dict[Any, Any], key: Any, found: Any) -> None:
+        if len(lookup) >= self._cfg.cardinality_limit:
+            lookup.clear()  # holds admitted series only, so this is rare: a family at its limit
+        lookup[key] = found
+
+    def _record_llm(
+        self,
+        values: list[AnyValue | None],
+        roles: int,
+        weight: float,
+        hist_weight: int,
+        duration: float,
+        failed: bool,
+        now: int,
+        exemplar: SpanRef | None,
     ) -> bool:
-        """Record an LLM call if the span is one; False for agent/tool/workflow spans that only name a model."""
-        genai = self._scanner.genai
-        operation = genai.text(values, Concept.OPERATION)
-        if not is_inference(
-            operation, genai.text(values, Concept.OPENINFERENCE_KIND), genai.text(values, Concept.TRACELOOP_KIND)
+        """Record an LLM call if the span is one; False for agent/tool/workflow spans that only name a model.
+
+        Each GenAI concept is read only when the scan saw one of its keys (``roles``): a span carries a handful
+        of the dozens of aliases. A present alias wins even when empty (``alias_text``).
+        """
+        s = self._scanner
+        operation = alias_text(values, s.operation) if roles & ROLE_OPERATION else None
+        if roles & _NOT_INFERENCE_HINTS and not is_inference(
+            operation,
+            alias_text(values, s.openinference_kind) if roles & ROLE_OPENINFERENCE_KIND else None,
+            alias_text(values, s.traceloop_kind) if roles & ROLE_TRACELOOP_KIND else None,
         ):
             return False
-        response_model = genai.text(values, Concept.RESPONSE_MODEL) or ""
-        request_model = genai.text(values, Concept.REQUEST_MODEL) or ""
-        model = response_model or request_model
-        if not model:
+        response_model = (alias_text(values, s.response_model) if roles & ROLE_RESPONSE_MODEL else None) or ""
+        request_model = (alias_text(values, s.request_model) if roles & ROLE_REQUEST_MODEL else None) or ""
+        if not (response_model or request_model):
             return False
-        provider = self._provider(genai.text(values, Concept.PROVIDER))
-        f = self.families
-        key = (provider, model)
-        f.llm_requests.add((provider, model, "failure" if failed else "success"), weight, now)
-        f.llm_duration.observe(key, duration, hist_weight, now, exemplar)
-        usage = normalize_tokens(
-            genai.number(values, Concept.INPUT),
-            genai.number(values, Concept.OUTPUT),
-            genai.number(values, Concept.TOTAL),
-            genai.number(values, Concept.CACHE_READ),
-            genai.number(values, Concept.CACHE_WRITE),
-            genai.number(values, Concept.REASONING),
-            cache_in_input=self._cache_in_input.get(provider),
-            reasoning_in_output=self._reasoning_in_output.get(provider),
+        raw_provider = (alias_text(values, s.provider) if roles & ROLE_PROVIDER else None) or ""
+        key = (raw_provider, response_model, request_model, failed)
+        target = self._llm_targets.get(key) or self._llm_target(key, now)
+        target.requests.record(weight, duration, hist_weight, now, exemplar)
+        usage = disjoint_tokens(
+            first_number(values, s.input) if roles & ROLE_INPUT else None,
+            first_number(values, s.output) if roles & ROLE_OUTPUT else None,
+            first_number(values, s.total) if roles & ROLE_TOTAL else None,
+            first_number(values, s.cache_read) if roles & ROLE_CACHE_READ else None,
+            first_number(values, s.cache_write) if roles & ROLE_CACHE_WRITE else None,
+            first_number(values, s.reasoning) if roles & ROLE_REASONING else None,
+            target.cache_in_input,
+            target.reasoning_in_output,
         )
-        for token_type, count in zip(TOKEN_TYPES, usage, strict=True):
+        tokens = target.tokens
+        for index, count in enumerate(usage):
             if count:
-                f.llm_tokens.add((provider, model, token_type), count * weight, now)
-        price = self.prices.lookup(response_model, request_model)
+                series = tokens[index] or self._token_series(target, index, now)
+                series.value += count * weight
+                series.last = now
+        cost = target.cost
+        price = target.price
         if price is None:
-            f.llm_unpriced.add(key, weight, now)
-            self._log_unpriced(provider, model)
+            cost.value += weight
+            self._log_unpriced(target.provider, target.model)
         else:
-            f.llm_cost.add(key, price.cost(usage) * weight, now)
-        if f.genai_duration is not None:
-            self._record_genai(operation or "", provider, request_model, response_model, usage, hist_weight, now)
-            f.genai_duration.observe(
-                (operation or "", provider, request_model, response_model, self._genai_error(values, failed)),
+            cost.value += price.cost(usage) * weight
+        cost.last = now
+        if self.families.genai_duration is not None:
+            self._record_genai(operation or "", target.provider, request_model, response_model, usage, hist_weight, now)
+            self.families.genai_duration.observe(
+                (operation or "", target.provider, request_model, response_model, self._genai_error(values, failed)),
                 duration,
                 hist_weight,
                 now,
@@ -389,21 +538,56 @@ class SpanMetricsConnector:
             )
         return True
 
+    def _llm_target(self, key: tuple[str, str, str, bool], now: int) -> LlmTarget:
+        """Resolve, once per lookup key, the provider, the model, the price and the series of an LLM call."""
+        raw_provider, response_model, request_model, failed = key
+        provider = normalize_provider(raw_provider) if raw_provider else ""
+        model = response_model or request_model
+        f = self.families
+        labels = (provider, model)
+        requests, own = execution_of(
+            f.llm_requests, (provider, model, "failure" if failed else "success"), f.llm_duration, labels, now
+        )
+        price = self.prices.lookup(response_model, request_model)
+        costs = f.llm_unpriced if price is None else f.llm_cost
+        cost = costs.series_or_overflow(labels, now)
+        target = LlmTarget(
+            provider,
+            model,
+            requests,
+            cost,
+            price,
+            self._cache_in_input.get(provider),
+            self._reasoning_in_output.get(provider),
+        )
+        if own and not costs.is_overflow(cost):
+            self._remember(self._llm_targets, key, target)
+        return target
+
+    def _token_series(self, target: LlmTarget, index: int, now: int) -> SumSeries:
+        """A token type's series on its first non-zero count; kept in the target unless it is the overflow."""
+        tokens = self.families.llm_tokens
+        series: SumSeries = tokens.series_or_overflow((target.provider, target.model, TOKEN_TYPES[index]), now)
+        if not tokens.is_overflow(series):
+            target.tokens[index] = series
+        return series
+
     def _record_genai(
         self,
         operation: str,
         provider: str,
         request_model: str,
         response_model: str,
-        usage: TokenUsage,
+        usage: Sequence[float],
         weight: int,
         now: int,
     ) -> None:
         """``gen_ai.client.token.usage``: per call, input = every input token, output = output incl. reasoning."""
         tokens = self.families.genai_tokens
         assert tokens is not None
-        input_total = usage.input + usage.cache_read + usage.cache_write
-        output_total = usage.output + usage.reasoning
+        uncached, cache_read, cache_write, output, reasoning = usage  # TokenUsage order
+        input_total = uncached + cache_read + cache_write
+        output_total = output + reasoning
         if input_total or output_total:
             tokens.observe((operation, provider, request_model, response_model, "input"), input_total, weight, now)
             tokens.observe((operation, provider, request_model, response_model, "output"), output_total, weight, now)
@@ -421,16 +605,6 @@ class SpanMetricsConnector:
                     if kv.key == "exception.type":
                         return any_to_str(kv.value)
         return None
-
-    def _provider(self, raw: str | None) -> str:
-        if not raw:
-            return ""
-        provider = self._providers.get(raw)
-        if provider is None:
-            provider = normalize_provider(raw)
-            if len(self._providers) < 1024:
-                self._providers[raw] = provider
-        return provider
 
     def _adjusted_count(self, trace_state: str) -> float:
         count = self._adjusted_counts.get(trace_state)
@@ -484,8 +658,8 @@ class SpanMetricsConnector:
         request = ExportMetricsServiceRequest()
         scope_metrics = ScopeMetrics()
         for family in self._all_families:
-            if expiration > 0:
-                family.expire_before(now - int(expiration * 1e9))
+            if expiration > 0 and family.expire_before(now - int(expiration * 1e9)):
+                self._forget_series()
             overflowed = family.take_overflowed()
             if overflowed:
                 self._overflow_metric.labels(cid, family.name).inc(overflowed)
@@ -495,6 +669,13 @@ class SpanMetricsConnector:
         if scope_metrics.metrics:
             request.resource_metrics.append(ResourceMetrics(scope_metrics=[scope_metrics]))
         return request
+
+    def _forget_series(self) -> None:
+        """Empty the lookup caches: they may hold series that a family just dropped."""
+        self._red_lookups.clear()
+        self._workflows.clear()
+        self._steps.clear()
+        self._llm_targets.clear()
 
     def state(self) -> dict[str, Any]:
         return {family.name: len(family) for family in self._all_families}

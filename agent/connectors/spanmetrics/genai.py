@@ -187,20 +187,44 @@ def normalize_tokens(
     ``cache_in_input`` / ``reasoning_in_output`` force a convention (from the config, per provider); None means
     "inclusive unless the numbers contradict it".
     """
+    return TokenUsage(
+        *disjoint_tokens(
+            input_tokens, output_tokens, total_tokens, cache_read, cache_write, reasoning, cache_in_input,
+            reasoning_in_output,
+        )
+    )  # fmt: skip
+
+
+def disjoint_tokens(
+    input_tokens: float | None,
+    output_tokens: float | None,
+    total_tokens: float | None,
+    cache_read: float | None,
+    cache_write: float | None,
+    reasoning: float | None,
+    cache_in_input: bool | None,
+    reasoning_in_output: bool | None,
+) -> tuple[float, float, float, float, float]:
+    """:func:`normalize_tokens` as a plain tuple in :class:`TokenUsage` order, for the connector's hot path
+    (positional arguments, no named tuple to build)."""
     read = cache_read or 0.0
     write = cache_write or 0.0
     thinking = reasoning or 0.0
     if input_tokens is None and total_tokens is not None and output_tokens is not None:
-        input_tokens = max(total_tokens - output_tokens, 0.0)  # only a total and an output: the rest is input
+        input_tokens = _at_least_zero(total_tokens - output_tokens)  # only a total and an output: the rest is input
     uncached = 0.0
     if input_tokens is not None:
         included = cache_in_input if cache_in_input is not None else input_tokens >= read + write
-        uncached = max(input_tokens - read - write, 0.0) if included else input_tokens
+        uncached = _at_least_zero(input_tokens - read - write) if included else input_tokens
     output = 0.0
     if output_tokens is not None:
         included = reasoning_in_output if reasoning_in_output is not None else output_tokens >= thinking
-        output = max(output_tokens - thinking, 0.0) if included else output_tokens
-    return TokenUsage(uncached, read, write, output, thinking)
+        output = _at_least_zero(output_tokens - thinking) if included else output_tokens
+    return (uncached, read, write, output, thinking)
+
+
+def _at_least_zero(value: float) -> float:
+    return 0.0 if value < 0.0 else value  # max(value, 0.0) without the builtin's argument handling
 
 
 def normalize_provider(raw: str) -> str:
@@ -240,36 +264,59 @@ def any_to_number(value: AnyValue) -> float | None:
     return None
 
 
+def first_text(values: Sequence[AnyValue | None], slots: Sequence[int]) -> str | None:
+    """The first non-empty text among ``values[slot]`` in ``slots`` order (aliases by priority), or None.
+
+    Reads ``string_value`` before asking which field is set (a descriptor call costing more than the read):
+    the attributes read as text are strings but for a few SDKs, and any other kind yields "" there."""
+    for slot in slots:
+        value = values[slot]
+        if value is not None:
+            text = value.string_value or any_to_str(value)
+            if text:
+                return text
+    return None
+
+
+def alias_text(values: Sequence[AnyValue | None], slots: Sequence[int]) -> str | None:
+    """The text of the highest-priority alias present ("" when it is empty; None when none is present or it is
+    not a scalar): a present alias wins even when empty, as for every GenAI concept."""
+    for slot in slots:
+        value = values[slot]
+        if value is not None:
+            return value.string_value or any_to_str(value)
+    return None
+
+
+def first_number(values: Sequence[AnyValue | None], slots: Sequence[int]) -> float | None:
+    """The first non-negative number among ``values[slot]`` in ``slots`` order, or None (token counts are
+    integers; doubles and numeric strings are read through :func:`any_to_number`)."""
+    for slot in slots:
+        value = values[slot]
+        if value is not None:
+            number = value.int_value or any_to_number(value)
+            if number is not None and number >= 0:
+                return float(number)
+    return None
+
+
 class GenAiKeys:
     """Slots of the GenAI aliases in a span-attribute scan (see ``AttributeScanner``), by concept and priority."""
 
     def __init__(self, slot_of: Mapping[str, int]) -> None:
-        self.slots: dict[Concept, tuple[int, ...]] = {c: tuple(slot_of[k] for k in keys) for c, keys in ALIASES.items()}
-        self.all_slots = frozenset(s for slots in self.slots.values() for s in slots)
+        # Indexed by Concept (an IntEnum): a list index, not a dict lookup, on the hot path.
+        self.slots: list[tuple[int, ...]] = [tuple(slot_of[k] for k in ALIASES[c]) for c in Concept]
+        self.all_slots = frozenset(s for slots in self.slots for s in slots)
 
     @staticmethod
     def keys() -> list[str]:
         return [key for keys in ALIASES.values() for key in keys]
 
-    def first(self, values: Sequence[AnyValue | None], concept: Concept) -> AnyValue | None:
-        for slot in self.slots[concept]:
-            value = values[slot]
-            if value is not None:
-                return value
-        return None
-
     def text(self, values: Sequence[AnyValue | None], concept: Concept) -> str | None:
-        value = self.first(values, concept)
-        return any_to_str(value) if value is not None else None
+        return alias_text(values, self.slots[concept])
 
     def number(self, values: Sequence[AnyValue | None], concept: Concept) -> float | None:
-        for slot in self.slots[concept]:
-            value = values[slot]
-            if value is not None:
-                number = any_to_number(value)
-                if number is not None and number >= 0:
-                    return number
-        return None
+        return first_number(values, self.slots[concept])
 
 
 def normalize_attributes(attributes: Mapping[str, float | int | str], **conventions: bool | None) -> TokenUsage:

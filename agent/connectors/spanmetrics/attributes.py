@@ -1,0 +1,101 @@
+"""Which span attributes the connector reads: a ``key -> slot`` table built once from the config, and roles.
+
+A span's attributes are scanned once: each key of interest puts its value in a slot of a per-span list and
+ORs its *roles* (workflow name, step type, one bit per GenAI concept...) into an int. Recording then skips
+every role the span has no key for without looking at the slots: most spans carry one role, or none.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from agent.connectors.spanmetrics.config import SpanMetricsConfig
+from agent.connectors.spanmetrics.genai import ALIASES, Concept, GenAiKeys
+
+ROLE_WORKFLOW = 1 << 0
+ROLE_STEP_TYPE = 1 << 1
+ROLE_STEP_STATUS = 1 << 2
+ROLE_ERROR_TYPE = 1 << 3
+ROLE_COMPONENT = 1 << 4
+
+
+def concept_role(concept: Concept) -> int:
+    return 1 << (5 + concept)
+
+
+ROLE_PROVIDER = concept_role(Concept.PROVIDER)
+ROLE_REQUEST_MODEL = concept_role(Concept.REQUEST_MODEL)
+ROLE_RESPONSE_MODEL = concept_role(Concept.RESPONSE_MODEL)
+ROLE_OPERATION = concept_role(Concept.OPERATION)
+ROLE_OPENINFERENCE_KIND = concept_role(Concept.OPENINFERENCE_KIND)
+ROLE_TRACELOOP_KIND = concept_role(Concept.TRACELOOP_KIND)
+ROLE_INPUT = concept_role(Concept.INPUT)
+ROLE_OUTPUT = concept_role(Concept.OUTPUT)
+ROLE_TOTAL = concept_role(Concept.TOTAL)
+ROLE_CACHE_READ = concept_role(Concept.CACHE_READ)
+ROLE_CACHE_WRITE = concept_role(Concept.CACHE_WRITE)
+ROLE_REASONING = concept_role(Concept.REASONING)
+ROLE_MODEL = ROLE_REQUEST_MODEL | ROLE_RESPONSE_MODEL
+
+
+class AttributeScanner:
+    """Every attribute key the connector reads, mapped to a slot of a per-span value list and to its roles.
+
+    The slots of each role are exposed as tuples in priority order (``workflow``, ``step_type``... and one per
+    GenAI concept: ``operation``, ``input``...), ready for :func:`~agent.connectors.spanmetrics.genai.first_text`
+    and friends.
+    """
+
+    def __init__(self, cfg: SpanMetricsConfig) -> None:
+        attrs = cfg.attributes
+        roles: dict[str, int] = {}  # key -> roles, in first-seen order (the slot order)
+        for concept, aliases in ALIASES.items():
+            for key in aliases:
+                roles[key] = roles.get(key, 0) | concept_role(concept)
+        for role, keys in (
+            (ROLE_WORKFLOW, attrs.workflow_name),
+            (ROLE_STEP_TYPE, attrs.step_type),
+            (ROLE_STEP_STATUS, attrs.step_status),
+            (ROLE_ERROR_TYPE, attrs.error_type),
+            (ROLE_COMPONENT, attrs.component),
+        ):
+            for key in keys:
+                roles[key] = roles.get(key, 0) | role
+        self.slot_of = {key: index for index, key in enumerate(roles)}
+        self.roles_of_slot = list(roles.values())
+        self.size = len(roles)
+        self.genai = GenAiKeys(self.slot_of)
+        slot_of = self.slot_of
+        self.workflow = tuple(slot_of[k] for k in attrs.workflow_name)
+        self.step_type = tuple(slot_of[k] for k in attrs.step_type)
+        self.step_status = tuple(slot_of[k] for k in attrs.step_status)
+        self.error_type = tuple(slot_of[k] for k in attrs.error_type)
+        self.component = tuple(slot_of[k] for k in attrs.component)
+        concept = self.genai.slots
+        self.provider = concept[Concept.PROVIDER]
+        self.request_model = concept[Concept.REQUEST_MODEL]
+        self.response_model = concept[Concept.RESPONSE_MODEL]
+        self.operation = concept[Concept.OPERATION]
+        self.openinference_kind = concept[Concept.OPENINFERENCE_KIND]
+        self.traceloop_kind = concept[Concept.TRACELOOP_KIND]
+        self.input = concept[Concept.INPUT]
+        self.output = concept[Concept.OUTPUT]
+        self.total = concept[Concept.TOTAL]
+        self.cache_read = concept[Concept.CACHE_READ]
+        self.cache_write = concept[Concept.CACHE_WRITE]
+        self.reasoning = concept[Concept.REASONING]
+
+    def scan(self, span: Span) -> tuple[list[AnyValue | None] | None, int]:
+        """The values of the keys of interest by slot (None when the span has none: plain RED spans) and the
+        roles they play. The connector's hot loop inlines this; it is here for tests and tools."""
+        values: list[AnyValue | None] | None = None
+        roles = 0
+        for kv in span.attributes:
+            slot = self.slot_of.get(kv.key)
+            if slot is not None:
+                if values is None:
+                    values = [None] * self.size
+                values[slot] = kv.value
+                roles |= self.roles_of_slot[slot]
+        return values, roles
