@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from agent.config.service import DEFAULT_RETENTION_CLASSES
 from agent.otlp.probability import MAX_THRESHOLD, is_sampled, threshold_for
 from agent.processors.tail_sampling.buffer import BufferedTrace, group_by_trace
 from agent.processors.tail_sampling.config import PoliciesConfig
-from agent.processors.tail_sampling.policies import DROP, EvaluationContext, build_policies
+from agent.processors.tail_sampling.policies import DROP, EvaluationContext, PolicySet, build_policies
 from tests.unit.test_tail_sampling_support import (
     DROPPED_AT_10,
     KEPT_AT_10,
@@ -191,3 +194,43 @@ def test_a_default_policy_set_evaluates_errors_then_probabilistic() -> None:
     )
     assert full.names == ["errors", "critical_services", "latency", "a", "probabilistic"]
     assert PoliciesConfig().errors.enabled
+
+
+@dataclass
+class FixedVerdict:
+    """A policy double with a given verdict for every trace."""
+
+    name: str
+    retention_class: str
+    verdict: int | None
+
+    def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
+        return self.verdict
+
+
+verdicts = st.one_of(
+    st.none(), st.sampled_from([0, HALF, TEN_PERCENT_THRESHOLD, MAX_THRESHOLD]), st.integers(0, MAX_THRESHOLD)
+)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["error", "critical", "standard"]), verdicts), min_size=1, max_size=6),
+    st.integers(0, MAX_THRESHOLD - 1),
+)
+def test_the_decision_is_the_lowest_applying_threshold_and_the_longest_kept_keeping_policy_first_configured(
+    specs: list[tuple[str, int | None]], rand: int
+) -> None:
+    retention = {"error": 30.0, "critical": 30.0, "standard": 7.0}
+    configured = [FixedVerdict(f"p{i}", cls, verdict) for i, (cls, verdict) in enumerate(specs)]
+    decision = PolicySet(configured, retention).decide(
+        trace_of(trace_id=trace_id_with_randomness(rand)), EvaluationContext()
+    )
+    applying = [p for p in configured if p.verdict is not None]
+    keeping = [p for p in applying if rand >= p.verdict]
+    if not keeping:
+        assert decision is DROP
+        return
+    longest = max(retention[p.retention_class] for p in keeping)
+    winner = next(p for p in keeping if retention[p.retention_class] == longest)
+    assert (decision.keep, decision.policy, decision.retention_class) == (True, winner.name, winner.retention_class)
+    assert decision.threshold == min(p.verdict for p in applying)

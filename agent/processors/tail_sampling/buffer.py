@@ -19,12 +19,14 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 TRACE_OVERHEAD_BYTES = 300  # the BufferedTrace object, its lists and the two index entries
 FRAGMENT_OVERHEAD_BYTES = 120  # one fragment tuple and its index list
 
 _ERROR = Status.STATUS_CODE_ERROR
+# Called unbound: ``span.HasField`` would build a bound method per span (upb messages defeat the method cache).
+_has_field = Span.HasField
 
 SpanFragment = tuple[Any, Any, list[int]]
 """``(ResourceSpans, ScopeSpans, [position of a span in ScopeSpans.spans])``."""
@@ -77,9 +79,12 @@ def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], lis
         if not span.parent_span_id:
             roots.append(trace_id)
         # Most spans have no status at all: asking first avoids building a Status message for each.
-        if span.HasField("status") and span.status.code == _ERROR:
+        if _has_field(span, "status") and span.status.code == _ERROR:
             failed.append(trace_id)
     return groups, roots, failed
+
+
+_NO_LOGS: list[LogFragment] = []  # shared and never appended to (``TraceBuffer.add_logs`` replaces it)
 
 
 class BufferedTrace:
@@ -92,7 +97,7 @@ class BufferedTrace:
         self.first_seen = first_seen
         self.root_seen: float | None = None
         self.spans: list[SpanFragment] = []
-        self.logs: list[LogFragment] = []
+        self.logs: list[LogFragment] = _NO_LOGS  # most traces never get a log record: no list until one comes
         self.span_count = 0
         self.log_count = 0
         self.bytes = TRACE_OVERHEAD_BYTES
@@ -100,17 +105,15 @@ class BufferedTrace:
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
 
     def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int) -> int:
-        """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead)."""
+        """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead).
+
+        The buffer's totals are the caller's to update (``TraceBuffer.count_added``), once per batch.
+        """
         size += FRAGMENT_OVERHEAD_BYTES
         self.spans.append((rs, ss, indices))
         self.span_count += len(indices)
         self.bytes += size
         return size
-
-    def clear(self) -> None:
-        """Let go of the data once released, even if something still refers to this object."""
-        self.spans = []
-        self.logs = []
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""
@@ -157,12 +160,15 @@ class TraceBuffer:
         self.bytes += trace.bytes
         return trace
 
-    def add_spans(self, trace: BufferedTrace, rs: Any, ss: Any, indices: list[int], size: int) -> None:
-        self.bytes += trace.add_spans(rs, ss, indices, size)
-        self.spans += len(indices)
+    def count_added(self, spans: int, size: int) -> None:
+        """Account for ``spans`` and ``size`` bytes added to buffered traces with ``BufferedTrace.add_spans``."""
+        self.spans += spans
+        self.bytes += size
 
     def add_logs(self, trace: BufferedTrace, rl: Any, sl: Any, records: list[Any], size: int) -> None:
         size += FRAGMENT_OVERHEAD_BYTES
+        if trace.logs is _NO_LOGS:
+            trace.logs = []
         trace.logs.append((rl, sl, records))
         trace.log_count += len(records)
         trace.bytes += size
@@ -175,10 +181,12 @@ class TraceBuffer:
         if self._after_root > 0:
             self._root_deadlines.append((now + self._after_root, trace.trace_id))
 
-    def remove(self, trace: BufferedTrace) -> None:
-        del self.traces[trace.trace_id]
-        self.bytes -= trace.bytes
-        self.spans -= trace.span_count
+    def remove_all(self, traces: list[BufferedTrace]) -> None:
+        buffered = self.traces
+        for trace in traces:
+            del buffered[trace.trace_id]
+        self.bytes -= sum(trace.bytes for trace in traces)
+        self.spans -= sum(trace.span_count for trace in traces)
 
     def oldest(self, count: int) -> list[BufferedTrace]:
         """Up to ``count`` traces, oldest first (not removed)."""

@@ -22,6 +22,7 @@ import collections
 import math
 import random
 from array import array
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -144,10 +145,15 @@ class DroppedCache:
         return h in self._current or (self._previous is not None and h in self._previous)
 
     def add(self, trace_id: bytes) -> None:
-        h = hash(trace_id) & _MASK64
-        if self._current.count >= self._size or not self._current.add(h):
-            self._rotate()
-            self._current.add(h)
+        self.add_all((trace_id,))
+
+    def add_all(self, trace_ids: Iterable[bytes]) -> None:
+        size = self._size
+        for trace_id in trace_ids:
+            h = hash(trace_id) & _MASK64
+            if self._current.count >= size or not self._current.add(h):
+                self._rotate()
+                self._current.add(h)
 
     def _rotate(self) -> None:
         self._previous = self._current

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import itertools
 import weakref
 from bisect import bisect_left
@@ -73,9 +72,10 @@ class SamplingMetrics:
         )
         self._decision_children: dict[tuple[str, str], Any] = {}
 
-    def count_decisions(self, counts: collections.Counter[tuple[str, bool]]) -> None:
-        for (policy, keep), count in counts.items():
-            key = (policy, "keep" if keep else "drop")
+    def count_decisions(self, counts: dict[Any, int]) -> None:
+        """Count ``{Decision: traces}``."""
+        for decision, count in counts.items():
+            key = (decision.policy, "keep" if decision.keep else "drop")
             child = self._decision_children.get(key)
             if child is None:
                 child = self._decision_children[key] = self._decisions.labels(self._cid, *key)
@@ -102,6 +102,12 @@ class DecisionLatency:
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket whose bound is >= seconds
         self.sum += seconds
+
+    def observe_all(self, values: list[float]) -> None:
+        bounds, counts = self.bounds, self.counts
+        for seconds in values:
+            counts[bisect_left(bounds, seconds)] += 1
+        self.sum += sum(values)
 
 
 class _LatencyFamily:

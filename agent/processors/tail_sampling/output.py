@@ -8,6 +8,10 @@ incoming requests that are equal are merged (compared by their serialized form, 
 
 Kept spans get the trace's OTEP 235 threshold in ``tracestate`` (``ot=th:…``), raised but never lowered
 relative to a threshold an earlier sampler already recorded.
+
+Spans are added as positions in their incoming scope and copied when the request is built: the kept traces of
+one incoming request (decided together as a rule) then cost one copy call per scope and decision rather than
+one per trace and scope.
 """
 
 from __future__ import annotations
@@ -65,9 +69,32 @@ class OutputBuilder:
         self._resources: dict[tuple[bytes, str, str], Any] = {}
         self._scopes: dict[tuple[int, bytes], Any] = {}
         self._tracestates: dict[tuple[str, int], str] = {}
+        # (id(scope_spans), class, policy, threshold) -> (resource_spans, scope_spans, [position]); the held
+        # containers keep their ids valid until ``build``.
+        self._positions: dict[tuple[int, str, str, int], tuple[Any, Any, list[int]]] = {}
 
     def __bool__(self) -> bool:
         return self.items > 0
+
+    def add_spans(
+        self, rs: Any, ss: Any, indices: list[int], retention_class: str, policy: str, threshold: int
+    ) -> None:
+        """Add ``ss.spans[i]`` for each index, stamped with the decision (copied by ``build``)."""
+        key = (id(ss), retention_class, policy, threshold)
+        held = self._positions.get(key)
+        if held is None:
+            self._positions[key] = (rs, ss, [*indices])
+        else:
+            held[2].extend(indices)
+        self.items += len(indices)
+
+    def build(self) -> Any:
+        """The export request: everything added, copied under stamped resources and their scopes."""
+        for (_, retention_class, policy, threshold), (rs, ss, indices) in self._positions.items():
+            spans = ss.spans
+            self._copy(rs, ss, [spans[i] for i in indices], retention_class, policy, threshold)
+        self._positions.clear()
+        return self.request
 
     def add(
         self,
@@ -79,11 +106,22 @@ class OutputBuilder:
         threshold: int | None = None,
     ) -> None:
         """Copy ``items`` (spans or log records) under their resource and scope, stamped with the decision."""
+        self._copy(resource_container, scope_container, items, retention_class, policy, threshold)
+        self.items += len(items)
+
+    def _copy(
+        self,
+        resource_container: Any,
+        scope_container: Any,
+        items: list[Any],
+        retention_class: str,
+        policy: str,
+        threshold: int | None,
+    ) -> None:
         out_scope = self._scope_for(self._resource_for(resource_container, retention_class, policy), scope_container)
         out_items = getattr(out_scope, self._layout.items)
         start = len(out_items)
         out_items.extend(items)
-        self.items += len(items)
         if threshold is not None:
             self._stamp_threshold(out_items, start, threshold)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
 from agent.otlp.signals import SPECS
-from agent.processors.tail_sampling.buffer import BufferedTrace, SpanSizes, TraceBuffer, group_by_trace, spans_of
+from agent.processors.tail_sampling.buffer import BufferedTrace, SpanSizes, TraceBuffer, group_by_trace
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClassifier
@@ -137,7 +137,7 @@ class TailSampler:
         span_sizes = self._span_sizes
         release = Release(self._config.max_batch_bytes)
         oversized: dict[bytes, BufferedTrace] = {}
-        late_kept = late_dropped = 0
+        late_kept = late_dropped = held_spans = held_bytes = 0
         for rs in request.resource_spans:
             for ss in rs.scope_spans:
                 spans = ss.spans
@@ -153,15 +153,17 @@ class TailSampler:
                         decision = kept.get(trace_id)
                         if decision is not None:
                             builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
-                            group = spans_of((rs, ss, indices))
-                            builder.add(rs, ss, group, decision.retention_class, decision.policy, decision.threshold)
+                            builder.add_spans(
+                                rs, ss, indices, decision.retention_class, decision.policy, decision.threshold
+                            )
                             late_kept += len(indices)
                             continue
                         if trace_id in dropped:
                             late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
-                    buffer.add_spans(trace, rs, ss, indices, int(bytes_per_span * len(indices)))
+                    held_spans += len(indices)
+                    held_bytes += trace.add_spans(rs, ss, indices, int(bytes_per_span * len(indices)))
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
                 for trace_id in failed:
@@ -172,6 +174,7 @@ class TailSampler:
                     trace = traces.get(trace_id)
                     if trace is not None and trace.root_seen is None:
                         buffer.root_arrived(trace, now)
+        buffer.count_added(held_spans, held_bytes)
         if late_kept:
             self.metrics.late_kept.inc(late_kept)
         if late_dropped:
@@ -246,31 +249,32 @@ class TailSampler:
     def _decide(self, traces: list[BufferedTrace], reason: str | None, release: Release) -> None:
         if not traces:
             return
-        context = EvaluationContext()
-        now = self._clock()
-        counts: collections.Counter[tuple[str, bool]] = collections.Counter()
-        latency = self.metrics.decision_latency
+        self.buffer.remove_all(traces)
+        decide, context = self.policies.decide, EvaluationContext()
+        counts: dict[Decision, int] = {}
+        dropped_ids: list[bytes] = []
         for trace in traces:
-            self.buffer.remove(trace)
-            decision = self.policies.decide(trace, context)
-            counts[(decision.policy, decision.keep)] += 1
-            latency.observe(max(now - trace.first_seen, 0.0))
+            decision = decide(trace, context)
+            counts[decision] = counts.get(decision, 0) + 1
             if decision.keep:
                 self.kept.put(trace.trace_id, decision)
                 self._release_kept(trace, decision, release)
             else:
-                self.dropped.add(trace.trace_id)
-                self._release_logs_of_dropped(trace, release)
-            trace.clear()
+                dropped_ids.append(trace.trace_id)
+                if trace.logs:
+                    self._release_logs_of_dropped(trace, release)
+        self.dropped.add_all(dropped_ids)
+        now = self._clock()
+        self.metrics.decision_latency.observe_all([now - trace.first_seen for trace in traces])
         self.metrics.count_decisions(counts)
         if reason is not None:
             self.metrics.forced[reason].inc(len(traces))
 
     def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
         builder = release.builder(Signal.TRACES, trace.bytes)
-        for fragment in trace.spans:
-            rs, ss, _ = fragment
-            builder.add(rs, ss, spans_of(fragment), decision.retention_class, decision.policy, decision.threshold)
+        retention_class, policy, threshold = decision.retention_class, decision.policy, decision.threshold
+        for rs, ss, indices in trace.spans:
+            builder.add_spans(rs, ss, indices, retention_class, policy, threshold)
         if trace.logs:
             builder = release.builder(Signal.LOGS, 0)
             for rl, sl, records in trace.logs:
@@ -278,8 +282,6 @@ class TailSampler:
                     builder.add(rl, sl, group, retention_class, policy)
 
     def _release_logs_of_dropped(self, trace: BufferedTrace, release: Release) -> None:
-        if not trace.logs:
-            return
         builder = release.builder(Signal.LOGS, 0)
         for rl, sl, records in trace.logs:
             for (retention_class, policy), group in self.logs.group_by_severity(records).items():
@@ -292,7 +294,7 @@ class TailSampler:
         for signal, builders in release.builders.items():
             for builder in builders:
                 if builder.items:
-                    self._send(signal, _Pending(builder.request, builder.items, 0))
+                    self._send(signal, _Pending(builder.build(), builder.items, 0))
 
     def _send(self, signal: Signal, entry: _Pending) -> None:
         queue = self._pending[signal]

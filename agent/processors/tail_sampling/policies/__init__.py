@@ -69,7 +69,11 @@ class PolicySet:
 
     def __init__(self, policies: Sequence[Policy], retention: Mapping[str, float]) -> None:
         self.policies = list(policies)
-        self._period = {p.name: retention.get(p.retention_class, 0.0) for p in self.policies}
+        # Ranked by how long their class is kept, longest first, configuration order on ties (a stable sort):
+        # the first policy in this order that keeps the trace is the winner. A policy whose threshold is the same
+        # for every trace (``fixed_threshold``) is not called.
+        ranked = sorted(self.policies, key=lambda p: -retention.get(p.retention_class, 0.0))
+        self._ranked = [(policy, getattr(policy, "fixed_threshold", None)) for policy in ranked]
         self._interned: dict[tuple[str, str, int], Decision] = {}
 
     @property
@@ -80,13 +84,16 @@ class PolicySet:
         rand = randomness(trace.trace_id)
         combined = MAX_THRESHOLD
         winner: Policy | None = None
-        for policy in self.policies:
-            threshold = policy.threshold(trace, context)
+        for policy, fixed in self._ranked:
+            threshold = policy.threshold(trace, context) if fixed is None else fixed
             if threshold is None:
                 continue
-            combined = min(combined, threshold)
-            if rand >= threshold and (winner is None or self._period[policy.name] > self._period[winner.name]):
+            if threshold < combined:
+                combined = threshold
+            if winner is None and rand >= threshold:
                 winner = policy
+                if not combined:  # no later policy can lower the threshold or outrank the winner
+                    break
         if winner is None:
             return DROP
         return self._intern(winner, combined)

@@ -17,7 +17,8 @@ class ProbabilisticPolicy:
 
     def __init__(self, config: ProbabilisticPolicyConfig) -> None:
         self.retention_class = config.retention_class
-        self._threshold = percentage_threshold(config.percentage)
+        self.fixed_threshold = percentage_threshold(config.percentage)
+        """The same for every trace, so the policy set need not call ``threshold``."""
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
-        return self._threshold
+        return self.fixed_threshold
