@@ -1,11 +1,14 @@
 """The trace buffer: spans (and logs) grouped by trace id, oldest first, with their byte and span counts.
 
 Spans stay inside the export requests they arrived in: a trace holds *fragments* ``(resource_spans,
-scope_spans, indices)``, the positions of its spans in that scope's repeated field, so each span keeps its own
+scope_spans, positions)``, the positions of its spans in that scope's repeated field, so each span keeps its own
 resource and scope, nothing is copied until the trace is released, and no Python object is kept per span (a
 span's message wrapper costs about 200 bytes, and freeing hundreds of thousands of them a good share of a tick).
 What the policies need of every span is read in the one pass that groups a scope's spans (``group_by_trace``):
 today, whether the trace has a span with status ERROR. Log records are few and kept as message lists.
+
+A trace stores its fragments in one flat list (see ``BufferedTrace``): the cyclic garbage collector walks every
+container the buffer holds, again and again while traces wait, so their number matters as much as their size.
 
 Byte counts are the protobuf size of what is held plus a fixed overhead per trace and fragment, i.e. an estimate
 of the heap used, not an exact figure. The protobuf size of spans is itself estimated (``SpanSizes``).
@@ -21,8 +24,8 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-TRACE_OVERHEAD_BYTES = 300  # the BufferedTrace object, its lists and the two index entries
-FRAGMENT_OVERHEAD_BYTES = 120  # one fragment tuple and its index list
+TRACE_OVERHEAD_BYTES = 300  # the BufferedTrace object, its list and the two index entries
+FRAGMENT_OVERHEAD_BYTES = 120  # a fragment's entries in that list, and the scope wrappers it keeps alive
 
 _ERROR = Status.STATUS_CODE_ERROR
 # Called unbound: ``span.HasField`` would build a bound method per span (upb messages defeat the method cache).
@@ -88,15 +91,20 @@ _NO_LOGS: list[LogFragment] = []  # shared and never appended to (``TraceBuffer.
 
 
 class BufferedTrace:
-    """Everything held for one undecided trace."""
+    """Everything held for one undecided trace.
 
-    __slots__ = ("bytes", "failed", "first_seen", "log_count", "logs", "root_seen", "span_count", "spans", "trace_id")
+    Span fragments are laid out flat in ``_spans``: ``[rs, ss, n, p1, ..., pn, rs, ss, n, ...]``, one list per
+    trace where a list of ``(rs, ss, [positions])`` tuples would be two more containers per fragment. Read them
+    with ``fragments()``.
+    """
+
+    __slots__ = ("_spans", "bytes", "failed", "first_seen", "log_count", "logs", "root_seen", "span_count", "trace_id")
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
         self.trace_id = trace_id
         self.first_seen = first_seen
         self.root_seen: float | None = None
-        self.spans: list[SpanFragment] = []
+        self._spans: list[Any] = []
         self.logs: list[LogFragment] = _NO_LOGS  # most traces never get a log record: no list until one comes
         self.span_count = 0
         self.log_count = 0
@@ -110,24 +118,28 @@ class BufferedTrace:
         The buffer's totals are the caller's to update (``TraceBuffer.count_added``), once per batch.
         """
         size += FRAGMENT_OVERHEAD_BYTES
-        self.spans.append((rs, ss, indices))
+        spans = self._spans
+        spans += (rs, ss, len(indices))
+        spans += indices
         self.span_count += len(indices)
         self.bytes += size
         return size
 
+    def fragments(self) -> Iterator[SpanFragment]:
+        """``(resource_spans, scope_spans, positions)`` in the order they were added."""
+        spans = self._spans
+        start, end = 0, len(spans)
+        while start < end:
+            count = spans[start + 2]
+            yield spans[start], spans[start + 1], spans[start + 3 : start + 3 + count]
+            start += 3 + count
+
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""
-        for rs, ss, indices in self.spans:
+        for rs, ss, positions in self.fragments():
             spans = ss.spans
-            for index in indices:
-                yield rs, spans[index]
-
-
-def spans_of(fragment: SpanFragment) -> list[Any]:
-    """The span messages a fragment points at."""
-    _, ss, indices = fragment
-    spans = ss.spans
-    return [spans[index] for index in indices]
+            for position in positions:
+                yield rs, spans[position]
 
 
 class TraceBuffer:
@@ -143,8 +155,10 @@ class TraceBuffer:
         self._after_root = after_root
         # A plain dict keeps insertion order, i.e. first-span order, and is cheaper than an OrderedDict.
         self.traces: dict[bytes, BufferedTrace] = {}
-        # (deadline, trace id): ids, not trace objects, so entries of traces decided by other means stay small.
-        self._root_deadlines: collections.deque[tuple[float, bytes]] = collections.deque()
+        # Deadlines and trace ids in two parallel queues (no tuple per entry); ids, not trace objects, so entries
+        # of traces decided by other means stay small.
+        self._root_deadlines: collections.deque[float] = collections.deque()
+        self._root_ids: collections.deque[bytes] = collections.deque()
         self.bytes = 0
         self.spans = 0
 
@@ -179,7 +193,8 @@ class TraceBuffer:
             return
         trace.root_seen = now
         if self._after_root > 0:
-            self._root_deadlines.append((now + self._after_root, trace.trace_id))
+            self._root_deadlines.append(now + self._after_root)
+            self._root_ids.append(trace.trace_id)
 
     def remove_all(self, traces: list[BufferedTrace]) -> None:
         buffered = self.traces
@@ -211,11 +226,11 @@ class TraceBuffer:
                 break
             due.append(trace)
             spans += trace.span_count
-        roots = self._root_deadlines
-        if roots and roots[0][0] <= now and spans < max_spans:
+        deadlines, ids = self._root_deadlines, self._root_ids
+        if deadlines and deadlines[0] <= now and spans < max_spans:
             seen = {id(t) for t in due}
-            while roots and roots[0][0] <= now and spans < max_spans:
-                deadline, trace_id = roots.popleft()
+            while deadlines and deadlines[0] <= now and spans < max_spans:
+                deadline, trace_id = deadlines.popleft(), ids.popleft()
                 # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
                 # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
                 trace = self.traces.get(trace_id)
@@ -235,8 +250,10 @@ class TraceBuffer:
         """Drop entries of traces already decided, so the queue stays within twice the buffer (amortized O(1))."""
         if len(self._root_deadlines) > 2 * len(self.traces) + 256:
             live = self.traces
-            self._root_deadlines = collections.deque(
+            entries = [
                 (deadline, trace_id)
-                for deadline, trace_id in self._root_deadlines
+                for deadline, trace_id in zip(self._root_deadlines, self._root_ids, strict=True)
                 if (trace := live.get(trace_id)) is not None and self._is_entry_of(trace, deadline)
-            )
+            ]
+            self._root_deadlines = collections.deque(deadline for deadline, _ in entries)
+            self._root_ids = collections.deque(trace_id for _, trace_id in entries)

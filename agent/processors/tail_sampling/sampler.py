@@ -273,7 +273,7 @@ class TailSampler:
     def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
         builder = release.builder(Signal.TRACES, trace.bytes)
         retention_class, policy, threshold = decision.retention_class, decision.policy, decision.threshold
-        for rs, ss, indices in trace.spans:
+        for rs, ss, indices in trace.fragments():
             builder.add_spans(rs, ss, indices, retention_class, policy, threshold)
         if trace.logs:
             builder = release.builder(Signal.LOGS, 0)

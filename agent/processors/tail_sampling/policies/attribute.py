@@ -59,7 +59,7 @@ class AttributePolicy:
         return None
 
     def _resource_matches(self, trace: BufferedTrace, context: EvaluationContext) -> bool:
-        for rs, _, _ in trace.spans:
+        for rs, _, _ in trace.fragments():
             value = context.resource_attributes(rs).get(self._key)
             if value is not None and self._matches(value):
                 return True

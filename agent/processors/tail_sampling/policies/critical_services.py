@@ -15,7 +15,7 @@ class CriticalServicesPolicy:
         self._services = frozenset(config.services)
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
-        for rs, _, _ in trace.spans:
+        for rs, _, _ in trace.fragments():
             service = context.resource_attributes(rs).get("service.name")
             if service is not None and service.string_value in self._services:
                 return 0
