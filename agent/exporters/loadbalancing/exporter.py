@@ -1,10 +1,11 @@
 """``loadbalancing`` exporter: every span and log of a trace to the same gateway, chosen by the trace id.
 
 One sending queue holds whole batches; each push splits its batch over the current ring and sends the parts to
-their gateways concurrently. A gateway that fails with a retryable error leaves the ring for
-``backend_cooldown``: its part is split again over the remaining gateways at once (every sidecar sees the same
-dead gateway, so they agree on the new owner). Parts already delivered are removed from the batch before the
-queue retries what is left, so a retry never resends them. Membership comes from a resolver; a gateway that
+their gateways concurrently. A gateway that cannot be reached leaves the ring for ``backend_cooldown``: its part
+is split again over the remaining gateways at once (every sidecar sees the same dead gateway, so they agree on
+the new owner). A gateway that is alive but full (it answers with a retry delay) keeps its part, which waits in
+the queue: back-pressure must not split a trace between gateways. Parts already delivered are removed from the
+batch before the queue retries what is left, so a retry never resends them. Membership comes from a resolver; a gateway that
 disappears simply stops being an owner, and batches still queued go to the new owners.
 """
 
@@ -117,35 +118,44 @@ class LoadBalancingExporter:
     # --- sending ----------------------------------------------------------------------------------------------
 
     async def _push(self, signal: Signal, batch: Message) -> int:
-        """Deliver every part of ``batch`` to its gateway, re-routing around failed ones; return items rejected.
+        """Deliver every part of ``batch`` to its gateway, re-routing around dead ones; return items rejected.
 
-        Raises RetryableError (after leaving only the undelivered items in ``batch``) when no gateway took them.
+        A gateway that answers with a retry delay (RetryInfo / Retry-After) is alive but full: its part waits for
+        it, so that a trace is never split between gateways by back-pressure. A gateway that cannot be reached
+        leaves the ring and its part goes to the next owner at once. What is still undelivered stays in ``batch``
+        (what was delivered is removed) and RetryableError is raised so the queue retries it with backoff.
         """
         pending: Message | None = batch
+        waiting: list[Message] = []
         rejected = 0
-        last_error: Exception | None = None
+        last_error: RetryableError | None = None
         for _round in range(len(self._transports) + 1):
             ring = self._healthy_ring()
             if pending is None or not len(ring):
                 break
             parts = _SPLITTERS[signal](pending, ring.owner)
             outcomes = await asyncio.gather(*(self._send(signal, gw, part) for gw, part in parts.items()))
-            retry: list[Message] = []
+            rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
-                if isinstance(outcome, RetryableError):
-                    self._eject(gateway, outcome)
-                    retry.append(part)
-                    last_error = outcome
-                else:
+                if not isinstance(outcome, RetryableError):
                     rejected += outcome
-            pending = merge(retry) if retry else None
+                    continue
+                last_error = outcome
+                if outcome.retry_after is not None:
+                    waiting.append(part)  # throttled: the same gateway, later
+                else:
+                    self._eject(gateway, outcome)
+                    rerouted.append(part)
+            pending = merge(rerouted) if rerouted else None
             if pending is not None:
                 self._reroutes.labels(self._settings.component_id, signal.value).inc(SPECS[signal].count_items(pending))
-        if pending is None:
+        undelivered = [*waiting, *([pending] if pending is not None else [])]
+        if not undelivered:
             return rejected
-        if pending is not batch:
+        remaining = merge(undelivered)
+        if remaining is not batch:
             batch.Clear()
-            batch.MergeFrom(pending)  # what was delivered is not sent again by the queue's retry
+            batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
         raise last_error or RetryableError("no gateway is available", reason="no_backends")
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:

@@ -1,0 +1,111 @@
+"""The loadbalancing exporter's push against gateway doubles: routing around dead ones, waiting for full ones."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from agent.component import CreateSettings, Kind, Signal
+from agent.config.service import ServiceConfig
+from agent.exporters._helper.retry import RetryableError
+from agent.exporters.loadbalancing.config import (
+    LoadBalancingExporterConfig,
+    ResolverConfig,
+    StaticResolverConfig,
+)
+from agent.exporters.loadbalancing.exporter import LoadBalancingExporter
+from agent.exporters.loadbalancing.ring import HashRing
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
+from tests.helpers import metric_value
+
+GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
+
+
+class Gateway:
+    """A transport double: records what it receives, or fails the way a dead or a full gateway does."""
+
+    def __init__(self, failure: RetryableError | None = None) -> None:
+        self.failure = failure
+        self.received: list[bytes] = []
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        if self.failure is not None:
+            raise self.failure
+        self.received.extend(s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+        return ExportTraceServiceResponse()
+
+    async def close(self) -> None:
+        return None
+
+
+def exporter_with(gateways: dict[str, Gateway]) -> tuple[LoadBalancingExporter, SelfMetrics]:
+    metrics = SelfMetrics()
+    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    config = LoadBalancingExporterConfig(resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)))
+    exporter = LoadBalancingExporter(config, settings)
+    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    return exporter, metrics
+
+
+def batch_of(traces: int) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for part, _ in Workload(seed=traces).requests(traces):
+        request.resource_spans.extend(part.resource_spans)
+    return request
+
+
+def trace_ids(request: ExportTraceServiceRequest) -> set[bytes]:
+    return {s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
+
+
+async def test_every_trace_goes_whole_to_the_gateway_that_owns_it() -> None:
+    gateways = {g: Gateway() for g in GATEWAYS}
+    exporter, _ = exporter_with(gateways)
+    batch = batch_of(60)
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    ring = HashRing(GATEWAYS)
+    for endpoint, gateway in gateways.items():
+        assert gateway.received and all(ring.owner(t) == endpoint for t in gateway.received)
+
+
+async def test_a_dead_gateways_traces_go_to_the_next_owner_at_once() -> None:
+    dead = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    batch = batch_of(60)
+    expected = trace_ids(batch)
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    survivors = HashRing(GATEWAYS[1:])
+    delivered = set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received)
+    assert delivered == expected
+    for endpoint in GATEWAYS[1:]:
+        assert all(survivors.owner(t) == endpoint for t in gateways[endpoint].received)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
+    assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") > 0
+
+
+async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_retry() -> None:
+    full = Gateway(RetryableError("buffer full", reason="unavailable", retry_after=2.0))
+    gateways = {GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    batch = batch_of(60)
+    ring = HashRing(GATEWAYS)
+    owned_by_full = {t for t in trace_ids(batch) if ring.owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError) as raised:
+        await exporter._push(Signal.TRACES, batch)
+    assert raised.value.retry_after == 2.0
+    assert trace_ids(batch) == owned_by_full  # only the waiting part is left for the queue's retry
+    assert not set(gateways[GATEWAYS[1]].received) & owned_by_full
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+    full.failure = None
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert set(full.received) == owned_by_full
