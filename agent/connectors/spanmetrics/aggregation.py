@@ -3,8 +3,8 @@
 A series is a small ``__slots__`` object created once per label combination (never per span): the hot path
 updates its fields directly (``series.value += weight``), which costs what a list index costs and reads like
 what it does. Callers that record many spans under one label combination look the series up once with
-:meth:`_Family.series_for` and keep it (see the connector's lookup caches); the others call
-:meth:`SumFamily.add` / :meth:`HistogramFamily.observe` with a key tuple.
+:func:`execution_of` / :meth:`_Family.series_or_overflow` and keep it (see the connector's lookup caches);
+the others call :meth:`SumFamily.add` / :meth:`HistogramFamily.observe` with a key tuple.
 
 Each family holds at most ``limit`` series; further combinations are recorded in one overflow series whose
 only attribute is ``otel.metric.overflow="true"`` (the Collector's convention), and counted so that the loss
@@ -12,7 +12,9 @@ of detail is visible. Series not updated for ``expiration`` nanoseconds are drop
 
 :meth:`write_points` writes a family into an OTLP ``Metric`` with CUMULATIVE temporality; the start time of a
 point is when its series was created, so a series that expires and comes back restarts from zero with a new
-start time (a counter reset for Prometheus).
+start time (a counter reset for Prometheus). The fields of a series' points that never change (attributes;
+bucket bounds) are serialized once, when the series is created, and merged into each point: copying
+attribute messages cost three times what the rest of a point does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+)
 
 OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
 # A key no label-value tuple can equal: tuples of strings never compare equal to one holding this object.
@@ -42,17 +49,17 @@ def attributes_for(label_keys: Sequence[str], key: tuple[Any, ...]) -> list[KeyV
 
 
 class SumSeries:
-    __slots__ = ("attributes", "last", "start", "value")
+    __slots__ = ("fixed_fields", "last", "start", "value")
 
     def __init__(self, now_ns: int, attributes: list[KeyValue]) -> None:
         self.value = 0.0
         self.start = now_ns  # when the series (re)started: the cumulative start time
         self.last = now_ns  # last update, for expiry
-        self.attributes = attributes
+        self.fixed_fields = NumberDataPoint(attributes=attributes).SerializeToString()
 
 
 class HistogramSeries:
-    __slots__ = ("attributes", "bounds", "count", "counts", "exemplars", "last", "start", "sum")
+    __slots__ = ("bounds", "count", "counts", "exemplars", "fixed_fields", "last", "start", "sum")
 
     def __init__(self, bounds: list[float], now_ns: int, attributes: list[KeyValue]) -> None:
         self.bounds = bounds  # the family's, shared
@@ -61,7 +68,7 @@ class HistogramSeries:
         self.count = 0
         self.start = now_ns
         self.last = now_ns
-        self.attributes = attributes
+        self.fixed_fields = HistogramDataPoint(attributes=attributes, explicit_bounds=bounds).SerializeToString()
         self.exemplars: list[Exemplar | None] | None = None  # per bucket, the latest; created on the first
 
     def observe(self, value: float, weight: int, now_ns: int, exemplar: SpanRef | None) -> None:
@@ -195,12 +202,8 @@ class SumFamily(_Family):
         add = data.data_points.add
         for one in series:
             point = add(start_time_unix_nano=one.start, time_unix_nano=now_ns, as_double=one.value)
-            point.attributes.extend(one.attributes)
+            point.MergeFromString(one.fixed_fields)
             yield
-
-    def to_metric(self, metric: Metric, now_ns: int) -> None:
-        for _ in self.write_points(metric, now_ns, list(self.series.values())):
-            pass
 
 
 class HistogramFamily(_Family):
@@ -253,7 +256,6 @@ class HistogramFamily(_Family):
         data = metric.histogram
         data.aggregation_temporality = _CUMULATIVE
         add = data.data_points.add
-        bounds = self.bounds
         for one in series:
             point = add(
                 start_time_unix_nano=one.start,
@@ -261,9 +263,8 @@ class HistogramFamily(_Family):
                 count=one.count,
                 sum=one.sum,
                 bucket_counts=one.counts,
-                explicit_bounds=bounds,
             )
-            point.attributes.extend(one.attributes)
+            point.MergeFromString(one.fixed_fields)
             exemplars = one.exemplars
             if exemplars is not None:
                 for found in exemplars:
@@ -272,7 +273,3 @@ class HistogramFamily(_Family):
                             trace_id=found[0], span_id=found[1], as_double=found[2], time_unix_nano=found[3]
                         )
             yield
-
-    def to_metric(self, metric: Metric, now_ns: int) -> None:
-        for _ in self.write_points(metric, now_ns, list(self.series.values())):
-            pass

@@ -31,13 +31,12 @@ import contextlib
 import random
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -97,6 +96,8 @@ GENAI_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04, .
 GENAI_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 _MAX_LOGGED_UNPRICED = 1000
 _ADJUSTED_COUNT_CACHE = 1024
+# Most event-loop time one slice of a periodic flush takes before letting the receivers run.
+FLUSH_SLICE_SECONDS = 0.002
 
 # Keys that can tell a span naming a model is not a model call (see is_inference).
 _NOT_INFERENCE_HINTS = ROLE_OPERATION | ROLE_OPENINFERENCE_KIND | ROLE_TRACELOOP_KIND
@@ -287,7 +288,7 @@ class SpanMetricsConnector:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.flush()
+                await self._flush_in_slices()
             except Exception:  # a bug must not stop metrics for good
                 self._flushes.labels(self._settings.component_id, "failed").inc()
                 self._log.exception("span metrics flush failed")
@@ -636,8 +637,26 @@ class SpanMetricsConnector:
     # --- flush ------------------------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send the cumulative state downstream (ownership passes to the metrics pipeline)."""
-        request = self.collect()
+        """Send the cumulative state downstream at once (shutdown; tests)."""
+        self._send(self.collect())
+
+    async def _flush_in_slices(self) -> None:
+        """The periodic flush: the request is built in slices of at most ``FLUSH_SLICE_SECONDS`` of event-loop
+        time, so that thousands of series never stall the receivers (a point costs a few microseconds).
+
+        Spans recorded between slices land in points not written yet or in the next flush: every point is the
+        cumulative value at its own writing, which is all a cumulative stream promises.
+        """
+        request = ExportMetricsServiceRequest()
+        deadline = time.perf_counter() + FLUSH_SLICE_SECONDS
+        for written, _ in enumerate(self._fill(request), 1):
+            if written % 32 == 0 and time.perf_counter() > deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + FLUSH_SLICE_SECONDS
+        self._send(request)
+
+    def _send(self, request: ExportMetricsServiceRequest) -> None:
+        """Hand a collected request to the metrics pipeline (ownership passes to it)."""
         if self._out is None or not request.resource_metrics:
             return
         cid = self._settings.component_id
@@ -652,11 +671,17 @@ class SpanMetricsConnector:
 
     def collect(self) -> ExportMetricsServiceRequest:
         """Expire idle series, update the self-metrics and return the cumulative state as an OTLP request."""
+        request = ExportMetricsServiceRequest()
+        for _ in self._fill(request):
+            pass
+        return request
+
+    def _fill(self, request: ExportMetricsServiceRequest) -> Iterator[None]:
+        """Expire idle series and update the self-metrics, then write every series into ``request`` (one
+        ResourceMetrics with an empty resource and scope), yielding after each point."""
         now = time.time_ns()
         expiration = float(self._cfg.metrics_expiration)
         cid = self._settings.component_id
-        request = ExportMetricsServiceRequest()
-        scope_metrics = ScopeMetrics()
         for family in self._all_families:
             if expiration > 0 and family.expire_before(now - int(expiration * 1e9)):
                 self._forget_series()
@@ -664,11 +689,13 @@ class SpanMetricsConnector:
             if overflowed:
                 self._overflow_metric.labels(cid, family.name).inc(overflowed)
             self._series_metric.labels(cid, family.name).set(len(family))
-            if len(family):
-                family.to_metric(scope_metrics.metrics.add(), now)
-        if scope_metrics.metrics:
-            request.resource_metrics.append(ResourceMetrics(scope_metrics=[scope_metrics]))
-        return request
+        # Series as they are now: spans consumed between slices may add series, which the next flush carries.
+        snapshot = [(family, list(family.series.values())) for family in self._all_families if len(family)]
+        if not snapshot:
+            return
+        metrics = request.resource_metrics.add().scope_metrics.add().metrics
+        for family, series in snapshot:
+            yield from family.write_points(metrics.add(), now, series)
 
     def _forget_series(self) -> None:
         """Empty the lookup caches: they may hold series that a family just dropped."""
