@@ -12,7 +12,7 @@ FACTORY: Factory[PrometheusExporterConfig] = Factory(
     config_class=PrometheusExporterConfig,
     signals=frozenset({Signal.METRICS}),
     create=lambda cfg, settings: PrometheusExporter(cfg, settings),
-    retains_data=False,  # folds each batch into its state inside consume()
+    retains_data=True,  # a large batch is folded in slices after consume() returns (see exporter.py)
     description="Serves OTLP metrics on a Prometheus scrape endpoint (text format and OpenMetrics with exemplars), "
     "following the OpenTelemetry→Prometheus compatibility rules.",
 )

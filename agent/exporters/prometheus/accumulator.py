@@ -35,9 +35,10 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -141,8 +142,12 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     return tuple(uppers), counts
 
 
+FoldOutcome = Literal["done", "more", "busy"]
+
+
 class Accumulator:
-    """The exporter's state. ``consume`` runs on the event loop; ``families`` may run on a scrape thread."""
+    """The exporter's state. ``consume`` and ``fold_pending`` run on the event loop; ``snapshot`` on a scrape
+    thread. Folding happens under the lock, which the event loop never waits for."""
 
     def __init__(
         self,
@@ -154,6 +159,7 @@ class Accumulator:
         scope_labels: bool = True,
         resource_labels: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        on_malformed: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self._expiration = expiration
         self._max_series = max_series
@@ -167,18 +173,62 @@ class Accumulator:
         self._targets: dict[LabelKey, Target] = {}
         self._series_count = 0
         self._label_names: dict[str, str] = {}
+        self._on_malformed = on_malformed
+        # Requests consumed and not folded yet, with their arrival time; the one being folded, paused.
+        self._pending: deque[tuple[ExportMetricsServiceRequest, float]] = deque()
+        self._folding: Iterator[None] | None = None
 
     # --- intake ---------------------------------------------------------------------------------------------
 
     def consume(self, request: ExportMetricsServiceRequest) -> None:
-        now = self._clock()
-        with self._lock:
-            for resource_metrics in request.resource_metrics:
-                resource = self._resource_labels_of(resource_metrics.resource, now)
-                for scope_metrics in resource_metrics.scope_metrics:
-                    base = {**self._scope_labels_of(scope_metrics.scope), **resource}
-                    for metric in scope_metrics.metrics:
-                        self._metric(metric, base, now)
+        """Queue ``request`` to be folded into the state: by :meth:`fold_pending` (the exporter drains the queue
+        in slices on the event loop) or by the next reader, whichever comes first. Costs nothing per point, so
+        a flush of thousands of series never stalls the caller; the request is kept until folded."""
+        self._pending.append((request, self._clock()))
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or being folded."""
+        return len(self._pending) + (self._folding is not None)
+
+    def fold_pending(self, budget: float | None = None, *, wait: bool = True) -> FoldOutcome:
+        """Fold queued requests into the state, for at most about ``budget`` seconds (None: all of them).
+
+        ``wait=False`` never blocks on the lock (the event loop must not wait for a scrape thread): "busy" then
+        says a reader holds it, and that reader folds what is queued anyway.
+        """
+        if not self._lock.acquire(blocking=wait):
+            return "busy"
+        try:
+            return self._fold(None if budget is None else time.perf_counter() + budget)
+        finally:
+            self._lock.release()
+
+    def _fold(self, deadline: float | None) -> FoldOutcome:
+        """With the lock held: fold until the queue is empty ("done") or ``deadline`` passes ("more")."""
+        while True:
+            if self._folding is None:
+                if not self._pending:
+                    return "done"
+                request, now = self._pending.popleft()
+                self._folding = self._fold_request(request, now)
+            try:
+                for folded, _ in enumerate(self._folding, 1):
+                    if deadline is not None and folded % 16 == 0 and time.perf_counter() > deadline:
+                        return "more"  # the generator keeps its place: the next call resumes this request
+            except Exception as exc:  # a malformed batch must not take the exporter down; count it and say why
+                self._on_drop("malformed", 1)
+                self._on_malformed(exc)
+            self._folding = None
+
+    def _fold_request(self, request: ExportMetricsServiceRequest, now: float) -> Iterator[None]:
+        """Fold one request, yielding after every data point so that the fold can pause between slices."""
+        for resource_metrics in request.resource_metrics:
+            resource = self._resource_labels_of(resource_metrics.resource, now)
+            for scope_metrics in resource_metrics.scope_metrics:
+                base = {**self._scope_labels_of(scope_metrics.scope), **resource}
+                for metric in scope_metrics.metrics:
+                    yield from self._metric(metric, base, now)
 
     def _resource_labels_of(self, resource: Resource, now: float) -> dict[str, str]:
         """``job``/``instance`` (plus every attribute with resource_to_telemetry_conversion); records target_info."""
@@ -222,19 +272,19 @@ class Accumulator:
                 self._label_names[key] = name
         return name
 
-    def _metric(self, metric: Metric, base: dict[str, str], now: float) -> None:
+    def _metric(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
         kind = metric.WhichOneof("data")
         if kind == "gauge":
-            self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False)
+            yield from self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False)
         elif kind == "sum":
             data = metric.sum
             temporality = data.aggregation_temporality
             if temporality not in (CUMULATIVE, DELTA):
                 self._on_drop("unspecified_temporality", len(data.data_points))
             elif data.is_monotonic:
-                self._numbers(metric, COUNTER, data.data_points, base, now, delta=temporality == DELTA)
+                yield from self._numbers(metric, COUNTER, data.data_points, base, now, delta=temporality == DELTA)
             elif temporality == CUMULATIVE:
-                self._numbers(metric, GAUGE, data.data_points, base, now, delta=False)
+                yield from self._numbers(metric, GAUGE, data.data_points, base, now, delta=False)
             else:
                 self._on_drop("delta_non_monotonic", len(data.data_points))
         elif kind == "histogram":
@@ -242,15 +292,16 @@ class Accumulator:
             if data.aggregation_temporality not in (CUMULATIVE, DELTA):
                 self._on_drop("unspecified_temporality", len(data.data_points))
             else:
-                self._histograms(metric, data.data_points, base, now, delta=data.aggregation_temporality == DELTA)
+                delta = data.aggregation_temporality == DELTA
+                yield from self._histograms(metric, data.data_points, base, now, delta=delta)
         elif kind == "exponential_histogram":
             data = metric.exponential_histogram
             if data.aggregation_temporality != CUMULATIVE:
                 self._on_drop("delta_exponential_histogram", len(data.data_points))
             else:
-                self._histograms(metric, data.data_points, base, now, delta=False)
+                yield from self._histograms(metric, data.data_points, base, now, delta=False)
         elif kind == "summary":
-            self._summaries(metric, metric.summary.data_points, base, now)
+            yield from self._summaries(metric, metric.summary.data_points, base, now)
 
     # --- families and series ----------------------------------------------------------------------------------
 
@@ -277,7 +328,8 @@ class Accumulator:
     def _labels(self, attributes: Iterable[KeyValue], base: dict[str, str]) -> dict[str, str]:
         labels: dict[str, str] = {}
         for kv in attributes:
-            value = label_value(kv.value)
+            raw = kv.value
+            value = raw.string_value or label_value(raw)  # strings first: no WhichOneof for the common case
             if not value:
                 continue
             name = self._label_name(kv.key)
@@ -303,11 +355,12 @@ class Accumulator:
 
     def _numbers(
         self, metric: Metric, kind: str, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
-    ) -> None:
+    ) -> Iterator[None]:
         family = self._family(metric, kind, len(points))
         if family is None:
             return
         for point in points:
+            yield  # a pause point between data points (see _fold)
             labels = self._labels(point.attributes, base)
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)  # the source says the series ended
@@ -335,12 +388,13 @@ class Accumulator:
 
     def _histograms(
         self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
-    ) -> None:
+    ) -> Iterator[None]:
         family = self._family(metric, HISTOGRAM, len(points))
         if family is None:
             return
         exponential = metric.WhichOneof("data") == "exponential_histogram"
         for point in points:
+            yield  # a pause point between data points (see _fold)
             labels = self._labels(point.attributes, base)
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)
@@ -353,7 +407,7 @@ class Accumulator:
                     continue
             else:
                 bounds = tuple(point.explicit_bounds)
-                counts = [float(c) for c in point.bucket_counts] or [float(point.count)]
+                counts = list(map(float, point.bucket_counts)) or [float(point.count)]
                 if len(counts) != len(bounds) + 1:
                     self._on_drop("malformed", 1)
                     continue
@@ -395,11 +449,12 @@ class Accumulator:
             exemplar = _exemplar(raw)
             slots[bisect_left(series.bounds, exemplar.value)] = exemplar  # the bucket the value fell in
 
-    def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> None:
+    def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Iterator[None]:
         family = self._family(metric, SUMMARY, len(points))
         if family is None:
             return
         for point in points:
+            yield  # a pause point between data points (see _fold)
             labels = self._labels(point.attributes, base)
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)
@@ -420,9 +475,9 @@ class Accumulator:
     def snapshot(self) -> tuple[list[Family], list[Target]]:
         """Expire stale series, then copy what is left (families shallow-copied; series are replaced, not
         mutated, only under the lock, so readers outside it see consistent values)."""
-        now = self._clock()
-        cutoff = now - self._expiration
         with self._lock:
+            self._fold(None)  # what is queued is part of the state
+            cutoff = self._clock() - self._expiration
             for name in list(self._families):
                 family = self._families[name]
                 stale = [key for key, series in family.series.items() if series.updated < cutoff]

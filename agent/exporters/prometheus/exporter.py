@@ -3,22 +3,34 @@
 Text format 0.0.4 (and 1.0.0 when asked) or OpenMetrics 1.0 (with exemplars), chosen from the scraper's
 ``Accept`` header by ``prometheus_client.exposition.choose_encoder``; gzip when accepted. Rendering runs in a
 worker thread so a large scrape does not stall the receivers on the event loop.
+
+Folding a batch into the state costs a few microseconds per data point, and the span-metrics connector
+flushes thousands at once. So ``consume`` folds for at most ``FOLD_SLICE_SECONDS`` (a small batch: all of it)
+and leaves the rest to a drain task that folds in slices of that length between the receivers' callbacks; a
+scrape folds whatever is still queued before it renders. Batches are kept until folded (``retains_data``);
+past ``MAX_PENDING_BATCHES`` queued, ``consume`` refuses (retryable) instead of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from agent.component import Consumer, CreateSettings, Signal
+from agent.component import Consumer, CreateSettings, Refused, Signal
 from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.telemetry.logs import RateLimitedLog
+
+# Most event-loop time one fold slice takes before the receivers run again.
+FOLD_SLICE_SECONDS = 0.002
+# Batches queued for folding before consume refuses: minutes of span-metrics flushes, or a burst of pushes.
+MAX_PENDING_BATCHES = 1024
 
 
 class PrometheusExporter:
@@ -44,11 +56,14 @@ class PrometheusExporter:
             add_suffixes=cfg.add_metric_suffixes,
             scope_labels=not cfg.without_scope_info,
             resource_labels=cfg.resource_to_telemetry_conversion,
+            on_malformed=lambda exc: self._log.warning("malformed", "cannot expose a metrics batch", error=repr(exc)),
         )
         # Our own registry (never the global one): only what the pipeline delivered is exposed here.
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(OtlpCollector(self.accumulator, self._update_series_gauge))
         self._runner: web.AppRunner | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._queued = asyncio.Event()
 
     def _drop(self, reason: str, points: int) -> None:
         self._dropped.labels(self._settings.component_id, reason).inc(points)
@@ -64,16 +79,28 @@ class PrometheusExporter:
         return self
 
     def consume(self, batch: Message) -> None:
-        try:
-            self.accumulator.consume(batch)  # type: ignore[arg-type]
-        except Exception as exc:  # a malformed batch must not take the pipeline down; count it and say why
-            self._drop("malformed", 1)
-            self._log.warning("malformed", "cannot expose a metrics batch", error=repr(exc))
+        accumulator = self.accumulator
+        if accumulator.pending >= MAX_PENDING_BATCHES:
+            raise Refused("the prometheus exporter is still folding earlier batches")
+        accumulator.consume(batch)  # type: ignore[arg-type]
+        if accumulator.fold_pending(FOLD_SLICE_SECONDS, wait=False) != "done":
+            self._queued.set()  # the drain task folds the rest
         self._update_series_gauge()
+
+    async def _drain(self) -> None:
+        """Fold what consume left queued, one slice per event-loop turn."""
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while (outcome := self.accumulator.fold_pending(FOLD_SLICE_SECONDS, wait=False)) != "done":
+                # "busy": a scrape thread holds the state and folds the queue itself; look again a bit later.
+                await asyncio.sleep(0 if outcome == "more" else 0.005)
+            self._update_series_gauge()
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -90,6 +117,11 @@ class PrometheusExporter:
         )
 
     async def shutdown(self, deadline: float) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
