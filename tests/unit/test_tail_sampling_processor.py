@@ -429,6 +429,51 @@ async def test_the_timer_task_decides_due_traces_on_the_event_loop() -> None:
         await r.traces.shutdown(time.monotonic() + 1)
 
 
+def test_a_tick_with_a_span_budget_decides_the_oldest_due_traces_within_it_and_says_when_more_are_due() -> None:
+    r = rig()
+    for n in range(1, 11):
+        r.traces.consume(spans_request(*(span(normal_id(n, True), i, root=i == 0) for i in range(5))))
+    r.clock.advance(2)
+    assert r.sampler.tick(max_spans=12) is True  # three traces: the slice stops once it holds 12 spans or more
+    first = {o.trace_id for o in exported_spans(r.trace_sink)}
+    assert first == {normal_id(n, True) for n in (1, 2, 3)}
+    while r.sampler.tick(max_spans=12):
+        pass
+    out = exported_spans(r.trace_sink)
+    assert len(out) == 50 and len(r.sampler.buffer) == 0
+    batches_of: dict[bytes, set[int]] = {}
+    for o in out:
+        batches_of.setdefault(o.trace_id, set()).add(o.batch)
+    assert all(len(b) == 1 for b in batches_of.values())  # a slice never splits a trace
+
+
+async def test_the_timer_decides_a_large_backlog_in_slices_letting_the_event_loop_run_between_them() -> None:
+    r = rig(decision_wait="200ms", decision_wait_after_root="100ms", tick_interval="50ms")
+    r.sampler._clock = time.monotonic  # real time for this one
+    loop_turns = 0
+    turns_at_batch: list[int] = []
+
+    class Recording(Sink):
+        def consume(self, batch: object) -> None:
+            turns_at_batch.append(loop_turns)
+            super().consume(batch)
+
+    r.sampler._consumers[r.traces.signal] = sink = Recording()
+    for n in range(1, 601):  # 3000 spans of kept traces, due in the same tick
+        r.traces.consume(spans_request(*(span(normal_id(n, True), i, root=i == 0) for i in range(5))))
+    await r.traces.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(exported_spans(sink)) < 3000 and time.monotonic() < deadline:
+            loop_turns += 1
+            await asyncio.sleep(0)  # one turn of the event loop
+        assert len(exported_spans(sink)) == 3000
+        assert len(sink.batches) >= 3  # about TICK_SLICE_SPANS spans per slice
+        assert len(set(turns_at_batch)) == len(turns_at_batch)  # other tasks ran between every two slices
+    finally:
+        await r.traces.shutdown(time.monotonic() + 1)
+
+
 def test_all_documented_self_metrics_are_exposed_under_their_exact_names() -> None:
     r = rig()
     r.traces.consume(spans_request(span(KEPT, 1, root=True)))

@@ -2,8 +2,9 @@
 
 Flow: ``consume_spans`` groups each scope's spans by trace id in one pass and appends the groups to the
 buffered traces (or, for traces already decided, forwards or drops them at once from the decision caches).
-A timer decides traces that are due every ``tick_interval``; traces decided together are released together,
-one export request per tick (split only between traces when larger than ``max_batch_bytes``). Bounds are
+A timer decides traces that are due every ``tick_interval``, in slices of about ``TICK_SLICE_SPANS`` spans with
+the event loop free to serve requests in between; traces decided together are released together, one export
+request per slice (split only between traces when larger than ``max_batch_bytes``). Bounds are
 enforced after each batch by deciding the oldest traces early. Decided data the next stage refuses is kept,
 counted in the byte bound, and retried on the next tick; while it fills the bound, ``consume`` refuses.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,9 @@ from agent.processors.tail_sampling.policies import Decision, EvaluationContext,
 from agent.telemetry.logs import RateLimitedLog
 
 Clock = Callable[[], float]
+
+TICK_SLICE_SPANS = 1024
+"""Spans decided per slice of a timer tick (about a millisecond of event-loop time, with the stages after)."""
 
 
 @dataclass
@@ -107,18 +112,27 @@ class TailSampler:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.tick()
+                # In slices, letting the event loop serve requests in between: deciding and releasing (which runs
+                # the stages downstream) a whole tick's traces at once would hold it for tens of milliseconds.
+                while self.tick(TICK_SLICE_SPANS):
+                    await asyncio.sleep(0)
             except Exception as exc:  # a bug here must not stop all future decisions
                 self._log.warning("tick", f"tail_sampling tick failed: {exc!r}", error=type(exc).__name__)
 
-    def tick(self) -> None:
-        """Retry refused data, decide the traces that are due, release them together."""
+    def tick(self, max_spans: float = math.inf) -> bool:
+        """Retry refused data, decide the traces that are due, release them together.
+
+        With ``max_spans``, only the first traces due, up to about that many spans (at least one trace); returns
+        whether that cut the work short, i.e. more traces may be due now.
+        """
         self._flush_pending()
         release = Release(self._config.max_batch_bytes)
-        self._decide(self.buffer.due(self._clock()), None, release)
+        due = self.buffer.due(self._clock(), max_spans)
+        self._decide(due, None, release)
         self._emit(release)
         self.buffer.clear_root_queue_of_stale()
         self._update_gauges()
+        return sum(trace.span_count for trace in due) >= max_spans
 
     def decide_all(self, reason: str) -> None:
         release = Release(self._config.max_batch_bytes)
