@@ -330,6 +330,7 @@ class SpanMetricsConnector:
         find_red = red_lookup.get
         exemplars_on, error_exemplars = self._exemplars, self._error_exemplars
         threshold_bytes = self._exemplar_threshold_bytes
+        last_trace_id, kept_trace = None, False
         for span in spans:
             name, kind = span.name, span.kind
             # Most spans have no status (UNSET): asking is cheaper than building the Status wrapper to read 0.
@@ -348,9 +349,12 @@ class SpanMetricsConnector:
             exemplar = None
             if exemplars_on:
                 trace_id = span.trace_id
-                # The OTEP 235 randomness is the last 7 bytes, big-endian: comparing equal-length bytes compares
-                # the numbers (rjust: a short, invalid id counts as zero-padded, as randomness() reads it).
-                if (failed and error_exemplars) or trace_id[-7:].rjust(7, b"\0") >= threshold_bytes:
+                if trace_id != last_trace_id:  # an SDK batch holds runs of spans of one trace
+                    last_trace_id = trace_id
+                    # The OTEP 235 randomness is the last 7 bytes, big-endian: comparing equal-length bytes
+                    # compares the numbers (rjust: a short, invalid id is zero-padded, as randomness() reads it).
+                    kept_trace = trace_id[-7:].rjust(7, b"\0") >= threshold_bytes
+                if kept_trace or (failed and error_exemplars):
                     exemplar = (trace_id, span.span_id, end)
 
             red = find_red((name, kind, status_code)) or self._red_execution(
