@@ -80,6 +80,12 @@ def bench_consume(rounds: int, templates: int, traces_per_request: int) -> dict[
 
 def populate(target: SpanMetricsConnector, series: int) -> None:
     """``series`` label combinations in every family (RED, workflow, step, LLM), in batches of 500 spans."""
+    for batch in series_batches(series, 500):
+        target.consume(batch)
+
+
+def series_batches(series: int, per_batch: int) -> list[ExportTraceServiceRequest]:
+    """Requests whose spans make ``series`` label combinations in every family (RED, workflow, step, LLM)."""
     spans: list[Span] = []
     for i in range(series):
         span = Span(
@@ -105,8 +111,7 @@ def populate(target: SpanMetricsConnector, series: int) -> None:
             span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR))
             span.attributes.append(attr("error.type", f"E{i}"))
         spans.append(span)
-    for start in range(0, len(spans), 500):
-        target.consume(to_request({"svc": spans[start : start + 500]}))
+    return [to_request({"svc": spans[start : start + per_batch]}) for start in range(0, len(spans), per_batch)]
 
 
 def bench_flush(rounds: int, series: int) -> dict[str, float]:
@@ -158,10 +163,13 @@ async def longest_stall(seconds: float, series: int) -> dict[str, float]:
     stop_at = measure_from + seconds
     longest = 0.0
 
+    feed = series_batches(series, 100)  # built beforehand: the feeder's only work is consume()
+
     async def keep_consuming() -> None:
         while loop.time() < stop_at:
-            populate(target, 100)  # about 0.3 ms of consume every 20 ms
-            await asyncio.sleep(0.02)
+            for batch in feed:
+                target.consume(batch)  # about 0.3 ms every 20 ms
+                await asyncio.sleep(0.02)
 
     feeder = loop.create_task(keep_consuming())
     last = time.perf_counter()

@@ -653,8 +653,8 @@ class SpanMetricsConnector:
         """
         request = ExportMetricsServiceRequest()
         deadline = time.perf_counter() + FLUSH_SLICE_SECONDS
-        for written, _ in enumerate(self._fill(request), 1):
-            if written % 32 == 0 and time.perf_counter() > deadline:
+        for _ in self._fill(request):
+            if time.perf_counter() > deadline:
                 await asyncio.sleep(0)
                 deadline = time.perf_counter() + FLUSH_SLICE_SECONDS
         self._send(request)
@@ -682,7 +682,7 @@ class SpanMetricsConnector:
 
     def _fill(self, request: ExportMetricsServiceRequest) -> Iterator[None]:
         """Expire idle series and update the self-metrics, then write every series into ``request`` (one
-        ResourceMetrics with an empty resource and scope), yielding after each point."""
+        ResourceMetrics with an empty resource and scope), yielding after each family's expiry and each point."""
         now = time.time_ns()
         expiration = float(self._cfg.metrics_expiration)
         cid = self._settings.component_id
@@ -693,13 +693,15 @@ class SpanMetricsConnector:
             if overflowed:
                 self._overflow_metric.labels(cid, family.name).inc(overflowed)
             self._series_metric.labels(cid, family.name).set(len(family))
-        # Series as they are now: spans consumed between slices may add series, which the next flush carries.
-        snapshot = [(family, list(family.series.values())) for family in self._all_families if len(family)]
-        if not snapshot:
-            return
-        metrics = request.resource_metrics.add().scope_metrics.add().metrics
-        for family, series in snapshot:
-            yield from family.write_points(metrics.add(), now, series)
+            yield  # expiry walks every series of the family
+        metrics = None
+        for family in self._all_families:
+            if not len(family):
+                continue
+            if metrics is None:
+                metrics = request.resource_metrics.add().scope_metrics.add().metrics
+            # The family's series as they are now: a series created while the flush pauses is in the next one.
+            yield from family.write_points(metrics.add(), now, list(family.series.values()))
 
     def _forget_series(self) -> None:
         """Empty the lookup caches: they may hold series that a family just dropped."""

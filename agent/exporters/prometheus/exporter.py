@@ -100,7 +100,6 @@ class PrometheusExporter:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -112,6 +111,9 @@ class PrometheusExporter:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
+        if self.accumulator.pending:
+            self._queued.set()  # consumed before start
         self._settings.logger.info(
             "Prometheus scrape endpoint listening", extra={"endpoint": str(endpoint), "path": self._cfg.path}
         )
