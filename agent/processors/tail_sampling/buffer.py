@@ -212,24 +212,29 @@ class TraceBuffer:
             out.append(trace)
         return out
 
-    def due(self, now: float, max_spans: float = math.inf) -> list[BufferedTrace]:
-        """Traces whose decision time has come (not removed), oldest first, each once.
+    def due(self, now: float, max_spans: float = math.inf) -> tuple[list[BufferedTrace], bool]:
+        """Traces whose decision time has come (not removed), oldest first, each once; and whether there may be more.
 
         With ``max_spans``, only a first slice: traces are taken while the slice holds fewer spans (so at least
-        one trace), and the rest stays due for the next call.
+        one trace), and the rest stays due for the next call. A root-queue entry of a trace already decided
+        counts as one span, so that a backlog of them (traces decided early by a bound) is worked off in slices.
         """
         due: list[BufferedTrace] = []
-        spans = 0
+        work = 0
         cutoff = now - self._decision_wait
         for trace in self.traces.values():
-            if trace.first_seen > cutoff or spans >= max_spans:
+            if trace.first_seen > cutoff:
                 break
+            if work >= max_spans:
+                return due, True
             due.append(trace)
-            spans += trace.span_count
+            work += trace.span_count
         deadlines, ids = self._root_deadlines, self._root_ids
-        if deadlines and deadlines[0] <= now and spans < max_spans:
+        if deadlines and deadlines[0] <= now:
             seen = {id(t) for t in due}
-            while deadlines and deadlines[0] <= now and spans < max_spans:
+            while deadlines and deadlines[0] <= now:
+                if work >= max_spans:
+                    return due, True
                 deadline, trace_id = deadlines.popleft(), ids.popleft()
                 # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
                 # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
@@ -237,8 +242,10 @@ class TraceBuffer:
                 if trace is not None and self._is_entry_of(trace, deadline) and id(trace) not in seen:
                     due.append(trace)
                     seen.add(id(trace))
-                    spans += trace.span_count
-        return due
+                    work += trace.span_count
+                else:
+                    work += 1
+        return due, False
 
     def all(self) -> list[BufferedTrace]:
         return list(self.traces.values())
@@ -247,12 +254,23 @@ class TraceBuffer:
         return trace.root_seen is not None and trace.root_seen + self._after_root == deadline
 
     def clear_root_queue_of_stale(self) -> None:
-        """Drop entries of traces already decided, so the queue stays within twice the buffer (amortized O(1))."""
-        if len(self._root_deadlines) > 2 * len(self.traces) + 256:
-            live = self.traces
+        """Drop the entries of traces already decided, so the queue stays near the buffer's size.
+
+        Traces are decided oldest first as a rule (by age, or early by a bound), so such entries gather at the
+        front of the queue, where popping them costs O(1) each; only if that ever left the queue far longer than
+        the buffer would the whole queue be rebuilt (that holds the event loop for milliseconds at saturation).
+        """
+        deadlines, ids, live = self._root_deadlines, self._root_ids, self.traces
+        while ids:
+            trace = live.get(ids[0])
+            if trace is not None and self._is_entry_of(trace, deadlines[0]):
+                break
+            deadlines.popleft()
+            ids.popleft()
+        if len(ids) > 4 * len(live) + 4096:
             entries = [
                 (deadline, trace_id)
-                for deadline, trace_id in zip(self._root_deadlines, self._root_ids, strict=True)
+                for deadline, trace_id in zip(deadlines, ids, strict=True)
                 if (trace := live.get(trace_id)) is not None and self._is_entry_of(trace, deadline)
             ]
             self._root_deadlines = collections.deque(deadline for deadline, _ in entries)

@@ -72,10 +72,10 @@ class SamplingMetrics:
         )
         self._decision_children: dict[tuple[str, str], Any] = {}
 
-    def count_decisions(self, counts: dict[Any, int]) -> None:
-        """Count ``{Decision: traces}``."""
-        for decision, count in counts.items():
-            key = (decision.policy, "keep" if decision.keep else "drop")
+    def count_decisions(self, counts: dict[tuple[str, bool], int]) -> None:
+        """Count ``{(policy, keep): traces}``."""
+        for (policy, keep), count in counts.items():
+            key = (policy, "keep" if keep else "drop")
             child = self._decision_children.get(key)
             if child is None:
                 child = self._decision_children[key] = self._decisions.labels(self._cid, *key)

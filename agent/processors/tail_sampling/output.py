@@ -55,11 +55,46 @@ def stamp_resource(resource: Any, retention_class: str, policy: str) -> None:
     attributes.append(KeyValue(key=SAMPLING_POLICY_KEY, value=AnyValue(string_value=policy)))
 
 
+class StampMemo:
+    """What builders can reuse across releases: stamped resources (serialized) and stamped ``tracestate`` values.
+
+    Each release is a few kept traces from a few services, and stamping a copied resource costs more than all
+    its spans' bookkeeping. Keyed by content, so reuse is always correct; cleared when it grows past ``limit``
+    entries (a workload with ever new resources), which bounds its memory.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.resources: dict[tuple[bytes, str, str], bytes] = {}
+        self.tracestates: dict[tuple[str, int], str] = {}
+
+    def stamped_resource(self, key: tuple[bytes, str, str], resource: Any) -> bytes:
+        """``resource`` (whose content ``key[0]`` identifies) with ``key``'s class and policy, serialized."""
+        found = self.resources.get(key)
+        if found is None:
+            if len(self.resources) >= self.limit:
+                self.resources.clear()
+            copy = type(resource)()
+            copy.CopyFrom(resource)
+            stamp_resource(copy, key[1], key[2])
+            found = self.resources[key] = copy.SerializeToString()
+        return found
+
+    def tracestate(self, old: str, threshold: int) -> str:
+        found = self.tracestates.get((old, threshold))
+        if found is None:
+            if len(self.tracestates) >= self.limit:
+                self.tracestates.clear()
+            found = self.tracestates[(old, threshold)] = with_threshold(old, threshold)
+        return found
+
+
 class OutputBuilder:
     """Accumulates released items of one signal into one export request."""
 
-    def __init__(self, signal: Signal) -> None:
+    def __init__(self, signal: Signal, memo: StampMemo | None = None) -> None:
         self.signal = signal
+        self._memo = memo or StampMemo()
         self._layout = _LAYOUTS[signal]
         self.request = self._layout.request_type()
         self.items = 0
@@ -68,7 +103,6 @@ class OutputBuilder:
         self._scope_keys: dict[int, bytes] = {}
         self._resources: dict[tuple[bytes, str, str], Any] = {}
         self._scopes: dict[tuple[int, bytes], Any] = {}
-        self._tracestates: dict[tuple[str, int], str] = {}
         # (id(scope_spans), class, policy, threshold) -> (resource_spans, scope_spans, [position]); the held
         # containers keep their ids valid until ``build``.
         self._positions: dict[tuple[int, str, str, int], tuple[Any, Any, list[int]]] = {}
@@ -134,9 +168,8 @@ class OutputBuilder:
         out = self._resources.get(group)
         if out is None:
             out = getattr(self.request, self._layout.resources).add()
-            out.resource.CopyFrom(container.resource)
+            out.resource.MergeFromString(self._memo.stamped_resource(group, container.resource))
             out.schema_url = container.schema_url
-            stamp_resource(out.resource, retention_class, policy)
             self._resources[group] = out
         return out
 
@@ -155,11 +188,11 @@ class OutputBuilder:
         return out
 
     def _stamp_threshold(self, spans: Any, start: int, threshold: int) -> None:
-        memo = self._tracestates
+        known = self._memo.tracestates
         for index in range(start, len(spans)):
             span = spans[index]
             old = span.trace_state
-            new = memo.get((old, threshold))
+            new = known.get((old, threshold))
             if new is None:
-                new = memo[(old, threshold)] = with_threshold(old, threshold)
+                new = self._memo.tracestate(old, threshold)
             span.trace_state = new

@@ -29,7 +29,7 @@ from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClassifier
 from agent.processors.tail_sampling.metrics import SamplingMetrics
-from agent.processors.tail_sampling.output import OutputBuilder
+from agent.processors.tail_sampling.output import OutputBuilder, StampMemo
 from agent.processors.tail_sampling.policies import Decision, EvaluationContext, build_policies
 from agent.telemetry.logs import RateLimitedLog
 
@@ -51,13 +51,14 @@ class Release:
     """What one decision batch (a tick, or one ``consume``) sends downstream, chunked between traces."""
 
     max_bytes: int
+    memo: StampMemo
     builders: dict[Signal, list[OutputBuilder]] = field(default_factory=dict)
 
     def builder(self, signal: Signal, size: int) -> OutputBuilder:
         """The builder to add ``size`` more bytes of one trace to; a new one when the current would overflow."""
         chunks = self.builders.setdefault(signal, [])
         if not chunks or (chunks[-1].items and chunks[-1].bytes + size > self.max_bytes):
-            chunks.append(OutputBuilder(signal))
+            chunks.append(OutputBuilder(signal, self.memo))
         current = chunks[-1]
         current.bytes += size
         return current
@@ -72,6 +73,7 @@ class TailSampler:
         self.policies = build_policies(config.policies, retention.classes)
         self.buffer = TraceBuffer(float(config.decision_wait), float(config.decision_wait_after_root))
         self._span_sizes = SpanSizes()
+        self._stamps = StampMemo()
         self.kept = KeptCache[Decision](config.decision_cache.kept_size)
         self.dropped = DroppedCache(config.decision_cache.dropped_size)
         self.logs = LogClassifier(retention.classes, retention.default_class, config.log_error_class)
@@ -126,16 +128,16 @@ class TailSampler:
         whether that cut the work short, i.e. more traces may be due now.
         """
         self._flush_pending()
-        release = Release(self._config.max_batch_bytes)
-        due = self.buffer.due(self._clock(), max_spans)
+        release = Release(self._config.max_batch_bytes, self._stamps)
+        due, more = self.buffer.due(self._clock(), max_spans)
         self._decide(due, None, release)
         self._emit(release)
         self.buffer.clear_root_queue_of_stale()
         self._update_gauges()
-        return sum(trace.span_count for trace in due) >= max_spans
+        return more
 
     def decide_all(self, reason: str) -> None:
-        release = Release(self._config.max_batch_bytes)
+        release = Release(self._config.max_batch_bytes, self._stamps)
         self._decide(self.buffer.all(), reason, release)
         self._emit(release)
         self._update_gauges()
@@ -149,7 +151,7 @@ class TailSampler:
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
         span_sizes = self._span_sizes
-        release = Release(self._config.max_batch_bytes)
+        release = Release(self._config.max_batch_bytes, self._stamps)
         oversized: dict[bytes, BufferedTrace] = {}
         late_kept = late_dropped = held_spans = held_bytes = 0
         for rs in request.resource_spans:
@@ -200,7 +202,7 @@ class TailSampler:
         """Hold records of buffered traces with them; classify and pass all others at once."""
         self._refuse_if_full()
         buffer, kept, logs = self.buffer, self.kept, self.logs
-        release = Release(self._config.max_batch_bytes)
+        release = Release(self._config.max_batch_bytes, self._stamps)
         for rl in request.resource_logs:
             for sl in rl.scope_logs:
                 records = sl.log_records
@@ -265,11 +267,12 @@ class TailSampler:
             return
         self.buffer.remove_all(traces)
         decide, context = self.policies.decide, EvaluationContext()
-        counts: dict[Decision, int] = {}
+        counts: dict[tuple[str, bool], int] = {}
         dropped_ids: list[bytes] = []
         for trace in traces:
             decision = decide(trace, context)
-            counts[decision] = counts.get(decision, 0) + 1
+            key = (decision.policy, decision.keep)  # a Decision's own hash is a Python-level dataclass one
+            counts[key] = counts.get(key, 0) + 1
             if decision.keep:
                 self.kept.put(trace.trace_id, decision)
                 self._release_kept(trace, decision, release)
