@@ -8,6 +8,9 @@ Prints CPU µs per span for ``consume``, for the ticks (decide + emit) and both 
 rounds: the machine is shared, the best is the signal), and the longest and 99th percentile hold of the event loop
 by a tick in ms (a tick decides in slices, as the sampler's timer does).
 
+The decision caches start full (both generations of dropped ids), as in an agent that has run for a while:
+their lookups then miss the CPU caches, which a fresh sampler's small tables hide (``--cold-caches``).
+
 ``memory``: ``decision_wait`` 10s, 10s of batches at ``--rate`` buffered, then the growth of the process per
 buffered span: RSS (what ``make bench`` measures), the C heap (``mallinfo2``: upb messages live there) and the
 Python heap (``tracemalloc``, in a second process since tracing slows everything and costs memory itself).
@@ -20,6 +23,7 @@ Python heap (``tracemalloc``, in a second process since tracing slows everything
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
@@ -41,6 +45,8 @@ from agent.component import CreateSettings, Kind, Signal  # noqa: E402
 from agent.config.schema import ConfigError, build  # noqa: E402
 from agent.config.service import ServiceConfig  # noqa: E402
 from agent.processors.tail_sampling.config import TailSamplingConfig  # noqa: E402
+from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache  # noqa: E402
+from agent.processors.tail_sampling.policies import Decision  # noqa: E402
 from agent.processors.tail_sampling.sampler import TICK_SLICE_SPANS, TailSampler  # noqa: E402
 from agent.telemetry.selfmetrics import SelfMetrics  # noqa: E402
 from bench.loadgen import build_templates  # noqa: E402
@@ -98,9 +104,25 @@ def tune_gc() -> None:
     gc.set_threshold(*GC)
 
 
-def run_cpu_round(bodies: list[bytes], rate: float) -> dict[str, float]:
+def full_caches() -> tuple[KeptCache[Decision], DroppedCache]:
+    """Decision caches as after some minutes at any rate: full (both dropped-id generations), so lookups miss
+    the CPU caches as they do in a long-running agent."""
+    config = TailSamplingConfig().decision_cache
+    rng = random.Random(3)
+    kept: KeptCache[Decision] = KeptCache(config.kept_size)
+    decision = Decision(True, "standard", "probabilistic", 0)
+    for _ in range(config.kept_size):
+        kept.put(rng.randbytes(16), decision)
+    dropped = DroppedCache(config.dropped_size)
+    dropped.add_all([rng.randbytes(16) for _ in range(2 * config.dropped_size - 1)])
+    return kept, dropped
+
+
+def run_cpu_round(bodies: list[bytes], rate: float, caches: tuple[Any, Any] | None) -> dict[str, float]:
     clock, sink = FakeClock(), Sink()
     target = sampler("2s", clock, sink)
+    if caches:
+        target.kept, target.dropped = copy.deepcopy(caches)  # each round replays the same trace ids
     tick_interval = float(target._config.tick_interval)
     next_tick = clock.now + tick_interval
     consume_s = tick_s = 0.0
@@ -144,10 +166,11 @@ def run_cpu_round(bodies: list[bytes], rate: float) -> dict[str, float]:
     }
 
 
-def bench_cpu(rounds: int, seconds: float, rate: float) -> dict[str, Any]:
+def bench_cpu(rounds: int, seconds: float, rate: float, cold_caches: bool) -> dict[str, Any]:
     bodies = request_bodies(seconds, rate, seed=1)
+    caches = None if cold_caches else full_caches()
     tune_gc()
-    results = [run_cpu_round(bodies, rate) for _ in range(rounds)]
+    results = [run_cpu_round(bodies, rate, caches) for _ in range(rounds)]
     out: dict[str, Any] = {"spans_per_round": int(seconds * rate), "rate": rate}
     for key in ("consume", "tick", "total"):
         values = [r[key] for r in results]
@@ -244,13 +267,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="fake seconds of load per cpu round")
     parser.add_argument("--rate", type=float, default=20_000.0, help="spans/s of fake time")
+    parser.add_argument("--cold-caches", action="store_true", help="start each round with empty decision caches")
     args = parser.parse_args()
     if args.mode == "_probe":
         print(json.dumps(probe_memory(args.probe, args.rate)))
         return 0
     report: dict[str, Any] = {}
     if args.mode in ("all", "cpu"):
-        report["cpu"] = bench_cpu(args.rounds, args.seconds, args.rate)
+        report["cpu"] = bench_cpu(args.rounds, args.seconds, args.rate, args.cold_caches)
     if args.mode in ("all", "memory"):
         report["memory"] = bench_memory(args.rate)
     print(json.dumps(_rounded(report), indent=1))

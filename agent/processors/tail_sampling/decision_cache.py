@@ -14,6 +14,12 @@
   fingerprint is 32 bits rather than Refinery's smaller ones: one trace in about 250 million, well below any
   other loss in the pipeline. Hashes come from Python's ``hash`` of the id bytes (SipHash, keyed per process),
   so ids that are not random (timestamp prefixes) spread just as well.
+
+  Every new trace id is looked up, and almost all of them are absent, which costs four bucket reads (two per
+  generation) scattered over megabytes, i.e. CPU cache misses. Each filter therefore has a one-bit-per-hash
+  summary of 4 bits per id it holds (half a byte): an absent id usually finds its bit clear, and the buckets
+  are read for the 10-22% whose bit is set (more as the filter fills). A Python ``set`` of the hashes would
+  answer in ~0.3 us instead of ~0.5 us but cost ~70 bytes per id, about 130 MB at the default size.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ _MAX_LOAD = 0.9
 _MAX_KICKS = 500
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
+_SUMMARY_BITS_PER_ID = 4
+_SUMMARY_SHIFT = 20  # the summary's bit comes from hash bits 20..63, not from the bucket's bits 0..31 alone
 _ALTERNATE_MULTIPLIER = 0x5BD1E995
 
 
@@ -71,12 +79,14 @@ class CuckooFilter:
         # At least 64 buckets: tiny tables fill unevenly and would fail inserts well below the target load.
         self._buckets = max(64, math.ceil(capacity / (_SLOTS_PER_BUCKET * _MAX_LOAD)))
         self._slots = array("I", bytes(4 * _SLOTS_PER_BUCKET * self._buckets))  # 0 marks an empty slot
+        self._summary = bytearray(max(64, capacity * _SUMMARY_BITS_PER_ID // 8))
+        self._summary_bits = 8 * len(self._summary)
         self._rng = rng or random.Random(0x5EED)
         self.count = 0
 
     @property
     def nbytes(self) -> int:
-        return self._slots.itemsize * len(self._slots)
+        return self._slots.itemsize * len(self._slots) + len(self._summary)
 
     def _alternate(self, bucket: int, fingerprint: int) -> int:
         return ((fingerprint * _ALTERNATE_MULTIPLIER) - bucket) % self._buckets
@@ -85,6 +95,9 @@ class CuckooFilter:
     # inlined, and a bucket is read as one slice rather than slot by slot.
 
     def __contains__(self, h: int) -> bool:
+        bit = (h >> _SUMMARY_SHIFT) % self._summary_bits
+        if not self._summary[bit >> 3] & (1 << (bit & 7)):
+            return False
         fingerprint = (h >> 32) & _MASK32 or 1
         buckets = self._buckets
         first = (h & _MASK32) % buckets
@@ -97,6 +110,8 @@ class CuckooFilter:
 
     def add(self, h: int) -> bool:
         """Insert; False when the table is too full (the caller rotates). Duplicates are not detected."""
+        bit = (h >> _SUMMARY_SHIFT) % self._summary_bits
+        self._summary[bit >> 3] |= 1 << (bit & 7)  # left set if the insert fails: a false positive, not a miss
         fingerprint = (h >> 32) & _MASK32 or 1
         first = (h & _MASK32) % self._buckets
         second = self._alternate(first, fingerprint)
