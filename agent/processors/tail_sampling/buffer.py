@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -87,7 +87,7 @@ def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], lis
     return groups, roots, failed
 
 
-_NO_LOGS: list[LogFragment] = []  # shared and never appended to (``TraceBuffer.add_logs`` replaces it)
+_NO_LOGS: tuple[LogFragment, ...] = ()  # until a trace's first log record (then ``add_logs`` makes it a list)
 
 
 class BufferedTrace:
@@ -105,7 +105,7 @@ class BufferedTrace:
         self.first_seen = first_seen
         self.root_seen: float | None = None
         self._spans: list[Any] = []
-        self.logs: list[LogFragment] = _NO_LOGS  # most traces never get a log record: no list until one comes
+        self.logs: Sequence[LogFragment] = _NO_LOGS  # most traces never get a log record: no list until one comes
         self.span_count = 0
         self.log_count = 0
         self.bytes = TRACE_OVERHEAD_BYTES
@@ -181,9 +181,9 @@ class TraceBuffer:
 
     def add_logs(self, trace: BufferedTrace, rl: Any, sl: Any, records: list[Any], size: int) -> None:
         size += FRAGMENT_OVERHEAD_BYTES
-        if trace.logs is _NO_LOGS:
-            trace.logs = []
-        trace.logs.append((rl, sl, records))
+        logs = trace.logs if isinstance(trace.logs, list) else []
+        logs.append((rl, sl, records))
+        trace.logs = logs
         trace.log_count += len(records)
         trace.bytes += size
         self.bytes += size
