@@ -9,7 +9,8 @@ rounds: the machine is shared, the best is the signal), and the longest and 99th
 by a tick in ms (a tick decides in slices, as the sampler's timer does).
 
 The decision caches start full (both generations of dropped ids), as in an agent that has run for a while:
-their lookups then miss the CPU caches, which a fresh sampler's small tables hide (``--cold-caches``).
+their lookups then miss the CPU caches, which a fresh sampler's small tables hide (``--cold-caches``). The
+garbage collector runs with a young-generation threshold of 50,000 (``--default-gc``: CPython's 700).
 
 ``memory``: ``decision_wait`` 10s, 10s of batches at ``--rate`` buffered, then the growth of the process per
 buffered span: RSS (what ``make bench`` measures), the C heap (``mallinfo2``: upb messages live there) and the
@@ -94,14 +95,17 @@ def request_bodies(seconds: float, rate: float, seed: int) -> list[bytes]:
     return [templates[rng.randrange(len(templates))].fresh(rng) for _ in range(int(seconds * rate / per_request))]
 
 
-GC = (50_000, 20, 100)
+TUNED_GC = (50_000, 20, 100)
 
 
-def tune_gc() -> None:
-    """As the agent does at start (agent/app.py): fewer young collections, startup objects frozen."""
+def tune_gc(default: bool = False) -> None:
+    """Startup objects frozen and, unless ``default``, fewer young collections (as a tuned agent runs), so the
+    figures do not swing with collections of objects the sampler does not own. ``--default-gc`` shows what the
+    sampler's own allocations cost the collector under CPython's default thresholds."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC)
+    if not default:
+        gc.set_threshold(*TUNED_GC)
 
 
 def full_caches() -> tuple[KeptCache[Decision], DroppedCache]:
@@ -166,10 +170,10 @@ def run_cpu_round(bodies: list[bytes], rate: float, caches: tuple[Any, Any] | No
     }
 
 
-def bench_cpu(rounds: int, seconds: float, rate: float, cold_caches: bool) -> dict[str, Any]:
+def bench_cpu(rounds: int, seconds: float, rate: float, cold_caches: bool, default_gc: bool) -> dict[str, Any]:
     bodies = request_bodies(seconds, rate, seed=1)
     caches = None if cold_caches else full_caches()
-    tune_gc()
+    tune_gc(default_gc)
     results = [run_cpu_round(bodies, rate, caches) for _ in range(rounds)]
     out: dict[str, Any] = {"spans_per_round": int(seconds * rate), "rate": rate}
     for key in ("consume", "tick", "total"):
@@ -268,13 +272,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="fake seconds of load per cpu round")
     parser.add_argument("--rate", type=float, default=20_000.0, help="spans/s of fake time")
     parser.add_argument("--cold-caches", action="store_true", help="start each round with empty decision caches")
+    parser.add_argument("--default-gc", action="store_true", help="CPython's default GC thresholds")
     args = parser.parse_args()
     if args.mode == "_probe":
         print(json.dumps(probe_memory(args.probe, args.rate)))
         return 0
     report: dict[str, Any] = {}
     if args.mode in ("all", "cpu"):
-        report["cpu"] = bench_cpu(args.rounds, args.seconds, args.rate, args.cold_caches)
+        report["cpu"] = bench_cpu(args.rounds, args.seconds, args.rate, args.cold_caches, args.default_gc)
     if args.mode in ("all", "memory"):
         report["memory"] = bench_memory(args.rate)
     print(json.dumps(_rounded(report), indent=1))
