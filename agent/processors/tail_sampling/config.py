@@ -143,8 +143,8 @@ class DecisionCacheConfig:
     )
     dropped_size: int = setting(
         1_000_000,
-        doc="Dropped trace ids remembered at least (a cuckoo filter, about 9 bytes per id) so late spans are "
-        "dropped at once.",
+        doc="Dropped trace ids remembered at least (two generations of a cuckoo filter, about 10 bytes per id in "
+        "all) so late spans are dropped at once.",
         minimum=1,
     )
 
@@ -157,15 +157,16 @@ class TailSamplingConfig:
         doc="Decide earlier, this long after the root span (no parent) arrived; 0s waits for decision_wait only.",
     )
     tick_interval: Duration = setting(
-        Duration(0.1), doc="How often due traces are decided; traces due in one tick are released together."
+        Duration(0.1),
+        doc="How often due traces are decided (in slices of about 1024 spans, each released as one request).",
     )
     max_traces: int = setting(
         20_000, doc="Most traces buffered; past it the oldest are decided early (forced).", minimum=1
     )
     max_buffered_bytes: int = setting(
         128 * 1024 * 1024,
-        doc="Most bytes (protobuf size) held: buffered traces plus decided data the next stage refused. Past it "
-        "the oldest traces are decided early; while refused data fills it, new data is refused (retryable).",
+        doc="Most bytes (estimated protobuf size) held: buffered traces plus decided data the next stage refused. "
+        "Past it the oldest traces are decided early; while refused data fills it, new data is refused (retryable).",
         minimum=1024,
     )
     max_spans_per_trace: int = setting(
