@@ -5,8 +5,8 @@ their gateways concurrently. A gateway that cannot be reached leaves the ring fo
 is split again over the remaining gateways at once (every sidecar sees the same dead gateway, so they agree on
 the new owner). A gateway that is alive but full (it answers with a retry delay) keeps its part, which waits in
 the queue: back-pressure must not split a trace between gateways. Parts already delivered are removed from the
-batch before the queue retries what is left, so a retry never resends them. Membership comes from a resolver; a gateway that
-disappears simply stops being an owner, and batches still queued go to the new owners.
+batch before the queue retries what is left, so a retry never resends them. Membership comes from a resolver;
+a gateway that disappears simply stops being an owner, and batches still queued go to the new owners.
 """
 
 from __future__ import annotations
