@@ -10,6 +10,16 @@ from agent.config.schema import Duration, HostPort, setting
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    queue_items: int = setting(
+        100_000,
+        doc="Most items (spans, data points, log records) accepted from senders but not yet taken by the "
+        "pipelines, per receiver and signal; beyond it receivers refuse with a retryable answer.",
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     receivers: list[str] = setting(doc="Receivers (or connectors) feeding the pipeline.", default_factory=list)
     processors: list[str] = setting(doc="Processors applied in order.", default_factory=list)
@@ -82,6 +92,10 @@ class ServiceConfig:
     retention: RetentionConfig = setting(
         doc="Retention classes, defined once for the sampler, the exporters and the backend configs.",
         default_factory=RetentionConfig,
+    )
+    ingest: IngestConfig = setting(
+        doc="The bounded queue between receivers and pipelines: senders are answered once their data is in it.",
+        default_factory=IngestConfig,
     )
     shutdown_timeout: Duration = setting(
         Duration(25.0),

@@ -1,7 +1,8 @@
 """Build the component graph from a config and run its lifecycle.
 
-Components are created consumers-first (exporters, then processors from the last to the first, then
-receivers), which is also the order they start in: everything downstream is ready before data arrives.
+Components are created consumers-first (exporters, then processors from the last to the first, then each
+receiver's ingest queues, then receivers), which is also the order they start in: everything downstream is
+ready before data arrives.
 Shutdown runs the other way, so each component drains into consumers that are still running.
 """
 
@@ -17,6 +18,7 @@ from agent.component import Consumer, CreateSettings, Kind, Signal
 from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.schema import ConfigError, ConfigInvalid
 from agent.pipeline.fanout import Target, fan_out
+from agent.pipeline.ingest import IngestQueue
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
@@ -90,7 +92,14 @@ class Graph:
             consumers = self._consumers_fed_by(receiver_id)
             if not consumers:
                 continue  # defined but used by no pipeline, as in the Collector
-            instance = component.factory.create(component.config, self._settings(component), consumers)
+            settings = self._settings(component)
+            queues = {
+                signal: IngestQueue(settings, signal, consumer, self._config.service.ingest)
+                for signal, consumer in consumers.items()
+            }
+            for signal, queue in queues.items():
+                self._nodes.append(_Node(Kind.RECEIVER, f"{receiver_id}[{signal.value} ingest]", queue))
+            instance = component.factory.create(component.config, settings, queues)
             self._nodes.append(_Node(Kind.RECEIVER, receiver_id, instance))
 
     def _consumers_fed_by(self, receiver_id: str) -> dict[Signal, Consumer]:

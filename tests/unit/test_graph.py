@@ -99,6 +99,13 @@ class Source:
         self.journal.append("stop src")
 
 
+async def deliver(graph: Graph, batch: Message) -> None:
+    """Hand a batch to the receiver's consumer as a receiver does, and let the graph drain it."""
+    await graph.start()
+    graph.component("src").consumers[Signal.TRACES].consume(batch)
+    await graph.shutdown(time.monotonic() + 5)
+
+
 async def test_downstream_starts_first_and_upstream_stops_first() -> None:
     journal: list[str] = []
     graph = build(
@@ -138,9 +145,8 @@ async def test_a_mutating_pipeline_gets_a_copy_and_readers_see_the_original() ->
         },
         [],
     )
-    source = graph.component("src")
     batch, _ = next(Workload(seed=2).requests(1))
-    source.consumers[Signal.TRACES].consume(batch)
+    await deliver(graph, batch)
     raw = graph.component("rec/y").batches[0]
     mutated = graph.component("rec/x").batches[0]
     assert raw is batch
@@ -152,7 +158,7 @@ async def test_a_mutating_pipeline_gets_a_copy_and_readers_see_the_original() ->
 async def test_a_single_pipeline_passes_the_batch_without_copying() -> None:
     graph = build({"traces": PipelineConfig(receivers=["src"], processors=["mut"], exporters=["rec/x"])}, [])
     batch, _ = next(Workload(seed=2).requests(1))
-    graph.component("src").consumers[Signal.TRACES].consume(batch)
+    await deliver(graph, batch)
     assert graph.component("rec/x").batches[0] is batch
 
 

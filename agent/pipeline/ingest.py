@@ -1,0 +1,116 @@
+"""The bounded buffer between a receiver and its pipelines.
+
+A receiver answers the sender as soon as a batch is in this queue, so an ``Export`` call costs decoding and
+validation only, never the pipeline's work (span metrics, sampling): the orchestrator is not slowed by the
+agent, and Export latency does not grow with the pipeline. The queue is bounded by items; when it is full the
+receiver refuses with a retryable answer. One worker feeds the pipelines in arrival order; when they refuse
+(a full sampler buffer), the worker waits and offers the same batch again, so the queue fills and back-pressure
+reaches the sender instead of data being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+
+from google.protobuf.message import Message
+
+from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
+from agent.config.service import IngestConfig
+from agent.otlp.signals import SPECS
+from agent.telemetry.logs import RateLimitedLog
+
+_REFUSAL_PAUSE = 0.05  # how soon the worker offers a refused batch again (seconds)
+
+
+class IngestQueue:
+    """A ``Consumer`` that takes batches at once (or refuses when full) and feeds ``downstream`` from a task."""
+
+    def __init__(self, settings: CreateSettings, signal: Signal, downstream: Consumer, config: IngestConfig) -> None:
+        self._settings = settings
+        self._signal = signal
+        self._downstream = downstream
+        self._capacity = config.queue_items
+        self._count_items = SPECS[signal].count_items
+        self._entries: collections.deque[tuple[Message, int]] = collections.deque()
+        self._items = 0
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._log = RateLimitedLog(settings.logger)
+        labels = (settings.component_id, signal.value)
+        m = settings.metrics
+        self._queued = m.gauge(
+            "ingest_queue_items", "Items accepted and waiting for the pipelines.", ["receiver", "signal"]
+        ).labels(*labels)
+        m.gauge("ingest_queue_capacity", "Ingest queue capacity in items.", ["receiver", "signal"]).labels(*labels).set(
+            self._capacity
+        )
+        self._dropped = m.counter(
+            "ingest_dropped_items_total",
+            "Accepted items the pipelines rejected for good or could not take before the shutdown deadline.",
+            ["receiver", "signal", "reason"],
+        )
+
+    def consume(self, batch: Message) -> None:
+        items = self._count_items(batch)
+        if self._closing:
+            raise Refused("the agent is shutting down")
+        if self._items + items > self._capacity and self._entries:
+            raise Refused(f"ingest queue of {self._settings.component_id} is full")
+        self._entries.append((batch, items))
+        self._items += items
+        self._queued.set(self._items)
+        self._idle.clear()
+        self._ready.set()
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work())
+
+    async def shutdown(self, deadline: float) -> None:
+        """Feed everything queued to the pipelines (their receivers have stopped), then stop."""
+        self._closing = True
+        if self._worker is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        self._worker = None
+        if self._items:
+            self._dropped.labels(self._settings.component_id, self._signal.value, "shutdown_timeout").inc(self._items)
+            self._settings.logger.error(
+                "shutdown deadline reached before the pipelines took every accepted item",
+                extra={"receiver": self._settings.component_id, "signal": self._signal.value, "items": self._items},
+            )
+
+    async def _work(self) -> None:
+        while True:
+            if not self._entries:
+                self._ready.clear()
+                self._idle.set()
+                await self._ready.wait()
+                continue
+            batch, items = self._entries[0]
+            try:
+                self._downstream.consume(batch)
+            except Refused:
+                await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
+                continue
+            except PermanentError as exc:
+                self._drop(items, "rejected", f"the pipeline rejected a batch: {exc}")
+            except Exception as exc:  # a processor bug must not stop ingestion
+                self._drop(items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
+            self._entries.popleft()
+            self._items -= items
+            self._queued.set(self._items)
+            await asyncio.sleep(0)  # let receivers answer between batches
+
+    def _drop(self, items: int, reason: str, message: str) -> None:
+        self._dropped.labels(self._settings.component_id, self._signal.value, reason).inc(items)
+        self._log.warning(f"drop:{reason}", message, receiver=self._settings.component_id, items=items)

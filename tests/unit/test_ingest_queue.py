@@ -1,0 +1,113 @@
+"""The ingest queue: senders are answered at once, pipelines are fed in order, refusals become back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from google.protobuf.message import Message
+
+from agent.component import CreateSettings, Kind, PermanentError, Refused, Signal
+from agent.config.service import IngestConfig, ServiceConfig
+from agent.otlp.signals import count_spans
+from agent.pipeline.ingest import IngestQueue
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.sinks import BatchSink
+from agent.testing.workload import Workload
+from tests.helpers import metric_value
+
+
+def queue_for(downstream: object, capacity: int = 10_000) -> tuple[IngestQueue, SelfMetrics]:
+    metrics = SelfMetrics()
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    return IngestQueue(settings, Signal.TRACES, downstream, IngestConfig(queue_items=capacity)), metrics  # type: ignore[arg-type]
+
+
+def batches(n: int) -> list[Message]:
+    return [request for request, _ in Workload(seed=5).requests(n)]
+
+
+class RefuseThenAccept:
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.batches: list[Message] = []
+
+    def consume(self, batch: Message) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise Refused("sampler buffer full")
+        self.batches.append(batch)
+
+
+async def test_batches_are_taken_at_once_and_reach_the_pipelines_in_order() -> None:
+    sink = BatchSink()
+    queue, _ = queue_for(sink)
+    await queue.start()
+    sent = batches(20)
+    for batch in sent:
+        queue.consume(batch)
+    assert sink.batches == []  # the sender was answered before any pipeline work
+    await queue.shutdown(time.monotonic() + 5)
+    assert sink.batches == sent
+
+
+async def test_a_full_queue_refuses_so_that_the_sender_retries() -> None:
+    sent = batches(3)
+    queue, _ = queue_for(BatchSink(), capacity=count_spans(sent[0]) + 1)
+    queue.consume(sent[0])
+    with pytest.raises(Refused):
+        queue.consume(sent[1])
+
+
+async def test_a_batch_larger_than_the_queue_is_still_taken_when_the_queue_is_empty() -> None:
+    queue, _ = queue_for(BatchSink(), capacity=1)
+    queue.consume(batches(1)[0])
+
+
+async def test_refusals_by_the_pipelines_hold_the_batch_until_taken_and_nothing_is_lost() -> None:
+    pipelines = RefuseThenAccept(refusals=3)
+    queue, _ = queue_for(pipelines)
+    await queue.start()
+    sent = batches(5)
+    for batch in sent:
+        queue.consume(batch)
+    await asyncio.sleep(0.3)
+    await queue.shutdown(time.monotonic() + 5)
+    assert pipelines.batches == sent
+
+
+async def test_a_batch_the_pipelines_reject_for_good_is_counted_and_the_rest_flow() -> None:
+    class RejectFirst(BatchSink):
+        def consume(self, batch: Message) -> None:
+            if not hasattr(self, "seen"):
+                self.seen = True
+                raise PermanentError("bad data")
+            super().consume(batch)
+
+    sink = RejectFirst()
+    queue, metrics = queue_for(sink)
+    await queue.start()
+    sent = batches(3)
+    for batch in sent:
+        queue.consume(batch)
+    await queue.shutdown(time.monotonic() + 5)
+    assert sink.batches == sent[1:]
+    dropped = metric_value(metrics.render().decode(), "otel_sidecar_ingest_dropped_items_total", reason="rejected")
+    assert dropped == count_spans(sent[0])
+
+
+async def test_what_the_pipelines_never_take_before_the_deadline_is_counted() -> None:
+    pipelines = RefuseThenAccept(refusals=10**9)
+    queue, metrics = queue_for(pipelines)
+    await queue.start()
+    sent = batches(2)
+    for batch in sent:
+        queue.consume(batch)
+    await queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    expected = sum(count_spans(b) for b in sent)
+    assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="shutdown_timeout") == expected
+    with pytest.raises(Refused):
+        queue.consume(sent[0])
