@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.message import Message
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -12,6 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from agent.component import Signal
 from agent.config.schema import ConfigError, build
 from agent.processors.redaction import RedactionConfig, RedactionProcessor
+from agent.processors.redaction.rules import CREDENTIAL_RULES, CREDENTIAL_TRIGGERS
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import build_config, make_settings
@@ -182,3 +185,18 @@ def test_the_config_rejects_bad_patterns() -> None:
     assert any(m.startswith("p.key_patterns[0]: not a valid regular expression") for m in messages)
     assert "p.value_patterns.Bad-Name: rule names are lower_snake_case (they label the redaction counter)" in messages
     assert "p.value_patterns.Bad-Name: must not match the empty string" in messages
+
+
+def _without_lookbehind(pattern: str) -> str:
+    return pattern.replace("(?<![A-Za-z0-9])", "")
+
+
+@given(
+    st.one_of(
+        *(st.from_regex(_without_lookbehind(pattern), fullmatch=True) for pattern, _ in CREDENTIAL_RULES.values())
+    ),
+    st.text(max_size=20),
+    st.text(max_size=20),
+)
+def test_every_credential_a_rule_matches_contains_a_trigger_fragment(secret: str, before: str, after: str) -> None:
+    assert CREDENTIAL_TRIGGERS.search(before + secret + after)

@@ -6,7 +6,8 @@ Three kinds of rule, each counted under its own name:
   - ``content``: prompt and completion attributes are removed, GenAI message event bodies emptied.
 
 Per item the cost is one dictionary look-up per attribute key (decisions about keys are cached) and, for text
-values, one search with a single combined expression; the per-rule substitutions run only when it matches.
+values, one search for literal trigger fragments, then one with a single combined expression only when a
+trigger is present; the per-rule substitutions run only when that matches.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "url_password": (r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+(@)", r"\1" + MASK + r"\2"),
 }
 
+# Literal fragments at least one of which every credential rule above needs. Searching for them first is about
+# three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
+# CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
+CREDENTIAL_TRIGGERS = re.compile(r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|AIza|xox|eyJ|://")
+
 _DROP = "drop"
 _REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
 _KEY_CACHE_LIMIT = 4096
@@ -52,6 +58,8 @@ class Redactor:
         rules.update({name: (pattern, MASK) for name, pattern in config.value_patterns.items()})
         self._value_rules = [(name, re.compile(pattern), replacement) for name, (pattern, replacement) in rules.items()]
         self._any_value = re.compile("|".join(f"(?:{p})" for p, _ in rules.values())) if rules else None
+        # The cheap pre-check covers only the built-in shapes; custom patterns always take the full search.
+        self._trigger = CREDENTIAL_TRIGGERS if config.mask_credentials and not config.value_patterns else None
         self._keys: dict[str, str | None] = {}
 
     # --- keys -------------------------------------------------------------------------------------------------------
@@ -80,6 +88,8 @@ class Redactor:
     # --- values -----------------------------------------------------------------------------------------------------
 
     def mask_text(self, text: str, counts: Counter[str]) -> str:
+        if self._trigger is not None and not self._trigger.search(text):
+            return text
         if self._any_value is None or not self._any_value.search(text):
             return text
         for name, pattern, replacement in self._value_rules:
