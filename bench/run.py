@@ -203,6 +203,18 @@ def _metric(admin: str, name: str) -> float:
     )
 
 
+def _lost_items(admin: str) -> float:
+    """Items the agent accepted and then failed to pass on: every counter of data given up, summed."""
+    return sum(
+        _metric(admin, name)
+        for name in (
+            "otel_sidecar_exporter_send_failed_items_total",
+            "otel_sidecar_ingest_dropped_items_total",
+            "otel_sidecar_sampling_lost_items_total",
+        )
+    )
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -251,9 +263,15 @@ def run_all(duration: float, rate: float) -> dict[str, Any]:
             agent = start_agent(workdir, config, admin)
             try:
                 results["agent_full_saturation"] = measure(agent, target, 0, duration)
-                results["agent_full_fixed"] = measure(agent, target, rate, duration)
-                results["agent_full_fixed"]["refused_by_agent"] = _metric(
-                    admin, "otel_sidecar_receiver_refused_items_total"
+                lost_before = _lost_items(admin)
+                accepted_before = _metric(admin, "otel_sidecar_receiver_accepted_items_total")
+                fixed = results["agent_full_fixed"] = measure(agent, target, rate, duration)
+                time.sleep(3.0)  # let the last traces be decided and exported
+                fixed["agent_accepted_spans"] = _metric(admin, "otel_sidecar_receiver_accepted_items_total") - (
+                    accepted_before
+                )
+                fixed["lost_items"] = (
+                    _lost_items(admin) - lost_before + (fixed["accepted_spans"] - fixed["agent_accepted_spans"])
                 )
             finally:
                 results["agent_full_exit_code"] = agent.stop()
@@ -305,6 +323,11 @@ def summarize(results: dict[str, Any]) -> str:
     if full and rotel and full.get("cpu_us_per_span") and rotel.get("cpu_us_per_span"):
         ratio = full["cpu_us_per_span"] / rotel["cpu_us_per_span"]
         lines.append(f"\nfull pipeline CPU per span ÷ rotel CPU per span: {ratio:.2f}")
+    fixed = results.get("agent_full_fixed")
+    if fixed and "lost_items" in fixed:
+        lines.append(
+            f"items lost at {fixed['spans_per_second']:,.0f} spans/s (below saturation): {fixed['lost_items']:.0f}"
+        )
     memory = results.get("agent_full_memory")
     if memory and memory.get("rss_per_buffered_span_bytes"):
         lines.append(
