@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
@@ -26,6 +26,7 @@ from agent.processors.tail_sampling import FACTORY, TailSamplingConfig
 from agent.processors.tail_sampling.processor import TailSamplingProcessor
 from agent.processors.tail_sampling.sampler import TailSampler
 from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import attr as kv
 from tests.helpers import metric_value
 
 TEN_PERCENT_THRESHOLD = 0xE6666666666666
@@ -115,16 +116,6 @@ def trace_id_with_randomness(value: int, prefix: int = 7) -> bytes:
 
 KEPT_AT_10 = TEN_PERCENT_THRESHOLD + 5  # randomness a 10% sampler keeps
 DROPPED_AT_10 = TEN_PERCENT_THRESHOLD - 5  # randomness a 10% sampler drops
-
-
-def kv(key: str, value: str | int | float | bool) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
 def span(
