@@ -28,6 +28,12 @@ class _Node:
     kind: Kind
     id: str
     instance: Any
+    phase: int = 2  # shutdown phase: 0 receivers, 1 ingest queues, 2 processors, connectors and exporters
+
+
+# Components get their deadline and honour it themselves; the graph waits a little longer before it gives up on
+# one, so that a component's own clean-up (counting what it could not deliver) is never cut short.
+_SHUTDOWN_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,15 @@ class Graph:
         self.receivers_started = True
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop receivers, then flush every stage downstream in turn; never raises."""
+        """Stop every receiver, then drain the ingest queues, then flush every stage downstream in turn.
+
+        Never raises. Within a phase, components stop in reverse creation order (upstream first).
+        """
         self.receivers_started = False
-        for node in reversed(self._nodes):
+        for node in sorted(reversed(self._nodes), key=lambda n: n.phase):
             try:
-                await asyncio.wait_for(node.instance.shutdown(deadline), max(deadline - time.monotonic(), 0.01))
+                remaining = max(deadline - time.monotonic(), 0.0)
+                await asyncio.wait_for(node.instance.shutdown(deadline), remaining + _SHUTDOWN_GRACE)
             except TimeoutError:
                 self._log.error("shutdown deadline passed", extra={"component": f"{node.kind.section}.{node.id}"})
             except Exception:
@@ -98,9 +108,9 @@ class Graph:
                 for signal, consumer in consumers.items()
             }
             for signal, queue in queues.items():
-                self._nodes.append(_Node(Kind.RECEIVER, f"{receiver_id}[{signal.value} ingest]", queue))
+                self._nodes.append(_Node(Kind.RECEIVER, f"{receiver_id}[{signal.value} ingest]", queue, phase=1))
             instance = component.factory.create(component.config, settings, queues)
-            self._nodes.append(_Node(Kind.RECEIVER, receiver_id, instance))
+            self._nodes.append(_Node(Kind.RECEIVER, receiver_id, instance, phase=0))
 
     def _consumers_fed_by(self, receiver_id: str) -> dict[Signal, Consumer]:
         by_signal: dict[Signal, list[Target]] = {}
@@ -120,8 +130,9 @@ class Graph:
         pipeline = self._config.service.pipelines[pipeline_id]
         signal = Signal(pipeline_id.split("/", 1)[0])
         targets = [
-            Target(self._exporter(name).consumer_for(signal), False, self._factory(name).retains_data)
+            Target(self._exporter(name).consumer_for(signal), factory.mutates_data, factory.retains_data)
             for name in pipeline.exporters
+            for factory in [self._factory(name)]
         ]
         consumer = fan_out(targets)
         for processor_id in reversed(pipeline.processors):
@@ -129,17 +140,18 @@ class Graph:
             settings = self._settings(component, f"[{pipeline_id}]")
             consumer = component.factory.create(component.config, settings, signal, consumer)
             self._nodes.append(_Node(Kind.PROCESSOR, processor_id, consumer))
-        mutates, retains = self._input_handling(pipeline.processors, any(t.retains for t in targets))
+        mutates, retains = self._input_handling(pipeline.processors, targets)
         entry = _Entry(consumer, mutates, retains)
         self._entries[pipeline_id] = entry
         self._building.discard(pipeline_id)
         return entry
 
-    def _input_handling(self, processors: list[str], exporters_retain: bool) -> tuple[bool, bool]:
+    def _input_handling(self, processors: list[str], exporters: list[Target]) -> tuple[bool, bool]:
         """Whether a pipeline may mutate, and may keep, the very batch it is given.
 
         A processor that retains batches (a buffer) hands downstream messages of its own, so what comes after
-        it never touches the input: only mutating processors before the first retaining one count.
+        it never touches the input: only mutating processors before the first retaining one count, and the
+        exporters count only when no processor retains.
         """
         mutates = False
         for processor_id in processors:
@@ -147,7 +159,7 @@ class Graph:
             mutates = mutates or factory.mutates_data
             if factory.retains_data:
                 return mutates, True
-        return mutates, exporters_retain
+        return mutates or any(t.mutates for t in exporters), any(t.retains for t in exporters)
 
     def _factory(self, exporter_id: str) -> Any:
         component = self._config.connectors.get(exporter_id) or self._config.exporters[exporter_id]

@@ -72,22 +72,29 @@ class IngestQueue:
         self._worker = asyncio.create_task(self._work())
 
     async def shutdown(self, deadline: float) -> None:
-        """Feed everything queued to the pipelines (their receivers have stopped), then stop."""
+        """Feed everything queued to the pipelines (their receivers have stopped), then stop; count what is left."""
         self._closing = True
-        if self._worker is None:
+        worker, self._worker = self._worker, None
+        if worker is None:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
-        self._worker = None
-        if self._items:
-            self._dropped.labels(self._settings.component_id, self._signal.value, "shutdown_timeout").inc(self._items)
-            self._settings.logger.error(
-                "shutdown deadline reached before the pipelines took every accepted item",
-                extra={"receiver": self._settings.component_id, "signal": self._signal.value, "items": self._items},
-            )
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+        finally:
+            worker.cancel()  # even when this shutdown itself is cancelled, nothing may keep feeding the pipelines
+            self._count_left()
+
+    def _count_left(self) -> None:
+        if not self._items:
+            return
+        self._dropped.labels(self._settings.component_id, self._signal.value, "shutdown_timeout").inc(self._items)
+        self._settings.logger.error(
+            "shutdown deadline reached before the pipelines took every accepted item",
+            extra={"receiver": self._settings.component_id, "signal": self._signal.value, "items": self._items},
+        )
+        self._entries.clear()
+        self._items = 0
+        self._queued.set(0)
 
     async def _work(self) -> None:
         while True:

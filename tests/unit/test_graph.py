@@ -193,3 +193,75 @@ def test_a_buffer_that_refuses_is_asked_before_a_synchronous_reader_counts_the_b
         fan.consume(batch)
     assert buffer.offered == 1
     assert counter.batches == []  # the sender's retry will not be counted twice
+
+
+def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had_not_taken_it() -> None:
+    from agent.component import Refused
+    from agent.pipeline.fanout import FanOut, Target
+    from agent.testing.sinks import BatchSink
+
+    class RefuseOnce(BatchSink):
+        refused = False
+
+        def consume(self, batch: Message) -> None:
+            if not self.refused:
+                self.refused = True
+                raise Refused("queue full")
+            super().consume(batch)
+
+    first, second = BatchSink(), RefuseOnce()
+    fan = FanOut([Target(first, mutates=False, retains=True), Target(second, mutates=False, retains=True)])
+    batch, _ = next(Workload(seed=2).requests(1))
+    with pytest.raises(Refused):
+        fan.consume(batch)
+    fan.consume(batch)  # the ingest queue offers the very same batch again
+    assert first.batches == [batch]
+    assert second.batches == [batch]
+    other, _ = next(Workload(seed=3).requests(1))
+    fan.consume(other)
+    assert first.batches == [batch, other]
+
+
+async def test_an_exporter_stuck_at_the_deadline_still_counts_what_it_could_not_deliver() -> None:
+    import asyncio
+
+    from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
+    from tests.helpers import metric_value
+
+    class Stuck:
+        def __init__(self, settings: Any) -> None:
+            async def push(signal: Signal, batch: Message) -> None:
+                await asyncio.sleep(3600)
+
+            self.queue = SendingQueue(settings, SendingQueueConfig(num_consumers=1), push)
+
+        def consumer_for(self, signal: Signal) -> Consumer:
+            return self
+
+        def consume(self, batch: Message) -> None:
+            self.queue.offer(Signal.TRACES, batch)
+
+        async def start(self) -> None:
+            await self.queue.start()
+
+        async def shutdown(self, deadline: float) -> None:
+            await self.queue.shutdown(deadline)
+
+    stuck = Factory(Kind.EXPORTER, "stuck", Empty, frozenset(Signal), lambda cfg, s: Stuck(s), "")
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, []), "")
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        exporters={"stuck": ComponentConfig("stuck", Kind.EXPORTER, stuck, Empty())},
+        service=ServiceConfig(pipelines={"traces": PipelineConfig(receivers=["src"], exporters=["stuck"])}),
+    )
+    metrics = SelfMetrics()
+    graph = Graph(config, metrics)
+    await graph.start()
+    for batch, _ in Workload(seed=4).requests(3):
+        graph.component("src").consumers[Signal.TRACES].consume(batch)
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await graph.shutdown(time.monotonic() + 0.5)
+    assert time.monotonic() - started < 3.0
+    failed = metric_value(metrics.render().decode(), "otel_sidecar_exporter_send_failed_items_total")
+    assert failed > 0
