@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from agent.component import Consumer
+from agent.component import Consumer, Refused
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class FanOut:
     sender's retry does not count it twice. A mutator may take the original when it is the last target and no
     retaining reader shares it; every other mutator gets a copy.
 
-    If a later target refuses, earlier ones keep what they took and the sender's retry duplicates it there:
-    at-least-once, as in the Collector.
+    If a later target refuses, earlier ones keep what they took. Offered the same batch object again (the
+    ingest queue retries a refused batch as it is), the fan-out resumes at the target that refused, so no target
+    receives it twice.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
@@ -37,15 +38,27 @@ class FanOut:
         self._needs_copy = [
             t.mutates and (index != last or shared_by_retainer) for index, t in enumerate(self._targets)
         ]
+        self._refused_batch: Message | None = None
+        self._resume_at = 0
 
     def consume(self, batch: Message) -> None:
-        for target, copy in zip(self._targets, self._needs_copy, strict=True):
-            if copy:
-                clone = type(batch)()
-                clone.CopyFrom(batch)
-                target.consumer.consume(clone)
-            else:
-                target.consumer.consume(batch)
+        start = self._resume_at if batch is self._refused_batch else 0
+        self._refused_batch = None
+        for index in range(start, len(self._targets)):
+            try:
+                self._deliver(index, batch)
+            except Refused:
+                self._refused_batch, self._resume_at = batch, index
+                raise
+
+    def _deliver(self, index: int, batch: Message) -> None:
+        consumer = self._targets[index].consumer
+        if self._needs_copy[index]:
+            clone = type(batch)()
+            clone.CopyFrom(batch)
+            consumer.consume(clone)
+        else:
+            consumer.consume(batch)
 
 
 def fan_out(targets: Sequence[Target]) -> Consumer:

@@ -14,6 +14,8 @@ FACTORY: Factory[LoadBalancingExporterConfig] = Factory(
     create=lambda cfg, settings: LoadBalancingExporter(cfg, settings),
     description="Sends every span and log of a trace to the same gateway, chosen by consistent hashing of the "
     "trace id over gateways from a static list or DNS; failed gateways are routed around.",
+    # After a partial delivery the queued batch is cut down to what is left: it must be this exporter's own.
+    mutates_data=True,
 )
 
 __all__ = ["FACTORY", "LoadBalancingExporter", "LoadBalancingExporterConfig"]
