@@ -345,6 +345,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
             timeout=30,
             what="the unreachable exporter gave up on a batch",
         )
+        # A counter that appeared in the last scrape has one sample: rate() needs a second one.
+        wait_until(
+            lambda: prometheus.query("rate(otel_sidecar_exporter_send_failed_items_total[1m])"),
+            timeout=30,
+            what="two scrapes of the dropped-items counter",
+        )
         wait_until(
             lambda: prometheus.query("orchestrator:llm_cost_budget:ratio"), timeout=30, what="budget rules evaluated"
         )

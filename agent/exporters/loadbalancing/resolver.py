@@ -38,7 +38,7 @@ class StaticResolver:
 
 
 class DnsResolver:
-    """Resolves ``hostname`` to A/AAAA records and joins each with ``port``."""
+    """Resolves ``hostname`` to its A records (IPv4) and joins each with ``port``."""
 
     def __init__(
         self,
@@ -80,7 +80,11 @@ class DnsResolver:
     async def _loop(self, on_change: OnChange) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self._refresh(on_change)
+            try:
+                await self._refresh(on_change)
+            except Exception as exc:  # a failure to apply one answer must not stop resolving for good
+                self._current = None  # apply the next answer even if it is the same
+                self._log.warning("apply", f"cannot apply the gateways of {self._hostname}: {exc!r}")
 
     async def _refresh(self, on_change: OnChange) -> None:
         try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
@@ -51,9 +55,10 @@ class HttpServer:
     async def shutdown(self, deadline: float) -> None:
         # In-flight handlers do no I/O (they only enqueue), so aiohttp's own wait for them is short.
         if self._runner is not None:
-            await self._runner.shutdown()
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            # Bounded: a slow client upload must not eat the time the pipelines need to flush.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.cleanup(), max(deadline - time.monotonic(), 0.0) / 2)
 
     def _route(self, signal: Signal):  # type: ignore[no-untyped-def]
         async def handle(request: web.Request) -> web.Response:
