@@ -14,7 +14,7 @@ class IngestConfig:
     queue_items: int = setting(
         100_000,
         doc="Most items (spans, data points, log records) accepted from senders but not yet taken by the "
-        "pipelines, per receiver and signal; beyond it receivers refuse with a retryable answer.",
+        "pipelines, per receiver; beyond it the receiver refuses with a retryable answer.",
         minimum=1,
     )
 

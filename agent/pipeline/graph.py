@@ -103,13 +103,9 @@ class Graph:
             if not consumers:
                 continue  # defined but used by no pipeline, as in the Collector
             settings = self._settings(component)
-            queues = {
-                signal: IngestQueue(settings, signal, consumer, self._config.service.ingest)
-                for signal, consumer in consumers.items()
-            }
-            for signal, queue in queues.items():
-                self._nodes.append(_Node(Kind.RECEIVER, f"{receiver_id}[{signal.value} ingest]", queue, phase=1))
-            instance = component.factory.create(component.config, settings, queues)
+            queue = IngestQueue(settings, consumers, self._config.service.ingest)
+            self._nodes.append(_Node(Kind.RECEIVER, f"{receiver_id}[ingest]", queue, phase=1))
+            instance = component.factory.create(component.config, settings, queue.consumers())
             self._nodes.append(_Node(Kind.RECEIVER, receiver_id, instance, phase=0))
 
     def _consumers_fed_by(self, receiver_id: str) -> dict[Signal, Consumer]:

@@ -3,9 +3,10 @@
 A receiver answers the sender as soon as a batch is in this queue, so an ``Export`` call costs decoding and
 validation only, never the pipeline's work (span metrics, sampling): the orchestrator is not slowed by the
 agent, and Export latency does not grow with the pipeline. The queue is bounded by items; when it is full the
-receiver refuses with a retryable answer. One worker feeds the pipelines in arrival order; when they refuse
-(a full sampler buffer), the worker waits and offers the same batch again, so the queue fills and back-pressure
-reaches the sender instead of data being dropped.
+receiver refuses with a retryable answer. One worker per receiver feeds the pipelines in arrival order, across
+signals (a log that arrived after its trace's spans is processed after them, as the tail sampler expects); when
+they refuse (a full sampler buffer), the worker waits and offers the same batch again, so the queue fills and
+back-pressure reaches the sender instead of data being dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Mapping
 
 from google.protobuf.message import Message
 
@@ -25,16 +27,27 @@ from agent.telemetry.logs import RateLimitedLog
 _REFUSAL_PAUSE = 0.05  # how soon the worker offers a refused batch again (seconds)
 
 
-class IngestQueue:
-    """A ``Consumer`` that takes batches at once (or refuses when full) and feeds ``downstream`` from a task."""
+class _SignalEntrance:
+    """The ``Consumer`` a receiver calls for one signal."""
 
-    def __init__(self, settings: CreateSettings, signal: Signal, downstream: Consumer, config: IngestConfig) -> None:
-        self._settings = settings
+    __slots__ = ("_queue", "_signal")
+
+    def __init__(self, queue: IngestQueue, signal: Signal) -> None:
+        self._queue = queue
         self._signal = signal
-        self._downstream = downstream
+
+    def consume(self, batch: Message) -> None:
+        self._queue.offer(self._signal, batch)
+
+
+class IngestQueue:
+    """Takes batches at once (or refuses when full) and feeds each signal's pipelines from one task, in order."""
+
+    def __init__(self, settings: CreateSettings, downstream: Mapping[Signal, Consumer], config: IngestConfig) -> None:
+        self._settings = settings
+        self._downstream = dict(downstream)
         self._capacity = config.queue_items
-        self._count_items = SPECS[signal].count_items
-        self._entries: collections.deque[tuple[Message, int]] = collections.deque()
+        self._entries: collections.deque[tuple[Signal, Message, int]] = collections.deque()
         self._items = 0
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -42,12 +55,11 @@ class IngestQueue:
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._log = RateLimitedLog(settings.logger)
-        labels = (settings.component_id, signal.value)
+        cid = settings.component_id
         m = settings.metrics
-        self._queued = m.gauge(
-            "ingest_queue_items", "Items accepted and waiting for the pipelines.", ["receiver", "signal"]
-        ).labels(*labels)
-        m.gauge("ingest_queue_capacity", "Ingest queue capacity in items.", ["receiver", "signal"]).labels(*labels).set(
+        self._queued = m.gauge("ingest_queue_items", "Items accepted and waiting for the pipelines.", ["receiver"])
+        self._queued = self._queued.labels(cid)
+        m.gauge("ingest_queue_capacity", "Ingest queue capacity in items.", ["receiver"]).labels(cid).set(
             self._capacity
         )
         self._dropped = m.counter(
@@ -56,13 +68,17 @@ class IngestQueue:
             ["receiver", "signal", "reason"],
         )
 
-    def consume(self, batch: Message) -> None:
-        items = self._count_items(batch)
+    def consumers(self) -> dict[Signal, Consumer]:
+        """What the receiver is given: one entrance per signal that has pipelines."""
+        return {signal: _SignalEntrance(self, signal) for signal in self._downstream}
+
+    def offer(self, signal: Signal, batch: Message) -> None:
+        items = SPECS[signal].count_items(batch)
         if self._closing:
             raise Refused("the agent is shutting down")
         if self._items + items > self._capacity and self._entries:
             raise Refused(f"ingest queue of {self._settings.component_id} is full")
-        self._entries.append((batch, items))
+        self._entries.append((signal, batch, items))
         self._items += items
         self._queued.set(self._items)
         self._idle.clear()
@@ -85,12 +101,15 @@ class IngestQueue:
             self._count_left()
 
     def _count_left(self) -> None:
-        if not self._items:
+        if not self._entries:
             return
-        self._dropped.labels(self._settings.component_id, self._signal.value, "shutdown_timeout").inc(self._items)
+        left: collections.Counter[str] = collections.Counter()
+        for signal, _, items in self._entries:
+            left[signal.value] += items
+            self._dropped.labels(self._settings.component_id, signal.value, "shutdown_timeout").inc(items)
         self._settings.logger.error(
             "shutdown deadline reached before the pipelines took every accepted item",
-            extra={"receiver": self._settings.component_id, "signal": self._signal.value, "items": self._items},
+            extra={"receiver": self._settings.component_id, "items": dict(left)},
         )
         self._entries.clear()
         self._items = 0
@@ -103,21 +122,21 @@ class IngestQueue:
                 self._idle.set()
                 await self._ready.wait()
                 continue
-            batch, items = self._entries[0]
+            signal, batch, items = self._entries[0]
             try:
-                self._downstream.consume(batch)
+                self._downstream[signal].consume(batch)
             except Refused:
                 await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
                 continue
             except PermanentError as exc:
-                self._drop(items, "rejected", f"the pipeline rejected a batch: {exc}")
+                self._drop(signal, items, "rejected", f"the pipeline rejected a batch: {exc}")
             except Exception as exc:  # a processor bug must not stop ingestion
-                self._drop(items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
+                self._drop(signal, items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
             self._entries.popleft()
             self._items -= items
             self._queued.set(self._items)
             await asyncio.sleep(0)  # let receivers answer between batches
 
-    def _drop(self, items: int, reason: str, message: str) -> None:
-        self._dropped.labels(self._settings.component_id, self._signal.value, reason).inc(items)
+    def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
+        self._dropped.labels(self._settings.component_id, signal.value, reason).inc(items)
         self._log.warning(f"drop:{reason}", message, receiver=self._settings.component_id, items=items)

@@ -158,7 +158,10 @@ def test_sdk_traces_come_out_with_every_error_and_critical_trace_complete_and_te
     ]
     error_logs = [(t, a) for t, a, body in records if body == "llm call failed"]
     assert len(error_logs) == len(truth.of_kind("error"))  # logs are never dropped by sampling
-    assert all((a["retention.class"], a["sampling.policy"]) == ("error", "errors") for _, a in error_logs)
+    # An error log is classed "error" whichever way it arrived: held with its trace (kept by the errors policy)
+    # or, when the SDK's log batch reached the agent before any span of its trace, by its own severity.
+    assert all(a["retention.class"] == "error" for _, a in error_logs)
+    assert {a["sampling.policy"] for _, a in error_logs} <= {"errors", "severity"}
     for trace_id, attrs, body in records:
         if body == "llm call done":
             kept = trace_id in expected

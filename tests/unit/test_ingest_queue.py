@@ -19,10 +19,27 @@ from agent.testing.workload import Workload
 from tests.helpers import metric_value
 
 
-def queue_for(downstream: object, capacity: int = 10_000) -> tuple[IngestQueue, SelfMetrics]:
+class Ingest:
+    """An ingest queue with the traces entrance a receiver would be given."""
+
+    def __init__(self, downstream: object, capacity: int, metrics: SelfMetrics) -> None:
+        settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+        self.queue = IngestQueue(settings, {Signal.TRACES: downstream}, IngestConfig(queue_items=capacity))  # type: ignore[dict-item]
+        self.entrance = self.queue.consumers()[Signal.TRACES]
+
+    def consume(self, batch: Message) -> None:
+        self.entrance.consume(batch)
+
+    async def start(self) -> None:
+        await self.queue.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self.queue.shutdown(deadline)
+
+
+def queue_for(downstream: object, capacity: int = 10_000) -> tuple[Ingest, SelfMetrics]:
     metrics = SelfMetrics()
-    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
-    return IngestQueue(settings, Signal.TRACES, downstream, IngestConfig(queue_items=capacity)), metrics  # type: ignore[arg-type]
+    return Ingest(downstream, capacity, metrics), metrics
 
 
 def batches(n: int) -> list[Message]:
@@ -111,3 +128,29 @@ async def test_what_the_pipelines_never_take_before_the_deadline_is_counted() ->
     assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="shutdown_timeout") == expected
     with pytest.raises(Refused):
         queue.consume(sent[0])
+
+
+async def test_signals_reach_their_pipelines_in_the_order_they_arrived() -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    order: list[str] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def consume(self, batch: Message) -> None:
+            order.append(self.name)
+
+    metrics = SelfMetrics()
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    queue = IngestQueue(settings, {Signal.TRACES: Recorder("spans"), Signal.LOGS: Recorder("log")}, IngestConfig())
+    entrances = queue.consumers()
+    await queue.start()
+    log = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord()])])])
+    entrances[Signal.TRACES].consume(batches(1)[0])
+    entrances[Signal.LOGS].consume(log)
+    entrances[Signal.TRACES].consume(batches(1)[0])
+    await queue.shutdown(time.monotonic() + 5)
+    assert order == ["spans", "log", "spans"]
