@@ -109,3 +109,38 @@ async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_r
     full.failure = None
     assert await exporter._push(Signal.TRACES, batch) == 0
     assert set(full.received) == owned_by_full
+
+
+async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_failed() -> None:
+    import time
+
+    from agent.config.schema import Duration
+    from agent.exporters._helper.retry import RetryConfig
+
+    dead = Gateway(RetryableError("full", reason="unavailable", retry_after=0.01))
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    metrics = SelfMetrics()
+    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    config = LoadBalancingExporterConfig(
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
+        retry_on_failure=RetryConfig(
+            initial_interval=Duration(0.01), max_interval=Duration(0.01), max_elapsed_time=Duration(0.1)
+        ),
+    )
+    exporter = LoadBalancingExporter(config, settings)
+    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    await exporter._queue.start()
+    batch = batch_of(60)
+    total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    owned_by_full = sum(
+        1
+        for rs in batch.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+        if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
+    )
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    await exporter._queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == owned_by_full
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full

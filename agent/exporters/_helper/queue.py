@@ -362,6 +362,7 @@ class SendingQueue:
         group.items = sum(SPECS[signal].count_items(p) for p in parts)  # what loaded (corrupt records excluded)
         delivered = True
         for part in parts:
+            part_items = SPECS[signal].count_items(part)  # before the push, which may cut the part down
             outcome = await self._send_part(signal, part)
             if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
@@ -373,7 +374,7 @@ class SendingQueue:
                 delivered = False
                 break
             delivered = delivered and outcome is _Outcome.SENT
-            group.items -= SPECS[signal].count_items(part)
+            group.items -= part_items
         duplicates = sum(e.items for e in entries if e.maybe_duplicate)
         if duplicates and delivered:  # re-sent after a restart; the first send may have reached the backend
             self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
@@ -408,7 +409,10 @@ class SendingQueue:
             self._drop(signal, items, exc.reason, f"the backend rejected the batch: {exc}")
         except RetryableError as exc:
             reason = "retries_exhausted" if self._retry_enabled else exc.reason
-            self._drop(signal, items, reason, f"giving up on the batch ({reason}): {exc}")
+            # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left.
+            undelivered = SPECS[signal].count_items(part)
+            self._sent.labels(cid, signal.value).inc(items - undelivered)
+            self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}): {exc}")
         except Exception as exc:  # an exporter bug must not kill the worker
             self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")
         else:
