@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import random
 import time
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -360,17 +359,7 @@ class SpanMetricsConnector:
             red = find_red((name, kind, status_code)) or self._red_execution(
                 red_lookup, service, name, kind, status_code, now
             )
-            count = red.count
-            count.value += weight
-            count.last = now
-            durations = red.duration
-            index = bisect_left(durations.bounds, duration)
-            durations.counts[index] += hist_weight
-            durations.sum += duration * hist_weight
-            durations.count += hist_weight
-            durations.last = now
-            if exemplar is not None:
-                durations.add_exemplar(index, duration, exemplar)
+            red.record(weight, duration, hist_weight, now, exemplar)
 
             values = None
             roles = 0
