@@ -109,6 +109,24 @@ def test_secrets_in_span_keys_values_messages_and_events_are_redacted() -> None:
     assert metric_value(text, "otel_sidecar_redaction_total", rule="content") == 3
 
 
+def test_texts_remembered_as_clean_never_hide_a_credential_in_later_batches() -> None:
+    """The redactor remembers texts that needed no masking; the same secrets in every batch are still masked
+    and counted each time, and a clean text stays untouched."""
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.TRACES, metrics)
+    for _ in range(3):
+        stage.consume(span_request())
+    for out in sink.batches:
+        span = out.resource_spans[0].scope_spans[0].spans[0]
+        assert span.name == "chat gpt-4o"
+        assert attributes(span)["gen_ai.request.model"].string_value == "gpt-4o"
+        assert OPENAI_KEY.encode() not in out.SerializeToString()
+        assert span.status.message == "401 for key [REDACTED]"
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="openai_key") == 6
+    assert metric_value(text, "otel_sidecar_redaction_total", rule="aws_access_key") == 3
+
+
 def test_prompt_content_is_kept_with_capture_content_but_credentials_in_it_are_still_masked() -> None:
     stage, sink = processor(Signal.TRACES, SelfMetrics(), capture_content=True)
     request = span_request()

@@ -45,22 +45,28 @@ class RedactionProcessor:
 
     def _traces(self, batch: Any, counts: Counter[str]) -> None:
         redactor = self._redactor
+        clean = redactor.clean_texts
         for resource_spans in batch.resource_spans:
             redactor.attributes(resource_spans.resource.attributes, counts)
             for scope_spans in resource_spans.scope_spans:
                 redactor.attributes(scope_spans.scope.attributes, counts)
-                for span in scope_spans.spans:
+                for span in scope_spans.spans[:]:  # a slice builds the wrappers faster than the iterator
                     redactor.attributes(span.attributes, counts)
                     name = span.name
-                    masked = redactor.mask_text(name, counts)
-                    if masked is not name:
-                        span.name = masked
-                    if span.status.message:
+                    if name not in clean:
+                        masked = redactor.mask_text(name, counts)
+                        if masked is not name:
+                            span.name = masked
+                    # Asking first: most spans have no status, and reading one would build a Status wrapper.
+                    if span.HasField("status") and span.status.message:
                         span.status.message = redactor.mask_text(span.status.message, counts)
-                    for event in span.events:
-                        redactor.attributes(event.attributes, counts)
-                    for link in span.links:
-                        redactor.attributes(link.attributes, counts)
+                    events, links = span.events, span.links
+                    if events:
+                        for event in events:
+                            redactor.attributes(event.attributes, counts)
+                    if links:
+                        for link in links:
+                            redactor.attributes(link.attributes, counts)
 
     def _logs(self, batch: Any, counts: Counter[str]) -> None:
         redactor = self._redactor

@@ -6,7 +6,8 @@ Three kinds of rule, each counted under its own name:
   - ``content``: prompt and completion attributes are removed, GenAI message event bodies emptied.
 
 Per item the cost is one dictionary look-up per attribute key (decisions about keys are cached) and, for text
-values, one search for literal trigger fragments, then one with a single combined expression only when a
+values, one set look-up (short texts found clean before are remembered: names and model ids repeat in every
+batch), else one search for literal trigger fragments, then one with a single combined expression only when a
 trigger is present; the per-rule substitutions run only when that matches.
 """
 
@@ -42,6 +43,10 @@ CREDENTIAL_TRIGGERS = re.compile(r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_
 _DROP = "drop"
 _REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
 _KEY_CACHE_LIMIT = 4096
+# Texts seen to hold no credential: span names, model names, step types... repeat in every batch, and a set
+# look-up is several times cheaper than the trigger search. Short texts only, so the set stays small.
+_CLEAN_CACHE_LIMIT = 8192
+_CLEAN_CACHE_MAX_LENGTH = 256
 
 
 class Redactor:
@@ -61,6 +66,7 @@ class Redactor:
         # The cheap pre-check covers only the built-in shapes; custom patterns always take the full search.
         self._trigger = CREDENTIAL_TRIGGERS if config.mask_credentials and not config.value_patterns else None
         self._keys: dict[str, str | None] = {}
+        self._clean: set[str] = set()
 
     # --- keys -------------------------------------------------------------------------------------------------------
 
@@ -88,9 +94,13 @@ class Redactor:
     # --- values -----------------------------------------------------------------------------------------------------
 
     def mask_text(self, text: str, counts: Counter[str]) -> str:
+        if text in self._clean:
+            return text
         if self._trigger is not None and not self._trigger.search(text):
+            self._remember_clean(text)
             return text
         if self._any_value is None or not self._any_value.search(text):
+            self._remember_clean(text)
             return text
         for name, pattern, replacement in self._value_rules:
             text, found = pattern.subn(replacement, text)
@@ -98,13 +108,40 @@ class Redactor:
                 counts[name] += found
         return text
 
+    @property
+    def clean_texts(self) -> set[str]:
+        """Texts known to need no masking (callers on a hot path may skip ``mask_text`` for them)."""
+        return self._clean
+
+    def _remember_clean(self, text: str) -> None:
+        if len(text) <= _CLEAN_CACHE_MAX_LENGTH:
+            if len(self._clean) >= _CLEAN_CACHE_LIMIT:
+                self._clean.clear()
+            self._clean.add(text)
+
     def attributes(self, attributes: Any, counts: Counter[str]) -> None:
         """Redact a repeated ``KeyValue`` field in place (removing content attributes)."""
+        if not attributes:
+            return
         dropped: list[int] = []
-        for index, kv in enumerate(attributes):
-            action = self.key_action(kv.key)
+        keys, clean = self._keys, self._clean
+        for index, kv in enumerate(attributes[:]):  # a slice builds the wrappers faster than the iterator
+            key = kv.key
+            action = keys.get(key, "")
+            if action == "":
+                action = self.key_action(key)
             if action is None:
-                self.value(kv.value, counts)
+                value = kv.value
+                # Most values are plain text: read it without asking which field is set (a costlier call).
+                text = value.string_value
+                if text:
+                    if text in clean:
+                        continue
+                    masked = self.mask_text(text, counts)
+                    if masked is not text:
+                        value.string_value = masked
+                else:
+                    self.value(value, counts)
             elif action == _DROP:
                 dropped.append(index)
                 counts[CONTENT_RULE] += 1
