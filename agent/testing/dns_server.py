@@ -1,4 +1,5 @@
-"""A tiny authoritative DNS server for tests: answers A queries for one name with addresses the test sets.
+"""A tiny authoritative DNS server for tests: answers A and AAAA queries for one name with the IPv4 and IPv6
+addresses the test sets (an empty answer, as real DNS gives, for a family the name has no address of).
 
 It stands in for the cluster DNS that serves a Kubernetes headless Service, so a test can add and remove
 gateways the way Kubernetes would, over real DNS on the wire.
@@ -55,6 +56,11 @@ class DnsServer:
         question = query.question[0]
         if question.name.to_text().lower() != self.name.lower() or not self.addresses:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == dns.rdatatype.A:
-            response.answer.append(dns.rrset.from_text_list(self.name, 1, "IN", "A", list(self.addresses)))
+        else:
+            ipv4 = [a for a in self.addresses if ":" not in a]
+            ipv6 = [a for a in self.addresses if ":" in a]
+            if question.rdtype == dns.rdatatype.A and ipv4:
+                response.answer.append(dns.rrset.from_text_list(self.name, 1, "IN", "A", ipv4))
+            elif question.rdtype == dns.rdatatype.AAAA and ipv6:
+                response.answer.append(dns.rrset.from_text_list(self.name, 1, "IN", "AAAA", ipv6))
         return response

@@ -91,3 +91,28 @@ async def test_the_dns_resolver_follows_the_answer_and_keeps_the_last_members_wh
         await resolver.shutdown()
     assert changes == [["127.0.0.2:4317", "127.0.0.3:4317"], ["127.0.0.3:4317", "127.0.0.4:4317"]]
     assert "failure" in results and "success" in results
+
+
+async def test_the_dns_resolver_takes_aaaa_records_too_for_ipv6_and_dual_stack_services() -> None:
+    changes: list[list[str]] = []
+    results: list[str] = []
+
+    async def on_change(endpoints: list[str]) -> None:
+        changes.append(endpoints)
+
+    with DnsServer("gateways.observability.svc.cluster.local", ["fd00::2", "127.0.0.2"]) as server:
+        resolver = DnsResolver(
+            "gateways.observability.svc.cluster.local",
+            4317,
+            interval=0.1,
+            timeout=1.0,
+            nameservers=[server.address],
+            log=RateLimitedLog(logging.getLogger("t")),
+            on_result=results.append,
+        )
+        await resolver.start(on_change)
+        server.addresses = ["fd00::3"]  # IPv6 only: the A lookup answers nothing, which is not a failure
+        await asyncio.sleep(0.5)
+        await resolver.shutdown()
+    assert changes == [["127.0.0.2:4317", "[fd00::2]:4317"], ["[fd00::3]:4317"]]
+    assert "failure" not in results

@@ -1,4 +1,5 @@
-"""Where the gateways are: a static list, or DNS (a Kubernetes headless Service: every A record is a gateway).
+"""Where the gateways are: a static list, or DNS (a Kubernetes headless Service: every A or AAAA record is a
+gateway, so IPv4, IPv6 and dual-stack clusters all work).
 
 The DNS resolver re-resolves every ``interval`` and reports changes; a failed lookup keeps the last known
 members (a DNS hiccup must not empty the ring) and is counted.
@@ -20,6 +21,10 @@ from agent.telemetry.logs import RateLimitedLog
 OnChange = Callable[[list[str]], Awaitable[None]]
 
 
+class _LookupFailed(Exception):
+    pass
+
+
 class Resolver(Protocol):
     async def start(self, on_change: OnChange) -> None: ...
 
@@ -38,7 +43,7 @@ class StaticResolver:
 
 
 class DnsResolver:
-    """Resolves ``hostname`` to its A records (IPv4) and joins each with ``port``."""
+    """Resolves ``hostname`` to its A and AAAA records and joins each with ``port`` (``[address]:port`` for IPv6)."""
 
     def __init__(
         self,
@@ -86,16 +91,27 @@ class DnsResolver:
                 self._current = None  # apply the next answer even if it is the same
                 self._log.warning("apply", f"cannot apply the gateways of {self._hostname}: {exc!r}")
 
-    async def _refresh(self, on_change: OnChange) -> None:
+    async def _addresses(self, record_type: str) -> list[str]:
+        """The addresses of one record type; none (not an error) when the name has only the other family."""
         try:
-            answer = await self._resolver.resolve(self._hostname, "A")
-            addresses = sorted({record.address for record in answer})
+            answer = await self._resolver.resolve(self._hostname, record_type)
+        except dns.resolver.NoAnswer:
+            return []
         except (dns.exception.DNSException, OSError) as exc:
+            raise _LookupFailed(f"{record_type}: {exc}") from None
+        return [record.address for record in answer]
+
+    async def _refresh(self, on_change: OnChange) -> None:
+        answers = await asyncio.gather(self._addresses("A"), self._addresses("AAAA"), return_exceptions=True)
+        addresses = sorted({address for answer in answers if isinstance(answer, list) for address in answer})
+        if not addresses:
+            # No record of either family (or both lookups failed): an empty answer must not empty the ring.
+            error = next((a for a in answers if isinstance(a, BaseException)), None) or "no A or AAAA records"
             self._on_result("failure")
-            self._log.warning("dns", f"cannot resolve {self._hostname}; keeping the last known gateways: {exc}")
+            self._log.warning("dns", f"cannot resolve {self._hostname}; keeping the last known gateways: {error}")
             return
         self._on_result("success")
-        endpoints = [f"{address}:{self._port}" for address in addresses]
+        endpoints = [f"[{a}]:{self._port}" if ":" in a else f"{a}:{self._port}" for a in addresses]
         if endpoints != self._current:
             self._current = endpoints
             await on_change(endpoints)
