@@ -118,11 +118,12 @@ class Capture:
 class OtlpCapture:
     """An OTLP backend (gRPC and OTLP/HTTP protobuf) that records every export request it accepts."""
 
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None, client_ca: Path | None = None) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.capture = Capture()
         self._tls = tls  # (certificate, key) PEM files: serve TLS on both ports
+        self._client_ca = client_ca  # with tls: require a client certificate issued by this CA (mutual TLS)
         self._grpc: grpc.Server | None = None
         self._http: _Server | None = None
 
@@ -149,9 +150,13 @@ class OtlpCapture:
             self._grpc.add_insecure_port(self.grpc_endpoint)
         else:
             cert, key = (path.read_bytes() for path in self._tls)
-            self._grpc.add_secure_port(self.grpc_endpoint, grpc.ssl_server_credentials([(key, cert)]))
+            client_ca = self._client_ca.read_bytes() if self._client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            self._grpc.add_secure_port(self.grpc_endpoint, credentials)
         self._grpc.start()
-        self._http = _serve_http(self.http_port, self._http_handler_class(), self._tls)
+        self._http = _serve_http(self.http_port, self._http_handler_class(), self._tls, self._client_ca)
         return self
 
     def stop(self) -> None:
@@ -260,12 +265,18 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def _serve_http(
-    port: int, handler: type[http.server.BaseHTTPRequestHandler], tls: tuple[Path, Path] | None = None
+    port: int,
+    handler: type[http.server.BaseHTTPRequestHandler],
+    tls: tuple[Path, Path] | None = None,
+    client_ca: Path | None = None,
 ) -> _Server:
     server = _Server(port, handler)
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(tls[0]), str(tls[1]))
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(str(client_ca))
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -277,8 +277,8 @@ async def test_batches_shared_with_other_exporters_are_never_modified() -> None:
     assert [b.SerializeToString() for b in batches] == before
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "server.pem", directory / "server.key"
+def self_signed_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -306,3 +306,32 @@ async def test_tls_endpoints_are_verified_against_the_configured_ca(tmp_path: Pa
             untrusted, traces(1, seed=9), metrics, lambda: value(metrics, "exporter_send_failed_items_total") > 0
         )
         assert value(metrics, "exporter_send_failed_items_total") > 0  # the system CAs do not trust it
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_mutual_tls_presents_the_configured_client_certificate(tmp_path: Path, protocol: str) -> None:
+    """A backend that requires a client certificate accepts the exporter's ``cert_file``/``key_file`` and turns
+    away the same exporter without them (the failure is counted)."""
+    server_cert, server_key = self_signed_certificate(tmp_path)
+    client_cert, client_key = self_signed_certificate(tmp_path, "client")  # self-signed: its own CA
+    with OtlpCapture(tls=(server_cert, server_key), client_ca=client_cert) as backend:
+        endpoint = f"localhost:{backend.grpc_port}" if protocol == "grpc" else f"https://localhost:{backend.http_port}"
+        tls = {"ca_file": str(server_cert), "cert_file": str(client_cert), "key_file": str(client_key)}
+        raw = {"endpoint": endpoint, "protocol": protocol, "tls": tls, "batch": {"enabled": False}}
+        batch = traces(2)
+        await run_exporter(
+            build_config(OtlpExporterConfig, raw), batch, SelfMetrics(), lambda: len(backend.capture.spans()) >= 2
+        )
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+        delivered = len(backend.capture.spans())
+
+        without_client_cert = {**raw, "tls": {"ca_file": str(server_cert)}, "retry_on_failure": {"enabled": False}}
+        metrics = SelfMetrics()
+        await run_exporter(
+            build_config(OtlpExporterConfig, without_client_cert),
+            traces(1, seed=9),
+            metrics,
+            lambda: value(metrics, "exporter_send_failed_items_total") > 0,
+        )
+        assert value(metrics, "exporter_send_failed_items_total") > 0
+        assert len(backend.capture.spans()) == delivered  # nothing more got in
