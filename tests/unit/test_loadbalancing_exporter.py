@@ -7,6 +7,7 @@ import logging
 import pytest
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
@@ -31,14 +32,17 @@ GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
 class Gateway:
     """A transport double: records what it receives, or fails the way a dead or a full gateway does."""
 
-    def __init__(self, failure: RetryableError | None = None) -> None:
+    def __init__(self, failure: RetryableError | None = None, reject: int = 0) -> None:
         self.failure = failure
+        self.reject = reject  # spans refused for good in a partial-success answer
         self.received: list[bytes] = []
 
     async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
         if self.failure is not None:
             raise self.failure
         self.received.extend(s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+        if self.reject:
+            return ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(rejected_spans=self.reject))
         return ExportTraceServiceResponse()
 
     async def close(self) -> None:
@@ -111,14 +115,19 @@ async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_r
     assert set(full.received) == owned_by_full
 
 
-async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_failed() -> None:
+@pytest.mark.parametrize("rejected_by_a_delivered_part", [0, 2])
+async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_failed(
+    rejected_by_a_delivered_part: int,
+) -> None:
+    """And what a delivered part's partial success rejected is counted as rejected, not sent, though the rest of
+    its batch was retried."""
     import time
 
     from agent.config.schema import Duration
     from agent.exporters._helper.retry import RetryConfig
 
     dead = Gateway(RetryableError("full", reason="unavailable", retry_after=0.01))
-    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(reject=rejected_by_a_delivered_part), GATEWAYS[2]: Gateway()}
     metrics = SelfMetrics()
     settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
     config = LoadBalancingExporterConfig(
@@ -143,4 +152,6 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
     await exporter._queue.shutdown(time.monotonic() + 5)
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == owned_by_full
-    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full
+    rejected = metric_value(text, "otel_sidecar_exporter_rejected_items_total") if rejected_by_a_delivered_part else 0
+    assert rejected == rejected_by_a_delivered_part
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full - rejected

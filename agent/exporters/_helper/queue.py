@@ -409,9 +409,12 @@ class SendingQueue:
             self._drop(signal, items, exc.reason, f"the backend rejected the batch: {exc}")
         except RetryableError as exc:
             reason = "retries_exhausted" if self._retry_enabled else exc.reason
-            # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left.
+            # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left,
+            # and what the parts already delivered had rejected.
             undelivered = SPECS[signal].count_items(part)
-            self._sent.labels(cid, signal.value).inc(items - undelivered)
+            self._sent.labels(cid, signal.value).inc(items - undelivered - exc.rejected)
+            if exc.rejected:
+                self._rejected.labels(cid, signal.value).inc(exc.rejected)
             self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}): {exc}")
         except Exception as exc:  # an exporter bug must not kill the worker
             self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")

@@ -42,14 +42,25 @@ class RetryableError(ExportError):
 
     ``maybe_delivered`` is set when the attempt's outcome is unknown (a timeout after the request was sent):
     if a retry then succeeds, the backend may hold the batch twice, which is counted as a duplicate.
+
+    ``rejected`` counts items a backend refused for good during an attempt that still failed as a whole (a push
+    that delivers a batch in parts, as loadbalancing does, may get a partial success for one part and a
+    retryable failure for another); they are counted as rejected whatever the retries then do.
     """
 
     def __init__(
-        self, message: str, *, reason: str, retry_after: float | None = None, maybe_delivered: bool = False
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        maybe_delivered: bool = False,
+        rejected: int = 0,
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
         self.maybe_delivered = maybe_delivered
+        self.rejected = rejected
 
 
 class PermanentExportError(ExportError):
@@ -135,6 +146,7 @@ class RetryingSender:
 
     async def send(self, signal: Signal, batch: Message) -> tuple[int, bool]:
         maybe_delivered = False
+        rejected_before = 0  # by attempts that failed as a whole; the last failure carries the total
         if self._config is None:
             return await self._attempt(signal, batch), False
         config = self._config
@@ -153,8 +165,10 @@ class RetryingSender:
                     rejected = await self._attempt(signal, batch)
                 except RetryableError as exc:
                     maybe_delivered = maybe_delivered or exc.maybe_delivered
+                    rejected_before += exc.rejected
+                    exc.rejected = rejected_before
                     raise
-        return rejected, maybe_delivered
+        return rejected + rejected_before, maybe_delivered
 
     async def _attempt(self, signal: Signal, batch: Message) -> int:
         started = time.monotonic()

@@ -156,7 +156,9 @@ class LoadBalancingExporter:
         if remaining is not batch:
             batch.Clear()
             batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
-        raise last_error or RetryableError("no gateway is available", reason="no_backends")
+        error = last_error or RetryableError("no gateway is available", reason="no_backends")
+        error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
+        raise error
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
         transport = self._transports.get(gateway)
