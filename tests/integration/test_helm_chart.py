@@ -18,12 +18,14 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
+from tests.tools.fake_kube_api import FakeKubeApi
 from tests.tools.helm_venv import ensure_helm_venv
 
 pytestmark = pytest.mark.integration
 
 CHART = REPO / "helm" / "otel-sidecar"
 HELM_TOOL = REPO / "tests" / "tools" / "helm_lint.py"
+HELM_INSTALL = REPO / "tests" / "tools" / "helm_install.py"
 CI_CASES = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 ALL_CASES = ["values.yaml", *CI_CASES]
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
@@ -121,6 +123,39 @@ def test_default_values_render_only_the_config_for_injecting_into_your_own_manif
     case = rendered["values.yaml"]
     kinds = sorted(obj["kind"] for docs in case.values() for obj in docs)
     assert kinds == ["ConfigMap", "ServiceAccount"]
+
+
+GUARD = "sidecar.native needs Kubernetes 1.29+"
+APP = {"workload": {"containers": [{"name": "orchestrator", "image": "orchestrator:1"}]}}
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "native", "guarded"),
+    [("1.28", True, True), ("1.29", True, False), ("1.28", False, False)],
+)
+def test_a_native_sidecar_is_refused_on_clusters_older_than_1_29(
+    helm_python: Path, tmp_path: Path, kube_version: str, native: bool, guarded: bool
+) -> None:
+    """``helm install`` against a stand-in API server of the given version (``tests/tools/fake_kube_api.py``: no
+    cluster runs here). Below 1.29 a native sidecar fails with the chart's message before anything is written;
+    otherwise rendering passes and Helm fails only later, at the stand-in's missing ``apps/v1``."""
+    with FakeKubeApi(kube_version) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        values = {**APP, "sidecar": {"native": native}}
+        result = subprocess.run(
+            [str(helm_python), str(HELM_INSTALL), str(CHART), str(kubeconfig), json.dumps(values)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    outcome = json.loads(result.stdout)
+    assert not outcome["ok"]
+    assert "GET /version" in api.requests  # the version came from the server
+    if guarded:
+        assert f"{GUARD} and this cluster is v{kube_version}.0: set sidecar.native=false" in outcome["error"]
+    else:
+        assert GUARD not in outcome["error"]
+        assert "no matches for kind" in outcome["error"]  # rendered, then stopped at building the objects
+    assert not [r for r in api.requests if not r.startswith("GET ")]  # nothing was written
 
 
 def test_native_sidecar_is_the_first_init_container_with_restart_policy_always(rendered: Any) -> None:
