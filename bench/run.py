@@ -10,7 +10,8 @@ Scenarios (each against a fresh process, load from a separate load-generator pro
 Each runs at saturation (throughput, CPU per span) and at a fixed 20k spans/s (client-side Export latency,
 measured after a 3 s warm-up and before the saturation run). The two saturation runs the ratio is taken from
 (rotel and the full pipeline) are repeated (``--repeat``, default 3) and their median is reported.
-The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span.
+The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span, and rotel and the
+full pipeline once more at saturation with small requests (about 64 spans each) for the cost of a request.
 Results are printed as a table and written to ``bench/results/<timestamp>.json``.
 """
 
@@ -37,6 +38,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ROTEL = Path(importlib.util.find_spec("rotel").origin).parent / "rotel-agent"  # type: ignore[arg-type,union-attr]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Requests of 8 traces (about 64 spans) instead of 64 (about 512, an SDK batch processor's default batch): what a
+# request costs whatever its size shows here.
+SMALL_BATCH_TRACES = 8
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import free_port  # noqa: E402
@@ -168,18 +172,23 @@ def gateway_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait:
     }
 
 
-def load(target: str, rate: float, duration: float, concurrency: int = 4) -> dict[str, Any]:
+def load(
+    target: str, rate: float, duration: float, concurrency: int = 4, traces_per_request: int = 64
+) -> dict[str, Any]:
     command = [
         sys.executable, str(HERE / "loadgen.py"), "--target", target, "--rate", str(rate),
         "--duration", str(duration), "--concurrency", str(concurrency),
+        "--traces-per-request", str(traces_per_request),
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, env=_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(process: Process, target: str, rate: float, duration: float) -> dict[str, Any]:
+def measure(
+    process: Process, target: str, rate: float, duration: float, traces_per_request: int = 64
+) -> dict[str, Any]:
     cpu_before = process.cpu_seconds()
-    result = load(target, rate, duration)
+    result = load(target, rate, duration, traces_per_request=traces_per_request)
     cpu = process.cpu_seconds() - cpu_before
     spans = result["accepted_spans"]
     result.update(
@@ -259,6 +268,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
         try:
             results["rotel_saturation"] = measure_median(rotel, target, duration, repeat)
             results["rotel_fixed"] = measure(rotel, target, rate, duration)
+            results["rotel_small_batches"] = measure(rotel, target, 0, duration, SMALL_BATCH_TRACES)
         finally:
             rotel.stop()
 
@@ -288,6 +298,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
                     _lost_items(admin) - lost_before + (fixed["accepted_spans"] - fixed["agent_accepted_spans"])
                 )
                 results["agent_full_saturation"] = measure_median(agent, target, duration, repeat)
+                results["agent_full_small_batches"] = measure(agent, target, 0, duration, SMALL_BATCH_TRACES)
             finally:
                 results["agent_full_exit_code"] = agent.stop()
 
