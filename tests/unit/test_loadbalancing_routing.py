@@ -66,16 +66,21 @@ def test_splitting_a_batch_keeps_every_span_once_and_each_trace_on_one_backend(t
     assert sorted(span_ids) == sorted(expected)
 
 
-async def test_the_dns_resolver_follows_the_answer_and_keeps_the_last_members_when_lookups_fail() -> None:
+GATEWAY_NAME = "gateways.observability.svc.cluster.local"
+
+
+async def follow_dns(answers: list[list[str]]) -> tuple[list[list[str]], list[str]]:
+    """Run a DnsResolver (every 0.1 s) against a DNS server answering each of ``answers`` in turn for 0.5 s;
+    return the gateway lists it reported and the lookup outcomes."""
     changes: list[list[str]] = []
     results: list[str] = []
 
     async def on_change(endpoints: list[str]) -> None:
         changes.append(endpoints)
 
-    with DnsServer("gateways.observability.svc.cluster.local", ["127.0.0.2", "127.0.0.3"]) as server:
+    with DnsServer(GATEWAY_NAME, answers[0]) as server:
         resolver = DnsResolver(
-            "gateways.observability.svc.cluster.local",
+            GATEWAY_NAME,
             4317,
             interval=0.1,
             timeout=1.0,
@@ -84,35 +89,21 @@ async def test_the_dns_resolver_follows_the_answer_and_keeps_the_last_members_wh
             on_result=results.append,
         )
         await resolver.start(on_change)
-        server.addresses = ["127.0.0.3", "127.0.0.4"]
-        await asyncio.sleep(0.5)
-        server.addresses = []
-        await asyncio.sleep(0.5)
+        for addresses in answers[1:]:
+            server.addresses = addresses
+            await asyncio.sleep(0.5)
         await resolver.shutdown()
+    return changes, results
+
+
+async def test_the_dns_resolver_follows_the_answer_and_keeps_the_last_members_when_lookups_fail() -> None:
+    changes, results = await follow_dns([["127.0.0.2", "127.0.0.3"], ["127.0.0.3", "127.0.0.4"], []])
     assert changes == [["127.0.0.2:4317", "127.0.0.3:4317"], ["127.0.0.3:4317", "127.0.0.4:4317"]]
     assert "failure" in results and "success" in results
 
 
 async def test_the_dns_resolver_takes_aaaa_records_too_for_ipv6_and_dual_stack_services() -> None:
-    changes: list[list[str]] = []
-    results: list[str] = []
-
-    async def on_change(endpoints: list[str]) -> None:
-        changes.append(endpoints)
-
-    with DnsServer("gateways.observability.svc.cluster.local", ["fd00::2", "127.0.0.2"]) as server:
-        resolver = DnsResolver(
-            "gateways.observability.svc.cluster.local",
-            4317,
-            interval=0.1,
-            timeout=1.0,
-            nameservers=[server.address],
-            log=RateLimitedLog(logging.getLogger("t")),
-            on_result=results.append,
-        )
-        await resolver.start(on_change)
-        server.addresses = ["fd00::3"]  # IPv6 only: the A lookup answers nothing, which is not a failure
-        await asyncio.sleep(0.5)
-        await resolver.shutdown()
+    # IPv6 only at the end: the A lookup answers nothing, which is not a failure.
+    changes, results = await follow_dns([["fd00::2", "127.0.0.2"], ["fd00::3"]])
     assert changes == [["127.0.0.2:4317", "[fd00::2]:4317"], ["[fd00::3]:4317"]]
     assert "failure" not in results
