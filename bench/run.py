@@ -10,8 +10,9 @@ Scenarios (each against a fresh process, load from a separate load-generator pro
 Each runs at saturation (throughput, CPU per span) and at a fixed 20k spans/s (client-side Export latency,
 measured after a 3 s warm-up and before the saturation run). The two saturation runs the ratio is taken from
 (rotel and the full pipeline) are repeated (``--repeat``, default 3) and their median is reported.
-The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span, and rotel and the
-full pipeline once more at saturation with small requests (about 64 spans each) for the cost of a request.
+The full pipeline also runs with ``decision_wait: 10s`` to measure memory per buffered span; overloaded by 16
+concurrent senders (refusals, memory through the run, items lost); and, like rotel, once more at saturation
+with small requests (about 64 spans each) for the cost of a request.
 Results are printed as a table and written to ``bench/results/<timestamp>.json``.
 """
 
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Requests of 8 traces (about 64 spans) instead of 64 (about 512, an SDK batch processor's default batch): what a
 # request costs whatever its size shows here.
 SMALL_BATCH_TRACES = 8
+OVERLOAD_SENDERS = 16  # concurrent senders in the overload run (4 elsewhere)
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import free_port  # noqa: E402
@@ -215,6 +218,52 @@ def measure_median(process: Process, target: str, duration: float, repeat: int) 
     return median
 
 
+def overload(workdir: Path, sink_target: str, duration: float) -> dict[str, Any]:
+    """The full pipeline offered more than it can take (16 concurrent senders, four times the other runs): what
+    it does about it (slower answers, or retryable refusals once its ingest queue is full), whether its memory
+    stays bounded (RSS sampled through the run) and whether it loses anything it accepted (counted once the
+    pipeline has drained).
+    """
+    config, target, admin = agent_config("full", sink_target)
+    agent = start_agent(workdir, config, admin)
+    try:
+        accepted_before = _metric(admin, "otel_sidecar_receiver_accepted_items_total")
+        rss: list[int] = []
+        stop = threading.Event()
+
+        def sample_rss() -> None:
+            while not stop.wait(0.5):
+                rss.append(agent.rss_bytes())
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        cpu_before = agent.cpu_seconds()
+        result = load(target, 0, duration, concurrency=OVERLOAD_SENDERS)
+        result["cpu_seconds"] = agent.cpu_seconds() - cpu_before
+        stop.set()
+        sampler.join()
+        time.sleep(6.0)  # decision_wait (2 s) and the export of the last kept traces
+        accepted = _metric(admin, "otel_sidecar_receiver_accepted_items_total") - accepted_before
+        third = max(len(rss) // 3, 1)
+        result.update(
+            {
+                "senders": OVERLOAD_SENDERS,
+                "spans_per_second": result["accepted_spans"] / result["seconds"],
+                "cpu_us_per_span": result["cpu_seconds"] / result["accepted_spans"] * 1e6,
+                "cpu_s_per_million_spans": result["cpu_seconds"] / result["accepted_spans"] * 1e6,
+                "agent_accepted_spans": accepted,
+                "lost_items": _lost_items(admin) + (result["accepted_spans"] - accepted),
+                "rss_after_first_third_bytes": max(rss[:third]),
+                "rss_last_third_bytes": max(rss[-third:]),
+                "rss_bytes": agent.rss_bytes(),
+                "peak_rss_bytes": agent.peak_rss_bytes(),
+            }
+        )
+        return result
+    finally:
+        agent.stop()
+
+
 def _metric(admin: str, name: str) -> float:
     text = _get(f"http://{admin}/metrics")[1]
     return sum(
@@ -302,6 +351,8 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
             finally:
                 results["agent_full_exit_code"] = agent.stop()
 
+            results["agent_full_overload"] = overload(workdir, sink_target, duration)
+
             for role in ("sidecar", "gateway"):
                 config, target, admin = agent_config(role, sink_target)
                 agent = start_agent(workdir, config, admin)
@@ -357,6 +408,14 @@ def summarize(results: dict[str, Any]) -> str:
     if fixed and "lost_items" in fixed:
         lines.append(
             f"items lost at {fixed['spans_per_second']:,.0f} spans/s (below saturation): {fixed['lost_items']:.0f}"
+        )
+    over = results.get("agent_full_overload")
+    if over:
+        lines.append(
+            f"overload ({over['senders']} senders): p99 Export {over['p99_ms']:.0f} ms, "
+            f"{over['refused_requests']:,} of {over['requests']:,} requests refused (retryable), "
+            f"RSS {over['rss_after_first_third_bytes'] / 2**20:.0f} MiB after the first third, "
+            f"{over['rss_last_third_bytes'] / 2**20:.0f} MiB in the last; items lost: {over['lost_items']:.0f}"
         )
     memory = results.get("agent_full_memory")
     if memory and memory.get("rss_per_buffered_span_bytes"):
