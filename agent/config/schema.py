@@ -304,9 +304,21 @@ def describe_fields(cls: type, prefix: str = "") -> Iterable[tuple[str, str, str
             yield from describe_fields(tp, path)  # type: ignore[arg-type]
             continue
         yield path, _type_label(tp), _default_label(spec), doc
+        optional = _optional_config_type(tp)
+        if optional is not None:
+            yield from describe_fields(optional, path)
         item = _collection_item_type(tp)
         if item is not None:
             yield from describe_fields(item, path + ("[]" if get_origin(tp) is list else ".<name>"))
+
+
+def _optional_config_type(tp: Any) -> type | None:
+    """The config class of an optional section (``DnsResolverConfig | None``), whose fields are documented too."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and is_dataclass(inner[0]):
+            return inner[0]  # type: ignore[return-value]
+    return None
 
 
 def _collection_item_type(tp: Any) -> type | None:

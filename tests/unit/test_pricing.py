@@ -10,7 +10,7 @@ import yaml
 
 from agent.config.loader import load_text
 from agent.config.schema import ConfigInvalid
-from agent.connectors.spanmetrics.config import ModelPriceConfig, PricingConfig
+from agent.connectors.spanmetrics.config import LongContextPriceConfig, ModelPriceConfig, PricingConfig
 from agent.connectors.spanmetrics.genai import TokenUsage
 from agent.connectors.spanmetrics.pricing import (
     ModelPrice,
@@ -123,6 +123,42 @@ def test_cost_is_the_sum_of_each_disjoint_token_type_times_its_price_per_million
 def test_missing_cache_and_reasoning_prices_fall_back_to_the_input_and_output_prices() -> None:
     price = ModelPrice.from_config("m", ModelPriceConfig(input=2.0, output=8.0))
     assert price.per_token == (2e-6, 2e-6, 2e-6, 8e-6, 8e-6)
+
+
+def test_a_long_context_tier_prices_every_token_of_a_call_whose_prompt_exceeds_its_size() -> None:
+    tier = LongContextPriceConfig(above_input_tokens=200_000, input=6.0, cache_read=0.6, cache_write=7.5, output=22.5)
+    price = ModelPrice.from_config(
+        "m", ModelPriceConfig(input=3.0, cache_read=0.3, cache_write=3.75, output=15.0, long_context=tier)
+    )
+    # The prompt is uncached input + cache reads + cache writes: 150k + 40k + 10k = 200k, not above the size.
+    at_size = TokenUsage(input=150_000, cache_read=40_000, cache_write=10_000, output=1000, reasoning=0)
+    assert math.isclose(price.cost(at_size), (150_000 * 3 + 40_000 * 0.3 + 10_000 * 3.75 + 1000 * 15) / 1e6)
+    above = at_size._replace(input=150_001)
+    assert math.isclose(price.cost(above), (150_001 * 6 + 40_000 * 0.6 + 10_000 * 7.5 + 1000 * 22.5) / 1e6)
+    fallback = ModelPrice.from_config(
+        "m", ModelPriceConfig(input=1.0, output=2.0, long_context=LongContextPriceConfig(1, input=4.0, output=8.0))
+    )
+    assert fallback.long_context_per_token == (4e-6, 4e-6, 4e-6, 8e-6, 8e-6)  # the tier's own input and output
+
+
+def test_the_packaged_long_context_tiers_double_gemini_2_5_pro_and_claude_sonnet_4_above_200k_tokens() -> None:
+    prices = PriceTable.from_config(PricingConfig())
+    long_prompt = TokenUsage(input=250_000, cache_read=0, cache_write=0, output=0, reasoning=0)
+    for model, short_input, long_input in (
+        ("gemini-2.5-pro", 1.25, 2.5),
+        ("claude-sonnet-4-5-20250929", 3.0, 6.0),
+        ("us.anthropic.claude-sonnet-4-20250514-v1:0", 3.0, 6.0),
+    ):
+        price = prices.lookup(model)
+        assert price is not None, model
+        assert price.per_token[0] == pytest.approx(short_input / 1e6)
+        assert price.cost(long_prompt) == pytest.approx(250_000 * long_input / 1e6)
+
+
+def test_a_long_context_tier_without_its_size_is_a_config_error_with_its_path() -> None:
+    with pytest.raises(PriceTableError) as caught:
+        parse_table("last_checked: x\nmodels:\n  m: {input: 1, output: 2, long_context: {input: 2, output: 4}}\n", "t")
+    assert "models.m.long_context.above_input_tokens" in str(caught.value)
 
 
 def test_inline_prices_override_and_extend_the_packaged_table(tmp_path: Path) -> None:

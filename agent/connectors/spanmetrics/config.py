@@ -100,6 +100,23 @@ class ExemplarsConfig:
 
 
 @dataclass(frozen=True)
+class LongContextPriceConfig:
+    above_input_tokens: int = setting(
+        doc="The tier applies to a call whose prompt (uncached input, cache reads and cache writes) has more tokens "
+        "than this.",
+        minimum=1,
+    )
+    input: float = setting(doc="USD per million uncached input tokens in this tier.", minimum=0)
+    output: float = setting(doc="USD per million output tokens (without reasoning) in this tier.", minimum=0)
+    cache_read: float | None = setting(None, doc="Cache-read price in this tier; default: this tier's input price.")
+    cache_write: float | None = setting(None, doc="Cache-write price in this tier; default: this tier's input price.")
+    reasoning: float | None = setting(None, doc="Reasoning price in this tier; default: this tier's output price.")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        yield from _negative_prices(self)
+
+
+@dataclass(frozen=True)
 class ModelPriceConfig:
     input: float = setting(doc="USD per million uncached input tokens.", minimum=0)
     output: float = setting(doc="USD per million output tokens (without reasoning).", minimum=0)
@@ -107,12 +124,21 @@ class ModelPriceConfig:
     cache_read: float | None = setting(None, doc="USD per million cache-read tokens; default: the input price.")
     cache_write: float | None = setting(None, doc="USD per million cache-write tokens; default: the input price.")
     reasoning: float | None = setting(None, doc="USD per million reasoning tokens; default: the output price.")
+    long_context: LongContextPriceConfig | None = setting(
+        None,
+        doc="Prices of every token of a call whose prompt is longer than `above_input_tokens` (Gemini 2.5 Pro and "
+        "Claude Sonnet 4/4.5 charge more above 200k tokens).",
+    )
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        for name in ("cache_read", "cache_write", "reasoning"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                yield name, "must be at least 0"
+        yield from _negative_prices(self)
+
+
+def _negative_prices(prices: ModelPriceConfig | LongContextPriceConfig) -> Iterator[tuple[str, str]]:
+    for name in ("cache_read", "cache_write", "reasoning"):
+        value = getattr(prices, name)
+        if value is not None and value < 0:
+            yield name, "must be at least 0"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The table ships as ``agent/pricing.yaml`` (packaged, loaded with ``importlib.resources``); ``config/pricing.yaml``
 is the same file where users read and copy it (a test keeps the two identical). Prices are USD per million
 tokens for each disjoint token type; a missing ``cache_read``/``cache_write`` price falls back to ``input`` and a
-missing ``reasoning`` price to ``output`` (reasoning tokens are billed as output tokens by every provider).
+missing ``reasoning`` price to ``output`` (reasoning tokens are billed as output tokens by every provider). A model
+may have a long-context tier: other prices for every token of a call whose prompt exceeds a number of tokens.
 
 A model name is looked up as given, then without its provider prefix (``openai/gpt-4o``, Bedrock's
 ``us.anthropic.…``), then without date or version suffixes (``-2024-08-06``, ``-20241022``, ``@20241022``,
@@ -14,6 +15,7 @@ as unpriced.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from typing import Any
 import yaml
 
 from agent.config.schema import ConfigError, build
-from agent.connectors.spanmetrics.config import ModelPriceConfig, PricingConfig
+from agent.connectors.spanmetrics.config import LongContextPriceConfig, ModelPriceConfig, PricingConfig
 from agent.connectors.spanmetrics.genai import TokenUsage
 
 PACKAGED_TABLE = "pricing.yaml"
@@ -49,27 +51,43 @@ class PriceTableError(ValueError):
     """A price table file cannot be used; the message says where and why."""
 
 
+Rates = tuple[float, float, float, float, float]
+
+
+def _per_token(cfg: ModelPriceConfig | LongContextPriceConfig) -> Rates:
+    per_million = (
+        cfg.input,
+        cfg.input if cfg.cache_read is None else cfg.cache_read,
+        cfg.input if cfg.cache_write is None else cfg.cache_write,
+        cfg.output,
+        cfg.output if cfg.reasoning is None else cfg.reasoning,
+    )
+    return tuple(p / _PER_MILLION for p in per_million)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class ModelPrice:
-    """Prices of one model in USD per token, in :class:`TokenUsage` field order."""
+    """Prices of one model in USD per token, in :class:`TokenUsage` field order; with a long-context tier, the
+    rates of every token of a call whose prompt (uncached input + cache reads + cache writes) is longer than
+    ``long_context_above`` tokens, as Google and Anthropic bill such calls."""
 
     model: str
     provider: str
-    per_token: tuple[float, float, float, float, float]
+    per_token: Rates
+    long_context_above: float = math.inf
+    long_context_per_token: Rates | None = None
 
     @classmethod
     def from_config(cls, model: str, cfg: ModelPriceConfig) -> ModelPrice:
-        per_million = (
-            cfg.input,
-            cfg.input if cfg.cache_read is None else cfg.cache_read,
-            cfg.input if cfg.cache_write is None else cfg.cache_write,
-            cfg.output,
-            cfg.output if cfg.reasoning is None else cfg.reasoning,
-        )
-        return cls(model, cfg.provider, tuple(p / _PER_MILLION for p in per_million))  # type: ignore[arg-type]
+        tier = cfg.long_context
+        if tier is None:
+            return cls(model, cfg.provider, _per_token(cfg))
+        return cls(model, cfg.provider, _per_token(cfg), float(tier.above_input_tokens), _per_token(tier))
 
     def cost(self, usage: TokenUsage) -> float:
         rates = self.per_token
+        if usage[0] + usage[1] + usage[2] > self.long_context_above:
+            rates = self.long_context_per_token  # type: ignore[assignment]
         return (
             usage[0] * rates[0] + usage[1] * rates[1] + usage[2] * rates[2] + usage[3] * rates[3] + usage[4] * rates[4]
         )
