@@ -515,3 +515,36 @@ service:
     assert len(traces.sampler.buffer) == 1
     await traces.sampler.shutdown(time.monotonic() + 5)  # what the graph's shutdown does first
     assert len(traces.sampler.buffer) == 0 and traces.sampler.pending_bytes == 0
+
+
+def test_logs_passing_at_once_stay_under_their_own_resource_and_scope() -> None:
+    """Many resources and scopes per request, none held: each record must come out under its own service and
+    logger (the output keeps every input container alive while it keys copies by their identity)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    r = rig()
+    total = 0
+    for batch in range(20):
+        resources = []
+        for service in range(5):
+            scopes = [
+                ScopeLogs(
+                    scope=InstrumentationScope(name=f"logger{logger}"),
+                    log_records=[LogRecord(body={"string_value": f"svc{service}/logger{logger}"})] * (1 + logger % 3),
+                )
+                for logger in range(2 + (batch + service) % 6)
+            ]
+            total += sum(len(scope.log_records) for scope in scopes)
+            resources.append(ResourceLogs(resource=resource(f"svc{service}"), scope_logs=scopes))
+        r.logs.consume(ExportLogsServiceRequest(resource_logs=resources))
+    seen = 0
+    for batch in r.log_sink.batches:
+        for rl in batch.resource_logs:
+            service = next(kv.value.string_value for kv in rl.resource.attributes if kv.key == "service.name")
+            for sl in rl.scope_logs:
+                for record in sl.log_records:
+                    seen += 1
+                    assert record.body.string_value == f"{service}/{sl.scope.name}"
+    assert seen == total

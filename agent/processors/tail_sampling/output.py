@@ -99,8 +99,11 @@ class OutputBuilder:
         self.request = self._layout.request_type()
         self.items = 0
         self.bytes = 0
+        # Content keys of input containers by id(): computing one means serializing a resource. The containers
+        # are held in ``_keys_of`` for as long as their ids are used, so that no id can be reused meanwhile.
         self._resource_keys: dict[int, bytes] = {}
         self._scope_keys: dict[int, bytes] = {}
+        self._keys_of: list[Any] = []
         self._resources: dict[tuple[bytes, str, str], Any] = {}
         self._scopes: dict[tuple[int, bytes], Any] = {}
         # (id(scope_spans), class, policy, threshold) -> (resource_spans, scope_spans, [position]); the held
@@ -164,6 +167,7 @@ class OutputBuilder:
         if key is None:
             key = container.resource.SerializeToString(deterministic=True) + b"\x00" + container.schema_url.encode()
             self._resource_keys[id(container)] = key
+            self._keys_of.append(container)
         group = (key, retention_class, policy)
         out = self._resources.get(group)
         if out is None:
@@ -178,6 +182,7 @@ class OutputBuilder:
         if key is None:
             key = container.scope.SerializeToString(deterministic=True) + b"\x00" + container.schema_url.encode()
             self._scope_keys[id(container)] = key
+            self._keys_of.append(container)
         group = (id(out_resource), key)
         out = self._scopes.get(group)
         if out is None:
