@@ -66,7 +66,9 @@ def with_threshold(tracestate: str, threshold: int) -> str:
     """``tracestate`` with ``ot``'s ``th`` set to ``threshold`` (other ``ot`` fields kept, ``ot`` moved first).
 
     A span already carrying a higher threshold (sampled with a lower probability upstream) keeps it:
-    its adjusted count must reflect every sampling stage it went through.
+    its adjusted count must reflect every sampling stage it went through. When ``threshold`` wins, an explicit
+    randomness value (``rv``) is removed: the decision compared the trace id's randomness with ``threshold``,
+    and a ``th`` beside an ``rv`` it was not compared with could contradict it (``rv`` below ``th``).
     """
     members = [m.strip() for m in tracestate.split(",") if m.strip()] if tracestate else []
     ot_fields: list[str] = []
@@ -77,9 +79,10 @@ def with_threshold(tracestate: str, threshold: int) -> str:
             ot_fields = [f for f in value.split(";") if f]
         else:
             others.append(member)
-    kept = [f for f in ot_fields if not f.startswith("th:")]
     existing = next((decode_threshold(f[3:]) for f in ot_fields if f.startswith("th:")), None)
     effective = max(threshold, existing) if existing is not None else threshold
+    ours = existing is None or threshold > existing
+    kept = [f for f in ot_fields if not f.startswith("th:") and not (ours and f.startswith("rv:"))]
     ot = "ot=" + ";".join([f"th:{encode_threshold(effective)}", *kept])
     return ",".join([ot, *others])
 

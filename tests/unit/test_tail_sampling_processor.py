@@ -35,6 +35,7 @@ from tests.unit.test_tail_sampling_support import (
 )
 
 KEPT = trace_id_with_randomness(KEPT_AT_10)
+MAX_RANDOMNESS = 2**56 - 1
 DROPPED = trace_id_with_randomness(DROPPED_AT_10)
 ERROR_TRACE = trace_id_with_randomness(DROPPED_AT_10, prefix=9)
 
@@ -141,6 +142,22 @@ def test_a_higher_threshold_recorded_upstream_is_never_lowered() -> None:
     )
     r.tick_after(2)
     assert exported_spans(r.trace_sink)[0].trace_state == "ot=th:f"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "expected"),
+    [
+        # Our threshold is stamped: an explicit randomness it was not compared with must go (rv below th).
+        ("ot=rv:00000000000001;x:1,vendor=y", "ot=th:e6666666666666;x:1,vendor=y"),
+        # The upstream threshold is higher and kept, with the randomness it was compared with.
+        ("ot=th:f;rv:ffffffffffffff", "ot=th:f;rv:ffffffffffffff"),
+    ],
+)
+def test_an_explicit_randomness_is_kept_only_beside_the_threshold_it_belongs_to(upstream: str, expected: str) -> None:
+    r = rig()
+    r.traces.consume(spans_request(span(trace_id_with_randomness(MAX_RANDOMNESS), 1, root=True, trace_state=upstream)))
+    r.tick_after(2)
+    assert exported_spans(r.trace_sink)[0].trace_state == expected
 
 
 def test_retention_attributes_set_upstream_are_replaced_not_duplicated() -> None:
