@@ -565,3 +565,23 @@ def test_logs_passing_at_once_stay_under_their_own_resource_and_scope() -> None:
                     seen += 1
                     assert record.body.string_value == f"{service}/{sl.scope.name}"
     assert seen == total
+
+
+def test_logs_held_with_their_traces_are_released_in_requests_within_max_batch_bytes() -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    limit = 256 * 1024
+    r = rig(max_batch_bytes=limit)
+    for n in range(1, 501):
+        trace_id = trace_id_with_randomness(n, n)
+        r.traces.consume(request((resource(), [span(trace_id, 1, root=True, error=True)])))
+        record = LogRecord(trace_id=trace_id, body={"string_value": "x" * 2000})
+        r.logs.consume(
+            ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])])
+        )
+    r.sampler.decide_all("shutdown")
+    log_sizes = [batch.ByteSize() for batch in r.log_sink.batches]
+    assert sum(len(sl.log_records) for b in r.log_sink.batches for rl in b.resource_logs for sl in rl.scope_logs) == 500
+    assert len(log_sizes) >= 4 and max(log_sizes) <= limit * 1.1  # sizes are estimated from the request's average
+    assert len(r.trace_sink.batches) == 1  # the spans' requests are no longer sized by their logs

@@ -98,7 +98,10 @@ class BufferedTrace:
     with ``fragments()``.
     """
 
-    __slots__ = ("_spans", "bytes", "failed", "first_seen", "log_count", "logs", "root_seen", "span_count", "trace_id")
+    __slots__ = (
+        "_spans", "bytes", "failed", "first_seen", "log_bytes", "log_count", "logs", "root_seen", "span_count",
+        "trace_id",
+    )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
         self.trace_id = trace_id
@@ -109,6 +112,7 @@ class BufferedTrace:
         self.span_count = 0
         self.log_count = 0
         self.bytes = TRACE_OVERHEAD_BYTES
+        self.log_bytes = 0  # the part of ``bytes`` that is log records (released in their own requests)
         self.failed = False
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
 
@@ -186,6 +190,7 @@ class TraceBuffer:
         trace.logs = logs
         trace.log_count += len(records)
         trace.bytes += size
+        trace.log_bytes += size
         self.bytes += size
 
     def root_arrived(self, trace: BufferedTrace, now: float) -> None:

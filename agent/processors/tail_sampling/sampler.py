@@ -27,7 +27,7 @@ from agent.otlp.signals import SPECS
 from agent.processors.tail_sampling.buffer import BufferedTrace, SpanSizes, TraceBuffer, group_by_trace
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
-from agent.processors.tail_sampling.logs import LogClassifier
+from agent.processors.tail_sampling.logs import LogClass, LogClassifier
 from agent.processors.tail_sampling.metrics import SamplingMetrics
 from agent.processors.tail_sampling.output import OutputBuilder, StampMemo
 from agent.processors.tail_sampling.policies import Decision, EvaluationContext, build_policies
@@ -288,20 +288,27 @@ class TailSampler:
             self.metrics.forced[reason].inc(len(traces))
 
     def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
-        builder = release.builder(Signal.TRACES, trace.bytes)
+        builder = release.builder(Signal.TRACES, trace.bytes - trace.log_bytes)
         retention_class, policy, threshold = decision.retention_class, decision.policy, decision.threshold
         for rs, ss, indices in trace.fragments():
             builder.add_spans(rs, ss, indices, retention_class, policy, threshold)
         if trace.logs:
-            builder = release.builder(Signal.LOGS, 0)
-            for rl, sl, records in trace.logs:
-                for (retention_class, policy), group in self.logs.group_for_kept_trace(records, decision).items():
-                    builder.add(rl, sl, group, retention_class, policy)
+            self._release_logs(trace, release, lambda records: self.logs.group_for_kept_trace(records, decision))
 
     def _release_logs_of_dropped(self, trace: BufferedTrace, release: Release) -> None:
-        builder = release.builder(Signal.LOGS, 0)
+        self._release_logs(trace, release, self.logs.group_by_severity)
+
+    def _release_logs(
+        self,
+        trace: BufferedTrace,
+        release: Release,
+        classify: Callable[[list[Any]], dict[LogClass, list[Any]]],
+    ) -> None:
+        """A trace's held log records, by class and policy, in requests of at most ``max_batch_bytes``."""
+        bytes_per_record = trace.log_bytes / trace.log_count
         for rl, sl, records in trace.logs:
-            for (retention_class, policy), group in self.logs.group_by_severity(records).items():
+            for (retention_class, policy), group in classify(records).items():
+                builder = release.builder(Signal.LOGS, int(bytes_per_record * len(group)))
                 builder.add(rl, sl, group, retention_class, policy)
 
     # --- release ---------------------------------------------------------------------------------------------------
