@@ -32,7 +32,7 @@ GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
 class Gateway:
     """A transport double: records what it receives, or fails the way a dead or a full gateway does."""
 
-    def __init__(self, failure: RetryableError | None = None, reject: int = 0) -> None:
+    def __init__(self, failure: Exception | None = None, reject: int = 0) -> None:
         self.failure = failure
         self.reject = reject  # spans refused for good in a partial-success answer
         self.received: list[bytes] = []
@@ -94,6 +94,23 @@ async def test_a_dead_gateways_traces_go_to_the_next_owner_at_once() -> None:
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") > 0
+
+
+@pytest.mark.parametrize("failure", [TimeoutError(), RuntimeError("transport bug")])
+async def test_an_unclassified_failure_of_one_gateway_reroutes_its_part_and_keeps_the_others_delivered(
+    failure: Exception,
+) -> None:
+    hung = Gateway(failure)
+    gateways = {GATEWAYS[0]: hung, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    batch = batch_of(60)
+    expected = sorted(trace_ids(batch))
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    delivered = gateways[GATEWAYS[1]].received + gateways[GATEWAYS[2]].received
+    assert sorted(set(delivered)) == expected
+    assert len(delivered) == sum(len(ss.spans) for rs in batch_of(60).resource_spans for ss in rs.scope_spans)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
 
 
 async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_retry() -> None:

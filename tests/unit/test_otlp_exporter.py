@@ -335,3 +335,38 @@ async def test_mutual_tls_presents_the_configured_client_certificate(tmp_path: P
         )
         assert value(metrics, "exporter_send_failed_items_total") > 0
         assert len(backend.capture.spans()) == delivered  # nothing more got in
+
+
+async def test_an_http_backend_that_never_answers_is_a_retryable_timeout_that_may_have_delivered() -> None:
+    """aiohttp's total timeout raises a bare TimeoutError; the transport classifies it, so that callers that
+    split a batch over several backends (loadbalancing) can route around the silent one."""
+    from aiohttp import web
+
+    from agent.exporters._helper.retry import RetryableError
+    from agent.exporters.otlp.transport import HttpTransport
+
+    released = asyncio.Event()
+
+    async def never_answers(_: web.Request) -> web.Response:
+        await released.wait()  # until the test ends
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", never_answers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    transport = HttpTransport(
+        build_config(OtlpExporterConfig, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "http/protobuf"})
+    )
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], timeout=0.3)
+        assert raised.value.reason == "timeout" and raised.value.maybe_delivered
+    finally:
+        released.set()
+        await transport.close()
+        await runner.cleanup()

@@ -172,6 +172,8 @@ class LoadBalancingExporter:
         except PermanentExportError as exc:
             self._log.warning(f"rejected:{gateway}", f"gateway {gateway} rejected {items} items for good: {exc}")
             return items
+        except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
+            return RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
         self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
         if response.HasField("partial_success"):
             return int(getattr(response.partial_success, SPECS[signal].rejected_field))  # type: ignore[attr-defined]

@@ -116,6 +116,12 @@ class LokiExporter:
             raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"cannot reach {self._config.endpoint}: {exc}", reason="connection") from None
+        except TimeoutError:
+            raise RetryableError(
+                f"no answer from {self._config.endpoint} within {float(self._config.timeout):g}s",
+                reason="timeout",
+                maybe_delivered=True,
+            ) from None
 
     def _count_limits(self) -> None:
         cid = self._settings.component_id

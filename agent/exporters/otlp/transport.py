@@ -156,6 +156,12 @@ class HttpTransport:
             raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"cannot reach {self._urls[signal]}: {exc}", reason="connection") from None
+        except TimeoutError:
+            # aiohttp's total timeout: the request may have been received; classified here so that callers
+            # splitting a batch over several backends (loadbalancing) see a retryable failure of this one.
+            raise RetryableError(
+                f"no answer from {self._urls[signal]} within {timeout:g}s", reason="timeout", maybe_delivered=True
+            ) from None
 
     async def close(self) -> None:
         if self._session is not None:
