@@ -132,6 +132,18 @@ async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_r
     assert set(full.received) == owned_by_full
 
 
+async def test_the_retry_waits_as_long_as_the_most_throttled_gateway_asked_even_when_another_died_after() -> None:
+    gateways = {
+        GATEWAYS[0]: Gateway(RetryableError("full", reason="unavailable", retry_after=30.0)),
+        GATEWAYS[1]: Gateway(RetryableError("full", reason="unavailable", retry_after=2.0)),
+        GATEWAYS[2]: Gateway(RetryableError("connection refused", reason="unavailable")),
+    }
+    exporter, _ = exporter_with(gateways)
+    with pytest.raises(RetryableError) as raised:
+        await exporter._push(Signal.TRACES, batch_of(60))
+    assert raised.value.retry_after == 30.0
+
+
 @pytest.mark.parametrize("rejected_by_a_delivered_part", [0, 2])
 async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_failed(
     rejected_by_a_delivered_part: int,

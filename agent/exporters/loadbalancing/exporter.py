@@ -129,6 +129,7 @@ class LoadBalancingExporter:
         waiting: list[Message] = []
         rejected = 0
         last_error: RetryableError | None = None
+        longest_wait: float | None = None  # the longest delay a throttled gateway asked for
         for _round in range(len(self._transports) + 1):
             ring = self._healthy_ring()
             if pending is None or not len(ring):
@@ -143,6 +144,7 @@ class LoadBalancingExporter:
                 last_error = outcome
                 if outcome.retry_after is not None:
                     waiting.append(part)  # throttled: the same gateway, later
+                    longest_wait = max(longest_wait or 0.0, outcome.retry_after)
                 else:
                     self._eject(gateway, outcome)
                     rerouted.append(part)
@@ -158,6 +160,8 @@ class LoadBalancingExporter:
             batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
         error = last_error or RetryableError("no gateway is available", reason="no_backends")
         error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
+        if longest_wait is not None:
+            error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
         raise error
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
