@@ -206,3 +206,83 @@ async def test_a_record_whose_payload_no_longer_decodes_is_dropped_and_counted(t
     await store.close()
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == 1
+
+
+def spans_in(batch: Message) -> int:
+    return sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)  # type: ignore[attr-defined]
+
+
+async def test_a_failed_fsync_refuses_the_sender_and_leaves_nothing_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender is told to retry, so the queue must not also deliver the request (a duplicate)."""
+    import agent.exporters._helper.persistent_queue as persistent_queue
+
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", SelfMetrics()), queue_config(tmp_path), backend.push)
+    await queue.start()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(persistent_queue.os, "fsync", failing_fsync)
+    with pytest.raises(Refused, match="cannot write the persistent queue"):
+        queue.offer(Signal.TRACES, batches(1)[0])
+    monkeypatch.undo()
+    assert len(queue) == 0
+    await asyncio.sleep(0.2)
+    await queue.shutdown(time.monotonic() + 2)
+    assert backend.received == []
+    assert sum(path.stat().st_size for path in segments(tmp_path)) == 0  # the record was taken back
+
+
+async def test_a_disk_error_while_sending_is_counted_and_the_worker_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await queue.start()
+    real = PersistentStore.begin
+    failures = iter([OSError(28, "No space left on device")])
+
+    def begin_failing_once(self: PersistentStore, entries: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(self, entries)
+
+    monkeypatch.setattr(PersistentStore, "begin", begin_failing_once)
+    first, *rest = batches(3)
+    queue.offer(Signal.TRACES, first)
+    await asyncio.sleep(0.1)
+    for batch in rest:
+        queue.offer(Signal.TRACES, batch)
+    await run_until_delivered(queue, backend, 2, start=False)
+    assert len(backend.received) == 2
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="OSError") == spans_in(first)
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == sum(spans_in(b) for b in rest)
+
+
+async def test_the_items_of_a_record_that_no_longer_decodes_are_counted_as_failed(tmp_path: Path) -> None:
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await queue.start()
+    for worker in queue._workers:  # hold the worker back while the record is damaged on disk
+        worker.cancel()
+    await asyncio.gather(*queue._workers, return_exceptions=True)
+    batch = batches(1)[0]
+    queue.offer(Signal.TRACES, batch)
+    entry = queue._store.peek()
+    assert entry is not None and entry.segment is not None
+    with open(entry.segment.path, "r+b") as handle:
+        handle.seek(entry.offset + entry.length - 3)
+        handle.write(b"\xff\xff\xff")
+    queue._workers = [asyncio.create_task(queue._work())]
+    await asyncio.sleep(0.2)
+    await queue.shutdown(time.monotonic() + 2)
+    text = metrics.render().decode()
+    assert backend.received == []
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="corrupt") == spans_in(batch)

@@ -120,3 +120,27 @@ async def test_a_failing_push_is_counted_and_the_worker_keeps_going() -> None:
     text = metrics.render().decode()
     assert calls == 3
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="OSError") > 0
+
+
+async def test_a_backend_claiming_to_reject_more_than_it_was_sent_counts_at_most_the_batch() -> None:
+    """A partial success with rejected_spans above the request's spans (a buggy backend) must not break the
+    counters (a negative increment) nor stop the worker."""
+    metrics = SelfMetrics()
+    calls = 0
+
+    async def push(signal: Signal, batch: Message) -> int:
+        nonlocal calls
+        calls += 1
+        return 10**6 if calls == 1 else 0
+
+    sent = batches(2)
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
+    await queue.start()
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    first, second = (sum(len(ss.spans) for rs in b.resource_spans for ss in rs.scope_spans) for b in sent)
+    assert calls == 2
+    assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == first
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second

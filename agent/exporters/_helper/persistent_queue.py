@@ -268,11 +268,25 @@ class PersistentStore:
             os.close(fd)
 
     def put(self, signal: Signal, batch: Message, items: int, size: int) -> None:
+        """Write one request; it is queued only once written (and synced, without ``sync_interval``). An OSError
+        leaves nothing queued and nothing on disk, so the caller can refuse the sender without a duplicate."""
         assert self._active is not None, "persistent queue is not open"
+        if self._active.size >= self._segment_bytes:
+            os.fsync(self._active.fd)
+            self._start_segment()
         seq = self._next_seq
         record = encode_record(seq, signal, items, batch.SerializeToString())
         segment = self._active
         self._write_all(segment, record)
+        if self._sync_interval <= 0:
+            try:
+                os.fsync(segment.fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(segment.fd, segment.size)  # the sender is refused: take the record back
+                raise
+        else:
+            self._dirty = True
         self._next_seq += 1
         self._entries.append(
             DiskEntry(
@@ -292,13 +306,6 @@ class PersistentStore:
         self.items += items
         self.bytes += len(record)
         self._unacked += 1
-        if self._sync_interval <= 0:
-            os.fsync(segment.fd)
-        else:
-            self._dirty = True
-        if segment.size >= self._segment_bytes:
-            os.fsync(segment.fd)
-            self._start_segment()
 
     @staticmethod
     def _write_all(segment: _Segment, record: bytes) -> None:
@@ -352,10 +359,13 @@ class PersistentStore:
         self._append_acks(_SENDING, entries)
 
     def ack(self, entries: list[QueueEntry]) -> None:
+        """Record ``entries`` as done (idempotent: the sending queue acks again after a failed attempt)."""
         self._append_acks(_DONE, entries)
         for entry in entries:
             assert isinstance(entry, DiskEntry) and entry.segment is not None
             segment = entry.segment
+            if entry.seq in segment.done:
+                continue
             segment.live -= 1
             segment.done.add(entry.seq)
             self._sending.discard(entry.seq)

@@ -318,6 +318,8 @@ class SendingQueue:
             except asyncio.CancelledError:
                 self._abandon(group)
                 raise
+            except Exception as exc:  # a broken disk or an exporter bug must not stop this worker for good
+                self._fail(group, exc)
             finally:
                 self._in_flight -= 1
                 self._check_idle()
@@ -380,6 +382,21 @@ class SendingQueue:
             self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
         self._store.ack(entries)
 
+    def _fail(self, group: _Group, exc: Exception) -> None:
+        """``_deliver`` raised: count what the group had not settled as failed and take it off the queue (a
+        persistent store that cannot record that keeps it on disk, to be sent again after a restart)."""
+        signal = group.entries[0].signal
+        if group.items:
+            self._count_failed(signal, group.items, type(exc).__name__)
+            group.items = 0
+        self._log.warning(
+            f"deliver:{type(exc).__name__}",
+            f"the sending queue could not deliver a batch: {exc!r}",
+            exporter=self._settings.component_id,
+        )
+        with contextlib.suppress(Exception):
+            self._store.ack(group.entries)
+
     def _abandon(self, group: _Group) -> None:
         """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
         if not self._store.persistent and group.items:
@@ -391,7 +408,8 @@ class SendingQueue:
         for entry in group:
             try:
                 loaded.append(self._store.load(entry))
-            except ValueError as exc:  # a persistent record that no longer decodes: counted by the store
+            except ValueError as exc:  # a persistent record that no longer decodes
+                self._count_failed(entry.signal, entry.items, "corrupt")
                 self._log.warning("load", f"queued request dropped: {exc}", exporter=self._settings.component_id)
         return loaded
 
@@ -412,13 +430,15 @@ class SendingQueue:
             # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left,
             # and what the parts already delivered had rejected.
             undelivered = SPECS[signal].count_items(part)
-            self._sent.labels(cid, signal.value).inc(items - undelivered - exc.rejected)
-            if exc.rejected:
-                self._rejected.labels(cid, signal.value).inc(exc.rejected)
+            rejected = min(exc.rejected, items - undelivered)
+            self._sent.labels(cid, signal.value).inc(items - undelivered - rejected)
+            if rejected:
+                self._rejected.labels(cid, signal.value).inc(rejected)
             self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}): {exc}")
         except Exception as exc:  # an exporter bug must not kill the worker
             self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")
         else:
+            rejected = min(rejected, items)  # a backend may claim more than it was sent
             self._sent.labels(cid, signal.value).inc(items - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
