@@ -271,3 +271,35 @@ def test_the_config_is_checked_against_lokis_limits() -> None:
     assert any(m.startswith("m.label_resource_attributes: at most 12") for m in messages)
     assert "n.label_resource_attributes[0]: label service_name clashes with a fixed label" in messages
     assert any(m.startswith("o.tenant_id:") for m in messages)
+
+
+def _mapped_metadata(record_attributes: dict[str, str], resource_attributes: dict[str, str]) -> Any:
+    from agent.config.service import ServiceConfig
+    from agent.exporters._helper.retention import RetentionClassifier
+    from agent.exporters.loki.convert import StreamMapper
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.extend(
+        [attr("service.name", "api"), *(attr(k, v) for k, v in resource_attributes.items())]
+    )
+    record = resource_logs.scope_logs.add().log_records.add(time_unix_nano=1)
+    record.body.string_value = "hello"
+    record.attributes.extend(attr(k, v) for k, v in record_attributes.items())
+    mapper = StreamMapper([], RetentionClassifier(ServiceConfig()), 256 * 1024)
+    ((_, entries),) = mapper.streams(request).items()
+    return entries[0][2], mapper
+
+
+def test_structured_metadata_is_kept_within_lokis_limit_in_bytes_not_characters() -> None:
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES
+
+    # 30,000 characters of three bytes each: within the limit by characters, over it in bytes.
+    metadata, mapper = _mapped_metadata({"prompt_hash": "日本" * 15_000, "short": "x"}, {})
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert mapper.dropped_metadata >= 1
+
+
+def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name() -> None:
+    metadata, _ = _mapped_metadata({"host.name": "record-host"}, {"host.name": "resource-host"})
+    assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]

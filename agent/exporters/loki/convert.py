@@ -229,16 +229,22 @@ class StreamMapper:
             if kv.key != RETENTION_ATTRIBUTE:
                 metadata.append((self._name(kv.key), any_value_text(kv.value)))
         metadata.extend(shared)
+        if len({name for name, _ in metadata}) != len(metadata):
+            metadata = _first_of_each_name(metadata)  # the record's own value wins over its resource's
         return self._within_limits(metadata)
 
     def _within_limits(self, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if len(metadata) > MAX_METADATA_ENTRIES:
             self.dropped_metadata += len(metadata) - MAX_METADATA_ENTRIES
             metadata = metadata[:MAX_METADATA_ENTRIES]
-        size = sum(len(name) + len(value) for name, value in metadata)
+        characters = sum(len(name) + len(value) for name, value in metadata)
+        if characters * 4 <= MAX_METADATA_BYTES:  # cannot be over Loki's limit, which counts bytes: skip encoding
+            return metadata
+        sizes = [len(name.encode()) + len(value.encode()) for name, value in metadata]
+        size = sum(sizes)
         while metadata and size > MAX_METADATA_BYTES:  # drop from the end: ids and the record's own come first
-            name, value = metadata.pop()
-            size -= len(name) + len(value)
+            metadata.pop()
+            size -= sizes.pop()
             self.dropped_metadata += 1
         return metadata
 
@@ -249,3 +255,13 @@ class StreamMapper:
                 self._names.clear()
             name = self._names[key] = sanitize_label_name(key)
         return name
+
+
+def _first_of_each_name(metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen: set[str] = set()
+    unique = []
+    for name, value in metadata:
+        if name not in seen:
+            seen.add(name)
+            unique.append((name, value))
+    return unique
