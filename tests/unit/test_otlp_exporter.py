@@ -370,3 +370,20 @@ async def test_an_http_backend_that_never_answers_is_a_retryable_timeout_that_ma
         released.set()
         await transport.close()
         await runner.cleanup()
+
+
+async def test_items_refused_by_a_full_queue_are_not_counted_as_routed_until_taken() -> None:
+    """The sender retries a refused batch: counting it as routed on each try would count it twice."""
+    from agent.component import Refused
+
+    metrics = SelfMetrics()
+    config = exporter_config("127.0.0.1:1", sending_queue={"queue_size": 1}, batch={"enabled": False})
+    exporter = OtlpExporter(config, make_settings("otlp", metrics))  # not started: nothing leaves the queue
+    first, second = traces(2)
+    consumer = exporter.consumer_for(Signal.TRACES)
+    consumer.consume(first)
+    with pytest.raises(Refused):
+        consumer.consume(second)
+    text = metrics.render().decode()
+    spans = sum(len(ss.spans) for rs in first.resource_spans for ss in rs.scope_spans)
+    assert metric_value(text, "otel_sidecar_exporter_routed_items_total") == spans

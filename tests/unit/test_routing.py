@@ -38,8 +38,9 @@ def test_an_archive_exporter_keeps_only_error_and_critical_resources() -> None:
     metrics = SelfMetrics()
     archive = RetentionFilter(["error", "critical"], make_settings("otlp/jaeger_archive", metrics))
     batch = traces("standard", "error", None, "critical", "bogus")
-    part = archive.apply(Signal.TRACES, batch)
+    part, routed = archive.apply(Signal.TRACES, batch)
     assert part is not None and services(part) == ["svc1", "svc3"]
+    archive.count(Signal.TRACES, routed)  # once the part is queued
     assert services(batch) == ["svc0", "svc1", "svc2", "svc3", "svc4"]  # shared with other exporters: untouched
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
@@ -50,7 +51,9 @@ def test_an_exporter_without_retention_classes_takes_everything_and_counts_by_cl
     metrics = SelfMetrics()
     primary = RetentionFilter([], make_settings("otlp/jaeger", metrics))
     batch = traces("standard", "error", None)
-    assert primary.apply(Signal.TRACES, batch) is batch
+    part, routed = primary.apply(Signal.TRACES, batch)
+    assert part is batch
+    primary.count(Signal.TRACES, routed)
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="standard") == 4
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error") == 2
@@ -58,13 +61,13 @@ def test_an_exporter_without_retention_classes_takes_everything_and_counts_by_cl
 
 def test_nothing_left_means_the_batch_is_not_for_this_exporter() -> None:
     archive = RetentionFilter(["error"], make_settings("otlp/archive"))
-    assert archive.apply(Signal.TRACES, traces("standard", None)) is None
+    assert archive.apply(Signal.TRACES, traces("standard", None))[0] is None
 
 
 def test_unclassified_data_follows_the_configured_default_class() -> None:
     service = ServiceConfig(retention=RetentionConfig(default_class="error"))
     archive = RetentionFilter(["error"], make_settings("otlp/archive", service=service))
-    part = archive.apply(Signal.TRACES, traces(None, "standard"))
+    part, _ = archive.apply(Signal.TRACES, traces(None, "standard"))
     assert part is not None and services(part) == ["svc0"]
 
 
@@ -74,7 +77,7 @@ def test_log_resources_are_routed_the_same_way() -> None:
         resource_logs = request.resource_logs.add()
         resource_logs.resource.attributes.append(attr("retention.class", retention_class))
         resource_logs.scope_logs.add().log_records.add()
-    part = RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
+    part, _ = RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
     assert part is not None
     assert [rl.resource.attributes[0].value.string_value for rl in part.resource_logs] == ["standard"]
 

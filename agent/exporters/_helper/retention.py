@@ -43,6 +43,9 @@ class RetentionClassifier:
         return value if value in self._known else self.default
 
 
+Routed = list[tuple[str, int]]  # (retention class, items) taken by an exporter
+
+
 class RetentionFilter:
     """Selects the resources of a batch whose class the exporter takes; counts items routed per class."""
 
@@ -60,27 +63,33 @@ class RetentionFilter:
     def active(self) -> bool:
         return bool(self._accepted)
 
-    def apply(self, signal: Signal, batch: Message) -> Message | None:
-        """The part of ``batch`` this exporter takes: ``batch`` itself, a new request, or None.
+    def apply(self, signal: Signal, batch: Message) -> tuple[Message | None, Routed]:
+        """The part of ``batch`` this exporter takes (``batch`` itself, a new request, or None) and its items by
+        class, to pass to :meth:`count` once the part is queued (a refused part comes again with the retry).
 
         ``batch`` is never modified: the fan-out hands the same object to every exporter of a pipeline.
         """
         resources = getattr(batch, _RESOURCE_LISTS[signal])
         kept = []
+        routed: Routed = []
         for resource in resources:
             retention_class = self._classifier.of(resource.resource.attributes)
             if self._accepted and retention_class not in self._accepted:
                 continue
             kept.append(resource)
             items = sum(len(getattr(scope, _ITEM_LISTS[signal])) for scope in getattr(resource, _SCOPE_LISTS[signal]))
-            self._routed.labels(self._cid, signal.value, retention_class).inc(items)
+            routed.append((retention_class, items))
         if len(kept) == len(resources):
-            return batch
+            return batch, routed
         if not kept:
-            return None
+            return None, routed
         part = type(batch)()
         getattr(part, _RESOURCE_LISTS[signal]).extend(kept)  # copies
-        return part
+        return part, routed
+
+    def count(self, signal: Signal, routed: Routed) -> None:
+        for retention_class, items in routed:
+            self._routed.labels(self._cid, signal.value, retention_class).inc(items)
 
 
 def check_retention_classes(

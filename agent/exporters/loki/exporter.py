@@ -65,10 +65,12 @@ class LokiExporter:
         return SignalConsumer(self.accept, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
-        part = self._filter.apply(signal, batch)
-        if part is None:
-            return
-        batch = part
+        part, routed = self._filter.apply(signal, batch)
+        if part is not None:
+            self._offer(signal, part)
+        self._filter.count(signal, routed)
+
+    def _offer(self, signal: Signal, batch: Message) -> None:
         if signal is Signal.LOGS:
             self._queue.offer(signal, batch)
         elif signal is Signal.TRACES and self._config.span_events != "none":

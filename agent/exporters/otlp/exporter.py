@@ -38,9 +38,10 @@ class OtlpExporter:
         return SignalConsumer(self.accept, signal)
 
     def accept(self, signal: Signal, batch: Message) -> None:
-        part = self._filter.apply(signal, batch)
+        part, routed = self._filter.apply(signal, batch)
         if part is not None:
             self._queue.offer(signal, part)
+        self._filter.count(signal, routed)
 
     async def start(self) -> None:
         missing = self._config.tls.missing_files()
