@@ -184,8 +184,10 @@ class PersistentStore:
         while offset < len(data):
             problem = self._check_record(data, offset)
             if problem is not None:
-                self._skip_damaged(path, offset, len(data), problem)
-                break
+                following = self._next_good_record(data, offset + 1)
+                self._skip_damaged(path, offset, following, problem)
+                offset = following
+                continue
             _, length, _ = _HEADER.unpack_from(data, offset)
             seq, code, items = _BODY_PREFIX.unpack_from(data, offset + _HEADER.size)
             self._next_seq = max(self._next_seq, seq + 1)
@@ -236,15 +238,25 @@ class PersistentStore:
             return "corrupt"
         return None
 
-    def _skip_damaged(self, path: Path, offset: int, size: int, reason: str) -> None:
+    def _next_good_record(self, data: bytes, start: int) -> int:
+        """Where the next intact record begins at or after ``start`` (``len(data)`` if none): a damaged record
+        must not take the good ones after it along (each is found by its magic and checked by its CRC)."""
+        offset = data.find(MAGIC, start)
+        while offset != -1:
+            if self._check_record(data, offset) is None:
+                return offset
+            offset = data.find(MAGIC, offset + 1)
+        return len(data)
+
+    def _skip_damaged(self, path: Path, offset: int, end: int, reason: str) -> None:
         self._errors.labels(self._cid, reason).inc()
         self._settings.logger.error(
-            "persistent queue segment is damaged; the rest of it is skipped",
+            "persistent queue segment is damaged; the damaged bytes are skipped",
             extra={
                 "exporter": self._cid,
                 "segment": path.name,
                 "offset": offset,
-                "bytes_skipped": size - offset,
+                "bytes_skipped": end - offset,
                 "reason": reason,
             },
         )
