@@ -9,6 +9,8 @@ from google.protobuf.message import Message
 
 from agent.component import Consumer, Refused
 
+_MAX_REFUSED_BATCHES = 64
+
 
 @dataclass(frozen=True)
 class Target:
@@ -28,7 +30,8 @@ class FanOut:
 
     If a later target refuses, earlier ones keep what they took. Offered the same batch object again (the
     ingest queue retries a refused batch as it is), the fan-out resumes at the target that refused, so no target
-    receives it twice.
+    receives it twice; this holds per batch, as several feeders (receivers, connectors) may share one fan-out
+    and interleave their retries.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
@@ -38,18 +41,24 @@ class FanOut:
         self._needs_copy = [
             t.mutates and (index != last or shared_by_retainer) for index, t in enumerate(self._targets)
         ]
-        self._refused_batch: Message | None = None
-        self._resume_at = 0
+        # id(batch) -> (batch, index of the target that refused it); the batch is held so that its id stays its
+        # own. Bounded: a feeder that gives up a refused batch (a connector sends a fresh one) never comes back.
+        self._refused: dict[int, tuple[Message, int]] = {}
 
     def consume(self, batch: Message) -> None:
-        start = self._resume_at if batch is self._refused_batch else 0
-        self._refused_batch = None
+        refused = self._refused.pop(id(batch), None)
+        start = refused[1] if refused is not None and refused[0] is batch else 0
         for index in range(start, len(self._targets)):
             try:
                 self._deliver(index, batch)
             except Refused:
-                self._refused_batch, self._resume_at = batch, index
+                self._remember_refused(batch, index)
                 raise
+
+    def _remember_refused(self, batch: Message, index: int) -> None:
+        if len(self._refused) >= _MAX_REFUSED_BATCHES:
+            del self._refused[next(iter(self._refused))]  # the oldest
+        self._refused[id(batch)] = (batch, index)
 
     def _deliver(self, index: int, batch: Message) -> None:
         consumer = self._targets[index].consumer

@@ -222,6 +222,32 @@ def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had
     assert first.batches == [batch, other]
 
 
+def test_a_refused_batch_resumes_where_it_stopped_even_when_another_feeder_sent_a_batch_meanwhile() -> None:
+    """Two receivers (or a receiver and a connector) feed one pipeline: their retries interleave."""
+    from agent.component import Refused
+    from agent.pipeline.fanout import FanOut, Target
+    from agent.testing.sinks import BatchSink
+
+    class RefuseFirst(BatchSink):
+        refused = False
+
+        def consume(self, batch: Message) -> None:
+            if not self.refused:
+                self.refused = True
+                raise Refused("queue full")
+            super().consume(batch)
+
+    first, second = BatchSink(), RefuseFirst()
+    fan = FanOut([Target(first, mutates=False, retains=True), Target(second, mutates=False, retains=True)])
+    (a, _), (b, _) = Workload(seed=4).requests(2)
+    with pytest.raises(Refused):
+        fan.consume(a)  # from the first receiver: the second target refuses
+    fan.consume(b)  # from the second receiver
+    fan.consume(a)  # the first receiver's retry
+    assert first.batches == [a, b]
+    assert second.batches == [b, a]
+
+
 async def test_an_exporter_stuck_at_the_deadline_still_counts_what_it_could_not_deliver() -> None:
     import asyncio
 
