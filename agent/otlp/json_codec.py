@@ -30,14 +30,20 @@ def decode(body: bytes, message_type: type[M]) -> M:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OtlpJsonError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise OtlpJsonError("body is not JSON this agent reads: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int-from-string limit
+        raise OtlpJsonError(f"body is not JSON this agent reads: {exc}") from None
     if not isinstance(data, dict):
         raise OtlpJsonError("body must be a JSON object")
-    _hex_ids_to_base64(data, "")
     message = message_type()
     try:
+        _hex_ids_to_base64(data, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise OtlpJsonError(str(exc)) from None
+    except RecursionError:
+        raise OtlpJsonError("body nests objects too deeply for OTLP") from None
     return message
 
 

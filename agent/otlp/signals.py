@@ -64,7 +64,15 @@ def _invalid_span_indexes(spans: Sequence[Message]) -> list[int]:
             or len(span.parent_span_id) not in (0, SPAN_ID_BYTES)
         ):
             bad.append(index)
+            continue
+        links = span.links
+        if links and not all(_valid_link_ids(link) for link in links):
+            bad.append(index)  # a backend decoding it strictly (pdata) would reject the whole export for it
     return bad
+
+
+def _valid_link_ids(link: Message) -> bool:
+    return len(link.trace_id) == TRACE_ID_BYTES and len(link.span_id) == SPAN_ID_BYTES  # type: ignore[attr-defined]
 
 
 def _valid_log_ids(record: Message) -> bool:
@@ -117,6 +125,7 @@ class SignalSpec:
     reject_invalid: Callable[[Message], int]
     http_path: str
     grpc_service: str
+    invalid_reason: str = ""
 
     def response(self, rejected: int = 0, message: str = "") -> Message:
         """An export response; ``partial_success`` stays unset on full success, as the spec asks."""
@@ -140,6 +149,7 @@ SPECS: dict[Signal, SignalSpec] = {
         reject_invalid_spans,  # type: ignore[arg-type]
         "/v1/traces",
         "opentelemetry.proto.collector.trace.v1.TraceService",
+        "trace id must be 16 bytes (not all zero) and span id 8 bytes, in the span and in its links",
     ),
     Signal.METRICS: SignalSpec(
         Signal.METRICS,
@@ -164,5 +174,6 @@ SPECS: dict[Signal, SignalSpec] = {
         reject_invalid_log_records,  # type: ignore[arg-type]
         "/v1/logs",
         "opentelemetry.proto.collector.logs.v1.LogsService",
+        "trace id must be empty or 16 bytes and span id empty or 8 bytes",
     ),
 }

@@ -69,6 +69,16 @@ def test_otlp_json_accepts_64_bit_integers_as_numbers_and_ignores_unknown_fields
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}', "must be a hex string"),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 5}]}]}]}', "name"),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": {"a": 1}}]}]}]}', "kind"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"droppedEventsCount": ' + b"9" * 5000 + b"}]}]}]}", "digits"),
+        (
+            b'{"resourceSpans": [{"resource": {"attributes": [{"key": "k", "value": {"kvlistValue": '
+            + b'{"values": [{"key": "x", "value": {"kvlistValue": ' * 400
+            + b"{}"
+            + b"}}]}" * 400
+            + b"}}]}}]}",
+            "too deeply",
+        ),
     ],
 )
 def test_invalid_otlp_json_is_reported_with_where_it_went_wrong(body: bytes, fragment: str) -> None:

@@ -135,6 +135,47 @@ async def test_spans_with_invalid_ids_are_rejected_individually_through_partial_
     assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == total - 1
 
 
+async def test_a_span_with_a_malformed_link_is_rejected_like_one_with_malformed_ids(
+    running: Running, sink: BatchSink
+) -> None:
+    request, _ = request_bytes()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.links.add(trace_id=b"\x01", span_id=b"\x02")
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
+    assert answer.partial_success.rejected_spans == 1
+    assert "links" in answer.partial_success.error_message
+
+
+async def test_invalid_spans_of_a_refused_request_are_counted_once_when_its_retry_is_accepted() -> None:
+    refusing = RefusingSink()
+    receiver, state = await start_receiver(refusing)
+    try:
+        request, _ = request_bytes()
+        request.resource_spans[0].scope_spans[0].spans[0].trace_id = b"short"
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await state.grpc_export(request.SerializeToString())
+        assert state.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 0
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+async def test_an_endpoint_without_a_host_listens_on_every_interface_for_grpc_too() -> None:
+    port = free_port()
+    config = OtlpReceiverConfig(grpc=GrpcConfig(endpoint=HostPort(f":{port}")), http=HttpConfig(enabled=False))
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), SelfMetrics(), ServiceConfig(), {})
+    sink = BatchSink()
+    receiver = OtlpReceiver(config, settings, {Signal.TRACES: sink})
+    await receiver.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await channel.unary_unary(TRACES_METHOD)(request_bytes()[1], timeout=5)
+        assert len(sink.batches) == 1
+    finally:
+        await receiver.shutdown(time.monotonic() + 2)
+
+
 async def test_a_full_pipeline_gets_unavailable_with_retry_info_over_grpc() -> None:
     receiver, state = await start_receiver(RefusingSink())
     try:

@@ -70,11 +70,6 @@ class ExportHandler:
         spec = SPECS[signal]
         cid = self._settings.component_id
         rejected = spec.reject_invalid(request)
-        message = ""
-        if rejected:
-            self._refused.labels(cid, transport, signal.value, "invalid").inc(rejected)
-            message = f"{rejected} {spec.item_name} rejected: trace id must be 16 bytes and span id 8 bytes"
-            self._log.warning(f"invalid:{signal}", message, receiver=cid, transport=transport)
         items = spec.count_items(request)
         if items:
             consumer = self._consumers.get(signal)
@@ -89,6 +84,12 @@ class ExportHandler:
                 self._refused.labels(cid, transport, signal.value, "invalid").inc(items)
                 raise RequestFailed(Failure.MALFORMED, str(exc)) from None
             self._accepted.labels(cid, transport, signal.value).inc(items)
+        # Counted once the rest is taken: a refused request comes back with its invalid items in the retry.
+        message = ""
+        if rejected:
+            self._refused.labels(cid, transport, signal.value, "invalid").inc(rejected)
+            message = f"{rejected} {spec.item_name} rejected: {spec.invalid_reason}"
+            self._log.warning(f"invalid:{signal}", message, receiver=cid, transport=transport)
         return spec.response(rejected, message)
 
     def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:

@@ -42,7 +42,8 @@ class GrpcServer:
             options=[("grpc.max_receive_message_length", core_limit), ("grpc.so_reuseport", 0)],
         )
         server.add_generic_rpc_handlers([self._service(signal) for signal in Signal if self._handler.accepts(signal)])
-        address = f"[{self._endpoint.host}]:{self._endpoint.port}" if ":" in self._endpoint.host else self._endpoint
+        host = self._endpoint.host or "0.0.0.0"  # ":4317" listens on every interface, as for HTTP
+        address = f"[{host}]:{self._endpoint.port}" if ":" in host else f"{host}:{self._endpoint.port}"
         if server.add_insecure_port(str(address)) == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
         await server.start()
