@@ -17,6 +17,12 @@ class IngestConfig:
         "pipelines, per receiver; beyond it the receiver refuses with a retryable answer.",
         minimum=1,
     )
+    queue_mib: int = setting(
+        64,
+        doc="Most MiB of such requests (their size as received, after decompression), per receiver: a few "
+        "requests carrying large prompts must not grow memory without bound while the item bound is far away.",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 A receiver answers the sender as soon as a batch is in this queue, so an ``Export`` call costs decoding and
 validation only, never the pipeline's work (span metrics, sampling): the orchestrator is not slowed by the
-agent, and Export latency does not grow with the pipeline. The queue is bounded by items; when it is full the
-receiver refuses with a retryable answer. One worker per receiver feeds the pipelines in arrival order, across
-signals (a log that arrived after its trace's spans is processed after them, as the tail sampler expects); when
-they refuse (a full sampler buffer), the worker waits and offers the same batch again, so the queue fills and
-back-pressure reaches the sender instead of data being dropped.
+agent, and Export latency does not grow with the pipeline. The queue is bounded by items and by bytes (as
+received); when it is full the receiver refuses with a retryable answer. One worker per receiver feeds the
+pipelines in arrival order, across signals (a log that arrived after its trace's spans is processed after
+them, as the tail sampler expects); when they refuse (a full sampler buffer), the worker waits and offers the
+same batch again, so the queue fills and back-pressure reaches the sender instead of data being dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _REFUSAL_PAUSE = 0.05  # how soon the worker offers a refused batch again (secon
 
 
 class _SignalEntrance:
-    """The ``Consumer`` a receiver calls for one signal."""
+    """The ``Consumer`` a receiver calls for one signal; ``consume_sized`` when it knows the request's size."""
 
     __slots__ = ("_queue", "_signal")
 
@@ -37,7 +37,10 @@ class _SignalEntrance:
         self._signal = signal
 
     def consume(self, batch: Message) -> None:
-        self._queue.offer(self._signal, batch)
+        self._queue.offer(self._signal, batch, batch.ByteSize())
+
+    def consume_sized(self, batch: Message, size: int) -> None:
+        self._queue.offer(self._signal, batch, size)
 
 
 class IngestQueue:
@@ -47,8 +50,10 @@ class IngestQueue:
         self._settings = settings
         self._downstream = dict(downstream)
         self._capacity = config.queue_items
-        self._entries: collections.deque[tuple[Signal, Message, int]] = collections.deque()
+        self._capacity_bytes = config.queue_mib * 1024 * 1024
+        self._entries: collections.deque[tuple[Signal, Message, int, int]] = collections.deque()
         self._items = 0
+        self._bytes = 0
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -72,14 +77,17 @@ class IngestQueue:
         """What the receiver is given: one entrance per signal that has pipelines."""
         return {signal: _SignalEntrance(self, signal) for signal in self._downstream}
 
-    def offer(self, signal: Signal, batch: Message) -> None:
+    def offer(self, signal: Signal, batch: Message, size: int) -> None:
+        """Queue ``batch`` (``size`` bytes as received) or refuse it; a batch is always taken into an empty queue,
+        or one larger than a bound could never be sent."""
         items = SPECS[signal].count_items(batch)
         if self._closing:
             raise Refused("the agent is shutting down")
-        if self._items + items > self._capacity and self._entries:
+        if self._entries and (self._items + items > self._capacity or self._bytes + size > self._capacity_bytes):
             raise Refused(f"ingest queue of {self._settings.component_id} is full")
-        self._entries.append((signal, batch, items))
+        self._entries.append((signal, batch, items, size))
         self._items += items
+        self._bytes += size
         self._queued.set(self._items)
         self._idle.clear()
         self._ready.set()
@@ -104,7 +112,7 @@ class IngestQueue:
         if not self._entries:
             return
         left: collections.Counter[str] = collections.Counter()
-        for signal, _, items in self._entries:
+        for signal, _, items, _ in self._entries:
             left[signal.value] += items
             self._dropped.labels(self._settings.component_id, signal.value, "shutdown_timeout").inc(items)
         self._settings.logger.error(
@@ -113,6 +121,7 @@ class IngestQueue:
         )
         self._entries.clear()
         self._items = 0
+        self._bytes = 0
         self._queued.set(0)
 
     async def _work(self) -> None:
@@ -122,7 +131,7 @@ class IngestQueue:
                 self._idle.set()
                 await self._ready.wait()
                 continue
-            signal, batch, items = self._entries[0]
+            signal, batch, items, size = self._entries[0]
             try:
                 self._downstream[signal].consume(batch)
             except Refused:
@@ -134,6 +143,7 @@ class IngestQueue:
                 self._drop(signal, items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
             self._entries.popleft()
             self._items -= items
+            self._bytes -= size
             self._queued.set(self._items)
             await asyncio.sleep(0)  # let receivers answer between batches
 

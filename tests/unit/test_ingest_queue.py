@@ -83,6 +83,18 @@ async def test_a_batch_larger_than_the_queue_is_still_taken_when_the_queue_is_em
     queue.consume(batches(1)[0])
 
 
+async def test_the_queue_is_also_bounded_by_the_bytes_received() -> None:
+    """A few requests carrying large prompts: far from the item bound, stopped by the byte bound."""
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {})
+    queue = IngestQueue(settings, {Signal.TRACES: BatchSink()}, IngestConfig(queue_mib=1))  # type: ignore[dict-item]
+    entrance = queue.consumers()[Signal.TRACES]
+    one, two, three = batches(3)
+    entrance.consume_sized(one, 600 * 1024)  # type: ignore[attr-defined]
+    with pytest.raises(Refused, match="full"):
+        entrance.consume_sized(two, 600 * 1024)  # type: ignore[attr-defined]
+    entrance.consume_sized(three, 100 * 1024)  # type: ignore[attr-defined]
+
+
 async def test_refusals_by_the_pipelines_hold_the_batch_until_taken_and_nothing_is_lost() -> None:
     pipelines = RefuseThenAccept(refusals=3)
     queue, _ = queue_for(pipelines)

@@ -65,8 +65,11 @@ class ExportHandler:
             self.request_failed(signal, transport, Failure.MALFORMED)
             raise RequestFailed(Failure.MALFORMED, f"cannot decode {spec.request_type.__name__}: {exc}") from None
 
-    def export(self, signal: Signal, request: Message, transport: str) -> Message:
-        """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success)."""
+    def export(self, signal: Signal, request: Message, transport: str, size: int) -> Message:
+        """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success).
+
+        ``size`` is the request's size as received (after decompression), which bounds the ingest queue by bytes.
+        """
         spec = SPECS[signal]
         cid = self._settings.component_id
         rejected = spec.reject_invalid(request)
@@ -76,7 +79,11 @@ class ExportHandler:
             if consumer is None:
                 raise RequestFailed(Failure.UNAVAILABLE, f"this agent has no {signal.value} pipeline")
             try:
-                consumer.consume(request)
+                consume_sized = getattr(consumer, "consume_sized", None)
+                if consume_sized is not None:
+                    consume_sized(request, size)
+                else:
+                    consumer.consume(request)
             except Refused as exc:
                 self._refused.labels(cid, transport, signal.value, "backpressure").inc(items)
                 raise RequestFailed(Failure.REFUSED, f"{exc.reason}; retry later", self._retry_after) from None

@@ -68,7 +68,7 @@ class GrpcServer:
                     handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
                     raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")
                 request = handler.decode(signal, raw, json=False, transport="grpc")
-                return handler.export(signal, request, "grpc").SerializeToString()
+                return handler.export(signal, request, "grpc", len(raw)).SerializeToString()
             except RequestFailed as exc:
                 await context.abort(_GRPC_CODES[exc.failure], exc.message, _status_details(exc))
             except Exception:

@@ -78,7 +78,7 @@ class HttpServer:
                 )
             body = await self._read_body(signal, request)
             message = self._handler.decode(signal, body, json=as_json, transport="http")
-            response = self._handler.export(signal, message, "http")
+            response = self._handler.export(signal, message, "http", len(body))
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
