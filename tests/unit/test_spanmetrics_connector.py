@@ -501,6 +501,24 @@ def test_an_unknown_model_is_counted_as_unpriced_logged_once_and_never_given_a_c
     assert len(warnings) == 1 and warnings[0].model == "acme-llm"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("count", ["inf", "1e999", "Infinity", "nan", math.inf])
+def test_a_token_count_that_is_not_a_finite_number_is_ignored_not_made_infinite(count: str | float) -> None:
+    """One span saying its usage is "inf" must not make a cumulative counter (and its rate) infinite for good."""
+    connector, _ = make()
+    connector.consume(
+        llm_span(
+            b"\x01" * 16, b"\x01" * 8,
+            **{"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+               "gen_ai.usage.input_tokens": count, "gen_ai.usage.output_tokens": 10},  # type: ignore[dict-item]
+        )
+    )  # fmt: skip
+    f = connector.families
+    assert f.llm_requests.value(("openai", "gpt-4o", "success")) == 1
+    assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 10
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 0
+    assert math.isfinite(f.llm_cost.value(("openai", "gpt-4o")))
+
+
 def test_configured_prices_and_conventions_are_used() -> None:
     cfg = SpanMetricsConfig(
         pricing=PricingConfig(models={"acme-llm": ModelPriceConfig(input=1.0, output=2.0, cache_read=0.5)}),
@@ -580,10 +598,13 @@ def test_the_connector_may_not_be_fed_by_a_sampled_pipeline() -> None:
 
 def test_bad_connector_settings_are_reported_with_their_paths() -> None:
     with pytest.raises(ConfigInvalid) as caught:
-        load_text(config_text("{}", "{buckets: {step_duration: [1, 0.5]}, cardinality_limit: 0}"))
+        load_text(
+            config_text("{}", "{buckets: {step_duration: [1, 0.5], span_duration: [1, .inf]}, cardinality_limit: 0}")
+        )
     message = str(caught.value)
     assert "connectors.spanmetrics.cardinality_limit: must be positive" in message
     assert "connectors.spanmetrics.buckets.step_duration: bucket bounds must be strictly increasing" in message
+    assert "connectors.spanmetrics.buckets.span_duration: bucket bounds must be finite numbers" in message
     with pytest.raises(ConfigInvalid) as caught:
         load_text(config_text("{}", "{namespace: Orch-1, metrics_flush_interval: 0s}"))
     message = str(caught.value)

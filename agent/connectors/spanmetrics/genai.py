@@ -23,6 +23,7 @@ the provider.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -251,16 +252,20 @@ def any_to_str(value: AnyValue) -> str | None:
 
 
 def any_to_number(value: AnyValue) -> float | None:
+    """A finite number from an int, a double or a numeric string (``"inf"``, ``"1e999"`` and NaN are not
+    counts: one would make a cumulative counter infinite for good)."""
     kind = value.WhichOneof("value")
     if kind == "int_value":
         return float(value.int_value)
     if kind == "double_value":
-        return value.double_value
+        number = value.double_value
+        return number if math.isfinite(number) else None
     if kind == "string_value":  # some SDKs stringify every attribute
         try:
-            return float(value.string_value)
+            number = float(value.string_value)
         except ValueError:
             return None
+        return number if math.isfinite(number) else None
     return None
 
 
