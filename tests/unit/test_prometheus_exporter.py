@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import subprocess
 import time
 from typing import Any
@@ -380,6 +381,45 @@ def test_a_name_reused_with_another_type_is_dropped_and_counted() -> None:
     assert "# TYPE thing_total counter" in out and metric_value(out, "thing_total") == 1
     assert "# TYPE thing gauge" not in out
     assert dropped(metrics, "type_conflict") == 2
+
+
+@pytest.mark.parametrize("counter_first", [True, False])
+def test_a_metric_exposed_under_a_name_another_metric_already_uses_is_dropped(counter_first: bool) -> None:
+    """A counter `x` is exposed as `x_total`; a gauge named `x.total` would expose `x_total` too, and a second
+    HELP/TYPE for one name makes Prometheus reject the whole scrape."""
+    exp, metrics = exporter()
+    gauge = Metric(name="jobs.total")
+    gauge.gauge.data_points.append(number(5))
+    counter = sum_metric("jobs", number(1))
+    for metric in (counter, gauge) if counter_first else (gauge, counter):
+        exp.consume(request(metric))
+    out = text(exp)
+    assert out.count("# TYPE jobs_total") == 1
+    assert dropped(metrics, "name_conflict") == 1
+    openmetrics(exp)  # parses
+
+
+def test_an_explicit_infinite_last_bound_is_folded_into_the_inf_bucket_and_nan_bounds_are_dropped() -> None:
+    exp, metrics = exporter()
+    point = HistogramDataPoint(count=3, sum=2.0, explicit_bounds=[1.0, math.inf], bucket_counts=[2, 1, 0])
+    exp.consume(request(histogram_metric("lat", point)))
+    out = text(exp)
+    assert out.count('lat_seconds_bucket{le="+Inf"}') == 1
+    assert metric_value(out, "lat_seconds_bucket", le="1.0") == 2
+    assert metric_value(out, "lat_seconds_bucket", le="+Inf") == 3
+    bad = HistogramDataPoint(count=1, explicit_bounds=[1.0, math.nan, 2.0], bucket_counts=[1, 0, 0, 0])
+    exp.consume(request(histogram_metric("bad", bad)))
+    assert "bad_seconds" not in text(exp)
+    assert dropped(metrics, "malformed") == 1
+
+
+def test_the_scope_schema_url_is_a_label_like_the_scope_name_and_version() -> None:
+    exp, _ = exporter()
+    req = request(sum_metric("orders", number(2)), scope=InstrumentationScope(name="shop"))
+    req.resource_metrics[0].scope_metrics[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    exp.consume(req)
+    out = text(exp)
+    assert 'otel_scope_schema_url="https://opentelemetry.io/schemas/1.26.0"' in out
 
 
 def test_a_non_monotonic_sum_and_a_gauge_of_one_name_are_one_gauge() -> None:

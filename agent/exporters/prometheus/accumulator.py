@@ -30,6 +30,7 @@ Series not updated for ``expiration`` seconds disappear (the exporter's ``metric
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -100,6 +101,17 @@ class Family:
 class Target:
     labels: dict[str, str]
     updated: float
+
+
+def exposed_names(family: str, kind: str) -> frozenset[str]:
+    """The sample names a family is exposed under (OpenMetrics ``_created`` included)."""
+    if kind == COUNTER:
+        return frozenset((family + "_total", family + "_created"))
+    if kind == HISTOGRAM:
+        return frozenset(family + suffix for suffix in ("_bucket", "_count", "_sum", "_created"))
+    if kind == SUMMARY:
+        return frozenset((family, family + "_count", family + "_sum", family + "_created"))
+    return frozenset((family,))
 
 
 def label_value(value: AnyValue) -> str:
@@ -226,7 +238,7 @@ class Accumulator:
         for resource_metrics in request.resource_metrics:
             resource = self._resource_labels_of(resource_metrics.resource, now)
             for scope_metrics in resource_metrics.scope_metrics:
-                base = {**self._scope_labels_of(scope_metrics.scope), **resource}
+                base = {**self._scope_labels_of(scope_metrics.scope, scope_metrics.schema_url), **resource}
                 for metric in scope_metrics.metrics:
                     yield from self._metric(metric, base, now)
 
@@ -251,7 +263,7 @@ class Accumulator:
         labels.update(identity)
         return labels
 
-    def _scope_labels_of(self, scope: InstrumentationScope) -> dict[str, str]:
+    def _scope_labels_of(self, scope: InstrumentationScope, schema_url: str) -> dict[str, str]:
         if not self._scope_labels:
             return {}
         labels: dict[str, str] = {}
@@ -259,7 +271,11 @@ class Accumulator:
             value = label_value(kv.value)
             if value:
                 labels[self._label_name("otel_scope_" + kv.key)] = value
-        for key, value in (("otel_scope_name", scope.name), ("otel_scope_version", scope.version)):
+        for key, value in (
+            ("otel_scope_name", scope.name),
+            ("otel_scope_version", scope.version),
+            ("otel_scope_schema_url", schema_url),
+        ):
             if value:
                 labels[key] = value
         return labels
@@ -311,6 +327,11 @@ class Accumulator:
         )
         family = self._families.get(name)
         if family is None:
+            if self._exposed_names_taken(name, kind):
+                # A counter `x` is exposed as `x_total`, a histogram `x` as `x_bucket`...: another metric already
+                # exposed under one of those names would make the scrape invalid (a second HELP for one name).
+                self._on_drop("name_conflict", points)
+                return None
             unit = unit_suffix(metric.unit, gauge=kind == GAUGE) if self._add_suffixes else ""
             family = Family(
                 name,
@@ -324,6 +345,10 @@ class Accumulator:
             self._on_drop("type_conflict", points)
             return None
         return family
+
+    def _exposed_names_taken(self, name: str, kind: str) -> bool:
+        mine = exposed_names(name, kind)
+        return any(not mine.isdisjoint(exposed_names(other.name, other.type)) for other in self._families.values())
 
     def _labels(self, attributes: Iterable[KeyValue], base: dict[str, str]) -> dict[str, str]:
         labels: dict[str, str] = {}
@@ -406,11 +431,11 @@ class Accumulator:
                     self._on_drop("malformed", 1)
                     continue
             else:
-                bounds = tuple(point.explicit_bounds)
-                counts = list(map(float, point.bucket_counts)) or [float(point.count)]
-                if len(counts) != len(bounds) + 1:
+                usable = _explicit_buckets(tuple(point.explicit_bounds), point.bucket_counts, point.count)
+                if usable is None:
                     self._on_drop("malformed", 1)
                     continue
+                bounds, counts = usable
             series = self._series(family, labels)
             if series is None:
                 continue
@@ -533,3 +558,21 @@ def _exemplar(raw: Any) -> ExemplarValue:
     value = raw.as_double if raw.WhichOneof("value") == "as_double" else float(raw.as_int)
     time_s = raw.time_unix_nano / 1e9 if raw.time_unix_nano else None
     return ExemplarValue(labels, value if math.isfinite(value) else 0.0, time_s)
+
+
+def _explicit_buckets(
+    bounds: tuple[float, ...], bucket_counts: Sequence[int], count: int
+) -> tuple[tuple[float, ...], list[float]] | None:
+    """Bounds and counts of an OTLP explicit-bucket point as exposed (``le`` per bound, then ``+Inf``), or None
+    when they cannot be: counts not one more than bounds, a NaN or -Inf bound, bounds not increasing. A last
+    bound of +Inf (its bucket is empty by definition) is folded into the ``+Inf`` bucket, which would otherwise
+    be exposed twice."""
+    counts = list(map(float, bucket_counts)) or [float(count)]
+    if len(counts) != len(bounds) + 1:
+        return None
+    if bounds and bounds[-1] == math.inf:
+        bounds = bounds[:-1]
+        counts[-2:] = [counts[-2] + counts[-1]]
+    if not all(map(math.isfinite, bounds)) or any(b <= a for a, b in itertools.pairwise(bounds)):
+        return None
+    return bounds, counts
