@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
@@ -218,3 +219,68 @@ def _without_lookbehind(pattern: str) -> str:
 )
 def test_every_credential_a_rule_matches_contains_a_trigger_fragment(secret: str, before: str, after: str) -> None:
     assert CREDENTIAL_TRIGGERS.search(before + secret + after)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis://:s3cretpass@redis:6379/0", "redis://:[REDACTED]@redis:6379/0"),  # no user
+        ("postgres://u:p@ss@db/x", "postgres://u:[REDACTED]@db/x"),  # an unescaped @ in the password
+        ("postgres://u:ab/cd@db/x", "postgres://u:[REDACTED]@db/x"),  # an unescaped / in the password
+        ("token github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv here", "token [REDACTED] here"),
+        ("xapp-1-A0123456789-abcdef", "[REDACTED]"),  # Slack app-level token
+        ("https://example.com:8443/api/v1", "https://example.com:8443/api/v1"),  # no credential
+    ],
+)
+def test_credential_shapes_real_clients_produce_are_masked(text: str, expected: str) -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    assert Redactor(RedactionConfig()).mask_text(text, Counter()) == expected
+
+
+def test_header_keys_bytes_values_event_names_and_log_fields_are_redacted_too() -> None:
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.TRACES, metrics)
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="call")
+    header = KeyValue(key="http.request.header.x-api-key")
+    header.value.array_value.values.add(string_value="0123456789abcdef0123456789abcdef")
+    raw = KeyValue(key="payload")
+    raw.value.bytes_value = f"Authorization: Bearer {BEARER}".encode()
+    span.attributes.extend([header, raw])
+    span.events.add(name="retrying https://bob:hunter2pass@api.internal/v1")
+    message = span.events.add(name="gen_ai.user.message")
+    message.attributes.extend([attr("gen_ai.system", "openai"), attr("content", "my SSN is 123-45-6789")])
+    stage.consume(request)
+    out = sink.batches[0].resource_spans[0].scope_spans[0].spans[0]
+    found = attributes(out)
+    assert found["http.request.header.x-api-key"].string_value == "[REDACTED]"
+    assert BEARER.encode() not in found["payload"].bytes_value
+    assert out.events[0].name == "retrying https://bob:[REDACTED]@api.internal/v1"
+    assert {kv.key for kv in out.events[1].attributes} == {"gen_ai.system"}
+
+    logs, log_sink = processor(Signal.LOGS, SelfMetrics())
+    log_request = ExportLogsServiceRequest()
+    record = log_request.resource_logs.add().scope_logs.add().log_records.add()
+    record.event_name = "login https://bob:hunter2pass@idp/"
+    record.severity_text = f"Bearer {BEARER}"
+    logs.consume(log_request)
+    out_record = log_sink.batches[0].resource_logs[0].scope_logs[0].log_records[0]
+    assert "hunter2pass" not in out_record.event_name and BEARER not in out_record.severity_text
+
+
+def test_custom_patterns_with_backreferences_or_inline_flags_work_on_their_own() -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    config = build_config(
+        RedactionConfig, {"value_patterns": {"quoted_token": r"(['\"])tok_[a-z0-9]{8,}\1", "word": "(?i)hunter2"}}
+    )
+    redactor = Redactor(config)
+    counts: Counter[str] = Counter()
+    assert redactor.mask_text("x='tok_abcdefgh1234'", counts) == "x=[REDACTED]"
+    assert redactor.mask_text("pw HUNTER2", counts) == "pw [REDACTED]"
+    assert counts == {"quoted_token": 1, "word": 1}

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from agent.config.schema import setting
 
-DEFAULT_KEY_PATTERNS = ["password", "passwd", "secret", "api_key", "apikey", "token", "authorization", "cookie"]
+DEFAULT_KEY_PATTERNS = [
+    "password", "passwd", "pwd", "secret", "api[-_.]?key", "token", "authorization", "auth[-_.]", "cookie",
+    "credential", "private[-_.]?key",
+]  # fmt: skip
 DEFAULT_CONTENT_KEYS = [
     "gen_ai.prompt",
     "gen_ai.completion",

@@ -11,6 +11,9 @@ from agent.component import Consumer, CreateSettings, Signal
 from agent.processors.redaction.config import RedactionConfig
 from agent.processors.redaction.rules import CONTENT_RULE, Redactor
 
+# What a GenAI message event (gen_ai.user.message ...) keeps when its content is removed.
+_MESSAGE_EVENT_METADATA = frozenset({"gen_ai.system", "gen_ai.provider.name", "role", "index", "finish_reason", "id"})
+
 
 class RedactionProcessor:
     """Redacts every batch before passing it on; never refuses or holds data itself."""
@@ -63,10 +66,25 @@ class RedactionProcessor:
                     events, links = span.events, span.links
                     if events:
                         for event in events:
-                            redactor.attributes(event.attributes, counts)
+                            self._span_event(event, counts)
                     if links:
                         for link in links:
                             redactor.attributes(link.attributes, counts)
+
+    def _span_event(self, event: Any, counts: Counter[str]) -> None:
+        """An event's name (it becomes a Loki log line) and attributes; a GenAI message event's content goes."""
+        redactor = self._redactor
+        name = event.name
+        if redactor.is_content_event(name):
+            kept = [kv for kv in event.attributes if kv.key in _MESSAGE_EVENT_METADATA]
+            if len(kept) != len(event.attributes):
+                counts[CONTENT_RULE] += len(event.attributes) - len(kept)
+                del event.attributes[:]
+                event.attributes.extend(kept)
+        masked = redactor.mask_text(name, counts)
+        if masked is not name:
+            event.name = masked
+        redactor.attributes(event.attributes, counts)
 
     def _logs(self, batch: Any, counts: Counter[str]) -> None:
         redactor = self._redactor
@@ -81,6 +99,12 @@ class RedactionProcessor:
                     else:
                         redactor.value(record.body, counts)
                     redactor.attributes(record.attributes, counts)
+                    for field in ("event_name", "severity_text"):  # Loki shows both
+                        text = getattr(record, field)
+                        if text:
+                            masked = redactor.mask_text(text, counts)
+                            if masked is not text:
+                                setattr(record, field, masked)
 
     def _is_content_event(self, record: Any) -> bool:
         if record.event_name:

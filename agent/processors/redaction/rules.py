@@ -28,17 +28,22 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "bearer_token": (r"(\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]{8,}=*", r"\1" + MASK),
     "basic_auth": (r"(\b(?i:basic)\s+)[A-Za-z0-9+/]{12,}={0,2}", r"\1" + MASK),
     "aws_access_key": (r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", MASK),
-    "github_token": (r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", MASK),
+    "github_token": (r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b", MASK),
     "google_api_key": (r"\bAIza[0-9A-Za-z\-_]{35}", MASK),
-    "slack_token": (r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", MASK),
+    "slack_token": (r"\b(?:xox[abprs]|xapp)-[A-Za-z0-9\-]{10,}", MASK),
     "jwt": (r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", MASK),
-    "url_password": (r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+(@)", r"\1" + MASK + r"\2"),
+    # user:password@ in a URL; the user may be empty (redis://:pw@host), and the password runs to the last @ of
+    # the URL, as people write passwords with @ or / unescaped (postgres://u:p@ss@db).
+    "url_password": (
+        r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^\s@]+(?:@[^\s@/]*(?=[^\s@/]*@))*(@)",
+        r"\1" + MASK + r"\2",
+    ),
 }
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
 # three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
-CREDENTIAL_TRIGGERS = re.compile(r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|AIza|xox|eyJ|://")
+CREDENTIAL_TRIGGERS = re.compile(r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://")
 
 _DROP = "drop"
 _REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
@@ -62,9 +67,13 @@ class Redactor:
         rules = dict(CREDENTIAL_RULES) if config.mask_credentials else {}
         rules.update({name: (pattern, MASK) for name, pattern in config.value_patterns.items()})
         self._value_rules = [(name, re.compile(pattern), replacement) for name, (pattern, replacement) in rules.items()]
-        self._any_value = re.compile("|".join(f"(?:{p})" for p, _ in rules.values())) if rules else None
-        # The cheap pre-check covers only the built-in shapes; custom patterns always take the full search.
-        self._trigger = CREDENTIAL_TRIGGERS if config.mask_credentials and not config.value_patterns else None
+        # Pre-checks that a text may hold a credential: for the built-in shapes a search for literal trigger
+        # fragments, then one combined expression; custom patterns are searched one by one, since combining
+        # them could renumber their backreferences or misplace their inline flags.
+        self._builtin_any = (
+            re.compile("|".join(f"(?:{p})" for p, _ in CREDENTIAL_RULES.values())) if config.mask_credentials else None
+        )
+        self._custom = [re.compile(pattern) for pattern in config.value_patterns.values()]
         self._keys: dict[str, str | None] = {}
         self._clean: set[str] = set()
 
@@ -96,10 +105,7 @@ class Redactor:
     def mask_text(self, text: str, counts: Counter[str]) -> str:
         if text in self._clean:
             return text
-        if self._trigger is not None and not self._trigger.search(text):
-            self._remember_clean(text)
-            return text
-        if self._any_value is None or not self._any_value.search(text):
+        if not self._may_hold_credential(text):
             self._remember_clean(text)
             return text
         for name, pattern, replacement in self._value_rules:
@@ -107,6 +113,12 @@ class Redactor:
             if found:
                 counts[name] += found
         return text
+
+    def _may_hold_credential(self, text: str) -> bool:
+        builtin = self._builtin_any
+        if builtin is not None and CREDENTIAL_TRIGGERS.search(text) and builtin.search(text):
+            return True
+        return any(pattern.search(text) for pattern in self._custom)
 
     @property
     def clean_texts(self) -> set[str]:
@@ -159,6 +171,11 @@ class Redactor:
             masked = self.mask_text(text, counts)
             if masked is not text:
                 value.string_value = masked
+        elif kind == "bytes_value":  # SDKs put header values and bodies there as raw bytes
+            text = value.bytes_value.decode("utf-8", "replace")
+            masked = self.mask_text(text, counts)
+            if masked is not text:
+                value.bytes_value = masked.encode()
         elif kind == "kvlist_value":
             self.attributes(value.kvlist_value.values, counts)
         elif kind == "array_value":
