@@ -70,7 +70,9 @@ class FileExporter:
     def _append(self, signal: Signal, line: bytes) -> None:
         handle = self._files.get(signal)
         if handle is None:
-            handle = self._files[signal] = open(self._dir / f"{signal.value}.jsonl", "ab")  # noqa: SIM115
+            # Owner-only: telemetry can hold what redaction does not know to mask.
+            fd = os.open(self._dir / f"{signal.value}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            handle = self._files[signal] = os.fdopen(fd, "ab")
         handle.write(line)
         handle.flush()
         limit = self._config.rotation.max_megabytes * 1024 * 1024

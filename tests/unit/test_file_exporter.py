@@ -31,6 +31,7 @@ async def test_each_export_request_is_one_otlp_json_line_in_the_signal_file(tmp_
     await file.shutdown(time.monotonic() + 5)
     lines = (tmp_path / "traces.jsonl").read_text().splitlines()
     assert [json_codec.decode(line.encode(), ExportTraceServiceRequest) for line in lines] == requests
+    assert (tmp_path / "traces.jsonl").stat().st_mode & 0o777 == 0o600  # telemetry is the owner's to read
 
 
 async def test_files_rotate_by_size_and_keep_the_configured_backups(tmp_path: Path) -> None:
