@@ -16,7 +16,9 @@ from agent.component import Factory, Kind, Signal
 from agent.config.schema import ConfigError, ConfigInvalid, build, join_path, to_plain
 from agent.config.service import PipelineConfig, ServiceConfig
 
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
+# a "${" that is none of these is reported.
+_ENV_REF = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 _COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
 
@@ -62,9 +64,11 @@ def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | 
     if path is None:
         return load_text(default_config_text(), environ)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigInvalid([ConfigError("", f"cannot read config file {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigInvalid([ConfigError("", f"config file {path} is not UTF-8 text: {exc}")]) from None
     return load_text(text, environ)
 
 
@@ -73,6 +77,10 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
+    except ValueError as exc:  # PyYAML's own value errors, e.g. a date like 2001-13-45
+        raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigInvalid([ConfigError("", "not valid YAML: nested too deeply")]) from None
     errors: list[ConfigError] = []
     raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
     substitution_failed = {e.path for e in errors}
@@ -87,19 +95,27 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
 
 
 def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: list[ConfigError]) -> Any:
-    """Replace ``${env:NAME}`` and ``${env:NAME:-default}`` in every string value.
+    """Replace ``${env:NAME}``, ``${env:NAME:-default}`` and ``${NAME}`` in every string value; ``$$`` is a
+    literal ``$``.
 
-    A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number.
+    A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number (and a string
+    field still takes ``12345`` as text).
     """
     if isinstance(node, dict):
         return {k: substitute_env(v, join_path(path, str(k)), environ, errors) for k, v in node.items()}
     if isinstance(node, list):
         return [substitute_env(v, join_path(path, i), environ, errors) for i, v in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
+    if not isinstance(node, str) or "$" not in node:
         return node
 
     def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+        whole_match, name, default = match.group(0), match.group(1), match.group(2)
+        if whole_match == "$$":
+            return "$"
+        if name is None:
+            message = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
+            errors.append(ConfigError(path, message))
+            return whole_match
         if name in environ:
             return environ[name]
         if default is not None:
@@ -107,12 +123,12 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
         errors.append(ConfigError(path, f"environment variable {name} is not set and has no default"))
         return ""
 
-    whole = _ENV_REF.fullmatch(node) is not None
+    whole = (found := _ENV_REF.fullmatch(node)) is not None and found.group(1) is not None
     result = _ENV_REF.sub(replace, node)
     if whole and result:
         try:
             return yaml.safe_load(result)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
             return result
     return result
 

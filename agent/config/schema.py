@@ -76,7 +76,8 @@ class Url(str):
 
     @classmethod
     def parse(cls, text: str) -> Url:
-        if not cls._FORM.match(text):
+        found = cls._FORM.match(text)
+        if not found or (found.group(1) and int(found.group(1)[1:]) > 65535):
             raise ValueError("must be a URL")
         return cls(text)
 
@@ -237,6 +238,8 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
             return raw
         return float(raw)
     if tp is str:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return str(raw)  # tenant_id: 12345, or ${env:TENANT} holding digits, is text to this field
         if not isinstance(raw, str):
             errors.append(ConfigError(path, f"must be a string, got {_type_name(raw)}"))
         return raw
@@ -282,8 +285,16 @@ def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
     if isinstance(obj, list | tuple):
         return [to_plain(v, mask_secrets=mask_secrets) for v in obj]
     if isinstance(obj, str):
-        return str(obj)
+        return without_userinfo(str(obj)) if mask_secrets else str(obj)
     return obj
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def without_userinfo(text: str) -> str:
+    """``scheme://user:password@host`` with the credentials masked: for printing configs and error messages."""
+    return _USERINFO.sub(SECRET_MASK + "@", text) if "@" in text else text
 
 
 def _mask(value: Any) -> Any:

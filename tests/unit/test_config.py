@@ -58,6 +58,57 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
     ]
 
 
+def test_env_references_follow_the_collectors_rules_for_escapes_bare_names_and_mistakes() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters:
+  file: {path: "/data/$${env:HOME}/${USER_DIR}"}
+  loki: {endpoint: "http://loki:3100/loki/api/v1/push", tenant_id: "${env:TENANT}", headers: {X-A: "${env:BAD"}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}, logs: {receivers: [otlp], exporters: [loki]}}}
+"""
+    environ = {"USER_DIR": "me", "TENANT": "12345", "HOME": "/root"}
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ=environ)
+    assert [e.path for e in raised.value.errors] == ["exporters.loki.headers.X-A"]
+    config = load_text(text.replace("${env:BAD", "ok"), environ=environ)
+    assert config.exporters["file"].config.path == "/data/${env:HOME}/me"  # $$ is a literal $
+    assert config.exporters["loki"].config.tenant_id == "12345"  # digits are text to a string field
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "receivers:\n  x: 2001-13-45\n",  # PyYAML raises ValueError for impossible dates
+        "receivers: " + "[" * 2000 + "]" * 2000 + "\n",
+    ],
+)
+def test_yaml_that_the_parser_itself_chokes_on_is_a_config_error_not_a_traceback(text: str) -> None:
+    with pytest.raises(ConfigInvalid, match="not valid YAML"):
+        load_text(text, environ={})
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    from agent.config.loader import load_path
+
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(b"receivers: {otlp: {}}\n# \xff\n")
+    with pytest.raises(ConfigInvalid, match="not UTF-8"):
+        load_path(path, environ={})
+
+
+def test_passwords_in_endpoint_urls_are_masked_when_printed() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters:
+  otlp: {endpoint: "https://tenant:S3cretPassw0rd@gateway.example:4318", protocol: http/protobuf}
+  loki: {endpoint: "https://glc_token123@logs.example/loki/api/v1/push"}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}, logs: {receivers: [otlp], exporters: [loki]}}}
+"""
+    printed = yaml.safe_dump(load_text(text, environ={}).effective())
+    assert "S3cretPassw0rd" not in printed and "glc_token123" not in printed
+    assert "https://[REDACTED]@gateway.example:4318" in printed
+
+
 def test_named_instances_of_one_type_are_separate_components() -> None:
     text = """
 receivers: {otlp: {}}
@@ -132,3 +183,23 @@ def test_configuration_reference_is_up_to_date() -> None:
 
     path = Path(__file__).parent.parent.parent / "docs" / "configuration.md"
     assert path.read_text() == render(), "run `make docs` to regenerate docs/configuration.md"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/loki/api/v1/push", "https://loki:0x50/push", "loki:3100"])
+def test_urls_with_a_port_out_of_range_or_no_scheme_are_rejected(url: str) -> None:
+    from agent.config.schema import Url
+
+    with pytest.raises(ValueError, match="must be a URL"):
+        Url.parse(url)
+
+
+def test_an_otlp_endpoint_with_a_port_out_of_range_is_rejected_without_echoing_its_password() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters: {otlp: {endpoint: "http://u:hunter2@127.0.0.1:99999", protocol: http/protobuf}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    message = str(raised.value)
+    assert "exporters.otlp.endpoint: the port must be 1-65535" in message and "hunter2" not in message

@@ -221,3 +221,12 @@ def test_lookups_are_cached_and_the_cache_stays_bounded() -> None:
     for index in range(10_000):
         prices.lookup(f"unknown-{index}")
     assert len(prices._lookups) <= 4096
+
+
+def test_a_price_file_the_yaml_parser_chokes_on_or_not_utf8_is_a_price_table_error(tmp_path: Path) -> None:
+    with pytest.raises(PriceTableError, match="not valid YAML"):
+        parse_table("last_checked: 2024-13-01\nmodels: {}\n", "t.yaml")  # an impossible date
+    binary = tmp_path / "prices.yaml"
+    binary.write_bytes(b"last_checked: x\n# \xff\n")
+    with pytest.raises(PriceTableError, match="not UTF-8"):
+        PriceTable.from_config(PricingConfig(file=str(binary)))

@@ -103,8 +103,10 @@ def parse_table(text: str, source: str) -> TableFile:
     """Parse a price table (``last_checked``, ``currency: USD``, ``unit: per_million_tokens``, ``models``)."""
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: PyYAML's own, e.g. a date like 2024-13-01
         raise PriceTableError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise PriceTableError(f"{source}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, Mapping):
         raise PriceTableError(f"{source}: must be a mapping with last_checked and models")
     problems: list[str] = []
@@ -135,9 +137,11 @@ def parse_table(text: str, source: str) -> TableFile:
 
 def load_table_file(path: str) -> TableFile:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PriceTableError(f"cannot read price table {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PriceTableError(f"price table {path} is not UTF-8 text: {exc}") from None
     return parse_table(text, path)
 
 

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
+from agent.config.schema import without_userinfo
 from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
@@ -117,10 +118,12 @@ class LokiExporter:
         except aiohttp.ServerDisconnectedError as exc:
             raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
         except aiohttp.ClientError as exc:
-            raise RetryableError(f"cannot reach {self._config.endpoint}: {exc}", reason="connection") from None
+            raise RetryableError(
+                f"cannot reach {without_userinfo(self._config.endpoint)}: {exc}", reason="connection"
+            ) from None
         except TimeoutError:
             raise RetryableError(
-                f"no answer from {self._config.endpoint} within {float(self._config.timeout):g}s",
+                f"no answer from {without_userinfo(self._config.endpoint)} within {float(self._config.timeout):g}s",
                 reason="timeout",
                 maybe_delivered=True,
             ) from None

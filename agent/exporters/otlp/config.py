@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from agent.config.schema import Duration, setting
+from agent.config.schema import Duration, setting, without_userinfo
 from agent.exporters._helper.batcher import BatchConfig
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
@@ -65,14 +65,20 @@ class OtlpExporterConfig:
 
 
 def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
+    shown = without_userinfo(endpoint)
     if "://" in endpoint:
         parts = urlsplit(endpoint)
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            yield "endpoint", f"the port must be 1-65535, got {shown!r}"
+            return
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            yield "endpoint", f"must be an http:// or https:// URL, got {endpoint!r}"
+            yield "endpoint", f"must be an http:// or https:// URL, got {shown!r}"
         elif protocol == "grpc" and parts.path not in ("", "/"):
             yield "endpoint", "a gRPC endpoint has no path"
         return
     if protocol != "grpc":
-        yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {endpoint!r}"
+        yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {shown!r}"
     elif not _HOST_PORT.match(endpoint):
-        yield "endpoint", f"must be host:port or a URL, got {endpoint!r}"
+        yield "endpoint", f"must be host:port or a URL, got {shown!r}"

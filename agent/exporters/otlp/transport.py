@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agent import __version__
 from agent.component import Signal
+from agent.config.schema import without_userinfo
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
@@ -155,12 +156,16 @@ class HttpTransport:
         except aiohttp.ServerDisconnectedError as exc:
             raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
         except aiohttp.ClientError as exc:
-            raise RetryableError(f"cannot reach {self._urls[signal]}: {exc}", reason="connection") from None
+            raise RetryableError(
+                f"cannot reach {without_userinfo(self._urls[signal])}: {exc}", reason="connection"
+            ) from None
         except TimeoutError:
             # aiohttp's total timeout: the request may have been received; classified here so that callers
             # splitting a batch over several backends (loadbalancing) see a retryable failure of this one.
             raise RetryableError(
-                f"no answer from {self._urls[signal]} within {timeout:g}s", reason="timeout", maybe_delivered=True
+                f"no answer from {without_userinfo(self._urls[signal])} within {timeout:g}s",
+                reason="timeout",
+                maybe_delivered=True,
             ) from None
 
     async def close(self) -> None:
