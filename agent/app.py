@@ -37,7 +37,11 @@ class Agent:
         return None
 
     async def start(self) -> None:
-        await self.admin.start()
+        try:
+            await self.admin.start()
+        except OSError as exc:
+            endpoint = self.config.service.telemetry.admin.endpoint
+            raise RuntimeError(f"service.telemetry.admin.endpoint: cannot listen on {endpoint}: {exc}") from exc
         try:
             await self.graph.start()
         except Exception:

@@ -34,6 +34,7 @@ class _Node:
 # Components get their deadline and honour it themselves; the graph waits a little longer before it gives up on
 # one, so that a component's own clean-up (counting what it could not deliver) is never cut short.
 _SHUTDOWN_GRACE = 2.0
+_LAST_MOMENT = 0.1  # seconds a component gets once the grace period is over
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,13 @@ class Graph:
         Never raises. Within a phase, components stop in reverse creation order (upstream first).
         """
         self.receivers_started = False
+        # One grace period for the whole shutdown, not one per component: with several stuck components the
+        # total would outrun the pod's termination grace. Past it, each still gets a moment to count its losses.
+        hard_stop = deadline + _SHUTDOWN_GRACE
         for node in sorted(reversed(self._nodes), key=lambda n: n.phase):
             try:
-                remaining = max(deadline - time.monotonic(), 0.0)
-                await asyncio.wait_for(node.instance.shutdown(deadline), remaining + _SHUTDOWN_GRACE)
+                allowed = max(hard_stop - time.monotonic(), _LAST_MOMENT)
+                await asyncio.wait_for(node.instance.shutdown(deadline), allowed)
             except TimeoutError:
                 self._log.error("shutdown deadline passed", extra={"component": f"{node.kind.section}.{node.id}"})
             except Exception:

@@ -260,3 +260,17 @@ def _send_workload_to(endpoint: str, traces: int) -> int:
         sent += sum(t.spans for t in truths)
     channel.close()
     return sent
+
+
+def test_an_admin_endpoint_that_cannot_listen_names_its_config_path(tmp_path: Path) -> None:
+    config = base_config(tmp_path / "out")
+    with running_agent(tmp_path, config) as first:
+        admin = first.config["service"]["telemetry"]["admin"]["endpoint"]
+        second_config = base_config(tmp_path / "out2")
+        second_config["service"]["telemetry"]["admin"]["endpoint"] = admin  # taken by the first agent
+        second = AgentProcess(second_config, tmp_path / "second")
+        second.workdir.mkdir()
+        second.start(wait_ready=False)
+        assert second.process is not None
+        assert second.process.wait(timeout=30) == 2
+        assert "service.telemetry.admin.endpoint: cannot listen on" in second.log()

@@ -291,3 +291,35 @@ async def test_an_exporter_stuck_at_the_deadline_still_counts_what_it_could_not_
     assert time.monotonic() - started < 3.0
     failed = metric_value(metrics.render().decode(), "otel_sidecar_exporter_send_failed_items_total")
     assert failed > 0
+
+
+async def test_several_components_that_never_stop_share_one_grace_period() -> None:
+    """Each stuck component used to get the deadline plus 2 s, so three of them outran a pod's grace period."""
+    import asyncio
+
+    class NeverStops:
+        def consumer_for(self, signal: Signal) -> Consumer:
+            return self  # type: ignore[return-value]
+
+        def consume(self, batch: Message) -> None:
+            return None
+
+        async def start(self) -> None:
+            return None
+
+        async def shutdown(self, deadline: float) -> None:
+            await asyncio.sleep(3600)
+
+    hang = Factory(Kind.EXPORTER, "hang", Empty, frozenset(Signal), lambda cfg, s: NeverStops(), "")
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, []), "")
+    names = ["hang/a", "hang/b", "hang/c"]
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        exporters={name: ComponentConfig(name, Kind.EXPORTER, hang, Empty()) for name in names},
+        service=ServiceConfig(pipelines={"traces": PipelineConfig(receivers=["src"], exporters=names)}),
+    )
+    graph = Graph(config, SelfMetrics())
+    await graph.start()
+    started = time.monotonic()
+    await graph.shutdown(time.monotonic() + 0.2)
+    assert time.monotonic() - started < 0.2 + 2.0 + 0.5  # one grace period, then a moment each

@@ -400,7 +400,12 @@ class SendingQueue:
     def _abandon(self, group: _Group) -> None:
         """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
         if not self._store.persistent and group.items:
-            self._count_failed(group.entries[0].signal, group.items, "shutdown")
+            signal = group.entries[0].signal
+            self._count_failed(signal, group.items, "shutdown")
+            self._settings.logger.error(
+                "shutdown deadline reached while sending; the batch was not delivered",
+                extra={"exporter": self._settings.component_id, "undelivered_items": {signal.value: group.items}},
+            )
             group.items = 0
 
     def _load(self, group: list[QueueEntry]) -> list[Message]:
