@@ -73,7 +73,7 @@ def pipeline_config(tmp_path: Path, primary: OtlpCapture, archive: OtlpCapture, 
 
 def with_secrets(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
     for resource_spans in request.resource_spans:
-        resource_spans.resource.attributes.append(attr("cloud.credentials", f"aws_access_key_id={AWS_KEY}"))
+        resource_spans.resource.attributes.append(attr("cloud.setup", f"aws_access_key_id={AWS_KEY}"))
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 span.attributes.extend(
