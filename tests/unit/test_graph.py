@@ -195,7 +195,8 @@ def test_a_buffer_that_refuses_is_asked_before_a_synchronous_reader_counts_the_b
     assert counter.batches == []  # the sender's retry will not be counted twice
 
 
-def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had_not_taken_it() -> None:
+def fan_out_refused_once_by_its_second_target() -> tuple[Any, Any, Any]:
+    """A fan-out to two retaining targets, the second of which refuses the first batch it is offered."""
     from agent.component import Refused
     from agent.pipeline.fanout import FanOut, Target
     from agent.testing.sinks import BatchSink
@@ -210,7 +211,13 @@ def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had
             super().consume(batch)
 
     first, second = BatchSink(), RefuseOnce()
-    fan = FanOut([Target(first, mutates=False, retains=True), Target(second, mutates=False, retains=True)])
+    return first, second, FanOut([Target(first, False, True), Target(second, False, True)])
+
+
+def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had_not_taken_it() -> None:
+    from agent.component import Refused
+
+    first, second, fan = fan_out_refused_once_by_its_second_target()
     batch, _ = next(Workload(seed=2).requests(1))
     with pytest.raises(Refused):
         fan.consume(batch)
@@ -225,20 +232,8 @@ def test_a_batch_offered_again_after_a_refusal_reaches_only_the_targets_that_had
 def test_a_refused_batch_resumes_where_it_stopped_even_when_another_feeder_sent_a_batch_meanwhile() -> None:
     """Two receivers (or a receiver and a connector) feed one pipeline: their retries interleave."""
     from agent.component import Refused
-    from agent.pipeline.fanout import FanOut, Target
-    from agent.testing.sinks import BatchSink
 
-    class RefuseFirst(BatchSink):
-        refused = False
-
-        def consume(self, batch: Message) -> None:
-            if not self.refused:
-                self.refused = True
-                raise Refused("queue full")
-            super().consume(batch)
-
-    first, second = BatchSink(), RefuseFirst()
-    fan = FanOut([Target(first, mutates=False, retains=True), Target(second, mutates=False, retains=True)])
+    first, second, fan = fan_out_refused_once_by_its_second_target()
     (a, _), (b, _) = Workload(seed=4).requests(2)
     with pytest.raises(Refused):
         fan.consume(a)  # from the first receiver: the second target refuses
