@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 from agent.component import Factory, Kind, Signal
-from agent.config.schema import ConfigError, ConfigInvalid, build, join_path, to_plain
+from agent.config.schema import ConfigError, ConfigInvalid, HostPort, build, join_path, to_plain
 from agent.config.service import PipelineConfig, ServiceConfig
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
@@ -160,7 +161,52 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
     _check_connectors_used_both_ways(config, errors)
     _cross_check_components(config, errors)
+    _check_listen_addresses(config, errors)
     return config
+
+
+def _check_listen_addresses(config: AgentConfig, errors: list[ConfigError]) -> None:
+    """Two servers of this agent on one address would fail the start; say so at validation, with both paths.
+
+    Listen addresses are the ``HostPort`` settings of the components pipelines use (a section switched off with
+    ``enabled: false`` does not listen) and the admin endpoint.
+    """
+    used = {name for pipeline in config.service.pipelines.values() if pipeline for name in _pipeline_members(pipeline)}
+    listeners: list[tuple[str, HostPort]] = [
+        ("service.telemetry.admin.endpoint", config.service.telemetry.admin.endpoint)
+    ]
+    for kind in (Kind.RECEIVER, Kind.EXPORTER):
+        for component_id, component in config.section(kind).items():
+            if component_id in used:
+                listeners += _host_ports(component.config, join_path(kind.section, component_id))
+    for index, (path, address) in enumerate(listeners):
+        for other_path, other in listeners[:index]:
+            if address.port == other.port and address.port != 0 and _hosts_overlap(address.host, other.host):
+                errors.append(ConfigError(path, f"{address} is also where {other_path} listens"))
+
+
+def _pipeline_members(pipeline: Any) -> list[str]:
+    return [*pipeline.receivers, *pipeline.exporters]
+
+
+def _host_ports(settings: Any, path: str) -> list[tuple[str, HostPort]]:
+    if not dataclasses.is_dataclass(settings) or getattr(settings, "enabled", True) is False:
+        return []
+    found: list[tuple[str, HostPort]] = []
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if isinstance(value, HostPort):
+            found.append((join_path(path, spec.name), value))
+        else:
+            found += _host_ports(value, join_path(path, spec.name))
+    return found
+
+
+_ANY_HOST = frozenset({"0.0.0.0", "::", ""})
+
+
+def _hosts_overlap(one: str, other: str) -> bool:
+    return one == other or one in _ANY_HOST or other in _ANY_HOST
 
 
 def _cross_check_components(config: AgentConfig, errors: list[ConfigError]) -> None:

@@ -203,3 +203,21 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
         load_text(text, environ={})
     message = str(raised.value)
     assert "exporters.otlp.endpoint: the port must be 1-65535" in message and "hunter2" not in message
+
+
+def test_two_servers_of_the_agent_on_one_address_are_reported_at_validation() -> None:
+    text = """
+receivers:
+  otlp: {grpc: {endpoint: "127.0.0.1:14317"}, http: {endpoint: "0.0.0.0:9464"}}
+  otlp/off: {grpc: {enabled: false, endpoint: "127.0.0.1:14317"}, http: {endpoint: "127.0.0.1:14318"}}
+exporters: {prometheus: {endpoint: "127.0.0.1:9464"}}
+service:
+  telemetry: {admin: {endpoint: "127.0.0.1:14317"}}
+  pipelines: {metrics: {receivers: [otlp, otlp/off], exporters: [prometheus]}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert sorted(str(e) for e in raised.value.errors) == [
+        "exporters.prometheus.endpoint: 127.0.0.1:9464 is also where receivers.otlp.http.endpoint listens",
+        "receivers.otlp.grpc.endpoint: 127.0.0.1:14317 is also where service.telemetry.admin.endpoint listens",
+    ]
