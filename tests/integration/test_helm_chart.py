@@ -247,7 +247,9 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
     }
     assert set(mounts.values()) <= volumes
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == "9464"
+    assert annotations["prometheus.io/port"] == str(
+        next(p["containerPort"] for p in agent["ports"] if p["name"] == "metrics")
+    )  # derived from ports.metrics.containerPort
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
 
 
@@ -436,3 +438,39 @@ def test_a_single_claim_shared_by_several_replicas_fails_with_a_clear_message(
     assert any("cannot hold the queues of 3 replicas" in fail for fail in case["fail_messages"])
     values.write_text(yaml.safe_dump({"mode": "gateway", "gateway": {"replicas": 1}, "persistence": {"enabled": True}}))
     assert run_helm_tool(helm_python, str(CHART), "--values", str(values)).returncode == 0
+
+
+def sidecar_workload_with(helm_python: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """The Deployment or StatefulSet Helm renders from ci/sidecar.yaml with ``overrides`` merged in."""
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({**sidecar, **overrides}))
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--render")
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)
+    (workload,) = [
+        doc
+        for text in case["manifests"].values()
+        for doc in yaml.safe_load_all(text)
+        if doc and doc.get("kind") in ("Deployment", "StatefulSet")
+    ]
+    return workload  # type: ignore[no-any-return]
+
+
+def test_a_deployment_with_its_one_claim_is_replaced_not_rolled(helm_python: Path, tmp_path: Path) -> None:
+    """A rolling update would start the new pod while the old one holds the ReadWriteOnce claim (and the queue
+    directory's lock), and never finish: a Deployment with persistence recreates its pod instead."""
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    workload = sidecar_workload_with(
+        helm_python,
+        tmp_path,
+        workload={**sidecar.get("workload", {}), "kind": "Deployment"},
+        persistence={"enabled": True},
+    )
+    assert workload["kind"] == "Deployment"
+    assert workload["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_scrape_annotation_follows_the_metrics_port(helm_python: Path, tmp_path: Path) -> None:
+    workload = sidecar_workload_with(helm_python, tmp_path, ports={"metrics": {"containerPort": 9500}})
+    assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9500"
