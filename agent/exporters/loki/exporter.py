@@ -13,11 +13,11 @@ from google.protobuf.message import Message
 
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
-from agent.config.schema import without_userinfo
 from agent.exporters._helper.consumer import SignalConsumer
+from agent.exporters._helper.http import unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
-from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
+from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, http_error
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf
@@ -115,18 +115,8 @@ class LokiExporter:
                     return
                 reason = (await response.text(errors="replace")).strip()[:1024]
                 raise http_error(response.status, reason, response.headers.get("Retry-After"), LOKI_RETRYABLE)
-        except aiohttp.ServerDisconnectedError as exc:
-            raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
-        except aiohttp.ClientError as exc:
-            raise RetryableError(
-                f"cannot reach {without_userinfo(self._config.endpoint)}: {exc}", reason="connection"
-            ) from None
-        except TimeoutError:
-            raise RetryableError(
-                f"no answer from {without_userinfo(self._config.endpoint)} within {float(self._config.timeout):g}s",
-                reason="timeout",
-                maybe_delivered=True,
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
 
     def _count_limits(self) -> None:
         cid = self._settings.component_id

@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agent import __version__
 from agent.component import Signal
-from agent.config.schema import without_userinfo
+from agent.exporters._helper.http import unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
@@ -153,20 +153,10 @@ class HttpTransport:
                 if response.status == 200:
                     return _decode_response(signal, payload)
                 raise http_error(response.status, _status_message(payload), response.headers.get("Retry-After"))
-        except aiohttp.ServerDisconnectedError as exc:
-            raise RetryableError(f"connection closed: {exc}", reason="connection", maybe_delivered=True) from None
-        except aiohttp.ClientError as exc:
-            raise RetryableError(
-                f"cannot reach {without_userinfo(self._urls[signal])}: {exc}", reason="connection"
-            ) from None
-        except TimeoutError:
-            # aiohttp's total timeout: the request may have been received; classified here so that callers
-            # splitting a batch over several backends (loadbalancing) see a retryable failure of this one.
-            raise RetryableError(
-                f"no answer from {without_userinfo(self._urls[signal])} within {timeout:g}s",
-                reason="timeout",
-                maybe_delivered=True,
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Classified here, a timeout included, so that callers splitting a batch over several backends
+            # (loadbalancing) see a retryable failure of this one.
+            raise unreachable(exc, self._urls[signal], timeout) from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,0 +1,22 @@
+"""What the HTTP exporters (OTLP/HTTP, Loki) share about failing to reach a backend with aiohttp."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from agent.config.schema import without_userinfo
+from agent.exporters._helper.retry import RetryableError
+
+
+def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: float) -> RetryableError:
+    """A failure to get an answer from ``url`` as a retryable error, the URL's credentials masked.
+
+    A connection closed mid-request and aiohttp's total timeout (a bare TimeoutError) may follow a request the
+    backend received, so they may have delivered; a failure to connect did not.
+    """
+    shown = without_userinfo(url)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return RetryableError(f"connection to {shown} closed: {exc}", reason="connection", maybe_delivered=True)
+    if isinstance(exc, aiohttp.ClientError):
+        return RetryableError(f"cannot reach {shown}: {exc}", reason="connection")
+    return RetryableError(f"no answer from {shown} within {timeout:g}s", reason="timeout", maybe_delivered=True)
