@@ -448,13 +448,7 @@ def sidecar_workload_with(helm_python: Path, tmp_path: Path, **overrides: Any) -
     result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--render")
     assert result.returncode == 0, result.stderr
     (case,) = json.loads(result.stdout)
-    (workload,) = [
-        doc
-        for text in case["manifests"].values()
-        for doc in yaml.safe_load_all(text)
-        if doc and doc.get("kind") in ("Deployment", "StatefulSet")
-    ]
-    return workload  # type: ignore[no-any-return]
+    return the_workload({name: [d for d in yaml.safe_load_all(text) if d] for name, text in case["manifests"].items()})
 
 
 def test_a_deployment_with_its_one_claim_is_replaced_not_rolled(helm_python: Path, tmp_path: Path) -> None:
