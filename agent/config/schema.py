@@ -131,6 +131,9 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
     if not isinstance(raw, Mapping):
         errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
         return None
+    prepare = getattr(cls, "prepare_raw", None)
+    if prepare is not None:  # a section whose defaults depend on which keys were written (the OTLP protocols)
+        raw = prepare(raw)
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     for key in raw:

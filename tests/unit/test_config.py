@@ -221,3 +221,35 @@ service:
         "exporters.prometheus.endpoint: 127.0.0.1:9464 is also where receivers.otlp.http.endpoint listens",
         "receivers.otlp.grpc.endpoint: 127.0.0.1:14317 is also where service.telemetry.admin.endpoint listens",
     ]
+
+
+@pytest.mark.parametrize(
+    ("section", "served"),
+    [
+        ("{}", {"grpc", "http"}),
+        ("{http: {endpoint: '127.0.0.1:14318'}}", {"http"}),
+        ("{grpc: {}}", {"grpc"}),
+        ("{grpc: {}, http: {enabled: false}}", {"grpc"}),
+    ],
+)
+def test_an_otlp_receiver_serves_only_the_protocols_it_names_or_both_when_it_names_none(
+    section: str, served: set[str]
+) -> None:
+    text = f"""
+receivers: {{otlp: {section}}}
+exporters: {{file: {{path: /tmp/x}}}}
+service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [file]}}}}}}
+"""
+    config = load_text(text, environ={}).receivers["otlp"].config
+    assert {protocol for protocol in ("grpc", "http") if getattr(config, protocol).enabled} == served
+
+
+def test_an_otlp_receiver_naming_only_a_disabled_protocol_is_an_error() -> None:
+    text = """
+receivers: {otlp: {http: {enabled: false}}}
+exporters: {file: {path: /tmp/x}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert [str(e) for e in raised.value.errors] == ["receivers.otlp: enable at least one of grpc and http"]

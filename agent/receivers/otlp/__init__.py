@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
 from agent.config.schema import HostPort, setting
@@ -14,7 +16,7 @@ from agent.receivers.otlp.http_server import HttpServer
 
 @dataclass(frozen=True)
 class GrpcConfig:
-    enabled: bool = setting(True, doc="Serve OTLP/gRPC.")
+    enabled: bool = setting(True, doc="Serve OTLP/gRPC. Off when the section names only `http`.")
     endpoint: HostPort = setting(
         HostPort("127.0.0.1:4317"), doc="Listen address; the default is reachable only from inside the pod."
     )
@@ -25,13 +27,18 @@ class GrpcConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    enabled: bool = setting(True, doc="Serve OTLP/HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`).")
+    enabled: bool = setting(
+        True, doc="Serve OTLP/HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`). Off when the section names only `grpc`."
+    )
     endpoint: HostPort = setting(
         HostPort("127.0.0.1:4318"), doc="Listen address; the default is reachable only from inside the pod."
     )
     max_request_body_size_mib: int = setting(
         16, doc="Largest request body accepted (after decompression); larger ones get 413.", minimum=1
     )
+
+
+_PROTOCOLS = ("grpc", "http")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,18 @@ class OtlpReceiverConfig:
     retry_after: float = setting(
         1.0, doc="Seconds a refused sender is told to wait (gRPC RetryInfo, HTTP Retry-After).", minimum=0
     )
+
+    @staticmethod
+    def prepare_raw(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A section naming only one protocol serves only that one, as the Collector's ``otlp`` receiver does.
+
+        With neither named, both are served: the sidecar's default.
+        """
+        named = [protocol for protocol in _PROTOCOLS if protocol in raw]
+        if len(named) != 1:
+            return raw
+        (unnamed,) = set(_PROTOCOLS) - set(named)
+        return {**raw, unnamed: {"enabled": False}}
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
