@@ -27,3 +27,11 @@ def test_the_sidecar_derives_metrics_and_forwards_while_the_gateway_samples_with
     assert gateway.receivers["otlp"].config.grpc.endpoint.host == "0.0.0.0"
     resolver = sidecar.exporters["loadbalancing"].config.resolver.dns
     assert resolver.port == gateway.receivers["otlp"].config.grpc.endpoint.port
+
+
+@pytest.mark.parametrize("path", [CONFIG_DIR / "agent.yaml", CONFIG_DIR / "gateway.yaml", None], ids=str)
+def test_every_sampling_config_shipped_keeps_all_development_traces_under_either_key(path: Path | None) -> None:
+    config = load_path(path, environ={})
+    (rule,) = [r for r in config.processors["tail_sampling"].config.policies.attributes if r.name == "development"]
+    assert {rule.key, *rule.also_keys} == {"deployment.environment", "deployment.environment.name"}
+    assert (rule.match_on, rule.values, rule.percentage) == ("resource", ["development"], 100.0)

@@ -128,6 +128,17 @@ def test_attribute_rules_look_at_span_resource_or_both_attributes() -> None:
         assert decide(on_span, attributes=[{**base, "match_on": match_on}]).keep is span_hit
 
 
+def test_an_attribute_rule_also_tests_its_also_keys_on_spans_and_resources() -> None:
+    rule = {"name": "dev", "key": "deployment.environment", "also_keys": ["deployment.environment.name"]}
+    renamed = {"deployment.environment.name": "development"}
+    on_resource = trace_of((resource(**renamed), [span(NOT_SAMPLED, 1)]))
+    on_span = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes=renamed)]))
+    other = trace_of((resource(**{"deployment.environment.name": "production"}), [span(NOT_SAMPLED, 1)]))
+    assert decide(on_resource, attributes=[{**rule, "values": ["development"]}]).keep
+    assert decide(on_span, attributes=[{**rule, "values": ["development"]}]).keep
+    assert not decide(other, attributes=[{**rule, "values": ["development"]}]).keep
+
+
 def test_an_attribute_rule_with_a_percentage_keeps_matching_traces_consistently_by_trace_id() -> None:
     raw = [{"name": "half", "key": "k", "values": ["v"], "percentage": 50}]
     kept = trace_of((resource(), [span(trace_id_with_randomness(HALF), 1, attributes={"k": "v"})]))

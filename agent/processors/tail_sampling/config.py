@@ -66,6 +66,11 @@ class ProbabilisticPolicyConfig:
 class AttributeRuleConfig:
     name: str = setting(doc="Policy name, recorded as `sampling.policy` and in metrics (lower_snake_case).")
     key: str = setting(doc="Attribute key to test, e.g. `deployment.environment`.")
+    also_keys: list[str] = setting(
+        doc="Further keys tested like `key`: the same concept under another semantic-convention version, e.g. "
+        "`deployment.environment.name`.",
+        default_factory=list,
+    )
     match_on: Literal["any", "span", "resource"] = setting(
         "any", doc="Test span attributes, resource attributes, or both."
     )
@@ -86,6 +91,9 @@ class AttributeRuleConfig:
             yield "name", f"{self.name} is a reserved policy name"
         if not self.key:
             yield "key", "must not be empty"
+        for index, key in enumerate(self.also_keys):
+            if not key:
+                yield f"also_keys[{index}]", "must not be empty"
         matchers = [
             bool(self.values),
             self.regex is not None,

@@ -45,7 +45,8 @@ class AttributePolicy:
     def __init__(self, rule: AttributeRuleConfig) -> None:
         self.name = rule.name
         self.retention_class = rule.retention_class
-        self._key = rule.key
+        self._keys = (rule.key, *rule.also_keys)
+        self._key_set = frozenset(self._keys)
         self._matches = build_matcher(rule)
         self._on_resource = rule.match_on in ("any", "resource")
         self._on_span = rule.match_on in ("any", "span")
@@ -60,15 +61,17 @@ class AttributePolicy:
 
     def _resource_matches(self, trace: BufferedTrace, context: EvaluationContext) -> bool:
         for rs, _, _ in trace.fragments():
-            value = context.resource_attributes(rs).get(self._key)
-            if value is not None and self._matches(value):
-                return True
+            attributes = context.resource_attributes(rs)
+            for key in self._keys:
+                value = attributes.get(key)
+                if value is not None and self._matches(value):
+                    return True
         return False
 
     def _span_matches(self, trace: BufferedTrace) -> bool:
-        key, matches = self._key, self._matches
+        keys, matches = self._key_set, self._matches
         for _, span in trace.iter_spans():
             for kv in span.attributes:
-                if kv.key == key and matches(kv.value):
+                if kv.key in keys and matches(kv.value):
                     return True
         return False
