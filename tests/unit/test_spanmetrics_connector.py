@@ -203,6 +203,27 @@ def test_skipped_steps_are_counted_as_skipped() -> None:
     assert connector.families.step_executions.value(("transform", "skipped")) == 1
 
 
+def test_a_rust_orchestrators_tracing_fields_count_as_workflows_and_snake_cased_step_types() -> None:
+    # #[instrument(fields(workflow_name = %..))] and fields(step_type = ?step.step_type): the Debug form of an enum
+    connector, _ = make()
+    workflow = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="workflow.execute:rag")
+    workflow.attributes.extend([attr("workflow_id", "abc123"), attr("workflow_name", "rag-pipeline")])
+    steps = []
+    for index, step_type in enumerate(["Llm", "VectorSearch", "vector_search", "LLMCall", 'Custom("x")']):
+        step = Span(trace_id=b"\x01" * 16, span_id=bytes([2 + index]) * 8, name="step.execute")
+        step.attributes.extend([attr("step_id", f"s{index}"), attr("step_type", step_type)])
+        steps.append(step)
+    connector.consume(to_request({"svc": [workflow, *steps]}))
+    f = connector.families
+    assert {k: f.workflow_executions.value(k) for k in f.workflow_executions.series} == {("rag-pipeline", "success"): 1}
+    assert {k: f.step_executions.value(k) for k in f.step_executions.series} == {
+        ("llm", "success"): 1,
+        ("vector_search", "success"): 2,
+        ("llm_call", "success"): 1,
+        ('Custom("x")', "success"): 1,
+    }
+
+
 def test_head_sampled_spans_count_with_their_adjusted_count() -> None:
     connector, _ = make()
     spans = []

@@ -7,6 +7,8 @@ every role the span has no key for without looking at the slots: most spans carr
 
 from __future__ import annotations
 
+import re
+
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -99,3 +101,16 @@ class AttributeScanner:
                 values[slot] = kv.value
                 roles |= self.roles_of_slot[slot]
         return values, roles
+
+
+_ENUM_VARIANT = re.compile(r"[A-Z][A-Za-z0-9]*")
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def step_type_label(value: str) -> str:
+    """A step type as the metric catalogue spells it: an enum variant's name in CamelCase, as a Rust
+    orchestrator's ``step_type = ?step.step_type`` span field records it (``VectorSearch``), becomes
+    snake_case (``vector_search``); anything else is kept as it is."""
+    if not _ENUM_VARIANT.fullmatch(value):
+        return value
+    return _WORD_START.sub("_", value).lower()

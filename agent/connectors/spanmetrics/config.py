@@ -56,11 +56,13 @@ class AttributesConfig:
     workflow_name: list[str] = setting(
         doc="Span attributes naming the workflow; a span carrying one counts as a workflow execution. Keep it to "
         "attributes set on the workflow's root span only (not ones propagated to every span of the workflow).",
-        default_factory=lambda: ["workflow.name"],
+        default_factory=lambda: ["workflow.name", "workflow_name"],
     )
     step_type: list[str] = setting(
-        doc="Span attributes naming the step type; a span carrying one counts as a step execution.",
-        default_factory=lambda: ["step.type"],
+        doc="Span attributes naming the step type; a span carrying one counts as a step execution. A value in "
+        "CamelCase (an enum variant as a Rust `tracing` field records it, `VectorSearch`) becomes snake_case "
+        "(`vector_search`).",
+        default_factory=lambda: ["step.type", "step_type"],
     )
     step_status: list[str] = setting(
         doc="Span attributes whose value `skipped` marks a skipped step (otherwise the status is success/failure "

@@ -68,6 +68,7 @@ from agent.connectors.spanmetrics.attributes import (
     ROLE_TRACELOOP_KIND,
     ROLE_WORKFLOW,
     AttributeScanner,
+    step_type_label,
 )
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
@@ -455,7 +456,8 @@ class SpanMetricsConnector:
 
     def _step_execution(self, key: tuple[str, str], now: int) -> Execution:
         f = self.families
-        execution, own = execution_of(f.step_executions, key, f.step_duration, key[:1], now)
+        labels = (step_type_label(key[0]), key[1])
+        execution, own = execution_of(f.step_executions, labels, f.step_duration, labels[:1], now)
         if own:
             self._remember(self._steps, key, execution)
         return execution
