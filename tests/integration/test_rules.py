@@ -148,6 +148,13 @@ def test_the_compose_prometheus_config_is_valid_and_loads_the_rules() -> None:
     assert f"{len(RULE_FILES)} rule files found" in result.stdout
 
 
+def test_the_compose_prometheus_keeps_enough_history_for_the_monthly_budget() -> None:
+    compose = yaml.safe_load((PROMETHEUS_DIR.parent / "docker-compose.yaml").read_text())
+    flags = dict(arg.split("=", 1) for arg in compose["services"]["prometheus"]["command"] if "=" in arg)
+    retention = flags.get("--storage.tsdb.retention.time", "15d")  # Prometheus' default
+    assert retention.endswith("d") and int(retention[:-1]) > 30, retention
+
+
 def test_the_kubernetes_scrape_config_keeps_exactly_the_agent_ports(tmp_path: Path) -> None:
     """Relabeling of deploy/prometheus/scrape-kubernetes.yaml, run by promtool on what pod discovery would yield.
 

@@ -12,7 +12,26 @@ from agent.config.schema import Duration, setting
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]*$")
 
-SPAN_DURATION_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0]
+# The Collector's span-metrics defaults, in seconds, plus 0.5: the service latency alert's threshold.
+SPAN_DURATION_BUCKETS = [
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.05,
+    0.1,
+    0.2,
+    0.4,
+    0.5,
+    0.8,
+    1.0,
+    1.4,
+    2.0,
+    5.0,
+    10.0,
+    15.0,
+]
 WORKFLOW_DURATION_BUCKETS = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 STEP_DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 LLM_DURATION_BUCKETS = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
@@ -30,7 +49,8 @@ def _check_buckets(name: str, bounds: list[float]) -> Iterator[tuple[str, str]]:
 @dataclass(frozen=True)
 class BucketsConfig:
     span_duration: list[float] = setting(
-        doc="Bounds (seconds) of `<namespace>_span_duration_seconds` (the Collector's span-metrics defaults).",
+        doc="Bounds (seconds) of `<namespace>_span_duration_seconds` (the Collector's span-metrics defaults, "
+        "and 0.5: the service latency alert's threshold).",
         default_factory=lambda: list(SPAN_DURATION_BUCKETS),
     )
     workflow_duration: list[float] = setting(
