@@ -200,12 +200,14 @@ def send_workload(orchestrator: Orchestrator) -> Truth:
         by_service, facts = workload.trace()
         orchestrator.replay(by_service, truth)
         for (provider, model, token_type), count in facts.tokens.items():
-            truth.tokens[(provider, model, token_type)] += count
-            truth.cost[(provider, model)] += count * price_of(MATCHED_ENTRY[model], token_type)
+            entry = MATCHED_ENTRY[model]  # the model label is the price entry a call matched
+            truth.tokens[(provider, entry, token_type)] += count
+            truth.cost[(provider, entry)] += count * price_of(entry, token_type)
     start = time.time_ns() - 60 * 10**9
     for _ in range(EXTRA_REPEAT):
-        for attributes, key, entry, tokens in EXTRA_CALLS:
+        for attributes, reported, entry, tokens in EXTRA_CALLS:
             orchestrator.llm_call(attributes, start, truth)
+            key = reported if entry is None else (reported[0], entry)
             for token_type, count in tokens.items():
                 truth.tokens[(*key, token_type)] += count
                 if entry is not None:

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from agent.config.schema import Duration, setting
 
@@ -199,6 +200,13 @@ class GenAiConfig:
         doc="Per provider: whether the output token count already includes reasoning tokens. Unlisted "
         "providers: included unless the counts contradict it.",
         default_factory=dict,
+    )
+    model_label: Literal["priced", "reported"] = setting(
+        "priced",
+        doc="The `model` label of the `<namespace>_llm_*` families. `priced`: the price-table entry the call "
+        "matched (`claude-3-5-sonnet` for `claude-3-5-sonnet-20241022`, `gpt-4o` for `gpt-4o-2024-08-06`), so a "
+        "model's dated snapshots and regional names share one series; a model without a price keeps its reported "
+        "name. `reported`: the response model, else the request model, as the span reports it.",
     )
     semconv_metrics: bool = setting(
         False,

@@ -216,6 +216,7 @@ class _Families:
 class SpanMetricsConnector:
     def __init__(self, cfg: SpanMetricsConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
         self._cfg = cfg
+        self._label_priced_model = cfg.genai.model_label == "priced"
         self._settings = settings
         self._log = settings.logger
         self._rate_limited = RateLimitedLog(settings.logger)
@@ -538,13 +539,13 @@ class SpanMetricsConnector:
         """Resolve, once per lookup key, the provider, the model, the price and the series of an LLM call."""
         raw_provider, response_model, request_model, failed = key
         provider = normalize_provider(raw_provider) if raw_provider else ""
-        model = response_model or request_model
+        price = self.prices.lookup(response_model, request_model)
+        model = price.model if price is not None and self._label_priced_model else response_model or request_model
         f = self.families
         labels = (provider, model)
         requests, own = execution_of(
             f.llm_requests, (provider, model, "failure" if failed else "success"), f.llm_duration, labels, now
         )
-        price = self.prices.lookup(response_model, request_model)
         costs = f.llm_unpriced if price is None else f.llm_cost
         cost = costs.series_or_overflow(labels, now)
         target = LlmTarget(
