@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
+from tests.integration.test_rules import alert_rules
 from tests.tools.fake_kube_api import FakeKubeApi
 from tests.tools.helm_venv import ensure_helm_venv
 
@@ -218,6 +219,11 @@ def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: 
     assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "0.0.0.0:4318"
     (monitor,) = objects(case, "ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "admin"]
+    # The Prometheus Operator names the job after the Service's jobLabel label, else after the Service
+    # (otel-gateway-headless here), which the agent-down alert's job=~".*otel-sidecar.*" would not match.
+    job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+    (down,) = [rule for rule in alert_rules() if rule["alert"] == "OtelSidecarDown"]
+    assert re.fullmatch(r".*otel-sidecar.*", job) and 'job=~".*otel-sidecar.*"' in down["expr"]
 
 
 @pytest.mark.parametrize("case", CI_CASES)
