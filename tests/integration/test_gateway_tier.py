@@ -24,7 +24,7 @@ from agent.testing.dns_server import DnsServer
 from agent.testing.workload import TraceTruth, Workload, to_request
 from tests.helpers import AgentProcess, free_port, output_spans, wait_until
 
-GATEWAY_NAME = "otel-sidecar-gateway.observability.svc.cluster.local"
+GATEWAY_NAME = "otel-gateway-headless.observability.svc.cluster.local"
 TEN_PERCENT = threshold_for(0.1)
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 POD_A_SERVICES = {"orchestrator"}

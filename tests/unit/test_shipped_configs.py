@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,14 @@ def test_every_sampling_config_shipped_keeps_all_development_traces_under_either
     (rule,) = [r for r in config.processors["tail_sampling"].config.policies.attributes if r.name == "development"]
     assert {rule.key, *rule.also_keys} == {"deployment.environment", "deployment.environment.name"}
     assert (rule.match_on, rule.values, rule.percentage) == ("resource", ["development"], 100.0)
+
+
+def test_every_listen_address_variable_a_shipped_config_reads_is_one_the_chart_and_the_image_set() -> None:
+    repo = CONFIG_DIR.parent
+    variable = re.compile(r"\bOTEL_SIDECAR_[A-Z]+_ENDPOINT\b")
+    read = set()
+    for path in [*AGENT_CONFIGS, repo / "agent" / "default_config.yaml", repo / "helm/otel-sidecar/values.yaml"]:
+        read |= set(variable.findall(path.read_text()))
+    chart_sets = set(variable.findall((repo / "helm/otel-sidecar/templates/_helpers.tpl").read_text()))
+    image_sets = set(variable.findall((repo / "Dockerfile").read_text()))
+    assert read and read <= chart_sets and read <= image_sets, (read, chart_sets, image_sets)
