@@ -20,7 +20,9 @@ The config is YAML in the OpenTelemetry Collector's shape: `receivers`, `process
 `exporters` define components by id (`type` or `type/name`, e.g. `otlp/jaeger`), and `service.pipelines`
 wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables.
 Durations are written `500ms`, `10s`, `2m`, `1h` or `30d`. Unknown keys, wrong types and references to
-undefined components are errors; `otel-sidecar validate --config FILE` lists all of them with their paths.
+undefined components are errors; `otel-sidecar validate --config FILE` lists all of them with their paths
+(checks across the fields of a section, such as `decision_wait_after_root` below `decision_wait`, run once the
+section's own fields are valid).
 """
 
 
