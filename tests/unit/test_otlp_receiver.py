@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -259,6 +260,77 @@ async def test_a_broken_gzip_stream_is_a_bad_request(running: Running) -> None:
         running.http_url + "/v1/traces", b"\x1f\x8b not gzip", "application/x-protobuf", **{"Content-Encoding": "gzip"}
     )
     assert status == 400
+
+
+def _several_requests_in_one() -> tuple[ExportTraceServiceRequest, bytes, bytes]:
+    first, first_bytes = request_bytes(1)
+    second, second_bytes = request_bytes(2)
+    merged = ExportTraceServiceRequest()
+    merged.MergeFrom(first)
+    merged.MergeFrom(second)
+    return merged, first_bytes, second_bytes
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "identity", "GZIP"])
+async def test_http_bodies_are_decompressed_by_content_encoding(
+    running: Running, sink: BatchSink, encoding: str
+) -> None:
+    request, raw = request_bytes()
+    compress = {"gzip": gzip.compress, "x-gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}
+    body = compress[encoding.lower()](raw)
+    status, _, _ = await post(
+        running.http_url + "/v1/traces", body, "application/x-protobuf", **{"Content-Encoding": encoding}
+    )
+    assert status == 200
+    assert sink.batches == [request]
+
+
+async def test_a_gzip_body_of_several_members_is_read_whole(running: Running, sink: BatchSink) -> None:
+    merged, first, second = _several_requests_in_one()
+    body = gzip.compress(first) + gzip.compress(second)  # protobuf messages concatenate into their merge
+    status, _, _ = await post(
+        running.http_url + "/v1/traces", body, "application/x-protobuf", **{"Content-Encoding": "gzip"}
+    )
+    assert status == 200
+    assert sink.batches == [merged]
+
+
+async def test_a_gzip_body_cut_short_is_refused_not_half_accepted(running: Running, sink: BatchSink) -> None:
+    _request, raw = request_bytes()
+    whole = gzip.compress(raw, compresslevel=1)
+    for cut in (whole[: len(whole) // 2], whole[:-4]):  # mid-stream; only the trailer's size field missing
+        status, answer, _ = await post(
+            running.http_url + "/v1/traces", cut, "application/x-protobuf", **{"Content-Encoding": "gzip"}
+        )
+        assert status == 400
+        assert "truncated" in status_pb2.Status.FromString(answer).message
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 2
+    assert sink.batches == []
+
+
+async def test_a_gzip_bomb_stops_at_the_limit_with_413(running: Running, sink: BatchSink) -> None:
+    bomb = gzip.compress(b"\x00" * (64 * 1024 * 1024))  # 64 MiB from about 64 KiB; the limit is 1 MiB
+    status, _, _ = await post(
+        running.http_url + "/v1/traces", bomb, "application/x-protobuf", **{"Content-Encoding": "gzip"}
+    )
+    assert status == 413
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="too_large") == 1
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "snappy", "compress"])
+async def test_an_unsupported_content_encoding_is_answered_415_in_otlp_form_and_counted(
+    running: Running, sink: BatchSink, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _request, raw = request_bytes()
+    status, answer, _ = await post(
+        running.http_url + "/v1/traces", raw, "application/x-protobuf", **{"Content-Encoding": encoding}
+    )
+    assert status == 415
+    message = status_pb2.Status.FromString(answer).message
+    assert f"unsupported Content-Encoding {encoding!r}" in message and "gzip" in message
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="unsupported_media_type") == 1
+    assert sink.batches == []
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for a sender's mistake"
 
 
 async def test_a_signal_without_a_pipeline_is_answered_not_found(running: Running) -> None:

@@ -95,5 +95,5 @@ FACTORY: Factory[OtlpReceiverConfig] = Factory(
     config_class=OtlpReceiverConfig,
     signals=frozenset(Signal),
     create=lambda cfg, settings, consumers: OtlpReceiver(cfg, settings, consumers),
-    description="OTLP over gRPC and HTTP (protobuf and JSON, gzip).",
+    description="OTLP over gRPC and HTTP (protobuf and JSON, gzip; HTTP also deflate).",
 )

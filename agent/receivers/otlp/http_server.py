@@ -15,6 +15,7 @@ from agent.config.schema import HostPort
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+from agent.receivers.otlp.encoding import decompressed
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -41,7 +42,8 @@ class HttpServer:
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Bodies are decompressed by the handler (encoding.py), bounded and checked for truncation.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         site = web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True)
         try:
@@ -82,7 +84,7 @@ class HttpServer:
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
-            if exc.failure is Failure.UNSUPPORTED_MEDIA_TYPE:
+            if exc.failure is Failure.UNSUPPORTED_MEDIA_TYPE and content_type not in (PROTOBUF, JSON):
                 # The sender's content type is unknown, so the answer cannot mirror it: plain text for humans.
                 return web.Response(status=status, text=exc.message)
             reply = _reply(status, status_pb2.Status(code=code, message=exc.message), as_json)
@@ -95,13 +97,18 @@ class HttpServer:
 
     async def _read_body(self, signal: Signal, request: web.Request) -> bytes:
         try:
-            return await request.read()
+            body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             self._handler.request_failed(signal, "http", Failure.TOO_LARGE)
             raise RequestFailed(Failure.TOO_LARGE, f"request body exceeds {self._limit} bytes") from None
-        except Exception as exc:  # a broken gzip stream, a connection dropped mid-body
+        except Exception as exc:  # a connection dropped mid-body
             self._handler.request_failed(signal, "http", Failure.MALFORMED)
             raise RequestFailed(Failure.MALFORMED, f"cannot read request body: {exc}") from None
+        try:
+            return decompressed(request.headers.get("Content-Encoding", ""), body, self._limit)
+        except RequestFailed as failed:
+            self._handler.request_failed(signal, "http", failed.failure)
+            raise
 
 
 def _reply(status: int, message: Message, as_json: bool) -> web.Response:
