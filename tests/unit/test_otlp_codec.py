@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.otlp import json_codec
@@ -147,3 +148,52 @@ def test_log_records_without_trace_context_are_valid_but_wrong_lengths_are_not()
     assert reject_invalid_log_records(request) == 1
     bodies = [r.body.string_value for r in request.resource_logs[0].scope_logs[0].log_records]
     assert bodies == ["no trace", ""]
+
+
+def _span_json(**span: object) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (
+            _span_json(status={"code": "STATUS_CODE_EROR"}),
+            r"spans\[0\]\.status\.code: unknown enum value 'STATUS_CODE_EROR'",
+        ),
+        (_span_json(kind="SPAN_KIND_BOGUS"), "kind: unknown enum value"),
+        (_span_json(kind=1.5), "kind: an enum value must be an integer, got 1.5"),
+        (_span_json(kind=True), "kind: an enum value must be an integer, got true"),
+        (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":1e400}]}]}]}', "must be an integer, got Infinity"),
+        (_span_json(kind=2**40), "out of range"),
+    ],
+)
+def test_a_bad_enum_value_is_an_error_not_silently_unset(body: bytes, fragment: str) -> None:
+    with pytest.raises(json_codec.OtlpJsonError, match=fragment):
+        json_codec.decode(body, ExportTraceServiceRequest)
+
+
+def test_log_and_metric_enums_are_checked_too() -> None:
+    with pytest.raises(json_codec.OtlpJsonError, match="severityNumber: unknown enum value 'LOUD'"):
+        json_codec.decode(
+            b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"severityNumber":"LOUD"}]}]}]}', ExportLogsServiceRequest
+        )
+    with pytest.raises(json_codec.OtlpJsonError, match="aggregationTemporality"):
+        json_codec.decode(
+            b'{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"sum":{"aggregationTemporality":1e400}}]}]}]}',
+            ExportMetricsServiceRequest,
+        )
+
+
+def test_enum_names_and_integers_are_read_and_an_unknown_integer_is_kept_for_newer_senders() -> None:
+    request = json_codec.decode(_span_json(kind="SPAN_KIND_SERVER", status={"code": 2}), ExportTraceServiceRequest)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert (span.kind, span.status.code) == (2, 2)
+    newer = json_codec.decode(_span_json(kind=9), ExportTraceServiceRequest)
+    assert newer.resource_spans[0].scope_spans[0].spans[0].kind == 9
+
+
+@given(json_values, json_values)
+def test_any_value_in_an_enum_field_decodes_or_raises_otlp_json_error(kind: object, code: object) -> None:
+    with contextlib.suppress(json_codec.OtlpJsonError):
+        json_codec.decode(_span_json(kind=kind, status={"code": code}), ExportTraceServiceRequest)

@@ -333,6 +333,33 @@ async def test_an_unsupported_content_encoding_is_answered_415_in_otlp_form_and_
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a sender's mistake"
 
 
+class BrokenSink:
+    def consume(self, batch: Any) -> None:
+        raise RuntimeError("a bug in a pipeline stage")
+
+
+async def test_a_bug_behind_the_receiver_is_answered_internal_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, running = await start_receiver(BrokenSink())  # type: ignore[arg-type]
+    try:
+        _request, raw = request_bytes()
+        status, answer, _ = await post(running.http_url + "/v1/traces", raw, "application/x-protobuf")
+        assert status == 500 and status_pb2.Status.FromString(answer).code == code_pb2.INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await running.grpc_export(raw)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        for transport in ("http", "grpc"):
+            assert (
+                running.metric("otel_sidecar_receiver_failed_requests_total", transport=transport, reason="internal")
+                == 1
+            )
+        assert sum("internal error" in r.getMessage() and r.exc_info is not None for r in caplog.records) == 2
+    finally:
+        await running.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
 async def test_a_signal_without_a_pipeline_is_answered_not_found(running: Running) -> None:
     status, _, _ = await post(running.http_url + "/v1/metrics", b"", "application/x-protobuf")
     assert status == 404

@@ -21,6 +21,7 @@ class Failure(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REFUSED = "backpressure"
     UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"  # a bug: answered 500 / INTERNAL, logged with its traceback
 
 
 @dataclass
@@ -77,6 +78,7 @@ class ExportHandler:
         if items:
             consumer = self._consumers.get(signal)
             if consumer is None:
+                self.request_failed(signal, transport, Failure.UNAVAILABLE)
                 raise RequestFailed(Failure.UNAVAILABLE, f"this agent has no {signal.value} pipeline")
             try:
                 consume_sized = getattr(consumer, "consume_sized", None)

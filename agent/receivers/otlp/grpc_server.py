@@ -23,6 +23,7 @@ _GRPC_CODES = {
     Failure.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Failure.REFUSED: grpc.StatusCode.UNAVAILABLE,
     Failure.UNAVAILABLE: grpc.StatusCode.UNIMPLEMENTED,
+    Failure.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 _MIB = 1024 * 1024
 
@@ -72,6 +73,7 @@ class GrpcServer:
             except RequestFailed as exc:
                 await context.abort(_GRPC_CODES[exc.failure], exc.message, _status_details(exc))
             except Exception:
+                handler.request_failed(signal, "grpc", Failure.INTERNAL)
                 self._settings.logger.exception("internal error handling an OTLP/gRPC export")
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the agent's log")
             raise AssertionError("unreachable: abort raises")

@@ -27,6 +27,7 @@ _HTTP_STATUS = {
     Failure.UNSUPPORTED_MEDIA_TYPE: (415, code_pb2.INVALID_ARGUMENT),
     Failure.REFUSED: (503, code_pb2.UNAVAILABLE),
     Failure.UNAVAILABLE: (404, code_pb2.UNIMPLEMENTED),
+    Failure.INTERNAL: (500, code_pb2.INTERNAL),
 }
 
 
@@ -92,6 +93,7 @@ class HttpServer:
                 reply.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             return reply
         except Exception:
+            self._handler.request_failed(signal, "http", Failure.INTERNAL)
             self._settings.logger.exception("internal error handling an OTLP/HTTP export")
             return _reply(500, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"), as_json)
 
