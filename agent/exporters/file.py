@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -54,7 +55,16 @@ class FileExporter:
 
     async def start(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
         await self._queue.start()
+
+    def _check_writable(self) -> None:
+        """Fail at start, not on the first batch: an agent that is ready but cannot write drops everything."""
+        try:
+            with tempfile.TemporaryFile(dir=self._dir):
+                pass
+        except OSError as exc:
+            raise OSError(f"path: cannot write files in {self._dir}: {exc.strerror}") from None
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)

@@ -4,6 +4,8 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.component import CreateSettings, Kind, Signal
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.queue import SendingQueueConfig
@@ -43,3 +45,10 @@ async def test_files_rotate_by_size_and_keep_the_configured_backups(tmp_path: Pa
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["traces.jsonl", "traces.jsonl.1", "traces.jsonl.2"]
     assert all(p.stat().st_size < 1.1 * 2**20 for p in tmp_path.iterdir())
+
+
+async def test_a_directory_it_cannot_write_in_fails_the_start_not_every_batch() -> None:
+    # sysfs refuses new files even to root, as a read-only volume or a directory of another user would.
+    file = exporter(Path("/sys/kernel"), RotationConfig())
+    with pytest.raises(OSError, match="path: cannot write files in /sys/kernel"):
+        await file.start()
