@@ -184,3 +184,31 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
     rejected = metric_value(text, "otel_sidecar_exporter_rejected_items_total") if rejected_by_a_delivered_part else 0
     assert rejected == rejected_by_a_delivered_part
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full - rejected
+
+
+async def test_a_gateway_rejecting_its_part_for_good_is_counted_as_the_otlp_exporter_counts_it() -> None:
+    """send_failed{reason="rejected"} and rejected_items, as for a 400 to the otlp exporter; the rest is sent."""
+    import time
+
+    from agent.exporters._helper.retry import PermanentExportError
+
+    gateways = {
+        GATEWAYS[0]: Gateway(PermanentExportError("HTTP 400: bad data")),
+        GATEWAYS[1]: Gateway(),
+        GATEWAYS[2]: Gateway(),
+    }
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    owned_by_rejecting = sum(
+        1 for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans
+        if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
+    )  # fmt: skip
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    await exporter._queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert 0 < owned_by_rejecting < total
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="rejected") == owned_by_rejecting
+    assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == owned_by_rejecting
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_rejecting

@@ -175,6 +175,8 @@ class LoadBalancingExporter:
             return exc
         except PermanentExportError as exc:
             self._log.warning(f"rejected:{gateway}", f"gateway {gateway} rejected {items} items for good: {exc}")
+            # Dropped as the otlp exporter drops a rejected batch; the sending queue counts them as rejected.
+            self._failed.labels(self._settings.component_id, signal.value, exc.reason).inc(items)
             return items
         except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
             return RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
@@ -197,6 +199,9 @@ class LoadBalancingExporter:
             "loadbalancer_rerouted_items_total",
             "Items sent again to another gateway after theirs failed.",
             ["exporter", "signal"],
+        )
+        self._failed = m.counter(  # the sending queue's family: one series set for both
+            "exporter_send_failed_items_total", "Items an exporter gave up on.", ["exporter", "signal", "reason"]
         )
         self._ejections = m.counter(
             "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]
