@@ -212,3 +212,24 @@ async def test_a_gateway_rejecting_its_part_for_good_is_counted_as_the_otlp_expo
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="rejected") == owned_by_rejecting
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == owned_by_rejecting
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_rejecting
+
+
+async def test_a_part_rerouted_after_a_timeout_counts_as_a_possible_duplicate() -> None:
+    """The first gateway may have stored it before its answer was late: both may now hold it."""
+    import time
+
+    late = Gateway(RetryableError("no answer within 5s", reason="timeout", maybe_delivered=True))
+    gateways = {GATEWAYS[0]: late, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    owned_by_late = sum(
+        1 for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans
+        if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
+    )  # fmt: skip
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    await exporter._queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert owned_by_late > 0
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == owned_by_late
+    assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == owned_by_late

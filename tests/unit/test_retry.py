@@ -121,6 +121,15 @@ async def test_an_attempt_that_times_out_is_retried_and_reported_as_maybe_delive
     assert (rejected, maybe_delivered, push.calls) == (0, True, 1)
 
 
+async def test_giving_up_after_an_attempt_timed_out_says_the_batch_may_have_been_delivered() -> None:
+    timed_out = RetryableError("no answer", reason="timeout", maybe_delivered=True)
+    push = ScriptedPush(timed_out, RetryableError("refused", reason="unavailable"))
+    config = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=0.015)
+    with pytest.raises(RetryableError, match="refused") as raised:
+        await sender(push, config).send(Signal.TRACES, Message())
+    assert push.calls == 2 and raised.value.maybe_delivered
+
+
 async def test_interrupting_ends_a_backoff_wait_at_once() -> None:
     config = RetryConfig(initial_interval=30.0, max_interval=30.0, max_elapsed_time=0)
     retrying = sender(ScriptedPush(*[RetryableError("down", reason="unavailable")] * 3), config)

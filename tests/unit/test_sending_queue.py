@@ -144,3 +144,30 @@ async def test_a_backend_claiming_to_reject_more_than_it_was_sent_counts_at_most
     assert calls == 2
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == first
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second
+
+
+@pytest.mark.parametrize(("timed_out", "reason"), [(True, "unconfirmed"), (False, "retries_exhausted")])
+async def test_a_batch_given_up_after_an_attempt_timed_out_is_counted_as_unconfirmed(
+    timed_out: bool, reason: str
+) -> None:
+    """A backend that stores the data but answers too late: the items may be there, and are not called lost."""
+    from agent.exporters._helper.retry import RetryableError, RetryConfig
+
+    metrics = SelfMetrics()
+    attempts = 0
+
+    async def push(signal: Signal, batch: Message) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RetryableError("late", reason="timeout" if timed_out else "unavailable", maybe_delivered=timed_out)
+
+    retry = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=0.05)
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push, retry=retry)
+    await queue.start()
+    (batch,) = batches(1)
+    items = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert attempts > 1
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason=reason) == items

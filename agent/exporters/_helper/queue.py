@@ -36,6 +36,11 @@ from agent.exporters._helper.retry import (
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
 
+DUPLICATES_DOC = (
+    "Items sent again after an attempt whose outcome was unknown (a timeout, or a crash between sending and "
+    "recording the result): the backend may hold them twice (at-least-once)."
+)
+
 
 @dataclass(frozen=True)
 class StorageConfig:
@@ -214,12 +219,7 @@ class SendingQueue:
             "Items the backend refused for good (a permanent error answer, or the rejected part of a partial success).",
             ["exporter", "signal"],
         )
-        self._duplicates = m.counter(
-            "exporter_duplicates_total",
-            "Items sent again after an attempt whose outcome was unknown (a timeout, or a crash between sending "
-            "and recording the result): the backend may hold them twice (at-least-once).",
-            ["exporter", "signal"],
-        )
+        self._duplicates = m.counter("exporter_duplicates_total", DUPLICATES_DOC, ["exporter", "signal"])
         self._enqueue_failed = m.counter(
             "exporter_enqueue_failed_items_total",
             "Items refused because the sending queue was full (the sender was told to retry).",
@@ -432,6 +432,9 @@ class SendingQueue:
             self._drop(signal, items, exc.reason, f"the backend rejected the batch: {exc}")
         except RetryableError as exc:
             reason = "retries_exhausted" if self._retry_enabled else exc.reason
+            if exc.maybe_delivered:
+                # An attempt timed out after sending: the backend may hold the batch, even several times.
+                reason = "unconfirmed"
             # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left,
             # and what the parts already delivered had rejected.
             undelivered = SPECS[signal].count_items(part)

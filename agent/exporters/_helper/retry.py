@@ -165,6 +165,7 @@ class RetryingSender:
                     rejected = await self._attempt(signal, batch)
                 except RetryableError as exc:
                     maybe_delivered = maybe_delivered or exc.maybe_delivered
+                    exc.maybe_delivered = maybe_delivered  # sticky: the last failure speaks for every attempt
                     rejected_before += exc.rejected
                     exc.rejected = rejected_before
                     raise

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.batcher import merge
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.queue import SendingQueue
+from agent.exporters._helper.queue import DUPLICATES_DOC, SendingQueue
 from agent.exporters._helper.retry import PermanentExportError, RetryableError
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
@@ -128,6 +128,7 @@ class LoadBalancingExporter:
         pending: Message | None = batch
         waiting: list[Message] = []
         rejected = 0
+        unconfirmed = False  # a part's attempt timed out after sending: its gateway may hold it
         last_error: RetryableError | None = None
         longest_wait: float | None = None  # the longest delay a throttled gateway asked for
         for _round in range(len(self._transports) + 1):
@@ -142,12 +143,17 @@ class LoadBalancingExporter:
                     rejected += outcome
                     continue
                 last_error = outcome
+                unconfirmed = unconfirmed or outcome.maybe_delivered
                 if outcome.retry_after is not None:
                     waiting.append(part)  # throttled: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
                 else:
                     self._eject(gateway, outcome)
                     rerouted.append(part)
+                    if outcome.maybe_delivered:  # sent again elsewhere: both gateways may keep it
+                        self._duplicates.labels(self._settings.component_id, signal.value).inc(
+                            SPECS[signal].count_items(part)
+                        )
             pending = merge(rerouted) if rerouted else None
             if pending is not None:
                 self._reroutes.labels(self._settings.component_id, signal.value).inc(SPECS[signal].count_items(pending))
@@ -160,6 +166,7 @@ class LoadBalancingExporter:
             batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
         error = last_error or RetryableError("no gateway is available", reason="no_backends")
         error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
+        error.maybe_delivered = error.maybe_delivered or unconfirmed
         if longest_wait is not None:
             error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
         raise error
@@ -200,6 +207,7 @@ class LoadBalancingExporter:
             "Items sent again to another gateway after theirs failed.",
             ["exporter", "signal"],
         )
+        self._duplicates = m.counter("exporter_duplicates_total", DUPLICATES_DOC, ["exporter", "signal"])
         self._failed = m.counter(  # the sending queue's family: one series set for both
             "exporter_send_failed_items_total", "Items an exporter gave up on.", ["exporter", "signal", "reason"]
         )
