@@ -46,6 +46,11 @@ def configure(level: str, fmt: str) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # Libraries (aiohttp, grpc, asyncio) log through Python's root logger: the same stream and format, so a log
+    # collector reading JSON lines never meets a bare traceback; warnings and worse only.
+    libraries = logging.getLogger()
+    libraries.handlers[:] = [handler]
+    libraries.setLevel(logging.WARNING)
     return root
 
 

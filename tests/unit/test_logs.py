@@ -1,0 +1,37 @@
+"""The agent's log stream: one format for its own records and for the libraries it runs on."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from agent.telemetry.logs import configure
+
+
+@pytest.fixture
+def restore_logging():  # type: ignore[no-untyped-def]
+    root, agent = logging.getLogger(), logging.getLogger("otel_sidecar")
+    saved = (root.handlers[:], root.level, agent.handlers[:], agent.level, agent.propagate)
+    yield
+    root.handlers[:], agent.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    agent.setLevel(saved[3])
+    agent.propagate = saved[4]
+
+
+def test_a_librarys_error_with_a_traceback_is_one_json_line_like_the_agents_own(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure("info", "json")
+    logging.getLogger("otel_sidecar.receiver").warning("own record")
+    try:
+        raise ValueError("broken stream")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    logging.getLogger("aiohttp.access").info("below warning: not shown")
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert [r["message"] for r in records] == ["own record", "Error handling request"]
+    assert "ValueError: broken stream" in records[1]["exception"]
