@@ -45,6 +45,7 @@ KNOWN_METRICS = {
     "orchestrator_span_duration_seconds_bucket",
     "orchestrator_workflow_executions_total",
     "orchestrator_workflow_duration_seconds_bucket",
+    "orchestrator_workflow_duration_seconds_sum",
     "orchestrator_step_executions_total",
     "orchestrator_step_duration_seconds_bucket",
     "orchestrator_llm_requests_total",
