@@ -148,7 +148,7 @@ def run_cpu_round(bodies: list[bytes], rate: float, caches: tuple[Any, Any] | No
         batch = ExportTraceServiceRequest.FromString(body)
         count = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
         cpu = process_time()
-        target.consume_spans(batch)
+        target.consume_spans(batch, len(body))  # the size the receiver passes on
         consume_s += process_time() - cpu
         spans += count
         del batch
@@ -226,8 +226,8 @@ def probe_memory(probe: str, rate: float) -> dict[str, float]:
     # Consumed bodies are released as we go (the loadgen's bytes are not the agent's memory).
     for index in range(len(bodies)):
         batch = ExportTraceServiceRequest.FromString(bodies[index])
-        bodies[index] = b""
-        target.consume_spans(batch)
+        size, bodies[index] = len(bodies[index]), b""
+        target.consume_spans(batch, size)
         clock.now += sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans) / rate
         del batch
         while clock.now >= next_tick:

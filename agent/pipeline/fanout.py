@@ -41,16 +41,21 @@ class FanOut:
         self._needs_copy = [
             t.mutates and (index != last or shared_by_retainer) for index, t in enumerate(self._targets)
         ]
+        self._consume_sized = [getattr(t.consumer, "consume_sized", None) for t in self._targets]
         # id(batch) -> (batch, index of the target that refused it); the batch is held so that its id stays its
         # own. Bounded: a feeder that gives up a refused batch (a connector sends a fresh one) never comes back.
         self._refused: dict[int, tuple[Message, int]] = {}
 
     def consume(self, batch: Message) -> None:
+        self.consume_sized(batch, None)
+
+    def consume_sized(self, batch: Message, size: int | None) -> None:
+        """``consume``, passing the batch's size on to the targets that take one (``consume_sized``)."""
         refused = self._refused.pop(id(batch), None)
         start = refused[1] if refused is not None and refused[0] is batch else 0
         for index in range(start, len(self._targets)):
             try:
-                self._deliver(index, batch)
+                self._deliver(index, batch, size)
             except Refused:
                 self._remember_refused(batch, index)
                 raise
@@ -60,14 +65,16 @@ class FanOut:
             del self._refused[next(iter(self._refused))]  # the oldest
         self._refused[id(batch)] = (batch, index)
 
-    def _deliver(self, index: int, batch: Message) -> None:
-        consumer = self._targets[index].consumer
+    def _deliver(self, index: int, batch: Message, size: int | None) -> None:
         if self._needs_copy[index]:
             clone = type(batch)()
             clone.CopyFrom(batch)
-            consumer.consume(clone)
+            batch = clone
+        consume_sized = self._consume_sized[index]
+        if size is not None and consume_sized is not None:
+            consume_sized(batch, size)
         else:
-            consumer.consume(batch)
+            self._targets[index].consumer.consume(batch)
 
 
 def fan_out(targets: Sequence[Target]) -> Consumer:

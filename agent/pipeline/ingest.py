@@ -132,8 +132,14 @@ class IngestQueue:
                 await self._ready.wait()
                 continue
             signal, batch, items, size = self._entries[0]
+            consumer = self._downstream[signal]
+            # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
+            consume_sized = getattr(consumer, "consume_sized", None)
             try:
-                self._downstream[signal].consume(batch)
+                if consume_sized is not None:
+                    consume_sized(batch, size)
+                else:
+                    consumer.consume(batch)
             except Refused:
                 await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
                 continue

@@ -14,6 +14,7 @@ from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.service import PipelineConfig, ServiceConfig
 from agent.pipeline.graph import Graph
 from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.sinks import BatchSink
 from agent.testing.workload import Workload
 
 
@@ -318,3 +319,25 @@ async def test_several_components_that_never_stop_share_one_grace_period() -> No
     started = time.monotonic()
     await graph.shutdown(time.monotonic() + 0.2)
     assert time.monotonic() - started < 0.2 + 2.0 + 0.5  # one grace period, then a moment each
+
+
+def test_fan_out_passes_a_batchs_size_to_the_targets_that_take_one() -> None:
+    from agent.pipeline.fanout import FanOut, Target
+
+    class Sized(BatchSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def consume_sized(self, batch: Any, size: int) -> None:
+            self.sizes.append(size)
+            self.consume(batch)
+
+    plain, sized, mutating = BatchSink(), Sized(), Sized()
+    fan = FanOut([Target(plain, False, False), Target(sized, False, True), Target(mutating, True, True)])
+    batch = next(Workload(seed=1).requests(1))[0]
+    fan.consume_sized(batch, 777)
+    fan.consume(batch)  # no size known: every target is given consume()
+    assert (sized.sizes, mutating.sizes) == ([777], [777])
+    assert len(plain.batches) == len(sized.batches) == len(mutating.batches) == 2
+    assert mutating.batches[0] is not batch  # the mutator got a copy, with the original's size

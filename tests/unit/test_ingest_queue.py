@@ -166,3 +166,23 @@ async def test_signals_reach_their_pipelines_in_the_order_they_arrived() -> None
     entrances[Signal.TRACES].consume(batches(1)[0])
     await queue.shutdown(time.monotonic() + 5)
     assert order == ["spans", "log", "spans"]
+
+
+class SizedSink:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def consume(self, batch: Message) -> None:
+        raise AssertionError("a stage that takes sizes is given them")
+
+    def consume_sized(self, batch: Message, size: int) -> None:
+        self.sizes.append(size)
+
+
+async def test_the_size_a_receiver_measured_reaches_stages_that_take_it() -> None:
+    sink = SizedSink()
+    queue, _ = queue_for(sink)
+    await queue.start()
+    queue.entrance.consume_sized(batches(1)[0], 12_345)
+    await queue.shutdown(time.monotonic() + 5)
+    assert sink.sizes == [12_345]

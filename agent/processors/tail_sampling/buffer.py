@@ -11,14 +11,15 @@ A trace stores its fragments in one flat list (see ``BufferedTrace``): the cycli
 container the buffer holds, again and again while traces wait, so their number matters as much as their size.
 
 Byte counts are the protobuf size of what is held plus a fixed overhead per trace and fragment, i.e. an estimate
-of the heap used, not an exact figure. The protobuf size of spans is itself estimated (``SpanSizes``).
+of the heap used, not an exact figure. Holding one span of a request keeps the whole request in memory (upb
+frees a message tree at once), so the rest of a request that buffered traces still hold is counted too
+(``RequestPin``), until the last of those traces leaves.
 """
 
 from __future__ import annotations
 
 import collections
 import math
-import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,31 +38,14 @@ LogFragment = tuple[Any, Any, list[Any]]
 """``(ResourceLogs, ScopeLogs, [LogRecord])``."""
 
 
-class SpanSizes:
-    """Protobuf bytes per span, measured exactly on a random eighth of the scopes and averaged for the others.
+class RequestPin:
+    """The bytes of a request that no buffered trace holds but that stay in memory while any of them does."""
 
-    upb keeps no cached size: ``ByteSize`` serializes the message, which costs about as much per span as all
-    else the sampler does with it, while the byte bound only needs a fair estimate. Scopes are drawn at random,
-    so a regular pattern (one scope per service in every request) cannot bias which ones are measured, and the
-    estimate is span-weighted over the recent measurements (each weighs 0.9 of the next).
-    """
+    __slots__ = ("bytes", "holders")
 
-    SAMPLE_ONE_IN = 8
-    _DECAY = 0.9
-
-    def __init__(self, seed: int = 0x5A3D) -> None:
-        self._random = random.Random(seed).random
-        self._bytes = 0.0
-        self._spans = 0.0
-
-    def per_span(self, scope: Any, count: int) -> float:
-        """Bytes per span of ``scope`` (a ScopeSpans holding ``count`` > 0 spans)."""
-        if self._spans and self._random() * self.SAMPLE_ONE_IN >= 1.0:
-            return self._bytes / self._spans
-        measured = scope.ByteSize()
-        self._bytes = self._bytes * self._DECAY + measured
-        self._spans = self._spans * self._DECAY + count
-        return measured / count
+    def __init__(self, size: int, holders: int) -> None:
+        self.bytes = size
+        self.holders = holders
 
 
 def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], list[bytes]]:
@@ -88,6 +72,7 @@ def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], lis
 
 
 _NO_LOGS: tuple[LogFragment, ...] = ()  # until a trace's first log record (then ``add_logs`` makes it a list)
+_NO_PINS: tuple[RequestPin, ...] = ()
 
 
 class BufferedTrace:
@@ -99,8 +84,8 @@ class BufferedTrace:
     """
 
     __slots__ = (
-        "_spans", "bytes", "failed", "first_seen", "log_bytes", "log_count", "logs", "root_seen", "span_count",
-        "trace_id",
+        "_spans", "bytes", "failed", "first_seen", "log_bytes", "log_count", "logs", "pins", "root_seen",
+        "span_count", "trace_id",
     )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
@@ -115,6 +100,7 @@ class BufferedTrace:
         self.log_bytes = 0  # the part of ``bytes`` that is log records (released in their own requests)
         self.failed = False
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
+        self.pins: tuple[RequestPin, ...] = _NO_PINS  # requests this trace keeps alive beyond its own spans
 
     def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int) -> int:
         """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead).
@@ -193,6 +179,16 @@ class TraceBuffer:
         trace.log_bytes += size
         self.bytes += size
 
+    def pin(self, holders: Sequence[BufferedTrace], size: int) -> None:
+        """Count ``size`` more bytes until the last of ``holders`` leaves: the part of one request they do not
+        hold themselves (spans passed on or dropped, records of other traces) but keep in memory."""
+        if size <= 0 or not holders:
+            return
+        pin = RequestPin(size, len(holders))
+        for trace in holders:
+            trace.pins = (*trace.pins, pin)
+        self.bytes += size
+
     def root_arrived(self, trace: BufferedTrace, now: float) -> None:
         if trace.root_seen is not None:
             return
@@ -205,8 +201,19 @@ class TraceBuffer:
         buffered = self.traces
         for trace in traces:
             del buffered[trace.trace_id]
-        self.bytes -= sum(trace.bytes for trace in traces)
+        self.bytes -= sum(trace.bytes for trace in traces) + self._unpin(traces)
         self.spans -= sum(trace.span_count for trace in traces)
+
+    @staticmethod
+    def _unpin(traces: list[BufferedTrace]) -> int:
+        """Bytes of requests no longer held by any trace once ``traces`` have left."""
+        freed = 0
+        for trace in traces:
+            for pin in trace.pins:
+                pin.holders -= 1
+                if not pin.holders:
+                    freed += pin.bytes
+        return freed
 
     def oldest(self, count: int) -> list[BufferedTrace]:
         """Up to ``count`` traces, oldest first (not removed)."""

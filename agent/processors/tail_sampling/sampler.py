@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
-from agent.otlp.signals import SPECS
-from agent.processors.tail_sampling.buffer import BufferedTrace, SpanSizes, TraceBuffer, group_by_trace
+from agent.otlp.signals import SPECS, count_log_records, count_spans
+from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer, group_by_trace
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClass, LogClassifier
@@ -72,7 +72,6 @@ class TailSampler:
         retention = settings.service.retention
         self.policies = build_policies(config.policies, retention.classes)
         self.buffer = TraceBuffer(float(config.decision_wait), float(config.decision_wait_after_root))
-        self._span_sizes = SpanSizes()
         self._stamps = StampMemo()
         self.kept = KeptCache[Decision](config.decision_cache.kept_size)
         self.dropped = DroppedCache(config.decision_cache.dropped_size)
@@ -144,16 +143,25 @@ class TailSampler:
 
     # --- ingest ----------------------------------------------------------------------------------------------------
 
-    def consume_spans(self, request: Any) -> None:
+    def consume_spans(self, request: Any, size: int | None = None) -> None:
+        """Buffer the spans of undecided traces; pass late spans of kept ones; drop those of dropped ones.
+
+        ``size``: the request's size as received, else each scope is measured (``ByteSize``, about 0.1 µs per
+        span).
+        """
         self._refuse_if_full()
         now = self._clock()
         buffer, kept, dropped = self.buffer, self.kept, self.dropped
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
-        span_sizes = self._span_sizes
         release = Release(self._config.max_batch_bytes, self._stamps)
         oversized: dict[bytes, BufferedTrace] = {}
-        late_kept = late_dropped = held_spans = held_bytes = 0
+        holders: list[BufferedTrace] = []  # traces that took spans of this request (once per fragment)
+        late_kept = late_dropped = held_spans = held_bytes = held_span_bytes = 0
+        # This request's own size, never an average over earlier ones, under which large spans (prompts) would
+        # pass for small ones.
+        request_bytes = size or 0
+        bytes_per_span = size / total if size and (total := count_spans(request)) else 0.0
         for rs in request.resource_spans:
             for ss in rs.scope_spans:
                 spans = ss.spans
@@ -161,7 +169,10 @@ class TailSampler:
                 if not count:
                     continue
                 groups, roots, failed = group_by_trace(spans)
-                bytes_per_span = span_sizes.per_span(ss, count)
+                if size is None:
+                    scope_bytes = ss.ByteSize()
+                    request_bytes += scope_bytes
+                    bytes_per_span = scope_bytes / count
                 for trace_id, indices in groups.items():
                     trace = traces.get(trace_id)
                     if trace is None:
@@ -178,8 +189,11 @@ class TailSampler:
                             late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
+                    fragment_bytes = int(bytes_per_span * len(indices))
                     held_spans += len(indices)
-                    held_bytes += trace.add_spans(rs, ss, indices, int(bytes_per_span * len(indices)))
+                    held_span_bytes += fragment_bytes
+                    held_bytes += trace.add_spans(rs, ss, indices, fragment_bytes)
+                    holders.append(trace)
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
                 for trace_id in failed:
@@ -191,6 +205,7 @@ class TailSampler:
                     if trace is not None and trace.root_seen is None:
                         buffer.root_arrived(trace, now)
         buffer.count_added(held_spans, held_bytes)
+        self._pin(holders, request_bytes, held_span_bytes)
         if late_kept:
             self.metrics.late_kept.inc(late_kept)
         if late_dropped:
@@ -198,11 +213,15 @@ class TailSampler:
         self._decide(list(oversized.values()), "max_spans_per_trace", release)
         self._after_ingest(release)
 
-    def consume_logs(self, request: Any) -> None:
+    def consume_logs(self, request: Any, size: int | None = None) -> None:
         """Hold records of buffered traces with them; classify and pass all others at once."""
         self._refuse_if_full()
         buffer, kept, logs = self.buffer, self.kept, self.logs
         release = Release(self._config.max_batch_bytes, self._stamps)
+        holders: list[BufferedTrace] = []  # traces that took records of this request (once per fragment)
+        request_bytes = size or 0
+        bytes_per_record = size / total if size and (total := count_log_records(request)) else 0.0
+        held_bytes = 0
         for rl in request.resource_logs:
             for sl in rl.scope_logs:
                 records = sl.log_records
@@ -222,14 +241,28 @@ class TailSampler:
                             passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
                             continue
                     passing.setdefault(logs.by_severity(record), []).append(record)
-                bytes_per_record = sl.ByteSize() / count
+                if size is None:
+                    scope_bytes = sl.ByteSize()
+                    request_bytes += scope_bytes
+                    bytes_per_record = scope_bytes / count
                 for (retention_class, policy), group in passing.items():
                     builder = release.builder(Signal.LOGS, int(bytes_per_record * len(group)))
                     builder.add(rl, sl, group, retention_class, policy)
                 for trace_id, group in held.items():
                     trace = buffer.traces[trace_id]
-                    buffer.add_logs(trace, rl, sl, group, int(bytes_per_record * len(group)))
+                    group_bytes = int(bytes_per_record * len(group))
+                    held_bytes += group_bytes
+                    buffer.add_logs(trace, rl, sl, group, group_bytes)
+                    holders.append(trace)
+        self._pin(holders, request_bytes, held_bytes)
         self._after_ingest(release)
+
+    def _pin(self, holders: list[BufferedTrace], request_bytes: int, held_bytes: int) -> None:
+        """Count the rest of a request that buffered traces keep alive (see ``RequestPin``); a rest under a
+        sixteenth of the request (rounding, a few passed-on spans) is not worth an object per trace."""
+        unheld = request_bytes - held_bytes
+        if holders and unheld > request_bytes >> 4:
+            self.buffer.pin(holders, unheld)
 
     def _after_ingest(self, release: Release) -> None:
         if self._closed:

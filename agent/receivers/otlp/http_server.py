@@ -81,7 +81,8 @@ class HttpServer:
                 )
             body = await self._read_body(signal, request)
             message = self._handler.decode(signal, body, json=as_json, transport="http")
-            response = self._handler.export(signal, message, "http", len(body))
+            # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
+            response = self._handler.export(signal, message, "http", message.ByteSize() if as_json else len(body))
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
