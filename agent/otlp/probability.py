@@ -1,8 +1,9 @@
 """OpenTelemetry consistent probability sampling (OTEP 235, W3C trace context level 2 randomness).
 
-The randomness of a trace is the rightmost 56 bits of its trace id. A sampler with probability ``p`` has the
-rejection threshold ``T = (1 - p) * 2**56`` and keeps a trace when ``randomness >= T``. Every agent and SDK
-applying the same threshold keeps the same traces. Kept spans record ``T`` in ``tracestate`` as
+The randomness of a trace is the explicit randomness value in its ``tracestate`` (``ot=rv:<14 hex digits>``, set
+by SDKs whose trace ids are not random), else the rightmost 56 bits of its trace id. A sampler with probability
+``p`` has the rejection threshold ``T = (1 - p) * 2**56`` and keeps a trace when ``randomness >= T``. Every agent
+and SDK applying the same threshold keeps the same traces. Kept spans record ``T`` in ``tracestate`` as
 ``ot=th:<hex>`` (14 hex digits, trailing zeros removed; ``th:0`` means kept with probability 1), from which
 the adjusted count ``1 / p = 2**56 / (2**56 - T)`` follows.
 """
@@ -16,7 +17,33 @@ _HEX_DIGITS = 14
 
 
 def randomness(trace_id: bytes) -> int:
+    """The randomness a trace id carries (a trace with an explicit ``rv`` uses that: ``explicit_randomness``)."""
     return int.from_bytes(trace_id[-7:], "big")
+
+
+def explicit_randomness(tracestate: str) -> int | None:
+    """The ``rv`` of the ``ot`` vendor entry (exactly 14 hex digits), or None when absent or malformed."""
+    value = _ot_field(tracestate, "rv")
+    if value is None or len(value) != _HEX_DIGITS:
+        return None
+    try:
+        return int(value, 16)
+    except ValueError:
+        return None
+
+
+def _ot_field(tracestate: str, wanted: str) -> str | None:
+    if "ot=" not in tracestate:
+        return None
+    for member in tracestate.split(","):
+        key, _, value = member.strip().partition("=")
+        if key != "ot":
+            continue
+        for field in value.split(";"):
+            name, _, sub = field.partition(":")
+            if name == wanted:
+                return sub
+    return None
 
 
 def threshold_for(probability: float) -> int:
@@ -49,26 +76,16 @@ def decode_threshold(value: str) -> int | None:
 
 def threshold_from_tracestate(tracestate: str) -> int | None:
     """The ``th`` of the ``ot`` vendor entry, or None when absent or malformed."""
-    if "ot=" not in tracestate:
-        return None
-    for member in tracestate.split(","):
-        key, _, value = member.strip().partition("=")
-        if key != "ot":
-            continue
-        for field in value.split(";"):
-            name, _, sub = field.partition(":")
-            if name == "th":
-                return decode_threshold(sub)
-    return None
+    value = _ot_field(tracestate, "th")
+    return None if value is None else decode_threshold(value)
 
 
 def with_threshold(tracestate: str, threshold: int) -> str:
     """``tracestate`` with ``ot``'s ``th`` set to ``threshold`` (other ``ot`` fields kept, ``ot`` moved first).
 
     A span already carrying a higher threshold (sampled with a lower probability upstream) keeps it:
-    its adjusted count must reflect every sampling stage it went through. When ``threshold`` wins, an explicit
-    randomness value (``rv``) is removed: the decision compared the trace id's randomness with ``threshold``,
-    and a ``th`` beside an ``rv`` it was not compared with could contradict it (``rv`` below ``th``).
+    its adjusted count must reflect every sampling stage it went through. An explicit randomness value (``rv``)
+    stays: it is the trace's randomness, which the decision compared with ``threshold`` (see ``randomness``).
     """
     members = [m.strip() for m in tracestate.split(",") if m.strip()] if tracestate else []
     ot_fields: list[str] = []
@@ -81,8 +98,7 @@ def with_threshold(tracestate: str, threshold: int) -> str:
             others.append(member)
     existing = next((decode_threshold(f[3:]) for f in ot_fields if f.startswith("th:")), None)
     effective = max(threshold, existing) if existing is not None else threshold
-    ours = existing is None or threshold > existing
-    kept = [f for f in ot_fields if not f.startswith("th:") and not (ours and f.startswith("rv:"))]
+    kept = [f for f in ot_fields if not f.startswith("th:")]
     ot = "ot=" + ";".join([f"th:{encode_threshold(effective)}", *kept])
     return ",".join([ot, *others])
 

@@ -339,6 +339,27 @@ def test_error_span_exemplars_can_be_turned_off_and_exemplars_altogether() -> No
         assert len(connector.families.span_duration.exemplars(key)) == expected
 
 
+@pytest.mark.parametrize(
+    ("id_randomness", "trace_state", "expected"),
+    [
+        (1, "ot=rv:ffffffffffffff", 1),  # the explicit randomness keeps the trace, so an exemplar may come from it
+        ((1 << 56) - 1, "ot=rv:00000000000001", 0),  # and drops it, whatever the trace id says
+        ((1 << 56) - 1, "", 1),
+    ],
+)
+def test_exemplars_follow_the_explicit_randomness_the_tail_sampler_decides_by(
+    id_randomness: int, trace_state: str, expected: int
+) -> None:
+    connector, _ = make()
+    span = Span(
+        trace_id=id_randomness.to_bytes(16, "big"), span_id=b"\x01" * 8, name="a", trace_state=trace_state,
+        end_time_unix_nano=5,
+    )  # fmt: skip
+    connector.consume(to_request({"svc": [span]}))
+    key = ("svc", "a", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET")
+    assert len(connector.families.span_duration.exemplars(key)) == expected
+
+
 def test_the_connector_neither_mutates_nor_keeps_the_batch(workload: Any) -> None:
     requests, _ = workload
     connector, _ = make()

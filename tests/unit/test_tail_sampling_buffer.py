@@ -18,7 +18,7 @@ NO_SAMPLING = {"policies": {"probabilistic": {"enabled": False}, "errors": {"ena
 
 def test_grouping_finds_each_traces_spans_by_position_even_interleaved_with_roots_and_failures() -> None:
     request = spans_request(span(A, 1, root=True), span(B, 2), span(A, 3, error=True), span(B, 4, root=True))
-    groups, roots, failed = group_by_trace(request.resource_spans[0].scope_spans[0].spans)
+    groups, roots, failed, _ = group_by_trace(request.resource_spans[0].scope_spans[0].spans)
     assert groups == {A: [0, 2], B: [1, 3]}
     assert roots == [A, B]
     assert failed == [A]

@@ -34,7 +34,7 @@ def trace_of(*parts: tuple[Any, list[Span]], trace_id: bytes | None = None) -> B
     for res, spans in parts:
         rs = ResourceSpans(resource=res, scope_spans=[ScopeSpans(spans=spans)])
         ss = rs.scope_spans[0]
-        groups, _, failed = group_by_trace(ss.spans)  # as the sampler reads each scope
+        groups, _, failed, _ = group_by_trace(ss.spans)  # as the sampler reads each scope
         for indices in groups.values():
             trace.add_spans(rs, ss, indices, 0)
         trace.failed = trace.failed or bool(failed)

@@ -145,19 +145,28 @@ def test_a_higher_threshold_recorded_upstream_is_never_lowered() -> None:
 
 
 @pytest.mark.parametrize(
-    ("upstream", "expected"),
+    ("id_randomness", "upstream", "expected"),
     [
-        # Our threshold is stamped: an explicit randomness it was not compared with must go (rv below th).
-        ("ot=rv:00000000000001;x:1,vendor=y", "ot=th:e6666666666666;x:1,vendor=y"),
-        # The upstream threshold is higher and kept, with the randomness it was compared with.
-        ("ot=th:f;rv:ffffffffffffff", "ot=th:f;rv:ffffffffffffff"),
+        # The explicit randomness decides, not the trace id's: kept at 10% although the id says drop ...
+        (1, "ot=rv:ffffffffffffff;x:1,vendor=y", "ot=th:e6666666666666;rv:ffffffffffffff;x:1,vendor=y"),
+        # ... dropped although the id says keep.
+        (MAX_RANDOMNESS, "ot=rv:00000000000001", None),
+        # Head-sampled at 1/2 upstream with rv: 1/2 still applies after our 10%, with the randomness kept.
+        (1, "ot=th:8;rv:ffffffffffffff", "ot=th:e6666666666666;rv:ffffffffffffff"),
+        # A higher upstream threshold is kept, with its randomness.
+        (1, "ot=th:f;rv:ffffffffffffff", "ot=th:f;rv:ffffffffffffff"),
+        # A malformed rv (not 14 hex digits) is not randomness: the id decides.
+        (MAX_RANDOMNESS, "ot=rv:12", "ot=th:e6666666666666;rv:12"),
     ],
 )
-def test_an_explicit_randomness_is_kept_only_beside_the_threshold_it_belongs_to(upstream: str, expected: str) -> None:
+def test_an_explicit_randomness_in_tracestate_decides_and_is_kept(
+    id_randomness: int, upstream: str, expected: str | None
+) -> None:
     r = rig()
-    r.traces.consume(spans_request(span(trace_id_with_randomness(MAX_RANDOMNESS), 1, root=True, trace_state=upstream)))
+    r.traces.consume(spans_request(span(trace_id_with_randomness(id_randomness), 1, root=True, trace_state=upstream)))
     r.tick_after(2)
-    assert exported_spans(r.trace_sink)[0].trace_state == expected
+    exported = exported_spans(r.trace_sink)
+    assert [s.trace_state for s in exported] == ([] if expected is None else [expected])
 
 
 def test_retention_attributes_set_upstream_are_replaced_not_duplicated() -> None:

@@ -82,7 +82,7 @@ from agent.connectors.spanmetrics.genai import (
     normalize_provider,
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
-from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, threshold_for
+from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
 from agent.telemetry.logs import RateLimitedLog
 
 SPAN_KIND_NAMES = {value: name for name, value in Span.SpanKind.items()}
@@ -104,6 +104,11 @@ _NOT_INFERENCE_HINTS = ROLE_OPERATION | ROLE_OPENINFERENCE_KIND | ROLE_TRACELOOP
 
 # (span name, kind number, status code number) -> the span's RED series, one table per service.
 RedLookup = dict[tuple[str, int, int], Execution]
+
+
+def _explicit_randomness_bytes(trace_state: str) -> bytes | None:
+    explicit = explicit_randomness(trace_state)
+    return None if explicit is None else explicit.to_bytes(7, "big")
 
 
 def _as_randomness_bytes(threshold: int) -> bytes:
@@ -354,7 +359,10 @@ class SpanMetricsConnector:
                     last_trace_id = trace_id
                     # The OTEP 235 randomness is the last 7 bytes, big-endian: comparing equal-length bytes
                     # compares the numbers (rjust: a short, invalid id is zero-padded, as randomness() reads it).
-                    kept_trace = trace_id[-7:].rjust(7, b"\0") >= threshold_bytes
+                    trace_randomness = trace_id[-7:].rjust(7, b"\0")
+                    if trace_state and "rv:" in trace_state:  # an explicit randomness wins, as in the sampler
+                        trace_randomness = _explicit_randomness_bytes(trace_state) or trace_randomness
+                    kept_trace = trace_randomness >= threshold_bytes
                 if kept_trace or (failed and error_exemplars):
                     exemplar = (trace_id, span.span_id, end)
 

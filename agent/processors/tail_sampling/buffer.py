@@ -48,19 +48,27 @@ class RequestPin:
         self.holders = holders
 
 
-def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], list[bytes]]:
-    """One pass over a scope's spans: their positions by trace id, and the trace ids of root and failed spans.
+def group_by_trace(
+    spans: Any,
+) -> tuple[dict[bytes, list[int]], list[bytes], list[bytes], dict[bytes, str]]:
+    """One pass over a scope's spans: their positions by trace id; the trace ids of root and failed spans; and
+    the ``tracestate`` of each trace's first span here, when it has one (an explicit randomness, ``rv``, rides
+    there).
 
     Spans of one trace need not be adjacent (an SDK batch interleaves concurrent traces).
     """
     groups: dict[bytes, list[int]] = {}
     roots: list[bytes] = []
     failed: list[bytes] = []
+    states: dict[bytes, str] = {}
     for index, span in enumerate(spans):
         trace_id = span.trace_id
         group = groups.get(trace_id)
         if group is None:
             groups[trace_id] = [index]
+            state = span.trace_state
+            if state:
+                states[trace_id] = state
         else:
             group.append(index)
         if not span.parent_span_id:
@@ -68,7 +76,7 @@ def group_by_trace(spans: Any) -> tuple[dict[bytes, list[int]], list[bytes], lis
         # Most spans have no status at all: asking first avoids building a Status message for each.
         if _has_field(span, "status") and span.status.code == _ERROR:
             failed.append(trace_id)
-    return groups, roots, failed
+    return groups, roots, failed, states
 
 
 _NO_LOGS: tuple[LogFragment, ...] = ()  # until a trace's first log record (then ``add_logs`` makes it a list)
@@ -84,8 +92,8 @@ class BufferedTrace:
     """
 
     __slots__ = (
-        "_spans", "bytes", "failed", "first_seen", "log_bytes", "log_count", "logs", "pins", "root_seen",
-        "span_count", "trace_id",
+        "_spans", "bytes", "explicit_randomness", "failed", "first_seen", "log_bytes", "log_count", "logs", "pins",
+        "root_seen", "span_count", "trace_id",
     )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
@@ -101,6 +109,8 @@ class BufferedTrace:
         self.failed = False
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
         self.pins: tuple[RequestPin, ...] = _NO_PINS  # requests this trace keeps alive beyond its own spans
+        self.explicit_randomness: int | None = None
+        """``rv`` from the ``tracestate`` of the trace's first span: its randomness in place of the trace id's."""
 
     def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int) -> int:
         """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead).

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
+from agent.otlp.probability import explicit_randomness
 from agent.otlp.signals import SPECS, count_log_records, count_spans
 from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer, group_by_trace
 from agent.processors.tail_sampling.config import TailSamplingConfig
@@ -168,7 +169,7 @@ class TailSampler:
                 count = len(spans)
                 if not count:
                     continue
-                groups, roots, failed = group_by_trace(spans)
+                groups, roots, failed, states = group_by_trace(spans)
                 if size is None:
                     scope_bytes = ss.ByteSize()
                     request_bytes += scope_bytes
@@ -189,6 +190,8 @@ class TailSampler:
                             late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
+                        if states and trace_id in states:
+                            trace.explicit_randomness = explicit_randomness(states[trace_id])
                     fragment_bytes = int(bytes_per_span * len(indices))
                     held_spans += len(indices)
                     held_span_bytes += fragment_bytes

@@ -81,7 +81,7 @@ class PolicySet:
         return [p.name for p in self.policies]
 
     def decide(self, trace: BufferedTrace, context: EvaluationContext) -> Decision:
-        rand = randomness(trace.trace_id)
+        rand = trace.explicit_randomness if trace.explicit_randomness is not None else randomness(trace.trace_id)
         combined = MAX_THRESHOLD
         winner: Policy | None = None
         for policy, fixed in self._ranked:
