@@ -432,6 +432,8 @@ def parse_labels(text: str) -> dict[str, str]:
         name = match.group(1)
         if name in labels:
             raise ValueError(f"duplicate label name {name!r}")
+        if "\ufffd" in match.group(2):  # the PromQL lexer Loki parses with cannot tell it from invalid UTF-8
+            raise ValueError(f"parse error: invalid UTF-8 rune in label {name!r}")
         labels[name] = json.loads('"' + match.group(2) + '"')
         position = match.end()
     return labels

@@ -147,7 +147,8 @@ async def test_lines_over_the_limit_are_truncated_with_a_marker_and_counted() ->
         ((_, entry),) = loki.entries()
     assert len(entry.line.encode()) <= 1024
     assert entry.line.startswith("éé")
-    assert entry.line.endswith(f"…[truncated {6000 - 1024} bytes]")
+    kept = entry.line[: entry.line.index("…[truncated ")]
+    assert entry.line.endswith(f"…[truncated {6000 - len(kept.encode())} bytes]")  # the bytes really removed
     assert value(metrics, "loki_truncated_total", what="line") == 1
 
 
@@ -257,6 +258,10 @@ def test_label_names_follow_lokis_rules() -> None:
     assert sanitize_label_name("") == "_"
     rendered = render_labels((("a", 'say "hi"\\\n'), ("b", "x")))
     assert parse_labels(rendered) == {"a": 'say "hi"\\\n', "b": "x"}
+    # A replacement character (left by lossy decoding) is sent escaped, which Loki's parser reads back.
+    with pytest.raises(ValueError, match="invalid UTF-8"):
+        parse_labels('{a="caf\ufffd"}')
+    assert parse_labels(render_labels((("a", "caf\ufffd"),))) == {"a": "caf\ufffd"}
 
 
 def test_the_config_is_checked_against_lokis_limits() -> None:
@@ -303,3 +308,14 @@ def test_structured_metadata_is_kept_within_lokis_limit_in_bytes_not_characters(
 def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name() -> None:
     metadata, _ = _mapped_metadata({"host.name": "record-host"}, {"host.name": "resource-host"})
     assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]
+
+
+async def test_a_resource_key_repeated_in_a_resource_gives_one_label_not_a_rejected_stream() -> None:
+    request = logs_request(records=[record("x", 1)])
+    resource = request.resource_logs[0].resource
+    resource.attributes.extend([attr("deployment.environment", "a"), attr("deployment.environment", "b")])
+    with LokiDouble() as loki:
+        config = loki_config(loki.url, label_resource_attributes=["deployment.environment"])
+        await export(config, [(Signal.LOGS, request)], SelfMetrics(), loki.entries)
+        ((labels, _),) = loki.entries()
+    assert labels["deployment_environment"] == "b"  # the last, as the JSON encoding keeps it

@@ -184,7 +184,7 @@ class StreamMapper:
 
     def _resource(self, resource: Any) -> tuple[str, str | None, list[tuple[str, str]], list[tuple[str, str]]]:
         service = "unknown_service"
-        labels: list[tuple[str, str]] = []
+        labels: dict[str, str] = {}  # by name: a key repeated in the resource (invalid OTLP) gives one label
         metadata: list[tuple[str, str]] = []
         for kv in resource.attributes:
             key = kv.key
@@ -195,11 +195,11 @@ class StreamMapper:
             elif key in self._label_attributes:
                 value = truncate_utf8(any_value_text(kv.value), MAX_LABEL_VALUE_BYTES)
                 if value:
-                    labels.append((self._label_attributes[key], value))
+                    labels[self._label_attributes[key]] = value
             else:
                 metadata.append((self._name(key), any_value_text(kv.value)))
         has_class = any(kv.key == RETENTION_ATTRIBUTE for kv in resource.attributes)
-        return service, self._classifier.of(resource.attributes) if has_class else None, labels, metadata
+        return service, self._classifier.of(resource.attributes) if has_class else None, list(labels.items()), metadata
 
     @staticmethod
     def _timestamp(record: Any) -> int:
@@ -213,9 +213,10 @@ class StreamMapper:
         if len(raw) <= self._max_line_bytes:
             return line
         self.truncated_lines += 1
-        marker = f"…[truncated {len(raw) - self._max_line_bytes} bytes]"
-        keep = self._max_line_bytes - len(marker.encode())
-        return raw[:keep].decode("utf-8", "ignore") + marker
+        # The marker names the bytes really removed; its longest form (all of them) sets the room it takes.
+        room = len(f"…[truncated {len(raw)} bytes]".encode())
+        kept = raw[: self._max_line_bytes - room].decode("utf-8", "ignore")
+        return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
 
     def _metadata(self, record: Any, shared: list[tuple[str, str]]) -> list[tuple[str, str]]:
         metadata: list[tuple[str, str]] = []

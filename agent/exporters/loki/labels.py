@@ -34,7 +34,10 @@ def truncate_utf8(text: str, limit: int) -> str:
 
 
 def escape_label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # U+FFFD is escaped too: Loki parses the selector with the PromQL lexer, which refuses the character itself
+    # (it cannot tell it from invalid UTF-8) but reads the \ufffd escape; lossy decoding leaves it in names.
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return escaped.replace("\ufffd", "\\ufffd")
 
 
 def render_labels(labels: tuple[tuple[str, str], ...]) -> str:
