@@ -620,3 +620,73 @@ service: {pipelines: {metrics: {receivers: [otlp], exporters: [prometheus]}}}
     message = str(caught.value)
     assert "exporters.prometheus.endpoint: must be host:port" in message
     assert "exporters.prometheus.max_series: must be positive" in message
+
+
+# --- edge cases of the OTLP-to-Prometheus rules ------------------------------------------------------------------
+
+
+def test_a_histogram_without_a_sum_or_over_negative_values_has_no_sum_and_its_count_is_the_inf_bucket() -> None:
+    exp, _ = exporter()
+    no_sum = HistogramDataPoint(time_unix_nano=S, count=2, explicit_bounds=[1.0], bucket_counts=[1, 1])
+    exp.consume(request(histogram_metric("no.sum", no_sum)))
+    negative = ExponentialHistogramDataPoint(time_unix_nano=S, count=2, sum=-3.0, scale=0)
+    negative.negative.bucket_counts.extend([2])
+    metric = Metric(name="offsets", unit="s")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(negative)
+    exp.consume(request(metric))
+    out = text(exp)
+    for name in ("no_sum_seconds", "offsets_seconds"):
+        assert metric_value(out, f"{name}_bucket", le="+Inf") == 2
+        assert f"{name}_sum" not in out and f"{name}_count" not in out  # a _count needs a _sum in OpenMetrics
+    list(text_string_to_metric_families(openmetrics(exp)))  # valid OpenMetrics
+
+
+def test_an_le_or_quantile_attribute_is_kept_as_exported_le_not_overwritten() -> None:
+    exp, _ = exporter()
+    points = [
+        HistogramDataPoint(time_unix_nano=S, count=n, explicit_bounds=[1.0], bucket_counts=[n, 0], sum=n, **kw)
+        for n, kw in ((1, {"attributes": [attr("le", "a")]}), (5, {"attributes": [attr("le", "b")]}))
+    ]
+    exp.consume(request(histogram_metric("lat", *points)))
+    summary = Metric(name="gc", unit="s")
+    summary.summary.data_points.append(SummaryDataPoint(time_unix_nano=S, count=1, attributes=[attr("quantile", "x")]))
+    exp.consume(request(summary))
+    out = text(exp)
+    assert metric_value(out, "lat_seconds_bucket", le="1.0", exported_le="a") == 1
+    assert metric_value(out, "lat_seconds_bucket", le="1.0", exported_le="b") == 5
+    assert metric_value(out, "gc_seconds_count", exported_quantile="x") == 1
+
+
+def test_a_metric_named_target_info_is_dropped_not_merged_into_the_resource_family() -> None:
+    exp, metrics = exporter()
+    gauge = Metric(name="target.info")
+    gauge.gauge.data_points.append(number(1))
+    exp.consume(request(gauge, resource={"service.name": "svc"}))
+    out = text(exp)
+    assert out.count("# HELP target_info") == 1
+    assert dropped(metrics, "name_conflict") == 1
+    assert subprocess.run(["promtool", "check", "metrics"], input=out, text=True, capture_output=True).returncode == 0
+
+
+def test_resource_attributes_without_a_service_name_still_make_a_target_info() -> None:
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("c", number(1)), resource={"host.name": "h1", "k8s.pod.name": "p1"}))
+    exp.consume(request(sum_metric("d", number(1)), resource={"host.name": "h2"}))
+    targets = sorted(line for line in text(exp).splitlines() if line.startswith("target_info{"))
+    assert targets == ['target_info{host_name="h1",k8s_pod_name="p1"} 1.0', 'target_info{host_name="h2"} 1.0']
+
+
+def test_colliding_attribute_values_are_joined_in_the_order_of_their_original_keys() -> None:
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("c", number(1, **{"a_b": "y", "a.b": "x"}))))
+    exp.consume(request(sum_metric("c", number(2, end=2, **{"a.b": "x", "a_b": "y"}))))
+    assert [line for line in text(exp).splitlines() if line.startswith("c_total")] == ['c_total{a_b="x;y"} 2.0']
+
+
+def test_delta_points_without_a_start_time_accumulate() -> None:
+    exp, metrics = exporter()
+    for end, value in ((10, 3), (20, 4)):
+        exp.consume(request(sum_metric("hits", number(value, 0, end), temporality=DELTA)))
+    assert metric_value(text(exp), "hits_total") == 7
+    assert dropped(metrics, "misaligned_delta") == 0

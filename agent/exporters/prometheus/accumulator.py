@@ -82,7 +82,7 @@ class Series:
     exemplar: ExemplarValue | None = None  # counter
     bounds: tuple[float, ...] = ()  # histogram: explicit upper bounds (+Inf implied)
     counts: list[float] = field(default_factory=list)  # histogram: per bucket (not cumulative)
-    sum: float = 0.0  # histogram, summary
+    sum: float | None = 0.0  # histogram (None: the source sent none, or one over negative values), summary
     count: float = 0.0  # histogram, summary
     exemplars: list[ExemplarValue | None] | None = None  # histogram: per bucket
     quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
@@ -251,12 +251,13 @@ class Accumulator:
         job = f"{namespace}/{name}" if namespace and name else name
         instance = attrs.get("service.instance.id", "")
         identity = {k: v for k, v in (("job", job), ("instance", instance)) if v}
-        if identity:
-            info = dict(identity)
-            for key, value in attrs.items():
-                if key not in IDENTIFYING_RESOURCE_KEYS and value:
-                    info.setdefault(self._label_name(key), value)
-            self._targets[tuple(sorted(identity.items()))] = Target(info, now)
+        info = dict(identity)
+        for key, value in attrs.items():
+            if key not in IDENTIFYING_RESOURCE_KEYS and value:
+                info.setdefault(self._label_name(key), value)
+        if len(info) > len(identity) or identity:
+            # Without job/instance the scrape's own target labels identify it: one entry per attribute set.
+            self._targets[tuple(sorted((identity or info).items()))] = Target(info, now)
         if not self._resource_labels:
             return identity
         labels = {self._label_name(k): v for k, v in attrs.items() if v}
@@ -348,20 +349,37 @@ class Accumulator:
 
     def _exposed_names_taken(self, name: str, kind: str) -> bool:
         mine = exposed_names(name, kind)
+        if TARGET_INFO in mine:  # the exporter's own family of resource attributes
+            return True
         return any(not mine.isdisjoint(exposed_names(other.name, other.type)) for other in self._families.values())
 
     def _labels(self, attributes: Iterable[KeyValue], base: dict[str, str]) -> dict[str, str]:
         labels: dict[str, str] = {}
+        collided = False
         for kv in attributes:
             raw = kv.value
             value = raw.string_value or label_value(raw)  # strings first: no WhichOneof for the common case
             if not value:
                 continue
             name = self._label_name(kv.key)
-            labels[name] = f"{labels[name]};{value}" if name in labels else value
+            if name in labels:
+                collided = True
+            labels[name] = value
+        if collided:
+            labels.update(self._joined_collisions(attributes))
         for name, value in base.items():
             labels.setdefault(name, value)
         return labels
+
+    def _joined_collisions(self, attributes: Iterable[KeyValue]) -> dict[str, str]:
+        """Values of keys that sanitize to one label name, joined with ``;`` in the order of their original keys
+        (the specification's order: the same attributes give the same series however the SDK ordered them)."""
+        by_name: dict[str, list[tuple[str, str]]] = {}
+        for kv in attributes:
+            value = kv.value.string_value or label_value(kv.value)
+            if value:
+                by_name.setdefault(self._label_name(kv.key), []).append((kv.key, value))
+        return {name: ";".join(v for _, v in sorted(pairs)) for name, pairs in by_name.items() if len(pairs) > 1}
 
     def _series(self, family: Family, labels: dict[str, str], create: bool = True) -> Series | None:
         key = tuple(sorted(labels.items()))
@@ -396,7 +414,7 @@ class Accumulator:
                 continue
             fresh = not series.seen
             if delta and not fresh:
-                if point.start_time_unix_nano < series.time_ns:
+                if 0 < point.start_time_unix_nano < series.time_ns:  # 0: unset, nothing to check
                     self._on_drop("misaligned_delta", 1)
                     continue
                 series.value += value
@@ -420,7 +438,7 @@ class Accumulator:
         exponential = metric.WhichOneof("data") == "exponential_histogram"
         for point in points:
             yield  # a pause point between data points (see _fold)
-            labels = self._labels(point.attributes, base)
+            labels = _without_reserved(self._labels(point.attributes, base), "le")
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)
                 continue
@@ -440,16 +458,16 @@ class Accumulator:
             if series is None:
                 continue
             fresh = not series.seen
-            total_sum = point.sum if point.HasField("sum") else 0.0
+            total_sum = _exposable_sum(point, exponential)
             if delta and not fresh:
                 if bounds != series.bounds:
                     self._on_drop("bucket_mismatch", 1)
                     continue
-                if point.start_time_unix_nano < series.time_ns:
+                if 0 < point.start_time_unix_nano < series.time_ns:  # 0: unset, nothing to check
                     self._on_drop("misaligned_delta", 1)
                     continue
                 series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
-                series.sum += total_sum
+                series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
                 series.count += float(point.count)
             else:
                 if not fresh and point.time_unix_nano < series.time_ns:
@@ -480,7 +498,7 @@ class Accumulator:
             return
         for point in points:
             yield  # a pause point between data points (see _fold)
-            labels = self._labels(point.attributes, base)
+            labels = _without_reserved(self._labels(point.attributes, base), "quantile")
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)
                 continue
@@ -522,6 +540,27 @@ class Accumulator:
     @property
     def series_count(self) -> int:
         return self._series_count
+
+
+TARGET_INFO = "target_info"
+
+
+def _without_reserved(labels: dict[str, str], reserved: str) -> dict[str, str]:
+    """An attribute named like the label a family type adds itself (``le``, ``quantile``) would be overwritten by
+    it, merging series: it is kept as ``exported_<name>``, as Prometheus renames clashing target labels."""
+    if reserved in labels:
+        labels[f"exported_{reserved}"] = labels.pop(reserved)
+    return labels
+
+
+def _exposable_sum(point: Any, exponential: bool) -> float | None:
+    """A histogram's sum, when the source sent one and it can be exposed: not over negative observations, which
+    would make ``_sum`` decrease (the OTLP-to-Prometheus rules)."""
+    if not point.HasField("sum"):
+        return None
+    if exponential and any(point.negative.bucket_counts):
+        return None
+    return point.sum
 
 
 def _copy(series: Series) -> Series:

@@ -48,6 +48,10 @@ def to_metric(family: Family) -> Metric:
                 exemplar = _exemplar(exemplars[index]) if exemplars is not None else None
                 labels = {**series.labels, "le": floatToGoString(upper)}
                 metric.add_sample(name + "_bucket", labels, cumulative, exemplar=exemplar)
+            if series.sum is None:
+                # No sum to expose (none sent, or over negative values): OpenMetrics then allows no _count either;
+                # the +Inf bucket holds the count.
+                continue
             # _count must equal the +Inf bucket for Prometheus, whatever the source's count said.
             metric.add_sample(name + "_count", series.labels, cumulative)
             metric.add_sample(name + "_sum", series.labels, series.sum)
