@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.component import PermanentError, Refused
+from agent.component import PermanentError, Refused, Signal
 from agent.config.loader import load_text
 from agent.otlp.probability import threshold_for
 from agent.pipeline.graph import Graph
@@ -373,22 +373,54 @@ def test_logs_of_a_dropped_trace_are_released_not_dropped_with_a_class_from_seve
     assert sorted(exported_logs(r.log_sink)) == [("boom", "error", "severity"), ("info", "standard", "severity")]
 
 
-def test_logs_without_a_buffered_trace_pass_at_once_classed_by_severity() -> None:
+def test_logs_without_a_trace_or_of_a_dropped_trace_pass_at_once_classed_by_severity() -> None:
     r = rig()
+    r.traces.consume(spans_request(span(DROPPED, 1, root=True)))
+    r.tick_after(2)
     r.logs.consume(
         logs_request(
             log_record(body="plain"),
             log_record(body="bad", severity=17),
             log_record(body="fatal text", severity=0, severity_text="fatal"),
-            log_record(KEPT, body="unknown trace"),
+            log_record(DROPPED, body="dropped trace"),
         )
     )
     assert sorted(exported_logs(r.log_sink)) == [
         ("bad", "error", "severity"),
+        ("dropped trace", "standard", "severity"),
         ("fatal text", "error", "severity"),
         ("plain", "standard", "severity"),
-        ("unknown trace", "standard", "severity"),
     ]
+
+
+def test_a_log_arriving_before_its_traces_spans_waits_for_them_and_takes_the_traces_class() -> None:
+    """SDKs export logs every second and spans every five: an error trace's INFO log comes first."""
+    r = rig()
+    r.logs.consume(logs_request(log_record(DROPPED, body="step started")))
+    assert exported_logs(r.log_sink) == []
+    r.tick_after(1)
+    r.traces.consume(spans_request(span(DROPPED, 1, root=True, error=True)))
+    r.tick_after(2)
+    assert exported_logs(r.log_sink) == [("step started", "error", "errors")]
+
+
+def test_a_log_whose_spans_never_come_is_released_after_the_decision_wait() -> None:
+    r = rig()
+    r.logs.consume(logs_request(log_record(DROPPED, body="orphan"), log_record(KEPT, body="orphan in a kept id")))
+    r.tick_after(9)
+    assert exported_logs(r.log_sink) == []
+    r.tick_after(2)  # decision_wait (10s) has passed: decided on what arrived, as any trace
+    assert sorted(exported_logs(r.log_sink)) == [
+        ("orphan", "standard", "severity"),
+        ("orphan in a kept id", "standard", "probabilistic"),
+    ]
+
+
+def test_logs_pass_at_once_when_no_traces_pipeline_shares_the_sampler() -> None:
+    r = rig()
+    r.sampler._consumers.pop(Signal.TRACES)
+    r.logs.consume(logs_request(log_record(KEPT, body="no spans will come")))
+    assert exported_logs(r.log_sink) == [("no spans will come", "standard", "severity")]
 
 
 def test_a_late_log_of_a_kept_trace_takes_the_trace_class_and_an_error_log_never_loses_its_error_class() -> None:

@@ -217,9 +217,16 @@ class TailSampler:
         self._after_ingest(release)
 
     def consume_logs(self, request: Any, size: int | None = None) -> None:
-        """Hold records of buffered traces with them; classify and pass all others at once."""
+        """Hold records of undecided traces with them; classify and pass all others at once.
+
+        A record of a trace not seen yet starts that trace's wait: SDKs export logs sooner than spans (every 1 s
+        against 5 s by default), so the records of an error trace would otherwise be classed by their severity
+        before its error span arrived.
+        """
         self._refuse_if_full()
-        buffer, kept, logs = self.buffer, self.kept, self.logs
+        buffer, kept, dropped, logs = self.buffer, self.kept, self.dropped, self.logs
+        waits_for_spans = Signal.TRACES in self._consumers
+        now = self._clock()
         release = Release(self._config.max_batch_bytes, self._stamps)
         holders: list[BufferedTrace] = []  # traces that took records of this request (once per fragment)
         request_bytes = size or 0
@@ -242,6 +249,10 @@ class TailSampler:
                         decision = kept.get(trace_id)
                         if decision is not None:
                             passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
+                            continue
+                        if waits_for_spans and trace_id not in dropped:
+                            buffer.create(trace_id, now)
+                            held.setdefault(trace_id, []).append(record)
                             continue
                     passing.setdefault(logs.by_severity(record), []).append(record)
                 if size is None:
