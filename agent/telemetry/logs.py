@@ -71,6 +71,14 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str, **extra: Any) -> None:
+        self._log(logging.WARNING, key, message, extra)
+
+    def exception(self, key: str, message: str, **extra: Any) -> None:
+        """An error with the traceback of the exception being handled (a bug's symptom), at most once per
+        interval."""
+        self._log(logging.ERROR, key, message, extra, exc_info=True)
+
+    def _log(self, level: int, key: str, message: str, extra: dict[str, Any], exc_info: bool = False) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -80,4 +88,4 @@ class RateLimitedLog:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             extra["suppressed_since_last"] = suppressed
-        self._logger.warning(message, extra=extra)
+        self._logger.log(level, message, extra=extra, exc_info=exc_info)

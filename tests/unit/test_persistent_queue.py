@@ -287,3 +287,36 @@ async def test_the_items_of_a_record_that_no_longer_decodes_are_counted_as_faile
     text = metrics.render().decode()
     assert backend.received == []
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="corrupt") == spans_in(batch)
+
+
+async def test_the_periodic_fsync_survives_a_moment_without_file_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """os.dup failing (EMFILE) once must not end the periodic sync for good: it is logged and tried again."""
+    import agent.exporters._helper.persistent_queue as persistent_queue
+
+    store = PersistentStore(
+        tmp_path,
+        build_config(StorageConfig, {"directory": str(tmp_path), "sync_interval": "10ms"}),
+        make_settings("otlp", SelfMetrics()),
+    )
+    await store.open()
+    synced: list[int] = []
+    real_dup, failures = persistent_queue.os.dup, [1]
+
+    def dup_once_failing(fd: int) -> int:
+        if failures:
+            failures.pop()
+            raise OSError(24, "Too many open files")
+        return real_dup(fd)
+
+    monkeypatch.setattr(persistent_queue.os, "dup", dup_once_failing)
+    monkeypatch.setattr(persistent_queue.os, "fsync", lambda fd: synced.append(fd))
+    store.put(Signal.TRACES, batches(1)[0], 1, 100)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if synced:
+            break
+    await store.close()
+    assert synced, "the sync task stopped after the failure"
+    assert any("cannot fsync the persistent queue" in r.getMessage() for r in caplog.records)

@@ -6,6 +6,7 @@ Time is a fake clock and ticks are called by the test, so nothing sleeps (except
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import tracemalloc
 from pathlib import Path
@@ -485,6 +486,32 @@ async def test_the_timer_task_decides_due_traces_on_the_event_loop() -> None:
         assert len(exported_spans(r.trace_sink)) == 1
     finally:
         await r.traces.shutdown(time.monotonic() + 1)
+
+
+async def test_a_failing_tick_is_counted_logged_with_its_traceback_and_the_timer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = rig(tick_interval="10ms")
+    failures = [ZeroDivisionError("injected")] * 3
+    real_tick = r.sampler.tick
+
+    def flaky_tick(max_spans: float = math.inf) -> bool:
+        if failures:
+            raise failures.pop()
+        return real_tick(max_spans)
+
+    r.sampler.tick = flaky_tick  # type: ignore[method-assign]
+    await r.traces.start()
+    try:
+        for _ in range(100):
+            if not failures and r.metric("otel_sidecar_sampling_tick_failures_total") == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await r.traces.shutdown(time.monotonic() + 1)
+    assert r.metric("otel_sidecar_sampling_tick_failures_total") == 3
+    (logged,) = [rec for rec in caplog.records if "tick failed" in rec.getMessage()]  # rate-limited: once
+    assert logged.levelname == "ERROR" and logged.exc_info is not None
 
 
 def test_a_tick_with_a_span_budget_decides_the_oldest_due_traces_within_it_and_says_when_more_are_due() -> None:

@@ -336,13 +336,19 @@ class PersistentStore:
             if not self._dirty or self._active is None:
                 continue
             self._dirty = False
-            fd = os.dup(self._active.fd)  # the segment may be closed while the thread syncs
             try:
-                await asyncio.to_thread(os.fsync, fd)
-            except OSError as exc:
+                await self._sync_active()
+            except OSError as exc:  # out of descriptors, a failing disk: said, and tried again next time
+                self._dirty = True
                 self._settings.logger.error("cannot fsync the persistent queue", extra={"error": str(exc)})
-            finally:
-                os.close(fd)
+
+    async def _sync_active(self) -> None:
+        assert self._active is not None
+        fd = os.dup(self._active.fd)  # the segment may be closed while the thread syncs
+        try:
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
 
     # --- reading and acknowledging ---------------------------------------------------------------------------------
 

@@ -43,6 +43,11 @@ class SamplingMetrics:
             [*label, "reason"],
         )
         self.forced = {reason: forced.labels(cid, reason) for reason in FORCED_REASONS}
+        self.tick_failures = m.counter(
+            "sampling_tick_failures_total",
+            "Timer ticks that failed (a bug; logged with its traceback): decisions wait for the next tick.",
+            label,
+        ).labels(cid)
         late = m.counter(
             "sampling_late_spans_total",
             "Spans arriving after their trace was decided, forwarded (keep) or dropped (drop) at once by the "

@@ -119,7 +119,8 @@ class TailSampler:
                 while self.tick(TICK_SLICE_SPANS):
                     await asyncio.sleep(0)
             except Exception as exc:  # a bug here must not stop all future decisions
-                self._log.warning("tick", f"tail_sampling tick failed: {exc!r}", error=type(exc).__name__)
+                self.metrics.tick_failures.inc()
+                self._log.exception("tick", f"tail_sampling tick failed: {exc!r}", error=type(exc).__name__)
 
     def tick(self, max_spans: float = math.inf) -> bool:
         """Retry refused data, decide the traces that are due, release them together.
