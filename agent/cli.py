@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import yaml
@@ -69,9 +74,51 @@ def _run(config: AgentConfig) -> int:
     async def serve() -> None:
         await Agent(config).run()
 
+    # Not asyncio.run: on exit it waits, without limit, for every thread of the default executor, so one file
+    # write or fsync blocked on a hung disk or a full FIFO would keep the pod alive until SIGKILL.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="otel-sidecar-io")
+    loop.set_default_executor(executor)
+    code = EXIT_OK
     try:
-        asyncio.run(serve())
+        loop.run_until_complete(serve())
     except (OSError, RuntimeError) as exc:
         logger.error("agent failed to start", extra={"error": str(exc)})
-        return EXIT_START_FAILED
-    return EXIT_OK
+        code = EXIT_START_FAILED
+    finally:
+        _close(loop, executor)
+    stuck = _threads_still_blocked(EXECUTOR_GRACE_SECONDS)
+    if stuck:
+        logger.error("exiting without waiting for blocked calls (a file write or fsync)", extra={"threads": stuck})
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+EXECUTOR_GRACE_SECONDS = 2.0
+
+
+def _close(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor) -> None:
+    """What ``asyncio.run`` does on exit, except waiting for the executor's threads."""
+    try:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _threads_still_blocked(grace: float) -> list[str]:
+    """Names of non-daemon threads (the interpreter would wait for them at exit) still alive after ``grace``."""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)

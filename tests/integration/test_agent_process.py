@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -144,6 +145,28 @@ def test_readiness_turns_false_during_shutdown_and_the_process_exits_zero(tmp_pa
         assert agent.metric("otel_sidecar_process_resident_memory_bytes") > 0
         assert agent.stop() == 0
         assert http_get(agent.admin_url + "/health/ready")[0] == 0  # the port is closed after exit
+
+
+def test_a_write_blocked_forever_does_not_keep_the_process_alive_past_the_shutdown_budget(tmp_path: Path) -> None:
+    """A file exporter writing into a FIFO nobody reads (as a hung disk would block a write or an fsync)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "traces.jsonl")
+    config = base_config(out)
+    config["service"]["shutdown_timeout"] = "2s"
+    agent = AgentProcess(config, tmp_path).start()
+    try:
+        _send_workload_to(agent.grpc_endpoint, traces=5)
+        wait_until(lambda: agent.metric("otel_sidecar_receiver_accepted_items_total") > 0, what="spans accepted")
+        time.sleep(0.5)  # the writer thread is now blocked opening the FIFO
+        started = time.monotonic()
+        code = agent.stop(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        agent.kill()
+    assert code == 0
+    assert took < 2 + 2 + 3, took  # shutdown_timeout, the grace for blocked threads, process start-up slack
+    assert "exiting without waiting for blocked calls" in agent.log()
 
 
 def test_metrics_and_logs_pass_through_to_the_file_exporter(tmp_path: Path) -> None:
