@@ -186,9 +186,23 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full - rejected
 
 
+async def send_60_traces_through(gateways: dict[str, Gateway]) -> tuple[str, int, int]:
+    """Send 60 traces through an exporter on ``gateways`` and stop it: its metrics text, the spans sent, and how
+    many of them the first gateway owns."""
+    import time
+
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    spans = [s for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    owned_by_first = sum(1 for s in spans if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0])
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    await exporter._queue.shutdown(time.monotonic() + 5)
+    return metrics.render().decode(), len(spans), owned_by_first
+
+
 async def test_a_gateway_rejecting_its_part_for_good_is_counted_as_the_otlp_exporter_counts_it() -> None:
     """send_failed{reason="rejected"} and rejected_items, as for a 400 to the otlp exporter; the rest is sent."""
-    import time
 
     from agent.exporters._helper.retry import PermanentExportError
 
@@ -197,17 +211,7 @@ async def test_a_gateway_rejecting_its_part_for_good_is_counted_as_the_otlp_expo
         GATEWAYS[1]: Gateway(),
         GATEWAYS[2]: Gateway(),
     }
-    exporter, metrics = exporter_with(gateways)
-    await exporter._queue.start()
-    batch = batch_of(60)
-    total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
-    owned_by_rejecting = sum(
-        1 for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans
-        if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
-    )  # fmt: skip
-    exporter.consumer_for(Signal.TRACES).consume(batch)
-    await exporter._queue.shutdown(time.monotonic() + 5)
-    text = metrics.render().decode()
+    text, total, owned_by_rejecting = await send_60_traces_through(gateways)
     assert 0 < owned_by_rejecting < total
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="rejected") == owned_by_rejecting
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == owned_by_rejecting
@@ -216,20 +220,9 @@ async def test_a_gateway_rejecting_its_part_for_good_is_counted_as_the_otlp_expo
 
 async def test_a_part_rerouted_after_a_timeout_counts_as_a_possible_duplicate() -> None:
     """The first gateway may have stored it before its answer was late: both may now hold it."""
-    import time
-
     late = Gateway(RetryableError("no answer within 5s", reason="timeout", maybe_delivered=True))
     gateways = {GATEWAYS[0]: late, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, metrics = exporter_with(gateways)
-    await exporter._queue.start()
-    batch = batch_of(60)
-    owned_by_late = sum(
-        1 for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans
-        if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
-    )  # fmt: skip
-    exporter.consumer_for(Signal.TRACES).consume(batch)
-    await exporter._queue.shutdown(time.monotonic() + 5)
-    text = metrics.render().decode()
+    text, _, owned_by_late = await send_60_traces_through(gateways)
     assert owned_by_late > 0
     assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == owned_by_late
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == owned_by_late
