@@ -226,3 +226,25 @@ async def test_a_part_rerouted_after_a_timeout_counts_as_a_possible_duplicate() 
     assert owned_by_late > 0
     assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == owned_by_late
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == owned_by_late
+
+
+async def test_parts_with_no_gateway_left_to_take_them_are_not_counted_as_rerouted_or_duplicated() -> None:
+    late = RetryableError("no answer within 5s", reason="timeout", maybe_delivered=True)
+    exporter, metrics = exporter_with({gateway: Gateway(late) for gateway in GATEWAYS})
+    with pytest.raises(RetryableError) as raised:
+        await exporter._push(Signal.TRACES, batch_of(30))
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == 0
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == 0
+    assert raised.value.maybe_delivered  # every part may sit on a gateway: a later delivery may duplicate it
+
+
+async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_not_as_lost() -> None:
+    """A throttled gateway's part waits in the retry; the shutdown deadline ends the wait."""
+    full = Gateway(RetryableError("full", reason="resource_exhausted", retry_after=30.0))
+    text, total, owned_by_full = await send_60_traces_through(
+        {GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    )
+    assert 0 < owned_by_full < total
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == owned_by_full

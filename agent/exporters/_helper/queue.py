@@ -150,9 +150,22 @@ class _Group:
 
     entries: list[QueueEntry]
     items: int = 0
+    # The request being pushed and its items before the push, which may deliver part of it and leave only the
+    # rest in it (loadbalancing): what a cut-short push delivered is counted as sent, not lost.
+    sending: Message | None = None
+    sending_items: int = 0
 
     def __post_init__(self) -> None:
         self.items = sum(e.items for e in self.entries)
+
+    def settle_partial_delivery(self, signal: Signal) -> int:
+        """Items the request being pushed had delivered when the push was cut short (taken off ``items``)."""
+        if self.sending is None:
+            return 0
+        delivered = max(self.sending_items - SPECS[signal].count_items(self.sending), 0)
+        self.items -= delivered
+        self.sending = None
+        return delivered
 
     def append(self, entry: QueueEntry) -> None:
         self.entries.append(entry)
@@ -365,16 +378,19 @@ class SendingQueue:
         delivered = True
         for part in parts:
             part_items = SPECS[signal].count_items(part)  # before the push, which may cut the part down
+            group.sending, group.sending_items = part, part_items
             outcome = await self._send_part(signal, part)
             if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
                     self._stop_taking = True  # the rest stays on disk for the next start
                     group.items = 0
                     return
+                self._count_partly_sent(signal, group)
                 self._count_failed(signal, group.items, "shutdown")
                 group.items = 0
                 delivered = False
                 break
+            group.sending = None
             delivered = delivered and outcome is _Outcome.SENT
             group.items -= part_items
         duplicates = sum(e.items for e in entries if e.maybe_duplicate)
@@ -397,10 +413,16 @@ class SendingQueue:
         with contextlib.suppress(Exception):
             self._store.ack(group.entries)
 
+    def _count_partly_sent(self, signal: Signal, group: _Group) -> None:
+        delivered = group.settle_partial_delivery(signal)
+        if delivered:
+            self._sent.labels(self._settings.component_id, signal.value).inc(delivered)
+
     def _abandon(self, group: _Group) -> None:
         """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
         if not self._store.persistent and group.items:
             signal = group.entries[0].signal
+            self._count_partly_sent(signal, group)
             self._count_failed(signal, group.items, "shutdown")
             self._settings.logger.error(
                 "shutdown deadline reached while sending; the batch was not delivered",
@@ -450,8 +472,8 @@ class SendingQueue:
             self._sent.labels(cid, signal.value).inc(items - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
-            if maybe_delivered:
-                self._duplicates.labels(cid, signal.value).inc(items)
+            if maybe_delivered:  # what the successful attempt sent again (a push may have cut the part down)
+                self._duplicates.labels(cid, signal.value).inc(SPECS[signal].count_items(part))
             return _Outcome.SENT
         finally:
             self._latency.observe(time.perf_counter() - started)

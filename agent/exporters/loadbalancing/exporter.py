@@ -128,13 +128,21 @@ class LoadBalancingExporter:
         pending: Message | None = batch
         waiting: list[Message] = []
         rejected = 0
-        unconfirmed = False  # a part's attempt timed out after sending: its gateway may hold it
+        # Items of ``pending`` that failed on another gateway (counted as rerouted once sent again), and of those
+        # the ones whose attempt timed out after sending (that gateway may hold them: a possible duplicate).
+        rerouted_items = unconfirmed_items = 0
+        cid = self._settings.component_id
         last_error: RetryableError | None = None
         longest_wait: float | None = None  # the longest delay a throttled gateway asked for
         for _round in range(len(self._transports) + 1):
             ring = self._healthy_ring()
             if pending is None or not len(ring):
                 break
+            if rerouted_items:  # counted when they do go to another gateway, not when there is none
+                self._reroutes.labels(cid, signal.value).inc(rerouted_items)
+                if unconfirmed_items:
+                    self._duplicates.labels(cid, signal.value).inc(unconfirmed_items)
+                rerouted_items = unconfirmed_items = 0
             parts = _SPLITTERS[signal](pending, ring.owner)
             outcomes = await asyncio.gather(*(self._send(signal, gw, part) for gw, part in parts.items()))
             rerouted: list[Message] = []
@@ -143,20 +151,16 @@ class LoadBalancingExporter:
                     rejected += outcome
                     continue
                 last_error = outcome
-                unconfirmed = unconfirmed or outcome.maybe_delivered
                 if outcome.retry_after is not None:
                     waiting.append(part)  # throttled: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
                 else:
                     self._eject(gateway, outcome)
                     rerouted.append(part)
-                    if outcome.maybe_delivered:  # sent again elsewhere: both gateways may keep it
-                        self._duplicates.labels(self._settings.component_id, signal.value).inc(
-                            SPECS[signal].count_items(part)
-                        )
+                    items = SPECS[signal].count_items(part)
+                    rerouted_items += items
+                    unconfirmed_items += items if outcome.maybe_delivered else 0
             pending = merge(rerouted) if rerouted else None
-            if pending is not None:
-                self._reroutes.labels(self._settings.component_id, signal.value).inc(SPECS[signal].count_items(pending))
         undelivered = [*waiting, *([pending] if pending is not None else [])]
         if not undelivered:
             return rejected
@@ -166,7 +170,8 @@ class LoadBalancingExporter:
             batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
         error = last_error or RetryableError("no gateway is available", reason="no_backends")
         error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
-        error.maybe_delivered = error.maybe_delivered or unconfirmed
+        # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate.
+        error.maybe_delivered = unconfirmed_items > 0
         if longest_wait is not None:
             error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
         raise error
