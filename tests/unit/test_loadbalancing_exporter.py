@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -248,3 +249,27 @@ async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_no
     assert 0 < owned_by_full < total
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == owned_by_full
+
+
+async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing() -> None:
+    from agent.config.schema import Duration
+
+    busy = Gateway(RetryableError("busy", reason="resource_exhausted", retry_after=0.01))
+    gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    metrics = SelfMetrics()
+    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    config = LoadBalancingExporterConfig(
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), max_throttled=Duration(0.2)
+    )
+    exporter = LoadBalancingExporter(config, settings)
+    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    batch = batch_of(60)
+    owned_by_busy = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):  # busy for less than max_throttled: its traces wait for it
+        await exporter._push(Signal.TRACES, batch)
+    assert trace_ids(batch) == owned_by_busy
+    await asyncio.sleep(0.25)
+    assert await exporter._push(Signal.TRACES, batch) == 0  # busy for too long: out of the ring, traces moved on
+    delivered = set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received)
+    assert owned_by_busy <= delivered and not busy.received
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1

@@ -81,6 +81,13 @@ class LoadBalancingExporterConfig:
         doc="A gateway that fails with a retryable error is taken out of the ring for this long; its traces go "
         "to the next gateway on the ring meanwhile.",
     )
+    max_throttled: Duration = setting(
+        Duration(10.0),
+        doc="How long a gateway may keep answering 'busy, retry later' (RetryInfo, Retry-After) before it is taken "
+        "out of the ring like a failed one. Until then its traces wait for it (a trace stays on one gateway); "
+        "past it they go to the next gateway, so that one busy gateway cannot hold up the others' traces, which "
+        "wait in the same queue. 0: never.",
+    )
     retry_on_failure: RetryConfig = setting(
         doc="Retries when no gateway took the data.",
         default_factory=lambda: RetryConfig(initial_interval=Duration(1.0)),

@@ -39,6 +39,7 @@ class LoadBalancingExporter:
         self._log = RateLimitedLog(settings.logger)
         self._transports: dict[str, Transport] = {}
         self._ejected_until: dict[str, float] = {}
+        self._throttled_since: dict[str, float] = {}  # gateways answering "busy" since, until they take data
         self._ring = HashRing([])
         self._ring_key: tuple[str, ...] = ()
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
@@ -86,6 +87,7 @@ class LoadBalancingExporter:
         for endpoint in removed:
             transport = self._transports.pop(endpoint)
             self._ejected_until.pop(endpoint, None)
+            self._throttled_since.pop(endpoint, None)
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
         self._settings.logger.info(
@@ -105,7 +107,13 @@ class LoadBalancingExporter:
             self._healthy.labels(self._settings.component_id).set(len(healthy))
         return self._ring
 
+    def _throttled_too_long(self, gateway: str) -> bool:
+        limit = float(self._config.max_throttled)
+        since = self._throttled_since.setdefault(gateway, time.monotonic())
+        return limit > 0 and time.monotonic() - since >= limit
+
     def _eject(self, endpoint: str, error: Exception) -> None:
+        self._throttled_since.pop(endpoint, None)
         self._ejected_until[endpoint] = time.monotonic() + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
         self._log.warning(
@@ -148,11 +156,12 @@ class LoadBalancingExporter:
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
                 if not isinstance(outcome, RetryableError):
+                    self._throttled_since.pop(gateway, None)
                     rejected += outcome
                     continue
                 last_error = outcome
-                if outcome.retry_after is not None:
-                    waiting.append(part)  # throttled: the same gateway, later
+                if outcome.retry_after is not None and not self._throttled_too_long(gateway):
+                    waiting.append(part)  # busy: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
                 else:
                     self._eject(gateway, outcome)
