@@ -273,3 +273,6 @@ async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_t
     delivered = set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received)
     assert owned_by_busy <= delivered and not busy.received
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+    exporter._ejected_until.clear()  # its cooldown is over: back in the ring, and still busy
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out again at once, nothing waits for it
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 2

@@ -39,7 +39,9 @@ class LoadBalancingExporter:
         self._log = RateLimitedLog(settings.logger)
         self._transports: dict[str, Transport] = {}
         self._ejected_until: dict[str, float] = {}
-        self._throttled_since: dict[str, float] = {}  # gateways answering "busy" since, until they take data
+        # Gateways answering "busy" since when, until they take data: kept across an ejection, so that one still
+        # busy when it returns leaves again at its first busy answer instead of holding the queue again.
+        self._throttled_since: dict[str, float] = {}
         self._ring = HashRing([])
         self._ring_key: tuple[str, ...] = ()
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
@@ -113,7 +115,6 @@ class LoadBalancingExporter:
         return limit > 0 and time.monotonic() - since >= limit
 
     def _eject(self, endpoint: str, error: Exception) -> None:
-        self._throttled_since.pop(endpoint, None)
         self._ejected_until[endpoint] = time.monotonic() + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
         self._log.warning(
