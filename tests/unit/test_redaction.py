@@ -230,6 +230,35 @@ def test_every_credential_a_rule_matches_contains_a_trigger_fragment(secret: str
         ("token github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv here", "token [REDACTED] here"),
         ("xapp-1-A0123456789-abcdef", "[REDACTED]"),  # Slack app-level token
         ("https://example.com:8443/api/v1", "https://example.com:8443/api/v1"),  # no credential
+        ("postgres://app:p@ss/w0rd@db.internal:5432/app", "postgres://app:[REDACTED]@db.internal:5432/app"),
+        # a port is not a password, and an @ in a query is not userinfo
+        (
+            "GET http://users-svc:8080/lookup?email=alice@example.com",
+            "GET http://users-svc:8080/lookup?email=alice@example.com",
+        ),
+        ("https://api.x/v1?api_key=9f8e7d6c5b4a&page=2", "https://api.x/v1?api_key=[REDACTED]&page=2"),
+        ("https://acct.blob.core/c?sv=2021&sig=Zm9vYmFy%3D%3D", "https://acct.blob.core/c?sv=2021&sig=[REDACTED]"),
+        (
+            "Server=db;Database=app;User Id=app;Password=Hunter2!;",
+            "Server=db;Database=app;User Id=app;Password=[REDACTED];",
+        ),
+        (
+            "jdbc:postgresql://db:5432/app?user=app&password=Hunter2",
+            "jdbc:postgresql://db:5432/app?user=app&password=[REDACTED]",
+        ),
+        ('{"password": "hunter2", "user": "app"}', '{"password": "[REDACTED]", "user": "app"}'),
+        ("python app.py --api-key 9f8e7d6c5b4a --verbose", "python app.py --api-key [REDACTED] --verbose"),
+        ("curl -H 'Authorization: Token abc123'", "curl -H 'Authorization: Token [REDACTED]'"),
+        ("Authorization: Bearer abc123", "Authorization: Bearer [REDACTED]"),  # shorter than a bearer_token
+        ("Cookie: session=abc; theme=dark", "Cookie: [REDACTED]"),
+        ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAAS\n-----END PRIVATE KEY-----", "[REDACTED]"),
+        ("stripe sk_live_51Habcdefghijklmnop", "stripe [REDACTED]"),
+        ("hf_abcdefghijklmnopqrstuvwxyzABCDEF", "[REDACTED]"),
+        ("glpat-abcdefghij0123456789", "[REDACTED]"),
+        ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "[REDACTED]"),
+        ("ya29.a0AfH6SMBabcdefghijklmnopqrstuv", "[REDACTED]"),
+        ("https://hooks.slack.com/services/T000/B000/XXXXabcd", "https://hooks.slack.com/services/[REDACTED]"),
+        ("max_tokens=512 tokens=30 token_count=9", "max_tokens=512 tokens=30 token_count=9"),  # counts stay
     ],
 )
 def test_credential_shapes_real_clients_produce_are_masked(text: str, expected: str) -> None:
@@ -284,3 +313,65 @@ def test_custom_patterns_with_backreferences_or_inline_flags_work_on_their_own()
     assert redactor.mask_text("x='tok_abcdefgh1234'", counts) == "x=[REDACTED]"
     assert redactor.mask_text("pw HUNTER2", counts) == "pw [REDACTED]"
     assert counts == {"quoted_token": 1, "word": 1}
+
+
+def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_masked() -> None:
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.TRACES, metrics)
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="chat")
+    kept = {
+        "gen_ai.usage.output_tokens": "30",
+        "gen_ai.request.max_tokens": "512",
+        "tokenizer.name": "cl100k_base",
+        "gen_ai.token.type": "input",
+        "llm.token_count.prompt": "12",
+    }
+    masked = {"access_token": "abc", "x-auth-token": "def", "token": "ghi", "refreshToken": "jkl"}
+    span.attributes.extend(attr(k, v) for k, v in {**kept, **masked}.items())
+    usage = KeyValue(key="langchain.llm_output.token_usage", value=kvlist(prompt_tokens="12"))
+    span.attributes.append(usage)
+    stage.consume(request)
+    found = {
+        k: v.string_value for k, v in attributes(sink.batches[0].resource_spans[0].scope_spans[0].spans[0]).items()
+    }
+    assert {k: found[k] for k in kept} == kept
+    assert {k: found[k] for k in masked} == dict.fromkeys(masked, "[REDACTED]")
+    assert "langchain.llm_output.token_usage" in found and found["langchain.llm_output.token_usage"] != "[REDACTED]"
+
+
+def test_bytes_that_are_not_utf8_survive_around_a_masked_credential() -> None:
+    stage, sink = processor(Signal.TRACES, SelfMetrics())
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="call")
+    raw = KeyValue(key="payload")
+    raw.value.bytes_value = b"\x89PNG\xff " + f"Bearer {BEARER}".encode()
+    span.attributes.append(raw)
+    stage.consume(request)
+    out = attributes(sink.batches[0].resource_spans[0].scope_spans[0].spans[0])["payload"].bytes_value
+    assert out == b"\x89PNG\xff Bearer [REDACTED]"
+
+
+def test_other_frameworks_content_keys_are_dropped_by_default() -> None:
+    stage, sink = processor(Signal.TRACES, SelfMetrics())
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="chat")
+    content = [
+        "input.value", "output.value", "llm.input_messages.0.message.content", "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result", "traceloop.entity.input", "ai.prompt.messages", "ai.response.text",
+    ]  # fmt: skip
+    span.attributes.extend([*(attr(k, "PROMPT TEXT") for k in content), attr("gen_ai.request.model", "gpt-4o")])
+    stage.consume(request)
+    assert set(attributes(sink.batches[0].resource_spans[0].scope_spans[0].spans[0])) == {"gen_ai.request.model"}
+
+
+def test_a_genai_message_event_sent_as_a_log_keeps_only_its_metadata() -> None:
+    stage, sink = processor(Signal.LOGS, SelfMetrics())
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add(event_name="gen_ai.user.message")
+    record.body.string_value = "PROMPT BODY"
+    record.attributes.extend([attr("gen_ai.system", "openai"), attr("content", "PROMPT ATTR"), attr("role", "user")])
+    stage.consume(request)
+    out = sink.batches[0].resource_logs[0].scope_logs[0].log_records[0]
+    assert not out.HasField("body")
+    assert {kv.key for kv in out.attributes} == {"gen_ai.system", "role"}

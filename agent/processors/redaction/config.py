@@ -9,15 +9,32 @@ from dataclasses import dataclass
 from agent.config.schema import setting
 
 DEFAULT_KEY_PATTERNS = [
-    "password", "passwd", "pwd", "secret", "api[-_.]?key", "token", "authorization", "auth[-_.]", "cookie",
-    "credential", "private[-_.]?key",
+    # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer).
+    "password", "passwd", "pwd", "secret", "api[-_.]?key", "token(?!s|izer|[._-]?(?:type|count|usage))",
+    "authorization", "auth[-_.]", "cookie", "credential", "private[-_.]?key",
 ]  # fmt: skip
 DEFAULT_CONTENT_KEYS = [
+    # OpenTelemetry GenAI (current and earlier conventions)
     "gen_ai.prompt",
     "gen_ai.completion",
     "gen_ai.input.messages",
     "gen_ai.output.messages",
     "gen_ai.system_instructions",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+    # OpenInference (Arize Phoenix), OpenLLMetry (Traceloop), the Vercel AI SDK
+    "input.value",
+    "output.value",
+    "llm.input_messages",
+    "llm.output_messages",
+    "llm.prompts",
+    "traceloop.entity.input",
+    "traceloop.entity.output",
+    "ai.prompt",
+    "ai.response.text",
+    "ai.response.object",
+    "ai.toolCall.args",
+    "ai.toolCall.result",
 ]
 # GenAI events (older semantic conventions) whose log body is a message's content.
 DEFAULT_CONTENT_EVENTS = [

@@ -93,9 +93,8 @@ class RedactionProcessor:
             for scope_logs in resource_logs.scope_logs:
                 redactor.attributes(scope_logs.scope.attributes, counts)
                 for record in scope_logs.log_records:
-                    if self._is_content_event(record) and record.HasField("body"):
-                        record.ClearField("body")
-                        counts[CONTENT_RULE] += 1
+                    if self._is_content_event(record):
+                        self._drop_event_content(record, counts)
                     else:
                         redactor.value(record.body, counts)
                     redactor.attributes(record.attributes, counts)
@@ -105,6 +104,18 @@ class RedactionProcessor:
                             masked = redactor.mask_text(text, counts)
                             if masked is not text:
                                 setattr(record, field, masked)
+
+    @staticmethod
+    def _drop_event_content(record: Any, counts: Counter[str]) -> None:
+        """A GenAI message event as a log record: its body and every attribute but the metadata go."""
+        if record.HasField("body"):
+            record.ClearField("body")
+            counts[CONTENT_RULE] += 1
+        kept = [kv for kv in record.attributes if kv.key in _MESSAGE_EVENT_METADATA or kv.key == "event.name"]
+        if len(kept) != len(record.attributes):
+            counts[CONTENT_RULE] += len(record.attributes) - len(kept)
+            del record.attributes[:]
+            record.attributes.extend(kept)
 
     def _is_content_event(self, record: Any) -> bool:
         if record.event_name:

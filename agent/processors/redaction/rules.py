@@ -32,18 +32,52 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "google_api_key": (r"\bAIza[0-9A-Za-z\-_]{35}", MASK),
     "slack_token": (r"\b(?:xox[abprs]|xapp)-[A-Za-z0-9\-]{10,}", MASK),
     "jwt": (r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", MASK),
+    "stripe_key": (r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}", MASK),
+    "huggingface_token": (r"\bhf_[A-Za-z0-9]{30,}", MASK),
+    "gitlab_token": (r"\bglpat-[A-Za-z0-9_\-]{20,}", MASK),
+    "npm_token": (r"\bnpm_[A-Za-z0-9]{36}", MASK),
+    "google_oauth_token": (r"\bya29\.[0-9A-Za-z_\-]{20,}", MASK),
+    "slack_webhook": (r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+", r"\1" + MASK),
+    "private_key": (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", MASK),
     # user:password@ in a URL; the user may be empty (redis://:pw@host), and the password runs to the last @ of
-    # the URL, as people write passwords with @ or / unescaped (postgres://u:p@ss@db).
+    # the URL, as people write passwords with @ or / unescaped (postgres://u:p@ss/w@db). A port is not a
+    # password: http://svc:8080/find?email=a@b.c is left alone.
     "url_password": (
-        r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^\s@]+(?:@[^\s@/]*(?=[^\s@/]*@))*(@)",
+        r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?!\d+(?:[/?#\s]|$))[^\s@]+(?:@[^\s@]*(?=[^\s@]*@))*(@)",
         r"\1" + MASK + r"\2",
     ),
+    # name=value where the name says secret: query strings (?api_key=, &sig=), connection strings
+    # (Password=...;), environment assignments, --token=... flags. A plural (tokens=512) is a count.
+    "assigned_secret": (
+        r"(\b[\w.\-]*?(?i:password|passwd|pwd|secret|api[-_]?key|apikey|access[-_]?token|auth[-_]?token"
+        r"|refresh[-_]?token|\btoken|\bsig|signature)=)[^&\s;,'\"]+",
+        r"\1" + MASK,
+    ),
+    # The same inside JSON text ({"password": "..."}) and as a command-line flag and its next word.
+    "json_secret": (
+        r"(\"(?i:password|passwd|pwd|secret|client_secret|api[-_]?key|apikey|access_token|refresh_token|token"
+        r"|authorization)\"\s*:\s*\")[^\"]*",
+        r"\1" + MASK,
+    ),
+    "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s+)[^\s-]\S*", r"\1" + MASK),
+    # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
+    # the credential after the scheme word, whatever its length; a cookie header's whole value.
+    "header_secret": (
+        r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key)\s*:\s*(?:(?i:bearer|basic|token|digest)\s+)?)"
+        r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)[^\r\n'\"\s]+",
+        r"\1" + MASK,
+    ),
+    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s*:\s*)[^\r\n'\"]+", r"\1" + MASK),
 }
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
 # three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
-CREDENTIAL_TRIGGERS = re.compile(r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://")
+CREDENTIAL_TRIGGERS = re.compile(
+    r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
+    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|key|token|sig|signature)[\w.-]*=|(?i:pass|pwd|secret|key|token"
+    r"|authorization)[\w-]*\"\s*:|--(?i:pass|api|token|secret)|(?i:authorization|api-key|cookie)\s*:"
+)
 
 _DROP = "drop"
 _REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
@@ -172,10 +206,11 @@ class Redactor:
             if masked is not text:
                 value.string_value = masked
         elif kind == "bytes_value":  # SDKs put header values and bodies there as raw bytes
-            text = value.bytes_value.decode("utf-8", "replace")
+            # surrogateescape: bytes that are not UTF-8 come back unchanged around a masked part.
+            text = value.bytes_value.decode("utf-8", "surrogateescape")
             masked = self.mask_text(text, counts)
             if masked is not text:
-                value.bytes_value = masked.encode()
+                value.bytes_value = masked.encode("utf-8", "surrogateescape")
         elif kind == "kvlist_value":
             self.attributes(value.kvlist_value.values, counts)
         elif kind == "array_value":
