@@ -684,3 +684,26 @@ def test_bad_connector_settings_are_reported_with_their_paths() -> None:
 def test_red_labels_are_the_collectors_span_metrics_dimensions() -> None:
     connector, _ = make()
     assert connector.families.spans.label_keys == RED
+
+
+def test_credentials_in_span_names_and_error_labels_never_reach_a_label() -> None:
+    """Span metrics are computed before redaction: the connector masks credentials in the text it labels with."""
+    connector, _ = make()
+    key = "AIzaSyA-1234567890abcdefghijklmnopqrstu"
+    failing = Span(
+        trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name=f"POST /v1/models:generate?key={key}", status=Status(code=2)
+    )
+    failing.attributes.extend([attr("error.type", "AuthError for Bearer eyJhbGciOiJIUzI1NiJ9abcdefgh")])
+    workflow = Span(trace_id=b"\x02" * 16, span_id=b"\x02" * 8, name="wf")
+    workflow.attributes.extend([attr("workflow.name", "sync postgres://app:Hunter2@db/app")])
+    connector.consume(to_request({"svc": [failing, workflow]}))
+    f = connector.families
+    labels = [*f.spans.series, *f.errors.series, *f.workflow_executions.series]
+    text = repr(labels)
+    assert key not in text and "Hunter2" not in text and "eyJhbGciOiJIUzI1NiJ9abcdefgh" not in text
+    assert (
+        "svc",
+        "POST /v1/models:generate?key=[REDACTED]",
+        "SPAN_KIND_UNSPECIFIED",
+        "STATUS_CODE_ERROR",
+    ) in f.spans.series

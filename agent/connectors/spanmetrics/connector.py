@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -83,6 +84,8 @@ from agent.connectors.spanmetrics.genai import (
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
 from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
+from agent.processors.redaction.config import RedactionConfig
+from agent.processors.redaction.rules import Redactor
 from agent.telemetry.logs import RateLimitedLog
 
 SPAN_KIND_NAMES = {value: name for name, value in Span.SpanKind.items()}
@@ -104,6 +107,20 @@ _NOT_INFERENCE_HINTS = ROLE_OPERATION | ROLE_OPENINFERENCE_KIND | ROLE_TRACELOOP
 
 # (span name, kind number, status code number) -> the span's RED series, one table per service.
 RedLookup = dict[tuple[str, int, int], Execution]
+
+
+_CREDENTIALS = Redactor(RedactionConfig())
+
+
+def label_text(text: str) -> str:
+    """A label value taken from span content, with credentials masked as the redaction processor masks them.
+
+    Span metrics are computed before redaction, and a span name such as ``GET /v1/models?key=AIza…`` would put
+    the key in every series of the scrape. Called when a series is resolved, not per span (errors aside).
+    """
+    if text in _CREDENTIALS.clean_texts:
+        return text
+    return _CREDENTIALS.mask_text(text, Counter())
 
 
 def _explicit_randomness_bytes(trace_state: str) -> bytes | None:
@@ -386,7 +403,7 @@ class SpanMetricsConnector:
                 self._record_roles(span, service, values, roles, weight, hist_weight, duration, failed, now, exemplar)
             elif failed:
                 error_type = self._exception_type(span) or OTHER_ERROR
-                self.families.errors.add((error_type, service), weight, now)
+                self.families.errors.add((label_text(error_type), label_text(service)), weight, now)
 
     def _new_red_lookup(self, service: str) -> RedLookup:
         if len(self._red_lookups) >= self._cfg.cardinality_limit:
@@ -399,7 +416,12 @@ class SpanMetricsConnector:
         self, lookup: RedLookup, service: str, name: str, kind: int, status_code: int, now: int
     ) -> Execution:
         """The RED series of a span whose (name, kind, status) the lookup does not hold yet."""
-        key = (service, name, SPAN_KIND_NAMES.get(kind, ""), STATUS_CODE_NAMES.get(status_code, ""))
+        key = (
+            label_text(service),
+            label_text(name),
+            SPAN_KIND_NAMES.get(kind, ""),
+            STATUS_CODE_NAMES.get(status_code, ""),
+        )
         execution, own = execution_of(self.families.spans, key, self.families.span_duration, key, now)
         if own:
             if len(lookup) >= self._cfg.cardinality_limit:
@@ -454,18 +476,19 @@ class SpanMetricsConnector:
                 or OTHER_ERROR
             )
             component = (first_text(values, scanner.component) if roles & ROLE_COMPONENT else None) or role or service
-            self.families.errors.add((error_type, component), weight, now)
+            self.families.errors.add((label_text(error_type), label_text(component)), weight, now)
 
     def _workflow_execution(self, key: tuple[str, str], now: int) -> Execution:
         f = self.families
-        execution, own = execution_of(f.workflow_executions, key, f.workflow_duration, key[:1], now)
+        labels = (label_text(key[0]), key[1])
+        execution, own = execution_of(f.workflow_executions, labels, f.workflow_duration, labels[:1], now)
         if own:
             self._remember(self._workflows, key, execution)
         return execution
 
     def _step_execution(self, key: tuple[str, str], now: int) -> Execution:
         f = self.families
-        labels = (step_type_label(key[0]), key[1])
+        labels = (label_text(step_type_label(key[0])), key[1])
         execution, own = execution_of(f.step_executions, labels, f.step_duration, labels[:1], now)
         if own:
             self._remember(self._steps, key, execution)
