@@ -375,3 +375,27 @@ def test_a_genai_message_event_sent_as_a_log_keeps_only_its_metadata() -> None:
     out = sink.batches[0].resource_logs[0].scope_logs[0].log_records[0]
     assert not out.HasField("body")
     assert {kv.key for kv in out.attributes} == {"gen_ai.system", "role"}
+
+
+def test_an_applications_own_metrics_are_redacted_labels_exemplars_and_resource_alike() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    stage, sink = processor(Signal.METRICS, SelfMetrics())
+    request = ExportMetricsServiceRequest()
+    resource_metrics = request.resource_metrics.add()
+    resource_metrics.resource.attributes.append(
+        attr("process.command_line", f"python app.py --database-url postgres://app:Hunter2@db/app --key {OPENAI_KEY}")
+    )
+    metric = resource_metrics.scope_metrics.add().metrics.add(name="llm.requests")
+    point = metric.sum.data_points.add(as_int=3)
+    point.attributes.extend(
+        [attr("gen_ai.prompt", "PROMPT IN A LABEL"), attr("http.request.header.authorization", f"Bearer {BEARER}")]
+    )
+    point.exemplars.add(as_int=1).filtered_attributes.append(attr("api_key", "sk-live-exemplar-0123456789ab"))
+    histogram = resource_metrics.scope_metrics[0].metrics.add(name="latency")
+    histogram.histogram.data_points.add(count=1).attributes.append(attr("db.password", "hunter2"))
+    stage.consume(request)
+    text = str(sink.batches[0])
+    for secret in ("Hunter2", OPENAI_KEY, "PROMPT IN A LABEL", BEARER, "sk-live-exemplar", "hunter2"):
+        assert secret not in text, secret
+    assert "llm.requests" in text and "as_int: 3" in text

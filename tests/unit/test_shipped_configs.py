@@ -47,3 +47,12 @@ def test_every_listen_address_variable_a_shipped_config_reads_is_one_the_chart_a
     chart_sets = set(variable.findall((repo / "helm/otel-sidecar/templates/_helpers.tpl").read_text()))
     image_sets = set(variable.findall((repo / "Dockerfile").read_text()))
     assert read and read <= chart_sets and read <= image_sets, (read, chart_sets, image_sets)
+
+
+@pytest.mark.parametrize("path", [*AGENT_CONFIGS, None], ids=str)
+def test_every_shipped_metrics_pipeline_fed_by_a_receiver_is_redacted(path: Path | None) -> None:
+    """Applications' own metrics can carry headers or prompts as labels; the scrape serves every label."""
+    config = load_path(path, environ={})
+    for name, pipeline in config.service.pipelines.items():
+        if name.split("/")[0] == "metrics" and "otlp" in pipeline.receivers:
+            assert "redaction" in pipeline.processors, name

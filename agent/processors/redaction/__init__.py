@@ -16,10 +16,10 @@ FACTORY: Factory[RedactionConfig] = Factory(
     kind=Kind.PROCESSOR,
     type="redaction",
     config_class=RedactionConfig,
-    signals=frozenset({Signal.TRACES, Signal.LOGS}),
+    signals=frozenset({Signal.TRACES, Signal.LOGS, Signal.METRICS}),
     create=create,
-    description="Redacts secrets (by attribute key and by credential shape, log bodies included) and drops GenAI "
-    "prompt/completion content unless capture_content; counted per rule.",
+    description="Redacts secrets (by attribute key and by credential shape, log bodies and metric labels "
+    "included) and drops GenAI prompt/completion content unless capture_content; counted per rule.",
     mutates_data=True,
     retains_data=False,  # rewrites each batch in place and passes it straight on
 )

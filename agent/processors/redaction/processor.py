@@ -1,4 +1,4 @@
-"""The ``redaction`` pipeline stage for traces and logs: rules applied in place, counted per rule."""
+"""The ``redaction`` pipeline stage for traces, logs and metrics: rules applied in place, counted per rule."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ class RedactionProcessor:
             self._traces(batch, counts)
         elif self._signal is Signal.LOGS:
             self._logs(batch, counts)
+        else:
+            self._metrics(batch, counts)
         for rule, count in counts.items():
             self._redacted.labels(self._cid, rule).inc(count)
         self._next.consume(batch)
@@ -104,6 +106,23 @@ class RedactionProcessor:
                             masked = redactor.mask_text(text, counts)
                             if masked is not text:
                                 setattr(record, field, masked)
+
+    def _metrics(self, batch: Any, counts: Counter[str]) -> None:
+        """Resource, scope and data point attributes, and the attributes exemplars carry: an application's own
+        metrics can label with a header, a command line or a prompt, and Prometheus serves every label."""
+        redactor = self._redactor
+        for resource_metrics in batch.resource_metrics:
+            redactor.attributes(resource_metrics.resource.attributes, counts)
+            for scope_metrics in resource_metrics.scope_metrics:
+                redactor.attributes(scope_metrics.scope.attributes, counts)
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind is None:
+                        continue
+                    for point in getattr(metric, kind).data_points:
+                        redactor.attributes(point.attributes, counts)
+                        for exemplar in getattr(point, "exemplars", ()):
+                            redactor.attributes(exemplar.filtered_attributes, counts)
 
     @staticmethod
     def _drop_event_content(record: Any, counts: Counter[str]) -> None:
