@@ -387,3 +387,27 @@ async def test_items_refused_by_a_full_queue_are_not_counted_as_routed_until_tak
     text = metrics.render().decode()
     spans = sum(len(ss.spans) for rs in first.resource_spans for ss in rs.scope_spans)
     assert metric_value(text, "otel_sidecar_exporter_routed_items_total") == spans
+
+
+def test_split_keeps_every_item_with_its_resource_and_scope_fields() -> None:
+    from agent.exporters._helper.batcher import split
+
+    (request,) = traces(1)
+    request.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    request.resource_spans[0].scope_spans[0].scope.name = "orchestrator"
+    parts = split(Signal.TRACES, request, 5)
+    spans = [
+        (rs.resource, rs.schema_url, ss.scope, s)
+        for p in parts
+        for rs in p.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+    expected = [
+        (rs.resource, rs.schema_url, ss.scope, s)
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+    assert spans == expected and len(parts) == -(-len(expected) // 5)
+    assert all(sum(len(ss.spans) for rs in p.resource_spans for ss in rs.scope_spans) <= 5 for p in parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -68,13 +69,21 @@ def _shell(message: Message, skip: str) -> Message:
     for descriptor, value in message.ListFields():
         if descriptor.name == skip:
             continue
-        if descriptor.message_type is not None and descriptor.label != descriptor.LABEL_REPEATED:
-            getattr(shell, descriptor.name).CopyFrom(value)
-        elif descriptor.label == descriptor.LABEL_REPEATED:
+        if _is_repeated(descriptor):
             getattr(shell, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(shell, descriptor.name).CopyFrom(value)
         else:
             setattr(shell, descriptor.name, value)
     return shell
+
+
+def _is_repeated(descriptor: Any) -> bool:
+    # ``is_repeated`` in current protobuf releases, which have dropped ``label``; ``label`` in older ones.
+    is_repeated = getattr(descriptor, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(descriptor.label == descriptor.LABEL_REPEATED)
 
 
 def split(signal: Signal, request: Message, max_items: int) -> list[Message]:
