@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from agent.component import CreateSettings, Kind, Refused, Signal
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
+from agent.otlp.signals import ExportTraceServiceRequest
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
 from tests.helpers import metric_value
@@ -171,3 +172,36 @@ async def test_a_batch_given_up_after_an_attempt_timed_out_is_counted_as_unconfi
     text = metrics.render().decode()
     assert attempts > 1
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason=reason) == items
+
+
+async def test_merged_exports_stay_under_max_bytes_and_a_larger_request_is_split_to_fit() -> None:
+    """A gRPC receiver refuses a message over 4 MiB whole: merging must not build one, nor pass one on."""
+    from agent.exporters._helper.batcher import BatchConfig
+
+    metrics = SelfMetrics()
+    sizes: list[int] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        sizes.append(batch.ByteSize())
+
+    requests = batches(12)
+    for request in requests:  # ~40 KB each
+        for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+            span.attributes.add(key="payload").value.string_value = "x" * 2000
+    large = sum(r.ByteSize() for r in requests[:6])
+    merged_limit = requests[0].ByteSize() * 3
+    batch = BatchConfig(min_size=100_000, max_bytes=merged_limit, flush_timeout=0.05)  # type: ignore[arg-type]
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push, batch=batch)
+    await queue.start()
+    for request in requests:
+        queue.offer(Signal.TRACES, request)
+    big = ExportTraceServiceRequest()
+    for request in requests[:6]:
+        big.resource_spans.extend(request.resource_spans)
+    queue.offer(Signal.TRACES, big)  # one request of twice the limit
+    await queue.shutdown(time.monotonic() + 10)
+    assert big.ByteSize() == large > merged_limit
+    assert max(sizes) <= merged_limit * 1.1  # items split in proportion: within a span's size of the bound
+    text = metrics.render().decode()
+    spans = sum(len(ss.spans) for r in [*requests, big] for rs in r.resource_spans for ss in rs.scope_spans)
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == spans

@@ -24,7 +24,18 @@ class BatchConfig:
         doc="Items (spans, log records, data points) an export gathers, waiting at most `flush_timeout`.",
         minimum=1,
     )
-    max_size: int = setting(0, doc="Most items in one export; larger requests are split. 0 means no limit.", minimum=0)
+    max_size: int = setting(
+        0,
+        doc="Most items in one export; larger requests are split (a metric's points stay together). 0: no limit.",
+        minimum=0,
+    )
+    max_bytes: int = setting(
+        4 * 1024 * 1024,
+        doc="Most bytes (protobuf size) in one export: requests are merged only up to it, and a larger request is "
+        "split by items to fit. The default stays under the 4 MiB a gRPC server (a Jaeger or Collector "
+        "receiver) accepts by default; a larger export would be refused whole. 0: no limit.",
+        minimum=0,
+    )
     flush_timeout: Duration = setting(
         Duration(0.2), doc="Longest time the oldest queued request waits for more before it is sent."
     )

@@ -344,17 +344,22 @@ class SendingQueue:
     async def _gather_more(self, group: _Group) -> None:
         """Add queued requests of the same signal until ``min_size`` items, waiting at most ``flush_timeout``."""
         assert self._batch is not None
-        min_size, max_size = self._batch.min_size, self._batch.max_size
+        min_size, max_size, max_bytes = self._batch.min_size, self._batch.max_size, self._batch.max_bytes
         first = group.entries[0]
-        items = first.items
+        items, size = first.items, first.size
         deadline = first.enqueued + self._batch.flush_timeout
         while items < min_size:
             following = self._store.peek()
             if following is not None:
-                if following.signal is not first.signal or (max_size and items + following.items > max_size):
+                if (
+                    following.signal is not first.signal
+                    or (max_size and items + following.items > max_size)
+                    or (max_bytes and size + following.size > max_bytes)
+                ):
                     return
                 group.append(self._store.pop())
                 items += following.items
+                size += following.size
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
@@ -372,8 +377,7 @@ class SendingQueue:
             return
         self._store.begin(entries)
         merged = merge(batches)
-        max_size = self._batch.max_size if self._batch is not None else 0
-        parts = split(signal, merged, max_size) if max_size and group.items > max_size else [merged]
+        parts = self._parts(signal, merged, group)
         group.items = sum(SPECS[signal].count_items(p) for p in parts)  # what loaded (corrupt records excluded)
         delivered = True
         for part in parts:
@@ -417,6 +421,18 @@ class SendingQueue:
         delivered = group.settle_partial_delivery(signal)
         if delivered:
             self._sent.labels(self._settings.component_id, signal.value).inc(delivered)
+
+    def _parts(self, signal: Signal, merged: Message, group: _Group) -> list[Message]:
+        """``merged`` cut to ``batch.max_size`` items and, by items in proportion, to ``batch.max_bytes``."""
+        if self._batch is None:
+            return [merged]
+        limit = self._batch.max_size
+        max_bytes = self._batch.max_bytes
+        size = sum(e.size for e in group.entries)
+        if max_bytes and size > max_bytes and group.items > 1:
+            by_bytes = max(1, group.items * max_bytes // size)
+            limit = min(limit, by_bytes) if limit else by_bytes
+        return split(signal, merged, limit) if limit and group.items > limit else [merged]
 
     def _abandon(self, group: _Group) -> None:
         """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
