@@ -18,7 +18,7 @@ from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, PlannedFailure, build_config, make_settings
-from tests.helpers import metric_value
+from tests.helpers import free_port, metric_value
 
 FAST_RETRY = {"initial_interval": "20ms", "max_interval": "100ms", "max_elapsed_time": "5s"}
 
@@ -411,3 +411,51 @@ def test_split_keeps_every_item_with_its_resource_and_scope_fields() -> None:
     ]
     assert spans == expected and len(parts) == -(-len(expected) // 5)
     assert all(sum(len(ss.spans) for rs in p.resource_spans for ss in rs.scope_spans) <= 5 for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "sent", "rejected"),
+    [
+        (204, None, b"", 1, 0),  # any 2xx is a success, as for the Collector
+        (202, "application/x-protobuf", b"", 1, 0),
+        (302, None, b"", 0, 1),  # not followed: a POST would come back as a GET without its body
+        (200, "text/html", b"<html>Jaeger UI</html>", 0, 1),  # not an OTLP receiver
+    ],
+)
+async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
+    status: int, content_type: str | None, body: bytes, sent: int, rejected: int
+) -> None:
+    from aiohttp import web
+
+    posts: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        posts.append(request.method)
+        headers = {"Location": "http://elsewhere.example/v1/traces"} if status == 302 else {}
+        return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/traces", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        batch = traces(1)
+        spans = len(span_keys(batch))
+        metrics = SelfMetrics()
+        config = exporter_config(f"http://127.0.0.1:{port}", protocol="http/protobuf")
+        await run_exporter(
+            config,
+            batch,
+            metrics,
+            lambda: (
+                bool(posts)
+                and value(metrics, "exporter_sent_items_total") + value(metrics, "exporter_rejected_items_total") > 0
+            ),
+        )
+    finally:
+        await runner.cleanup()
+    assert posts == ["POST"]
+    assert value(metrics, "exporter_sent_items_total") == sent * spans
+    assert value(metrics, "exporter_rejected_items_total") == rejected * spans

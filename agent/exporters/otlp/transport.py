@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agent import __version__
 from agent.component import Signal
+from agent.config.schema import without_userinfo
 from agent.exporters._helper.http import unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
@@ -141,18 +142,20 @@ class HttpTransport:
         body = request.SerializeToString()
         if self._config.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
+        url = self._urls[signal]
         try:
             async with self._session.post(
-                self._urls[signal],
+                url,
                 data=body,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 server_hostname=self._config.tls.server_name_override or None,
+                # Never followed: a 301/302 turns the POST into a GET without its body (the data would be lost
+                # as a success), and a redirect to another host would carry the configured credential headers.
+                allow_redirects=False,
             ) as response:
                 payload = await response.read()
-                if response.status == 200:
-                    return _decode_response(signal, payload)
-                raise http_error(response.status, _status_message(payload), response.headers.get("Retry-After"))
+                return _answer(signal, url, response, payload)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Classified here, a timeout included, so that callers splitting a batch over several backends
             # (loadbalancing) see a retryable failure of this one.
@@ -164,11 +167,29 @@ class HttpTransport:
             self._session = None
 
 
+def _answer(signal: Signal, url: str, response: aiohttp.ClientResponse, payload: bytes) -> Message:
+    """The export response of a 2xx answer (any 2xx is a success, as for the Collector); an error otherwise."""
+    status, shown = response.status, without_userinfo(url)
+    if 200 <= status < 300:
+        if payload and response.content_type == "text/html":
+            raise PermanentExportError(
+                f"{shown} answered {status} with an HTML page, not an OTLP response: is the endpoint an OTLP receiver?"
+            )
+        return _decode_response(signal, payload)
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "?")
+        raise PermanentExportError(
+            f"{shown} answered HTTP {status}, a redirect to {without_userinfo(location)}: redirects are not followed; "
+            "set the endpoint to where it points"
+        )
+    raise http_error(status, f"{_status_message(payload)} ({shown})", response.headers.get("Retry-After"))
+
+
 def _decode_response(signal: Signal, payload: bytes) -> Message:
     try:
         return SPECS[signal].response_type.FromString(payload)
     except DecodeError:
-        return SPECS[signal].response_type()  # a 200 with an unreadable body is still a success
+        return SPECS[signal].response_type()  # a success with an unreadable body is still a success
 
 
 def _status_message(payload: bytes) -> str:
