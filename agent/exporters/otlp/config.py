@@ -50,6 +50,11 @@ class OtlpExporterConfig:
         for name in self.headers:
             if not name or name != name.strip() or any(c in name for c in ":\r\n "):
                 yield f"headers.{name}", "is not a valid header name"
+            elif self.protocol == "grpc" and name.lower().endswith("-bin"):
+                yield f"headers.{name}", "gRPC sends a -bin key as binary metadata; give a text header"
+        if self.protocol == "grpc" and self.tls.insecure_skip_verify:
+            # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
+            yield "tls.insecure_skip_verify", "is not available over gRPC; give tls.ca_file (the server's CA)"
 
     @property
     def uses_tls(self) -> bool:
@@ -75,8 +80,12 @@ def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
             return
         if parts.scheme not in ("http", "https") or not parts.hostname:
             yield "endpoint", f"must be an http:// or https:// URL, got {shown!r}"
+        elif parts.query or parts.fragment:
+            yield "endpoint", f"must have no query or fragment (the signal path is appended), got {shown!r}"
         elif protocol == "grpc" and parts.path not in ("", "/"):
             yield "endpoint", "a gRPC endpoint has no path"
+        elif parts.path.rstrip("/").endswith(("/v1/traces", "/v1/metrics", "/v1/logs")):
+            yield "endpoint", f"is the base URL: /v1/traces etc. are appended, so leave them out of {shown!r}"
         return
     if protocol != "grpc":
         yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {shown!r}"
