@@ -459,3 +459,23 @@ async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
     assert posts == ["POST"]
     assert value(metrics, "exporter_sent_items_total") == sent * spans
     assert value(metrics, "exporter_rejected_items_total") == rejected * spans
+
+
+async def test_a_grpc_deadline_passed_before_any_connection_is_not_a_possible_delivery() -> None:
+    """A listener that accepts TCP but never speaks HTTP/2: nothing was sent, so a retry duplicates nothing."""
+    import socket
+
+    from agent.exporters._helper.retry import RetryableError
+    from agent.exporters.otlp.transport import GrpcTransport
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    transport = GrpcTransport(exporter_config(f"127.0.0.1:{port}"))
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], 0.5)
+    finally:
+        await transport.close()
+        silent.close()
+    assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)

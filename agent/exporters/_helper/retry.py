@@ -175,7 +175,9 @@ class RetryingSender:
         started = time.monotonic()
         try:
             if self._timeout:
-                async with asyncio.timeout(self._timeout):
+                # A backstop a moment after the transport's own deadline, which fires first and knows more: a
+                # connection never made delivered nothing, an answer that never came may have.
+                async with asyncio.timeout(self._timeout * 1.1):
                     return await self._push(signal, batch) or 0
             return await self._push(signal, batch) or 0
         except TimeoutError:
