@@ -21,7 +21,8 @@ class BatchConfig:
     enabled: bool = setting(True, doc="Merge queued requests into larger exports.")
     min_size: int = setting(
         2048,
-        doc="Items (spans, log records, data points) an export gathers, waiting at most `flush_timeout`.",
+        doc="Items (spans, log records, data points) an export gathers, waiting at most `flush_timeout`. Each of "
+        "the `sending_queue.num_consumers` workers gathers its own, so exports can be smaller.",
         minimum=1,
     )
     max_size: int = setting(
