@@ -209,6 +209,10 @@ def test_no_alias_is_listed_under_two_concepts() -> None:
         ("az.ai.inference", "azure.ai.inference"),  # before 1.35
         ("mistralai", "mistral_ai"),  # OpenInference llm.system
         ("aws.bedrock", "aws.bedrock"),
+        ("aws", "aws.bedrock"),  # OpenInference llm.provider names the cloud
+        ("azure", "azure.ai.openai"),
+        ("azure_ai", "azure.ai.inference"),  # LiteLLM
+        ("google", "gcp.gen_ai"),
     ],
 )
 def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(raw: str, expected: str) -> None:

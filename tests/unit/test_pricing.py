@@ -230,3 +230,18 @@ def test_a_price_file_the_yaml_parser_chokes_on_or_not_utf8_is_a_price_table_err
     binary.write_bytes(b"last_checked: x\n# \xff\n")
     with pytest.raises(PriceTableError, match="not UTF-8"):
         PriceTable.from_config(PricingConfig(file=str(binary)))
+
+
+@pytest.mark.parametrize(
+    ("model", "entry"),
+    [
+        ("mistral-large-2407", "mistral-large-2407"),
+        ("mistral.mistral-large-2402-v1:0", "mistral-large-2402"),
+        ("mistral-small-2402", "mistral-small-2402"),
+        ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106"),
+        ("mistral-large-2512", "mistral-large"),  # a snapshot without its own entry: the current model
+    ],
+)
+def test_older_snapshots_priced_differently_match_their_own_entry(model: str, entry: str) -> None:
+    found = PriceTable.from_config(PricingConfig()).lookup(model)
+    assert found is not None and found.model == entry

@@ -707,3 +707,35 @@ def test_credentials_in_span_names_and_error_labels_never_reach_a_label() -> Non
         "SPAN_KIND_UNSPECIFIED",
         "STATUS_CODE_ERROR",
     ) in f.spans.series
+
+
+def test_an_openinference_embedding_span_is_a_priced_request() -> None:
+    connector, _ = make()
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="CreateEmbeddingResponse")
+    span.attributes.extend(
+        [
+            attr("openinference.span.kind", "EMBEDDING"),
+            attr("llm.provider", "openai"),
+            attr("embedding.model_name", "text-embedding-3-small"),
+            attr("llm.token_count.prompt", 1_000_000),
+            attr("llm.token_count.total", 1_000_000),
+        ]
+    )
+    connector.consume(to_request({"svc": [span]}))
+    f = connector.families
+    assert f.llm_requests.value(("openai", "text-embedding-3-small", "success")) == 1
+    assert f.llm_tokens.value(("openai", "text-embedding-3-small", "input")) == 1_000_000
+    assert f.llm_cost.value(("openai", "text-embedding-3-small")) > 0
+
+
+def test_the_genai_duration_error_type_falls_back_to_the_exception_type_as_errors_total_does() -> None:
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="chat gpt-4o", status=Status(code=2))
+    span.attributes.extend([attr("gen_ai.operation.name", "chat"), attr("gen_ai.provider.name", "openai"),
+                            attr("gen_ai.request.model", "gpt-4o")])  # fmt: skip
+    span.events.add(name="exception").attributes.append(attr("exception.type", "openai.RateLimitError"))
+    connector.consume(to_request({"svc": [span]}))
+    f = connector.families
+    assert f.genai_duration is not None
+    assert {key[-1] for key in f.genai_duration.series} == {"openai.RateLimitError"}
+    assert f.errors.value(("openai.RateLimitError", "provider")) == 1

@@ -466,7 +466,9 @@ class SpanMetricsConnector:
                 execution = self._steps.get(key) or self._step_execution(key, now)
                 execution.record(weight, duration, hist_weight, now, exemplar)
 
-        if roles & ROLE_MODEL and self._record_llm(values, roles, weight, hist_weight, duration, failed, now, exemplar):
+        if roles & ROLE_MODEL and self._record_llm(
+            span, values, roles, weight, hist_weight, duration, failed, now, exemplar
+        ):
             role = role or "provider"
 
         if failed:
@@ -501,6 +503,7 @@ class SpanMetricsConnector:
 
     def _record_llm(
         self,
+        span: Span,
         values: list[AnyValue | None],
         roles: int,
         weight: float,
@@ -558,7 +561,13 @@ class SpanMetricsConnector:
         if self.families.genai_duration is not None:
             self._record_genai(operation or "", target.provider, request_model, response_model, usage, hist_weight, now)
             self.families.genai_duration.observe(
-                (operation or "", target.provider, request_model, response_model, self._genai_error(values, failed)),
+                (
+                    operation or "",
+                    target.provider,
+                    request_model,
+                    response_model,
+                    self._genai_error(span, values, failed),
+                ),
                 duration,
                 hist_weight,
                 now,
@@ -620,10 +629,11 @@ class SpanMetricsConnector:
             tokens.observe((operation, provider, request_model, response_model, "input"), input_total, weight, now)
             tokens.observe((operation, provider, request_model, response_model, "output"), output_total, weight, now)
 
-    def _genai_error(self, values: list[AnyValue | None], failed: bool) -> str:
+    def _genai_error(self, span: Span, values: list[AnyValue | None], failed: bool) -> str:
+        """``error.type`` of a failed call as ``errors_total`` has it: the attribute, else the exception's type."""
         if not failed:
             return ""
-        return first_text(values, self._scanner.error_type) or OTHER_ERROR
+        return label_text(first_text(values, self._scanner.error_type) or self._exception_type(span) or OTHER_ERROR)
 
     @staticmethod
     def _exception_type(span: Span) -> str | None:

@@ -62,6 +62,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.request.model",  # OTel, OpenLLMetry, OpenLIT
         "llm.request.model_name",  # OpenInference
         "llm.model_name",  # OpenInference (the model invoked)
+        "embedding.model_name",  # OpenInference EMBEDDING spans
         "llm.request.model",  # early OpenLLMetry
     ),
     Concept.OPERATION: (
@@ -151,6 +152,11 @@ PROVIDER_NAMES: dict[str, str] = {
     "bedrock": "aws.bedrock",
     "aws_bedrock": "aws.bedrock",
     "watsonx": "ibm.watsonx.ai",
+    # OpenInference's llm.provider and LiteLLM's gen_ai.system name the cloud, not the service
+    "aws": "aws.bedrock",
+    "azure": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "google": "gcp.gen_ai",  # any Google generative AI endpoint
 }
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
