@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -51,27 +52,33 @@ class RedactionProcessor:
     def _traces(self, batch: Any, counts: Counter[str]) -> None:
         redactor = self._redactor
         clean = redactor.clean_texts
-        for resource_spans in batch.resource_spans:
-            redactor.attributes(resource_spans.resource.attributes, counts)
-            for scope_spans in resource_spans.scope_spans:
-                redactor.attributes(scope_spans.scope.attributes, counts)
-                for span in scope_spans.spans[:]:  # a slice builds the wrappers faster than the iterator
-                    redactor.attributes(span.attributes, counts)
-                    name = span.name
-                    if name not in clean:
-                        masked = redactor.mask_text(name, counts)
-                        if masked is not name:
-                            span.name = masked
-                    # Asking first: most spans have no status, and reading one would build a Status wrapper.
-                    if span.HasField("status") and span.status.message:
-                        span.status.message = redactor.mask_text(span.status.message, counts)
-                    events, links = span.events, span.links
-                    if events:
-                        for event in events:
-                            self._span_event(event, counts)
-                    if links:
-                        for link in links:
-                            redactor.attributes(link.attributes, counts)
+        for scope_spans in self._scopes(batch.resource_spans, "scope_spans", counts):
+            for span in scope_spans.spans[:]:  # a slice builds the wrappers faster than the iterator
+                redactor.attributes(span.attributes, counts)
+                name = span.name
+                if name not in clean:
+                    masked = redactor.mask_text(name, counts)
+                    if masked is not name:
+                        span.name = masked
+                # Asking first: most spans have no status, and reading one would build a Status wrapper.
+                if span.HasField("status") and span.status.message:
+                    span.status.message = redactor.mask_text(span.status.message, counts)
+                events, links = span.events, span.links
+                if events:
+                    for event in events:
+                        self._span_event(event, counts)
+                if links:
+                    for link in links:
+                        redactor.attributes(link.attributes, counts)
+
+    def _scopes(self, resources: Any, scope_field: str, counts: Counter[str]) -> Iterator[Any]:
+        """Every scope entry of ``resources``, once the resource's and the scope's own attributes are redacted."""
+        redactor = self._redactor
+        for resource in resources:
+            redactor.attributes(resource.resource.attributes, counts)
+            for scope in getattr(resource, scope_field):
+                redactor.attributes(scope.scope.attributes, counts)
+                yield scope
 
     def _span_event(self, event: Any, counts: Counter[str]) -> None:
         """An event's name (it becomes a Loki log line) and attributes; a GenAI message event's content goes."""
@@ -90,39 +97,33 @@ class RedactionProcessor:
 
     def _logs(self, batch: Any, counts: Counter[str]) -> None:
         redactor = self._redactor
-        for resource_logs in batch.resource_logs:
-            redactor.attributes(resource_logs.resource.attributes, counts)
-            for scope_logs in resource_logs.scope_logs:
-                redactor.attributes(scope_logs.scope.attributes, counts)
-                for record in scope_logs.log_records:
-                    if self._is_content_event(record):
-                        self._drop_event_content(record, counts)
-                    else:
-                        redactor.value(record.body, counts)
-                    redactor.attributes(record.attributes, counts)
-                    for field in ("event_name", "severity_text"):  # Loki shows both
-                        text = getattr(record, field)
-                        if text:
-                            masked = redactor.mask_text(text, counts)
-                            if masked is not text:
-                                setattr(record, field, masked)
+        for scope_logs in self._scopes(batch.resource_logs, "scope_logs", counts):
+            for record in scope_logs.log_records:
+                if self._is_content_event(record):
+                    self._drop_event_content(record, counts)
+                else:
+                    redactor.value(record.body, counts)
+                redactor.attributes(record.attributes, counts)
+                for field in ("event_name", "severity_text"):  # Loki shows both
+                    text = getattr(record, field)
+                    if text:
+                        masked = redactor.mask_text(text, counts)
+                        if masked is not text:
+                            setattr(record, field, masked)
 
     def _metrics(self, batch: Any, counts: Counter[str]) -> None:
         """Resource, scope and data point attributes, and the attributes exemplars carry: an application's own
         metrics can label with a header, a command line or a prompt, and Prometheus serves every label."""
         redactor = self._redactor
-        for resource_metrics in batch.resource_metrics:
-            redactor.attributes(resource_metrics.resource.attributes, counts)
-            for scope_metrics in resource_metrics.scope_metrics:
-                redactor.attributes(scope_metrics.scope.attributes, counts)
-                for metric in scope_metrics.metrics:
-                    kind = metric.WhichOneof("data")
-                    if kind is None:
-                        continue
-                    for point in getattr(metric, kind).data_points:
-                        redactor.attributes(point.attributes, counts)
-                        for exemplar in getattr(point, "exemplars", ()):
-                            redactor.attributes(exemplar.filtered_attributes, counts)
+        for scope_metrics in self._scopes(batch.resource_metrics, "scope_metrics", counts):
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                for point in getattr(metric, kind).data_points:
+                    redactor.attributes(point.attributes, counts)
+                    for exemplar in getattr(point, "exemplars", ()):
+                        redactor.attributes(exemplar.filtered_attributes, counts)
 
     @staticmethod
     def _drop_event_content(record: Any, counts: Counter[str]) -> None:
