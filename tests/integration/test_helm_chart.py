@@ -433,17 +433,93 @@ def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(render
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def test_a_single_claim_shared_by_several_replicas_fails_with_a_clear_message(
-    helm_python: Path, tmp_path: Path
-) -> None:
-    values = tmp_path / "shared-claim.yaml"
-    values.write_text(yaml.safe_dump({"mode": "gateway", "gateway": {"replicas": 3}, "persistence": {"enabled": True}}))
-    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--json")
-    assert result.returncode == 1
+def lint_failures(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> list[str]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    """The chart's own ``fail`` messages, and a line per lint error (the values schema refusing a value)."""
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(path), "--json")
     (case,) = json.loads(result.stdout)
-    assert any("cannot hold the queues of 3 replicas" in fail for fail in case["fail_messages"])
-    values.write_text(yaml.safe_dump({"mode": "gateway", "gateway": {"replicas": 1}, "persistence": {"enabled": True}}))
-    assert run_helm_tool(helm_python, str(CHART), "--values", str(values)).returncode == 0
+    errors = [f"lint error in {m['path']}" for m in case["messages"] if m["level"] == "error"]
+    failures = [*case["fail_messages"], *errors]
+    assert (result.returncode == 0) == (not failures), result.stderr
+    return failures
+
+
+@pytest.mark.parametrize(
+    "persistence",
+    [
+        {"enabled": True},  # a Deployment: one claim
+        {"enabled": True, "accessModes": ["ReadWriteMany"]},  # shared, but each agent locks its queue directory
+        {"enabled": True, "existingClaim": "queues"},  # one claim, even for a StatefulSet
+    ],
+)
+def test_replicas_sharing_one_claim_fail_with_a_clear_message(
+    helm_python: Path, tmp_path: Path, persistence: dict[str, Any]
+) -> None:
+    for kind in ("Deployment", "StatefulSet"):
+        gateway = {"kind": kind, "replicas": 3}
+        failures = lint_failures(
+            helm_python, tmp_path, {"mode": "gateway", "gateway": gateway, "persistence": persistence}
+        )
+        shared = kind == "Deployment" or "existingClaim" in persistence
+        assert any("3 replicas cannot share one claim" in f for f in failures) == shared, (kind, failures)
+    one = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": 1}, "persistence": persistence}
+    assert lint_failures(helm_python, tmp_path, one) == []
+
+
+def test_settings_that_render_but_cannot_work_are_refused(helm_python: Path, tmp_path: Path) -> None:
+    gateway = {"mode": "gateway"}
+    assert any(
+        "ports.admin.enabled" in f
+        for f in lint_failures(helm_python, tmp_path, {**gateway, "ports": {"admin": {"enabled": False}}})
+    )
+    assert lint_failures(helm_python, tmp_path, {**gateway, "image": {"tag": 1.10}})  # YAML reads 1.1: quote it
+    tcp = {"tcpSocket": {"port": "admin"}}
+    assert lint_failures(helm_python, tmp_path, {**gateway, "livenessProbe": tcp})  # merged with httpGet: two handlers
+    assert (
+        lint_failures(helm_python, tmp_path, {**gateway, "serviceMonitor": {"enabled": True, "interval": "1m30s"}})
+        == []
+    )
+
+
+def test_long_release_names_still_give_valid_names(helm_python: Path, tmp_path: Path) -> None:
+    values = tmp_path / "gateway.yaml"
+    values.write_text(
+        yaml.safe_dump({"mode": "gateway", "gateway": {"kind": "StatefulSet"}, "fullnameOverride": "g" * 63})
+    )
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--render")
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)
+    rendered = {name: [d for d in yaml.safe_load_all(text) if d] for name, text in case["manifests"].items()}
+    workload = the_workload(rendered)
+    (service,) = objects(rendered, "Service")
+    assert len(service["metadata"]["name"]) <= 63 and service["metadata"]["name"].endswith("-headless")
+    assert workload["kind"] == "StatefulSet" and len(workload["metadata"]["name"]) <= 52
+    assert workload["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_the_monitors_name_the_job_otel_sidecar_whatever_the_name_overrides(helm_python: Path, tmp_path: Path) -> None:
+    values = tmp_path / "gateway.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "gateway",
+                "nameOverride": "tracer",
+                "serviceMonitor": {"enabled": True},
+                "podMonitor": {"enabled": True},
+            }
+        )
+    )
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--render")
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)
+    rendered = {name: [d for d in yaml.safe_load_all(text) if d] for name, text in case["manifests"].items()}
+    (service,) = objects(rendered, "Service")
+    (service_monitor,) = objects(rendered, "ServiceMonitor")
+    (pod_monitor,) = objects(rendered, "PodMonitor")
+    pod_labels = the_workload(rendered)["spec"]["template"]["metadata"]["labels"]
+    assert service["metadata"]["labels"][service_monitor["spec"]["jobLabel"]] == "otel-sidecar"
+    assert pod_labels[pod_monitor["spec"]["jobLabel"]] == "otel-sidecar"
 
 
 def sidecar_workload_with(helm_python: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:

@@ -16,6 +16,11 @@
 {{- end }}
 {{- end }}
 
+{{/* The gateway tier's headless Service: the fullname cut so that the suffix still fits in 63 characters. */}}
+{{- define "otel-sidecar.headlessName" -}}
+{{- printf "%s-headless" (include "otel-sidecar.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "otel-sidecar.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "otel-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -27,9 +32,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "otel-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{ include "otel-sidecar.jobLabel" . }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* The job name Prometheus gives the agents' targets (ServiceMonitor/PodMonitor jobLabel), whatever the release or
+name overrides: the alert rules and dashboards select job=~".*otel-sidecar.*". */}}
+{{- define "otel-sidecar.jobLabel" -}}
+otel-sidecar/job: otel-sidecar
 {{- end }}
 
 {{- define "otel-sidecar.serviceAccountName" -}}
@@ -48,7 +60,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
 {{- end }}
 
