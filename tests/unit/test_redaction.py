@@ -399,3 +399,14 @@ def test_an_applications_own_metrics_are_redacted_labels_exemplars_and_resource_
     for secret in ("Hunter2", OPENAI_KEY, "PROMPT IN A LABEL", BEARER, "sk-live-exemplar", "hunter2"):
         assert secret not in text, secret
     assert "llm.requests" in text and "as_int: 3" in text
+
+
+def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, Redactor
+
+    counts: Counter[str] = Counter()
+    masked = Redactor(RedactionConfig()).mask_text("x" * (MAX_SCANNED_CHARS + 1), counts)
+    assert masked.startswith("[REDACTED] (") and "too long to scan" in masked
+    assert counts == Counter({"too_long": 1})

@@ -21,6 +21,8 @@ from agent.processors.redaction.config import RedactionConfig
 
 MASK = "[REDACTED]"
 CONTENT_RULE = "content"
+TOO_LONG_RULE = "too_long"
+MAX_SCANNED_CHARS = 128 * 1024
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
@@ -38,36 +40,40 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "npm_token": (r"\bnpm_[A-Za-z0-9]{36}", MASK),
     "google_oauth_token": (r"\bya29\.[0-9A-Za-z_\-]{20,}", MASK),
     "slack_webhook": (r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+", r"\1" + MASK),
-    "private_key": (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", MASK),
+    "private_key": (
+        r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]{0,20}PRIVATE KEY-----|\Z)",
+        MASK,
+    ),
     # user:password@ in a URL; the user may be empty (redis://:pw@host), and the password runs to the last @ of
     # the URL, as people write passwords with @ or / unescaped (postgres://u:p@ss/w@db). A port is not a
     # password: http://svc:8080/find?email=a@b.c is left alone.
     "url_password": (
-        r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?!\d+(?:[/?#\s]|$))[^\s@]+(?:@[^\s@]*(?=[^\s@]*@))*(@)",
+        r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^/\s:@]{0,256}:)(?!\d{1,5}(?:[/?#\s]|$))"
+        r"[^\s@]{1,256}(?:@[^\s@]{0,256}(?=[^\s@]{0,256}@)){0,3}(@)",
         r"\1" + MASK + r"\2",
     ),
     # name=value where the name says secret: query strings (?api_key=, &sig=), connection strings
     # (Password=...;), environment assignments, --token=... flags. A plural (tokens=512) is a count.
     "assigned_secret": (
-        r"(\b[\w.\-]*?(?i:password|passwd|pwd|secret|api[-_]?key|apikey|access[-_]?token|auth[-_]?token"
+        r"(\b[\w.\-]{0,40}?(?i:password|passwd|pwd|secret|api[-_]?key|apikey|access[-_]?token|auth[-_]?token"
         r"|refresh[-_]?token|\btoken|\bsig|signature)=)[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
     # The same inside JSON text ({"password": "..."}) and as a command-line flag and its next word.
     "json_secret": (
         r"(\"(?i:password|passwd|pwd|secret|client_secret|api[-_]?key|apikey|access_token|refresh_token|token"
-        r"|authorization)\"\s*:\s*\")[^\"]*",
+        r"|authorization)\"\s{0,8}:\s{0,8}\")[^\"]*",
         r"\1" + MASK,
     ),
-    "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s+)[^\s-]\S*", r"\1" + MASK),
+    "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value.
     "header_secret": (
-        r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key)\s*:\s*(?:(?i:bearer|basic|token|digest)\s+)?)"
+        r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key)\s{0,8}:\s{0,8}(?:(?i:bearer|basic|token|digest)\s{1,8})?)"
         r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)[^\r\n'\"\s]+",
         r"\1" + MASK,
     ),
-    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s*:\s*)[^\r\n'\"]+", r"\1" + MASK),
+    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
 }
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
@@ -75,8 +81,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
-    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|key|token|sig|signature)[\w.-]*=|(?i:pass|pwd|secret|key|token"
-    r"|authorization)[\w-]*\"\s*:|--(?i:pass|api|token|secret)|(?i:authorization|api-key|cookie)\s*:"
+    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|key|token|sig|signature)[\w.-]{0,40}=|(?i:pass|pwd|secret|key"
+    r"|token|authorization)[\w-]{0,40}\"\s{0,8}:|--(?i:pass|api|token|secret)|(?i:authorization|api-key|cookie)\s{0,8}:"
 )
 
 _DROP = "drop"
@@ -139,6 +145,11 @@ class Redactor:
     def mask_text(self, text: str, counts: Counter[str]) -> str:
         if text in self._clean:
             return text
+        if len(text) > MAX_SCANNED_CHARS:
+            # Scanning costs up to a few µs per character on crafted text, on the event loop: a value this long
+            # (prompts and documents are content, dropped by key before) goes whole rather than hold the agent.
+            counts[TOO_LONG_RULE] += 1
+            return f"{MASK} ({len(text)} characters: too long to scan)"
         if not self._may_hold_credential(text):
             self._remember_clean(text)
             return text
