@@ -369,3 +369,24 @@ async def test_an_empty_request_is_a_success(running: Running, sink: BatchSink) 
     status, _, _ = await post(running.http_url + "/v1/traces", b"", "application/x-protobuf")
     assert status == 200
     assert sink.batches == []
+
+
+async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not_held(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import agent.receivers.otlp.http_server as http_server
+
+    monkeypatch.setattr(http_server, "_BODY_SECONDS", 0.3)
+    host, port = running.http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400")
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 1

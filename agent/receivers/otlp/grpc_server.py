@@ -26,6 +26,8 @@ _GRPC_CODES = {
     Failure.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 _MIB = 1024 * 1024
+_MAX_STREAMS_PER_CONNECTION = 100
+_IDLE_CONNECTION_MS = 5 * 60 * 1000
 
 
 class GrpcServer:
@@ -40,7 +42,14 @@ class GrpcServer:
         # gRPC's own limit is set above ours so that requests between the two are counted and answered by us.
         core_limit = min(self._limit * 2, 2**31 - 1)
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", core_limit), ("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.max_receive_message_length", core_limit),
+                ("grpc.so_reuseport", 0),
+                # A sender's streams and idle connections are bounded, as the Collector's gRPC server bounds them:
+                # streams opened and never finished would each hold memory, without limit or end.
+                ("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION),
+                ("grpc.max_connection_idle_ms", _IDLE_CONNECTION_MS),
+            ],
         )
         server.add_generic_rpc_handlers([self._service(signal) for signal in Signal if self._handler.accepts(signal)])
         host = self._endpoint.host or "0.0.0.0"  # ":4317" listens on every interface, as for HTTP

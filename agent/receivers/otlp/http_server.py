@@ -20,6 +20,8 @@ from agent.receivers.otlp.encoding import decompressed
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _MIB = 1024 * 1024
+_BODY_SECONDS = 30.0  # to receive a whole request body
+_IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this
 
 _HTTP_STATUS = {
     Failure.MALFORMED: (400, code_pb2.INVALID_ARGUMENT),
@@ -44,7 +46,9 @@ class HttpServer:
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
         # Bodies are decompressed by the handler (encoding.py), bounded and checked for truncation.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False, keepalive_timeout=_IDLE_SECONDS
+        )
         await runner.setup()
         site = web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True)
         try:
@@ -100,7 +104,12 @@ class HttpServer:
 
     async def _read_body(self, signal: Signal, request: web.Request) -> bytes:
         try:
-            body = await request.read()
+            # A body trickled in (or stopped short of its Content-Length) would hold up to the size limit, forever.
+            async with asyncio.timeout(_BODY_SECONDS):
+                body = await request.read()
+        except TimeoutError:
+            self._handler.request_failed(signal, "http", Failure.MALFORMED)
+            raise RequestFailed(Failure.MALFORMED, f"request body not received within {_BODY_SECONDS:g}s") from None
         except web.HTTPRequestEntityTooLarge:
             self._handler.request_failed(signal, "http", Failure.TOO_LARGE)
             raise RequestFailed(Failure.TOO_LARGE, f"request body exceeds {self._limit} bytes") from None
