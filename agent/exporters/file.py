@@ -73,9 +73,13 @@ class FileExporter:
         self._files.clear()
 
     async def _write(self, signal: Signal, batch: Message) -> None:
-        line = json_codec.encode(batch) + b"\n"
         async with self._write_lock:
-            await asyncio.to_thread(self._append, signal, line)
+            # Encoded off the event loop too: JSON for a large batch takes seconds of pure Python. The queue owns
+            # the batch (nothing else touches it meanwhile).
+            await asyncio.to_thread(self._encode_and_append, signal, batch)
+
+    def _encode_and_append(self, signal: Signal, batch: Message) -> None:
+        self._append(signal, json_codec.encode(batch) + b"\n")
 
     def _append(self, signal: Signal, line: bytes) -> None:
         handle = self._files.get(signal)

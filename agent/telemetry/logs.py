@@ -49,9 +49,33 @@ def configure(level: str, fmt: str) -> logging.Logger:
     # Libraries (aiohttp, grpc, asyncio) log through Python's root logger: the same stream and format, so a log
     # collector reading JSON lines never meets a bare traceback; warnings and worse only.
     libraries = logging.getLogger()
-    libraries.handlers[:] = [handler]
+    library_handler = logging.StreamHandler(sys.stdout)
+    library_handler.setFormatter(handler.formatter)
+    library_handler.addFilter(RepeatFilter())
+    libraries.handlers[:] = [library_handler]
     libraries.setLevel(logging.WARNING)
     return root
+
+
+class RepeatFilter(logging.Filter):
+    """Passes one record per message template and logger every ``interval`` seconds: a library logging the same
+    failure in a loop (asyncio's accept errors when file descriptors run out) must not flood the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        if len(self._last) > 1024:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 def component_logger(component_id: str) -> logging.Logger:

@@ -35,3 +35,14 @@ def test_a_librarys_error_with_a_traceback_is_one_json_line_like_the_agents_own(
     records = [json.loads(line) for line in lines]  # every line is JSON
     assert [r["message"] for r in records] == ["own record", "Error handling request"]
     assert "ValueError: broken stream" in records[1]["exception"]
+
+
+def test_a_library_repeating_one_error_is_logged_once_per_interval(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure("info", "json")
+    for _ in range(1000):  # as asyncio logs every failed accept() when file descriptors run out
+        logging.getLogger("asyncio").error("socket.accept() out of system resource")
+    logging.getLogger("asyncio").error("another problem")
+    messages = [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()]
+    assert messages == ["socket.accept() out of system resource", "another problem"]
