@@ -67,6 +67,16 @@ class Consumer(Protocol):
     def consume(self, batch: Message) -> None: ...
 
 
+def consume_with_size(consumer: Consumer, batch: Message, size: int) -> None:
+    """Hand ``batch`` on with the size it had as received, to a consumer that takes one (``consume_sized``: the
+    ingest queue, the fan-out, the tail sampler bound their memory by it); ``consume`` for any other."""
+    consume_sized = getattr(consumer, "consume_sized", None)
+    if consume_sized is not None:
+        consume_sized(batch, size)
+    else:
+        consumer.consume(batch)
+
+
 class Component(Protocol):
     """Lifecycle shared by every stage.
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from google.protobuf.message import Message
 
-from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
+from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal, consume_with_size
 from agent.config.service import IngestConfig
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
@@ -132,14 +132,9 @@ class IngestQueue:
                 await self._ready.wait()
                 continue
             signal, batch, items, size = self._entries[0]
-            consumer = self._downstream[signal]
-            # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
-            consume_sized = getattr(consumer, "consume_sized", None)
             try:
-                if consume_sized is not None:
-                    consume_sized(batch, size)
-                else:
-                    consumer.consume(batch)
+                # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
+                consume_with_size(self._downstream[signal], batch, size)
             except Refused:
                 await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
                 continue

@@ -36,6 +36,7 @@ from agent.exporters._helper.retry import (
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
 
+SEND_FAILED_DOC = "Items an exporter gave up on."
 DUPLICATES_DOC = (
     "Items sent again after an attempt whose outcome was unknown (a timeout, or a crash between sending and "
     "recording the result): the backend may hold them twice (at-least-once)."
@@ -224,9 +225,7 @@ class SendingQueue:
         cid = self._settings.component_id
         m = self._settings.metrics
         self._sent = m.counter("exporter_sent_items_total", "Items exported successfully.", ["exporter", "signal"])
-        self._failed = m.counter(
-            "exporter_send_failed_items_total", "Items an exporter gave up on.", ["exporter", "signal", "reason"]
-        )
+        self._failed = m.counter("exporter_send_failed_items_total", SEND_FAILED_DOC, ["exporter", "signal", "reason"])
         self._rejected = m.counter(
             "exporter_rejected_items_total",
             "Items the backend refused for good (a permanent error answer, or the rejected part of a partial success).",

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.batcher import merge
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.queue import DUPLICATES_DOC, SendingQueue
+from agent.exporters._helper.queue import DUPLICATES_DOC, SEND_FAILED_DOC, SendingQueue
 from agent.exporters._helper.retry import PermanentExportError, RetryableError
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
@@ -224,7 +224,7 @@ class LoadBalancingExporter:
         )
         self._duplicates = m.counter("exporter_duplicates_total", DUPLICATES_DOC, ["exporter", "signal"])
         self._failed = m.counter(  # the sending queue's family: one series set for both
-            "exporter_send_failed_items_total", "Items an exporter gave up on.", ["exporter", "signal", "reason"]
+            "exporter_send_failed_items_total", SEND_FAILED_DOC, ["exporter", "signal", "reason"]
         )
         self._ejections = m.counter(
             "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]

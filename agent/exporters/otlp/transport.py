@@ -111,17 +111,19 @@ class GrpcTransport:
             )
 
     async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
-        assert self._channel is not None
+        connected_before = self._connected()
         try:
             return await self._methods[signal](request, timeout=timeout, metadata=self._metadata)  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as exc:
             error = grpc_error(exc.code(), exc.details() or "", exc.trailing_metadata())
-            if isinstance(error, RetryableError) and error.maybe_delivered and not self._was_connected():
-                error.maybe_delivered = False  # the deadline passed before a connection existed: nothing was sent
+            never_connected = not connected_before and not self._connected()
+            if isinstance(error, RetryableError) and error.maybe_delivered and never_connected:
+                # Not connected before the call, nor after: the deadline passed while connecting, nothing sent.
+                error.maybe_delivered = False
                 error.reason = "connection"
             raise error from None
 
-    def _was_connected(self) -> bool:
+    def _connected(self) -> bool:
         assert self._channel is not None
         return self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
 

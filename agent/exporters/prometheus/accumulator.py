@@ -255,8 +255,8 @@ class Accumulator:
         for key, value in attrs.items():
             if key not in IDENTIFYING_RESOURCE_KEYS and value:
                 info.setdefault(self._label_name(key), value)
-        if len(info) > len(identity) or identity:
-            # Without job/instance the scrape's own target labels identify it: one entry per attribute set.
+        if info:
+            # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
             self._targets[tuple(sorted((identity or info).items()))] = Target(info, now)
         if not self._resource_labels:
             return identity

@@ -85,11 +85,7 @@ class RedactionProcessor:
         redactor = self._redactor
         name = event.name
         if redactor.is_content_event(name):
-            kept = [kv for kv in event.attributes if kv.key in _MESSAGE_EVENT_METADATA]
-            if len(kept) != len(event.attributes):
-                counts[CONTENT_RULE] += len(event.attributes) - len(kept)
-                del event.attributes[:]
-                event.attributes.extend(kept)
+            _keep_metadata_only(event.attributes, _MESSAGE_EVENT_METADATA, counts)
         masked = redactor.mask_text(name, counts)
         if masked is not name:
             event.name = masked
@@ -131,11 +127,7 @@ class RedactionProcessor:
         if record.HasField("body"):
             record.ClearField("body")
             counts[CONTENT_RULE] += 1
-        kept = [kv for kv in record.attributes if kv.key in _MESSAGE_EVENT_METADATA or kv.key == "event.name"]
-        if len(kept) != len(record.attributes):
-            counts[CONTENT_RULE] += len(record.attributes) - len(kept)
-            del record.attributes[:]
-            record.attributes.extend(kept)
+        _keep_metadata_only(record.attributes, _MESSAGE_EVENT_METADATA | {"event.name"}, counts)
 
     def _is_content_event(self, record: Any) -> bool:
         if record.event_name:
@@ -144,6 +136,15 @@ class RedactionProcessor:
             if kv.key == "event.name":
                 return self._redactor.is_content_event(kv.value.string_value)
         return False
+
+
+def _keep_metadata_only(attributes: Any, metadata: frozenset[str], counts: Counter[str]) -> None:
+    """Remove every attribute of a GenAI message event but its metadata (the rest is message content)."""
+    kept = [kv for kv in attributes if kv.key in metadata]
+    if len(kept) != len(attributes):
+        counts[CONTENT_RULE] += len(attributes) - len(kept)
+        del attributes[:]
+        attributes.extend(kept)
 
 
 def create(config: RedactionConfig, settings: CreateSettings, signal: Signal, next_consumer: Consumer) -> Any:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
-from agent.component import ConsumerMap, CreateSettings, PermanentError, Refused, Signal
+from agent.component import ConsumerMap, CreateSettings, PermanentError, Refused, Signal, consume_with_size
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
@@ -81,11 +81,7 @@ class ExportHandler:
                 self.request_failed(signal, transport, Failure.UNAVAILABLE)
                 raise RequestFailed(Failure.UNAVAILABLE, f"this agent has no {signal.value} pipeline")
             try:
-                consume_sized = getattr(consumer, "consume_sized", None)
-                if consume_sized is not None:
-                    consume_sized(request, size)
-                else:
-                    consumer.consume(request)
+                consume_with_size(consumer, request, size)
             except Refused as exc:
                 self._refused.labels(cid, transport, signal.value, "backpressure").inc(items)
                 raise RequestFailed(Failure.REFUSED, f"{exc.reason}; retry later", self._retry_after) from None

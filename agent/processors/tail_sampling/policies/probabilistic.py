@@ -1,8 +1,9 @@
-"""``probabilistic``: keep a consistent share of traces, decided by the trace id's randomness (OTEP 235).
+"""``probabilistic``: keep a consistent share of traces, decided by the trace's randomness (OTEP 235).
 
-The policy applies to every trace; whether it keeps one is ``randomness(trace_id) >= threshold``, a pure
-function of the trace id, so independent agents and SDKs with consistent probability samplers at the same
-rate keep the same traces.
+The policy applies to every trace; whether it keeps one is ``randomness >= threshold``, the randomness being
+the explicit ``rv`` of the trace's ``tracestate`` when it has one, else the trace id's: a pure function of the
+trace, so independent agents and SDKs with consistent probability samplers at the same rate keep the same
+traces.
 """
 
 from __future__ import annotations
