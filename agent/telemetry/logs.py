@@ -57,25 +57,41 @@ def configure(level: str, fmt: str) -> logging.Logger:
     return root
 
 
+class Throttle:
+    """Admits one event per key every ``interval`` seconds and counts the others, to be reported with the next."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._last: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def admit(self, key: object) -> int | None:
+        """None to drop this event; else how many were dropped since the last one admitted."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        if len(self._last) > 4096:  # keys are message templates: few, unless something is wrong
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)
+
+
 class RepeatFilter(logging.Filter):
     """Passes one record per message template and logger every ``interval`` seconds: a library logging the same
     failure in a loop (asyncio's accept errors when file descriptors run out) must not flood the log."""
 
     def __init__(self, interval: float = 10.0) -> None:
         super().__init__()
-        self._interval = interval
-        self._last: dict[tuple[str, object], float] = {}
+        self._throttle = Throttle(interval)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.msg)
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            return False
-        if len(self._last) > 1024:
-            self._last.clear()
-        self._last[key] = now
-        return True
+        suppressed = self._throttle.admit((record.name, record.msg))
+        if suppressed:
+            record.suppressed_since_last = suppressed
+        return suppressed is not None
 
 
 def component_logger(component_id: str) -> logging.Logger:
@@ -90,9 +106,7 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
         self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._throttle = Throttle(interval)
 
     def warning(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.WARNING, key, message, extra)
@@ -103,13 +117,9 @@ class RateLimitedLog:
         self._log(logging.ERROR, key, message, extra, exc_info=True)
 
     def _log(self, level: int, key: str, message: str, extra: dict[str, Any], exc_info: bool = False) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        suppressed = self._throttle.admit(key)
+        if suppressed is None:
             return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             extra["suppressed_since_last"] = suppressed
         self._logger.log(level, message, extra=extra, exc_info=exc_info)
