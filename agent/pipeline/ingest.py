@@ -6,7 +6,9 @@ agent, and Export latency does not grow with the pipeline. The queue is bounded 
 received); when it is full the receiver refuses with a retryable answer. One worker per receiver feeds the
 pipelines in arrival order, across signals (a log that arrived after its trace's spans is processed after
 them, as the tail sampler expects); when they refuse (a full sampler buffer), the worker waits and offers the
-same batch again, so the queue fills and back-pressure reaches the sender instead of data being dropped.
+same batch again, and while they refuse, the receiver refuses new requests with their reason: the sender
+retries later, and memory the pipelines cannot take (a memory limiter says the process is too big, a sampler
+buffer is full) does not pile up in the queue instead.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class IngestQueue:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._pipelines_refusal: str | None = None  # why the pipelines refused the batch at the head, until taken
         self._log = RateLimitedLog(settings.logger)
         cid = settings.component_id
         m = settings.metrics
@@ -85,6 +88,8 @@ class IngestQueue:
             raise Refused("the agent is shutting down")
         if self._entries and (self._items + items > self._capacity or self._bytes + size > self._capacity_bytes):
             raise Refused(f"ingest queue of {self._settings.component_id} is full")
+        if self._pipelines_refusal is not None and self._entries:
+            raise Refused(self._pipelines_refusal)
         self._entries.append((signal, batch, items, size))
         self._items += items
         self._bytes += size
@@ -135,13 +140,15 @@ class IngestQueue:
             try:
                 # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
                 consume_with_size(self._downstream[signal], batch, size)
-            except Refused:
+            except Refused as refused:
+                self._pipelines_refusal = refused.reason
                 await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
                 continue
             except PermanentError as exc:
                 self._drop(signal, items, "rejected", f"the pipeline rejected a batch: {exc}")
             except Exception as exc:  # a processor bug must not stop ingestion
                 self._drop(signal, items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
+            self._pipelines_refusal = None
             self._entries.popleft()
             self._items -= items
             self._bytes -= size

@@ -107,6 +107,33 @@ async def test_refusals_by_the_pipelines_hold_the_batch_until_taken_and_nothing_
     assert pipelines.batches == sent
 
 
+async def test_while_the_pipelines_refuse_new_batches_are_refused_at_once_with_their_reason() -> None:
+    class Switch:
+        def __init__(self) -> None:
+            self.refusing = True
+            self.batches: list[Message] = []
+
+        def consume(self, batch: Message) -> None:
+            if self.refusing:
+                raise Refused("data refused due to high memory usage")
+            self.batches.append(batch)
+
+    pipelines = Switch()
+    queue, _ = queue_for(pipelines)
+    await queue.start()
+    first, second, third = batches(3)
+    queue.consume(first)
+    await asyncio.sleep(0.01)  # the worker offers it and is refused
+    # Queueing more would only grow memory the pipelines are refusing to take (a memory limiter) or to buffer.
+    with pytest.raises(Refused, match="high memory usage"):
+        queue.consume(second)
+    pipelines.refusing = False
+    await asyncio.sleep(0.2)  # the worker's next offer is taken
+    queue.consume(third)
+    await queue.shutdown(time.monotonic() + 5)
+    assert pipelines.batches == [first, third]
+
+
 async def test_a_batch_the_pipelines_reject_for_good_is_counted_and_the_rest_flow() -> None:
     class RejectFirst(BatchSink):
         def consume(self, batch: Message) -> None:
