@@ -12,7 +12,7 @@ from agent.exporters import loki as loki_exporter
 from agent.exporters import nop as nop_exporter
 from agent.exporters import otlp as otlp_exporter
 from agent.exporters import prometheus as prometheus_exporter
-from agent.processors import redaction, tail_sampling
+from agent.processors import memory_limiter, redaction, tail_sampling
 from agent.receivers import otlp as otlp_receiver
 
 FACTORIES: tuple[Factory[Any], ...] = (
@@ -21,6 +21,7 @@ FACTORIES: tuple[Factory[Any], ...] = (
     nop_exporter.FACTORY,
     otlp_exporter.FACTORY,
     loki_exporter.FACTORY,
+    memory_limiter.FACTORY,
     tail_sampling.FACTORY,
     redaction.FACTORY,
     spanmetrics_connector.FACTORY,

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from agent.config.loader import load_path
+from agent.config.loader import AgentConfig, load_path, load_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "config"
 AGENT_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "pricing.yaml")
@@ -56,3 +57,27 @@ def test_every_shipped_metrics_pipeline_fed_by_a_receiver_is_redacted(path: Path
     for name, pipeline in config.service.pipelines.items():
         if name.split("/")[0] == "metrics" and "otlp" in pipeline.receivers:
             assert "redaction" in pipeline.processors, name
+
+
+def pipelines_without_memory_limiter_first(config: AgentConfig) -> list[str]:
+    return [
+        name
+        for name, pipeline in config.service.pipelines.items()
+        if any(r in config.receivers for r in pipeline.receivers)
+        and (not pipeline.processors or config.processors[pipeline.processors[0]].factory.type != "memory_limiter")
+    ]
+
+
+@pytest.mark.parametrize("path", [*AGENT_CONFIGS, None], ids=str)
+def test_every_shipped_pipeline_fed_by_a_receiver_starts_with_the_memory_limiter(path: Path | None) -> None:
+    """A sidecar killed for its memory loses every trace it buffered; refusing (retryable) loses nothing."""
+    assert pipelines_without_memory_limiter_first(load_path(path, environ={})) == []
+
+
+def test_the_helm_chart_and_compose_configs_start_their_pipelines_with_the_memory_limiter() -> None:
+    repo = CONFIG_DIR.parent
+    chart = yaml.safe_load((repo / "helm/otel-sidecar/values.yaml").read_text())["config"]
+    compose = yaml.safe_load((repo / "deploy/docker-compose.yaml").read_text())
+    compose_config = compose["configs"]["otel-sidecar-config"]["content"].replace("$$", "$")
+    for text in (yaml.safe_dump(chart), compose_config):
+        assert pipelines_without_memory_limiter_first(load_text(text, environ={})) == []

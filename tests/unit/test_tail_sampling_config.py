@@ -119,9 +119,9 @@ def test_the_same_sampler_in_one_traces_and_one_logs_pipeline_is_valid() -> None
 def test_the_default_config_tail_samples_and_redacts_traces_and_their_logs_into_the_file_exporter() -> None:
     config = load_text(default_config_text(), environ={})
     pipelines = config.service.pipelines
-    assert pipelines["traces"].processors == ["tail_sampling", "redaction"]
+    assert pipelines["traces"].processors == ["memory_limiter", "tail_sampling", "redaction"]
     assert pipelines["traces"].exporters == ["file"]
-    assert pipelines["logs"].processors == ["tail_sampling", "redaction"]
+    assert pipelines["logs"].processors == ["memory_limiter", "tail_sampling", "redaction"]
     policies = config.processors["tail_sampling"].config.policies
     assert policies.errors.enabled
     assert policies.probabilistic.percentage == 10.0
