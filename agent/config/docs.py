@@ -18,11 +18,14 @@ HEADER = """# Configuration reference
 
 The config is YAML in the OpenTelemetry Collector's shape: `receivers`, `processors`, `connectors` and
 `exporters` define components by id (`type` or `type/name`, e.g. `otlp/jaeger`), and `service.pipelines`
-wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables.
-Durations are written `500ms`, `10s`, `2m`, `1h` or `30d`. Unknown keys, wrong types and references to
-undefined components are errors; `otel-sidecar validate --config FILE` lists all of them with their paths
-(checks across the fields of a section, such as `decision_wait_after_root` below `decision_wait`, run once the
-section's own fields are valid).
+wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables; a value
+that is one whole reference is typed by its field: a string field gets the variable's exact text (`0123` stays
+`0123`), a number, boolean or list field reads it as YAML. Durations are written `500ms`, `10s`, `2m`, `1h` or
+`30d` (also `us` and `ns`; `0` is no time). The `otlp` receiver also takes the Collector's `protocols:` level
+around `grpc` and `http`. Unknown keys, keys written twice, wrong types, numbers that are not finite and
+references to undefined components are errors; `otel-sidecar validate --config FILE` lists all of them with
+their paths (checks across the fields of a section, such as `decision_wait_after_root` below `decision_wait`,
+run once the section's own fields are valid).
 """
 
 

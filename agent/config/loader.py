@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from agent.component import Factory, Kind, Signal
-from agent.config.schema import ConfigError, ConfigInvalid, HostPort, build, join_path, to_plain
+from agent.config.schema import ConfigError, ConfigInvalid, EnvText, HostPort, build, join_path, to_plain
 from agent.config.service import PipelineConfig, ServiceConfig
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
@@ -73,9 +73,35 @@ def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | 
     return load_text(text, environ)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error, as in the Collector:
+    keeping the last one silently would drop half of what the operator wrote (two ``traces:`` pipelines)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:
+            continue  # an unhashable key: the safe constructor reports it
+        if earlier != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found key {key!r} again (first on line {earlier}); a key may appear once in a mapping",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfig:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     except ValueError as exc:  # PyYAML's own value errors, e.g. a date like 2001-13-45
@@ -99,8 +125,8 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
     """Replace ``${env:NAME}``, ``${env:NAME:-default}`` and ``${NAME}`` in every string value; ``$$`` is a
     literal ``$``.
 
-    A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number (and a string
-    field still takes ``12345`` as text).
+    A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number, a list or a
+    mapping; a scalar keeps its exact text beside (:class:`EnvText`), which is what a string field takes.
     """
     if isinstance(node, dict):
         return {k: substitute_env(v, join_path(path, str(k)), environ, errors) for k, v in node.items()}
@@ -128,9 +154,12 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
     result = _ENV_REF.sub(replace, node)
     if whole and result:
         try:
-            return yaml.safe_load(result)
+            parsed = yaml.safe_load(result)
         except (yaml.YAMLError, ValueError, RecursionError):
             return result
+        if isinstance(parsed, dict | list):
+            return parsed
+        return result if parsed == result else EnvText(result, parsed)
     return result
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -25,14 +27,26 @@ T = TypeVar("T")
 
 
 class Duration(float):
-    """Seconds, written in config as ``500ms``, ``10s``, ``2m``, ``1h30m`` or ``30d``."""
+    """Seconds, written in config as ``500ms``, ``10s``, ``2m``, ``1h30m`` or ``30d`` (Go's units, and days);
+    ``0`` alone, as in Go, is no time."""
 
-    _UNITS: typing.ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+    _UNITS: typing.ClassVar[dict[str, float]] = {
+        "ns": 1e-9,
+        "us": 1e-6,
+        "µs": 1e-6,
+        "ms": 0.001,
+        "s": 1.0,
+        "m": 60.0,
+        "h": 3600.0,
+        "d": 86400.0,
+    }
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 
     @classmethod
     def parse(cls, text: str) -> Duration:
         text = text.strip()
+        if text == "0":
+            return cls(0.0)
         parts = cls._PART.findall(text)
         if not parts or "".join(n + u for n, u in parts) != text:
             raise ValueError(f"must be a duration like '10s', '500ms' or '2m', got {text!r}")
@@ -70,16 +84,22 @@ class HostPort(str):
 
 
 class Url(str):
-    """An ``http://`` or ``https://`` URL with a host."""
-
-    _FORM = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
+    """An ``http://`` or ``https://`` URL with a host (a name, an IPv4 or a bracketed IPv6 address), optionally
+    with ``user:password@`` (basic auth, as hosted Loki services expect). The scheme is kept in lower case."""
 
     @classmethod
     def parse(cls, text: str) -> Url:
-        found = cls._FORM.match(text)
-        if not found or (found.group(1) and int(found.group(1)[1:]) > 65535):
-            raise ValueError("must be a URL")
-        return cls(text)
+        problem = f"must be a URL (http:// or https:// and a host), got {without_userinfo(text)!r}"
+        if any(c.isspace() for c in text):
+            raise ValueError(problem)
+        try:
+            parts = urllib.parse.urlsplit(text)
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError(problem) from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(problem)
+        return cls(parts.scheme.lower() + text[len(parts.scheme) :])
 
 
 _CUSTOM_SCALARS: tuple[type, ...] = (Duration, HostPort, Url)
@@ -186,13 +206,41 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: l
         errors.append(ConfigError(path, f"must be at most {high:g}"))
 
 
+class EnvText(str):
+    """A value given whole by an environment variable (``${env:NAME}``): its exact text for fields that take text,
+    and ``parsed``, the text read as YAML, for the others (``${env:PORT}`` is a number to an int field, while
+    ``${env:TENANT}`` holding ``0123`` stays ``0123`` to a string field, not octal 83)."""
+
+    parsed: Any
+
+    def __new__(cls, text: str, parsed: Any) -> EnvText:
+        obj = super().__new__(cls, text)
+        obj.parsed = parsed
+        return obj
+
+
+_DECIMAL = re.compile(r"[-+]?[0-9]+")
+
+
+def _takes_text(tp: Any) -> bool:
+    if tp is str or tp in _CUSTOM_SCALARS:
+        return True
+    return get_origin(tp) is Literal and all(isinstance(choice, str) for choice in get_args(tp))
+
+
 def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in get_args(tp) if a is not type(None)]
-        if raw is None:
+        if raw is None or (isinstance(raw, EnvText) and raw.parsed is None and not _takes_text(options[0])):
             return None
         return _parse_value(options[0], raw, path, errors)
+    if isinstance(raw, EnvText) and tp is int and _DECIMAL.fullmatch(raw.strip()):
+        raw = int(raw)  # decimal, as a variable means it: PyYAML would read 0032 as octal
+    elif isinstance(raw, EnvText) and not _takes_text(tp):
+        raw = raw.parsed
+    elif isinstance(raw, EnvText):
+        raw = str(raw)
     if origin is Literal:
         choices = get_args(tp)
         if raw not in choices:
@@ -219,6 +267,8 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
 
 def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any:
     if tp in _CUSTOM_SCALARS:
+        if tp is Duration and raw == 0 and not isinstance(raw, bool):
+            return Duration(0.0)  # `max_elapsed_time: 0`, read by YAML as a number
         if not isinstance(raw, str):
             errors.append(ConfigError(path, _custom_scalar_hint(tp, raw)))
             return None
@@ -239,6 +289,8 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             errors.append(ConfigError(path, f"must be a number, got {raw!r}"))
             return raw
+        if not math.isfinite(raw):  # .nan would pass every bound (each comparison is false)
+            errors.append(ConfigError(path, f"must be a finite number, got {raw!r}"))
         return float(raw)
     if tp is str:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
@@ -253,6 +305,8 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
 
 def _custom_scalar_hint(tp: type, raw: Any) -> str:
     if tp is Duration:
+        if raw == 0 and not isinstance(raw, bool):
+            return "0"  # a bare 0 (YAML reads it as a number) is no time, as in Go; see _parse_scalar
         return f"must be a duration like '10s', '500ms' or '2m', got {raw!r}"
     if tp is HostPort:
         return f"must be host:port, got {raw!r}"

@@ -112,6 +112,8 @@ class ServiceConfig:
         if not self.pipelines:
             yield "pipelines", "must define at least one pipeline"
         for pipeline_id in self.pipelines:
-            signal = pipeline_id.split("/", 1)[0]
+            signal, slash, name = pipeline_id.partition("/")
             if signal not in ("traces", "metrics", "logs"):
                 yield f"pipelines.{pipeline_id}", "pipeline id must start with traces, metrics or logs"
+            elif slash and not name:
+                yield f"pipelines.{pipeline_id}", "pipeline id must be signal or signal/name, with a name after /"

@@ -253,3 +253,140 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
     with pytest.raises(ConfigInvalid) as raised:
         load_text(text, environ={})
     assert [str(e) for e in raised.value.errors] == ["receivers.otlp: enable at least one of grpc and http"]
+
+
+LOKI_WITH_ENV = """
+receivers: {otlp: {}}
+exporters:
+  loki:
+    endpoint: http://loki:3100/loki/api/v1/push
+    headers:
+      authorization: "${env:TOKEN}"
+      x-scope: ${env:TOKEN}
+    timeout: ${env:TIMEOUT}
+service: {pipelines: {logs: {receivers: [otlp], exporters: [loki]}}}
+"""
+
+
+@pytest.mark.parametrize("token", ["0123", "1.10", "12:30", "abc #1", "yes", "null", "2024-01-01", "~", "[x"])
+def test_a_string_field_given_by_an_env_variable_gets_its_exact_text(token: str) -> None:
+    """Not the text read as YAML: 0123 is not octal 83, `abc #1` is not `abc` and a comment."""
+    config = load_text(LOKI_WITH_ENV, environ={"TOKEN": token, "TIMEOUT": "5s"})
+    assert config.exporters["loki"].config.headers == {"authorization": token, "x-scope": token}
+
+
+def test_an_env_variable_still_gives_numbers_bools_and_lists_to_fields_of_those_types() -> None:
+    text = """
+receivers:
+  otlp:
+    grpc:
+      max_recv_msg_size_mib: ${env:SIZE}
+      enabled: "${env:ON}"
+    retry_after: ${env:RETRY}
+processors:
+  redaction: {allow_keys: "${env:KEYS}"}
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [redaction], exporters: [nop]}}}
+"""
+    config = load_text(text, environ={"SIZE": "0032", "ON": "true", "RETRY": "2.5", "KEYS": "[a, b]"})
+    grpc = config.receivers["otlp"].config.grpc
+    assert (grpc.max_recv_msg_size_mib, grpc.enabled) == (32, True)
+    assert config.receivers["otlp"].config.retry_after == 2.5
+    assert config.processors["redaction"].config.allow_keys == ["a", "b"]
+
+
+def test_a_key_written_twice_in_one_mapping_is_an_error_naming_both_lines() -> None:
+    text = """receivers: {otlp: {}}
+exporters:
+  file: {path: /tmp/a}
+  file: {path: /tmp/b}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
+"""
+    with pytest.raises(ConfigInvalid, match=r"found key 'file' again \(first on line 3\)"):
+        load_text(text, environ={})
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_not_a_number_and_infinity_are_refused_by_number_fields(value: str) -> None:
+    text = f"""
+receivers: {{otlp: {{retry_after: {value}}}}}
+exporters: {{nop: {{}}}}
+service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [nop]}}}}}}
+"""
+    with pytest.raises(ConfigInvalid, match=r"receivers\.otlp\.retry_after: must be a finite number"):
+        load_text(text, environ={})
+
+
+def test_a_nan_sampling_percentage_is_refused_at_load_not_when_the_agent_starts() -> None:
+    text = """
+receivers: {otlp: {}}
+processors: {tail_sampling: {policies: {probabilistic: {percentage: .nan}}}}
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid, match=r"probabilistic\.percentage: must be a finite number"):
+        load_text(text, environ={})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), ("250us", 0.00025), ("250µs", 0.00025), ("10ns", 1e-8)])
+def test_go_durations_zero_and_sub_millisecond_units_parse(text: str, seconds: float) -> None:
+    assert Duration.parse(text) == pytest.approx(seconds)
+
+
+def test_a_bare_zero_duration_is_no_time_as_the_docs_say() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters: {otlp: {endpoint: "jaeger:4317", tls: {insecure: true}, retry_on_failure: {max_elapsed_time: 0}}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
+"""
+    config = load_text(text, environ={})
+    assert config.exporters["otlp"].config.retry_on_failure.max_elapsed_time == 0.0
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://user:p4ss@logs.example.net/loki/api/v1/push", "https://user:p4ss@logs.example.net/loki/api/v1/push"),
+        ("http://[::1]:3100/loki/api/v1/push", "http://[::1]:3100/loki/api/v1/push"),
+        ("HTTP://loki:3100/loki/api/v1/push", "http://loki:3100/loki/api/v1/push"),
+    ],
+)
+def test_urls_with_basic_auth_ipv6_hosts_or_an_upper_case_scheme_are_taken(url: str, kept: str) -> None:
+    from agent.config.schema import Url
+
+    assert Url.parse(url) == kept
+
+
+def test_a_refused_url_is_shown_in_the_error_without_its_password() -> None:
+    from agent.config.schema import Url
+
+    with pytest.raises(ValueError, match=r"must be a URL .*'ftp://\[REDACTED\]@loki/push'") as raised:
+        Url.parse("ftp://u:hunter2@loki/push")
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_pipeline_id_with_a_slash_needs_a_name_after_it() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters: {nop: {}}
+service: {pipelines: {traces/: {receivers: [otlp], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid, match=r"service\.pipelines\.traces/: pipeline id must be signal or signal/name"):
+        load_text(text, environ={})
+
+
+def test_the_collectors_protocols_level_in_the_otlp_receiver_is_taken() -> None:
+    text = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:14317"}
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
+"""
+    otlp = load_text(text, environ={}).receivers["otlp"].config
+    assert (otlp.grpc.enabled, str(otlp.grpc.endpoint), otlp.http.enabled) == (True, "127.0.0.1:14317", False)
+    both = load_text(text.replace('grpc: {endpoint: "127.0.0.1:14317"}', "{grpc: , http: }"), environ={})
+    assert both.receivers["otlp"].config.grpc.enabled and both.receivers["otlp"].config.http.enabled
+    with pytest.raises(ConfigInvalid, match=r"receivers\.otlp\.protocols: unknown field"):
+        load_text(text.replace("grpc: {", "thrift: {}\n      grpc: {"), environ={})

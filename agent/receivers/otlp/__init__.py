@@ -41,6 +41,21 @@ class HttpConfig:
 _PROTOCOLS = ("grpc", "http")
 
 
+def _without_protocols_level(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    protocols = raw.get("protocols")
+    if not isinstance(protocols, Mapping):
+        return raw  # absent; anything else than a mapping is reported as an unknown field
+    lifted = {key: value for key, value in raw.items() if key != "protocols"}
+    for key, value in protocols.items():
+        # A key under protocols that is not a protocol, or is also given beside protocols, stays nested, and
+        # the unknown-field check names it.
+        if key in _PROTOCOLS and key not in lifted:
+            lifted[key] = value
+        else:
+            lifted.setdefault("protocols", {})[key] = value
+    return lifted
+
+
 @dataclass(frozen=True)
 class OtlpReceiverConfig:
     grpc: GrpcConfig = setting(doc="OTLP/gRPC server.", default_factory=GrpcConfig)
@@ -53,8 +68,10 @@ class OtlpReceiverConfig:
     def prepare_raw(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         """A section naming only one protocol serves only that one, as the Collector's ``otlp`` receiver does.
 
-        With neither named, both are served: the sidecar's default.
+        With neither named, both are served: the sidecar's default. The Collector's layout, with ``grpc`` and
+        ``http`` under ``protocols:``, is taken as well, so a Collector config's receiver section works as it is.
         """
+        raw = _without_protocols_level(raw)
         named = [protocol for protocol in _PROTOCOLS if protocol in raw]
         if len(named) != 1:
             return raw
