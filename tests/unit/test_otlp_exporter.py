@@ -257,6 +257,13 @@ def test_the_config_rejects_bad_endpoints_and_mismatched_tls_files() -> None:
     assert any(m.startswith("exporters.otlp/h.endpoint: must be a URL") for m in messages)
 
 
+@pytest.mark.parametrize("endpoint", ["jaeger:99999", "jaeger:0"])
+def test_a_host_port_endpoint_needs_a_port_in_range(endpoint: str) -> None:
+    errors: list[ConfigError] = []
+    build(OtlpExporterConfig, {"endpoint": endpoint}, "exporters.otlp", errors)
+    assert [str(e) for e in errors] == [f"exporters.otlp.endpoint: the port must be 1-65535, got {endpoint!r}"]
+
+
 def test_endpoints_decide_tls_by_scheme_and_otherwise_by_the_insecure_flag() -> None:
     assert build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317"}).uses_tls
     assert not build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"insecure": True}}).uses_tls

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import Duration, setting
+from agent.config.schema import Duration, HostPort, setting
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
 from agent.exporters._helper.tls import TlsClientConfig
@@ -34,6 +35,11 @@ class BackendProtocolConfig:
             timeout=self.timeout,
         )
 
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """What the ``otlp`` exporter checks of the same settings (the endpoint comes from the resolver)."""
+        checked = self.for_backend("gateway:4317")
+        yield from ((path, message) for path, message in checked.validate() if path != "endpoint")
+
 
 @dataclass(frozen=True)
 class StaticResolverConfig:
@@ -41,9 +47,13 @@ class StaticResolverConfig:
 
     def validate(self) -> Iterator[tuple[str, str]]:
         for index, hostname in enumerate(self.hostnames):
-            host, _, port = hostname.rpartition(":")
-            if not host or not port.isdigit():
+            try:
+                endpoint = HostPort.parse(hostname)
+            except ValueError:
                 yield f"hostnames[{index}]", f"must be host:port, got {hostname!r}"
+                continue
+            if not endpoint.rsplit(":", 1)[0] or endpoint.port == 0:
+                yield f"hostnames[{index}]", f"must name a host and a port 1-65535, got {hostname!r}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,39 @@ class DnsResolverConfig:
     nameservers: list[str] = setting(
         doc="`ip[:port]` of DNS servers to ask instead of the system's (`/etc/resolv.conf`).", default_factory=list
     )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if not self.hostname.strip():
+            yield "hostname", "must name the gateways' DNS name (their headless Service)"
+        if self.interval <= 0:
+            yield "interval", "must be longer than 0s"
+        if self.timeout <= 0:
+            yield "timeout", "must be longer than 0s"
+        for index, nameserver in enumerate(self.nameservers):
+            try:
+                parse_nameserver(nameserver)
+            except ValueError:
+                yield (
+                    f"nameservers[{index}]",
+                    f"must be an IP address with an optional :port ([ipv6]:port), got {nameserver!r}",
+                )
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``10.0.0.10``, ``10.0.0.10:5353``, ``fd00::a``, ``[fd00::a]:5353`` → (ip, port); ValueError otherwise."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(text)
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    ipaddress.ip_address(host)  # raises ValueError
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(text)
+    return host, int(port)
 
 
 @dataclass(frozen=True)

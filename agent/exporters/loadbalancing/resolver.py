@@ -14,8 +14,10 @@ from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
+from agent.exporters.loadbalancing.config import parse_nameserver
 from agent.telemetry.logs import RateLimitedLog
 
 OnChange = Callable[[list[str]], Awaitable[None]]
@@ -63,10 +65,9 @@ class DnsResolver:
         self._on_result = on_result
         self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
-            self._resolver.nameservers = [ns.rsplit(":", 1)[0] for ns in nameservers]
-            ports = {int(ns.rsplit(":", 1)[1]) for ns in nameservers if ns.count(":") == 1}
-            if ports:
-                self._resolver.port = ports.pop()
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*parse_nameserver(nameserver)) for nameserver in nameservers
+            ]
         self._resolver.lifetime = timeout
         self._task: asyncio.Task[None] | None = None
         self._current: list[str] | None = None

@@ -91,3 +91,5 @@ def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
         yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {shown!r}"
     elif not _HOST_PORT.match(endpoint):
         yield "endpoint", f"must be host:port or a URL, got {shown!r}"
+    elif not 1 <= int(endpoint.rpartition(":")[2]) <= 65535:
+        yield "endpoint", f"the port must be 1-65535, got {shown!r}"

@@ -1,0 +1,74 @@
+"""The ``loadbalancing`` exporter's config: the same checks as the ``otlp`` exporter's, and resolvers that work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.config.schema import ConfigError, build
+from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig, parse_nameserver
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    errors: list[ConfigError] = []
+    build(LoadBalancingExporterConfig, raw, "exporters.loadbalancing", errors)
+    return [str(e) for e in errors]
+
+
+DNS = {"dns": {"hostname": "otel-gateway-headless"}}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [
+        ({"timeout": "0s"}, "exporters.loadbalancing.protocol.timeout: must be positive"),
+        (
+            {"tls": {"insecure_skip_verify": True}},
+            "exporters.loadbalancing.protocol.tls.insecure_skip_verify: is not available over gRPC; give "
+            "tls.ca_file (the server's CA)",
+        ),
+        (
+            {"headers": {"bad name": "x"}},
+            "exporters.loadbalancing.protocol.headers.bad name: is not a valid header name",
+        ),
+    ],
+)
+def test_protocol_settings_the_otlp_exporter_refuses_are_refused_here_too(
+    protocol: dict[str, Any], expected: str
+) -> None:
+    assert problems({"protocol": protocol, "resolver": DNS}) == [expected]
+
+
+@pytest.mark.parametrize("hostname", ["gw:99999", "gw:0", ":4317", "gw"])
+def test_static_gateways_need_a_host_and_a_port_in_range(hostname: str) -> None:
+    (problem,) = problems({"resolver": {"static": {"hostnames": ["gw-0:4317", hostname]}}})
+    assert problem.startswith("exporters.loadbalancing.resolver.static.hostnames[1]: must")
+
+
+def test_a_dns_resolver_needs_a_name_and_nameservers_that_are_addresses() -> None:
+    found = problems({"resolver": {"dns": {"hostname": " ", "nameservers": ["10.0.0.10", "not-an-ip"]}}})
+    assert found == [
+        "exporters.loadbalancing.resolver.dns.hostname: must name the gateways' DNS name (their headless Service)",
+        "exporters.loadbalancing.resolver.dns.nameservers[1]: must be an IP address with an optional :port "
+        "([ipv6]:port), got 'not-an-ip'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("10.0.0.10", ("10.0.0.10", 53)),
+        ("10.0.0.10:5353", ("10.0.0.10", 5353)),
+        ("fd00::a", ("fd00::a", 53)),
+        ("[fd00::a]:5353", ("fd00::a", 5353)),
+    ],
+)
+def test_nameservers_are_ipv4_or_ipv6_with_an_optional_port(text: str, parsed: tuple[str, int]) -> None:
+    assert parse_nameserver(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["dns.local", "10.0.0.10:0", "[fd00::a]x", "10.0.0.10:dns"])
+def test_other_nameserver_forms_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_nameserver(text)
