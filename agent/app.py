@@ -71,9 +71,11 @@ class Agent:
         self._stop_requested.set()
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop."""
+        """Start, serve until SIGTERM, SIGINT or SIGHUP, then stop."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too (a closed terminal, an operator expecting a reload): its default action would kill the
+        # process at once, losing everything accepted and buffered.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         await self._stop_requested.wait()

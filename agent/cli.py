@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otel-sidecar", description="OTLP telemetry sidecar for LLM orchestrators.")
     parser.add_argument("--version", action="version", version=f"otel-sidecar {__version__}")
+    config_help = "config file (default: the packaged default config)"
+    # Before or after the command: `otel-sidecar --config X` runs, as `otelcol --config X` does.
+    parser.add_argument("--config", "-c", help=config_help)
     commands = parser.add_subparsers(dest="command")
     for name, text in (
         ("run", "run the agent (the default command)"),
@@ -48,8 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         ("print-config", "print the effective config with defaults filled in and secrets masked"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", "-c", help="config file (default: the packaged default config)")
-    parser.set_defaults(config=None)
+        sub.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
     return parser
 
 
@@ -83,8 +85,14 @@ def _run(config: AgentConfig) -> int:
     code = EXIT_OK
     try:
         loop.run_until_complete(serve())
+    except ConfigInvalid as exc:  # found only when the graph is built (a cycle through connectors)
+        logger.error("invalid configuration", extra={"errors": [str(e) for e in exc.errors]})
+        code = EXIT_INVALID_CONFIG
     except (OSError, RuntimeError) as exc:
         logger.error("agent failed to start", extra={"error": str(exc)})
+        code = EXIT_START_FAILED
+    except Exception as exc:  # a component refusing its settings: a bug in validation, so keep the traceback
+        logger.exception("agent failed to start", extra={"error": f"{type(exc).__name__}: {exc}"})
         code = EXIT_START_FAILED
     finally:
         _close(loop, executor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +136,19 @@ def test_spans_accepted_just_before_sigterm_are_all_written_after_exit(tmp_path:
     assert "agent stopped" in agent.log()
 
 
+def test_sighup_flushes_and_exits_like_sigterm_instead_of_killing_the_process(tmp_path: Path) -> None:
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    try:
+        sent = _send_workload_to(agent.grpc_endpoint, traces=50)
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        assert agent.process.wait(timeout=30) == 0
+    finally:
+        agent.kill()
+    assert len(output_spans(agent.out_dir)) == sent
+    assert "agent stopped" in agent.log()
+
+
 def test_readiness_turns_false_during_shutdown_and_the_process_exits_zero(tmp_path: Path) -> None:
     config = base_config(tmp_path / "out")
     with running_agent(tmp_path, config) as agent:
@@ -219,9 +233,10 @@ def test_an_invalid_config_is_refused_with_exit_code_1_and_every_problem_listed(
         "exporters.file.rotation: must be a mapping, got a string",
         "service.pipelines.traces.exporters[1]: exporter jaeger is not defined under exporters or connectors",
     ]
-    for command in ("validate", "run"):
+    # `--config` also before the command, or with none (run), as `otelcol --config X` takes it.
+    for command in (["validate", "--config"], ["run", "--config"], ["--config"], ["-c"]):
         result = subprocess.run(
-            [sys.executable, "-m", "agent", command, "--config", str(config)],
+            [sys.executable, "-m", "agent", *command, str(config)],
             capture_output=True,
             text=True,
             cwd=REPO,

@@ -1,0 +1,41 @@
+"""The command line's answers when the agent cannot start: a log line and an exit code, never a bare traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from agent import app, cli
+from agent.config.schema import ConfigError, ConfigInvalid
+
+
+class _FailingAgent:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def run(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (ValueError("nameserver 'x' is not an IP address"), cli.EXIT_START_FAILED, "agent failed to start"),
+        (OSError("address already in use"), cli.EXIT_START_FAILED, "agent failed to start"),
+        (ConfigInvalid([ConfigError("service.pipelines", "connectors form a cycle")]), cli.EXIT_INVALID_CONFIG, ""),
+    ],
+)
+def test_an_agent_that_cannot_start_exits_with_a_code_and_a_logged_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception, code: int, message: str
+) -> None:
+    monkeypatch.setattr(app, "Agent", lambda config: _FailingAgent(error))
+    assert cli.main(["run"]) == code
+    logging.shutdown()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = {line["message"]: line for line in lines}
+    if code == cli.EXIT_INVALID_CONFIG:
+        assert logged["invalid configuration"]["errors"] == ["service.pipelines: connectors form a cycle"]
+    else:
+        assert str(error) in logged[message]["error"]
