@@ -396,7 +396,8 @@ def test_sidecars_forward_to_the_gateway_tier_the_gateway_values_render(rendered
     dns = sidecar_config["exporters"]["loadbalancing"]["resolver"]["dns"]
     namespace = "observability"  # where ci/gateway.yaml says to install the gateway
     assert dns["hostname"] == f"{gateway_service['metadata']['name']}.{namespace}.svc.cluster.local"
-    assert dns["port"] == {p["name"]: p["port"] for p in gateway_service["spec"]["ports"]}["otlp"]
+    gateway_pod = the_workload(rendered["gateway.yaml"])["spec"]["template"]["spec"]
+    assert dns["port"] == {p["name"]: p["containerPort"] for p in agent_container(gateway_pod)["ports"]}["otlp"]
     # Span metrics are derived once (in the sidecar), sampling is decided once (in the gateway).
     assert "spanmetrics" in sidecar_config["connectors"] and "spanmetrics" not in gateway_config.get("connectors", {})
     assert "tail_sampling" not in sidecar_config.get("processors", {})
@@ -550,3 +551,64 @@ def test_a_deployment_with_its_one_claim_is_replaced_not_rolled(helm_python: Pat
 def test_the_scrape_annotation_follows_the_metrics_port(helm_python: Path, tmp_path: Path) -> None:
     workload = sidecar_workload_with(helm_python, tmp_path, ports={"metrics": {"containerPort": 9500}})
     assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9500"
+
+
+def render_with(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm_tool(helm_python, str(CHART), "--values", str(path), "--render")
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)
+    return {name: [d for d in yaml.safe_load_all(text) if d] for name, text in case["manifests"].items()}
+
+
+def test_the_headless_gateway_service_has_the_container_ports_clients_connect_to(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    """DNS of a headless Service gives the pods' addresses: a client connects to the container port itself."""
+    rendered = render_with(helm_python, tmp_path, {"mode": "gateway", "ports": {"otlp": {"containerPort": 14317}}})
+    (service,) = objects(rendered, "Service")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["otlp"] == 14317
+    assert (
+        env_of(agent_container(the_workload(rendered)["spec"]["template"]["spec"]))["OTEL_SIDECAR_GRPC_ENDPOINT"]
+        == "0.0.0.0:14317"
+    )
+    # A separate service port would be one nobody listens on: the schema refuses it.
+    assert lint_failures(helm_python, tmp_path, {"mode": "gateway", "ports": {"otlp": {"servicePort": 4317}}})
+
+
+def test_a_pod_monitor_for_injected_agents_needs_the_pods_labels(helm_python: Path, tmp_path: Path) -> None:
+    failures = lint_failures(helm_python, tmp_path, {"podMonitor": {"enabled": True}})
+    assert any("podMonitor.podSelector: the agent is injected" in f for f in failures), failures
+    rendered = render_with(helm_python, tmp_path, {"podMonitor": {"enabled": True, "podSelector": {"app": "orch"}}})
+    (pod_monitor,) = objects(rendered, "PodMonitor")
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {"app": "orch"}
+
+
+def test_pod_labels_may_not_reuse_a_selector_label(helm_python: Path, tmp_path: Path) -> None:
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    failures = lint_failures(helm_python, tmp_path, {**sidecar, "podLabels": {"app.kubernetes.io/name": "orch"}})
+    assert any("podLabels.app.kubernetes.io/name: is one of the selector labels" in f for f in failures), failures
+    assert lint_failures(helm_python, tmp_path, {**sidecar, "podLabels": {"team": "llm"}}) == []
+
+
+def test_otlp_variables_a_container_sets_itself_are_not_added_again(helm_python: Path, tmp_path: Path) -> None:
+    """A name given twice in one env list breaks Helm's strategic-merge upgrades."""
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    (orchestrator,) = sidecar["workload"]["containers"]
+    orchestrator["env"].append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://localhost:9999"})
+    workload = sidecar_workload_with(helm_python, tmp_path, workload=sidecar["workload"])
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert sorted(names) == sorted(set(names))
+    assert env_of(container)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:9999"
+    assert env_of(container)["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+
+
+def test_the_listen_address_serves_ipv6_clusters(helm_python: Path, tmp_path: Path) -> None:
+    rendered = render_with(helm_python, tmp_path, {"mode": "gateway", "listenAddress": "[::]"})
+    env = env_of(agent_container(the_workload(rendered)["spec"]["template"]["spec"]))
+    assert env["OTEL_SIDECAR_ADMIN_ENDPOINT"] == "[::]:13133"
+    assert env["OTEL_SIDECAR_METRICS_ENDPOINT"] == "[::]:9464"
+    assert env["OTEL_SIDECAR_GRPC_ENDPOINT"] == "[::]:4317"
+    assert lint_failures(helm_python, tmp_path, {"listenAddress": "::"})  # a bare IPv6 address: not host:port

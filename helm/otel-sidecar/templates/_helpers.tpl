@@ -66,7 +66,7 @@ otel-sidecar/job: otel-sidecar
 
 {{/* Receivers listen on localhost beside the orchestrator, on every interface in the gateway tier. */}}
 {{- define "otel-sidecar.bindHost" -}}
-{{- if eq .Values.mode "gateway" }}0.0.0.0{{ else }}127.0.0.1{{ end }}
+{{- if eq .Values.mode "gateway" }}{{ .Values.listenAddress }}{{ else }}127.0.0.1{{ end }}
 {{- end }}
 
 {{/* Environment given to the orchestrator's containers so their OpenTelemetry SDKs export to the sidecar. */}}
@@ -99,9 +99,9 @@ The agent container. Also the snippet for injecting the agent into your own pod 
     - name: OTEL_SIDECAR_HTTP_ENDPOINT
       value: {{ printf "%s:%v" (include "otel-sidecar.bindHost" .) (index .Values.ports "otlp-http").containerPort | quote }}
     - name: OTEL_SIDECAR_METRICS_ENDPOINT
-      value: {{ printf "0.0.0.0:%v" .Values.ports.metrics.containerPort | quote }}
+      value: {{ printf "%s:%v" .Values.listenAddress .Values.ports.metrics.containerPort | quote }}
     - name: OTEL_SIDECAR_ADMIN_ENDPOINT
-      value: {{ printf "0.0.0.0:%v" .Values.ports.admin.containerPort | quote }}
+      value: {{ printf "%s:%v" .Values.listenAddress .Values.ports.admin.containerPort | quote }}
     - name: K8S_POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
     - name: K8S_NAMESPACE_NAME
