@@ -55,7 +55,9 @@ def main() -> int:
         _send_logs()
         print("waiting: traces are decided 2s after their root span; span metrics flush every 5s")
         self_metrics = _wait_for(ADMIN + "/metrics", _sampler_idle, timeout=20)
-        span_metrics = _wait_for(PROMETHEUS, lambda text: "orchestrator_workflow_executions_total{" in text, 15)
+        # A new series is scraped at zero once (so that Prometheus's rate() counts its first increments): wait
+        # for the values.
+        span_metrics = _wait_for(PROMETHEUS, _workflows_counted, 15)
         print("stopping: SIGTERM (the agent flushes everything buffered, then exits)")
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(timeout=60)
@@ -64,6 +66,10 @@ def main() -> int:
             agent.kill()
     _report(truth, self_metrics, span_metrics, out_dir, code)
     return 0 if code == 0 else 1
+
+
+def _workflows_counted(text: str) -> bool:
+    return sum(value for _, value in _samples(text, "orchestrator_workflow_executions_total{")) > 0
 
 
 def _sampler_idle(text: str) -> bool:

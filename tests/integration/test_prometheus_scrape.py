@@ -458,3 +458,23 @@ def test_a_flood_of_span_names_ends_in_one_overflow_series_and_is_counted(scenar
     assert prometheus.scalar("sum(orchestrator_spans_total)") == sum(scenario.truth.spans.values()) + FLOOD
     overflowed = agent.metric("otel_sidecar_spanmetrics_overflow_total", metric="orchestrator.spans")
     assert overflowed == expected_overflow
+
+
+def test_a_single_failure_of_a_new_kind_is_counted_by_increase_and_rate(scenario: Scenario) -> None:
+    """A series Prometheus first sees at 1 is invisible to rate() and increase(): a sporadic error (a new
+    error_type series each time) would never fire an alert. The exporter shows a new series at 0 first."""
+    orchestrator = Orchestrator(scenario.agent.grpc_endpoint)
+    span = orchestrator.tracer("payments").start_span("charge card", attributes={"error.type": "card_declined"})
+    span.set_status(Status(StatusCode.ERROR, "declined"))
+    span.end()
+    orchestrator.close()
+    selector = 'orchestrator_errors_total{error_type="card_declined"}'
+    wait_until(
+        lambda: scenario.prometheus.scalar(f"sum(max_over_time({selector}[1m]))") == 1,
+        timeout=30,
+        interval=0.5,
+        what="the error in Prometheus",
+    )
+    assert scenario.prometheus.scalar(f"sum(min_over_time({selector}[1m]))") == 0  # seen at zero first
+    assert scenario.prometheus.scalar(f"sum(increase({selector}[1m]))") > 0
+    assert scenario.prometheus.scalar(f"sum(rate({selector}[1m]))") > 0

@@ -464,7 +464,9 @@ def _orchestrator_own_metrics() -> Any:
 
 
 def test_span_metrics_are_exposed_under_the_catalogue_names_and_labels() -> None:
-    out = text(catalogue_exporter())
+    exp = catalogue_exporter()
+    text(exp)  # the first scrape shows the new series at zero
+    out = text(exp)
     families = {
         "orchestrator_spans_total": "counter",
         "orchestrator_span_duration_seconds": "histogram",
@@ -690,3 +692,43 @@ def test_delta_points_without_a_start_time_accumulate() -> None:
         exp.consume(request(sum_metric("hits", number(value, 0, end), temporality=DELTA)))
     assert metric_value(text(exp), "hits_total") == 7
     assert dropped(metrics, "misaligned_delta") == 0
+
+
+# --- new series rise from zero ------------------------------------------------------------------------------------
+
+
+def test_a_counter_that_started_recently_is_scraped_at_zero_once_then_with_its_value() -> None:
+    """Prometheus's rate() and increase() ignore the value a series is first seen with: a sporadic error's new
+    series would never count."""
+    exp, _ = exporter()
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.failed", number(1, start=now_s - 1, end=now_s, reason="timeout"))))
+    assert 'jobs_failed_total{reason="timeout"} 0.0' in text(exp)
+    assert 'jobs_failed_total{reason="timeout"} 1.0' in text(exp)
+    assert 'jobs_failed_total{reason="timeout"} 1.0' in text(exp)
+
+
+def test_a_counter_that_started_long_ago_keeps_its_value_on_the_first_scrape() -> None:
+    """Seen again after a restart of the agent, or after being idle past expiration: a zero would read as a
+    reset, and Prometheus would count the counter's whole history again."""
+    exp, _ = exporter()
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.done", number(12345, start=now_s - 3600, end=now_s))))
+    assert "jobs_done_total 12345.0" in text(exp)
+
+
+def test_a_histogram_that_started_recently_is_scraped_empty_once() -> None:
+    exp, _ = exporter()
+    now_s = time.time_ns() // S
+    point = HistogramDataPoint(
+        start_time_unix_nano=(now_s - 1) * S,
+        time_unix_nano=now_s * S,
+        count=2,
+        sum=0.7,
+        explicit_bounds=[0.5],
+        bucket_counts=[1, 1],
+    )
+    exp.consume(request(histogram_metric("step.duration", point)))
+    first, second = text(exp), text(exp)
+    assert 'step_duration_seconds_bucket{le="+Inf"} 0.0' in first and "step_duration_seconds_sum 0.0" in first
+    assert 'step_duration_seconds_bucket{le="+Inf"} 2.0' in second and "step_duration_seconds_sum 0.7" in second

@@ -26,6 +26,11 @@ resource attributes go to one ``target_info`` series per ``job``/``instance``. E
 
 Series not updated for ``expiration`` seconds disappear (the exporter's ``metric_expiration``); at most
 ``max_series`` are held (``series_limit`` drops). Every drop is counted by reason.
+
+A counter or histogram series that started recently (its start time at most a minute before the previous
+scrape) is exposed at zero on the first scrape after it appears, and with its value from then on. Prometheus
+then sees it rise from zero: otherwise ``rate()`` and ``increase()`` never count the increments a series is
+first seen with, and an alert on sporadic errors (a new ``error_type`` series each time) never fires.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ EXEMPLAR_MAX_RUNES = 128  # OpenMetrics: label names and values of an exemplar t
 IDENTIFYING_RESOURCE_KEYS = frozenset({"service.name", "service.namespace", "service.instance.id"})
 
 COUNTER, GAUGE, HISTOGRAM, SUMMARY = "counter", "gauge", "histogram", "summary"
+_NEW_SERIES_GRACE_NS = 60 * 1_000_000_000
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -86,6 +92,7 @@ class Series:
     count: float = 0.0  # histogram, summary
     exemplars: list[ExemplarValue | None] | None = None  # histogram: per bucket
     quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
+    zero_at_next_read: bool = False  # a counter or histogram that started recently: see Accumulator.snapshot
 
 
 @dataclass
@@ -171,6 +178,7 @@ class Accumulator:
         scope_labels: bool = True,
         resource_labels: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], int] = time.time_ns,
         on_malformed: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self._expiration = expiration
@@ -180,6 +188,8 @@ class Accumulator:
         self._scope_labels = scope_labels
         self._resource_labels = resource_labels
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._last_read_ns = wall_clock()  # the previous scrape (or the start): what "started recently" is after
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
         self._targets: dict[LabelKey, Target] = {}
@@ -424,6 +434,8 @@ class Accumulator:
                     continue
                 series.value = value
                 series.start_ns = point.start_time_unix_nano
+            if fresh and kind == COUNTER:
+                series.zero_at_next_read = self._started_recently(point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
@@ -478,10 +490,19 @@ class Accumulator:
                 series.bounds, series.counts = bounds, counts
                 series.sum, series.count = total_sum, float(point.count)
                 series.start_ns = point.start_time_unix_nano
+            if fresh:
+                series.zero_at_next_read = self._started_recently(point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if point.exemplars:
                 self._bucket_exemplars(series, point.exemplars)
+
+    def _started_recently(self, start_ns: int) -> bool:
+        """Whether a series' counts all came after the previous scrape (give or take the minute a connector may
+        hold them before its flush): only then is exposing it at zero first true to what Prometheus missed. An
+        old series seen again (the agent restarted, or it was idle past expiration) keeps its value: a zero
+        would read as a reset and count its whole history again."""
+        return start_ns > 0 and start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
 
     @staticmethod
     def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
@@ -532,9 +553,10 @@ class Accumulator:
             for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
                 del self._targets[key]
             families = [
-                Family(f.name, f.type, f.help, f.unit, {k: _copy(s) for k, s in f.series.items()})
+                Family(f.name, f.type, f.help, f.unit, {k: _read(s) for k, s in f.series.items()})
                 for f in self._families.values()
             ]
+            self._last_read_ns = self._wall_clock()
             return families, list(self._targets.values())
 
     @property
@@ -561,6 +583,19 @@ def _exposable_sum(point: Any, exponential: bool) -> float | None:
     if exponential and any(point.negative.bucket_counts):
         return None
     return point.sum
+
+
+def _read(series: Series) -> Series:
+    """What a scrape sees of ``series``: a copy, at zero the first time for a series that started recently."""
+    if not series.zero_at_next_read:
+        return _copy(series)
+    series.zero_at_next_read = False
+    zero = _copy(series)
+    zero.value, zero.count, zero.exemplar = 0.0, 0.0, None
+    zero.counts = [0.0] * len(series.counts)
+    zero.sum = None if series.sum is None else 0.0
+    zero.exemplars = None if series.exemplars is None else [None] * len(series.exemplars)
+    return zero
 
 
 def _copy(series: Series) -> Series:
