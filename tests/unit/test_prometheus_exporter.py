@@ -275,6 +275,22 @@ def test_exponential_histograms_are_exposed_as_classic_buckets_at_their_boundari
     assert dropped(metrics, "delta_exponential_histogram") == 1
 
 
+def test_an_exponential_histogram_with_empty_negative_buckets_keeps_its_sum_in_valid_openmetrics() -> None:
+    """The Python SDK sends negative={offset 0, bucket_counts [0]} with all-positive observations."""
+    exp, _ = exporter()
+    point = ExponentialHistogramDataPoint(time_unix_nano=S, count=5, sum=7.5, scale=0)
+    point.positive.bucket_counts.extend([2, 3])
+    point.negative.bucket_counts.extend([0])
+    metric = Metric(name="model.latency", unit="ms")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(point)
+    exp.consume(request(metric))
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "model_latency_milliseconds"]
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("model_latency_milliseconds_sum", None)] == 7.5
+    assert not any(le.startswith("-") for _, le in samples if le)
+
+
 def test_summaries_keep_their_quantiles() -> None:
     exp, _ = exporter()
     metric = Metric(name="gc.pause", unit="s")

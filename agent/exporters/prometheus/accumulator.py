@@ -148,7 +148,9 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     uppers: list[float] = []
     counts: list[float] = []
     negative = point.negative
-    for i in reversed(range(len(negative.bucket_counts))):
+    # Empty negative buckets are left out: the Python SDK sends one ([0]) with all-positive data, and a bucket
+    # with a negative bound forbids the _sum a histogram of positive observations has (OpenMetrics).
+    for i in reversed(range(len(negative.bucket_counts) if any(negative.bucket_counts) else 0)):
         uppers.append(-(base ** (negative.offset + i)))
         counts.append(float(negative.bucket_counts[i]))
     uppers.append(point.zero_threshold)
