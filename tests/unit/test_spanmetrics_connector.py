@@ -627,6 +627,21 @@ def test_the_opentelemetry_genai_metrics_use_the_spec_buckets_when_enabled() -> 
     assert make()[0].families.genai_duration is None
 
 
+def test_the_genai_token_histogram_records_only_the_token_types_a_call_reported() -> None:
+    """An embedding call reports input tokens only: an output observation of 0 would pull the distribution to
+    zero and count a call that produced no output."""
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    connector.consume(
+        llm_span(b"\x01" * 16, b"\x01" * 8, **{
+            "gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 50,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.genai_tokens is not None
+    assert {key[-1] for key in f.genai_tokens.series} == {"input"}
+
+
 def config_text(sampler: str, connector: str = "{}", traces_exporters: str = "[file]") -> str:
     return f"""
 receivers: {{otlp: {{}}}}

@@ -98,6 +98,8 @@ OTHER_ERROR = "_OTHER"
 GENAI_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04, ... 81.92 s
 GENAI_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 _MAX_LOGGED_UNPRICED = 1000
+_INPUT_REPORTED = ROLE_INPUT | ROLE_CACHE_READ | ROLE_CACHE_WRITE
+_OUTPUT_REPORTED = ROLE_OUTPUT | ROLE_REASONING
 _ADJUSTED_COUNT_CACHE = 1024
 # Most event-loop time one slice of a periodic flush takes before letting the receivers run.
 FLUSH_SLICE_SECONDS = 0.002
@@ -558,7 +560,9 @@ class SpanMetricsConnector:
             cost.value += price.cost(usage) * weight
         cost.last = now
         if self.families.genai_duration is not None:
-            self._record_genai(operation or "", target.provider, request_model, response_model, usage, hist_weight, now)
+            self._record_genai(
+                (operation or "", target.provider, request_model, response_model), usage, roles, hist_weight, now
+            )
             self.families.genai_duration.observe(
                 (
                     operation or "",
@@ -609,24 +613,18 @@ class SpanMetricsConnector:
         return series
 
     def _record_genai(
-        self,
-        operation: str,
-        provider: str,
-        request_model: str,
-        response_model: str,
-        usage: Sequence[float],
-        weight: int,
-        now: int,
+        self, call: tuple[str, str, str, str], usage: Sequence[float], roles: int, weight: int, now: int
     ) -> None:
-        """``gen_ai.client.token.usage``: per call, input = every input token, output = output incl. reasoning."""
+        """``gen_ai.client.token.usage``: per call, input = every input token, output = output incl. reasoning;
+        each type only when the span reported it (an embedding call has no output: a 0 would skew the histogram
+        and count a call that produced none)."""
         tokens = self.families.genai_tokens
         assert tokens is not None
         uncached, cache_read, cache_write, output, reasoning = usage  # TokenUsage order
-        input_total = uncached + cache_read + cache_write
-        output_total = output + reasoning
-        if input_total or output_total:
-            tokens.observe((operation, provider, request_model, response_model, "input"), input_total, weight, now)
-            tokens.observe((operation, provider, request_model, response_model, "output"), output_total, weight, now)
+        if roles & _INPUT_REPORTED or (roles & ROLE_TOTAL and roles & ROLE_OUTPUT):
+            tokens.observe((*call, "input"), uncached + cache_read + cache_write, weight, now)
+        if roles & _OUTPUT_REPORTED:
+            tokens.observe((*call, "output"), output + reasoning, weight, now)
 
     def _genai_error(self, span: Span, values: list[AnyValue | None], failed: bool) -> str:
         """``error.type`` of a failed call as ``errors_total`` has it: the attribute, else the exception's type."""
