@@ -642,6 +642,37 @@ def test_the_genai_token_histogram_records_only_the_token_types_a_call_reported(
     assert {key[-1] for key in f.genai_tokens.series} == {"input"}
 
 
+def anthropic_call_with_cache(sdk: str | None) -> ExportTraceServiceRequest:
+    request = llm_span(b"\x02" * 16, b"\x02" * 8, **{
+        "gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-sonnet-4-20250514",
+        "gen_ai.usage.input_tokens": 3000, "gen_ai.usage.cache_read.input_tokens": 2000,
+        "gen_ai.usage.cache_creation.input_tokens": 0, "gen_ai.usage.output_tokens": 500,
+    })  # fmt: skip
+    if sdk is not None:
+        request.resource_spans[0].resource.attributes.append(attr("telemetry.sdk.name", sdk))
+    return request
+
+
+@pytest.mark.parametrize(("sdk", "uncached_input"), [("openlit", 3000), ("opentelemetry", 1000), (None, 1000)])
+def test_openlits_anthropic_input_tokens_leave_the_cache_out_unlike_the_conventions(
+    sdk: str | None, uncached_input: int
+) -> None:
+    """OpenLIT copies Anthropic's own input_tokens (cache reads and writes not included) and marks the resource
+    it creates telemetry.sdk.name=openlit; the GenAI conventions (and OpenLLMetry) include the cache."""
+    connector, _ = make()
+    connector.consume(anthropic_call_with_cache(sdk))
+    f = connector.families
+    model = "claude-sonnet-4"
+    assert f.llm_tokens.value(("anthropic", model, "input")) == uncached_input
+    assert f.llm_tokens.value(("anthropic", model, "cache_read")) == 2000
+
+
+def test_the_configured_cache_convention_wins_over_the_instrumentations() -> None:
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(cache_tokens_in_input={"anthropic": True})))
+    connector.consume(anthropic_call_with_cache("openlit"))
+    assert connector.families.llm_tokens.value(("anthropic", "claude-sonnet-4", "input")) == 1000
+
+
 def config_text(sampler: str, connector: str = "{}", traces_exporters: str = "[file]") -> str:
     return f"""
 receivers: {{otlp: {{}}}}

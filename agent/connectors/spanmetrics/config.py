@@ -190,7 +190,8 @@ class PricingConfig:
 class GenAiConfig:
     cache_tokens_in_input: dict[str, bool] = setting(
         doc="Per provider (`anthropic: false`): whether the input token count already includes cache reads and "
-        "writes. Unlisted providers: included (the OpenTelemetry convention) unless the counts contradict it.",
+        "writes. Unlisted providers: included (the OpenTelemetry convention) unless the counts contradict it, "
+        "or the spans come from OpenLIT (`telemetry.sdk.name: openlit`), whose Anthropic counts exclude them.",
         default_factory=dict,
     )
     reasoning_tokens_in_output: dict[str, bool] = setting(

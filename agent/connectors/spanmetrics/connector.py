@@ -31,7 +31,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -73,6 +73,7 @@ from agent.connectors.spanmetrics.attributes import (
 )
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
+    SDK_CACHE_IN_INPUT,
     TOKEN_TYPES,
     alias_text,
     any_to_str,
@@ -249,6 +250,7 @@ class SpanMetricsConnector:
         self._scanner = AttributeScanner(cfg)
         self.prices = PriceTable.from_config(cfg.pricing)
         self._cache_in_input = {normalize_provider(k): v for k, v in cfg.genai.cache_tokens_in_input.items()}
+        self._sdk_cache_conventions: Mapping[str, bool] | None = None  # of the resource being read
         self._reasoning_in_output = {normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()}
         # Same rounding as the tail sampler, so both compute the identical threshold from the same percentage.
         self._exemplar_threshold = threshold_for(round(cfg.exemplars.sampled_percentage / 100.0, 12))
@@ -324,7 +326,9 @@ class SpanMetricsConnector:
         spans = 0
         for resource_spans in batch.resource_spans:  # type: ignore[attr-defined]
             # Once per resource, not per span: an SDK sends one ResourceSpans per process with all its spans.
-            service = self._service_name(resource_spans.resource)
+            service, sdk = self._service_and_sdk(resource_spans.resource)
+            # What the spans' instrumentation means by its token counts, where it departs from the conventions.
+            self._sdk_cache_conventions = SDK_CACHE_IN_INPUT.get(sdk) if sdk else None
             red_lookup = self._red_lookups.get(service)
             if red_lookup is None:
                 red_lookup = self._new_red_lookup(service)
@@ -335,11 +339,15 @@ class SpanMetricsConnector:
         self._spans_metric.inc(spans)
 
     @staticmethod
-    def _service_name(resource: Resource) -> str:
+    def _service_and_sdk(resource: Resource) -> tuple[str, str]:
+        """``service.name`` (or ``unknown_service``) and ``telemetry.sdk.name`` (or "") of a resource."""
+        service, sdk = UNKNOWN_SERVICE, ""
         for kv in resource.attributes:
             if kv.key == "service.name":
-                return any_to_str(kv.value) or UNKNOWN_SERVICE
-        return UNKNOWN_SERVICE
+                service = any_to_str(kv.value) or UNKNOWN_SERVICE
+            elif kv.key == "telemetry.sdk.name":
+                sdk = any_to_str(kv.value)
+        return service, sdk
 
     def _record_spans(self, spans: Sequence[Span], service: str, red_lookup: RedLookup, now: int) -> None:
         """RED for every span; the workflow, step, LLM and error families for spans that carry their keys.
@@ -535,6 +543,9 @@ class SpanMetricsConnector:
         key = (raw_provider, response_model, request_model, failed)
         target = self._llm_targets.get(key) or self._llm_target(key, now)
         target.requests.record(weight, duration, hist_weight, now, exemplar)
+        cache_in_input = target.cache_in_input
+        if cache_in_input is None and self._sdk_cache_conventions is not None:
+            cache_in_input = self._sdk_cache_conventions.get(target.provider)
         usage = disjoint_tokens(
             first_number(values, s.input) if roles & ROLE_INPUT else None,
             first_number(values, s.output) if roles & ROLE_OUTPUT else None,
@@ -542,7 +553,7 @@ class SpanMetricsConnector:
             first_number(values, s.cache_read) if roles & ROLE_CACHE_READ else None,
             first_number(values, s.cache_write) if roles & ROLE_CACHE_WRITE else None,
             first_number(values, s.reasoning) if roles & ROLE_REASONING else None,
-            target.cache_in_input,
+            cache_in_input,
             target.reasoning_in_output,
         )
         tokens = target.tokens

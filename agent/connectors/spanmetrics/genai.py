@@ -162,6 +162,13 @@ PROVIDER_NAMES: dict[str, str] = {
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
 
 
+# Instrumentations (by the resource's telemetry.sdk.name) whose input token count leaves cached tokens out for a
+# provider, unlike the GenAI conventions: OpenLIT copies Anthropic's own input_tokens, which exclude the cache
+# reads and writes (openlit/instrumentation/anthropic/utils.py), while OpenLLMetry adds them in. Read when the
+# config does not say (genai.cache_tokens_in_input).
+SDK_CACHE_IN_INPUT: dict[str, dict[str, bool]] = {"openlit": {"anthropic": False}}
+
+
 class TokenUsage(NamedTuple):
     """Disjoint token counts of one call (see the module docstring)."""
 
