@@ -126,12 +126,18 @@ def agent_config(kind: str, sink: str | None, decision_wait: str = "2s") -> tupl
     return config, grpc_endpoint, admin
 
 
+# As every shipped config has it, first in each pipeline (on this machine, without a container limit, it never
+# refuses: what is measured is its cost).
+SHIPPED_MEMORY_LIMITER = {"limit_percentage": 80, "spike_limit_percentage": 25}
+
+
 def full_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait: str, metrics_port: int) -> dict[str, Any]:
     """receive → span metrics (before sampling) → tail sampling → redaction → OTLP export to the sink."""
     return {
         "receivers": receivers,
         "connectors": {"spanmetrics": {}},
         "processors": {
+            "memory_limiter": SHIPPED_MEMORY_LIMITER,
             "tail_sampling": {"decision_wait": decision_wait, "decision_wait_after_root": decision_wait},
             "redaction": {},
         },
@@ -141,7 +147,11 @@ def full_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait: st
         },
         "pipelines": {
             "traces/spanmetrics": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},
-            "traces": {"receivers": ["otlp"], "processors": ["tail_sampling", "redaction"], "exporters": ["otlp"]},
+            "traces": {
+                "receivers": ["otlp"],
+                "processors": ["memory_limiter", "tail_sampling", "redaction"],
+                "exporters": ["otlp"],
+            },
             "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
         },
     }
@@ -152,14 +162,18 @@ def sidecar_pipeline(receivers: dict[str, Any], sink: str | None, _wait: str, me
     return {
         "receivers": receivers,
         "connectors": {"spanmetrics": {"exemplars": {"enabled": False}}},
-        "processors": {"redaction": {}},
+        "processors": {"memory_limiter": SHIPPED_MEMORY_LIMITER, "redaction": {}},
         "exporters": {
             "loadbalancing": {"protocol": {"tls": {"insecure": True}}, "resolver": {"static": {"hostnames": [sink]}}},
             "prometheus": {"endpoint": f"127.0.0.1:{metrics_port}"},
         },
         "pipelines": {
             "traces/spanmetrics": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},
-            "traces": {"receivers": ["otlp"], "processors": ["redaction"], "exporters": ["loadbalancing"]},
+            "traces": {
+                "receivers": ["otlp"],
+                "processors": ["memory_limiter", "redaction"],
+                "exporters": ["loadbalancing"],
+            },
             "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
         },
     }
@@ -169,9 +183,14 @@ def gateway_pipeline(receivers: dict[str, Any], sink: str | None, decision_wait:
     """Gateway: tail sampling and OTLP export, no span metrics."""
     return {
         "receivers": receivers,
-        "processors": {"tail_sampling": {"decision_wait": decision_wait, "decision_wait_after_root": decision_wait}},
+        "processors": {
+            "memory_limiter": SHIPPED_MEMORY_LIMITER,
+            "tail_sampling": {"decision_wait": decision_wait, "decision_wait_after_root": decision_wait},
+        },
         "exporters": {"otlp": {"endpoint": sink, "tls": {"insecure": True}}},
-        "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["tail_sampling"], "exporters": ["otlp"]}},
+        "pipelines": {
+            "traces": {"receivers": ["otlp"], "processors": ["memory_limiter", "tail_sampling"], "exporters": ["otlp"]}
+        },
     }
 
 
