@@ -78,15 +78,22 @@ class _StrictLoader(yaml.SafeLoader):
     keeping the last one silently would drop half of what the operator wrote (two ``traces:`` pipelines)."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     first_line: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # `<<: *anchor`: the keys it brings may be overridden, as YAML merge keys mean
         key = loader.construct_object(key_node, deep=True)
         try:
-            earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+            earlier = first_line.get(key)
         except TypeError:
             continue  # an unhashable key: the safe constructor reports it
-        if earlier != key_node.start_mark.line + 1:
+        if earlier is None:
+            first_line[key] = key_node.start_mark.line + 1
+        else:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping",
                 node.start_mark,

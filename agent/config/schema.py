@@ -90,6 +90,8 @@ class Url(str):
     @classmethod
     def parse(cls, text: str) -> Url:
         problem = f"must be a URL (http:// or https:// and a host), got {without_userinfo(text)!r}"
+        if "@" in text:
+            problem += "; a / or @ in a user name or password is written %2F or %40"
         if any(c.isspace() for c in text):
             raise ValueError(problem)
         try:
@@ -346,7 +348,9 @@ def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
     return obj
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+# Up to the last @ before the query: a password holding an unescaped / or @ (a base64 token) is masked whole, at
+# the price of masking a path that holds an @ too.
+_USERINFO = re.compile(r"(?<=://)[^?#\s]*@")
 
 
 def without_userinfo(text: str) -> str:

@@ -390,3 +390,42 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
     assert both.receivers["otlp"].config.grpc.enabled and both.receivers["otlp"].config.http.enabled
     with pytest.raises(ConfigInvalid, match=r"receivers\.otlp\.protocols: unknown field"):
         load_text(text.replace("grpc: {", "thrift: {}\n      grpc: {"), environ={})
+
+
+def test_a_key_written_twice_on_one_line_is_an_error_too() -> None:
+    text = """receivers: {otlp: {}}
+exporters: {file: {path: /tmp/a}, file/b: {path: /tmp/b}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [file], exporters: [file/b]}}}
+"""
+    with pytest.raises(ConfigInvalid, match=r"found key 'exporters' again \(first on line 3\)"):
+        load_text(text, environ={})
+
+
+def test_yaml_merge_keys_still_share_settings_and_may_be_overridden() -> None:
+    text = """receivers: {otlp: {}}
+exporters:
+  file: &common {path: /tmp/a, rotation: {max_megabytes: 5}}
+  file/b: {<<: *common, path: /tmp/b}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [file, file/b]}}}
+"""
+    exporters = load_text(text, environ={}).exporters
+    assert exporters["file/b"].config.path == "/tmp/b"
+    assert exporters["file/b"].config.rotation.max_megabytes == 5
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://123456:glc_eyJrIjoi/ab+cd=@logs-prod.grafana.net/loki/api/v1/push",  # a / in a base64 token
+        "https://user:p@ss@logs.example.net/loki/api/v1/push",  # an @ in the password
+    ],
+)
+def test_a_password_with_a_slash_or_an_at_sign_is_masked_whole(url: str) -> None:
+    from agent.config.schema import Url, without_userinfo
+
+    password = url.split("://")[1].rsplit("@", 1)[0].split(":", 1)[1]
+    assert without_userinfo(url) == "https://[REDACTED]@" + url.rsplit("@", 1)[1]
+    try:
+        Url.parse(url)
+    except ValueError as refused:  # a / in the password is not a URL; the error must not show it either
+        assert password not in str(refused) and "%2F" in str(refused)
