@@ -717,6 +717,7 @@ def test_a_counter_that_started_recently_is_scraped_at_zero_once_then_with_its_v
     """Prometheus's rate() and increase() ignore the value a series is first seen with: a sporadic error's new
     series would never count."""
     exp, _ = exporter()
+    text(exp)  # scraped since the agent started
     now_s = time.time_ns() // S
     exp.consume(request(sum_metric("jobs.failed", number(1, start=now_s - 1, end=now_s, reason="timeout"))))
     assert 'jobs_failed_total{reason="timeout"} 0.0' in text(exp)
@@ -744,7 +745,31 @@ def test_a_histogram_that_started_recently_is_scraped_empty_once() -> None:
         explicit_bounds=[0.5],
         bucket_counts=[1, 1],
     )
+    text(exp)  # scraped since the agent started
     exp.consume(request(histogram_metric("step.duration", point)))
     first, second = text(exp), text(exp)
     assert 'step_duration_seconds_bucket{le="+Inf"} 0.0' in first and "step_duration_seconds_sum 0.0" in first
     assert 'step_duration_seconds_bucket{le="+Inf"} 2.0' in second and "step_duration_seconds_sum 0.7" in second
+
+
+def test_what_an_agent_holds_before_its_first_scrape_keeps_its_value() -> None:
+    """After an agent restart, a counter that started a moment before it was scraped from the agent before: a
+    zero would read as a reset, and increase() would count what it had already counted."""
+    exp, _ = exporter()
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.done", number(7, start=now_s - 30, end=now_s))))
+    assert "jobs_done_total 7.0" in text(exp)
+
+
+def test_a_series_its_source_ended_and_resumed_with_the_same_start_keeps_its_value() -> None:
+    exp, _ = exporter()
+    text(exp)
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.done", number(5, start=now_s - 1, end=now_s))))
+    assert [text(exp).count("jobs_done_total 0.0"), text(exp).count("jobs_done_total 5.0")] == [1, 1]
+    ended = number(0, start=now_s - 1, end=now_s + 1)
+    ended.flags = 1  # NO_RECORDED_VALUE
+    exp.consume(request(sum_metric("jobs.done", ended)))
+    assert "jobs_done_total" not in text(exp)
+    exp.consume(request(sum_metric("jobs.done", number(6, start=now_s - 1, end=now_s + 2))))
+    assert "jobs_done_total 6.0" in text(exp)  # not 0 then 6: Prometheus would count 6 on top of the 5

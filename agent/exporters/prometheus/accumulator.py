@@ -28,7 +28,8 @@ Series not updated for ``expiration`` seconds disappear (the exporter's ``metric
 ``max_series`` are held (``series_limit`` drops). Every drop is counted by reason.
 
 A counter or histogram series that started recently (its start time at most a minute before the previous
-scrape) is exposed at zero on the first scrape after it appears, and with its value from then on. Prometheus
+scrape, and after the exporter's first scrape) is exposed at zero on the first scrape after it appears, and
+with its value from then on. Prometheus
 then sees it rise from zero: otherwise ``rate()`` and ``increase()`` never count the increments a series is
 first seen with, and an alert on sporadic errors (a new ``error_type`` series each time) never fires.
 """
@@ -191,7 +192,12 @@ class Accumulator:
         self._resource_labels = resource_labels
         self._clock = clock
         self._wall_clock = wall_clock
-        self._last_read_ns = wall_clock()  # the previous scrape (or the start): what "started recently" is after
+        # The previous scrape: what "started recently" is after. None until the first one: what a restarted agent
+        # holds at its first scrape may have been scraped from the agent before it, and must not read as new.
+        self._last_read_ns: int | None = None
+        # Start times of series their source ended (no recorded value): one coming back with the same start is
+        # the same counter, which Prometheus has already seen.
+        self._ended_starts: dict[tuple[str, LabelKey], int] = {}
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
         self._targets: dict[LabelKey, Target] = {}
@@ -405,8 +411,13 @@ class Accumulator:
         return series
 
     def _remove(self, family: Family, labels: dict[str, str]) -> None:
-        if family.series.pop(tuple(sorted(labels.items())), None) is not None:
+        key = tuple(sorted(labels.items()))
+        removed = family.series.pop(key, None)
+        if removed is not None:
             self._series_count -= 1
+            if len(self._ended_starts) >= self._max_series:
+                self._ended_starts.clear()  # bounded; forgetting one at worst shows a returning series at zero
+            self._ended_starts[(family.name, key)] = removed.start_ns
 
     def _numbers(
         self, metric: Metric, kind: str, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
@@ -437,7 +448,7 @@ class Accumulator:
                 series.value = value
                 series.start_ns = point.start_time_unix_nano
             if fresh and kind == COUNTER:
-                series.zero_at_next_read = self._started_recently(point.start_time_unix_nano)
+                series.zero_at_next_read = self._started_recently(family, labels, point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
@@ -493,18 +504,23 @@ class Accumulator:
                 series.sum, series.count = total_sum, float(point.count)
                 series.start_ns = point.start_time_unix_nano
             if fresh:
-                series.zero_at_next_read = self._started_recently(point.start_time_unix_nano)
+                series.zero_at_next_read = self._started_recently(family, labels, point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if point.exemplars:
                 self._bucket_exemplars(series, point.exemplars)
 
-    def _started_recently(self, start_ns: int) -> bool:
-        """Whether a series' counts all came after the previous scrape (give or take the minute a connector may
-        hold them before its flush): only then is exposing it at zero first true to what Prometheus missed. An
-        old series seen again (the agent restarted, or it was idle past expiration) keeps its value: a zero
-        would read as a reset and count its whole history again."""
-        return start_ns > 0 and start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
+    def _started_recently(self, family: Family, labels: dict[str, str], start_ns: int) -> bool:
+        """Whether a new series' counts all came after the previous scrape (give or take the minute a connector
+        may hold them before its flush): only then is exposing it at zero first true to what Prometheus missed.
+        A series Prometheus may have seen already keeps its value, since a zero would read as a reset and count
+        its history again: anything before this agent's first scrape (the agent restarted), a series that
+        started long ago (idle past expiration), one coming back with the start it ended with."""
+        if self._last_read_ns is None or start_ns <= 0:
+            return False
+        if self._ended_starts.pop((family.name, tuple(sorted(labels.items()))), None) == start_ns:
+            return False
+        return start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
 
     @staticmethod
     def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
