@@ -82,7 +82,8 @@ class Component(Protocol):
 
     ``start`` runs on the agent's event loop before any data arrives. ``shutdown`` flushes what the
     component holds to its consumers, then releases resources; it must be idempotent, safe to call
-    without ``start``, and finish by ``deadline`` (a ``time.monotonic()`` instant).
+    without ``start``, and finish by ``deadline`` (a ``time.monotonic()`` instant). A component may also
+    define ``receivers_stopped()``, called once every receiver has stopped and before anything is flushed.
     """
 
     async def start(self) -> None: ...

@@ -84,7 +84,11 @@ class Graph:
         # One grace period for the whole shutdown, not one per component: with several stuck components the
         # total would outrun the pod's termination grace. Past it, each still gets a moment to count its losses.
         hard_stop = deadline + _SHUTDOWN_GRACE
+        told = False
         for node in sorted(reversed(self._nodes), key=lambda n: n.phase):
+            if node.phase > 0 and not told:
+                told = True
+                self._tell_receivers_stopped()
             try:
                 allowed = max(hard_stop - time.monotonic(), _LAST_MOMENT)
                 await asyncio.wait_for(node.instance.shutdown(deadline), allowed)
@@ -92,6 +96,19 @@ class Graph:
                 self._log.error("shutdown deadline passed", extra={"component": f"{node.kind.section}.{node.id}"})
             except Exception:
                 self._log.exception("shutdown failed", extra={"component": f"{node.kind.section}.{node.id}"})
+
+    def _tell_receivers_stopped(self) -> None:
+        """Nothing new arrives from here on: stages with a ``receivers_stopped()`` hook hear it before the ingest
+        queues drain (the memory limiter then lets what was accepted through instead of refusing it until the
+        deadline, since only the stages after it can free memory, and they flush after the queues)."""
+        for node in self._nodes:
+            hook = getattr(node.instance, "receivers_stopped", None)
+            if hook is None:
+                continue
+            try:
+                hook()
+            except Exception:
+                self._log.exception("receivers_stopped failed", extra={"component": f"{node.kind.section}.{node.id}"})
 
     # --- construction ------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 
-from agent.component import Consumer, Factory, Kind, Signal
+from agent.component import Consumer, Factory, Kind, Refused, Signal
 from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.service import PipelineConfig, ServiceConfig
 from agent.pipeline.graph import Graph
@@ -341,3 +342,51 @@ def test_fan_out_passes_a_batchs_size_to_the_targets_that_take_one() -> None:
     assert (sized.sizes, mutating.sizes) == ([777], [777])
     assert len(plain.batches) == len(sized.batches) == len(mutating.batches) == 2
     assert mutating.batches[0] is not batch  # the mutator got a copy, with the original's size
+
+
+class RefusesUntilReceiversStop(Recorder):
+    """A stage that refuses data while the agent runs (as the memory limiter does under memory pressure)."""
+
+    stopped = False
+
+    def consume(self, batch: Message) -> None:
+        if not self.stopped:
+            raise Refused("data refused due to high memory usage")
+        super().consume(batch)
+
+    def receivers_stopped(self) -> None:
+        self.journal.append(f"receivers stopped, told {self.name}")
+        self.stopped = True
+
+
+async def test_stages_hear_that_the_receivers_stopped_before_the_ingest_queues_drain() -> None:
+    journal: list[str] = []
+    refuser = Factory(
+        Kind.PROCESSOR,
+        "refuser",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: RefusesUntilReceiversStop(s.component_id, journal, nxt),
+        "",
+        retains_data=False,
+    )
+    exporter = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder("rec", journal), "")
+    receiver = Factory(
+        Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, consumers: Source(consumers, journal), ""
+    )
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        processors={"refuser": ComponentConfig("refuser", Kind.PROCESSOR, refuser, Empty())},
+        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporter, Empty())},
+        service=ServiceConfig(
+            pipelines={"traces": PipelineConfig(receivers=["src"], processors=["refuser"], exporters=["rec"])}
+        ),
+    )
+    graph = Graph(config, SelfMetrics())
+    batch = next(iter(Workload(seed=3).requests(1)))[0]
+    await graph.start()
+    graph.component("src").consumers[Signal.TRACES].consume(batch)
+    await asyncio.sleep(0.1)  # refused: the ingest queue holds it
+    await graph.shutdown(time.monotonic() + 2)
+    assert graph.component("rec").batches == [batch]  # accepted data passed once nothing new could arrive
+    assert journal.index("stop src") < journal.index("receivers stopped, told refuser") < journal.index("stop refuser")

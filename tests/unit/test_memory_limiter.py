@@ -189,6 +189,21 @@ async def test_the_processor_refuses_retryably_counts_what_it_refused_and_passes
     assert refused == count_spans(second)
 
 
+async def test_a_batch_offered_again_and_again_is_counted_as_refused_once() -> None:
+    metrics = SelfMetrics()
+    sink = BatchSink()
+    processor = create(MemoryLimiterConfig(limit_mib=500), settings(metrics), Signal.TRACES, sink)
+    processor.limiter = limiter_with(FakeMemory(resident=480 * MIB), metrics, limit_mib=500)
+    await processor.start()
+    batch = next(iter(Workload(seed=2).requests(1)))[0]
+    for _ in range(20):  # the ingest queue's retries, every 50 ms
+        with pytest.raises(Refused):
+            processor.consume(batch)
+    await processor.shutdown(0)
+    refused = metric_value(metrics.render().decode(), "otel_sidecar_memory_limiter_refused_items_total")
+    assert refused == count_spans(batch)
+
+
 def test_one_limiter_serves_the_component_in_every_pipeline() -> None:
     shared: dict[str, object] = {}
     metrics = SelfMetrics()

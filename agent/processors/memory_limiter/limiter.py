@@ -61,6 +61,7 @@ class MemoryLimiter:
         self._release = release
         self.limits: Limits | None = None
         self.refusing = False
+        self._stopped_refusing = False
         self._task: asyncio.Task[None] | None = None
         cid = settings.component_id
         m = settings.metrics
@@ -97,9 +98,21 @@ class MemoryLimiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def stop_refusing(self, why: str) -> None:
+        """For good: at shutdown, what was accepted must reach the stages that can flush it (and free memory)."""
+        if self._stopped_refusing:
+            return
+        self._stopped_refusing = True
+        if self.refusing:
+            self._settings.logger.info(why)
+            self.refusing = False
+            self._refusing_gauge.set(0)
+
     def check(self) -> None:
         """Measure, and refuse or accept data from now on."""
         assert self.limits is not None
+        if self._stopped_refusing:
+            return
         used = self._resident()
         if used > self.limits.soft:
             self._release()  # freed heap the allocator kept still counts as resident

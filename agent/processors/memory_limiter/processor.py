@@ -12,6 +12,7 @@ from agent.processors.memory_limiter.config import MemoryLimiterConfig
 from agent.processors.memory_limiter.limiter import MemoryLimiter
 
 REFUSAL = "data refused due to high memory usage"  # the Collector's words, which operators search for
+_REMEMBERED_REFUSALS = 64
 
 
 class MemoryLimiterProcessor:
@@ -23,6 +24,7 @@ class MemoryLimiterProcessor:
         self.limiter = limiter
         self._next = next_consumer
         self._count_items = SPECS[signal].count_items
+        self._refused_batches: dict[int, Message] = {}  # id -> batch, held so that its id stays its own
         self._refused = settings.metrics.counter(
             "memory_limiter_refused_items_total",
             "Items refused (retryable) because the agent's memory was above the memory limiter's soft limit.",
@@ -38,9 +40,20 @@ class MemoryLimiterProcessor:
         consume_with_size(self._next, batch, size)
 
     def _refuse_if_over(self, batch: Message) -> None:
-        if self.limiter.refusing:
+        if not self.limiter.refusing:
+            if self._refused_batches:
+                self._refused_batches.pop(id(batch), None)
+            return
+        # The ingest queue offers a refused batch again every 50 ms: counted once, as the sender's one refusal.
+        if self._refused_batches.get(id(batch)) is not batch:
+            if len(self._refused_batches) >= _REMEMBERED_REFUSALS:
+                del self._refused_batches[next(iter(self._refused_batches))]
+            self._refused_batches[id(batch)] = batch
             self._refused.inc(self._count_items(batch))
-            raise Refused(REFUSAL)
+        raise Refused(REFUSAL)
+
+    def receivers_stopped(self) -> None:
+        self.limiter.stop_refusing("the receivers have stopped: accepted data passes to be flushed")
 
     async def start(self) -> None:
         await self.limiter.start()
