@@ -67,6 +67,22 @@ async def test_the_byte_bound_refuses_before_the_item_bound() -> None:
         queue.offer(Signal.TRACES, one)
 
 
+async def test_the_fill_ratio_follows_the_tightest_bound_not_the_batch_count() -> None:
+    """A queue refuses at whichever bound it meets first: with SDK batches of hundreds of spans, the item bound
+    fills long before the batch bound, and an alert on batches alone would never fire."""
+    metrics = SelfMetrics()
+    one = batches(1)[0]
+    items = sum(len(ss.spans) for rs in one.resource_spans for ss in rs.scope_spans)
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await asyncio.sleep(10)
+
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(queue_size=1000, max_items=2 * items), push)
+    queue.offer(Signal.TRACES, one)
+    fill = metric_value(metrics.render().decode(), "otel_sidecar_exporter_queue_fill_ratio", exporter="test")
+    assert fill == pytest.approx(0.5)
+
+
 async def test_shutdown_drains_everything_queued_before_returning() -> None:
     pushed: list[Message] = []
 

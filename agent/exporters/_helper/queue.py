@@ -246,6 +246,11 @@ class SendingQueue:
         self._queue_bytes = m.gauge("exporter_queue_bytes", "Bytes waiting in the sending queue.", ["exporter"]).labels(
             cid
         )
+        self._queue_fill = m.gauge(
+            "exporter_queue_fill_ratio",
+            "How full the sending queue is by its tightest bound (batches, items or bytes): at 1 it refuses data.",
+            ["exporter"],
+        ).labels(cid)
         self._latency = m.histogram("exporter_send_duration_seconds", "Time to export one batch.", ["exporter"]).labels(
             cid
         )
@@ -529,5 +534,9 @@ class SendingQueue:
         )
 
     def _update_gauges(self) -> None:
-        self._queue_size.set(len(self._store))
-        self._queue_bytes.set(self._store.bytes)
+        store, config = self._store, self._config
+        self._queue_size.set(len(store))
+        self._queue_bytes.set(store.bytes)
+        self._queue_fill.set(
+            max(len(store) / config.queue_size, store.items / config.max_items, store.bytes / config.max_bytes)
+        )
