@@ -81,3 +81,12 @@ def test_the_helm_chart_and_compose_configs_start_their_pipelines_with_the_memor
     compose_config = compose["configs"]["otel-sidecar-config"]["content"].replace("$$", "$")
     for text in (yaml.safe_dump(chart), compose_config):
         assert pipelines_without_memory_limiter_first(load_text(text, environ={})) == []
+
+
+def test_the_sidecars_exemplars_point_at_traces_the_gateways_keep() -> None:
+    sidecar = load_path(CONFIG_DIR / "sidecar-gateway.yaml", environ={})
+    gateway = load_path(CONFIG_DIR / "gateway.yaml", environ={})
+    exemplars = sidecar.connectors["spanmetrics"].config.exemplars
+    policies = gateway.processors["tail_sampling"].config.policies
+    assert exemplars.enabled and exemplars.error_spans == policies.errors.enabled
+    assert exemplars.sampled_percentage == policies.probabilistic.percentage
