@@ -182,6 +182,30 @@ async def test_segments_are_deleted_once_everything_in_them_is_delivered(tmp_pat
     assert len(segments(tmp_path)) <= 1  # only the last, active segment may remain
 
 
+async def test_a_segment_whose_records_were_all_delivered_while_it_was_written_is_deleted_at_rotation(
+    tmp_path: Path,
+) -> None:
+    """With a backend that keeps up, every record is done before its segment fills: the segment must still go
+    when the next one starts, or the files (and the queue's byte count) grow until it refuses data."""
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "50ms"})
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp"), config, backend.push)
+    await queue.start()
+    sent = batches(120, seed=8)
+    for batch in sent:  # 40 KB more each (a long prompt), so that 120 of them fill several 1 MiB segments
+        batch.resource_spans[0].resource.attributes.add(key="pad", value={"string_value": "x" * 40_000})
+    for index, batch in enumerate(sent):
+        queue.offer(Signal.TRACES, batch)
+        deadline = time.monotonic() + 5
+        while len(backend.received) <= index and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    written = sum(b.ByteSize() for b in sent)
+    assert written > 3 * 1024 * 1024  # several rotations
+    assert len(segments(tmp_path)) == 1  # the active one
+    await queue.shutdown(time.monotonic() + 2)
+    assert len(backend.received) == len(sent)
+
+
 async def test_two_agents_cannot_share_a_queue_directory(tmp_path: Path) -> None:
     config = StorageConfig(directory=str(tmp_path))
     first = PersistentStore(tmp_path / "otlp", config, make_settings("otlp"))

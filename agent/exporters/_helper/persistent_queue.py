@@ -284,8 +284,11 @@ class PersistentStore:
         leaves nothing queued and nothing on disk, so the caller can refuse the sender without a duplicate."""
         assert self._active is not None, "persistent queue is not open"
         if self._active.size >= self._segment_bytes:
-            os.fsync(self._active.fd)
+            finished = self._active
+            os.fsync(finished.fd)
             self._start_segment()
+            if finished.live == 0:
+                self._delete(finished)  # every record was done while it was still being written to
         seq = self._next_seq
         record = encode_record(seq, signal, items, batch.SerializeToString())
         segment = self._active
