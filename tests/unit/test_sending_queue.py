@@ -217,7 +217,36 @@ async def test_merged_exports_stay_under_max_bytes_and_a_larger_request_is_split
     queue.offer(Signal.TRACES, big)  # one request of twice the limit
     await queue.shutdown(time.monotonic() + 10)
     assert big.ByteSize() == large > merged_limit
-    assert max(sizes) <= merged_limit * 1.1  # items split in proportion: within a span's size of the bound
+    assert max(sizes) <= merged_limit  # split by each span's own size
     text = metrics.render().decode()
     spans = sum(len(ss.spans) for r in [*requests, big] for rs in r.resource_spans for ss in rs.scope_spans)
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == spans
+
+
+async def test_a_request_of_small_and_large_spans_is_split_by_each_spans_size() -> None:
+    """A split by item count in proportion to the size would put the large spans together in one part over the
+    limit, which a backend refuses whole, small spans included."""
+    from agent.exporters._helper.batcher import BatchConfig
+
+    received: list[Message] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        received.append(batch)
+
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for index in range(1000):
+        spans.add(trace_id=bytes(15) + bytes([1]), span_id=index.to_bytes(8, "big"), name="small")
+    for index in range(10):
+        big = spans.add(trace_id=bytes(15) + bytes([2]), span_id=(5000 + index).to_bytes(8, "big"), name="big")
+        big.attributes.add(key="prompt").value.string_value = "x" * 100_000
+    limit = 250_000
+    batch = BatchConfig(max_bytes=limit, flush_timeout=0.01)  # type: ignore[arg-type]
+    queue = SendingQueue(settings(SelfMetrics()), SendingQueueConfig(num_consumers=1), push, batch=batch)
+    await queue.start()
+    queue.offer(Signal.TRACES, request)
+    await queue.shutdown(time.monotonic() + 10)
+    assert all(part.ByteSize() <= limit for part in received), [part.ByteSize() for part in received]
+    ids = sorted(span.span_id for part in received for rs in part.resource_spans for ss in rs.scope_spans
+                 for span in ss.spans)  # fmt: skip
+    assert ids == sorted(span.span_id for span in spans)  # every span once

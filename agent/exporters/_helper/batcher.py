@@ -98,25 +98,40 @@ def _is_repeated(descriptor: Any) -> bool:
     return bool(descriptor.label == descriptor.LABEL_REPEATED)
 
 
-def split(signal: Signal, request: Message, max_items: int) -> list[Message]:
-    """``request`` cut into requests of at most ``max_items`` items (a metric with more points stays whole)."""
+_FRAMING = 6  # bytes around an embedded message: its field tag and a length of up to 5 bytes (a bound, not exact)
+
+
+def split(signal: Signal, request: Message, max_items: int = 0, max_bytes: int = 0) -> list[Message]:
+    """``request`` cut into requests of at most ``max_items`` items (a metric with more points stays whole) and
+    at most ``max_bytes`` bytes, measured item by item (items vary: one span may carry a long prompt); 0 is no
+    limit. Only an item larger than ``max_bytes`` by itself makes a larger request, alone."""
     resource_field, scope_field, item_field = _LEVELS[signal]
     chunks: list[Message] = []
     current: Message | None = None
-    current_items = 0
+    current_items = current_bytes = 0
     for resource in getattr(request, resource_field):
         resource_shell = _shell(resource, scope_field)
+        resource_bytes = resource_shell.ByteSize() + _FRAMING if max_bytes else 0
         target_resource = None
         for scope in getattr(resource, scope_field):
             scope_shell = _shell(scope, item_field)
+            scope_bytes = scope_shell.ByteSize() + _FRAMING if max_bytes else 0
             target_scope = None
             for item in getattr(scope, item_field):
                 weight = _weight(signal, item)
-                if current is None or (current_items and current_items + weight > max_items):
+                item_bytes = item.ByteSize() + _FRAMING if max_bytes else 0
+                adds = item_bytes + (resource_bytes if target_resource is None else 0)
+                adds += scope_bytes if target_scope is None else 0
+                full = current_items and (
+                    (max_items and current_items + weight > max_items)
+                    or (max_bytes and current_bytes + adds > max_bytes)
+                )
+                if current is None or full:
                     current = type(request)()
                     chunks.append(current)
-                    current_items = 0
+                    current_items = current_bytes = 0
                     target_resource = target_scope = None
+                    adds = item_bytes + resource_bytes + scope_bytes
                 if target_resource is None:
                     target_resource = getattr(current, resource_field).add()
                     target_resource.CopyFrom(resource_shell)
@@ -125,4 +140,5 @@ def split(signal: Signal, request: Message, max_items: int) -> list[Message]:
                     target_scope.CopyFrom(scope_shell)
                 getattr(target_scope, item_field).append(item)
                 current_items += weight
+                current_bytes += adds
     return chunks or [request]

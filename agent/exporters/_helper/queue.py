@@ -427,16 +427,14 @@ class SendingQueue:
             self._sent.labels(self._settings.component_id, signal.value).inc(delivered)
 
     def _parts(self, signal: Signal, merged: Message, group: _Group) -> list[Message]:
-        """``merged`` cut to ``batch.max_size`` items and, by items in proportion, to ``batch.max_bytes``."""
+        """``merged`` cut to ``batch.max_size`` items and ``batch.max_bytes`` bytes."""
         if self._batch is None:
             return [merged]
         limit = self._batch.max_size
-        max_bytes = self._batch.max_bytes
-        size = sum(e.size for e in group.entries)
-        if max_bytes and size > max_bytes and group.items > 1:
-            by_bytes = max(1, group.items * max_bytes // size)
-            limit = min(limit, by_bytes) if limit else by_bytes
-        return split(signal, merged, limit) if limit and group.items > limit else [merged]
+        max_bytes = self._batch.max_bytes if sum(e.size for e in group.entries) > self._batch.max_bytes else 0
+        if group.items > 1 and (max_bytes or (limit and group.items > limit)):
+            return split(signal, merged, limit, max_bytes)
+        return [merged]
 
     def _abandon(self, group: _Group) -> None:
         """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
