@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
@@ -18,7 +23,7 @@ from agent.exporters.loki.labels import render_labels, sanitize_label_name
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import LokiDouble, PlannedFailure, build_config, make_settings, parse_labels
-from tests.helpers import metric_value
+from tests.helpers import free_port, metric_value
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -319,3 +324,75 @@ async def test_a_resource_key_repeated_in_a_resource_gives_one_label_not_a_rejec
         await export(config, [(Signal.LOGS, request)], SelfMetrics(), loki.entries)
         ((labels, _),) = loki.entries()
     assert labels["deployment_environment"] == "b"  # the last, as the JSON encoding keeps it
+
+
+@contextlib.asynccontextmanager
+async def http_server(handler: Any, ssl_context: ssl.SSLContext | None = None) -> Any:
+    """A bare aiohttp server answering every request with ``handler``; yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    try:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_redirect_is_not_followed_and_the_push_is_counted_as_rejected() -> None:
+    """Following a 302 turns the POST into a GET without its body (the lines lost, counted as sent) and carries the
+    tenant and credential headers to wherever it points."""
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        if request.path == "/login":
+            return web.Response(text="<html>sign in</html>", content_type="text/html")
+        return web.Response(status=302, headers={"Location": "/login"})
+
+    metrics = SelfMetrics()
+    async with http_server(handler) as base:
+        config = loki_config(base + "/loki/api/v1/push", tenant_id="team-a")
+        await export(config, [(Signal.LOGS, logs_request())], metrics, lambda: seen)
+        await asyncio.sleep(0.1)
+    assert seen == [("POST", "/loki/api/v1/push")]
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 0
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 1
+
+
+async def test_the_tls_server_name_override_is_the_name_the_certificate_is_checked_against(tmp_path: Path) -> None:
+    cert, key = tmp_path / "loki.pem", tmp_path / "loki.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=loki.internal",
+         "-addext", "subjectAltName=DNS:loki.internal", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    pushed: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        pushed.append(await request.read())
+        return web.Response(status=204)
+
+    metrics = SelfMetrics()
+    async with http_server(handler, server_ssl) as base:  # reached by IP: the certificate names loki.internal
+        tls = {"ca_file": str(cert), "server_name_override": "loki.internal"}
+        await export(loki_config(base + "/loki/api/v1/push", tls=tls), [(Signal.LOGS, logs_request())], metrics,
+                     lambda: pushed)  # fmt: skip
+    assert len(pushed) == 1
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1
+
+
+async def test_a_retried_push_sends_the_same_lines_and_counts_a_truncation_once() -> None:
+    metrics = SelfMetrics()
+    with LokiDouble(max_line_size=1024) as loki:
+        loki.failures = [PlannedFailure(http_status=503, retry_after=0), PlannedFailure(http_status=503, retry_after=0)]
+        request = logs_request(records=[record("x" * 5000, 1)])
+        await export(loki_config(loki.url, max_line_bytes=1000), [(Signal.LOGS, request)], metrics, loki.entries)
+    assert loki.attempts == 3
+    assert len(loki.entries()) == 1
+    assert value(metrics, "loki_truncated_total", what="line") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from agent.config.schema import without_userinfo
-from agent.exporters._helper.retry import RetryableError
+from agent.exporters._helper.retry import PermanentExportError, RetryableError
 
 
 def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: float) -> RetryableError:
@@ -20,3 +20,12 @@ def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: floa
     if isinstance(exc, aiohttp.ClientError):
         return RetryableError(f"cannot reach {shown}: {exc}", reason="connection")
     return RetryableError(f"no answer from {shown} within {timeout:g}s", reason="timeout", maybe_delivered=True)
+
+
+def redirect_refused(status: int, location: str, url: str) -> PermanentExportError:
+    """A 3xx answer. Redirects are never followed: a 301/302 turns the POST into a GET without its body (the data
+    would be lost as a success), and a redirect to another host would carry the configured credential headers."""
+    return PermanentExportError(
+        f"{without_userinfo(url)} answered HTTP {status}, a redirect to {without_userinfo(location)}: redirects are "
+        "not followed; set the endpoint to where it points"
+    )

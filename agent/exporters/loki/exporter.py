@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.http import unreachable
+from agent.exporters._helper.http import redirect_refused, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
 from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, http_error
@@ -43,6 +43,9 @@ class LokiExporter:
             batch=config.batch,
         )
         self._session: aiohttp.ClientSession | None = None
+        # Bodies of the batches being sent (each worker holds one at a time), held by batch identity.
+        self._bodies: dict[int, tuple[Message, bytes | None]] = {}
+        self._max_bodies = 2 * config.sending_queue.num_consumers
         self._headers = {
             **config.headers,
             "Content-Type": JSON if config.encoding == "json" else PROTOBUF,
@@ -96,27 +99,48 @@ class LokiExporter:
 
     async def _push(self, signal: Signal, batch: Message) -> None:
         assert self._session is not None
-        streams = self._mapper.streams(batch)  # type: ignore[arg-type]
-        self._count_limits()
-        if not streams:
+        body = self._body_of(batch)
+        if body is None:
             return
-        if self._config.encoding == "json":
-            body = encode_json(streams, self._config.compression == "gzip")
-        else:
-            body = encode_protobuf(streams)
         try:
             async with self._session.post(
                 self._config.endpoint,
                 data=body,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=float(self._config.timeout)),
+                server_hostname=self._config.tls.server_name_override or None,
+                allow_redirects=False,  # see redirect_refused
             ) as response:
                 if 200 <= response.status < 300:
                     return
+                if 300 <= response.status < 400:
+                    raise redirect_refused(
+                        response.status, response.headers.get("Location", "?"), self._config.endpoint
+                    )
                 reason = (await response.text(errors="replace")).strip()[:1024]
                 raise http_error(response.status, reason, response.headers.get("Retry-After"), LOKI_RETRYABLE)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
+
+    def _body_of(self, batch: Message) -> bytes | None:
+        """The push body of ``batch`` (None: no line to push), built once per batch: a retry sends the very same
+        lines, timestamps included (Loki drops an entry it has with the same timestamp and line), and limits
+        are counted once, not per attempt."""
+        cached = self._bodies.get(id(batch))
+        if cached is not None and cached[0] is batch:
+            return cached[1]
+        streams = self._mapper.streams(batch)  # type: ignore[arg-type]
+        self._count_limits()
+        body = None
+        if streams:
+            if self._config.encoding == "json":
+                body = encode_json(streams, self._config.compression == "gzip")
+            else:
+                body = encode_protobuf(streams)
+        if len(self._bodies) >= self._max_bodies:
+            del self._bodies[next(iter(self._bodies))]  # the oldest: its batch was delivered or given up
+        self._bodies[id(batch)] = (batch, body)
+        return body
 
     def _count_limits(self) -> None:
         cid = self._settings.component_id

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from agent import __version__
 from agent.component import Signal
 from agent.config.schema import without_userinfo
-from agent.exporters._helper.http import unreachable
+from agent.exporters._helper.http import redirect_refused, unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
@@ -161,9 +161,7 @@ class HttpTransport:
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 server_hostname=self._config.tls.server_name_override or None,
-                # Never followed: a 301/302 turns the POST into a GET without its body (the data would be lost
-                # as a success), and a redirect to another host would carry the configured credential headers.
-                allow_redirects=False,
+                allow_redirects=False,  # see redirect_refused
             ) as response:
                 payload = await response.read()
                 return _answer(signal, url, response, payload)
@@ -188,11 +186,7 @@ def _answer(signal: Signal, url: str, response: aiohttp.ClientResponse, payload:
             )
         return _decode_response(signal, payload)
     if 300 <= status < 400:
-        location = response.headers.get("Location", "?")
-        raise PermanentExportError(
-            f"{shown} answered HTTP {status}, a redirect to {without_userinfo(location)}: redirects are not followed; "
-            "set the endpoint to where it points"
-        )
+        raise redirect_refused(status, response.headers.get("Location", "?"), url)
     raise http_error(status, f"{_status_message(payload)} ({shown})", response.headers.get("Retry-After"))
 
 
