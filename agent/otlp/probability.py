@@ -10,10 +10,13 @@ the adjusted count ``1 / p = 2**56 / (2**56 - T)`` follows.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 MAX_THRESHOLD = 1 << 56
 _HEX_DIGITS = 14
+_RANDOMNESS = re.compile(r"[0-9a-f]{14}")
+_THRESHOLD = re.compile(r"[0-9a-f]{1,14}")
 
 
 def randomness(trace_id: bytes) -> int:
@@ -24,12 +27,9 @@ def randomness(trace_id: bytes) -> int:
 def explicit_randomness(tracestate: str) -> int | None:
     """The ``rv`` of the ``ot`` vendor entry (exactly 14 hex digits), or None when absent or malformed."""
     value = _ot_field(tracestate, "rv")
-    if value is None or len(value) != _HEX_DIGITS:
+    if value is None or not _RANDOMNESS.fullmatch(value):
         return None
-    try:
-        return int(value, 16)
-    except ValueError:
-        return None
+    return int(value, 16)
 
 
 def _ot_field(tracestate: str, wanted: str) -> str | None:
@@ -66,12 +66,11 @@ def encode_threshold(threshold: int) -> str:
 
 
 def decode_threshold(value: str) -> int | None:
-    if not 1 <= len(value) <= _HEX_DIGITS:
+    """A ``th`` value: 1 to 14 lowercase hex digits (Python's int() would also take ``0x…``, ``1_2`` or spaces,
+    which the specification's parsers refuse, so two agents would decide differently)."""
+    if not _THRESHOLD.fullmatch(value):
         return None
-    try:
-        return int(value.ljust(_HEX_DIGITS, "0"), 16)
-    except ValueError:
-        return None
+    return int(value.ljust(_HEX_DIGITS, "0"), 16)
 
 
 def threshold_from_tracestate(tracestate: str) -> int | None:
