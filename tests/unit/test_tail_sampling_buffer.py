@@ -69,10 +69,22 @@ def test_pinned_requests_count_against_the_byte_bound_and_force_decisions() -> N
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") > 0
 
 
-def test_a_request_whose_spans_are_all_buffered_pins_nothing_more() -> None:
+def test_a_request_counts_whole_until_the_last_trace_holding_part_of_it_is_decided() -> None:
+    """99 spans of traces with a local root (decided after 2 s) and one of a trace entering from elsewhere (no
+    root: it waits the full 10 s). The request stays in memory while that one span is held, so it must stay
+    counted: the byte bound is about memory, not about spans still buffered."""
     r = rig(max_buffered_bytes=1 << 30, **NO_SAMPLING)
-    r.traces.consume(spans_request(*(span(trace_id_with_randomness(n + 1), n) for n in range(64))))
-    assert all(not trace.pins for trace in r.sampler.buffer.traces.values())
+    quick = [span(trace_id_with_randomness(n + 1), n, root=True, attributes={"p": "q" * 2000}) for n in range(99)]
+    slow = span(trace_id_with_randomness(500), 500)
+    request = spans_request(*quick, slow)
+    r.traces.consume(request)
+    whole = request.ByteSize()
+    assert whole <= r.sampler.buffer.bytes <= whole + 100 * (TRACE_OVERHEAD_BYTES + FRAGMENT_OVERHEAD_BYTES)
+    r.tick_after(3)  # the 99 rooted traces are decided; the slow one still holds the request
+    assert len(r.sampler.buffer) == 1
+    assert whole <= r.sampler.buffer.bytes
+    r.tick_after(8)
+    assert r.sampler.buffer.bytes == 0
 
 
 def test_a_log_request_kept_alive_by_a_held_record_counts_whole_until_its_trace_leaves() -> None:

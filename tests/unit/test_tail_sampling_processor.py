@@ -405,16 +405,67 @@ def test_a_log_arriving_before_its_traces_spans_waits_for_them_and_takes_the_tra
     assert exported_logs(r.log_sink) == [("step started", "error", "errors")]
 
 
+def test_a_log_arriving_first_does_not_start_the_decision_clock_of_its_trace() -> None:
+    """Workflows log when they start and export their spans later: decided 10 s after the log, the error span
+    arriving at 10.5 s would find the trace already dropped and be dropped as late."""
+    r = rig()
+    r.logs.consume(logs_request(log_record(DROPPED, body="workflow started")))
+    r.tick_after(5)
+    r.traces.consume(spans_request(span(DROPPED, 1)))  # no root: the full wait, from this span
+    r.tick_after(6)
+    assert exported_logs(r.log_sink) == []  # 11 s after the log, 6 after the first span
+    r.traces.consume(spans_request(span(DROPPED, 2, error=True)))
+    r.tick_after(5)
+    assert len(exported_spans(r.trace_sink)) == 2  # kept for its error, 10 s after its first span
+    assert exported_logs(r.log_sink) == [("workflow started", "error", "errors")]
+
+
+def test_spans_coming_after_their_logs_were_released_alone_are_still_decided_on_their_own() -> None:
+    r = rig()
+    r.logs.consume(logs_request(log_record(DROPPED, body="workflow started")))
+    r.tick_after(10.5)  # no span within decision_wait: the record passed by its severity, nothing decided
+    assert exported_logs(r.log_sink) == [("workflow started", "standard", "severity")]
+    r.traces.consume(spans_request(span(DROPPED, 1, error=True), span(DROPPED, 2)))
+    r.tick_after(11)
+    assert len(exported_spans(r.trace_sink)) == 2  # not dropped as late spans of a decision on the log
+
+
+def test_the_explicit_randomness_of_a_first_span_counts_when_a_log_came_before_it() -> None:
+    r = rig()
+    trace_id = trace_id_with_randomness(1)  # the id's randomness says drop at 10%
+    r.logs.consume(logs_request(log_record(trace_id, body="first")))
+    r.traces.consume(spans_request(span(trace_id, 1, root=True, trace_state="ot=rv:ffffffffffffff")))
+    r.tick_after(2)
+    assert len(exported_spans(r.trace_sink)) == 1  # kept by rv, as without the log
+
+
+def test_a_trace_heavy_with_prompts_is_decided_at_once_instead_of_every_other_trace() -> None:
+    r = rig(max_buffered_bytes=2 << 20)  # a quarter, 512 KiB, is the per-trace cap
+    waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(200)]
+    r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(waiting))))
+    heavy = trace_id_with_randomness(9999, prefix=4)
+    for n in range(25):
+        r.traces.consume(spans_request(span(heavy, 10_000 + n, attributes={"prompt": "p" * 100_000})))
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") == 1
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") == 0
+    assert all(trace_id in r.sampler.buffer.traces for trace_id in waiting)  # still waiting for their errors
+    r.traces.consume(spans_request(*(span(trace_id, 500 + n, error=True) for n, trace_id in enumerate(waiting))))
+    r.tick_after(11)
+    kept = {s.trace_id for s in exported_spans(r.trace_sink)}
+    assert set(waiting) <= kept
+
+
 def test_a_log_whose_spans_never_come_is_released_after_the_decision_wait() -> None:
     r = rig()
     r.logs.consume(logs_request(log_record(DROPPED, body="orphan"), log_record(KEPT, body="orphan in a kept id")))
     r.tick_after(9)
     assert exported_logs(r.log_sink) == []
-    r.tick_after(2)  # decision_wait (10s) has passed: decided on what arrived, as any trace
+    r.tick_after(2)  # decision_wait (10s) has passed: no span came, so the records pass by their severity
     assert sorted(exported_logs(r.log_sink)) == [
         ("orphan", "standard", "severity"),
-        ("orphan in a kept id", "standard", "probabilistic"),
+        ("orphan in a kept id", "standard", "severity"),
     ]
+    assert r.sampler.kept.get(KEPT) is None and DROPPED not in r.sampler.dropped  # nothing decided
 
 
 def test_logs_pass_at_once_when_no_traces_pipeline_shares_the_sampler() -> None:

@@ -12,8 +12,8 @@ container the buffer holds, again and again while traces wait, so their number m
 
 Byte counts are the protobuf size of what is held plus a fixed overhead per trace and fragment, i.e. an estimate
 of the heap used, not an exact figure. Holding one span of a request keeps the whole request in memory (upb
-frees a message tree at once), so the rest of a request that buffered traces still hold is counted too
-(``RequestPin``), until the last of those traces leaves.
+frees a message tree at once), so a request held by several traces, or mostly not held, counts whole
+(``RequestPin``) until the last of those traces leaves.
 """
 
 from __future__ import annotations
@@ -39,13 +39,19 @@ LogFragment = tuple[Any, Any, list[Any]]
 
 
 class RequestPin:
-    """The bytes of a request that no buffered trace holds but that stay in memory while any of them does."""
+    """The bytes of a request that stay in memory while any buffered trace holds part of it, beyond what the
+    holders still count themselves: the part no trace holds, then also the part of each holder that left.
 
-    __slots__ = ("bytes", "holders")
+    A holder's part is taken as the average (``share``), not its own: one float per request rather than one per
+    trace and request, and the totals come out exact once the last holder has left.
+    """
 
-    def __init__(self, size: int, holders: int) -> None:
+    __slots__ = ("bytes", "holders", "share")
+
+    def __init__(self, size: int, holders: int, share: int) -> None:
         self.bytes = size
         self.holders = holders
+        self.share = share
 
 
 def group_by_trace(
@@ -174,6 +180,13 @@ class TraceBuffer:
         self.bytes += trace.bytes
         return trace
 
+    def restart(self, trace: BufferedTrace, now: float) -> None:
+        """Start ``trace``'s wait again from ``now`` (its first span, after log records), keeping the buffer in
+        first-seen order: re-inserted, it goes to the end, after every trace seen before ``now``."""
+        del self.traces[trace.trace_id]
+        trace.first_seen = now
+        self.traces[trace.trace_id] = trace
+
     def count_added(self, spans: int, size: int) -> None:
         """Account for ``spans`` and ``size`` bytes added to buffered traces with ``BufferedTrace.add_spans``."""
         self.spans += spans
@@ -189,12 +202,13 @@ class TraceBuffer:
         trace.log_bytes += size
         self.bytes += size
 
-    def pin(self, holders: Sequence[BufferedTrace], size: int) -> None:
-        """Count ``size`` more bytes until the last of ``holders`` leaves: the part of one request they do not
-        hold themselves (spans passed on or dropped, records of other traces) but keep in memory."""
-        if size <= 0 or not holders:
+    def pin(self, holders: Sequence[BufferedTrace], size: int, held: int) -> None:
+        """Keep one request counted until the last of ``holders`` (once per fragment) leaves: ``size`` bytes more
+        now (the part no trace holds: spans passed on or dropped, records of other traces), and the part of each
+        holder that leaves while others still keep the request in memory (``held`` bytes among them all)."""
+        if not holders:
             return
-        pin = RequestPin(size, len(holders))
+        pin = RequestPin(size, len(holders), held // len(holders))
         for trace in holders:
             trace.pins = (*trace.pins, pin)
         self.bytes += size
@@ -216,12 +230,16 @@ class TraceBuffer:
 
     @staticmethod
     def _unpin(traces: list[BufferedTrace]) -> int:
-        """Bytes of requests no longer held by any trace once ``traces`` have left."""
+        """Bytes freed beyond the traces' own once ``traces`` have left: requests no longer held by any trace,
+        less the traces' own bytes of requests other traces still hold (which stay in memory)."""
         freed = 0
         for trace in traces:
             for pin in trace.pins:
                 pin.holders -= 1
-                if not pin.holders:
+                if pin.holders:
+                    pin.bytes += pin.share
+                    freed -= pin.share
+                else:
                     freed += pin.bytes
         return freed
 

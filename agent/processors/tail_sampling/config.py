@@ -183,6 +183,13 @@ class TailSamplingConfig:
         "enormous trace never holds up the others.",
         minimum=1,
     )
+    max_bytes_per_trace: int = setting(
+        16 * 1024 * 1024,
+        doc="A trace reaching this many bytes (long prompts in its spans), or a quarter of `max_buffered_bytes` if "
+        "that is less, is decided at once, like one reaching `max_spans_per_trace`: otherwise the byte bound would "
+        "decide every other trace early to make room for it.",
+        minimum=1024,
+    )
     max_batch_bytes: int = setting(
         2 * 1024 * 1024,
         doc="Most bytes per export request released downstream; traces decided together are split only between "

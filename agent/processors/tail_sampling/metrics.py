@@ -15,7 +15,7 @@ from prometheus_client.utils import floatToGoString
 from agent.component import CreateSettings
 from agent.telemetry.selfmetrics import PREFIX
 
-FORCED_REASONS = ("max_traces", "max_buffered_bytes", "max_spans_per_trace", "shutdown")
+FORCED_REASONS = ("max_traces", "max_buffered_bytes", "max_spans_per_trace", "max_bytes_per_trace", "shutdown")
 _DECISION_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 30.0, 60.0)
 
 

@@ -157,7 +157,9 @@ class TailSampler:
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
         release = Release(self._config.max_batch_bytes, self._stamps)
+        max_trace_bytes = min(self._config.max_bytes_per_trace, self._config.max_buffered_bytes // 4)
         oversized: dict[bytes, BufferedTrace] = {}
+        heavy: dict[bytes, BufferedTrace] = {}
         holders: list[BufferedTrace] = []  # traces that took spans of this request (once per fragment)
         late_kept = late_dropped = held_spans = held_bytes = held_span_bytes = 0
         # This request's own size, never an average over earlier ones, under which large spans (prompts) would
@@ -191,8 +193,11 @@ class TailSampler:
                             late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
-                        if states and trace_id in states:
-                            trace.explicit_randomness = explicit_randomness(states[trace_id])
+                    elif not trace.span_count:
+                        # Its log records came first: the wait for the decision starts with the first span.
+                        buffer.restart(trace, now)
+                    if not trace.span_count and states and trace_id in states:
+                        trace.explicit_randomness = explicit_randomness(states[trace_id])
                     fragment_bytes = int(bytes_per_span * len(indices))
                     held_spans += len(indices)
                     held_span_bytes += fragment_bytes
@@ -200,6 +205,8 @@ class TailSampler:
                     holders.append(trace)
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
+                    elif trace.bytes >= max_trace_bytes:
+                        heavy[trace_id] = trace
                 for trace_id in failed:
                     trace = traces.get(trace_id)
                     if trace is not None:
@@ -215,6 +222,8 @@ class TailSampler:
         if late_dropped:
             self.metrics.late_dropped.inc(late_dropped)
         self._decide(list(oversized.values()), "max_spans_per_trace", release)
+        self._decide([trace for trace_id, trace in heavy.items() if trace_id not in oversized], "max_bytes_per_trace",
+                     release)  # fmt: skip
         self._after_ingest(release)
 
     def consume_logs(self, request: Any, size: int | None = None) -> None:
@@ -273,11 +282,12 @@ class TailSampler:
         self._after_ingest(release)
 
     def _pin(self, holders: list[BufferedTrace], request_bytes: int, held_bytes: int) -> None:
-        """Count the rest of a request that buffered traces keep alive (see ``RequestPin``); a rest under a
-        sixteenth of the request (rounding, a few passed-on spans) is not worth an object per trace."""
-        unheld = request_bytes - held_bytes
-        if holders and unheld > request_bytes >> 4:
-            self.buffer.pin(holders, unheld)
+        """Count a request whole until the last trace holding part of it leaves (see ``RequestPin``): the part no
+        trace holds, and each holder's part once it has left. One trace holding (nearly) all of a request needs
+        no pin; under a sixteenth (rounding, a few passed-on spans) is not worth an object per trace."""
+        unheld = max(request_bytes - held_bytes, 0)
+        if len(holders) > 1 or (holders and unheld > request_bytes >> 4):
+            self.buffer.pin(holders, unheld, held_bytes)
 
     def _after_ingest(self, release: Release) -> None:
         if self._closed:
@@ -318,6 +328,11 @@ class TailSampler:
         counts: dict[tuple[str, bool], int] = {}
         dropped_ids: list[bytes] = []
         for trace in traces:
+            if not trace.span_count:
+                # Only log records came: they pass with their severity's class, and nothing is remembered, so
+                # spans arriving later (a workflow that logs long before it exports) start a trace of their own.
+                self._release_logs_of_dropped(trace, release)
+                continue
             decision = decide(trace, context)
             key = (decision.policy, decision.keep)  # a Decision's own hash is a Python-level dataclass one
             counts[key] = counts.get(key, 0) + 1
