@@ -237,3 +237,18 @@ def output_spans(out_dir: Path) -> list[tuple[Any, Any, Any]]:
 
 def dump(message: Message) -> str:
     return json.dumps(json_codec.to_dict(message), indent=1, sort_keys=True)
+
+
+def self_signed_certificate(
+    directory: Path, name: str = "server", host: str = "localhost", ip: str | None = "127.0.0.1"
+) -> tuple[Path, Path]:
+    """A certificate and key (PEM) for ``host`` (and ``ip``), signed by themselves: their own CA."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    names = f"DNS:{host}" + (f",IP:{ip}" if ip else "")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={host}",
+         "-addext", f"subjectAltName={names}", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from agent.exporters.loki.labels import render_labels, sanitize_label_name
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import LokiDouble, PlannedFailure, build_config, make_settings, parse_labels
-from tests.helpers import free_port, metric_value
+from tests.helpers import free_port, metric_value, self_signed_certificate
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -363,13 +362,7 @@ async def test_a_redirect_is_not_followed_and_the_push_is_counted_as_rejected() 
 
 
 async def test_the_tls_server_name_override_is_the_name_the_certificate_is_checked_against(tmp_path: Path) -> None:
-    cert, key = tmp_path / "loki.pem", tmp_path / "loki.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=loki.internal",
-         "-addext", "subjectAltName=DNS:loki.internal", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path, "loki", host="loki.internal", ip=None)
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ssl.load_cert_chain(cert, key)
     pushed: list[bytes] = []

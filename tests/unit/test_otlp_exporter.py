@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, PlannedFailure, build_config, make_settings
-from tests.helpers import free_port, metric_value
+from tests.helpers import free_port, metric_value, self_signed_certificate
 
 FAST_RETRY = {"initial_interval": "20ms", "max_interval": "100ms", "max_elapsed_time": "5s"}
 
@@ -282,17 +281,6 @@ async def test_batches_shared_with_other_exporters_are_never_modified() -> None:
         )
         await run_exporter(config, batches, SelfMetrics(), lambda: backend.capture.spans())
     assert [b.SerializeToString() for b in batches] == before
-
-
-def self_signed_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
