@@ -3,6 +3,13 @@
 OTLP JSON differs from the standard proto3 mapping in one way that matters for decoding: trace and span
 ids are hex strings, not base64 (enums as integers, lowerCamelCase keys and 64-bit integers as strings or
 numbers are all accepted by protobuf's own parser). Unknown fields are ignored, as the spec requires.
+
+Before protobuf's parser sees a document, it is walked along the message's descriptor (``_prepare``): that
+parser, told to ignore unknown fields, also reads a string or a list given for a message field as a list of
+field names and drops them all, so ``"body": "payment failed"`` would become an empty body and ``"status":
+"STATUS_CODE_ERROR"`` an unset status, silently; and it reads ``true`` as 1 for a number and drops an enum name
+it does not know. The walk refuses those with their path, removes unknown fields (never looked into) and
+``null`` values (the default, in proto3 JSON), and turns hex ids into the base64 the parser expects.
 """
 
 from __future__ import annotations
@@ -11,36 +18,36 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
-from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 M = TypeVar("M", bound=Message)
 
 ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 
 
-def _enum_names(enum: EnumDescriptor) -> frozenset[str]:
-    return frozenset(enum.values_by_name)
-
-
-# Every enum field of the OTLP messages, by its JSON keys (no other OTLP message has a field of these names;
-# attribute keys are values, never JSON keys). protobuf's parser, told to ignore unknown fields as OTLP requires,
-# also drops an enum name it does not know and reads 1.5 or true as 1: a misspelt STATUS_CODE_ERROR would turn an
-# error span into an unset one, silently.
-_ENUM_FIELDS: dict[str, frozenset[str]] = {
-    "kind": _enum_names(Span.SpanKind.DESCRIPTOR),
-    "code": _enum_names(Status.StatusCode.DESCRIPTOR),
-    "severityNumber": _enum_names(SeverityNumber.DESCRIPTOR),
-    "severity_number": _enum_names(SeverityNumber.DESCRIPTOR),
-    "aggregationTemporality": _enum_names(AggregationTemporality.DESCRIPTOR),
-    "aggregation_temporality": _enum_names(AggregationTemporality.DESCRIPTOR),
-}
+_ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})  # bytes fields written as hex in OTLP/JSON
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_NUMBER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_DOUBLE,
+        FieldDescriptor.TYPE_FLOAT,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+    }
+)
 
 
 class OtlpJsonError(ValueError):
@@ -60,8 +67,10 @@ def decode(body: bytes, message_type: type[M]) -> M:
         raise OtlpJsonError("body must be a JSON object")
     message = message_type()
     try:
-        _prepare(data, "")
+        _prepare(data, message_type.DESCRIPTOR, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    except OtlpJsonError:
+        raise
     except json_format.ParseError as exc:
         raise OtlpJsonError(str(exc)) from None
     except RecursionError:
@@ -81,26 +90,52 @@ def encode(message: Message) -> bytes:
     return json.dumps(to_dict(message), separators=(",", ":")).encode()
 
 
-def _prepare(node: Any, path: str) -> None:
-    """Hex ids to the base64 protobuf's parser expects; enum values checked (see ``_ENUM_FIELDS``)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{path}.{key}" if path else key
-            if key in ID_KEYS and isinstance(value, str):
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    raise OtlpJsonError(f"{where}: must be a hex string, got {value[:40]!r}") from None
-            elif key in _ENUM_FIELDS:
-                _check_enum(value, _ENUM_FIELDS[key], where)
-            else:
-                _prepare(value, where)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            _prepare(item, f"{path}[{index}]")
+def _prepare(node: dict[str, Any], descriptor: Descriptor, path: str) -> None:
+    """Check ``node`` against ``descriptor`` and ready it for protobuf's parser (see the module's docstring)."""
+    for key in list(node):
+        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        value = node[key]
+        if field is None or value is None:
+            del node[key]  # an unknown field is ignored, whatever it holds; null is the default value
+            continue
+        where = f"{path}.{key}" if path else key
+        if _is_repeated(field):
+            if not isinstance(value, list):
+                raise OtlpJsonError(f"{where}: must be a list, got {_kind(value)}")
+            node[key] = [_prepared(field, item, f"{where}[{index}]") for index, item in enumerate(value)]
+        else:
+            node[key] = _prepared(field, value, where)
 
 
-def _check_enum(value: Any, names: frozenset[str], where: str) -> None:
+def _prepared(field: FieldDescriptor, value: Any, where: str) -> Any:
+    if field.message_type is not None:
+        if not isinstance(value, dict):
+            raise OtlpJsonError(f"{where}: must be an object, got {_kind(value)}")
+        _prepare(value, field.message_type, where)
+    elif field.enum_type is not None:
+        _check_enum(value, field.enum_type.values_by_name, where)
+    elif field.type == FieldDescriptor.TYPE_BYTES and field.name in _ID_FIELDS:
+        if not isinstance(value, str) or not _HEX.fullmatch(value):
+            raise OtlpJsonError(f"{where}: must be a hex string, got {json.dumps(value)[:40]}")
+        return base64.b64encode(bytes.fromhex(value)).decode()
+    elif field.type in _NUMBER_TYPES and isinstance(value, bool):
+        raise OtlpJsonError(f"{where}: must be a number, got {json.dumps(value)}")
+    return value
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    # ``is_repeated`` in current protobuf releases, which have dropped ``label``; ``label`` in older ones.
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _check_enum(value: Any, names: Any, where: str) -> None:
     """An integer (an unknown one is kept: a newer sender's value) or the name of a known value."""
     if isinstance(value, int) and not isinstance(value, bool):
         if not -(2**31) <= value < 2**31:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -197,3 +198,40 @@ def test_enum_names_and_integers_are_read_and_an_unknown_integer_is_kept_for_new
 def test_any_value_in_an_enum_field_decodes_or_raises_otlp_json_error(kind: object, code: object) -> None:
     with contextlib.suppress(json_codec.OtlpJsonError):
         json_codec.decode(_span_json(kind=kind, status={"code": code}), ExportTraceServiceRequest)
+
+
+def _log(body: object) -> bytes:
+    record = {"severityText": "ERROR", "body": body}
+    return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]}).encode()
+
+
+def _span(**fields: object) -> bytes:
+    span = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "s", **fields}
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "request_type", "fragment"),
+    [
+        (_log("payment failed for order 42"), ExportLogsServiceRequest, "logRecords[0].body: must be an object"),
+        (_span(status="STATUS_CODE_ERROR"), ExportTraceServiceRequest, "spans[0].status: must be an object"),
+        (_span(attributes=[{"key": "service.name", "value": "checkout"}]), ExportTraceServiceRequest, "value: must"),
+        (_span(attributes=[{"key": "k", "value": {"doubleValue": True}}]), ExportTraceServiceRequest, "a number"),
+        (_span(events="exception"), ExportTraceServiceRequest, "spans[0].events: must be a list"),
+        (_span(parentSpanId="eee19b7e c3c1b174"), ExportTraceServiceRequest, "must be a hex string"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_refused_not_turned_into_empty_data(
+    body: bytes, request_type: type, fragment: str
+) -> None:
+    """protobuf's parser, ignoring unknown fields, would read a string given for a message as a list of unknown
+    field names and keep an empty message: the log line lost, the error status unset, silently."""
+    with pytest.raises(json_codec.OtlpJsonError, match=re.escape(fragment)):
+        json_codec.decode(body, request_type)
+
+
+def test_unknown_fields_are_ignored_whatever_they_hold_and_null_is_the_default() -> None:
+    body = _span(kind=None, status={"code": None, "message": None}, meta={"kind": "batch", "traceId": "zz"})
+    request = json_codec.decode(body, ExportTraceServiceRequest)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert (span.name, span.kind, span.status.code) == ("s", 0, 0)

@@ -47,13 +47,15 @@ class Running:
         return metric_value(self.metrics.render().decode(), name, **labels)
 
 
-async def start_receiver(consumer: Consumer, max_mib: int = 1) -> tuple[OtlpReceiver, Running]:
+async def start_receiver(
+    consumer: Consumer, max_mib: int = 1, retry_after: float = 2.0
+) -> tuple[OtlpReceiver, Running]:
     metrics = SelfMetrics()
     grpc_port, http_port = free_port(), free_port()
     config = OtlpReceiverConfig(
         grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{grpc_port}"), max_recv_msg_size_mib=max_mib),
         http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), max_request_body_size_mib=max_mib),
-        retry_after=2.0,
+        retry_after=retry_after,
     )
     settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), metrics, ServiceConfig(), {})
     receiver = OtlpReceiver(config, settings, {Signal.TRACES: consumer, Signal.LOGS: consumer})
@@ -194,12 +196,14 @@ async def test_a_full_pipeline_gets_unavailable_with_retry_info_over_grpc() -> N
         await receiver.shutdown(time.monotonic() + 2)
 
 
-async def test_a_full_pipeline_gets_503_with_retry_after_over_http() -> None:
-    receiver, state = await start_receiver(RefusingSink())
+@pytest.mark.parametrize(("retry_after", "header"), [(2.0, "2"), (2.5, "3"), (0.2, "1")])
+async def test_a_full_pipeline_gets_503_with_retry_after_over_http(retry_after: float, header: str) -> None:
+    """Whole seconds, rounded up: a sender must never be told to come back sooner than configured."""
+    receiver, state = await start_receiver(RefusingSink(), retry_after=retry_after)
     try:
         status, body, headers = await post(state.http_url + "/v1/traces", request_bytes()[1], "application/x-protobuf")
         assert status == 503
-        assert headers["Retry-After"] == "2"
+        assert headers["Retry-After"] == header
         assert status_pb2.Status.FromString(body).code == code_pb2.UNAVAILABLE
     finally:
         await state.channel.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 from aiohttp import web
@@ -95,7 +96,7 @@ class HttpServer:
                 return web.Response(status=status, text=exc.message)
             reply = _reply(status, status_pb2.Status(code=code, message=exc.message), as_json)
             if exc.failure is Failure.REFUSED:
-                reply.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+                reply.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # never sooner than asked
             return reply
         except Exception:
             self._handler.request_failed(signal, "http", Failure.INTERNAL)
