@@ -89,7 +89,7 @@ class Url(str):
 
     @classmethod
     def parse(cls, text: str) -> Url:
-        problem = f"must be a URL (http:// or https:// and a host), got {without_userinfo(text)!r}"
+        problem = f"must be a URL (http:// or https:// and a host), got {without_credentials(text)!r}"
         if "@" in text:
             problem += "; a / or @ in a user name or password is written %2F or %40"
         if any(c.isspace() for c in text):
@@ -344,18 +344,29 @@ def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
     if isinstance(obj, list | tuple):
         return [to_plain(v, mask_secrets=mask_secrets) for v in obj]
     if isinstance(obj, str):
-        return without_userinfo(str(obj)) if mask_secrets else str(obj)
+        return without_credentials(str(obj)) if mask_secrets else str(obj)
     return obj
 
 
 # Up to the last @ before the query: a password holding an unescaped / or @ (a base64 token) is masked whole, at
 # the price of masking a path that holds an @ too.
 _USERINFO = re.compile(r"(?<=://)[^?#\s]*@")
+_QUERY_VALUE = re.compile(r"(?<=[?&])([^=&#?\s]+)=[^&#\s]*")  # ?api_key=... in a URL
+_BARE_USERINFO = re.compile(r"^[^/:@\s]+:[^\s]+@(?=[^@/\s]+:\d+$)")  # user:password@host:port, no scheme
 
 
-def without_userinfo(text: str) -> str:
-    """``scheme://user:password@host`` with the credentials masked: for printing configs and error messages."""
-    return _USERINFO.sub(SECRET_MASK + "@", text) if "@" in text else text
+def without_credentials(text: str) -> str:
+    """A URL or endpoint with the credentials it may carry masked: ``user:password@`` (with or without a scheme)
+    and the values of its query string (``?api_key=…``). For printing configs and error messages."""
+    if "://" in text:
+        if "@" in text:
+            text = _USERINFO.sub(SECRET_MASK + "@", text)
+        if "?" in text:
+            text = _QUERY_VALUE.sub(r"\1=" + SECRET_MASK, text)
+        return text
+    if "@" in text:
+        return _BARE_USERINFO.sub(SECRET_MASK + "@", text)
+    return text
 
 
 def _mask(value: Any) -> Any:

@@ -421,11 +421,40 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file, file/b]}}}
     ],
 )
 def test_a_password_with_a_slash_or_an_at_sign_is_masked_whole(url: str) -> None:
-    from agent.config.schema import Url, without_userinfo
+    from agent.config.schema import Url, without_credentials
 
     password = url.split("://")[1].rsplit("@", 1)[0].split(":", 1)[1]
-    assert without_userinfo(url) == "https://[REDACTED]@" + url.rsplit("@", 1)[1]
+    assert without_credentials(url) == "https://[REDACTED]@" + url.rsplit("@", 1)[1]
     try:
         Url.parse(url)
     except ValueError as refused:  # a / in the password is not a URL; the error must not show it either
         assert password not in str(refused) and "%2F" in str(refused)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://loki/loki/api/v1/push?api_key=LEAKKEY", "http://loki/loki/api/v1/push?api_key=[REDACTED]"),
+        ("user:LEAKPW@collector:4317", "[REDACTED]@collector:4317"),  # a gRPC endpoint has no scheme
+        ("jaeger-collector:4317", "jaeger-collector:4317"),
+        ("token(?!s|izer)", "token(?!s|izer)"),  # not a URL: a pattern in the redaction config
+    ],
+)
+def test_credentials_in_a_query_string_or_a_schemeless_endpoint_are_masked_when_shown(text: str, shown: str) -> None:
+    from agent.config.schema import without_credentials
+
+    assert without_credentials(text) == shown
+
+
+def test_print_config_and_validation_errors_mask_a_url_query_and_a_schemeless_password() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters:
+  loki: {endpoint: "http://loki:3100/loki/api/v1/push?api_key=LEAKLOKIKEY"}
+service: {pipelines: {logs: {receivers: [otlp], exporters: [loki]}}}
+"""
+    assert "LEAKLOKIKEY" not in yaml.safe_dump(load_text(text, environ={}).effective())
+    broken = text.replace("exporters:\n", 'exporters:\n  otlp: {endpoint: "user:LEAKGRPCPW@collector:4317"}\n')
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(broken, environ={})
+    assert "LEAKGRPCPW" not in str(raised.value) and "[REDACTED]@collector:4317" in str(raised.value)

@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -410,3 +411,53 @@ def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
     masked = Redactor(RedactionConfig()).mask_text("x" * (MAX_SCANNED_CHARS + 1), counts)
     assert masked.startswith("[REDACTED] (") and "too long to scan" in masked
     assert counts == Counter({"too_long": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('psycopg2.connect(host="db", password="Hunter2pw")', 'psycopg2.connect(host="db", password="[REDACTED]")'),
+        ("GET /api?private_token=glprivLEAK123&page=2", "GET /api?private_token=[REDACTED]&page=2"),
+        ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG", "aws_secret_access_key=[REDACTED]"),
+        ("AccountName=a;AccountKey=bXlrZXk+Zm9v==;Suffix=c", "AccountName=a;AccountKey=[REDACTED];Suffix=c"),
+        ("{'password': 'pyrepr1'}", "{'password': '[REDACTED]'}"),
+        ("{'Authorization': 'Token abc123def'}", "{'Authorization': '[REDACTED]'}"),
+        ("llm.headers={'api-key': 'azurekey123'}", "llm.headers={'api-key': '[REDACTED]'}"),
+        ('{"db_password": "a", "accessToken": "b", "clientSecret": "c"}',
+         '{"db_password": "[REDACTED]", "accessToken": "[REDACTED]", "clientSecret": "[REDACTED]"}'),
+        ("Ocp-Apim-Subscription-Key: 0123456789abcdef", "Ocp-Apim-Subscription-Key: [REDACTED]"),
+        ('{"max_tokens": 512, "token_type": "bearer", "tokenizer": "cl100k"}',
+         '{"max_tokens": 512, "token_type": "bearer", "tokenizer": "cl100k"}'),  # no secrets
+    ],
+)  # fmt: skip
+def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text: str, expected: str) -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    assert Redactor(RedactionConfig()).mask_text(text, Counter()) == expected
+
+
+def test_azure_key_headers_completions_and_metric_metadata_are_redacted() -> None:
+    stage, sink = processor(Signal.LOGS, SelfMetrics())
+    stage.consume(
+        log_request(
+            AnyValue(string_value="ok"),
+            **{"http.request.header.ocp-apim-subscription-key": "0123abcd", "llm.completions.0.content": "answer"},
+        )
+    )
+    record = sink.batches[0].resource_logs[0].scope_logs[0].log_records[0]
+    assert attributes(record)["http.request.header.ocp-apim-subscription-key"].string_value == "[REDACTED]"
+    assert "llm.completions.0.content" not in attributes(record)
+
+    metrics_stage, metrics_sink = processor(Signal.METRICS, SelfMetrics())
+    request = ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="m")
+    metric.metadata.extend([attr("db.password", "pw1"), attr("note", "Bearer abcdefghijkl")])
+    metric.gauge.data_points.add(as_double=1.0)
+    metrics_stage.consume(request)
+    out = metrics_sink.batches[0].resource_metrics[0].scope_metrics[0].metrics[0]
+    assert {kv.key: kv.value.string_value for kv in out.metadata} == {
+        "db.password": "[REDACTED]",
+        "note": "Bearer [REDACTED]",
+    }

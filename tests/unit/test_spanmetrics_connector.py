@@ -756,6 +756,25 @@ def test_credentials_in_span_names_and_error_labels_never_reach_a_label() -> Non
     ) in f.spans.series
 
 
+def test_credentials_in_a_model_or_provider_name_never_reach_a_label_or_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    model = "https://u:Hunter2pw@llm.internal/v1?api_key=modelkey123"
+    connector.consume(
+        llm_span(b"\x03" * 16, b"\x03" * 8, **{
+            "gen_ai.provider.name": "acme sk-abcdefghijklmnopqrstuvwx", "gen_ai.request.model": model,
+            "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 5,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.genai_duration is not None and f.genai_tokens is not None
+    labels = repr([*f.llm_requests.series, *f.llm_unpriced.series, *f.llm_tokens.series, *f.genai_duration.series,
+                   *f.genai_tokens.series])  # fmt: skip
+    assert "Hunter2pw" not in labels and "modelkey123" not in labels and "abcdefghijklmnopqrstuvwx" not in labels
+    assert "Hunter2pw" not in caplog.text and "modelkey123" not in caplog.text
+
+
 def test_an_openinference_embedding_span_is_a_priced_request() -> None:
     connector, _ = make()
     span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="CreateEmbeddingResponse")

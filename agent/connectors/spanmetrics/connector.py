@@ -571,30 +571,20 @@ class SpanMetricsConnector:
             cost.value += price.cost(usage) * weight
         cost.last = now
         if self.families.genai_duration is not None:
-            self._record_genai(
-                (operation or "", target.provider, request_model, response_model), usage, roles, hist_weight, now
-            )
+            call = (label_text(operation or ""), target.provider, label_text(request_model), label_text(response_model))
+            self._record_genai(call, usage, roles, hist_weight, now)
             self.families.genai_duration.observe(
-                (
-                    operation or "",
-                    target.provider,
-                    request_model,
-                    response_model,
-                    self._genai_error(span, values, failed),
-                ),
-                duration,
-                hist_weight,
-                now,
-                exemplar,
+                (*call, self._genai_error(span, values, failed)), duration, hist_weight, now, exemplar
             )
         return True
 
     def _llm_target(self, key: tuple[str, str, str, bool], now: int) -> LlmTarget:
         """Resolve, once per lookup key, the provider, the model, the price and the series of an LLM call."""
         raw_provider, response_model, request_model, failed = key
-        provider = normalize_provider(raw_provider) if raw_provider else ""
+        provider = label_text(normalize_provider(raw_provider)) if raw_provider else ""
         price = self.prices.lookup(response_model, request_model)
-        model = price.model if price is not None and self._label_priced_model else response_model or request_model
+        reported = response_model or request_model
+        model = price.model if price is not None and self._label_priced_model else label_text(reported)
         f = self.families
         labels = (provider, model)
         requests, own = execution_of(

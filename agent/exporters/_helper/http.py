@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from agent.config.schema import without_userinfo
+from agent.config.schema import without_credentials
 from agent.exporters._helper.retry import PermanentExportError, RetryableError
 
 
@@ -14,7 +14,7 @@ def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: floa
     A connection closed mid-request and aiohttp's total timeout (a bare TimeoutError) may follow a request the
     backend received, so they may have delivered; a failure to connect did not.
     """
-    shown = without_userinfo(url)
+    shown = without_credentials(url)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return RetryableError(f"connection to {shown} closed: {exc}", reason="connection", maybe_delivered=True)
     if isinstance(exc, aiohttp.ClientError):
@@ -25,7 +25,8 @@ def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: floa
 def redirect_refused(status: int, location: str, url: str) -> PermanentExportError:
     """A 3xx answer. Redirects are never followed: a 301/302 turns the POST into a GET without its body (the data
     would be lost as a success), and a redirect to another host would carry the configured credential headers."""
+    shown, target = without_credentials(url), without_credentials(location)
     return PermanentExportError(
-        f"{without_userinfo(url)} answered HTTP {status}, a redirect to {without_userinfo(location)}: redirects are "
-        "not followed; set the endpoint to where it points"
+        f"{shown} answered HTTP {status}, a redirect to {target}: redirects are not followed; set the endpoint to "
+        "where it points"
     )

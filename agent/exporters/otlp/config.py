@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from agent.config.schema import Duration, setting, without_userinfo
+from agent.config.schema import Duration, setting, without_credentials
 from agent.exporters._helper.batcher import BatchConfig
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
@@ -70,7 +70,7 @@ class OtlpExporterConfig:
 
 
 def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
-    shown = without_userinfo(endpoint)
+    shown = without_credentials(endpoint)
     if "://" in endpoint:
         parts = urlsplit(endpoint)
         try:

@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agent import __version__
 from agent.component import Signal
-from agent.config.schema import without_userinfo
+from agent.config.schema import without_credentials
 from agent.exporters._helper.http import redirect_refused, unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
@@ -178,7 +178,7 @@ class HttpTransport:
 
 def _answer(signal: Signal, url: str, response: aiohttp.ClientResponse, payload: bytes) -> Message:
     """The export response of a 2xx answer (any 2xx is a success, as for the Collector); an error otherwise."""
-    status, shown = response.status, without_userinfo(url)
+    status, shown = response.status, without_credentials(url)
     if 200 <= status < 300:
         if payload and response.content_type == "text/html":
             raise PermanentExportError(

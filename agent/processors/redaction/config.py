@@ -10,8 +10,9 @@ from agent.config.schema import setting
 
 DEFAULT_KEY_PATTERNS = [
     # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer).
-    "password", "passwd", "pwd", "secret", "api[-_.]?key", "token(?!s|izer|[._-]?(?:type|count|usage))",
-    "authorization", "auth[-_.]", "cookie", "credential", "private[-_.]?key",
+    "password", "passwd", "pwd", "passphrase", "secret", "api[-_.]?key", "token(?!s|izer|[._-]?(?:type|count|usage))",
+    "authorization", "auth[-_.]", "cookie", "credential", "private[-_.]?key", "subscription[-_.]?key",
+    "functions[-_.]?key", "access[-_.]?key", "account[-_.]?key",
 ]  # fmt: skip
 DEFAULT_CONTENT_KEYS = [
     # OpenTelemetry GenAI (current and earlier conventions)
@@ -28,11 +29,18 @@ DEFAULT_CONTENT_KEYS = [
     "llm.input_messages",
     "llm.output_messages",
     "llm.prompts",
+    "llm.completions",
+    "llm.prompt_template",
     "traceloop.entity.input",
     "traceloop.entity.output",
     "ai.prompt",
     "ai.response.text",
     "ai.response.object",
+    "ai.response.toolCalls",
+    "ai.response.reasoning",
+    "ai.result",
+    "ai.value",
+    "ai.values",
     "ai.toolCall.args",
     "ai.toolCall.result",
 ]

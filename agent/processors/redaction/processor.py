@@ -108,11 +108,14 @@ class RedactionProcessor:
                             setattr(record, field, masked)
 
     def _metrics(self, batch: Any, counts: Counter[str]) -> None:
-        """Resource, scope and data point attributes, and the attributes exemplars carry: an application's own
-        metrics can label with a header, a command line or a prompt, and Prometheus serves every label."""
+        """Resource, scope, metric metadata and data point attributes, and the attributes exemplars carry: an
+        application's own metrics can label with a header, a command line or a prompt, and Prometheus serves every
+        label."""
         redactor = self._redactor
         for scope_metrics in self._scopes(batch.resource_metrics, "scope_metrics", counts):
             for metric in scope_metrics.metrics:
+                if metric.metadata:  # the metric's own key-values, written out whole by the file exporter
+                    redactor.attributes(metric.metadata, counts)
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue

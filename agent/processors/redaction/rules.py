@@ -24,6 +24,13 @@ CONTENT_RULE = "content"
 TOO_LONG_RULE = "too_long"
 MAX_SCANNED_CHARS = 128 * 1024
 
+# Words that make the name of a value a secret's (``token`` but not token counts, tokenizers or token types).
+_SECRET_NAMES = (
+    r"password|passwd|pwd|passphrase|secret|credential|api[-_.]?key|apikey|access[-_.]?key|account[-_.]?key"
+    r"|subscription[-_.]?key|functions[-_.]?key|private[-_.]?key|signature"
+    r"|token(?!s\b|izer|[._-]?(?:type|count|usage|limit))"
+)
+
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "openai_key": (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}", MASK),
@@ -52,24 +59,29 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"[^\s@]{1,256}(?:@[^\s@]{0,256}(?=[^\s@]{0,256}@)){0,3}(@)",
         r"\1" + MASK + r"\2",
     ),
-    # name=value where the name says secret: query strings (?api_key=, &sig=), connection strings
-    # (Password=...;), environment assignments, --token=... flags. A plural (tokens=512) is a count.
+    # name=value where the name says secret: query strings (?api_key=, &private_token=, &sig=), connection strings
+    # (Password=...;, AccountKey=...;), environment assignments (AWS_SECRET_ACCESS_KEY=...), --token=... flags. A
+    # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
+    # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
-        r"(\b[\w.\-]{0,40}?(?i:password|passwd|pwd|secret|api[-_]?key|apikey|access[-_]?token|auth[-_]?token"
-        r"|refresh[-_]?token|\btoken|\bsig|signature)=)[^&\s;,'\"]+",
+        r"((?i:" + _SECRET_NAMES + r"|\bsig)[\w.\-]{0,20}=)(?!\d{1,12}(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
-    # The same inside JSON text ({"password": "..."}) and as a command-line flag and its next word.
-    "json_secret": (
-        r"(\"(?i:password|passwd|pwd|secret|client_secret|api[-_]?key|apikey|access_token|refresh_token|token"
-        r"|authorization)\"\s{0,8}:\s{0,8}\")[^\"]*",
+    # The same with a quoted value, the name quoted or not: JSON ({"db_password": "..."}), a Python dict repr
+    # ({'api-key': '...'}), keyword arguments (password="..."), YAML (token: '...').
+    "quoted_secret": (
+        # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
+        # groups.
+        r"((?i:" + _SECRET_NAMES + r"|authorization)[\w.\-]{0,20}['\"]?\s{0,8}[=:]\s{0,8}['\"])"
+        r"(?!\[REDACTED\])[^'\"\r\n]{1,1024}(?=['\"])",
         r"\1" + MASK,
     ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value.
     "header_secret": (
-        r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key)\s{0,8}:\s{0,8}(?:(?i:bearer|basic|token|digest)\s{1,8})?)"
+        r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key|ocp-apim-subscription-key|x-functions-key"
+        r"|x-goog-api-key)\s{0,8}:\s{0,8}(?:(?i:bearer|basic|token|digest)\s{1,8})?)"
         r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)[^\r\n'\"\s]+",
         r"\1" + MASK,
     ),
@@ -81,8 +93,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
-    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|key|token|sig|signature)[\w.-]{0,40}=|(?i:pass|pwd|secret|key"
-    r"|token|authorization)[\w-]{0,40}\"\s{0,8}:|--(?i:pass|api|token|secret)|(?i:authorization|api-key|cookie)\s{0,8}:"
+    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}['\"]?\s{0,8}[=:]"
+    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
 )
 
 _DROP = "drop"
