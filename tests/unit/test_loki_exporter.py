@@ -389,3 +389,34 @@ async def test_a_retried_push_sends_the_same_lines_and_counts_a_truncation_once(
     assert loki.attempts == 3
     assert len(loki.entries()) == 1
     assert value(metrics, "loki_truncated_total", what="line") == 1
+
+
+async def test_a_batch_in_retry_keeps_its_body_while_other_batches_are_sent() -> None:
+    """A worker waiting out a backoff must resend the very lines it sent (a record without a timestamp gets one
+    when its body is built), however many batches the other workers deliver meanwhile."""
+    from agent.exporters._helper.retry import RetryableError
+
+    exporter = LokiExporter(loki_config("http://127.0.0.1:1/loki/api/v1/push"), make_settings("loki", SelfMetrics()))
+    sent: list[bytes] = []
+    failing: set[bytes] = set()
+
+    async def post(body: bytes) -> None:
+        sent.append(body)
+        if body in failing:
+            failing.discard(body)
+            raise RetryableError("503", reason="unavailable")
+
+    exporter._post = post  # type: ignore[method-assign]
+    untimed = LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO)
+    untimed.body.string_value = "no timestamp"
+    waiting = logs_request(records=[untimed])
+    body = exporter._body_of(waiting)
+    assert body is not None
+    failing.add(body)
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.LOGS, waiting)
+    for n in range(10):  # the other worker's batches, delivered
+        await exporter._push(Signal.LOGS, logs_request(records=[record(f"line {n}", n)]))
+    await exporter._push(Signal.LOGS, waiting)
+    assert sent[-1] == sent[0]
+    assert len(exporter._bodies) == 0  # delivered: nothing kept

@@ -17,7 +17,7 @@ from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.http import redirect_refused, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
-from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, http_error
+from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf
@@ -43,9 +43,10 @@ class LokiExporter:
             batch=config.batch,
         )
         self._session: aiohttp.ClientSession | None = None
-        # Bodies of the batches being sent (each worker holds one at a time), held by batch identity.
+        # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
+        # time, and a few the queue has given up on since.
         self._bodies: dict[int, tuple[Message, bytes | None]] = {}
-        self._max_bodies = 2 * config.sending_queue.num_consumers
+        self._max_bodies = 2 * config.sending_queue.num_consumers + 2
         self._headers = {
             **config.headers,
             "Content-Type": JSON if config.encoding == "json" else PROTOBUF,
@@ -98,10 +99,19 @@ class LokiExporter:
             self._session = None
 
     async def _push(self, signal: Signal, batch: Message) -> None:
-        assert self._session is not None
         body = self._body_of(batch)
-        if body is None:
-            return
+        try:
+            if body is not None:
+                await self._post(body)
+        except RetryableError:
+            raise  # the body stays for the retry
+        except BaseException:
+            self._bodies.pop(id(batch), None)
+            raise
+        self._bodies.pop(id(batch), None)
+
+    async def _post(self, body: bytes) -> None:
+        assert self._session is not None
         try:
             async with self._session.post(
                 self._config.endpoint,
@@ -138,7 +148,8 @@ class LokiExporter:
             else:
                 body = encode_protobuf(streams)
         if len(self._bodies) >= self._max_bodies:
-            del self._bodies[next(iter(self._bodies))]  # the oldest: its batch was delivered or given up
+            # The oldest: a batch whose retries the queue gave up (delivered or refused ones leave at once).
+            del self._bodies[next(iter(self._bodies))]
         self._bodies[id(batch)] = (batch, body)
         return body
 
