@@ -428,6 +428,10 @@ def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
         ("Ocp-Apim-Subscription-Key: 0123456789abcdef", "Ocp-Apim-Subscription-Key: [REDACTED]"),
         ('{"max_tokens": 512, "token_type": "bearer", "tokenizer": "cl100k"}',
          '{"max_tokens": 512, "token_type": "bearer", "tokenizer": "cl100k"}'),  # no secrets
+        ("signal=SIGTERM sigma=0.25 tokens_per_second=42.5 X-Amz-SignedHeaders=host",
+         "signal=SIGTERM sigma=0.25 tokens_per_second=42.5 X-Amz-SignedHeaders=host"),  # words that only start alike
+        ("secretary='Jane Doe' tokenized_text=\"hello\"", "secretary='Jane Doe' tokenized_text=\"hello\""),
+        ("X-Amz-Signature=abcdef0123 password_hash=9f8e7d", "X-Amz-Signature=[REDACTED] password_hash=[REDACTED]"),
     ],
 )  # fmt: skip
 def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text: str, expected: str) -> None:

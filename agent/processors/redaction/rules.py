@@ -25,10 +25,12 @@ TOO_LONG_RULE = "too_long"
 MAX_SCANNED_CHARS = 128 * 1024
 
 # Words that make the name of a value a secret's (``token`` but not token counts, tokenizers or token types).
+# A name may go on after the word only past a separator (aws_secret_access_key, password_hash), so that
+# secretary, signal or tokenized are not secrets.
 _SECRET_NAMES = (
-    r"password|passwd|pwd|passphrase|secret|credential|api[-_.]?key|apikey|access[-_.]?key|account[-_.]?key"
+    r"(?:password|passwd|pwd|passphrase|secret|credential|api[-_.]?key|apikey|access[-_.]?key|account[-_.]?key"
     r"|subscription[-_.]?key|functions[-_.]?key|private[-_.]?key|signature"
-    r"|token(?!s\b|izer|[._-]?(?:type|count|usage|limit))"
+    r"|token(?![._-]?(?:type|count|usage|limit)))(?:[._-][\w.\-]{0,20})?"
 )
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
@@ -64,7 +66,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
     # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
-        r"((?i:" + _SECRET_NAMES + r"|\bsig)[\w.\-]{0,20}=)(?!\d{1,12}(?![^&\s;,'\"]))[^&\s;,'\"]+",
+        r"((?i:" + _SECRET_NAMES + r"|\bsig)=)(?![\d.]{1,24}(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
     # The same with a quoted value, the name quoted or not: JSON ({"db_password": "..."}), a Python dict repr
@@ -72,7 +74,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization)[\w.\-]{0,20}['\"]?\s{0,8}[=:]\s{0,8}['\"])"
+        r"((?i:" + _SECRET_NAMES + r"|authorization)['\"]?\s{0,8}[=:]\s{0,8}['\"])"
         r"(?!\[REDACTED\])[^'\"\r\n]{1,1024}(?=['\"])",
         r"\1" + MASK,
     ),
