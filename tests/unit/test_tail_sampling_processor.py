@@ -455,6 +455,18 @@ def test_a_trace_heavy_with_prompts_is_decided_at_once_instead_of_every_other_tr
     assert set(waiting) <= kept
 
 
+def test_a_small_trace_sharing_requests_with_a_heavy_one_is_not_decided_for_its_neighbours_size() -> None:
+    """Spans are charged their request's average size: beside a 200 KB prompt, a 100-byte span looks large."""
+    r = rig(max_buffered_bytes=2 << 20)  # the per-trace cap is 512 KiB
+    heavy, small = trace_id_with_randomness(7, prefix=4), trace_id_with_randomness(8, prefix=5)
+    for n in range(6):
+        r.traces.consume(spans_request(span(heavy, n, attributes={"prompt": "p" * 200_000}), span(small, 100 + n)))
+    assert small in r.sampler.buffer.traces
+    r.traces.consume(spans_request(span(small, 200, error=True)))
+    r.tick_after(11)
+    assert small in {s.trace_id for s in exported_spans(r.trace_sink)}
+
+
 def test_a_log_whose_spans_never_come_is_released_after_the_decision_wait() -> None:
     r = rig()
     r.logs.consume(logs_request(log_record(DROPPED, body="orphan"), log_record(KEPT, body="orphan in a kept id")))
@@ -465,7 +477,11 @@ def test_a_log_whose_spans_never_come_is_released_after_the_decision_wait() -> N
         ("orphan", "standard", "severity"),
         ("orphan in a kept id", "standard", "severity"),
     ]
-    assert r.sampler.kept.get(KEPT) is None and DROPPED not in r.sampler.dropped  # nothing decided
+    assert r.sampler.kept.get(KEPT) is None and DROPPED not in r.sampler.dropped  # nothing decided ...
+    r.logs.consume(logs_request(log_record(trace_id_with_randomness(3, prefix=6), body="at shutdown")))
+    r.sampler.decide_all("shutdown")
+    assert r.metric("otel_sidecar_sampling_decision_latency_seconds_count") == 0  # ... nor counted as decided
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="shutdown") == 0
 
 
 def test_logs_pass_at_once_when_no_traces_pipeline_shares_the_sampler() -> None:

@@ -99,7 +99,7 @@ class BufferedTrace:
 
     __slots__ = (
         "_spans", "bytes", "explicit_randomness", "failed", "first_seen", "log_bytes", "log_count", "logs", "pins",
-        "root_seen", "span_count", "trace_id",
+        "root_seen", "size_checked", "span_count", "trace_id",
     )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
@@ -115,6 +115,7 @@ class BufferedTrace:
         self.failed = False
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
         self.pins: tuple[RequestPin, ...] = _NO_PINS  # requests this trace keeps alive beyond its own spans
+        self.size_checked = 0  # ``bytes`` when the held spans were last measured (see ``measured_bytes``)
         self.explicit_randomness: int | None = None
         """``rv`` from the ``tracestate`` of the trace's first span: its randomness in place of the trace id's."""
 
@@ -139,6 +140,13 @@ class BufferedTrace:
             count = spans[start + 2]
             yield spans[start], spans[start + 1], spans[start + 3 : start + 3 + count]
             start += 3 + count
+
+    def measured_bytes(self) -> int:
+        """The protobuf size of the spans and records held. ``bytes`` gives each span its request's average, which
+        is right for the buffer's total but can make a small trace look large beside a prompt-heavy one."""
+        self.size_checked = self.bytes
+        spans = sum(span.ByteSize() for _, span in self.iter_spans())
+        return spans + self.log_bytes
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""

@@ -205,7 +205,13 @@ class TailSampler:
                     holders.append(trace)
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
-                    elif trace.bytes >= max_trace_bytes:
+                    elif (
+                        trace.bytes >= max_trace_bytes
+                        and trace.bytes >= 2 * trace.size_checked
+                        # Measured before deciding (then again once its estimate has doubled): the estimate may
+                        # be another trace's prompts.
+                        and trace.measured_bytes() >= max_trace_bytes
+                    ):
                         heavy[trace_id] = trace
                 for trace_id in failed:
                     trace = traces.get(trace_id)
@@ -345,10 +351,11 @@ class TailSampler:
                     self._release_logs_of_dropped(trace, release)
         self.dropped.add_all(dropped_ids)
         now = self._clock()
-        self.metrics.decision_latency.observe_all([now - trace.first_seen for trace in traces])
+        decided = [trace for trace in traces if trace.span_count]  # not the ones only log records came for
+        self.metrics.decision_latency.observe_all([now - trace.first_seen for trace in decided])
         self.metrics.count_decisions(counts)
-        if reason is not None:
-            self.metrics.forced[reason].inc(len(traces))
+        if reason is not None and decided:
+            self.metrics.forced[reason].inc(len(decided))
 
     def _release_kept(self, trace: BufferedTrace, decision: Decision, release: Release) -> None:
         builder = release.builder(Signal.TRACES, trace.bytes - trace.log_bytes)
