@@ -204,6 +204,23 @@ async def test_a_batch_offered_again_and_again_is_counted_as_refused_once() -> N
     assert refused == count_spans(batch)
 
 
+async def test_refused_batches_are_not_held_once_memory_is_back_under_the_limit() -> None:
+    """A connector offers fresh batches: remembering them (to count each once) must not keep their memory."""
+    metrics = SelfMetrics()
+    processor = create(MemoryLimiterConfig(limit_mib=500), settings(metrics), Signal.TRACES, BatchSink())
+    fake = FakeMemory(resident=480 * MIB)
+    processor.limiter = limiter_with(fake, metrics, limit_mib=500)
+    await processor.start()
+    for batch, _ in Workload(seed=4).requests(10):
+        with pytest.raises(Refused):
+            processor.consume(batch)
+    fake.resident = 100 * MIB
+    processor.limiter.check()
+    processor.consume(next(iter(Workload(seed=5).requests(1)))[0])
+    await processor.shutdown(0)
+    assert not processor._refused_ids
+
+
 def test_one_limiter_serves_the_component_in_every_pipeline() -> None:
     shared: dict[str, object] = {}
     metrics = SelfMetrics()

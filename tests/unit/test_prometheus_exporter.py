@@ -774,3 +774,19 @@ def test_a_series_its_source_ended_and_resumed_with_the_same_start_keeps_its_val
     assert "jobs_done_total" not in text(exp)
     exp.consume(request(sum_metric("jobs.done", number(6, start=now_s - 1, end=now_s + 2))))
     assert "jobs_done_total 6.0" in text(exp)  # not 0 then 6: Prometheus would count 6 on top of the 5
+
+
+def test_a_series_that_expired_and_came_back_with_the_same_start_keeps_its_value() -> None:
+    """With a short metric_expiration an idle counter expires between two points of its own run: shown at zero
+    when it returns, Prometheus would count its value again."""
+    now = [100.0]
+    acc = Accumulator(30.0, 1000, lambda reason, n: None, clock=lambda: now[0])
+    acc.snapshot()  # scraped since the start
+    start_s = time.time_ns() // S
+    acc.consume(request(sum_metric("jobs.done", number(1, start=start_s, end=start_s + 1))))
+    assert [s.value for f in acc.snapshot()[0] for s in f.series.values()] == [0.0]  # new: zero first
+    assert [s.value for f in acc.snapshot()[0] for s in f.series.values()] == [1.0]
+    now[0] += 40
+    assert acc.snapshot()[0] == []  # expired
+    acc.consume(request(sum_metric("jobs.done", number(2, start=start_s, end=start_s + 50))))
+    assert [s.value for f in acc.snapshot()[0] for s in f.series.values()] == [2.0]

@@ -415,9 +415,16 @@ class Accumulator:
         removed = family.series.pop(key, None)
         if removed is not None:
             self._series_count -= 1
-            if len(self._ended_starts) >= self._max_series:
-                self._ended_starts.clear()  # bounded; forgetting one at worst shows a returning series at zero
-            self._ended_starts[(family.name, key)] = removed.start_ns
+            self._remember_end(family, key, removed)
+
+    def _remember_end(self, family: Family, key: LabelKey, series: Series) -> None:
+        """The start of a series that ended (expired, or its source said so), should it come back: the same start
+        is the same counter, which Prometheus has seen."""
+        if family.type not in (COUNTER, HISTOGRAM):
+            return
+        if len(self._ended_starts) >= self._max_series:
+            self._ended_starts.clear()  # bounded; forgetting one at worst shows a returning series at zero
+        self._ended_starts[(family.name, key)] = series.start_ns
 
     def _numbers(
         self, metric: Metric, kind: str, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
@@ -564,7 +571,7 @@ class Accumulator:
                 family = self._families[name]
                 stale = [key for key, series in family.series.items() if series.updated < cutoff]
                 for key in stale:
-                    del family.series[key]
+                    self._remember_end(family, key, family.series.pop(key))
                 self._series_count -= len(stale)
                 if not family.series:
                     del self._families[name]

@@ -24,7 +24,7 @@ class MemoryLimiterProcessor:
         self.limiter = limiter
         self._next = next_consumer
         self._count_items = SPECS[signal].count_items
-        self._refused_batches: dict[int, Message] = {}  # id -> batch, held so that its id stays its own
+        self._refused_ids: set[int] = set()
         self._refused = settings.metrics.counter(
             "memory_limiter_refused_items_total",
             "Items refused (retryable) because the agent's memory was above the memory limiter's soft limit.",
@@ -41,14 +41,16 @@ class MemoryLimiterProcessor:
 
     def _refuse_if_over(self, batch: Message) -> None:
         if not self.limiter.refusing:
-            if self._refused_batches:
-                self._refused_batches.pop(id(batch), None)
+            if self._refused_ids:
+                self._refused_ids.clear()
             return
         # The ingest queue offers a refused batch again every 50 ms: counted once, as the sender's one refusal.
-        if self._refused_batches.get(id(batch)) is not batch:
-            if len(self._refused_batches) >= _REMEMBERED_REFUSALS:
-                del self._refused_batches[next(iter(self._refused_batches))]
-            self._refused_batches[id(batch)] = batch
+        # Ids only: holding the batches would keep memory the limiter is there to free (a connector never offers
+        # the same batch twice), at the price of a batch whose id a freed one had going uncounted.
+        if id(batch) not in self._refused_ids:
+            if len(self._refused_ids) >= _REMEMBERED_REFUSALS:
+                self._refused_ids.clear()
+            self._refused_ids.add(id(batch))
             self._refused.inc(self._count_items(batch))
         raise Refused(REFUSAL)
 
