@@ -239,6 +239,8 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
         return _parse_value(options[0], raw, path, errors)
     if isinstance(raw, EnvText) and tp is int and _DECIMAL.fullmatch(raw.strip()):
         raw = int(raw)  # decimal, as a variable means it: PyYAML would read 0032 as octal
+    elif isinstance(raw, EnvText) and tp is float and _DECIMAL.fullmatch(raw.strip()):
+        raw = float(int(raw))
     elif isinstance(raw, EnvText) and not _takes_text(tp):
         raw = raw.parsed
     elif isinstance(raw, EnvText):

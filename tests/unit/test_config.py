@@ -292,6 +292,8 @@ service: {pipelines: {traces: {receivers: [otlp], processors: [redaction], expor
     grpc = config.receivers["otlp"].config.grpc
     assert (grpc.max_recv_msg_size_mib, grpc.enabled) == (32, True)
     assert config.receivers["otlp"].config.retry_after == 2.5
+    octal_looking = load_text(text, environ={"SIZE": "1", "ON": "true", "RETRY": "010", "KEYS": "[]"})
+    assert octal_looking.receivers["otlp"].config.retry_after == 10.0  # decimal, not YAML 1.1 octal
     assert config.processors["redaction"].config.allow_keys == ["a", "b"]
 
 
