@@ -213,6 +213,11 @@ def test_no_alias_is_listed_under_two_concepts() -> None:
         ("azure", "azure.ai.openai"),
         ("azure_ai", "azure.ai.inference"),  # LiteLLM
         ("google", "gcp.gen_ai"),
+        ("anthropic.messages", "anthropic"),  # the Vercel AI SDK: provider id and API
+        ("openai.responses", "openai"),
+        ("mistral.chat", "mistral_ai"),
+        ("google.generative-ai", "gcp.gemini"),
+        ("azure.ai.openai", "azure.ai.openai"),  # a well-known value with dots stays as it is
     ],
 )
 def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(raw: str, expected: str) -> None:
@@ -247,3 +252,29 @@ def test_every_concept_has_aliases_from_the_current_otel_conventions_first() -> 
     assert ALIASES[Concept.REQUEST_MODEL][0] == "gen_ai.request.model"
     assert ALIASES[Concept.INPUT][0] == "gen_ai.usage.input_tokens"
     assert ALIASES[Concept.CACHE_WRITE][0] == "gen_ai.usage.cache_write.input_tokens"
+
+
+def test_the_vercel_ai_sdks_cache_split_is_read() -> None:
+    usage = normalize_attributes(
+        {
+            "gen_ai.usage.input_tokens": 9500,
+            "ai.usage.inputTokenDetails.cacheReadTokens": 8000,
+            "ai.usage.inputTokenDetails.cacheWriteTokens": 500,
+            "gen_ai.usage.output_tokens": 300,
+        }
+    )
+    assert usage == TokenUsage(1000, 8000, 500, 300, 0)
+
+
+def test_a_total_that_adds_the_cache_in_shows_an_input_count_without_it() -> None:
+    """OpenInference's Bedrock Converse spans: prompt = inputTokens, which leaves cache reads and writes out;
+    without the total, 3000 >= 2000 would pass for an input holding its cache."""
+    attributes = {
+        "llm.token_count.prompt": 3000,
+        "llm.token_count.prompt_details.cache_read": 2000,
+        "llm.token_count.completion": 500,
+        "llm.token_count.total": 5500,
+    }
+    assert normalize_attributes(attributes) == TokenUsage(3000, 2000, 0, 500, 0)
+    inclusive = {**attributes, "llm.token_count.total": 3500}  # the same counts with the cache inside the input
+    assert normalize_attributes(inclusive) == TokenUsage(1000, 2000, 0, 500, 0)

@@ -245,3 +245,24 @@ def test_a_price_file_the_yaml_parser_chokes_on_or_not_utf8_is_a_price_table_err
 def test_older_snapshots_priced_differently_match_their_own_entry(model: str, entry: str) -> None:
     found = PriceTable.from_config(PricingConfig()).lookup(model)
     assert found is not None and found.model == entry
+
+
+@pytest.mark.parametrize(
+    ("model", "entry", "input_per_million"),
+    [
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5", 3.3),  # a regional profile: +10%
+        ("eu.anthropic.claude-haiku-4-5-20251001-v1:0", "claude-haiku-4-5", 1.1),
+        ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5", 3.0),  # global: list price
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5", 3.0),
+        ("us.anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet", 3.0),  # older: same everywhere
+        ("mistral-small-latest", "mistral-small-latest", 0.15),  # Mistral Small 3.2, not mistral-small
+        ("gpt-35-turbo", "gpt-35-turbo", 0.5),  # Azure OpenAI's name
+        ("azure/gpt-35-turbo-0125", "gpt-35-turbo", 0.5),
+    ],
+)
+def test_regional_profiles_and_provider_specific_names_get_their_own_prices(
+    model: str, entry: str, input_per_million: float
+) -> None:
+    price = PriceTable.from_config(PricingConfig()).lookup(model)
+    assert price is not None and price.model == entry
+    assert math.isclose(price.per_token[0] * 1e6, input_per_million)

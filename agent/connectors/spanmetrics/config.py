@@ -152,6 +152,13 @@ class ModelPriceConfig:
         doc="Prices of every token of a call whose prompt is longer than `above_input_tokens` (Gemini 2.5 Pro and "
         "Claude Sonnet 4/4.5 charge more above 200k tokens).",
     )
+    regional_premium: float = setting(
+        0.0,
+        doc="How much more every price is through a Bedrock regional inference profile (`us.`, `eu.`, `jp.`, `au.`, "
+        "`apac.` before the model id), as a fraction: 0.1 for Claude 4.5 models and later. `global.` profiles and "
+        "the model id alone cost the listed price.",
+        minimum=0,
+    )
 
     def validate(self) -> Iterator[tuple[str, str]]:
         yield from _negative_prices(self)

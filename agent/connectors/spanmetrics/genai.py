@@ -95,6 +95,8 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "llm.token_count.prompt_details.cache_read",  # OpenInference
         "gen_ai.usage.cache_read_tokens",  # Pydantic AI / Logfire
         "gen_ai.usage.input_cached_tokens",  # seen by Langfuse ingestion
+        "ai.usage.inputTokenDetails.cacheReadTokens",  # Vercel AI SDK >= 6
+        "ai.usage.cachedInputTokens",  # Vercel AI SDK 5
     ),
     Concept.CACHE_WRITE: (
         "gen_ai.usage.cache_write.input_tokens",  # OTel latest (semantic-conventions-genai #440)
@@ -103,6 +105,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.prompt_tokens_details.cache_creation_tokens",  # OpenLIT
         "llm.token_count.prompt_details.cache_write",  # OpenInference
         "gen_ai.usage.cache_write_tokens",  # Pydantic AI / Logfire
+        "ai.usage.inputTokenDetails.cacheWriteTokens",  # Vercel AI SDK >= 6
     ),
     Concept.REASONING: (
         "gen_ai.usage.reasoning.output_tokens",  # OTel >= 1.41
@@ -110,6 +113,8 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.completion_tokens_details.reasoning_tokens",  # OpenLIT (OpenAI's field name)
         "llm.token_count.completion_details.reasoning",  # OpenInference
         "llm.usage.reasoning_tokens",  # older OpenLLMetry
+        "ai.usage.outputTokenDetails.reasoningTokens",  # Vercel AI SDK >= 6
+        "ai.usage.reasoningTokens",  # Vercel AI SDK 5
     ),
 }
 
@@ -157,7 +162,14 @@ PROVIDER_NAMES: dict[str, str] = {
     "azure": "azure.ai.openai",
     "azure_ai": "azure.ai.inference",
     "google": "gcp.gen_ai",  # any Google generative AI endpoint
+    # The Vercel AI SDK's provider ids (gen_ai.system), after their API suffix (see normalize_provider)
+    "google.generative-ai": "gcp.gemini",
+    "google.vertex": "gcp.vertex_ai",
+    "amazon-bedrock": "aws.bedrock",
+    "azure-openai": "azure.ai.openai",
 }
+# The API a Vercel AI SDK provider id names after its provider (``anthropic.messages``, ``openai.chat``).
+_API_SUFFIXES = (".chat", ".messages", ".responses", ".completion", ".embedding", ".image", ".transcription")
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
 
@@ -226,6 +238,10 @@ def disjoint_tokens(
     thinking = reasoning or 0.0
     if input_tokens is None and total_tokens is not None and output_tokens is not None:
         input_tokens = _at_least_zero(total_tokens - output_tokens)  # only a total and an output: the rest is input
+    elif total_tokens is not None and input_tokens is not None and output_tokens is not None and (read or write):
+        cache_in_input, reasoning_in_output = _conventions_by_total(
+            input_tokens, output_tokens, total_tokens, read + write, thinking, cache_in_input, reasoning_in_output
+        )
     uncached = 0.0
     if input_tokens is not None:
         included = cache_in_input if cache_in_input is not None else input_tokens >= read + write
@@ -237,13 +253,49 @@ def disjoint_tokens(
     return (uncached, read, write, output, thinking)
 
 
+def _conventions_by_total(
+    input_tokens: float,
+    output_tokens: float,
+    total: float,
+    cached: float,
+    thinking: float,
+    cache_in_input: bool | None,
+    reasoning_in_output: bool | None,
+) -> tuple[bool | None, bool | None]:
+    """What a span's own total says of the conventions it was not told (a Bedrock or Anthropic input count without
+    the cache, whose total adds the cache in): the one combination the total matches, else nothing."""
+    matches = [
+        (cache_inside, reasoning_inside)
+        for cache_inside in ((cache_in_input,) if cache_in_input is not None else (True, False))
+        for reasoning_inside in ((reasoning_in_output,) if reasoning_in_output is not None else (True, False))
+        if abs(
+            input_tokens
+            + (0.0 if cache_inside else cached)
+            + output_tokens
+            + (0.0 if reasoning_inside else thinking)
+            - total
+        )
+        < 0.5
+    ]
+    if len(matches) == 1 or (matches and len({m[0] for m in matches}) == 1):
+        return matches[0][0], reasoning_in_output if len(matches) > 1 else matches[0][1]
+    return cache_in_input, reasoning_in_output
+
+
 def _at_least_zero(value: float) -> float:
     return 0.0 if value < 0.0 else value  # max(value, 0.0) without the builtin's argument handling
 
 
 def normalize_provider(raw: str) -> str:
     name = raw.strip().lower()
-    return PROVIDER_NAMES.get(name, name)
+    known = PROVIDER_NAMES.get(name)
+    if known is not None:
+        return known
+    for suffix in _API_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            return PROVIDER_NAMES.get(name, name)
+    return name
 
 
 def is_inference(operation: str | None, openinference_kind: str | None, traceloop_kind: str | None) -> bool:

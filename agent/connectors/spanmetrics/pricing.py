@@ -45,6 +45,9 @@ _VERSION_SUFFIXES = (
     re.compile(r"-\d{3}$"),  # Gemini -002
 )
 _LOOKUP_CACHE_SIZE = 4096
+# A Bedrock cross-region inference profile confined to a geography (billed with a premium for newer models);
+# global. profiles are not.
+_REGIONAL_PROFILE = re.compile(r"^(?:us|eu|jp|au|apac|us-gov)\.")
 
 
 class PriceTableError(ValueError):
@@ -76,13 +79,33 @@ class ModelPrice:
     per_token: Rates
     long_context_above: float = math.inf
     long_context_per_token: Rates | None = None
+    regional_premium: float = 0.0
 
     @classmethod
     def from_config(cls, model: str, cfg: ModelPriceConfig) -> ModelPrice:
         tier = cfg.long_context
         if tier is None:
-            return cls(model, cfg.provider, _per_token(cfg))
-        return cls(model, cfg.provider, _per_token(cfg), float(tier.above_input_tokens), _per_token(tier))
+            return cls(model, cfg.provider, _per_token(cfg), regional_premium=cfg.regional_premium)
+        return cls(
+            model,
+            cfg.provider,
+            _per_token(cfg),
+            float(tier.above_input_tokens),
+            _per_token(tier),
+            cfg.regional_premium,
+        )
+
+    def regional(self) -> ModelPrice:
+        """The prices through a regional inference profile (the model label stays the model's)."""
+        factor = 1.0 + self.regional_premium
+        long_context = self.long_context_per_token
+        return ModelPrice(
+            self.model,
+            self.provider,
+            _scaled(self.per_token, factor),
+            self.long_context_above,
+            None if long_context is None else _scaled(long_context, factor),
+        )
 
     def cost(self, usage: TokenUsage) -> float:
         rates = self.per_token
@@ -91,6 +114,10 @@ class ModelPrice:
         return (
             usage[0] * rates[0] + usage[1] * rates[1] + usage[2] * rates[2] + usage[3] * rates[3] + usage[4] * rates[4]
         )
+
+
+def _scaled(rates: Rates, factor: float) -> Rates:
+    return tuple(rate * factor for rate in rates)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -216,6 +243,8 @@ class PriceTable:
         for name in candidates(model):
             price = self._prices.get(name)
             if price is not None:
+                if price.regional_premium and _REGIONAL_PROFILE.match(model.strip().lower().rsplit("/", 1)[-1]):
+                    return price.regional()
                 return price
         return None
 
