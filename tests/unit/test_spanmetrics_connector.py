@@ -667,6 +667,19 @@ def test_openlits_anthropic_input_tokens_leave_the_cache_out_unlike_the_conventi
     assert f.llm_tokens.value(("anthropic", model, "cache_read")) == 2000
 
 
+def test_openlits_gemini_output_count_leaves_the_thoughts_out() -> None:
+    connector, _ = make()
+    request = llm_span(b"\x04" * 16, b"\x04" * 8, **{
+        "gen_ai.system": "gemini", "gen_ai.request.model": "gemini-2.5-flash", "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 500, "gen_ai.usage.reasoning_tokens": 300,
+    })  # fmt: skip
+    request.resource_spans[0].resource.attributes.append(attr("telemetry.sdk.name", "openlit"))
+    connector.consume(request)
+    tokens = connector.families.llm_tokens
+    assert tokens.value(("gcp.gemini", "gemini-2.5-flash", "output")) == 500  # candidates, without the thoughts
+    assert tokens.value(("gcp.gemini", "gemini-2.5-flash", "reasoning")) == 300
+
+
 def test_the_configured_cache_convention_wins_over_the_instrumentations() -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(cache_tokens_in_input={"anthropic": True})))
     connector.consume(anthropic_call_with_cache("openlit"))

@@ -74,6 +74,7 @@ from agent.connectors.spanmetrics.attributes import (
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
     SDK_CACHE_IN_INPUT,
+    SDK_REASONING_IN_OUTPUT,
     TOKEN_TYPES,
     alias_text,
     any_to_str,
@@ -251,6 +252,7 @@ class SpanMetricsConnector:
         self.prices = PriceTable.from_config(cfg.pricing)
         self._cache_in_input = {normalize_provider(k): v for k, v in cfg.genai.cache_tokens_in_input.items()}
         self._sdk_cache_conventions: Mapping[str, bool] | None = None  # of the resource being read
+        self._sdk_reasoning_conventions: Mapping[str, bool] | None = None
         self._reasoning_in_output = {normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()}
         # Same rounding as the tail sampler, so both compute the identical threshold from the same percentage.
         self._exemplar_threshold = threshold_for(round(cfg.exemplars.sampled_percentage / 100.0, 12))
@@ -329,6 +331,7 @@ class SpanMetricsConnector:
             service, sdk = self._service_and_sdk(resource_spans.resource)
             # What the spans' instrumentation means by its token counts, where it departs from the conventions.
             self._sdk_cache_conventions = SDK_CACHE_IN_INPUT.get(sdk) if sdk else None
+            self._sdk_reasoning_conventions = SDK_REASONING_IN_OUTPUT.get(sdk) if sdk else None
             red_lookup = self._red_lookups.get(service)
             if red_lookup is None:
                 red_lookup = self._new_red_lookup(service)
@@ -543,9 +546,11 @@ class SpanMetricsConnector:
         key = (raw_provider, response_model, request_model, failed)
         target = self._llm_targets.get(key) or self._llm_target(key, now)
         target.requests.record(weight, duration, hist_weight, now, exemplar)
-        cache_in_input = target.cache_in_input
+        cache_in_input, reasoning_in_output = target.cache_in_input, target.reasoning_in_output
         if cache_in_input is None and self._sdk_cache_conventions is not None:
             cache_in_input = self._sdk_cache_conventions.get(target.provider)
+        if reasoning_in_output is None and self._sdk_reasoning_conventions is not None:
+            reasoning_in_output = self._sdk_reasoning_conventions.get(target.provider)
         usage = disjoint_tokens(
             first_number(values, s.input) if roles & ROLE_INPUT else None,
             first_number(values, s.output) if roles & ROLE_OUTPUT else None,
@@ -554,7 +559,7 @@ class SpanMetricsConnector:
             first_number(values, s.cache_write) if roles & ROLE_CACHE_WRITE else None,
             first_number(values, s.reasoning) if roles & ROLE_REASONING else None,
             cache_in_input,
-            target.reasoning_in_output,
+            reasoning_in_output,
         )
         tokens = target.tokens
         for index, count in enumerate(usage):

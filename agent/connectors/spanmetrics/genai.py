@@ -179,6 +179,9 @@ TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
 # reads and writes (openlit/instrumentation/anthropic/utils.py), while OpenLLMetry adds them in. Read when the
 # config does not say (genai.cache_tokens_in_input).
 SDK_CACHE_IN_INPUT: dict[str, dict[str, bool]] = {"openlit": {"anthropic": False}}
+# Likewise for reasoning: OpenLIT's Gemini output count is candidates_token_count, thoughts not included
+# (openlit/instrumentation/google_ai_studio/utils.py), while Gemini's own total and the conventions add them.
+SDK_REASONING_IN_OUTPUT: dict[str, dict[str, bool]] = {"openlit": {"gcp.gemini": False}}
 
 
 class TokenUsage(NamedTuple):
