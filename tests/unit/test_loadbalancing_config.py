@@ -72,3 +72,12 @@ def test_nameservers_are_ipv4_or_ipv6_with_an_optional_port(text: str, parsed: t
 def test_other_nameserver_forms_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_nameserver(text)
+
+
+def test_a_zero_cooldown_is_refused() -> None:
+    """A failed gateway would be back in the ring at once and take its traces again at every re-route."""
+    found = problems({"resolver": DNS, "backend_cooldown": "0s"})
+    assert found == [
+        "exporters.loadbalancing.backend_cooldown: must be longer than 0s (a failed gateway would be back in the "
+        "ring at once)"
+    ]

@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from agent.component import CreateSettings, Kind, Signal
+from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.retry import RetryableError
 from agent.exporters.loadbalancing.config import (
@@ -50,10 +51,13 @@ class Gateway:
         return None
 
 
-def exporter_with(gateways: dict[str, Gateway]) -> tuple[LoadBalancingExporter, SelfMetrics]:
+def exporter_with(gateways: dict[str, Gateway], eject_after: float = 0.0) -> tuple[LoadBalancingExporter, SelfMetrics]:
+    """``eject_after`` 0 by default: most tests here are about what happens once a gateway has left the ring."""
     metrics = SelfMetrics()
     settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
-    config = LoadBalancingExporterConfig(resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)))
+    config = LoadBalancingExporterConfig(
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), eject_after=Duration(eject_after)
+    )
     exporter = LoadBalancingExporter(config, settings)
     exporter._transports = dict(gateways)  # type: ignore[assignment]
     return exporter, metrics
@@ -95,6 +99,42 @@ async def test_a_dead_gateways_traces_go_to_the_next_owner_at_once() -> None:
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") > 0
+
+
+async def test_a_gateway_failing_for_a_moment_keeps_its_traces_so_sidecars_do_not_split_them() -> None:
+    """A stall one sidecar saw (a GC pause, a reset connection) must not move traces on that sidecar alone: the
+    others still send them to the gateway. Its part waits for the queue's retry; only a gateway failing for
+    eject_after leaves the ring."""
+    stalled = Gateway(RetryableError("deadline exceeded", reason="deadline_exceeded", maybe_delivered=True))
+    gateways = {GATEWAYS[0]: stalled, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways, eject_after=5.0)
+    batch = batch_of(60)
+    owners = HashRing(GATEWAYS)
+    stalled_traces = {t for t in trace_ids(batch) if owners.owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch)
+    assert trace_ids(batch) == stalled_traces  # what is left for the retry: the stalled gateway's part only
+    stalled.failure = None
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert set(stalled.received) == stalled_traces  # delivered to their own gateway
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+    assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == 0
+
+
+async def test_a_gateway_failing_for_eject_after_leaves_the_ring() -> None:
+    dead = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways, eject_after=0.05)
+    batch = batch_of(60)
+    expected = trace_ids(batch)
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch)
+    await asyncio.sleep(0.06)
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received) == expected
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
 
 
 @pytest.mark.parametrize("failure", [TimeoutError(), RuntimeError("transport bug")])
@@ -162,6 +202,7 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
     settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
     config = LoadBalancingExporterConfig(
         resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
+        eject_after=Duration(0),
         retry_on_failure=RetryConfig(
             initial_interval=Duration(0.01), max_interval=Duration(0.01), max_elapsed_time=Duration(0.1)
         ),

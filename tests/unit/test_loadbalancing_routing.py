@@ -5,13 +5,15 @@ import collections
 import logging
 import os
 
+import dns.resolver
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.exporters.loadbalancing.resolver import DnsResolver
 from agent.exporters.loadbalancing.ring import HashRing
-from agent.exporters.loadbalancing.split import split_traces
+from agent.exporters.loadbalancing.split import split_logs, split_traces
 from agent.telemetry.logs import RateLimitedLog
 from agent.testing.dns_server import DnsServer
 from agent.testing.workload import Workload
@@ -107,3 +109,64 @@ async def test_the_dns_resolver_takes_aaaa_records_too_for_ipv6_and_dual_stack_s
     changes, results = await follow_dns([["fd00::2", "127.0.0.2"], ["fd00::3"]])
     assert changes == [["127.0.0.2:4317", "[fd00::2]:4317"], ["[fd00::3]:4317"]]
     assert "failure" not in results
+
+
+def dns_resolver(results: list[str]) -> DnsResolver:
+    return DnsResolver(
+        GATEWAY_NAME,
+        4317,
+        interval=10.0,
+        timeout=1.0,
+        nameservers=["127.0.0.1"],
+        log=RateLimitedLog(logging.getLogger("t")),
+        on_result=results.append,
+    )
+
+
+async def test_a_lookup_of_one_address_family_failing_keeps_the_last_gateways() -> None:
+    """A dual-stack Service whose A lookup times out once would otherwise shrink to its AAAA members on this
+    sidecar alone, moving half of the traces to other gateways than the other sidecars use."""
+    from agent.exporters.loadbalancing.resolver import _LookupFailed
+
+    results: list[str] = []
+    changes: list[list[str]] = []
+    failing: set[str] = set()
+    resolver = dns_resolver(results)
+
+    async def addresses(record_type: str) -> list[str]:
+        if record_type in failing:
+            raise _LookupFailed(f"{record_type}: timed out")
+        return {"A": ["127.0.0.2"], "AAAA": ["fd00::2"]}[record_type]
+
+    async def on_change(endpoints: list[str]) -> None:
+        changes.append(endpoints)
+
+    resolver._addresses = addresses  # type: ignore[method-assign]
+    await resolver._refresh(on_change)
+    failing.add("A")
+    await resolver._refresh(on_change)
+    assert changes == [["127.0.0.2:4317", "[fd00::2]:4317"]]
+    assert results == ["success", "failure"]
+
+
+async def test_a_short_service_name_is_looked_up_with_the_pods_search_domains() -> None:
+    asked: list[dict[str, object]] = []
+    resolver = dns_resolver([])
+
+    async def resolve(name: str, record_type: str, **options: object) -> list[object]:
+        asked.append(options)
+        raise dns.resolver.NoAnswer()
+
+    resolver._resolver.resolve = resolve  # type: ignore[method-assign]
+    await resolver._addresses("A")
+    assert asked == [{"search": True}]
+
+
+def test_records_with_an_all_zero_trace_id_are_spread_like_records_without_one() -> None:
+    ring = HashRing([f"10.0.0.{n}:4317" for n in range(1, 5)])
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for _ in range(50):
+        records.add(trace_id=bytes(16)).body.string_value = "no trace"
+    owners = [next(iter(split_logs(request, ring.owner))) for _ in range(40)]  # one random gateway per batch
+    assert len(set(owners)) > 1

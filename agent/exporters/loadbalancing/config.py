@@ -121,8 +121,15 @@ class LoadBalancingExporterConfig:
     resolver: ResolverConfig = setting(doc="Where the gateways are.", default_factory=ResolverConfig)
     backend_cooldown: Duration = setting(
         Duration(5.0),
-        doc="A gateway that fails with a retryable error is taken out of the ring for this long; its traces go "
-        "to the next gateway on the ring meanwhile.",
+        doc="A gateway taken out of the ring (see `eject_after`) stays out this long; its traces go to the next "
+        "gateway on the ring meanwhile.",
+    )
+    eject_after: Duration = setting(
+        Duration(5.0),
+        doc="A gateway failing with a retryable error (unreachable, timing out) keeps its traces, which wait in "
+        "the queue, until it has been failing this long; then it leaves the ring for `backend_cooldown`. A short "
+        "stall seen by one sidecar must not move traces on that sidecar alone: the others still send them to the "
+        "gateway, and those traces would be split. 0s: at the first failure.",
     )
     max_throttled: Duration = setting(
         Duration(10.0),
@@ -138,3 +145,7 @@ class LoadBalancingExporterConfig:
     sending_queue: SendingQueueConfig = setting(
         doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=SendingQueueConfig
     )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.backend_cooldown <= 0:
+            yield "backend_cooldown", "must be longer than 0s (a failed gateway would be back in the ring at once)"

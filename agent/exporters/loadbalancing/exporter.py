@@ -1,12 +1,14 @@
 """``loadbalancing`` exporter: every span and log of a trace to the same gateway, chosen by the trace id.
 
 One sending queue holds whole batches; each push splits its batch over the current ring and sends the parts to
-their gateways concurrently. A gateway that cannot be reached leaves the ring for ``backend_cooldown``: its part
-is split again over the remaining gateways at once (every sidecar sees the same dead gateway, so they agree on
-the new owner). A gateway that is alive but full (it answers with a retry delay) keeps its part, which waits in
-the queue: back-pressure must not split a trace between gateways. Parts already delivered are removed from the
-batch before the queue retries what is left, so a retry never resends them. Membership comes from a resolver;
-a gateway that disappears simply stops being an owner, and batches still queued go to the new owners.
+their gateways concurrently. A gateway that has failed (unreachable, timing out) for ``eject_after`` leaves the
+ring for ``backend_cooldown``: its part is split again over the remaining gateways at once (every sidecar sees a
+dead gateway, so they agree on the new owner). Until then its part waits in the queue: a stall only one sidecar
+saw must not move traces on that sidecar alone. A gateway that is alive but full (it answers with a retry
+delay) keeps its part too, up to ``max_throttled``: back-pressure must not split a trace between gateways.
+Parts already delivered are removed from the batch before the queue retries what is left, so a retry never
+resends them. Membership comes from a resolver; a gateway that disappears simply stops being an owner, and
+batches still queued go to the new owners.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class LoadBalancingExporter:
         # Gateways answering "busy" since when, until they take data: kept across an ejection, so that one still
         # busy when it returns leaves again at its first busy answer instead of holding the queue again.
         self._throttled_since: dict[str, float] = {}
+        # Gateways failing (no retry delay) since when, until one of their exports succeeds: see eject_after.
+        self._failing_since: dict[str, float] = {}
         self._ring = HashRing([])
         self._ring_key: tuple[str, ...] = ()
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
@@ -114,6 +118,10 @@ class LoadBalancingExporter:
         since = self._throttled_since.setdefault(gateway, time.monotonic())
         return limit > 0 and time.monotonic() - since >= limit
 
+    def _failing_long_enough(self, gateway: str) -> bool:
+        since = self._failing_since.setdefault(gateway, time.monotonic())
+        return time.monotonic() - since >= float(self._config.eject_after)
+
     def _eject(self, endpoint: str, error: Exception) -> None:
         self._ejected_until[endpoint] = time.monotonic() + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
@@ -158,13 +166,17 @@ class LoadBalancingExporter:
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
                 if not isinstance(outcome, RetryableError):
                     self._throttled_since.pop(gateway, None)
+                    self._failing_since.pop(gateway, None)
                     rejected += outcome
                     continue
                 last_error = outcome
                 if outcome.retry_after is not None and not self._throttled_too_long(gateway):
                     waiting.append(part)  # busy: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
+                elif outcome.retry_after is None and not self._failing_long_enough(gateway):
+                    waiting.append(part)  # failing, maybe for a moment: the same gateway, after the backoff
                 else:
+                    self._failing_since.pop(gateway, None)
                     self._eject(gateway, outcome)
                     rerouted.append(part)
                     items = SPECS[signal].count_items(part)

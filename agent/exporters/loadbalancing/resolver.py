@@ -95,7 +95,9 @@ class DnsResolver:
     async def _addresses(self, record_type: str) -> list[str]:
         """The addresses of one record type; none (not an error) when the name has only the other family."""
         try:
-            answer = await self._resolver.resolve(self._hostname, record_type)
+            # search: a short name (otel-gateway-headless.observability.svc) takes the pod's search domains, as
+            # glibc and Go resolve it.
+            answer = await self._resolver.resolve(self._hostname, record_type, search=True)
         except dns.resolver.NoAnswer:
             return []
         except (dns.exception.DNSException, OSError) as exc:
@@ -105,9 +107,11 @@ class DnsResolver:
     async def _refresh(self, on_change: OnChange) -> None:
         answers = await asyncio.gather(self._addresses("A"), self._addresses("AAAA"), return_exceptions=True)
         addresses = sorted({address for answer in answers if isinstance(answer, list) for address in answer})
-        if not addresses:
-            # No record of either family (or both lookups failed): an empty answer must not empty the ring.
-            error = next((a for a in answers if isinstance(a, BaseException)), None) or "no A or AAAA records"
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if not addresses or failed is not None:
+            # No record of either family, or one lookup failed: an empty or half answer (a dual-stack Service's
+            # A records timing out) must not change the ring on this sidecar alone.
+            error = failed or "no A or AAAA records"
             self._on_result("failure")
             self._log.warning("dns", f"cannot resolve {self._hostname}; keeping the last known gateways: {error}")
             return

@@ -22,8 +22,10 @@ def split_traces(request: ExportTraceServiceRequest, owner: Owner) -> dict[str, 
 
 
 def split_logs(request: ExportLogsServiceRequest, owner: Owner) -> dict[str, ExportLogsServiceRequest]:
-    # Records without a trace id share one random backend per batch, which spreads them without a hot spot.
-    owner_of = _memo(owner, {b"": owner(os.urandom(16))})
+    # Records without a trace id (empty, or all zeros as some SDKs and log bridges send) share one random backend
+    # per batch, which spreads them without a hot spot.
+    anywhere = owner(os.urandom(16))
+    owner_of = _memo(owner, {b"": anywhere, bytes(16): anywhere})
     return _split(request, owner_of, ("resource_logs", "scope_logs", "log_records"))
 
 
