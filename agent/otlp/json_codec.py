@@ -25,6 +25,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from agent.otlp.descriptors import is_repeated
+
 M = TypeVar("M", bound=Message)
 
 ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
@@ -99,7 +101,7 @@ def _prepare(node: dict[str, Any], descriptor: Descriptor, path: str) -> None:
             del node[key]  # an unknown field is ignored, whatever it holds; null is the default value
             continue
         where = f"{path}.{key}" if path else key
-        if _is_repeated(field):
+        if is_repeated(field):
             if not isinstance(value, list):
                 raise OtlpJsonError(f"{where}: must be a list, got {_kind(value)}")
             node[key] = [_prepared(field, item, f"{where}[{index}]") for index, item in enumerate(value)]
@@ -121,14 +123,6 @@ def _prepared(field: FieldDescriptor, value: Any, where: str) -> Any:
     elif field.type in _NUMBER_TYPES and isinstance(value, bool):
         raise OtlpJsonError(f"{where}: must be a number, got {json.dumps(value)}")
     return value
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    # ``is_repeated`` in current protobuf releases, which have dropped ``label``; ``label`` in older ones.
-    is_repeated = getattr(field, "is_repeated", None)
-    if is_repeated is not None:
-        return bool(is_repeated)
-    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _kind(value: Any) -> str:

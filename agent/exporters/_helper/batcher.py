@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.message import Message
 
 from agent.component import Signal
 from agent.config.schema import Duration, setting
+from agent.otlp.descriptors import is_repeated
 
 
 @dataclass(frozen=True)
@@ -81,21 +81,13 @@ def _shell(message: Message, skip: str) -> Message:
     for descriptor, value in message.ListFields():
         if descriptor.name == skip:
             continue
-        if _is_repeated(descriptor):
+        if is_repeated(descriptor):
             getattr(shell, descriptor.name).extend(value)
         elif descriptor.message_type is not None:
             getattr(shell, descriptor.name).CopyFrom(value)
         else:
             setattr(shell, descriptor.name, value)
     return shell
-
-
-def _is_repeated(descriptor: Any) -> bool:
-    # ``is_repeated`` in current protobuf releases, which have dropped ``label``; ``label`` in older ones.
-    is_repeated = getattr(descriptor, "is_repeated", None)
-    if is_repeated is not None:
-        return bool(is_repeated)
-    return bool(descriptor.label == descriptor.LABEL_REPEATED)
 
 
 _FRAMING = 6  # bytes around an embedded message: its field tag and a length of up to 5 bytes (a bound, not exact)
