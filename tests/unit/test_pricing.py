@@ -257,6 +257,10 @@ def test_older_snapshots_priced_differently_match_their_own_entry(model: str, en
         ("us.anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet", 3.0),  # older: same everywhere
         ("mistral-small-latest", "mistral-small-latest", 0.15),  # Mistral Small 3.2, not mistral-small
         ("gpt-35-turbo", "gpt-35-turbo", 0.5),  # Azure OpenAI's name
+        ("gpt-5.4-mini-2026-03-05", "gpt-5.4-mini", 0.75),  # current models are priced, not left unpriced
+        ("us.anthropic.claude-opus-5-v1:0", "claude-opus-5", 5.5),
+        ("gemini-3.5-flash", "gemini-3.5-flash", 1.5),
+        ("deepseek-v4-pro", "deepseek-v4-pro", 1.32),
         ("azure/gpt-35-turbo-0125", "gpt-35-turbo", 0.5),
     ],
 )
