@@ -122,6 +122,29 @@ async def test_a_gateway_failing_for_a_moment_keeps_its_traces_so_sidecars_do_no
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == 0
 
 
+async def test_with_no_retry_to_come_a_failing_gateways_traces_go_to_the_next_owner_at_once() -> None:
+    """Retries off, or the queue shutting down: waiting for a retry that never comes would lose the part."""
+    dead = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with(gateways, eject_after=5.0)
+    exporter._queue._closed = True  # shutting down
+    batch = batch_of(60)
+    expected = trace_ids(batch)
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received) == expected
+
+
+async def test_a_gateway_that_left_and_came_back_starts_its_failures_afresh() -> None:
+    flaky = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: flaky, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with(gateways, eject_after=5.0)
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch_of(60))
+    assert GATEWAYS[0] in exporter._failing_since
+    await exporter._set_backends(GATEWAYS[1:])
+    assert GATEWAYS[0] not in exporter._failing_since
+
+
 async def test_a_gateway_failing_for_eject_after_leaves_the_ring() -> None:
     dead = Gateway(RetryableError("connection refused", reason="unavailable"))
     gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}

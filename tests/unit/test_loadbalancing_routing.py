@@ -170,3 +170,27 @@ def test_records_with_an_all_zero_trace_id_are_spread_like_records_without_one()
         records.add(trace_id=bytes(16)).body.string_value = "no trace"
     owners = [next(iter(split_logs(request, ring.owner))) for _ in range(40)]  # one random gateway per batch
     assert len(set(owners)) > 1
+
+
+async def test_a_family_the_ring_has_no_member_of_may_fail_without_freezing_the_ring() -> None:
+    """A DNS server failing every AAAA lookup of an IPv4-only cluster: the A answers still drive the ring."""
+    from agent.exporters.loadbalancing.resolver import _LookupFailed
+
+    results: list[str] = []
+    changes: list[list[str]] = []
+    a_records = ["127.0.0.2"]
+    resolver = dns_resolver(results)
+
+    async def addresses(record_type: str) -> list[str]:
+        if record_type == "AAAA":
+            raise _LookupFailed("AAAA: SERVFAIL")
+        return list(a_records)
+
+    async def on_change(endpoints: list[str]) -> None:
+        changes.append(endpoints)
+
+    resolver._addresses = addresses  # type: ignore[method-assign]
+    await resolver._refresh(on_change)
+    a_records.append("127.0.0.3")  # the gateways scaled out
+    await resolver._refresh(on_change)
+    assert changes == [["127.0.0.2:4317"], ["127.0.0.2:4317", "127.0.0.3:4317"]]

@@ -432,6 +432,13 @@ def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
          "signal=SIGTERM sigma=0.25 tokens_per_second=42.5 X-Amz-SignedHeaders=host"),  # words that only start alike
         ("secretary='Jane Doe' tokenized_text=\"hello\"", "secretary='Jane Doe' tokenized_text=\"hello\""),
         ("X-Amz-Signature=abcdef0123 password_hash=9f8e7d", "X-Amz-Signature=[REDACTED] password_hash=[REDACTED]"),
+        ("secretKey=wJalrX apiKeyId=AKIDxyz tokenValue=abc password1=x", "secretKey=[REDACTED] apiKeyId=[REDACTED] "
+         "tokenValue=[REDACTED] password1=[REDACTED]"),  # camelCase and numbered names
+        ('{"secretKey": "wJalr"}', '{"secretKey": "[REDACTED]"}'),
+        ("api_key=4111111111111111 Password=20240101.1234;", "api_key=[REDACTED] Password=[REDACTED];"),  # long
+        ("token_endpoint=https://auth/t password_reset=true secret_name=db credential_provider=aws",
+         "token_endpoint=https://auth/t password_reset=true secret_name=db credential_provider=aws"),  # settings
+        ("temperature=0.7 max_tokens=512", "temperature=0.7 max_tokens=512"),
     ],
 )  # fmt: skip
 def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text: str, expected: str) -> None:

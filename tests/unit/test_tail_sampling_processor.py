@@ -720,3 +720,15 @@ def test_logs_held_with_their_traces_are_released_in_requests_within_max_batch_b
     assert sum(len(sl.log_records) for b in r.log_sink.batches for rl in b.resource_logs for sl in rl.scope_logs) == 500
     assert len(log_sizes) >= 4 and max(log_sizes) <= limit * 1.1  # sizes are estimated from the request's average
     assert len(r.trace_sink.batches) == 1  # the spans' requests are no longer sized by their logs
+
+
+def test_accepted_spans_add_up_to_the_kept_the_dropped_and_the_late_ones() -> None:
+    """accepted = exported + dropped by sampling + late dropped: what an operator checks the agent by."""
+    r = rig()
+    kept_id, dropped_id = trace_id_with_randomness(KEPT_AT_10), trace_id_with_randomness(DROPPED_AT_10)
+    r.traces.consume(spans_request(span(kept_id, 1, root=True), span(dropped_id, 2, root=True), span(dropped_id, 3)))
+    r.tick_after(3)
+    r.traces.consume(spans_request(span(dropped_id, 4)))  # late
+    assert len(exported_spans(r.trace_sink)) == 1
+    assert r.metric("otel_sidecar_sampling_dropped_spans_total") == 2
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 1

@@ -42,7 +42,7 @@ MAGIC = b"OSQ1"
 _HEADER = struct.Struct("<4sII")
 _BODY_PREFIX = struct.Struct("<QBI")
 _ACK = struct.Struct("<cQ")
-_SENDING, _DONE = b"S", b"A"
+_SENDING, _DONE, _UNSENT = b"S", b"A", b"U"  # U: an interrupted send whose attempts all failed to connect
 _SIGNAL_CODES = {Signal.TRACES: 1, Signal.METRICS: 2, Signal.LOGS: 3}
 _SIGNALS = {code: signal for signal, code in _SIGNAL_CODES.items()}
 _MAX_ACK_LOG = 1024 * 1024
@@ -174,7 +174,12 @@ class PersistentStore:
         data = path.read_bytes() if path.exists() else b""
         whole = len(data) - len(data) % _ACK.size  # a torn last entry (crash mid-write) is ignored
         for kind, seq in _ACK.iter_unpack(data[:whole]):
-            (done if kind == _DONE else sending).add(seq)
+            if kind == _DONE:
+                done.add(seq)
+            elif kind == _UNSENT:
+                sending.discard(seq)
+            else:
+                sending.add(seq)
         return done, sending
 
     def _scan_segment(self, path: Path, done: set[int], sending: set[int]) -> None:
@@ -378,6 +383,12 @@ class PersistentStore:
 
     def begin(self, entries: list[QueueEntry]) -> None:
         self._append_acks(_SENDING, entries)
+
+    def unbegin(self, entries: list[QueueEntry]) -> None:
+        """``begin`` taken back: every attempt failed before the backend could have the batch (shutdown cut the
+        retries short), so sending it after a restart is not a possible duplicate."""
+        self._append_acks(_UNSENT, entries)
+        self._sending.difference_update(e.seq for e in entries)
 
     def ack(self, entries: list[QueueEntry]) -> None:
         """Record ``entries`` as done (idempotent: the sending queue acks again after a failed attempt)."""

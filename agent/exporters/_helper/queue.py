@@ -126,6 +126,9 @@ class MemoryStore:
     def begin(self, entries: list[QueueEntry]) -> None:
         return None
 
+    def unbegin(self, entries: list[QueueEntry]) -> None:
+        return None
+
     def ack(self, entries: list[QueueEntry]) -> None:
         return None
 
@@ -200,6 +203,7 @@ class SendingQueue:
         self._batch = batch if batch is not None and batch.enabled else None
         self._retry_enabled = retry is not None and retry.enabled
         self._sender = RetryingSender(settings, retry, timeout, push)
+        self._aborted_maybe_delivered = False  # of the last push shutdown interrupted
         self._store = self._make_store(settings, config)
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -291,6 +295,11 @@ class SendingQueue:
             self._idle.clear()
             self._ready.set()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._config.num_consumers)]
+
+    @property
+    def closing(self) -> bool:
+        """Shutting down: a batch failing now may not be retried before the deadline."""
+        return self._closed
 
     async def shutdown(self, deadline: float) -> None:
         """Stop accepting, drain until ``deadline``, stop the workers; report what is left.
@@ -384,13 +393,15 @@ class SendingQueue:
         parts = self._parts(signal, merged, group)
         group.items = sum(SPECS[signal].count_items(p) for p in parts)  # what loaded (corrupt records excluded)
         delivered = True
-        for part in parts:
+        for index, part in enumerate(parts):
             part_items = SPECS[signal].count_items(part)  # before the push, which may cut the part down
             group.sending, group.sending_items = part, part_items
             outcome = await self._send_part(signal, part)
             if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
                     self._stop_taking = True  # the rest stays on disk for the next start
+                    if index == 0 and not self._aborted_maybe_delivered:
+                        self._store.unbegin(entries)  # nothing reached the backend: the resend is no duplicate
                     group.items = 0
                     return
                 self._count_partly_sent(signal, group)
@@ -465,7 +476,8 @@ class SendingQueue:
         started = time.perf_counter()
         try:
             rejected, maybe_delivered = await self._sender.send(signal, part)
-        except ExportAborted:
+        except ExportAborted as aborted:
+            self._aborted_maybe_delivered = aborted.maybe_delivered
             return _Outcome.ABORTED
         except PermanentExportError as exc:
             self._rejected.labels(cid, signal.value).inc(items)

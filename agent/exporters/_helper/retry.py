@@ -71,7 +71,13 @@ class PermanentExportError(ExportError):
 
 
 class ExportAborted(Exception):
-    """Shutdown interrupted a backoff wait; the batch was not delivered (a persistent queue keeps it)."""
+    """Shutdown interrupted a backoff wait; the batch was not delivered (a persistent queue keeps it).
+
+    ``maybe_delivered``: whether an attempt before the wait may have reached the backend (it timed out after
+    sending), which makes sending the batch again after a restart a possible duplicate.
+    """
+
+    maybe_delivered = False
 
 
 @dataclass(frozen=True)
@@ -159,16 +165,20 @@ class RetryingSender:
             before_sleep=lambda _: retries.inc(),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                try:
-                    rejected = await self._attempt(signal, batch)
-                except RetryableError as exc:
-                    maybe_delivered = maybe_delivered or exc.maybe_delivered
-                    exc.maybe_delivered = maybe_delivered  # sticky: the last failure speaks for every attempt
-                    rejected_before += exc.rejected
-                    exc.rejected = rejected_before
-                    raise
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        rejected = await self._attempt(signal, batch)
+                    except RetryableError as exc:
+                        maybe_delivered = maybe_delivered or exc.maybe_delivered
+                        exc.maybe_delivered = maybe_delivered  # sticky: the last failure speaks for every attempt
+                        rejected_before += exc.rejected
+                        exc.rejected = rejected_before
+                        raise
+        except ExportAborted as aborted:
+            aborted.maybe_delivered = maybe_delivered
+            raise
         return rejected + rejected_before, maybe_delivered
 
     async def _attempt(self, signal: Signal, batch: Message) -> int:

@@ -94,6 +94,7 @@ class LoadBalancingExporter:
             transport = self._transports.pop(endpoint)
             self._ejected_until.pop(endpoint, None)
             self._throttled_since.pop(endpoint, None)
+            self._failing_since.pop(endpoint, None)  # should it come back, its failures start afresh
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
         self._settings.logger.info(
@@ -119,6 +120,10 @@ class LoadBalancingExporter:
         return limit > 0 and time.monotonic() - since >= limit
 
     def _failing_long_enough(self, gateway: str) -> bool:
+        """Whether a gateway failing now leaves the ring: after ``eject_after``, or at once when no retry would
+        come back to it (retries off, or the agent shutting down)."""
+        if not self._config.retry_on_failure.enabled or self._queue.closing:
+            return True
         since = self._failing_since.setdefault(gateway, time.monotonic())
         return time.monotonic() - since >= float(self._config.eject_after)
 

@@ -104,13 +104,22 @@ class DnsResolver:
             raise _LookupFailed(f"{record_type}: {exc}") from None
         return [record.address for record in answer]
 
+    def _loses_a_family(self, answers: list[list[str] | BaseException]) -> bool:
+        current = self._current or []
+        has_ipv4 = any(not endpoint.startswith("[") for endpoint in current)
+        has_ipv6 = any(endpoint.startswith("[") for endpoint in current)
+        a_failed, aaaa_failed = (isinstance(answer, BaseException) for answer in answers)
+        return (a_failed and has_ipv4) or (aaaa_failed and has_ipv6)
+
     async def _refresh(self, on_change: OnChange) -> None:
         answers = await asyncio.gather(self._addresses("A"), self._addresses("AAAA"), return_exceptions=True)
         addresses = sorted({address for answer in answers if isinstance(answer, list) for address in answer})
         failed = next((a for a in answers if isinstance(a, BaseException)), None)
-        if not addresses or failed is not None:
-            # No record of either family, or one lookup failed: an empty or half answer (a dual-stack Service's
-            # A records timing out) must not change the ring on this sidecar alone.
+        if not addresses or self._loses_a_family(answers):
+            # No record of either family, or the lookup of a family the ring has members of failed: an empty or
+            # half answer (a dual-stack Service's A records timing out) must not change the ring on this sidecar
+            # alone. A family the ring has none of may fail (a DNS server failing AAAA lookups of an IPv4-only
+            # cluster): what did answer is used.
             error = failed or "no A or AAAA records"
             self._on_result("failure")
             self._log.warning("dns", f"cannot resolve {self._hostname}; keeping the last known gateways: {error}")

@@ -25,13 +25,17 @@ TOO_LONG_RULE = "too_long"
 MAX_SCANNED_CHARS = 128 * 1024
 
 # Words that make the name of a value a secret's (``token`` but not token counts, tokenizers or token types).
-# A name may go on after the word only past a separator (aws_secret_access_key, password_hash), so that
-# secretary, signal or tokenized are not secrets.
+# A name may go on after the word only with parts that keep it a secret's name (aws_secret_access_key,
+# secretKey, apiKeyId, tokenValue, password_hash, password1), so that secretary, tokenized, password_reset,
+# token_endpoint or secret_name are not secrets.
 _SECRET_NAMES = (
-    r"(?:password|passwd|pwd|passphrase|secret|credential|api[-_.]?key|apikey|access[-_.]?key|account[-_.]?key"
+    r"(?:password|passwd|pwd|passphrase|secret|credentials?|api[-_.]?key|apikey|access[-_.]?key|account[-_.]?key"
     r"|subscription[-_.]?key|functions[-_.]?key|private[-_.]?key|signature"
-    r"|token(?![._-]?(?:type|count|usage|limit)))(?:[._-][\w.\-]{0,20})?"
+    r"|token(?![._-]?(?:type|count|usage|limit)))"
+    r"(?:[._-]?(?:access|key|id|value|hash|enc|encrypted|b64|base64|string|str|text|plain|data|\d{1,4})){0,3}"
 )
+# A number is a count (max_tokens=512, temperature=0.7), not a secret, unless it is as long as a card number.
+_COUNT = r"(?:\d{1,12}|\d{1,6}\.\d{1,6})"
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
@@ -66,7 +70,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
     # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
-        r"((?i:" + _SECRET_NAMES + r"|\bsig)=)(?![\d.]{1,24}(?![^&\s;,'\"]))[^&\s;,'\"]+",
+        r"((?i:" + _SECRET_NAMES + r"|\bsig)=)(?!" + _COUNT + r"(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
     # The same with a quoted value, the name quoted or not: JSON ({"db_password": "..."}), a Python dict repr

@@ -37,6 +37,11 @@ class SamplingMetrics:
             "Traces decided, by winning policy (`none` when dropped) and decision (keep, drop).",
             [*label, "policy", "decision"],
         )
+        self.dropped_spans = m.counter(
+            "sampling_dropped_spans_total",
+            "Spans of traces decided drop (late spans of dropped traces: sampling_late_spans_total{decision=drop}).",
+            label,
+        ).labels(cid)
         forced = m.counter(
             "sampling_forced_decisions_total",
             "Traces decided before their time because a bound was reached, or at shutdown.",

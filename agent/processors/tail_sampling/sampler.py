@@ -333,6 +333,7 @@ class TailSampler:
         decide, context = self.policies.decide, EvaluationContext()
         counts: dict[tuple[str, bool], int] = {}
         dropped_ids: list[bytes] = []
+        dropped_spans = 0
         for trace in traces:
             if not trace.span_count:
                 # Only log records came: they pass with their severity's class, and nothing is remembered, so
@@ -347,9 +348,12 @@ class TailSampler:
                 self._release_kept(trace, decision, release)
             else:
                 dropped_ids.append(trace.trace_id)
+                dropped_spans += trace.span_count
                 if trace.logs:
                     self._release_logs_of_dropped(trace, release)
         self.dropped.add_all(dropped_ids)
+        if dropped_spans:
+            self.metrics.dropped_spans.inc(dropped_spans)
         now = self._clock()
         decided = [trace for trace in traces if trace.span_count]  # not the ones only log records came for
         self.metrics.decision_latency.observe_all([now - trace.first_seen for trace in decided])
