@@ -125,11 +125,14 @@ class LoadBalancingExporterConfig:
         "gateway on the ring meanwhile.",
     )
     eject_after: Duration = setting(
-        Duration(5.0),
-        doc="A gateway failing with a retryable error (unreachable, timing out) keeps its traces, which wait in "
-        "the queue, until it has been failing this long; then it leaves the ring for `backend_cooldown`. A short "
-        "stall seen by one sidecar must not move traces on that sidecar alone: the others still send them to the "
-        "gateway, and those traces would be split. 0s: at the first failure.",
+        Duration(0.0),
+        doc="How long a gateway failing with a retryable error (unreachable, timing out) keeps its traces, which "
+        "wait in the queue, before it leaves the ring for `backend_cooldown`. 0s (the default): at the first "
+        "failure, so that every sidecar moves a dead gateway's traces at about the same moment; the gateways "
+        "decide a trace `decision_wait_after_root` after its root, and spans arriving later follow that decision. "
+        "A few seconds keep traces in place through a stall only one sidecar sees (shorter than `protocol.timeout` "
+        "it is no failure at all), at the price of sidecars moving a dead gateway's traces up to a retry interval "
+        "apart.",
     )
     max_throttled: Duration = setting(
         Duration(10.0),

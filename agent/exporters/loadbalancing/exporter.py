@@ -1,10 +1,11 @@
 """``loadbalancing`` exporter: every span and log of a trace to the same gateway, chosen by the trace id.
 
 One sending queue holds whole batches; each push splits its batch over the current ring and sends the parts to
-their gateways concurrently. A gateway that has failed (unreachable, timing out) for ``eject_after`` leaves the
-ring for ``backend_cooldown``: its part is split again over the remaining gateways at once (every sidecar sees a
-dead gateway, so they agree on the new owner). Until then its part waits in the queue: a stall only one sidecar
-saw must not move traces on that sidecar alone. A gateway that is alive but full (it answers with a retry
+their gateways concurrently. A gateway that has failed (unreachable, timing out) for ``eject_after`` (0s: at
+its first failure) leaves the ring for ``backend_cooldown``: its part is split again over the remaining gateways
+at once (every sidecar sees a dead gateway, so they agree on the new owner). Until then its part waits in the
+queue, so that a stall only one sidecar saw does not move that sidecar's traces alone. A gateway that is alive
+but full (it answers with a retry
 delay) keeps its part too, up to ``max_throttled``: back-pressure must not split a trace between gateways.
 Parts already delivered are removed from the batch before the queue retries what is left, so a retry never
 resends them. Membership comes from a resolver; a gateway that disappears simply stops being an owner, and
