@@ -314,6 +314,29 @@ def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name() ->
     assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]
 
 
+def test_record_attributes_that_clean_up_to_one_name_are_joined_not_dropped() -> None:
+    metadata, mapper = _mapped_metadata({"a.b": "dot", "a_b": "under", "trace_id": "mine"}, {"a.b": "resource"})
+    assert dict(metadata)["a_b"] == "dot;under"
+    assert mapper.dropped_metadata == 0  # the record's trace_id attribute has no id to lose to here
+    assert dict(metadata)["trace_id"] == "mine"
+
+
+def test_the_event_name_is_metadata_and_all_zero_ids_are_left_out() -> None:
+    from agent.config.service import ServiceConfig
+    from agent.exporters._helper.retention import RetentionClassifier
+    from agent.exporters.loki.convert import StreamMapper
+
+    request = ExportLogsServiceRequest()
+    logs = request.resource_logs.add().scope_logs.add().log_records
+    event = logs.add(time_unix_nano=1, event_name="gen_ai.user.message", trace_id=bytes(16), span_id=bytes(8))
+    event.attributes.append(attr("trace_id", "an attribute"))
+    mapper = StreamMapper([], RetentionClassifier(ServiceConfig()), 256 * 1024)
+    ((_, entries),) = mapper.streams(request).items()
+    metadata = dict(entries[0][2])
+    assert metadata["event_name"] == "gen_ai.user.message"
+    assert "span_id" not in metadata and metadata["trace_id"] == "an attribute"  # no zero id to link to
+
+
 async def test_a_resource_key_repeated_in_a_resource_gives_one_label_not_a_rejected_stream() -> None:
     request = logs_request(records=[record("x", 1)])
     resource = request.resource_logs[0].resource

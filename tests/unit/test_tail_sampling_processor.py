@@ -732,3 +732,10 @@ def test_accepted_spans_add_up_to_the_kept_the_dropped_and_the_late_ones() -> No
     assert len(exported_spans(r.trace_sink)) == 1
     assert r.metric("otel_sidecar_sampling_dropped_spans_total") == 2
     assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 1
+
+
+def test_a_log_with_an_all_zero_trace_id_has_no_trace_and_passes_at_once() -> None:
+    r = rig()
+    r.logs.consume(logs_request(log_record(bytes(16), severity=17, body="no trace really")))
+    assert exported_logs(r.log_sink) == [("no trace really", "error", "severity")]
+    assert len(r.sampler.buffer) == 0

@@ -23,6 +23,7 @@ from agent.exporters.loki.labels import MAX_LABEL_VALUE_BYTES, sanitize_label_na
 
 MAX_METADATA_ENTRIES = 128  # Loki's max_structured_metadata_entries_count
 MAX_METADATA_BYTES = 64 * 1024  # max_structured_metadata_size
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = bytes(16), bytes(8)
 
 Labels = tuple[tuple[str, str], ...]
 Entry = tuple[int, str, list[tuple[str, str]]]
@@ -220,19 +221,42 @@ class StreamMapper:
 
     def _metadata(self, record: Any, shared: list[tuple[str, str]]) -> list[tuple[str, str]]:
         metadata: list[tuple[str, str]] = []
-        if record.trace_id:
+        # All-zero ids mean none (OTLP): they would link the line to a trace that does not exist.
+        if record.trace_id and record.trace_id != _ZERO_TRACE_ID:
             metadata.append(("trace_id", record.trace_id.hex()))
-        if record.span_id:
+        if record.span_id and record.span_id != _ZERO_SPAN_ID:
             metadata.append(("span_id", record.span_id.hex()))
         if record.severity_text:
             metadata.append(("severity_text", record.severity_text))
+        if record.event_name:
+            metadata.append(("event_name", record.event_name))
+        own = len(metadata)
         for kv in record.attributes:
             if kv.key != RETENTION_ATTRIBUTE:
                 metadata.append((self._name(kv.key), any_value_text(kv.value)))
         metadata.extend(shared)
         if len({name for name, _ in metadata}) != len(metadata):
-            metadata = _first_of_each_name(metadata)  # the record's own value wins over its resource's
+            metadata = self._one_of_each_name(metadata, own, own + len(record.attributes))
         return self._within_limits(metadata)
+
+    def _one_of_each_name(self, metadata: list[tuple[str, str]], first: int, end: int) -> list[tuple[str, str]]:
+        """One entry per name: the agent's own entries (``metadata[:first]``) win; the record's attributes
+        (``metadata[first:end]``) whose keys clean up to the same name (``a.b`` and ``a_b``) are joined with
+        ``;``, as the Prometheus exporter joins colliding labels; a resource attribute gives way to the record's
+        own. A record attribute losing to one of the agent's entries is counted as dropped metadata."""
+        merged = dict(metadata[:first])
+        own = set(merged)
+        for index in range(first, len(metadata)):
+            name, value = metadata[index]
+            if name not in merged:
+                merged[name] = value
+            elif index >= end:
+                continue  # the resource's, under a name the record or the agent already gave
+            elif name in own:
+                self.dropped_metadata += 1
+            else:
+                merged[name] = f"{merged[name]};{value}"
+        return list(merged.items())
 
     def _within_limits(self, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if len(metadata) > MAX_METADATA_ENTRIES:
@@ -256,13 +280,3 @@ class StreamMapper:
                 self._names.clear()
             name = self._names[key] = sanitize_label_name(key)
         return name
-
-
-def _first_of_each_name(metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    seen: set[str] = set()
-    unique = []
-    for name, value in metadata:
-        if name not in seen:
-            seen.add(name)
-            unique.append((name, value))
-    return unique

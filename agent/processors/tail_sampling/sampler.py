@@ -37,6 +37,7 @@ from agent.telemetry.logs import RateLimitedLog
 Clock = Callable[[], float]
 
 TICK_SLICE_SPANS = 1024
+_NO_TRACE_ID = bytes(16)
 """Spans decided per slice of a timer tick (about a millisecond of event-loop time, with the stages after)."""
 
 
@@ -258,7 +259,7 @@ class TailSampler:
                 passing: dict[tuple[str, str], list[Any]] = {}
                 for record in records:
                     trace_id = record.trace_id
-                    if trace_id:
+                    if trace_id and trace_id != _NO_TRACE_ID:  # all zeros is no trace id (OTLP)
                         if trace_id in buffer.traces:
                             held.setdefault(trace_id, []).append(record)
                             continue
