@@ -194,7 +194,8 @@ def agent_config(tmp_path: Path) -> dict[str, Any]:
         },
         "connectors": {"spanmetrics": {"metrics_flush_interval": "500ms"}},
         "exporters": {
-            "prometheus": {"endpoint": f"127.0.0.1:{free_port()}"},
+            # New series stay at zero for three of this Prometheus's 1s scrapes rather than a minute.
+            "prometheus": {"endpoint": f"127.0.0.1:{free_port()}", "new_series_at_zero_for": "3s"},
             "file": {"path": str(tmp_path / "out")},
             # A backend that is never there: its batches are given up after a short retry budget.
             "otlp/unreachable": {

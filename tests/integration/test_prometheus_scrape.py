@@ -287,7 +287,8 @@ def agent_config(out_dir: Path, metrics_port: int) -> dict[str, Any]:
         "tail_sampling": {"decision_wait": "2s", "decision_wait_after_root": "1s", "tick_interval": "50ms"}
     }
     config["connectors"] = {"spanmetrics": {"metrics_flush_interval": "500ms", "cardinality_limit": CARDINALITY_LIMIT}}
-    config["exporters"]["prometheus"] = {"endpoint": f"127.0.0.1:{metrics_port}"}
+    # Prometheus scrapes every second here: a new series at zero for 2 s is seen at zero by two scrapes or so.
+    config["exporters"]["prometheus"] = {"endpoint": f"127.0.0.1:{metrics_port}", "new_series_at_zero_for": "2s"}
     config["service"]["pipelines"] = {
         "traces": {"receivers": ["otlp"], "processors": ["tail_sampling"], "exporters": ["file"]},
         "traces/spanmetrics": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},

@@ -28,14 +28,15 @@ Series not updated for ``expiration`` seconds disappear (the exporter's ``metric
 ``max_series`` are held (``series_limit`` drops). Every drop is counted by reason.
 
 A counter or histogram series that started recently (its start time at most a minute before the previous
-scrape, and after the exporter's first scrape) is exposed at zero on the first scrape after it appears, and
-with its value from then on. Prometheus
+scrape, and after the exporter's first scrape) is exposed at zero for ``new_series_at_zero_for`` from its first
+scrape, and with its value from then on. Prometheus
 then sees it rise from zero: otherwise ``rate()`` and ``increase()`` never count the increments a series is
 first seen with, and an alert on sporadic errors (a new ``error_type`` series each time) never fires.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import math
@@ -93,7 +94,8 @@ class Series:
     count: float = 0.0  # histogram, summary
     exemplars: list[ExemplarValue | None] | None = None  # histogram: per bucket
     quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
-    zero_at_next_read: bool = False  # a counter or histogram that started recently: see Accumulator.snapshot
+    zero_pending: bool = False  # a counter or histogram that started recently, not scraped yet: see _read
+    zero_until: float = 0.0  # clock() until which scrapes see it at zero
 
 
 @dataclass
@@ -132,11 +134,23 @@ def label_value(value: AnyValue) -> str:
         return str(getattr(value, kind))
     if kind == "bytes_value":
         return value.bytes_value.hex()
-    if kind == "array_value":
-        return json.dumps([label_value(v) for v in value.array_value.values])
-    if kind == "kvlist_value":
-        return json.dumps({kv.key: label_value(kv.value) for kv in value.kvlist_value.values})
+    if kind in ("array_value", "kvlist_value"):
+        # JSON with each element in its own type ([1,2], not ["1", "2"]): the label the Collector gives too.
+        return json.dumps(_json_of(value), separators=(",", ":"))
     return ""
+
+
+def _json_of(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_json_of(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _json_of(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind == "double_value" and not math.isfinite(value.double_value):
+        return str(value.double_value)  # JSON has no NaN or Infinity
+    return getattr(value, kind) if kind is not None else None
 
 
 def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple[float, ...], list[float]]:
@@ -182,6 +196,7 @@ class Accumulator:
         resource_labels: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], int] = time.time_ns,
+        new_series_at_zero_for: float = 60.0,
         on_malformed: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self._expiration = expiration
@@ -192,6 +207,7 @@ class Accumulator:
         self._resource_labels = resource_labels
         self._clock = clock
         self._wall_clock = wall_clock
+        self._zero_for = new_series_at_zero_for
         # The previous scrape: what "started recently" is after. None until the first one: what a restarted agent
         # holds at its first scrape may have been scraped from the agent before it, and must not read as new.
         self._last_read_ns: int | None = None
@@ -367,7 +383,7 @@ class Accumulator:
 
     def _exposed_names_taken(self, name: str, kind: str) -> bool:
         mine = exposed_names(name, kind)
-        if TARGET_INFO in mine:  # the exporter's own family of resource attributes
+        if TARGET_INFO in mine or name == TARGET_FAMILY:  # the exporter's own family of resource attributes
             return True
         return any(not mine.isdisjoint(exposed_names(other.name, other.type)) for other in self._families.values())
 
@@ -386,7 +402,11 @@ class Accumulator:
         if collided:
             labels.update(self._joined_collisions(attributes))
         for name, value in base.items():
-            labels.setdefault(name, value)
+            if name in labels:
+                # A point attribute named like a resource or scope label (job, instance) would merge the series
+                # of different services: it is kept as exported_<name>, as Prometheus renames clashing labels.
+                labels[f"exported_{name}"] = labels.pop(name)
+            labels[name] = value
         return labels
 
     def _joined_collisions(self, attributes: Iterable[KeyValue]) -> dict[str, str]:
@@ -455,7 +475,7 @@ class Accumulator:
                 series.value = value
                 series.start_ns = point.start_time_unix_nano
             if fresh and kind == COUNTER:
-                series.zero_at_next_read = self._started_recently(family, labels, point.start_time_unix_nano)
+                series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
@@ -511,7 +531,7 @@ class Accumulator:
                 series.sum, series.count = total_sum, float(point.count)
                 series.start_ns = point.start_time_unix_nano
             if fresh:
-                series.zero_at_next_read = self._started_recently(family, labels, point.start_time_unix_nano)
+                series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if point.exemplars:
@@ -523,7 +543,7 @@ class Accumulator:
         A series Prometheus may have seen already keeps its value, since a zero would read as a reset and count
         its history again: anything before this agent's first scrape (the agent restarted), a series that
         started long ago (idle past expiration), one coming back with the start it ended with."""
-        if self._last_read_ns is None or start_ns <= 0:
+        if self._last_read_ns is None or start_ns <= 0 or self._zero_for <= 0:
             return False
         if self._ended_starts.pop((family.name, tuple(sorted(labels.items()))), None) == start_ns:
             return False
@@ -577,8 +597,9 @@ class Accumulator:
                     del self._families[name]
             for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
                 del self._targets[key]
+            now, zero_for = self._clock(), self._zero_for
             families = [
-                Family(f.name, f.type, f.help, f.unit, {k: _read(s) for k, s in f.series.items()})
+                Family(f.name, f.type, f.help, f.unit, {k: _read(s, now, zero_for) for k, s in f.series.items()})
                 for f in self._families.values()
             ]
             self._last_read_ns = self._wall_clock()
@@ -589,7 +610,7 @@ class Accumulator:
         return self._series_count
 
 
-TARGET_INFO = "target_info"
+TARGET_FAMILY, TARGET_INFO = "target", "target_info"  # an info family named target, exposed as target_info
 
 
 def _without_reserved(labels: dict[str, str], reserved: str) -> dict[str, str]:
@@ -610,11 +631,14 @@ def _exposable_sum(point: Any, exponential: bool) -> float | None:
     return point.sum
 
 
-def _read(series: Series) -> Series:
-    """What a scrape sees of ``series``: a copy, at zero the first time for a series that started recently."""
-    if not series.zero_at_next_read:
+def _read(series: Series, now: float, zero_for: float) -> Series:
+    """What a scrape sees of ``series``: a copy, at zero for ``zero_for`` seconds from its first scrape for a series
+    that started recently (so that every scraper, not only the first, sees it rise from zero)."""
+    if series.zero_pending:
+        series.zero_pending = False
+        series.zero_until = now + zero_for
+    elif now >= series.zero_until:
         return _copy(series)
-    series.zero_at_next_read = False
     zero = _copy(series)
     zero.value, zero.count, zero.exemplar = 0.0, 0.0, None
     zero.counts = [0.0] * len(series.counts)

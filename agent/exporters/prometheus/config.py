@@ -28,6 +28,13 @@ class PrometheusExporterConfig:
         False, doc="Copy every resource attribute onto every series (default: only `job` and `instance`)."
     )
     without_scope_info: bool = setting(False, doc="Leave out the `otel_scope_name`/`otel_scope_version` labels.")
+    new_series_at_zero_for: Duration = setting(
+        Duration(60.0),
+        doc="A counter or histogram series that starts while the agent runs is scraped at zero for this long from "
+        "its first scrape, then with its value: every scraper (HA Prometheus pairs, a curl) sees it rise from zero, "
+        "so `rate()` and `increase()` count its first increments. At least the longest scrape interval. 0s: off "
+        "(a series first seen at its value is invisible to them).",
+    )
 
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.path.startswith("/"):

@@ -56,6 +56,7 @@ class PrometheusExporter:
             add_suffixes=cfg.add_metric_suffixes,
             scope_labels=not cfg.without_scope_info,
             resource_labels=cfg.resource_to_telemetry_conversion,
+            new_series_at_zero_for=float(cfg.new_series_at_zero_for),
             on_malformed=lambda exc: self._log.warning("malformed", "cannot expose a metrics batch", error=repr(exc)),
         )
         # Our own registry (never the global one): only what the pipeline delivered is exposed here.
