@@ -81,6 +81,8 @@ class Capture:
     headers: list[dict[str, str]] = field(default_factory=list)
     failures: list[PlannedFailure] = field(default_factory=list)
     partial_rejections: list[int] = field(default_factory=list)
+    # Collector-based servers (Jaeger v2) send an empty partial_success with every full success.
+    empty_partial_success: bool = False
     attempts: int = 0
 
     def record(self, signal: Signal, request: Message, headers: dict[str, str]) -> PlannedFailure | None:
@@ -96,7 +98,10 @@ class Capture:
         """Full success, or a partial success rejecting the planned number of items."""
         with self.lock:
             rejected = self.partial_rejections.pop(0) if self.partial_rejections else 0
-        return SPECS[signal].response(rejected, f"{rejected} rejected by the test backend" if rejected else "")
+        response = SPECS[signal].response(rejected, f"{rejected} rejected by the test backend" if rejected else "")
+        if self.empty_partial_success:
+            response.partial_success.SetInParent()
+        return response
 
     def spans(self) -> list[Any]:
         with self.lock:

@@ -181,6 +181,27 @@ async def test_a_partial_success_is_counted_and_logged_but_not_retried(
     assert "2 spans rejected" in caplog.text
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_an_empty_partial_success_is_a_full_success_without_a_warning(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The proto says an empty partial_success (0 rejected, no message) means full success; Collector-based servers
+    # (Jaeger v2) send one with every answer, and a warning for each would bury the real ones.
+    batch = traces(1)
+    with OtlpCapture() as backend:
+        backend.capture.empty_partial_success = True
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        metrics = SelfMetrics()
+        await run_exporter(
+            exporter_config(endpoint, protocol=protocol),
+            batch,
+            metrics,
+            lambda: value(metrics, "exporter_sent_items_total") > 0,
+        )
+    assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(span_keys(batch))
+    assert "warning" not in caplog.text
+
+
 async def test_after_max_elapsed_time_the_batch_is_dropped_with_a_counter_and_a_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -61,6 +61,8 @@ class OtlpExporter:
         spec = SPECS[signal]
         partial = response.partial_success  # type: ignore[attr-defined]
         rejected = int(getattr(partial, spec.rejected_field))
+        if not rejected and not partial.error_message:
+            return 0  # the spec's "empty partial success" is a full one: Collector-based servers send it every time
         self._log.warning(
             f"partial:{signal}",
             f"the backend accepted the batch partly: {rejected} {spec.item_name} rejected"
