@@ -495,3 +495,71 @@ async def test_a_grpc_deadline_passed_before_any_connection_is_not_a_possible_de
         await transport.close()
         silent.close()
     assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)
+
+
+class _CuttingBackend:
+    """An OTLP/HTTP backend on a raw socket that reads each whole request, then answers the first one badly:
+    ``short`` sends a 200 whose body stops before its Content-Length, ``reset`` resets the connection. Later
+    requests get a plain 200. aiohttp cannot be made to misbehave like this, hence the socket."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bodies: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _CuttingBackend:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket
+        import struct
+
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        self.bodies.append(await reader.readexactly(length))
+        if len(self.bodies) == 1 and self.mode == "short":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\nab")
+        elif len(self.bodies) == 1 and self.mode == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+async def test_a_200_whose_body_is_cut_short_is_a_success_not_a_resend() -> None:
+    batch = traces(1)
+    spans = len(span_keys(batch))
+    metrics = SelfMetrics()
+    async with _CuttingBackend("short") as backend:
+        config = exporter_config(
+            f"http://127.0.0.1:{backend.port}", protocol="http/protobuf", retry_on_failure={"initial_interval": "50ms"}
+        )
+        await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_sent_items_total") > 0)
+    assert len(backend.bodies) == 1  # the backend said 200 before the answer broke: the batch is delivered
+    assert value(metrics, "exporter_sent_items_total") == spans
+    assert value(metrics, "exporter_duplicates_total") == 0
+
+
+async def test_a_connection_reset_after_the_request_was_sent_counts_the_resend_as_a_possible_duplicate() -> None:
+    batch = traces(1)
+    spans = len(span_keys(batch))
+    metrics = SelfMetrics()
+    async with _CuttingBackend("reset") as backend:
+        config = exporter_config(
+            f"http://127.0.0.1:{backend.port}", protocol="http/protobuf", retry_on_failure={"initial_interval": "50ms"}
+        )
+        await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_sent_items_total") > 0)
+    assert len(backend.bodies) == 2  # the backend had the whole first request: the resend may duplicate it
+    assert value(metrics, "exporter_sent_items_total") == spans
+    assert value(metrics, "exporter_duplicates_total") == spans

@@ -7,18 +7,29 @@ import aiohttp
 from agent.config.schema import without_credentials
 from agent.exporters._helper.retry import PermanentExportError, RetryableError
 
+# Failures before a byte of the request left: connecting, a connect timeout, a pinned certificate, a bad URL.
+_BEFORE_SENDING = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerFingerprintMismatch,
+    aiohttp.InvalidURL,
+)
+
 
 def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: float) -> RetryableError:
     """A failure to get an answer from ``url`` as a retryable error, the URL's credentials masked.
 
-    A connection closed mid-request and aiohttp's total timeout (a bare TimeoutError) may follow a request the
-    backend received, so they may have delivered; a failure to connect did not.
+    Only a failure to connect proves nothing was sent. Anything later (the connection closed or reset mid-request,
+    an answer cut short or unreadable, aiohttp's total timeout) may follow a request the backend received, so its
+    resend is counted as a possible duplicate.
     """
     shown = without_credentials(url)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return RetryableError(f"connection to {shown} closed: {exc}", reason="connection", maybe_delivered=True)
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, _BEFORE_SENDING):
         return RetryableError(f"cannot reach {shown}: {exc}", reason="connection")
+    if isinstance(exc, aiohttp.ClientError):
+        return RetryableError(f"exchange with {shown} failed: {exc}", reason="connection", maybe_delivered=True)
     return RetryableError(f"no answer from {shown} within {timeout:g}s", reason="timeout", maybe_delivered=True)
 
 

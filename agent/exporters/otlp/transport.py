@@ -163,7 +163,7 @@ class HttpTransport:
                 server_hostname=self._config.tls.server_name_override or None,
                 allow_redirects=False,  # see redirect_refused
             ) as response:
-                payload = await response.read()
+                payload = await _read_answer(response)
                 return _answer(signal, url, response, payload)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Classified here, a timeout included, so that callers splitting a batch over several backends
@@ -174,6 +174,17 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The body of an answer; an empty one when a 2xx answer is cut short, since the backend took the batch
+    before it answered (resending it would store it twice)."""
+    try:
+        return await response.read()
+    except aiohttp.ClientPayloadError:
+        if 200 <= response.status < 300:
+            return b""
+        raise
 
 
 def _answer(signal: Signal, url: str, response: aiohttp.ClientResponse, payload: bytes) -> Message:
