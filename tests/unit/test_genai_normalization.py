@@ -195,6 +195,13 @@ def test_reasoning_can_be_declared_outside_the_output_count() -> None:
     assert usage == TokenUsage(10, 0, 0, 100, 40)
 
 
+def test_a_total_without_cache_tokens_still_settles_where_the_reasoning_is() -> None:
+    """Gemini-style counts: output leaves the thoughts out and the total adds them; no cache on the span."""
+    usage = normalize_tokens(100, 1000, total_tokens=1300, reasoning=200)
+    assert usage == TokenUsage(100, 0, 0, 1000, 200)
+    assert normalize_tokens(100, 1000, total_tokens=1100, reasoning=200) == TokenUsage(100, 0, 0, 800, 200)
+
+
 def test_no_alias_is_listed_under_two_concepts() -> None:
     keys = [key for aliases in ALIASES.values() for key in aliases]
     assert len(keys) == len(set(keys))

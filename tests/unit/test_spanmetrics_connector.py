@@ -680,6 +680,38 @@ def test_openlits_gemini_output_count_leaves_the_thoughts_out() -> None:
     assert tokens.value(("gcp.gemini", "gemini-2.5-flash", "reasoning")) == 300
 
 
+def test_google_adks_thoughts_are_read_and_left_out_of_its_output_count() -> None:
+    """ADK 1.x: output = candidates_token_count, thoughts under an experimental key; output >= thoughts would
+    otherwise pass for an output holding them, and 200 output tokens would be taken for reasoning."""
+    connector, _ = make()
+    connector.consume(
+        llm_span(b"\x05" * 16, b"\x05" * 8, **{
+            "gen_ai.system": "gcp.vertex.agent", "gen_ai.request.model": "gemini-2.5-pro",
+            "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.output_tokens": 500,
+            "gen_ai.usage.experimental.reasoning_tokens": 200,
+        })
+    )  # fmt: skip
+    tokens = connector.families.llm_tokens
+    assert tokens.value(("gcp.vertex.agent", "gemini-2.5-pro", "output")) == 500
+    assert tokens.value(("gcp.vertex.agent", "gemini-2.5-pro", "reasoning")) == 200
+
+
+def test_strands_cache_writes_are_counted_and_priced() -> None:
+    connector, _ = make()
+    connector.consume(
+        llm_span(b"\x06" * 16, b"\x06" * 8, **{
+            "gen_ai.system": "strands-agents", "gen_ai.request.model": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+            "gen_ai.usage.input_tokens": 4299, "gen_ai.usage.cache_read_input_tokens": 35574,
+            "gen_ai.usage.cache_write_input_tokens": 17787, "gen_ai.usage.output_tokens": 631,
+            "gen_ai.usage.total_tokens": 58291,
+        })
+    )  # fmt: skip
+    tokens = connector.families.llm_tokens
+    counted = sum(series.value for key, series in tokens.series.items() if key[0] == "strands-agents")
+    assert tokens.value(("strands-agents", "claude-sonnet-4", "cache_write")) == 17787
+    assert counted == 58291
+
+
 def test_the_configured_cache_convention_wins_over_the_instrumentations() -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(cache_tokens_in_input={"anthropic": True})))
     connector.consume(anthropic_call_with_cache("openlit"))

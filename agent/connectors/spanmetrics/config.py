@@ -203,7 +203,8 @@ class GenAiConfig:
     )
     reasoning_tokens_in_output: dict[str, bool] = setting(
         doc="Per provider: whether the output token count already includes reasoning tokens. Unlisted "
-        "providers: included unless the counts contradict it.",
+        "providers: included unless the counts contradict it, or the spans come from Google ADK 1.x (provider "
+        "`gcp.vertex.agent`) or OpenLIT's Gemini instrumentation, whose output counts exclude them.",
         default_factory=dict,
     )
     model_label: Literal["priced", "reported"] = setting(

@@ -73,6 +73,7 @@ from agent.connectors.spanmetrics.attributes import (
 )
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
+    PROVIDER_REASONING_IN_OUTPUT,
     SDK_CACHE_IN_INPUT,
     SDK_REASONING_IN_OUTPUT,
     TOKEN_TYPES,
@@ -253,7 +254,10 @@ class SpanMetricsConnector:
         self._cache_in_input = {normalize_provider(k): v for k, v in cfg.genai.cache_tokens_in_input.items()}
         self._sdk_cache_conventions: Mapping[str, bool] | None = None  # of the resource being read
         self._sdk_reasoning_conventions: Mapping[str, bool] | None = None
-        self._reasoning_in_output = {normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()}
+        self._reasoning_in_output = {
+            **PROVIDER_REASONING_IN_OUTPUT,
+            **{normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()},
+        }
         # Same rounding as the tail sampler, so both compute the identical threshold from the same percentage.
         self._exemplar_threshold = threshold_for(round(cfg.exemplars.sampled_percentage / 100.0, 12))
         self._exemplar_threshold_bytes = _as_randomness_bytes(self._exemplar_threshold)

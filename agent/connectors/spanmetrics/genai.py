@@ -105,6 +105,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.prompt_tokens_details.cache_creation_tokens",  # OpenLIT
         "llm.token_count.prompt_details.cache_write",  # OpenInference
         "gen_ai.usage.cache_write_tokens",  # Pydantic AI / Logfire
+        "gen_ai.usage.cache_write_input_tokens",  # Strands Agents < 1.34, Rust and .NET GenAI libraries
         "ai.usage.inputTokenDetails.cacheWriteTokens",  # Vercel AI SDK >= 6
     ),
     Concept.REASONING: (
@@ -113,6 +114,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.completion_tokens_details.reasoning_tokens",  # OpenLIT (OpenAI's field name)
         "llm.token_count.completion_details.reasoning",  # OpenInference
         "llm.usage.reasoning_tokens",  # older OpenLLMetry
+        "gen_ai.usage.experimental.reasoning_tokens",  # Google ADK 1.x (Gemini's thoughts_token_count)
         "ai.usage.outputTokenDetails.reasoningTokens",  # Vercel AI SDK >= 6
         "ai.usage.reasoningTokens",  # Vercel AI SDK 5
     ),
@@ -182,6 +184,10 @@ SDK_CACHE_IN_INPUT: dict[str, dict[str, bool]] = {"openlit": {"anthropic": False
 # Likewise for reasoning: OpenLIT's Gemini output count is candidates_token_count, thoughts not included
 # (openlit/instrumentation/google_ai_studio/utils.py), while Gemini's own total and the conventions add them.
 SDK_REASONING_IN_OUTPUT: dict[str, dict[str, bool]] = {"openlit": {"gcp.gemini": False}}
+# Providers as some frameworks name them (the framework, not the model's vendor) whose counts are known: Google
+# ADK 1.x reports `gcp.vertex.agent`, its output count is candidates_token_count and its reasoning Gemini's
+# thoughts_token_count, which that count leaves out. `genai.reasoning_tokens_in_output` overrides these.
+PROVIDER_REASONING_IN_OUTPUT: dict[str, bool] = {"gcp.vertex.agent": False}
 
 
 class TokenUsage(NamedTuple):
@@ -241,7 +247,12 @@ def disjoint_tokens(
     thinking = reasoning or 0.0
     if input_tokens is None and total_tokens is not None and output_tokens is not None:
         input_tokens = _at_least_zero(total_tokens - output_tokens)  # only a total and an output: the rest is input
-    elif total_tokens is not None and input_tokens is not None and output_tokens is not None and (read or write):
+    elif (
+        total_tokens is not None
+        and input_tokens is not None
+        and output_tokens is not None
+        and (read or write or thinking)
+    ):
         cache_in_input, reasoning_in_output = _conventions_by_total(
             input_tokens, output_tokens, total_tokens, read + write, thinking, cache_in_input, reasoning_in_output
         )
@@ -266,11 +277,15 @@ def _conventions_by_total(
     reasoning_in_output: bool | None,
 ) -> tuple[bool | None, bool | None]:
     """What a span's own total says of the conventions it was not told (a Bedrock or Anthropic input count without
-    the cache, whose total adds the cache in): the one combination the total matches, else nothing."""
+    the cache, whose total adds the cache in; a Gemini output count without the thoughts): each convention on
+    which every reading the total matches agrees. A convention with nothing to count (no cache, no reasoning)
+    is not asked, so that it cannot make the other one ambiguous."""
+    caches = (cache_in_input,) if cache_in_input is not None or not cached else (True, False)
+    reasonings = (reasoning_in_output,) if reasoning_in_output is not None or not thinking else (True, False)
     matches = [
         (cache_inside, reasoning_inside)
-        for cache_inside in ((cache_in_input,) if cache_in_input is not None else (True, False))
-        for reasoning_inside in ((reasoning_in_output,) if reasoning_in_output is not None else (True, False))
+        for cache_inside in caches
+        for reasoning_inside in reasonings
         if abs(
             input_tokens
             + (0.0 if cache_inside else cached)
@@ -280,9 +295,12 @@ def _conventions_by_total(
         )
         < 0.5
     ]
-    if len(matches) == 1 or (matches and len({m[0] for m in matches}) == 1):
-        return matches[0][0], reasoning_in_output if len(matches) > 1 else matches[0][1]
-    return cache_in_input, reasoning_in_output
+    cache_readings = {cache for cache, _ in matches}
+    reasoning_readings = {reasoning for _, reasoning in matches}
+    return (
+        cache_readings.pop() if len(cache_readings) == 1 else cache_in_input,
+        reasoning_readings.pop() if len(reasoning_readings) == 1 else reasoning_in_output,
+    )
 
 
 def _at_least_zero(value: float) -> float:
