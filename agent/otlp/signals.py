@@ -72,7 +72,9 @@ def _invalid_span_indexes(spans: Sequence[Message]) -> list[int]:
 
 
 def _valid_link_ids(link: Message) -> bool:
-    return len(link.trace_id) == TRACE_ID_BYTES and len(link.span_id) == SPAN_ID_BYTES  # type: ignore[attr-defined]
+    """Absent ids are valid: the spec has SDKs record a link with an invalid context when it has attributes, and
+    senders built on the Collector's pdata (a Collector, Alloy, Jaeger v2) leave an all-zero id out of the wire."""
+    return len(link.trace_id) in (0, TRACE_ID_BYTES) and len(link.span_id) in (0, SPAN_ID_BYTES)  # type: ignore[attr-defined]
 
 
 def _valid_log_ids(record: Message) -> bool:

@@ -230,6 +230,8 @@ service:
         ("{http: {endpoint: '127.0.0.1:14318'}}", {"http"}),
         ("{grpc: {}}", {"grpc"}),
         ("{grpc: {}, http: {enabled: false}}", {"grpc"}),
+        ("{http: {enabled: false}}", {"grpc"}),  # switching one off is not asking for it alone
+        ("{protocols: {grpc: {enabled: false}}}", {"http"}),
     ],
 )
 def test_an_otlp_receiver_serves_only_the_protocols_it_names_or_both_when_it_names_none(
@@ -244,9 +246,9 @@ service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [file]}}}}}}
     assert {protocol for protocol in ("grpc", "http") if getattr(config, protocol).enabled} == served
 
 
-def test_an_otlp_receiver_naming_only_a_disabled_protocol_is_an_error() -> None:
+def test_an_otlp_receiver_with_both_protocols_disabled_is_an_error() -> None:
     text = """
-receivers: {otlp: {http: {enabled: false}}}
+receivers: {otlp: {http: {enabled: false}, grpc: {enabled: false}}}
 exporters: {file: {path: /tmp/x}}
 service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
 """

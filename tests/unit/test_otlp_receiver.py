@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from agent.component import Consumer, CreateSettings, Kind, Signal
 from agent.config.schema import HostPort
@@ -147,6 +148,16 @@ async def test_a_span_with_a_malformed_link_is_rejected_like_one_with_malformed_
     answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
     assert answer.partial_success.rejected_spans == 1
     assert "links" in answer.partial_success.error_message
+
+
+async def test_a_link_whose_ids_are_absent_is_accepted(running: Running, sink: BatchSink) -> None:
+    """Collector-based senders leave an all-zero link id out of the wire; the link (an invalid context with
+    attributes, as the spec asks SDKs to record) is valid."""
+    request, _ = request_bytes()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.links.add().attributes.add(key="reason", value=AnyValue(string_value="no parent context"))
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
+    assert not answer.HasField("partial_success")
 
 
 async def test_invalid_spans_of_a_refused_request_are_counted_once_when_its_retry_is_accepted() -> None:

@@ -72,7 +72,8 @@ class OtlpReceiverConfig:
         ``http`` under ``protocols:``, is taken as well, so a Collector config's receiver section works as it is.
         """
         raw = _without_protocols_level(raw)
-        named = [protocol for protocol in _PROTOCOLS if protocol in raw]
+        # A protocol's section that only switches it off does not ask for that protocol alone.
+        named = [protocol for protocol in _PROTOCOLS if protocol in raw and not _switched_off(raw[protocol])]
         if len(named) != 1:
             return raw
         (unnamed,) = set(_PROTOCOLS) - set(named)
@@ -85,6 +86,10 @@ class OtlpReceiverConfig:
         if self.grpc.enabled and self.http.enabled and self.grpc.endpoint == self.http.endpoint:
             problems.append(("http.endpoint", "must differ from grpc.endpoint"))
         return problems
+
+
+def _switched_off(section: Any) -> bool:
+    return isinstance(section, Mapping) and section.get("enabled") is False
 
 
 class OtlpReceiver:
