@@ -440,7 +440,7 @@ def test_the_explicit_randomness_of_a_first_span_counts_when_a_log_came_before_i
 
 
 def test_a_trace_heavy_with_prompts_is_decided_at_once_instead_of_every_other_trace() -> None:
-    r = rig(max_buffered_bytes=2 << 20)  # a quarter, 512 KiB, is the per-trace cap
+    r = rig(max_buffered_bytes=2 << 20)  # a quarter, 512 KiB of memory (146 KiB of protobuf), is the per-trace cap
     waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(200)]
     r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(waiting))))
     heavy = trace_id_with_randomness(9999, prefix=4)
@@ -457,7 +457,7 @@ def test_a_trace_heavy_with_prompts_is_decided_at_once_instead_of_every_other_tr
 
 def test_a_small_trace_sharing_requests_with_a_heavy_one_is_not_decided_for_its_neighbours_size() -> None:
     """Spans are charged their request's average size: beside a 200 KB prompt, a 100-byte span looks large."""
-    r = rig(max_buffered_bytes=2 << 20)  # the per-trace cap is 512 KiB
+    r = rig(max_buffered_bytes=8 << 20)  # the per-trace cap is a quarter: 2 MiB of memory, 585 KiB of protobuf
     heavy, small = trace_id_with_randomness(7, prefix=4), trace_id_with_randomness(8, prefix=5)
     for n in range(6):
         r.traces.consume(spans_request(span(heavy, n, attributes={"prompt": "p" * 200_000}), span(small, 100 + n)))

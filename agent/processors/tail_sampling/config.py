@@ -173,8 +173,9 @@ class TailSamplingConfig:
     )
     max_buffered_bytes: int = setting(
         128 * 1024 * 1024,
-        doc="Most bytes (estimated protobuf size) held: buffered traces plus decided data the next stage refused. "
-        "Past it the oldest traces are decided early; while refused data fills it, new data is refused (retryable).",
+        doc="Most memory held: buffered traces plus decided data the next stage refused, estimated as 3.5 times "
+        "their protobuf size (what parsed spans take). Past it the oldest traces are decided early; while refused "
+        "data fills it, new data is refused (retryable).",
         minimum=1024,
     )
     max_spans_per_trace: int = setting(

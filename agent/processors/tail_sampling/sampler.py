@@ -25,7 +25,7 @@ from typing import Any
 from agent.component import Consumer, CreateSettings, PermanentError, Refused, Signal
 from agent.otlp.probability import explicit_randomness
 from agent.otlp.signals import SPECS, count_log_records, count_spans
-from agent.processors.tail_sampling.buffer import BufferedTrace, TraceBuffer, group_by_trace
+from agent.processors.tail_sampling.buffer import MEMORY_PER_PROTOBUF_BYTE, BufferedTrace, TraceBuffer, group_by_trace
 from agent.processors.tail_sampling.config import TailSamplingConfig
 from agent.processors.tail_sampling.decision_cache import DroppedCache, KeptCache
 from agent.processors.tail_sampling.logs import LogClass, LogClassifier
@@ -82,6 +82,11 @@ class TailSampler:
         self._consumers: dict[Signal, Consumer] = {}
         self._pending: dict[Signal, collections.deque[_Pending]] = {s: collections.deque() for s in SPECS}
         self.pending_bytes = 0
+        # The configured bounds are memory; buffer.bytes and pending_bytes are protobuf bytes.
+        self._byte_limit = int(config.max_buffered_bytes / MEMORY_PER_PROTOBUF_BYTE)
+        self._trace_byte_limit = int(
+            min(config.max_bytes_per_trace, config.max_buffered_bytes // 4) / MEMORY_PER_PROTOBUF_BYTE
+        )
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -158,7 +163,7 @@ class TailSampler:
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
         release = Release(self._config.max_batch_bytes, self._stamps)
-        max_trace_bytes = min(self._config.max_bytes_per_trace, self._config.max_buffered_bytes // 4)
+        max_trace_bytes = self._trace_byte_limit
         oversized: dict[bytes, BufferedTrace] = {}
         heavy: dict[bytes, BufferedTrace] = {}
         holders: list[BufferedTrace] = []  # traces that took spans of this request (once per fragment)
@@ -310,7 +315,7 @@ class TailSampler:
         if not self.pending_bytes:
             return
         self._flush_pending()
-        if self.pending_bytes and self.pending_bytes + self.buffer.bytes >= self._config.max_buffered_bytes:
+        if self.pending_bytes and self.pending_bytes + self.buffer.bytes >= self._byte_limit:
             raise Refused("tail_sampling buffer is full: the next stage is not keeping up")
 
     def _enforce_bounds(self, release: Release) -> None:
@@ -319,7 +324,7 @@ class TailSampler:
         excess = len(buffer) - self._config.max_traces
         if excess > 0:
             self._decide(buffer.oldest(excess), "max_traces", release)
-        limit = self._config.max_buffered_bytes
+        limit = self._byte_limit
         while len(buffer) and buffer.bytes + self.pending_bytes > limit:
             over = buffer.bytes + self.pending_bytes - limit
             average = buffer.bytes / len(buffer)
@@ -459,6 +464,6 @@ class TailSampler:
         m = self.metrics
         m.traces_buffered.set(len(self.buffer))
         m.spans_buffered.set(self.buffer.spans)
-        m.bytes_buffered.set(self.buffer.bytes + self.pending_bytes)
+        m.bytes_buffered.set(int((self.buffer.bytes + self.pending_bytes) * MEMORY_PER_PROTOBUF_BYTE))
         m.kept_entries.set(len(self.kept))
         m.dropped_entries.set(len(self.dropped))
