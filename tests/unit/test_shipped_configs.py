@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from agent.config.loader import AgentConfig, load_path, load_text
+from tests.unit.test_tail_sampling_support import DROPPED_AT_10, Rig, exported_spans, rig, span, spans_request
+from tests.unit.test_tail_sampling_support import trace_id_with_randomness as trace_id
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "config"
 AGENT_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "pricing.yaml")
@@ -90,3 +92,45 @@ def test_the_sidecars_exemplars_point_at_traces_the_gateways_keep() -> None:
     policies = gateway.processors["tail_sampling"].config.policies
     assert exemplars.enabled and exemplars.error_spans == policies.errors.enabled
     assert exemplars.sampled_percentage == policies.probabilistic.percentage
+
+
+SAMPLING_CONFIGS = [CONFIG_DIR / "agent.yaml", CONFIG_DIR / "gateway.yaml", None]
+
+
+def shipped_sampler(path: Path | None) -> Rig:
+    config = load_path(path, environ={})
+    return rig(service=config.service, built=config.processors["tail_sampling"].config)
+
+
+@pytest.mark.parametrize("path", SAMPLING_CONFIGS, ids=str)
+def test_a_shipped_sampler_keeps_the_error_at_the_end_of_a_twenty_second_workflow(path: Path | None) -> None:
+    """Four 5 s LLM steps, each exported as it ends; the last one fails and the root ends with it. Decided 10 s
+    after the first span, the trace was dropped before its error came and the error became a late span."""
+    r = shipped_sampler(path)
+    workflow = trace_id(DROPPED_AT_10)
+    for step in range(3):
+        r.traces.consume(spans_request(span(workflow, step + 1, start_ms=5000 * step, duration_ms=5000)))
+        r.tick_after(5)
+    r.traces.consume(
+        spans_request(
+            span(workflow, 4, start_ms=15000, duration_ms=5000, error=True),
+            span(workflow, 0, root=True, duration_ms=20000),
+        )
+    )
+    r.tick_after(40)
+    assert len(exported_spans(r.trace_sink)) == 5
+
+
+@pytest.mark.parametrize("path", SAMPLING_CONFIGS, ids=str)
+def test_a_shipped_sampler_waits_after_the_root_for_a_span_another_process_exports_on_its_own_timer(
+    path: Path | None,
+) -> None:
+    """SDKs export every 5 s: another pod's (behind a gateway) or container's failing child can arrive 5 s after
+    the root, which a 2 s grace after the root missed."""
+    r = shipped_sampler(path)
+    workflow = trace_id(DROPPED_AT_10)
+    r.traces.consume(spans_request(span(workflow, 0, root=True, duration_ms=3000)))
+    r.tick_after(5)
+    r.traces.consume(spans_request(span(workflow, 1, start_ms=1000, duration_ms=1000, error=True)))
+    r.tick_after(40)
+    assert len(exported_spans(r.trace_sink)) == 2

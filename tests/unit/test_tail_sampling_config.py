@@ -34,10 +34,10 @@ def errors_of(processor: dict[str, Any], **kwargs: Any) -> list[str]:
     return sorted(str(e) for e in raised.value.errors)
 
 
-def test_defaults_wait_ten_seconds_two_after_the_root_and_keep_errors_and_ten_percent() -> None:
+def test_defaults_wait_thirty_seconds_six_after_the_root_and_keep_errors_and_ten_percent() -> None:
     cfg = load({}).processors["tail_sampling"].config
     assert isinstance(cfg, TailSamplingConfig)
-    assert (float(cfg.decision_wait), float(cfg.decision_wait_after_root)) == (10.0, 2.0)
+    assert (float(cfg.decision_wait), float(cfg.decision_wait_after_root)) == (30.0, 6.0)
     assert cfg.policies.errors.enabled and cfg.policies.errors.retention_class == "error"
     assert cfg.policies.probabilistic.percentage == 10.0
     assert cfg.policies.probabilistic.retention_class == "standard"

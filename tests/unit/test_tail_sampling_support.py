@@ -89,12 +89,20 @@ class Rig:
         return metric_value(self.metrics.render().decode(), name, **labels)
 
 
-def rig(component_id: str = "tail_sampling", service: ServiceConfig | None = None, **raw: Any) -> Rig:
+def rig(
+    component_id: str = "tail_sampling",
+    service: ServiceConfig | None = None,
+    built: TailSamplingConfig | None = None,
+    **raw: Any,
+) -> Rig:
+    """A sampler on a fake clock from ``raw`` settings, or from an already ``built`` config (a shipped one)."""
     clock = FakeClock()
     metrics = SelfMetrics()
     shared: dict[str, Any] = {}
     trace_sink, log_sink = Sink(), Sink()
-    cfg = config(**raw)
+    # The tests' timings were written for a 10 s wait and a 2 s grace after the root; the shipped defaults are
+    # tested through the shipped configs (test_shipped_configs.py).
+    cfg = built if built is not None else config(**{"decision_wait": "10s", "decision_wait_after_root": "2s", **raw})
 
     def settings() -> CreateSettings:
         return CreateSettings(

@@ -159,10 +159,16 @@ class DecisionCacheConfig:
 
 @dataclass(frozen=True)
 class TailSamplingConfig:
-    decision_wait: Duration = setting(Duration(10.0), doc="Decide a trace this long after its first span arrived.")
+    decision_wait: Duration = setting(
+        Duration(30.0),
+        doc="Decide a trace this long after its first span arrived, unless its root span came earlier: the longest "
+        "a workflow can run and still be decided on all its spans (the Collector's default, 30s).",
+    )
     decision_wait_after_root: Duration = setting(
-        Duration(2.0),
-        doc="Decide earlier, this long after the root span (no parent) arrived; 0s waits for decision_wait only.",
+        Duration(6.0),
+        doc="Decide earlier, this long after the root span (no parent) arrived; 0s waits for decision_wait only. "
+        "Longer than the SDKs' 5s export interval, so that spans another process exported on its own timer still "
+        "find their trace.",
     )
     tick_interval: Duration = setting(
         Duration(0.1),
