@@ -43,13 +43,16 @@ class Kind(enum.StrEnum):
 class Refused(Exception):
     """The pipeline cannot take the batch now (a full buffer); the sender should retry after ``retry_after``.
 
-    Nothing of the refused batch has been accepted, so a retry does not duplicate data.
+    Nothing of the refused batch has been accepted, so a retry does not duplicate data. ``process_wide`` says
+    the whole agent cannot take data now (memory), not only this pipeline: the ingest queue then refuses every
+    signal, where a pipeline's own full buffer refuses its signal only.
     """
 
-    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+    def __init__(self, reason: str, retry_after: float = 1.0, *, process_wide: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.process_wide = process_wide
 
 
 class PermanentError(Exception):

@@ -52,7 +52,7 @@ class MemoryLimiterProcessor:
                 self._refused_ids.clear()
             self._refused_ids.add(id(batch))
             self._refused.inc(self._count_items(batch))
-        raise Refused(REFUSAL)
+        raise Refused(REFUSAL, process_wide=True)  # memory is the process's: every signal is refused meanwhile
 
     def receivers_stopped(self) -> None:
         self.limiter.stop_refusing("the receivers have stopped: accepted data passes to be flushed")
