@@ -3,12 +3,17 @@
 A receiver answers the sender as soon as a batch is in this queue, so an ``Export`` call costs decoding and
 validation only, never the pipeline's work (span metrics, sampling): the orchestrator is not slowed by the
 agent, and Export latency does not grow with the pipeline. The queue is bounded by items and by bytes (as
-received); when it is full the receiver refuses with a retryable answer. One worker per receiver feeds the
-pipelines in arrival order, across signals (a log that arrived after its trace's spans is processed after
-them, as the tail sampler expects); when they refuse (a full sampler buffer), the worker waits and offers the
-same batch again, and while they refuse, the receiver refuses new requests with their reason: the sender
-retries later, and memory the pipelines cannot take (a memory limiter says the process is too big, a sampler
-buffer is full) does not pile up in the queue instead.
+received), across signals; when it is full the receiver refuses with a retryable answer. One worker per
+receiver feeds the pipelines in arrival order, across signals (a log that arrived after its trace's spans is
+processed after them, as the tail sampler expects).
+
+Signals are independent, as the Collector's pipelines are: each has its own lane. When a signal's pipelines
+refuse (a full sampler buffer, a full sending queue because its backend is down), the worker keeps that lane's
+head batch, offers it again after a pause, and meanwhile feeds the other signals; while the lane holds the
+refused batch, the receiver refuses new batches of that signal with the pipelines' reason, so the sender
+retries later and memory the pipelines cannot take does not pile up here instead. A refusal marked
+``process_wide`` (the memory limiter: memory is the process's, not a pipeline's) refuses every signal. The
+bounds stay the receiver's: batches a lane took before its pipelines refused count in them until taken.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 
@@ -45,6 +53,27 @@ class _SignalEntrance:
         self._queue.offer(self._signal, batch, size)
 
 
+class _Entry(NamedTuple):
+    seq: int  # arrival number across signals: the worker feeds the oldest head first
+    batch: Message
+    items: int
+    size: int
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One signal's accepted batches in arrival order, and the refusal of the one at its head, until it is taken."""
+
+    signal: Signal
+    entries: collections.deque[_Entry] = field(default_factory=collections.deque)
+    refusal: Refused | None = None
+    retry_at: float = 0.0  # monotonic instant before which the refused head is not offered again
+
+    def refusing(self) -> Refused | None:
+        """The refusal that still holds: only while the refused batch is here (shutdown may have counted it)."""
+        return self.refusal if self.entries else None
+
+
 class IngestQueue:
     """Takes batches at once (or refuses when full) and feeds each signal's pipelines from one task, in order."""
 
@@ -53,7 +82,9 @@ class IngestQueue:
         self._downstream = dict(downstream)
         self._capacity = config.queue_items
         self._capacity_bytes = config.queue_mib * 1024 * 1024
-        self._entries: collections.deque[tuple[Signal, Message, int, int]] = collections.deque()
+        self._lanes = {signal: _Lane(signal) for signal in self._downstream}
+        self._arrivals = itertools.count()
+        self._batches = 0  # in every lane
         self._items = 0
         self._bytes = 0
         self._ready = asyncio.Event()
@@ -61,7 +92,6 @@ class IngestQueue:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
-        self._pipelines_refusal: str | None = None  # why the pipelines refused the batch at the head, until taken
         self._log = RateLimitedLog(settings.logger)
         cid = settings.component_id
         m = settings.metrics
@@ -86,16 +116,30 @@ class IngestQueue:
         items = SPECS[signal].count_items(batch)
         if self._closing:
             raise Refused("the agent is shutting down")
-        if self._entries and (self._items + items > self._capacity or self._bytes + size > self._capacity_bytes):
+        if self._batches and (self._items + items > self._capacity or self._bytes + size > self._capacity_bytes):
             raise Refused(f"ingest queue of {self._settings.component_id} is full")
-        if self._pipelines_refusal is not None and self._entries:
-            raise Refused(self._pipelines_refusal)
-        self._entries.append((signal, batch, items, size))
+        refusal = self._refusal_for(signal)
+        if refusal is not None:
+            raise Refused(refusal.reason)
+        self._lanes[signal].entries.append(_Entry(next(self._arrivals), batch, items, size))
+        self._batches += 1
         self._items += items
         self._bytes += size
         self._queued.set(self._items)
         self._idle.clear()
         self._ready.set()
+
+    def _refusal_for(self, signal: Signal) -> Refused | None:
+        """Why a new ``signal`` batch is refused: its own pipelines refuse, or any signal's say the process is
+        short of memory. Another signal's full pipeline is no reason: that would stop healthy pipelines too."""
+        own = self._lanes[signal].refusing()
+        if own is not None:
+            return own
+        for lane in self._lanes.values():
+            refusal = lane.refusing()
+            if refusal is not None and refusal.process_wide:
+                return refusal
+        return None
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
@@ -114,46 +158,76 @@ class IngestQueue:
             self._count_left()
 
     def _count_left(self) -> None:
-        if not self._entries:
+        if not self._batches:
             return
         left: collections.Counter[str] = collections.Counter()
-        for signal, _, items, _ in self._entries:
-            left[signal.value] += items
-            self._dropped.labels(self._settings.component_id, signal.value, "shutdown_timeout").inc(items)
+        for lane in self._lanes.values():
+            for entry in lane.entries:
+                left[lane.signal.value] += entry.items
+                self._dropped.labels(self._settings.component_id, lane.signal.value, "shutdown_timeout").inc(
+                    entry.items
+                )
+            lane.entries.clear()
         self._settings.logger.error(
             "shutdown deadline reached before the pipelines took every accepted item",
             extra={"receiver": self._settings.component_id, "items": dict(left)},
         )
-        self._entries.clear()
+        self._batches = 0
         self._items = 0
         self._bytes = 0
         self._queued.set(0)
 
     async def _work(self) -> None:
         while True:
-            if not self._entries:
+            if not self._batches:
                 self._ready.clear()
                 self._idle.set()
                 await self._ready.wait()
                 continue
-            signal, batch, items, size = self._entries[0]
-            try:
-                # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
-                consume_with_size(self._downstream[signal], batch, size)
-            except Refused as refused:
-                self._pipelines_refusal = refused.reason
-                await asyncio.sleep(_REFUSAL_PAUSE)  # the pipelines are full: wait, then offer the same batch
+            lane = self._next_lane()
+            if lane is None:
+                await self._wait_for_retry_or_arrival()
                 continue
-            except PermanentError as exc:
-                self._drop(signal, items, "rejected", f"the pipeline rejected a batch: {exc}")
-            except Exception as exc:  # a processor bug must not stop ingestion
-                self._drop(signal, items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
-            self._pipelines_refusal = None
-            self._entries.popleft()
-            self._items -= items
-            self._bytes -= size
-            self._queued.set(self._items)
+            self._feed(lane)
             await asyncio.sleep(0)  # let receivers answer between batches
+
+    def _next_lane(self) -> _Lane | None:
+        """The lane whose head arrived first, among those not waiting to offer a refused head again."""
+        now = time.monotonic()
+        first: _Lane | None = None
+        for lane in self._lanes.values():
+            if lane.entries and lane.retry_at <= now and (first is None or lane.entries[0].seq < first.entries[0].seq):
+                first = lane
+        return first
+
+    async def _wait_for_retry_or_arrival(self) -> None:
+        """Every lane with batches was refused: sleep until the first may be offered again, or until a new batch
+        arrives (its signal's pipelines may well take it)."""
+        soonest = min(lane.retry_at for lane in self._lanes.values() if lane.entries)
+        self._ready.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), max(soonest - time.monotonic(), 0.0))
+
+    def _feed(self, lane: _Lane) -> None:
+        """Offer ``lane``'s head to its pipelines; keep it to offer again if they refuse, else take it off."""
+        entry = lane.entries[0]
+        try:
+            # Stages that bound their memory by bytes take the size the receiver measured (the wire size).
+            consume_with_size(self._downstream[lane.signal], entry.batch, entry.size)
+        except Refused as refused:
+            lane.refusal = refused
+            lane.retry_at = time.monotonic() + _REFUSAL_PAUSE  # the pipelines are full: offer it again later
+            return
+        except PermanentError as exc:
+            self._drop(lane.signal, entry.items, "rejected", f"the pipeline rejected a batch: {exc}")
+        except Exception as exc:  # a processor bug must not stop ingestion
+            self._drop(lane.signal, entry.items, type(exc).__name__, f"the pipeline failed on a batch: {exc!r}")
+        lane.refusal = None
+        lane.entries.popleft()
+        self._batches -= 1
+        self._items -= entry.items
+        self._bytes -= entry.size
+        self._queued.set(self._items)
 
     def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
         self._dropped.labels(self._settings.component_id, signal.value, reason).inc(items)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 from google.protobuf.message import Message
@@ -14,7 +15,7 @@ from agent.config.service import IngestConfig, ServiceConfig
 from agent.otlp.signals import count_spans
 from agent.pipeline.ingest import IngestQueue
 from agent.telemetry.selfmetrics import SelfMetrics
-from agent.testing.sinks import BatchSink
+from agent.testing.sinks import BatchSink, RefusingSink
 from agent.testing.workload import Workload
 from tests.helpers import metric_value
 
@@ -213,3 +214,170 @@ async def test_the_size_a_receiver_measured_reaches_stages_that_take_it() -> Non
     queue.entrance.consume_sized(batches(1)[0], 12_345)
     await queue.shutdown(time.monotonic() + 5)
     assert sink.sizes == [12_345]
+
+
+# --- signals are independent: one signal's refusing pipelines do not refuse the others -----------------------------
+
+
+def a_log(records: int = 1) -> Message:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    scope = ScopeLogs(log_records=[LogRecord(time_unix_nano=n + 1) for n in range(records)])
+    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[scope])])
+
+
+def a_metric() -> Message:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
+
+    metric = Metric(name="g", gauge=Gauge(data_points=[NumberDataPoint(as_int=1, time_unix_nano=1)]))
+    return ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[metric])])]
+    )
+
+
+def three_signal_queue(logs: object, traces: object, metrics_sink: object) -> tuple[IngestQueue, SelfMetrics]:
+    metrics = SelfMetrics()
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    downstream = {Signal.TRACES: traces, Signal.METRICS: metrics_sink, Signal.LOGS: logs}
+    return IngestQueue(settings, downstream, IngestConfig()), metrics  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the worker run until ``condition`` holds (no time bound asserted: the test's own timeout is the limit)."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+class Backend:
+    """A pipeline whose exporter queue is full (its backend is down) until ``up`` is set."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.offered = 0
+        self.batches: list[Message] = []
+
+    def consume(self, batch: Message) -> None:
+        self.offered += 1
+        if not self.up:
+            raise Refused("sending queue is full")
+        self.batches.append(batch)
+
+
+async def test_a_signal_whose_pipelines_refuse_does_not_hold_up_the_other_signals() -> None:
+    """Loki is down and the logs exporter's queue is full: logs are refused, traces and metrics flow, as in the
+    Collector, where pipelines are independent; the held logs go on once Loki is back, in order."""
+    logs, traces, metric_sink = Backend(), BatchSink(), BatchSink()
+    queue, metrics = three_signal_queue(logs, traces, metric_sink)
+    entrances = queue.consumers()
+    await queue.start()
+    held = a_log(records=3)
+    entrances[Signal.LOGS].consume(held)  # an empty lane takes it; its pipeline refuses it
+    await until(lambda: logs.offered > 0)
+
+    sent_spans = batches(2)
+    for batch in sent_spans:
+        entrances[Signal.TRACES].consume(batch)
+    sent_metric = a_metric()
+    entrances[Signal.METRICS].consume(sent_metric)
+    with pytest.raises(Refused, match="sending queue is full"):  # retryable, with the logs pipeline's reason
+        entrances[Signal.LOGS].consume(a_log())
+    await until(lambda: len(traces.batches) == 2 and len(metric_sink.batches) == 1)  # fed while logs wait
+    assert traces.batches == sent_spans
+    assert metric_sink.batches == [sent_metric]
+    await until(lambda: logs.offered > 1)  # and the held log is offered again
+
+    logs.up = True
+    await until(lambda: logs.batches == [held])
+    later = a_log()
+    entrances[Signal.LOGS].consume(later)
+    await queue.shutdown(time.monotonic() + 5)
+    assert logs.batches == [held, later]
+    assert metric_value(metrics.render().decode(), "otel_sidecar_ingest_dropped_items_total") == 0
+
+
+async def post(url: str, body: Message) -> int:
+    import aiohttp
+
+    headers = {"Content-Type": "application/x-protobuf"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body.SerializeToString(), headers=headers) as r,
+    ):
+        return r.status
+
+
+async def test_a_refusing_logs_pipeline_refuses_logs_only_and_the_receiver_counts_them() -> None:
+    """Over HTTP: logs get 503 and are counted as back-pressure; traces and metrics get 200."""
+    from agent.config.schema import HostPort
+    from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig
+    from tests.helpers import free_port
+
+    logs, traces, metric_sink = RefusingSink(), BatchSink(), BatchSink()
+    queue, metrics = three_signal_queue(logs, traces, metric_sink)
+    http_port = free_port()
+    config = OtlpReceiverConfig(
+        grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{free_port()}")),
+        http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}")),
+    )
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    receiver = OtlpReceiver(config, settings, queue.consumers())
+    await queue.start()
+    await receiver.start()
+    url = f"http://127.0.0.1:{http_port}/v1"
+    try:
+        assert await post(f"{url}/logs", a_log()) == 200
+        await until(lambda: logs.offered > 0)
+        assert await post(f"{url}/logs", a_log(records=2)) == 503
+        span_batch = batches(1)[0]
+        assert await post(f"{url}/traces", span_batch) == 200
+        assert await post(f"{url}/metrics", a_metric()) == 200
+    finally:
+        await receiver.shutdown(time.monotonic() + 1)
+        await queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    refused = "otel_sidecar_receiver_refused_items_total"
+    assert metric_value(text, refused, signal="logs", reason="backpressure") == 2
+    assert metric_value(text, refused, signal="traces") == 0
+    assert metric_value(text, refused, signal="metrics") == 0
+    accepted = "otel_sidecar_receiver_accepted_items_total"
+    assert metric_value(text, accepted, signal="traces") == count_spans(span_batch)
+    assert len(traces.batches) == 1
+    assert len(metric_sink.batches) == 1
+
+
+async def test_a_memory_limiter_refusal_refuses_every_signal() -> None:
+    """Memory is the process's: while the limiter refuses one signal's batch, every signal is refused, even one
+    whose pipeline has no limiter, as before signals were independent (the first batch into an empty queue is
+    taken, every later one refused)."""
+    from agent.processors.memory_limiter.processor import MemoryLimiterProcessor
+
+    class Limiter:
+        refusing = True
+
+    limiter = Limiter()
+    settings = CreateSettings(
+        "memory_limiter", Kind.PROCESSOR, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {}
+    )
+    traces = BatchSink()
+    limited = MemoryLimiterProcessor(limiter, settings, Signal.TRACES, traces)  # type: ignore[arg-type]
+    logs, metric_sink = BatchSink(), BatchSink()
+    queue, _ = three_signal_queue(logs, limited, metric_sink)
+    entrances = queue.consumers()
+    await queue.start()
+    first_spans, later_spans = batches(2)
+    entrances[Signal.TRACES].consume(first_spans)
+    await until(
+        lambda: metric_value(settings.metrics.render().decode(), "otel_sidecar_memory_limiter_refused_items_total") > 0
+    )
+    for signal, batch in ((Signal.TRACES, later_spans), (Signal.LOGS, a_log()), (Signal.METRICS, a_metric())):
+        with pytest.raises(Refused, match="high memory usage"):
+            entrances[signal].consume(batch)
+
+    limiter.refusing = False
+    await until(lambda: traces.batches == [first_spans])
+    later_log = a_log()
+    entrances[Signal.LOGS].consume(later_log)
+    await queue.shutdown(time.monotonic() + 5)
+    assert logs.batches == [later_log]
