@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
+from agent.listen import start_sites
 from agent.telemetry.selfmetrics import SelfMetrics
 
 
@@ -28,7 +29,7 @@ class AdminServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True).start()
+            await start_sites(runner, self._endpoint)
         except OSError:
             await runner.cleanup()
             raise

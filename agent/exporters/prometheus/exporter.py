@@ -25,6 +25,7 @@ from agent.component import Consumer, CreateSettings, Refused, Signal
 from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
+from agent.listen import start_sites
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.
@@ -107,7 +108,7 @@ class PrometheusExporter:
         await runner.setup()
         endpoint = self._cfg.endpoint
         try:
-            await web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True).start()
+            await start_sites(runner, endpoint)
         except OSError:
             await runner.cleanup()
             raise

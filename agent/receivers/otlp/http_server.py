@@ -13,6 +13,7 @@ from google.rpc import code_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import HostPort
+from agent.listen import start_sites
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
@@ -51,9 +52,8 @@ class HttpServer:
             app, access_log=None, handle_signals=False, auto_decompress=False, keepalive_timeout=_IDLE_SECONDS
         )
         await runner.setup()
-        site = web.TCPSite(runner, self._endpoint.host, self._endpoint.port, reuse_address=True)
         try:
-            await site.start()
+            await start_sites(runner, self._endpoint)
         except OSError:
             await runner.cleanup()
             raise

@@ -1,0 +1,88 @@
+"""Listening sockets for the agent's aiohttp servers: the OTLP/HTTP receiver, the admin endpoint, the scrape endpoint.
+
+A wildcard host (``:4318``, ``0.0.0.0:4318``, ``[::]:4318``) listens on every interface of both address families,
+as the OTLP/gRPC receiver (gRPC's core) and the OpenTelemetry Collector (Go's ``net.Listen``) do: one IPv6 socket
+that also accepts IPv4 (``IPV6_V6ONLY`` off), or an IPv4 socket on a host without IPv6. Any other host listens on
+the addresses it names only (a name: every address it resolves to). asyncio's own ``create_server``, which
+aiohttp's ``TCPSite`` uses, would bind ``0.0.0.0`` to IPv4 only and ``::`` to IPv6 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+from typing import Any
+
+from aiohttp import web
+
+from agent.config.schema import HostPort
+
+_BACKLOG = 128  # aiohttp's default
+# A bind of the dual-stack wildcard failing with these means the host has no usable IPv6: listen on IPv4.
+_NO_IPV6 = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+
+
+def is_wildcard(host: str) -> bool:
+    """``""``, ``0.0.0.0``, ``::`` (in any spelling): every interface."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+async def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound (not yet listening) sockets for ``host:port``, with ``SO_REUSEADDR`` as aiohttp sets it.
+
+    Raises ``OSError`` worded as asyncio words it (``error while attempting to bind on address ...: address
+    already in use``), with nothing left open.
+    """
+    if is_wildcard(host):
+        if socket.has_dualstack_ipv6():
+            try:
+                return [_bound(socket.AF_INET6, ("::", port), v6only=False)]
+            except OSError as exc:
+                if exc.errno not in _NO_IPV6:
+                    raise
+        return [_bound(socket.AF_INET, ("0.0.0.0", port))]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            sockets.append(_bound(family, address))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def start_sites(runner: web.AppRunner, endpoint: HostPort) -> None:
+    """Serve ``runner``'s application on ``endpoint``. On failure the caller cleans ``runner`` up."""
+    sockets = await listening_sockets(endpoint.host, endpoint.port)
+    started = 0
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            started += 1  # now closed with the runner's sites
+    finally:
+        for sock in sockets[started:]:
+            sock.close()
+
+
+def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: {reason}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock

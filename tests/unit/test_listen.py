@@ -1,0 +1,212 @@
+"""Listen addresses of the agent's servers: a wildcard host listens on IPv4 and IPv6, a specific address on itself only.
+
+These tests need IPv6 loopback (``::1``) and fail, rather than skip, on a host without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from agent import listen
+from agent.component import CreateSettings, Kind, Signal
+from agent.config.schema import HostPort
+from agent.config.service import ServiceConfig
+from agent.exporters.prometheus.config import PrometheusExporterConfig
+from agent.exporters.prometheus.exporter import PrometheusExporter
+from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig
+from agent.telemetry.admin import AdminServer
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.sinks import BatchSink
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ipv6_loopback() -> None:
+    problem = "this test needs IPv6 loopback (::1) and a dual-stack socket; the host has neither: fix the host"
+    assert socket.has_dualstack_ipv6(), problem
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.bind(("::1", 0))
+        except OSError as exc:
+            pytest.fail(f"{problem} ({exc})")
+
+
+def free_dual_stack_port() -> int:
+    """A port free on every interface of both families (tests.helpers.free_port checks 127.0.0.1 only)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind(("::", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _settings(component_id: str, kind: Kind) -> CreateSettings:
+    return CreateSettings(component_id, kind, logging.getLogger("test"), SelfMetrics(), ServiceConfig(), {})
+
+
+@asynccontextmanager
+async def otlp_http(endpoint: HostPort) -> AsyncIterator[None]:
+    config = OtlpReceiverConfig(grpc=GrpcConfig(enabled=False), http=HttpConfig(endpoint=endpoint))
+    receiver = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
+    await receiver.start()
+    try:
+        yield
+    finally:
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+@asynccontextmanager
+async def otlp_grpc(endpoint: HostPort) -> AsyncIterator[None]:
+    config = OtlpReceiverConfig(grpc=GrpcConfig(endpoint=endpoint), http=HttpConfig(enabled=False))
+    receiver = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
+    await receiver.start()
+    try:
+        yield
+    finally:
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+@asynccontextmanager
+async def admin(endpoint: HostPort) -> AsyncIterator[None]:
+    server = AdminServer(endpoint, SelfMetrics(), lambda: None)
+    await server.start()
+    try:
+        yield
+    finally:
+        await server.shutdown()
+
+
+@asynccontextmanager
+async def prometheus(endpoint: HostPort) -> AsyncIterator[None]:
+    exporter = PrometheusExporter(PrometheusExporterConfig(endpoint=endpoint), _settings("prometheus", Kind.EXPORTER))
+    await exporter.start()
+    try:
+        yield
+    finally:
+        await exporter.shutdown(time.monotonic() + 2)
+
+
+HTTP_LISTENERS = {"otlp_http": otlp_http, "admin": admin, "prometheus": prometheus}
+LISTENERS = {**HTTP_LISTENERS, "otlp_grpc": otlp_grpc}
+
+
+async def answers(host: str, port: int, http: bool) -> bool:
+    """Whether ``host:port`` accepts a connection (and, for an HTTP server, answers a request on it)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+    except ConnectionRefusedError:
+        return False
+    try:
+        if http:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 "), status
+        return True
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("listener", LISTENERS)
+@pytest.mark.parametrize("form", [":{port}", "0.0.0.0:{port}", "[::]:{port}"])
+async def test_a_wildcard_endpoint_listens_on_ipv4_and_ipv6(listener: str, form: str) -> None:
+    port = free_dual_stack_port()
+    async with LISTENERS[listener](HostPort.parse(form.format(port=port))):
+        http = listener in HTTP_LISTENERS
+        assert await answers("127.0.0.1", port, http), "IPv4 refused"
+        assert await answers("::1", port, http), "IPv6 refused"
+
+
+@pytest.mark.parametrize("listener", LISTENERS)
+@pytest.mark.parametrize(
+    ("form", "accepted", "refused"), [("127.0.0.1:{port}", "127.0.0.1", "::1"), ("[::1]:{port}", "::1", "127.0.0.1")]
+)
+async def test_a_specific_address_listens_on_that_address_only(
+    listener: str, form: str, accepted: str, refused: str
+) -> None:
+    port = free_dual_stack_port()
+    async with LISTENERS[listener](HostPort.parse(form.format(port=port))):
+        http = listener in HTTP_LISTENERS
+        assert await answers(accepted, port, http)
+        assert not await answers(refused, port, http)
+
+
+@pytest.mark.parametrize("listener", HTTP_LISTENERS)
+async def test_a_wildcard_endpoint_whose_port_is_taken_on_ipv4_fails_with_address_in_use(listener: str) -> None:
+    port = free_dual_stack_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(OSError, match="address already in use") as raised:
+            async with HTTP_LISTENERS[listener](HostPort.parse(f"0.0.0.0:{port}")):
+                pass
+    assert raised.value.errno == errno.EADDRINUSE
+    async with HTTP_LISTENERS[listener](HostPort.parse(f"0.0.0.0:{port}")):  # nothing of the failed start is left
+        assert await answers("::1", port, http=True)
+
+
+async def test_the_wildcard_is_one_dual_stack_socket_reusing_addresses_as_aiohttp_did() -> None:
+    sockets = await listen.listening_sockets("0.0.0.0", 0)
+    try:
+        [sock] = sockets
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_without_ipv6_the_wildcard_listens_on_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "has_dualstack_ipv6", lambda: False)
+    sockets = await listen.listening_sockets("::", 0)
+    try:
+        assert [(s.family, s.getsockname()[0]) for s in sockets] == [(socket.AF_INET, "0.0.0.0")]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_ipv6_switched_off_at_bind_falls_back_to_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    bound = listen._bound
+
+    def no_ipv6(family: int, address: object, **kwargs: bool) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EADDRNOTAVAIL, "cannot assign requested address")
+        return bound(family, address, **kwargs)
+
+    monkeypatch.setattr(listen, "_bound", no_ipv6)
+    sockets = await listen.listening_sockets("0.0.0.0", 0)
+    try:
+        assert [(s.family, s.getsockname()[0]) for s in sockets] == [(socket.AF_INET, "0.0.0.0")]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("", True),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("0:0::0", True),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+    ],
+)
+def test_wildcard_hosts(host: str, expected: bool) -> None:
+    assert listen.is_wildcard(host) is expected
