@@ -21,11 +21,13 @@ The config is YAML in the OpenTelemetry Collector's shape: `receivers`, `process
 wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables; a value
 that is one whole reference is typed by its field: a string field gets the variable's exact text (`0123` stays
 `0123`), a number, boolean or list field reads it as YAML. Durations are written `500ms`, `10s`, `2m`, `1h` or
-`30d` (also `us` and `ns`; `0` is no time). The `otlp` receiver also takes the Collector's `protocols:` level
-around `grpc` and `http`. Unknown keys, keys written twice, wrong types, numbers that are not finite and
-references to undefined components are errors; `otel-sidecar validate --config FILE` lists all of them with
-their paths (checks across the fields of a section, such as `decision_wait_after_root` below `decision_wait`,
-run once the section's own fields are valid).
+`30d` (also `us` and `ns`; `0` is no time). A listen address (`host:port`) with the host `0.0.0.0`, `[::]` or
+none (`:4318`) listens on every interface, IPv4 and IPv6 (IPv4 only on a host without IPv6); any other host
+listens on its own address(es) only: `127.0.0.1:4318` is not reachable at `[::1]:4318`. The `otlp` receiver
+also takes the Collector's `protocols:` level around `grpc` and `http`. Unknown keys, keys written twice, wrong
+types, numbers that are not finite and references to undefined components are errors; `otel-sidecar validate
+--config FILE` lists all of them with their paths (checks across the fields of a section, such as
+`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid).
 """
 
 

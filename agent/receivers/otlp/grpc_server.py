@@ -52,7 +52,9 @@ class GrpcServer:
             ],
         )
         server.add_generic_rpc_handlers([self._service(signal) for signal in Signal if self._handler.accepts(signal)])
-        host = self._endpoint.host or "0.0.0.0"  # ":4317" listens on every interface, as for HTTP
+        # gRPC's core listens on IPv4 and IPv6 for a wildcard host (":4317", "0.0.0.0", "[::]"), and on the one
+        # address otherwise: as agent/listen.py binds the HTTP servers.
+        host = self._endpoint.host
         address = f"[{host}]:{self._endpoint.port}" if ":" in host else f"{host}:{self._endpoint.port}"
         if server.add_insecure_port(str(address)) == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
