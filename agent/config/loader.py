@@ -133,7 +133,8 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
     literal ``$``.
 
     A value that is a single reference is re-read as YAML, so ``${env:PORT}`` can yield a number, a list or a
-    mapping; a scalar keeps its exact text beside (:class:`EnvText`), which is what a string field takes.
+    mapping; it keeps its exact text beside (:class:`EnvText`), which is what a string field takes: the field
+    type decides, not the look of the text (a regex ``[0-9]`` is not a list to a string field).
     """
     if isinstance(node, dict):
         return {k: substitute_env(v, join_path(path, str(k)), environ, errors) for k, v in node.items()}
@@ -164,8 +165,6 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
             parsed = yaml.safe_load(result)
         except (yaml.YAMLError, ValueError, RecursionError):
             return result
-        if isinstance(parsed, dict | list):
-            return parsed
         return result if parsed == result else EnvText(result, parsed)
     return result
 
@@ -173,6 +172,7 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
 def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
     from agent.registry import factories_for
 
+    raw = EnvText.structure(raw)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -184,7 +184,7 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
     sections: dict[str, dict[str, ComponentConfig]] = {}
     invalid: set[str] = set()  # defined but with errors: pipelines naming them are not wrong too
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
-        section = raw.get(kind.section)
+        section = EnvText.structure(raw.get(kind.section))
         sections[kind.section] = _parse_components(kind, section, factories_for(kind), errors)
         if isinstance(section, dict):
             invalid |= {str(cid) for cid in section if cid not in sections[kind.section]}

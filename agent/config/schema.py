@@ -148,6 +148,7 @@ def join_path(parent: str, key: str | int) -> str:
 
 def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | None:
     """Build a config class from raw YAML data; append problems to ``errors``; None if any field failed."""
+    raw = EnvText.structure(raw)
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -211,7 +212,9 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: l
 class EnvText(str):
     """A value given whole by an environment variable (``${env:NAME}``): its exact text for fields that take text,
     and ``parsed``, the text read as YAML, for the others (``${env:PORT}`` is a number to an int field, while
-    ``${env:TENANT}`` holding ``0123`` stays ``0123`` to a string field, not octal 83)."""
+    ``${env:TENANT}`` holding ``0123`` stays ``0123`` to a string field, not octal 83). ``parsed`` may be a list
+    or a mapping too: ``[a, b]`` is a list to a list field or a whole section, while a regex ``[0-9]``, a path
+    ``{team-a}`` or a header ``Basic: abc`` stays that text to a string field."""
 
     parsed: Any
 
@@ -219,6 +222,11 @@ class EnvText(str):
         obj = super().__new__(cls, text)
         obj.parsed = parsed
         return obj
+
+    @staticmethod
+    def structure(raw: Any) -> Any:
+        """``raw`` as YAML data, where no field type says whether text is wanted (a section, a config class)."""
+        return raw.parsed if isinstance(raw, EnvText) else raw
 
 
 _DECIMAL = re.compile(r"[-+]?[0-9]+")

@@ -277,6 +277,55 @@ def test_a_string_field_given_by_an_env_variable_gets_its_exact_text(token: str)
     assert config.exporters["loki"].config.headers == {"authorization": token, "x-scope": token}
 
 
+@pytest.mark.parametrize("token", ["[0-9]", "{team-a}", "Basic: abc", "[a, b]", "{a: 1}", "- x"])
+def test_text_that_reads_as_a_yaml_list_or_mapping_is_still_exact_text_to_string_fields(token: str) -> None:
+    """A regex like [0-9], a header like `Basic: abc`, a path like {team-a}: text to a string field (alone, as an
+    optional string, as a map value or a list item), not the list or mapping YAML would make of it."""
+    text = """
+receivers: {otlp: {}}
+processors:
+  tail_sampling:
+    policies:
+      attributes:
+        - {name: tenants, key: tenant.id, regex: "${env:V}", retention_class: standard}
+      critical_services: {services: ["${env:V}"]}
+exporters:
+  loki:
+    endpoint: http://loki/loki/api/v1/push
+    headers: {authorization: "${env:V}"}
+  file: {path: "${env:V}"}
+service: {pipelines: {logs: {receivers: [otlp], processors: [tail_sampling], exporters: [loki, file]}}}
+"""
+    config = load_text(text, environ={"V": token})
+    assert config.exporters["loki"].config.headers == {"authorization": token}
+    assert config.exporters["file"].config.path == token
+    policies = config.processors["tail_sampling"].config.policies
+    assert policies.attributes[0].regex == token
+    assert policies.critical_services.services == [token]
+
+
+def test_a_list_or_mapping_from_an_env_variable_still_fills_a_list_field_or_a_whole_section() -> None:
+    text = """
+receivers: {otlp: "${env:OTLP}"}
+processors:
+  redaction: {allow_keys: "${env:KEYS}", value_patterns: "${env:PATTERNS}"}
+exporters: "${env:EXPORTERS}"
+service: {pipelines: {traces: {receivers: [otlp], processors: [redaction], exporters: [nop]}}}
+"""
+    environ = {
+        "OTLP": "{protocols: {grpc: {endpoint: '127.0.0.1:6317'}}}",
+        "KEYS": "[a, b]",
+        "PATTERNS": "{token: 'tok_[0-9]+'}",
+        "EXPORTERS": "{nop: {}}",
+    }
+    config = load_text(text, environ=environ)
+    otlp = config.receivers["otlp"].config
+    assert (otlp.grpc.endpoint, otlp.http.enabled) == ("127.0.0.1:6317", False)
+    redaction = config.processors["redaction"].config
+    assert (redaction.allow_keys, redaction.value_patterns) == (["a", "b"], {"token": "tok_[0-9]+"})
+    assert list(config.exporters) == ["nop"]
+
+
 def test_an_env_variable_still_gives_numbers_bools_and_lists_to_fields_of_those_types() -> None:
     text = """
 receivers:

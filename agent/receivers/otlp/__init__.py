@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
-from agent.config.schema import HostPort, setting
+from agent.config.schema import EnvText, HostPort, setting
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
@@ -42,7 +42,7 @@ _PROTOCOLS = ("grpc", "http")
 
 
 def _without_protocols_level(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    protocols = raw.get("protocols")
+    protocols = EnvText.structure(raw.get("protocols"))
     if not isinstance(protocols, Mapping):
         return raw  # absent; anything else than a mapping is reported as an unknown field
     lifted = {key: value for key, value in raw.items() if key != "protocols"}
