@@ -113,11 +113,17 @@ def setting(
     doc: str,
     default_factory: Any = MISSING,
     secret: bool = False,
+    endpoint: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
 ) -> Any:
-    """Declare a config field with its documentation and constraints."""
-    metadata = {"doc": doc, "secret": secret, "minimum": minimum, "maximum": maximum}
+    """Declare a config field with its documentation and constraints.
+
+    ``secret``: printed as ``[REDACTED]`` (a mapping keeps its keys). ``endpoint``: a text field that is a URL or an
+    address which may carry credentials (``user:password@``, ``?api_key=``), printed with those masked, as
+    :class:`Url` and :class:`HostPort` fields are; other text is printed as it is.
+    """
+    metadata = {"doc": doc, "secret": secret, "endpoint": endpoint, "minimum": minimum, "maximum": maximum}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -337,13 +343,17 @@ SECRET_MASK = "[REDACTED]"
 
 
 def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
-    """The effective config as plain YAML-able data, secrets masked."""
+    """The effective config as plain YAML-able data, secrets masked: ``secret`` fields whole, credentials in
+    URL and endpoint fields (:class:`Url`, :class:`HostPort`, ``endpoint`` fields). Other text, such as a
+    redaction pattern that looks like a URL, is printed as it is."""
     if is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         for spec in fields(obj):
             value = getattr(obj, spec.name)
             if mask_secrets and spec.metadata.get("secret") and value:
                 out[spec.name] = _mask(value)
+            elif mask_secrets and spec.metadata.get("endpoint") and isinstance(value, str):
+                out[spec.name] = without_credentials(str(value))
             else:
                 out[spec.name] = to_plain(value, mask_secrets=mask_secrets)
         return out
@@ -353,8 +363,10 @@ def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
         return {k: to_plain(v, mask_secrets=mask_secrets) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [to_plain(v, mask_secrets=mask_secrets) for v in obj]
+    if isinstance(obj, Url | HostPort) and mask_secrets:
+        return without_credentials(str(obj))
     if isinstance(obj, str):
-        return without_credentials(str(obj)) if mask_secrets else str(obj)
+        return str(obj)
     return obj
 
 

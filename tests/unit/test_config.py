@@ -109,6 +109,67 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}, logs: {rec
     assert "https://[REDACTED]@gateway.example:4318" in printed
 
 
+def test_print_config_shows_strings_that_are_no_endpoint_as_written_even_when_they_look_like_urls() -> None:
+    """Only URL and endpoint fields have credentials masked: a redaction regex or a sampling regex that looks
+    like a URL is printed as it is, so the output is the effective config (and loads back the same)."""
+    text = r"""
+receivers: {otlp: {}}
+processors:
+  redaction:
+    value_patterns: {db_url: 'postgres://[^:/\s]+:[^@\s]+@', signed_url: 'https://\S+\?sig=\w+'}
+    key_patterns: ['https://user:pw@host']
+  tail_sampling:
+    policies:
+      attributes: [{name: urls, key: url.full, regex: 'https://[^@]+@internal\?token=.*', retention_class: standard}]
+exporters:
+  otlp: {endpoint: "https://tenant:S3cretPassw0rd@gateway.example:4318", protocol: http/protobuf}
+  loki: {endpoint: "https://glc_token123@logs.example/loki/api/v1/push?api_key=LEAKKEY"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [redaction, tail_sampling], exporters: [otlp]}
+    logs: {receivers: [otlp], exporters: [loki]}
+"""
+    printed = load_text(text, environ={}).effective()
+    redaction = printed["processors"]["redaction"]
+    assert redaction["value_patterns"] == {
+        "db_url": r"postgres://[^:/\s]+:[^@\s]+@",
+        "signed_url": r"https://\S+\?sig=\w+",
+    }
+    assert redaction["key_patterns"][-1] == "https://user:pw@host"
+    regex = printed["processors"]["tail_sampling"]["policies"]["attributes"][0]["regex"]
+    assert regex == r"https://[^@]+@internal\?token=.*"
+    assert printed["exporters"]["otlp"]["endpoint"] == "https://[REDACTED]@gateway.example:4318"
+    assert (
+        printed["exporters"]["loki"]["endpoint"]
+        == "https://[REDACTED]@logs.example/loki/api/v1/push?api_key=[REDACTED]"
+    )
+
+
+def test_every_endpoint_or_url_field_has_its_credentials_masked_when_printed() -> None:
+    """print-config masks credentials by field type (Url, HostPort) or mark (``endpoint=True``), not by the look
+    of the text: a new text field holding a URL must say so."""
+    import dataclasses
+    import typing
+
+    from agent.config.schema import Url
+    from agent.registry import FACTORIES
+
+    def unmarked(cls: type, prefix: str) -> list[str]:
+        found = []
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+            tp, path = hints[spec.name], f"{prefix}.{spec.name}"
+            inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            if dataclasses.is_dataclass(inner[-1]):
+                found += unmarked(inner[-1], path)  # type: ignore[arg-type]
+            elif ("endpoint" in spec.name or "url" in spec.name) and inner[0] not in (Url, HostPort):
+                found += [] if spec.metadata.get("endpoint") else [path]
+        return found
+
+    classes = [(f.config_class, f"{f.kind.section}.{f.type}") for f in FACTORIES] + [(ServiceConfig, "service")]
+    assert [path for cls, prefix in classes for path in unmarked(cls, prefix)] == []
+
+
 def test_named_instances_of_one_type_are_separate_components() -> None:
     text = """
 receivers: {otlp: {}}

@@ -21,7 +21,8 @@ _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 class OtlpExporterConfig:
     endpoint: str = setting(
         doc="Where to send. gRPC: `host:port` (TLS unless `tls.insecure`) or `http[s]://host:port`. "
-        "HTTP: a base URL such as `http://jaeger:4318`; `/v1/traces` etc. are appended."
+        "HTTP: a base URL such as `http://jaeger:4318`; `/v1/traces` etc. are appended.",
+        endpoint=True,
     )
     protocol: Literal["grpc", "http/protobuf"] = setting("grpc", doc="OTLP transport.")
     compression: Literal["gzip", "none"] = setting("gzip", doc="Request compression.")
