@@ -572,3 +572,58 @@ service: {pipelines: {logs: {receivers: [otlp], exporters: [loki]}}}
     with pytest.raises(ConfigInvalid) as raised:
         load_text(broken, environ={})
     assert "LEAKGRPCPW" not in str(raised.value) and "[REDACTED]@collector:4317" in str(raised.value)
+
+
+@pytest.mark.parametrize("written", ["", "retry_on_failure: {max_elapsed_time: 15m}", "retry_on_failure: {}"])
+def test_the_loadbalancing_exporter_waits_1s_before_its_first_retry_whatever_of_the_section_is_written(
+    written: str,
+) -> None:
+    """Its own default (a gateway's traces should move soon), whether retry_on_failure is absent, empty or
+    partly written, and the reference says so."""
+    from agent.config.schema import describe_fields
+    from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
+
+    text = f"""
+receivers: {{otlp: {{}}}}
+exporters:
+  loadbalancing:
+    resolver: {{static: {{hostnames: ["gw:4317"]}}}}
+    {written}
+service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [loadbalancing]}}}}}}
+"""
+    config = load_text(text, environ={})
+    retry = config.exporters["loadbalancing"].config.retry_on_failure
+    assert retry.initial_interval == 1.0
+    assert config.effective()["exporters"]["loadbalancing"]["retry_on_failure"]["initial_interval"] == "1s"
+    documented = {path: default for path, _, default, _ in describe_fields(LoadBalancingExporterConfig)}
+    assert documented["retry_on_failure.initial_interval"] == "`1s`"
+
+
+def test_a_nested_section_left_out_has_the_same_defaults_as_one_written_empty() -> None:
+    """A component's default for a nested section (a default_factory) must be what building `{}` gives, or the
+    default would change as soon as any key of the section is written. Give such a default by a subclass of the
+    section's class with its own field default."""
+    import dataclasses
+    import typing
+
+    from agent.config.schema import ConfigError, build
+    from agent.registry import FACTORIES
+
+    def mismatches(cls: type, prefix: str) -> list[str]:
+        found = []
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+            tp, path = hints[spec.name], f"{prefix}.{spec.name}"
+            if not dataclasses.is_dataclass(tp):
+                continue
+            found += mismatches(tp, path)  # type: ignore[arg-type]
+            if spec.default_factory is dataclasses.MISSING:
+                continue
+            errors: list[ConfigError] = []
+            built = build(tp, {}, path, errors)  # type: ignore[type-var]
+            if not errors and built != spec.default_factory():
+                found.append(path)
+        return found
+
+    classes = [(f.config_class, f"{f.kind.section}.{f.type}") for f in FACTORIES] + [(ServiceConfig, "service")]
+    assert [path for cls, prefix in classes for path in mismatches(cls, prefix)] == []

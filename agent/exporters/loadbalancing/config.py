@@ -113,6 +113,15 @@ class ResolverConfig:
 
 
 @dataclass(frozen=True)
+class LoadBalancingRetryConfig(RetryConfig):
+    """The exporters' retry settings with a shorter first wait: a gateway that took nothing should hand its traces
+    on soon. A subclass rather than a ``default_factory`` with other values, because a section is built from the
+    class defaults of its type: the default must not change when any ``retry_on_failure`` key is written."""
+
+    initial_interval: Duration = setting(Duration(1.0), doc="Wait before the first retry.")
+
+
+@dataclass(frozen=True)
 class LoadBalancingExporterConfig:
     routing_key: Literal["traceID"] = setting(
         "traceID", doc="What picks the gateway: every span and log of a trace goes to the same one."
@@ -141,9 +150,8 @@ class LoadBalancingExporterConfig:
         "past it they go to the next gateway, so that one busy gateway cannot hold up the others' traces, which "
         "wait in the same queue. 0: never.",
     )
-    retry_on_failure: RetryConfig = setting(
-        doc="Retries when no gateway took the data.",
-        default_factory=lambda: RetryConfig(initial_interval=Duration(1.0)),
+    retry_on_failure: LoadBalancingRetryConfig = setting(
+        doc="Retries when no gateway took the data.", default_factory=LoadBalancingRetryConfig
     )
     sending_queue: SendingQueueConfig = setting(
         doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=SendingQueueConfig
