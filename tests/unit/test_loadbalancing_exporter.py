@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
-from agent.exporters._helper.retry import RetryableError
+from agent.exporters._helper.retry import RetryableError, RetryConfig
 from agent.exporters.loadbalancing.config import (
     LoadBalancingExporterConfig,
     ResolverConfig,
@@ -51,12 +51,16 @@ class Gateway:
         return None
 
 
-def exporter_with(gateways: dict[str, Gateway], eject_after: float = 0.0) -> tuple[LoadBalancingExporter, SelfMetrics]:
+def exporter_with(
+    gateways: dict[str, Gateway], eject_after: float = 0.0, retry: bool = True
+) -> tuple[LoadBalancingExporter, SelfMetrics]:
     """``eject_after`` 0 by default: most tests here are about what happens once a gateway has left the ring."""
     metrics = SelfMetrics()
     settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
     config = LoadBalancingExporterConfig(
-        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), eject_after=Duration(eject_after)
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
+        eject_after=Duration(eject_after),
+        retry_on_failure=RetryConfig(enabled=retry),
     )
     exporter = LoadBalancingExporter(config, settings)
     exporter._transports = dict(gateways)  # type: ignore[assignment]
@@ -70,8 +74,13 @@ def batch_of(traces: int) -> ExportTraceServiceRequest:
     return request
 
 
+def spans_trace_ids(request: ExportTraceServiceRequest) -> list[bytes]:
+    """The trace id of every span."""
+    return [s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
 def trace_ids(request: ExportTraceServiceRequest) -> set[bytes]:
-    return {s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    return set(spans_trace_ids(request))
 
 
 async def test_every_trace_goes_whole_to_the_gateway_that_owns_it() -> None:
@@ -122,12 +131,25 @@ async def test_a_gateway_failing_for_a_moment_keeps_its_traces_so_sidecars_do_no
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == 0
 
 
-async def test_with_no_retry_to_come_a_failing_gateways_traces_go_to_the_next_owner_at_once() -> None:
-    """Retries off, or the queue shutting down: waiting for a retry that never comes would lose the part."""
-    dead = Gateway(RetryableError("connection refused", reason="unavailable"))
-    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, _ = exporter_with(gateways, eject_after=5.0)
-    exporter._queue._closed = True  # shutting down
+@pytest.mark.parametrize("no_retry", ["shutting_down", "retries_off"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RetryableError("connection refused", reason="unavailable"),
+        RetryableError("busy", reason="resource_exhausted", retry_after=1.0),  # alive but full: RetryInfo
+    ],
+    ids=["failing", "busy"],
+)
+async def test_with_no_retry_to_come_a_failing_or_busy_gateways_traces_go_to_the_next_owner_at_once(
+    no_retry: str, failure: RetryableError
+) -> None:
+    """Retries off, or the queue shutting down: waiting for a retry that never comes would lose the part, though
+    other gateways could take it. A busy gateway's part too: keeping a trace on its gateway is worth a wait, not
+    a loss."""
+    gateways = {GATEWAYS[0]: Gateway(failure), GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with(gateways, eject_after=5.0, retry=no_retry != "retries_off")
+    if no_retry == "shutting_down":
+        exporter._queue._closed = True
     batch = batch_of(60)
     expected = trace_ids(batch)
     assert await exporter._push(Signal.TRACES, batch) == 0
@@ -243,6 +265,8 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
         if HashRing(GATEWAYS).owner(s.trace_id) == GATEWAYS[0]
     )
     exporter.consumer_for(Signal.TRACES).consume(batch)
+    # Retries run out before the shutdown: a shutdown would send the waiting part to another gateway.
+    await asyncio.wait_for(exporter._queue._idle.wait(), 5)
     await exporter._queue.shutdown(time.monotonic() + 5)
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == owned_by_full
@@ -305,11 +329,22 @@ async def test_parts_with_no_gateway_left_to_take_them_are_not_counted_as_rerout
 
 
 async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_not_as_lost() -> None:
-    """A throttled gateway's part waits in the retry; the shutdown deadline ends the wait."""
+    """A throttled gateway's part waits in the retry, which the shutdown deadline comes before."""
+    import time
+
     full = Gateway(RetryableError("full", reason="resource_exhausted", retry_after=30.0))
-    text, total, owned_by_full = await send_60_traces_through(
-        {GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    )
+    exporter, metrics = exporter_with({GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()})
+    await exporter._queue.start()
+    batch = batch_of(60)
+    total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    owned_by_full = len([t for t in spans_trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]])
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    # The first push is over (its waiting part in the retry's wait) before the shutdown, which would send the
+    # part to another gateway.
+    while not metric_value(metrics.render().decode(), "otel_sidecar_exporter_retries_total"):
+        await asyncio.sleep(0.01)
+    await exporter._queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
     assert 0 < owned_by_full < total
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == owned_by_full

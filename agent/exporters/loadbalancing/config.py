@@ -141,14 +141,15 @@ class LoadBalancingExporterConfig:
         "decide a trace `decision_wait_after_root` after its root, and spans arriving later follow that decision. "
         "A few seconds keep traces in place through a stall only one sidecar sees (shorter than `protocol.timeout` "
         "it is no failure at all), at the price of sidecars moving a dead gateway's traces up to a retry interval "
-        "apart.",
+        "apart. With retries off, or at shutdown, no retry would come back to the gateway: it leaves at once.",
     )
     max_throttled: Duration = setting(
         Duration(10.0),
         doc="How long a gateway may keep answering 'busy, retry later' (RetryInfo, Retry-After) before it is taken "
         "out of the ring like a failed one. Until then its traces wait for it (a trace stays on one gateway); "
         "past it they go to the next gateway, so that one busy gateway cannot hold up the others' traces, which "
-        "wait in the same queue. 0: never.",
+        "wait in the same queue. 0: never. With retries off, or at shutdown, they go to the next gateway at once, "
+        "as a failed gateway's do: no retry would come back to it.",
     )
     retry_on_failure: LoadBalancingRetryConfig = setting(
         doc="Retries when no gateway took the data.", default_factory=LoadBalancingRetryConfig

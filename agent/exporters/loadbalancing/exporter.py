@@ -5,8 +5,9 @@ their gateways concurrently. A gateway that has failed (unreachable, timing out)
 its first failure) leaves the ring for ``backend_cooldown``: its part is split again over the remaining gateways
 at once (every sidecar sees a dead gateway, so they agree on the new owner). Until then its part waits in the
 queue, so that a stall only one sidecar saw does not move that sidecar's traces alone. A gateway that is alive
-but full (it answers with a retry
-delay) keeps its part too, up to ``max_throttled``: back-pressure must not split a trace between gateways.
+but full (it answers with a retry delay) keeps its part too, up to ``max_throttled``: back-pressure must not split
+a trace between gateways. Neither waits when no retry would come back to it (retries off, or the agent shutting
+down): its part goes to the next gateway at once rather than be dropped.
 Parts already delivered are removed from the batch before the queue retries what is left, so a retry never
 resends them. Membership comes from a resolver; a gateway that disappears simply stops being an owner, and
 batches still queued go to the new owners.
@@ -120,10 +121,15 @@ class LoadBalancingExporter:
         since = self._throttled_since.setdefault(gateway, time.monotonic())
         return limit > 0 and time.monotonic() - since >= limit
 
+    def _retry_to_come(self) -> bool:
+        """Whether a part left waiting for its gateway is sent again: not with retries off, nor once the agent is
+        shutting down (the retry may come after the deadline, or never with a persistent queue)."""
+        return self._config.retry_on_failure.enabled and not self._queue.closing
+
     def _failing_long_enough(self, gateway: str) -> bool:
         """Whether a gateway failing now leaves the ring: after ``eject_after``, or at once when no retry would
         come back to it (retries off, or the agent shutting down)."""
-        if not self._config.retry_on_failure.enabled or self._queue.closing:
+        if not self._retry_to_come():
             return True
         since = self._failing_since.setdefault(gateway, time.monotonic())
         return time.monotonic() - since >= float(self._config.eject_after)
@@ -144,9 +150,11 @@ class LoadBalancingExporter:
         """Deliver every part of ``batch`` to its gateway, re-routing around dead ones; return items rejected.
 
         A gateway that answers with a retry delay (RetryInfo / Retry-After) is alive but full: its part waits for
-        it, so that a trace is never split between gateways by back-pressure. A gateway that cannot be reached
-        leaves the ring and its part goes to the next owner at once. What is still undelivered stays in ``batch``
-        (what was delivered is removed) and RetryableError is raised so the queue retries it with backoff.
+        it, so that a trace is never split between gateways by back-pressure (up to ``max_throttled``, and only
+        while a retry is to come). A gateway that cannot be reached leaves the ring (once it has failed for
+        ``eject_after``, or at once with no retry to come) and its part goes to the next owner. What is still
+        undelivered stays in ``batch`` (what was delivered is removed) and RetryableError is raised so the queue
+        retries it with backoff.
         """
         pending: Message | None = batch
         waiting: list[Message] = []
@@ -176,7 +184,13 @@ class LoadBalancingExporter:
                     rejected += outcome
                     continue
                 last_error = outcome
-                if outcome.retry_after is not None and not self._throttled_too_long(gateway):
+                if (
+                    outcome.retry_after is not None
+                    # With no retry to come a busy gateway's part would be lost while others could take it: it
+                    # leaves like a failing one's (the gateway is ejected, so later batches avoid it too).
+                    and self._retry_to_come()
+                    and not self._throttled_too_long(gateway)
+                ):
                     waiting.append(part)  # busy: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
                 elif outcome.retry_after is None and not self._failing_long_enough(gateway):
