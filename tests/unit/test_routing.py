@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.component import Signal
@@ -12,6 +13,7 @@ from agent.config.loader import load_path, load_text
 from agent.config.schema import ConfigInvalid
 from agent.config.service import RetentionConfig, ServiceConfig
 from agent.exporters._helper.retention import RetentionFilter
+from agent.otlp.signals import SPECS
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import make_settings
@@ -80,6 +82,25 @@ def test_log_resources_are_routed_the_same_way() -> None:
     part, _ = RetentionFilter(["standard"], make_settings("loki/long")).apply(Signal.LOGS, request)
     assert part is not None
     assert [rl.resource.attributes[0].value.string_value for rl in part.resource_logs] == ["standard"]
+
+
+def test_metrics_are_counted_by_data_point_as_the_sent_counter_counts_them() -> None:
+    """exporter_routed_items_total must agree with exporter_sent_items_total: both count data points."""
+    request = ExportMetricsServiceRequest()
+    for retention_class, points in (("error", 5), ("standard", 3)):
+        resource_metrics = request.resource_metrics.add()
+        resource_metrics.resource.attributes.append(attr("retention.class", retention_class))
+        gauge = resource_metrics.scope_metrics.add().metrics.add(name="g").gauge
+        for value in range(points):
+            gauge.data_points.add(as_int=value)
+    metrics = SelfMetrics()
+    archive = RetentionFilter(["error"], make_settings("otlp/archive", metrics))
+    part, routed = archive.apply(Signal.METRICS, request)
+    assert part is not None
+    archive.count(Signal.METRICS, routed)
+    text = metrics.render().decode()
+    routed_points = metric_value(text, "otel_sidecar_exporter_routed_items_total", retention_class="error")
+    assert routed_points == SPECS[Signal.METRICS].count_items(part) == 5
 
 
 CONFIG = """

@@ -9,18 +9,18 @@ attribute, or with a class the config does not define, counts as ``service.reten
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from google.protobuf.message import Message
 
 from agent.component import CreateSettings, Signal
 from agent.config.service import ServiceConfig
+from agent.otlp.signals import SPECS
 
 RETENTION_ATTRIBUTE = "retention.class"
 
 _RESOURCE_LISTS = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs", Signal.METRICS: "resource_metrics"}
-_SCOPE_LISTS = {Signal.TRACES: "scope_spans", Signal.LOGS: "scope_logs", Signal.METRICS: "scope_metrics"}
-_ITEM_LISTS = {Signal.TRACES: "spans", Signal.LOGS: "log_records", Signal.METRICS: "metrics"}
 
 
 def attribute_string(attributes: Iterable[Any], key: str) -> str | None:
@@ -77,7 +77,10 @@ class RetentionFilter:
             if self._accepted and retention_class not in self._accepted:
                 continue
             kept.append(resource)
-            items = sum(len(getattr(scope, _ITEM_LISTS[signal])) for scope in getattr(resource, _SCOPE_LISTS[signal]))
+            # Counted as every other exporter counter counts (data points, not metrics), so that routed and sent
+            # items agree; the resource is read in place, as a request of one resource, not copied into one.
+            one_resource = SimpleNamespace(**{_RESOURCE_LISTS[signal]: (resource,)})
+            items = SPECS[signal].count_items(one_resource)  # type: ignore[arg-type]
             routed.append((retention_class, items))
         if len(kept) == len(resources):
             return batch, routed
