@@ -34,13 +34,16 @@ GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
 class Gateway:
     """A transport double: records what it receives, or fails the way a dead or a full gateway does."""
 
-    def __init__(self, failure: Exception | None = None, reject: int = 0) -> None:
+    def __init__(self, failure: Exception | None = None, reject: int = 0, failures: int | None = None) -> None:
         self.failure = failure
+        self.failures = failures  # fail only this many times (None: every time)
         self.reject = reject  # spans refused for good in a partial-success answer
         self.received: list[bytes] = []
 
     async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
-        if self.failure is not None:
+        if self.failure is not None and self.failures != 0:
+            if self.failures is not None:
+                self.failures -= 1
             raise self.failure
         self.received.extend(s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
         if self.reject:
@@ -52,7 +55,7 @@ class Gateway:
 
 
 def exporter_with(
-    gateways: dict[str, Gateway], eject_after: float = 0.0, retry: bool = True
+    gateways: dict[str, Gateway], eject_after: float = 0.0, retry: RetryConfig | None = None
 ) -> tuple[LoadBalancingExporter, SelfMetrics]:
     """``eject_after`` 0 by default: most tests here are about what happens once a gateway has left the ring."""
     metrics = SelfMetrics()
@@ -60,7 +63,7 @@ def exporter_with(
     config = LoadBalancingExporterConfig(
         resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
         eject_after=Duration(eject_after),
-        retry_on_failure=RetryConfig(enabled=retry),
+        retry_on_failure=retry or RetryConfig(),
     )
     exporter = LoadBalancingExporter(config, settings)
     exporter._transports = dict(gateways)  # type: ignore[assignment]
@@ -147,7 +150,7 @@ async def test_with_no_retry_to_come_a_failing_or_busy_gateways_traces_go_to_the
     other gateways could take it. A busy gateway's part too: keeping a trace on its gateway is worth a wait, not
     a loss."""
     gateways = {GATEWAYS[0]: Gateway(failure), GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, _ = exporter_with(gateways, eject_after=5.0, retry=no_retry != "retries_off")
+    exporter, _ = exporter_with(gateways, eject_after=5.0, retry=RetryConfig(enabled=no_retry != "retries_off"))
     if no_retry == "shutting_down":
         exporter._queue._closed = True
     batch = batch_of(60)
@@ -315,6 +318,27 @@ async def test_a_part_rerouted_after_a_timeout_counts_as_a_possible_duplicate() 
     assert owned_by_late > 0
     assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == owned_by_late
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == owned_by_late
+
+
+async def test_a_part_resent_to_its_gateway_after_a_timeout_counts_as_a_possible_duplicate() -> None:
+    """With eject_after, a gateway that timed out once keeps its part for the retry: it may have stored it before
+    its answer was late, so the retry may deliver it twice, as a retry of the otlp exporter may."""
+    import time
+
+    late = Gateway(RetryableError("no answer within 5s", reason="timeout", maybe_delivered=True), failures=1)
+    gateways = {GATEWAYS[0]: late, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    fast = RetryConfig(initial_interval=Duration(0.01), max_interval=Duration(0.01))
+    exporter, metrics = exporter_with(gateways, eject_after=5.0, retry=fast)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    owned_by_late = len([t for t in spans_trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]])
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    await asyncio.wait_for(exporter._queue._idle.wait(), 5)
+    await exporter._queue.shutdown(time.monotonic() + 5)
+    assert 0 < len(late.received) == owned_by_late  # resent to the same gateway, not rerouted
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == owned_by_late
+    assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") == 0
 
 
 async def test_parts_with_no_gateway_left_to_take_them_are_not_counted_as_rerouted_or_duplicated() -> None:

@@ -162,6 +162,9 @@ class LoadBalancingExporter:
         # Items of ``pending`` that failed on another gateway (counted as rerouted once sent again), and of those
         # the ones whose attempt timed out after sending (that gateway may hold them: a possible duplicate).
         rerouted_items = unconfirmed_items = 0
+        # Whether a part left waiting for its own gateway timed out there after sending: the gateway may hold it,
+        # and the queue's retry sends it to that gateway again.
+        unconfirmed_waiting = False
         cid = self._settings.component_id
         last_error: RetryableError | None = None
         longest_wait: float | None = None  # the longest delay a throttled gateway asked for
@@ -193,8 +196,10 @@ class LoadBalancingExporter:
                 ):
                     waiting.append(part)  # busy: the same gateway, later
                     longest_wait = max(longest_wait or 0.0, outcome.retry_after)
+                    unconfirmed_waiting = unconfirmed_waiting or outcome.maybe_delivered
                 elif outcome.retry_after is None and not self._failing_long_enough(gateway):
                     waiting.append(part)  # failing, maybe for a moment: the same gateway, after the backoff
+                    unconfirmed_waiting = unconfirmed_waiting or outcome.maybe_delivered
                 else:
                     self._failing_since.pop(gateway, None)
                     self._eject(gateway, outcome)
@@ -212,8 +217,10 @@ class LoadBalancingExporter:
             batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
         error = last_error or RetryableError("no gateway is available", reason="no_backends")
         error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
-        # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate.
-        error.maybe_delivered = unconfirmed_items > 0
+        # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate: a part
+        # that found no gateway to reroute it to, or one waiting for the gateway that timed out on it. The queue
+        # then counts what its successful retry sends (the whole remainder then, which may hold other parts).
+        error.maybe_delivered = unconfirmed_items > 0 or unconfirmed_waiting
         if longest_wait is not None:
             error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
         raise error
