@@ -11,6 +11,7 @@ import pytest
 from google.protobuf.message import Message
 
 from agent.component import Refused, Signal
+from agent.exporters._helper.batcher import merge
 from agent.exporters._helper.persistent_queue import PersistentStore, QueueDirectoryBusy
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig, StorageConfig
 from agent.exporters._helper.retry import RetryableError, RetryConfig
@@ -90,6 +91,44 @@ async def test_data_queued_while_the_backend_is_down_is_delivered_after_a_restar
     duplicates = metric_value(text, "otel_sidecar_exporter_duplicates_total")
     assert duplicates > 0 if timing_out else duplicates == 0
     assert segments(tmp_path) == [] or all(p.stat().st_size == 0 for p in segments(tmp_path))
+
+
+class DeliversPart:
+    """A push that delivers a batch's first resource and leaves the rest in it, failing: as the loadbalancing
+    exporter does when one gateway takes its part and another is down."""
+
+    def __init__(self) -> None:
+        self.received: list[Message] = []
+
+    async def push(self, signal: Signal, batch: Message) -> None:
+        if not self.received:
+            self.received.append(type(batch)(resource_spans=batch.resource_spans[:1]))
+            del batch.resource_spans[0]
+        raise RetryableError("a gateway is down", reason="unavailable")
+
+
+async def test_a_record_partly_delivered_before_a_shutdown_counts_as_a_possible_duplicate_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """A record is stored whole: the part the backend already took is sent again after the restart."""
+    batch = merge(batches(3))
+    assert len(batch.resource_spans) > 1
+    items = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    partly = DeliversPart()
+    first = SendingQueue(make_settings("loadbalancing"), queue_config(tmp_path), partly.push, retry=FAST_RETRY)
+    await first.start()
+    first.offer(Signal.TRACES, batch)
+    while not partly.received:
+        await asyncio.sleep(0.01)
+    await first.shutdown(time.monotonic() + 2)  # ends the retry wait: the record stays on disk
+
+    metrics = SelfMetrics()
+    up = Backend()
+    second = SendingQueue(make_settings("loadbalancing", metrics), queue_config(tmp_path), up.push)
+    await run_until_delivered(second, up, 1)
+    assert up.received and up.received[0].resource_spans[0] == partly.received[0].resource_spans[0]
+    # The whole record counts (an upper bound, as after a crash): the queue knows records, not their parts.
+    assert metric_value(metrics.render().decode(), "otel_sidecar_exporter_duplicates_total") == items
 
 
 async def test_delivered_records_are_not_sent_again_after_a_restart(tmp_path: Path) -> None:

@@ -400,7 +400,10 @@ class SendingQueue:
             if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
                     self._stop_taking = True  # the rest stays on disk for the next start
-                    if index == 0 and not self._aborted_maybe_delivered:
+                    # A push may have delivered some of the part before the abort, leaving only the rest in it
+                    # (loadbalancing: a gateway took its share); the records are resent whole after the restart.
+                    cut_down = SPECS[signal].count_items(part) < part_items
+                    if index == 0 and not self._aborted_maybe_delivered and not cut_down:
                         self._store.unbegin(entries)  # nothing reached the backend: the resend is no duplicate
                     group.items = 0
                     return
