@@ -93,7 +93,8 @@ class GrpcServer:
 
 
 def _status_details(exc: RequestFailed) -> tuple[tuple[str, bytes], ...]:
-    """``grpc-status-details-bin`` with a RetryInfo for refusals, which makes the sender's retry explicit."""
+    """``grpc-status-details-bin`` with a RetryInfo for refusals, which makes the sender's retry explicit; the
+    RetryInfo also alone as ``google.rpc.retryinfo-bin``, the trailer the OpenTelemetry Python SDK reads."""
     if exc.failure is not Failure.REFUSED:
         return ()
     retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=0, seconds=int(exc.retry_after)))
@@ -102,4 +103,7 @@ def _status_details(exc: RequestFailed) -> tuple[tuple[str, bytes], ...]:
     detail = any_pb2.Any()
     detail.Pack(retry)
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=exc.message, details=[detail])
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+    return (
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("google.rpc.retryinfo-bin", retry.SerializeToString()),
+    )
