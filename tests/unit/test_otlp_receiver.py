@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -244,6 +245,30 @@ async def test_http_json_export_with_gzip_answers_in_json(running: Running, sink
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
     assert answer == b"{}"
+    assert sink.batches == [request]
+
+
+@pytest.mark.parametrize(("spans", "off_the_loop"), [(1, False), (5000, True)])
+async def test_a_large_json_body_is_decoded_off_the_event_loop(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch, spans: int, off_the_loop: bool
+) -> None:
+    """Decoding JSON costs Python time per field: a large body decoded on the loop would stall every other request
+    and the health endpoints for seconds. A small one stays on the loop, where it is cheapest."""
+    threads: list[threading.Thread] = []
+    decode = json_codec.decode
+
+    def recording(body: bytes, message_type: Any) -> Any:
+        threads.append(threading.current_thread())
+        return decode(body, message_type)
+
+    monkeypatch.setattr(json_codec, "decode", recording)
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for n in range(spans):
+        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
+    status, _, _ = await post(running.http_url + "/v1/traces", json_codec.encode(request), "application/json")
+    assert status == 200
+    assert (threads[0] is not threading.main_thread()) is off_the_loop
     assert sink.batches == [request]
 
 
