@@ -449,6 +449,67 @@ def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text:
     assert Redactor(RedactionConfig()).mask_text(text, Counter()) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: ApiKey VnVhQ2ZHY0JDZGJrUXZOMmU=", "Authorization: [REDACTED]"),  # Elasticsearch
+        ("Authorization: Key abc123:def456", "Authorization: [REDACTED]"),  # fal.ai
+        ("Authorization: SharedKey acct:c2lnMTIz", "Authorization: [REDACTED]"),  # Azure Storage
+        ("Authorization: Bearer abc123", "Authorization: Bearer [REDACTED]"),  # a known scheme is kept
+        ("AZURE_OPENAI_API_KEY: 0123456789abcdef0123", "AZURE_OPENAI_API_KEY: [REDACTED]"),
+        ("api_key: 9f8e7d6c5b4a\nclient_secret: s3cr3t-value", "api_key: [REDACTED]\nclient_secret: [REDACTED]"),
+        ("password: required token: 512 secret: false token_type: bearer",
+         "password: required token: 512 secret: false token_type: bearer"),  # settings and counts stay
+        ("rejected gsk_abcdefghijklmnopqrstuvwx and xai-abcdefghijklmnopqrstuvwx",
+         "rejected [REDACTED] and [REDACTED]"),  # Groq, xAI
+        ("lsv2_pt_0123456789abcdef0123456789 r8_abcdefghijklmnopqrstuvwxyz pplx-abcdefghijklmnopqrstuvwxyz",
+         "[REDACTED] [REDACTED] [REDACTED]"),  # LangSmith, Replicate, Perplexity
+        ("https://fn.azurewebsites.net/api/x?code=abcDEF123456==&name=y",
+         "https://fn.azurewebsites.net/api/x?code=[REDACTED]&name=y"),  # Azure Functions key
+        ('{"arguments": "{\\"db_password\\": \\"s3cr3t-db-pass\\"}"}',
+         '{"arguments": "{\\"db_password\\": \\"[REDACTED]\\"}"}'),  # JSON in a JSON string stays valid JSON
+        ('{"password": "ab\\\\cd"}', '{"password": "[REDACTED]"}'),  # an escaped backslash in the secret
+        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF\n-----END PGP PRIVATE KEY BLOCK-----", "[REDACTED]"),
+    ],
+)  # fmt: skip
+def test_more_credential_shapes_of_orchestrator_telemetry_are_masked(text: str, expected: str) -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    assert Redactor(RedactionConfig()).mask_text(text, Counter()) == expected
+
+
+def test_the_value_after_a_secrets_name_in_a_list_of_texts_is_masked() -> None:
+    """process.command_args holds the argv one word per element, and header pairs come as [name, value] lists:
+    neither element alone looks like a secret."""
+    from collections import Counter
+
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from agent.processors.redaction.rules import Redactor
+
+    argv = AnyValue()
+    for word in ["python", "agent.py", "--api-key", "0123456789abcdef", "--password", "hunter2", "--token", "--v"]:
+        argv.array_value.values.add(string_value=word)
+    pairs = AnyValue()
+    for name, value in [("x-api-key", "c0ffee"), ("content-type", "json"), ("input_tokens", "512")]:
+        pair = pairs.array_value.values.add().array_value
+        pair.values.add(string_value=name)
+        pair.values.add(string_value=value)
+    counts: Counter[str] = Counter()
+    redactor = Redactor(RedactionConfig())
+    redactor.value(argv, counts)
+    redactor.value(pairs, counts)
+    assert [v.string_value for v in argv.array_value.values] == [
+        "python", "agent.py", "--api-key", "[REDACTED]", "--password", "[REDACTED]", "--token", "--v"
+    ]  # fmt: skip
+    assert [[v.string_value for v in p.array_value.values] for p in pairs.array_value.values] == [
+        ["x-api-key", "[REDACTED]"], ["content-type", "json"], ["input_tokens", "512"]
+    ]  # fmt: skip
+    assert counts["array_secret"] == 3
+
+
 def test_azure_key_headers_completions_and_metric_metadata_are_redacted() -> None:
     stage, sink = processor(Signal.LOGS, SelfMetrics())
     stage.consume(

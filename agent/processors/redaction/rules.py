@@ -46,6 +46,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "github_token": (r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b", MASK),
     "google_api_key": (r"\bAIza[0-9A-Za-z\-_]{35}", MASK),
     "slack_token": (r"\b(?:xox[abprs]|xapp)-[A-Za-z0-9\-]{10,}", MASK),
+    # Groq, xAI, LangSmith, Replicate, Perplexity.
+    "provider_key": (r"\b(?:gsk_|xai-|lsv2_(?:pt|sk)_|r8_|pplx-)[A-Za-z0-9_]{20,}", MASK),
     "jwt": (r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", MASK),
     "stripe_key": (r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}", MASK),
     "huggingface_token": (r"\bhf_[A-Za-z0-9]{30,}", MASK),
@@ -54,7 +56,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "google_oauth_token": (r"\bya29\.[0-9A-Za-z_\-]{20,}", MASK),
     "slack_webhook": (r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+", r"\1" + MASK),
     "private_key": (
-        r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]{0,20}PRIVATE KEY-----|\Z)",
+        r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+        r"(?:-----END [A-Z ]{0,20}PRIVATE KEY(?: BLOCK)?-----|\Z)",
         MASK,
     ),
     # user:password@ in a URL; the user may be empty (redis://:pw@host), and the password runs to the last @ of
@@ -70,25 +73,37 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
     # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
-        r"((?i:" + _SECRET_NAMES + r"|\bsig)=)(?!" + _COUNT + r"(?![^&\s;,'\"]))[^&\s;,'\"]+",
+        r"((?i:" + _SECRET_NAMES + r"|\bsig|[?&]code)=)(?!" + _COUNT + r"(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
     # The same with a quoted value, the name quoted or not: JSON ({"db_password": "..."}), a Python dict repr
-    # ({'api-key': '...'}), keyword arguments (password="..."), YAML (token: '...').
+    # ({'api-key': '...'}), keyword arguments (password="..."), YAML (token: '...'), and JSON inside a JSON string
+    # ({\"db_password\": \"...\"}: tool-call arguments), whose escaping the mask keeps.
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization)['\"]?\s{0,8}[=:]\s{0,8}['\"])"
-        r"(?!\[REDACTED\])[^'\"\r\n]{1,1024}(?=['\"])",
+        r"((?i:" + _SECRET_NAMES + r"|authorization)\\?['\"]?\s{0,8}[=:]\s{0,8}\\?['\"])"
+        r"(?!\[REDACTED\])(?:[^'\"\\\r\n]|\\[^'\"\r\n]){1,1024}(?=\\?['\"])",
+        r"\1" + MASK,
+    ),
+    # NAME: value unquoted (YAML, printed settings, log lines: "AZURE_OPENAI_API_KEY: 0123…", "client_secret: …"):
+    # keys without a prefix of their own (Azure OpenAI, Cohere, Mistral) show only by their name. A word without
+    # a digit and shorter than 16 characters is taken for a setting (password: required), a number for a count.
+    "named_secret": (
+        r"((?i:" + _SECRET_NAMES + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|" + _COUNT + r"(?![^\s'\",;]))"
+        r"(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\s'\",;]{4,1024}",
         r"\1" + MASK,
     ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
-    # the credential after the scheme word, whatever its length; a cookie header's whole value.
+    # the credential after the scheme word, whatever its length; a cookie header's whole value. An authorization
+    # scheme not known here (ApiKey, Key, SharedKey, Splunk) goes with its credential.
     "header_secret": (
         r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key|ocp-apim-subscription-key|x-functions-key"
         r"|x-goog-api-key)\s{0,8}:\s{0,8}(?:(?i:bearer|basic|token|digest)\s{1,8})?)"
-        r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)[^\r\n'\"\s]+",
+        r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)"
+        r"(?:(?i:apikey|key|sharedkey|sharedkeylite|splunk|sso-key|ssws|hmac|aws4-hmac-sha256)[ \t]{1,8})?"
+        r"[^\r\n'\"\s]+",
         r"\1" + MASK,
     ),
     "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
@@ -99,9 +114,18 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
-    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}['\"]?\s{0,8}[=:]"
+    r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&]code="
+    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}\\?['\"]?\s{0,8}[=:]"
     r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
 )
+
+# An array element that is only a secret's name (an argv flag such as --api-key, a header name in a
+# [name, value] pair): the next element is its value. process.command_args carries the argv that way.
+ARRAY_RULE = "array_secret"
+_SECRET_NAME_ELEMENT = re.compile(
+    r"-{0,2}(?:[A-Za-z0-9]{1,40}[._-]){0,4}(?i:" + _SECRET_NAMES + r"|authorization|proxy-authorization|cookie)"
+)
+_SECRET_NAME_MAX_LENGTH = 64
 
 _DROP = "drop"
 _REDACTABLE = frozenset({"string_value", "bytes_value", "array_value", "kvlist_value"})
@@ -243,8 +267,21 @@ class Redactor:
         elif kind == "kvlist_value":
             self.attributes(value.kvlist_value.values, counts)
         elif kind == "array_value":
+            value_of_a_secret = False
             for item in value.array_value.values:
+                text = item.string_value
+                if value_of_a_secret and text and text != MASK and not text.startswith("-"):  # not the next flag
+                    item.string_value = MASK
+                    counts[ARRAY_RULE] += 1
+                    value_of_a_secret = False
+                    continue
                 self.value(item, counts)
+                value_of_a_secret = bool(
+                    text
+                    and self._config.mask_credentials
+                    and len(text) <= _SECRET_NAME_MAX_LENGTH
+                    and _SECRET_NAME_ELEMENT.fullmatch(text)
+                )
 
     def is_content_event(self, name: str) -> bool:
         return not self._config.capture_content and name in self._content_events
