@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import threading
@@ -270,6 +271,38 @@ async def test_a_large_json_body_is_decoded_off_the_event_loop(
     assert status == 200
     assert (threads[0] is not threading.main_thread()) is off_the_loop
     assert sink.batches == [request]
+
+
+async def test_large_json_bodies_are_decoded_one_at_a_time(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each decode builds its whole body's objects before any bound sees them: concurrent decodes would multiply
+    the memory a burst takes (six 15 MiB bodies: 770 MiB against 100 MiB one at a time)."""
+    running_now, most = 0, 0
+    lock = threading.Lock()
+    decode = json_codec.decode
+
+    def counting(body: bytes, message_type: Any) -> Any:
+        nonlocal running_now, most
+        with lock:
+            running_now += 1
+            most = max(most, running_now)
+        try:
+            time.sleep(0.05)  # long enough for the other requests' decodes to start if they could
+            return decode(body, message_type)
+        finally:
+            with lock:
+                running_now -= 1
+
+    monkeypatch.setattr(json_codec, "decode", counting)
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for n in range(5000):
+        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
+    body = json_codec.encode(request)
+    answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(4)))
+    assert [status for status, _, _ in answers] == [200] * 4
+    assert most == 1
 
 
 @pytest.mark.parametrize(
