@@ -307,6 +307,27 @@ service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [file]}}}}}}
     assert {protocol for protocol in ("grpc", "http") if getattr(config, protocol).enabled} == served
 
 
+@pytest.mark.parametrize(
+    ("section", "environ"),
+    [
+        ("grpc:\n      enabled: ${env:GRPC_ON}", {"GRPC_ON": "false"}),
+        ("grpc: ${env:GRPC}", {"GRPC": "{enabled: false}"}),
+    ],
+)
+def test_a_protocol_switched_off_through_an_environment_variable_leaves_the_other_on(
+    section: str, environ: dict[str, str]
+) -> None:
+    text = f"""
+receivers:
+  otlp:
+    {section}
+exporters: {{file: {{path: /tmp/x}}}}
+service: {{pipelines: {{traces: {{receivers: [otlp], exporters: [file]}}}}}}
+"""
+    config = load_text(text, environ=environ).receivers["otlp"].config
+    assert (config.grpc.enabled, config.http.enabled) == (False, True)
+
+
 def test_an_otlp_receiver_with_both_protocols_disabled_is_an_error() -> None:
     text = """
 receivers: {otlp: {http: {enabled: false}, grpc: {enabled: false}}}

@@ -44,6 +44,18 @@ def test_defaults_wait_thirty_seconds_six_after_the_root_and_keep_errors_and_ten
     assert cfg.policies.critical_services.retention_class == "critical"
 
 
+@pytest.mark.parametrize(("wait", "grace"), [("5s", 5.0), ("2s", 2.0), ("10s", 6.0)])
+def test_a_short_decision_wait_written_alone_shortens_the_default_grace_after_the_root(wait: str, grace: float) -> None:
+    """Configs written for the old 2s grace set only decision_wait; a 6s default must not refuse them."""
+    cfg = load({"decision_wait": wait}).processors["tail_sampling"].config
+    assert float(cfg.decision_wait_after_root) == grace
+
+
+def test_a_grace_written_longer_than_the_wait_is_still_an_error() -> None:
+    errors = errors_of({"decision_wait": "5s", "decision_wait_after_root": "6s"})
+    assert errors == ["processors.tail_sampling.decision_wait_after_root: must not exceed decision_wait"]
+
+
 def test_a_policy_naming_an_undefined_retention_class_is_reported_at_its_path() -> None:
     errors = errors_of({"policies": {"errors": {"retention_class": "forever"}}})
     assert errors == [

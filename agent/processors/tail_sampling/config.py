@@ -8,9 +8,9 @@ against ``service.retention.classes`` by the factory's ``cross_check``, which se
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agent.config.schema import Duration, setting
 
@@ -157,6 +157,9 @@ class DecisionCacheConfig:
     )
 
 
+DEFAULT_GRACE_AFTER_ROOT = 6.0  # seconds: longer than the SDKs' 5s export interval
+
+
 @dataclass(frozen=True)
 class TailSamplingConfig:
     decision_wait: Duration = setting(
@@ -165,7 +168,7 @@ class TailSamplingConfig:
         "a workflow can run and still be decided on all its spans (the Collector's default, 30s).",
     )
     decision_wait_after_root: Duration = setting(
-        Duration(6.0),
+        Duration(DEFAULT_GRACE_AFTER_ROOT),
         doc="Decide earlier, this long after the root span (no parent) arrived; 0s waits for decision_wait only. "
         "Longer than the SDKs' 5s export interval, so that spans another process exported on its own timer still "
         "find their trace.",
@@ -192,7 +195,8 @@ class TailSamplingConfig:
     )
     max_bytes_per_trace: int = setting(
         16 * 1024 * 1024,
-        doc="A trace reaching this many bytes (long prompts in its spans), or a quarter of `max_buffered_bytes` if "
+        doc="A trace reaching this much memory (estimated as for `max_buffered_bytes`: long prompts in its spans), or "
+        "a quarter of `max_buffered_bytes` if "
         "that is less, is decided at once, like one reaching `max_spans_per_trace`: otherwise the byte bound would "
         "decide every other trace early to make room for it.",
         minimum=1024,
@@ -210,6 +214,20 @@ class TailSamplingConfig:
         doc="Decisions remembered after a trace's data is released.", default_factory=DecisionCacheConfig
     )
     policies: PoliciesConfig = setting(doc="Sampling policies; any keep wins.", default_factory=PoliciesConfig)
+
+    @staticmethod
+    def prepare_raw(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A ``decision_wait`` shorter than the default grace after the root, written without a grace of its own,
+        makes the grace that long: the default must not turn a config that set only the wait into an error."""
+        if "decision_wait_after_root" in raw or "decision_wait" not in raw:
+            return raw
+        try:
+            wait = Duration.parse(str(raw["decision_wait"]))
+        except (TypeError, ValueError):
+            return raw  # reported at its path by the field itself
+        if 0 < wait < DEFAULT_GRACE_AFTER_ROOT:
+            return {**raw, "decision_wait_after_root": raw["decision_wait"]}
+        return raw
 
     def validate(self) -> Iterator[tuple[str, str]]:
         if self.decision_wait <= 0:

@@ -89,7 +89,8 @@ class OtlpReceiverConfig:
 
 
 def _switched_off(section: Any) -> bool:
-    return isinstance(section, Mapping) and section.get("enabled") is False
+    section = EnvText.structure(section)  # a section or its switch may come whole from an environment variable
+    return isinstance(section, Mapping) and EnvText.structure(section.get("enabled")) is False
 
 
 class OtlpReceiver:
