@@ -53,7 +53,7 @@ def main() -> int:
             return 1
         truth = _send_load(args.traces)
         _send_logs()
-        print("waiting: traces are decided 2s after their root span; span metrics flush every 5s")
+        print("waiting: traces are decided 6s after their root span; span metrics flush every 5s")
         self_metrics = _wait_for(ADMIN + "/metrics", _sampler_idle, timeout=20)
         # A new series is scraped at zero once (so that Prometheus's rate() counts its first increments): wait
         # for the values.
