@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -392,3 +393,85 @@ async def test_the_periodic_fsync_survives_a_moment_without_file_descriptors(
     await store.close()
     assert synced, "the sync task stopped after the failure"
     assert any("cannot fsync the persistent queue" in r.getMessage() for r in caplog.records)
+
+
+async def test_delivered_records_leave_the_active_segment_so_a_small_bound_keeps_taking_data(tmp_path: Path) -> None:
+    """max_bytes (or the volume) smaller than a segment: the segment being written never filled, so delivered
+    records stayed in the byte bound and on disk, and the idle queue refused data for good."""
+    one = batches(1)[0]
+    config = queue_config(tmp_path, max_bytes=one.ByteSize() * 3)  # segment_mib: 8 by default
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp"), config, backend.push)
+    await queue.start()
+    sent = batches(12, seed=9)
+    for index, batch in enumerate(sent):
+        queue.offer(Signal.TRACES, batch)  # refused (raises) if delivered data still counted
+        deadline = time.monotonic() + 5
+        while len(backend.received) <= index and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the last ack
+    assert queue._store.bytes == 0
+    assert [path.stat().st_size for path in segments(tmp_path)] == [0]
+    await queue.shutdown(time.monotonic() + 2)
+    assert len(backend.received) == len(sent)
+
+
+async def test_a_full_disk_under_the_ack_log_costs_no_batch(tmp_path: Path) -> None:
+    """The acknowledgement log's writes fail (a full disk, here /dev/full): the batches still go to the backend
+    and count as sent, and the failed writes are counted; giving them up would lose data the backend can take."""
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await queue.start()
+    store = queue._store
+    assert isinstance(store, PersistentStore)
+    os.close(store._acks_fd)
+    store._acks_fd = os.open("/dev/full", os.O_WRONLY)
+    sent = batches(3)
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+    deadline = time.monotonic() + 5
+    while len(backend.received) < len(sent) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == sum(spans_in(b) for b in sent)
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == 0
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="ack_log") >= 3
+    os.close(store._acks_fd)
+    store._acks_fd = os.open(store._dir / "acks.log", os.O_WRONLY | os.O_APPEND)
+    await queue.shutdown(time.monotonic() + 2)
+
+
+async def test_a_shutdown_during_an_outage_keeps_the_duplicate_mark_a_crash_left(tmp_path: Path) -> None:
+    """Run 1 hands a record to the backend and is killed before the answer; run 2 finds the backend down and is
+    stopped; run 3 delivers. The record was marked 'maybe delivered' by run 1, and run 2's failed attempt, which
+    reached nothing, must not erase that mark."""
+    received: list[Message] = []
+    hang = asyncio.Event()
+
+    async def stores_and_hangs(signal: Signal, batch: Message) -> None:
+        received.append(batch)
+        await hang.wait()
+
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), stores_and_hangs, retry=FAST_RETRY)
+    await first.start()
+    first.offer(Signal.TRACES, batches(1)[0])
+    while not received:
+        await asyncio.sleep(0.01)
+    for worker in first._workers:  # killed: no acknowledgement is written
+        worker.cancel()
+    await asyncio.gather(*first._workers, return_exceptions=True)
+    await first._store.close()
+
+    down = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
+    await down.start()
+    await asyncio.sleep(0.2)
+    await down.shutdown(time.monotonic() + 1)
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    last = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push, retry=FAST_RETRY)
+    await run_until_delivered(last, backend, 1)
+    assert len(received) + len(backend.received) == 2  # the backend has it twice ...
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == spans_in(backend.received[0])  # ... said

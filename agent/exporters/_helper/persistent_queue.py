@@ -98,7 +98,8 @@ class PersistentStore:
         cid = settings.component_id
         self._errors = settings.metrics.counter(
             "exporter_persistent_queue_errors_total",
-            "Damaged persistent-queue data skipped (a torn or corrupt segment tail, a record that does not decode).",
+            "Damaged persistent-queue data skipped (a torn or corrupt segment tail, a record that does not decode), "
+            "and writes to the queue's disk that failed (the ack log, emptying the active segment).",
             ["exporter", "reason"],
         )
         self._recovered = settings.metrics.counter(
@@ -402,15 +403,52 @@ class PersistentStore:
             segment.done.add(entry.seq)
             self._sending.discard(entry.seq)
             self._unacked -= 1
-            if segment.live == 0 and segment is not self._active:
-                self._delete(segment)
+            if segment.live == 0:
+                if segment is self._active:
+                    self._empty_active()
+                else:
+                    self._delete(segment)
         if os.fstat(self._acks_fd).st_size > _MAX_ACK_LOG:
             self._rewrite_ack_log()
 
+    def _empty_active(self) -> None:
+        """Everything written to the active segment is done: empty it in place. Otherwise delivered records stay
+        on disk and in the byte bound until the segment fills (segment_mib), which on a volume or a max_bytes
+        smaller than a segment means refusing data for good."""
+        segment = self._active
+        assert segment is not None
+        try:
+            os.ftruncate(segment.fd, 0)
+        except OSError as exc:
+            self._disk_error("truncate", exc)
+            return
+        self.bytes -= segment.size
+        segment.size = 0
+        segment.done.clear()
+
     def _append_acks(self, kind: bytes, entries: list[QueueEntry]) -> None:
+        """Append to the ack log, whole entries or nothing. A failure (a full disk) is logged and counted, not
+        raised: the entries' state is kept in memory, and what the log misses only costs accuracy after a crash
+        (a resend not flagged, or sent again), where raising would give up batches the backend can take."""
         if kind == _SENDING:
             self._sending.update(e.seq for e in entries)
-        os.write(self._acks_fd, b"".join(_ACK.pack(kind, e.seq) for e in entries))
+        data = b"".join(_ACK.pack(kind, e.seq) for e in entries)
+        size = os.fstat(self._acks_fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._acks_fd, data[written:])
+        except OSError as exc:
+            if written:  # a torn entry would shift every later one off the log's fixed-size grid
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._acks_fd, size)
+            self._disk_error("ack_log", exc)
+
+    def _disk_error(self, reason: str, exc: OSError) -> None:
+        self._errors.labels(self._cid, reason).inc()
+        self._settings.logger.error(
+            "persistent queue cannot write its disk", extra={"exporter": self._cid, "step": reason, "error": str(exc)}
+        )
 
     def _delete(self, segment: _Segment) -> None:
         os.close(segment.fd)

@@ -404,7 +404,9 @@ class SendingQueue:
                     # (loadbalancing: a gateway took its share); the records are resent whole after the restart.
                     cut_down = SPECS[signal].count_items(part) < part_items
                     if index == 0 and not self._aborted_maybe_delivered and not cut_down:
-                        self._store.unbegin(entries)  # nothing reached the backend: the resend is no duplicate
+                        # Nothing reached the backend this time, so the resend is no duplicate of this attempt;
+                        # records an earlier run may have delivered (before a crash) keep their mark.
+                        self._store.unbegin([e for e in entries if not e.maybe_duplicate])
                     group.items = 0
                     return
                 self._count_partly_sent(signal, group)
