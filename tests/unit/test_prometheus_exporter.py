@@ -729,6 +729,38 @@ def test_a_counter_that_started_recently_is_scraped_at_zero_for_a_while_then_wit
     assert 'jobs_failed_total{reason="timeout"} 1.0' in text(exp)
 
 
+def test_a_counter_that_starts_again_rises_from_zero_even_when_its_value_did_not_drop() -> None:
+    """A span-metrics series that expired and came back, or an app that restarted, may report the value it had
+    (a sporadic error: 1, then 1 again). Prometheus sees a reset only when the value drops, so the new event
+    would never show in increase(); the new start time says it is a new count."""
+    exp, _ = exporter(at_zero_for(0.05))
+    text(exp)
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.failed", number(1, start=now_s - 600, end=now_s - 1, reason="timeout"))))
+    assert 'jobs_failed_total{reason="timeout"} 1.0' in text(exp)  # started long ago: its value at once
+    exp.consume(request(sum_metric("jobs.failed", number(1, start=now_s - 1, end=now_s, reason="timeout"))))
+    assert 'jobs_failed_total{reason="timeout"} 0.0' in text(exp)  # the reset Prometheus would not have seen
+    time.sleep(0.1)
+    assert 'jobs_failed_total{reason="timeout"} 1.0' in text(exp)
+
+
+def test_a_source_that_moves_the_start_on_every_point_is_not_taken_for_restarting_each_time() -> None:
+    """Some sources set a new start time on every cumulative point: zeroing each time would hide the series."""
+    exp, _ = exporter(at_zero_for(0.05))
+    text(exp)
+    now_s = time.time_ns() // S
+    exp.consume(request(sum_metric("jobs.done", number(5, start=now_s - 600, end=now_s - 4))))
+    assert "jobs_done_total 5.0" in text(exp)
+    exp.consume(request(sum_metric("jobs.done", number(6, start=now_s - 4, end=now_s - 3))))  # a restart, maybe
+    assert "jobs_done_total 0.0" in text(exp)
+    time.sleep(0.1)
+    assert "jobs_done_total 6.0" in text(exp)
+    exp.consume(request(sum_metric("jobs.done", number(7, start=now_s - 3, end=now_s - 2))))  # moved again
+    assert "jobs_done_total 7.0" in text(exp)
+    exp.consume(request(sum_metric("jobs.done", number(8, start=now_s - 2, end=now_s - 1))))
+    assert "jobs_done_total 8.0" in text(exp)
+
+
 def test_a_counter_that_started_long_ago_keeps_its_value_on_the_first_scrape() -> None:
     """Seen again after a restart of the agent, or after being idle past expiration: a zero would read as a
     reset, and Prometheus would count the counter's whole history again."""

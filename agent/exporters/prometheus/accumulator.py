@@ -96,6 +96,10 @@ class Series:
     quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
     zero_pending: bool = False  # a counter or histogram that started recently, not scraped yet: see _read
     zero_until: float = 0.0  # clock() until which scrapes see it at zero
+    # A start time moved by the last point; two in a row mean a source that sets a new start on every point
+    # (not a restart), whose series then keeps its values rather than falling back to zero each time.
+    restarted_last: bool = False
+    start_unsteady: bool = False
 
 
 @dataclass
@@ -463,6 +467,7 @@ class Accumulator:
             if series is None:
                 continue
             fresh = not series.seen
+            restarted = False
             if delta and not fresh:
                 if 0 < point.start_time_unix_nano < series.time_ns:  # 0: unset, nothing to check
                     self._on_drop("misaligned_delta", 1)
@@ -472,10 +477,13 @@ class Accumulator:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
                     continue
+                restarted = _restarted(series, point)
                 series.value = value
                 series.start_ns = point.start_time_unix_nano
-            if fresh and kind == COUNTER:
+            if (fresh or restarted) and kind == COUNTER:
                 series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
+                if restarted:
+                    series.exemplar = None
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
@@ -510,6 +518,7 @@ class Accumulator:
             if series is None:
                 continue
             fresh = not series.seen
+            restarted = False
             total_sum = _exposable_sum(point, exponential)
             if delta and not fresh:
                 if bounds != series.bounds:
@@ -525,12 +534,13 @@ class Accumulator:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
                     continue
-                if bounds != series.bounds:
+                restarted = _restarted(series, point)
+                if bounds != series.bounds or restarted:
                     series.exemplars = None
                 series.bounds, series.counts = bounds, counts
                 series.sum, series.count = total_sum, float(point.count)
                 series.start_ns = point.start_time_unix_nano
-            if fresh:
+            if fresh or restarted:
                 series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
@@ -629,6 +639,19 @@ def _exposable_sum(point: Any, exponential: bool) -> float | None:
     if exponential and any(point.negative.bucket_counts):
         return None
     return point.sum
+
+
+def _restarted(series: Series, point: Any) -> bool:
+    """A cumulative point with a later start than the series had: its source started counting again (a process
+    restarted, a span-metrics series expired and came back). Prometheus sees a reset only when the value drops,
+    and a counter back at 1 after 1 would hide its new event, so the series rises from zero again like a new
+    one (see _started_recently). A source moving the start on consecutive points is not restarting: it is
+    told apart, and its series keeps its values."""
+    moved = series.seen and 0 < series.start_ns < point.start_time_unix_nano
+    if moved and series.restarted_last:
+        series.start_unsteady = True
+    series.restarted_last = moved
+    return moved and not series.start_unsteady
 
 
 def _read(series: Series, now: float, zero_for: float) -> Series:
