@@ -850,3 +850,29 @@ def test_the_genai_duration_error_type_falls_back_to_the_exception_type_as_error
     assert f.genai_duration is not None
     assert {key[-1] for key in f.genai_duration.series} == {"openai.RateLimitError"}
     assert f.errors.value(("openai.RateLimitError", "provider")) == 1
+
+
+def test_the_default_workflow_buckets_keep_the_catalogues_and_reach_past_a_five_minute_sla() -> None:
+    """histogram_quantile cannot return more than the last finite bound: with 120 s last, a p95 > 300 s SLA alert
+    (seed 003) could never fire, and long workflows' p95/p99 panels stopped at 120 s."""
+    from agent.connectors.spanmetrics.config import BucketsConfig
+
+    bounds = BucketsConfig().workflow_duration
+    assert bounds[:9] == [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]  # the catalogue's, for its dashboards
+    assert any(bound > 300 for bound in bounds)
+
+
+def test_a_series_created_while_a_flush_is_paused_never_starts_after_its_point() -> None:
+    """A sliced flush takes its time first and yields to the event loop between points; a span arriving in that
+    pause makes a series that starts after the flush's time, an invalid OTLP point for any exporter downstream."""
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+
+    from agent.connectors.spanmetrics.aggregation import SumFamily
+
+    family = SumFamily("calls", "", "1", ["service"], 100)
+    family.add(("checkout",), 1.0, now_ns=2_000)  # created after the flush below took its time
+    metric = Metric()
+    for _ in family.write_points(metric, 1_000, list(family.series.values())):
+        pass
+    (point,) = metric.sum.data_points
+    assert point.start_time_unix_nano <= point.time_unix_nano == 1_000

@@ -201,7 +201,8 @@ class SumFamily(_Family):
         data.is_monotonic = True
         add = data.data_points.add
         for one in series:
-            point = add(start_time_unix_nano=one.start, time_unix_nano=now_ns, as_double=one.value)
+            # min: a series made during a sliced flush would otherwise start after its own point
+            point = add(start_time_unix_nano=min(one.start, now_ns), time_unix_nano=now_ns, as_double=one.value)
             point.MergeFromString(one.fixed_fields)
             yield
 
@@ -258,7 +259,7 @@ class HistogramFamily(_Family):
         add = data.data_points.add
         for one in series:
             point = add(
-                start_time_unix_nano=one.start,
+                start_time_unix_nano=min(one.start, now_ns),  # a series made during a sliced flush starts no later
                 time_unix_nano=now_ns,
                 count=one.count,
                 sum=one.sum,
