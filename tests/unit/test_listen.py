@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -58,8 +59,7 @@ def _settings(component_id: str, kind: Kind) -> CreateSettings:
 
 
 @asynccontextmanager
-async def otlp_http(endpoint: HostPort) -> AsyncIterator[None]:
-    config = OtlpReceiverConfig(grpc=GrpcConfig(enabled=False), http=HttpConfig(endpoint=endpoint))
+async def otlp_receiver(config: OtlpReceiverConfig) -> AsyncIterator[None]:
     receiver = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
     await receiver.start()
     try:
@@ -68,15 +68,12 @@ async def otlp_http(endpoint: HostPort) -> AsyncIterator[None]:
         await receiver.shutdown(time.monotonic() + 2)
 
 
-@asynccontextmanager
-async def otlp_grpc(endpoint: HostPort) -> AsyncIterator[None]:
-    config = OtlpReceiverConfig(grpc=GrpcConfig(endpoint=endpoint), http=HttpConfig(enabled=False))
-    receiver = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
-    await receiver.start()
-    try:
-        yield
-    finally:
-        await receiver.shutdown(time.monotonic() + 2)
+def otlp_http(endpoint: HostPort) -> Any:
+    return otlp_receiver(OtlpReceiverConfig(grpc=GrpcConfig(enabled=False), http=HttpConfig(endpoint=endpoint)))
+
+
+def otlp_grpc(endpoint: HostPort) -> Any:
+    return otlp_receiver(OtlpReceiverConfig(grpc=GrpcConfig(endpoint=endpoint), http=HttpConfig(enabled=False)))
 
 
 @asynccontextmanager

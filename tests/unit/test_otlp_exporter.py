@@ -537,29 +537,27 @@ class _CuttingBackend:
         writer.close()
 
 
-async def test_a_200_whose_body_is_cut_short_is_a_success_not_a_resend() -> None:
+async def export_through(mode: str) -> tuple[_CuttingBackend, SelfMetrics, int]:
+    """One batch exported to a backend that answers its first request badly (``mode``); the batch's spans."""
     batch = traces(1)
-    spans = len(span_keys(batch))
     metrics = SelfMetrics()
-    async with _CuttingBackend("short") as backend:
+    async with _CuttingBackend(mode) as backend:
         config = exporter_config(
             f"http://127.0.0.1:{backend.port}", protocol="http/protobuf", retry_on_failure={"initial_interval": "50ms"}
         )
         await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_sent_items_total") > 0)
+    return backend, metrics, len(span_keys(batch))
+
+
+async def test_a_200_whose_body_is_cut_short_is_a_success_not_a_resend() -> None:
+    backend, metrics, spans = await export_through("short")
     assert len(backend.bodies) == 1  # the backend said 200 before the answer broke: the batch is delivered
     assert value(metrics, "exporter_sent_items_total") == spans
     assert value(metrics, "exporter_duplicates_total") == 0
 
 
 async def test_a_connection_reset_after_the_request_was_sent_counts_the_resend_as_a_possible_duplicate() -> None:
-    batch = traces(1)
-    spans = len(span_keys(batch))
-    metrics = SelfMetrics()
-    async with _CuttingBackend("reset") as backend:
-        config = exporter_config(
-            f"http://127.0.0.1:{backend.port}", protocol="http/protobuf", retry_on_failure={"initial_interval": "50ms"}
-        )
-        await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_sent_items_total") > 0)
+    backend, metrics, spans = await export_through("reset")
     assert len(backend.bodies) == 2  # the backend had the whole first request: the resend may duplicate it
     assert value(metrics, "exporter_sent_items_total") == spans
     assert value(metrics, "exporter_duplicates_total") == spans
