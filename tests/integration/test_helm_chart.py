@@ -583,6 +583,17 @@ def test_a_pod_monitor_for_injected_agents_needs_the_pods_labels(helm_python: Pa
     rendered = render_with(helm_python, tmp_path, {"podMonitor": {"enabled": True, "podSelector": {"app": "orch"}}})
     (pod_monitor,) = objects(rendered, "PodMonitor")
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {"app": "orch"}
+    # The injected pods do not carry the jobLabel label, so the Operator would name the job after the PodMonitor
+    # (here the release's name, which the alerts' job=~".*otel-sidecar.*" misses): the job is set by relabeling.
+    # Their own containers may name a port `metrics` too: only the agent's container is kept.
+    for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
+        keep, job = endpoint["relabelings"]
+        assert keep == {
+            "sourceLabels": ["__meta_kubernetes_pod_container_name"],
+            "regex": "otel-sidecar",  # the container's name wherever it is injected (see agent_container)
+            "action": "keep",
+        }
+        assert job == {"targetLabel": "job", "replacement": "otel-sidecar"}
 
 
 def test_pod_labels_may_not_reuse_a_selector_label(helm_python: Path, tmp_path: Path) -> None:
@@ -612,3 +623,15 @@ def test_the_listen_address_serves_ipv6_clusters(helm_python: Path, tmp_path: Pa
     assert env["OTEL_SIDECAR_METRICS_ENDPOINT"] == "[::]:9464"
     assert env["OTEL_SIDECAR_GRPC_ENDPOINT"] == "[::]:4317"
     assert lint_failures(helm_python, tmp_path, {"listenAddress": "::"})  # a bare IPv6 address: not host:port
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "[::1]"])
+def test_a_loopback_listen_address_is_refused(helm_python: Path, tmp_path: Path, address: str) -> None:
+    """The kubelet's httpGet probes connect to the pod's IP (a probe ``host`` is resolved in the node's network, not
+    the pod's): an admin endpoint on loopback never answers them, so the startup probe fails until the agent is
+    restarted, and a native sidecar that never starts holds back the orchestrator's containers for good."""
+    for values in ({**APP, "listenAddress": address}, {"mode": "gateway", "listenAddress": address}):
+        failures = lint_failures(helm_python, tmp_path, values)
+        assert any(f"listenAddress: {address} is loopback" in f for f in failures), (values, failures)
+    for other in ("0.0.0.0", "[::]", "10.0.0.5"):  # wildcards, and a (static) pod IP
+        assert lint_failures(helm_python, tmp_path, {**APP, "listenAddress": other}) == [], other
