@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import pytest
@@ -399,3 +400,26 @@ async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_t
     exporter._ejected_until.clear()  # its cooldown is over: back in the ring, and still busy
     assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out again at once, nothing waits for it
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 2
+
+
+async def test_the_healthy_gauge_follows_membership_and_cooldowns_even_when_no_data_flows() -> None:
+    """`loadbalancer_healthy_backends` ("gateways currently in the ring") must not keep the value of the last push:
+    a gateway the resolver dropped, or one whose cooldown ended, shows at the next scrape."""
+    dead = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    exporter._config = dataclasses.replace(exporter._config, backend_cooldown=Duration(0.2))
+
+    def healthy() -> float:
+        return metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_healthy_backends")
+
+    def known() -> float:
+        return metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backends")
+
+    assert await exporter._push(Signal.TRACES, batch_of(30)) == 0  # the dead one leaves the ring
+    assert healthy() == 2
+    await asyncio.sleep(0.25)  # its cooldown is over, no data since
+    assert healthy() == 3
+    await exporter._set_backends(GATEWAYS[1:])  # DNS no longer lists the first gateway; no data since
+    assert known() == 2
+    assert healthy() == 2

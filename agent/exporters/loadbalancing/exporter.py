@@ -113,8 +113,15 @@ class LoadBalancingExporter:
         healthy = tuple(sorted(e for e in self._transports if self._ejected_until.get(e, 0.0) <= now))
         if healthy != self._ring_key:
             self._ring, self._ring_key = HashRing(healthy), healthy
-            self._healthy.labels(self._settings.component_id).set(len(healthy))
         return self._ring
+
+    def _count_healthy(self) -> int:
+        """Gateways in the ring now, at scrape time: membership changes and cooldowns that end while no data
+        flows must show too (the ring itself is only rebuilt when a batch is pushed). Read from the scrape
+        thread: a snapshot of each dict, never an iteration over a dict the event loop may change."""
+        now = time.monotonic()
+        ejected_until = dict(self._ejected_until)
+        return sum(1 for e in tuple(self._transports) if ejected_until.get(e, 0.0) <= now)
 
     def _throttled_too_long(self, gateway: str) -> bool:
         limit = float(self._config.max_throttled)
@@ -269,7 +276,7 @@ class LoadBalancingExporter:
             "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]
         )
         self._backends.labels(cid).set(0)
-        self._healthy.labels(cid).set(0)
+        self._healthy.labels(cid).set_function(self._count_healthy)
 
 
 def _close_later(transport: Transport) -> None:
