@@ -19,7 +19,7 @@ import re
 import types
 import typing
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -116,14 +116,19 @@ def setting(
     endpoint: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
+    positive: bool = False,
 ) -> Any:
     """Declare a config field with its documentation and constraints.
 
+    ``positive``: must be above zero (a duration: longer than 0s). Checked with the field itself, like ``minimum``,
+    so it is reported even when another field of the section is wrong (``validate()`` then does not run).
     ``secret``: printed as ``[REDACTED]`` (a mapping keeps its keys). ``endpoint``: a text field that is a URL or an
     address which may carry credentials (``user:password@``, ``?api_key=``), printed with those masked, as
     :class:`Url` and :class:`HostPort` fields are; other text is printed as it is.
     """
-    metadata = {"doc": doc, "secret": secret, "endpoint": endpoint, "minimum": minimum, "maximum": maximum}
+    metadata = {
+        "doc": doc, "secret": secret, "endpoint": endpoint, "minimum": minimum, "maximum": maximum, "positive": positive
+    }  # fmt: skip
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -169,34 +174,54 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
         if key not in known:
             errors.append(ConfigError(join_path(path, str(key)), _unknown_field_message(str(key), known)))
     values: dict[str, Any] = {}
-    failed = False
+    failed: set[str] = set()
     for name, spec in known.items():
         field_path = join_path(path, name)
         if name not in raw:
             if spec.default is MISSING and spec.default_factory is MISSING:
                 errors.append(ConfigError(field_path, "is required"))
-                failed = True
+                failed.add(name)
             continue
         before = len(errors)
         value = _parse_value(hints[name], raw[name], field_path, errors)
         if len(errors) == before:
             _check_bounds(spec, value, field_path, errors)
         if len(errors) > before:
-            failed = True
+            failed.add(name)
             continue
         values[name] = value
     if failed:
+        _validate_the_rest(cls, values, failed, path, errors)
         return None
     try:
         obj = cls(**values)
     except (TypeError, ValueError) as exc:
         errors.append(ConfigError(path, str(exc)))
         return None
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        for sub, message in validate():
-            errors.append(ConfigError(join_path(path, sub) if sub else path, message))
+    for sub, message in _section_problems(obj):
+        errors.append(ConfigError(join_path(path, sub) if sub else path, message))
     return obj
+
+
+def _section_problems(obj: Any) -> Iterator[tuple[str, str]]:
+    validate = getattr(obj, "validate", None)
+    return validate() if validate is not None else iter(())
+
+
+def _validate_the_rest(
+    cls: type[Any], values: dict[str, Any], failed: set[str], path: str, errors: list[ConfigError]
+) -> None:
+    """A section's own checks (``validate()``) of the fields that did parse, so that one wrong field does not hide
+    another's problem: the failed fields take their defaults, and what is said of them, or in their name, is left
+    out (it would be about the default, not what was written)."""
+    try:
+        obj = cls(**values)  # a required field that failed has no default: nothing to check against
+        problems = list(_section_problems(obj))
+    except (TypeError, ValueError):
+        return
+    for sub, message in problems:
+        if sub and sub.split(".", 1)[0].split("[", 1)[0] not in failed and not any(n in message for n in failed):
+            errors.append(ConfigError(join_path(path, sub), message))
 
 
 def _unknown_field_message(key: str, known: Mapping[str, Any]) -> str:
@@ -209,7 +234,11 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: l
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
     low, high = spec.metadata.get("minimum"), spec.metadata.get("maximum")
-    if low is not None and value < low:
+    if spec.metadata.get("positive") and value <= 0:
+        errors.append(
+            ConfigError(path, "must be longer than 0s" if isinstance(value, Duration) else "must be positive")
+        )
+    elif low is not None and value < low:
         errors.append(ConfigError(path, "must be positive" if low == 1 else f"must be at least {low:g}"))
     elif high is not None and value > high:
         errors.append(ConfigError(path, f"must be at most {high:g}"))

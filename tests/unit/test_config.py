@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from agent.config.loader import default_config_text, load_text
-from agent.config.schema import ConfigInvalid, Duration, HostPort
+from agent.config.schema import ConfigError, ConfigInvalid, Duration, HostPort, build
 from agent.config.service import ServiceConfig
 
 CASES = yaml.safe_load((Path(__file__).parent.parent / "testdata" / "invalid_configs.yaml").read_text())
@@ -627,7 +628,6 @@ def test_a_nested_section_left_out_has_the_same_defaults_as_one_written_empty() 
     import dataclasses
     import typing
 
-    from agent.config.schema import ConfigError, build
     from agent.registry import FACTORIES
 
     def mismatches(cls: type, prefix: str) -> list[str]:
@@ -648,3 +648,23 @@ def test_a_nested_section_left_out_has_the_same_defaults_as_one_written_empty() 
 
     classes = [(f.config_class, f"{f.kind.section}.{f.type}") for f in FACTORIES] + [(ServiceConfig, "service")]
     assert [path for cls, prefix in classes for path in mismatches(cls, prefix)] == []
+
+
+def test_a_sections_own_checks_still_run_beside_a_wrong_field_but_not_about_it() -> None:
+    """``validate()`` runs on the fields that parsed: a problem there is listed too, while one that names the wrong
+    field is left out (it would be about that field's default, not what was written)."""
+    from agent.processors.tail_sampling.config import TailSamplingConfig
+
+    def problems(raw: dict[str, Any]) -> list[str]:
+        errors: list[ConfigError] = []
+        build(TailSamplingConfig, raw, "processors.tail_sampling", errors)
+        return [str(e) for e in errors]
+
+    assert problems({"decision_wait": "10s", "decision_wait_after_root": "40s", "tick_interval": "0s"}) == [
+        "processors.tail_sampling.tick_interval: must be longer than 0s",
+        "processors.tail_sampling.decision_wait_after_root: must not exceed decision_wait",
+    ]
+    assert problems({"decision_wait": "soon", "decision_wait_after_root": "40s", "tick_interval": "0s"}) == [
+        "processors.tail_sampling.decision_wait: must be a duration like '10s', '500ms' or '2m', got 'soon'",
+        "processors.tail_sampling.tick_interval: must be longer than 0s",
+    ]

@@ -22,7 +22,7 @@ DNS = {"dns": {"hostname": "otel-gateway-headless"}}
 @pytest.mark.parametrize(
     ("protocol", "expected"),
     [
-        ({"timeout": "0s"}, "exporters.loadbalancing.protocol.timeout: must be positive"),
+        ({"timeout": "0s"}, "exporters.loadbalancing.protocol.timeout: must be longer than 0s"),
         (
             {"tls": {"insecure_skip_verify": True}},
             "exporters.loadbalancing.protocol.tls.insecure_skip_verify: is not available over gRPC; give "
@@ -77,7 +77,16 @@ def test_other_nameserver_forms_are_refused(text: str) -> None:
 def test_a_zero_cooldown_is_refused() -> None:
     """A failed gateway would be back in the ring at once and take its traces again at every re-route."""
     found = problems({"resolver": DNS, "backend_cooldown": "0s"})
-    assert found == [
-        "exporters.loadbalancing.backend_cooldown: must be longer than 0s (a failed gateway would be back in the "
-        "ring at once)"
+    assert found == ["exporters.loadbalancing.backend_cooldown: must be longer than 0s"]
+
+
+def test_one_wrong_setting_does_not_hide_the_others() -> None:
+    """Every field is checked on its own, and the section's own checks still run on the fields that parsed."""
+    resolver = {"dns": {"hostname": "gw", "port": 0, "interval": "-1s", "timeout": "0s"}}
+    assert problems({"resolver": resolver, "protocol": {"timeout": "0s"}, "backend_cooldown": "0s"}) == [
+        "exporters.loadbalancing.protocol.timeout: must be longer than 0s",
+        "exporters.loadbalancing.resolver.dns.port: must be positive",
+        "exporters.loadbalancing.resolver.dns.interval: must be a duration like '10s', '500ms' or '2m', got '-1s'",
+        "exporters.loadbalancing.resolver.dns.timeout: must be longer than 0s",
+        "exporters.loadbalancing.backend_cooldown: must be longer than 0s",
     ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.component import CreateSettings, Kind, Refused, Signal
+from agent.config.schema import ConfigError, build
 from agent.config.service import ServiceConfig
 from agent.otlp.signals import count_spans
 from agent.processors.memory_limiter import memory
@@ -83,12 +84,20 @@ def test_a_percentage_without_a_known_total_is_an_error_at_start() -> None:
         ({"limit_mib": 100, "spike_limit_mib": 100}, "spike_limit_mib", "smaller than limit_mib"),
         ({"limit_percentage": 50, "spike_limit_percentage": 60}, "spike_limit_percentage", "smaller"),
         ({"limit_percentage": 50, "spike_limit_mib": 10}, "spike_limit_mib", "use spike_limit_percentage"),
-        ({"limit_mib": 100, "check_interval": 0}, "check_interval", "longer than 0s"),
     ],
 )
 def test_inconsistent_limits_are_refused_with_their_path(config: dict[str, int], path: str, message: str) -> None:
     problems = dict(MemoryLimiterConfig(**config).validate())  # type: ignore[arg-type]
     assert message in problems[path]
+
+
+def test_a_zero_check_interval_is_refused_with_the_limits_problem_beside_it() -> None:
+    errors: list[ConfigError] = []
+    build(MemoryLimiterConfig, {"check_interval": "0s", "limit_percentage": 50, "spike_limit_mib": 10}, "m", errors)
+    assert [str(e) for e in errors] == [
+        "m.check_interval: must be longer than 0s",
+        "m.spike_limit_mib: applies to limit_mib; with limit_percentage use spike_limit_percentage",
+    ]
 
 
 def write(path: Path, text: str) -> Path:

@@ -770,7 +770,7 @@ def test_bad_connector_settings_are_reported_with_their_paths() -> None:
         load_text(config_text("{}", "{namespace: Orch-1, metrics_flush_interval: 0s}"))
     message = str(caught.value)
     assert "connectors.spanmetrics.namespace: must be lower_snake_case" in message
-    assert "connectors.spanmetrics.metrics_flush_interval: must be positive" in message
+    assert "connectors.spanmetrics.metrics_flush_interval: must be longer than 0s" in message
 
 
 def test_red_labels_are_the_collectors_span_metrics_dimensions() -> None:

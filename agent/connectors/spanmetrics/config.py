@@ -230,6 +230,7 @@ class SpanMetricsConfig:
         Duration(5.0),
         doc="How often the cumulative metrics are sent to the metrics pipeline (and once more at shutdown). "
         "Keep it below the Prometheus scrape interval.",
+        positive=True,
     )
     metrics_expiration: Duration = setting(
         Duration(15 * 60.0),
@@ -253,5 +254,3 @@ class SpanMetricsConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         if not _NAMESPACE.match(self.namespace):
             yield "namespace", "must be lower_snake_case (a Prometheus metric name prefix)"
-        if self.metrics_flush_interval <= 0:
-            yield "metrics_flush_interval", "must be positive"

@@ -83,7 +83,7 @@ class ExportAborted(Exception):
 @dataclass(frozen=True)
 class RetryConfig:
     enabled: bool = setting(True, doc="Retry batches that failed with a retryable error.")
-    initial_interval: Duration = setting(Duration(5.0), doc="Wait before the first retry.")
+    initial_interval: Duration = setting(Duration(5.0), doc="Wait before the first retry.", positive=True)
     multiplier: float = setting(1.5, doc="Factor the wait grows by after each retry.", minimum=1)
     randomization_factor: float = setting(
         0.5, doc="Jitter: each wait is drawn from interval * (1 +- factor).", minimum=0, maximum=1
@@ -96,8 +96,6 @@ class RetryConfig:
     )
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        if self.initial_interval <= 0:
-            yield "initial_interval", "must be positive"
         if self.max_interval < self.initial_interval:
             yield "max_interval", "must be at least initial_interval"
 

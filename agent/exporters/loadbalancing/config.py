@@ -22,7 +22,7 @@ class BackendProtocolConfig:
     compression: Literal["gzip", "none"] = setting("gzip", doc="Request compression.")
     headers: dict[str, str] = setting(doc="Headers sent with every request.", default_factory=dict, secret=True)
     tls: TlsClientConfig = setting(doc="TLS client settings.", default_factory=TlsClientConfig)
-    timeout: Duration = setting(Duration(5.0), doc="Time one export to one gateway may take.")
+    timeout: Duration = setting(Duration(5.0), doc="Time one export to one gateway may take.", positive=True)
 
     def for_backend(self, endpoint: str) -> OtlpExporterConfig:
         target = endpoint if self.protocol == "grpc" else f"{'https' if not self.tls.insecure else 'http'}://{endpoint}"
@@ -60,8 +60,8 @@ class StaticResolverConfig:
 class DnsResolverConfig:
     hostname: str = setting(doc="Name whose A and AAAA records are the gateways (a Kubernetes headless Service).")
     port: int = setting(4317, doc="Port of every gateway.", minimum=1, maximum=65535)
-    interval: Duration = setting(Duration(5.0), doc="How often the name is resolved again.")
-    timeout: Duration = setting(Duration(1.0), doc="Time one resolution may take.")
+    interval: Duration = setting(Duration(5.0), doc="How often the name is resolved again.", positive=True)
+    timeout: Duration = setting(Duration(1.0), doc="Time one resolution may take.", positive=True)
     nameservers: list[str] = setting(
         doc="`ip[:port]` of DNS servers to ask instead of the system's (`/etc/resolv.conf`).", default_factory=list
     )
@@ -69,10 +69,6 @@ class DnsResolverConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.hostname.strip():
             yield "hostname", "must name the gateways' DNS name (their headless Service)"
-        if self.interval <= 0:
-            yield "interval", "must be longer than 0s"
-        if self.timeout <= 0:
-            yield "timeout", "must be longer than 0s"
         for index, nameserver in enumerate(self.nameservers):
             try:
                 parse_nameserver(nameserver)
@@ -131,7 +127,8 @@ class LoadBalancingExporterConfig:
     backend_cooldown: Duration = setting(
         Duration(5.0),
         doc="A gateway taken out of the ring (see `eject_after`) stays out this long; its traces go to the next "
-        "gateway on the ring meanwhile.",
+        "gateway on the ring meanwhile (above 0s: a failed gateway would be back in the ring at once).",
+        positive=True,
     )
     eject_after: Duration = setting(
         Duration(0.0),
@@ -157,7 +154,3 @@ class LoadBalancingExporterConfig:
     sending_queue: SendingQueueConfig = setting(
         doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=SendingQueueConfig
     )
-
-    def validate(self) -> Iterator[tuple[str, str]]:
-        if self.backend_cooldown <= 0:
-            yield "backend_cooldown", "must be longer than 0s (a failed gateway would be back in the ring at once)"

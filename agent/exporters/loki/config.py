@@ -27,7 +27,7 @@ class LokiExporterConfig:
     tenant_id: str = setting("", doc="Sent as `X-Scope-OrgID` (needed when Loki runs with `auth_enabled`).")
     headers: dict[str, str] = setting(doc="Extra request headers.", default_factory=dict, secret=True)
     tls: TlsClientConfig = setting(doc="TLS client settings (for `https://`).", default_factory=TlsClientConfig)
-    timeout: Duration = setting(Duration(10.0), doc="Time one push may take.")
+    timeout: Duration = setting(Duration(10.0), doc="Time one push may take.", positive=True)
     label_resource_attributes: list[str] = setting(
         doc="Resource attributes added as stream labels besides `service_name`, `level` and `retention` "
         "(`deployment.environment` becomes `deployment_environment`). Keep them few and low-cardinality; "
@@ -58,8 +58,6 @@ class LokiExporterConfig:
             yield "compression", "gzip applies to encoding: json (protobuf bodies are snappy-compressed)"
         if self.tenant_id and not _TENANT.match(self.tenant_id):
             yield "tenant_id", "must be 1-150 characters of letters, digits and !-_.*'()"
-        if self.timeout <= 0:
-            yield "timeout", "must be positive"
         if len(self.label_resource_attributes) > MAX_LABELS - len(FIXED_LABELS):
             yield (
                 "label_resource_attributes",

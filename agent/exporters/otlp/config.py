@@ -32,7 +32,7 @@ class OtlpExporterConfig:
         secret=True,
     )
     tls: TlsClientConfig = setting(doc="TLS client settings.", default_factory=TlsClientConfig)
-    timeout: Duration = setting(Duration(10.0), doc="Time one export attempt may take.")
+    timeout: Duration = setting(Duration(10.0), doc="Time one export attempt may take.", positive=True)
     retention_classes: list[str] = setting(
         doc="Retention classes this exporter receives (names from `service.retention.classes`); empty receives "
         "every class. Data without `retention.class` counts as `service.retention.default_class`.",
@@ -45,8 +45,6 @@ class OtlpExporterConfig:
     batch: BatchConfig = setting(doc="Batching by size and time.", default_factory=BatchConfig)
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        if self.timeout <= 0:
-            yield "timeout", "must be positive"
         yield from _check_endpoint(self.endpoint, self.protocol)
         for name in self.headers:
             if not name or name != name.strip() or any(c in name for c in ":\r\n "):

@@ -13,7 +13,7 @@ class PrometheusExporterConfig:
     endpoint: HostPort = setting(HostPort("0.0.0.0:9464"), doc="Listen address of the scrape endpoint.")
     path: str = setting("/metrics", doc="HTTP path Prometheus scrapes.")
     metric_expiration: Duration = setting(
-        Duration(300.0), doc="Series with no new data point for this long disappear from the endpoint."
+        Duration(300.0), doc="Series with no new data point for this long disappear from the endpoint.", positive=True
     )
     max_series: int = setting(
         50_000,
@@ -39,5 +39,3 @@ class PrometheusExporterConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.path.startswith("/"):
             yield "path", "must start with /"
-        if self.metric_expiration <= 0:
-            yield "metric_expiration", "must be positive"

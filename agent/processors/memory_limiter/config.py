@@ -12,7 +12,9 @@ DEFAULT_SPIKE_FRACTION = 0.2  # the spike limit when none is set: a fifth of the
 
 @dataclass(frozen=True)
 class MemoryLimiterConfig:
-    check_interval: Duration = setting(Duration(1.0), doc="How often the agent's resident memory (RSS) is measured.")
+    check_interval: Duration = setting(
+        Duration(1.0), doc="How often the agent's resident memory (RSS) is measured.", positive=True
+    )
     limit_mib: int = setting(
         0,
         doc="Hard limit: resident memory in MiB the agent must stay under. Set this or `limit_percentage`.",
@@ -40,8 +42,6 @@ class MemoryLimiterConfig:
     )
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        if self.check_interval <= 0:
-            yield "check_interval", "must be longer than 0s"
         if self.limit_mib and self.limit_percentage:
             yield "limit_mib", "set either limit_mib or limit_percentage, not both"
         elif not self.limit_mib and not self.limit_percentage:
