@@ -533,3 +533,14 @@ def test_azure_key_headers_completions_and_metric_metadata_are_redacted() -> Non
         "db.password": "[REDACTED]",
         "note": "Bearer [REDACTED]",
     }
+
+
+def test_an_oauth_code_is_masked_whatever_the_case_of_its_parameter_name() -> None:
+    """The assigned_secret rule matches ?Code= and ?CODE= (case-insensitive), but the trigger pre-filter only knew
+    ?code=, so those values were never searched: they went out unmasked, in kept spans and in span-metric labels
+    (the span name of orchestrator_spans_total)."""
+    from agent.connectors.spanmetrics.connector import label_text
+
+    for name in ("code", "Code", "CODE"):
+        masked = label_text(f"GET /oauth/callback?{name}=4/0AfJohXk_secretvalue123")
+        assert masked == f"GET /oauth/callback?{name}=[REDACTED]"

@@ -114,7 +114,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
-    r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&]code="
+    r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)="
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}\\?['\"]?\s{0,8}[=:]"
     r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
 )
