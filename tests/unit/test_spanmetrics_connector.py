@@ -876,3 +876,17 @@ def test_a_series_created_while_a_flush_is_paused_never_starts_after_its_point()
         pass
     (point,) = metric.sum.data_points
     assert point.start_time_unix_nano <= point.time_unix_nano == 1_000
+
+
+def test_the_default_llm_and_step_buckets_keep_the_catalogues_and_reach_past_ten_minute_calls() -> None:
+    """histogram_quantile cannot return more than the last finite bound: with 60 s (LLM) and 30 s (step) last, a
+    reasoning model's 200-400 s calls read 60 s on the LLM latency panels and their steps 30 s. The OpenAI and
+    Anthropic SDKs time a call out after 600 s, so the bounds reach 600 s; the catalogue's (seed 000) are kept."""
+    from agent.connectors.spanmetrics.config import BucketsConfig
+
+    buckets = BucketsConfig()
+    assert buckets.llm_request_duration[:8] == [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
+    assert buckets.step_duration[:9] == [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+    for bounds in (buckets.llm_request_duration, buckets.step_duration):
+        assert bounds[-1] >= 600
+        assert 120.0 in bounds and 300.0 in bounds  # quantiles between 60 s and 600 s stay within 2.5x
