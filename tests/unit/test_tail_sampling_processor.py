@@ -739,3 +739,45 @@ def test_a_log_with_an_all_zero_trace_id_has_no_trace_and_passes_at_once() -> No
     r.logs.consume(logs_request(log_record(bytes(16), severity=17, body="no trace really")))
     assert exported_logs(r.log_sink) == [("no trace really", "error", "severity")]
     assert len(r.sampler.buffer) == 0
+
+
+def test_an_rv_on_a_later_span_decides_like_on_the_first() -> None:
+    """A participant upstream of the first OTEP 235 SDK (which sets rv) reports its span without it: an agent that
+    receives that span first must still decide on the rv the rest of the trace carries, as an agent that only sees
+    spans with rv does, or two sidecars seeing different parts of a trace would disagree."""
+    rv_kept = "ot=rv:ffffffffffffff"  # the id's own randomness says drop at 10%
+    first_without = rig()
+    first_without.traces.consume(spans_request(span(DROPPED, 1, root=True)))
+    first_without.traces.consume(spans_request(span(DROPPED, 2, trace_state=rv_kept)))
+    only_with = rig()
+    only_with.traces.consume(spans_request(span(DROPPED, 3, trace_state=rv_kept)))
+    first_without.tick_after(11)
+    only_with.tick_after(11)
+    assert len(exported_spans(only_with.trace_sink)) == 1
+    assert len(exported_spans(first_without.trace_sink)) == 2
+
+
+@pytest.mark.parametrize("sized", [False, True], ids=["measured-per-scope", "size-from-receiver"])
+def test_a_heavy_trace_mixed_into_batches_of_small_traces_is_decided_at_max_bytes_per_trace(sized: bool) -> None:
+    """An SDK batch carries spans of concurrent traces: charged the request's average span size, a heavy trace's
+    20 KB prompt spans looked like 300-byte ones, the per-trace cap never triggered, and the byte bound decided
+    every older trace early instead."""
+    r = rig(max_buffered_bytes=8 << 20, decision_wait="60s", decision_wait_after_root="100ms")  # cap: 2 MiB
+    waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(300)]  # long workflows, no root yet
+    r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(waiting))))
+    heavy = trace_id_with_randomness(999_999, prefix=4)
+    small = 0
+    for k in range(150):
+        spans = [span(heavy, 10_000 + k, attributes={"gen_ai.prompt": "p" * 20_000})]
+        for _ in range(100):
+            small += 1
+            spans.append(span(trace_id_with_randomness(small, prefix=5), 1, root=True))
+        batch = spans_request(*spans)
+        if sized:
+            r.traces.consume_sized(batch, batch.ByteSize())
+        else:
+            r.traces.consume(batch)
+        r.tick_after(0.2)  # the small traces (roots) are decided; the waiting ones and the heavy one wait on
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") == 1
+    assert heavy not in r.sampler.buffer.traces
+    assert all(trace_id in r.sampler.buffer.traces for trace_id in waiting)  # not decided for the heavy one

@@ -103,8 +103,8 @@ class BufferedTrace:
     """
 
     __slots__ = (
-        "_spans", "bytes", "explicit_randomness", "failed", "first_seen", "log_bytes", "log_count", "logs", "pins",
-        "root_seen", "size_checked", "span_count", "trace_id",
+        "_spans", "bytes", "bytes_bound", "explicit_randomness", "failed", "first_seen", "log_bytes", "log_count",
+        "logs", "pins", "root_seen", "size_checked", "span_count", "trace_id",
     )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
@@ -120,15 +120,21 @@ class BufferedTrace:
         self.failed = False
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
         self.pins: tuple[RequestPin, ...] = _NO_PINS  # requests this trace keeps alive beyond its own spans
-        self.size_checked = 0  # ``bytes`` when the held spans were last measured (see ``measured_bytes``)
+        self.bytes_bound = 0
+        """An upper bound of the protobuf bytes held: the size of every request (or scope) a fragment came from, and
+        the records' bytes. ``bytes`` charges a span its request's average, which makes a prompt-heavy span sharing
+        a batch with many small spans of other traces look small; the bound never underestimates."""
+        self.size_checked = 0  # ``bytes_bound`` when the held spans were last measured (see ``measured_bytes``)
         self.explicit_randomness: int | None = None
         """``rv`` from the ``tracestate`` of the trace's first span: its randomness in place of the trace id's."""
 
-    def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int) -> int:
+    def add_spans(self, rs: Any, ss: Any, indices: list[int], size: int, container_size: int = 0) -> int:
         """Hold ``ss.spans[i]`` for each index; returns the bytes added (``size`` plus the fragment overhead).
 
+        ``container_size``: the size of the request (or scope) the spans came in, at least theirs (``bytes_bound``).
         The buffer's totals are the caller's to update (``TraceBuffer.count_added``), once per batch.
         """
+        self.bytes_bound += max(size, container_size)
         size += FRAGMENT_OVERHEAD_BYTES
         spans = self._spans
         spans += (rs, ss, len(indices))
@@ -149,7 +155,7 @@ class BufferedTrace:
     def measured_bytes(self) -> int:
         """The protobuf size of the spans and records held. ``bytes`` gives each span its request's average, which
         is right for the buffer's total but can make a small trace look large beside a prompt-heavy one."""
-        self.size_checked = self.bytes
+        self.size_checked = self.bytes_bound
         spans = sum(span.ByteSize() for _, span in self.iter_spans())
         return spans + self.log_bytes
 
@@ -213,6 +219,7 @@ class TraceBuffer:
         trace.log_count += len(records)
         trace.bytes += size
         trace.log_bytes += size
+        trace.bytes_bound += size
         self.bytes += size
 
     def pin(self, holders: Sequence[BufferedTrace], size: int, held: int) -> None:

@@ -183,6 +183,9 @@ class TailSampler:
                     scope_bytes = ss.ByteSize()
                     request_bytes += scope_bytes
                     bytes_per_span = scope_bytes / count
+                    container_bytes = scope_bytes
+                else:
+                    container_bytes = size
                 for trace_id, indices in groups.items():
                     trace = traces.get(trace_id)
                     if trace is None:
@@ -202,20 +205,24 @@ class TailSampler:
                     elif not trace.span_count:
                         # Its log records came first: the wait for the decision starts with the first span.
                         buffer.restart(trace, now)
-                    if not trace.span_count and states and trace_id in states:
+                    if trace.explicit_randomness is None and states and trace_id in states:
+                        # Not only from the first span: one reported by a participant upstream of the SDK that
+                        # set ``rv`` has none, and the decision must not depend on which span came first.
                         trace.explicit_randomness = explicit_randomness(states[trace_id])
                     fragment_bytes = int(bytes_per_span * len(indices))
                     held_spans += len(indices)
                     held_span_bytes += fragment_bytes
-                    held_bytes += trace.add_spans(rs, ss, indices, fragment_bytes)
+                    held_bytes += trace.add_spans(rs, ss, indices, fragment_bytes, container_bytes)
                     holders.append(trace)
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
                     elif (
-                        trace.bytes >= max_trace_bytes
-                        and trace.bytes >= 2 * trace.size_checked
-                        # Measured before deciding (then again once its estimate has doubled): the estimate may
-                        # be another trace's prompts.
+                        # The bound, not the average-based estimate: a prompt-heavy span in a batch of small
+                        # spans of other traces is charged the batch's average size.
+                        trace.bytes_bound >= max_trace_bytes
+                        and trace.bytes_bound >= 2 * trace.size_checked
+                        # Measured before deciding (then again once its bound has doubled): the bound may be
+                        # another trace's prompts.
                         and trace.measured_bytes() >= max_trace_bytes
                     ):
                         heavy[trace_id] = trace
