@@ -433,9 +433,9 @@ async def test_a_batch_in_retry_keeps_its_body_while_other_batches_are_sent() ->
     untimed = LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO)
     untimed.body.string_value = "no timestamp"
     waiting = logs_request(records=[untimed])
-    body = exporter._body_of(waiting)
-    assert body is not None
-    failing.add(body)
+    bodies = exporter._body_of(waiting)
+    assert len(bodies) == 1
+    failing.add(bodies[0])
     with pytest.raises(RetryableError):
         await exporter._push(Signal.LOGS, waiting)
     for n in range(10):  # the other worker's batches, delivered
@@ -443,3 +443,56 @@ async def test_a_batch_in_retry_keeps_its_body_while_other_batches_are_sent() ->
     await exporter._push(Signal.LOGS, waiting)
     assert sent[-1] == sent[0]
     assert len(exporter._bodies) == 0  # delivered: nothing kept
+
+
+def burst_request(records: int = 1100) -> ExportLogsServiceRequest:
+    """About 45 KB of OTLP whose resource (40 attributes of 150 bytes) Loki gets in every entry's metadata."""
+    extra = {f"k8s.pod.label.l{i}": "v" * 150 for i in range(40)}
+    return logs_request(records=[record(f"request {n} served", n) for n in range(records)], resource_extra=extra)
+
+
+def loki_size(push: Any) -> int:
+    """What Loki's rate limiter counts for a push: line and structured metadata bytes (util.EntryTotalSize)."""
+    return sum(
+        len(entry.line.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in entry.metadata.items())
+        for _, entries in push.streams
+        for entry in entries
+    )
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+async def test_no_push_exceeds_lokis_default_ingestion_burst(encoding: str) -> None:
+    """A push above `ingestion_burst_size_mb` (6 MiB by default) is answered 429 forever; the resource's attributes,
+    repeated in every entry's metadata, make a 45 KB OTLP batch a 7 MB push unless the exporter cuts it."""
+    metrics = SelfMetrics()
+    with LokiDouble() as loki:
+        request = burst_request()
+        await export(loki_config(loki.url, encoding=encoding), [(Signal.LOGS, request)], metrics,
+                     lambda: len(loki.entries()) >= 1100)  # fmt: skip
+    assert len(loki.entries()) == 1100
+    assert max(loki_size(push) for push in loki.pushes) <= 6 * 1024 * 1024
+    lines = [entry.line for _, entry in loki.entries()]
+    assert lines == [f"request {n} served" for n in range(1100)]  # in time order across the pushes
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1100
+
+
+async def test_a_retry_of_a_batch_sent_in_several_pushes_resends_only_the_undelivered_ones() -> None:
+    from agent.exporters._helper.retry import RetryableError
+
+    exporter = LokiExporter(loki_config("http://127.0.0.1:1/loki/api/v1/push"), make_settings("loki", SelfMetrics()))
+    sent: list[bytes] = []
+    batch = burst_request()
+    bodies = exporter._body_of(batch)
+    assert len(bodies) == 2
+
+    async def post(body: bytes) -> None:
+        sent.append(body)
+        if len(sent) == 2:
+            raise RetryableError("503", reason="unavailable")
+
+    exporter._post = post  # type: ignore[method-assign]
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.LOGS, batch)
+    await exporter._push(Signal.LOGS, batch)
+    assert sent == [bodies[0], bodies[1], bodies[1]]
+    assert len(exporter._bodies) == 0

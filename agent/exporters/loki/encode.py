@@ -14,6 +14,43 @@ from agent.exporters.loki.proto import PushRequest
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
+# Loki's distributor rate-limits a push by its line plus structured-metadata bytes (util.EntryTotalSize), and a
+# push above the tenant's burst (`ingestion_burst_size_mb`, default 6 MiB) is refused with 429 however long one
+# waits. The resource's attributes are repeated in every entry's metadata, so a small OTLP batch can exceed it:
+# pushes are cut to stay well under the default burst.
+MAX_PUSH_BYTES = 4 * 1024 * 1024
+
+
+def entry_size(line: str, metadata: list[tuple[str, str]]) -> int:
+    """What Loki counts for an entry against its rate limits: line and metadata names and values, in bytes."""
+    return len(line.encode()) + sum(len(name.encode()) + len(value.encode()) for name, value in metadata)
+
+
+def split_streams(streams: Streams, max_bytes: int = MAX_PUSH_BYTES) -> list[Streams]:
+    """``streams`` cut into pushes of at most ``max_bytes`` as Loki counts them (one entry over it goes alone);
+    entries keep their order, so a stream cut in two is still sent in time order."""
+    characters = sum(
+        len(line) + sum(len(n) + len(v) for n, v in metadata)
+        for entries in streams.values()
+        for _, line, metadata in entries
+    )
+    if characters * 4 <= max_bytes:  # cannot be over: skip encoding
+        return [streams] if streams else []
+    pushes: list[Streams] = []
+    current: Streams = {}
+    size = 0
+    for labels, entries in streams.items():
+        for entry in entries:
+            weight = entry_size(entry[1], entry[2])
+            if current and size + weight > max_bytes:
+                pushes.append(current)
+                current, size = {}, 0
+            current.setdefault(labels, []).append(entry)
+            size += weight
+    if current:
+        pushes.append(current)
+    return pushes
+
 
 def encode_protobuf(streams: Streams) -> bytes:
     """A ``logproto.PushRequest``, snappy block-compressed (Loki's protobuf push format)."""

@@ -8,6 +8,8 @@ are retried, honouring ``Retry-After``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 from google.protobuf.message import Message
 
@@ -20,7 +22,7 @@ from agent.exporters._helper.retention import RetentionClassifier, RetentionFilt
 from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
-from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf
+from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
 LOKI_RETRYABLE = OTLP_HTTP_RETRYABLE | {500}
@@ -45,7 +47,7 @@ class LokiExporter:
         self._session: aiohttp.ClientSession | None = None
         # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
         # time, and a few the queue has given up on since.
-        self._bodies: dict[int, tuple[Message, bytes | None]] = {}
+        self._bodies: dict[int, _Pushes] = {}
         self._max_bodies = 2 * config.sending_queue.num_consumers + 2
         self._headers = {
             **config.headers,
@@ -99,12 +101,14 @@ class LokiExporter:
             self._session = None
 
     async def _push(self, signal: Signal, batch: Message) -> None:
-        body = self._body_of(batch)
+        pushes = self._pushes_of(batch)
         try:
-            if body is not None:
-                await self._post(body)
+            # A batch too big for one push goes as several; a retry resumes at the first not delivered.
+            while pushes.delivered < len(pushes.bodies):
+                await self._post(pushes.bodies[pushes.delivered])
+                pushes.delivered += 1
         except RetryableError:
-            raise  # the body stays for the retry
+            raise  # the bodies stay for the retry
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise
@@ -132,26 +136,30 @@ class LokiExporter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
 
-    def _body_of(self, batch: Message) -> bytes | None:
-        """The push body of ``batch`` (None: no line to push), built once per batch: a retry sends the very same
-        lines, timestamps included (Loki drops an entry it has with the same timestamp and line), and limits
-        are counted once, not per attempt."""
+    def _body_of(self, batch: Message) -> list[bytes]:
+        """The push bodies of ``batch`` (none: no line to push; several: more than one push may take)."""
+        return self._pushes_of(batch).bodies
+
+    def _pushes_of(self, batch: Message) -> _Pushes:
+        """The pushes of ``batch``, built once per batch: a retry sends the very same lines, timestamps included
+        (Loki drops an entry it has with the same timestamp and line), and limits are counted once, not per
+        attempt."""
         cached = self._bodies.get(id(batch))
-        if cached is not None and cached[0] is batch:
-            return cached[1]
+        if cached is not None and cached.batch is batch:
+            return cached
         streams = self._mapper.streams(batch)  # type: ignore[arg-type]
         self._count_limits()
-        body = None
-        if streams:
-            if self._config.encoding == "json":
-                body = encode_json(streams, self._config.compression == "gzip")
-            else:
-                body = encode_protobuf(streams)
+        if self._config.encoding == "json":
+            gzip = self._config.compression == "gzip"
+            bodies = [encode_json(part, gzip) for part in split_streams(streams)]
+        else:
+            bodies = [encode_protobuf(part) for part in split_streams(streams)]
         if len(self._bodies) >= self._max_bodies:
             # The oldest: a batch whose retries the queue gave up (delivered or refused ones leave at once).
             del self._bodies[next(iter(self._bodies))]
-        self._bodies[id(batch)] = (batch, body)
-        return body
+        pushes = _Pushes(batch, bodies)
+        self._bodies[id(batch)] = pushes
+        return pushes
 
     def _count_limits(self) -> None:
         cid = self._settings.component_id
@@ -161,3 +169,12 @@ class LokiExporter:
         if self._mapper.dropped_metadata:
             self._truncated.labels(cid, "metadata").inc(self._mapper.dropped_metadata)
             self._mapper.dropped_metadata = 0
+
+
+@dataclass(slots=True)
+class _Pushes:
+    """The push bodies of one batch, and how many of them Loki has taken (a retry resumes at the next)."""
+
+    batch: Message
+    bodies: list[bytes]
+    delivered: int = 0
