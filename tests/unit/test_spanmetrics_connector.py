@@ -712,6 +712,26 @@ def test_strands_cache_writes_are_counted_and_priced() -> None:
     assert counted == 58291
 
 
+def test_pydantic_ais_cache_and_reasoning_details_are_counted_and_priced() -> None:
+    """Pydantic AI >= 1.0 (InstrumentedModel) puts its cache and reasoning counts under gen_ai.usage.details.*
+    (RequestUsage.opentelemetry_attributes); its OpenAI input count includes the cached tokens."""
+    connector, _ = make()
+    connector.consume(
+        llm_span(b"\x07" * 16, b"\x07" * 8, **{
+            "gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o",
+            "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 10000,
+            "gen_ai.usage.output_tokens": 500, "gen_ai.usage.details.cache_read_tokens": 8000,
+            "gen_ai.usage.details.reasoning_tokens": 100,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 2000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "cache_read")) == 8000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 400
+    assert f.llm_tokens.value(("openai", "gpt-4o", "reasoning")) == 100
+    assert f.llm_cost.value(("openai", "gpt-4o")) == pytest.approx((2000 * 2.5 + 8000 * 1.25 + 500 * 10.0) / 1e6)
+
+
 def test_the_configured_cache_convention_wins_over_the_instrumentations() -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(cache_tokens_in_input={"anthropic": True})))
     connector.consume(anthropic_call_with_cache("openlit"))

@@ -94,6 +94,8 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.prompt_tokens_details.cached_tokens",  # OpenLIT (OpenAI's field name)
         "llm.token_count.prompt_details.cache_read",  # OpenInference
         "gen_ai.usage.cache_read_tokens",  # Pydantic AI / Logfire
+        "gen_ai.usage.details.cache_read_tokens",  # Pydantic AI >= 1.0 (RequestUsage.opentelemetry_attributes)
+        "gen_ai.usage.details.cached_tokens",  # Pydantic AI 0.x (OpenAI's prompt_tokens_details)
         "gen_ai.usage.input_cached_tokens",  # seen by Langfuse ingestion
         "ai.usage.inputTokenDetails.cacheReadTokens",  # Vercel AI SDK >= 6
         "ai.usage.cachedInputTokens",  # Vercel AI SDK 5
@@ -105,6 +107,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.prompt_tokens_details.cache_creation_tokens",  # OpenLIT
         "llm.token_count.prompt_details.cache_write",  # OpenInference
         "gen_ai.usage.cache_write_tokens",  # Pydantic AI / Logfire
+        "gen_ai.usage.details.cache_write_tokens",  # Pydantic AI >= 1.0
         "gen_ai.usage.cache_write_input_tokens",  # Strands Agents < 1.34, Rust and .NET GenAI libraries
         "ai.usage.inputTokenDetails.cacheWriteTokens",  # Vercel AI SDK >= 6
     ),
@@ -115,6 +118,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "llm.token_count.completion_details.reasoning",  # OpenInference
         "llm.usage.reasoning_tokens",  # older OpenLLMetry
         "gen_ai.usage.experimental.reasoning_tokens",  # Google ADK 1.x (Gemini's thoughts_token_count)
+        "gen_ai.usage.details.reasoning_tokens",  # Pydantic AI (OpenAI's completion/output_tokens_details)
         "ai.usage.outputTokenDetails.reasoningTokens",  # Vercel AI SDK >= 6
         "ai.usage.reasoningTokens",  # Vercel AI SDK 5
     ),
