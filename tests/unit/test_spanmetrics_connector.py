@@ -732,6 +732,35 @@ def test_pydantic_ais_cache_and_reasoning_details_are_counted_and_priced() -> No
     assert f.llm_cost.value(("openai", "gpt-4o")) == pytest.approx((2000 * 2.5 + 8000 * 1.25 + 500 * 10.0) / 1e6)
 
 
+@pytest.mark.parametrize(
+    ("input_details", "output_details"),
+    [
+        ("{'audio': 0, 'cache_read': 8000, 'cache_creation': 1000}", "{'audio': 0, 'reasoning': 100}"),  # Python
+        ('{"cache_read":8000,"cache_creation":1000}', '{"reasoning":100}'),  # JavaScript (JSON.stringify)
+    ],
+    ids=["python-repr", "json"],
+)
+def test_langsmiths_token_details_are_read_for_cache_and_reasoning(input_details: str, output_details: str) -> None:
+    """LangSmith's OTel export writes LangChain's input/output_token_details as one serialized string each
+    (str(dict) in Python, JSON in JavaScript), with the cache inside input_tokens."""
+    connector, _ = make()
+    connector.consume(
+        llm_span(b"\x08" * 16, b"\x08" * 8, **{
+            "langsmith.span.kind": "llm", "gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",
+            "gen_ai.usage.input_tokens": 10000, "gen_ai.usage.output_tokens": 500,
+            "gen_ai.usage.total_tokens": 10500, "gen_ai.usage.input_token_details": input_details,
+            "gen_ai.usage.output_token_details": output_details,
+        })
+    )  # fmt: skip
+    f = connector.families
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 1000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "cache_read")) == 8000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "cache_write")) == 1000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 400
+    assert f.llm_tokens.value(("openai", "gpt-4o", "reasoning")) == 100
+
+
 def test_the_configured_cache_convention_wins_over_the_instrumentations() -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(cache_tokens_in_input={"anthropic": True})))
     connector.consume(anthropic_call_with_cache("openlit"))

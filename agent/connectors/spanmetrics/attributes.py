@@ -38,6 +38,8 @@ ROLE_TOTAL = concept_role(Concept.TOTAL)
 ROLE_CACHE_READ = concept_role(Concept.CACHE_READ)
 ROLE_CACHE_WRITE = concept_role(Concept.CACHE_WRITE)
 ROLE_REASONING = concept_role(Concept.REASONING)
+ROLE_INPUT_DETAILS = concept_role(Concept.INPUT_DETAILS)
+ROLE_OUTPUT_DETAILS = concept_role(Concept.OUTPUT_DETAILS)
 ROLE_MODEL = ROLE_REQUEST_MODEL | ROLE_RESPONSE_MODEL
 
 
@@ -87,6 +89,8 @@ class AttributeScanner:
         self.cache_read = concept[Concept.CACHE_READ]
         self.cache_write = concept[Concept.CACHE_WRITE]
         self.reasoning = concept[Concept.REASONING]
+        self.input_details = concept[Concept.INPUT_DETAILS]
+        self.output_details = concept[Concept.OUTPUT_DETAILS]
 
     def scan(self, span: Span) -> tuple[list[AnyValue | None] | None, int]:
         """The values of the keys of interest by slot (None when the span has none: plain RED spans) and the

@@ -55,10 +55,12 @@ from agent.connectors.spanmetrics.attributes import (
     ROLE_COMPONENT,
     ROLE_ERROR_TYPE,
     ROLE_INPUT,
+    ROLE_INPUT_DETAILS,
     ROLE_MODEL,
     ROLE_OPENINFERENCE_KIND,
     ROLE_OPERATION,
     ROLE_OUTPUT,
+    ROLE_OUTPUT_DETAILS,
     ROLE_PROVIDER,
     ROLE_REASONING,
     ROLE_REQUEST_MODEL,
@@ -79,6 +81,7 @@ from agent.connectors.spanmetrics.genai import (
     TOKEN_TYPES,
     alias_text,
     any_to_str,
+    detail_count,
     disjoint_tokens,
     first_number,
     first_text,
@@ -101,8 +104,8 @@ OTHER_ERROR = "_OTHER"
 GENAI_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04, ... 81.92 s
 GENAI_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 _MAX_LOGGED_UNPRICED = 1000
-_INPUT_REPORTED = ROLE_INPUT | ROLE_CACHE_READ | ROLE_CACHE_WRITE
-_OUTPUT_REPORTED = ROLE_OUTPUT | ROLE_REASONING
+_INPUT_REPORTED = ROLE_INPUT | ROLE_CACHE_READ | ROLE_CACHE_WRITE | ROLE_INPUT_DETAILS
+_OUTPUT_REPORTED = ROLE_OUTPUT | ROLE_REASONING | ROLE_OUTPUT_DETAILS
 _ADJUSTED_COUNT_CACHE = 1024
 # Most event-loop time one slice of a periodic flush takes before letting the receivers run.
 FLUSH_SLICE_SECONDS = 0.002
@@ -559,9 +562,7 @@ class SpanMetricsConnector:
             first_number(values, s.input) if roles & ROLE_INPUT else None,
             first_number(values, s.output) if roles & ROLE_OUTPUT else None,
             first_number(values, s.total) if roles & ROLE_TOTAL else None,
-            first_number(values, s.cache_read) if roles & ROLE_CACHE_READ else None,
-            first_number(values, s.cache_write) if roles & ROLE_CACHE_WRITE else None,
-            first_number(values, s.reasoning) if roles & ROLE_REASONING else None,
+            *self._cache_and_reasoning(values, roles),
             cache_in_input,
             reasoning_in_output,
         )
@@ -586,6 +587,24 @@ class SpanMetricsConnector:
                 (*call, self._genai_error(span, values, failed)), duration, hist_weight, now, exemplar
             )
         return True
+
+    def _cache_and_reasoning(
+        self, values: list[AnyValue | None], roles: int
+    ) -> tuple[float | None, float | None, float | None]:
+        """Cache read, cache write and reasoning counts: from their own attributes, else from a serialized
+        token-details map (LangSmith)."""
+        s = self._scanner
+        cache_read = first_number(values, s.cache_read) if roles & ROLE_CACHE_READ else None
+        cache_write = first_number(values, s.cache_write) if roles & ROLE_CACHE_WRITE else None
+        reasoning = first_number(values, s.reasoning) if roles & ROLE_REASONING else None
+        if roles & ROLE_INPUT_DETAILS:
+            if cache_read is None:
+                cache_read = detail_count(values, s.input_details, "cache_read")
+            if cache_write is None:
+                cache_write = detail_count(values, s.input_details, "cache_creation")
+        if roles & ROLE_OUTPUT_DETAILS and reasoning is None:
+            reasoning = detail_count(values, s.output_details, "reasoning")
+        return cache_read, cache_write, reasoning
 
     def _llm_target(self, key: tuple[str, str, str, bool], now: int) -> LlmTarget:
         """Resolve, once per lookup key, the provider, the model, the price and the series of an LLM call."""

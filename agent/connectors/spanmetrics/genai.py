@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -43,6 +44,8 @@ class Concept(enum.IntEnum):
     CACHE_READ = 9
     CACHE_WRITE = 10
     REASONING = 11
+    INPUT_DETAILS = 12  # a serialized map of input token counts (cache_read, cache_creation)
+    OUTPUT_DETAILS = 13  # a serialized map of output token counts (reasoning)
 
 
 # Aliases per concept, highest priority first.
@@ -122,6 +125,10 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "ai.usage.outputTokenDetails.reasoningTokens",  # Vercel AI SDK >= 6
         "ai.usage.reasoningTokens",  # Vercel AI SDK 5
     ),
+    # LangSmith's OTel export: LangChain's input/output_token_details, as a Python dict's repr or as JSON; read
+    # only when none of the aliases above is on the span.
+    Concept.INPUT_DETAILS: ("gen_ai.usage.input_token_details",),
+    Concept.OUTPUT_DETAILS: ("gen_ai.usage.output_token_details",),
 }
 
 TOKEN_CONCEPTS = (
@@ -381,6 +388,20 @@ def alias_text(values: Sequence[AnyValue | None], slots: Sequence[int]) -> str |
         if value is not None:
             return value.string_value or any_to_str(value)
     return None
+
+
+_DETAIL_COUNTS = {
+    name: re.compile(rf"[\"']{name}[\"']\s*:\s*(\d+)") for name in ("cache_read", "cache_creation", "reasoning")
+}
+
+
+def detail_count(values: Sequence[AnyValue | None], slots: Sequence[int], name: str) -> float | None:
+    """A count in a serialized token-details map (``{'audio': 0, 'cache_read': 8000}`` or its JSON), or None."""
+    text = alias_text(values, slots)
+    if not text:
+        return None
+    found = _DETAIL_COUNTS[name].search(text)
+    return float(found.group(1)) if found else None
 
 
 def first_number(values: Sequence[AnyValue | None], slots: Sequence[int]) -> float | None:
