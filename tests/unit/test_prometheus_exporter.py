@@ -859,3 +859,95 @@ def test_array_attributes_are_json_with_their_element_types() -> None:
     array.values.add(int_value=2)
     exp.consume(request(sum_metric("c", point)))
     assert 'arr="[1,2]"' in text(exp)
+
+
+def _exponential(scale: int, offset: int = 0, zero_threshold: float = 0.0) -> Metric:
+    point = ExponentialHistogramDataPoint(
+        time_unix_nano=S, count=3, sum=1.0, scale=scale, zero_threshold=zero_threshold
+    )
+    point.positive.offset = offset
+    point.positive.bucket_counts.extend([1, 1, 1])
+    metric = Metric(name="bad.exp")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(point)
+    return metric
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "zero_threshold"),
+    [
+        (60, 0, 0.0),  # base rounds to 1.0: every bound is 1.0
+        (0, -2000, 0.0),  # bounds underflow to 0.0, the zero threshold's
+        (0, 0, math.nan),
+        (0, 0, math.inf),
+        (0, 0, 100.0),  # the zero bucket ends above the positive buckets
+        (0, 0, -5.0),
+    ],
+)
+def test_an_exponential_histogram_whose_bounds_cannot_be_exposed_is_dropped_not_exposed(
+    scale: int, offset: int, zero_threshold: float
+) -> None:
+    exp, metrics = exporter()
+    exp.consume(request(_exponential(scale, offset, zero_threshold), sum_metric("ok", number(1.0))))
+    out = openmetrics(exp)
+    list(text_string_to_metric_families(out))  # the scrape stays valid OpenMetrics
+    assert "bad_exp" not in out
+    assert "ok_total" in out
+    assert dropped(metrics, "malformed") == 1
+
+
+@pytest.mark.parametrize("quantiles", [[0.5, 0.5], [math.nan], [2.0], [-0.1]])
+def test_a_summary_with_quantiles_outside_0_1_or_repeated_is_dropped_not_exposed(quantiles: list[float]) -> None:
+    exp, metrics = exporter()
+    point = SummaryDataPoint(time_unix_nano=S, count=3, sum=1.0)
+    for index, quantile in enumerate(quantiles):
+        point.quantile_values.add(quantile=quantile, value=float(index))
+    metric = Metric(name="bad.summary")
+    metric.summary.data_points.append(point)
+    exp.consume(request(metric, sum_metric("ok", number(1.0))))
+    out = openmetrics(exp)
+    list(text_string_to_metric_families(out))
+    assert "bad_summary" not in out
+    assert "ok_total" in out
+    assert dropped(metrics, "malformed") == 1
+
+
+@pytest.mark.parametrize("value", [math.nan, -1.0])
+def test_a_counter_that_is_nan_or_negative_is_dropped_not_exposed(value: float) -> None:
+    exp, metrics = exporter()
+    exp.consume(request(sum_metric("bad", number(value)), sum_metric("ok", number(1.0))))
+    out = openmetrics(exp)
+    list(text_string_to_metric_families(out))
+    assert "bad_total" not in out and "ok_total" in out
+    assert dropped(metrics, "malformed") == 1
+
+
+@pytest.mark.parametrize(
+    ("bounds", "counts", "total"), [([1.0], [1, 1], math.nan), ([1.0], [1, 1], -1.0), ([-5.0, 0.0], [1, 1, 1], -3.0)]
+)
+def test_a_histogram_sum_openmetrics_forbids_is_left_out_and_the_buckets_kept(
+    bounds: list[float], counts: list[int], total: float
+) -> None:
+    exp, _ = exporter()
+    point = HistogramDataPoint(
+        time_unix_nano=S, count=sum(counts), sum=total, explicit_bounds=bounds, bucket_counts=counts
+    )
+    exp.consume(request(histogram_metric("lat", point)))
+    out = openmetrics(exp)
+    list(text_string_to_metric_families(out))
+    assert metric_value(out, "lat_seconds_bucket", le="+Inf") == sum(counts)
+    assert "lat_seconds_sum" not in out
+
+
+@pytest.mark.parametrize("total", [math.nan, -1.0])
+def test_a_summary_whose_sum_is_nan_or_negative_is_dropped_not_exposed(total: float) -> None:
+    exp, metrics = exporter()
+    point = SummaryDataPoint(time_unix_nano=S, count=3, sum=total)
+    point.quantile_values.add(quantile=0.5, value=1.0)
+    metric = Metric(name="bad.summary")
+    metric.summary.data_points.append(point)
+    exp.consume(request(metric))
+    out = openmetrics(exp)
+    list(text_string_to_metric_families(out))
+    assert "bad_summary" not in out
+    assert dropped(metrics, "malformed") == 1

@@ -588,6 +588,24 @@ def test_a_token_count_that_is_not_a_finite_number_is_ignored_not_made_infinite(
     assert math.isfinite(f.llm_cost.value(("openai", "gpt-4o")))
 
 
+@pytest.mark.parametrize("count", [1e308, "1e308", 2.0**60])
+def test_token_counts_no_float_can_sum_are_ignored_not_made_infinite(count: str | float) -> None:
+    """Finite but absurd counts: two spans of 1e308 tokens each would make the counter +Inf for good."""
+    connector, _ = make()
+    for index in range(2):
+        connector.consume(
+            llm_span(
+                bytes([index + 1]) * 16, b"\x01" * 8,
+                **{"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+                   "gen_ai.usage.input_tokens": count, "gen_ai.usage.output_tokens": 10},  # type: ignore[dict-item]
+            )
+        )  # fmt: skip
+    f = connector.families
+    assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 20
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 0
+    assert math.isfinite(f.llm_cost.value(("openai", "gpt-4o")))
+
+
 def test_configured_prices_and_conventions_are_used() -> None:
     cfg = SpanMetricsConfig(
         pricing=PricingConfig(models={"acme-llm": ModelPriceConfig(input=1.0, output=2.0, cache_read=0.5)}),

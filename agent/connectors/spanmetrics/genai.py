@@ -401,17 +401,22 @@ def detail_count(values: Sequence[AnyValue | None], slots: Sequence[int], name: 
     if not text:
         return None
     found = _DETAIL_COUNTS[name].search(text)
-    return float(found.group(1)) if found else None
+    return float(found.group(1)) if found and float(found.group(1)) <= MAX_TOKEN_COUNT else None
+
+
+# The largest token count taken: beyond it a float no longer holds every integer, and a few spans claiming
+# 1e308 tokens (finite, each) would still sum to an infinite counter for good.
+MAX_TOKEN_COUNT = float(2**53)
 
 
 def first_number(values: Sequence[AnyValue | None], slots: Sequence[int]) -> float | None:
-    """The first non-negative number among ``values[slot]`` in ``slots`` order, or None (token counts are
-    integers; doubles and numeric strings are read through :func:`any_to_number`)."""
+    """The first number in ``[0, MAX_TOKEN_COUNT]`` among ``values[slot]`` in ``slots`` order, or None (token
+    counts are integers; doubles and numeric strings are read through :func:`any_to_number`)."""
     for slot in slots:
         value = values[slot]
         if value is not None:
             number = value.int_value or any_to_number(value)
-            if number is not None and number >= 0:
+            if number is not None and 0 <= number <= MAX_TOKEN_COUNT:
                 return float(number)
     return None
 

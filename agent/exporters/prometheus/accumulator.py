@@ -162,7 +162,13 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
 
     Bucket ``i`` of scale ``s`` holds ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``; negative buckets
     mirror that; the zero bucket ends at the zero threshold. The last (+Inf) bucket is empty.
+
+    ValueError when the bounds cannot be exposed (OpenMetrics wants them unique, increasing and never NaN): a zero
+    threshold that is negative, NaN or infinite or reaches past the first positive bucket, or a scale or offset
+    at which neighbouring bounds round to one float. OverflowError for bucket indexes beyond float range.
     """
+    if not 0.0 <= point.zero_threshold < math.inf:
+        raise ValueError(f"zero_threshold {point.zero_threshold} is not a finite, non-negative number")
     base = 2.0 ** (2.0**-point.scale)
     uppers: list[float] = []
     counts: list[float] = []
@@ -179,6 +185,8 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
         uppers.append(base ** (positive.offset + i + 1))
         counts.append(float(count))
     counts.append(0.0)
+    if not all(map(math.isfinite, uppers)) or any(b <= a for a, b in itertools.pairwise(uppers)):
+        raise ValueError("bucket bounds are not finite and strictly increasing at this scale and offset")
     return tuple(uppers), counts
 
 
@@ -463,6 +471,9 @@ class Accumulator:
                 self._remove(family, labels)  # the source says the series ended
                 continue
             value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
+            if kind == COUNTER and not value >= 0.0:  # NaN or negative: no counter is (OpenMetrics, OTLP)
+                self._on_drop("malformed", 1)
+                continue
             series = self._series(family, labels)
             if series is None:
                 continue
@@ -505,7 +516,7 @@ class Accumulator:
             if exponential:
                 try:
                     bounds, counts = exponential_to_explicit(point)
-                except OverflowError:  # bucket indexes beyond float range: not a histogram anyone produces
+                except (OverflowError, ValueError):  # bounds no histogram has: not a histogram anyone produces
                     self._on_drop("malformed", 1)
                     continue
             else:
@@ -519,7 +530,7 @@ class Accumulator:
                 continue
             fresh = not series.seen
             restarted = False
-            total_sum = _exposable_sum(point, exponential)
+            total_sum = _exposable_sum(point, exponential, bounds)
             if delta and not fresh:
                 if bounds != series.bounds:
                     self._on_drop("bucket_mismatch", 1)
@@ -578,6 +589,16 @@ class Accumulator:
             if point.flags & _NO_RECORDED_VALUE:
                 self._remove(family, labels)
                 continue
+            quantiles = [q.quantile for q in point.quantile_values]
+            # OTLP and OpenMetrics both want each quantile in [0, 1] (NaN is not), one series per quantile, and
+            # a sum that is neither NaN nor negative (it is a counter).
+            if (
+                not all(0.0 <= q <= 1.0 for q in quantiles)
+                or len(set(quantiles)) != len(quantiles)
+                or not point.sum >= 0.0
+            ):
+                self._on_drop("malformed", 1)
+                continue
             series = self._series(family, labels)
             if series is None:
                 continue
@@ -631,12 +652,15 @@ def _without_reserved(labels: dict[str, str], reserved: str) -> dict[str, str]:
     return labels
 
 
-def _exposable_sum(point: Any, exponential: bool) -> float | None:
+def _exposable_sum(point: Any, exponential: bool, bounds: tuple[float, ...] = ()) -> float | None:
     """A histogram's sum, when the source sent one and it can be exposed: not over negative observations, which
-    would make ``_sum`` decrease (the OTLP-to-Prometheus rules)."""
+    would make ``_sum`` decrease (the OTLP-to-Prometheus rules), nor with a negative bucket bound, nor NaN or
+    negative (OpenMetrics: a histogram's sum is a counter, and there is none beside negative thresholds)."""
     if not point.HasField("sum"):
         return None
     if exponential and any(point.negative.bucket_counts):
+        return None
+    if (bounds and bounds[0] < 0.0) or not point.sum >= 0.0:
         return None
     return point.sum
 
