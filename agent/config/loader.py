@@ -115,6 +115,9 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     except RecursionError:
         raise ConfigInvalid([ConfigError("", "not valid YAML: nested too deeply")]) from None
+    if expands_past(raw, MAX_CONFIG_VALUES):
+        message = f"expands to more than {MAX_CONFIG_VALUES} values: YAML aliases repeated inside aliases?"
+        raise ConfigInvalid([ConfigError("", message)])
     errors: list[ConfigError] = []
     raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
     substitution_failed = {e.path for e in errors}
@@ -126,6 +129,26 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raise ConfigInvalid(errors)
     assert config is not None
     return config
+
+
+# A YAML alias is one object however often it is used, but every walk of the config (substitution, parsing)
+# visits it at each use: nine levels of ten aliases each are a few lines of text and 10**9 values to walk.
+MAX_CONFIG_VALUES = 100_000
+
+
+def expands_past(node: Any, budget: int) -> bool:
+    """Whether walking ``node`` as a tree (aliases expanded) visits more than ``budget`` values."""
+    pending = [node]
+    while pending:
+        budget -= 1
+        if budget < 0:
+            return True
+        current = pending.pop()
+        if isinstance(current, dict):
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+    return False
 
 
 def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: list[ConfigError]) -> Any:
@@ -165,6 +188,8 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
             parsed = yaml.safe_load(result)
         except (yaml.YAMLError, ValueError, RecursionError):
             return result
+        if expands_past(parsed, MAX_CONFIG_VALUES):
+            return result  # as text: a field wanting a structure says it got a string
         return result if parsed == result else EnvText(result, parsed)
     return result
 

@@ -668,3 +668,15 @@ def test_a_sections_own_checks_still_run_beside_a_wrong_field_but_not_about_it()
         "processors.tail_sampling.decision_wait: must be a duration like '10s', '500ms' or '2m', got 'soon'",
         "processors.tail_sampling.tick_interval: must be longer than 0s",
     ]
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_not_expanded() -> None:
+    """Nine levels of ten aliases are a few lines of YAML and 10**9 values to walk: the agent must say so, not
+    hang with gigabytes of memory."""
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    with pytest.raises(ConfigInvalid, match="expands to more than 100000 values"):
+        load_text("\n".join(levels))
+    bomb = "\n".join(levels).replace("\n", "\n  ")
+    with pytest.raises(ConfigInvalid):  # the same from an environment variable: taken as text, not expanded
+        load_text("receivers: ${env:BOMB}", environ={"BOMB": "{" + bomb.replace("\n  ", ", ") + "}"})
