@@ -275,11 +275,14 @@ def test_the_config_is_checked_against_lokis_limits() -> None:
     build(LokiExporterConfig, {"endpoint": "http://l/p", "label_resource_attributes": too_many}, "m", errors)
     build(LokiExporterConfig, {"endpoint": "http://l/p", "label_resource_attributes": ["service.name"]}, "n", errors)
     build(LokiExporterConfig, {"endpoint": "http://l/p", "tenant_id": "a b"}, "o", errors)
+    # aiohttp refuses such a value at every push: each batch would be dropped while the config looked valid.
+    build(LokiExporterConfig, {"endpoint": "http://l/p", "headers": {"authorization": "Basic dTpw\n"}}, "p", errors)
     messages = [str(e) for e in errors]
     assert "l.compression: gzip applies to encoding: json (protobuf bodies are snappy-compressed)" in messages
     assert any(m.startswith("m.label_resource_attributes: at most 12") for m in messages)
     assert "n.label_resource_attributes[0]: label service_name clashes with a fixed label" in messages
     assert any(m.startswith("o.tenant_id:") for m in messages)
+    assert "p.headers.authorization: the value contains a control character (a trailing newline?)" in messages
 
 
 def _mapped_metadata(record_attributes: dict[str, str], resource_attributes: dict[str, str]) -> Any:

@@ -561,3 +561,43 @@ async def test_a_connection_reset_after_the_request_was_sent_counts_the_resend_a
     assert len(backend.bodies) == 2  # the backend had the whole first request: the resend may duplicate it
     assert value(metrics, "exporter_sent_items_total") == spans
     assert value(metrics, "exporter_duplicates_total") == spans
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize("value", ["Bearer s3cr3t\n", "Bearer\r\nX-Injected: 1", "tok\x00en"])
+def test_a_header_value_with_a_control_character_is_a_config_error(protocol: str, value: str) -> None:
+    """grpcio and aiohttp refuse such a value at every export (each batch dropped); a secret file read through
+    ${env:…} often ends in a newline. The config check must say so, naming the header, not its value."""
+    errors: list[ConfigError] = []
+    endpoint = "jaeger:4317" if protocol == "grpc" else "http://jaeger:4318"
+    raw = {"endpoint": endpoint, "protocol": protocol, "headers": {"authorization": value}}
+    build(OtlpExporterConfig, raw, "exporters.otlp", errors)
+    assert [str(e) for e in errors] == [
+        "exporters.otlp.headers.authorization: the value contains a control character (a trailing newline?)"
+    ]
+
+
+def test_a_grpc_header_value_must_be_printable_ascii() -> None:
+    errors: list[ConfigError] = []
+    build(OtlpExporterConfig, {"endpoint": "jaeger:4317", "headers": {"x-team": "tökén"}}, "exporters.otlp", errors)
+    assert [str(e) for e in errors] == ["exporters.otlp.headers.x-team: a gRPC metadata value must be printable ASCII"]
+    errors.clear()
+    raw = {"endpoint": "http://jaeger:4318", "protocol": "http/protobuf", "headers": {"x-team": "tökén\tb"}}
+    build(OtlpExporterConfig, raw, "exporters.otlp", errors)
+    assert errors == []  # HTTP takes obs-text and a tab
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_a_ca_file_that_holds_no_certificate_fails_the_start_for_both_transports(
+    tmp_path: Path, protocol: str
+) -> None:
+    """grpcio takes an unreadable CA file and fails every handshake with "Failed to create security handshaker"
+    until each batch is given up; the exporter must refuse to start, as it does for a missing file."""
+    _, key = self_signed_certificate(tmp_path)
+    endpoint = "localhost:4317" if protocol == "grpc" else "https://localhost:4318"
+    raw = {"endpoint": endpoint, "protocol": protocol, "tls": {"ca_file": str(key)}}
+    config = build_config(OtlpExporterConfig, raw)
+    exporter = OtlpExporter(config, make_settings("otlp"))
+    with pytest.raises(RuntimeError, match=r"TLS file\(s\) not usable .*server\.key"):
+        await exporter.start()
+    await exporter.shutdown(time.monotonic() + 1)

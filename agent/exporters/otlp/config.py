@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from agent.config.schema import Duration, setting, without_credentials
 from agent.exporters._helper.batcher import BatchConfig
+from agent.exporters._helper.headers import header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
 from agent.exporters._helper.tls import TlsClientConfig
@@ -46,11 +47,7 @@ class OtlpExporterConfig:
 
     def validate(self) -> Iterator[tuple[str, str]]:
         yield from _check_endpoint(self.endpoint, self.protocol)
-        for name in self.headers:
-            if not name or name != name.strip() or any(c in name for c in ":\r\n "):
-                yield f"headers.{name}", "is not a valid header name"
-            elif self.protocol == "grpc" and name.lower().endswith("-bin"):
-                yield f"headers.{name}", "gRPC sends a -bin key as binary metadata; give a text header"
+        yield from header_problems(self.headers, grpc=self.protocol == "grpc")
         if self.protocol == "grpc" and self.tls.insecure_skip_verify:
             # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
             yield "tls.insecure_skip_verify", "is not available over gRPC; give tls.ca_file (the server's CA)"

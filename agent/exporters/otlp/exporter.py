@@ -6,6 +6,8 @@ A partial-success answer is counted (``exporter_rejected_items_total``) and logg
 
 from __future__ import annotations
 
+import ssl
+
 from google.protobuf.message import Message
 
 from agent.component import Consumer, CreateSettings, Signal
@@ -47,6 +49,15 @@ class OtlpExporter:
         missing = self._config.tls.missing_files()
         if missing:
             raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
+        if self._config.uses_tls:
+            # Read here for both transports: grpcio would take an unreadable CA or key and fail every handshake
+            # ("Failed to create security handshaker") until each batch is given up.
+            tls = self._config.tls
+            try:
+                tls.ssl_context()
+            except (ssl.SSLError, ValueError) as exc:
+                files = ", ".join(name for name in (tls.ca_file, tls.cert_file, tls.key_file) if name)
+                raise RuntimeError(f"TLS file(s) not usable ({files}): {exc}") from None
         await self._transport.start()
         await self._queue.start()
 
