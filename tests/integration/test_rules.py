@@ -75,6 +75,8 @@ def test_the_alerts_the_orchestrator_teams_asked_for_exist() -> None:
         "LLMProviderFailing",
         "WorkflowLatencyP95High",
         "WorkflowLatencyP99High",
+        "WorkflowTimeout",
+        "LLMCostSpike",
         "LLMCostBudget80Percent",
         "LLMCostBudget95Percent",
         "LLMCostBudgetExhausted",
