@@ -415,6 +415,21 @@ def test_a_metric_exposed_under_a_name_another_metric_already_uses_is_dropped(co
     openmetrics(exp)  # parses
 
 
+@pytest.mark.parametrize("histogram_first", [True, False])
+def test_a_family_named_like_another_familys_sample_is_dropped_so_openmetrics_stays_valid(
+    histogram_first: bool,
+) -> None:
+    """A counter `x.count` is the OpenMetrics family `x_count`, a sample name of a histogram `x`: OpenMetrics
+    forbids that clash and strict parsers reject the whole scrape."""
+    exp, metrics = exporter()
+    histogram = histogram_metric("x", HistogramDataPoint(count=1, sum=1.0, bucket_counts=[1]), unit="")
+    counter = sum_metric("x.count", number(2))
+    for metric in (histogram, counter) if histogram_first else (counter, histogram):
+        exp.consume(request(metric))
+    list(text_string_to_metric_families(openmetrics(exp)))  # raised "Clashing name: x_count"
+    assert dropped(metrics, "name_conflict") == 1
+
+
 def test_an_explicit_infinite_last_bound_is_folded_into_the_inf_bucket_and_nan_bounds_are_dropped() -> None:
     exp, metrics = exporter()
     point = HistogramDataPoint(count=3, sum=2.0, explicit_bounds=[1.0, math.inf], bucket_counts=[2, 1, 0])
@@ -831,6 +846,66 @@ def test_a_series_that_expired_and_came_back_with_the_same_start_keeps_its_value
     assert acc.snapshot()[0] == []  # expired
     acc.consume(request(sum_metric("jobs.done", number(2, start=start_s, end=start_s + 50))))
     assert [s.value for f in acc.snapshot()[0] for s in f.series.values()] == [2.0]
+
+
+def _held_accumulator(now: list[float]) -> Accumulator:
+    acc = Accumulator(300.0, 1000, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    acc.snapshot()  # scraped since the start
+    return acc
+
+
+def _values(acc: Accumulator) -> list[float]:
+    return [s.value for f in acc.snapshot()[0] for s in f.series.values()]
+
+
+def test_an_app_restarting_while_its_new_counter_is_still_at_zero_loses_no_run() -> None:
+    """A crash-looping app (a restart every 16 s): each restart re-armed the zero window, so Prometheus saw 0 for
+    as long as it looped and then only the last run's count."""
+    now = [100.0]
+    acc = _held_accumulator(now)
+    start_s = time.time_ns() // S
+    for run in range(3):
+        run_start = start_s + 16 * run
+        acc.consume(request(sum_metric("crashes", number(40, start=run_start, end=run_start + 8))))
+        acc.consume(request(sum_metric("crashes", number(75, start=run_start, end=run_start + 15))))
+        assert _values(acc) == [0.0]  # every scraper sees the new series rise from zero
+        now[0] += 16
+    now[0] += 13  # 61 s after its first scrape
+    assert _values(acc) == [225.0]  # the three runs; was 0.0 (the window re-armed), then 75.0
+    acc.consume(request(sum_metric("crashes", number(5, start=start_s + 100, end=start_s + 101))))
+    assert _values(acc) == [0.0]  # a restart after the window: a reset, as before
+    now[0] += 61
+    assert _values(acc) == [5.0]
+
+
+def test_a_restart_just_after_the_zero_window_but_before_any_scrape_showed_the_value_loses_nothing() -> None:
+    now = [100.0]
+    acc = _held_accumulator(now)
+    start_s = time.time_ns() // S
+    acc.consume(request(sum_metric("crashes", number(40, start=start_s, end=start_s + 8))))
+    assert _values(acc) == [0.0]
+    now[0] += 61  # the window is over, but no scrape has seen the 40 yet
+    acc.consume(request(sum_metric("crashes", number(3, start=start_s + 60, end=start_s + 61))))
+    assert _values(acc) == [43.0]  # was 0.0 for another minute, then 3.0: the 40 never counted
+
+
+def test_two_sources_writing_one_counter_are_not_taken_for_restarts_and_zeroed_forever() -> None:
+    """Two replicas with one resource (no service.instance.id) alternate their start times: each point of the
+    later-started one looked like a restart and put the series back at zero, for as long as both ran."""
+    now = [100.0]
+    acc = _held_accumulator(now)
+    a, b = time.time_ns() // S, time.time_ns() // S + 5
+    acc.consume(request(sum_metric("jobs.done", number(10, start=a, end=a + 10))))
+    assert _values(acc) == [0.0]
+    now[0] += 61
+    assert _values(acc) == [10.0]
+    for step in range(1, 4):
+        acc.consume(request(sum_metric("jobs.done", number(3 + step, start=b, end=a + 10 + 2 * step))))
+        acc.consume(request(sum_metric("jobs.done", number(10 + step, start=a, end=a + 11 + 2 * step))))
+        acc.snapshot()
+        now[0] += 61
+    acc.consume(request(sum_metric("jobs.done", number(20, start=b, end=a + 30))))
+    assert _values(acc) == [20.0]  # the latest point, as the Collector exposes it; was 0.0
 
 
 def test_a_point_attribute_named_job_or_instance_does_not_merge_two_services() -> None:

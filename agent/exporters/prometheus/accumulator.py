@@ -100,6 +100,10 @@ class Series:
     # (not a restart), whose series then keeps its values rather than falling back to zero each time.
     restarted_last: bool = False
     start_unsteady: bool = False
+    shown: bool = False  # a scrape has seen its value since it (re)started (not the zero of _read's window)
+    # A counter's last value from before a restart that no scrape had seen (it was still at zero): the new run
+    # counts on top of it, else a process restarting within the window would lose each run.
+    carried: float = 0.0
 
 
 @dataclass
@@ -118,11 +122,13 @@ class Target:
 
 
 def exposed_names(family: str, kind: str) -> frozenset[str]:
-    """The sample names a family is exposed under (OpenMetrics ``_created`` included)."""
+    """The names a family takes: its own (the OpenMetrics MetricFamily name) and its sample names (``_created``
+    included). OpenMetrics forbids a family name that is another family's sample name (a counter ``x_count`` next
+    to a histogram ``x``): strict parsers reject the whole exposition."""
     if kind == COUNTER:
-        return frozenset((family + "_total", family + "_created"))
+        return frozenset((family, family + "_total", family + "_created"))
     if kind == HISTOGRAM:
-        return frozenset(family + suffix for suffix in ("_bucket", "_count", "_sum", "_created"))
+        return frozenset(family + suffix for suffix in ("", "_bucket", "_count", "_sum", "_created"))
     if kind == SUMMARY:
         return frozenset((family, family + "_count", family + "_sum", family + "_created"))
     return frozenset((family,))
@@ -489,7 +495,14 @@ class Accumulator:
                     self._on_drop("out_of_order", 1)
                     continue
                 restarted = _restarted(series, point)
-                series.value = value
+                if kind == COUNTER:
+                    if series.start_unsteady:
+                        series.carried = 0.0  # several sources (or a moving start): the latest point is the value
+                    elif restarted and not series.shown:
+                        series.carried, restarted = series.value, False  # unseen so far: keep it, and the hold
+                    elif restarted:
+                        series.carried, series.shown = 0.0, False
+                series.value = value + series.carried
                 series.start_ns = point.start_time_unix_nano
             if (fresh or restarted) and kind == COUNTER:
                 series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
@@ -671,6 +684,10 @@ def _restarted(series: Series, point: Any) -> bool:
     and a counter back at 1 after 1 would hide its new event, so the series rises from zero again like a new
     one (see _started_recently). A source moving the start on consecutive points is not restarting: it is
     told apart, and its series keeps its values."""
+    if series.seen and 0 < point.start_time_unix_nano < series.start_ns:
+        # A start before the one held: no process restarts into the past, so two sources write this series (two
+        # replicas with one resource). Their starts alternate: taking each for a restart would zero it forever.
+        series.start_unsteady = True
     moved = series.seen and 0 < series.start_ns < point.start_time_unix_nano
     if moved and series.restarted_last:
         series.start_unsteady = True
@@ -685,6 +702,7 @@ def _read(series: Series, now: float, zero_for: float) -> Series:
         series.zero_pending = False
         series.zero_until = now + zero_for
     elif now >= series.zero_until:
+        series.shown = True
         return _copy(series)
     zero = _copy(series)
     zero.value, zero.count, zero.exemplar = 0.0, 0.0, None
