@@ -221,6 +221,7 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         if pipeline is not None:
             _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
     _check_connectors_used_both_ways(config, errors)
+    _check_every_class_routed(config, errors)
     _cross_check_components(config, errors)
     _check_listen_addresses(config, errors)
     return config
@@ -350,6 +351,34 @@ def _require_signal(component: ComponentConfig, signal: Signal, path: str, error
     if signal not in component.factory.signals:
         supported = ", ".join(sorted(component.factory.signals))
         errors.append(ConfigError(path, f"{component.id} does not support {signal} (supports {supported})"))
+
+
+def _check_every_class_routed(config: AgentConfig, errors: list[ConfigError]) -> None:
+    """A pipeline whose exporters all list ``retention_classes`` must take every defined class between them:
+    data of a class none of them takes would otherwise be dropped without a trace (kept by the sampler,
+    exported nowhere, counted nowhere)."""
+    defined = list(config.service.retention.classes)
+    for pipeline_id, pipeline in config.service.pipelines.items():
+        if pipeline is None or not pipeline.exporters:
+            continue
+        taken: set[str] = set()
+        takes_all = False
+        for name in pipeline.exporters:
+            component = config.exporters.get(name) or config.connectors.get(name)
+            classes = getattr(component.config, "retention_classes", None) if component else None
+            if not classes:  # takes every class (or is undefined: reported by _check_pipeline)
+                takes_all = True
+                break
+            taken.update(classes)
+        missing = [name for name in defined if name not in taken]
+        if not takes_all and missing:
+            errors.append(
+                ConfigError(
+                    f"service.pipelines.{pipeline_id}.exporters",
+                    f"no exporter takes retention class(es) {', '.join(missing)} (each lists retention_classes): "
+                    "that data would be dropped; add an exporter without retention_classes or list them",
+                )
+            )
 
 
 def _check_connectors_used_both_ways(config: AgentConfig, errors: list[ConfigError]) -> None:

@@ -132,6 +132,32 @@ def test_retention_classes_named_by_exporters_must_be_defined() -> None:
     assert "exporters.loki.retention_classes[1]: names standard more than once" in messages
 
 
+UNROUTED = """
+receivers:
+  otlp: {grpc: {endpoint: "127.0.0.1:0"}}
+processors:
+  tail_sampling: {}
+exporters:
+  otlp/jaeger: {endpoint: "jaeger:4317", retention_classes: [standard]}
+  otlp/jaeger_archive: {endpoint: "jaeger:4327", retention_classes: [%s]}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [tail_sampling], exporters: [otlp/jaeger_archive, otlp/jaeger]}
+"""
+
+
+def test_a_class_no_exporter_of_a_pipeline_takes_is_refused_at_load() -> None:
+    """Kept critical traces would reach no exporter and vanish uncounted: refused with the pipeline's path."""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(UNROUTED % "error")
+    assert [str(e) for e in raised.value.errors] == [
+        "service.pipelines.traces.exporters: no exporter takes retention class(es) critical "
+        "(each lists retention_classes): that data would be dropped; add an exporter without retention_classes "
+        "or list them"
+    ]
+    assert load_text(UNROUTED % "error, critical").service.pipelines["traces"].exporters
+
+
 def hours(text: str) -> float:
     assert text.endswith("h"), text
     return float(text[:-1])

@@ -41,6 +41,14 @@ def test_every_sampling_config_shipped_keeps_all_development_traces_under_either
     assert (rule.match_on, rule.values, rule.percentage) == ("resource", ["development"], 100.0)
 
 
+def test_the_compose_config_keeps_all_development_traces_as_the_chart_does() -> None:
+    compose = yaml.safe_load((CONFIG_DIR.parent / "deploy/docker-compose.yaml").read_text())
+    config = load_text(compose["configs"]["otel-sidecar-config"]["content"].replace("$$", "$"), environ={})
+    (rule,) = [r for r in config.processors["tail_sampling"].config.policies.attributes if r.name == "development"]
+    assert {rule.key, *rule.also_keys} == {"deployment.environment", "deployment.environment.name"}
+    assert (rule.match_on, rule.values, rule.percentage) == ("resource", ["development"], 100.0)
+
+
 def test_every_listen_address_variable_a_shipped_config_reads_is_one_the_chart_and_the_image_set() -> None:
     repo = CONFIG_DIR.parent
     variable = re.compile(r"\bOTEL_SIDECAR_[A-Z]+_ENDPOINT\b")
