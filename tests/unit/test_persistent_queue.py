@@ -201,6 +201,28 @@ async def test_a_corrupt_record_is_skipped_and_the_records_around_it_are_deliver
     assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == 1
 
 
+async def test_a_segment_with_no_readable_record_is_set_aside_not_deleted(tmp_path: Path) -> None:
+    """Another version's format (after a downgrade) or damage throughout: deleting the file would lose its records
+    for good, so it is kept under another name, out of the queue, and the queue goes on."""
+    sent = batches(2)
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    first.offer(Signal.TRACES, sent[0])
+    await first.shutdown(time.monotonic() + 1)
+    (segment,) = [p for p in segments(tmp_path) if p.stat().st_size]
+    original = segment.read_bytes()
+    segment.write_bytes(b"OSQ2" + original[4:])  # a format this version cannot read
+
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push, retry=FAST_RETRY)
+    await second.start()
+    second.offer(Signal.TRACES, sent[1])
+    await run_until_delivered(second, backend, 1, start=False)
+    assert [b.SerializeToString() for b in backend.received] == [sent[1].SerializeToString()]
+    kept = segment.with_suffix(".damaged")
+    assert kept.read_bytes() == b"OSQ2" + original[4:]
+
+
 async def test_the_queue_is_bounded_by_bytes_on_disk(tmp_path: Path) -> None:
     one = batches(1)[0]
     config = queue_config(tmp_path, max_bytes=one.ByteSize() * 3)
@@ -475,3 +497,30 @@ async def test_a_shutdown_during_an_outage_keeps_the_duplicate_mark_a_crash_left
     assert len(received) + len(backend.received) == 2  # the backend has it twice ...
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == spans_in(backend.received[0])  # ... said
+
+
+@pytest.mark.parametrize("garbage", [b"\xff" * 18, b"Z" + (7).to_bytes(8, "little"), b"S" + b"\xff" * 8])
+async def test_garbage_in_the_ack_log_is_skipped_and_counted_and_new_data_is_still_taken(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    sent = batches(3)
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent[:2]:
+        first.offer(Signal.TRACES, batch)
+    await first.shutdown(time.monotonic() + 1)
+    (acks,) = tmp_path.rglob("acks.log")
+    with open(acks, "ab") as handle:
+        handle.write(garbage)  # 0xFF bytes: an entry with seq 2**64 - 1
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await second.start()
+    second.offer(Signal.TRACES, sent[2])  # raised struct.error ("argument out of range") for every batch
+    await run_until_delivered(second, backend, 3, start=False)
+    assert [b.SerializeToString() for b in backend.received] == [b.SerializeToString() for b in sent]
+    text = metrics.render().decode()
+    assert (
+        metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == len(garbage) // 9
+    )

@@ -46,6 +46,7 @@ _SENDING, _DONE, _UNSENT = b"S", b"A", b"U"  # U: an interrupted send whose atte
 _SIGNAL_CODES = {Signal.TRACES: 1, Signal.METRICS: 2, Signal.LOGS: 3}
 _SIGNALS = {code: signal for signal, code in _SIGNAL_CODES.items()}
 _MAX_ACK_LOG = 1024 * 1024
+_MAX_SEQ = 2**63  # no queue writes that many records; a seq past it is garbage (near 2**64 it would overflow the u64)
 
 
 class QueueDirectoryBusy(RuntimeError):
@@ -174,24 +175,38 @@ class PersistentStore:
         path = self._dir / "acks.log"
         data = path.read_bytes() if path.exists() else b""
         whole = len(data) - len(data) % _ACK.size  # a torn last entry (crash mid-write) is ignored
+        damaged = 0
         for kind, seq in _ACK.iter_unpack(data[:whole]):
+            # Garbage (an unknown kind, or a sequence number no queue reaches) is skipped and counted: taken as a
+            # sequence number, one near 2**64 (0xFF bytes) would overflow the record's u64 and fail every write.
+            if kind not in (_DONE, _SENDING, _UNSENT) or seq >= _MAX_SEQ:
+                damaged += 1
+                continue
             if kind == _DONE:
                 done.add(seq)
             elif kind == _UNSENT:
                 sending.discard(seq)
             else:
                 sending.add(seq)
+        if damaged:
+            self._errors.labels(self._cid, "corrupt").inc(damaged)
+            self._settings.logger.error(
+                "persistent queue acknowledgement log is damaged; the damaged entries are skipped",
+                extra={"exporter": self._cid, "path": str(path), "entries_skipped": damaged, "reason": "corrupt"},
+            )
         return done, sending
 
     def _scan_segment(self, path: Path, done: set[int], sending: set[int]) -> None:
         data = path.read_bytes()
         segment = _Segment(path, os.open(path, os.O_RDONLY), len(data))
         offset = 0
+        damaged = False
         while offset < len(data):
             problem = self._check_record(data, offset)
             if problem is not None:
                 following = self._next_good_record(data, offset + 1)
                 self._skip_damaged(path, offset, following, problem)
+                damaged = True
                 offset = following
                 continue
             _, length, _ = _HEADER.unpack_from(data, offset)
@@ -223,7 +238,10 @@ class PersistentStore:
             offset += record_length
         if segment.live == 0:
             os.close(segment.fd)
-            path.unlink()
+            if damaged:
+                self._set_aside(path)
+            else:
+                path.unlink()  # every record delivered
             return
         self._segments.append(segment)
         self.bytes += segment.size
@@ -253,6 +271,17 @@ class PersistentStore:
                 return offset
             offset = data.find(MAGIC, offset + 1)
         return len(data)
+
+    def _set_aside(self, path: Path) -> None:
+        """Keep a segment with nothing readable in it under another name, out of the queue: it may be another
+        version's format (after a downgrade) or damage an operator wants to look at, and deleting it would lose
+        that for good."""
+        kept = path.with_suffix(".damaged")
+        path.rename(kept)
+        self._settings.logger.error(
+            "persistent queue segment has no readable record; it is set aside, out of the queue",
+            extra={"exporter": self._cid, "segment": path.name, "kept_as": str(kept)},
+        )
 
     def _skip_damaged(self, path: Path, offset: int, end: int, reason: str) -> None:
         self._errors.labels(self._cid, reason).inc()
