@@ -544,3 +544,40 @@ def test_an_oauth_code_is_masked_whatever_the_case_of_its_parameter_name() -> No
     for name in ("code", "Code", "CODE"):
         masked = label_text(f"GET /oauth/callback?{name}=4/0AfJohXk_secretvalue123")
         assert masked == f"GET /oauth/callback?{name}=[REDACTED]"
+
+
+def test_a_jwt_after_a_dash_is_masked_by_the_rule_that_scans_a_run_once() -> None:
+    """The jwt rule takes a run of token characters in one search ("eyJ-eyJ-..." of 128 KiB cost 2.4 s when every
+    eyJ started a search to the end of the text; now milliseconds: measured, not asserted here). What it
+    masks is unchanged: a JWT after a "-" too."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+    counts: Counter[str] = Counter()
+    assert redactor.mask_text(f"session x-{jwt} ok", counts) == "session x-[REDACTED] ok"
+    assert redactor.mask_text(f"eyJ-eyJ-{jwt}", counts) == "[REDACTED]"  # one run: masked whole, as before
+    assert counts == Counter({"jwt": 2})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("stripe whsec_abcdefghijklmnopqrstuvwxyz012345", "stripe [REDACTED]"),  # a webhook signing secret
+        ("Falling back to basic configuration for the retriever", None),  # prose, not credentials
+        ("step failed: basic authentication rejected", None),
+        ("bearer authentication failed for tenant acme", None),
+        ("PWD=/srv/app/workflows", None),  # the shell's working directory
+        ("pwd: /home/runner/work/project", None),
+        ("Bearer abcdefghijkl", "Bearer [REDACTED]"),  # still a token on its own
+        ("password=hunter2/x", "password=[REDACTED]"),
+    ],
+)
+def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    assert Redactor(RedactionConfig()).mask_text(text, Counter()) == (expected or text)

@@ -36,20 +36,39 @@ _SECRET_NAMES = (
 )
 # A number is a count (max_tokens=512, temperature=0.7), not a secret, unless it is as long as a card number.
 _COUNT = r"(?:\d{1,12}|\d{1,6}\.\d{1,6})"
+_WORD = r"[A-Za-z][a-z]{1,63}+"  # a word as prose writes it: lowercase, or capitalized
+# An absolute path of two or more segments: what PWD= (the shell's working directory) holds, not a password.
+_PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "openai_key": (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}", MASK),
-    "bearer_token": (r"(\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]{8,}=*", r"\1" + MASK),
-    "basic_auth": (r"(\b(?i:basic)\s+)[A-Za-z0-9+/]{12,}={0,2}", r"\1" + MASK),
+    # A plain word followed by more words after "bearer" or "basic" is prose ("basic configuration for",
+    # "bearer authentication failed"), not a credential: random tokens and base64 mix cases or hold digits.
+    "bearer_token": (
+        r"(\b(?i:bearer)\s+)(?!" + _WORD + r"\s+[A-Za-z])[A-Za-z0-9\-._~+/]{8,}=*",
+        r"\1" + MASK,
+    ),
+    "basic_auth": (
+        r"(\b(?i:basic)\s+)(?!" + _WORD + r"\s+[A-Za-z])[A-Za-z0-9+/]{12,}={0,2}",
+        r"\1" + MASK,
+    ),
     "aws_access_key": (r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", MASK),
     "github_token": (r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b", MASK),
     "google_api_key": (r"\bAIza[0-9A-Za-z\-_]{35}", MASK),
     "slack_token": (r"\b(?:xox[abprs]|xapp)-[A-Za-z0-9\-]{10,}", MASK),
     # Groq, xAI, LangSmith, Replicate, Perplexity.
     "provider_key": (r"\b(?:gsk_|xai-|lsv2_(?:pt|sk)_|r8_|pplx-)[A-Za-z0-9_]{20,}", MASK),
-    "jwt": (r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", MASK),
-    "stripe_key": (r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}", MASK),
+    # One search per run of token characters: \b allows a start after "-", a token character, and "eyJ-eyJ-…"
+    # started a search at every eyJ running to the end of the text, quadratic (2.4 s for 128 KiB). The run's
+    # first eyJ at a word start is taken (atomic: a later one ends its first part at the same ".", so fails
+    # alike), and what comes before it in the run is kept.
+    "jwt": (
+        r"(?<![\w\-])((?>[A-Za-z0-9_\-]*?(?<!\w)(?=eyJ)))"
+        r"eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}",
+        r"\1" + MASK,
+    ),
+    "stripe_key": (r"\b(?:[rs]k_(?:live|test)_|whsec_)[0-9A-Za-z]{10,}", MASK),  # API keys, webhook secrets
     "huggingface_token": (r"\bhf_[A-Za-z0-9]{30,}", MASK),
     "gitlab_token": (r"\bglpat-[A-Za-z0-9_\-]{20,}", MASK),
     "npm_token": (r"\bnpm_[A-Za-z0-9]{36}", MASK),
@@ -64,8 +83,10 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # the URL, as people write passwords with @ or / unescaped (postgres://u:p@ss/w@db). A port is not a
     # password: http://svc:8080/find?email=a@b.c is left alone.
     "url_password": (
-        r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^/\s:@]{0,256}:)(?!\d{1,5}(?:[/?#\s]|$))"
-        r"[^\s@]{1,256}(?:@[^\s@]{0,256}(?=[^\s@]{0,256}@)){0,3}(@)",
+        # Possessive runs ({m,n}+): none can end before a ":" or "@" its class excludes, so giving characters back
+        # never helps, and "a://:" repeated cost 1.2 µs a character backtracking through every password run.
+        r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}+://[^/\s:@]{0,256}+:)(?!\d{1,5}(?:[/?#\s]|$))"
+        r"[^\s@]{1,256}+(?:@[^\s@]{0,256}+(?=[^\s@]{0,256}@)){0,3}(@)",
         r"\1" + MASK + r"\2",
     ),
     # name=value where the name says secret: query strings (?api_key=, &private_token=, &sig=), connection strings
@@ -73,7 +94,13 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
     # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
-        r"((?i:" + _SECRET_NAMES + r"|\bsig|[?&]code)=)(?!" + _COUNT + r"(?![^&\s;,'\"]))[^&\s;,'\"]+",
+        r"((?i:"
+        + _SECRET_NAMES
+        + r"|\bsig|[?&]code)=)(?!(?:"
+        + _COUNT
+        + "|"
+        + _PATH
+        + r")(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
     # The same with a quoted value, the name quoted or not: JSON ({"db_password": "..."}), a Python dict repr
@@ -90,7 +117,13 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # keys without a prefix of their own (Azure OpenAI, Cohere, Mistral) show only by their name. A word without
     # a digit and shorter than 16 characters is taken for a setting (password: required), a number for a count.
     "named_secret": (
-        r"((?i:" + _SECRET_NAMES + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|" + _COUNT + r"(?![^\s'\",;]))"
+        r"((?i:"
+        + _SECRET_NAMES
+        + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|(?:"
+        + _COUNT
+        + "|"
+        + _PATH
+        + r")(?![^\s'\",;]))"
         r"(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\s'\",;]{4,1024}",
         r"\1" + MASK,
     ),
@@ -113,7 +146,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
-    r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|hf_|glpat-|npm_|ya29\."
+    r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|whsec_|hf_|glpat-|npm_|ya29\."
     r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)="
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}\\?['\"]?\s{0,8}[=:]"
     r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
