@@ -52,6 +52,10 @@ class _SignalEntrance:
     def consume_sized(self, batch: Message, size: int) -> None:
         self._queue.offer(self._signal, batch, size)
 
+    def memory_refusal(self) -> Refused | None:
+        """The refusal a batch would meet now because the process is short of memory (see ``IngestQueue``)."""
+        return self._queue.memory_refusal()
+
 
 class _Entry(NamedTuple):
     seq: int  # arrival number across signals: the worker feeds the oldest head first
@@ -129,17 +133,21 @@ class IngestQueue:
         self._idle.clear()
         self._ready.set()
 
-    def _refusal_for(self, signal: Signal) -> Refused | None:
-        """Why a new ``signal`` batch is refused: its own pipelines refuse, or any signal's say the process is
-        short of memory. Another signal's full pipeline is no reason: that would stop healthy pipelines too."""
-        own = self._lanes[signal].refusing()
-        if own is not None:
-            return own
+    def memory_refusal(self) -> Refused | None:
+        """A process-wide refusal (the memory limiter's) in force, if any: a receiver asks before it reads or decodes
+        a request, which would otherwise about double what each request in flight holds while memory is short."""
+        if self._closing:
+            return None
         for lane in self._lanes.values():
             refusal = lane.refusing()
             if refusal is not None and refusal.process_wide:
                 return refusal
         return None
+
+    def _refusal_for(self, signal: Signal) -> Refused | None:
+        """Why a new ``signal`` batch is refused: its own pipelines refuse, or any signal's say the process is
+        short of memory. Another signal's full pipeline is no reason: that would stop healthy pipelines too."""
+        return self._lanes[signal].refusing() or self.memory_refusal()
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work())

@@ -374,9 +374,21 @@ async def test_a_memory_limiter_refusal_refuses_every_signal() -> None:
     for signal, batch in ((Signal.TRACES, later_spans), (Signal.LOGS, a_log()), (Signal.METRICS, a_metric())):
         with pytest.raises(Refused, match="high memory usage"):
             entrances[signal].consume(batch)
+    # A receiver asks before it reads or decodes a request: decoding one only to refuse it would about double what
+    # each request in flight holds, while memory is short (a cgroup OOM kill at 64 senders of 2.5 MB requests).
+    from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+
+    receiver = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {})
+    handler = ExportHandler(receiver, entrances, retry_after=1.0)
+    with pytest.raises(RequestFailed) as refused:
+        handler.refuse_if_short_of_memory(Signal.LOGS, "grpc")
+    assert refused.value.failure is Failure.REFUSED and "high memory usage" in refused.value.message
+    failed = "otel_sidecar_receiver_failed_requests_total"
+    assert metric_value(receiver.metrics.render().decode(), failed, signal="logs", reason="backpressure") == 1
 
     limiter.refusing = False
     await until(lambda: traces.batches == [first_spans])
+    handler.refuse_if_short_of_memory(Signal.LOGS, "grpc")  # memory is back: nothing to refuse
     later_log = a_log()
     entrances[Signal.LOGS].consume(later_log)
     await queue.shutdown(time.monotonic() + 5)

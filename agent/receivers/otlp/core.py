@@ -66,6 +66,16 @@ class ExportHandler:
             self.request_failed(signal, transport, Failure.MALFORMED)
             raise RequestFailed(Failure.MALFORMED, f"cannot decode {spec.request_type.__name__}: {exc}") from None
 
+    def refuse_if_short_of_memory(self, signal: Signal, transport: str) -> None:
+        """Refuse a request before it is read or decoded while the memory limiter refuses: decoding a request
+        only to refuse it doubles what it holds, when memory is short. Counted as a failed request with reason
+        ``backpressure``; its items are not known without decoding."""
+        check = getattr(self._consumers.get(signal), "memory_refusal", None)
+        refusal = check() if check is not None else None
+        if refusal is not None:
+            self.request_failed(signal, transport, Failure.REFUSED)
+            raise RequestFailed(Failure.REFUSED, f"{refusal.reason}; retry later", self._retry_after)
+
     def export(self, signal: Signal, request: Message, transport: str, size: int) -> Message:
         """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success).
 

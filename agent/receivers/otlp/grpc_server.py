@@ -79,6 +79,7 @@ class GrpcServer:
                 if len(raw) > self._limit:
                     handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
                     raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")
+                handler.refuse_if_short_of_memory(signal, "grpc")
                 request = handler.decode(signal, raw, json=False, transport="grpc")
                 return handler.export(signal, request, "grpc", len(raw)).SerializeToString()
             except RequestFailed as exc:

@@ -95,6 +95,7 @@ class HttpServer:
                     Failure.UNSUPPORTED_MEDIA_TYPE,
                     f"unsupported content type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}",
                 )
+            self._handler.refuse_if_short_of_memory(signal, "http")
             body = await self._read_body(signal, request)
             message = await self._decode(signal, body, as_json)
             # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
