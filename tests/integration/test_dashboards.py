@@ -57,6 +57,7 @@ KNOWN_METRICS = {
     "orchestrator:llm_cost_budget:ratio",
     "otel_sidecar_receiver_accepted_items_total",
     "otel_sidecar_receiver_refused_items_total",
+    "otel_sidecar_receiver_failed_requests_total",
     "otel_sidecar_exporter_sent_items_total",
     "otel_sidecar_exporter_send_failed_items_total",
     "otel_sidecar_exporter_queue_fill_ratio",
