@@ -499,3 +499,32 @@ async def test_a_retry_of_a_batch_sent_in_several_pushes_resends_only_the_undeli
     await exporter._push(Signal.LOGS, batch)
     assert sent == [bodies[0], bodies[1], bodies[1]]
     assert len(exporter._bodies) == 0
+
+
+async def test_a_batch_whose_pushes_outlast_one_attempt_resumes_where_it_stopped() -> None:
+    """Each push answered within `timeout`, all of them together taking longer than the attempt's backstop (1.1 x
+    timeout): the backstop's cancellation dropped the cached pushes, so every retry began again at push 1
+    (duplicates in Loki) and the batch was never delivered."""
+    metrics = SelfMetrics()
+    retry = {"initial_interval": "20ms", "max_interval": "50ms", "max_elapsed_time": "6s"}
+    config = loki_config("http://127.0.0.1:1/loki/api/v1/push", timeout="1s", retry_on_failure=retry)
+    exporter = LokiExporter(config, make_settings("loki", metrics))
+    batch = burst_request()
+    assert len(exporter._body_of(batch)) == 2
+    exporter._bodies.clear()
+    sent: list[bytes] = []
+
+    async def post(body: bytes) -> None:  # Loki takes 0.7 s per push: each well inside `timeout`
+        await asyncio.sleep(0.7)
+        sent.append(body)
+
+    exporter._post = post  # type: ignore[method-assign]
+    await exporter.start()
+    exporter.consumer_for(Signal.LOGS).consume(batch)
+    deadline = time.monotonic() + 9
+    while len(set(sent)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    await exporter.shutdown(time.monotonic() + 1)
+    assert len(set(sent)) == 2, f"push 2 never delivered; push 1 sent {len(sent)} times"
+    assert len(sent) == 2, f"{len(sent)} pushes for a 2-push batch (duplicates in Loki)"

@@ -562,6 +562,9 @@ def test_a_jwt_after_a_dash_is_masked_by_the_rule_that_scans_a_run_once() -> Non
     assert counts == Counter({"jwt": 2})
 
 
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -573,6 +576,13 @@ def test_a_jwt_after_a_dash_is_masked_by_the_rule_that_scans_a_run_once() -> Non
         ("pwd: /home/runner/work/project", None),
         ("Bearer abcdefghijkl", "Bearer [REDACTED]"),  # still a token on its own
         ("password=hunter2/x", "password=[REDACTED]"),
+        ("OLDPWD=/home/runner", None),
+        # After any other name a path-shaped value may be a secret (an AWS secret key can start with "/").
+        ("AWS_SECRET_ACCESS_KEY=/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY=[REDACTED]"),
+        ("password=/Sup3r/S3cret", "password=[REDACTED]"),
+        ("DB_PWD=/Sup3r/S3cret", "DB_PWD=[REDACTED]"),
+        # A JWT after a non-ASCII letter and "-" (the run's start is looked for among ASCII token characters).
+        ("café-" + JWT, "café-[REDACTED]"),
     ],
 )
 def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:

@@ -8,6 +8,7 @@ are retried, honouring ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -107,8 +108,8 @@ class LokiExporter:
             while pushes.delivered < len(pushes.bodies):
                 await self._post(pushes.bodies[pushes.delivered])
                 pushes.delivered += 1
-        except RetryableError:
-            raise  # the bodies stay for the retry
+        except (RetryableError, asyncio.CancelledError):
+            raise  # the bodies stay for the retry (the attempt's timeout cancels it mid-push)
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise

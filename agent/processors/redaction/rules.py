@@ -37,7 +37,8 @@ _SECRET_NAMES = (
 # A number is a count (max_tokens=512, temperature=0.7), not a secret, unless it is as long as a card number.
 _COUNT = r"(?:\d{1,12}|\d{1,6}\.\d{1,6})"
 _WORD = r"[A-Za-z][a-z]{1,63}+"  # a word as prose writes it: lowercase, or capitalized
-# An absolute path of two or more segments: what PWD= (the shell's working directory) holds, not a password.
+# An absolute path of two or more segments after PWD= or OLDPWD= (the shell's working directories), not a
+# password; after any other name a value of that shape may well be a secret (an AWS secret key can look so).
 _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
@@ -64,7 +65,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # first eyJ at a word start is taken (atomic: a later one ends its first part at the same ".", so fails
     # alike), and what comes before it in the run is kept.
     "jwt": (
-        r"(?<![\w\-])((?>[A-Za-z0-9_\-]*?(?<!\w)(?=eyJ)))"
+        r"(?<![A-Za-z0-9_\-])((?>[A-Za-z0-9_\-]*?(?<!\w)(?=eyJ)))"
         r"eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}",
         r"\1" + MASK,
     ),
@@ -98,7 +99,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         + _SECRET_NAMES
         + r"|\bsig|[?&]code)=)(?!(?:"
         + _COUNT
-        + "|"
+        + r"|(?:(?<=\b(?i:pwd)=)|(?<=\b(?i:oldpwd)=))"
         + _PATH
         + r")(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
@@ -121,7 +122,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         + _SECRET_NAMES
         + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|(?:"
         + _COUNT
-        + "|"
+        + r"|(?<=\b(?i:pwd):[ \t])"
         + _PATH
         + r")(?![^\s'\",;]))"
         r"(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\s'\",;]{4,1024}",
