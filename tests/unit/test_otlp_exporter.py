@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,22 @@ async def test_unavailable_backends_are_retried_honouring_the_server_delay(proto
     assert value(metrics, "exporter_retries_total", exporter="otlp") == 2
 
 
+async def export_to_capture(
+    protocol: str, prepare: Callable[[Any], None], done_when: str
+) -> tuple[OtlpCapture, SelfMetrics, ExportTraceServiceRequest]:
+    """One batch exported to an ``OtlpCapture`` ``prepare``d to answer it some way, until ``done_when`` counts; then
+    a moment for a retry that must not come."""
+    batch = traces(1)
+    metrics = SelfMetrics()
+    with OtlpCapture() as backend:
+        prepare(backend.capture)
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        config = exporter_config(endpoint, protocol=protocol)
+        await run_exporter(config, batch, metrics, lambda: value(metrics, done_when) > 0)
+        await asyncio.sleep(0.1)
+    return backend, metrics, batch
+
+
 @pytest.mark.parametrize(
     ("protocol", "failure"),
     [
@@ -129,19 +146,10 @@ async def test_unavailable_backends_are_retried_honouring_the_server_delay(proto
 async def test_permanent_errors_are_not_retried_and_are_counted_as_rejected(
     protocol: str, failure: PlannedFailure
 ) -> None:
-    batch = traces(1)
+    backend, metrics, batch = await export_to_capture(
+        protocol, lambda capture: setattr(capture, "failures", [failure]), "exporter_send_failed_items_total"
+    )
     items = len(span_keys(batch))
-    with OtlpCapture() as backend:
-        backend.capture.failures = [failure]
-        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
-        metrics = SelfMetrics()
-        await run_exporter(
-            exporter_config(endpoint, protocol=protocol),
-            batch,
-            metrics,
-            lambda: value(metrics, "exporter_send_failed_items_total") > 0,
-        )
-        await asyncio.sleep(0.1)
     assert backend.capture.attempts == 1
     assert value(metrics, "exporter_rejected_items_total", exporter="otlp") == items
     assert value(metrics, "exporter_send_failed_items_total", reason="rejected") == items
@@ -163,18 +171,10 @@ async def test_resource_exhausted_is_retried_only_when_the_server_sends_retry_in
 async def test_a_partial_success_is_counted_and_logged_but_not_retried(
     protocol: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    batch = traces(1)
+    backend, metrics, batch = await export_to_capture(
+        protocol, lambda capture: setattr(capture, "partial_rejections", [2]), "exporter_sent_items_total"
+    )
     items = len(span_keys(batch))
-    with OtlpCapture() as backend:
-        backend.capture.partial_rejections = [2]
-        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
-        metrics = SelfMetrics()
-        await run_exporter(
-            exporter_config(endpoint, protocol=protocol),
-            batch,
-            metrics,
-            lambda: value(metrics, "exporter_sent_items_total") > 0,
-        )
     assert backend.capture.attempts == 1
     assert value(metrics, "exporter_rejected_items_total", exporter="otlp") == 2
     assert value(metrics, "exporter_sent_items_total", exporter="otlp") == items - 2
@@ -187,17 +187,9 @@ async def test_an_empty_partial_success_is_a_full_success_without_a_warning(
 ) -> None:
     # The proto says an empty partial_success (0 rejected, no message) means full success; Collector-based servers
     # (Jaeger v2) send one with every answer, and a warning for each would bury the real ones.
-    batch = traces(1)
-    with OtlpCapture() as backend:
-        backend.capture.empty_partial_success = True
-        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
-        metrics = SelfMetrics()
-        await run_exporter(
-            exporter_config(endpoint, protocol=protocol),
-            batch,
-            metrics,
-            lambda: value(metrics, "exporter_sent_items_total") > 0,
-        )
+    _, metrics, batch = await export_to_capture(
+        protocol, lambda capture: setattr(capture, "empty_partial_success", True), "exporter_sent_items_total"
+    )
     assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(span_keys(batch))
     assert "warning" not in caplog.text
 
