@@ -436,7 +436,7 @@ async def test_a_batch_in_retry_keeps_its_body_while_other_batches_are_sent() ->
     untimed = LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO)
     untimed.body.string_value = "no timestamp"
     waiting = logs_request(records=[untimed])
-    bodies = exporter._body_of(waiting)
+    bodies = exporter._pushes_of(waiting).bodies
     assert len(bodies) == 1
     failing.add(bodies[0])
     with pytest.raises(RetryableError):
@@ -485,7 +485,7 @@ async def test_a_retry_of_a_batch_sent_in_several_pushes_resends_only_the_undeli
     exporter = LokiExporter(loki_config("http://127.0.0.1:1/loki/api/v1/push"), make_settings("loki", SelfMetrics()))
     sent: list[bytes] = []
     batch = burst_request()
-    bodies = exporter._body_of(batch)
+    bodies = exporter._pushes_of(batch).bodies
     assert len(bodies) == 2
 
     async def post(body: bytes) -> None:
@@ -510,7 +510,7 @@ async def test_a_batch_whose_pushes_outlast_one_attempt_resumes_where_it_stopped
     config = loki_config("http://127.0.0.1:1/loki/api/v1/push", timeout="1s", retry_on_failure=retry)
     exporter = LokiExporter(config, make_settings("loki", metrics))
     batch = burst_request()
-    assert len(exporter._body_of(batch)) == 2
+    assert len(exporter._pushes_of(batch).bodies) == 2
     exporter._bodies.clear()
     sent: list[bytes] = []
 

@@ -137,10 +137,6 @@ class LokiExporter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
 
-    def _body_of(self, batch: Message) -> list[bytes]:
-        """The push bodies of ``batch`` (none: no line to push; several: more than one push may take)."""
-        return self._pushes_of(batch).bodies
-
     def _pushes_of(self, batch: Message) -> _Pushes:
         """The pushes of ``batch``, built once per batch: a retry sends the very same lines, timestamps included
         (Loki drops an entry it has with the same timestamp and line), and limits are counted once, not per
