@@ -51,20 +51,26 @@ _ZERO_TRACE_ID = bytes(TRACE_ID_BYTES)
 _ZERO_SPAN_ID = bytes(SPAN_ID_BYTES)
 
 
-def _invalid_span_indexes(spans: Sequence[Message]) -> list[int]:
-    """Indexes of spans whose ids cannot be right; one tight loop, as this runs for every span received."""
+def _check_span_ids(spans: Sequence[Message]) -> list[int]:
+    """Indexes of spans whose ids cannot be right; one tight loop, as this runs for every span received.
+
+    An all-zero parent span id is cleared on the way: it means "no parent" (pdata, and so a Collector, reads it as
+    absent; some SDKs write it), and every later stage tells a root span by its empty parent id.
+    """
     bad = []
     for index, span in enumerate(spans):
-        trace_id, span_id = span.trace_id, span.span_id
+        trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
         if (
             len(trace_id) != TRACE_ID_BYTES
             or len(span_id) != SPAN_ID_BYTES
             or trace_id == _ZERO_TRACE_ID
             or span_id == _ZERO_SPAN_ID
-            or len(span.parent_span_id) not in (0, SPAN_ID_BYTES)
+            or len(parent_id) not in (0, SPAN_ID_BYTES)
         ):
             bad.append(index)
             continue
+        if parent_id == _ZERO_SPAN_ID:
+            span.ClearField("parent_span_id")
         links = span.links
         if links and not all(_valid_link_ids(link) for link in links):
             bad.append(index)  # a backend decoding it strictly (pdata) would reject the whole export for it
@@ -82,11 +88,12 @@ def _valid_log_ids(record: Message) -> bool:
 
 
 def reject_invalid_spans(request: ExportTraceServiceRequest) -> int:
-    """Remove spans whose ids cannot be right (trace id not 16 non-zero bytes, span id not 8); return how many."""
+    """Remove spans whose ids cannot be right (trace id not 16 non-zero bytes, span id not 8); return how many.
+    An all-zero parent span id is cleared (the span is a root)."""
     rejected = 0
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
-            bad = _invalid_span_indexes(ss.spans)
+            bad = _check_span_ids(ss.spans)
             if not bad:
                 continue
             skip = set(bad)
@@ -111,8 +118,32 @@ def reject_invalid_log_records(request: ExportLogsServiceRequest) -> int:
     return rejected
 
 
-def _reject_nothing(_: Message) -> int:
-    return 0
+def _valid_exemplar_ids(point: Message) -> bool:
+    return all(
+        len(e.trace_id) in (0, TRACE_ID_BYTES) and len(e.span_id) in (0, SPAN_ID_BYTES)
+        for e in point.exemplars  # type: ignore[attr-defined]
+    )
+
+
+def reject_invalid_data_points(request: ExportMetricsServiceRequest) -> int:
+    """Remove data points with an exemplar whose trace id is not empty or 16 bytes, or span id not empty or 8;
+    return how many. A backend decoding strictly (pdata) would reject the whole export for one, and the exporter
+    merges requests of many senders."""
+    rejected = 0
+    for rm in request.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None or kind == "summary":  # summary points carry no exemplars
+                    continue
+                points = getattr(metric, kind).data_points
+                if all(_valid_exemplar_ids(p) for p in points):
+                    continue
+                keep = [p for p in points if _valid_exemplar_ids(p)]
+                rejected += len(points) - len(keep)
+                del points[:]
+                points.extend(keep)
+    return rejected
 
 
 @dataclass(frozen=True)
@@ -161,9 +192,10 @@ SPECS: dict[Signal, SignalSpec] = {
         "rejected_data_points",
         "data points",
         count_data_points,  # type: ignore[arg-type]
-        _reject_nothing,
+        reject_invalid_data_points,  # type: ignore[arg-type]
         "/v1/metrics",
         "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        "an exemplar's trace id must be empty or 16 bytes and its span id empty or 8 bytes",
     ),
     Signal.LOGS: SignalSpec(
         Signal.LOGS,

@@ -13,7 +13,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.otlp import json_codec
-from agent.otlp.signals import count_spans, reject_invalid_log_records, reject_invalid_spans
+from agent.otlp.signals import (
+    count_data_points,
+    count_spans,
+    reject_invalid_data_points,
+    reject_invalid_log_records,
+    reject_invalid_spans,
+)
 from agent.testing.workload import Workload
 
 
@@ -123,6 +129,62 @@ def test_spans_with_wrong_id_lengths_are_removed_and_counted() -> None:
     assert reject_invalid_spans(request) == 3
     assert count_spans(request) == before - 3
     assert all(len(s.trace_id) == 16 for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+
+
+def test_an_all_zero_parent_span_id_is_cleared_so_the_span_reads_as_a_root() -> None:
+    request, _truth = next(Workload(seed=5).requests(1))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[0].parent_span_id = bytes(8)  # as some SDKs write a root
+    spans[1].parent_span_id = b"\x00" * 7 + b"\x01"  # a real parent that happens to start with zeros
+    assert reject_invalid_spans(request) == 0
+    assert spans[0].parent_span_id == b""
+    assert spans[1].parent_span_id == b"\x00" * 7 + b"\x01"
+
+
+def test_data_points_with_an_exemplar_of_wrong_id_lengths_are_removed_and_counted() -> None:
+    good = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "asDouble": 1}
+    no_context = {"asDouble": 2}
+    short_trace = {"traceId": "010203", "asDouble": 3}
+    long_span = {"spanId": "eee19b7ec3c1b17401", "asDouble": 4}
+    request = json_codec.decode(
+        json.dumps(
+            {
+                "resourceMetrics": [
+                    {
+                        "scopeMetrics": [
+                            {
+                                "metrics": [
+                                    {
+                                        "name": "a",
+                                        "sum": {
+                                            "dataPoints": [
+                                                {"asInt": "1", "exemplars": [good, no_context]},
+                                                {"asInt": "2", "exemplars": [good, short_trace]},
+                                            ]
+                                        },
+                                    },
+                                    {
+                                        "name": "b",
+                                        "histogram": {
+                                            "dataPoints": [{"count": "1", "exemplars": [long_span]}, {"count": "2"}]
+                                        },
+                                    },
+                                    {"name": "c", "summary": {"dataPoints": [{"count": "3"}]}},
+                                ]
+                            }
+                        ]
+                    }
+                ]
+            }
+        ).encode(),
+        ExportMetricsServiceRequest,
+    )
+    assert count_data_points(request) == 5
+    assert reject_invalid_data_points(request) == 2
+    metrics = request.resource_metrics[0].scope_metrics[0].metrics
+    assert [p.as_int for p in metrics[0].sum.data_points] == [1]
+    assert [p.count for p in metrics[1].histogram.data_points] == [2]
+    assert [p.count for p in metrics[2].summary.data_points] == [3]
 
 
 def test_log_records_without_trace_context_are_valid_but_wrong_lengths_are_not() -> None:
