@@ -411,6 +411,25 @@ async def test_an_unsupported_content_encoding_is_answered_415_in_otlp_form_and_
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a sender's mistake"
 
 
+async def test_an_unknown_content_type_is_answered_415_with_a_protobuf_status(running: Running) -> None:
+    # OTLP/HTTP: the body of every 4xx and 5xx answer is a protobuf-encoded google.rpc.Status.
+    status, answer, headers = await post(running.http_url + "/v1/traces", b"hello", "text/plain")
+    assert status == 415 and headers["Content-Type"] == "application/x-protobuf"
+    assert status_pb2.Status.FromString(answer).message.startswith("unsupported content type 'text/plain'")
+
+
+async def test_a_request_without_content_type_is_told_so(running: Running) -> None:
+    host, port = running.http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 415")
+    assert status_pb2.Status.FromString(body).message.startswith("no Content-Type; use application/x-protobuf")
+
+
 class BrokenSink:
     def consume(self, batch: Any) -> None:
         raise RuntimeError("a bug in a pipeline stage")
@@ -452,8 +471,6 @@ async def test_an_empty_request_is_a_success(running: Running, sink: BatchSink) 
 async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not_held(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-
     import agent.receivers.otlp.http_server as http_server
 
     monkeypatch.setattr(http_server, "_BODY_SECONDS", 0.3)
@@ -464,7 +481,9 @@ async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not
         b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
     )
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), 5)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
-    assert status_line.startswith(b"HTTP/1.1 400")
-    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 1
+    # Nothing is wrong with the data, only with its delivery: a retryable answer (OTLP: 400 must not be retried).
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert b"\r\nRetry-After: 1\r\n" in answer
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="incomplete") == 1

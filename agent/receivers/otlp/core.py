@@ -20,6 +20,7 @@ class Failure(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REFUSED = "backpressure"
+    INCOMPLETE = "incomplete"  # the body did not arrive whole (too slow, or the connection dropped): retryable
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"  # a bug: answered 500 / INTERNAL, logged with its traceback
 

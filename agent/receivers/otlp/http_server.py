@@ -25,6 +25,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _MIB = 1024 * 1024
 _BODY_SECONDS = 30.0  # to receive a whole request body
+_INCOMPLETE_RETRY_AFTER = 1.0  # a body that did not arrive whole is nothing wrong with the data: send it again
 # OTLP/JSON is decoded in Python at about 8 MB/s: a 16 MiB body would hold the event loop for two seconds, long
 # enough to fail a liveness probe. Larger bodies are decoded on the receiver's own thread, one at a time as on the
 # loop (six at once would build six bodies' objects, 125 MiB each, before any bound sees them, and would hold up
@@ -37,6 +38,7 @@ _HTTP_STATUS = {
     Failure.TOO_LARGE: (413, code_pb2.RESOURCE_EXHAUSTED),
     Failure.UNSUPPORTED_MEDIA_TYPE: (415, code_pb2.INVALID_ARGUMENT),
     Failure.REFUSED: (503, code_pb2.UNAVAILABLE),
+    Failure.INCOMPLETE: (503, code_pb2.UNAVAILABLE),
     Failure.UNAVAILABLE: (404, code_pb2.UNIMPLEMENTED),
     Failure.INTERNAL: (500, code_pb2.INTERNAL),
 }
@@ -87,13 +89,17 @@ class HttpServer:
 
     async def _handle(self, signal: Signal, request: web.Request) -> web.Response:
         content_type = request.content_type.lower()
-        as_json = content_type == JSON
+        as_json = content_type == JSON  # an answer mirrors the request's encoding; protobuf when that is unknown
         try:
             if content_type not in (PROTOBUF, JSON):
                 self._handler.request_failed(signal, "http", Failure.UNSUPPORTED_MEDIA_TYPE)
+                # Not request.content_type: aiohttp reports a missing header as application/octet-stream.
+                sent = request.headers.get("Content-Type")
                 raise RequestFailed(
                     Failure.UNSUPPORTED_MEDIA_TYPE,
-                    f"unsupported content type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}",
+                    f"unsupported content type {sent!r}; use {PROTOBUF} or {JSON}"
+                    if sent
+                    else f"no Content-Type; use {PROTOBUF} or {JSON}",
                 )
             self._handler.refuse_if_short_of_memory(signal, "http")
             body = await self._read_body(signal, request)
@@ -103,11 +109,8 @@ class HttpServer:
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
-            if exc.failure is Failure.UNSUPPORTED_MEDIA_TYPE and content_type not in (PROTOBUF, JSON):
-                # The sender's content type is unknown, so the answer cannot mirror it: plain text for humans.
-                return web.Response(status=status, text=exc.message)
             reply = _reply(status, status_pb2.Status(code=code, message=exc.message), as_json)
-            if exc.failure is Failure.REFUSED:
+            if exc.failure in (Failure.REFUSED, Failure.INCOMPLETE):
                 reply.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # never sooner than asked
             return reply
         except Exception:
@@ -129,14 +132,20 @@ class HttpServer:
             async with asyncio.timeout(_BODY_SECONDS):
                 body = await request.read()
         except TimeoutError:
-            self._handler.request_failed(signal, "http", Failure.MALFORMED)
-            raise RequestFailed(Failure.MALFORMED, f"request body not received within {_BODY_SECONDS:g}s") from None
+            self._handler.request_failed(signal, "http", Failure.INCOMPLETE)
+            raise RequestFailed(
+                Failure.INCOMPLETE,
+                f"request body not received within {_BODY_SECONDS:g}s; retry later",
+                _INCOMPLETE_RETRY_AFTER,
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             self._handler.request_failed(signal, "http", Failure.TOO_LARGE)
             raise RequestFailed(Failure.TOO_LARGE, f"request body exceeds {self._limit} bytes") from None
         except Exception as exc:  # a connection dropped mid-body
-            self._handler.request_failed(signal, "http", Failure.MALFORMED)
-            raise RequestFailed(Failure.MALFORMED, f"cannot read request body: {exc}") from None
+            self._handler.request_failed(signal, "http", Failure.INCOMPLETE)
+            raise RequestFailed(
+                Failure.INCOMPLETE, f"cannot read request body: {exc}; retry later", _INCOMPLETE_RETRY_AFTER
+            ) from None
         try:
             return decompressed(request.headers.get("Content-Encoding", ""), body, self._limit)
         except RequestFailed as failed:
