@@ -34,6 +34,7 @@ ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id",
 
 _ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})  # bytes fields written as hex in OTLP/JSON
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
 _NUMBER_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_DOUBLE,
@@ -67,6 +68,8 @@ def decode(body: bytes, message_type: type[M]) -> M:
         raise OtlpJsonError(f"body is not JSON this agent reads: {exc}") from None
     if not isinstance(data, dict):
         raise OtlpJsonError("body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body):
+        data = _without_lone_surrogates(data)
     message = message_type()
     try:
         _prepare(data, message_type.DESCRIPTOR, "")
@@ -80,6 +83,26 @@ def decode(body: bytes, message_type: type[M]) -> M:
     except (ValueError, TypeError, OverflowError) as exc:  # a value protobuf's parser itself trips over
         raise OtlpJsonError(f"body is not OTLP/JSON this agent reads: {exc}") from None
     return message
+
+
+def _without_lone_surrogates(node: Any) -> Any:
+    """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD.
+
+    JSON may escape half a surrogate pair (a JavaScript SDK cutting a value to its length limit splits an emoji),
+    and protobuf refuses such a string, which would reject the whole request; the OpenTelemetry guidance for
+    invalid Unicode is to replace it, as decoding invalid UTF-8 with "replace" does.
+    """
+    if isinstance(node, str):
+        try:
+            node.encode()
+        except UnicodeEncodeError:
+            return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return node
+    if isinstance(node, dict):
+        return {key: _without_lone_surrogates(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_lone_surrogates(item) for item in node]
+    return node
 
 
 def to_dict(message: Message) -> dict[str, Any]:

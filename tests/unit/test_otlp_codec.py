@@ -297,3 +297,14 @@ def test_unknown_fields_are_ignored_whatever_they_hold_and_null_is_the_default()
     request = json_codec.decode(body, ExportTraceServiceRequest)
     span = request.resource_spans[0].scope_spans[0].spans[0]
     assert (span.name, span.kind, span.status.code) == ("s", 0, 0)
+
+
+def test_a_lone_surrogate_in_json_becomes_a_replacement_character_not_a_rejected_request() -> None:
+    # A JavaScript SDK cutting a value to its length limit can split an emoji's surrogate pair.
+    body = (
+        b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"cut \\ud83d","attributes":[{"key":"prompt",'
+        b'"value":{"stringValue":"whole \\ud83d\\ude00, lone \\uDE00"}}]}]}]}]}'
+    )
+    span = json_codec.decode(body, ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans[0]
+    assert span.name == "cut \ufffd"
+    assert span.attributes[0].value.string_value == "whole \U0001f600, lone \ufffd"
