@@ -10,6 +10,7 @@ aiohttp's ``TCPSite`` uses, would bind ``0.0.0.0`` to IPv4 only and ``::`` to IP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -69,6 +70,17 @@ async def start_sites(runner: web.AppRunner, endpoint: HostPort) -> None:
     finally:
         for sock in sockets[started:]:
             sock.close()
+
+
+async def stop_runner(runner: web.AppRunner, seconds: float) -> None:
+    """Close ``runner``'s sites and connections within ``seconds``.
+
+    Unbounded, aiohttp's cleanup waits for in-flight handlers, and then reads the unread rest of a request's body
+    for up to 10 s ("lingering close"): one client that sent half a body would hold the shutdown past the
+    kubelet's grace period, and the stages still to stop would lose their time.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runner.cleanup(), max(seconds, 0.0))
 
 
 def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:

@@ -8,8 +8,10 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
-from agent.listen import start_sites
+from agent.listen import start_sites, stop_runner
 from agent.telemetry.selfmetrics import SelfMetrics
+
+_STOP_SECONDS = 2.0
 
 
 class AdminServer:
@@ -36,9 +38,10 @@ class AdminServer:
         self._runner = runner
 
     async def shutdown(self) -> None:
+        """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            await stop_runner(runner, _STOP_SECONDS)
 
     async def _live(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "live"})

@@ -207,3 +207,22 @@ async def test_ipv6_switched_off_at_bind_falls_back_to_ipv4(monkeypatch: pytest.
 )
 def test_wildcard_hosts(host: str, expected: bool) -> None:
     assert listen.is_wildcard(host) is expected
+
+
+@pytest.mark.parametrize("listener", HTTP_LISTENERS)
+async def test_a_client_that_sent_half_a_body_does_not_hold_the_shutdown(listener: str) -> None:
+    # aiohttp reads the unread rest of a body for 10 s after answering ("lingering close"); unbounded, that held
+    # the shutdown past the stages' deadline. Each server stops within its bound (at most 2 s here).
+    port = free_dual_stack_port()
+    serving = HTTP_LISTENERS[listener](HostPort(f"127.0.0.1:{port}"))
+    await serving.__aenter__()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: agent\r\nContent-Length: 100\r\n\r\nx")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 ")
+        started = time.monotonic()
+        await serving.__aexit__(None, None, None)
+        assert time.monotonic() - started < 5, "the shutdown waited for the client"
+    finally:
+        writer.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from aiohttp import web
 from google.protobuf.message import Message
@@ -25,13 +26,14 @@ from agent.component import Consumer, CreateSettings, Refused, Signal
 from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
-from agent.listen import start_sites
+from agent.listen import start_sites, stop_runner
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.
 FOLD_SLICE_SECONDS = 0.002
 # Batches queued for folding before consume refuses: minutes of span-metrics flushes, or a burst of pushes.
 MAX_PENDING_BATCHES = 1024
+_SCRAPE_STOP_SECONDS = 2.0  # at shutdown, for a scrape in flight
 
 
 class PrometheusExporter:
@@ -127,8 +129,9 @@ class PrometheusExporter:
                 await self._drain_task
             self._drain_task = None
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            # Nothing to flush here: a scrape in flight gets a moment, the exporters stopping next keep the rest.
+            await stop_runner(runner, min(_SCRAPE_STOP_SECONDS, deadline - time.monotonic()))
 
     async def _scrape(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

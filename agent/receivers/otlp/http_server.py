@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import math
 import time
@@ -15,7 +14,7 @@ from google.rpc import code_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import HostPort
-from agent.listen import start_sites
+from agent.listen import start_sites, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
@@ -74,9 +73,8 @@ class HttpServer:
         # In-flight handlers do no I/O (they only enqueue), so aiohttp's own wait for them is short.
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            # Bounded: a slow client upload must not eat the time the pipelines need to flush.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.cleanup(), max(deadline - time.monotonic(), 0.0) / 2)
+            # Half the time left at most: a slow client upload must not eat the time the pipelines need to flush.
+            await stop_runner(runner, (deadline - time.monotonic()) / 2)
         if self._json_decoder is not None:
             self._json_decoder.shutdown(wait=False, cancel_futures=True)
             self._json_decoder = None
