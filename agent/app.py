@@ -14,6 +14,18 @@ from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
 
+def stop_signals() -> list[signal.Signals]:
+    """SIGTERM, SIGINT, and SIGHUP unless the agent was started to ignore it (``nohup``).
+
+    SIGHUP's default action (a closed terminal) would kill the process at once, losing everything accepted and
+    buffered, so it stops the agent cleanly instead; an inherited "ignore" is the operator's wish to keep running.
+    """
+    signals = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    return signals
+
+
 class Agent:
     """Lifecycle: ``start`` (exporters → processors → receivers, then ready), ``stop`` (not ready, receivers
     stop, everything buffered flushes downstream within ``service.shutdown_timeout``)."""
@@ -73,9 +85,7 @@ class Agent:
     async def run(self) -> None:
         """Start, serve until SIGTERM, SIGINT or SIGHUP, then stop."""
         loop = asyncio.get_running_loop()
-        # SIGHUP too (a closed terminal, an operator expecting a reload): its default action would kill the
-        # process at once, losing everything accepted and buffered.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in stop_signals():
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         await self._stop_requested.wait()

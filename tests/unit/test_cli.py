@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 
 import pytest
 
@@ -39,3 +40,12 @@ def test_an_agent_that_cannot_start_exits_with_a_code_and_a_logged_reason(
         assert logged["invalid configuration"]["errors"] == ["service.pipelines: connectors form a cycle"]
     else:
         assert str(error) in logged[message]["error"]
+
+
+def test_sighup_stops_the_agent_unless_the_process_was_started_to_ignore_it() -> None:
+    assert signal.SIGHUP in app.stop_signals()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it
+    try:
+        assert app.stop_signals() == [signal.SIGTERM, signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
