@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 
+from agent.component import Signal
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.testing.workload import Workload, resource_for
@@ -164,7 +165,8 @@ def _samples(text: str, prefix: str) -> list[tuple[str, float]]:
 def _report(truth: dict[str, int], self_metrics: str, span_metrics: str, out_dir: Path, code: int) -> None:
     print("\n== received (the agent's own metrics, http://127.0.0.1:13133/metrics) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
-        print(f"  {value:>9.0f} {labels['signal']} over {labels['transport']}")
+        items = SPECS[Signal(labels["signal"])].item_name  # the counter counts items: spans, not traces
+        print(f"  {value:>9.0f} {items} over {labels['transport']}")
     print("\n== tail sampling decisions (traces) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_sampling_decisions_total"):
         print(f"  {value:>9.0f} {labels['decision']:<5} by policy {labels['policy']}")
