@@ -19,7 +19,8 @@ from agent.config.service import PipelineConfig, ServiceConfig
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
 # a "${" that is none of these is reported.
-_ENV_REF = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+_ENV_NAME = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
+_BAD_REFERENCE = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
 _COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
 
@@ -166,23 +167,13 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
     if not isinstance(node, str) or "$" not in node:
         return node
 
-    def replace(match: re.Match[str]) -> str:
-        whole_match, name, default = match.group(0), match.group(1), match.group(2)
-        if whole_match == "$$":
-            return "$"
-        if name is None:
-            message = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
-            errors.append(ConfigError(path, message))
-            return whole_match
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        errors.append(ConfigError(path, f"environment variable {name} is not set and has no default"))
-        return ""
-
-    whole = (found := _ENV_REF.fullmatch(node)) is not None and found.group(1) is not None
-    result = _ENV_REF.sub(replace, node)
+    problems: list[str] = []
+    result, end = _reference(node, 0, environ, problems) if node.startswith("${") else ("", -1)
+    whole = end == len(node) and not problems
+    if not whole:
+        problems.clear()
+        result, _, _ = _expand(node, 0, environ, problems, in_default=False)
+    errors.extend(ConfigError(path, problem) for problem in problems)
     if whole and result:
         try:
             parsed = yaml.safe_load(result)
@@ -192,6 +183,57 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
             return result  # as text: a field wanting a structure says it got a string
         return result if parsed == result else EnvText(result, parsed)
     return result
+
+
+def _expand(
+    text: str, start: int, environ: Mapping[str, str], problems: list[str], *, in_default: bool
+) -> tuple[str, int, bool]:
+    """``text`` from ``start`` with its references replaced, to its end, or in a default to the ``}`` closing it;
+    the index after what was read; and whether a default was closed."""
+    out: list[str] = []
+    index = start
+    while index < len(text):
+        if in_default and text[index] == "}":
+            return "".join(out), index + 1, True
+        if text.startswith("$$", index):
+            out.append("$")
+            index += 2
+        elif text.startswith("${", index):
+            value, index = _reference(text, index, environ, problems)
+            out.append(value)
+        else:
+            out.append(text[index])
+            index += 1
+    return "".join(out), index, False
+
+
+def _reference(text: str, start: int, environ: Mapping[str, str], problems: list[str]) -> tuple[str, int]:
+    """The value of the reference at ``text[start:]`` (``${env:NAME}``, ``${env:NAME:-default}``, ``${NAME}``) and
+    the index after it. A default may hold references itself, expanded innermost first as the Collector does;
+    the problems of those count only when the default is used."""
+    name_match = _ENV_NAME.match(text, start + 2)
+    if name_match is None:
+        problems.append(_BAD_REFERENCE)
+        return "${", start + 2
+    name, after_name = name_match.group(1), name_match.end()
+    default: str | None = None
+    default_problems: list[str] = []
+    if text.startswith("}", after_name):
+        end = after_name + 1
+    elif text.startswith(":-", after_name):
+        default, end, closed = _expand(text, after_name + 2, environ, default_problems, in_default=True)
+        if not closed:
+            problems.append(f"'}}' missing: the default of {name} runs to the end of the value")
+    else:
+        problems.append(_BAD_REFERENCE)
+        return "${", start + 2
+    if name in environ:
+        return environ[name], end
+    if default is not None:
+        problems.extend(default_problems)
+        return default, end
+    problems.append(f"environment variable {name} is not set and has no default")
+    return "", end
 
 
 def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:

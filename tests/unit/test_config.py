@@ -77,6 +77,31 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}, logs: {rec
 
 
 @pytest.mark.parametrize(
+    ("value", "environ", "expected", "problem"),
+    [
+        ("${env:A:-${env:B:-/tmp/out}}", {"A": "/data"}, "/data", None),  # was "/data}"
+        ("${env:A:-${env:B:-/tmp/out}}", {"B": "/b"}, "/b", None),
+        ("${env:A:-${env:B:-/tmp/out}}", {}, "/tmp/out", None),  # was the inner reference, as text
+        ("${env:A:-${env:B}}", {"A": "/a"}, "/a", None),  # the default's missing variable does not matter
+        ("${env:A:-${env:B}}", {}, "", "environment variable B is not set and has no default"),
+        ("/x/${env:A:-$${B}}", {}, "/x/${B}", None),  # $$ in a default is a literal $ too
+        ("${env:A:-no end", {"A": "/a"}, "/a", "'}' missing: the default of A runs to the end of the value"),
+    ],
+)
+def test_a_default_may_hold_a_reference_expanded_innermost_first(
+    value: str, environ: dict[str, str], expected: str, problem: str | None
+) -> None:
+    text = f'receivers: {{otlp: {{}}}}\nexporters: {{file: {{path: "{value}"}}}}\n'
+    text += "service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}\n"
+    if problem is None:
+        assert load_text(text, environ=environ).exporters["file"].config.path == expected
+        return
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ=environ)
+    assert [(e.path, e.message) for e in raised.value.errors] == [("exporters.file.path", problem)]
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "receivers:\n  x: 2001-13-45\n",  # PyYAML raises ValueError for impossible dates
