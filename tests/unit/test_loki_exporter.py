@@ -528,3 +528,13 @@ async def test_a_batch_whose_pushes_outlast_one_attempt_resumes_where_it_stopped
     await exporter.shutdown(time.monotonic() + 1)
     assert len(set(sent)) == 2, f"push 2 never delivered; push 1 sent {len(sent)} times"
     assert len(sent) == 2, f"{len(sent)} pushes for a 2-push batch (duplicates in Loki)"
+
+
+def test_credentials_in_the_url_and_an_authorization_header_are_a_config_error() -> None:
+    # aiohttp refuses both at every push: every batch would be dropped while the config looked valid.
+    errors: list[ConfigError] = []
+    raw = {"endpoint": "https://user:pw@logs.example/loki/api/v1/push", "headers": {"authorization": "Bearer t"}}
+    build(LokiExporterConfig, raw, "exporters.loki", errors)
+    assert [str(e) for e in errors] == [
+        "exporters.loki.endpoint: has user:password@ and headers.authorization gives credentials too; give them once"
+    ]

@@ -579,6 +579,29 @@ def test_a_grpc_header_value_must_be_printable_ascii() -> None:
     assert errors == []  # HTTP takes obs-text and a tab
 
 
+@pytest.mark.parametrize(
+    ("protocol", "headers", "problem"),
+    [
+        # gRPC would read the credentials as part of the host name and never resolve it.
+        ("grpc", {}, "a gRPC endpoint takes no user:password@; give the credentials as headers.authorization"),
+        # aiohttp refuses credentials in the URL beside an Authorization header, at every export.
+        (
+            "http/protobuf",
+            {"Authorization": "Bearer t"},
+            "has user:password@ and headers.authorization gives credentials too; give them once",
+        ),
+        ("http/protobuf", {"x-team": "a"}, None),  # basic auth from the URL alone is sent
+    ],
+)
+def test_credentials_in_the_endpoint_that_could_never_be_sent_are_a_config_error(
+    protocol: str, headers: dict[str, str], problem: str | None
+) -> None:
+    errors: list[ConfigError] = []
+    raw = {"endpoint": "https://user:pw@jaeger:4318", "protocol": protocol, "headers": headers}
+    build(OtlpExporterConfig, raw, "exporters.otlp", errors)
+    assert [str(e) for e in errors] == ([f"exporters.otlp.endpoint: {problem}"] if problem else [])
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 async def test_a_ca_file_that_holds_no_certificate_fails_the_start_for_both_transports(
     tmp_path: Path, protocol: str

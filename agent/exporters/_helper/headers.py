@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
 
 # RFC 9110 5.5: a field value holds no control character other than a horizontal tab (CR, LF, NUL never).
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -25,3 +26,14 @@ def header_problems(headers: Mapping[str, str], grpc: bool) -> Iterator[tuple[st
             yield path, "the value contains a control character (a trailing newline?)"
         elif grpc and not _GRPC_METADATA_VALUE.fullmatch(value):
             yield path, "a gRPC metadata value must be printable ASCII"
+
+
+def credential_problems(endpoint: str, headers: Mapping[str, str], grpc: bool) -> Iterator[tuple[str, str]]:
+    """Credentials in the endpoint (``user:password@``) that could never be sent: over gRPC they would be read as
+    part of the host name; over HTTP the client refuses them beside an ``authorization`` header, on every attempt."""
+    if "://" not in endpoint or "@" not in urlsplit(endpoint).netloc:
+        return
+    if grpc:
+        yield "endpoint", "a gRPC endpoint takes no user:password@; give the credentials as headers.authorization"
+    elif any(name.lower() == "authorization" for name in headers):
+        yield "endpoint", "has user:password@ and headers.authorization gives credentials too; give them once"

@@ -9,7 +9,7 @@ from typing import Literal
 
 from agent.config.schema import Duration, Url, setting
 from agent.exporters._helper.batcher import BatchConfig
-from agent.exporters._helper.headers import header_problems
+from agent.exporters._helper.headers import credential_problems, header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
 from agent.exporters._helper.tls import TlsClientConfig
@@ -58,6 +58,7 @@ class LokiExporterConfig:
         if self.compression == "gzip" and self.encoding != "json":
             yield "compression", "gzip applies to encoding: json (protobuf bodies are snappy-compressed)"
         yield from header_problems(self.headers, grpc=False)
+        yield from credential_problems(self.endpoint, self.headers, grpc=False)
         if self.tenant_id and not _TENANT.match(self.tenant_id):
             yield "tenant_id", "must be 1-150 characters of letters, digits and !-_.*'()"
         if len(self.label_resource_attributes) > MAX_LABELS - len(FIXED_LABELS):

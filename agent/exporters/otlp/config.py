@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from agent.config.schema import Duration, setting, without_credentials
 from agent.exporters._helper.batcher import BatchConfig
-from agent.exporters._helper.headers import header_problems
+from agent.exporters._helper.headers import credential_problems, header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
 from agent.exporters._helper.tls import TlsClientConfig
@@ -48,6 +48,7 @@ class OtlpExporterConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         yield from _check_endpoint(self.endpoint, self.protocol)
         yield from header_problems(self.headers, grpc=self.protocol == "grpc")
+        yield from credential_problems(self.endpoint, self.headers, grpc=self.protocol == "grpc")
         if self.protocol == "grpc" and self.tls.insecure_skip_verify:
             # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
             yield "tls.insecure_skip_verify", "is not available over gRPC; give tls.ca_file (the server's CA)"
