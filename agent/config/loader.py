@@ -15,7 +15,7 @@ import yaml
 
 from agent.component import Factory, Kind, Signal
 from agent.config.schema import ConfigError, ConfigInvalid, EnvText, HostPort, build, join_path, to_plain
-from agent.config.service import PipelineConfig, ServiceConfig
+from agent.config.service import PipelineConfig, ServiceConfig, pipeline_id_problem
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
 # a "${" that is none of these is reported.
@@ -257,6 +257,14 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             invalid |= {str(cid) for cid in section if cid not in sections[kind.section]}
     service = build(ServiceConfig, raw.get("service"), "service", errors)
     if service is None:
+        # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
+        salvaged = AgentConfig(service=ServiceConfig(), **sections)
+        for pipeline_id, pipeline in _pipelines_as_written(raw.get("service")).items():
+            problem = pipeline_id_problem(pipeline_id)
+            bad_id = ConfigError(f"service.pipelines.{pipeline_id}", problem) if problem else None
+            if bad_id is not None and bad_id not in errors:
+                errors.append(bad_id)
+            _check_pipeline(salvaged, pipeline_id, pipeline, invalid, errors)
         return None
     config = AgentConfig(service=service, **sections)
     for pipeline_id, pipeline in service.pipelines.items():
@@ -267,6 +275,23 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
     _cross_check_components(config, errors)
     _check_listen_addresses(config, errors)
     return config
+
+
+def _pipelines_as_written(raw_service: Any) -> dict[str, PipelineConfig]:
+    """The pipelines of a ``service`` section that did not build, each read as far as its component lists are
+    lists of names (whatever else is wrong with it or around it)."""
+    raw_service = EnvText.structure(raw_service)
+    pipelines = raw_service.get("pipelines") if isinstance(raw_service, dict) else None
+    if not isinstance(pipelines, dict):
+        return {}
+    readable: dict[str, PipelineConfig] = {}
+    for pipeline_id, pipeline in pipelines.items():
+        if not isinstance(pipeline, dict):
+            continue
+        lists = {section: pipeline.get(section) or [] for section in ("receivers", "processors", "exporters")}
+        if all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in lists.values()):
+            readable[str(pipeline_id)] = PipelineConfig(**lists)
+    return readable
 
 
 def _check_listen_addresses(config: AgentConfig, errors: list[ConfigError]) -> None:

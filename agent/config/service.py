@@ -42,6 +42,15 @@ class PipelineConfig:
                 yield section, f"names {name} more than once"
 
 
+def pipeline_id_problem(pipeline_id: str) -> str | None:
+    signal, slash, name = pipeline_id.partition("/")
+    if signal not in ("traces", "metrics", "logs"):
+        return "pipeline id must start with traces, metrics or logs"
+    if slash and not name:
+        return "pipeline id must be signal or signal/name, with a name after /"
+    return None
+
+
 @dataclass(frozen=True)
 class AdminConfig:
     endpoint: HostPort = setting(
@@ -112,8 +121,6 @@ class ServiceConfig:
         if not self.pipelines:
             yield "pipelines", "must define at least one pipeline"
         for pipeline_id in self.pipelines:
-            signal, slash, name = pipeline_id.partition("/")
-            if signal not in ("traces", "metrics", "logs"):
-                yield f"pipelines.{pipeline_id}", "pipeline id must start with traces, metrics or logs"
-            elif slash and not name:
-                yield f"pipelines.{pipeline_id}", "pipeline id must be signal or signal/name, with a name after /"
+            problem = pipeline_id_problem(pipeline_id)
+            if problem is not None:
+                yield f"pipelines.{pipeline_id}", problem

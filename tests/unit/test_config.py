@@ -705,3 +705,24 @@ def test_a_yaml_alias_bomb_is_refused_at_once_not_expanded() -> None:
     bomb = "\n".join(levels).replace("\n", "\n  ")
     with pytest.raises(ConfigInvalid):  # the same from an environment variable: taken as text, not expanded
         load_text("receivers: ${env:BOMB}", environ={"BOMB": "{" + bomb.replace("\n  ", ", ") + "}"})
+
+
+def test_a_mistake_elsewhere_under_service_does_not_hide_the_pipelines_undefined_components() -> None:
+    text = """
+receivers: {otlp: {}}
+exporters: {nop: {}}
+service:
+  shutdown_timeout: 20
+  pipelines:
+    traces: {receivers: [otlp], exporters: [nop, otlp/jaeger]}
+    logs: {receivers: [otlp], exporters: [nop, nop]}
+    bogus: {receivers: [otlp], exporters: [nop]}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert sorted(str(e) for e in raised.value.errors) == [
+        "service.pipelines.bogus: pipeline id must start with traces, metrics or logs",
+        "service.pipelines.logs.exporters: names nop more than once",
+        "service.pipelines.traces.exporters[1]: exporter otlp/jaeger is not defined under exporters or connectors",
+        "service.shutdown_timeout: must be a duration like '10s', '500ms' or '2m', got 20",
+    ]
