@@ -15,6 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import HostPort
+from agent.listen import listening_sockets
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 
@@ -56,11 +57,25 @@ class GrpcServer:
         # address otherwise: as agent/listen.py binds the HTTP servers.
         host = self._endpoint.host
         address = f"[{host}]:{self._endpoint.port}" if ":" in host else f"{host}:{self._endpoint.port}"
-        if server.add_insecure_port(str(address)) == 0:
-            raise OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
+        try:
+            bound = server.add_insecure_port(str(address))
+        except RuntimeError:  # grpcio ≥ 1.5x raises; older ones return 0
+            bound = 0
+        if bound == 0:
+            raise await self._why_not_listening()
         await server.start()
         self._server = server
         self._settings.logger.info("OTLP/gRPC receiver listening", extra={"endpoint": str(self._endpoint)})
+
+    async def _why_not_listening(self) -> OSError:
+        """gRPC's core says only "Failed to bind" (the cause goes to its own stderr, outside the agent's log):
+        binding the address here gives the operator the reason, as the HTTP servers report it."""
+        try:
+            for sock in await listening_sockets(self._endpoint.host, self._endpoint.port):
+                sock.close()
+        except OSError as exc:
+            return exc
+        return OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
 
     async def shutdown(self, deadline: float) -> None:
         if self._server is not None:
