@@ -113,7 +113,8 @@ class Graph:
     # --- construction ------------------------------------------------------------------------------------------
 
     def _settings(self, component: ComponentConfig, suffix: str = "") -> CreateSettings:
-        logger: logging.Logger = component_logger(component.id + suffix)
+        # Named by its config path: a receiver and an exporter may both be "otlp", as in the Collector's configs.
+        logger: logging.Logger = component_logger(f"{component.kind.section}.{component.id}{suffix}")
         return CreateSettings(component.id, component.kind, logger, self._metrics, self._config.service, self._shared)
 
     def _build(self) -> None:

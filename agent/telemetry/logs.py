@@ -94,8 +94,9 @@ class RepeatFilter(logging.Filter):
         return suppressed is not None
 
 
-def component_logger(component_id: str) -> logging.Logger:
-    return logging.getLogger(f"otel_sidecar.{component_id}")
+def component_logger(name: str) -> logging.Logger:
+    """The logger of a part of the agent; ``name`` is the ``component`` field of its lines (``receivers.otlp``)."""
+    return logging.getLogger(f"otel_sidecar.{name}")
 
 
 class RateLimitedLog:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from agent.component import Consumer, Factory, Kind, Refused, Signal
 from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.service import PipelineConfig, ServiceConfig
 from agent.pipeline.graph import Graph
+from agent.telemetry.logs import JsonFormatter
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.sinks import BatchSink
 from agent.testing.workload import Workload
@@ -27,8 +30,16 @@ class Empty:
 class Recorder:
     """A component that logs its lifecycle into a shared journal and keeps what it consumes."""
 
-    def __init__(self, name: str, journal: list[str], next_consumer: Consumer | None = None, mutate: bool = False):
+    def __init__(
+        self,
+        name: str,
+        journal: list[str],
+        next_consumer: Consumer | None = None,
+        mutate: bool = False,
+        logger: logging.Logger | None = None,
+    ):
         self.name, self.journal, self.next, self.mutate = name, journal, next_consumer, mutate
+        self.logger = logger
         self.batches: list[Message] = []
 
     def consumer_for(self, signal: Signal) -> Consumer:
@@ -51,7 +62,12 @@ class Recorder:
 def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: set[str] = frozenset()) -> Graph:
     def exporter_factory(name: str) -> Factory[Any]:
         return Factory(
-            Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder(s.component_id, journal), ""
+            Kind.EXPORTER,
+            "rec",
+            Empty,
+            frozenset(Signal),
+            lambda cfg, s: Recorder(s.component_id, journal, logger=s.logger),
+            "",
         )
 
     processor = Factory(
@@ -137,6 +153,14 @@ async def test_an_exporter_named_by_two_pipelines_is_one_instance() -> None:
     )
     exporters = [instance for kind, _, instance in graph.components if kind is Kind.EXPORTER]
     assert len(exporters) == 2
+
+
+def test_a_components_log_lines_name_it_by_its_config_path() -> None:
+    # A receiver and an exporter are often both "otlp": the id alone would not tell whose line it is.
+    graph = build({"traces": PipelineConfig(receivers=["src"], exporters=["rec/x"])}, [])
+    [exporter] = [instance for kind, _, instance in graph.components if kind is Kind.EXPORTER]
+    record = exporter.logger.makeRecord(exporter.logger.name, logging.WARNING, "", 0, "export failed", (), None)
+    assert json.loads(JsonFormatter().format(record))["component"] == "exporters.rec/x"
 
 
 async def test_a_mutating_pipeline_gets_a_copy_and_readers_see_the_original() -> None:
