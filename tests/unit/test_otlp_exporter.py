@@ -281,6 +281,9 @@ def test_endpoints_decide_tls_by_scheme_and_otherwise_by_the_insecure_flag() -> 
     assert not build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"insecure": True}}).uses_tls
     assert not build_config(OtlpExporterConfig, {"endpoint": "http://jaeger:4317"}).uses_tls
     assert build_config(OtlpExporterConfig, {"endpoint": "https://jaeger:4317"}).grpc_target == "jaeger:4317"
+    # A scheme is case-insensitive (RFC 3986): HTTPS:// with tls.insecure set must not send tokens in clear text.
+    assert build_config(OtlpExporterConfig, {"endpoint": "HTTPS://jaeger:4317", "tls": {"insecure": True}}).uses_tls
+    assert not build_config(OtlpExporterConfig, {"endpoint": "HTTP://jaeger:4317"}).uses_tls
 
 
 async def test_batches_shared_with_other_exporters_are_never_modified() -> None:

@@ -55,10 +55,10 @@ class OtlpExporterConfig:
 
     @property
     def uses_tls(self) -> bool:
-        if self.endpoint.startswith("https://"):
-            return True
-        if self.endpoint.startswith("http://"):
-            return False
+        """A URL decides by its scheme (in any case: ``HTTPS://`` is https), ``host:port`` by ``tls.insecure``."""
+        scheme = urlsplit(self.endpoint).scheme.lower() if "://" in self.endpoint else ""
+        if scheme in ("http", "https"):
+            return scheme == "https"
         return not self.tls.insecure
 
     @property
