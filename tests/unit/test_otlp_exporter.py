@@ -492,6 +492,28 @@ async def test_a_grpc_deadline_passed_before_any_connection_is_not_a_possible_de
     assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)
 
 
+async def test_an_http_backend_whose_tls_handshake_never_completes_is_not_a_possible_delivery() -> None:
+    """A listener that accepts TCP but never answers the TLS handshake: nothing was sent, so a later success is
+    no duplicate and running out of retries is retries_exhausted, not unconfirmed."""
+    import socket
+
+    from agent.exporters._helper.retry import RetryableError
+    from agent.exporters.otlp.transport import HttpTransport
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    raw = {"endpoint": f"https://127.0.0.1:{port}", "protocol": "http/protobuf"}
+    transport = HttpTransport(build_config(OtlpExporterConfig, raw))
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], 0.5)
+    finally:
+        await transport.close()
+        silent.close()
+    assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)
+
+
 class _CuttingBackend:
     """An OTLP/HTTP backend on a raw socket that reads each whole request, then answers the first one badly:
     ``short`` sends a 200 whose body stops before its Content-Length, ``reset`` resets the connection. Later

@@ -16,6 +16,13 @@ _BEFORE_SENDING = (
 )
 
 
+def attempt_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """One attempt's bound, with getting a connection (TCP, TLS, a pool slot) bounded a little sooner: aiohttp
+    then says ``ConnectionTimeoutError`` for a backend never reached, where the total timeout alone says only
+    ``TimeoutError`` and a batch never sent would be counted as possibly delivered (``unreachable``)."""
+    return aiohttp.ClientTimeout(total=seconds, connect=seconds * 0.9)
+
+
 def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: float) -> RetryableError:
     """A failure to get an answer from ``url`` as a retryable error, the URL's credentials masked.
 

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.http import redirect_refused, unreachable
+from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
 from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
@@ -122,7 +122,7 @@ class LokiExporter:
                 self._config.endpoint,
                 data=body,
                 headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=float(self._config.timeout)),
+                timeout=attempt_timeout(float(self._config.timeout)),
                 server_hostname=self._config.tls.server_name_override or None,
                 allow_redirects=False,  # see redirect_refused
             ) as response:

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from agent import __version__
 from agent.component import Signal
 from agent.config.schema import without_credentials
-from agent.exporters._helper.http import redirect_refused, unreachable
+from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
@@ -159,7 +159,7 @@ class HttpTransport:
                 url,
                 data=body,
                 headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=attempt_timeout(timeout),
                 server_hostname=self._config.tls.server_name_override or None,
                 allow_redirects=False,  # see redirect_refused
             ) as response:
