@@ -112,6 +112,9 @@ class RateLimitedLog:
     def warning(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.WARNING, key, message, extra)
 
+    def error(self, key: str, message: str, **extra: Any) -> None:
+        self._log(logging.ERROR, key, message, extra)
+
     def exception(self, key: str, message: str, **extra: Any) -> None:
         """An error with the traceback of the exception being handled (a bug's symptom), at most once per
         interval."""

@@ -433,6 +433,8 @@ async def test_delivered_records_leave_the_active_segment_so_a_small_bound_keeps
             await asyncio.sleep(0.005)
     await asyncio.sleep(0.05)  # the last ack
     assert queue._store.bytes == 0
+    # The gauges follow the ack too: after an outage, QueueNearlyFull must stop firing once the queue drained.
+    assert metric_value(queue._settings.metrics.render().decode(), "otel_sidecar_exporter_queue_bytes") == 0
     assert [path.stat().st_size for path in segments(tmp_path)] == [0]
     await queue.shutdown(time.monotonic() + 2)
     assert len(backend.received) == len(sent)
@@ -462,6 +464,39 @@ async def test_a_full_disk_under_the_ack_log_costs_no_batch(tmp_path: Path) -> N
     os.close(store._acks_fd)
     store._acks_fd = os.open(store._dir / "acks.log", os.O_WRONLY | os.O_APPEND)
     await queue.shutdown(time.monotonic() + 2)
+
+
+async def test_an_ack_log_that_cannot_be_rewritten_costs_no_batch_and_no_record_is_acked_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrite of a grown ack log fails (a full disk; here its temporary file's name is taken by a directory).
+    That failure escaped ack(): the delivered batch was acked again as failed, its emptied segment counted one
+    live record too few, and a later record was then truncated away while still queued."""
+    import agent.exporters._helper.persistent_queue as persistent_queue
+
+    monkeypatch.setattr(persistent_queue, "_MAX_ACK_LOG", 0)  # every ack rewrites the log
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await queue.start()
+    store = queue._store
+    assert isinstance(store, PersistentStore)
+    (store._dir / "acks.log.tmp").mkdir()
+    sent = batches(6, seed=3)
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+        deadline = time.monotonic() + 5
+        while len(backend.received) < sent.index(batch) + 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the last ack
+    live = [segment.live for segment in store._segments]
+    await queue.shutdown(time.monotonic() + 2)
+    text = metrics.render().decode()
+    assert backend.received == sent
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == 0
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == 0
+    assert live == [0]  # each record acked once, whatever failed
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="ack_log") >= len(sent)
 
 
 async def test_a_shutdown_during_an_outage_keeps_the_duplicate_mark_a_crash_left(tmp_path: Path) -> None:

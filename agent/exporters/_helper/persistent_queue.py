@@ -37,6 +37,7 @@ from google.protobuf.message import DecodeError, Message
 from agent.component import CreateSettings, Signal
 from agent.exporters._helper.queue import QueueEntry, StorageConfig
 from agent.otlp.signals import SPECS
+from agent.telemetry.logs import RateLimitedLog
 
 MAGIC = b"OSQ1"
 _HEADER = struct.Struct("<4sII")
@@ -67,6 +68,7 @@ class DiskEntry(QueueEntry):
     segment: _Segment | None = None
     offset: int = 0
     length: int = 0
+    acked: bool = False  # ``ack`` is idempotent by this: a segment emptied in place forgets its records' seqs
 
 
 def encode_record(seq: int, signal: Signal, items: int, payload: bytes) -> bytes:
@@ -109,6 +111,7 @@ class PersistentStore:
             ["exporter", "signal"],
         )
         self._cid = cid
+        self._log = RateLimitedLog(settings.logger)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -421,13 +424,16 @@ class PersistentStore:
         self._sending.difference_update(e.seq for e in entries)
 
     def ack(self, entries: list[QueueEntry]) -> None:
-        """Record ``entries`` as done (idempotent: the sending queue acks again after a failed attempt)."""
+        """Record ``entries`` as done (idempotent: the sending queue acks again after a failed attempt). Disk
+        errors are counted and logged, never raised: the records are delivered whatever the disk says."""
         self._append_acks(_DONE, entries)
         for entry in entries:
             assert isinstance(entry, DiskEntry) and entry.segment is not None
             segment = entry.segment
-            if entry.seq in segment.done:
+            if entry.acked:
                 continue
+            entry.acked = True
+            assert segment.live > 0, f"record {entry.seq} acked in {segment.path.name}, which holds none live"
             segment.live -= 1
             segment.done.add(entry.seq)
             self._sending.discard(entry.seq)
@@ -438,7 +444,10 @@ class PersistentStore:
                 else:
                     self._delete(segment)
         if os.fstat(self._acks_fd).st_size > _MAX_ACK_LOG:
-            self._rewrite_ack_log()
+            try:
+                self._rewrite_ack_log()
+            except OSError as exc:  # a full disk: the log keeps growing, and the next ack tries again
+                self._disk_error("ack_log", exc)
 
     def _empty_active(self) -> None:
         """Everything written to the active segment is done: empty it in place. Otherwise delivered records stay
@@ -475,8 +484,9 @@ class PersistentStore:
 
     def _disk_error(self, reason: str, exc: OSError) -> None:
         self._errors.labels(self._cid, reason).inc()
-        self._settings.logger.error(
-            "persistent queue cannot write its disk", extra={"exporter": self._cid, "step": reason, "error": str(exc)}
+        # A full disk fails every ack: logged at a limited rate, counted each time.
+        self._log.error(
+            f"disk:{reason}", "persistent queue cannot write its disk", exporter=self._cid, step=reason, error=str(exc)
         )
 
     def _delete(self, segment: _Segment) -> None:
@@ -490,14 +500,19 @@ class PersistentStore:
         entries = [_ACK.pack(_DONE, seq) for segment in self._segments for seq in sorted(segment.done)]
         entries += [_ACK.pack(_SENDING, seq) for seq in sorted(self._sending)]
         temporary = self._dir / "acks.log.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(b"".join(entries))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(b"".join(entries))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)  # the log in place is whole; a half-written copy only takes space
+            raise
         os.replace(temporary, self._dir / "acks.log")
-        if self._acks_fd >= 0:
-            os.close(self._acks_fd)
-        self._acks_fd = os.open(self._dir / "acks.log", os.O_WRONLY | os.O_APPEND)
+        replaced, self._acks_fd = self._acks_fd, os.open(self._dir / "acks.log", os.O_WRONLY | os.O_APPEND)
+        if replaced >= 0:
+            os.close(replaced)
         self._sync_directory()
 
     def drain(self) -> list[QueueEntry]:
