@@ -348,6 +348,7 @@ class SendingQueue:
                 self._fail(group, exc)
             finally:
                 self._in_flight -= 1
+                self._update_gauges()  # a persistent store's bytes fall at the ack, not at the pop
                 self._check_idle()
 
     def _check_idle(self) -> None:
