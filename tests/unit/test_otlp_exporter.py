@@ -580,6 +580,48 @@ async def test_a_connection_reset_after_the_request_was_sent_counts_the_resend_a
     assert value(metrics, "exporter_duplicates_total") == spans
 
 
+async def test_a_grpc_connection_lost_after_the_backend_stored_the_request_counts_the_resend_as_a_duplicate() -> None:
+    """A TCP proxy in front of a real gRPC backend cuts both connections once the backend has recorded the first
+    request (a pod killed before it answered). gRPC says UNAVAILABLE "Stream removed (Socket closed)", which a
+    server sending UNAVAILABLE would not: the resend may duplicate what the backend stored."""
+    batch = traces(1)
+    metrics = SelfMetrics()
+    with OtlpCapture() as backend:
+        cut: list[asyncio.StreamWriter] = []
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_backend: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if from_backend and backend.capture.attempts >= 1 and not cut:
+                        cut.extend(proxied)
+                        for end in proxied:
+                            end.transport.abort()
+                        return
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        proxied: list[asyncio.StreamWriter] = []
+
+        async def proxy(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", backend.grpc_port)
+            proxied[:] = [client_writer, server_writer]
+            await asyncio.gather(pump(client_reader, server_writer, False), pump(server_reader, client_writer, True))
+
+        port = free_port()
+        server = await asyncio.start_server(proxy, "127.0.0.1", port)
+        try:
+            config = exporter_config(f"127.0.0.1:{port}", retry_on_failure={"initial_interval": "50ms"})
+            await run_exporter(config, batch, metrics, lambda: value(metrics, "exporter_sent_items_total") > 0)
+        finally:
+            server.close()
+        assert backend.capture.attempts == 2 and cut
+    spans = len(span_keys(batch))
+    assert value(metrics, "exporter_sent_items_total") == spans
+    assert value(metrics, "exporter_duplicates_total") == spans
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 @pytest.mark.parametrize("value", ["Bearer s3cr3t\n", "Bearer\r\nX-Injected: 1", "tok\x00en"])
 def test_a_header_value_with_a_control_character_is_a_config_error(protocol: str, value: str) -> None:

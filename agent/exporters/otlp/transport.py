@@ -39,6 +39,12 @@ GRPC_RETRYABLE = frozenset(
 )
 
 
+# gRPC core's words for a connection lost under a call (a pod killed, a load balancer's reset): the call had a
+# stream, so the request may have reached the server before the answer was lost. A connection that never came up
+# is reported as "failed to connect to all addresses; last error: ..." instead.
+_CONNECTION_LOST = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY", "keepalive")
+
+
 class Transport(Protocol):
     async def start(self) -> None: ...
 
@@ -71,6 +77,10 @@ def grpc_error(code: grpc.StatusCode, details: str, trailing_metadata: object) -
         unknown = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         return RetryableError(message, reason=code.name.lower(), retry_after=delay, maybe_delivered=unknown)
     return PermanentExportError(message)
+
+
+def _connection_lost(details: str) -> bool:
+    return not details.startswith("failed to connect") and any(words in details for words in _CONNECTION_LOST)
 
 
 class GrpcTransport:
@@ -121,6 +131,9 @@ class GrpcTransport:
                 # Not connected before the call, nor after: the deadline passed while connecting, nothing sent.
                 error.maybe_delivered = False
                 error.reason = "connection"
+            elif isinstance(error, RetryableError) and _connection_lost(exc.details() or ""):
+                # UNAVAILABLE from the transport, not from the server: the server may have stored the request.
+                error.maybe_delivered = True
             raise error from None
 
     def _connected(self) -> bool:
