@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,6 +22,8 @@ from agent.config.schema import setting
 from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
 from agent.otlp import json_codec
+
+_CLOSE_WAIT_SECONDS = 1.0  # at shutdown, for a line being appended
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class FileExporter:
         self._files: dict[Signal, IO[bytes]] = {}
         self._queue = SendingQueue(settings, config.sending_queue, self._write)
         self._write_lock = asyncio.Lock()  # one writer at a time keeps lines whole and rotation safe
+        # Between the writing thread and shutdown: no line after the files are closed, no file opened after.
+        self._files_lock = threading.Lock()
+        self._closed = False
 
     def consumer_for(self, signal: Signal) -> Consumer:
         return SignalConsumer(self._queue.offer, signal)
@@ -68,18 +74,35 @@ class FileExporter:
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
+        # Bounded, and off the event loop: a write hung on a dead disk holds the lock, and must hold neither the
+        # other components' shutdown nor the process (which exits anyway).
+        if await asyncio.to_thread(self._files_lock.acquire, True, _CLOSE_WAIT_SECONDS):
+            try:
+                self._close_files()
+            finally:
+                self._files_lock.release()
+        self._closed = True
+
+    def _close_files(self) -> None:
+        self._closed = True
         for handle in self._files.values():
             handle.close()
         self._files.clear()
 
     async def _write(self, signal: Signal, batch: Message) -> None:
         async with self._write_lock:
-            # Encoded off the event loop too: JSON for a large batch takes seconds of pure Python. The queue owns
-            # the batch (nothing else touches it meanwhile).
-            await asyncio.to_thread(self._encode_and_append, signal, batch)
+            # Encoded off the event loop: JSON for a large batch takes seconds of pure Python. The queue owns the
+            # batch (nothing else touches it meanwhile). Cancelled at the shutdown deadline while encoding (the
+            # long part), nothing is written, as the queue then counts; only a line being appended at that moment
+            # is written though counted as not delivered.
+            line = await asyncio.to_thread(json_codec.encode, batch)
+            await asyncio.to_thread(self._append_unless_closed, signal, line + b"\n")
 
-    def _encode_and_append(self, signal: Signal, batch: Message) -> None:
-        self._append(signal, json_codec.encode(batch) + b"\n")
+    def _append_unless_closed(self, signal: Signal, line: bytes) -> None:
+        with self._files_lock:
+            if self._closed:
+                raise OSError(f"{self._dir}: the file exporter has shut down")
+            self._append(signal, line)
 
     def _append(self, signal: Signal, line: bytes) -> None:
         handle = self._files.get(signal)

@@ -14,6 +14,7 @@ from agent.otlp import json_codec
 from agent.otlp.signals import ExportTraceServiceRequest
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
+from tests.helpers import metric_value
 
 
 def exporter(path: Path, rotation: RotationConfig) -> FileExporter:
@@ -52,3 +53,44 @@ async def test_a_directory_it_cannot_write_in_fails_the_start_not_every_batch() 
     file = exporter(Path("/sys/kernel"), RotationConfig())
     with pytest.raises(OSError, match="path: cannot write files in /sys/kernel"):
         await file.start()
+
+
+async def test_a_batch_still_encoding_at_the_shutdown_deadline_is_not_written_after_it_was_counted_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON encoding of a large batch runs in a thread, which the deadline cannot stop. It used to write the
+    line after shutdown had counted the batch as not delivered, through a file handle opened after the files
+    were closed (and never closed). Now nothing is appended once the write was abandoned."""
+    import asyncio
+    import threading
+
+    from agent.exporters import file as file_module
+
+    started, release, encoded = threading.Event(), threading.Event(), threading.Event()
+    real_encode = json_codec.encode
+
+    def slow_encode(message: ExportTraceServiceRequest) -> bytes:  # a batch that takes long to encode
+        started.set()
+        release.wait(10)
+        try:
+            return real_encode(message)
+        finally:
+            encoded.set()
+
+    monkeypatch.setattr(file_module.json_codec, "encode", slow_encode)
+    metrics = SelfMetrics()
+    settings = CreateSettings("file", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    file = FileExporter(FileExporterConfig(path=str(tmp_path)), settings)
+    await file.start()
+    request = next(Workload(seed=6).requests(1))[0]
+    file.consumer_for(Signal.TRACES).consume(request)
+    assert await asyncio.to_thread(started.wait, 5)
+    await file.shutdown(time.monotonic() + 0.2)
+    release.set()
+    assert await asyncio.to_thread(encoded.wait, 5)
+    await asyncio.sleep(0.3)  # time for an append that would follow the encoding
+    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    failed = metric_value(metrics.render().decode(), "otel_sidecar_exporter_send_failed_items_total", reason="shutdown")
+    assert failed == spans
+    assert not (tmp_path / "traces.jsonl").exists() or (tmp_path / "traces.jsonl").stat().st_size == 0
+    assert file._files == {}
