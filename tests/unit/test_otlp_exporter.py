@@ -472,38 +472,25 @@ async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
     assert value(metrics, "exporter_rejected_items_total") == rejected * spans
 
 
-async def test_a_grpc_deadline_passed_before_any_connection_is_not_a_possible_delivery() -> None:
-    """A listener that accepts TCP but never speaks HTTP/2: nothing was sent, so a retry duplicates nothing."""
+@pytest.mark.parametrize(
+    ("protocol", "scheme"),
+    [
+        ("grpc", ""),  # the listener never speaks HTTP/2: gRPC's deadline passes while connecting
+        ("http/protobuf", "https://"),  # the TLS handshake never completes: aiohttp's connect timeout
+    ],
+)
+async def test_a_backend_never_connected_to_is_not_a_possible_delivery(protocol: str, scheme: str) -> None:
+    """A listener that accepts TCP and never answers: nothing was sent, so a later success is no duplicate and
+    running out of retries is retries_exhausted, not unconfirmed."""
     import socket
 
     from agent.exporters._helper.retry import RetryableError
-    from agent.exporters.otlp.transport import GrpcTransport
+    from agent.exporters.otlp.transport import GrpcTransport, HttpTransport
 
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
-    transport = GrpcTransport(exporter_config(f"127.0.0.1:{port}"))
-    await transport.start()
-    try:
-        with pytest.raises(RetryableError) as raised:
-            await transport.export(Signal.TRACES, traces(1)[0], 0.5)
-    finally:
-        await transport.close()
-        silent.close()
-    assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)
-
-
-async def test_an_http_backend_whose_tls_handshake_never_completes_is_not_a_possible_delivery() -> None:
-    """A listener that accepts TCP but never answers the TLS handshake: nothing was sent, so a later success is
-    no duplicate and running out of retries is retries_exhausted, not unconfirmed."""
-    import socket
-
-    from agent.exporters._helper.retry import RetryableError
-    from agent.exporters.otlp.transport import HttpTransport
-
-    silent = socket.create_server(("127.0.0.1", 0))
-    port = silent.getsockname()[1]
-    raw = {"endpoint": f"https://127.0.0.1:{port}", "protocol": "http/protobuf"}
-    transport = HttpTransport(build_config(OtlpExporterConfig, raw))
+    config = exporter_config(f"{scheme}127.0.0.1:{port}", protocol=protocol)  # tls.insecure: the scheme decides
+    transport = GrpcTransport(config) if protocol == "grpc" else HttpTransport(config)
     await transport.start()
     try:
         with pytest.raises(RetryableError) as raised:

@@ -440,15 +440,20 @@ async def test_delivered_records_leave_the_active_segment_so_a_small_bound_keeps
     assert len(backend.received) == len(sent)
 
 
+async def started_queue(directory: Path, metrics: SelfMetrics) -> tuple[SendingQueue, PersistentStore, Backend]:
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(directory), backend.push)
+    await queue.start()
+    store = queue._store
+    assert isinstance(store, PersistentStore)
+    return queue, store, backend
+
+
 async def test_a_full_disk_under_the_ack_log_costs_no_batch(tmp_path: Path) -> None:
     """The acknowledgement log's writes fail (a full disk, here /dev/full): the batches still go to the backend
     and count as sent, and the failed writes are counted; giving them up would lose data the backend can take."""
     metrics = SelfMetrics()
-    backend = Backend()
-    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
-    await queue.start()
-    store = queue._store
-    assert isinstance(store, PersistentStore)
+    queue, store, backend = await started_queue(tmp_path, metrics)
     os.close(store._acks_fd)
     store._acks_fd = os.open("/dev/full", os.O_WRONLY)
     sent = batches(3)
@@ -476,11 +481,7 @@ async def test_an_ack_log_that_cannot_be_rewritten_costs_no_batch_and_no_record_
 
     monkeypatch.setattr(persistent_queue, "_MAX_ACK_LOG", 0)  # every ack rewrites the log
     metrics = SelfMetrics()
-    backend = Backend()
-    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
-    await queue.start()
-    store = queue._store
-    assert isinstance(store, PersistentStore)
+    queue, store, backend = await started_queue(tmp_path, metrics)
     (store._dir / "acks.log.tmp").mkdir()
     sent = batches(6, seed=3)
     for batch in sent:
