@@ -93,3 +93,27 @@ async def test_spans_recorded_during_a_sliced_flush_are_in_it_or_in_the_next_one
     assert after["op0"] == 1.0 + consumed_during and after["op1"] == 1.0
     assert {f"new{i}" for i in range(min(consumed_during, 100))} <= set(after)
     assert consumed_during > 0
+
+
+def test_a_series_made_during_a_sliced_flush_keeps_its_start_time_in_later_flushes() -> None:
+    """Its first point is stamped with the flush's time, earlier than the series; its start was clamped to that
+    in the point only, so the next flush sent a later start, which the Prometheus exporter reads as a restart
+    (and, in a new series' zero window, adds the first run's total again: a rare error type counted twice)."""
+    capture = Capture()
+    connector = make(capture)
+    connector.consume(spans(range(1)))
+    paused = ExportMetricsServiceRequest()
+    flush = connector._fill(paused)
+    next(flush)  # the flush took its time and paused after its first slice
+    connector.consume(spans(range(1), prefix="new"))
+    for _ in flush:
+        pass
+    later = connector.collect()
+
+    def start_of_new(request: ExportMetricsServiceRequest) -> int:
+        metric = next(m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "orchestrator.spans")
+        [point] = [p for p in metric.sum.data_points if any(kv.value.string_value == "new0" for kv in p.attributes)]
+        assert point.start_time_unix_nano <= point.time_unix_nano
+        return point.start_time_unix_nano
+
+    assert start_of_new(later) == start_of_new(paused)

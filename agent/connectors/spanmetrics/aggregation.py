@@ -201,10 +201,18 @@ class SumFamily(_Family):
         data.is_monotonic = True
         add = data.data_points.add
         for one in series:
-            # min: a series made during a sliced flush would otherwise start after its own point
-            point = add(start_time_unix_nano=min(one.start, now_ns), time_unix_nano=now_ns, as_double=one.value)
+            _start_no_later_than(one, now_ns)
+            point = add(start_time_unix_nano=one.start, time_unix_nano=now_ns, as_double=one.value)
             point.MergeFromString(one.fixed_fields)
             yield
+
+
+def _start_no_later_than(series: SumSeries | HistogramSeries, now_ns: int) -> None:
+    """A series made during a sliced flush (see the connector) would start after its own point's time: its start
+    becomes that time, for good. Clamped only in the point, the start moved later at the next flush, which a
+    cumulative consumer reads as a restart (the Prometheus exporter then added the first run's total again)."""
+    if series.start > now_ns:
+        series.start = now_ns
 
 
 class HistogramFamily(_Family):
@@ -258,8 +266,9 @@ class HistogramFamily(_Family):
         data.aggregation_temporality = _CUMULATIVE
         add = data.data_points.add
         for one in series:
+            _start_no_later_than(one, now_ns)
             point = add(
-                start_time_unix_nano=min(one.start, now_ns),  # a series made during a sliced flush starts no later
+                start_time_unix_nano=one.start,
                 time_unix_nano=now_ns,
                 count=one.count,
                 sum=one.sum,
