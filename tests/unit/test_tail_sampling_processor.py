@@ -6,6 +6,7 @@ Time is a fake clock and ticks are called by the test, so nothing sleeps (except
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 import tracemalloc
@@ -338,6 +339,38 @@ def test_when_refused_data_fills_the_byte_bound_consume_refuses_and_takes_nothin
     r.tick_after(0.1)
     assert r.metric("otel_sidecar_sampling_decisions_total") == accepted
     assert r.sampler.pending_bytes == 0
+
+
+def test_refused_data_held_for_the_next_stage_never_decides_waiting_traces_early() -> None:
+    """The next stage refuses everything. Each workflow sends 5 spans, then its ERROR root a second later, and a
+    refused request is retried by its sender, in order. Room made for the held data by deciding the oldest
+    traces early decided every trace on its first spans and dropped its error root as a late span; now the
+    senders are refused, and a root comes late only when its request waited at the sender past decision_wait."""
+    r = rig(max_buffered_bytes=256 * 1024)  # decision_wait 10 s
+    r.trace_sink.refusing = True
+    backlog: list[object] = []
+    previous: list[bytes] = []
+    accepted_at: list[int] = []  # the step each request was taken at, in order
+    for step in range(60):
+        workflows = [trace_id_with_randomness(DROPPED_AT_10 - step * 4 - k, prefix=step * 4 + k) for k in range(4)]
+        spans = [span(t, 100 + j, attributes={"p": "x" * 300}) for t in workflows for j in range(5)]
+        spans += [span(t, 1, root=True, error=True) for t in previous]
+        previous = workflows
+        backlog.append(spans_request(*spans))
+        while backlog:
+            try:
+                r.traces.consume(backlog[0])
+            except Refused:
+                break
+            backlog.pop(0)
+            accepted_at.append(step)
+        r.tick_after(1.0)
+        assert r.sampler.pending_bytes + r.sampler.buffer.bytes <= r.sampler._byte_limit + 8 * 1024
+    assert backlog, "the held data filled the bound: the senders were refused"
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") == 0
+    # Request k carries the roots of request k-1's 4 traces: late when k came decision_wait or more after k-1.
+    came_late = sum(1 for before, after in itertools.pairwise(accepted_at) if after - before >= 10)
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 4 * came_late
 
 
 def test_a_permanent_error_from_the_next_stage_is_counted_as_lost_not_retried() -> None:

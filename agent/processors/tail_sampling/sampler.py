@@ -157,7 +157,7 @@ class TailSampler:
         ``size``: the request's size as received, else each scope is measured (``ByteSize``, about 0.1 µs per
         span).
         """
-        self._refuse_if_full()
+        self._refuse_if_full(request, size)
         now = self._clock()
         buffer, kept, dropped = self.buffer, self.kept, self.dropped
         traces = buffer.traces
@@ -252,7 +252,7 @@ class TailSampler:
         against 5 s by default), so the records of an error trace would otherwise be classed by their severity
         before its error span arrived.
         """
-        self._refuse_if_full()
+        self._refuse_if_full(request, size)
         buffer, kept, dropped, logs = self.buffer, self.kept, self.dropped, self.logs
         waits_for_spans = Signal.TRACES in self._consumers
         now = self._clock()
@@ -318,22 +318,32 @@ class TailSampler:
         self.buffer.clear_root_queue_of_stale()
         self._update_gauges()
 
-    def _refuse_if_full(self) -> None:
+    def _refuse_if_full(self, request: Any, size: int | None) -> None:
+        """Refuse ``request`` while data the next stage refused is held and taking it would pass the byte bound.
+
+        Held refused data is a reason to refuse, never to decide waiting traces early (``_enforce_bounds``): made
+        room for that way, every trace accepted while the next stage is down would be decided on its first spans,
+        and its error root, arriving later, dropped as a late span of a dropped trace.
+        """
         if not self.pending_bytes:
             return
         self._flush_pending()
-        if self.pending_bytes and self.pending_bytes + self.buffer.bytes >= self._byte_limit:
+        if not self.pending_bytes:
+            return
+        incoming = size if size is not None else request.ByteSize()
+        if self.pending_bytes + self.buffer.bytes + incoming > self._byte_limit:
             raise Refused("tail_sampling buffer is full: the next stage is not keeping up")
 
     def _enforce_bounds(self, release: Release) -> None:
-        """Decide the oldest traces early until the trace count and byte bounds hold again."""
+        """Decide the oldest traces early until the trace count and byte bounds hold again (the buffer's own
+        bytes: while refused data is held, ``_refuse_if_full`` keeps the total within the bound)."""
         buffer = self.buffer
         excess = len(buffer) - self._config.max_traces
         if excess > 0:
             self._decide(buffer.oldest(excess), "max_traces", release)
         limit = self._byte_limit
-        while len(buffer) and buffer.bytes + self.pending_bytes > limit:
-            over = buffer.bytes + self.pending_bytes - limit
+        while len(buffer) and buffer.bytes > limit:
+            over = buffer.bytes - limit
             average = buffer.bytes / len(buffer)
             self._decide(buffer.oldest(max(1, int(over / average) + 1)), "max_buffered_bytes", release)
 
