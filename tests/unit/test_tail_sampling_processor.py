@@ -472,6 +472,21 @@ def test_the_explicit_randomness_of_a_first_span_counts_when_a_log_came_before_i
     assert len(exported_spans(r.trace_sink)) == 1  # kept by rv, as without the log
 
 
+def test_a_trace_heavy_with_prompt_log_records_is_decided_at_once_instead_of_every_other_trace() -> None:
+    """GenAI prompts and completions often come as log records: they count toward max_bytes_per_trace too."""
+    r = rig(max_buffered_bytes=2 << 20)  # the per-trace cap: 512 KiB of memory, 146 KiB of protobuf
+    waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(200)]
+    r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(waiting))))
+    heavy = trace_id_with_randomness(9999, prefix=4)
+    r.traces.consume(spans_request(span(heavy, 10_000)))
+    for _ in range(25):
+        r.logs.consume(logs_request(log_record(heavy, body="p" * 100_000)))
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") == 1
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") == 0
+    assert heavy not in r.sampler.buffer.traces
+    assert all(trace_id in r.sampler.buffer.traces for trace_id in waiting)
+
+
 def test_a_trace_heavy_with_prompts_is_decided_at_once_instead_of_every_other_trace() -> None:
     r = rig(max_buffered_bytes=2 << 20)  # a quarter, 512 KiB of memory (146 KiB of protobuf), is the per-trace cap
     waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(200)]

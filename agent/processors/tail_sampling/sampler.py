@@ -163,7 +163,6 @@ class TailSampler:
         traces = buffer.traces
         max_spans = self._config.max_spans_per_trace
         release = Release(self._config.max_batch_bytes, self._stamps)
-        max_trace_bytes = self._trace_byte_limit
         oversized: dict[bytes, BufferedTrace] = {}
         heavy: dict[bytes, BufferedTrace] = {}
         holders: list[BufferedTrace] = []  # traces that took spans of this request (once per fragment)
@@ -216,15 +215,7 @@ class TailSampler:
                     holders.append(trace)
                     if trace.span_count >= max_spans:
                         oversized[trace_id] = trace
-                    elif (
-                        # The bound, not the average-based estimate: a prompt-heavy span in a batch of small
-                        # spans of other traces is charged the batch's average size.
-                        trace.bytes_bound >= max_trace_bytes
-                        and trace.bytes_bound >= 2 * trace.size_checked
-                        # Measured before deciding (then again once its bound has doubled): the bound may be
-                        # another trace's prompts.
-                        and trace.measured_bytes() >= max_trace_bytes
-                    ):
+                    elif self._is_heavy(trace):
                         heavy[trace_id] = trace
                 for trace_id in failed:
                     trace = traces.get(trace_id)
@@ -298,7 +289,23 @@ class TailSampler:
                     buffer.add_logs(trace, rl, sl, group, group_bytes)
                     holders.append(trace)
         self._pin(holders, request_bytes, held_bytes)
+        # Records count toward a trace's bytes too (GenAI prompts and completions are often log records).
+        heavy = {id(trace): trace for trace in holders if self._is_heavy(trace)}
+        self._decide(list(heavy.values()), "max_bytes_per_trace", release)
         self._after_ingest(release)
+
+    def _is_heavy(self, trace: BufferedTrace) -> bool:
+        """Whether ``trace`` holds ``max_bytes_per_trace`` (spans and log records) and is to be decided now."""
+        limit = self._trace_byte_limit
+        return (
+            # The bound, not the average-based estimate: a prompt-heavy span in a batch of small spans of other
+            # traces is charged the batch's average size.
+            trace.bytes_bound >= limit
+            and trace.bytes_bound >= 2 * trace.size_checked
+            # Measured before deciding (then again once its bound has doubled): the bound may be another trace's
+            # prompts.
+            and trace.measured_bytes() >= limit
+        )
 
     def _pin(self, holders: list[BufferedTrace], request_bytes: int, held_bytes: int) -> None:
         """Count a request whole until the last trace holding part of it leaves (see ``RequestPin``): the part no
