@@ -142,3 +142,30 @@ def test_a_shipped_sampler_waits_after_the_root_for_a_span_another_process_expor
     r.traces.consume(spans_request(span(workflow, 1, start_ms=1000, duration_ms=1000, error=True)))
     r.tick_after(40)
     assert len(exported_spans(r.trace_sink)) == 2
+
+
+def every_agent_config_text() -> dict[str, str]:
+    """Every config an agent can run with: config/, the packaged default, the chart's and compose's."""
+    repo = CONFIG_DIR.parent
+    chart = yaml.safe_load((repo / "helm/otel-sidecar/values.yaml").read_text())["config"]
+    compose = yaml.safe_load((repo / "deploy/docker-compose.yaml").read_text())
+    return {
+        **{path.name: path.read_text() for path in AGENT_CONFIGS},
+        "packaged default": (repo / "agent/default_config.yaml").read_text(),
+        "chart": yaml.safe_dump(chart),
+        "compose": compose["configs"]["otel-sidecar-config"]["content"].replace("$$", "$"),
+    }
+
+
+@pytest.mark.parametrize(("name", "text"), every_agent_config_text().items(), ids=every_agent_config_text())
+def test_every_config_reads_the_critical_services_and_capture_content_variables_the_readme_lists(
+    name: str, text: str
+) -> None:
+    environ = {"OTEL_SIDECAR_CRITICAL_SERVICES": "[payments, billing]", "OTEL_SIDECAR_CAPTURE_CONTENT": "true"}
+    config = load_text(text, environ=environ)
+    sampler, redaction = config.processors.get("tail_sampling"), config.processors.get("redaction")
+    assert sampler or redaction
+    if sampler:
+        assert sampler.config.policies.critical_services.services == ["payments", "billing"]
+    if redaction:
+        assert redaction.config.capture_content is True
