@@ -403,6 +403,12 @@ def test_sidecars_forward_to_the_gateway_tier_the_gateway_values_render(rendered
     assert "tail_sampling" not in sidecar_config.get("processors", {})
     assert "tail_sampling" in gateway_config["service"]["pipelines"]["traces"]["processors"]
     assert sidecar_config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    # Redacted once, in the sidecar (before anything leaves the pod), as config/gateway.yaml does.
+    for pipeline in sidecar_config["service"]["pipelines"].values():
+        if "loadbalancing" in pipeline["exporters"]:
+            assert "redaction" in pipeline["processors"]
+    for pipeline in gateway_config["service"]["pipelines"].values():
+        assert "redaction" not in pipeline.get("processors", [])
 
 
 def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(rendered: Any, tmp_path: Path) -> None:
