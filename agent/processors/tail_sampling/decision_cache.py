@@ -10,8 +10,8 @@
   without per-entry bookkeeping; at least the last ``size`` dropped ids are always remembered.
 
   A cuckoo filter has no false negatives for ids it holds, and false positives at a rate of about
-  ``2 * 4 / 2**32`` per generation (~2e-9). A false positive makes a *new* trace look already dropped, so the
-  fingerprint is 32 bits rather than Refinery's smaller ones: one trace in about 250 million, well below any
+  ``2 * 4 / 2**32`` per generation (~2e-9; ~4e-9 over both). A false positive makes a *new* trace look already
+  dropped, so the fingerprint is 32 bits rather than Refinery's smaller ones: one trace in about 250 million, well below any
   other loss in the pipeline. Hashes come from Python's ``hash`` of the id bytes (SipHash, keyed per process),
   so ids that are not random (timestamp prefixes) spread just as well.
 
