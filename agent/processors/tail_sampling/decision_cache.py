@@ -11,9 +11,9 @@
 
   A cuckoo filter has no false negatives for ids it holds, and false positives at a rate of about
   ``2 * 4 / 2**32`` per generation (~2e-9; ~4e-9 over both). A false positive makes a *new* trace look already
-  dropped, so the fingerprint is 32 bits rather than Refinery's smaller ones: one trace in about 250 million, well below any
-  other loss in the pipeline. Hashes come from Python's ``hash`` of the id bytes (SipHash, keyed per process),
-  so ids that are not random (timestamp prefixes) spread just as well.
+  dropped, so the fingerprint is 32 bits rather than Refinery's smaller ones: one trace in about 250 million,
+  well below any other loss in the pipeline. Hashes come from Python's ``hash`` of the id bytes (SipHash, keyed
+  per process), so ids that are not random (timestamp prefixes) spread just as well.
 
   Every new trace id is looked up, and almost all of them are absent, which costs four bucket reads (two per
   generation) scattered over megabytes, i.e. CPU cache misses. Each filter therefore has a one-bit-per-hash
