@@ -570,6 +570,20 @@ def test_an_unknown_model_is_counted_as_unpriced_logged_once_and_never_given_a_c
     assert len(warnings) == 1 and warnings[0].model == "acme-llm"  # type: ignore[attr-defined]
 
 
+def test_a_successful_llm_call_that_reports_no_usage_is_counted_as_such_not_only_costed_zero() -> None:
+    """An OpenAI stream without include_usage reports no tokens: its cost is not known, and must not pass for $0."""
+    connector, _ = make()
+    model = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}
+    connector.consume(llm_span(b"\x01" * 16, b"\x01" * 8, **model))  # no usage
+    connector.consume(llm_span(b"\x02" * 16, b"\x01" * 8, **model, **{"gen_ai.usage.output_tokens": 0}))  # zero
+    failed = llm_span(b"\x03" * 16, b"\x01" * 8, **model)
+    failed.resource_spans[0].scope_spans[0].spans[0].status.code = Status.STATUS_CODE_ERROR  # errors report none
+    connector.consume(failed)
+    f = connector.families
+    assert f.llm_without_usage.value(("openai", "gpt-4o")) == 1
+    assert f.llm_requests.value(("openai", "gpt-4o", "success")) == 2
+
+
 @pytest.mark.parametrize("count", ["inf", "1e999", "Infinity", "nan", math.inf])
 def test_a_token_count_that_is_not_a_finite_number_is_ignored_not_made_infinite(count: str | float) -> None:
     """One span saying its usage is "inf" must not make a cumulative counter (and its rate) infinite for good."""

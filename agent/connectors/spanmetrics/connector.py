@@ -106,6 +106,7 @@ GENAI_TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
 _MAX_LOGGED_UNPRICED = 1000
 _INPUT_REPORTED = ROLE_INPUT | ROLE_CACHE_READ | ROLE_CACHE_WRITE | ROLE_INPUT_DETAILS
 _OUTPUT_REPORTED = ROLE_OUTPUT | ROLE_REASONING | ROLE_OUTPUT_DETAILS
+_USAGE_REPORTED = _INPUT_REPORTED | _OUTPUT_REPORTED | ROLE_TOTAL
 _ADJUSTED_COUNT_CACHE = 1024
 # Most event-loop time one slice of a periodic flush takes before letting the receivers run.
 FLUSH_SLICE_SECONDS = 0.002
@@ -217,6 +218,14 @@ class _Families:
         self.llm_unpriced = SumFamily(
             f"{ns}.llm.unpriced_requests",
             "LLM requests whose model has no price in the price table (their cost is not counted).",
+            "{request}",
+            llm,
+            limit,
+        )
+        self.llm_without_usage = SumFamily(
+            f"{ns}.llm.requests_without_usage",
+            "Successful LLM requests that reported no token counts (a stream without usage, an instrumentation "
+            "that records none): their tokens and cost are not counted.",
             "{request}",
             llm,
             limit,
@@ -580,6 +589,9 @@ class SpanMetricsConnector:
         else:
             cost.value += price.cost(usage) * weight
         cost.last = now
+        if not roles & _USAGE_REPORTED and not failed:
+            # Costed $0 above: say so, or a budget under-counts in silence (OpenAI streams without usage).
+            self.families.llm_without_usage.add((target.provider, target.model), weight, now)
         if self.families.genai_duration is not None:
             call = (label_text(operation or ""), target.provider, label_text(request_model), label_text(response_model))
             self._record_genai(call, usage, roles, hist_weight, now)
