@@ -277,8 +277,8 @@ def test_head_sampled_spans_count_with_their_adjusted_count() -> None:
     assert f.spans.value(key) == 1000.0  # 100 spans sampled at 10% stand for 1000
     snapshot = f.span_duration.snapshot(key)
     assert snapshot is not None and snapshot[2] == 1000
-    assert f.llm_tokens.value(("", "gpt-4o", "input")) == 100_000
-    assert f.llm_requests.value(("", "gpt-4o", "success")) == 1000
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 100_000
+    assert f.llm_requests.value(("openai", "gpt-4o", "success")) == 1000
 
 
 def test_fractional_adjusted_counts_are_exact_in_counters_and_rounded_without_bias_in_histograms() -> None:
@@ -568,6 +568,25 @@ def test_an_unknown_model_is_counted_as_unpriced_logged_once_and_never_given_a_c
     assert f.llm_tokens.value(("acme", "acme-llm", "input")) == 30
     warnings = [r for r in caplog.records if "has no price" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].model == "acme-llm"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "provider"),
+    [
+        ({"gen_ai.system": "Langchain"}, "openai"),  # OpenLLMetry's LangChain spans name the framework
+        ({"gen_ai.system": "crewai"}, "openai"),
+        ({}, "openai"),  # only a model attribute
+        ({"gen_ai.system": "azure_openai"}, "azure.ai.openai"),  # a vendor named is kept
+        ({"gen_ai.system": "Langchain", "gen_ai.request.model": "acme-llm"}, "langchain"),  # unpriced: as given
+    ],
+)
+def test_the_provider_label_is_the_models_vendor_when_the_span_names_none_or_a_framework(
+    attributes: dict[str, str], provider: str
+) -> None:
+    connector, _ = make()
+    connector.consume(llm_span(b"\x01" * 16, b"\x01" * 8, **{"gen_ai.request.model": "gpt-4o", **attributes}))
+    (labels,) = connector.families.llm_requests.series
+    assert labels[0] == provider
 
 
 def test_a_successful_llm_call_that_reports_no_usage_is_counted_as_such_not_only_costed_zero() -> None:

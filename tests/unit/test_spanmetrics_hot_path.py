@@ -103,7 +103,7 @@ def test_a_series_that_expired_is_not_updated_through_a_stale_lookup(monkeypatch
     assert f.spans.value(key("a")) == 1
     assert f.step_executions.value(("t", "success")) == 1
     assert f.workflow_executions.value(("w", "success")) == 1
-    assert f.llm_tokens.value(("", "gpt-4o", "input")) == 5
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 5
     request = connector.collect()
     metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
     assert [p.start_time_unix_nano for p in metrics["orchestrator.llm.requests"].sum.data_points] == [clock[0]]
@@ -130,16 +130,16 @@ def test_attributes_of_other_kinds_than_string_are_read_as_before() -> None:
     f = connector.families
     assert set(f.step_executions.series) == {("7", "success")}
     assert set(f.workflow_executions.series) == {("True", "success")}
-    assert f.llm_tokens.value(("", "gpt-4o", "input")) == 120
-    assert f.llm_tokens.value(("", "gpt-4o", "output")) == 12
-    assert ("", "gpt-4o", "reasoning") not in f.llm_tokens.series
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 120
+    assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 12
+    assert ("openai", "gpt-4o", "reasoning") not in f.llm_tokens.series
 
 
 def test_an_empty_genai_alias_wins_over_the_next_one_as_before() -> None:
     connector, _ = make(SpanMetricsConfig())
     attributes = {"gen_ai.response.model": text(""), "llm.response.model_name": text("ignored")}
     connector.consume(to_request({"svc": [span("llm", **attributes, **{"gen_ai.request.model": text("gpt-4o")})]}))
-    assert set(connector.families.llm_requests.series) == {("", "gpt-4o", "success")}
+    assert set(connector.families.llm_requests.series) == {("openai", "gpt-4o", "success")}
 
 
 @pytest.mark.parametrize("percentage", [0.0, 10.0, 37.5, 100.0])

@@ -75,6 +75,7 @@ from agent.connectors.spanmetrics.attributes import (
 )
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
+    FRAMEWORK_PROVIDERS,
     PROVIDER_REASONING_IN_OUTPUT,
     SDK_CACHE_IN_INPUT,
     SDK_REASONING_IN_OUTPUT,
@@ -623,6 +624,9 @@ class SpanMetricsConnector:
         raw_provider, response_model, request_model, failed = key
         provider = label_text(normalize_provider(raw_provider)) if raw_provider else ""
         price = self.prices.lookup(response_model, request_model)
+        if (not provider or provider in FRAMEWORK_PROVIDERS) and price is not None:
+            # No vendor named (a bare model attribute, or a framework's name): the price table knows the model's.
+            provider = label_text(price.provider)
         reported = response_model or request_model
         model = price.model if price is not None and self._label_priced_model else label_text(reported)
         f = self.families

@@ -181,6 +181,9 @@ PROVIDER_NAMES: dict[str, str] = {
     "amazon-bedrock": "aws.bedrock",
     "azure-openai": "azure.ai.openai",
 }
+# gen_ai.system values that name a framework, not the model's vendor (OpenLLMetry's GenAISystem enum has
+# "Langchain" and "crewai"): the provider label then comes from the price table's entry for the model.
+FRAMEWORK_PROVIDERS = frozenset({"langchain", "crewai"})
 # The API a Vercel AI SDK provider id names after its provider (``anthropic.messages``, ``openai.chat``).
 _API_SUFFIXES = (".chat", ".messages", ".responses", ".completion", ".embedding", ".image", ".transcription")
 
