@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from concurrent import futures
@@ -308,6 +309,10 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL_PAIR = re.compile(r'\s*([^=\s,{}]+)="((?:[^"\\]|\\.)*)"\s*(,|$)')
 
 
+_LOKI_MAX_SAMPLE_AGE_NS = 7 * 86400 * 10**9  # reject_old_samples_max_age: 168h
+_LOKI_CREATION_GRACE_NS = 600 * 10**9  # creation_grace_period: 10m
+
+
 class LokiDouble:
     """A DOUBLE of Loki's push API, not Loki: Loki (a Go service) cannot be installed on this machine, so the
     tests run against this implementation of its documented contract (``POST /loki/api/v1/push``):
@@ -318,12 +323,17 @@ class LokiDouble:
     - ``application/json``: ``{"streams": [{"stream": {..}, "values": [["<ns>", "<line>", {metadata}]]}]}``,
       optionally with ``Content-Encoding: gzip``;
     - 204 on success; 400 with a plain-text reason for invalid label names, more than 15 labels, duplicate
-      labels, or lines over ``max_line_size``; 429 / 503 (with ``Retry-After``) when told to fail.
+      labels, or lines over ``max_line_size``; 429 / 503 (with ``Retry-After``) when told to fail;
+    - with ``check_timestamps``: entries older than ``reject_old_samples_max_age`` (1 week) or newer than
+      ``creation_grace_period`` (10 minutes) are discarded one by one; as Loki's distributor does, the push's
+      valid entries are stored and the push is answered 400 naming the discarded ones. Off by default: most
+      tests send reproducible data with fixed timestamps, years old.
     """
 
-    def __init__(self, max_line_size: int = 256 * 1024) -> None:
+    def __init__(self, max_line_size: int = 256 * 1024, check_timestamps: bool = False) -> None:
         self.port = free_port()
         self.max_line_size = max_line_size
+        self.check_timestamps = check_timestamps
         self.lock = threading.Lock()
         self.pushes: list[LokiPush] = []
         self.failures: list[PlannedFailure] = []
@@ -405,9 +415,29 @@ class LokiDouble:
         problem = self._validate(push)
         if problem:
             return 400, problem, {}
+        discarded = self._discard_out_of_range(push) if self.check_timestamps else []
         with self.lock:
             self.pushes.append(push)
+        if discarded:
+            return 400, "; ".join(discarded[:3]), {}
         return 204, "", {}
+
+    @staticmethod
+    def _discard_out_of_range(push: LokiPush) -> list[str]:
+        """Take out of ``push`` the entries Loki discards for their timestamp; say why for each."""
+        now = time.time_ns()
+        reasons = []
+        for index, (labels, entries) in enumerate(push.streams):
+            kept = []
+            for entry in entries:
+                if entry.timestamp_ns < now - _LOKI_MAX_SAMPLE_AGE_NS:
+                    reasons.append(f"entry for stream '{labels}' has timestamp too old: {entry.timestamp_ns}")
+                elif entry.timestamp_ns > now + _LOKI_CREATION_GRACE_NS:
+                    reasons.append(f"entry for stream '{labels}' has timestamp too new: {entry.timestamp_ns}")
+                else:
+                    kept.append(entry)
+            push.streams[index] = (labels, kept)
+        return reasons
 
     def _validate(self, push: LokiPush) -> str | None:
         for labels, entries in push.streams:

@@ -479,6 +479,62 @@ async def test_no_push_exceeds_lokis_default_ingestion_burst(encoding: str) -> N
     assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1100
 
 
+def records_of_now(request: ExportLogsServiceRequest) -> list[Any]:
+    """The request's records, dated within the last second (Loki discards entries over a week old)."""
+    now = time.time_ns()
+    records = list(request.resource_logs[0].scope_logs[0].log_records)
+    for index, log in enumerate(records):
+        log.time_unix_nano = now - (len(records) - index) * 1_000_000
+    return records
+
+
+async def test_a_push_loki_refuses_does_not_keep_the_batchs_other_pushes_from_being_sent() -> None:
+    """Loki answers 400 to a push holding one entry over a week old (a replay after an outage, a skewed clock),
+    storing its valid entries. The batch's second push was never sent, and all 1,100 records counted rejected."""
+    metrics = SelfMetrics()
+    request = burst_request()
+    records_of_now(request)[0].time_unix_nano -= 8 * 86400 * 10**9
+    with LokiDouble(check_timestamps=True) as loki:
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 2)
+    assert loki.attempts == 2  # both pushes sent, the refused one not retried
+    assert len(loki.entries()) == 1099
+    first_push = len(loki.pushes[0].streams[0][1]) + 1
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == first_push  # the whole refused push
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1100 - first_push
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 0
+
+
+async def test_a_batch_loki_refuses_whole_is_counted_failed_and_rejected_as_before() -> None:
+    metrics = SelfMetrics()
+    request = logs_request(records=[record("too old", 1)])
+    records_of_now(request)[0].time_unix_nano -= 8 * 86400 * 10**9
+    with LokiDouble(check_timestamps=True) as loki:
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 1
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 1
+
+
+async def test_a_batch_whose_second_push_runs_out_of_retries_counts_only_that_push_as_failed() -> None:
+    metrics = SelfMetrics()
+    request = burst_request()
+    records_of_now(request)
+
+    class DownAfterOnePush(LokiDouble):
+        def handle(self, *args: Any) -> tuple[int, str, dict[str, str]]:
+            if self.pushes:
+                self.attempts += 1
+                return 503, "ingester unavailable", {}
+            return super().handle(*args)
+
+    with DownAfterOnePush() as loki:
+        config = loki_config(loki.url, retry_on_failure={**FAST_RETRY, "max_elapsed_time": "300ms"})
+        await export(config, [(Signal.LOGS, request)], metrics,
+                     lambda: value(metrics, "exporter_send_failed_items_total", exporter="loki") > 0)  # fmt: skip
+    failed = value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="retries_exhausted")
+    sent = value(metrics, "exporter_sent_items_total", exporter="loki")
+    assert 0 < failed < 1100 and sent + failed == 1100
+
+
 async def test_a_retry_of_a_batch_sent_in_several_pushes_resends_only_the_undelivered_ones() -> None:
     from agent.exporters._helper.retry import RetryableError
 

@@ -493,9 +493,9 @@ class SendingQueue:
             if exc.maybe_delivered:
                 # An attempt timed out after sending: the backend may hold the batch, even several times.
                 reason = "unconfirmed"
-            # A push that delivers part of a batch leaves only the rest in it (loadbalancing): count what is left,
-            # and what the parts already delivered had rejected.
-            undelivered = SPECS[signal].count_items(part)
+            # A push that delivers part of a batch leaves only the rest in it (loadbalancing), or says how much of it
+            # is settled (loki): count what is left, and what the parts already delivered had rejected.
+            undelivered = max(SPECS[signal].count_items(part) - exc.settled, 0)
             rejected = min(exc.rejected, items - undelivered)
             self._sent.labels(cid, signal.value).inc(items - undelivered - rejected)
             if rejected:

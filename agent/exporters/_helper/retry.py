@@ -46,6 +46,10 @@ class RetryableError(ExportError):
     ``rejected`` counts items a backend refused for good during an attempt that still failed as a whole (a push
     that delivers a batch in parts, as loadbalancing does, may get a partial success for one part and a
     retryable failure for another); they are counted as rejected whatever the retries then do.
+
+    ``settled`` counts items of the batch that earlier parts of it delivered or had rejected, though the batch
+    still holds them (loki, which sends a large batch as several pushes and resumes at the first not taken;
+    loadbalancing removes settled parts from the batch instead).
     """
 
     def __init__(
@@ -56,11 +60,13 @@ class RetryableError(ExportError):
         retry_after: float | None = None,
         maybe_delivered: bool = False,
         rejected: int = 0,
+        settled: int = 0,
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
         self.maybe_delivered = maybe_delivered
         self.rejected = rejected
+        self.settled = settled
 
 
 class PermanentExportError(ExportError):

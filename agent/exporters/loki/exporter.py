@@ -20,10 +20,11 @@ from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
-from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, RetryableError, http_error
+from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, PermanentExportError, RetryableError, http_error
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
+from agent.telemetry.logs import RateLimitedLog
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
 LOKI_RETRYABLE = OTLP_HTTP_RETRYABLE | {500}
@@ -33,6 +34,7 @@ class LokiExporter:
     def __init__(self, config: LokiExporterConfig, settings: CreateSettings) -> None:
         self._config = config
         self._settings = settings
+        self._log = RateLimitedLog(settings.logger)
         self._filter = RetentionFilter(config.retention_classes, settings)
         self._mapper = StreamMapper(
             config.label_resource_attributes, RetentionClassifier(settings.service), config.max_line_bytes
@@ -101,19 +103,45 @@ class LokiExporter:
             await self._session.close()
             self._session = None
 
-    async def _push(self, signal: Signal, batch: Message) -> None:
+    async def _push(self, signal: Signal, batch: Message) -> int:
+        """Send ``batch``; return how many of its records Loki refused for good while it took the others.
+
+        A batch too big for one push goes as several; a retry resumes at the first not taken. Loki's 400 refuses
+        one push (an entry too old or too far ahead, too large) and stores its valid entries: the other pushes
+        still go. Only a batch Loki refused whole raises ``PermanentExportError``.
+        """
         pushes = self._pushes_of(batch)
+        rejected = 0  # in this attempt
+        refusal: PermanentExportError | None = None
         try:
-            # A batch too big for one push goes as several; a retry resumes at the first not delivered.
             while pushes.delivered < len(pushes.bodies):
-                await self._post(pushes.bodies[pushes.delivered])
+                items = pushes.items[pushes.delivered]
+                try:
+                    await self._post(pushes.bodies[pushes.delivered])
+                except PermanentExportError as exc:
+                    refusal = exc
+                    rejected += items
+                    pushes.rejected += items
+                    self._log.warning(
+                        "rejected",
+                        f"Loki refused one push of the batch ({items} log records): {exc}",
+                        exporter=self._settings.component_id,
+                    )
                 pushes.delivered += 1
-        except (RetryableError, asyncio.CancelledError):
-            raise  # the bodies stay for the retry (the attempt's timeout cancels it mid-push)
+                pushes.settled += items
+        except RetryableError as exc:
+            exc.rejected += rejected
+            exc.settled = pushes.settled
+            raise  # the bodies stay for the retry
+        except asyncio.CancelledError:
+            raise  # the attempt's timeout cancelled it mid-push: the bodies stay for the retry
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise
         self._bodies.pop(id(batch), None)
+        if refusal is not None and pushes.rejected == pushes.settled:
+            raise refusal  # nothing of the batch was taken: rejected whole, as a single push would be
+        return rejected
 
     async def _post(self, body: bytes) -> None:
         assert self._session is not None
@@ -146,15 +174,16 @@ class LokiExporter:
             return cached
         streams = self._mapper.streams(batch)  # type: ignore[arg-type]
         self._count_limits()
+        parts = split_streams(streams)
         if self._config.encoding == "json":
             gzip = self._config.compression == "gzip"
-            bodies = [encode_json(part, gzip) for part in split_streams(streams)]
+            bodies = [encode_json(part, gzip) for part in parts]
         else:
-            bodies = [encode_protobuf(part) for part in split_streams(streams)]
+            bodies = [encode_protobuf(part) for part in parts]
         if len(self._bodies) >= self._max_bodies:
             # The oldest: a batch whose retries the queue gave up (delivered or refused ones leave at once).
             del self._bodies[next(iter(self._bodies))]
-        pushes = _Pushes(batch, bodies)
+        pushes = _Pushes(batch, bodies, [sum(len(entries) for entries in part.values()) for part in parts])
         self._bodies[id(batch)] = pushes
         return pushes
 
@@ -170,8 +199,12 @@ class LokiExporter:
 
 @dataclass(slots=True)
 class _Pushes:
-    """The push bodies of one batch, and how many of them Loki has taken (a retry resumes at the next)."""
+    """The push bodies of one batch and the records in each; how many pushes Loki has answered for good (a retry
+    resumes at the next), and the records in those (``settled``) and in those it refused (``rejected``)."""
 
     batch: Message
     bodies: list[bytes]
+    items: list[int]
     delivered: int = 0
+    settled: int = 0
+    rejected: int = 0
