@@ -360,6 +360,11 @@ def test_other_frameworks_content_keys_are_dropped_by_default() -> None:
     content = [
         "input.value", "output.value", "llm.input_messages.0.message.content", "gen_ai.tool.call.arguments",
         "gen_ai.tool.call.result", "traceloop.entity.input", "ai.prompt.messages", "ai.response.text",
+        # RAG documents, embedded texts and reranker queries (OpenInference); Langfuse's and MLflow's content
+        "retrieval.documents.0.document.content", "embedding.embeddings.0.embedding.text", "reranker.query",
+        "reranker.input_documents.0.document.content", "reranker.output_documents.0.document.content",
+        "langfuse.observation.input", "langfuse.observation.output", "langfuse.trace.input", "langfuse.trace.output",
+        "mlflow.spanInputs", "mlflow.spanOutputs",
     ]  # fmt: skip
     span.attributes.extend([*(attr(k, "PROMPT TEXT") for k in content), attr("gen_ai.request.model", "gpt-4o")])
     stage.consume(request)

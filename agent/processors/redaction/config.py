@@ -43,6 +43,19 @@ DEFAULT_CONTENT_KEYS = [
     "ai.values",
     "ai.toolCall.args",
     "ai.toolCall.result",
+    # OpenInference's retriever, embedding and reranker spans: documents, embedded texts, queries
+    "retrieval.documents",
+    "embedding.embeddings",
+    "reranker.query",
+    "reranker.input_documents",
+    "reranker.output_documents",
+    # Langfuse's OpenTelemetry attributes, and MLflow tracing's
+    "langfuse.observation.input",
+    "langfuse.observation.output",
+    "langfuse.trace.input",
+    "langfuse.trace.output",
+    "mlflow.spanInputs",
+    "mlflow.spanOutputs",
 ]
 # GenAI events (older semantic conventions) whose log body is a message's content.
 DEFAULT_CONTENT_EVENTS = [
