@@ -444,6 +444,17 @@ def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
         ("token_endpoint=https://auth/t password_reset=true secret_name=db credential_provider=aws",
          "token_endpoint=https://auth/t password_reset=true secret_name=db credential_provider=aws"),  # settings
         ("temperature=0.7 max_tokens=512", "temperature=0.7 max_tokens=512"),
+        # INI and credentials files, Go's %+v and :=, Ruby's =>
+        ("config.ini: password = Sup3rS3cretValue", "config.ini: password = [REDACTED]"),
+        ("loaded ~/.aws/credentials: aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+         "loaded ~/.aws/credentials: aws_secret_access_key = [REDACTED]"),  # the name after credentials: is kept
+        ("cfg={User:admin Password:Sup3rS3cret1 Host:db}", "cfg={User:admin Password:[REDACTED] Host:db}"),
+        ("&{APIKey:abcdef0123456789abcdef Region:us-east-1}", "&{APIKey:[REDACTED] Region:us-east-1}"),
+        ('apiKey := "abc123def456"', 'apiKey := "[REDACTED]"'),
+        ("{:password => 'Sup3rS3cret1'}", "{:password => '[REDACTED]'}"),
+        ("secret=> Sup3rS3cret1", "secret=> [REDACTED]"),
+        ("if password == expected: token = 5 token:type PWD:/home/app", "if password == expected: token = 5 "
+         "token:type PWD:/home/app"),  # a comparison, a count, a pair of names, a path
     ],
 )  # fmt: skip
 def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text: str, expected: str) -> None:

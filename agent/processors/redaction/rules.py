@@ -91,13 +91,15 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"\1" + MASK + r"\2",
     ),
     # name=value where the name says secret: query strings (?api_key=, &private_token=, &sig=), connection strings
-    # (Password=...;, AccountKey=...;), environment assignments (AWS_SECRET_ACCESS_KEY=...), --token=... flags. A
+    # (Password=...;, AccountKey=...;), environment assignments (AWS_SECRET_ACCESS_KEY=...), --token=... flags, INI
+    # and credentials files (password = ...), Go (token := ...) and Ruby (:password => ...) (a quoted value is
+    # quoted_secret's: the value here never starts with a quote or the ">" of "=>"). A
     # number (max_tokens=512, token_count=9) is a count, not a secret. The match starts at the secret word: what
     # comes before it in the name (db_, aws_) stays as it is without being matched, which keeps the search linear.
     "assigned_secret": (
         r"((?i:"
         + _SECRET_NAMES
-        + r"|\bsig|[?&]code)=)(?!(?:"
+        + r"|\bsig|[?&]code)[ \t]{0,8}(?:=>|:=|=)[ \t]{0,8})(?![>=]|(?:"
         + _COUNT
         + r"|(?:(?<=\b(?i:pwd)=)|(?<=\b(?i:oldpwd)=))"
         + _PATH
@@ -110,7 +112,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization)\\?['\"]?\s{0,8}[=:]\s{0,8}\\?['\"])"
+        r"((?i:" + _SECRET_NAMES + r"|authorization)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
         r"(?!\[REDACTED\])(?:[^'\"\\\r\n]|\\[^'\"\r\n]){1,1024}(?=\\?['\"])",
         r"\1" + MASK,
     ),
@@ -120,11 +122,14 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "named_secret": (
         r"((?i:"
         + _SECRET_NAMES
-        + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|(?:"
+        + r")\s{0,8}:[ \t]{0,8})(?!\[REDACTED\]|(?:"
         + _COUNT
-        + r"|(?<=\b(?i:pwd):[ \t])"
+        + r"|(?:(?<=\b(?i:pwd):)|(?<=\b(?i:pwd):[ \t]))"
         + _PATH
-        + r")(?![^\s'\",;]))"
+        + r")(?![^\s'\",;])"
+        # The next word is a name, not the value: "credentials: aws_secret_access_key = ..." (the value is
+        # assigned_secret's), "token:type" (a pair of names).
+        + r"|[^\s'\",;:=]{1,64}\s{0,8}[:=])"
         r"(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\s'\",;]{4,1024}",
         r"\1" + MASK,
     ),
@@ -148,7 +153,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|whsec_|hf_|glpat-|npm_|ya29\."
-    r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)="
+    r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)[ \t]{0,8}[=:]"
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}\\?['\"]?\s{0,8}[=:]"
     r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
 )
