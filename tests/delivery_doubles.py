@@ -483,7 +483,12 @@ def _decode_json(body: dict[str, Any]) -> list[tuple[dict[str, str], list[LokiEn
             if not all(isinstance(v, str) for v in metadata.values()):
                 raise ValueError("structured metadata values must be strings")
             entries.append(LokiEntry(int(value[0]), value[1], dict(metadata)))
-        streams.append((dict(stream["stream"]), entries))
+        labels = dict(stream["stream"])
+        for name, label in labels.items():
+            # Loki renders the labels as a selector (Go's strconv.Quote keeps U+FFFD) and parses that back.
+            if "\ufffd" in label:
+                raise ValueError(f"parse error: invalid UTF-8 rune in label {name!r}")
+        streams.append((labels, entries))
     return streams
 
 

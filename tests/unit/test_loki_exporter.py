@@ -268,6 +268,19 @@ def test_label_names_follow_lokis_rules() -> None:
     assert parse_labels(render_labels((("a", "caf\ufffd"),))) == {"a": "caf\ufffd"}
 
 
+async def test_a_label_value_with_a_replacement_character_is_taken_over_json_too() -> None:
+    """Over JSON Loki re-renders the labels as a selector with Go's strconv.Quote, which keeps U+FFFD, and then
+    refuses the stream; the double does the same. The value keeps the escape as text."""
+    request = logs_request(service="billing\ufffdapi", records=[record("decoded lossily", 1)])
+    metrics = SelfMetrics()
+    with LokiDouble() as loki:
+        await export(loki_config(loki.url, encoding="json"), [(Signal.LOGS, request)], metrics,
+                     lambda: loki.attempts >= 1)  # fmt: skip
+    [(labels, _entry)] = loki.entries()
+    assert labels["service_name"] == "billing\\ufffdapi"
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1
+
+
 def test_the_config_is_checked_against_lokis_limits() -> None:
     errors: list[ConfigError] = []
     build(LokiExporterConfig, {"endpoint": "http://loki:3100/loki/api/v1/push", "compression": "gzip"}, "l", errors)

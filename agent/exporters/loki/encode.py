@@ -65,12 +65,19 @@ def encode_protobuf(streams: Streams) -> bytes:
     return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
+def json_label_value(value: str) -> str:
+    """A label value Loki takes over JSON: it re-renders a JSON push's labels as a selector with Go's
+    strconv.Quote, which leaves U+FFFD as it is, and its selector parser then refuses the stream (invalid UTF-8);
+    the value keeps ``\\ufffd`` as text instead."""
+    return value.replace("\ufffd", "\\ufffd") if "\ufffd" in value else value
+
+
 def encode_json(streams: Streams, compress: bool) -> bytes:
     """``{"streams": [{"stream": {...}, "values": [["<ns>", "<line>", {metadata}]]}]}``."""
     body = {
         "streams": [
             {
-                "stream": dict(labels),
+                "stream": {name: json_label_value(value) for name, value in labels},
                 "values": [
                     [str(timestamp), line, dict(metadata)] if metadata else [str(timestamp), line]
                     for timestamp, line, metadata in entries
