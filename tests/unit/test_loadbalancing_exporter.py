@@ -224,14 +224,26 @@ async def test_a_full_gateway_keeps_its_traces_which_wait_in_the_batch_for_the_r
 
 async def test_the_retry_waits_as_long_as_the_most_throttled_gateway_asked_even_when_another_died_after() -> None:
     gateways = {
-        GATEWAYS[0]: Gateway(RetryableError("full", reason="unavailable", retry_after=30.0)),
+        GATEWAYS[0]: Gateway(RetryableError("full", reason="unavailable", retry_after=8.0)),
         GATEWAYS[1]: Gateway(RetryableError("full", reason="unavailable", retry_after=2.0)),
         GATEWAYS[2]: Gateway(RetryableError("connection refused", reason="unavailable")),
     }
     exporter, _ = exporter_with(gateways)
     with pytest.raises(RetryableError) as raised:
         await exporter._push(Signal.TRACES, batch_of(60))
-    assert raised.value.retry_after == 30.0
+    assert raised.value.retry_after == pytest.approx(8.0, abs=0.5)
+
+
+async def test_a_gateway_asking_for_a_longer_delay_than_max_throttled_is_waited_for_max_throttled_only() -> None:
+    """A proxy answering 429 with Retry-After: 60 held every batch behind it for a minute: max_throttled (10 s by
+    default) was checked only at the next attempt."""
+    gateways = {
+        gateway: Gateway(RetryableError("full", reason="unavailable", retry_after=60.0)) for gateway in GATEWAYS
+    }
+    exporter, _ = exporter_with(gateways)
+    with pytest.raises(RetryableError) as raised:
+        await exporter._push(Signal.TRACES, batch_of(60))
+    assert raised.value.retry_after is not None and 9.0 < raised.value.retry_after <= 10.0
 
 
 @pytest.mark.parametrize("rejected_by_a_delivered_part", [0, 2])
@@ -373,6 +385,32 @@ async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_no
     assert 0 < owned_by_full < total
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_full
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == owned_by_full
+
+
+async def test_parts_delivered_before_the_shutdown_deadline_cut_a_push_short_are_counted_as_sent() -> None:
+    """One gateway never answers; the deadline cancels the push while it waits: the other gateways' parts were
+    delivered, and were counted as lost (the batch was cut down only once every gateway had answered)."""
+    import time
+
+    class Silent(Gateway):
+        async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+            await asyncio.Event().wait()  # until cancelled
+            raise AssertionError("unreachable")
+
+    gateways = {GATEWAYS[0]: Silent(), GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+    owned_by_silent = len([t for t in spans_trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]])
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    while len(gateways[GATEWAYS[1]].received) + len(gateways[GATEWAYS[2]].received) < total - owned_by_silent:
+        await asyncio.sleep(0.01)
+    await exporter._queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    assert 0 < owned_by_silent < total
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == total - owned_by_silent
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == owned_by_silent
 
 
 async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing() -> None:

@@ -118,6 +118,18 @@ class LoadBalancingRetryConfig(RetryConfig):
 
 
 @dataclass(frozen=True)
+class LoadBalancingQueueConfig(SendingQueueConfig):
+    """The sending queue with the Collector's 10 consumers (a subclass, as ``LoadBalancingRetryConfig``): they
+    are shared by every gateway, and a batch holds one until each of its gateways has answered, so a slow gateway
+    slows the others' delivery to (consumers ÷ its answer time) batches a second."""
+
+    num_consumers: int = setting(
+        10, doc="Concurrent exports, shared by the gateways (a slow gateway holds one per batch).", minimum=1,
+        maximum=64,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class LoadBalancingExporterConfig:
     routing_key: Literal["traceID"] = setting(
         "traceID", doc="What picks the gateway: every span and log of a trace goes to the same one."
@@ -151,6 +163,6 @@ class LoadBalancingExporterConfig:
     retry_on_failure: LoadBalancingRetryConfig = setting(
         doc="Retries when no gateway took the data.", default_factory=LoadBalancingRetryConfig
     )
-    sending_queue: SendingQueueConfig = setting(
-        doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=SendingQueueConfig
+    sending_queue: LoadBalancingQueueConfig = setting(
+        doc="Bounded (optionally persistent) queue in front of the gateways.", default_factory=LoadBalancingQueueConfig
     )

@@ -16,7 +16,9 @@ batches still queued go to the new owners.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -128,6 +130,13 @@ class LoadBalancingExporter:
         since = self._throttled_since.setdefault(gateway, time.monotonic())
         return limit > 0 and time.monotonic() - since >= limit
 
+    def _throttle_left(self, gateway: str) -> float:
+        """How long ``gateway`` may still be waited for before it is taken out as throttled too long."""
+        limit = float(self._config.max_throttled)
+        if limit <= 0:
+            return math.inf
+        return max(limit - (time.monotonic() - self._throttled_since.get(gateway, time.monotonic())), 0.0)
+
     def _retry_to_come(self) -> bool:
         """Whether a part left waiting for its gateway is sent again: not with retries off, nor once the agent is
         shutting down (the retry may come after the deadline, or never with a persistent queue)."""
@@ -185,7 +194,14 @@ class LoadBalancingExporter:
                     self._duplicates.labels(cid, signal.value).inc(unconfirmed_items)
                 rerouted_items = unconfirmed_items = 0
             parts = _SPLITTERS[signal](pending, ring.owner)
-            outcomes = await asyncio.gather(*(self._send(signal, gw, part) for gw, part in parts.items()))
+            sends = [asyncio.ensure_future(self._send(signal, gw, part)) for gw, part in parts.items()]
+            try:
+                outcomes = await asyncio.gather(*sends)
+            except asyncio.CancelledError:
+                # The shutdown deadline: what the gateways did take is delivered, not lost (the queue counts what
+                # is left in the batch); the rest stays in it.
+                self._keep_only_undelivered(batch, parts, sends, waiting)
+                raise
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
                 if not isinstance(outcome, RetryableError):
@@ -202,7 +218,9 @@ class LoadBalancingExporter:
                     and not self._throttled_too_long(gateway)
                 ):
                     waiting.append(part)  # busy: the same gateway, later
-                    longest_wait = max(longest_wait or 0.0, outcome.retry_after)
+                    # No longer than max_throttled allows: a gateway asking for a minute holds up every batch behind.
+                    wait = min(outcome.retry_after, self._throttle_left(gateway))
+                    longest_wait = max(longest_wait or 0.0, wait)
                     unconfirmed_waiting = unconfirmed_waiting or outcome.maybe_delivered
                 elif outcome.retry_after is None and not self._failing_long_enough(gateway):
                     waiting.append(part)  # failing, maybe for a moment: the same gateway, after the backoff
@@ -231,6 +249,26 @@ class LoadBalancingExporter:
         if longest_wait is not None:
             error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
         raise error
+
+    @staticmethod
+    def _keep_only_undelivered(
+        batch: Message, parts: dict[str, Message], sends: list[asyncio.Future[Any]], waiting: list[Message]
+    ) -> None:
+        undelivered = list(waiting)
+        for part, send in zip(parts.values(), sends, strict=True):
+            taken = (
+                send.done()
+                and not send.cancelled()
+                and send.exception() is None
+                and not isinstance(send.result(), RetryableError)
+            )
+            if not taken:
+                undelivered.append(part)
+        remaining = merge(undelivered) if undelivered else None
+        if remaining is not batch:
+            batch.Clear()
+            if remaining is not None:
+                batch.MergeFrom(remaining)
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
         transport = self._transports.get(gateway)
