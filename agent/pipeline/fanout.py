@@ -42,9 +42,11 @@ class FanOut:
             t.mutates and (index != last or shared_by_retainer) for index, t in enumerate(self._targets)
         ]
         self._consume_sized = [getattr(t.consumer, "consume_sized", None) for t in self._targets]
-        # id(batch) -> (batch, index of the target that refused it); the batch is held so that its id stays its
-        # own. Bounded: a feeder that gives up a refused batch (a connector sends a fresh one) never comes back.
-        self._refused: dict[int, tuple[Message, int]] = {}
+        # id(batch) -> (batch, index of the target that refused it, what that target was given); the batch is held
+        # so that its id stays its own, and the copy a mutating target refused is given again on the retry, so that
+        # the fan-outs inside its pipeline recognise it too and resume where they stopped. Bounded: a feeder that
+        # gives up a refused batch (a connector sends a fresh one) never comes back.
+        self._refused: dict[int, tuple[Message, int, Message]] = {}
 
     def consume(self, batch: Message) -> None:
         self.consume_sized(batch, None)
@@ -52,24 +54,29 @@ class FanOut:
     def consume_sized(self, batch: Message, size: int | None) -> None:
         """``consume``, passing the batch's size on to the targets that take one (``consume_sized``)."""
         refused = self._refused.pop(id(batch), None)
-        start = refused[1] if refused is not None and refused[0] is batch else 0
+        start, given_before = (refused[1], refused[2]) if refused is not None and refused[0] is batch else (0, None)
         for index in range(start, len(self._targets)):
+            given = given_before if index == start and given_before is not None else self._own_for(index, batch)
             try:
-                self._deliver(index, batch, size)
+                self._deliver(index, given, size)
             except Refused:
-                self._remember_refused(batch, index)
+                self._remember_refused(batch, index, given)
                 raise
 
-    def _remember_refused(self, batch: Message, index: int) -> None:
+    def _remember_refused(self, batch: Message, index: int, given: Message) -> None:
         if len(self._refused) >= _MAX_REFUSED_BATCHES:
             del self._refused[next(iter(self._refused))]  # the oldest
-        self._refused[id(batch)] = (batch, index)
+        self._refused[id(batch)] = (batch, index, given)
+
+    def _own_for(self, index: int, batch: Message) -> Message:
+        """The batch itself, or a copy for a target whose mutation others could see."""
+        if not self._needs_copy[index]:
+            return batch
+        clone = type(batch)()
+        clone.CopyFrom(batch)
+        return clone
 
     def _deliver(self, index: int, batch: Message, size: int | None) -> None:
-        if self._needs_copy[index]:
-            clone = type(batch)()
-            clone.CopyFrom(batch)
-            batch = clone
         consume_sized = self._consume_sized[index]
         if size is not None and consume_sized is not None:
             consume_sized(batch, size)

@@ -269,6 +269,28 @@ def test_a_refused_batch_resumes_where_it_stopped_even_when_another_feeder_sent_
     assert second.batches == [b, a]
 
 
+def test_a_pipeline_that_gets_a_copy_resumes_inside_where_it_stopped_when_the_batch_is_offered_again() -> None:
+    """A receiver feeds a reading pipeline and a mutating one (redaction), whose second exporter refuses. Each
+    retry of the ingest queue made a new copy for the mutating pipeline, which its own fan-out did not know: its
+    first exporter got the batch again on every retry (and the refused copies piled up)."""
+    from agent.component import Refused
+    from agent.pipeline.fanout import FanOut, Target
+    from agent.testing.sinks import BatchSink
+
+    first_exporter, refusing_exporter, _ = fan_out_refused_once_by_its_second_target()
+    other_pipeline = BatchSink()
+    inner = FanOut([Target(first_exporter, False, True), Target(refusing_exporter, False, True)])
+    outer = FanOut([Target(other_pipeline, False, True), Target(inner, True, True)])
+    (batch, _), *_ = Workload(seed=4).requests(1)
+    with pytest.raises(Refused):
+        outer.consume(batch)
+    outer.consume(batch)  # the ingest queue's retry
+    assert len(other_pipeline.batches) == 1
+    assert len(first_exporter.batches) == 1 and len(refusing_exporter.batches) == 1
+    assert first_exporter.batches[0] is refusing_exporter.batches[0] is not batch  # one copy, handed on
+    assert not inner._refused and not outer._refused
+
+
 async def test_an_exporter_stuck_at_the_deadline_still_counts_what_it_could_not_deliver() -> None:
     import asyncio
 
