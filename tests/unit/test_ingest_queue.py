@@ -108,6 +108,19 @@ async def test_refusals_by_the_pipelines_hold_the_batch_until_taken_and_nothing_
     assert pipelines.batches == sent
 
 
+async def test_a_batch_refused_for_long_is_offered_again_less_and_less_often() -> None:
+    """Each offer runs the stages before the refusing one again (redaction scans every text): every 50 ms for a
+    whole outage kept a core busy with a few large batches held."""
+    pipelines = RefuseThenAccept(refusals=1_000_000)
+    queue, _ = queue_for(pipelines)
+    await queue.start()
+    queue.consume(batches(1)[0])
+    await asyncio.sleep(2.0)
+    offers = 1_000_000 - pipelines.refusals
+    await queue.shutdown(time.monotonic() + 0.1)
+    assert 3 <= offers <= 12  # 50 ms doubling to 400 ms; every 50 ms would be 40
+
+
 async def test_while_the_pipelines_refuse_new_batches_are_refused_at_once_with_their_reason() -> None:
     class Switch:
         def __init__(self) -> None:
