@@ -13,7 +13,9 @@ head batch, offers it again after a pause, and meanwhile feeds the other signals
 refused batch, the receiver refuses new batches of that signal with the pipelines' reason, so the sender
 retries later and memory the pipelines cannot take does not pile up here instead. A refusal marked
 ``process_wide`` (the memory limiter: memory is the process's, not a pipeline's) refuses every signal. The
-bounds stay the receiver's: batches a lane took before its pipelines refused count in them until taken.
+bounds stay the receiver's: batches a lane took before its pipelines refused count in them until taken; but
+while some lane's pipelines refuse, another signal may still hold its share of the bounds (a third with three
+signals) beyond them, or a burst taken just before an outage would refuse the healthy signals for all of it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class _Lane:
     refusal: Refused | None = None
     retry_at: float = 0.0  # monotonic instant before which the refused head is not offered again
     pause: float = 0.0  # the last wait before offering the refused head again
+    items: int = 0  # in ``entries``
+    bytes: int = 0
 
     def refusing(self) -> Refused | None:
         """The refusal that still holds: only while the refused batch is here (shutdown may have counted it)."""
@@ -125,18 +129,32 @@ class IngestQueue:
         items = SPECS[signal].count_items(batch)
         if self._closing:
             raise Refused("the agent is shutting down")
-        if self._batches and (self._items + items > self._capacity or self._bytes + size > self._capacity_bytes):
+        lane = self._lanes[signal]
+        over = self._items + items > self._capacity or self._bytes + size > self._capacity_bytes
+        if self._batches and over and not self._within_share_beside_refused_lanes(lane, items, size):
             raise Refused(f"ingest queue of {self._settings.component_id} is full")
         refusal = self._refusal_for(signal)
         if refusal is not None:
             raise Refused(refusal.reason)
-        self._lanes[signal].entries.append(_Entry(next(self._arrivals), batch, items, size))
+        lane.entries.append(_Entry(next(self._arrivals), batch, items, size))
+        lane.items += items
+        lane.bytes += size
         self._batches += 1
         self._items += items
         self._bytes += size
         self._queued.set(self._items)
         self._idle.clear()
         self._ready.set()
+
+    def _within_share_beside_refused_lanes(self, lane: _Lane, items: int, size: int) -> bool:
+        """Whether ``lane`` may take a batch past the bounds: another lane holds batches its pipelines refuse, and
+        this one stays within its share of the bounds (or is empty: a batch larger than a share is taken alone)."""
+        if not any(other is not lane and other.refusing() is not None for other in self._lanes.values()):
+            return False
+        shares = len(self._lanes)
+        return not lane.entries or (
+            lane.items + items <= self._capacity // shares and lane.bytes + size <= self._capacity_bytes // shares
+        )
 
     def memory_refusal(self) -> Refused | None:
         """A process-wide refusal (the memory limiter's) in force, if any: a receiver asks before it reads or decodes
@@ -181,6 +199,7 @@ class IngestQueue:
                     entry.items
                 )
             lane.entries.clear()
+            lane.items = lane.bytes = 0
         self._settings.logger.error(
             "shutdown deadline reached before the pipelines took every accepted item",
             extra={"receiver": self._settings.component_id, "items": dict(left)},
@@ -240,6 +259,8 @@ class IngestQueue:
         lane.refusal = None
         lane.pause = 0.0
         lane.entries.popleft()
+        lane.items -= entry.items
+        lane.bytes -= entry.size
         self._batches -= 1
         self._items -= entry.items
         self._bytes -= entry.size

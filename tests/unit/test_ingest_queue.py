@@ -406,3 +406,32 @@ async def test_a_memory_limiter_refusal_refuses_every_signal() -> None:
     entrances[Signal.LOGS].consume(later_log)
     await queue.shutdown(time.monotonic() + 5)
     assert logs.batches == [later_log]
+
+
+async def test_a_burst_held_by_a_refusing_signal_leaves_the_other_signals_their_share_of_the_bounds() -> None:
+    """Traces filled the queue just before their backend went down: the held batches counted against every
+    signal, so logs were refused as "queue full" for the whole outage though their own pipeline was idle."""
+    traces, logs, metric_sink = Backend(), BatchSink(), BatchSink()
+    metrics = SelfMetrics()
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    downstream = {Signal.TRACES: traces, Signal.METRICS: metric_sink, Signal.LOGS: logs}
+    queue = IngestQueue(settings, downstream, IngestConfig(queue_items=600))  # type: ignore[arg-type]
+    entrances = queue.consumers()
+    burst = batches(60)  # 484 spans: the queue is nearly full
+    for batch in burst:
+        entrances[Signal.TRACES].consume(batch)
+    await queue.start()
+    await until(lambda: traces.offered > 0)  # the traces pipeline refuses: the burst stays held
+    with pytest.raises(Refused):
+        entrances[Signal.TRACES].consume(burst[0])  # more traces: refused, with their pipeline's reason
+    sent = [a_log(records=150) for _ in range(4)]
+    for log in sent:
+        entrances[Signal.LOGS].consume(log)  # each within a third of the bound, taken before the next comes
+        await until(lambda: not queue._lanes[Signal.LOGS].entries)
+    await until(lambda: len(logs.batches) == 4)
+    assert logs.batches == sent
+    with pytest.raises(Refused, match="is full"):
+        for _ in range(10):  # beyond their share, logs are refused again: the memory stays bounded
+            entrances[Signal.LOGS].consume(a_log(records=150))
+    traces.up = True
+    await queue.shutdown(time.monotonic() + 5)
