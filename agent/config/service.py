@@ -14,7 +14,8 @@ class IngestConfig:
     queue_items: int = setting(
         100_000,
         doc="Most items (spans, data points, log records) accepted from senders but not yet taken by the "
-        "pipelines, per receiver; beyond it the receiver refuses with a retryable answer.",
+        "pipelines, per receiver; beyond it the receiver refuses with a retryable answer. While one signal's "
+        "pipeline refuses, each other signal may still hold its share (a third) beyond it.",
         minimum=1,
     )
     queue_mib: int = setting(
