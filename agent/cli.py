@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -66,12 +68,25 @@ def _load(path: str | None) -> AgentConfig | None:
         return None
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as Go programs (the Collector) do at start: each
+    connection a sender or a scraper holds is a descriptor, and 1024 is soon reached on a port the network can
+    reach. Returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def _run(config: AgentConfig) -> int:
     from agent.app import Agent
     from agent.telemetry.logs import configure
 
     logs = config.service.telemetry.logs
     logger = configure(logs.level, logs.format)
+    raise_open_file_limit()
 
     async def serve() -> None:
         await Agent(config).run()

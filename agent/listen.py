@@ -21,6 +21,9 @@ from aiohttp import web
 from agent.config.schema import HostPort
 
 _BACKLOG = 128  # aiohttp's default
+# An idle keep-alive connection to the admin or scrape endpoint is closed after this (aiohttp's default is an
+# hour): a scraper reconnects in a millisecond, a client holding connections open would exhaust descriptors.
+IDLE_CONNECTION_SECONDS = 30.0
 # A bind of the dual-stack wildcard failing with these means the host has no usable IPv6: listen on IPv4.
 _NO_IPV6 = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 

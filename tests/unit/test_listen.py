@@ -227,3 +227,41 @@ async def test_a_client_that_sent_half_a_body_does_not_hold_the_shutdown(listene
         assert time.monotonic() - started < 5, "the shutdown waited for the client"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("listener", ["admin", "prometheus"])
+@pytest.mark.parametrize("sends_a_request", [False, True])
+async def test_an_idle_connection_to_the_admin_or_scrape_endpoint_is_closed(
+    listener: str, sends_a_request: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp keeps an idle keep-alive connection for an hour: held open by the thousand from the cluster, they
+    exhausted the agent's descriptors, and its receivers and probes failed with it."""
+    import agent.exporters.prometheus.exporter as prometheus_exporter
+    import agent.telemetry.admin as admin_module
+
+    monkeypatch.setattr(admin_module, "IDLE_CONNECTION_SECONDS", 0.3)
+    monkeypatch.setattr(prometheus_exporter, "IDLE_CONNECTION_SECONDS", 0.3)
+    port = free_dual_stack_port()
+    async with HTTP_LISTENERS[listener](HostPort(f"127.0.0.1:{port}")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            if sends_a_request:
+                writer.write(b"GET /health/live HTTP/1.1\r\nHost: agent\r\n\r\n")
+                await writer.drain()
+            await asyncio.wait_for(reader.read(), 5)  # returns at EOF: the server closed the connection
+        finally:
+            writer.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from agent.cli import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raised = raise_open_file_limit()
+        assert raised == hard or (hard == resource.RLIM_INFINITY and raised > 256)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
