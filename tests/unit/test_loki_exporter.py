@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from pathlib import Path
@@ -607,3 +608,30 @@ def test_credentials_in_the_url_and_an_authorization_header_are_a_config_error()
     assert [str(e) for e in errors] == [
         "exporters.loki.endpoint: has user:password@ and headers.authorization gives credentials too; give them once"
     ]
+
+
+async def test_a_secret_in_the_push_urls_query_never_reaches_the_log_through_aiohttps_own_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server answering a bad status line: aiohttp's ClientResponseError names the URL whole, query included."""
+
+    async def bad_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 2x0 WHAT\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(bad_status, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    metrics = SelfMetrics()
+    config = loki_config(f"http://127.0.0.1:{port}/loki/api/v1/push?token=S3CRET_TOKEN", retry_on_failure={
+        "enabled": False})  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING):
+            await export(config, [(Signal.LOGS, logs_request(records=[record("x", 1)]))], metrics,
+                         lambda: value(metrics, "exporter_send_failed_items_total", exporter="loki") > 0)  # fmt: skip
+    finally:
+        server.close()
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 1
+    assert any("failed" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "S3CRET_TOKEN" in r.getMessage()]

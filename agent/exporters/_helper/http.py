@@ -31,12 +31,14 @@ def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: floa
     resend is counted as a possible duplicate.
     """
     shown = without_credentials(url)
+    # aiohttp's own text may repeat the URL whole (a ClientResponseError names it, query string included).
+    said = without_credentials(str(exc)).replace(url, shown)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return RetryableError(f"connection to {shown} closed: {exc}", reason="connection", maybe_delivered=True)
+        return RetryableError(f"connection to {shown} closed: {said}", reason="connection", maybe_delivered=True)
     if isinstance(exc, _BEFORE_SENDING):
-        return RetryableError(f"cannot reach {shown}: {exc}", reason="connection")
+        return RetryableError(f"cannot reach {shown}: {said}", reason="connection")
     if isinstance(exc, aiohttp.ClientError):
-        return RetryableError(f"exchange with {shown} failed: {exc}", reason="connection", maybe_delivered=True)
+        return RetryableError(f"exchange with {shown} failed: {said}", reason="connection", maybe_delivered=True)
     return RetryableError(f"no answer from {shown} within {timeout:g}s", reason="timeout", maybe_delivered=True)
 
 
