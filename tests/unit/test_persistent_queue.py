@@ -560,3 +560,17 @@ async def test_garbage_in_the_ack_log_is_skipped_and_counted_and_new_data_is_sti
     assert (
         metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="corrupt") == len(garbage) // 9
     )
+
+
+async def test_the_queue_directory_and_files_are_the_owners_only(tmp_path: Path) -> None:
+    """Queued telemetry can hold prompts (capture_content) or what redaction does not know: not for other users."""
+    metrics = SelfMetrics()
+    queue, store, backend = await started_queue(tmp_path / "queue", metrics)
+    backend.down = True
+    queue.offer(Signal.TRACES, batches(1)[0])
+    await asyncio.sleep(0.05)
+    await queue.shutdown(time.monotonic() + 0.5)
+    assert (store._dir.stat().st_mode & 0o777) == 0o700
+    files = [path for path in store._dir.iterdir() if path.is_file()]
+    assert {path.name for path in files} >= {"acks.log", "lock"} and any(path.suffix == ".seg" for path in files)
+    assert all((path.stat().st_mode & 0o777) == 0o600 for path in files), [oct(p.stat().st_mode) for p in files]

@@ -122,7 +122,8 @@ class PersistentStore:
     # --- open / close ----------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only, as the file exporter's output: queued telemetry can hold what redaction does not know to mask.
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock()
         done, sending = self._read_ack_log()
         self._next_seq = max([*done, *sending, 0]) + 1
@@ -162,7 +163,7 @@ class PersistentStore:
             self._lock_fd = -1
 
     def _lock(self) -> None:
-        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -303,7 +304,7 @@ class PersistentStore:
 
     def _start_segment(self) -> None:
         path = self._dir / f"{self._next_seq:020d}.seg"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         segment = _Segment(path, fd, os.fstat(fd).st_size)
         self._segments.append(segment)
         self.bytes += segment.size
@@ -501,7 +502,7 @@ class PersistentStore:
         entries += [_ACK.pack(_SENDING, seq) for seq in sorted(self._sending)]
         temporary = self._dir / "acks.log.tmp"
         try:
-            with open(temporary, "wb") as handle:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
                 handle.write(b"".join(entries))
                 handle.flush()
                 os.fsync(handle.fileno())
