@@ -236,6 +236,11 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
+    # The agent never calls the Kubernetes API: no token in its pods (nor in a container sharing them).
+    assert pod["automountServiceAccountToken"] is False
+    assert all(
+        account["automountServiceAccountToken"] is False for account in objects(rendered[case], "ServiceAccount")
+    )
     assert agent["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "admin"}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
     assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {
