@@ -3,7 +3,7 @@
 # to /var/lib/otel-sidecar and /tmp (so it runs with a read-only root filesystem).
 #
 #   docker build -t otel-sidecar:0.1.0 .
-#   docker run --rm -p 4317:4317 -p 4318:4318 -p 9464:9464 -p 13133:13133 \
+#   docker run --rm -p 127.0.0.1:4317:4317 -p 127.0.0.1:4318:4318 -p 127.0.0.1:9464:9464 -p 127.0.0.1:13133:13133 \
 #     -v "$PWD/my-config.yaml:/etc/otel-sidecar/config.yaml:ro" otel-sidecar:0.1.0
 #
 # Config:  /etc/otel-sidecar/config.yaml (the packaged default config until you mount yours; the Helm chart mounts

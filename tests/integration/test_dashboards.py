@@ -406,7 +406,11 @@ def test_the_compose_stack_wires_the_agent_prometheus_and_grafana_together(tmp_p
     assert result.returncode == 0, result.stderr
     agent = services["otel-sidecar"]
     assert agent["configs"][0]["target"] == "/etc/otel-sidecar/config.yaml"
-    assert {p.split(":")[0] for p in agent["ports"]} == {"4317", "4318", "9464", "13133"}
+    # Published on the host's loopback only: Docker would otherwise bind every interface, past host firewalls.
+    assert {p.split(":")[0] for p in agent["ports"]} == {"127.0.0.1"}
+    assert {p.split(":")[1] for p in agent["ports"]} == {"4317", "4318", "9464", "13133"}
+    for service in compose["services"].values():
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), service
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "otel-sidecar"]
