@@ -463,17 +463,6 @@ def test_spans_coming_after_their_logs_were_released_alone_are_still_decided_on_
     assert len(exported_spans(r.trace_sink)) == 2  # not dropped as late spans of a decision on the log
 
 
-@pytest.mark.parametrize("rv_first", [True, False])
-def test_an_explicit_randomness_counts_whichever_span_of_a_scope_carries_it(rv_first: bool) -> None:
-    trace_id = trace_id_with_randomness(1, prefix=3)  # the id's randomness says drop at 10%; the rv says keep
-    with_rv = span(trace_id, 1, trace_state="ot=th:0;rv:ffffffffffffff")
-    without_rv = span(trace_id, 2, root=True, trace_state="ot=th:0")
-    r = rig()
-    r.traces.consume(spans_request(*((with_rv, without_rv) if rv_first else (without_rv, with_rv))))
-    r.tick_after(3)
-    assert len(exported_spans(r.trace_sink)) == 2
-
-
 def test_the_explicit_randomness_of_a_first_span_counts_when_a_log_came_before_it() -> None:
     r = rig()
     trace_id = trace_id_with_randomness(1)  # the id's randomness says drop at 10%

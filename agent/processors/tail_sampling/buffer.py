@@ -64,7 +64,7 @@ def group_by_trace(
 ) -> tuple[dict[bytes, list[int]], list[bytes], list[bytes], dict[bytes, str]]:
     """One pass over a scope's spans: their positions by trace id; the trace ids of root and failed spans; and
     the ``tracestate`` of each trace's first span here, when it has one (an explicit randomness, ``rv``, rides
-    there), or of a later span carrying an ``rv`` the first one's lacks.
+    there).
 
     Spans of one trace need not be adjacent (an SDK batch interleaves concurrent traces).
     """
@@ -72,7 +72,6 @@ def group_by_trace(
     roots: list[bytes] = []
     failed: list[bytes] = []
     states: dict[bytes, str] = {}
-    without_rv: set[bytes] = set()  # traces whose first span's tracestate has no rv: a later span's may
     for index, span in enumerate(spans):
         trace_id = span.trace_id
         group = groups.get(trace_id)
@@ -81,13 +80,8 @@ def group_by_trace(
             state = span.trace_state
             if state:
                 states[trace_id] = state
-                if "rv:" not in state:
-                    without_rv.add(trace_id)
         else:
             group.append(index)
-            if without_rv and trace_id in without_rv and "rv:" in (state := span.trace_state):
-                states[trace_id] = state
-                without_rv.discard(trace_id)
         if not span.parent_span_id:
             roots.append(trace_id)
         # Most spans have no status at all: asking first avoids building a Status message for each.
