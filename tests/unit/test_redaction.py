@@ -455,6 +455,18 @@ def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
         ("secret=> Sup3rS3cret1", "secret=> [REDACTED]"),
         ("if password == expected: token = 5 token:type PWD:/home/app", "if password == expected: token = 5 "
          "token:type PWD:/home/app"),  # a comparison, a count, a pair of names, a path
+        # Values holding = or : are still values; a name after "credentials:" only when it names a secret
+        ("data:   password: cGFzc3dvcmQxMjM=", "data:   password: [REDACTED]"),  # a Kubernetes Secret, printed
+        ("credentials: admin:S3cretPass1", "credentials: [REDACTED]"),
+        ("AZURE_OPENAI_API_KEY: 0123456789abcdef0123=", "AZURE_OPENAI_API_KEY: [REDACTED]"),
+        # Code in a traceback's source lines is not a secret
+        ('    password = os.environ["DB_PASSWORD"]', '    password = os.environ["DB_PASSWORD"]'),
+        ("    token = self._refresh_token(session)", "    token = self._refresh_token(session)"),
+        ("    token = self._token", "    token = self._token"),
+        ("tokens.map(token => token.trim())", "tokens.map(token => token.trim())"),
+        ('my_api_key := os.Getenv("KEY")', 'my_api_key := os.Getenv("KEY")'),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/payments-db-credentials-Xy12Ab",
+         "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/payments-db-credentials-Xy12Ab"),
     ],
 )  # fmt: skip
 def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text: str, expected: str) -> None:
@@ -607,3 +619,21 @@ def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str
     from agent.processors.redaction.rules import Redactor
 
     assert Redactor(RedactionConfig()).mask_text(text, Counter()) == (expected or text)
+
+
+def test_masking_what_is_already_masked_changes_nothing_and_counts_nothing() -> None:
+    """A gateway redacts again what its sidecars redacted: it must not report redactions of clean data."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    texts = [
+        "postgres://user:hunter2@db:5432/app", "password=Sup3rS3cret1 token := abc123def456",
+        "Cookie: session=abc123", "--api-key sk-abcdefghijklmnopqrstuv", "cfg={User:a Password:Sup3rS3cret1}",
+        "Authorization: Bearer abcdefghijklmnop1234", "client_secret: dGhpcyBpcyBhIHNlY3JldA==",
+    ]  # fmt: skip
+    for text in texts:
+        once = redactor.mask_text(text, Counter())
+        counts: Counter[str] = Counter()
+        assert redactor.mask_text(once, counts) == once and not counts, (text, once, counts)

@@ -40,6 +40,10 @@ _WORD = r"[A-Za-z][a-z]{1,63}+"  # a word as prose writes it: lowercase, or capi
 # An absolute path of two or more segments after PWD= or OLDPWD= (the shell's working directories), not a
 # password; after any other name a value of that shape may well be a secret (an AWS secret key can look so).
 _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
+# A value that is code, not a secret: a call or a subscript of a (dotted) name, or an attribute of an object,
+# as source lines in tracebacks show them (password = os.environ["DB_PASSWORD"], token = self._refresh(session),
+# token = self._token, key := os.Getenv("K")).
+_CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|this|os|ctx)\.[A-Za-z_])"
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
@@ -86,7 +90,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "url_password": (
         # Possessive runs ({m,n}+): none can end before a ":" or "@" its class excludes, so giving characters back
         # never helps, and "a://:" repeated cost 1.2 µs a character backtracking through every password run.
-        r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}+://[^/\s:@]{0,256}+:)(?!\d{1,5}(?:[/?#\s]|$))"
+        r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}+://[^/\s:@]{0,256}+:)(?!\d{1,5}(?:[/?#\s]|$)|\[REDACTED\]@)"
         r"[^\s@]{1,256}+(?:@[^\s@]{0,256}+(?=[^\s@]{0,256}@)){0,3}(@)",
         r"\1" + MASK + r"\2",
     ),
@@ -99,7 +103,9 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "assigned_secret": (
         r"((?i:"
         + _SECRET_NAMES
-        + r"|\bsig|[?&]code)[ \t]{0,8}(?:=>|:=|=)[ \t]{0,8})(?![>=]|(?:"
+        + r"|\bsig|[?&]code)[ \t]{0,8}(?:=>|:=|=)[ \t]{0,8})(?![>=]|\[REDACTED\]|"
+        + _CODE
+        + r"|(?:"
         + _COUNT
         + r"|(?:(?<=\b(?i:pwd)=)|(?<=\b(?i:oldpwd)=))"
         + _PATH
@@ -122,18 +128,27 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "named_secret": (
         r"((?i:"
         + _SECRET_NAMES
-        + r")\s{0,8}:[ \t]{0,8})(?!\[REDACTED\]|(?:"
+        + r")\s{0,8}:[ \t]{1,8})(?!\[REDACTED\]|(?:"
         + _COUNT
-        + r"|(?:(?<=\b(?i:pwd):)|(?<=\b(?i:pwd):[ \t]))"
+        + r"|(?<=\b(?i:pwd):[ \t])"
         + _PATH
         + r")(?![^\s'\",;])"
-        # The next word is a name, not the value: "credentials: aws_secret_access_key = ..." (the value is
-        # assigned_secret's), "token:type" (a pair of names).
-        + r"|[^\s'\",;:=]{1,64}\s{0,8}[:=])"
+        # The next word is another secret's name, not the value: "credentials: aws_secret_access_key = ..." (the
+        # value is assigned_secret's).
+        + r"|[\w.-]{0,40}(?i:"
+        + _SECRET_NAMES
+        + r")[\w.-]{0,20}\s{0,8}[:=])"
         r"(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\s'\",;]{4,1024}",
         r"\1" + MASK,
     ),
-    "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})[^\s-]\S*", r"\1" + MASK),
+    # Go's %+v of a struct ({User:admin Password:s3cret Host:db}): an exported (capitalised) field, no space after
+    # the colon, the value up to a space or the closing brace.
+    "struct_secret": (
+        r"((?<=[{ ])(?=[A-Z])(?i:" + _SECRET_NAMES + r"):)(?!\[REDACTED\]|" + _COUNT + r"(?![^\s}]))"
+        r"(?=[^\s}]{0,64}\d|[^\s}]{16})[^\s}]{4,1024}",
+        r"\1" + MASK,
+    ),
+    "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})(?!\[REDACTED\])[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value. An authorization
     # scheme not known here (ApiKey, Key, SharedKey, Splunk) goes with its credential.
@@ -145,7 +160,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"[^\r\n'\"\s]+",
         r"\1" + MASK,
     ),
-    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
+    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}\[REDACTED\])\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
 }
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
