@@ -635,3 +635,27 @@ async def test_a_secret_in_the_push_urls_query_never_reaches_the_log_through_aio
     assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 1
     assert any("failed" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if "S3CRET_TOKEN" in r.getMessage()]
+
+
+async def test_a_batch_whose_pushes_together_take_longer_than_timeout_keeps_each_pushs_outcome() -> None:
+    """Each push answered within `timeout`, the two together not: a whole-attempt backstop cancelled the batch
+    mid-way and lost what the first push had settled (its refusal, here), so the retry's success counted the
+    refused records as sent and the resent ones as duplicates."""
+    metrics = SelfMetrics()
+    request = burst_request()
+    records_of_now(request)[0].time_unix_nano -= 8 * 86400 * 10**9  # the first push gets a 400
+
+    class Slow(LokiDouble):
+        def handle(self, *args: Any) -> tuple[int, str, dict[str, str]]:
+            time.sleep(0.6)  # within the 1 s a push may take
+            return super().handle(*args)
+
+    with Slow(check_timestamps=True) as loki:
+        config = loki_config(loki.url, timeout="1s")
+        await export(config, [(Signal.LOGS, request)], metrics,
+                     lambda: value(metrics, "exporter_sent_items_total", exporter="loki") > 0)  # fmt: skip
+    first_push = len(loki.pushes[0].streams[0][1]) + 1
+    assert len(loki.pushes) == 2
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == first_push
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1100 - first_push
+    assert value(metrics, "exporter_duplicates_total", exporter="loki") == 0

@@ -39,13 +39,10 @@ class LokiExporter:
         self._mapper = StreamMapper(
             config.label_resource_attributes, RetentionClassifier(settings.service), config.max_line_bytes
         )
+        # No whole-attempt backstop (``timeout``): a batch may take several pushes, each bounded by ``timeout`` in
+        # ``_post``; cancelling the attempt mid-batch would lose what the pushes before had settled.
         self._queue = SendingQueue(
-            settings,
-            config.sending_queue,
-            self._push,
-            retry=config.retry_on_failure,
-            timeout=float(config.timeout),
-            batch=config.batch,
+            settings, config.sending_queue, self._push, retry=config.retry_on_failure, batch=config.batch
         )
         self._session: aiohttp.ClientSession | None = None
         # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
