@@ -118,17 +118,17 @@ def reject_invalid_log_records(request: ExportLogsServiceRequest) -> int:
     return rejected
 
 
-def _valid_exemplar_ids(point: Message) -> bool:
-    return all(
-        len(e.trace_id) in (0, TRACE_ID_BYTES) and len(e.span_id) in (0, SPAN_ID_BYTES)
-        for e in point.exemplars  # type: ignore[attr-defined]
-    )
+def _valid_exemplar_ids(exemplars: Sequence[Message]) -> bool:
+    for exemplar in exemplars:
+        if len(exemplar.trace_id) not in (0, TRACE_ID_BYTES) or len(exemplar.span_id) not in (0, SPAN_ID_BYTES):  # type: ignore[attr-defined]
+            return False
+    return True
 
 
 def reject_invalid_data_points(request: ExportMetricsServiceRequest) -> int:
     """Remove data points with an exemplar whose trace id is not empty or 16 bytes, or span id not empty or 8;
     return how many. A backend decoding strictly (pdata) would reject the whole export for one, and the exporter
-    merges requests of many senders."""
+    merges requests of many senders. Points without exemplars (most) cost one attribute read."""
     rejected = 0
     for rm in request.resource_metrics:
         for sm in rm.scope_metrics:
@@ -137,10 +137,16 @@ def reject_invalid_data_points(request: ExportMetricsServiceRequest) -> int:
                 if kind is None or kind == "summary":  # summary points carry no exemplars
                     continue
                 points = getattr(metric, kind).data_points
-                if all(_valid_exemplar_ids(p) for p in points):
+                bad = [
+                    index
+                    for index, point in enumerate(points)
+                    if (exemplars := point.exemplars) and not _valid_exemplar_ids(exemplars)
+                ]
+                if not bad:
                     continue
-                keep = [p for p in points if _valid_exemplar_ids(p)]
-                rejected += len(points) - len(keep)
+                skip = set(bad)
+                keep = [point for index, point in enumerate(points) if index not in skip]
+                rejected += len(bad)
                 del points[:]
                 points.extend(keep)
     return rejected
