@@ -24,6 +24,7 @@ _BACKLOG = 128  # aiohttp's default
 # An idle keep-alive connection to the admin or scrape endpoint is closed after this (aiohttp's default is an
 # hour): a scraper reconnects in a millisecond, a client holding connections open would exhaust descriptors.
 IDLE_CONNECTION_SECONDS = 30.0
+_STOP_FLOOR_SECONDS = 0.25
 # A bind of the dual-stack wildcard failing with these means the host has no usable IPv6: listen on IPv4.
 _NO_IPV6 = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 
@@ -83,7 +84,9 @@ async def stop_runner(runner: web.AppRunner, seconds: float) -> None:
     kubelet's grace period, and the stages still to stop would lose their time.
     """
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(runner.cleanup(), max(seconds, 0.0))
+        # Never less than a moment, even past the deadline: cancelled at once, cleanup would leave the port bound
+        # and serving.
+        await asyncio.wait_for(runner.cleanup(), max(seconds, _STOP_FLOOR_SECONDS))
 
 
 def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:

@@ -265,3 +265,21 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert raised == hard or (hard == resource.RLIM_INFINITY and raised > 256)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("component", ["prometheus", "otlp_http"])
+async def test_a_server_stopped_past_its_deadline_still_frees_its_port(component: str) -> None:
+    """Past the shutdown deadline (a down backend used it up) the bound was 0 s: cleanup was cancelled at once,
+    and the port stayed bound and serving."""
+    port = free_dual_stack_port()
+    endpoint = HostPort(f"127.0.0.1:{port}")
+    stage: Any
+    if component == "prometheus":
+        stage = PrometheusExporter(PrometheusExporterConfig(endpoint=endpoint), _settings("prometheus", Kind.EXPORTER))
+    else:
+        config = OtlpReceiverConfig(grpc=GrpcConfig(enabled=False), http=HttpConfig(endpoint=endpoint))
+        stage = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
+    await stage.start()
+    assert await answers("127.0.0.1", port, http=True)
+    await stage.shutdown(time.monotonic() - 1)
+    assert not await answers("127.0.0.1", port, http=True)
