@@ -168,11 +168,15 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
         return node
 
     problems: list[str] = []
-    result, end = _reference(node, 0, environ, problems) if node.startswith("${") else ("", -1)
-    whole = end == len(node) and not problems
-    if not whole:
-        problems.clear()
-        result, _, _ = _expand(node, 0, environ, problems, in_default=False)
+    try:
+        result, end = _reference(node, 0, environ, problems) if node.startswith("${") else ("", -1)
+        whole = end == len(node) and not problems
+        if not whole:
+            problems.clear()
+            result, _, _ = _expand(node, 0, environ, problems, in_default=False)
+    except RecursionError:
+        errors.append(ConfigError(path, "references nested too deeply"))
+        return node
     errors.extend(ConfigError(path, problem) for problem in problems)
     if whole and result:
         try:

@@ -726,3 +726,12 @@ service:
         "service.pipelines.traces.exporters[1]: exporter otlp/jaeger is not defined under exporters or connectors",
         "service.shutdown_timeout: must be a duration like '10s', '500ms' or '2m', got 20",
     ]
+
+
+def test_references_nested_deeper_than_python_recurses_are_a_config_error_not_a_traceback() -> None:
+    value = "${env:A:-" * 1000 + "x" + "}" * 1000
+    text = f'receivers: {{otlp: {{}}}}\nexporters: {{file: {{path: "{value}"}}}}\n'
+    text += "service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}\n"
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert [str(e) for e in raised.value.errors] == ["exporters.file.path: references nested too deeply"]
