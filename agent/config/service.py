@@ -15,7 +15,7 @@ class IngestConfig:
         100_000,
         doc="Most items (spans, data points, log records) accepted from senders but not yet taken by the "
         "pipelines, per receiver; beyond it the receiver refuses with a retryable answer. While one signal's "
-        "pipeline refuses, each other signal may still hold its share (a third) beyond it.",
+        "pipeline refuses, each other signal may still hold an equal share (a third with three signals) beyond it.",
         minimum=1,
     )
     queue_mib: int = setting(

@@ -411,6 +411,8 @@ def test_the_compose_stack_wires_the_agent_prometheus_and_grafana_together(tmp_p
     assert {p.split(":")[1] for p in agent["ports"]} == {"4317", "4318", "9464", "13133"}
     for service in compose["services"].values():
         assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), service
+    # The variables the README lists reach the agent's config from the shell running compose.
+    assert set(agent["environment"]) >= {"OTEL_SIDECAR_CRITICAL_SERVICES", "OTEL_SIDECAR_CAPTURE_CONTENT"}
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "otel-sidecar"]
