@@ -451,3 +451,19 @@ async def test_the_healthy_gauge_follows_membership_and_cooldowns_even_when_no_d
     await exporter._set_backends(GATEWAYS[1:])  # DNS no longer lists the first gateway; no data since
     assert known() == 2
     assert healthy() == 2
+
+
+async def test_a_gateway_gone_from_the_resolver_takes_its_series_along() -> None:
+    """Pod IPs change at every rollout: the per-gateway series of every address ever seen stayed for good."""
+    gateways = {gateway: Gateway() for gateway in GATEWAYS}
+    exporter, metrics = exporter_with(gateways)
+    exporter._transports = dict(gateways)  # type: ignore[assignment]
+
+    def routed() -> list[str]:
+        lines = metrics.render().decode().splitlines()
+        return [line for line in lines if line.startswith("otel_sidecar_loadbalancer_routed")]
+
+    assert await exporter._push(Signal.TRACES, batch_of(30)) == 0
+    assert any(GATEWAYS[0] in line for line in routed())
+    await exporter._set_backends(GATEWAYS[1:])
+    assert routed() and not any(GATEWAYS[0] in line for line in routed())

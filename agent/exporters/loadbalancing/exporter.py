@@ -16,6 +16,7 @@ batches still queued go to the new owners.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -99,12 +100,23 @@ class LoadBalancingExporter:
             self._ejected_until.pop(endpoint, None)
             self._throttled_since.pop(endpoint, None)
             self._failing_since.pop(endpoint, None)  # should it come back, its failures start afresh
+            self._forget_series_of(endpoint)
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
         self._settings.logger.info(
             "gateway membership changed",
             extra={"exporter": self._settings.component_id, "gateways": endpoints, "added": added, "removed": removed},
         )
+
+    def _forget_series_of(self, endpoint: str) -> None:
+        """A gateway gone from the resolver takes its own series along: pod IPs change at every rollout, and
+        the series of every address ever seen would otherwise stay for the process's life."""
+        cid = self._settings.component_id
+        for signal in Signal:
+            with contextlib.suppress(KeyError):
+                self._routed.remove(cid, endpoint, signal.value)
+        with contextlib.suppress(KeyError):
+            self._ejections.remove(cid, endpoint)
 
     def _make_transport(self, endpoint: str) -> Transport:
         config = self._config.protocol.for_backend(endpoint)
