@@ -154,6 +154,9 @@ def test_unit_annotations_are_dropped_and_unknown_units_kept() -> None:
     assert unit_suffix("KiBy") == "kibibytes"
     assert unit_suffix("{packet}/s") == "per_second"
     assert unit_suffix("USD") == "USD"
+    # Only an annotation after the slash leaves no dangling "per" (the Collector's translator agrees).
+    assert unit_suffix("1/{request}") == ""
+    assert unit_suffix("By/{request}") == "bytes"
 
 
 # --- type and temporality mapping ---------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ class PrometheusExporterConfig:
         minimum=1,
     )
     add_metric_suffixes: bool = setting(
-        True, doc="Append unit words and `_total` per the OpenTelemetry→Prometheus naming rules."
+        True,
+        doc="Append unit words per the OpenTelemetry→Prometheus naming rules. Counters keep `_total`: the "
+        "Prometheus client library writes it, and OpenMetrics requires it.",
     )
     resource_to_telemetry_conversion: bool = setting(
         False, doc="Copy every resource attribute onto every series (default: only `job` and `instance`)."

@@ -77,8 +77,11 @@ def unit_suffix(unit: str, *, gauge: bool = False) -> str:
     if "/" in unit:
         main, _, per = unit.partition("/")
         main_word = UNIT_WORDS.get(main, main) if main and main != "1" else ""
-        per_word = PER_UNIT_WORDS.get(per, per)
-        word = f"{main_word}_per_{per_word}" if main_word else f"per_{per_word}"
+        if not per.strip():  # only an annotation after the slash (1/{request}, By/{request}): no "per" word
+            word = main_word
+        else:
+            per_word = PER_UNIT_WORDS.get(per, per)
+            word = f"{main_word}_per_{per_word}" if main_word else f"per_{per_word}"
     else:
         word = UNIT_WORDS.get(unit, unit)
     return sanitize_label_name(word).strip("_") if word else ""
