@@ -1029,3 +1029,14 @@ def test_a_summary_whose_sum_is_nan_or_negative_is_dropped_not_exposed(total: fl
     list(text_string_to_metric_families(out))
     assert "bad_summary" not in out
     assert dropped(metrics, "malformed") == 1
+
+
+def test_a_zero_window_as_long_as_the_expiry_is_a_config_error() -> None:
+    """A sporadic series would be scraped at zero from its first scrape until it expired: no count would show."""
+    from agent.config.schema import ConfigError, build
+
+    errors: list[ConfigError] = []
+    build(PrometheusExporterConfig, {"metric_expiration": "30s"}, "exporters.prometheus", errors)
+    assert [str(e) for e in errors] == [
+        "exporters.prometheus.new_series_at_zero_for: must be shorter than metric_expiration (30s)"
+    ]

@@ -41,3 +41,7 @@ class PrometheusExporterConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.path.startswith("/"):
             yield "path", "must start with /"
+        if float(self.new_series_at_zero_for) >= float(self.metric_expiration):
+            # A sporadic series would be scraped at zero until it expired: every count it had would be lost.
+            expiration = float(self.metric_expiration)
+            yield "new_series_at_zero_for", f"must be shorter than metric_expiration ({expiration:g}s)"
