@@ -245,9 +245,17 @@ def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
 
     exp.consume(request(histogram_metric("d", point(0, 10, [1, 1], [1.0]), temporality=DELTA)))
     exp.consume(request(histogram_metric("d", point(10, 20, [2, 0], [1.0]), temporality=DELTA)))
-    exp.consume(request(histogram_metric("d", point(20, 30, [1, 1, 1], [1.0, 2.0]), temporality=DELTA)))
+    exp.consume(request(histogram_metric("d", point(15, 25, [1, 1, 1], [1.0, 2.0]), temporality=DELTA)))  # overlaps
     out = text(exp)
     assert metric_value(out, "d_seconds_bucket", le="1.0") == 3
+    assert metric_value(out, "d_seconds_count") == 4
+    assert dropped(metrics, "bucket_mismatch") == 1
+    # New bounds in a run after the last point: the sender restarted with another layout. The series starts
+    # again from that point (Prometheus reads a reset) instead of dropping every point until it expires.
+    exp.consume(request(histogram_metric("d", point(20, 30, [1, 1, 1], [1.0, 2.0]), temporality=DELTA)))
+    exp.consume(request(histogram_metric("d", point(30, 40, [0, 1, 0], [1.0, 2.0]), temporality=DELTA)))
+    out = text(exp)
+    assert metric_value(out, "d_seconds_bucket", le="2.0") == 3
     assert metric_value(out, "d_seconds_count") == 4
     assert dropped(metrics, "bucket_mismatch") == 1
 

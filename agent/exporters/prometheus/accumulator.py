@@ -544,7 +544,16 @@ class Accumulator:
             fresh = not series.seen
             restarted = False
             total_sum = _exposable_sum(point, exponential, bounds)
-            if delta and not fresh:
+            if delta and not fresh and bounds != series.bounds and point.start_time_unix_nano >= series.time_ns > 0:
+                # New bounds in a run that starts after the series' last point: the sender restarted with another
+                # bucket layout (the Collector's accumulator resets on it too). Dropping every later point kept the
+                # series frozen until it expired.
+                restarted = True
+                series.exemplars = None
+                series.bounds, series.counts = bounds, counts
+                series.sum, series.count = total_sum, float(point.count)
+                series.start_ns = point.start_time_unix_nano
+            elif delta and not fresh:
                 if bounds != series.bounds:
                     self._on_drop("bucket_mismatch", 1)
                     continue
