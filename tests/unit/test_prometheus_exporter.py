@@ -1048,3 +1048,17 @@ def test_a_zero_window_as_long_as_the_expiry_is_a_config_error() -> None:
     assert [str(e) for e in errors] == [
         "exporters.prometheus.new_series_at_zero_for: must be shorter than metric_expiration (30s)"
     ]
+
+
+def test_target_info_series_are_bounded_by_max_series_too() -> None:
+    """Every resource recorded a target_info series, even when all its points were refused at the limit."""
+    exp, metrics = exporter(PrometheusExporterConfig(max_series=5))
+    for n in range(50):
+        exp.consume(
+            request(
+                sum_metric("c", number(1.0, 0, 1)), resource={"service.name": "svc", "service.instance.id": f"i{n}"}
+            )
+        )
+    out = text(exp)
+    assert len([line for line in out.splitlines() if line.startswith("target_info{")]) <= 5
+    assert dropped(metrics, "series_limit") >= 45

@@ -309,7 +309,11 @@ class Accumulator:
                 info.setdefault(self._label_name(key), value)
         if info:
             # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
-            self._targets[tuple(sorted((identity or info).items()))] = Target(info, now)
+            key = tuple(sorted((identity or info).items()))
+            if key in self._targets or len(self._targets) < self._max_series:  # target_info series count too
+                self._targets[key] = Target(info, now)
+            else:
+                self._on_drop("series_limit", 1)
         if not self._resource_labels:
             return identity
         labels = {self._label_name(k): v for k, v in attrs.items() if v}
