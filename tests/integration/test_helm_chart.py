@@ -219,6 +219,8 @@ def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: 
     assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "0.0.0.0:4318"
     (monitor,) = objects(case, "ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "admin"]
+    # Applications' own metrics keep their job and instance (target_info joins on them), not exported_job.
+    assert [e.get("honorLabels", False) for e in monitor["spec"]["endpoints"]] == [True, False]
     # The Prometheus Operator names the job after the Service's jobLabel label, else after the Service
     # (otel-gateway-headless here), which the agent-down alert's job=~".*otel-sidecar.*" would not match.
     job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
