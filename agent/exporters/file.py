@@ -74,20 +74,16 @@ class FileExporter:
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
+        self._closed = True  # no append starts from now on; one under way holds the lock
         # Bounded, and off the event loop: a write hung on a dead disk holds the lock, and must hold neither the
         # other components' shutdown nor the process (which exits anyway).
         if await asyncio.to_thread(self._files_lock.acquire, True, _CLOSE_WAIT_SECONDS):
             try:
-                self._close_files()
+                for handle in self._files.values():
+                    handle.close()
+                self._files.clear()
             finally:
                 self._files_lock.release()
-        self._closed = True
-
-    def _close_files(self) -> None:
-        self._closed = True
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
 
     async def _write(self, signal: Signal, batch: Message) -> None:
         async with self._write_lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -72,36 +73,35 @@ def _check_span_ids(spans: Sequence[Message]) -> list[int]:
         if parent_id == _ZERO_SPAN_ID:
             span.ClearField("parent_span_id")
         links = span.links
-        if links and not all(_valid_link_ids(link) for link in links):
+        if links and not all(_context_ids_valid(link) for link in links):
             bad.append(index)  # a backend decoding it strictly (pdata) would reject the whole export for it
     return bad
 
 
-def _valid_link_ids(link: Message) -> bool:
-    """Absent ids are valid: the spec has SDKs record a link with an invalid context when it has attributes, and
-    senders built on the Collector's pdata (a Collector, Alloy, Jaeger v2) leave an all-zero id out of the wire."""
-    return len(link.trace_id) in (0, TRACE_ID_BYTES) and len(link.span_id) in (0, SPAN_ID_BYTES)  # type: ignore[attr-defined]
+def _context_ids_valid(message: Message) -> bool:
+    """The trace and span ids of a link, a log record or an exemplar: each empty or of its length. Absent ids are
+    valid: the spec has SDKs record a link with an invalid context when it has attributes, a log record or an
+    exemplar may have none, and senders built on the Collector's pdata (a Collector, Alloy, Jaeger v2) leave an
+    all-zero id out of the wire."""
+    return len(message.trace_id) in (0, TRACE_ID_BYTES) and len(message.span_id) in (0, SPAN_ID_BYTES)  # type: ignore[attr-defined]
 
 
-def _valid_log_ids(record: Message) -> bool:
-    return len(record.trace_id) in (0, TRACE_ID_BYTES) and len(record.span_id) in (0, SPAN_ID_BYTES)
+def _remove_at(items: Any, bad: list[int]) -> int:
+    """Remove ``items[i]`` for each index in ``bad`` (a repeated message field); return how many."""
+    if bad:
+        skip = set(bad)
+        keep = [item for index, item in enumerate(items) if index not in skip]
+        del items[:]
+        items.extend(keep)
+    return len(bad)
 
 
 def reject_invalid_spans(request: ExportTraceServiceRequest) -> int:
     """Remove spans whose ids cannot be right (trace id not 16 non-zero bytes, span id not 8); return how many.
     An all-zero parent span id is cleared (the span is a root)."""
-    rejected = 0
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            bad = _check_span_ids(ss.spans)
-            if not bad:
-                continue
-            skip = set(bad)
-            keep = [span for index, span in enumerate(ss.spans) if index not in skip]
-            rejected += len(bad)
-            del ss.spans[:]
-            ss.spans.extend(keep)
-    return rejected
+    return sum(
+        _remove_at(ss.spans, _check_span_ids(ss.spans)) for rs in request.resource_spans for ss in rs.scope_spans
+    )
 
 
 def reject_invalid_log_records(request: ExportLogsServiceRequest) -> int:
@@ -109,20 +109,9 @@ def reject_invalid_log_records(request: ExportLogsServiceRequest) -> int:
     rejected = 0
     for rl in request.resource_logs:
         for sl in rl.scope_logs:
-            if all(_valid_log_ids(r) for r in sl.log_records):
-                continue
-            keep = [r for r in sl.log_records if _valid_log_ids(r)]
-            rejected += len(sl.log_records) - len(keep)
-            del sl.log_records[:]
-            sl.log_records.extend(keep)
+            records = sl.log_records
+            rejected += _remove_at(records, [i for i, record in enumerate(records) if not _context_ids_valid(record)])
     return rejected
-
-
-def _valid_exemplar_ids(exemplars: Sequence[Message]) -> bool:
-    for exemplar in exemplars:
-        if len(exemplar.trace_id) not in (0, TRACE_ID_BYTES) or len(exemplar.span_id) not in (0, SPAN_ID_BYTES):  # type: ignore[attr-defined]
-            return False
-    return True
 
 
 def reject_invalid_data_points(request: ExportMetricsServiceRequest) -> int:
@@ -140,15 +129,9 @@ def reject_invalid_data_points(request: ExportMetricsServiceRequest) -> int:
                 bad = [
                     index
                     for index, point in enumerate(points)
-                    if (exemplars := point.exemplars) and not _valid_exemplar_ids(exemplars)
+                    if (exemplars := point.exemplars) and not all(_context_ids_valid(e) for e in exemplars)
                 ]
-                if not bad:
-                    continue
-                skip = set(bad)
-                keep = [point for index, point in enumerate(points) if index not in skip]
-                rejected += len(bad)
-                del points[:]
-                points.extend(keep)
+                rejected += _remove_at(points, bad)
     return rejected
 
 

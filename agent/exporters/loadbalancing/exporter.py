@@ -248,10 +248,7 @@ class LoadBalancingExporter:
         undelivered = [*waiting, *([pending] if pending is not None else [])]
         if not undelivered:
             return rejected
-        remaining = merge(undelivered)
-        if remaining is not batch:
-            batch.Clear()
-            batch.MergeFrom(remaining)  # what was delivered is not sent again by the queue's retry
+        _leave_only(batch, undelivered)  # what was delivered is not sent again by the queue's retry
         error = last_error or RetryableError("no gateway is available", reason="no_backends")
         error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
         # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate: a part
@@ -276,11 +273,7 @@ class LoadBalancingExporter:
             )
             if not taken:
                 undelivered.append(part)
-        remaining = merge(undelivered) if undelivered else None
-        if remaining is not batch:
-            batch.Clear()
-            if remaining is not None:
-                batch.MergeFrom(remaining)
+        _leave_only(batch, undelivered)
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
         transport = self._transports.get(gateway)
@@ -327,6 +320,15 @@ class LoadBalancingExporter:
         )
         self._backends.labels(cid).set(0)
         self._healthy.labels(cid).set_function(self._count_healthy)
+
+
+def _leave_only(batch: Message, parts: list[Message]) -> None:
+    """Make ``batch`` hold only ``parts`` (parts of it, or nothing): the queue counts and retries what is left."""
+    remaining = merge(parts) if parts else None
+    if remaining is not batch:
+        batch.Clear()
+        if remaining is not None:
+            batch.MergeFrom(remaining)
 
 
 def _close_later(transport: Transport) -> None:

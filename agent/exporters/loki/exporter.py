@@ -131,7 +131,7 @@ class LokiExporter:
             exc.settled = pushes.settled
             raise  # the bodies stay for the retry
         except asyncio.CancelledError:
-            raise  # the attempt's timeout cancelled it mid-push: the bodies stay for the retry
+            raise  # the shutdown deadline cut it mid-push: the bodies stay for a retry (a disk queue's, after it)
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise
