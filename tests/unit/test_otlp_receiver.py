@@ -118,6 +118,52 @@ async def test_grpc_rejects_malformed_protobuf_with_invalid_argument_and_keeps_s
     assert sink.batches == [request]
 
 
+def request_with_bad_utf8() -> tuple[ExportTraceServiceRequest, bytes]:
+    """A request whose span name and one attribute value are not UTF-8, as a C library's text or a value cut in the
+    middle of a character can be; and the request the agent should pass on."""
+    request, _ = request_bytes()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.name = "name-ZZ"
+    span.attributes.add(key="error.message").value.string_value = "cut-YYYYY"
+    body = (
+        request.SerializeToString()
+        .replace(b"name-ZZ", b"name-\xc3\x28")
+        .replace(b"cut-YYYYY", b"cut-\xe2\x82\xac\xe2\x82")
+    )
+    span.name = "name-\ufffd("
+    span.attributes[-1].value.string_value = "cut-\u20ac\ufffd"
+    return request, body
+
+
+async def test_strings_that_are_not_utf8_are_repaired_not_the_whole_request_refused(
+    running: Running, sink: BatchSink
+) -> None:
+    # protobuf refuses such a string, which would turn the sender's whole batch into a 400 never retried.
+    expected, body = request_with_bad_utf8()
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(body))
+    assert sink.batches == [expected]
+    assert answer.partial_success.rejected_spans == 0
+    assert "2 strings were not valid UTF-8" in answer.partial_success.error_message
+    status, reply, _ = await post(f"{running.http_url}/v1/traces", body, "application/x-protobuf")
+    assert status == 200
+    assert (
+        "2 strings were not valid UTF-8" in ExportTraceServiceResponse.FromString(reply).partial_success.error_message
+    )
+    assert sink.batches == [expected, expected]
+    assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="grpc") == 2
+    assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="http") == 2
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 0
+
+
+async def test_a_body_broken_beyond_its_strings_is_still_refused_as_malformed(running: Running) -> None:
+    _, body = request_with_bad_utf8()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await running.grpc_export(body[:-3])
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 1
+    assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="grpc") == 0
+
+
 async def test_grpc_rejects_oversized_requests_with_resource_exhausted(running: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await running.grpc_export(b"\x00" * (1024 * 1024 + 10))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
 from agent.component import ConsumerMap, CreateSettings, PermanentError, Refused, Signal, consume_with_size
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
+from agent.otlp.utf8_repair import decode_repairing_utf8
 from agent.telemetry.logs import RateLimitedLog
 
 
@@ -23,6 +25,11 @@ class Failure(enum.StrEnum):
     INCOMPLETE = "incomplete"  # the body did not arrive whole (too slow, or the connection dropped): retryable
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"  # a bug: answered 500 / INTERNAL, logged with its traceback
+
+
+class Decoded(NamedTuple):
+    request: Message
+    repaired_strings: int  # strings that were not UTF-8, their bad bytes replaced by U+FFFD
 
 
 @dataclass
@@ -53,19 +60,27 @@ class ExportHandler:
             "Requests rejected whole before their items could be counted (malformed, too large, wrong type).",
             [*labels, "reason"],
         )
+        self._repaired = m.counter(
+            "receiver_repaired_strings_total",
+            "Strings that were not valid UTF-8, accepted with each bad byte sequence replaced by U+FFFD.",
+            labels,
+        )
 
     def accepts(self, signal: Signal) -> bool:
         return signal in self._consumers
 
-    def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Message:
+    def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Decoded:
         spec = SPECS[signal]
         try:
             if json:
-                return json_codec.decode(body, spec.request_type)
-            return spec.request_type.FromString(body)
+                return Decoded(json_codec.decode(body, spec.request_type), 0)
+            return Decoded(spec.request_type.FromString(body), 0)
         except (DecodeError, json_codec.OtlpJsonError) as exc:
-            self.request_failed(signal, transport, Failure.MALFORMED)
-            raise RequestFailed(Failure.MALFORMED, f"cannot decode {spec.request_type.__name__}: {exc}") from None
+            repaired = None if json else decode_repairing_utf8(spec.request_type, body)
+            if repaired is None:
+                self.request_failed(signal, transport, Failure.MALFORMED)
+                raise RequestFailed(Failure.MALFORMED, f"cannot decode {spec.request_type.__name__}: {exc}") from None
+        return Decoded(*repaired)
 
     def refuse_if_short_of_memory(self, signal: Signal, transport: str) -> None:
         """Refuse a request before it is read or decoded while the memory limiter refuses: decoding a request
@@ -77,13 +92,14 @@ class ExportHandler:
             self.request_failed(signal, transport, Failure.REFUSED)
             raise RequestFailed(Failure.REFUSED, f"{refusal.reason}; retry later", self._retry_after)
 
-    def export(self, signal: Signal, request: Message, transport: str, size: int) -> Message:
+    def export(self, signal: Signal, decoded: Decoded, transport: str, size: int) -> Message:
         """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success).
 
         ``size`` is the request's size as received (after decompression), which bounds the ingest queue by bytes.
         """
         spec = SPECS[signal]
         cid = self._settings.component_id
+        request = decoded.request
         rejected = spec.reject_invalid(request)
         items = spec.count_items(request)
         if items:
@@ -101,12 +117,19 @@ class ExportHandler:
                 raise RequestFailed(Failure.MALFORMED, str(exc)) from None
             self._accepted.labels(cid, transport, signal.value).inc(items)
         # Counted once the rest is taken: a refused request comes back with its invalid items in the retry.
-        message = ""
+        warnings = []
         if rejected:
             self._refused.labels(cid, transport, signal.value, "invalid").inc(rejected)
-            message = f"{rejected} {spec.item_name} rejected: {spec.invalid_reason}"
-            self._log.warning(f"invalid:{signal}", message, receiver=cid, transport=transport)
-        return spec.response(rejected, message)
+            warnings.append(f"{rejected} {spec.item_name} rejected: {spec.invalid_reason}")
+            self._log.warning(f"invalid:{signal}", warnings[-1], receiver=cid, transport=transport)
+        if decoded.repaired_strings:
+            # Told in a partial success with nothing rejected: the spec's way of warning a sender.
+            self._repaired.labels(cid, transport, signal.value).inc(decoded.repaired_strings)
+            warnings.append(
+                f"{decoded.repaired_strings} strings were not valid UTF-8; their bad bytes were replaced by U+FFFD"
+            )
+            self._log.warning(f"utf8:{signal}", warnings[-1], receiver=cid, transport=transport)
+        return spec.response(rejected, "; ".join(warnings))
 
     def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:
         self._failed_requests.labels(self._settings.component_id, transport, signal.value, failure.value).inc()

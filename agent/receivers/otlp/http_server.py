@@ -17,7 +17,7 @@ from agent.config.schema import HostPort
 from agent.listen import start_sites, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
-from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+from agent.receivers.otlp.core import Decoded, ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
 
 PROTOBUF = "application/x-protobuf"
@@ -101,9 +101,10 @@ class HttpServer:
                 )
             self._handler.refuse_if_short_of_memory(signal, "http")
             body = await self._read_body(signal, request)
-            message = await self._decode(signal, body, as_json)
+            decoded = await self._decode(signal, body, as_json)
             # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
-            response = self._handler.export(signal, message, "http", message.ByteSize() if as_json else len(body))
+            size = decoded.request.ByteSize() if as_json else len(body)
+            response = self._handler.export(signal, decoded, "http", size)
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
@@ -116,7 +117,7 @@ class HttpServer:
             self._settings.logger.exception("internal error handling an OTLP/HTTP export")
             return _reply(500, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"), as_json)
 
-    async def _decode(self, signal: Signal, body: bytes, as_json: bool) -> Message:
+    async def _decode(self, signal: Signal, body: bytes, as_json: bool) -> Decoded:
         if as_json and len(body) > _JSON_ON_LOOP_BYTES:
             if self._json_decoder is None:
                 self._json_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-json")
