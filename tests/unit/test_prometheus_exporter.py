@@ -35,7 +35,7 @@ from agent.connectors.spanmetrics.config import GenAiConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.connector import SpanMetricsConnector
 from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.config import PrometheusExporterConfig
-from agent.exporters.prometheus.exporter import PrometheusExporter
+from agent.exporters.prometheus.exporter import PrometheusExporter, accepts_gzip
 from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
@@ -608,6 +608,27 @@ def _every_otlp_type(exp: PrometheusExporter) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("header", "gzip_ok"),
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("deflate, gzip;q=0.5", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("*;q=0.1, gzip;q=0", False),
+        ("gzip;q=bad", False),
+        ("identity", False),
+        ("", False),
+        ("br, notgzip", False),
+    ],
+)
+def test_gzip_is_used_only_when_the_accept_encoding_header_allows_it(header: str, gzip_ok: bool) -> None:
+    assert accepts_gzip(header) is gzip_ok
+
+
 async def test_the_endpoint_negotiates_text_or_openmetrics_and_gzip() -> None:
     port = free_port()
     exp, metrics = exporter(PrometheusExporterConfig(endpoint=HostPort(f"127.0.0.1:{port}")))
@@ -634,17 +655,20 @@ async def test_the_endpoint_negotiates_text_or_openmetrics_and_gzip() -> None:
                 assert response.headers["Content-Encoding"] == "gzip"
                 body = gzip.decompress(await response.read()).decode()
                 assert body.endswith("# EOF\n") and 'trace_id="' + "0a" * 16 + '"' in body
+            async with session.get(url, headers={"Accept-Encoding": "gzip;q=0, identity"}) as response:
+                assert "Content-Encoding" not in response.headers  # q=0 refuses gzip
+                assert "rpc_duration_seconds_bucket" in (await response.read()).decode()
             async with session.get(f"http://127.0.0.1:{port}/other") as response:
                 assert response.status == 404
     finally:
         await exp.shutdown(time.monotonic() + 1)
         await exp.shutdown(time.monotonic() + 1)
-    for fmt in ("text", "openmetrics"):
+    for fmt, scrapes in (("text", 2), ("openmetrics", 1)):
         assert (
             metrics.registry.get_sample_value(
                 "otel_sidecar_prometheus_scrapes_total", {"exporter": "prometheus", "format": fmt}
             )
-            == 1.0
+            == scrapes
         )
 
 
@@ -725,6 +749,32 @@ def test_colliding_attribute_values_are_joined_in_the_order_of_their_original_ke
     exp.consume(request(sum_metric("c", number(1, **{"a_b": "y", "a.b": "x"}))))
     exp.consume(request(sum_metric("c", number(2, end=2, **{"a.b": "x", "a_b": "y"}))))
     assert [line for line in text(exp).splitlines() if line.startswith("c_total")] == ['c_total{a_b="x;y"} 2.0']
+
+
+@pytest.mark.parametrize("first", ["host.name", "host_name"])
+def test_resource_attributes_that_collide_are_joined_in_target_info_and_copied_labels(first: str) -> None:
+    # The specification joins them like point attributes; first or last winning would depend on the SDK's order.
+    second = "host_name" if first == "host.name" else "host.name"
+    values = {"host.name": "a", "host_name": "b"}
+    for conversion in (False, True):
+        exp, _ = exporter(PrometheusExporterConfig(resource_to_telemetry_conversion=conversion))
+        resource = {"service.name": "svc", first: values[first], second: values[second]}
+        exp.consume(request(sum_metric("c", number(1)), resource=resource))
+        lines = text(exp).splitlines()
+        assert [line for line in lines if line.startswith("target_info{")] == [
+            'target_info{host_name="a;b",job="svc"} 1.0'
+        ]
+        series = next(line for line in lines if line.startswith("c_total"))
+        assert ('host_name="a;b"' in series) is conversion
+
+
+def test_scope_attributes_that_collide_are_joined() -> None:
+    exp, _ = exporter()
+    scope = InstrumentationScope(name="s")
+    scope.attributes.add(key="lib_mode").value.string_value = "b"
+    scope.attributes.add(key="lib.mode").value.string_value = "a"
+    exp.consume(request(sum_metric("c", number(1)), scope=scope))
+    assert 'otel_scope_lib_mode="a;b"' in next(line for line in text(exp).splitlines() if line.startswith("c_total"))
 
 
 def test_delta_points_without_a_start_time_accumulate() -> None:

@@ -304,9 +304,9 @@ class Accumulator:
         instance = attrs.get("service.instance.id", "")
         identity = {k: v for k, v in (("job", job), ("instance", instance)) if v}
         info = dict(identity)
-        for key, value in attrs.items():
-            if key not in IDENTIFYING_RESOURCE_KEYS and value:
-                info.setdefault(self._label_name(key), value)
+        others = self._joined_by_label_name((k, v) for k, v in attrs.items() if k not in IDENTIFYING_RESOURCE_KEYS)
+        for name, value in others.items():
+            info.setdefault(name, value)
         if info:
             # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
             key = tuple(sorted((identity or info).items()))
@@ -316,18 +316,14 @@ class Accumulator:
                 self._on_drop("series_limit", 1)
         if not self._resource_labels:
             return identity
-        labels = {self._label_name(k): v for k, v in attrs.items() if v}
+        labels = self._joined_by_label_name(attrs.items())
         labels.update(identity)
         return labels
 
     def _scope_labels_of(self, scope: InstrumentationScope, schema_url: str) -> dict[str, str]:
         if not self._scope_labels:
             return {}
-        labels: dict[str, str] = {}
-        for kv in scope.attributes:
-            value = label_value(kv.value)
-            if value:
-                labels[self._label_name("otel_scope_" + kv.key)] = value
+        labels = self._joined_by_label_name(("otel_scope_" + kv.key, label_value(kv.value)) for kv in scope.attributes)
         for key, value in (
             ("otel_scope_name", scope.name),
             ("otel_scope_version", scope.version),
@@ -432,14 +428,17 @@ class Accumulator:
         return labels
 
     def _joined_collisions(self, attributes: Iterable[KeyValue]) -> dict[str, str]:
-        """Values of keys that sanitize to one label name, joined with ``;`` in the order of their original keys
-        (the specification's order: the same attributes give the same series however the SDK ordered them)."""
+        return self._joined_by_label_name((kv.key, kv.value.string_value or label_value(kv.value)) for kv in attributes)
+
+    def _joined_by_label_name(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Label names and values of attribute (key, value) pairs, without empty values. The values of keys that
+        sanitize to one label name are joined with ``;`` in the order of their original keys (the specification's
+        order: the same attributes give the same series however the SDK ordered them)."""
         by_name: dict[str, list[tuple[str, str]]] = {}
-        for kv in attributes:
-            value = kv.value.string_value or label_value(kv.value)
+        for key, value in pairs:
             if value:
-                by_name.setdefault(self._label_name(kv.key), []).append((kv.key, value))
-        return {name: ";".join(v for _, v in sorted(pairs)) for name, pairs in by_name.items() if len(pairs) > 1}
+                by_name.setdefault(self._label_name(key), []).append((key, value))
+        return {name: ";".join(v for _, v in sorted(found)) for name, found in by_name.items()}
 
     def _series(self, family: Family, labels: dict[str, str], create: bool = True) -> Series | None:
         key = tuple(sorted(labels.items()))

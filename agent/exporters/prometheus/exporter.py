@@ -140,6 +140,25 @@ class PrometheusExporter:
         fmt = "openmetrics" if content_type.startswith("application/openmetrics-text") else "text"
         self._scrapes.labels(self._settings.component_id, fmt).inc()
         response = web.Response(body=body, headers={"Content-Type": content_type})
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             response.enable_compression(web.ContentCoding.gzip)
         return response
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows gzip (RFC 9110 12.5.3): named, or matched by ``*``, with a
+    quality above zero; ``gzip;q=0`` refuses it. Codings are case-insensitive."""
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0  # a quality that cannot be read is no consent to a coding
+        if coding:
+            qualities[coding.lower()] = quality
+    return qualities.get("gzip", qualities.get("x-gzip", qualities.get("*", 0.0))) > 0
