@@ -12,12 +12,14 @@ import argparse
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -31,9 +33,65 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.testing.workload import Workload, resource_for
 
-ADMIN = "http://127.0.0.1:13133"
-PROMETHEUS = "http://127.0.0.1:9464/metrics"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# The embedded config's ports and the variables that move them; each taken if free, else a free one instead.
+DEFAULT_PORTS = {
+    "OTEL_SIDECAR_GRPC_ENDPOINT": 4317,
+    "OTEL_SIDECAR_HTTP_ENDPOINT": 4318,
+    "OTEL_SIDECAR_ADMIN_ENDPOINT": 13133,
+    "OTEL_SIDECAR_METRICS_ENDPOINT": 9464,
+}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the demo's agent listens, on 127.0.0.1 only."""
+
+    ports: dict[str, int]
+
+    def address(self, variable: str) -> str:
+        return f"127.0.0.1:{self.ports[variable]}"
+
+    @property
+    def grpc(self) -> str:
+        return self.address("OTEL_SIDECAR_GRPC_ENDPOINT")
+
+    @property
+    def http(self) -> str:
+        return "http://" + self.address("OTEL_SIDECAR_HTTP_ENDPOINT")
+
+    @property
+    def admin(self) -> str:
+        return "http://" + self.address("OTEL_SIDECAR_ADMIN_ENDPOINT")
+
+    @property
+    def prometheus(self) -> str:
+        return "http://" + self.address("OTEL_SIDECAR_METRICS_ENDPOINT") + "/metrics"
+
+    def environment(self) -> dict[str, str]:
+        return {variable: self.address(variable) for variable in self.ports}
+
+
+def choose_endpoints() -> Endpoints:
+    """The default ports where they are free; another free port for each one in use (an agent or a Collector
+    already running here), so that the demo still runs. Told, so the printed addresses are not a surprise."""
+    ports = {}
+    for variable, default in DEFAULT_PORTS.items():
+        ports[variable] = _free_port(default)
+        if ports[variable] != default:
+            print(f"note: port {default} is in use; the demo's agent listens on {ports[variable]} instead")
+    return Endpoints(ports)
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 def main() -> int:
@@ -42,30 +100,36 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="directory for the file exporter (default: a temp dir)")
     args = parser.parse_args()
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="otel-sidecar-demo-"))
-    env = {**os.environ, "OTEL_SIDECAR_FILE_PATH": str(out_dir), "PYTHONUNBUFFERED": "1"}
+    endpoints = choose_endpoints()
+    env = {
+        **os.environ,
+        **endpoints.environment(),
+        "OTEL_SIDECAR_FILE_PATH": str(out_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
     log_path = out_dir / "agent.log"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"starting: otel-sidecar run   (embedded default config; output in {out_dir})")
     with open(log_path, "wb") as log:
         agent = subprocess.Popen([sys.executable, "-m", "agent", "run"], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        if not _wait_ready(agent):
+        if not _wait_ready(agent, endpoints.admin):
             print(f"the agent did not become ready; its log ({log_path}):\n{log_path.read_text()}")
             return 1
-        truth = _send_load(args.traces)
-        _send_logs()
+        truth = _send_load(args.traces, endpoints.grpc)
+        _send_logs(endpoints.http)
         print("waiting: traces are decided 6s after their root span; span metrics flush every 5s")
-        self_metrics = _wait_for(ADMIN + "/metrics", _sampler_idle, timeout=20)
+        self_metrics = _wait_for(endpoints.admin + "/metrics", _sampler_idle, timeout=20)
         # A new series is scraped at zero once (so that Prometheus's rate() counts its first increments): wait
         # for the values.
-        span_metrics = _wait_for(PROMETHEUS, _workflows_counted, 15)
+        span_metrics = _wait_for(endpoints.prometheus, _workflows_counted, 15)
         print("stopping: SIGTERM (the agent flushes everything buffered, then exits)")
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(timeout=60)
     finally:
         if agent.poll() is None:
             agent.kill()
-    _report(truth, self_metrics, span_metrics, out_dir, code)
+    _report(truth, self_metrics, span_metrics, out_dir, code, endpoints)
     return 0 if code == 0 else 1
 
 
@@ -87,12 +151,12 @@ def _wait_for(url: str, done: Callable[[str], bool], timeout: float) -> str:
     return text
 
 
-def _wait_ready(agent: subprocess.Popen[bytes]) -> bool:
+def _wait_ready(agent: subprocess.Popen[bytes], admin: str) -> bool:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             return False
-        if _get(ADMIN + "/health/ready"):
+        if _get(admin + "/health/ready"):
             return True
         time.sleep(0.1)
     return False
@@ -106,8 +170,8 @@ def _get(url: str) -> str:
         return ""
 
 
-def _send_load(traces: int) -> dict[str, int]:
-    channel = grpc.insecure_channel("127.0.0.1:4317")
+def _send_load(traces: int, target: str) -> dict[str, int]:
+    channel = grpc.insecure_channel(target)
     export = channel.unary_unary(TRACE_EXPORT)
     counts: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
@@ -131,7 +195,7 @@ def _send_load(traces: int) -> dict[str, int]:
     return dict(counts)
 
 
-def _send_logs() -> None:
+def _send_logs(http_url: str) -> None:
     records = [
         LogRecord(
             time_unix_nano=time.time_ns(),
@@ -146,7 +210,7 @@ def _send_logs() -> None:
     )
     body = json_codec.encode(request)
     http = urllib.request.Request(
-        "http://127.0.0.1:4318/v1/logs", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        http_url + "/v1/logs", data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     with urllib.request.urlopen(http, timeout=5):
         pass
@@ -162,15 +226,17 @@ def _samples(text: str, prefix: str) -> list[tuple[str, float]]:
     return rows
 
 
-def _report(truth: dict[str, int], self_metrics: str, span_metrics: str, out_dir: Path, code: int) -> None:
-    print("\n== received (the agent's own metrics, http://127.0.0.1:13133/metrics) ==")
+def _report(
+    truth: dict[str, int], self_metrics: str, span_metrics: str, out_dir: Path, code: int, endpoints: Endpoints
+) -> None:
+    print(f"\n== received (the agent's own metrics, {endpoints.admin}/metrics) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
         items = SPECS[Signal(labels["signal"])].item_name  # the counter counts items: spans, not traces
         print(f"  {value:>9.0f} {items} over {labels['transport']}")
     print("\n== tail sampling decisions (traces) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_sampling_decisions_total"):
         print(f"  {value:>9.0f} {labels['decision']:<5} by policy {labels['policy']}")
-    print("\n== derived from 100% of spans before sampling (http://127.0.0.1:9464/metrics) ==")
+    print(f"\n== derived from 100% of spans before sampling ({endpoints.prometheus}) ==")
     for labels, value in _labelled(span_metrics, "orchestrator_workflow_executions_total"):
         print(f"  {value:>9.0f} workflow runs   {labels['workflow_name']:<16} {labels['status']}")
     for labels, value in _labelled(span_metrics, "orchestrator_llm_tokens_total"):
