@@ -95,7 +95,7 @@ def _switched_off(section: Any) -> bool:
 
 class OtlpReceiver:
     def __init__(self, config: OtlpReceiverConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
-        handler = ExportHandler(settings, consumers, config.retry_after)
+        handler = self._handler = ExportHandler(settings, consumers, config.retry_after)
         self._servers: list[GrpcServer | HttpServer] = []
         if config.grpc.enabled:
             self._servers.append(GrpcServer(config.grpc.endpoint, config.grpc.max_recv_msg_size_mib, handler, settings))
@@ -110,6 +110,7 @@ class OtlpReceiver:
 
     async def shutdown(self, deadline: float) -> None:
         await asyncio.gather(*(server.shutdown(deadline) for server in self._servers))
+        self._handler.close()
 
 
 FACTORY: Factory[OtlpReceiverConfig] = Factory(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import enum
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,6 +17,13 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.otlp.utf8_repair import decode_repairing_utf8
 from agent.telemetry.logs import RateLimitedLog
+
+# OTLP/JSON is decoded in Python at about 8 MB/s, and a protobuf body with strings to repair (utf8_repair.py) at
+# about 17 MB/s: a 16 MiB body would hold the event loop for a second or two, long enough to fail a liveness probe.
+# Larger bodies are decoded on the receiver's own thread, one at a time as on the loop (six at once would build six
+# bodies' objects, 125 MiB each, before any bound sees them, and would hold up the default executor's other work);
+# the loop gets the GIL between the decoder's slices.
+SLOW_DECODE_ON_LOOP_BYTES = 256 * 1024
 
 
 class Failure(enum.StrEnum):
@@ -47,6 +58,7 @@ class ExportHandler:
         self._consumers = consumers
         self._retry_after = retry_after
         self._log = RateLimitedLog(settings.logger)
+        self._slow_decoder: concurrent.futures.ThreadPoolExecutor | None = None
         m = settings.metrics
         labels = ["receiver", "transport", "signal"]
         self._accepted = m.counter("receiver_accepted_items_total", "Items accepted into the pipeline.", labels)
@@ -69,7 +81,25 @@ class ExportHandler:
     def accepts(self, signal: Signal) -> bool:
         return signal in self._consumers
 
-    def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Decoded:
+    async def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Decoded:
+        """The request in ``body``; a large one that needs Python to decode (JSON, strings to repair) is decoded
+        off the event loop. Raises RequestFailed (counted) when it cannot be decoded."""
+        if len(body) <= SLOW_DECODE_ON_LOOP_BYTES:
+            return self._decode_now(signal, body, json=json, transport=transport)
+        if not json:
+            with contextlib.suppress(DecodeError):  # the common case, in C: no thread hop
+                return Decoded(SPECS[signal].request_type.FromString(body), 0)
+        if self._slow_decoder is None:
+            self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
+        decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
+        return await asyncio.get_running_loop().run_in_executor(self._slow_decoder, decode)
+
+    def close(self) -> None:
+        if self._slow_decoder is not None:
+            self._slow_decoder.shutdown(wait=False, cancel_futures=True)
+            self._slow_decoder = None
+
+    def _decode_now(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Decoded:
         spec = SPECS[signal]
         try:
             if json:

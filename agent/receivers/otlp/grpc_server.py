@@ -95,7 +95,7 @@ class GrpcServer:
                     handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
                     raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")
                 handler.refuse_if_short_of_memory(signal, "grpc")
-                decoded = handler.decode(signal, raw, json=False, transport="grpc")
+                decoded = await handler.decode(signal, raw, json=False, transport="grpc")
                 return handler.export(signal, decoded, "grpc", len(raw)).SerializeToString()
             except RequestFailed as exc:
                 await context.abort(_GRPC_CODES[exc.failure], exc.message, _status_details(exc))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import math
 import time
 
@@ -17,7 +15,7 @@ from agent.config.schema import HostPort
 from agent.listen import start_sites, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
-from agent.receivers.otlp.core import Decoded, ExportHandler, Failure, RequestFailed
+from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
 
 PROTOBUF = "application/x-protobuf"
@@ -25,11 +23,6 @@ JSON = "application/json"
 _MIB = 1024 * 1024
 _BODY_SECONDS = 30.0  # to receive a whole request body
 _INCOMPLETE_RETRY_AFTER = 1.0  # a body that did not arrive whole is nothing wrong with the data: send it again
-# OTLP/JSON is decoded in Python at about 8 MB/s: a 16 MiB body would hold the event loop for two seconds, long
-# enough to fail a liveness probe. Larger bodies are decoded on the receiver's own thread, one at a time as on the
-# loop (six at once would build six bodies' objects, 125 MiB each, before any bound sees them, and would hold up
-# the default executor's other work); the loop gets the GIL between the decoder's slices.
-_JSON_ON_LOOP_BYTES = 256 * 1024
 _IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this
 
 _HTTP_STATUS = {
@@ -50,7 +43,6 @@ class HttpServer:
         self._handler = handler
         self._settings = settings
         self._runner: web.AppRunner | None = None
-        self._json_decoder: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._limit)
@@ -75,9 +67,6 @@ class HttpServer:
             runner, self._runner = self._runner, None
             # Half the time left at most: a slow client upload must not eat the time the pipelines need to flush.
             await stop_runner(runner, (deadline - time.monotonic()) / 2)
-        if self._json_decoder is not None:
-            self._json_decoder.shutdown(wait=False, cancel_futures=True)
-            self._json_decoder = None
 
     def _route(self, signal: Signal):  # type: ignore[no-untyped-def]
         async def handle(request: web.Request) -> web.Response:
@@ -101,7 +90,7 @@ class HttpServer:
                 )
             self._handler.refuse_if_short_of_memory(signal, "http")
             body = await self._read_body(signal, request)
-            decoded = await self._decode(signal, body, as_json)
+            decoded = await self._handler.decode(signal, body, json=as_json, transport="http")
             # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
             size = decoded.request.ByteSize() if as_json else len(body)
             response = self._handler.export(signal, decoded, "http", size)
@@ -116,14 +105,6 @@ class HttpServer:
             self._handler.request_failed(signal, "http", Failure.INTERNAL)
             self._settings.logger.exception("internal error handling an OTLP/HTTP export")
             return _reply(500, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"), as_json)
-
-    async def _decode(self, signal: Signal, body: bytes, as_json: bool) -> Decoded:
-        if as_json and len(body) > _JSON_ON_LOOP_BYTES:
-            if self._json_decoder is None:
-                self._json_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-json")
-            decode = functools.partial(self._handler.decode, signal, body, json=True, transport="http")
-            return await asyncio.get_running_loop().run_in_executor(self._json_decoder, decode)
-        return self._handler.decode(signal, body, json=as_json, transport="http")
 
     async def _read_body(self, signal: Signal, request: web.Request) -> bytes:
         try:
