@@ -513,27 +513,78 @@ def test_long_release_names_still_give_valid_names(helm_python: Path, tmp_path: 
 
 
 def test_the_monitors_name_the_job_otel_sidecar_whatever_the_name_overrides(helm_python: Path, tmp_path: Path) -> None:
-    values = tmp_path / "gateway.yaml"
-    values.write_text(
-        yaml.safe_dump(
-            {
-                "mode": "gateway",
-                "nameOverride": "tracer",
-                "serviceMonitor": {"enabled": True},
-                "podMonitor": {"enabled": True},
-            }
-        )
-    )
-    result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--render")
-    assert result.returncode == 0, result.stderr
-    (case,) = json.loads(result.stdout)
-    rendered = {name: [d for d in yaml.safe_load_all(text) if d] for name, text in case["manifests"].items()}
+    gateway = {"mode": "gateway", "nameOverride": "tracer"}
+    rendered = render_with(helm_python, tmp_path, {**gateway, "serviceMonitor": {"enabled": True}})
     (service,) = objects(rendered, "Service")
     (service_monitor,) = objects(rendered, "ServiceMonitor")
+    assert service["metadata"]["labels"][service_monitor["spec"]["jobLabel"]] == "otel-sidecar"
+    rendered = render_with(helm_python, tmp_path, {**gateway, "podMonitor": {"enabled": True}})
     (pod_monitor,) = objects(rendered, "PodMonitor")
     pod_labels = the_workload(rendered)["spec"]["template"]["metadata"]["labels"]
-    assert service["metadata"]["labels"][service_monitor["spec"]["jobLabel"]] == "otel-sidecar"
     assert pod_labels[pod_monitor["spec"]["jobLabel"]] == "otel-sidecar"
+
+
+def test_a_pod_monitor_scrapes_only_the_agents_container_of_the_pods_the_chart_renders(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    """The orchestrator beside the agent may name its own port ``metrics``: scraped under the agent's job with
+    honor_labels, its series would mix with the agent's and its target would count in OtelSidecarDown."""
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    (orchestrator,) = sidecar["workload"]["containers"]
+    orchestrator["ports"] = [{"name": "metrics", "containerPort": 8000}]
+    rendered = render_with(helm_python, tmp_path, {**sidecar, "podMonitor": {"enabled": True}})
+    (pod_monitor,) = objects(rendered, "PodMonitor")
+    for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
+        assert endpoint["relabelings"] == [
+            {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": "otel-sidecar", "action": "keep"}
+        ]  # no job relabeling: these pods carry the jobLabel label
+
+
+def test_labels_and_environment_the_chart_sets_may_not_be_set_again(helm_python: Path, tmp_path: Path) -> None:
+    """Set twice, a key renders as a duplicate YAML key whose later value wins: the Service would leave its
+    ServiceMonitor's selector, a pod the alerts' job, and an upgrade's strategic merge would break on the env."""
+    gateway = {"mode": "gateway", "serviceMonitor": {"enabled": True}}
+    failures = lint_failures(helm_python, tmp_path, {**gateway, "commonLabels": {"app.kubernetes.io/component": "x"}})
+    assert any("commonLabels.app.kubernetes.io/component: is one of the labels" in f for f in failures), failures
+    failures = lint_failures(helm_python, tmp_path, {**gateway, "podLabels": {"otel-sidecar/job": "mine"}})
+    assert any("podLabels.otel-sidecar/job: is one of the labels" in f for f in failures), failures
+    env = [{"name": "OTEL_SIDECAR_ADMIN_ENDPOINT", "value": "0.0.0.0:8888"}]
+    failures = lint_failures(helm_python, tmp_path, {**gateway, "extraEnvs": env})
+    assert any("extraEnvs[0].name: OTEL_SIDECAR_ADMIN_ENDPOINT is set by the chart" in f for f in failures), failures
+    fine = {"commonLabels": {"team": "llm"}, "podLabels": {"tier": "t"}, "extraEnvs": [{"name": "X", "value": "1"}]}
+    assert lint_failures(helm_python, tmp_path, {**gateway, **fine}) == []
+
+
+def test_a_service_monitor_and_a_pod_monitor_of_the_same_agents_are_refused(helm_python: Path, tmp_path: Path) -> None:
+    both = {"mode": "gateway", "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
+    failures = lint_failures(helm_python, tmp_path, both)
+    assert any("podMonitor.enabled: serviceMonitor.enabled scrapes the same agents" in f for f in failures), failures
+
+
+@pytest.mark.parametrize(("name", "valid"), [("my-port", True), ("grpc2", True), ("my--port", False), ("a-", False)])
+def test_port_names_follow_the_kubernetes_rule(helm_python: Path, tmp_path: Path, name: str, valid: bool) -> None:
+    port = {name: {"enabled": True, "containerPort": 55679, "protocol": "TCP"}}
+    assert (lint_failures(helm_python, tmp_path, {"mode": "gateway", "ports": port}) == []) is valid
+
+
+def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None:
+    def notes(values: dict[str, Any]) -> str:
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        result = run_helm_tool(helm_python, str(CHART), "--values", str(path), "--render")
+        assert result.returncode == 0, result.stderr
+        (case,) = json.loads(result.stdout)
+        return str(case["notes"])
+
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    long_name = "orchestrator-" + "x" * 52
+    sidecar["workload"].update(kind="StatefulSet", name=long_name)
+    workload = the_workload(render_with(helm_python, tmp_path, sidecar))
+    assert f"StatefulSet {workload['metadata']['name']}\n" in notes(sidecar)
+    assert len(workload["metadata"]["name"]) == 52
+    assert "your ConfigMap mine" in notes({"existingConfigMap": "mine"})
+    assert "Span metrics are not derived here" in notes(yaml.safe_load((CHART / "ci" / "gateway.yaml").read_text()))
+    assert "Span metrics: port 9464" in notes({"mode": "gateway"})
 
 
 def sidecar_workload_with(helm_python: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -612,7 +663,7 @@ def test_a_pod_monitor_for_injected_agents_needs_the_pods_labels(helm_python: Pa
 def test_pod_labels_may_not_reuse_a_selector_label(helm_python: Path, tmp_path: Path) -> None:
     sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
     failures = lint_failures(helm_python, tmp_path, {**sidecar, "podLabels": {"app.kubernetes.io/name": "orch"}})
-    assert any("podLabels.app.kubernetes.io/name: is one of the selector labels" in f for f in failures), failures
+    assert any("podLabels.app.kubernetes.io/name: is one of the labels" in f for f in failures), failures
     assert lint_failures(helm_python, tmp_path, {**sidecar, "podLabels": {"team": "llm"}}) == []
 
 
@@ -638,7 +689,7 @@ def test_the_listen_address_serves_ipv6_clusters(helm_python: Path, tmp_path: Pa
     assert lint_failures(helm_python, tmp_path, {"listenAddress": "::"})  # a bare IPv6 address: not host:port
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "[::1]"])
+@pytest.mark.parametrize("address", ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[0:0:0:0:0:FFFF:127.0.0.2]"])
 def test_a_loopback_listen_address_is_refused(helm_python: Path, tmp_path: Path, address: str) -> None:
     """The kubelet's httpGet probes connect to the pod's IP (a probe ``host`` is resolved in the node's network, not
     the pod's): an admin endpoint on loopback never answers them, so the startup probe fails until the agent is

@@ -9,7 +9,8 @@ deletes). The library reports each message's severity (1 info, 2 warning, 3 erro
 this prints those; template ``fail`` calls, which lint mode only logs, are captured from the library's stderr and
 count as errors. Exit status 1 when any case has a warning, an error or a fail message: the strict reading.
 
-``--render`` prints what Helm renders for each case instead (JSON: template file -> manifest text). The library
+``--render`` prints what Helm renders for each case instead (JSON: template file -> manifest text, and the
+NOTES.txt text apart). The library
 has no ``helm template``, so the copy gets one extra template that includes every template of the chart and hands
 the result to ``fail``, whose message lint mode logs: real Helm rendering, with lint mode's leniency (``required``
 and ``fail`` do not stop it, ``lookup`` finds nothing).
@@ -81,7 +82,8 @@ def lint_case(chart: Path, values_file: Path | None, workdir: Path) -> dict[str,
 def render_case(chart: Path, values_file: Path | None, workdir: Path) -> dict[str, Any]:
     """What Helm renders from each template of ``chart`` with ``values_file`` merged into its values."""
     target = chart_copy(chart, values_file, workdir)
-    names = sorted(p.name for p in (target / "templates").glob("*.yaml"))
+    notes = ["NOTES.txt"] if (target / "templates" / "NOTES.txt").exists() else []
+    names = [*sorted(p.name for p in (target / "templates").glob("*.yaml")), *notes]
     quoted = " ".join(json.dumps(n) for n in names)
     (target / "templates" / RENDER_TEMPLATE).write_text(
         "{{- $out := dict }}\n"
@@ -96,8 +98,10 @@ def render_case(chart: Path, values_file: Path | None, workdir: Path) -> dict[st
         raise RuntimeError(f"rendering {chart.name} with {values_file}: no output; fail messages: {fail_messages}")
     encoded = rendered[0].split(RENDER_MARKER, 1)[1].split('"', 1)[0].strip()
     manifests = json.loads(base64.b64decode(encoded))
+    notes = manifests.pop("NOTES.txt", "")  # text for the user, not a manifest
     other_fails = [m for m in fail_messages if RENDER_MARKER not in m]
-    return {"case": values_file.name if values_file else "values.yaml", "manifests": manifests, "fails": other_fails}
+    case = values_file.name if values_file else "values.yaml"
+    return {"case": case, "manifests": manifests, "notes": notes, "fails": other_fails}
 
 
 def _lint_capturing_stderr(chart: Path, log_path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -28,14 +28,32 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 
 {{- define "otel-sidecar.labels" -}}
+{{ include "otel-sidecar.chartLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The labels the chart sets on every object; commonLabels may not reuse their keys (validate.yaml). */}}
+{{- define "otel-sidecar.chartLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "otel-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ include "otel-sidecar.jobLabel" . }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
 {{- end }}
+
+{{/* The environment variables the chart sets on the agent container; extraEnvs may not set them again. */}}
+{{- define "otel-sidecar.ownEnvNames" -}}
+{{- list "OTEL_SIDECAR_GRPC_ENDPOINT" "OTEL_SIDECAR_HTTP_ENDPOINT" "OTEL_SIDECAR_METRICS_ENDPOINT" "OTEL_SIDECAR_ADMIN_ENDPOINT" "K8S_POD_NAME" "K8S_NAMESPACE_NAME" "K8S_NODE_NAME" | toJson }}
+{{- end }}
+
+{{/* The workload's name, as workload.yaml renders it. */}}
+{{- define "otel-sidecar.workloadName" -}}
+{{- $fullname := include "otel-sidecar.fullname" . }}
+{{- $name := ternary $fullname (default $fullname .Values.workload.name) (eq .Values.mode "gateway") }}
+{{- /* A StatefulSet's name goes into its pods' controller-revision-hash label, limited to 63 characters. */}}
+{{- ternary ($name | trunc 52 | trimSuffix "-") $name (eq (include "otel-sidecar.kind" .) "StatefulSet") }}
 {{- end }}
 
 {{/* The job name Prometheus gives the agents' targets (ServiceMonitor/PodMonitor jobLabel), whatever the release or
