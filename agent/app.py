@@ -13,6 +13,8 @@ from agent.telemetry.admin import AdminServer
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
+EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
+
 
 def stop_signals() -> list[signal.Signals]:
     """SIGTERM, SIGINT, and SIGHUP unless the agent was started to ignore it (``nohup``).
@@ -76,17 +78,33 @@ class Agent:
         await self.admin.shutdown()
         self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
-    def request_stop(self) -> None:
-        if self._stop_requested.is_set():
-            self._log.error("second termination signal: exiting without flushing")
-            os._exit(1)
-        self._stop_requested.set()
+    def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if not self._stop_requested.is_set():
+            # Named, SIGHUP above all: a Collector reloads its config on it, this agent stops.
+            reason = " (this agent does not reload its config on SIGHUP: it stops)" if sig is signal.SIGHUP else ""
+            self._log.info(f"{sig.name} received: shutting down{reason}")
+            self._stop_requested.set()
+        elif sig is signal.SIGHUP:
+            # A terminal closing, or a config reloader retrying, must not abandon the flush under way.
+            self._log.warning("SIGHUP received while shutting down: ignored, the flush goes on")
+        else:
+            self._log.error(
+                f"second termination signal ({sig.name}): exiting without flushing; what is still buffered or "
+                "queued in memory is lost"
+            )
+            os._exit(EXIT_FORCED)
 
     async def run(self) -> None:
         """Start, serve until SIGTERM, SIGINT or SIGHUP, then stop."""
         loop = asyncio.get_running_loop()
-        for sig in stop_signals():
-            loop.add_signal_handler(sig, self.request_stop)
+        signals = stop_signals()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop, sig)
         await self.start()
         await self._stop_requested.wait()
         await self.stop()
+        # Flushed: the rest is teardown. Closing the loop would give these signals their default action back, and
+        # one arriving then would kill a process that has lost nothing (exit 143 reads as a crash).
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)

@@ -28,6 +28,7 @@ from tests.helpers import (
     REPO,
     AgentProcess,
     base_config,
+    free_port,
     http_get,
     output_spans,
     read_output,
@@ -147,6 +148,63 @@ def test_sighup_flushes_and_exits_like_sigterm_instead_of_killing_the_process(tm
         agent.kill()
     assert len(output_spans(agent.out_dir)) == sent
     assert "agent stopped" in agent.log()
+    assert "SIGHUP received: shutting down (this agent does not reload its config on SIGHUP" in agent.log()
+
+
+def test_a_storm_of_sighups_stops_the_agent_once_and_loses_nothing(tmp_path: Path) -> None:
+    """A closing terminal or a config reloader retrying sends SIGHUP more than once: the later ones must neither
+    abandon the flush (exit 1, spans lost) nor, once it is done, kill the process by their default action."""
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    try:
+        sent = _send_workload_to(agent.grpc_endpoint, traces=300)
+        assert agent.process is not None
+        signals = 0
+        while agent.process.poll() is None and signals < 2000:
+            agent.process.send_signal(signal.SIGHUP)
+            signals += 1
+            time.sleep(0.002)
+        assert agent.process.wait(timeout=30) == 0
+    finally:
+        agent.kill()
+    assert signals > 3
+    assert len(output_spans(agent.out_dir)) == sent
+
+
+def _agent_with_a_slow_flush(tmp_path: Path) -> AgentProcess:
+    """An agent whose traces go to an OTLP backend nobody listens on: its flush lasts the shutdown timeout."""
+    config = base_config(tmp_path / "out")
+    config["exporters"]["otlp"] = {"endpoint": f"127.0.0.1:{free_port()}", "tls": {"insecure": True}}
+    config["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
+    config["service"]["shutdown_timeout"] = "2s"
+    agent = AgentProcess(config, tmp_path).start()
+    _send_workload_to(agent.grpc_endpoint, traces=20)
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "SIGTERM received: shutting down" in agent.log(), timeout=10, what="the first SIGTERM")
+    return agent
+
+
+def test_a_sighup_during_the_flush_is_ignored(tmp_path: Path) -> None:
+    agent = _agent_with_a_slow_flush(tmp_path)
+    try:
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        assert agent.process.wait(timeout=15) == 0
+    finally:
+        agent.kill()
+    assert "SIGHUP received while shutting down: ignored" in agent.log()
+    assert "agent stopped" in agent.log()
+
+
+def test_a_second_sigterm_during_the_flush_exits_at_once_with_its_own_code(tmp_path: Path) -> None:
+    agent = _agent_with_a_slow_flush(tmp_path)
+    try:
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=5) == 3  # not 1, an invalid config's code
+    finally:
+        agent.kill()
+    assert "second termination signal (SIGTERM): exiting without flushing" in agent.log()
 
 
 def test_readiness_turns_false_during_shutdown_and_the_process_exits_zero(tmp_path: Path) -> None:
