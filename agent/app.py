@@ -78,7 +78,7 @@ class Agent:
         await self.admin.shutdown()
         self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
-    def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+    def request_stop(self, sig: signal.Signals) -> None:
         if not self._stop_requested.is_set():
             # Named, SIGHUP above all: a Collector reloads its config on it, this agent stops.
             reason = " (this agent does not reload its config on SIGHUP: it stops)" if sig is signal.SIGHUP else ""

@@ -23,6 +23,7 @@ from agent.config.schema import ConfigInvalid
 EXIT_OK = 0
 EXIT_INVALID_CONFIG = 1
 EXIT_START_FAILED = 2
+# 3 (agent.app.EXIT_FORCED): a second SIGTERM or SIGINT during the flush made the agent exit without it.
 
 
 def main(argv: Sequence[str] | None = None) -> int:

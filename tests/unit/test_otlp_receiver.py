@@ -295,24 +295,35 @@ async def test_http_json_export_with_gzip_answers_in_json(running: Running, sink
     assert sink.batches == [request]
 
 
+def threads_calling(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[threading.Thread]:
+    """The threads that call ``owner.name`` from now on, one entry per call."""
+    threads: list[threading.Thread] = []
+    original = getattr(owner, name)
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread())
+        return original(*args)
+
+    monkeypatch.setattr(owner, name, recording)
+    return threads
+
+
+def request_of_spans(spans: int) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for n in range(spans):
+        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
+    return request
+
+
 @pytest.mark.parametrize(("spans", "off_the_loop"), [(1, False), (5000, True)])
 async def test_a_large_json_body_is_decoded_off_the_event_loop(
     running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch, spans: int, off_the_loop: bool
 ) -> None:
     """Decoding JSON costs Python time per field: a large body decoded on the loop would stall every other request
     and the health endpoints for seconds. A small one stays on the loop, where it is cheapest."""
-    threads: list[threading.Thread] = []
-    decode = json_codec.decode
-
-    def recording(body: bytes, message_type: Any) -> Any:
-        threads.append(threading.current_thread())
-        return decode(body, message_type)
-
-    monkeypatch.setattr(json_codec, "decode", recording)
-    request = ExportTraceServiceRequest()
-    scope = request.resource_spans.add().scope_spans.add()
-    for n in range(spans):
-        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
+    threads = threads_calling(monkeypatch, json_codec, "decode")
+    request = request_of_spans(spans)
     status, _, _ = await post(running.http_url + "/v1/traces", json_codec.encode(request), "application/json")
     assert status == 200
     assert (threads[0] is not threading.main_thread()) is off_the_loop
@@ -326,21 +337,12 @@ async def test_a_large_protobuf_body_with_strings_to_repair_is_repaired_off_the_
 ) -> None:
     """A repair walks every field in Python (about 17 MB/s): a 16 MiB body repaired on the loop would hold it for
     a second. Well-formed large bodies stay on the loop: their decoding is in C."""
-    threads: list[threading.Thread] = []
-    repair = core.decode_repairing_utf8
-
-    def recording(request_type: Any, body: bytes) -> Any:
-        threads.append(threading.current_thread())
-        return repair(request_type, body)
-
-    monkeypatch.setattr(core, "decode_repairing_utf8", recording)
-    request = ExportTraceServiceRequest()
-    scope = request.resource_spans.add().scope_spans.add()
-    for n in range(spans):
-        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
-    scope.spans[0].name = "bad-Z"
+    threads = threads_calling(monkeypatch, core, "decode_repairing_utf8")
+    request = request_of_spans(spans)
+    first = request.resource_spans[0].scope_spans[0].spans[0]
+    first.name = "bad-Z"
     body = request.SerializeToString().replace(b"bad-Z", b"bad-\xff")
-    scope.spans[0].name = "bad-\ufffd"
+    first.name = "bad-\ufffd"
     if transport == "grpc":
         await running.grpc_export(body)
     else:
@@ -372,11 +374,7 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
                 running_now -= 1
 
     monkeypatch.setattr(json_codec, "decode", counting)
-    request = ExportTraceServiceRequest()
-    scope = request.resource_spans.add().scope_spans.add()
-    for n in range(5000):
-        scope.spans.add(trace_id=b"\x01" * 16, span_id=(n + 1).to_bytes(8, "big"), name="x" * 40)
-    body = json_codec.encode(request)
+    body = json_codec.encode(request_of_spans(5000))
     answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(4)))
     assert [status for status, _, _ in answers] == [200] * 4
     assert most == 1

@@ -418,7 +418,8 @@ class Accumulator:
                 collided = True
             labels[name] = value
         if collided:
-            labels.update(self._joined_collisions(attributes))
+            pairs = ((kv.key, kv.value.string_value or label_value(kv.value)) for kv in attributes)
+            labels.update(self._joined_by_label_name(pairs))
         for name, value in base.items():
             if name in labels:
                 # A point attribute named like a resource or scope label (job, instance) would merge the series
@@ -426,9 +427,6 @@ class Accumulator:
                 labels[f"exported_{name}"] = labels.pop(name)
             labels[name] = value
         return labels
-
-    def _joined_collisions(self, attributes: Iterable[KeyValue]) -> dict[str, str]:
-        return self._joined_by_label_name((kv.key, kv.value.string_value or label_value(kv.value)) for kv in attributes)
 
     def _joined_by_label_name(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
         """Label names and values of attribute (key, value) pairs, without empty values. The values of keys that
