@@ -5,23 +5,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.log import server_logger
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import HostPort
-from agent.listen import start_sites, stop_runner
+from agent.listen import UnparsableRequestLog, start_sites, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
-from agent.telemetry.logs import RateLimitedLog
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -60,7 +55,7 @@ class HttpServer:
             handle_signals=False,
             auto_decompress=False,
             keepalive_timeout=_IDLE_SECONDS,
-            logger=UnparsableRequestLog(self._handler.unparsable_http_request, RateLimitedLog(self._settings.logger)),
+            logger=UnparsableRequestLog(self._settings.logger, self._handler.unparsable_http_request),
         )
         await runner.setup()
         try:
@@ -141,39 +136,6 @@ class HttpServer:
         except RequestFailed as failed:
             self._handler.request_failed(signal, "http", failed.failure)
             raise
-
-
-class UnparsableRequestLog:
-    """aiohttp's server logger, for this receiver.
-
-    aiohttp answers a request it cannot parse as HTTP (a broken request line, header or chunked framing; TLS sent
-    to this plain-HTTP port) with 400 itself, before any handler, and logs each with its traceback at ERROR (at
-    DEBUG for a bad method). Here each is counted (``receiver_failed_requests_total{reason="malformed_http"}``)
-    and logged as one warning line at a limited rate: a client repeating its mistake must not flood the log.
-    Everything else goes to aiohttp's own logger, as before.
-    """
-
-    def __init__(self, count: Callable[[], None], log: RateLimitedLog) -> None:
-        self._count = count
-        self._log = log
-
-    def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
-        if not self._took_unparsable(kwargs):
-            server_logger.debug(message, *args, **kwargs)
-
-    def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
-        if not self._took_unparsable(kwargs):
-            server_logger.exception(message, *args, **kwargs)
-
-    def _took_unparsable(self, kwargs: dict[str, Any]) -> bool:
-        error = kwargs.get("exc_info")
-        if not isinstance(error, HttpProcessingError):
-            return False
-        self._count()
-        # The message's first line: the rest quotes the raw bytes, which may be anything a client sent.
-        reason = (error.message or type(error).__name__).splitlines()[0].strip()
-        self._log.warning("unparsable_http", "request is not valid HTTP; answered 400", error=reason)
-        return True
 
 
 def _reply(status: int, message: Message, as_json: bool) -> web.Response:
