@@ -448,9 +448,9 @@ def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(render
 
 
 def lint_failures(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> list[str]:
+    """The chart's own ``fail`` messages, and a line per lint error (the values schema refusing a value)."""
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))
-    """The chart's own ``fail`` messages, and a line per lint error (the values schema refusing a value)."""
     result = run_helm_tool(helm_python, str(CHART), "--values", str(path), "--json")
     (case,) = json.loads(result.stdout)
     errors = [f"lint error in {m['path']}" for m in case["messages"] if m["level"] == "error"]
@@ -699,3 +699,44 @@ def test_a_loopback_listen_address_is_refused(helm_python: Path, tmp_path: Path,
         assert any(f"listenAddress: {address} is loopback" in f for f in failures), (values, failures)
     for other in ("0.0.0.0", "[::]", "10.0.0.5"):  # wildcards, and a (static) pod IP
         assert lint_failures(helm_python, tmp_path, {**APP, "listenAddress": other}) == [], other
+
+
+def test_the_gateway_network_policy_lets_only_the_sidecars_send_otlp(rendered: Any) -> None:
+    """ci/gateway.yaml: OTLP from the pods of ci/sidecar-to-gateway.yaml only; metrics and admin from anywhere."""
+    gateway, sidecars = rendered["gateway.yaml"], rendered["sidecar-to-gateway.yaml"]
+    (policy,) = objects(gateway, "NetworkPolicy")
+    pod_template = the_workload(gateway)["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_template["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    otlp, scrape = policy["spec"]["ingress"]
+    container_ports = {p["name"] for p in agent_container(pod_template["spec"])["ports"]}
+    assert [p["port"] for p in otlp["ports"]] == ["otlp", "otlp-http"]
+    assert [p["port"] for p in scrape["ports"]] == ["metrics", "admin"]
+    assert {p["port"] for p in otlp["ports"] + scrape["ports"]} <= container_ports  # named ports the pods declare
+    assert "from" not in scrape  # Prometheus and the kubelet's probes are never cut off
+    ((peer,),) = [otlp["from"]]
+    sidecar_labels = the_workload(sidecars)["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= sidecar_labels.items()
+    assert peer["namespaceSelector"] == {}  # sidecars of any namespace
+    assert objects(sidecars, "NetworkPolicy") == []
+
+
+def test_a_network_policy_never_has_a_rule_without_ports(helm_python: Path, tmp_path: Path) -> None:
+    """A rule without ports would open every port: closing both OTLP ports leaves the scrape rule alone."""
+    closed = {"otlp": {"enabled": False}, "otlp-http": {"enabled": False}}
+    values = {"mode": "gateway", "networkPolicy": {"enabled": True}, "ports": closed}
+    (policy,) = objects(render_with(helm_python, tmp_path, values), "NetworkPolicy")
+    assert [[p["port"] for p in rule["ports"]] for rule in policy["spec"]["ingress"]] == [["metrics", "admin"]]
+    values["ports"] = {"otlp-http": {"enabled": False}}
+    (policy,) = objects(render_with(helm_python, tmp_path, values), "NetworkPolicy")
+    otlp = policy["spec"]["ingress"][0]
+    assert ([p["port"] for p in otlp["ports"]], otlp["from"]) == (["otlp"], [{"podSelector": {}}])  # the default
+
+
+def test_a_network_policy_is_for_gateway_mode_and_takes_network_policy_peers(helm_python: Path, tmp_path: Path) -> None:
+    failures = lint_failures(helm_python, tmp_path, {"networkPolicy": {"enabled": True}})
+    assert any("networkPolicy.enabled: in sidecar mode the agent runs in your pods" in f for f in failures), failures
+    gateway = {"mode": "gateway", "networkPolicy": {"enabled": True}}
+    assert lint_failures(helm_python, tmp_path, gateway) == []
+    misspelt = {"enabled": True, "otlpFrom": [{"podSelctor": {}}]}
+    assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": misspelt})
