@@ -6,22 +6,22 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from agent.config.loader import AgentConfig
+from agent.config.schema import ConfigInvalid
 from agent.pipeline.graph import Graph
 from agent.telemetry.admin import AdminServer
-from agent.telemetry.logs import component_logger
+from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
 
 EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
+_FAILED_START_FLUSH_SECONDS = 2.0  # new pipelines that failed to start hold nothing yet: a short stop
 
 
-def stop_signals() -> list[signal.Signals]:
-    """SIGTERM, SIGINT, and SIGHUP unless the agent was started to ignore it (``nohup``).
-
-    SIGHUP's default action (a closed terminal) would kill the process at once, losing everything accepted and
-    buffered, so it stops the agent cleanly instead; an inherited "ignore" is the operator's wish to keep running.
-    """
+def handled_signals() -> list[signal.Signals]:
+    """SIGTERM and SIGINT (stop), and SIGHUP (reload the config) unless the agent was started to ignore it
+    (``nohup``): an inherited "ignore" is the operator's wish that a closing terminal change nothing."""
     signals = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signals.append(signal.SIGHUP)
@@ -30,22 +30,42 @@ def stop_signals() -> list[signal.Signals]:
 
 class Agent:
     """Lifecycle: ``start`` (exporters → processors → receivers, then ready), ``stop`` (not ready, receivers
-    stop, everything buffered flushes downstream within ``service.shutdown_timeout``)."""
+    stop, everything buffered flushes downstream within ``service.shutdown_timeout``), and ``reload`` between
+    them (SIGHUP: the pipelines of the config read again replace the running ones, as a Collector does).
 
-    def __init__(self, config: AgentConfig, metrics: SelfMetrics | None = None) -> None:
+    ``load_config`` reads the config again for a reload (the same file); without it, SIGHUP reloads ``config``.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        metrics: SelfMetrics | None = None,
+        load_config: Callable[[], AgentConfig] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or SelfMetrics()
         self.graph = Graph(config, self.metrics)
         self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.metrics, self.not_ready_reason)
+        self._load_config = load_config or (lambda: self.config)
         self._log = component_logger("agent")
         self._stopping = False
+        self._reloading = False
         self._started = False
         self._stop_requested = asyncio.Event()
+        self._reload_requested = asyncio.Event()
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
+        self._reloads = self.metrics.counter(
+            "config_reloads_total",
+            "Config reloads (SIGHUP) by result: reloaded; invalid (the new config was refused, the running one "
+            "kept); failed (the new config did not start, the previous one was started again).",
+            ["result"],
+        )
 
     def not_ready_reason(self) -> str | None:
         if self._stopping:
             return "shutting down"
+        if self._reloading:
+            return "reloading its config"
         if not self._started or not self.graph.receivers_started:
             return "starting: receivers are not listening yet"
         return None
@@ -79,14 +99,16 @@ class Agent:
         self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
     def request_stop(self, sig: signal.Signals) -> None:
-        if not self._stop_requested.is_set():
-            # Named, SIGHUP above all: a Collector reloads its config on it, this agent stops.
-            reason = " (this agent does not reload its config on SIGHUP: it stops)" if sig is signal.SIGHUP else ""
-            self._log.info(f"{sig.name} received: shutting down{reason}")
+        if sig is signal.SIGHUP:
+            if self._stop_requested.is_set():
+                # A terminal closing, or a config reloader retrying, must not abandon the flush under way.
+                self._log.warning("SIGHUP received while shutting down: ignored, the flush goes on")
+            else:
+                self._log.info("SIGHUP received: reloading the config")
+                self._reload_requested.set()  # several during one reload make one more reload
+        elif not self._stop_requested.is_set():
+            self._log.info(f"{sig.name} received: shutting down")
             self._stop_requested.set()
-        elif sig is signal.SIGHUP:
-            # A terminal closing, or a config reloader retrying, must not abandon the flush under way.
-            self._log.warning("SIGHUP received while shutting down: ignored, the flush goes on")
         else:
             self._log.error(
                 f"second termination signal ({sig.name}): exiting without flushing; what is still buffered or "
@@ -95,16 +117,87 @@ class Agent:
             os._exit(EXIT_FORCED)
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM, SIGINT or SIGHUP, then stop."""
+        """Start, serve (reloading the config on SIGHUP) until SIGTERM or SIGINT, then stop."""
         loop = asyncio.get_running_loop()
-        signals = stop_signals()
+        signals = handled_signals()
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
         await self.start()
-        await self._stop_requested.wait()
+        await self._serve_until_stopped()
         await self.stop()
         # Flushed: the rest is teardown. Closing the loop would give these signals their default action back, and
         # one arriving then would kill a process that has lost nothing (exit 143 reads as a crash).
         for sig in signals:
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
+
+    async def _serve_until_stopped(self) -> None:
+        stopped = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            while not self._stop_requested.is_set():
+                reload = asyncio.ensure_future(self._reload_requested.wait())
+                await asyncio.wait({stopped, reload}, return_when=asyncio.FIRST_COMPLETED)
+                reload.cancel()
+                if self._reload_requested.is_set() and not self._stop_requested.is_set():
+                    self._reload_requested.clear()
+                    await self.reload()
+        finally:
+            stopped.cancel()
+
+    async def reload(self) -> bool:
+        """Replace the running pipelines with those of the config read again; whether it did.
+
+        The new config is read and its pipelines built before anything stops: an invalid one changes nothing.
+        Then, as at shutdown, the receivers stop (senders retry meanwhile) and everything buffered flushes within
+        ``service.shutdown_timeout``, and the new pipelines start. If they cannot (a port taken), the previous
+        config starts again. The admin endpoint stays as it is (changing it takes a restart).
+        """
+        try:
+            config = self._load_config()
+            graph = Graph(config, self.metrics)
+        except ConfigInvalid as exc:
+            return self._reload_refused([str(e) for e in exc.errors])
+        except Exception as exc:  # the file unreadable, or a component refusing its settings
+            return self._reload_refused([f"{type(exc).__name__}: {exc}"])
+        self._reloading = True
+        self._ready_gauge.set(0)
+        try:
+            timeout = float(self.config.service.shutdown_timeout)
+            await self.graph.shutdown(time.monotonic() + timeout)
+            try:
+                await graph.start()
+            except Exception as exc:
+                await graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
+                self._reloads.labels("failed").inc()
+                self._log.error(
+                    "config reload failed: the new pipelines did not start; the previous config starts again",
+                    extra={"error": str(exc)},
+                )
+                self.graph = Graph(self.config, self.metrics)
+                await self.graph.start()  # failing too, the agent exits as at a failed start
+                return False
+            self._apply_service_settings(config)
+            self.graph, self.config = graph, config
+        finally:
+            self._reloading = False
+            self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
+        self._reloads.labels("reloaded").inc()
+        self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
+        return True
+
+    def _reload_refused(self, errors: list[str]) -> bool:
+        self._reloads.labels("invalid").inc()
+        self._log.error("config reload refused: the running config stays", extra={"errors": errors})
+        return False
+
+    def _apply_service_settings(self, config: AgentConfig) -> None:
+        """The log level and format of ``config``; a changed admin endpoint is said to need a restart."""
+        logs, running = config.service.telemetry.logs, self.config.service.telemetry.logs
+        if (logs.level, logs.format) != (running.level, running.format):
+            configure(logs.level, logs.format)
+        endpoint = config.service.telemetry.admin.endpoint
+        if endpoint != self.config.service.telemetry.admin.endpoint:
+            self._log.warning(
+                "service.telemetry.admin.endpoint: a change takes a restart; the admin endpoint stays where it is",
+                extra={"listening": str(self.config.service.telemetry.admin.endpoint), "configured": str(endpoint)},
+            )

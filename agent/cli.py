@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "print-config":
         print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
         return EXIT_OK
-    return _run(config)
+    return _run(config, args.config)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def raise_open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _run(config: AgentConfig) -> int:
+def _run(config: AgentConfig, path: str | None) -> int:
     from agent.app import Agent
     from agent.telemetry.logs import configure
 
@@ -90,7 +90,7 @@ def _run(config: AgentConfig) -> int:
     raise_open_file_limit()
 
     async def serve() -> None:
-        await Agent(config).run()
+        await Agent(config, load_config=lambda: load_path(path)).run()
 
     # Not asyncio.run: on exit it waits, without limit, for every thread of the default executor, so one file
     # write or fsync blocked on a hung disk or a full FIFO would keep the pod alive until SIGKILL.

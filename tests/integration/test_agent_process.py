@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,36 +138,101 @@ def test_spans_accepted_just_before_sigterm_are_all_written_after_exit(tmp_path:
     assert "agent stopped" in agent.log()
 
 
-def test_sighup_flushes_and_exits_like_sigterm_instead_of_killing_the_process(tmp_path: Path) -> None:
+def _rewrite_config(agent: AgentProcess, config: dict[str, object] | str) -> None:
+    """What an operator does before ``kill -HUP``: the file the agent was started with, changed."""
+    text = config if isinstance(config, str) else yaml.safe_dump(config)
+    (agent.workdir / "agent.yaml").write_text(text)
+
+
+def _reloads(agent: AgentProcess, result: str) -> float:
+    return agent.metric("otel_sidecar_config_reloads_total", result=result)
+
+
+def test_sighup_reloads_the_config_after_flushing_what_the_running_one_accepted(tmp_path: Path) -> None:
     agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
     try:
-        sent = _send_workload_to(agent.grpc_endpoint, traces=50)
+        before = _send_workload_to(agent.grpc_endpoint, traces=50)
+        changed = json.loads(json.dumps(agent.config))
+        changed["exporters"]["file"]["path"] = str(tmp_path / "out-after")
+        changed["service"]["telemetry"]["admin"]["endpoint"] = f"127.0.0.1:{free_port()}"  # needs a restart
+        changed["service"]["telemetry"]["logs"]["format"] = "text"
+        _rewrite_config(agent, changed)
         assert agent.process is not None
         agent.process.send_signal(signal.SIGHUP)
-        assert agent.process.wait(timeout=30) == 0
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+        wait_until(agent.ready, what="ready again")
+        after = _send_workload_to(agent.grpc_endpoint, traces=20)
+        assert _reloads(agent, "reloaded") == 1
+        assert agent.stop() == 0
     finally:
         agent.kill()
-    assert len(output_spans(agent.out_dir)) == sent
-    assert "agent stopped" in agent.log()
-    assert "SIGHUP received: shutting down (this agent does not reload its config on SIGHUP" in agent.log()
+    assert len(output_spans(tmp_path / "out")) == before  # flushed by the reload, none after it
+    assert len(output_spans(tmp_path / "out-after")) == after
+    assert "SIGHUP received: reloading the config" in agent.log()
+    assert "service.telemetry.admin.endpoint: a change takes a restart" in agent.log()  # and it answered where it was
+    (reloaded,) = [line for line in agent.log().splitlines() if "config reloaded" in line]
+    assert not reloaded.startswith("{")  # the new log format took effect
 
 
-def test_a_storm_of_sighups_stops_the_agent_once_and_loses_nothing(tmp_path: Path) -> None:
-    """A closing terminal or a config reloader retrying sends SIGHUP more than once: the later ones must neither
-    abandon the flush (exit 1, spans lost) nor, once it is done, kill the process by their default action."""
+def test_an_invalid_config_on_sighup_is_refused_and_the_running_one_stays(tmp_path: Path) -> None:
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    try:
+        broken = {**agent.config, "exporters": {"file": {"path": str(tmp_path / "x"), "rotation": "daily"}}}
+        _rewrite_config(agent, broken)
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reload refused" in agent.log(), timeout=20, what="the refusal")
+        assert "exporters.file.rotation" in agent.log()  # the path-qualified problem
+        assert agent.ready()
+        sent = _send_workload_to(agent.grpc_endpoint, traces=20)
+        assert (_reloads(agent, "invalid"), _reloads(agent, "reloaded")) == (1, 0)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert len(output_spans(tmp_path / "out")) == sent
+    assert not (tmp_path / "x").exists()
+
+
+def test_new_pipelines_that_cannot_start_give_way_to_the_previous_config(tmp_path: Path) -> None:
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        moved = json.loads(json.dumps(agent.config))
+        moved["receivers"]["otlp"]["http"]["endpoint"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        moved["exporters"]["file"]["path"] = str(tmp_path / "out-after")
+        _rewrite_config(agent, moved)
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reload failed" in agent.log(), timeout=20, what="the failed reload")
+        wait_until(agent.ready, what="ready again on the previous config")
+        sent = _send_workload_to(agent.grpc_endpoint, traces=20)
+        assert _reloads(agent, "failed") == 1
+        assert agent.stop() == 0
+    finally:
+        taken.close()
+        agent.kill()
+    assert len(output_spans(tmp_path / "out")) == sent
+    assert output_spans(tmp_path / "out-after") == []
+
+
+def test_a_storm_of_sighups_reloads_without_losing_anything_and_sigterm_still_stops(tmp_path: Path) -> None:
+    """A closing terminal or a config reloader retrying sends SIGHUP more than once: each reload flushes, the
+    signals arriving during one make one more, and none stops or kills the process."""
     agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
     try:
         sent = _send_workload_to(agent.grpc_endpoint, traces=300)
         assert agent.process is not None
-        signals = 0
-        while agent.process.poll() is None and signals < 2000:
+        for _ in range(200):
             agent.process.send_signal(signal.SIGHUP)
-            signals += 1
             time.sleep(0.002)
-        assert agent.process.wait(timeout=30) == 0
+        wait_until(lambda: agent.ready() and agent.log().count("config reloaded") >= 1, timeout=30, what="reloads")
+        sent += _send_workload_to(agent.grpc_endpoint, traces=20)
+        assert 1 <= _reloads(agent, "reloaded") < 200
+        assert agent.stop() == 0
     finally:
         agent.kill()
-    assert signals > 3
     assert len(output_spans(agent.out_dir)) == sent
 
 

@@ -31,7 +31,7 @@ class _FailingAgent:
 def test_an_agent_that_cannot_start_exits_with_a_code_and_a_logged_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception, code: int, message: str
 ) -> None:
-    monkeypatch.setattr(app, "Agent", lambda config: _FailingAgent(error))
+    monkeypatch.setattr(app, "Agent", lambda config, **_: _FailingAgent(error))
     assert cli.main(["run"]) == code
     logging.shutdown()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -42,10 +42,10 @@ def test_an_agent_that_cannot_start_exits_with_a_code_and_a_logged_reason(
         assert str(error) in logged[message]["error"]
 
 
-def test_sighup_stops_the_agent_unless_the_process_was_started_to_ignore_it() -> None:
-    assert signal.SIGHUP in app.stop_signals()
+def test_sighup_is_handled_unless_the_process_was_started_to_ignore_it() -> None:
+    assert signal.SIGHUP in app.handled_signals()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it
     try:
-        assert app.stop_signals() == [signal.SIGTERM, signal.SIGINT]
+        assert app.handled_signals() == [signal.SIGTERM, signal.SIGINT]
     finally:
         signal.signal(signal.SIGHUP, previous)
