@@ -740,3 +740,8 @@ def test_a_network_policy_is_for_gateway_mode_and_takes_network_policy_peers(hel
     assert lint_failures(helm_python, tmp_path, gateway) == []
     misspelt = {"enabled": True, "otlpFrom": [{"podSelctor": {}}]}
     assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": misspelt})
+    # The API server refuses an ipBlock beside a selector in one peer: the schema does, at install time.
+    mixed = {"enabled": True, "otlpFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}
+    assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": mixed})
+    alone = {"enabled": True, "otlpFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}, {"podSelector": {}}]}
+    assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": alone}) == []
