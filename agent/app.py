@@ -45,7 +45,8 @@ class Agent:
         self.config = config
         self.metrics = metrics or SelfMetrics()
         self.graph = Graph(config, self.metrics)
-        self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.metrics, self.not_ready_reason)
+        self._admin_endpoint = config.service.telemetry.admin.endpoint  # where it stays, across reloads
+        self.admin = AdminServer(self._admin_endpoint, self.metrics, self.not_ready_reason)
         self._load_config = load_config or (lambda: self.config)
         self._log = component_logger("agent")
         self._stopping = False
@@ -149,8 +150,9 @@ class Agent:
 
         The new config is read and its pipelines built before anything stops: an invalid one changes nothing.
         Then, as at shutdown, the receivers stop (senders retry meanwhile) and everything buffered flushes within
-        ``service.shutdown_timeout``, and the new pipelines start. If they cannot (a port taken), the previous
-        config starts again. The admin endpoint stays as it is (changing it takes a restart).
+        ``service.shutdown_timeout``, and the new pipelines start, unless a SIGTERM came meanwhile. If they cannot
+        (a port taken), the previous config starts again. The admin endpoint stays as it is (changing it takes a
+        restart). The agent's own series of components the new config no longer has are removed.
         """
         try:
             config = self._load_config()
@@ -162,28 +164,47 @@ class Agent:
         self._reloading = True
         self._ready_gauge.set(0)
         try:
-            timeout = float(self.config.service.shutdown_timeout)
-            await self.graph.shutdown(time.monotonic() + timeout)
-            try:
-                await graph.start()
-            except Exception as exc:
-                await graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
-                self._reloads.labels("failed").inc()
-                self._log.error(
-                    "config reload failed: the new pipelines did not start; the previous config starts again",
-                    extra={"error": str(exc)},
-                )
-                self.graph = Graph(self.config, self.metrics)
-                await self.graph.start()  # failing too, the agent exits as at a failed start
+            await self.graph.shutdown(time.monotonic() + float(self.config.service.shutdown_timeout))
+            if self._stop_requested.is_set():
+                # The flush is done and the agent stops next: starting pipelines only to stop them would open the
+                # ports to senders for a moment, and a failure there would turn a clean exit into a failed start.
+                self._log.info("stopping during the config reload: the new config is not started")
                 return False
-            self._apply_service_settings(config)
-            self.graph, self.config = graph, config
+            reloaded = await self._start_instead(graph)
+            if reloaded:
+                self._apply_service_settings(config)
+                self.config = config
         finally:
             self._reloading = False
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
-        self._reloads.labels("reloaded").inc()
-        self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
-        return True
+        self.metrics.forget_components(self.graph.component_ids())
+        self._reloads.labels("reloaded" if reloaded else "failed").inc()
+        if reloaded:
+            self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
+        return reloaded
+
+    async def _start_instead(self, graph: Graph) -> bool:
+        """Start ``graph`` in place of the stopped one, or else the running config again; whether ``graph`` runs."""
+        try:
+            await graph.start()
+        except Exception as exc:
+            await graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
+            self._log.error(
+                "config reload failed: the new pipelines did not start; the previous config starts again",
+                extra={"error": str(exc)},
+            )
+        else:
+            self.graph = graph
+            return True
+        self.graph = Graph(self.config, self.metrics)
+        try:
+            await self.graph.start()
+        except Exception as exc:
+            # Nothing runs any more: release what did start, and exit as at a failed start.
+            await self.graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
+            await self.admin.shutdown()
+            raise RuntimeError(f"config reload: neither the new nor the previous config could start: {exc}") from exc
+        return False
 
     def _reload_refused(self, errors: list[str]) -> bool:
         self._reloads.labels("invalid").inc()
@@ -196,8 +217,8 @@ class Agent:
         if (logs.level, logs.format) != (running.level, running.format):
             configure(logs.level, logs.format)
         endpoint = config.service.telemetry.admin.endpoint
-        if endpoint != self.config.service.telemetry.admin.endpoint:
+        if endpoint != self._admin_endpoint:
             self._log.warning(
                 "service.telemetry.admin.endpoint: a change takes a restart; the admin endpoint stays where it is",
-                extra={"listening": str(self.config.service.telemetry.admin.endpoint), "configured": str(endpoint)},
+                extra={"listening": str(self._admin_endpoint), "configured": str(endpoint)},
             )

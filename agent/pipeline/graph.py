@@ -61,6 +61,13 @@ class Graph:
     def components(self) -> list[tuple[Kind, str, Any]]:
         return [(n.kind, n.id, n.instance) for n in self._nodes]
 
+    def component_ids(self) -> dict[str, set[str]]:
+        """The ids of the components built, by kind (``"exporter"``: ``{"otlp", ...}``), as their metrics label them."""
+        ids: dict[str, set[str]] = {kind.value: set() for kind in Kind}
+        for node in self._nodes:
+            ids[node.kind.value].add(node.id.split("[", 1)[0])  # a receiver's ingest queue is "otlp[ingest]"
+        return ids
+
     def component(self, component_id: str, kind: Kind | None = None) -> Any:
         for node in self._nodes:
             if node.id == component_id and (kind is None or node.kind is kind):

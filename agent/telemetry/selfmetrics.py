@@ -7,7 +7,7 @@ component type (``otlp/jaeger``, ``otlp/archive``) share a family and differ by 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client import (
@@ -64,6 +64,27 @@ class SelfMetrics:
             elif not isinstance(family, cls):
                 raise ValueError(f"self-metric {name} already registered as {type(family).__name__}")
         return family  # type: ignore[return-value]
+
+    def forget_components(self, kept: Mapping[str, Collection[str]]) -> int:
+        """Remove the series of components that no longer run; return how many.
+
+        A family is a component's when its first label names a kind (``exporter``...): its series whose id is not
+        in ``kept[kind]`` go. After a config reload, the gauges of a removed exporter would otherwise stay at their
+        last value for good (a full queue firing its alert). prometheus_client lists a family's children only
+        through its private ``_metrics``.
+        """
+        with self._lock:
+            families = list(self._families.values())
+        removed = 0
+        for family in families:
+            names = family._labelnames
+            if not names or names[0] not in kept:
+                continue
+            ids = kept[names[0]]
+            for values in [v for v in list(family._metrics) if v[0] not in ids]:
+                family.remove(*values)
+                removed += 1
+        return removed
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -236,18 +236,37 @@ def test_a_storm_of_sighups_reloads_without_losing_anything_and_sigterm_still_st
     assert len(output_spans(agent.out_dir)) == sent
 
 
-def _agent_with_a_slow_flush(tmp_path: Path) -> AgentProcess:
-    """An agent whose traces go to an OTLP backend nobody listens on: its flush lasts the shutdown timeout."""
+def _agent_with_a_slow_flush(
+    tmp_path: Path, first: signal.Signals = signal.SIGTERM, new_output: Path | None = None
+) -> AgentProcess:
+    """An agent whose traces go to an OTLP backend nobody listens on, told ``first``: its flush (at shutdown, or at
+    a reload to a config writing to ``new_output``) lasts the shutdown timeout."""
     config = base_config(tmp_path / "out")
     config["exporters"]["otlp"] = {"endpoint": f"127.0.0.1:{free_port()}", "tls": {"insecure": True}}
     config["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
     config["service"]["shutdown_timeout"] = "2s"
     agent = AgentProcess(config, tmp_path).start()
     _send_workload_to(agent.grpc_endpoint, traces=20)
+    if new_output is not None:
+        _rewrite_config(agent, {**config, "exporters": {**config["exporters"], "file": {"path": str(new_output)}}})
     assert agent.process is not None
-    agent.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: "SIGTERM received: shutting down" in agent.log(), timeout=10, what="the first SIGTERM")
+    agent.process.send_signal(first)
+    told = "SIGTERM received: shutting down" if first is signal.SIGTERM else "SIGHUP received: reloading"
+    wait_until(lambda: told in agent.log(), timeout=10, what=f"the first {first.name}")
     return agent
+
+
+def test_a_sigterm_during_a_reload_stops_without_starting_the_new_config(tmp_path: Path) -> None:
+    agent = _agent_with_a_slow_flush(tmp_path, signal.SIGHUP, new_output=tmp_path / "out-after")
+    try:
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=15) == 0
+    finally:
+        agent.kill()
+    assert "stopping during the config reload: the new config is not started" in agent.log()
+    assert "config reloaded" not in agent.log()
+    assert not (tmp_path / "out-after").exists()  # the new file exporter never started
 
 
 def test_a_sighup_during_the_flush_is_ignored(tmp_path: Path) -> None:

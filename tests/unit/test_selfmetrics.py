@@ -12,3 +12,19 @@ def test_counters_and_histograms_come_without_created_series() -> None:
     text = metrics.render().decode()
     assert 'otel_sidecar_things_total{kind="a"} 1.0' in text and "otel_sidecar_wait_seconds_count 1.0" in text
     assert "_created" not in text
+
+
+def test_forgetting_components_removes_only_the_series_of_ids_no_longer_running() -> None:
+    metrics = SelfMetrics()
+    queue = metrics.gauge("exporter_queue_size", "Batches.", ["exporter"])
+    queue.labels("otlp").set(5)  # a full queue of an exporter a reload removed
+    queue.labels("loki").set(1)
+    metrics.counter("receiver_accepted_items_total", "Items.", ["receiver", "signal"]).labels("otlp", "traces").inc()
+    metrics.counter("config_reloads_total", "Reloads.", ["result"]).labels("invalid").inc()  # no component label
+    removed = metrics.forget_components({"exporter": {"loki"}, "receiver": {"otlp"}})
+    text = metrics.render().decode()
+    assert removed == 1
+    assert 'exporter="otlp"' not in text
+    assert 'otel_sidecar_exporter_queue_size{exporter="loki"} 1.0' in text
+    assert 'otel_sidecar_receiver_accepted_items_total{receiver="otlp",signal="traces"} 1.0' in text
+    assert 'otel_sidecar_config_reloads_total{result="invalid"} 1.0' in text

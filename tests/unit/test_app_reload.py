@@ -1,0 +1,89 @@
+"""The config reload (SIGHUP) in process, for the paths a real process reaches only by chance: a failed fallback,
+the admin endpoint left where it listens. tests/integration/test_agent_process.py drives it by signals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from agent.app import Agent
+from agent.config.loader import AgentConfig, load_text
+from agent.receivers.otlp import OtlpReceiver
+from tests.helpers import base_config, free_port
+
+
+def load(config: dict[str, Any]) -> AgentConfig:
+    return load_text(yaml.safe_dump(config))
+
+
+class Reloadable:
+    """An agent whose config file is ``self.config``, changed by the test before each reload."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = base_config(tmp_path / "out")
+        self.agent = Agent(load(self.config), load_config=lambda: load(self.config))
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.agent.config.service.telemetry.admin.endpoint}"
+
+
+@pytest.fixture
+async def reloadable(tmp_path: Path) -> AsyncIterator[Reloadable]:
+    running = Reloadable(tmp_path)
+    await running.agent.start()
+    yield running
+    await running.agent.stop()
+
+
+async def admin_answers(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url + "/health/live") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_when_neither_config_can_start_the_reload_says_so_and_releases_what_runs(
+    reloadable: Reloadable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = reloadable.admin_url
+
+    async def taken(self: OtlpReceiver) -> None:
+        raise OSError(98, "address already in use")
+
+    monkeypatch.setattr(OtlpReceiver, "start", taken)
+    with pytest.raises(RuntimeError, match="neither the new nor the previous config could start"):
+        await reloadable.agent.reload()
+    assert not await admin_answers(url)  # released, not left serving a dead agent
+    assert reloadable.agent.graph.receivers_started is False
+
+
+async def test_the_admin_endpoint_warning_compares_with_where_it_listens(
+    reloadable: Reloadable, caplog: pytest.LogCaptureFixture
+) -> None:
+    listening = reloadable.config["service"]["telemetry"]["admin"]["endpoint"]
+    elsewhere = f"127.0.0.1:{free_port()}"
+    warned = []
+    for endpoint in (elsewhere, elsewhere, listening):
+        caplog.clear()
+        reloadable.config["service"]["telemetry"]["admin"]["endpoint"] = endpoint
+        assert await reloadable.agent.reload()
+        warned.append(any("takes a restart" in r.getMessage() for r in caplog.records))
+    assert warned == [True, True, False]
+    assert await admin_answers(f"http://{listening}")
+
+
+async def test_a_reload_removes_the_series_of_components_it_removed(reloadable: Reloadable) -> None:
+    reloadable.config["exporters"] = {"file/renamed": reloadable.config["exporters"]["file"]}
+    for pipeline in reloadable.config["service"]["pipelines"].values():
+        pipeline["exporters"] = ["file/renamed"]
+    assert await reloadable.agent.reload()
+    text = reloadable.agent.metrics.render().decode()
+    assert 'exporter="file/renamed"' in text
+    assert 'exporter="file"' not in text
