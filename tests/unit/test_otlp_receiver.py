@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from agent.component import Consumer, CreateSettings, Kind, Signal
+from agent.component import Consumer, CreateSettings, Kind, Refused, Signal
 from agent.config.schema import HostPort
 from agent.config.service import ServiceConfig
 from agent.otlp import json_codec
@@ -208,9 +208,20 @@ async def test_a_link_whose_ids_are_absent_is_accepted(running: Running, sink: B
     assert not answer.HasField("partial_success")
 
 
+class RefusingUntilTold(BatchSink):
+    """Refuses, as a full pipeline does, until ``refusing`` is set false."""
+
+    refusing = True
+
+    def consume(self, batch: Any) -> None:
+        if self.refusing:
+            raise Refused("buffer full", 1.0)
+        super().consume(batch)
+
+
 async def test_invalid_spans_of_a_refused_request_are_counted_once_when_its_retry_is_accepted() -> None:
-    refusing = RefusingSink()
-    receiver, state = await start_receiver(refusing)
+    sink = RefusingUntilTold()
+    receiver, state = await start_receiver(sink)
     try:
         request, _ = request_bytes()
         request.resource_spans[0].scope_spans[0].spans[0].trace_id = b"short"
@@ -218,6 +229,10 @@ async def test_invalid_spans_of_a_refused_request_are_counted_once_when_its_retr
             with pytest.raises(grpc.aio.AioRpcError):
                 await state.grpc_export(request.SerializeToString())
         assert state.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 0
+        sink.refusing = False
+        await state.grpc_export(request.SerializeToString())
+        assert state.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 1
+        assert len(sink.batches) == 1
     finally:
         await state.channel.close()
         await receiver.shutdown(time.monotonic() + 2)
