@@ -186,6 +186,10 @@ class AgentProcess:
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``; 0 when there are none, but an error when no
+    family declares ``name`` (a misspelt name must not make an ``== 0`` assertion pass)."""
+    if not _declared(text, name):
+        raise AssertionError(f"no metric family declares {name} in this exposition")
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name) or line.startswith("#"):
@@ -197,6 +201,20 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def _declared(text: str, name: str) -> bool:
+    """Whether a ``# TYPE`` line declares ``name``, or the family its ``_bucket``, ``_sum``, ``_count`` or ``_total``
+    sample belongs to."""
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            family = line.split(" ", 3)[2]
+            if name == family or (name.startswith(family + "_") and name[len(family) + 1 :] in _SAMPLE_SUFFIXES):
+                return True
+    return False
+
+
+_SAMPLE_SUFFIXES = frozenset({"bucket", "sum", "count", "total", "created", "info"})
 
 
 @contextlib.contextmanager

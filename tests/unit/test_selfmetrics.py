@@ -28,3 +28,19 @@ def test_forgetting_components_removes_only_the_series_of_ids_no_longer_running(
     assert 'otel_sidecar_exporter_queue_size{exporter="loki"} 1.0' in text
     assert 'otel_sidecar_receiver_accepted_items_total{receiver="otlp",signal="traces"} 1.0' in text
     assert 'otel_sidecar_config_reloads_total{result="invalid"} 1.0' in text
+
+
+def test_the_tests_metric_reader_refuses_a_name_no_family_declares() -> None:
+    """tests.helpers.metric_value reads 0 for a family without samples; a misspelt name must not read 0 too."""
+    import pytest
+
+    from tests.helpers import metric_value
+
+    metrics = SelfMetrics()
+    metrics.counter("things_total", "Things.", ["kind"])
+    metrics.histogram("wait_seconds", "Waits.")
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_things_total") == 0
+    assert metric_value(text, "otel_sidecar_wait_seconds_count") == 0
+    with pytest.raises(AssertionError, match="no metric family declares otel_sidecar_thing_total"):
+        metric_value(text, "otel_sidecar_thing_total")
