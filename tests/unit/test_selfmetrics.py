@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.telemetry.selfmetrics import SelfMetrics
+from tests.helpers import metric_value
 
 
 def test_counters_and_histograms_come_without_created_series() -> None:
@@ -32,10 +35,6 @@ def test_forgetting_components_removes_only_the_series_of_ids_no_longer_running(
 
 def test_the_tests_metric_reader_refuses_a_name_no_family_declares() -> None:
     """tests.helpers.metric_value reads 0 for a family without samples; a misspelt name must not read 0 too."""
-    import pytest
-
-    from tests.helpers import metric_value
-
     metrics = SelfMetrics()
     metrics.counter("things_total", "Things.", ["kind"])
     metrics.histogram("wait_seconds", "Waits.")
