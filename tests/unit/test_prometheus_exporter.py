@@ -126,6 +126,7 @@ def dropped(metrics: SelfMetrics, reason: str) -> float:
         ("gen_ai.usage.cost", "USD", "histogram", "gen_ai_usage_cost_USD"),
         ("weird..name__x", "", "gauge", "weird_name_x"),
         ("2xx.responses", "", "counter", "_2xx_responses"),
+        ("seconds", "s", "gauge", "seconds"),  # the name is the unit word: not seconds_seconds
     ],
 )
 def test_metric_names_follow_the_opentelemetry_to_prometheus_rules(
@@ -142,6 +143,9 @@ def test_metric_names_follow_the_opentelemetry_to_prometheus_rules(
         ("1st", "key_1st"),
         ("a-b/c", "a_b_c"),
         ("otel.metric.overflow", "otel_metric_overflow"),
+        ("_", "key_"),
+        ("__meta", "_meta"),  # runs of "_" collapse: never the "__" prefix Prometheus reserves
+        (".", "key_"),
     ],
 )
 def test_label_names_are_sanitized(key: str, expected: str) -> None:
@@ -249,6 +253,7 @@ def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
     out = text(exp)
     assert metric_value(out, "d_seconds_bucket", le="1.0") == 3
     assert metric_value(out, "d_seconds_count") == 4
+    assert metric_value(out, "d_seconds_sum") == 4  # 2.0 + 2.0
     assert dropped(metrics, "bucket_mismatch") == 1
     # New bounds in a run after the last point: the sender restarted with another layout. The series starts
     # again from that point (Prometheus reads a reset) instead of dropping every point until it expires.
@@ -258,6 +263,38 @@ def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
     assert metric_value(out, "d_seconds_bucket", le="2.0") == 3
     assert metric_value(out, "d_seconds_count") == 4
     assert dropped(metrics, "bucket_mismatch") == 1
+
+
+def test_an_overlapping_delta_histogram_point_with_the_same_bounds_is_dropped_as_misaligned() -> None:
+    exp, metrics = exporter()
+
+    def point(start: int, end: int, counts: list[int], total: float) -> HistogramDataPoint:
+        return HistogramDataPoint(
+            start_time_unix_nano=start * S,
+            time_unix_nano=end * S,
+            count=sum(counts),
+            sum=total,
+            bucket_counts=counts,
+            explicit_bounds=[1.0],
+        )
+
+    for start, end, counts, total in ((0, 10, [1, 1], 2.5), (10, 20, [2, 0], 0.5), (15, 25, [4, 4], 50.0)):
+        exp.consume(request(histogram_metric("d", point(start, end, counts, total), temporality=DELTA)))
+    out = text(exp)
+    assert metric_value(out, "d_seconds_bucket", le="1.0") == 3
+    assert metric_value(out, "d_seconds_count") == 4
+    assert metric_value(out, "d_seconds_sum") == 3.0
+    assert dropped(metrics, "misaligned_delta") == 1
+    assert dropped(metrics, "bucket_mismatch") == 0
+
+
+def test_a_histogram_count_is_its_inf_bucket_whatever_the_points_count_field_says() -> None:
+    exp, _ = exporter()
+    point = HistogramDataPoint(time_unix_nano=S, count=10, sum=1.5, explicit_bounds=[1.0], bucket_counts=[1, 2])
+    exp.consume(request(histogram_metric("lat", point)))
+    out = text(exp)
+    assert metric_value(out, "lat_seconds_bucket", le="+Inf") == 3
+    assert metric_value(out, "lat_seconds_count") == 3  # not 10: Prometheus wants _count == the +Inf bucket
 
 
 def test_exponential_histograms_are_exposed_as_classic_buckets_at_their_boundaries() -> None:
@@ -316,6 +353,20 @@ def test_summaries_keep_their_quantiles() -> None:
     assert metric_value(out, "gc_pause_seconds_count") == 3
 
 
+def test_an_older_summary_point_is_dropped_as_out_of_order() -> None:
+    exp, metrics = exporter()
+    for end, count in ((2, 5), (1, 3)):
+        metric = Metric(name="gc.pause", unit="s")
+        point = SummaryDataPoint(time_unix_nano=end * S, count=count, sum=float(count))
+        point.quantile_values.add(quantile=0.5, value=float(count))
+        metric.summary.data_points.append(point)
+        exp.consume(request(metric))
+    out = text(exp)
+    assert metric_value(out, "gc_pause_seconds_count") == 5
+    assert metric_value(out, "gc_pause_seconds", quantile="0.5") == 5
+    assert dropped(metrics, "out_of_order") == 1
+
+
 def test_resource_becomes_target_info_and_job_instance_labels_and_scope_becomes_labels() -> None:
     exp, _ = exporter()
     exp.consume(
@@ -370,23 +421,26 @@ def test_series_that_stop_receiving_points_expire() -> None:
     now = [100.0]
     drops: list[str] = []
     acc = Accumulator(300.0, 1000, lambda reason, n: drops.append(reason), clock=lambda: now[0])
-    acc.consume(request(sum_metric("old", number(1)), sum_metric("kept", number(1))))
+    acc.consume(request(sum_metric("old", number(1)), resource={"service.name": "old"}))
+    acc.consume(request(sum_metric("kept", number(1)), resource={"service.name": "kept"}))
     now[0] += 200
-    acc.consume(request(sum_metric("kept", number(2, 0, 2))))
+    acc.consume(request(sum_metric("kept", number(2, 0, 2)), resource={"service.name": "kept"}))
     now[0] += 150
-    families, _ = acc.snapshot()
+    families, targets = acc.snapshot()
     assert [f.name for f in families] == ["kept"]
     assert acc.series_count == 1
+    assert [t.labels for t in targets] == [{"job": "kept"}]  # the old resource's target_info expired with it
 
 
 def test_a_no_recorded_value_point_removes_its_series() -> None:
-    exp, _ = exporter()
+    exp, metrics = exporter()
     exp.consume(request(sum_metric("c", number(1, region="eu"), number(1, region="us"))))
     gone = number(0, 0, 2, region="eu")
     gone.flags = 1
     exp.consume(request(sum_metric("c", gone)))
     out = text(exp)
     assert 'region="us"' in out and 'region="eu"' not in out
+    assert metrics.registry.get_sample_value("otel_sidecar_prometheus_series", {"exporter": "prometheus"}) == 1
 
 
 def test_the_series_limit_drops_and_counts_new_series() -> None:
@@ -987,6 +1041,20 @@ def test_an_application_metric_named_target_cannot_clash_with_target_info() -> N
     assert dropped(metrics, "name_conflict") == 1
 
 
+def test_exemplar_labels_past_the_openmetrics_limit_are_left_out_so_the_scrape_stays_valid() -> None:
+    """OpenMetrics allows an exemplar 128 runes of label names and values: a strict parser rejects the scrape."""
+    exp, _ = exporter()
+    point = number(1)
+    exemplar = point.exemplars.add(as_double=1.0, trace_id=b"\xaa" * 16, span_id=b"\xbb" * 8, time_unix_nano=S)
+    exemplar.filtered_attributes.extend([attr("user.id", "u" * 60), attr("tenant", "t1")])
+    exp.consume(request(sum_metric("jobs", point)))
+    om = openmetrics(exp)
+    (family,) = [f for f in text_string_to_metric_families(om) if f.name == "jobs"]
+    (sample,) = family.samples
+    assert sample.exemplar is not None
+    assert sample.exemplar.labels == {"trace_id": "aa" * 16, "span_id": "bb" * 8, "tenant": "t1"}
+
+
 def test_array_attributes_are_json_with_their_element_types() -> None:
     exp, _ = exporter()
     point = number(1)
@@ -1094,9 +1162,9 @@ def test_a_zero_window_as_long_as_the_expiry_is_a_config_error() -> None:
     from agent.config.schema import ConfigError, build
 
     errors: list[ConfigError] = []
-    build(PrometheusExporterConfig, {"metric_expiration": "30s"}, "exporters.prometheus", errors)
+    build(PrometheusExporterConfig, {"metric_expiration": "60s"}, "exporters.prometheus", errors)  # the 60s default
     assert [str(e) for e in errors] == [
-        "exporters.prometheus.new_series_at_zero_for: must be shorter than metric_expiration (30s)"
+        "exporters.prometheus.new_series_at_zero_for: must be shorter than metric_expiration (60s)"
     ]
 
 

@@ -372,15 +372,20 @@ def test_other_frameworks_content_keys_are_dropped_by_default() -> None:
 
 
 def test_a_genai_message_event_sent_as_a_log_keeps_only_its_metadata() -> None:
-    stage, sink = processor(Signal.LOGS, SelfMetrics())
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.LOGS, metrics)
     request = ExportLogsServiceRequest()
     record = request.resource_logs.add().scope_logs.add().log_records.add(event_name="gen_ai.user.message")
     record.body.string_value = "PROMPT BODY"
-    record.attributes.extend([attr("gen_ai.system", "openai"), attr("content", "PROMPT ATTR"), attr("role", "user")])
+    record.attributes.extend(
+        [attr("gen_ai.system", "openai"), attr("content", "PROMPT ATTR"), attr("role", "user"), attr("tool_calls", "T")]
+    )
     stage.consume(request)
     out = sink.batches[0].resource_logs[0].scope_logs[0].log_records[0]
     assert not out.HasField("body")
     assert {kv.key for kv in out.attributes} == {"gen_ai.system", "role"}
+    # The body and the two content attributes removed.
+    assert metric_value(metrics.render().decode(), "otel_sidecar_redaction_total", rule="content") == 3
 
 
 def test_an_applications_own_metrics_are_redacted_labels_exemplars_and_resource_alike() -> None:
@@ -637,3 +642,46 @@ def test_masking_what_is_already_masked_changes_nothing_and_counts_nothing() -> 
         once = redactor.mask_text(text, Counter())
         counts: Counter[str] = Counter()
         assert redactor.mask_text(once, counts) == once and not counts, (text, once, counts)
+
+
+def test_secrets_in_link_and_scope_attributes_are_masked() -> None:
+    """docs/delivery.md: redaction covers resource, scope, span, event, link and log attributes."""
+    metrics = SelfMetrics()
+    stage, sink = processor(Signal.TRACES, metrics)
+    request = ExportTraceServiceRequest()
+    scope_spans = request.resource_spans.add().scope_spans.add()
+    scope_spans.scope.name = "llm.instrumentation"
+    scope_spans.scope.attributes.append(attr("db.password", "scope-hunter2"))
+    span = scope_spans.spans.add(name="call")
+    span.links.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8).attributes.extend(
+        [attr("api_key", "link-secret-value"), attr("note", f"retry with {OPENAI_KEY}")]
+    )
+    stage.consume(request)
+    out = sink.batches[0].resource_spans[0].scope_spans[0]
+    assert {k: v.string_value for k, v in attributes(out.scope).items()} == {"db.password": "[REDACTED]"}
+    assert {k: v.string_value for k, v in attributes(out.spans[0].links[0]).items()} == {
+        "api_key": "[REDACTED]",
+        "note": "retry with [REDACTED]",
+    }
+    serialized = sink.batches[0].SerializeToString()
+    for secret in (b"scope-hunter2", b"link-secret-value", OPENAI_KEY.encode()):
+        assert secret not in serialized
+
+
+def test_redacting_attributes_that_are_already_masked_counts_nothing() -> None:
+    """A gateway redacts again what its sidecars redacted: a key rule must not count the mask it finds."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(name="call")
+    span.attributes.append(attr("db.password", "x"))
+    first: Counter[str] = Counter()
+    redactor.attributes(span.attributes, first)
+    assert first == Counter({"key:password": 1})
+    second: Counter[str] = Counter()
+    redactor.attributes(span.attributes, second)
+    assert attributes(span)["db.password"].string_value == "[REDACTED]"
+    assert not second

@@ -57,13 +57,12 @@ def sanitize_metric_name(name: str) -> str:
 
 
 def sanitize_label_name(name: str) -> str:
+    # Runs of "_" collapse, so no name comes out with the "__" prefix Prometheus reserves ("__meta" is "_meta").
     cleaned = _UNDERSCORES.sub("_", _INVALID_LABEL.sub("_", name))
     if not cleaned or cleaned == "_":
         return "key_"
     if cleaned[0].isdigit():
         return "key_" + cleaned
-    if cleaned.startswith("__"):  # reserved for Prometheus' own labels
-        return "key" + cleaned
     return cleaned
 
 
