@@ -574,3 +574,121 @@ async def test_the_queue_directory_and_files_are_the_owners_only(tmp_path: Path)
     files = [path for path in store._dir.iterdir() if path.is_file()]
     assert {path.name for path in files} >= {"acks.log", "lock"} and any(path.suffix == ".seg" for path in files)
     assert all((path.stat().st_mode & 0o777) == 0o600 for path in files), [oct(p.stat().st_mode) for p in files]
+
+
+async def test_a_queue_larger_than_a_segment_is_written_to_several_and_read_back_in_order(tmp_path: Path) -> None:
+    """While the backend is down the queue grows past segment_mib: a new segment is begun each time one fills,
+    and after a restart the records of every segment are delivered, in the order they were accepted."""
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "0s"})
+    sent = batches(100, seed=8)
+    for batch in sent:  # 40 KB more each (a long prompt), so that 100 of them fill several 1 MiB segments
+        batch.resource_spans[0].resource.attributes.add(key="pad", value={"string_value": "x" * 40_000})
+    first = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await first.shutdown(time.monotonic() + 1)
+    assert sum(b.ByteSize() for b in sent) > 3 * 1024 * 1024
+    assert len(segments(tmp_path)) >= 3
+    largest = max(b.ByteSize() for b in sent) + 21  # a record: its payload after a 21-byte header
+    assert all(path.stat().st_size < 1024 * 1024 + largest for path in segments(tmp_path))  # closed once full
+
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp"), config, backend.push)
+    await run_until_delivered(second, backend, len(sent))
+    assert [b.SerializeToString() for b in backend.received] == [b.SerializeToString() for b in sent]
+
+
+async def test_a_record_delivered_before_a_restart_is_not_sent_again_while_the_rest_of_its_segment_is(
+    tmp_path: Path,
+) -> None:
+    """The segment still holds the delivered record (its neighbours are not done): the ack log says it is done,
+    so only the others are sent after the restart."""
+    sent = batches(3)
+    received: list[Message] = []
+
+    async def delivers_the_first_only(signal: Signal, batch: Message) -> None:
+        if received:
+            raise RetryableError("backend down", reason="unavailable")
+        received.append(batch)
+
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), delivers_the_first_only, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0.2)
+    await first.shutdown(time.monotonic() + 1)
+    assert received == [sent[0]]
+    assert [path.stat().st_size > 0 for path in segments(tmp_path)] == [True]  # all three still on disk
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await run_until_delivered(second, backend, 2)
+    assert [b.SerializeToString() for b in backend.received] == [b.SerializeToString() for b in sent[1:]]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_recovered_items_total") == sum(
+        spans_in(b) for b in sent[1:]
+    )
+
+
+async def test_a_torn_last_entry_of_the_ack_log_is_ignored_at_start(tmp_path: Path) -> None:
+    """A crash in the middle of writing an acknowledgement leaves part of a 9-byte entry: the agent must still
+    start, take the record as not done (it is sent again), and go on writing whole entries after it."""
+    sent = batches(3)
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
+    await first.start()
+    for batch in sent:
+        first.offer(Signal.TRACES, batch)
+    await first.shutdown(time.monotonic() + 1)
+    (acks,) = tmp_path.rglob("acks.log")
+    with open(acks, "ab") as handle:
+        handle.write(b"A" + (1).to_bytes(8, "little")[:2])  # the first 3 bytes of "record 1 is done"
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await run_until_delivered(second, backend, len(sent))
+    assert [b.SerializeToString() for b in backend.received] == [b.SerializeToString() for b in sent]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total") == 0
+    assert acks.stat().st_size % 9 == 0  # later entries are back on the log's grid
+
+    again = Backend()
+    third = SendingQueue(make_settings("otlp"), queue_config(tmp_path), again.push)
+    await third.start()
+    await asyncio.sleep(0.1)
+    await third.shutdown(time.monotonic() + 1)
+    assert again.received == []  # the acknowledgements written after the torn entry were read back
+
+
+async def test_acknowledging_the_same_records_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
+    """The sending queue acks a group again when delivering it failed after a first ack: the second must not
+    count the records done twice (a neighbour's record would be taken for done and its segment emptied)."""
+    store = PersistentStore(
+        tmp_path,
+        build_config(StorageConfig, {"directory": str(tmp_path), "sync_interval": "0s"}),
+        make_settings("otlp", SelfMetrics()),
+    )
+    await store.open()
+    first, second = batches(2)
+    store.put(Signal.TRACES, first, spans_in(first), 0)
+    store.put(Signal.TRACES, second, spans_in(second), 0)
+    entry = store.pop()
+    store.ack([entry])
+    state = (len(store), store.items, store.bytes, store.unacked(), [s.live for s in store._segments])
+    assert state[3] == 1 and state[2] > 0
+    store.ack([entry])
+    assert (len(store), store.items, store.bytes, store.unacked(), [s.live for s in store._segments]) == state
+    await store.close()
+
+    reopened = PersistentStore(
+        tmp_path,
+        build_config(StorageConfig, {"directory": str(tmp_path), "sync_interval": "0s"}),
+        make_settings("otlp", SelfMetrics()),
+    )
+    await reopened.open()
+    left = reopened.pop()
+    assert left.seq == 2 and reopened.load(left).SerializeToString() == second.SerializeToString()
+    assert reopened.peek() is None
+    await reopened.close()

@@ -83,6 +83,14 @@ async def test_retryable_failures_are_retried_until_success_and_counted() -> Non
     assert metric_value(text, "otel_sidecar_exporter_retries_total", exporter="otlp", signal="traces") == 2
 
 
+async def test_items_a_failed_attempt_rejected_are_reported_when_a_retry_then_succeeds() -> None:
+    """A push delivering a batch in parts (loadbalancing) may have one part rejected for good and another fail
+    retryably: the rejected items stay rejected whatever the retries then do."""
+    push = ScriptedPush(RetryableError("a gateway is down", reason="unavailable", rejected=3), None)
+    rejected, maybe_delivered = await sender(push).send(Signal.TRACES, Message())
+    assert (rejected, maybe_delivered, push.calls) == (3, False, 2)
+
+
 async def test_permanent_errors_are_raised_at_once() -> None:
     push = ScriptedPush(PermanentExportError("bad data"))
     with pytest.raises(PermanentExportError):

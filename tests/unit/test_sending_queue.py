@@ -67,17 +67,21 @@ async def test_the_byte_bound_refuses_before_the_item_bound() -> None:
         queue.offer(Signal.TRACES, one)
 
 
-async def test_the_fill_ratio_follows_the_tightest_bound_not_the_batch_count() -> None:
+@pytest.mark.parametrize("bound", ["max_items", "max_bytes"])
+async def test_the_fill_ratio_follows_the_tightest_bound_not_the_batch_count(bound: str) -> None:
     """A queue refuses at whichever bound it meets first: with SDK batches of hundreds of spans, the item bound
-    fills long before the batch bound, and an alert on batches alone would never fire."""
+    fills long before the batch bound, and an alert on batches alone would never fire; with large spans (long
+    prompts), the byte bound fills first."""
     metrics = SelfMetrics()
     one = batches(1)[0]
     items = sum(len(ss.spans) for rs in one.resource_spans for ss in rs.scope_spans)
+    limit = 2 * items if bound == "max_items" else 2 * one.ByteSize()
 
     async def push(signal: Signal, batch: Message) -> None:
         await asyncio.sleep(10)
 
-    queue = SendingQueue(settings(metrics), SendingQueueConfig(queue_size=1000, max_items=2 * items), push)
+    config = SendingQueueConfig(queue_size=1000, **{bound: limit})  # type: ignore[arg-type]
+    queue = SendingQueue(settings(metrics), config, push)
     queue.offer(Signal.TRACES, one)
     fill = metric_value(metrics.render().decode(), "otel_sidecar_exporter_queue_fill_ratio", exporter="test")
     assert fill == pytest.approx(0.5)
@@ -250,3 +254,89 @@ async def test_a_request_of_small_and_large_spans_is_split_by_each_spans_size() 
     ids = sorted(span.span_id for part in received for rs in part.resource_spans for ss in rs.scope_spans
                  for span in ss.spans)  # fmt: skip
     assert ids == sorted(span.span_id for span in spans)  # every span once
+
+
+async def test_batches_of_different_signals_are_never_merged_into_one_export() -> None:
+    """A worker gathering a traces batch up to min_size must stop at a logs batch behind it: merged, the logs would
+    go out inside a traces request (or the merge fail), and both batches would be lost."""
+    from agent.exporters._helper.batcher import BatchConfig
+    from agent.otlp.signals import ExportLogsServiceRequest
+
+    metrics = SelfMetrics()
+    pushed: list[tuple[Signal, Message]] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        pushed.append((signal, batch))
+
+    (traces,) = batches(1)
+    spans = sum(len(ss.spans) for rs in traces.resource_spans for ss in rs.scope_spans)
+    logs = ExportLogsServiceRequest()
+    records = logs.resource_logs.add().scope_logs.add().log_records
+    for index in range(3):
+        records.add(time_unix_nano=index + 1).body.string_value = f"line {index}"
+    batch = BatchConfig(min_size=100_000, flush_timeout=0.05)  # type: ignore[arg-type]
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push, batch=batch)
+    await queue.start()
+    queue.offer(Signal.TRACES, traces)
+    queue.offer(Signal.LOGS, logs)  # queued behind the traces before the worker gathers
+    await queue.shutdown(time.monotonic() + 5)
+    assert [(signal, type(request)) for signal, request in pushed] == [
+        (Signal.TRACES, ExportTraceServiceRequest),
+        (Signal.LOGS, ExportLogsServiceRequest),
+    ]
+    assert pushed[0][1].SerializeToString() == traces.SerializeToString()
+    assert pushed[1][1].SerializeToString() == logs.SerializeToString()
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total", signal="traces") == spans
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total", signal="logs") == 3
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == 0
+
+
+async def test_a_request_larger_than_max_items_is_taken_into_an_empty_queue() -> None:
+    """Refused by the item bound however empty the queue, it could never be sent: the sender would retry it for
+    ever. Into a queue that holds something, it is refused as usual."""
+    metrics = SelfMetrics()
+    one = batches(1)[0]
+    items = sum(len(ss.spans) for rs in one.resource_spans for ss in rs.scope_spans)
+    assert items > 1
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await asyncio.sleep(10)
+
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(queue_size=100, max_items=items - 1), push)
+    queue.offer(Signal.TRACES, one)  # larger than the whole bound, into an empty queue
+    assert len(queue) == 1
+    with pytest.raises(Refused):
+        queue.offer(Signal.TRACES, one)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_enqueue_failed_items_total") == items
+
+
+async def test_a_failed_batch_counts_at_most_its_settled_items_as_rejected() -> None:
+    """A retryable failure may carry what earlier parts of the batch had rejected (loadbalancing, loki): a claim
+    above the settled items (a buggy backend) must not break the counters (a negative increment), and what was not
+    settled is counted as failed, not lost from every counter."""
+    from agent.exporters._helper.retry import RetryableError
+
+    metrics = SelfMetrics()
+    calls = 0
+
+    async def push(signal: Signal, batch: Message) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryableError("a gateway is down", reason="unavailable", rejected=10**6, settled=2)
+
+    sent = batches(2)
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
+    await queue.start()
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    first, second = (sum(len(ss.spans) for rs in b.resource_spans for ss in rs.scope_spans) for b in sent)
+    assert calls == 2
+    assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == 2
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unavailable") == first - 2
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == first - 2
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second
