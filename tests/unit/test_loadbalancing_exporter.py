@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import types
 
 import pytest
 from google.protobuf.message import Message
@@ -18,6 +19,7 @@ from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.retry import RetryableError, RetryConfig
+from agent.exporters.loadbalancing import exporter as exporter_module
 from agent.exporters.loadbalancing.config import (
     LoadBalancingExporterConfig,
     ResolverConfig,
@@ -51,8 +53,31 @@ class Gateway:
             return ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(rejected_spans=self.reject))
         return ExportTraceServiceResponse()
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+
+class FakeClock:
+    """The exporter's ``time.monotonic``: cooldowns, eject_after and max_throttled pass when a test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(exporter_module, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    return fake
 
 
 def exporter_with(
@@ -112,6 +137,8 @@ async def test_a_dead_gateways_traces_go_to_the_next_owner_at_once() -> None:
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_loadbalancer_backend_ejections_total", backend=GATEWAYS[0]) == 1
     assert metric_value(text, "otel_sidecar_loadbalancer_rerouted_items_total") > 0
+    # Refused: the gateway never had them, so sending them to another one is no possible duplicate.
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == 0
 
 
 async def test_a_gateway_failing_for_a_moment_keeps_its_traces_so_sidecars_do_not_split_them() -> None:
@@ -160,15 +187,95 @@ async def test_with_no_retry_to_come_a_failing_or_busy_gateways_traces_go_to_the
     assert set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received) == expected
 
 
-async def test_a_gateway_that_left_and_came_back_starts_its_failures_afresh() -> None:
+async def test_a_gateway_that_left_and_came_back_starts_its_failures_afresh_and_is_not_still_ejected(
+    clock: FakeClock,
+) -> None:
     flaky = Gateway(RetryableError("connection refused", reason="unavailable"))
     gateways = {GATEWAYS[0]: flaky, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, _ = exporter_with(gateways, eject_after=5.0)
+    exporter, metrics = exporter_with(gateways, eject_after=5.0)
+    exporter._make_transport = gateways.__getitem__  # type: ignore[assignment,method-assign]
     with pytest.raises(RetryableError):
         await exporter._push(Signal.TRACES, batch_of(60))
     assert GATEWAYS[0] in exporter._failing_since
     await exporter._set_backends(GATEWAYS[1:])
     assert GATEWAYS[0] not in exporter._failing_since
+    await exporter._set_backends(GATEWAYS)  # back, still failing
+    clock.advance(5.0)
+    with pytest.raises(RetryableError):  # its first failure since it came back: its part waits for it
+        await exporter._push(Signal.TRACES, batch_of(60))
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+    clock.advance(5.0)
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # failing for eject_after: out of the ring
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+    await exporter._set_backends(GATEWAYS[1:])  # gone while ejected, back before its cooldown ended, healthy
+    await exporter._set_backends(GATEWAYS)
+    flaky.failure = None
+    batch = batch_of(60)
+    owned_by_flaky = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert owned_by_flaky and set(flaky.received) == owned_by_flaky
+
+
+async def test_a_gateway_that_recovered_starts_its_failures_afresh_when_it_fails_again(clock: FakeClock) -> None:
+    """Failing, then taking data, then failing again eject_after after its first failure: a new failure, not
+    one lasting eject_after, so its part waits for it rather than leave the ring."""
+    flaky = Gateway(RetryableError("connection refused", reason="unavailable"))
+    gateways = {GATEWAYS[0]: flaky, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways, eject_after=5.0)
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch_of(60))
+    clock.advance(3.0)
+    flaky.failure = None
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
+    assert flaky.received
+    clock.advance(3.0)
+    flaky.failure = RetryableError("connection refused", reason="unavailable")
+    batch = batch_of(60)
+    owned_by_flaky = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch)
+    assert trace_ids(batch) == owned_by_flaky  # waiting for it, not rerouted
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+
+
+async def test_a_gateway_that_took_data_between_two_busy_spells_is_not_taken_out_as_throttled_too_long(
+    clock: FakeClock,
+) -> None:
+    """Busy, then taking data, then busy again max_throttled after it was first busy: a new busy spell."""
+    busy = RetryableError("busy", reason="resource_exhausted", retry_after=1.0)
+    full = Gateway(busy)
+    gateways = {GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)  # max_throttled: 10 s
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch_of(60))
+    clock.advance(6.0)
+    full.failure = None
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
+    assert full.received
+    clock.advance(6.0)
+    full.failure = busy
+    batch = batch_of(60)
+    owned_by_full = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batch)
+    assert trace_ids(batch) == owned_by_full  # waiting for it, not rerouted
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+
+
+async def test_an_ejected_gateway_takes_its_traces_again_once_its_cooldown_is_over(clock: FakeClock) -> None:
+    back = Gateway(RetryableError("connection refused", reason="unavailable"), failures=1)
+    gateways = {GATEWAYS[0]: back, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)  # backend_cooldown: 5 s
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out of the ring
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+    clock.advance(4.9)
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
+    assert not back.received  # still cooling down, though it would answer now
+    clock.advance(0.1)
+    batch = batch_of(60)
+    owned_by_back = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    assert await exporter._push(Signal.TRACES, batch) == 0
+    assert owned_by_back and set(back.received) == owned_by_back
 
 
 async def test_a_gateway_failing_for_eject_after_leaves_the_ring() -> None:
@@ -463,7 +570,16 @@ async def test_a_gateway_gone_from_the_resolver_takes_its_series_along() -> None
         lines = metrics.render().decode().splitlines()
         return [line for line in lines if line.startswith("otel_sidecar_loadbalancer_routed")]
 
+    def ejections() -> list[str]:
+        lines = metrics.render().decode().splitlines()
+        return [line for line in lines if line.startswith("otel_sidecar_loadbalancer_backend_ejections")]
+
     assert await exporter._push(Signal.TRACES, batch_of(30)) == 0
     assert any(GATEWAYS[0] in line for line in routed())
+    gateways[GATEWAYS[0]].failure = RetryableError("connection refused", reason="unavailable")
+    gateways[GATEWAYS[1]].failure = RetryableError("connection refused", reason="unavailable")
+    assert await exporter._push(Signal.TRACES, batch_of(30)) == 0  # both out of the ring
+    assert any(GATEWAYS[0] in line for line in ejections())
     await exporter._set_backends(GATEWAYS[1:])
     assert routed() and not any(GATEWAYS[0] in line for line in routed())
+    assert ejections() and not any(GATEWAYS[0] in line for line in ejections())

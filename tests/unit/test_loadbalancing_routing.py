@@ -6,6 +6,7 @@ import logging
 import os
 
 import dns.resolver
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -111,11 +112,11 @@ async def test_the_dns_resolver_takes_aaaa_records_too_for_ipv6_and_dual_stack_s
     assert "failure" not in results
 
 
-def dns_resolver(results: list[str]) -> DnsResolver:
+def dns_resolver(results: list[str], interval: float = 10.0) -> DnsResolver:
     return DnsResolver(
         GATEWAY_NAME,
         4317,
-        interval=10.0,
+        interval=interval,
         timeout=1.0,
         nameservers=["127.0.0.1"],
         log=RateLimitedLog(logging.getLogger("t")),
@@ -123,9 +124,10 @@ def dns_resolver(results: list[str]) -> DnsResolver:
     )
 
 
-async def test_a_lookup_of_one_address_family_failing_keeps_the_last_gateways() -> None:
-    """A dual-stack Service whose A lookup times out once would otherwise shrink to its AAAA members on this
-    sidecar alone, moving half of the traces to other gateways than the other sidecars use."""
+@pytest.mark.parametrize("family", ["A", "AAAA"])
+async def test_a_lookup_of_one_address_family_failing_keeps_the_last_gateways(family: str) -> None:
+    """A dual-stack Service whose A (or AAAA) lookup times out once would otherwise shrink to its other members on
+    this sidecar alone, moving half of the traces to other gateways than the other sidecars use."""
     from agent.exporters.loadbalancing.resolver import _LookupFailed
 
     results: list[str] = []
@@ -143,7 +145,7 @@ async def test_a_lookup_of_one_address_family_failing_keeps_the_last_gateways() 
 
     resolver._addresses = addresses  # type: ignore[method-assign]
     await resolver._refresh(on_change)
-    failing.add("A")
+    failing.add(family)
     await resolver._refresh(on_change)
     assert changes == [["127.0.0.2:4317", "[fd00::2]:4317"]]
     assert results == ["success", "failure"]
@@ -194,3 +196,34 @@ async def test_a_family_the_ring_has_no_member_of_may_fail_without_freezing_the_
     a_records.append("127.0.0.3")  # the gateways scaled out
     await resolver._refresh(on_change)
     assert changes == [["127.0.0.2:4317"], ["127.0.0.2:4317", "127.0.0.3:4317"]]
+
+
+async def test_an_answer_that_could_not_be_applied_is_applied_again_at_the_next_lookup_though_unchanged() -> None:
+    """Applying the gateways fails once (a transport that cannot start): the same answer next time must not be
+    taken as already applied, or the ring would keep the old gateways until DNS changes again."""
+    records = ["127.0.0.2"]
+    changes: list[list[str]] = []
+    failures = 1
+    applied_again = asyncio.Event()
+    resolver = dns_resolver([], interval=0.01)
+
+    async def addresses(record_type: str) -> list[str]:
+        return list(records) if record_type == "A" else []
+
+    async def on_change(endpoints: list[str]) -> None:
+        nonlocal failures
+        changes.append(endpoints)
+        if endpoints == ["127.0.0.3:4317"] and failures:
+            failures -= 1
+            raise RuntimeError("cannot start the transport")
+        if len(changes) == 3:
+            applied_again.set()
+
+    resolver._addresses = addresses  # type: ignore[method-assign]
+    await resolver.start(on_change)
+    records[:] = ["127.0.0.3"]  # the next lookups all answer this
+    try:
+        await asyncio.wait_for(applied_again.wait(), 5)
+    finally:
+        await resolver.shutdown()
+    assert changes == [["127.0.0.2:4317"], ["127.0.0.3:4317"], ["127.0.0.3:4317"]]
