@@ -311,6 +311,31 @@ service:
 
 
 @pytest.mark.parametrize(
+    ("receivers", "admin"),
+    [
+        # Port 0 asks the OS for a free port: every such listener gets one of its own.
+        ("{otlp: {grpc: {endpoint: '127.0.0.1:0'}, http: {endpoint: '127.0.0.1:14318'}}}", "127.0.0.1:0"),
+        # A protocol switched off does not listen on its endpoint (here the default, 127.0.0.1:4317).
+        ("{otlp: {grpc: {enabled: false}, http: {endpoint: '127.0.0.1:14318'}}}", "127.0.0.1:4317"),
+        # A receiver no pipeline uses is not built, so it does not listen either.
+        (
+            "{otlp: {http: {endpoint: '127.0.0.1:14318'}}, otlp/unused: {grpc: {endpoint: '127.0.0.1:14317'}}}",
+            "127.0.0.1:14317",
+        ),
+    ],
+)
+def test_addresses_where_nothing_would_listen_twice_are_not_reported_as_shared(receivers: str, admin: str) -> None:
+    text = f"""
+receivers: {receivers}
+exporters: {{nop: {{}}}}
+service:
+  telemetry: {{admin: {{endpoint: "{admin}"}}}}
+  pipelines: {{traces: {{receivers: [otlp], exporters: [nop]}}}}
+"""
+    assert "otlp" in load_text(text, environ={}).receivers
+
+
+@pytest.mark.parametrize(
     ("section", "served"),
     [
         ("{}", {"grpc", "http"}),

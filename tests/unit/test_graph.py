@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from agent.component import Consumer, Factory, Kind, Refused, Signal
 from agent.config.loader import AgentConfig, ComponentConfig
+from agent.config.schema import ConfigInvalid
 from agent.config.service import PipelineConfig, ServiceConfig
 from agent.pipeline.graph import Graph
 from agent.telemetry.logs import JsonFormatter
@@ -88,6 +89,16 @@ def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: se
         "",
         mutates_data=True,
     )
+    in_place = Factory(  # mutates each batch and is done with it when consume returns (as redaction)
+        Kind.PROCESSOR,
+        "inplace",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: Recorder(s.component_id, journal, nxt, True),
+        "",
+        mutates_data=True,
+        retains_data=False,
+    )
     receiver = Factory(
         Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, consumers: Source(consumers, journal), ""
     )
@@ -97,6 +108,7 @@ def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: se
             "proc/a": ComponentConfig("proc/a", Kind.PROCESSOR, processor, Empty()),
             "proc/b": ComponentConfig("proc/b", Kind.PROCESSOR, processor, Empty()),
             "mut": ComponentConfig("mut", Kind.PROCESSOR, mutator, Empty()),
+            "inplace": ComponentConfig("inplace", Kind.PROCESSOR, in_place, Empty()),
         },
         "exporters": {
             name: ComponentConfig(name, Kind.EXPORTER, exporter_factory(name), Empty()) for name in ("rec/x", "rec/y")
@@ -186,6 +198,96 @@ async def test_a_single_pipeline_passes_the_batch_without_copying() -> None:
     batch, _ = next(Workload(seed=2).requests(1))
     await deliver(graph, batch)
     assert graph.component("rec/x").batches[0] is batch
+
+
+def touched(batch: Message) -> bool:
+    return "touched.by" in [a.key for a in batch.resource_spans[0].resource.attributes]
+
+
+async def test_a_mutating_pipeline_gets_a_copy_when_another_pipeline_buffers_the_batch() -> None:
+    """A pipeline whose first stage retains batches (a buffer) keeps the very batch it is given: a mutator beside
+    it must not change it under the buffer."""
+    graph = build(
+        {
+            "traces/held": PipelineConfig(receivers=["src"], processors=["proc/a"], exporters=["rec/x"]),
+            "traces": PipelineConfig(receivers=["src"], processors=["mut"], exporters=["rec/y"]),
+        },
+        [],
+    )
+    batch, _ = next(Workload(seed=2).requests(1))
+    await deliver(graph, batch)
+    assert graph.component("proc/a").batches == [batch]
+    assert not touched(batch)
+    assert touched(graph.component("rec/y").batches[0])
+
+
+async def test_a_mutation_before_a_buffer_still_makes_its_pipeline_take_a_copy() -> None:
+    """The buffer hands on the batch the in-place mutator already changed: the pipeline mutates its input."""
+    graph = build(
+        {
+            "traces/raw": PipelineConfig(receivers=["src"], exporters=["rec/y"]),
+            "traces": PipelineConfig(receivers=["src"], processors=["inplace", "proc/a"], exporters=["rec/x"]),
+        },
+        [],
+    )
+    batch, _ = next(Workload(seed=2).requests(1))
+    await deliver(graph, batch)
+    assert graph.component("rec/y").batches == [batch]
+    assert not touched(batch)
+    mutated = graph.component("rec/x").batches[0]
+    assert mutated is not batch and touched(mutated)
+
+
+def test_a_receiver_no_pipeline_uses_is_not_built() -> None:
+    def source(cfg: Empty, s: Any, consumers: dict[Signal, Consumer]) -> Source:
+        return Source(consumers, [])
+
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), source, "")
+    exporter = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder("rec", []), "")
+    config = AgentConfig(
+        receivers={name: ComponentConfig(name, Kind.RECEIVER, receiver, Empty()) for name in ("src", "src/unused")},
+        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporter, Empty())},
+        service=ServiceConfig(pipelines={"traces": PipelineConfig(receivers=["src"], exporters=["rec"])}),
+    )
+    graph = Graph(config, SelfMetrics())
+    assert [(kind, cid) for kind, cid, _ in graph.components] == [
+        (Kind.EXPORTER, "rec"),
+        (Kind.RECEIVER, "src[ingest]"),
+        (Kind.RECEIVER, "src"),
+    ]
+
+
+def test_connectors_that_feed_each_other_in_a_cycle_are_a_config_error_not_a_recursion_error() -> None:
+    class Connector:
+        def __init__(self, consumers: dict[Signal, Consumer]) -> None:
+            self.consumers = consumers
+
+        def consumer_for(self, signal: Signal) -> Consumer:
+            return self.consumers[Signal.TRACES]
+
+    connector = Factory(
+        Kind.CONNECTOR,
+        "loop",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, consumers: Connector(consumers),
+        "",
+        output_signals=frozenset(Signal),
+    )
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, []), "")
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        connectors={name: ComponentConfig(name, Kind.CONNECTOR, connector, Empty()) for name in ("loop/a", "loop/b")},
+        service=ServiceConfig(
+            pipelines={
+                "traces": PipelineConfig(receivers=["src", "loop/b"], exporters=["loop/a"]),
+                "traces/back": PipelineConfig(receivers=["loop/a"], exporters=["loop/b"]),
+            }
+        ),
+    )
+    with pytest.raises(ConfigInvalid) as raised:
+        Graph(config, SelfMetrics())
+    assert [e.message for e in raised.value.errors] == ["connectors form a cycle"]
 
 
 def test_fan_out_copies_only_when_a_mutation_could_be_seen_by_another_consumer() -> None:
@@ -436,3 +538,79 @@ async def test_stages_hear_that_the_receivers_stopped_before_the_ingest_queues_d
     await graph.shutdown(time.monotonic() + 2)
     assert graph.component("rec").batches == [batch]  # accepted data passed once nothing new could arrive
     assert journal.index("stop src") < journal.index("receivers stopped, told refuser") < journal.index("stop refuser")
+
+
+class Faulty(Recorder):
+    """A stage whose ``receivers_stopped`` hook or ``shutdown`` raises (``fails``: "hook" or "stop")."""
+
+    def __init__(self, name: str, journal: list[str], next_consumer: Consumer, fails: str) -> None:
+        super().__init__(name, journal, next_consumer)
+        self.fails = fails
+
+    def receivers_stopped(self) -> None:
+        self.journal.append(f"told {self.name}")
+        if self.fails == "hook":
+            raise RuntimeError("hook bug")
+
+    async def shutdown(self, deadline: float) -> None:
+        await super().shutdown(deadline)
+        if self.fails == "stop":
+            raise RuntimeError("shutdown bug")
+
+
+async def test_a_stage_whose_shutdown_or_hook_raises_does_not_stop_the_others_from_stopping() -> None:
+    journal: list[str] = []
+    faulty = Factory(
+        Kind.PROCESSOR,
+        "faulty",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: Faulty(s.component_id, journal, nxt, s.component_id.split("/")[1]),
+        "",
+    )
+    exporter = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder("rec", journal), "")
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, journal), "")
+    # Built from the last processor to the first: faulty/hook is told first, faulty/stop is stopped first.
+    processors = ["faulty/stop", "faulty/hook"]
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        processors={name: ComponentConfig(name, Kind.PROCESSOR, faulty, Empty()) for name in processors},
+        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporter, Empty())},
+        service=ServiceConfig(
+            pipelines={"traces": PipelineConfig(receivers=["src"], processors=processors, exporters=["rec"])}
+        ),
+    )
+    graph = Graph(config, SelfMetrics())
+    await graph.start()
+    journal.clear()
+    await graph.shutdown(time.monotonic() + 1)
+    assert journal == [
+        "stop src",
+        "told faulty/hook",
+        "told faulty/stop",
+        "stop faulty/stop",
+        "stop faulty/hook",
+        "stop rec",
+    ]
+
+
+async def test_a_component_that_stops_within_the_deadline_is_not_cut_short() -> None:
+    """The grace period comes after the deadline: a component given 4 s that needs 3 s is let finish."""
+    journal: list[str] = []
+
+    class Slow(Recorder):
+        async def shutdown(self, deadline: float) -> None:
+            await asyncio.sleep(3.0)
+            self.journal.append(f"stopped {self.name}")
+
+    slow = Factory(Kind.EXPORTER, "slow", Empty, frozenset(Signal), lambda cfg, s: Slow("slow", journal), "")
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, []), "")
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        exporters={"slow": ComponentConfig("slow", Kind.EXPORTER, slow, Empty())},
+        service=ServiceConfig(pipelines={"traces": PipelineConfig(receivers=["src"], exporters=["slow"])}),
+    )
+    graph = Graph(config, SelfMetrics())
+    await graph.start()
+    await graph.shutdown(time.monotonic() + 4.0)
+    assert "stopped slow" in journal

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from agent.component import CreateSettings, Kind, PermanentError, Refused, Signal
 from agent.config.service import IngestConfig, ServiceConfig
 from agent.otlp.signals import count_spans
+from agent.pipeline import ingest
 from agent.pipeline.ingest import IngestQueue
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.sinks import BatchSink, RefusingSink
@@ -168,6 +169,48 @@ async def test_a_batch_the_pipelines_reject_for_good_is_counted_and_the_rest_flo
     assert dropped == count_spans(sent[0])
 
 
+async def test_a_batch_the_pipelines_fail_on_is_counted_by_the_error_and_the_rest_flow() -> None:
+    """A processor bug must not stop ingestion: the worker drops that batch, counts it, and goes on."""
+
+    class FailFirst(BatchSink):
+        def consume(self, batch: Message) -> None:
+            if not hasattr(self, "seen"):
+                self.seen = True
+                raise RuntimeError("processor bug")
+            super().consume(batch)
+
+    sink = FailFirst()
+    queue, metrics = queue_for(sink)
+    await queue.start()
+    sent = batches(3)
+    for batch in sent:
+        queue.consume(batch)
+    await queue.shutdown(time.monotonic() + 5)
+    assert sink.batches == sent[1:]
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="RuntimeError") == count_spans(sent[0])
+    assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="shutdown_timeout") == 0
+
+
+async def test_a_refused_batch_that_was_finally_taken_leaves_the_next_refusal_the_shortest_pause() -> None:
+    """The pause doubles while a batch stays refused (up to 400 ms); once it is taken, the next refused batch
+    waits 50 ms again, not the 400 ms an earlier outage reached."""
+    pipelines = RefuseThenAccept(refusals=4)  # pauses of 50, 100, 200 and 400 ms, then taken
+    queue, _ = queue_for(pipelines)
+    await queue.start()
+    first, second = batches(2)
+    try:
+        queue.consume(first)
+        await until(lambda: pipelines.batches == [first])
+        pipelines.refusals = 10**9
+        queue.consume(second)
+        lane = queue.queue._lanes[Signal.TRACES]
+        await until(lambda: lane.refusal is not None)  # the second batch's first refusal
+        assert lane.pause == ingest._REFUSAL_PAUSE  # 50 ms; 800 ms (capped at 400) had the pause not been reset
+    finally:
+        await queue.shutdown(time.monotonic() + 0.2)
+
+
 async def test_what_the_pipelines_never_take_before_the_deadline_is_counted() -> None:
     pipelines = RefuseThenAccept(refusals=10**9)
     queue, metrics = queue_for(pipelines)
@@ -250,11 +293,13 @@ def a_metric() -> Message:
     )
 
 
-def three_signal_queue(logs: object, traces: object, metrics_sink: object) -> tuple[IngestQueue, SelfMetrics]:
+def three_signal_queue(
+    logs: object, traces: object, metrics_sink: object, config: IngestConfig | None = None
+) -> tuple[IngestQueue, SelfMetrics]:
     metrics = SelfMetrics()
     settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), metrics, ServiceConfig(), {})
     downstream = {Signal.TRACES: traces, Signal.METRICS: metrics_sink, Signal.LOGS: logs}
-    return IngestQueue(settings, downstream, IngestConfig()), metrics  # type: ignore[arg-type]
+    return IngestQueue(settings, downstream, config or IngestConfig()), metrics  # type: ignore[arg-type]
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -435,3 +480,44 @@ async def test_a_burst_held_by_a_refusing_signal_leaves_the_other_signals_their_
             entrances[Signal.LOGS].consume(a_log(records=150))
     traces.up = True
     await queue.shutdown(time.monotonic() + 5)
+
+
+async def traces_held_by_their_refusing_backend(config: IngestConfig, size: int) -> tuple[IngestQueue, BatchSink]:
+    """A queue whose traces lane holds one batch of ``size`` bytes its pipeline refuses; logs flow to the sink."""
+    traces, logs = Backend(), BatchSink()
+    queue, _ = three_signal_queue(logs, traces, BatchSink(), config)
+    queue.consumers()[Signal.TRACES].consume_sized(batches(1)[0], size)  # type: ignore[attr-defined]
+    await queue.start()
+    await until(lambda: traces.offered > 0)
+    return queue, logs
+
+
+async def test_beside_a_refusing_signal_another_signals_share_of_the_bounds_counts_bytes_too() -> None:
+    """1 MiB of queue, 900 KiB held by refused traces: logs may hold a third of the bytes (341 KiB), not more."""
+    queue, logs = await traces_held_by_their_refusing_backend(IngestConfig(queue_mib=1), 900 * 1024)
+    entrance = queue.consumers()[Signal.LOGS]
+    taken = [a_log(), a_log()]
+    try:
+        entrance.consume_sized(taken[0], 200 * 1024)  # type: ignore[attr-defined]
+        # Before the worker runs: the logs lane holds 200 KiB, a handful of items.
+        with pytest.raises(Refused, match="is full"):
+            entrance.consume_sized(a_log(), 200 * 1024)  # type: ignore[attr-defined]
+        entrance.consume_sized(taken[1], 100 * 1024)  # type: ignore[attr-defined]
+        await until(lambda: len(logs.batches) == 2)
+    finally:
+        await queue.shutdown(time.monotonic() + 0.1)
+    assert logs.batches == taken
+
+
+async def test_beside_a_refusing_signal_an_empty_lane_takes_a_batch_larger_than_its_share() -> None:
+    """A batch larger than a third of the bounds could otherwise never be taken while the traces are held."""
+    queue, logs = await traces_held_by_their_refusing_backend(IngestConfig(queue_mib=1), 900 * 1024)
+    large = a_log()
+    entrance = queue.consumers()[Signal.LOGS]
+    try:
+        entrance.consume_sized(large, 500 * 1024)  # type: ignore[attr-defined]
+        with pytest.raises(Refused, match="is full"):  # taken alone: the lane now holds more than its share
+            entrance.consume_sized(a_log(), 1024)  # type: ignore[attr-defined]
+        await until(lambda: logs.batches == [large])
+    finally:
+        await queue.shutdown(time.monotonic() + 0.1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from agent.component import CreateSettings, Kind, Refused, Signal
-from agent.config.schema import ConfigError, build
+from agent.config.schema import ConfigError, Duration, build
 from agent.config.service import ServiceConfig
 from agent.otlp.signals import count_spans
 from agent.processors.memory_limiter import memory
@@ -131,6 +133,14 @@ def test_the_cgroup_v1_limit_is_found(tmp_path: Path) -> None:
     assert memory.container_limit_bytes(proc, tmp_path / "fs") == 300 * MIB
 
 
+def test_of_two_cgroup_limits_the_smaller_one_is_the_limit(tmp_path: Path) -> None:
+    """The cgroup's own limit and its parent's (at the mount root) both hold: the kernel enforces the lower."""
+    proc = write(tmp_path / "cgroup", "0::/kubepods/pod1/c1\n")
+    write(tmp_path / "fs/kubepods/pod1/c1/memory.max", f"{512 * MIB}\n")
+    write(tmp_path / "fs/memory.max", f"{256 * MIB}\n")
+    assert memory.container_limit_bytes(proc, tmp_path / "fs") == 256 * MIB
+
+
 def test_the_resident_size_is_read_from_proc() -> None:
     # A real reading: a live Python process holds more than a few MiB and less than the machine.
     assert 4 * MIB < memory.resident_bytes() < memory.machine_bytes()
@@ -174,6 +184,76 @@ async def test_an_agent_already_over_its_limit_refuses_from_the_first_request() 
     await limiter.start()
     await limiter.shutdown(0)
     assert limiter.refusing
+
+
+class FailingOnce:
+    """Resident memory the test sets, whose next reading fails once when ``fail`` is set; counts the readings."""
+
+    def __init__(self, resident: int) -> None:
+        self.resident = resident
+        self.fail = False
+        self.readings = 0
+
+    def __call__(self) -> int:
+        self.readings += 1
+        if self.fail:
+            self.fail = False
+            raise OSError("cannot read /proc/self/statm")
+        return self.resident
+
+
+def checking_every_10ms(resident: FailingOnce) -> MemoryLimiter:
+    return MemoryLimiter(
+        MemoryLimiterConfig(check_interval=Duration(0.01), limit_mib=500),
+        settings(SelfMetrics()),
+        resident=resident,
+        total=lambda: 1000 * MIB,
+        release=lambda: None,
+    )
+
+
+async def test_a_check_that_fails_does_not_stop_the_checks_after_it() -> None:
+    resident = FailingOnce(300 * MIB)
+    limiter = checking_every_10ms(resident)
+    await limiter.start()
+    try:
+        resident.fail = True
+        resident.resident = 450 * MIB
+        for _ in range(200):  # up to 2 s: the failed check, then one that measures 450 MiB
+            if limiter.refusing:
+                break
+            await asyncio.sleep(0.01)
+        assert not resident.fail  # the failure happened
+        assert limiter.refusing
+    finally:
+        await limiter.shutdown(0)
+
+
+async def test_once_told_to_stop_refusing_a_check_at_high_memory_does_not_refuse_again() -> None:
+    """At shutdown, what was accepted must pass to be flushed, however high memory is."""
+    fake = FakeMemory(resident=450 * MIB)
+    limiter = limiter_with(fake, SelfMetrics(), limit_mib=500)
+    await limiter.start()
+    try:
+        assert limiter.refusing
+        limiter.stop_refusing("the receivers have stopped")
+        assert not limiter.refusing
+        fake.resident = 480 * MIB
+        limiter.check()
+        assert not limiter.refusing
+    finally:
+        await limiter.shutdown(0)
+
+
+async def test_a_limiter_started_by_two_pipelines_stops_checking_at_shutdown() -> None:
+    resident = FailingOnce(300 * MIB)
+    limiter = checking_every_10ms(resident)
+    await limiter.start()
+    await limiter.start()  # its instance in a second pipeline
+    await limiter.shutdown(0)
+    readings = resident.readings
+    await asyncio.sleep(0.1)  # ten check intervals
+    assert resident.readings == readings
 
 
 async def test_the_processor_refuses_retryably_counts_what_it_refused_and_passes_the_rest() -> None:
@@ -237,3 +317,9 @@ def test_one_limiter_serves_the_component_in_every_pipeline() -> None:
     traces = create(config, settings(metrics, shared), Signal.TRACES, BatchSink())
     logs = create(config, settings(metrics, shared), Signal.LOGS, BatchSink())
     assert traces.limiter is logs.limiter
+    traces.limiter.refusing = True  # memory is the process's: every pipeline refuses, and says it is process-wide
+    spans = next(iter(Workload(seed=6).requests(1)))[0]
+    for processor, batch in ((traces, spans), (logs, ExportLogsServiceRequest())):
+        with pytest.raises(Refused, match="high memory usage") as refused:
+            processor.consume(batch)
+        assert refused.value.process_wide
