@@ -315,6 +315,7 @@ service:
     [
         # Port 0 asks the OS for a free port: every such listener gets one of its own.
         ("{otlp: {grpc: {endpoint: '127.0.0.1:0'}, http: {endpoint: '127.0.0.1:14318'}}}", "127.0.0.1:0"),
+        ("{otlp: {grpc: {endpoint: '127.0.0.1:0'}, http: {endpoint: '127.0.0.1:0'}}}", "127.0.0.1:14317"),
         # A protocol switched off does not listen on its endpoint (here the default, 127.0.0.1:4317).
         ("{otlp: {grpc: {enabled: false}, http: {endpoint: '127.0.0.1:14318'}}}", "127.0.0.1:4317"),
         # A receiver no pipeline uses is not built, so it does not listen either.
@@ -760,3 +761,15 @@ def test_references_nested_deeper_than_python_recurses_are_a_config_error_not_a_
     with pytest.raises(ConfigInvalid) as raised:
         load_text(text, environ={})
     assert [str(e) for e in raised.value.errors] == ["exporters.file.path: references nested too deeply"]
+
+
+def test_one_receivers_grpc_and_http_may_not_share_an_endpoint_unless_it_is_port_0() -> None:
+    text = """
+receivers: {otlp: {grpc: {endpoint: '127.0.0.1:14317'}, http: {endpoint: '127.0.0.1:14317'}}}
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert "receivers.otlp.http.endpoint: must differ from grpc.endpoint" in [str(e) for e in raised.value.errors]
+    assert "otlp" in load_text(text.replace("14317", "0"), environ={}).receivers

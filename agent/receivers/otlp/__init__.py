@@ -83,7 +83,9 @@ class OtlpReceiverConfig:
         problems = []
         if not self.grpc.enabled and not self.http.enabled:
             problems.append(("", "enable at least one of grpc and http"))
-        if self.grpc.enabled and self.http.enabled and self.grpc.endpoint == self.http.endpoint:
+        both = self.grpc.enabled and self.http.enabled
+        # Port 0 asks the kernel for a free port: each server gets its own, as the loader's overlap check allows.
+        if both and self.grpc.endpoint == self.http.endpoint and self.http.endpoint.port != 0:
             problems.append(("http.endpoint", "must differ from grpc.endpoint"))
         return problems
 
