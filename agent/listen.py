@@ -91,7 +91,8 @@ async def stop_runner(runner: web.AppRunner, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         # Never less than a moment, even past the deadline: cancelled at once, cleanup would leave the port bound
         # and serving.
-        await asyncio.wait_for(runner.cleanup(), max(seconds, _STOP_FLOOR_SECONDS))
+        async with asyncio.timeout(max(seconds, _STOP_FLOOR_SECONDS)):  # not wait_for: see agent/waits.py
+            await runner.cleanup()
 
 
 def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:

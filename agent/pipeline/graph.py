@@ -98,7 +98,8 @@ class Graph:
                 self._tell_receivers_stopped()
             try:
                 allowed = max(hard_stop - time.monotonic(), _LAST_MOMENT)
-                await asyncio.wait_for(node.instance.shutdown(deadline), allowed)
+                async with asyncio.timeout(allowed):  # not wait_for: see agent/waits.py
+                    await node.instance.shutdown(deadline)
             except TimeoutError:
                 self._log.error("shutdown deadline passed", extra={"component": f"{node.kind.section}.{node.id}"})
             except Exception:

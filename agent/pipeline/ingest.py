@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from agent.component import Consumer, CreateSettings, PermanentError, Refused, S
 from agent.config.service import IngestConfig
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
+from agent.waits import wait_event
 
 # How soon the worker offers a refused batch again: 50 ms, doubling while it stays refused, up to 400 ms. Each
 # offer runs the stages before the refusing one again (redaction scans all the text of a batch), which a long
@@ -182,8 +182,7 @@ class IngestQueue:
         if worker is None:
             return
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+            await wait_event(self._idle, deadline - time.monotonic())
         finally:
             worker.cancel()  # even when this shutdown itself is cancelled, nothing may keep feeding the pipelines
             self._count_left()
@@ -237,8 +236,7 @@ class IngestQueue:
         arrives (its signal's pipelines may well take it)."""
         soonest = min(lane.retry_at for lane in self._lanes.values() if lane.entries)
         self._ready.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), max(soonest - time.monotonic(), 0.0))
+        await wait_event(self._ready, soonest - time.monotonic())
 
     def _feed(self, lane: _Lane) -> None:
         """Offer ``lane``'s head to its pipelines; keep it to offer again if they refuse, else take it off."""

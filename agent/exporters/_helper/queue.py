@@ -35,6 +35,7 @@ from agent.exporters._helper.retry import (
 )
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
+from agent.waits import wait_event
 
 SEND_FAILED_DOC = "Items an exporter gave up on."
 DUPLICATES_DOC = (
@@ -314,8 +315,7 @@ class SendingQueue:
         if self._store.persistent:
             self._sender.interrupt()
         if self._workers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+            await wait_event(self._idle, deadline - time.monotonic())
             for task in self._workers:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
@@ -379,8 +379,7 @@ class SendingQueue:
             if remaining <= 0 or self._closed:
                 return
             self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), remaining)
+            await wait_event(self._ready, remaining)
 
     async def _deliver(self, group: _Group) -> None:
         entries = group.entries

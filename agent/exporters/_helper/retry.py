@@ -27,6 +27,7 @@ from tenacity.wait import wait_base
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import Duration, setting
+from agent.waits import wait_event
 
 
 class ExportError(Exception):
@@ -201,11 +202,8 @@ class RetryingSender:
     async def _sleep(self, seconds: float) -> None:
         if self._interrupted.is_set():
             raise ExportAborted("shutting down")
-        try:
-            await asyncio.wait_for(self._interrupted.wait(), seconds)
-        except TimeoutError:
-            return
-        raise ExportAborted("shutdown interrupted a retry wait")
+        if await wait_event(self._interrupted, seconds):
+            raise ExportAborted("shutdown interrupted a retry wait")
 
 
 # --- protocol rules --------------------------------------------------------------------------------------------------
