@@ -33,3 +33,10 @@ async def test_a_cancellation_arriving_as_the_event_fires_is_not_lost() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_an_event_set_in_the_turn_the_time_runs_out_counts_as_come() -> None:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.01, event.set)  # the same deadline as the wait's own timeout below, scheduled first
+    assert await wait_event(event, 0.01) is True
