@@ -618,3 +618,27 @@ async def test_requests_aiohttp_cannot_parse_are_answered_400_counted_and_logged
     _, body = request_bytes()
     assert (await post(running.http_url + "/v1/traces", body, "application/x-protobuf"))[0] == 200
     assert len(sink.batches) == 1
+
+
+async def test_grpc_and_http_both_on_port_0_each_get_a_port_and_the_log_says_which(
+    sink: BatchSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    config = OtlpReceiverConfig(
+        grpc=GrpcConfig(endpoint=HostPort("127.0.0.1:0")), http=HttpConfig(endpoint=HostPort("127.0.0.1:0"))
+    )
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), SelfMetrics(), ServiceConfig(), {})
+    receiver = OtlpReceiver(config, settings, {Signal.TRACES: sink})
+    await receiver.start()
+    try:
+        (grpc_line,) = [r for r in caplog.records if r.getMessage() == "OTLP/gRPC receiver listening"]
+        (http_line,) = [r for r in caplog.records if r.getMessage() == "OTLP/HTTP receiver listening"]
+        grpc_port, (http_port,) = grpc_line.port, http_line.ports  # type: ignore[attr-defined]
+        assert 0 not in (grpc_port, http_port) and grpc_port != http_port
+        _, body = request_bytes()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            await channel.unary_unary(TRACES_METHOD)(body, timeout=5)
+        assert (await post(f"http://127.0.0.1:{http_port}/v1/traces", body, "application/x-protobuf"))[0] == 200
+        assert len(sink.batches) == 2
+    finally:
+        await receiver.shutdown(time.monotonic() + 2)

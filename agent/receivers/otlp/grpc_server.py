@@ -65,7 +65,9 @@ class GrpcServer:
             raise await self._why_not_listening()
         await server.start()
         self._server = server
-        self._settings.logger.info("OTLP/gRPC receiver listening", extra={"endpoint": str(self._endpoint)})
+        # The port itself too: with port 0 the kernel chose it, and this line is the only place that says which.
+        listening = {"endpoint": str(self._endpoint), "port": bound}
+        self._settings.logger.info("OTLP/gRPC receiver listening", extra=listening)
 
     async def _why_not_listening(self) -> OSError:
         """gRPC's core says only "Failed to bind" (the cause goes to its own stderr, outside the agent's log):

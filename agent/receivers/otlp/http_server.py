@@ -64,7 +64,9 @@ class HttpServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        self._settings.logger.info("OTLP/HTTP receiver listening", extra={"endpoint": str(self._endpoint)})
+        ports = sorted({address[1] for address in runner.addresses})  # chosen by the kernel for port 0
+        listening = {"endpoint": str(self._endpoint), "ports": ports}
+        self._settings.logger.info("OTLP/HTTP receiver listening", extra=listening)
 
     async def shutdown(self, deadline: float) -> None:
         # In-flight handlers do no I/O (they only enqueue), so aiohttp's own wait for them is short.
