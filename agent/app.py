@@ -53,7 +53,8 @@ class Agent:
         self._reloading = False
         self._started = False
         self._stop_requested = asyncio.Event()
-        self._reload_requested = asyncio.Event()
+        self._reload_requested = False
+        self._signalled = asyncio.Event()  # a stop or a reload was asked for
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
         self._reloads = self.metrics.counter(
             "config_reloads_total",
@@ -106,10 +107,12 @@ class Agent:
                 self._log.warning("SIGHUP received while shutting down: ignored, the flush goes on")
             else:
                 self._log.info("SIGHUP received: reloading the config")
-                self._reload_requested.set()  # several during one reload make one more reload
+                self._reload_requested = True  # several during one reload make one more reload
+                self._signalled.set()
         elif not self._stop_requested.is_set():
             self._log.info(f"{sig.name} received: shutting down")
             self._stop_requested.set()
+            self._signalled.set()
         else:
             self._log.error(
                 f"second termination signal ({sig.name}): exiting without flushing; what is still buffered or "
@@ -133,17 +136,12 @@ class Agent:
             signal.signal(sig, signal.SIG_IGN)
 
     async def _serve_until_stopped(self) -> None:
-        stopped = asyncio.ensure_future(self._stop_requested.wait())
-        try:
-            while not self._stop_requested.is_set():
-                reload = asyncio.ensure_future(self._reload_requested.wait())
-                await asyncio.wait({stopped, reload}, return_when=asyncio.FIRST_COMPLETED)
-                reload.cancel()
-                if self._reload_requested.is_set() and not self._stop_requested.is_set():
-                    self._reload_requested.clear()
-                    await self.reload()
-        finally:
-            stopped.cancel()
+        while not self._stop_requested.is_set():
+            await self._signalled.wait()
+            self._signalled.clear()
+            if self._reload_requested and not self._stop_requested.is_set():
+                self._reload_requested = False
+                await self.reload()
 
     async def reload(self) -> bool:
         """Replace the running pipelines with those of the config read again; whether it did.

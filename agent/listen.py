@@ -68,7 +68,38 @@ async def listening_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-async def start_sites(runner: web.AppRunner, endpoint: HostPort) -> None:
+async def serve(
+    app: web.Application,
+    endpoint: HostPort,
+    logger: logging.Logger,
+    *,
+    count_unparsable: Callable[[], None] | None = None,
+    keepalive_timeout: float | None = None,
+    **options: Any,
+) -> web.AppRunner:
+    """Serve ``app`` on ``endpoint`` as every aiohttp server of the agent does: no access log, no signal handlers
+    of aiohttp's own, idle keep-alive connections closed after ``keepalive_timeout`` (``IDLE_CONNECTION_SECONDS``
+    unless given: each is a descriptor, and the port may be reachable from the cluster), and requests that are not
+    HTTP told by ``UnparsableRequestLog``. ``options`` are aiohttp's other server settings. Raises OSError when it
+    cannot listen, having released everything."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=IDLE_CONNECTION_SECONDS if keepalive_timeout is None else keepalive_timeout,
+        logger=UnparsableRequestLog(logger, count_unparsable),
+        **options,
+    )
+    await runner.setup()
+    try:
+        await _start_sites(runner, endpoint)
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _start_sites(runner: web.AppRunner, endpoint: HostPort) -> None:
     """Serve ``runner``'s application on ``endpoint``. On failure the caller cleans ``runner`` up."""
     sockets = await listening_sockets(endpoint.host, endpoint.port)
     started = 0

@@ -185,6 +185,19 @@ class AgentProcess:
             self.process.wait()
 
 
+class FakeClock:
+    """A ``time.monotonic`` that moves only when a test says so (call it for the time)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``; 0 when there are none, but an error when no
     family declares ``name`` (a misspelt name must not make an ``== 0`` assertion pass)."""

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
-from agent.listen import IDLE_CONNECTION_SECONDS, UnparsableRequestLog, start_sites, stop_runner
+from agent.listen import serve, stop_runner
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
@@ -29,21 +29,7 @@ class AdminServer:
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        # Idle keep-alive connections close: the port may be reachable from the cluster (each one is a descriptor).
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=IDLE_CONNECTION_SECONDS,
-            logger=UnparsableRequestLog(component_logger("admin")),
-        )
-        await runner.setup()
-        try:
-            await start_sites(runner, self._endpoint)
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await serve(app, self._endpoint, component_logger("admin"))
 
     async def shutdown(self) -> None:
         """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""

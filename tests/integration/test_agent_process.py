@@ -144,6 +144,14 @@ def _rewrite_config(agent: AgentProcess, config: dict[str, object] | str) -> Non
     (agent.workdir / "agent.yaml").write_text(text)
 
 
+def _reload_with(agent: AgentProcess, config: dict[str, object], outcome: str) -> None:
+    """Change the config file, send SIGHUP, and wait for the log line ``outcome`` of the reload."""
+    _rewrite_config(agent, config)
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: outcome in agent.log(), timeout=20, what=f"the reload: {outcome}")
+
+
 def _reloads(agent: AgentProcess, result: str) -> float:
     return agent.metric("otel_sidecar_config_reloads_total", result=result)
 
@@ -156,10 +164,7 @@ def test_sighup_reloads_the_config_after_flushing_what_the_running_one_accepted(
         changed["exporters"]["file"]["path"] = str(tmp_path / "out-after")
         changed["service"]["telemetry"]["admin"]["endpoint"] = f"127.0.0.1:{free_port()}"  # needs a restart
         changed["service"]["telemetry"]["logs"]["format"] = "text"
-        _rewrite_config(agent, changed)
-        assert agent.process is not None
-        agent.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+        _reload_with(agent, changed, "config reloaded")
         wait_until(agent.ready, what="ready again")
         after = _send_workload_to(agent.grpc_endpoint, traces=20)
         assert _reloads(agent, "reloaded") == 1
@@ -178,10 +183,7 @@ def test_an_invalid_config_on_sighup_is_refused_and_the_running_one_stays(tmp_pa
     agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
     try:
         broken = {**agent.config, "exporters": {"file": {"path": str(tmp_path / "x"), "rotation": "daily"}}}
-        _rewrite_config(agent, broken)
-        assert agent.process is not None
-        agent.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "config reload refused" in agent.log(), timeout=20, what="the refusal")
+        _reload_with(agent, broken, "config reload refused")
         assert "exporters.file.rotation" in agent.log()  # the path-qualified problem
         assert agent.ready()
         sent = _send_workload_to(agent.grpc_endpoint, traces=20)
@@ -202,10 +204,7 @@ def test_new_pipelines_that_cannot_start_give_way_to_the_previous_config(tmp_pat
         moved = json.loads(json.dumps(agent.config))
         moved["receivers"]["otlp"]["http"]["endpoint"] = f"127.0.0.1:{taken.getsockname()[1]}"
         moved["exporters"]["file"]["path"] = str(tmp_path / "out-after")
-        _rewrite_config(agent, moved)
-        assert agent.process is not None
-        agent.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "config reload failed" in agent.log(), timeout=20, what="the failed reload")
+        _reload_with(agent, moved, "config reload failed")
         wait_until(agent.ready, what="ready again on the previous config")
         sent = _send_workload_to(agent.grpc_endpoint, traces=20)
         assert _reloads(agent, "failed") == 1

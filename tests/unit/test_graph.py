@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -507,6 +508,25 @@ class RefusesUntilReceiversStop(Recorder):
         self.stopped = True
 
 
+def src_to_exporter(
+    journal: list[str], processor: Factory | None = None, processor_ids: Sequence[str] = (), exporter: Any = None
+) -> Graph:
+    """One traces pipeline: a ``src`` receiver, ``processor_ids`` made by ``processor``, and ``exporter`` (by
+    default a recorder ``rec``)."""
+    made = exporter or (lambda cfg, s: Recorder("rec", journal))
+    exporters = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), made, "")
+    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, journal), "")
+    config = AgentConfig(
+        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
+        processors={name: ComponentConfig(name, Kind.PROCESSOR, processor, Empty()) for name in processor_ids},
+        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporters, Empty())},
+        service=ServiceConfig(
+            pipelines={"traces": PipelineConfig(receivers=["src"], processors=list(processor_ids), exporters=["rec"])}
+        ),
+    )
+    return Graph(config, SelfMetrics())
+
+
 async def test_stages_hear_that_the_receivers_stopped_before_the_ingest_queues_drain() -> None:
     journal: list[str] = []
     refuser = Factory(
@@ -518,19 +538,7 @@ async def test_stages_hear_that_the_receivers_stopped_before_the_ingest_queues_d
         "",
         retains_data=False,
     )
-    exporter = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder("rec", journal), "")
-    receiver = Factory(
-        Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, consumers: Source(consumers, journal), ""
-    )
-    config = AgentConfig(
-        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
-        processors={"refuser": ComponentConfig("refuser", Kind.PROCESSOR, refuser, Empty())},
-        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporter, Empty())},
-        service=ServiceConfig(
-            pipelines={"traces": PipelineConfig(receivers=["src"], processors=["refuser"], exporters=["rec"])}
-        ),
-    )
-    graph = Graph(config, SelfMetrics())
+    graph = src_to_exporter(journal, refuser, ["refuser"])
     batch = next(iter(Workload(seed=3).requests(1)))[0]
     await graph.start()
     graph.component("src").consumers[Signal.TRACES].consume(batch)
@@ -568,19 +576,8 @@ async def test_a_stage_whose_shutdown_or_hook_raises_does_not_stop_the_others_fr
         lambda cfg, s, signal, nxt: Faulty(s.component_id, journal, nxt, s.component_id.split("/")[1]),
         "",
     )
-    exporter = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), lambda cfg, s: Recorder("rec", journal), "")
-    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, journal), "")
     # Built from the last processor to the first: faulty/hook is told first, faulty/stop is stopped first.
-    processors = ["faulty/stop", "faulty/hook"]
-    config = AgentConfig(
-        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
-        processors={name: ComponentConfig(name, Kind.PROCESSOR, faulty, Empty()) for name in processors},
-        exporters={"rec": ComponentConfig("rec", Kind.EXPORTER, exporter, Empty())},
-        service=ServiceConfig(
-            pipelines={"traces": PipelineConfig(receivers=["src"], processors=processors, exporters=["rec"])}
-        ),
-    )
-    graph = Graph(config, SelfMetrics())
+    graph = src_to_exporter(journal, faulty, ["faulty/stop", "faulty/hook"])
     await graph.start()
     journal.clear()
     await graph.shutdown(time.monotonic() + 1)
@@ -603,14 +600,7 @@ async def test_a_component_that_stops_within_the_deadline_is_not_cut_short() -> 
             await asyncio.sleep(3.0)
             self.journal.append(f"stopped {self.name}")
 
-    slow = Factory(Kind.EXPORTER, "slow", Empty, frozenset(Signal), lambda cfg, s: Slow("slow", journal), "")
-    receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, []), "")
-    config = AgentConfig(
-        receivers={"src": ComponentConfig("src", Kind.RECEIVER, receiver, Empty())},
-        exporters={"slow": ComponentConfig("slow", Kind.EXPORTER, slow, Empty())},
-        service=ServiceConfig(pipelines={"traces": PipelineConfig(receivers=["src"], exporters=["slow"])}),
-    )
-    graph = Graph(config, SelfMetrics())
+    graph = src_to_exporter(journal, exporter=lambda cfg, s: Slow("slow", journal))
     await graph.start()
     await graph.shutdown(time.monotonic() + 4.0)
     assert "stopped slow" in journal

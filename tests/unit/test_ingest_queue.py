@@ -149,34 +149,21 @@ async def test_while_the_pipelines_refuse_new_batches_are_refused_at_once_with_t
     assert pipelines.batches == [first, third]
 
 
-async def test_a_batch_the_pipelines_reject_for_good_is_counted_and_the_rest_flow() -> None:
-    class RejectFirst(BatchSink):
-        def consume(self, batch: Message) -> None:
-            if not hasattr(self, "seen"):
-                self.seen = True
-                raise PermanentError("bad data")
-            super().consume(batch)
-
-    sink = RejectFirst()
-    queue, metrics = queue_for(sink)
-    await queue.start()
-    sent = batches(3)
-    for batch in sent:
-        queue.consume(batch)
-    await queue.shutdown(time.monotonic() + 5)
-    assert sink.batches == sent[1:]
-    dropped = metric_value(metrics.render().decode(), "otel_sidecar_ingest_dropped_items_total", reason="rejected")
-    assert dropped == count_spans(sent[0])
-
-
-async def test_a_batch_the_pipelines_fail_on_is_counted_by_the_error_and_the_rest_flow() -> None:
-    """A processor bug must not stop ingestion: the worker drops that batch, counts it, and goes on."""
-
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (PermanentError("bad data"), "rejected"),  # rejected for good
+        (RuntimeError("processor bug"), "RuntimeError"),  # a processor bug must not stop ingestion
+    ],
+)
+async def test_a_batch_the_pipelines_reject_or_fail_on_is_counted_and_the_rest_flow(
+    error: Exception, reason: str
+) -> None:
     class FailFirst(BatchSink):
         def consume(self, batch: Message) -> None:
             if not hasattr(self, "seen"):
                 self.seen = True
-                raise RuntimeError("processor bug")
+                raise error
             super().consume(batch)
 
     sink = FailFirst()
@@ -188,7 +175,7 @@ async def test_a_batch_the_pipelines_fail_on_is_counted_by_the_error_and_the_res
     await queue.shutdown(time.monotonic() + 5)
     assert sink.batches == sent[1:]
     text = metrics.render().decode()
-    assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="RuntimeError") == count_spans(sent[0])
+    assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason=reason) == count_spans(sent[0])
     assert metric_value(text, "otel_sidecar_ingest_dropped_items_total", reason="shutdown_timeout") == 0
 
 

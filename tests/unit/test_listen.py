@@ -236,11 +236,7 @@ async def test_an_idle_connection_to_the_admin_or_scrape_endpoint_is_closed(
 ) -> None:
     """aiohttp keeps an idle keep-alive connection for an hour: held open by the thousand from the cluster, they
     exhausted the agent's descriptors, and its receivers and probes failed with it."""
-    import agent.exporters.prometheus.exporter as prometheus_exporter
-    import agent.telemetry.admin as admin_module
-
-    monkeypatch.setattr(admin_module, "IDLE_CONNECTION_SECONDS", 0.3)
-    monkeypatch.setattr(prometheus_exporter, "IDLE_CONNECTION_SECONDS", 0.3)
+    monkeypatch.setattr(listen, "IDLE_CONNECTION_SECONDS", 0.3)
     port = free_dual_stack_port()
     async with HTTP_LISTENERS[listener](HostPort(f"127.0.0.1:{port}")):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -29,7 +29,7 @@ from agent.exporters.loadbalancing.exporter import LoadBalancingExporter
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
-from tests.helpers import metric_value
+from tests.helpers import FakeClock, metric_value
 
 GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
 
@@ -60,23 +60,11 @@ class Gateway:
         return None
 
 
-class FakeClock:
-    """The exporter's ``time.monotonic``: cooldowns, eject_after and max_throttled pass when a test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The exporter's ``time.monotonic``: cooldowns, eject_after and max_throttled pass when a test says so."""
     fake = FakeClock()
-    monkeypatch.setattr(exporter_module, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(exporter_module, "time", types.SimpleNamespace(monotonic=fake))
     return fake
 
 
@@ -216,49 +204,36 @@ async def test_a_gateway_that_left_and_came_back_starts_its_failures_afresh_and_
     assert owned_by_flaky and set(flaky.received) == owned_by_flaky
 
 
-async def test_a_gateway_that_recovered_starts_its_failures_afresh_when_it_fails_again(clock: FakeClock) -> None:
-    """Failing, then taking data, then failing again eject_after after its first failure: a new failure, not
-    one lasting eject_after, so its part waits for it rather than leave the ring."""
-    flaky = Gateway(RetryableError("connection refused", reason="unavailable"))
+@pytest.mark.parametrize(
+    ("failure", "eject_after", "half"),
+    [
+        # Failing for eject_after (5 s) ejects a gateway; busy for max_throttled (10 s, the default) does too.
+        (RetryableError("connection refused", reason="unavailable"), 5.0, 3.0),
+        (RetryableError("busy", reason="resource_exhausted", retry_after=1.0), 0.0, 6.0),
+    ],
+    ids=["failing", "busy"],
+)
+async def test_a_gateway_that_took_data_between_two_bad_spells_starts_the_second_afresh(
+    clock: FakeClock, failure: RetryableError, eject_after: float, half: float
+) -> None:
+    """Failing (or busy), then taking data, then failing again past the limit counted from the first spell: a new
+    spell, not one lasting the limit, so its part waits for it rather than leave the ring."""
+    flaky = Gateway(failure)
     gateways = {GATEWAYS[0]: flaky, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, metrics = exporter_with(gateways, eject_after=5.0)
+    exporter, metrics = exporter_with(gateways, eject_after=eject_after)
     with pytest.raises(RetryableError):
         await exporter._push(Signal.TRACES, batch_of(60))
-    clock.advance(3.0)
+    clock.advance(half)
     flaky.failure = None
     assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
     assert flaky.received
-    clock.advance(3.0)
-    flaky.failure = RetryableError("connection refused", reason="unavailable")
+    clock.advance(half)
+    flaky.failure = failure
     batch = batch_of(60)
     owned_by_flaky = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
     with pytest.raises(RetryableError):
         await exporter._push(Signal.TRACES, batch)
     assert trace_ids(batch) == owned_by_flaky  # waiting for it, not rerouted
-    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
-
-
-async def test_a_gateway_that_took_data_between_two_busy_spells_is_not_taken_out_as_throttled_too_long(
-    clock: FakeClock,
-) -> None:
-    """Busy, then taking data, then busy again max_throttled after it was first busy: a new busy spell."""
-    busy = RetryableError("busy", reason="resource_exhausted", retry_after=1.0)
-    full = Gateway(busy)
-    gateways = {GATEWAYS[0]: full, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    exporter, metrics = exporter_with(gateways)  # max_throttled: 10 s
-    with pytest.raises(RetryableError):
-        await exporter._push(Signal.TRACES, batch_of(60))
-    clock.advance(6.0)
-    full.failure = None
-    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
-    assert full.received
-    clock.advance(6.0)
-    full.failure = busy
-    batch = batch_of(60)
-    owned_by_full = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
-    with pytest.raises(RetryableError):
-        await exporter._push(Signal.TRACES, batch)
-    assert trace_ids(batch) == owned_by_full  # waiting for it, not rerouted
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
 
 

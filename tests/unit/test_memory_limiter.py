@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -37,12 +38,22 @@ def settings(metrics: SelfMetrics, shared: dict[str, object] | None = None) -> C
 
 
 class FakeMemory:
-    """Resident memory the test sets; ``release`` frees what the allocator kept (``reclaimable``)."""
+    """Resident memory the test sets; ``release`` frees what the allocator kept (``reclaimable``). The next reading
+    fails once when ``fail`` is set; ``readings`` counts them."""
 
     def __init__(self, resident: int, reclaimable: int = 0) -> None:
         self.resident = resident
         self.reclaimable = reclaimable
         self.releases = 0
+        self.fail = False
+        self.readings = 0
+
+    def read(self) -> int:
+        self.readings += 1
+        if self.fail:
+            self.fail = False
+            raise OSError("cannot read /proc/self/statm")
+        return self.resident
 
     def release(self) -> None:
         self.releases += 1
@@ -50,11 +61,11 @@ class FakeMemory:
         self.reclaimable = 0
 
 
-def limiter_with(fake: FakeMemory, metrics: SelfMetrics, **config: int) -> MemoryLimiter:
+def limiter_with(fake: FakeMemory, metrics: SelfMetrics, **config: Any) -> MemoryLimiter:
     return MemoryLimiter(
-        MemoryLimiterConfig(**config),  # type: ignore[arg-type]
+        MemoryLimiterConfig(**config),
         settings(metrics),
-        resident=lambda: fake.resident,
+        resident=fake.read,
         total=lambda: 1000 * MIB,
         release=fake.release,
     )
@@ -186,34 +197,12 @@ async def test_an_agent_already_over_its_limit_refuses_from_the_first_request() 
     assert limiter.refusing
 
 
-class FailingOnce:
-    """Resident memory the test sets, whose next reading fails once when ``fail`` is set; counts the readings."""
-
-    def __init__(self, resident: int) -> None:
-        self.resident = resident
-        self.fail = False
-        self.readings = 0
-
-    def __call__(self) -> int:
-        self.readings += 1
-        if self.fail:
-            self.fail = False
-            raise OSError("cannot read /proc/self/statm")
-        return self.resident
-
-
-def checking_every_10ms(resident: FailingOnce) -> MemoryLimiter:
-    return MemoryLimiter(
-        MemoryLimiterConfig(check_interval=Duration(0.01), limit_mib=500),
-        settings(SelfMetrics()),
-        resident=resident,
-        total=lambda: 1000 * MIB,
-        release=lambda: None,
-    )
+def checking_every_10ms(fake: FakeMemory) -> MemoryLimiter:
+    return limiter_with(fake, SelfMetrics(), check_interval=Duration(0.01), limit_mib=500)
 
 
 async def test_a_check_that_fails_does_not_stop_the_checks_after_it() -> None:
-    resident = FailingOnce(300 * MIB)
+    resident = FakeMemory(300 * MIB)
     limiter = checking_every_10ms(resident)
     await limiter.start()
     try:
@@ -246,7 +235,7 @@ async def test_once_told_to_stop_refusing_a_check_at_high_memory_does_not_refuse
 
 
 async def test_a_limiter_started_by_two_pipelines_stops_checking_at_shutdown() -> None:
-    resident = FailingOnce(300 * MIB)
+    resident = FakeMemory(300 * MIB)
     limiter = checking_every_10ms(resident)
     await limiter.start()
     await limiter.start()  # its instance in a second pipeline

@@ -60,6 +60,15 @@ async def run_until_delivered(queue: SendingQueue, backend: Backend, expected: i
     await queue.shutdown(time.monotonic() + 5)
 
 
+async def queue_while_down(config: SendingQueueConfig, sent: list[Message]) -> None:
+    """Offer ``sent`` to a queue whose backend is down, and stop it: the batches stay on disk, undelivered."""
+    queue = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
+    await queue.start()
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 1)
+
+
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.rglob("*.seg"))
 
@@ -151,11 +160,7 @@ async def test_delivered_records_are_not_sent_again_after_a_restart(tmp_path: Pa
 
 async def test_a_truncated_segment_tail_is_skipped_and_counted(tmp_path: Path) -> None:
     sent = batches(3)
-    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    for batch in sent:
-        first.offer(Signal.TRACES, batch)
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(queue_config(tmp_path), sent)
     (segment,) = [p for p in segments(tmp_path) if p.stat().st_size]
     segment.write_bytes(segment.read_bytes()[:-10])  # a write torn by a crash
 
@@ -171,11 +176,7 @@ async def test_a_truncated_segment_tail_is_skipped_and_counted(tmp_path: Path) -
 async def test_a_corrupt_record_is_skipped_and_the_records_around_it_are_delivered(tmp_path: Path) -> None:
     sent = batches(6)
     config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "0s"})
-    first = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    for batch in sent[:3]:
-        first.offer(Signal.TRACES, batch)
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(config, sent[:3])
     (damaged,) = [p for p in segments(tmp_path) if p.stat().st_size]
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip a byte inside the second record
@@ -205,10 +206,7 @@ async def test_a_segment_with_no_readable_record_is_set_aside_not_deleted(tmp_pa
     """Another version's format (after a downgrade) or damage throughout: deleting the file would lose its records
     for good, so it is kept under another name, out of the queue, and the queue goes on."""
     sent = batches(2)
-    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    first.offer(Signal.TRACES, sent[0])
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(queue_config(tmp_path), sent[:1])
     (segment,) = [p for p in segments(tmp_path) if p.stat().st_size]
     original = segment.read_bytes()
     segment.write_bytes(b"OSQ2" + original[4:])  # a format this version cannot read
@@ -540,11 +538,7 @@ async def test_garbage_in_the_ack_log_is_skipped_and_counted_and_new_data_is_sti
     tmp_path: Path, garbage: bytes
 ) -> None:
     sent = batches(3)
-    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    for batch in sent[:2]:
-        first.offer(Signal.TRACES, batch)
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(queue_config(tmp_path), sent[:2])
     (acks,) = tmp_path.rglob("acks.log")
     with open(acks, "ab") as handle:
         handle.write(garbage)  # 0xFF bytes: an entry with seq 2**64 - 1
@@ -583,11 +577,7 @@ async def test_a_queue_larger_than_a_segment_is_written_to_several_and_read_back
     sent = batches(100, seed=8)
     for batch in sent:  # 40 KB more each (a long prompt), so that 100 of them fill several 1 MiB segments
         batch.resource_spans[0].resource.attributes.add(key="pad", value={"string_value": "x" * 40_000})
-    first = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    for batch in sent:
-        first.offer(Signal.TRACES, batch)
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(config, sent)
     assert sum(b.ByteSize() for b in sent) > 3 * 1024 * 1024
     assert len(segments(tmp_path)) >= 3
     largest = max(b.ByteSize() for b in sent) + 21  # a record: its payload after a 21-byte header
@@ -636,11 +626,7 @@ async def test_a_torn_last_entry_of_the_ack_log_is_ignored_at_start(tmp_path: Pa
     """A crash in the middle of writing an acknowledgement leaves part of a 9-byte entry: the agent must still
     start, take the record as not done (it is sent again), and go on writing whole entries after it."""
     sent = batches(3)
-    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend(down=True).push, retry=FAST_RETRY)
-    await first.start()
-    for batch in sent:
-        first.offer(Signal.TRACES, batch)
-    await first.shutdown(time.monotonic() + 1)
+    await queue_while_down(queue_config(tmp_path), sent)
     (acks,) = tmp_path.rglob("acks.log")
     with open(acks, "ab") as handle:
         handle.write(b"A" + (1).to_bytes(8, "little")[:2])  # the first 3 bytes of "record 1 is done"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 from google.protobuf.message import Message
@@ -10,7 +11,8 @@ from google.protobuf.message import Message
 from agent.component import CreateSettings, Kind, Refused, Signal
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
-from agent.otlp.signals import ExportTraceServiceRequest
+from agent.exporters._helper.retry import RetryableError, RetryConfig
+from agent.otlp.signals import ExportTraceServiceRequest, count_spans
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
 from tests.helpers import metric_value
@@ -22,6 +24,18 @@ def settings(metrics: SelfMetrics) -> CreateSettings:
 
 def batches(n: int) -> list[Message]:
     return [request for request, _ in Workload(seed=9).requests(n)]
+
+
+async def send_two_batches(metrics: SelfMetrics, push: Any) -> tuple[str, int, int]:
+    """Two batches through a one-worker queue pushing with ``push``, to the end; the metrics and each one's spans."""
+    sent = batches(2)
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
+    await queue.start()
+    for batch in sent:
+        queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    first, second = (count_spans(batch) for batch in sent)
+    return metrics.render().decode(), first, second
 
 
 async def test_a_full_queue_refuses_without_taking_the_batch_and_counts_it() -> None:
@@ -154,14 +168,7 @@ async def test_a_backend_claiming_to_reject_more_than_it_was_sent_counts_at_most
         calls += 1
         return 10**6 if calls == 1 else 0
 
-    sent = batches(2)
-    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
-    await queue.start()
-    for batch in sent:
-        queue.offer(Signal.TRACES, batch)
-    await queue.shutdown(time.monotonic() + 5)
-    text = metrics.render().decode()
-    first, second = (sum(len(ss.spans) for rs in b.resource_spans for ss in rs.scope_spans) for b in sent)
+    text, first, second = await send_two_batches(metrics, push)
     assert calls == 2
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == first
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second
@@ -172,7 +179,6 @@ async def test_a_batch_given_up_after_an_attempt_timed_out_is_counted_as_unconfi
     timed_out: bool, reason: str
 ) -> None:
     """A backend that stores the data but answers too late: the items may be there, and are not called lost."""
-    from agent.exporters._helper.retry import RetryableError, RetryConfig
 
     metrics = SelfMetrics()
     attempts = 0
@@ -316,8 +322,6 @@ async def test_a_failed_batch_counts_at_most_its_settled_items_as_rejected() -> 
     """A retryable failure may carry what earlier parts of the batch had rejected (loadbalancing, loki): a claim
     above the settled items (a buggy backend) must not break the counters (a negative increment), and what was not
     settled is counted as failed, not lost from every counter."""
-    from agent.exporters._helper.retry import RetryableError
-
     metrics = SelfMetrics()
     calls = 0
 
@@ -327,14 +331,7 @@ async def test_a_failed_batch_counts_at_most_its_settled_items_as_rejected() -> 
         if calls == 1:
             raise RetryableError("a gateway is down", reason="unavailable", rejected=10**6, settled=2)
 
-    sent = batches(2)
-    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
-    await queue.start()
-    for batch in sent:
-        queue.offer(Signal.TRACES, batch)
-    await queue.shutdown(time.monotonic() + 5)
-    text = metrics.render().decode()
-    first, second = (sum(len(ss.spans) for rs in b.resource_spans for ss in rs.scope_spans) for b in sent)
+    text, first, second = await send_two_batches(metrics, push)
     assert calls == 2
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == 2
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unavailable") == first - 2

@@ -27,20 +27,9 @@ from agent.processors.tail_sampling.processor import TailSamplingProcessor
 from agent.processors.tail_sampling.sampler import TailSampler
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr as kv
-from tests.helpers import metric_value
+from tests.helpers import FakeClock, metric_value
 
 TEN_PERCENT_THRESHOLD = 0xE6666666666666
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

@@ -26,7 +26,7 @@ from agent.component import Consumer, CreateSettings, Refused, Signal
 from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
-from agent.listen import IDLE_CONNECTION_SECONDS, UnparsableRequestLog, start_sites, stop_runner
+from agent.listen import serve, stop_runner
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.
@@ -106,22 +106,8 @@ class PrometheusExporter:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
-        # Idle keep-alive connections close: the port is reachable from the cluster (each one is a descriptor).
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=IDLE_CONNECTION_SECONDS,
-            logger=UnparsableRequestLog(self._settings.logger),
-        )
-        await runner.setup()
         endpoint = self._cfg.endpoint
-        try:
-            await start_sites(runner, endpoint)
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await serve(app, endpoint, self._settings.logger)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         if self.accumulator.pending:
             self._queued.set()  # consumed before start

@@ -12,7 +12,7 @@ from google.rpc import code_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import HostPort
-from agent.listen import UnparsableRequestLog, start_sites, stop_runner
+from agent.listen import serve, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
@@ -48,21 +48,14 @@ class HttpServer:
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
-        # Bodies are decompressed by the handler (encoding.py), bounded and checked for truncation.
-        runner = web.AppRunner(
+        runner = await serve(
             app,
-            access_log=None,
-            handle_signals=False,
-            auto_decompress=False,
+            self._endpoint,
+            self._settings.logger,
+            count_unparsable=self._handler.unparsable_http_request,
             keepalive_timeout=_IDLE_SECONDS,
-            logger=UnparsableRequestLog(self._settings.logger, self._handler.unparsable_http_request),
+            auto_decompress=False,  # bodies are decompressed by the handler (encoding.py), bounded, checked whole
         )
-        await runner.setup()
-        try:
-            await start_sites(runner, self._endpoint)
-        except OSError:
-            await runner.cleanup()
-            raise
         self._runner = runner
         ports = sorted({address[1] for address in runner.addresses})  # chosen by the kernel for port 0
         listening = {"endpoint": str(self._endpoint), "ports": ports}
