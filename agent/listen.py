@@ -13,12 +13,17 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from agent.config.schema import HostPort
+from agent.telemetry.logs import RateLimitedLog
 
 _BACKLOG = 128  # aiohttp's default
 # An idle keep-alive connection to the admin or scrape endpoint is closed after this (aiohttp's default is an
@@ -66,19 +71,23 @@ async def listening_sockets(host: str, port: int) -> list[socket.socket]:
 async def serve(
     app: web.Application,
     endpoint: HostPort,
+    logger: logging.Logger,
     *,
+    count_unparsable: Callable[[], None] | None = None,
     keepalive_timeout: float | None = None,
     **options: Any,
 ) -> web.AppRunner:
     """Serve ``app`` on ``endpoint`` as every aiohttp server of the agent does: no access log, no signal handlers
     of aiohttp's own, idle keep-alive connections closed after ``keepalive_timeout`` (``IDLE_CONNECTION_SECONDS``
-    unless given: each is a descriptor, and the port may be reachable from the cluster). ``options`` are aiohttp's
-    other server settings. Raises OSError when it cannot listen, having released everything."""
+    unless given: each is a descriptor, and the port may be reachable from the cluster), and requests that are not
+    HTTP told by ``UnparsableRequestLog``. ``options`` are aiohttp's other server settings. Raises OSError when it
+    cannot listen, having released everything."""
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         keepalive_timeout=IDLE_CONNECTION_SECONDS if keepalive_timeout is None else keepalive_timeout,
+        logger=UnparsableRequestLog(logger, count_unparsable),
         **options,
     )
     await runner.setup()
@@ -132,3 +141,37 @@ def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class UnparsableRequestLog:
+    """aiohttp's server logger, for the agent's aiohttp servers.
+
+    aiohttp answers a request it cannot parse as HTTP (a broken request line, header or chunked framing; TLS sent
+    to a plain-HTTP port, as by a scraper set to ``https``) with 400 itself, before any handler, and logs each with
+    its traceback at ERROR (at DEBUG for a bad method). Here each is counted (``count``: the OTLP receiver's
+    ``receiver_failed_requests_total{reason="malformed_http"}``) and logged as one warning line at a limited rate:
+    a client repeating its mistake must not flood the log. Everything else goes to aiohttp's own logger.
+    """
+
+    def __init__(self, logger: logging.Logger, count: Callable[[], None] | None = None) -> None:
+        self._log = RateLimitedLog(logger)
+        self._count = count
+
+    def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if not self._took_unparsable(kwargs):
+            server_logger.debug(message, *args, **kwargs)
+
+    def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if not self._took_unparsable(kwargs):
+            server_logger.exception(message, *args, **kwargs)
+
+    def _took_unparsable(self, kwargs: dict[str, Any]) -> bool:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            return False
+        if self._count is not None:
+            self._count()
+        # The message's first line: the rest quotes the raw bytes, which may be anything a client sent.
+        reason = (error.message or type(error).__name__).splitlines()[0].strip()
+        self._log.warning("unparsable_http", "request is not valid HTTP; answered 400", error=reason)
+        return True

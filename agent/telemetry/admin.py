@@ -9,6 +9,7 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
 from agent.listen import serve, stop_runner
+from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
 _STOP_SECONDS = 2.0
@@ -28,7 +29,7 @@ class AdminServer:
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        self._runner = await serve(app, self._endpoint)
+        self._runner = await serve(app, self._endpoint, component_logger("admin"))
 
     async def shutdown(self) -> None:
         """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""

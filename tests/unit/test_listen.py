@@ -279,3 +279,22 @@ async def test_a_server_stopped_past_its_deadline_still_frees_its_port(component
     assert await answers("127.0.0.1", port, http=True)
     await stage.shutdown(time.monotonic() - 1)
     assert not await answers("127.0.0.1", port, http=True)
+
+
+@pytest.mark.parametrize("listener", HTTP_LISTENERS)
+async def test_requests_that_are_not_http_get_400_and_one_warning_not_a_traceback_each(
+    listener: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scraper set to ``https`` sends TLS to the plain port at every scrape: aiohttp's own answer is kept, its
+    traceback at ERROR for each is not."""
+    caplog.set_level(logging.DEBUG)
+    port = free_dual_stack_port()
+    async with HTTP_LISTENERS[listener](HostPort.parse(f"127.0.0.1:{port}")):
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.0 400 ")
+            writer.close()
+        assert await answers("127.0.0.1", port, http=True)
+    told = [(r.levelno, r.getMessage(), bool(r.exc_info)) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert told == [(logging.WARNING, "request is not valid HTTP; answered 400", False)]

@@ -579,6 +579,47 @@ async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="incomplete") == 1
 
 
+UNPARSABLE_HTTP = {
+    "a broken chunk size": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    "a header line without a colon": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    "a negative Content-Length": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "TLS sent to the plain port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+}
+
+
+async def send_raw(http_url: str, raw: bytes) -> bytes:
+    host, port = http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_requests_aiohttp_cannot_parse_are_answered_400_counted_and_logged_at_a_limited_rate(
+    running: Running, sink: BatchSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for raw in UNPARSABLE_HTTP.values():
+        assert (await send_raw(running.http_url, raw)).startswith(b"HTTP/1.0 400 ")
+    failed = running.metric(
+        "otel_sidecar_receiver_failed_requests_total", transport="http", signal="unknown", reason="malformed_http"
+    )
+    assert failed == len(UNPARSABLE_HTTP)
+    # One warning line, without a traceback, for the four: not a traceback at ERROR for each.
+    lines = [r for r in caplog.records if "HTTP" in r.getMessage() or r.name.startswith("aiohttp")]
+    assert [(r.levelno, r.getMessage(), bool(r.exc_info)) for r in lines] == [
+        (logging.WARNING, "request is not valid HTTP; answered 400", False)
+    ]
+    assert "chunk size" in lines[0].error  # type: ignore[attr-defined] # the first one's reason, first line only
+    _, body = request_bytes()
+    assert (await post(running.http_url + "/v1/traces", body, "application/x-protobuf"))[0] == 200
+    assert len(sink.batches) == 1
+
+
 async def test_grpc_and_http_both_on_port_0_each_get_a_port_and_the_log_says_which(
     sink: BatchSink, caplog: pytest.LogCaptureFixture
 ) -> None:

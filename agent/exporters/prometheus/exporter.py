@@ -107,7 +107,7 @@ class PrometheusExporter:
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
         endpoint = self._cfg.endpoint
-        self._runner = await serve(app, endpoint)
+        self._runner = await serve(app, endpoint, self._settings.logger)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         if self.accumulator.pending:
             self._queued.set()  # consumed before start

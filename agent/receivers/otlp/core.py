@@ -163,3 +163,7 @@ class ExportHandler:
 
     def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:
         self._failed_requests.labels(self._settings.component_id, transport, signal.value, failure.value).inc()
+
+    def unparsable_http_request(self) -> None:
+        """An HTTP request aiohttp could not parse and answered 400 itself: which signal it was for is unknown."""
+        self._failed_requests.labels(self._settings.component_id, "http", "unknown", "malformed_http").inc()

@@ -51,6 +51,8 @@ class HttpServer:
         runner = await serve(
             app,
             self._endpoint,
+            self._settings.logger,
+            count_unparsable=self._handler.unparsable_http_request,
             keepalive_timeout=_IDLE_SECONDS,
             auto_decompress=False,  # bodies are decompressed by the handler (encoding.py), bounded, checked whole
         )
