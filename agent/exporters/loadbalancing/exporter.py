@@ -184,27 +184,13 @@ class LoadBalancingExporter:
         undelivered stays in ``batch`` (what was delivered is removed) and RetryableError is raised so the queue
         retries it with backoff.
         """
+        push = _Push(signal)
         pending: Message | None = batch
-        waiting: list[Message] = []
-        rejected = 0
-        # Items of ``pending`` that failed on another gateway (counted as rerouted once sent again), and of those
-        # the ones whose attempt timed out after sending (that gateway may hold them: a possible duplicate).
-        rerouted_items = unconfirmed_items = 0
-        # Whether a part left waiting for its own gateway timed out there after sending: the gateway may hold it,
-        # and the queue's retry sends it to that gateway again.
-        unconfirmed_waiting = False
-        cid = self._settings.component_id
-        last_error: RetryableError | None = None
-        longest_wait: float | None = None  # the longest delay a throttled gateway asked for
         for _round in range(len(self._transports) + 1):
             ring = self._healthy_ring()
             if pending is None or not len(ring):
                 break
-            if rerouted_items:  # counted when they do go to another gateway, not when there is none
-                self._reroutes.labels(cid, signal.value).inc(rerouted_items)
-                if unconfirmed_items:
-                    self._duplicates.labels(cid, signal.value).inc(unconfirmed_items)
-                rerouted_items = unconfirmed_items = 0
+            self._count_rerouted(push)  # counted when they do go to another gateway, not when there is none
             parts = _SPLITTERS[signal](pending, ring.owner)
             sends = [asyncio.ensure_future(self._send(signal, gw, part)) for gw, part in parts.items()]
             try:
@@ -212,52 +198,54 @@ class LoadBalancingExporter:
             except asyncio.CancelledError:
                 # The shutdown deadline: what the gateways did take is delivered, not lost (the queue counts what
                 # is left in the batch); the rest stays in it.
-                self._keep_only_undelivered(batch, parts, sends, waiting)
+                self._keep_only_undelivered(batch, parts, sends, push.waiting)
                 raise
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
-                if not isinstance(outcome, RetryableError):
-                    self._throttled_since.pop(gateway, None)
-                    self._failing_since.pop(gateway, None)
-                    rejected += outcome
-                    continue
-                last_error = outcome
-                if (
-                    outcome.retry_after is not None
-                    # With no retry to come a busy gateway's part would be lost while others could take it: it
-                    # leaves like a failing one's (the gateway is ejected, so later batches avoid it too).
-                    and self._retry_to_come()
-                    and not self._throttled_too_long(gateway)
-                ):
-                    waiting.append(part)  # busy: the same gateway, later
-                    # No longer than max_throttled allows: a gateway asking for a minute holds up every batch behind.
-                    wait = min(outcome.retry_after, self._throttle_left(gateway))
-                    longest_wait = max(longest_wait or 0.0, wait)
-                    unconfirmed_waiting = unconfirmed_waiting or outcome.maybe_delivered
-                elif outcome.retry_after is None and not self._failing_long_enough(gateway):
-                    waiting.append(part)  # failing, maybe for a moment: the same gateway, after the backoff
-                    unconfirmed_waiting = unconfirmed_waiting or outcome.maybe_delivered
-                else:
-                    self._failing_since.pop(gateway, None)
-                    self._eject(gateway, outcome)
+                if not self._settle(push, gateway, part, outcome):
                     rerouted.append(part)
-                    items = SPECS[signal].count_items(part)
-                    rerouted_items += items
-                    unconfirmed_items += items if outcome.maybe_delivered else 0
             pending = merge(rerouted) if rerouted else None
-        undelivered = [*waiting, *([pending] if pending is not None else [])]
+        undelivered = [*push.waiting, *([pending] if pending is not None else [])]
         if not undelivered:
-            return rejected
+            return push.rejected
         _leave_only(batch, undelivered)  # what was delivered is not sent again by the queue's retry
-        error = last_error or RetryableError("no gateway is available", reason="no_backends")
-        error.rejected = rejected  # what the delivered parts had rejected: counted even though the batch is retried
-        # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate: a part
-        # that found no gateway to reroute it to, or one waiting for the gateway that timed out on it. The queue
-        # then counts what its successful retry sends (the whole remainder then, which may hold other parts).
-        error.maybe_delivered = unconfirmed_items > 0 or unconfirmed_waiting
-        if longest_wait is not None:
-            error.retry_after = longest_wait  # the waiting parts go no sooner than their gateways asked
-        raise error
+        raise push.retry_error()
+
+    def _settle(self, push: _Push, gateway: str, part: Message, outcome: int | RetryableError) -> bool:
+        """Account for one part's outcome: True once it is settled (taken, or left waiting for its gateway), False
+        when it must go to another gateway (its own was ejected)."""
+        if not isinstance(outcome, RetryableError):
+            self._throttled_since.pop(gateway, None)
+            self._failing_since.pop(gateway, None)
+            push.rejected += outcome
+            return True
+        push.last_error = outcome
+        if self._waits_for_its_gateway(gateway, outcome):
+            limit = self._throttle_left(gateway) if outcome.retry_after is not None else None
+            push.wait(part, outcome, limit)
+            return True
+        self._failing_since.pop(gateway, None)
+        self._eject(gateway, outcome)
+        push.reroute(part, outcome)
+        return False
+
+    def _waits_for_its_gateway(self, gateway: str, error: RetryableError) -> bool:
+        """Whether a part ``gateway`` did not take waits for the same gateway (the queue's retry) rather than go to
+        the next one. A busy gateway (it asked for a delay) is waited for up to ``max_throttled``, but not with no
+        retry to come: its part would be lost while others could take it, so it leaves like a failing one (and is
+        ejected, so later batches avoid it too). A failing one is waited for until it has failed ``eject_after``."""
+        if error.retry_after is not None:
+            return self._retry_to_come() and not self._throttled_too_long(gateway)
+        return not self._failing_long_enough(gateway)
+
+    def _count_rerouted(self, push: _Push) -> None:
+        if not push.rerouted_items:
+            return
+        cid, signal = self._settings.component_id, push.signal.value
+        self._reroutes.labels(cid, signal).inc(push.rerouted_items)
+        if push.unconfirmed_items:
+            self._duplicates.labels(cid, signal).inc(push.unconfirmed_items)
+        push.rerouted_items = push.unconfirmed_items = 0
 
     @staticmethod
     def _keep_only_undelivered(
@@ -320,6 +308,50 @@ class LoadBalancingExporter:
         )
         self._backends.labels(cid).set(0)
         self._healthy.labels(cid).set_function(self._count_healthy)
+
+
+class _Push:
+    """What one push of a batch has learnt so far, across its rounds of sends."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self.rejected = 0  # items the gateways that took their parts rejected
+        self.waiting: list[Message] = []  # parts left for their own gateway: the queue's retry sends them again
+        # Items failed on another gateway, not yet sent to their new owner (counted as rerouted once they are),
+        # and of those the ones whose attempt timed out after sending (that gateway may hold them: duplicates).
+        self.rerouted_items = 0
+        self.unconfirmed_items = 0
+        # Whether a part left waiting timed out at its gateway after sending: the gateway may hold it, and the
+        # queue's retry sends it to that gateway again.
+        self.unconfirmed_waiting = False
+        self.last_error: RetryableError | None = None
+        self.longest_wait: float | None = None  # the longest delay a throttled gateway asked for
+
+    def wait(self, part: Message, error: RetryableError, limit: float | None) -> None:
+        """Leave ``part`` for its own gateway; ``limit``: how long a busy one may still be waited for."""
+        self.waiting.append(part)
+        if error.retry_after is not None:
+            # No longer than max_throttled allows: a gateway asking for a minute holds up every batch behind.
+            wait = error.retry_after if limit is None else min(error.retry_after, limit)
+            self.longest_wait = max(self.longest_wait or 0.0, wait)
+        self.unconfirmed_waiting = self.unconfirmed_waiting or error.maybe_delivered
+
+    def reroute(self, part: Message, error: RetryableError) -> None:
+        items = SPECS[self.signal].count_items(part)
+        self.rerouted_items += items
+        self.unconfirmed_items += items if error.maybe_delivered else 0
+
+    def retry_error(self) -> RetryableError:
+        """The error that makes the queue retry what is left undelivered."""
+        error = self.last_error or RetryableError("no gateway is available", reason="no_backends")
+        error.rejected = self.rejected  # what delivered parts rejected: counted even though the batch is retried
+        # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate: a part
+        # that found no gateway to reroute it to, or one waiting for the gateway that timed out on it. The queue
+        # then counts what its successful retry sends (the whole remainder then, which may hold other parts).
+        error.maybe_delivered = self.unconfirmed_items > 0 or self.unconfirmed_waiting
+        if self.longest_wait is not None:
+            error.retry_after = self.longest_wait  # the waiting parts go no sooner than their gateways asked
+        return error
 
 
 def _leave_only(batch: Message, parts: list[Message]) -> None:
