@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -75,13 +76,14 @@ async def serve(
     *,
     count_unparsable: Callable[[], None] | None = None,
     keepalive_timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     **options: Any,
 ) -> web.AppRunner:
     """Serve ``app`` on ``endpoint`` as every aiohttp server of the agent does: no access log, no signal handlers
     of aiohttp's own, idle keep-alive connections closed after ``keepalive_timeout`` (``IDLE_CONNECTION_SECONDS``
     unless given: each is a descriptor, and the port may be reachable from the cluster), and requests that are not
-    HTTP told by ``UnparsableRequestLog``. ``options`` are aiohttp's other server settings. Raises OSError when it
-    cannot listen, having released everything."""
+    HTTP told by ``UnparsableRequestLog``; over TLS with ``ssl_context``. ``options`` are aiohttp's other server
+    settings. Raises OSError when it cannot listen, having released everything."""
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -92,20 +94,20 @@ async def serve(
     )
     await runner.setup()
     try:
-        await _start_sites(runner, endpoint)
+        await _start_sites(runner, endpoint, ssl_context)
     except OSError:
         await runner.cleanup()
         raise
     return runner
 
 
-async def _start_sites(runner: web.AppRunner, endpoint: HostPort) -> None:
+async def _start_sites(runner: web.AppRunner, endpoint: HostPort, ssl_context: ssl.SSLContext | None) -> None:
     """Serve ``runner``'s application on ``endpoint``. On failure the caller cleans ``runner`` up."""
     sockets = await listening_sockets(endpoint.host, endpoint.port)
     started = 0
     try:
         for sock in sockets:
-            await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            await web.SockSite(runner, sock, backlog=_BACKLOG, ssl_context=ssl_context).start()
             started += 1  # now closed with the runner's sites
     finally:
         for sock in sockets[started:]:

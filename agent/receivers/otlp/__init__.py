@@ -12,6 +12,7 @@ from agent.config.schema import EnvText, HostPort, setting
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
+from agent.receivers.otlp.tls import TlsServerConfig
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class GrpcConfig:
     max_recv_msg_size_mib: int = setting(
         16, doc="Largest request accepted (after decompression); larger ones get RESOURCE_EXHAUSTED.", minimum=1
     )
+    tls: TlsServerConfig = setting(doc="Server TLS; off unless `cert_file` is set.", default_factory=TlsServerConfig)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class HttpConfig:
     max_request_body_size_mib: int = setting(
         16, doc="Largest request body accepted (after decompression); larger ones get 413.", minimum=1
     )
+    tls: TlsServerConfig = setting(doc="Server TLS; off unless `cert_file` is set.", default_factory=TlsServerConfig)
 
 
 _PROTOCOLS = ("grpc", "http")
@@ -100,11 +103,11 @@ class OtlpReceiver:
         handler = self._handler = ExportHandler(settings, consumers, config.retry_after)
         self._servers: list[GrpcServer | HttpServer] = []
         if config.grpc.enabled:
-            self._servers.append(GrpcServer(config.grpc.endpoint, config.grpc.max_recv_msg_size_mib, handler, settings))
+            grpc = config.grpc
+            self._servers.append(GrpcServer(grpc.endpoint, grpc.max_recv_msg_size_mib, handler, settings, grpc.tls))
         if config.http.enabled:
-            self._servers.append(
-                HttpServer(config.http.endpoint, config.http.max_request_body_size_mib, handler, settings)
-            )
+            http = config.http
+            self._servers.append(HttpServer(http.endpoint, http.max_request_body_size_mib, handler, settings, http.tls))
 
     async def start(self) -> None:
         for server in self._servers:

@@ -18,6 +18,7 @@ from agent.config.schema import HostPort
 from agent.listen import listening_sockets
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
+from agent.receivers.otlp.tls import TlsServerConfig
 
 _GRPC_CODES = {
     Failure.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,14 +33,23 @@ _IDLE_CONNECTION_MS = 5 * 60 * 1000
 
 
 class GrpcServer:
-    def __init__(self, endpoint: HostPort, max_mib: int, handler: ExportHandler, settings: CreateSettings) -> None:
+    def __init__(
+        self,
+        endpoint: HostPort,
+        max_mib: int,
+        handler: ExportHandler,
+        settings: CreateSettings,
+        tls: TlsServerConfig | None = None,
+    ) -> None:
         self._endpoint = endpoint
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
+        self._tls = tls or TlsServerConfig()
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        credentials = self._tls.grpc_credentials() if self._tls.enabled else None  # before anything is bound
         # gRPC's own limit is set above ours so that requests between the two are counted and answered by us.
         core_limit = min(self._limit * 2, 2**31 - 1)
         server = grpc.aio.server(
@@ -58,7 +68,10 @@ class GrpcServer:
         host = self._endpoint.host
         address = f"[{host}]:{self._endpoint.port}" if ":" in host else f"{host}:{self._endpoint.port}"
         try:
-            bound = server.add_insecure_port(str(address))
+            if credentials is None:
+                bound = server.add_insecure_port(str(address))
+            else:
+                bound = server.add_secure_port(str(address), credentials)
         except RuntimeError:  # grpcio ≥ 1.5x raises; older ones return 0
             bound = 0
         if bound == 0:
@@ -66,7 +79,7 @@ class GrpcServer:
         await server.start()
         self._server = server
         # The port itself too: with port 0 the kernel chose it, and this line is the only place that says which.
-        listening = {"endpoint": str(self._endpoint), "port": bound}
+        listening = {"endpoint": str(self._endpoint), "port": bound, "tls": credentials is not None}
         self._settings.logger.info("OTLP/gRPC receiver listening", extra=listening)
 
     async def _why_not_listening(self) -> OSError:

@@ -17,6 +17,7 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
+from agent.receivers.otlp.tls import TlsServerConfig
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -37,14 +38,23 @@ _HTTP_STATUS = {
 
 
 class HttpServer:
-    def __init__(self, endpoint: HostPort, max_mib: int, handler: ExportHandler, settings: CreateSettings) -> None:
+    def __init__(
+        self,
+        endpoint: HostPort,
+        max_mib: int,
+        handler: ExportHandler,
+        settings: CreateSettings,
+        tls: TlsServerConfig | None = None,
+    ) -> None:
         self._endpoint = endpoint
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
+        self._tls = tls or TlsServerConfig()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        ssl_context = self._tls.ssl_context() if self._tls.enabled else None  # before anything is bound
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
@@ -54,11 +64,12 @@ class HttpServer:
             self._settings.logger,
             count_unparsable=self._handler.unparsable_http_request,
             keepalive_timeout=_IDLE_SECONDS,
+            ssl_context=ssl_context,
             auto_decompress=False,  # bodies are decompressed by the handler (encoding.py), bounded, checked whole
         )
         self._runner = runner
         ports = sorted({address[1] for address in runner.addresses})  # chosen by the kernel for port 0
-        listening = {"endpoint": str(self._endpoint), "ports": ports}
+        listening = {"endpoint": str(self._endpoint), "ports": ports, "tls": ssl_context is not None}
         self._settings.logger.info("OTLP/HTTP receiver listening", extra=listening)
 
     async def shutdown(self, deadline: float) -> None:

@@ -1,0 +1,90 @@
+"""The agent process receiving over mutual TLS from the OpenTelemetry Python SDK (a real client), and taking a
+rotated certificate at SIGHUP. Certificates are made by openssl for each test."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.helpers import AgentProcess, base_config, output_spans, running_agent, self_signed_certificate, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def spans(count: int) -> tuple[ReadableSpan, ...]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for index in range(count):
+        with provider.get_tracer("tls-test").start_as_current_span(f"step {index}"):
+            pass
+    return memory.get_finished_spans()
+
+
+def sdk_exporter(agent: AgentProcess, transport: str, trusted: bytes, client: tuple[Path, Path]) -> SpanExporter:
+    """The SDK's exporter trusting the certificate ``trusted`` and presenting the ``client`` certificate."""
+    client_cert, client_key = client
+    otlp = agent.config["receivers"]["otlp"]
+    if transport == "grpc":
+        credentials = grpc.ssl_channel_credentials(trusted, client_key.read_bytes(), client_cert.read_bytes())
+        port = otlp["grpc"]["endpoint"].rsplit(":", 1)[1]
+        return GrpcSpanExporter(endpoint=f"localhost:{port}", credentials=credentials, timeout=3)
+    trust_file = agent.workdir / f"trusted-{len(trusted)}-{hash(trusted)}.pem"
+    trust_file.write_bytes(trusted)
+    port = otlp["http"]["endpoint"].rsplit(":", 1)[1]
+    return HttpSpanExporter(
+        endpoint=f"https://localhost:{port}/v1/traces",
+        certificate_file=str(trust_file),
+        client_certificate_file=str(client_cert),
+        client_key_file=str(client_key),
+        timeout=3,
+    )
+
+
+def tls_config(out_dir: Path, cert: Path, key: Path, client_ca: Path) -> dict[str, Any]:
+    config = base_config(out_dir)
+    tls = {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(client_ca)}
+    for protocol in ("grpc", "http"):
+        config["receivers"]["otlp"][protocol]["tls"] = tls
+    return config
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_the_sdk_exports_over_mutual_tls_and_a_sighup_takes_a_rotated_certificate(
+    tmp_path: Path, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests lets these variables override a session's own CA file (the SDK's certificate_file), and machines
+    # (this one among them) set them to the system bundle.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = self_signed_certificate(certs)
+    client = self_signed_certificate(certs, "client")
+    with running_agent(tmp_path, tls_config(tmp_path / "out", cert, key, client[0])) as agent:
+        first = cert.read_bytes()
+        assert sdk_exporter(agent, transport, first, client).export(spans(2)) is SpanExportResult.SUCCESS
+        wait_until(lambda: len(output_spans(agent.out_dir)) == 2, what="the spans sent over TLS written")
+
+        self_signed_certificate(certs)  # rotated in place, as a Secret mounted in a pod is
+        rotated = cert.read_bytes()
+        assert rotated != first
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+
+        assert sdk_exporter(agent, transport, rotated, client).export(spans(3)) is SpanExportResult.SUCCESS
+        wait_until(lambda: len(output_spans(agent.out_dir)) == 5, what="the spans sent after the rotation written")
+        # A client still trusting only the old certificate no longer gets in.
+        assert sdk_exporter(agent, transport, first, client).export(spans(1)) is SpanExportResult.FAILURE
+        assert agent.stop() == 0
+    assert len(output_spans(agent.out_dir)) == 5

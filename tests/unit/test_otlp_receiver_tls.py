@@ -1,0 +1,161 @@
+"""The OTLP receiver over TLS and mutual TLS, with real gRPC and aiohttp clients and certificates made by openssl."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from agent.component import CreateSettings, Kind, Signal
+from agent.config.schema import HostPort
+from agent.config.service import ServiceConfig
+from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig
+from agent.receivers.otlp.tls import TlsServerConfig
+from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.sinks import BatchSink
+from agent.testing.workload import Workload
+from tests.helpers import free_port, self_signed_certificate
+
+TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@asynccontextmanager
+async def tls_receiver(tls: TlsServerConfig, sink: BatchSink) -> AsyncIterator[tuple[int, int]]:
+    """A receiver serving both protocols with ``tls``; yields its gRPC and HTTP ports."""
+    grpc_port, http_port = free_port(), free_port()
+    config = OtlpReceiverConfig(
+        grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{grpc_port}"), tls=tls),
+        http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), tls=tls),
+    )
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), SelfMetrics(), ServiceConfig(), {})
+    receiver = OtlpReceiver(config, settings, {Signal.TRACES: sink})
+    await receiver.start()
+    try:
+        yield grpc_port, http_port
+    finally:
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+def request_body(seed: int = 1) -> bytes:
+    request, _ = next(Workload(seed=seed).requests(1))
+    return request.SerializeToString()
+
+
+async def grpc_export(port: int, credentials: grpc.ChannelCredentials | None) -> ExportTraceServiceResponse:
+    target = f"localhost:{port}"  # the name the test certificates are made for
+    channel = grpc.aio.insecure_channel(target) if credentials is None else grpc.aio.secure_channel(target, credentials)
+    try:
+        answer = await channel.unary_unary(TRACES_METHOD)(request_body(), timeout=5)
+    finally:
+        await channel.close()
+    return ExportTraceServiceResponse.FromString(answer)
+
+
+async def http_export(url: str, context: ssl.SSLContext | None) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url,
+            data=request_body(),
+            headers={"Content-Type": "application/x-protobuf"},
+            ssl=context if context is not None else False,
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as response,
+    ):
+        return response.status
+
+
+def client_context(server_cert: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(server_cert))
+    if client is not None:
+        context.load_cert_chain(*map(str, client))
+    return context
+
+
+async def test_clients_that_trust_the_certificate_export_over_both_protocols(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    sink = BatchSink()
+    async with tls_receiver(TlsServerConfig(cert_file=str(cert), key_file=str(key)), sink) as (grpc_port, http_port):
+        await grpc_export(grpc_port, grpc.ssl_channel_credentials(root_certificates=cert.read_bytes()))
+        assert await http_export(f"https://localhost:{http_port}/v1/traces", client_context(cert)) == 200
+    assert len(sink.batches) == 2
+
+
+async def test_plain_text_clients_are_not_served_by_a_tls_receiver(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    sink = BatchSink()
+    async with tls_receiver(TlsServerConfig(cert_file=str(cert), key_file=str(key)), sink) as (grpc_port, http_port):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await grpc_export(grpc_port, None)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(aiohttp.ClientError):
+            await http_export(f"http://localhost:{http_port}/v1/traces", None)
+    assert sink.batches == []
+
+
+async def test_mutual_tls_serves_only_clients_with_a_certificate_the_client_ca_signed(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    client_cert, client_key = self_signed_certificate(tmp_path, "client")  # self-signed: its own CA
+    stranger_cert, stranger_key = self_signed_certificate(tmp_path, "stranger")
+    tls = TlsServerConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(client_cert))
+    sink = BatchSink()
+    async with tls_receiver(tls, sink) as (grpc_port, http_port):
+        url = f"https://localhost:{http_port}/v1/traces"
+        trusted = (client_cert, client_key)
+        credentials = grpc.ssl_channel_credentials(cert.read_bytes(), client_key.read_bytes(), client_cert.read_bytes())
+        await grpc_export(grpc_port, credentials)
+        assert await http_export(url, client_context(cert, trusted)) == 200
+        assert len(sink.batches) == 2
+
+        for identity in (None, (stranger_cert, stranger_key)):
+            pair = (identity[1].read_bytes(), identity[0].read_bytes()) if identity else (None, None)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await grpc_export(grpc_port, grpc.ssl_channel_credentials(cert.read_bytes(), *pair))
+            assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(aiohttp.ClientError):
+                await http_export(url, client_context(cert, identity))
+        assert len(sink.batches) == 2  # nothing more got in
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_missing_or_unusable_tls_files_fail_the_start_with_their_names_and_leave_the_port_free(
+    tmp_path: Path, protocol: str
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    other_cert, _ = self_signed_certificate(tmp_path, "other")
+    not_a_certificate = tmp_path / "empty.pem"
+    not_a_certificate.write_text("no certificate here\n")
+    absent = tmp_path / "absent.pem"
+    cases = [  # (settings, what the error says, the file it names)
+        (TlsServerConfig(cert_file=str(absent), key_file=str(key)), "TLS file(s) not found", absent),
+        (TlsServerConfig(cert_file=str(other_cert), key_file=str(key)), "TLS file(s) not usable", other_cert),
+        (
+            TlsServerConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(not_a_certificate)),
+            "TLS file(s) not usable",
+            not_a_certificate,
+        ),
+    ]
+    for tls, message, named in cases:
+        port = free_port()
+        endpoint = HostPort(f"127.0.0.1:{port}")
+        config = OtlpReceiverConfig(
+            grpc=GrpcConfig(endpoint=endpoint, tls=tls, enabled=protocol == "grpc"),
+            http=HttpConfig(endpoint=endpoint, tls=tls, enabled=protocol == "http"),
+        )
+        settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {})
+        receiver = OtlpReceiver(config, settings, {Signal.TRACES: BatchSink()})
+        with pytest.raises(RuntimeError) as raised:
+            await receiver.start()
+        assert str(raised.value).startswith(message) and str(named) in str(raised.value)
+        await receiver.shutdown(time.monotonic() + 1)
+        with socket.create_server(("127.0.0.1", port)):
+            pass  # nothing was left listening
