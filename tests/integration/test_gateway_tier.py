@@ -22,12 +22,45 @@ from agent.exporters.loadbalancing.ring import HashRing
 from agent.otlp.probability import is_sampled, threshold_for
 from agent.testing.dns_server import DnsServer
 from agent.testing.workload import TraceTruth, Workload, to_request
-from tests.helpers import AgentProcess, free_port, output_spans, wait_until
+from tests.helpers import AgentProcess, free_port, output_spans, self_signed_certificate, wait_until
 
 GATEWAY_NAME = "otel-gateway-headless.observability.svc.cluster.local"
 TEN_PERCENT = threshold_for(0.1)
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 POD_A_SERVICES = {"orchestrator"}
+
+
+@dataclass
+class TierTls:
+    """Mutual TLS between the tiers: gateways present a certificate for the Service's name (not for pod IPs,
+    which change at every rollout) and accept only sidecars presenting the client certificate."""
+
+    gateway_cert: Path
+    gateway_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def made_in(cls, directory: Path) -> TierTls:
+        directory.mkdir()
+        gateway_cert, gateway_key = self_signed_certificate(directory, "gateway", host=GATEWAY_NAME, ip=None)
+        client_cert, client_key = self_signed_certificate(directory, "sidecar", host="otel-sidecar")
+        return cls(gateway_cert, gateway_key, client_cert, client_key)
+
+    def receiver(self) -> dict[str, str]:
+        return {
+            "cert_file": str(self.gateway_cert),
+            "key_file": str(self.gateway_key),
+            "client_ca_file": str(self.client_cert),
+        }
+
+    def exporter(self) -> dict[str, str]:
+        return {
+            "ca_file": str(self.gateway_cert),
+            "cert_file": str(self.client_cert),
+            "key_file": str(self.client_key),
+            "server_name_override": GATEWAY_NAME,
+        }
 
 
 @dataclass
@@ -37,9 +70,10 @@ class Tier:
     sidecars: list[AgentProcess]
     dns: DnsServer
     workdir: Path
+    tls: TierTls | None = None
 
     def add_gateway(self, ip: str) -> None:
-        config = gateway_config(ip, self.gateway_port, self.workdir / f"gw-{ip}")
+        config = gateway_config(ip, self.gateway_port, self.workdir / f"gw-{ip}", self.tls)
         (self.workdir / ip).mkdir(exist_ok=True)
         self.gateways[ip] = AgentProcess(config, self.workdir / ip).start()
 
@@ -58,9 +92,12 @@ class Tier:
         return found
 
 
-def gateway_config(ip: str, port: int, out: Path) -> dict[str, Any]:
+def gateway_config(ip: str, port: int, out: Path, tls: TierTls | None = None) -> dict[str, Any]:
+    grpc_server: dict[str, Any] = {"endpoint": f"{ip}:{port}"}
+    if tls is not None:
+        grpc_server["tls"] = tls.receiver()
     return {
-        "receivers": {"otlp": {"grpc": {"endpoint": f"{ip}:{port}"}, "http": {"enabled": False}}},
+        "receivers": {"otlp": {"grpc": grpc_server, "http": {"enabled": False}}},
         "processors": {"tail_sampling": {"decision_wait": "3s", "decision_wait_after_root": "3s"}},
         "exporters": {"file": {"path": str(out)}},
         "service": {
@@ -71,12 +108,12 @@ def gateway_config(ip: str, port: int, out: Path) -> dict[str, Any]:
     }
 
 
-def sidecar_config(port: int, dns: DnsServer, workdir: Path) -> dict[str, Any]:
+def sidecar_config(port: int, dns: DnsServer, workdir: Path, tls: TierTls | None = None) -> dict[str, Any]:
     return {
         "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"}, "http": {"enabled": False}}},
         "exporters": {
             "loadbalancing": {
-                "protocol": {"tls": {"insecure": True}, "timeout": "2s"},
+                "protocol": {"tls": tls.exporter() if tls else {"insecure": True}, "timeout": "2s"},
                 "resolver": {
                     "dns": {"hostname": GATEWAY_NAME, "port": port, "interval": "200ms", "nameservers": [dns.address]}
                 },
@@ -94,16 +131,17 @@ def sidecar_config(port: int, dns: DnsServer, workdir: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def gateway_tier(tmp_path: Path, gateway_ips: list[str]) -> Iterator[Tier]:
+def gateway_tier(tmp_path: Path, gateway_ips: list[str], tls: TierTls | None = None) -> Iterator[Tier]:
     port = free_port()
     with DnsServer(GATEWAY_NAME, gateway_ips) as dns:
-        tier = Tier(port, {}, [], dns, tmp_path)
+        tier = Tier(port, {}, [], dns, tmp_path, tls)
         try:
             for ip in gateway_ips:
                 tier.add_gateway(ip)
             for name in ("pod-a", "pod-b"):
                 (tmp_path / name).mkdir()
-                tier.sidecars.append(AgentProcess(sidecar_config(port, dns, tmp_path / name), tmp_path / name).start())
+                config = sidecar_config(port, dns, tmp_path / name, tls)
+                tier.sidecars.append(AgentProcess(config, tmp_path / name).start())
             yield tier
         finally:
             for agent in [*tier.sidecars, *tier.gateways.values()]:
@@ -173,6 +211,20 @@ def test_error_traces_whose_error_is_in_one_pod_come_out_whole_on_one_gateway(tm
     assert len(set(placement.values())) == 3  # all gateways took part
     ring = HashRing([f"{ip}:{tier.gateway_port}" for ip in tier.gateways])
     assert all(ring.owner(tid).startswith(ip + ":") for tid, ip in placement.items())
+
+
+def test_sidecars_reach_their_gateways_over_mutual_tls_checked_against_the_service_name(tmp_path: Path) -> None:
+    """Gateways are dialled by pod IP and verified by the Service's name (``server_name_override``); each takes
+    only the sidecars' client certificate. Every trace still comes out whole on the gateway that owns it."""
+    traces = cross_pod_traces(200, seed=23)
+    with gateway_tier(tmp_path, ["127.0.0.2", "127.0.0.3"], TierTls.made_in(tmp_path / "certs")) as tier:
+        send(tier, traces)
+        time.sleep(1.0)
+        tier.stop_all()
+        placement = check_complete_and_whole(tier, traces)
+        assert all('"tls": true' in gw.log() for gw in tier.gateways.values())  # not plain text by mistake
+    assert len(set(placement.values())) == 2
+    assert any(t.error for _, t in traces)
 
 
 def test_membership_changes_move_only_the_expected_share_and_lose_nothing(tmp_path: Path) -> None:

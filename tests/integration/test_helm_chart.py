@@ -418,6 +418,21 @@ def test_sidecars_forward_to_the_gateway_tier_the_gateway_values_render(rendered
                 assert "redaction" in pipeline["processors"], pipeline
 
 
+def test_the_mtls_gateway_reads_its_certificates_from_the_secret_it_mounts(rendered: Any) -> None:
+    """ci/gateway-mtls.yaml: both receivers (no plain-text way around mutual TLS) read the files of the mounted
+    Secret."""
+    case = rendered["gateway-mtls.yaml"]
+    config = yaml.safe_load(objects(case, "ConfigMap")[0]["data"]["config.yaml"])
+    pod = the_workload(case)["spec"]["template"]["spec"]
+    (mount,) = [m for m in agent_container(pod)["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "otel-gateway-tls" and mount["readOnly"]
+    for protocol in ("grpc", "http"):
+        tls = config["receivers"]["otlp"][protocol]["tls"]
+        assert set(tls) == {"cert_file", "key_file", "client_ca_file"}
+        assert all(path.startswith(mount["mountPath"] + "/") for path in tls.values())
+
+
 def test_the_prometheus_rule_is_deploy_rules_with_the_budgets_from_values(rendered: Any, tmp_path: Path) -> None:
     """ci/gateway.yaml renders a PrometheusRule: the groups of deploy/prometheus/rules, budgets $250/day and
     $5000/month; promtool accepts it and the alert unit tests pass against it."""
