@@ -58,9 +58,22 @@ class OtlpJsonError(ValueError):
 
 
 def decode(body: bytes, message_type: type[M]) -> M:
+    return decode_repairing(body, message_type)[0]
+
+
+def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
+    """The message in ``body``, and how many of its strings were repaired: bytes that are not UTF-8 and lone UTF-16
+    surrogates become U+FFFD, as the protobuf receiver repairs strings (utf8_repair.py), instead of the whole request
+    being refused for one string."""
+    not_utf8 = False
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        try:
+            data = json.loads(body)
+        except UnicodeDecodeError:
+            # One string cut in the middle of a character must not cost the sender its whole batch.
+            not_utf8 = True
+            data = json.loads(body.decode(json.detect_encoding(body), "replace"))
+    except json.JSONDecodeError as exc:
         raise OtlpJsonError(f"body is not JSON: {exc}") from None
     except RecursionError:
         raise OtlpJsonError("body is not JSON this agent reads: nested too deeply") from None
@@ -68,10 +81,11 @@ def decode(body: bytes, message_type: type[M]) -> M:
         raise OtlpJsonError(f"body is not JSON this agent reads: {exc}") from None
     if not isinstance(data, dict):
         raise OtlpJsonError("body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(body):
-        data = _without_lone_surrogates(data)
     message = message_type()
+    repaired = 0
     try:
+        if not_utf8 or _SURROGATE_ESCAPE.search(body):
+            data, repaired = _repaired(data, not_utf8)
         _prepare(data, message_type.DESCRIPTOR, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except OtlpJsonError:
@@ -82,11 +96,12 @@ def decode(body: bytes, message_type: type[M]) -> M:
         raise OtlpJsonError("body nests objects too deeply for OTLP") from None
     except (ValueError, TypeError, OverflowError) as exc:  # a value protobuf's parser itself trips over
         raise OtlpJsonError(f"body is not OTLP/JSON this agent reads: {exc}") from None
-    return message
+    return message, repaired
 
 
-def _without_lone_surrogates(node: Any) -> Any:
-    """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD.
+def _repaired(node: Any, not_utf8: bool) -> tuple[Any, int]:
+    """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD, and how many strings were repaired
+    (with ``not_utf8``, the body's bad bytes were already replaced: strings holding U+FFFD count as repaired).
 
     JSON may escape half a surrogate pair (a JavaScript SDK cutting a value to its length limit splits an emoji),
     and protobuf refuses such a string, which would reject the whole request; the OpenTelemetry guidance for
@@ -96,13 +111,23 @@ def _without_lone_surrogates(node: Any) -> Any:
         try:
             node.encode()
         except UnicodeEncodeError:
-            return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return node
+            return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), 1
+        return node, int(not_utf8 and "\ufffd" in node)
+    count = 0
     if isinstance(node, dict):
-        return {key: _without_lone_surrogates(value) for key, value in node.items()}
+        out = {}
+        for key, value in node.items():
+            out[key], n = _repaired(value, not_utf8)
+            count += n
+        return out, count
     if isinstance(node, list):
-        return [_without_lone_surrogates(item) for item in node]
-    return node
+        items = []
+        for item in node:
+            fixed, n = _repaired(item, not_utf8)
+            items.append(fixed)
+            count += n
+        return items, count
+    return node, 0
 
 
 def to_dict(message: Message) -> dict[str, Any]:

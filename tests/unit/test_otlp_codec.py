@@ -308,3 +308,18 @@ def test_a_lone_surrogate_in_json_becomes_a_replacement_character_not_a_rejected
     span = json_codec.decode(body, ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans[0]
     assert span.name == "cut \ufffd"
     assert span.attributes[0].value.string_value == "whole \U0001f600, lone \ufffd"
+
+
+def test_a_deeply_nested_document_with_a_lone_surrogate_is_repaired_or_refused_never_a_crash() -> None:
+    """The lone-surrogate pass walks the whole document after json.loads: its own recursion must not escape as a
+    RecursionError (the receiver answered 500 and counted a bug). 600 levels: json.loads takes them and the pass
+    (once two frames a level) now does too; 990: either may give up, as an OtlpJsonError."""
+    spans = b'"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"\\ud83d"}]}]}]'
+
+    def nested(depth: int) -> bytes:
+        return b'{"meta":' + b"[" * depth + b"]" * depth + b"," + spans + b"}"
+
+    request, repaired = json_codec.decode_repairing(nested(600), ExportTraceServiceRequest)
+    assert request.resource_spans[0].scope_spans[0].spans[0].name == "\ufffd" and repaired == 1
+    with contextlib.suppress(json_codec.OtlpJsonError):
+        json_codec.decode(nested(990), ExportTraceServiceRequest)

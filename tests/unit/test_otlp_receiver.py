@@ -337,7 +337,7 @@ async def test_a_large_json_body_is_decoded_off_the_event_loop(
 ) -> None:
     """Decoding JSON costs Python time per field: a large body decoded on the loop would stall every other request
     and the health endpoints for seconds. A small one stays on the loop, where it is cheapest."""
-    threads = threads_calling(monkeypatch, json_codec, "decode")
+    threads = threads_calling(monkeypatch, json_codec, "decode_repairing")
     request = request_of_spans(spans)
     status, _, _ = await post(running.http_url + "/v1/traces", json_codec.encode(request), "application/json")
     assert status == 200
@@ -374,7 +374,7 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
     the memory a burst takes (six 15 MiB bodies: 770 MiB against 100 MiB one at a time)."""
     running_now, most = 0, 0
     lock = threading.Lock()
-    decode = json_codec.decode
+    decode = json_codec.decode_repairing
 
     def counting(body: bytes, message_type: Any) -> Any:
         nonlocal running_now, most
@@ -388,7 +388,7 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
             with lock:
                 running_now -= 1
 
-    monkeypatch.setattr(json_codec, "decode", counting)
+    monkeypatch.setattr(json_codec, "decode_repairing", counting)
     body = json_codec.encode(request_of_spans(5000))
     answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(4)))
     assert [status for status, _, _ in answers] == [200] * 4
@@ -642,3 +642,37 @@ async def test_grpc_and_http_both_on_port_0_each_get_a_port_and_the_log_says_whi
         assert len(sink.batches) == 2
     finally:
         await receiver.shutdown(time.monotonic() + 2)
+
+
+async def test_a_deep_json_document_with_a_lone_surrogate_is_never_an_internal_error(
+    running: Running,
+) -> None:
+    spans = b'"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"\\ud83d"}]}]}]'
+    for depth, status_wanted in ((600, 200), (990, None)):  # 990: json.loads or the pass may give up
+        body = b'{"meta":' + b"[" * depth + b"]" * depth + b"," + spans + b"}"
+        status, _, _ = await post(f"{running.http_url}/v1/traces", body, "application/json")
+        assert status == (status_wanted or status) and status in (200, 400)
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="internal") == 0
+    assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="http") >= 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "repaired"),
+    [(b"caf\xc3", "caf\ufffd"), (b"cut \\ud83d", "cut \ufffd")],
+    ids=["bytes-not-utf8", "lone-surrogate"],
+)
+async def test_a_json_string_repaired_is_accepted_counted_and_told_as_in_protobuf(
+    running: Running, sink: BatchSink, raw: bytes, repaired: str
+) -> None:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    scope.spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="NAME")
+    scope.spans.add(trace_id=b"\x01" * 16, span_id=b"\x03" * 8, name="fine")
+    body = json_codec.encode(request).replace(b"NAME", raw)
+    status, reply, _ = await post(f"{running.http_url}/v1/traces", body, "application/json")
+    assert status == 200
+    (batch,) = sink.batches
+    assert [s.name for s in batch.resource_spans[0].scope_spans[0].spans] == [repaired, "fine"]
+    answer = json_codec.decode(reply, ExportTraceServiceResponse)
+    assert "1 strings were not valid UTF-8" in answer.partial_success.error_message
+    assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="http") == 1

@@ -103,7 +103,7 @@ class ExportHandler:
         spec = SPECS[signal]
         try:
             if json:
-                return Decoded(json_codec.decode(body, spec.request_type), 0)
+                return Decoded(*json_codec.decode_repairing(body, spec.request_type))
             return Decoded(spec.request_type.FromString(body), 0)
         except (DecodeError, json_codec.OtlpJsonError) as exc:
             repaired = None if json else decode_repairing_utf8(spec.request_type, body)
