@@ -670,3 +670,22 @@ async def test_a_ca_file_that_holds_no_certificate_fails_the_start_for_both_tran
     with pytest.raises(RuntimeError, match=r"TLS file\(s\) not usable .*server\.key"):
         await exporter.start()
     await exporter.shutdown(time.monotonic() + 1)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_fields_a_sender_wrote_with_the_wrong_wire_type_are_not_sent_on(protocol: str) -> None:
+    """One more field 5 (a span's ``name``, a string) written as a varint: upb keeps it as an unknown field and
+    would write it out again, and a strict backend (pdata: "wrong wireType = 0 for field Name"; rotel) refuses the
+    whole request, with the other senders' spans the exporter batched with it. What goes out holds known fields
+    only, as what a Collector sends on."""
+    clean = traces(1)[0]
+    poisoned = ExportTraceServiceRequest.FromString(clean.SerializeToString())
+    first_span = poisoned.resource_spans[0].scope_spans[0].spans[0]
+    first_span.MergeFromString(b"\x28\x05")
+    assert poisoned.SerializeToString() != clean.SerializeToString()  # upb kept it
+    with OtlpCapture() as backend:
+        endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_url
+        expected = span_keys([clean])
+        config = exporter_config(endpoint, protocol=protocol)
+        await run_exporter(config, [poisoned], SelfMetrics(), lambda: len(backend.capture.spans()) >= len(expected))
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == expected

@@ -45,6 +45,19 @@ GRPC_RETRYABLE = frozenset(
 _CONNECTION_LOST = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY", "keepalive")
 
 
+def wire_bytes(request: Message) -> bytes:
+    """``request`` serialized for a backend, without the fields this agent's OTLP does not know.
+
+    upb keeps fields it cannot read to write them out again, and among them a known field a sender wrote with the
+    wrong wire type (a varint where a span's name belongs). A strict backend (a Collector's or Jaeger's pdata,
+    rotel's prost) refuses the whole request such a field is in, and an exporter's batch merges many senders'
+    requests: one sender would lose everyone's spans. A Collector reads only known fields; so does what the agent
+    sends on. Done here, on what is exported (about 0.25 µs a span, in C), rather than on everything received.
+    """
+    request.DiscardUnknownFields()
+    return request.SerializeToString()
+
+
 class Transport(Protocol):
     async def start(self) -> None: ...
 
@@ -116,7 +129,7 @@ class GrpcTransport:
         for signal, spec in SPECS.items():
             self._methods[signal] = self._channel.unary_unary(
                 f"/{spec.grpc_service}/Export",
-                request_serializer=lambda message: message.SerializeToString(),
+                request_serializer=wire_bytes,
                 response_deserializer=spec.response_type.FromString,
             )
 
@@ -163,7 +176,7 @@ class HttpTransport:
 
     async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
         assert self._session is not None
-        body = request.SerializeToString()
+        body = wire_bytes(request)
         if self._config.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
         url = self._urls[signal]
