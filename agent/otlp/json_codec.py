@@ -174,7 +174,8 @@ def _prepared(field: FieldDescriptor, value: Any, where: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def _check_enum(value: Any, names: Any, where: str) -> None:

@@ -323,3 +323,9 @@ def test_a_deeply_nested_document_with_a_lone_surrogate_is_repaired_or_refused_n
     assert request.resource_spans[0].scope_spans[0].spans[0].name == "\ufffd" and repaired == 1
     with contextlib.suppress(json_codec.OtlpJsonError):
         json_codec.decode(nested(990), ExportTraceServiceRequest)
+
+
+def test_a_null_item_of_a_list_of_objects_is_named_null_in_the_error() -> None:
+    body = b'{"resourceSpans":[null]}'
+    with pytest.raises(json_codec.OtlpJsonError, match=r"resourceSpans\[0\]: must be an object, got null"):
+        json_codec.decode(body, ExportTraceServiceRequest)
