@@ -18,6 +18,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from agent.otlp.descriptors import is_repeated
+
 _STRING = FieldDescriptor.TYPE_STRING
 _BYTES = FieldDescriptor.TYPE_BYTES
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
@@ -77,10 +79,10 @@ def _repair(message: Message) -> int:
     strings = _former_strings(message.DESCRIPTOR)
     for field, value in message.ListFields():
         if field.type == _MESSAGE:
-            for child in value if field.is_repeated else (value,):
+            for child in value if is_repeated(field) else (value,):
                 repaired += _repair(child)
         elif field.name in strings:
-            if field.is_repeated:
+            if is_repeated(field):
                 fixed = [_as_utf8(item) for item in value]
                 changed = sum(new is not old for new, old in zip(fixed, value, strict=True))
                 if changed:

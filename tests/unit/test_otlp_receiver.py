@@ -259,14 +259,14 @@ async def test_a_full_pipeline_gets_unavailable_with_retry_info_over_grpc() -> N
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await state.grpc_export(request_bytes()[1])
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
-        details = dict(raised.value.trailing_metadata())["grpc-status-details-bin"]
+        details = dict(tuple(raised.value.trailing_metadata()))["grpc-status-details-bin"]
         status = status_pb2.Status.FromString(details)
         retry = error_details_pb2.RetryInfo()
         assert status.code == code_pb2.UNAVAILABLE and status.details[0].Unpack(retry)
         assert retry.retry_delay.seconds == 2
         # The OpenTelemetry Python SDK's exporter reads its backoff from this trailer, not from the status details.
         alone = error_details_pb2.RetryInfo.FromString(
-            dict(raised.value.trailing_metadata())["google.rpc.retryinfo-bin"]
+            dict(tuple(raised.value.trailing_metadata()))["google.rpc.retryinfo-bin"]
         )
         assert alone.retry_delay.seconds == 2
         assert state.metric("otel_sidecar_receiver_refused_items_total", reason="backpressure") > 0

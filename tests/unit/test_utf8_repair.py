@@ -65,3 +65,22 @@ def test_bytes_that_are_no_request_at_all_are_not_made_into_one(body: bytes) -> 
     if repaired is not None:
         # The strict and the lenient messages differ only in checking UTF-8: a repair must have changed a string.
         assert repaired[1] >= 1
+
+
+def test_no_stage_reads_is_repeated_of_a_descriptor_itself() -> None:
+    """``FieldDescriptor.is_repeated`` came with protobuf 6.31; the floor in pyproject.toml is older (it has only
+    ``label``), so every stage asks agent.otlp.descriptors.is_repeated instead."""
+    import ast
+    from pathlib import Path
+
+    import agent
+
+    root = Path(agent.__file__).parent
+    offenders = [
+        f"{path.relative_to(root.parent)}:{node.lineno}"
+        for path in root.rglob("*.py")
+        if path.name != "descriptors.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "is_repeated"
+    ]
+    assert offenders == []
