@@ -145,6 +145,9 @@ def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:
     return sock
 
 
+_REASON_CHARS = 200  # of an unparsable request's error, escaped, in its log line
+
+
 class UnparsableRequestLog:
     """aiohttp's server logger, for the agent's aiohttp servers.
 
@@ -173,7 +176,11 @@ class UnparsableRequestLog:
             return False
         if self._count is not None:
             self._count()
-        # The message's first line: the rest quotes the raw bytes, which may be anything a client sent.
-        reason = (error.message or type(error).__name__).splitlines()[0].strip()
+        # The message's first line, escaped and cut short: with the C parser the rest quotes the raw bytes, and with
+        # the pure-Python one the first line itself can be them (a chunk-size line, a request target: terminal
+        # escapes, bytes that are not UTF-8, up to the 8 KiB line limit).
+        reason = ascii((error.message or type(error).__name__).splitlines()[0].strip())[1:-1]
+        if len(reason) > _REASON_CHARS:
+            reason = reason[:_REASON_CHARS] + "..."
         self._log.warning("unparsable_http", "request is not valid HTTP; answered 400", error=reason)
         return True

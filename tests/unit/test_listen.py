@@ -298,3 +298,38 @@ async def test_requests_that_are_not_http_get_400_and_one_warning_not_a_tracebac
         assert await answers("127.0.0.1", port, http=True)
     told = [(r.levelno, r.getMessage(), bool(r.exc_info)) for r in caplog.records if r.levelno >= logging.WARNING]
     assert told == [(logging.WARNING, "request is not valid HTTP; answered 400", False)]
+
+
+def _pure_python_parse_error(raw: bytes) -> Exception:
+    """The error aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1, or no C wheel) raises for ``raw``."""
+    from unittest import mock
+
+    from aiohttp.http_parser import HttpRequestParserPy
+
+    parser = HttpRequestParserPy(mock.Mock(), mock.Mock(), 2**16, max_line_size=8190, max_field_size=8190)
+    with pytest.raises(Exception) as raised:
+        parser.feed_data(raw)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # TransferEncodingError(<the chunk-size line, decoded as is>): terminal escapes, bytes that are not UTF-8.
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\x1b[2J\x1b]0;owned\x07\xff\xfe"
+        + b"Z" * 8000
+        + b"\r\n",
+        # InvalidURLError(<the target, decoded as latin-1>)
+        b"GET /\x1b[2J\x1b]0;owned\x07\x85next HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["chunk size line", "request target"],
+)
+def test_what_a_client_sent_is_not_logged_raw_nor_at_any_length(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """With the pure-Python parser the first line of the error's message is the client's bytes themselves."""
+    error = _pure_python_parse_error(raw)
+    caplog.set_level(logging.DEBUG)
+    listen.UnparsableRequestLog(logging.getLogger("test")).exception("Error handling request", exc_info=error)
+    [record] = caplog.records
+    told: str = record.error  # type: ignore[attr-defined]
+    assert told.isascii() and told.isprintable(), told[:80]
+    assert len(told) <= 300
