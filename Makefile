@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench prometheus docs helm-lint rules-test clean
+.PHONY: demo test test-floors lint bench prometheus docs helm-lint rules-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ demo: $(STAMP)
 test: $(STAMP) prometheus
 	$(BIN)/ruff check agent tests
 	$(BIN)/python -m pytest
+
+# The unit tests on the dependency floors of pyproject.toml, installed together (a floor is a claim; CI checks it).
+FLOORS := .venv-floors
+test-floors:
+	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOORS)/bin/python tests/tools/floors.py > $(FLOORS)/constraints.txt
+	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt '.[test]'
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests
@@ -46,4 +55,4 @@ docs: $(STAMP)
 	$(BIN)/python -m agent.config.docs > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .ruff_cache .hypothesis
