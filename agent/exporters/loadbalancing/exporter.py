@@ -328,7 +328,8 @@ class _Push:
         self.longest_wait: float | None = None  # the longest delay a throttled gateway asked for
 
     def wait(self, part: Message, error: RetryableError, limit: float | None) -> None:
-        """Leave ``part`` for its own gateway; ``limit``: how long a busy one may still be waited for."""
+        """Leave ``part`` for its own gateway. ``limit``: how long a busy gateway (one that asked for a delay) may
+        still be waited for; None for a failing one, which asked for none."""
         self.waiting.append(part)
         if error.retry_after is not None:
             # No longer than max_throttled allows: a gateway asking for a minute holds up every batch behind.
