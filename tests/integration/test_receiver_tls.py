@@ -96,3 +96,27 @@ def test_the_sdk_exports_over_mutual_tls_and_a_sighup_takes_a_rotated_certificat
         assert not exported(sdk_exporter(agent, transport, first, client), spans(1))
         assert agent.stop() == 0
     assert len(output_spans(agent.out_dir)) == 5
+
+
+def test_a_sighup_with_tls_files_broken_in_place_keeps_the_agent_serving(tmp_path: Path) -> None:
+    """README: a config that cannot be used is refused and the running one stays. Certificates are rotated in place
+    (same paths), so falling back to the previous config would read the same broken files: they are checked before
+    anything stops. A half-written rotation (a cert written before its key, as a script copying two files does) is
+    enough."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = self_signed_certificate(certs)
+    client = self_signed_certificate(certs, "client")
+    with running_agent(tmp_path, tls_config(tmp_path / "out", cert, key, client[0])) as agent:
+        first = cert.read_bytes()
+        self_signed_certificate(certs, "next")
+        (certs / "next.pem").replace(cert)  # the new certificate is in place, its key not yet
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reload refused" in agent.log(), timeout=20, what="the reload refused")
+        assert "receivers.otlp.grpc.tls: TLS file(s) not usable" in agent.log()
+        assert agent.ready()
+        # Still serving over TLS with the certificate it had loaded.
+        assert exported(sdk_exporter(agent, "grpc", first, client), spans(2))
+        wait_until(lambda: len(output_spans(agent.out_dir)) == 2, what="the spans written")
+        assert agent.stop() == 0

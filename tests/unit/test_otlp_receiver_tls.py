@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -126,36 +126,53 @@ async def test_mutual_tls_serves_only_clients_with_a_certificate_the_client_ca_s
         assert len(sink.batches) == 2  # nothing more got in
 
 
+def encrypted_key_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "enc.pem", directory / "enc.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=localhost",
+         "-passout", "pass:secret", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-async def test_missing_or_unusable_tls_files_fail_the_start_with_their_names_and_leave_the_port_free(
+def test_missing_or_unusable_tls_files_are_refused_when_the_receiver_is_built_naming_them(
     tmp_path: Path, protocol: str
 ) -> None:
+    """Before anything binds, and before a reload stops the running pipelines (which then go on). An encrypted key
+    must not make OpenSSL ask for its passphrase on the terminal: with one (a foreground run, ``docker run -it``)
+    the start, or a reload, would wait there for good."""
     cert, key = self_signed_certificate(tmp_path)
     other_cert, _ = self_signed_certificate(tmp_path, "other")
+    encrypted_cert, encrypted_key = encrypted_key_certificate(tmp_path)
     not_a_certificate = tmp_path / "empty.pem"
     not_a_certificate.write_text("no certificate here\n")
-    absent = tmp_path / "absent.pem"
+    absent, directory = tmp_path / "absent.pem", tmp_path / "a-directory"
+    directory.mkdir()
     cases = [  # (settings, what the error says, the file it names)
-        (TlsServerConfig(cert_file=str(absent), key_file=str(key)), "TLS file(s) not found", absent),
+        (TlsServerConfig(cert_file=str(absent), key_file=str(key)), "TLS file not found", absent),
+        (TlsServerConfig(cert_file=str(cert), key_file=str(directory)), "TLS file not found", directory),
         (TlsServerConfig(cert_file=str(other_cert), key_file=str(key)), "TLS file(s) not usable", other_cert),
         (
             TlsServerConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(not_a_certificate)),
             "TLS file(s) not usable",
             not_a_certificate,
         ),
+        (
+            TlsServerConfig(cert_file=str(encrypted_cert), key_file=str(encrypted_key)),
+            "TLS key is encrypted",
+            encrypted_key,
+        ),
     ]
     for tls, message, named in cases:
-        port = free_port()
-        endpoint = HostPort(f"127.0.0.1:{port}")
+        endpoint = HostPort(f"127.0.0.1:{free_port()}")
         config = OtlpReceiverConfig(
             grpc=GrpcConfig(endpoint=endpoint, tls=tls, enabled=protocol == "grpc"),
             http=HttpConfig(endpoint=endpoint, tls=tls, enabled=protocol == "http"),
         )
         settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("t"), SelfMetrics(), ServiceConfig(), {})
-        receiver = OtlpReceiver(config, settings, {Signal.TRACES: BatchSink()})
         with pytest.raises(RuntimeError) as raised:
-            await receiver.start()
-        assert str(raised.value).startswith(message) and str(named) in str(raised.value)
-        await receiver.shutdown(time.monotonic() + 1)
-        with socket.create_server(("127.0.0.1", port)):
-            pass  # nothing was left listening
+            OtlpReceiver(config, settings, {Signal.TRACES: BatchSink()})
+        told = str(raised.value)
+        assert told.startswith(f"receivers.otlp.{protocol}.tls: {message}") and str(named) in told, told

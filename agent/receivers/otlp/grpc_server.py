@@ -18,7 +18,7 @@ from agent.config.schema import HostPort
 from agent.listen import listening_sockets
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
-from agent.receivers.otlp.tls import TlsServerConfig
+from agent.receivers.otlp.tls import ServerTls
 
 _GRPC_CODES = {
     Failure.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,17 +39,17 @@ class GrpcServer:
         max_mib: int,
         handler: ExportHandler,
         settings: CreateSettings,
-        tls: TlsServerConfig | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
-        self._tls = tls or TlsServerConfig()
+        self._tls = tls
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        credentials = self._tls.grpc_credentials() if self._tls.enabled else None  # before anything is bound
+        credentials = self._tls.grpc_credentials if self._tls is not None else None
         # gRPC's own limit is set above ours so that requests between the two are counted and answered by us.
         core_limit = min(self._limit * 2, 2**31 - 1)
         server = grpc.aio.server(

@@ -17,7 +17,7 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
-from agent.receivers.otlp.tls import TlsServerConfig
+from agent.receivers.otlp.tls import ServerTls
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -44,17 +44,17 @@ class HttpServer:
         max_mib: int,
         handler: ExportHandler,
         settings: CreateSettings,
-        tls: TlsServerConfig | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
-        self._tls = tls or TlsServerConfig()
+        self._tls = tls
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        ssl_context = self._tls.ssl_context() if self._tls.enabled else None  # before anything is bound
+        ssl_context = self._tls.ssl_context if self._tls is not None else None
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))

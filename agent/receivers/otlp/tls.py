@@ -1,9 +1,14 @@
 """Server TLS for the ``otlp`` receiver's gRPC and HTTP servers, as the Collector's ``tls`` server settings.
 
 Off unless ``cert_file`` is set. With ``client_ca_file`` clients must present a certificate those CAs signed
-(mutual TLS): the way a gateway tier knows its senders are the cluster's sidecars. The files are read when the
-receiver starts, so a ``SIGHUP`` (which restarts the pipelines) takes rotated certificates. TLS 1.2 is the oldest
-version either server accepts (gRPC's core and Python's ``ssl`` defaults, which the agent keeps).
+(mutual TLS): the way a gateway tier knows its senders are the cluster's sidecars. TLS 1.2 is the oldest version
+either server accepts (gRPC's core and Python's ``ssl`` defaults, which the agent keeps).
+
+The files are read and checked when the receiver is built, before anything stops or binds: a config whose files
+are missing or unusable is refused at start, and at a reload (``SIGHUP``) it is refused while the running pipelines
+go on with the certificates they loaded. Certificates are rotated in place (a Secret's files are replaced), so a
+reload that found them half-written and only failed later, at its start, would find the previous config's files
+broken too. A reload with good files takes the rotated certificates, since the receivers restart.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ class TlsServerConfig:
     cert_file: str = setting(
         "", doc="PEM certificate (with its chain) the server presents; TLS is on when it is set, with `key_file`."
     )
-    key_file: str = setting("", doc="PEM private key of `cert_file`.")
+    key_file: str = setting("", doc="PEM private key of `cert_file`, not encrypted.")
     client_ca_file: str = setting(
         "", doc="PEM CA(s) that sign client certificates: when set, every client must present one (mutual TLS)."
     )
@@ -38,32 +43,47 @@ class TlsServerConfig:
     def enabled(self) -> bool:
         return bool(self.cert_file)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """The HTTP server's context; RuntimeError naming the files when they are missing or unusable."""
-        self._check_files_exist()
+    def load(self) -> ServerTls:
+        """The files read and checked; ValueError naming the file when one is missing, unreadable or unusable."""
+        files = [name for name in (self.cert_file, self.key_file, self.client_ca_file) if name]
+        for name in files:
+            if not Path(name).is_file():
+                raise ValueError(f"TLS file not found (or not a file): {name}")
+        try:
+            key, cert = Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes()
+            client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
+        except OSError as exc:
+            raise ValueError(f"TLS file not readable: {exc.filename}: {exc.strerror}") from None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            # Without a password OpenSSL would ask for one on the terminal, and wait there for good.
+            context.load_cert_chain(self.cert_file, self.key_file, password=_refuse_passphrase)
             if self.client_ca_file:
                 context.load_verify_locations(cafile=self.client_ca_file)
                 context.verify_mode = ssl.CERT_REQUIRED
-        except (ssl.SSLError, ValueError) as exc:
-            raise RuntimeError(f"TLS file(s) not usable ({self._files()}): {exc}") from None
-        return context
+        except _EncryptedKey:
+            raise ValueError(f"TLS key is encrypted (give it without a passphrase): {self.key_file}") from None
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"TLS file(s) not usable ({', '.join(files)}): {exc}") from None
+        # gRPC's core would take a key that does not match its certificate, or a CA file without a certificate,
+        # and fail each handshake instead: what it gets is what Python's ssl has just checked.
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        return ServerTls(context, credentials)
 
-    def grpc_credentials(self) -> grpc.ServerCredentials:
-        """The gRPC server's credentials. Checked through ``ssl_context`` first: gRPC's core would take a key that
-        does not match its certificate, or a file that holds no certificate, and fail each handshake instead."""
-        self.ssl_context()
-        client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
-        pair = (Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())
-        return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
-    def _check_files_exist(self) -> None:
-        missing = [name for name in (self.cert_file, self.key_file, self.client_ca_file) if name]
-        missing = [name for name in missing if not Path(name).is_file()]
-        if missing:
-            raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's TLS material, read and checked once: for aiohttp (``ssl_context``) and for gRPC."""
 
-    def _files(self) -> str:
-        return ", ".join(name for name in (self.cert_file, self.key_file, self.client_ca_file) if name)
+    ssl_context: ssl.SSLContext
+    grpc_credentials: grpc.ServerCredentials
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _refuse_passphrase() -> bytes:
+    raise _EncryptedKey
