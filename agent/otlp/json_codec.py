@@ -34,7 +34,7 @@ ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id",
 
 _ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})  # bytes fields written as hex in OTLP/JSON
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
 _NUMBER_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_DOUBLE,
@@ -62,17 +62,13 @@ def decode(body: bytes, message_type: type[M]) -> M:
 
 
 def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
-    """The message in ``body``, and how many of its strings were repaired: bytes that are not UTF-8 and lone UTF-16
-    surrogates become U+FFFD, as the protobuf receiver repairs strings (utf8_repair.py), instead of the whole request
-    being refused for one string."""
-    not_utf8 = False
+    """The message in ``body``, and how many of its strings were repaired: bytes that are not UTF-8 (UTF-16 or
+    UTF-32 for a body in those) and lone UTF-16 surrogates become U+FFFD, as the protobuf receiver repairs strings
+    (utf8_repair.py), instead of the whole request being refused for one string. A key is never repaired: one
+    with such bytes would become an unknown field, dropped silently, so the body is refused."""
     try:
-        try:
-            data = json.loads(body)
-        except UnicodeDecodeError:
-            # One string cut in the middle of a character must not cost the sender its whole batch.
-            not_utf8 = True
-            data = json.loads(body.decode(json.detect_encoding(body), "replace"))
+        text, maybe_broken = _text_of(body)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OtlpJsonError(f"body is not JSON: {exc}") from None
     except RecursionError:
@@ -84,8 +80,8 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     message = message_type()
     repaired = 0
     try:
-        if not_utf8 or _SURROGATE_ESCAPE.search(body):
-            data, repaired = _repaired(data, not_utf8)
+        if maybe_broken:
+            data, repaired = _repaired(data)
         _prepare(data, message_type.DESCRIPTOR, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except OtlpJsonError:
@@ -99,35 +95,57 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     return message, repaired
 
 
-def _repaired(node: Any, not_utf8: bool) -> tuple[Any, int]:
-    """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD, and how many strings were repaired
-    (with ``not_utf8``, the body's bad bytes were already replaced: strings holding U+FFFD count as repaired).
+def _text_of(body: bytes) -> tuple[str, bool]:
+    """The body as text, and whether a string of it may hold a lone surrogate. Bytes that do not decode (and
+    UTF-8-encoded surrogates, which json.loads would let through and protobuf then refuses) are kept as lone
+    surrogates ("surrogateescape"), so that the repair pass finds them in their strings, and only there."""
+    encoding = json.detect_encoding(body)
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError:
+        return body.decode(encoding, "surrogateescape"), True
+    return text, _SURROGATE_ESCAPE.search(text) is not None
+
+
+def _repaired(node: Any) -> tuple[Any, int]:
+    """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD, and how many strings held one.
 
     JSON may escape half a surrogate pair (a JavaScript SDK cutting a value to its length limit splits an emoji),
-    and protobuf refuses such a string, which would reject the whole request; the OpenTelemetry guidance for
-    invalid Unicode is to replace it, as decoding invalid UTF-8 with "replace" does.
+    and bytes that are not UTF-8 reach here as lone surrogates too (``_text_of``); protobuf refuses such a string,
+    which would reject the whole request. The OpenTelemetry guidance for invalid Unicode is to replace it. A loop,
+    not comprehensions: one frame a nesting level, as deep as json.loads itself goes.
     """
     if isinstance(node, str):
-        try:
-            node.encode()
-        except UnicodeEncodeError:
-            return node.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), 1
-        return node, int(not_utf8 and "\ufffd" in node)
+        return (_replace_surrogates(node), 1) if _has_surrogate(node) else (node, 0)
     count = 0
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            out[key], n = _repaired(value, not_utf8)
-            count += n
+            if _has_surrogate(key):
+                raise OtlpJsonError(f"a key is not valid UTF-8: {ascii(key)[1:41]}")
+            out[key], repaired = _repaired(value)
+            count += repaired
         return out, count
     if isinstance(node, list):
         items = []
         for item in node:
-            fixed, n = _repaired(item, not_utf8)
+            fixed, repaired = _repaired(item)
             items.append(fixed)
-            count += n
+            count += repaired
         return items, count
     return node, 0
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _replace_surrogates(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def to_dict(message: Message) -> dict[str, Any]:

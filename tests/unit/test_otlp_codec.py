@@ -329,3 +329,39 @@ def test_a_null_item_of_a_list_of_objects_is_named_null_in_the_error() -> None:
     body = b'{"resourceSpans":[null]}'
     with pytest.raises(json_codec.OtlpJsonError, match=r"resourceSpans\[0\]: must be an object, got null"):
         json_codec.decode(body, ExportTraceServiceRequest)
+
+
+def _json_spans(*names: bytes, extra: bytes = b"") -> bytes:
+    spans = b",".join(
+        b'{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"' + n + b'"}' for n in names
+    )
+    return b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + spans + b"]}]}]" + extra + b"}"
+
+
+def test_json_repairs_count_only_strings_that_had_bad_bytes_not_literal_replacement_characters() -> None:
+    """A valid U+FFFD a sender wrote is not a repair, also when another string of the body had a bad byte."""
+    body = _json_spans(b"cut \xff", "sent \ufffd".encode(), "also \ufffd".encode())
+    _, repaired = json_codec.decode_repairing(body, ExportTraceServiceRequest)
+    assert repaired == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _json_spans(b"x").replace(b'"resourceSpans"', b'"resourceSpans\xff"'),
+        _json_spans(b"checkout").replace(b'"name"', b'"na\xffme"'),
+    ],
+    ids=["top-level-key", "span-field-key"],
+)
+def test_a_json_key_that_is_not_utf8_is_refused_not_dropped_silently(body: bytes) -> None:
+    """Replacing a key's bad byte makes it an unknown field, dropped without a count or a warning: the sender is told
+    full success for a batch (or a span's name) the agent threw away. Before the repair this was a 400."""
+    with pytest.raises(json_codec.OtlpJsonError):
+        json_codec.decode_repairing(body, ExportTraceServiceRequest)
+
+
+def test_a_json_string_holding_a_utf8_encoded_surrogate_is_repaired_as_in_protobuf() -> None:
+    """ED A0 80 (a surrogate encoded as UTF-8, 'WTF-8') is not UTF-8: the protobuf receiver repairs it, and so must
+    JSON; json.loads reads it with surrogatepass and protobuf then refuses the whole request."""
+    message, repaired = json_codec.decode_repairing(_json_spans(b"x\xed\xa0\x80y"), ExportTraceServiceRequest)
+    assert "\ufffd" in message.resource_spans[0].scope_spans[0].spans[0].name and repaired == 1
