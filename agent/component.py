@@ -139,6 +139,11 @@ class Factory(Generic[C]):
     create: Callable[..., Any]
     description: str
     output_signals: frozenset[Signal] = frozenset()
+    # True for a stage that changes the batches it is given; fan-out gives it a copy when others share the batch.
+    # Dropping the fields the agent's OTLP does not know, as the OTLP transports do before sending
+    # (otlp/transport.py wire_bytes), is not a change in this sense: no stage reads them, no exporter sends them,
+    # and it is one C call under the GIL, so a thread encoding the same batch (the file exporter) never sees it half
+    # done.
     mutates_data: bool = False
     # False for a stage that is done with a batch when consume() returns (it neither queues nor buffers it);
     # fan-out can then hand the original to a mutating pipeline after it instead of copying. A processor that
