@@ -7,8 +7,8 @@ component type (``otlp/jaeger``, ``otlp/archive``) share a family and differ by 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +29,21 @@ disable_created_metrics()
 
 W = TypeVar("W", bound=MetricWrapperBase)
 
+
+class ComponentCollector(Protocol):
+    """A custom collector (rendered at scrape time) whose series are per component, like the families above."""
+
+    KIND_LABEL: str  # its first label, naming the component's kind: "processor", "exporter"...
+
+    def collect(self) -> object: ...
+
+    def forget_except(self, ids: Collection[str]) -> int:
+        """Drop the series of components whose id is not in ``ids``; return how many."""
+        ...
+
+
+C = TypeVar("C", bound=ComponentCollector)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -36,6 +51,7 @@ class SelfMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._families: dict[str, MetricWrapperBase] = {}
+        self._collectors: dict[str, ComponentCollector] = {}
         self._lock = threading.Lock()
         ProcessCollector(namespace=PREFIX, registry=self.registry)
 
@@ -65,13 +81,22 @@ class SelfMetrics:
                 raise ValueError(f"self-metric {name} already registered as {type(family).__name__}")
         return family  # type: ignore[return-value]
 
+    def component_collector(self, name: str, make: Callable[[], C]) -> C:
+        """The custom collector ``name`` on this registry, made and registered the first time it is asked for."""
+        with self._lock:
+            found = self._collectors.get(name)
+            if found is None:
+                found = self._collectors[name] = make()
+                self.registry.register(found)  # type: ignore[arg-type]
+        return found  # type: ignore[return-value]
+
     def forget_components(self, kept: Mapping[str, Collection[str]]) -> int:
         """Remove the series of components that no longer run; return how many.
 
         A family is a component's when its first label names a kind (``exporter``...): its series whose id is not
-        in ``kept[kind]`` go. After a config reload, the gauges of a removed exporter would otherwise stay at their
-        last value for good (a full queue firing its alert). prometheus_client lists a family's children only
-        through its private ``_metrics``.
+        in ``kept[kind]`` go; so do those of the custom collectors (``component_collector``). After a config
+        reload, the gauges of a removed exporter would otherwise stay at their last value for good (a full queue
+        firing its alert). prometheus_client lists a family's children only through its private ``_metrics``.
         """
         with self._lock:
             families = list(self._families.values())
@@ -84,6 +109,11 @@ class SelfMetrics:
             for values in [v for v in list(family._metrics) if v[0] not in ids]:
                 family.remove(*values)
                 removed += 1
+        with self._lock:
+            collectors = list(self._collectors.values())
+        for collector in collectors:
+            if collector.KIND_LABEL in kept:
+                removed += collector.forget_except(kept[collector.KIND_LABEL])
         return removed
 
     def render(self) -> bytes:

@@ -87,3 +87,25 @@ async def test_a_reload_removes_the_series_of_components_it_removed(reloadable: 
     text = reloadable.agent.metrics.render().decode()
     assert 'exporter="file/renamed"' in text
     assert 'exporter="file"' not in text
+
+
+async def test_a_reload_removes_every_series_of_a_removed_processor_the_decision_latency_histogram_too(
+    tmp_path: Path,
+) -> None:
+    """README "Reloading the config": the agent's own series of components the new config no longer has are
+    removed. The sampler's decision-latency histogram is a custom collector outside SelfMetrics' families."""
+    running = Reloadable(tmp_path)
+    running.config["processors"] = {"tail_sampling": {}}
+    running.config["service"]["pipelines"]["traces"]["processors"] = ["tail_sampling"]
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    await running.agent.start()
+    try:
+        assert 'processor="tail_sampling"' in running.agent.metrics.render().decode()
+        del running.config["processors"]
+        del running.config["service"]["pipelines"]["traces"]["processors"]
+        assert await running.agent.reload()
+        text = running.agent.metrics.render().decode()
+        left = [line for line in text.splitlines() if 'processor="tail_sampling"' in line]
+        assert left == []
+    finally:
+        await running.agent.stop()

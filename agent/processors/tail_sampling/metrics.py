@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import weakref
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -61,7 +59,7 @@ class SamplingMetrics:
         )
         self.late_kept = late.labels(cid, "keep")
         self.late_dropped = late.labels(cid, "drop")
-        self.decision_latency = _latency_family(m.registry).child(cid)
+        self.decision_latency = m.component_collector(_LatencyFamily.NAME, _LatencyFamily).child(cid)
         entries = m.gauge("sampling_cache_entries", "Trace ids in the decision caches.", [*label, "cache"])
         self.kept_entries = entries.labels(cid, "kept")
         self.dropped_entries = entries.labels(cid, "dropped")
@@ -125,6 +123,7 @@ class _LatencyFamily:
 
     NAME = f"{PREFIX}_sampling_decision_latency_seconds"
     DOC = "Time from a trace's first span to its decision."
+    KIND_LABEL = "processor"
 
     def __init__(self) -> None:
         self._children: dict[str, DecisionLatency] = {}
@@ -134,6 +133,12 @@ class _LatencyFamily:
         if found is None:
             found = self._children[component_id] = DecisionLatency(_DECISION_LATENCY_BUCKETS)
         return found
+
+    def forget_except(self, ids: Collection[str]) -> int:
+        gone = [component_id for component_id in self._children if component_id not in ids]
+        for component_id in gone:
+            del self._children[component_id]
+        return len(gone)
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.NAME, self.DOC, labels=["processor"])]
@@ -146,14 +151,3 @@ class _LatencyFamily:
             buckets.append(("+Inf", cumulative[-1]))
             family.add_metric([component_id], buckets, child.sum)
         yield family
-
-
-_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _LatencyFamily] = weakref.WeakKeyDictionary()
-
-
-def _latency_family(registry: CollectorRegistry) -> _LatencyFamily:
-    family = _FAMILIES.get(registry)
-    if family is None:
-        family = _FAMILIES[registry] = _LatencyFamily()
-        registry.register(family)  # type: ignore[arg-type]
-    return family
