@@ -50,6 +50,7 @@ class Agent:
         self._load_config = load_config or (lambda: self.config)
         self._log = component_logger("agent")
         self._stopping = False
+        self._flushed = False
         self._reloading = False
         self._started = False
         self._stop_requested = asyncio.Event()
@@ -97,6 +98,7 @@ class Agent:
         self._log.info("shutting down: flushing buffered data", extra={"timeout_seconds": timeout})
         started = time.monotonic()
         await self.graph.shutdown(started + timeout)
+        self._flushed = True  # nothing is held any more: a second signal while the admin endpoint closes is moot
         await self.admin.shutdown()
         self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
@@ -113,6 +115,8 @@ class Agent:
             self._log.info(f"{sig.name} received: shutting down")
             self._stop_requested.set()
             self._signalled.set()
+        elif self._flushed:
+            self._log.info(f"{sig.name} received after the flush: ignored, the agent is exiting")
         else:
             self._log.error(
                 f"second termination signal ({sig.name}): exiting without flushing; what is still buffered or "

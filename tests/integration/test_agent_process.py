@@ -454,3 +454,25 @@ def test_an_admin_endpoint_that_cannot_listen_names_its_config_path(tmp_path: Pa
         assert second.process is not None
         assert second.process.wait(timeout=30) == 2
         assert "service.telemetry.admin.endpoint: cannot listen on" in second.log()
+
+
+def test_a_second_sigterm_after_the_flush_is_ignored_and_the_agent_exits_zero(tmp_path: Path) -> None:
+    """README "Shutdown": signals arriving after the flush are ignored, so a flushed agent always exits 0. The admin
+    endpoint stops after the flush, for up to 2 s while a client holds a request open (here a POST whose body never
+    comes); a SIGTERM then must not turn a clean exit into exit 3."""
+    agent = AgentProcess(base_config(tmp_path / "out"), tmp_path).start()
+    host, port = agent.admin_url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)))
+    try:
+        client.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc")
+        time.sleep(0.3)
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down: flushing" in agent.log(), what="the flush")
+        time.sleep(0.5)  # nothing was buffered: the pipelines have flushed and stopped by now
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=10) == 0
+    finally:
+        client.close()
+        agent.kill()
+    assert "exiting without flushing" not in agent.log()
