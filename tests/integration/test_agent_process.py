@@ -268,6 +268,22 @@ def test_a_sigterm_during_a_reload_stops_without_starting_the_new_config(tmp_pat
     assert not (tmp_path / "out-after").exists()  # the new file exporter never started
 
 
+def test_readiness_is_false_while_a_reload_flushes_and_true_again_after_it(tmp_path: Path) -> None:
+    """README "Reloading the config": the receivers are closed for the flush, so the pod must not receive traffic
+    meanwhile (a gateway's headless Service drops it from DNS)."""
+    agent = _agent_with_a_slow_flush(tmp_path, signal.SIGHUP, new_output=tmp_path / "out-after")
+    try:
+        status, body, _ = http_get(agent.admin_url + "/health/ready")
+        assert (status, json.loads(body)["reason"]) == (503, "reloading its config")
+        assert agent.metric("otel_sidecar_ready") == 0
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+        wait_until(agent.ready, what="ready again")
+        assert agent.metric("otel_sidecar_ready") == 1
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+
+
 def test_a_sighup_during_the_flush_is_ignored(tmp_path: Path) -> None:
     agent = _agent_with_a_slow_flush(tmp_path)
     try:
