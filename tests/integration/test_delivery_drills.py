@@ -8,6 +8,7 @@ on the data is the agent's responsibility.
 from __future__ import annotations
 
 import collections
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -161,5 +162,33 @@ def test_data_accepted_before_a_sigkill_during_an_outage_is_delivered_after_the_
         assert second.stop() == 0
     finally:
         second.kill()
+        capture.stop()
+        loki.stop()
+
+
+def test_data_queued_on_disk_during_an_outage_is_delivered_by_the_pipelines_a_reload_starts(tmp_path: Path) -> None:
+    """README "Reloading the config": a persistent queue keeps its data for the new pipelines. The backends are down
+    through the reload, so everything is still queued on disk when the running pipelines stop."""
+    capture, loki = OtlpCapture(), LokiDouble()  # both down
+    config = drill_config(capture, loki, tmp_path / "queue")
+    agent = AgentProcess(config, tmp_path).start()
+    try:
+        sender = Sender(agent)
+        for _ in range(3):
+            sender.wave()
+        wait_until(lambda: agent.metric("otel_sidecar_exporter_retries_total") >= 4, timeout=15, what="failed attempts")
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=30, what="the reload")
+        capture.start()
+        loki.start()
+        wait_until(lambda: all_arrived(sender, capture, loki), timeout=30, what="queued data delivered after reload")
+        spans, lines = received(capture, loki)
+        assert spans.keys() == sender.span_ids
+        assert lines.keys() == sender.log_lines
+        assert agent.metric("otel_sidecar_exporter_send_failed_items_total") == 0
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
         capture.stop()
         loki.stop()
