@@ -198,17 +198,22 @@ class Agent:
         else:
             self.graph = graph
             return True
-        self.graph = Graph(self.config, self.metrics)
+        previous: Graph | None = None
         try:
-            await self.graph.start()
+            # Built again (its components were shut down), which may fail now: TLS files moved away since.
+            previous = self.graph = Graph(self.config, self.metrics)
+            await previous.start()
         except Exception as exc:
             # Nothing runs any more: release what did start, and exit as at a failed start.
-            await self.graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
+            if previous is not None:
+                await previous.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
             await self.admin.shutdown()
             raise RuntimeError(f"config reload: neither the new nor the previous config could start: {exc}") from exc
         return False
 
     def _reload_refused(self, errors: list[str]) -> bool:
+        # Building the refused config's graph made the series of its components: those that do not run go again.
+        self.metrics.forget_components(self.graph.component_ids())
         self._reloads.labels("invalid").inc()
         self._log.error("config reload refused: the running config stays", extra={"errors": errors})
         return False

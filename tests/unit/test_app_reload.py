@@ -14,7 +14,7 @@ import yaml
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
 from agent.receivers.otlp import OtlpReceiver
-from tests.helpers import base_config, free_port
+from tests.helpers import base_config, free_port, metric_value
 
 
 def load(config: dict[str, Any]) -> AgentConfig:
@@ -107,5 +107,84 @@ async def test_a_reload_removes_every_series_of_a_removed_processor_the_decision
         text = running.agent.metrics.render().decode()
         left = [line for line in text.splitlines() if 'processor="tail_sampling"' in line]
         assert left == []
+    finally:
+        await running.agent.stop()
+
+
+async def test_a_reload_refused_at_build_leaves_no_series_of_the_components_it_built(reloadable: Reloadable) -> None:
+    """Review pass 68: since 415d173 a receiver's TLS files are read when the graph is built, so a half-rotated
+    certificate makes the reload *refused* (not *failed*), and the refused path never calls forget_components:
+    the series the new graph's constructors made (its ingest queue, a new tail sampler) stay for good."""
+    config = reloadable.config
+    config["receivers"]["otlp/gw"] = {
+        "grpc": {"endpoint": f"127.0.0.1:{free_port()}", "tls": {"cert_file": "/nonexistent.pem", "key_file": "/k"}},
+        "http": {"enabled": False},
+    }
+    config["processors"] = {"tail_sampling/new": {}}
+    config["service"]["pipelines"]["traces"]["receivers"] = ["otlp", "otlp/gw"]
+    config["service"]["pipelines"]["traces"]["processors"] = ["tail_sampling/new"]
+    assert not await reloadable.agent.reload()
+    text = reloadable.agent.metrics.render().decode()
+    left = [line for line in text.splitlines() if "otlp/gw" in line or "tail_sampling/new" in line]
+    assert left == []
+
+
+async def test_a_fallback_whose_tls_files_are_gone_says_neither_config_could_start_and_releases_the_admin_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new config (certificates moved to a new path) builds, its start fails (a port taken), and the previous
+    config is built again: since 415d173 that *build* reads the old, deleted files and raises outside the try of
+    Agent._start_instead, so the admin endpoint stays open and the 'neither ... could start' message is lost."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    from tests.helpers import self_signed_certificate
+
+    old_cert, old_key = self_signed_certificate(old_dir)
+    new_cert, new_key = self_signed_certificate(new_dir)
+    running = Reloadable(tmp_path)
+    running.config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(old_cert), "key_file": str(old_key)}
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    await running.agent.start()
+    url = running.admin_url
+    try:
+        running.config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(new_cert), "key_file": str(new_key)}
+        old_cert.unlink()
+        old_key.unlink()
+
+        async def taken(self: OtlpReceiver) -> None:
+            raise OSError(98, "address already in use")
+
+        monkeypatch.setattr(OtlpReceiver, "start", taken)
+        with pytest.raises(RuntimeError, match="neither the new nor the previous config could start"):
+            await running.agent.reload()
+        assert not await admin_answers(url)
+    finally:
+        await running.agent.admin.shutdown()
+
+
+async def test_a_refused_reload_leaves_the_running_exporters_gauges_alone(tmp_path: Path) -> None:
+    """A reload builds its components before it knows it can use them: the loadbalancing exporter's constructor
+    used to bind the healthy-gateways gauge to its own (empty) state, and reset the known-gateways gauge, so after
+    a refused reload both read 0 for the exporter still running."""
+    running = Reloadable(tmp_path)
+    gateways = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    running.config["exporters"]["loadbalancing"] = {
+        "protocol": {"tls": {"insecure": True}},
+        "resolver": {"static": {"hostnames": gateways}},
+    }
+    running.config["service"]["pipelines"]["traces"]["exporters"] = ["loadbalancing"]
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    await running.agent.start()
+    try:
+
+        def gauge(name: str) -> float:
+            return metric_value(running.agent.metrics.render().decode(), f"otel_sidecar_loadbalancer_{name}")
+
+        assert (gauge("backends"), gauge("healthy_backends")) == (2, 2)
+        tls = {"cert_file": str(tmp_path / "absent.pem"), "key_file": str(tmp_path / "absent.key")}
+        running.config["receivers"]["otlp"]["grpc"]["tls"] = tls  # refused when the new graph is built
+        assert not await running.agent.reload()
+        assert (gauge("backends"), gauge("healthy_backends")) == (2, 2)
     finally:
         await running.agent.stop()

@@ -81,6 +81,7 @@ def exporter_with(
     )
     exporter = LoadBalancingExporter(config, settings)
     exporter._transports = dict(gateways)  # type: ignore[assignment]
+    exporter.expose_gauges()  # as start() does
     return exporter, metrics
 
 

@@ -61,6 +61,7 @@ class LoadBalancingExporter:
         return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
+        self.expose_gauges()
         await self._resolver.start(self._set_backends)
         await self._queue.start()
 
@@ -69,6 +70,13 @@ class LoadBalancingExporter:
         await self._resolver.shutdown()
         await asyncio.gather(*(t.close() for t in self._transports.values()))
         self._transports.clear()
+
+    def expose_gauges(self) -> None:
+        """At start, not in __init__: a config reload builds its components before it knows it can use them, and a
+        refused one must leave the running exporter's gauges alone (the healthy count would read its state)."""
+        cid = self._settings.component_id
+        self._backends.labels(cid).set(len(self._transports))
+        self._healthy.labels(cid).set_function(self._count_healthy)
 
     # --- membership -------------------------------------------------------------------------------------------
 
@@ -285,7 +293,7 @@ class LoadBalancingExporter:
         return 0
 
     def _init_metrics(self) -> None:
-        m, cid = self._settings.metrics, self._settings.component_id
+        m = self._settings.metrics
         self._backends = m.gauge("loadbalancer_backends", "Gateways known from the resolver.", ["exporter"])
         self._healthy = m.gauge("loadbalancer_healthy_backends", "Gateways currently in the ring.", ["exporter"])
         self._resolutions = m.counter(
@@ -306,8 +314,6 @@ class LoadBalancingExporter:
         self._ejections = m.counter(
             "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]
         )
-        self._backends.labels(cid).set(0)
-        self._healthy.labels(cid).set_function(self._count_healthy)
 
 
 class _Push:
