@@ -103,7 +103,10 @@ def _text_of(body: bytes) -> tuple[str, bool]:
     try:
         text = body.decode(encoding)
     except UnicodeDecodeError:
-        return body.decode(encoding, "surrogateescape"), True
+        # UTF-8: any byte that does not decode. UTF-16 and UTF-32: a lone surrogate code unit (what else fails
+        # there, an odd length, is no such body at all and refused).
+        handler = "surrogateescape" if encoding.startswith("utf-8") else "surrogatepass"
+        return body.decode(encoding, handler), True
     return text, _SURROGATE_ESCAPE.search(text) is not None
 
 

@@ -365,3 +365,15 @@ def test_a_json_string_holding_a_utf8_encoded_surrogate_is_repaired_as_in_protob
     JSON; json.loads reads it with surrogatepass and protobuf then refuses the whole request."""
     message, repaired = json_codec.decode_repairing(_json_spans(b"x\xed\xa0\x80y"), ExportTraceServiceRequest)
     assert "\ufffd" in message.resource_spans[0].scope_spans[0].spans[0].name and repaired == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
+def test_a_json_string_holding_a_lone_surrogate_in_a_utf16_or_utf32_body_is_repaired(encoding: str) -> None:
+    """Review pass 68: decode_repairing says bytes that are not UTF-16/UTF-32 (for a body in those) become U+FFFD, but
+    _text_of's fallback uses "surrogateescape", which cannot escape bytes below 0x80: a lone high surrogate (00 D8 in
+    UTF-16-LE, 00 D8 00 00 in UTF-32-LE) raises UnicodeDecodeError there, and the whole body is refused (400)."""
+    text = '{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10",'
+    text += '"spanId":"0102030405060708","name":"cut \ud83d"}]}]}]}'
+    body = text.encode(encoding, "surrogatepass")
+    message, repaired = json_codec.decode_repairing(body, ExportTraceServiceRequest)
+    assert message.resource_spans[0].scope_spans[0].spans[0].name == "cut \ufffd" and repaired == 1
