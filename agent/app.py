@@ -104,7 +104,9 @@ class Agent:
 
     def request_stop(self, sig: signal.Signals) -> None:
         if sig is signal.SIGHUP:
-            if self._stop_requested.is_set():
+            if self._flushed:
+                self._log.info("SIGHUP received after the flush: ignored, the agent is exiting")
+            elif self._stop_requested.is_set():
                 # A terminal closing, or a config reloader retrying, must not abandon the flush under way.
                 self._log.warning("SIGHUP received while shutting down: ignored, the flush goes on")
             else:

@@ -125,7 +125,7 @@ def _repaired(node: Any) -> tuple[Any, int]:
         out = {}
         for key, value in node.items():
             if _has_surrogate(key):
-                raise OtlpJsonError(f"a key is not valid UTF-8: {ascii(key)[1:41]}")
+                raise OtlpJsonError(f"a key holds bytes that are not text or a lone surrogate: {ascii(key)[1:41]}")
             out[key], repaired = _repaired(value)
             count += repaired
         return out, count

@@ -176,3 +176,24 @@ def test_missing_or_unusable_tls_files_are_refused_when_the_receiver_is_built_na
             OtlpReceiver(config, settings, {Signal.TRACES: BatchSink()})
         told = str(raised.value)
         assert told.startswith(f"receivers.otlp.{protocol}.tls: {message}") and str(named) in told, told
+
+
+def test_files_rotated_while_being_read_are_read_again_and_never_handed_to_grpc_half_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC gets the bytes read, Python's ssl checks the files: a rotation between the two must not give gRPC a
+    pair that was never checked. The files are read again until two reads agree (or it gives up, naming them)."""
+    cert, key = self_signed_certificate(tmp_path)
+    tls = TlsServerConfig(cert_file=str(cert), key_file=str(key))
+    reads = iter(range(100))
+    real_read = TlsServerConfig._read
+
+    def changing(self: TlsServerConfig) -> tuple[bytes, bytes, bytes | None]:
+        key_bytes, cert_bytes, ca = real_read(self)
+        return key_bytes + str(next(reads)).encode(), cert_bytes, ca  # a different key at every read
+
+    monkeypatch.setattr(TlsServerConfig, "_read", changing)
+    with pytest.raises(ValueError, match="TLS files keep changing while being read"):
+        tls.load()
+    monkeypatch.setattr(TlsServerConfig, "_read", real_read)
+    assert tls.load().ssl_context is not None  # still, once they are still

@@ -45,8 +45,26 @@ class TlsServerConfig:
 
     def load(self) -> ServerTls:
         """The files read and checked; ValueError naming the file when one is missing, unreadable or unusable."""
-        files = [name for name in (self.cert_file, self.key_file, self.client_ca_file) if name]
-        for name in files:
+        for _attempt in range(3):
+            read = self._read()
+            context = self._ssl_context()
+            if self._read() == read:  # what Python's ssl checked is what gRPC gets, not a pair half rotated
+                break
+        else:
+            raise ValueError(f"TLS files keep changing while being read: {', '.join(self._files())}")
+        key, cert, client_ca = read
+        # gRPC's core would take a key that does not match its certificate, or a CA file without a certificate,
+        # and fail each handshake instead: what it gets is what Python's ssl has just checked.
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        return ServerTls(context, credentials)
+
+    def _files(self) -> list[str]:
+        return [name for name in (self.cert_file, self.key_file, self.client_ca_file) if name]
+
+    def _read(self) -> tuple[bytes, bytes, bytes | None]:
+        for name in self._files():
             if not Path(name).is_file():
                 raise ValueError(f"TLS file not found (or not a file): {name}")
         try:
@@ -54,6 +72,9 @@ class TlsServerConfig:
             client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         except OSError as exc:
             raise ValueError(f"TLS file not readable: {exc.filename}: {exc.strerror}") from None
+        return key, cert, client_ca
+
+    def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             # Without a password OpenSSL would ask for one on the terminal, and wait there for good.
@@ -64,13 +85,8 @@ class TlsServerConfig:
         except _EncryptedKey:
             raise ValueError(f"TLS key is encrypted (give it without a passphrase): {self.key_file}") from None
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ValueError(f"TLS file(s) not usable ({', '.join(files)}): {exc}") from None
-        # gRPC's core would take a key that does not match its certificate, or a CA file without a certificate,
-        # and fail each handshake instead: what it gets is what Python's ssl has just checked.
-        credentials = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
-        return ServerTls(context, credentials)
+            raise ValueError(f"TLS file(s) not usable ({', '.join(self._files())}): {exc}") from None
+        return context
 
 
 @dataclass(frozen=True)
