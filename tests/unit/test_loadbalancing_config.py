@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.config.schema import ConfigError, build
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig, parse_nameserver
@@ -90,3 +92,46 @@ def test_one_wrong_setting_does_not_hide_the_others() -> None:
         "exporters.loadbalancing.resolver.dns.timeout: must be longer than 0s",
         "exporters.loadbalancing.backend_cooldown: must be longer than 0s",
     ]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_tls_files_beside_insecure_true_are_refused_rather_than_sent_in_plain_text(protocol: str) -> None:
+    """The shipped sidecar config and the chart's ci/sidecar-to-gateway.yaml set ``insecure: true``; an operator
+    adding docs/gateway.md's mutual-TLS keys to it (Helm merges them into that map) got plain text, and the gateway
+    only closed each connection: "Socket closed", with nothing naming the cause."""
+    tls = {"insecure": True, "ca_file": "/tls/ca.crt", "cert_file": "/tls/tls.crt", "key_file": "/tls/tls.key"}
+    assert problems({"protocol": {"protocol": protocol, "tls": tls}, "resolver": DNS}) == [
+        "exporters.loadbalancing.protocol.tls.insecure: is true, so the connection is plain text and tls.ca_file, "
+        "tls.cert_file, tls.key_file would be ignored: set insecure: false for TLS (over a default or Helm value "
+        "that sets it true) or remove them"
+    ]
+    assert problems({"protocol": {"protocol": protocol, "tls": {**tls, "insecure": False}}, "resolver": DNS}) == []
+    assert problems({"protocol": {"protocol": protocol, "tls": {"insecure": True}}, "resolver": DNS}) == []
+
+
+def _helm_merge(base: Any, override: Any) -> Any:
+    """Helm's coalescing of a values file over another (maps merge key by key, null removes)."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _helm_merge(merged.get(key), value)
+    return merged
+
+
+def test_the_mutual_tls_example_of_the_docs_over_the_charts_sidecar_file_speaks_tls() -> None:
+    """docs/gateway.md says to give its settings under the chart's ``config:``; over ci/sidecar-to-gateway.yaml
+    (``tls: {insecure: true}``) they must still make a valid config that uses TLS."""
+    repo = Path(__file__).resolve().parents[2]
+    section = (repo / "docs" / "gateway.md").read_text().split("### Mutual TLS between the tiers", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    chart_file = yaml.safe_load((repo / "helm" / "otel-sidecar" / "ci" / "sidecar-to-gateway.yaml").read_text())
+    raw = _helm_merge(chart_file["config"]["exporters"]["loadbalancing"], example["exporters"]["loadbalancing"])
+    assert problems(raw) == []
+    errors: list[ConfigError] = []
+    config = build(LoadBalancingExporterConfig, raw, "exporters.loadbalancing", errors)
+    assert config is not None
+    assert config.protocol.for_backend("10.0.0.1:4317").uses_tls

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import types
+from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
@@ -19,8 +20,10 @@ from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
 from agent.exporters._helper.retry import RetryableError, RetryConfig
+from agent.exporters._helper.tls import TlsClientConfig
 from agent.exporters.loadbalancing import exporter as exporter_module
 from agent.exporters.loadbalancing.config import (
+    BackendProtocolConfig,
     LoadBalancingExporterConfig,
     ResolverConfig,
     StaticResolverConfig,
@@ -29,7 +32,7 @@ from agent.exporters.loadbalancing.exporter import LoadBalancingExporter
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload
-from tests.helpers import FakeClock, metric_value
+from tests.helpers import FakeClock, metric_value, self_signed_certificate
 
 GATEWAYS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
 
@@ -559,3 +562,31 @@ async def test_a_gateway_gone_from_the_resolver_takes_its_series_along() -> None
     await exporter._set_backends(GATEWAYS[1:])
     assert routed() and not any(GATEWAYS[0] in line for line in routed())
     assert ejections() and not any(GATEWAYS[0] in line for line in ejections())
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ("mismatched", r"TLS file\(s\) not usable .*client\.pem"),
+        ("missing", r"TLS file\(s\) not found: .*absent\.pem"),
+    ],
+)
+async def test_client_tls_files_that_could_never_make_a_handshake_fail_the_start(
+    tmp_path: Path, files: str, expected: str
+) -> None:
+    """As the otlp exporter refuses to start: grpcio took a key that does not match its certificate, the agent
+    reported ready, and every export failed "Failed to create security handshaker" until each batch was given up."""
+    ca, _ = self_signed_certificate(tmp_path, "gateway")
+    client_cert, _ = self_signed_certificate(tmp_path, "client")
+    _, other_key = self_signed_certificate(tmp_path, "other")
+    cert = client_cert if files == "mismatched" else tmp_path / "absent.pem"
+    tls = TlsClientConfig(ca_file=str(ca), cert_file=str(cert), key_file=str(other_key))
+    metrics = SelfMetrics()
+    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    config = LoadBalancingExporterConfig(
+        protocol=BackendProtocolConfig(tls=tls),
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
+    )
+    exporter = LoadBalancingExporter(config, settings)
+    with pytest.raises(RuntimeError, match=expected):
+        await exporter.start()

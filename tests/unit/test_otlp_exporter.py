@@ -689,3 +689,16 @@ async def test_fields_a_sender_wrote_with_the_wrong_wire_type_are_not_sent_on(pr
         config = exporter_config(endpoint, protocol=protocol)
         await run_exporter(config, [poisoned], SelfMetrics(), lambda: len(backend.capture.spans()) >= len(expected))
         assert span_keys(backend.capture.requests[Signal.TRACES]) == expected
+
+
+def test_tls_settings_beside_insecure_true_are_a_config_error_not_plain_text() -> None:
+    errors: list[ConfigError] = []
+    raw = {"endpoint": "jaeger:4317", "tls": {"insecure": True, "ca_file": "/tls/ca.crt"}}
+    build(OtlpExporterConfig, raw, "exporters.otlp", errors)
+    assert [str(e) for e in errors] == [
+        "exporters.otlp.tls.insecure: is true, so the connection is plain text and tls.ca_file would be ignored: "
+        "set insecure: false for TLS (over a default or Helm value that sets it true) or remove them"
+    ]
+    # A URL's scheme decides: https:// is TLS whatever insecure says, so nothing is ignored.
+    build(OtlpExporterConfig, {**raw, "endpoint": "https://jaeger:4318"}, "exporters.otlp", errors := [])
+    assert errors == []

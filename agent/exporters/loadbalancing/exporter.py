@@ -32,6 +32,7 @@ from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.exporters.loadbalancing.split import split_logs, split_traces
+from agent.exporters.otlp.exporter import check_tls_files
 from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
@@ -61,6 +62,8 @@ class LoadBalancingExporter:
         return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
+        # Before anything is exposed or resolved: a refused reload leaves the running exporter's gauges alone.
+        check_tls_files(self._config.protocol.for_backend("gateway:4317"))
         self.expose_gauges()
         await self._resolver.start(self._set_backends)
         await self._queue.start()

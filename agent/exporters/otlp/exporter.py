@@ -46,18 +46,7 @@ class OtlpExporter:
         self._filter.count(signal, routed)
 
     async def start(self) -> None:
-        missing = self._config.tls.missing_files()
-        if missing:
-            raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
-        if self._config.uses_tls:
-            # Read here for both transports: grpcio would take an unreadable CA or key and fail every handshake
-            # ("Failed to create security handshaker") until each batch is given up.
-            tls = self._config.tls
-            try:
-                tls.ssl_context()
-            except (ssl.SSLError, ValueError) as exc:
-                files = ", ".join(name for name in (tls.ca_file, tls.cert_file, tls.key_file) if name)
-                raise RuntimeError(f"TLS file(s) not usable ({files}): {exc}") from None
+        check_tls_files(self._config)
         await self._transport.start()
         await self._queue.start()
 
@@ -83,3 +72,22 @@ class OtlpExporter:
             error_message=partial.error_message,
         )
         return rejected
+
+
+def check_tls_files(config: OtlpExporterConfig) -> None:
+    """Refuse to start (RuntimeError naming the files) on TLS files that are missing or unusable.
+
+    Read here for both transports, and by the ``loadbalancing`` exporter for its gateways: grpcio would take an
+    unreadable CA, or a key that does not match its certificate, and fail every handshake ("Failed to create
+    security handshaker") until each batch is given up.
+    """
+    missing = config.tls.missing_files()
+    if missing:
+        raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
+    if config.uses_tls:
+        tls = config.tls
+        try:
+            tls.ssl_context()
+        except (ssl.SSLError, ValueError) as exc:
+            files = ", ".join(name for name in (tls.ca_file, tls.cert_file, tls.key_file) if name)
+            raise RuntimeError(f"TLS file(s) not usable ({files}): {exc}") from None
