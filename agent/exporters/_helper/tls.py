@@ -27,6 +27,11 @@ class TlsClientConfig:
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file" if not self.cert_file else "key_file", "cert_file and key_file go together"
 
+    def given_for_tls(self) -> list[str]:
+        """The settings given here that only a TLS connection uses (for a message when the connection is plain)."""
+        names = ("ca_file", "cert_file", "key_file", "server_name_override", "insecure_skip_verify")
+        return [f"tls.{name}" for name in names if getattr(self, name)]
+
     def missing_files(self) -> list[str]:
         return [name for name in (self.ca_file, self.cert_file, self.key_file) if name and not Path(name).is_file()]
 
@@ -42,3 +47,17 @@ class TlsClientConfig:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def plain_http_problem(ignored: list[str]) -> str:
+    """The message for TLS settings beside an ``http://`` endpoint, which are never used."""
+    return f"is plain http://, so {', '.join(ignored)} would be ignored: use https:// for TLS, or remove them"
+
+
+def insecure_problem(ignored: list[str]) -> str:
+    """The message for TLS settings beside ``insecure: true``, which makes the connection plain text. A gateway
+    asking for mutual TLS then only closes the connection ("Socket closed"), which says nothing of the cause."""
+    return (
+        f"is true, so the connection is plain text and {', '.join(ignored)} would be ignored: set insecure: false "
+        "for TLS (over a default or Helm value that sets it true) or remove them"
+    )

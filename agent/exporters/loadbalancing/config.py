@@ -10,7 +10,7 @@ from typing import Literal
 from agent.config.schema import Duration, HostPort, setting
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
-from agent.exporters._helper.tls import TlsClientConfig
+from agent.exporters._helper.tls import TlsClientConfig, insecure_problem
 from agent.exporters.otlp.config import OtlpExporterConfig
 
 
@@ -39,6 +39,8 @@ class BackendProtocolConfig:
         """What the ``otlp`` exporter checks of the same settings (the endpoint comes from the resolver)."""
         checked = self.for_backend("gateway:4317")
         yield from ((path, message) for path, message in checked.validate() if path != "endpoint")
+        if self.protocol != "grpc" and self.tls.insecure and self.tls.given_for_tls():
+            yield "tls.insecure", insecure_problem(self.tls.given_for_tls())  # it makes the gateways' URLs http://
 
 
 @dataclass(frozen=True)

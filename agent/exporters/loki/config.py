@@ -12,7 +12,7 @@ from agent.exporters._helper.batcher import BatchConfig
 from agent.exporters._helper.headers import credential_problems, header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
-from agent.exporters._helper.tls import TlsClientConfig
+from agent.exporters._helper.tls import TlsClientConfig, plain_http_problem
 from agent.exporters.loki.labels import FIXED_LABELS, MAX_LABELS, sanitize_label_name
 
 _TENANT = re.compile(r"^[A-Za-z0-9!\-_.*'()]{1,150}$")
@@ -59,6 +59,8 @@ class LokiExporterConfig:
             yield "compression", "gzip applies to encoding: json (protobuf bodies are snappy-compressed)"
         yield from header_problems(self.headers, grpc=False)
         yield from credential_problems(self.endpoint, self.headers, grpc=False)
+        if str(self.endpoint).lower().startswith("http://") and self.tls.given_for_tls():
+            yield "endpoint", plain_http_problem(self.tls.given_for_tls())
         if self.tenant_id and not _TENANT.match(self.tenant_id):
             yield "tenant_id", "must be 1-150 characters of letters, digits and !-_.*'()"
         if len(self.label_resource_attributes) > MAX_LABELS - len(FIXED_LABELS):

@@ -13,7 +13,7 @@ from agent.exporters._helper.batcher import BatchConfig
 from agent.exporters._helper.headers import credential_problems, header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
-from agent.exporters._helper.tls import TlsClientConfig
+from agent.exporters._helper.tls import TlsClientConfig, insecure_problem, plain_http_problem
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 
@@ -52,17 +52,11 @@ class OtlpExporterConfig:
         if self.protocol == "grpc" and self.tls.insecure_skip_verify:
             # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
             yield "tls.insecure_skip_verify", "is not available over gRPC; give tls.ca_file (the server's CA)"
-        tls_settings = ("ca_file", "cert_file", "key_file", "server_name_override")
-        tls_files = [name for name in tls_settings if getattr(self.tls, name)]
-        if self.tls.insecure and not self.uses_tls and tls_files:
-            # Plain text would be sent and these ignored: a gateway asking for mutual TLS then only closes the
-            # connection ("Socket closed"), which says nothing of the cause. Refusing asks which one is meant.
-            ignored = ", ".join(f"tls.{name}" for name in tls_files)
-            problem = (
-                f"is true, so the connection is plain text and {ignored} would be ignored: set insecure: false "
-                "for TLS (over a default or Helm value that sets it true) or remove them"
-            )
-            yield "tls.insecure", problem
+        ignored = [] if self.uses_tls else self.tls.given_for_tls()
+        if ignored and "://" not in self.endpoint:
+            yield "tls.insecure", insecure_problem(ignored)
+        elif ignored:
+            yield "endpoint", plain_http_problem(ignored)
 
     @property
     def uses_tls(self) -> bool:
