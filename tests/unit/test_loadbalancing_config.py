@@ -135,3 +135,18 @@ def test_the_mutual_tls_example_of_the_docs_over_the_charts_sidecar_file_speaks_
     config = build(LoadBalancingExporterConfig, raw, "exporters.loadbalancing", errors)
     assert config is not None
     assert config.protocol.for_backend("10.0.0.1:4317").uses_tls
+
+
+def test_the_charts_sidecar_file_gives_an_unreachable_tier_as_long_as_the_shipped_sidecar_config() -> None:
+    """docs/gateway.md says data waits 15 minutes for an unreachable tier in both; the chart's file left it at the
+    5-minute default."""
+    repo = Path(__file__).resolve().parents[2]
+    chart_file = yaml.safe_load((repo / "helm" / "otel-sidecar" / "ci" / "sidecar-to-gateway.yaml").read_text())
+    shipped = yaml.safe_load((repo / "config" / "sidecar-gateway.yaml").read_text())
+    waits = []
+    for raw in (chart_file["config"]["exporters"]["loadbalancing"], shipped["exporters"]["loadbalancing"]):
+        errors: list[ConfigError] = []
+        config = build(LoadBalancingExporterConfig, raw, "exporters.loadbalancing", errors)
+        assert config is not None and not errors, errors
+        waits.append(float(config.retry_on_failure.max_elapsed_time))
+    assert waits == [15 * 60, 15 * 60]

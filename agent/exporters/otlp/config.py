@@ -49,7 +49,7 @@ class OtlpExporterConfig:
         yield from _check_endpoint(self.endpoint, self.protocol)
         yield from header_problems(self.headers, grpc=self.protocol == "grpc")
         yield from credential_problems(self.endpoint, self.headers, grpc=self.protocol == "grpc")
-        if self.protocol == "grpc" and self.tls.insecure_skip_verify:
+        if self.protocol == "grpc" and self.tls.insecure_skip_verify and self.uses_tls:
             # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
             yield "tls.insecure_skip_verify", "is not available over gRPC; give tls.ca_file (the server's CA)"
         ignored = [] if self.uses_tls else self.tls.given_for_tls()
