@@ -132,15 +132,22 @@ def test_a_twenty_second_outage_loses_nothing_and_counts_any_duplicates(tmp_path
         loki.stop()
 
 
+def sent_during_an_outage(agent: AgentProcess) -> Sender:
+    """Three waves of spans and logs sent to ``agent`` while its backends are down, once its exporters have failed
+    a few times: everything is accepted and queued, nothing delivered."""
+    sender = Sender(agent)
+    for _ in range(3):
+        sender.wave()
+    wait_until(lambda: agent.metric("otel_sidecar_exporter_retries_total") >= 4, timeout=15, what="failed attempts")
+    return sender
+
+
 def test_data_accepted_before_a_sigkill_during_an_outage_is_delivered_after_the_restart(tmp_path: Path) -> None:
     capture, loki = OtlpCapture(), LokiDouble()  # both down
     config = drill_config(capture, loki, tmp_path / "queue")
     first = AgentProcess(config, tmp_path).start()
     try:
-        sender = Sender(first)
-        for _ in range(3):
-            sender.wave()
-        wait_until(lambda: first.metric("otel_sidecar_exporter_retries_total") >= 4, timeout=15, what="failed attempts")
+        sender = sent_during_an_outage(first)
         first.process.kill()  # type: ignore[union-attr] - SIGKILL: no shutdown, no flush
         first.process.wait()  # type: ignore[union-attr]
     finally:
@@ -173,10 +180,7 @@ def test_data_queued_on_disk_during_an_outage_is_delivered_by_the_pipelines_a_re
     config = drill_config(capture, loki, tmp_path / "queue")
     agent = AgentProcess(config, tmp_path).start()
     try:
-        sender = Sender(agent)
-        for _ in range(3):
-            sender.wave()
-        wait_until(lambda: agent.metric("otel_sidecar_exporter_retries_total") >= 4, timeout=15, what="failed attempts")
+        sender = sent_during_an_outage(agent)
         assert agent.process is not None
         agent.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "config reloaded" in agent.log(), timeout=30, what="the reload")

@@ -58,9 +58,23 @@ def exported(exporter: SpanExporter, batch: tuple[ReadableSpan, ...]) -> bool:
         return False
 
 
-def tls_config(out_dir: Path, cert: Path, key: Path, client_ca: Path) -> dict[str, Any]:
+def made_certificates(tmp_path: Path) -> tuple[Path, Path, tuple[Path, Path]]:
+    """A directory with the agent's certificate and key (server.pem, server.key) and a client's (self-signed, so its
+    own CA); returns the directory, the agent's certificate and the client's certificate and key."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, _ = self_signed_certificate(certs)
+    return certs, cert, self_signed_certificate(certs, "client")
+
+
+def tls_config(out_dir: Path, certs: Path, client: tuple[Path, Path]) -> dict[str, Any]:
+    """Both receivers over mutual TLS with the files of ``made_certificates``."""
     config = base_config(out_dir)
-    tls = {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(client_ca)}
+    tls = {
+        "cert_file": str(certs / "server.pem"),
+        "key_file": str(certs / "server.key"),
+        "client_ca_file": str(client[0]),
+    }
     for protocol in ("grpc", "http"):
         config["receivers"]["otlp"][protocol]["tls"] = tls
     return config
@@ -74,11 +88,8 @@ def test_the_sdk_exports_over_mutual_tls_and_a_sighup_takes_a_rotated_certificat
     # (this one among them) set them to the system bundle.
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    cert, key = self_signed_certificate(certs)
-    client = self_signed_certificate(certs, "client")
-    with running_agent(tmp_path, tls_config(tmp_path / "out", cert, key, client[0])) as agent:
+    certs, cert, client = made_certificates(tmp_path)
+    with running_agent(tmp_path, tls_config(tmp_path / "out", certs, client)) as agent:
         first = cert.read_bytes()
         assert exported(sdk_exporter(agent, transport, first, client), spans(2))
         wait_until(lambda: len(output_spans(agent.out_dir)) == 2, what="the spans sent over TLS written")
@@ -103,11 +114,8 @@ def test_a_sighup_with_tls_files_broken_in_place_keeps_the_agent_serving(tmp_pat
     (same paths), so falling back to the previous config would read the same broken files: they are checked before
     anything stops. A half-written rotation (a cert written before its key, as a script copying two files does) is
     enough."""
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    cert, key = self_signed_certificate(certs)
-    client = self_signed_certificate(certs, "client")
-    with running_agent(tmp_path, tls_config(tmp_path / "out", cert, key, client[0])) as agent:
+    certs, cert, client = made_certificates(tmp_path)
+    with running_agent(tmp_path, tls_config(tmp_path / "out", certs, client)) as agent:
         first = cert.read_bytes()
         self_signed_certificate(certs, "next")
         (certs / "next.pem").replace(cert)  # the new certificate is in place, its key not yet

@@ -6,14 +6,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from google.protobuf.message import Message
 
-from agent.component import Consumer, Factory, Kind, Refused, Signal
+from agent.component import Consumer, CreateSettings, Factory, Kind, Refused, Signal
 from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.schema import ConfigInvalid
 from agent.config.service import PipelineConfig, ServiceConfig
@@ -509,11 +509,24 @@ class RefusesUntilReceiversStop(Recorder):
 
 
 def src_to_exporter(
-    journal: list[str], processor: Factory | None = None, processor_ids: Sequence[str] = (), exporter: Any = None
+    journal: list[str],
+    make_processor: Callable[[CreateSettings, Consumer], Any] | None = None,
+    processor_ids: Sequence[str] = (),
+    exporter: Any = None,
+    retains_data: bool = True,
 ) -> Graph:
-    """One traces pipeline: a ``src`` receiver, ``processor_ids`` made by ``processor``, and ``exporter`` (by
-    default a recorder ``rec``)."""
+    """One traces pipeline: a ``src`` receiver, ``processor_ids`` each made by ``make_processor(settings, next)``,
+    and ``exporter`` (by default a recorder ``rec``)."""
     made = exporter or (lambda cfg, s: Recorder("rec", journal))
+    processor = Factory(
+        Kind.PROCESSOR,
+        "proc",
+        Empty,
+        frozenset(Signal),
+        lambda cfg, s, signal, nxt: make_processor(s, nxt),  # type: ignore[misc]
+        "",
+        retains_data=retains_data,
+    )
     exporters = Factory(Kind.EXPORTER, "rec", Empty, frozenset(Signal), made, "")
     receiver = Factory(Kind.RECEIVER, "src", Empty, frozenset(Signal), lambda cfg, s, c: Source(c, journal), "")
     config = AgentConfig(
@@ -529,16 +542,9 @@ def src_to_exporter(
 
 async def test_stages_hear_that_the_receivers_stopped_before_the_ingest_queues_drain() -> None:
     journal: list[str] = []
-    refuser = Factory(
-        Kind.PROCESSOR,
-        "refuser",
-        Empty,
-        frozenset(Signal),
-        lambda cfg, s, signal, nxt: RefusesUntilReceiversStop(s.component_id, journal, nxt),
-        "",
-        retains_data=False,
+    graph = src_to_exporter(
+        journal, lambda s, nxt: RefusesUntilReceiversStop(s.component_id, journal, nxt), ["refuser"], retains_data=False
     )
-    graph = src_to_exporter(journal, refuser, ["refuser"])
     batch = next(iter(Workload(seed=3).requests(1)))[0]
     await graph.start()
     graph.component("src").consumers[Signal.TRACES].consume(batch)
@@ -568,16 +574,11 @@ class Faulty(Recorder):
 
 async def test_a_stage_whose_shutdown_or_hook_raises_does_not_stop_the_others_from_stopping() -> None:
     journal: list[str] = []
-    faulty = Factory(
-        Kind.PROCESSOR,
-        "faulty",
-        Empty,
-        frozenset(Signal),
-        lambda cfg, s, signal, nxt: Faulty(s.component_id, journal, nxt, s.component_id.split("/")[1]),
-        "",
-    )
     # Built from the last processor to the first: faulty/hook is told first, faulty/stop is stopped first.
-    graph = src_to_exporter(journal, faulty, ["faulty/stop", "faulty/hook"])
+    faulty = ["faulty/stop", "faulty/hook"]
+    graph = src_to_exporter(
+        journal, lambda s, nxt: Faulty(s.component_id, journal, nxt, s.component_id.split("/")[1]), faulty
+    )
     await graph.start()
     journal.clear()
     await graph.shutdown(time.monotonic() + 1)

@@ -137,23 +137,33 @@ async def test_what_cannot_be_sent_by_the_deadline_is_counted_as_undelivered() -
     assert len(queue) == 0
 
 
+class FirstCallFails:
+    """A push whose first call raises ``error`` (or, without one, answers ``rejected`` items); later calls deliver."""
+
+    def __init__(self, error: Exception | None = None, rejected: int = 0) -> None:
+        self.error = error
+        self.rejected = rejected
+        self.calls = 0
+
+    async def __call__(self, signal: Signal, batch: Message) -> int:
+        self.calls += 1
+        if self.calls > 1:
+            return 0
+        if self.error is not None:
+            raise self.error
+        return self.rejected
+
+
 async def test_a_failing_push_is_counted_and_the_worker_keeps_going() -> None:
     metrics = SelfMetrics()
-    calls = 0
-
-    async def push(signal: Signal, batch: Message) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise OSError("disk full")
-
+    push = FirstCallFails(OSError("disk full"))
     queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push)
     await queue.start()
     for batch in batches(3):
         queue.offer(Signal.TRACES, batch)
     await queue.shutdown(time.monotonic() + 5)
     text = metrics.render().decode()
-    assert calls == 3
+    assert push.calls == 3
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="OSError") > 0
 
 
@@ -161,15 +171,9 @@ async def test_a_backend_claiming_to_reject_more_than_it_was_sent_counts_at_most
     """A partial success with rejected_spans above the request's spans (a buggy backend) must not break the
     counters (a negative increment) nor stop the worker."""
     metrics = SelfMetrics()
-    calls = 0
-
-    async def push(signal: Signal, batch: Message) -> int:
-        nonlocal calls
-        calls += 1
-        return 10**6 if calls == 1 else 0
-
+    push = FirstCallFails(rejected=10**6)
     text, first, second = await send_two_batches(metrics, push)
-    assert calls == 2
+    assert push.calls == 2
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == first
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second
 
@@ -323,16 +327,9 @@ async def test_a_failed_batch_counts_at_most_its_settled_items_as_rejected() -> 
     above the settled items (a buggy backend) must not break the counters (a negative increment), and what was not
     settled is counted as failed, not lost from every counter."""
     metrics = SelfMetrics()
-    calls = 0
-
-    async def push(signal: Signal, batch: Message) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RetryableError("a gateway is down", reason="unavailable", rejected=10**6, settled=2)
-
+    push = FirstCallFails(RetryableError("a gateway is down", reason="unavailable", rejected=10**6, settled=2))
     text, first, second = await send_two_batches(metrics, push)
-    assert calls == 2
+    assert push.calls == 2
     assert metric_value(text, "otel_sidecar_exporter_rejected_items_total") == 2
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unavailable") == first - 2
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == first - 2
