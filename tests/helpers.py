@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from agent.otlp import json_codec
 
 REPO = Path(__file__).resolve().parent.parent
+PROMETHEUS = "/usr/bin/prometheus"  # the Debian package, which `make test` installs
 
 
 def free_port() -> int:
@@ -283,3 +285,61 @@ def self_signed_certificate(
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+class PrometheusServer:
+    """A real Prometheus (the Debian package) with ``config`` as its configuration file; its HTTP API on a free
+    port of 127.0.0.1. ``flags`` are added to its command line (``--enable-feature=exemplar-storage``)."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], *flags: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "prometheus.log"
+        self._command = [
+            PROMETHEUS,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+            *flags,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrometheusServer:
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self.ready, timeout=30, what=f"Prometheus ready (log: {self.log_path})")
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+        return http_get(self.url + "/-/ready")[0] == 200
+
+    def api(self, path: str, **params: str) -> Any:
+        """``data`` of an answer of the HTTP API at ``/api/v1/<path>``; fails the test on an error answer."""
+        status, body, _ = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        payload = json.loads(body) if body else {"status": "error", "error": f"HTTP {status}"}
+        assert payload.get("status") == "success", f"{path} {params}: {payload}"
+        return payload["data"]
+
+    def vector(self, query: str, *labels: str) -> dict[tuple[str, ...], float]:
+        """An instant query's samples, keyed by the values of ``labels``."""
+        data = self.api("query", query=query)
+        return {tuple(r["metric"].get(label, "") for label in labels): float(r["value"][1]) for r in data["result"]}
+
+    def scalar(self, query: str) -> float:
+        return self.vector(query).get((), 0.0)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from agent.testing.workload import Workload, resource_for
-from tests.helpers import REPO, AgentProcess, free_port, http_get, http_post, wait_until
+from tests.helpers import REPO, AgentProcess, PrometheusServer, free_port, http_post, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -223,10 +222,10 @@ def agent_config(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-class Prometheus:
+class Prometheus(PrometheusServer):
+    """Scraping the agent's ``targets`` (labelled by endpoint) every second, with the shipped rules loaded."""
+
     def __init__(self, workdir: Path, targets: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [RULES_GLOB],
@@ -237,51 +236,10 @@ class Prometheus:
                 }
             ],
         }
-        self.config_path = workdir / "prometheus.yml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.data = workdir / "prometheus-data"
-        self.log_path = workdir / "prometheus.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.data}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self.ready, timeout=30, what=f"Prometheus ready (log: {self.log_path})")
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{self.log_path.read_text()}")
-        return http_get(self.url + "/-/ready")[0] == 200
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def api(self, path: str, **params: str) -> dict[str, Any]:
-        status, body, _ = http_get(f"{self.url}{path}?{urllib.parse.urlencode(params)}")
-        payload = json.loads(body) if body else {"status": "error", "error": f"HTTP {status}"}
-        assert payload.get("status") == "success", f"{path} {params}: {payload}"
-        return payload["data"]  # type: ignore[no-any-return]
+        super().__init__(workdir, config)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("/api/v1/query", query=expr)
+        data = self.api("query", query=expr)
         result = data["result"]
         return result if data["resultType"] in ("vector", "matrix") else [{"value": result}]
 
@@ -375,7 +333,7 @@ def test_variable_query_returns_values(scraped: Prometheus, board: str, name: st
     match = re.fullmatch(r"label_values\((.+),\s*([a-z_]+)\)", definition)
     assert match, definition
     selector, label = substitute(match.group(1)), match.group(2)
-    values = scraped.api(f"/api/v1/label/{label}/values", **{"match[]": selector})
+    values = scraped.api(f"label/{label}/values", **{"match[]": selector})
     assert values, f"{board}: variable {name} has no values ({definition})"
 
 

@@ -9,11 +9,9 @@ exemplar must open a trace the tail sampler exported.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +32,22 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from agent.otlp.probability import is_sampled, threshold_for
 from agent.testing.workload import Workload
-from tests.helpers import REPO, AgentProcess, base_config, free_port, http_get, output_spans, wait_until
+from tests.helpers import (
+    REPO,
+    AgentProcess,
+    PrometheusServer,
+    base_config,
+    free_port,
+    http_get,
+    output_spans,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 TRACES = 300
 FLOOD = 400
 CARDINALITY_LIMIT = 150
-PROMETHEUS = "/usr/bin/prometheus"
 SDK_KINDS = {
     ProtoSpan.SPAN_KIND_INTERNAL: SpanKind.INTERNAL,
     ProtoSpan.SPAN_KIND_SERVER: SpanKind.SERVER,
@@ -220,63 +226,19 @@ def send_workload(orchestrator: Orchestrator) -> Truth:
 # --- processes ----------------------------------------------------------------------------------------------------
 
 
-class Prometheus:
-    def __init__(self, workdir: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "otel-sidecar", "static_configs": [{"targets": [target]}]}],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--enable-feature=exemplar-storage",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self.ready, timeout=30, what="prometheus ready")
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {self.process.returncode}")
-        return http_get(self.url + "/-/ready")[0] == 200
-
-    def api(self, path: str, **params: str) -> Any:
-        status, body, _ = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
-        assert status == 200, body
-        return json.loads(body)["data"]
-
-    def vector(self, query: str, *labels: str) -> dict[tuple[str, ...], float]:
-        data = self.api("query", query=query)
-        return {tuple(r["metric"].get(label, "") for label in labels): float(r["value"][1]) for r in data["result"]}
-
-    def scalar(self, query: str) -> float:
-        found = self.vector(query)
-        return found.get((), 0.0)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+def start_prometheus(workdir: Path, target: str) -> PrometheusServer:
+    """Scraping ``target`` every second, with exemplar storage on."""
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "otel-sidecar", "static_configs": [{"targets": [target]}]}],
+    }
+    return PrometheusServer(workdir, config, "--enable-feature=exemplar-storage").start()
 
 
 @dataclass
 class Scenario:
     agent: AgentProcess
-    prometheus: Prometheus
+    prometheus: PrometheusServer
     truth: Truth
     metrics_url: str
 
@@ -305,7 +267,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     agent = AgentProcess(agent_config(workdir / "out", metrics_port), workdir).start()
     prometheus = None
     try:
-        prometheus = Prometheus(workdir / "prometheus", f"127.0.0.1:{metrics_port}")
+        prometheus = start_prometheus(workdir / "prometheus", f"127.0.0.1:{metrics_port}")
         orchestrator = Orchestrator(agent.grpc_endpoint)
         truth = send_workload(orchestrator)
         orchestrator.close()
