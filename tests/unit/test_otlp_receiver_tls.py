@@ -19,7 +19,7 @@ from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import HostPort
 from agent.config.service import ServiceConfig
 from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig
-from agent.receivers.otlp.tls import TlsServerConfig
+from agent.server_tls import TlsServerConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.sinks import BatchSink
 from agent.testing.workload import Workload

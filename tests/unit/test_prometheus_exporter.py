@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import ssl
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,9 +39,10 @@ from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.exporters.prometheus.exporter import PrometheusExporter, accepts_gzip
 from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
+from agent.server_tls import TlsServerConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
-from tests.helpers import free_port, metric_value
+from tests.helpers import free_port, metric_value, self_signed_certificate
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
@@ -1180,3 +1183,38 @@ def test_target_info_series_are_bounded_by_max_series_too() -> None:
     out = text(exp)
     assert len([line for line in out.splitlines() if line.startswith("target_info{")]) <= 5
     assert dropped(metrics, "series_limit") >= 45
+
+
+def test_unusable_scrape_tls_files_are_refused_when_the_exporter_is_built_naming_the_setting(tmp_path: Path) -> None:
+    """As the receivers' (tests/unit/test_otlp_receiver_tls.py): before anything binds, so a reload with bad files
+    is refused while the running scrape endpoint goes on."""
+    cert, key = self_signed_certificate(tmp_path)
+    other_cert, _ = self_signed_certificate(tmp_path, "other")
+    cases = [
+        (TlsServerConfig(cert_file=str(tmp_path / "absent.pem"), key_file=str(key)), "TLS file not found"),
+        (TlsServerConfig(cert_file=str(other_cert), key_file=str(key)), "TLS file(s) not usable"),
+    ]
+    for tls, message in cases:
+        with pytest.raises(RuntimeError) as raised:
+            exporter(PrometheusExporterConfig(tls=tls))
+        assert str(raised.value).startswith(f"exporters.prometheus.tls: {message}"), raised.value
+    assert exporter(PrometheusExporterConfig(tls=TlsServerConfig(cert_file=str(cert), key_file=str(key))))
+
+
+async def test_the_scrape_endpoint_serves_https_with_its_certificate_and_nothing_in_plain_text(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    endpoint = HostPort(f"127.0.0.1:{free_port()}")
+    target, _ = exporter(
+        PrometheusExporterConfig(endpoint=endpoint, tls=TlsServerConfig(cert_file=str(cert), key_file=str(key)))
+    )
+    await target.start()
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://localhost:{endpoint.port}/metrics", ssl=trusting) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"http://localhost:{endpoint.port}/metrics") as response:
+                    await response.read()
+    finally:
+        await target.shutdown(time.monotonic() + 2)

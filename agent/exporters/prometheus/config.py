@@ -6,12 +6,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent.config.schema import Duration, HostPort, setting
+from agent.server_tls import TlsServerConfig
 
 
 @dataclass(frozen=True)
 class PrometheusExporterConfig:
     endpoint: HostPort = setting(HostPort("0.0.0.0:9464"), doc="Listen address of the scrape endpoint.")
     path: str = setting("/metrics", doc="HTTP path Prometheus scrapes.")
+    tls: TlsServerConfig = setting(
+        doc="Serve the scrape endpoint over HTTPS; off unless `cert_file` is set. With `client_ca_file`, only a "
+        "scraper presenting a certificate those CAs signed is served (Prometheus's `tls_config.cert_file`).",
+        default_factory=TlsServerConfig,
+    )
     metric_expiration: Duration = setting(
         Duration(300.0), doc="Series with no new data point for this long disappear from the endpoint.", positive=True
     )

@@ -27,6 +27,7 @@ from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.listen import serve, stop_runner
+from agent.server_tls import load_server_tls
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.
@@ -42,6 +43,8 @@ class PrometheusExporter:
         self._settings = settings
         self._log = RateLimitedLog(settings.logger)
         cid = settings.component_id
+        # Read and checked here, when the pipelines are built: bad files refuse the start, or a reload.
+        self._tls = load_server_tls(cfg.tls, f"exporters.{cid}.tls")
         m = settings.metrics
         self._dropped = m.counter(
             "prometheus_dropped_points_total",
@@ -107,12 +110,14 @@ class PrometheusExporter:
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
         endpoint = self._cfg.endpoint
-        self._runner = await serve(app, endpoint, self._settings.logger)
+        ssl_context = self._tls.ssl_context if self._tls is not None else None
+        self._runner = await serve(app, endpoint, self._settings.logger, ssl_context=ssl_context)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         if self.accumulator.pending:
             self._queued.set()  # consumed before start
         self._settings.logger.info(
-            "Prometheus scrape endpoint listening", extra={"endpoint": str(endpoint), "path": self._cfg.path}
+            "Prometheus scrape endpoint listening",
+            extra={"endpoint": str(endpoint), "path": self._cfg.path, "tls": ssl_context is not None},
         )
 
     async def shutdown(self, deadline: float) -> None:

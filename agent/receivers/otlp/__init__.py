@@ -12,7 +12,7 @@ from agent.config.schema import EnvText, HostPort, setting
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
-from agent.receivers.otlp.tls import ServerTls, TlsServerConfig
+from agent.server_tls import TlsServerConfig, load_server_tls
 
 
 @dataclass(frozen=True)
@@ -98,26 +98,17 @@ def _switched_off(section: Any) -> bool:
     return isinstance(section, Mapping) and EnvText.structure(section.get("enabled")) is False
 
 
-def _loaded_tls(tls: TlsServerConfig, settings: CreateSettings, protocol: str) -> ServerTls | None:
-    """The protocol's TLS files read and checked when the receiver is built (see tls.py: a reload refuses bad
-    ones while the running pipelines go on); RuntimeError naming the setting and the file."""
-    if not tls.enabled:
-        return None
-    try:
-        return tls.load()
-    except ValueError as exc:
-        raise RuntimeError(f"receivers.{settings.component_id}.{protocol}.tls: {exc}") from None
-
-
 class OtlpReceiver:
     def __init__(self, config: OtlpReceiverConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
         handler = self._handler = ExportHandler(settings, consumers, config.retry_after)
         self._servers: list[GrpcServer | HttpServer] = []
         if config.grpc.enabled:
-            grpc, tls = config.grpc, _loaded_tls(config.grpc.tls, settings, "grpc")
+            grpc = config.grpc
+            tls = load_server_tls(grpc.tls, f"receivers.{settings.component_id}.grpc.tls")
             self._servers.append(GrpcServer(grpc.endpoint, grpc.max_recv_msg_size_mib, handler, settings, tls))
         if config.http.enabled:
-            http, tls = config.http, _loaded_tls(config.http.tls, settings, "http")
+            http = config.http
+            tls = load_server_tls(http.tls, f"receivers.{settings.component_id}.http.tls")
             self._servers.append(HttpServer(http.endpoint, http.max_request_body_size_mib, handler, settings, tls))
 
     async def start(self) -> None:

@@ -18,7 +18,7 @@ from agent.config.schema import HostPort
 from agent.listen import listening_sockets
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
-from agent.receivers.otlp.tls import ServerTls
+from agent.server_tls import ServerTls
 
 _GRPC_CODES = {
     Failure.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,

@@ -17,7 +17,7 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
-from agent.receivers.otlp.tls import ServerTls
+from agent.server_tls import ServerTls
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -1,14 +1,16 @@
-"""Server TLS for the ``otlp`` receiver's gRPC and HTTP servers, as the Collector's ``tls`` server settings.
+"""Server TLS, as the Collector's ``tls`` server settings: the ``otlp`` receiver's gRPC and HTTP servers and the
+``prometheus`` exporter's scrape endpoint.
 
 Off unless ``cert_file`` is set. With ``client_ca_file`` clients must present a certificate those CAs signed
-(mutual TLS): the way a gateway tier knows its senders are the cluster's sidecars. TLS 1.2 is the oldest version
-either server accepts (gRPC's core and Python's ``ssl`` defaults, which the agent keeps).
+(mutual TLS): the way a gateway tier knows its senders are the cluster's sidecars, or a scrape endpoint its
+Prometheus. TLS 1.2 is the oldest version either server accepts (gRPC's core and Python's ``ssl`` defaults, which
+the agent keeps).
 
-The files are read and checked when the receiver is built, before anything stops or binds: a config whose files
+The files are read and checked when the component is built, before anything stops or binds: a config whose files
 are missing or unusable is refused at start, and at a reload (``SIGHUP``) it is refused while the running pipelines
 go on with the certificates they loaded. Certificates are rotated in place (a Secret's files are replaced), so a
 reload that found them half-written and only failed later, at its start, would find the previous config's files
-broken too. A reload with good files takes the rotated certificates, since the receivers restart.
+broken too. A reload with good files takes the rotated certificates, since the components restart.
 """
 
 from __future__ import annotations
@@ -103,3 +105,14 @@ class _EncryptedKey(Exception):
 
 def _refuse_passphrase() -> bytes:
     raise _EncryptedKey
+
+
+def load_server_tls(tls: TlsServerConfig, path: str) -> ServerTls | None:
+    """``tls`` read and checked when its component is built, or None when it is off; RuntimeError naming the
+    setting's config path and the file."""
+    if not tls.enabled:
+        return None
+    try:
+        return tls.load()
+    except ValueError as exc:
+        raise RuntimeError(f"{path}: {exc}") from None
