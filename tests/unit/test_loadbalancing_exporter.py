@@ -590,3 +590,18 @@ async def test_client_tls_files_that_could_never_make_a_handshake_fail_the_start
     exporter = LoadBalancingExporter(config, settings)
     with pytest.raises(RuntimeError, match=expected):
         await exporter.start()
+
+
+async def test_a_gateways_partial_rejection_is_logged_with_its_reason_as_well_as_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rejected count alone would leave an operator the alert (OtelSidecarBackendRejectingItems) and no why."""
+    partial = Gateway(reject=3)
+    gateways = {GATEWAYS[0]: partial, GATEWAYS[1]: partial, GATEWAYS[2]: partial}
+    exporter, _ = exporter_with(gateways)
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert await exporter._push(Signal.TRACES, batch_of(30)) == 9  # three parts, one per gateway
+    told = [r for r in caplog.records if "accepted the batch partly" in r.getMessage()]
+    assert told and told[0].getMessage().startswith("gateway 10.0.0."), [r.getMessage() for r in caplog.records]
+    assert "3 spans rejected" in told[0].getMessage()
+    assert getattr(told[0], "exporter", None) == "loadbalancing"

@@ -32,7 +32,7 @@ from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.exporters.loadbalancing.split import split_logs, split_traces
-from agent.exporters.otlp.exporter import check_tls_files
+from agent.exporters.otlp.exporter import check_tls_files, partial_rejections
 from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
@@ -284,16 +284,18 @@ class LoadBalancingExporter:
         except RetryableError as exc:
             return exc
         except PermanentExportError as exc:
-            self._log.warning(f"rejected:{gateway}", f"gateway {gateway} rejected {items} items for good: {exc}")
+            self._log.warning(
+                f"rejected:{gateway}",
+                f"gateway {gateway} rejected {items} items for good: {exc}",
+                exporter=self._settings.component_id,
+            )
             # Dropped as the otlp exporter drops a rejected batch; the sending queue counts them as rejected.
             self._failed.labels(self._settings.component_id, signal.value, exc.reason).inc(items)
             return items
         except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
             return RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
         self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
-        if response.HasField("partial_success"):
-            return int(getattr(response.partial_success, SPECS[signal].rejected_field))  # type: ignore[attr-defined]
-        return 0
+        return partial_rejections(response, signal, self._log, self._settings.component_id, f"gateway {gateway}")
 
     def _init_metrics(self) -> None:
         m = self._settings.metrics

@@ -56,22 +56,29 @@ class OtlpExporter:
 
     async def _push(self, signal: Signal, batch: Message) -> int:
         response = await self._transport.export(signal, batch, float(self._config.timeout))
-        if not response.HasField("partial_success"):
-            return 0
-        spec = SPECS[signal]
-        partial = response.partial_success  # type: ignore[attr-defined]
-        rejected = int(getattr(partial, spec.rejected_field))
-        if not rejected and not partial.error_message:
-            return 0  # the spec's "empty partial success" is a full one: Collector-based servers send it every time
-        self._log.warning(
-            f"partial:{signal}",
-            f"the backend accepted the batch partly: {rejected} {spec.item_name} rejected"
-            if rejected
-            else "the backend accepted the batch with a warning",
-            exporter=self._settings.component_id,
-            error_message=partial.error_message,
-        )
-        return rejected
+        return partial_rejections(response, signal, self._log, self._settings.component_id, "the backend")
+
+
+def partial_rejections(response: Message, signal: Signal, log: RateLimitedLog, exporter: str, server: str) -> int:
+    """Items an export response's ``partial_success`` says ``server`` rejected; logged with the server's message,
+    as the counter alone would not say why (the spec's "empty partial success" is a full one: Collector-based
+    servers send it every time)."""
+    if not response.HasField("partial_success"):
+        return 0
+    spec = SPECS[signal]
+    partial = response.partial_success  # type: ignore[attr-defined]
+    rejected = int(getattr(partial, spec.rejected_field))
+    if not rejected and not partial.error_message:
+        return 0
+    log.warning(
+        f"partial:{server}:{signal}",
+        f"{server} accepted the batch partly: {rejected} {spec.item_name} rejected"
+        if rejected
+        else f"{server} accepted the batch with a warning",
+        exporter=exporter,
+        error_message=partial.error_message,
+    )
+    return rejected
 
 
 def check_tls_files(config: OtlpExporterConfig) -> None:
