@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -311,6 +312,8 @@ _LABEL_PAIR = re.compile(r'\s*([^=\s,{}]+)="((?:[^"\\]|\\.)*)"\s*(,|$)')
 
 _LOKI_MAX_SAMPLE_AGE_NS = 7 * 86400 * 10**9  # reject_old_samples_max_age: 168h
 _LOKI_CREATION_GRACE_NS = 600 * 10**9  # creation_grace_period: 10m
+_LOKI_MAX_CHUNK_AGE_NS = 2 * 3600 * 10**9  # ingester max_chunk_age: 2h; entries half of it behind are refused
+_LOKI_MAX_RETURNED_STREAM_ERRORS = 10  # ingester max_returned_stream_errors
 
 
 class LokiDouble:
@@ -327,13 +330,23 @@ class LokiDouble:
     - with ``check_timestamps``: entries older than ``reject_old_samples_max_age`` (1 week) or newer than
       ``creation_grace_period`` (10 minutes) are discarded one by one; as Loki's distributor does, the push's
       valid entries are stored and the push is answered 400 naming the discarded ones. Off by default: most
-      tests send reproducible data with fixed timestamps, years old.
+      tests send reproducible data with fixed timestamps, years old;
+    - with ``check_order``: as Loki's ingester does with unordered writes (the default), an entry more than half
+      of ``max_chunk_age`` (1 hour) older than the newest its stream has taken is refused, the stream's other
+      entries are stored, and the push is answered 400 in the ingester's words, counting the refused entries
+      (see ``too_far_behind_answer``). Like a single-binary Loki (one ingester), the answer is the last
+      stream's: each stream's outcome replaces the one before, and an ingester's refusal replaces the
+      distributor's.
     """
 
-    def __init__(self, max_line_size: int = 256 * 1024, check_timestamps: bool = False) -> None:
+    def __init__(
+        self, max_line_size: int = 256 * 1024, check_timestamps: bool = False, check_order: bool = False
+    ) -> None:
         self.port = free_port()
         self.max_line_size = max_line_size
         self.check_timestamps = check_timestamps
+        self.check_order = check_order
+        self.newest: dict[tuple[str, str], int] = {}  # (tenant, stream) → newest timestamp taken, for check_order
         self.lock = threading.Lock()
         self.pushes: list[LokiPush] = []
         self.failures: list[PlannedFailure] = []
@@ -417,10 +430,37 @@ class LokiDouble:
             return 400, problem, {}
         discarded = self._discard_out_of_range(push) if self.check_timestamps else []
         with self.lock:
+            refusal = self._ingest(push) if self.check_order else None
             self.pushes.append(push)
+        if refusal:
+            return 400, refusal, {}
         if discarded:
             return 400, "; ".join(discarded[:3]), {}
         return 204, "", {}
+
+    def _ingest(self, push: LokiPush) -> str | None:
+        """Take out of ``push`` the entries Loki's ingester refuses as too far behind their stream's newest; the
+        answer to give, as Loki's ``instance.Push`` does: ``_, appendErr = s.Push(...)`` for each stream in turn,
+        so the last stream's outcome is the push's (a later stream taken whole hides an earlier refusal)."""
+        tenant = push.tenant or "fake"  # Loki's tenant when auth_enabled is false
+        answer: str | None = None
+        for index, (labels, entries) in enumerate(push.streams):
+            stream = _go_labels(labels)
+            newest = self.newest.get((tenant, stream))
+            kept: list[LokiEntry] = []
+            ignored: list[tuple[LokiEntry, int]] = []  # with the cutoff it was refused at
+            for entry in entries:
+                # pkg/ingester/stream.go, validateEntries: cutoff := highestTs.Add(-s.cfg.MaxChunkAge / 2)
+                if newest is not None and entry.timestamp_ns < newest - _LOKI_MAX_CHUNK_AGE_NS // 2:
+                    ignored.append((entry, newest - _LOKI_MAX_CHUNK_AGE_NS // 2))
+                    continue
+                kept.append(entry)
+                newest = entry.timestamp_ns if newest is None else max(newest, entry.timestamp_ns)
+            if newest is not None:
+                self.newest[(tenant, stream)] = newest
+            push.streams[index] = (labels, kept)
+            answer = too_far_behind_answer(tenant, stream, ignored, len(entries)) if ignored else None
+        return answer
 
     @staticmethod
     def _discard_out_of_range(push: LokiPush) -> list[str]:
@@ -450,6 +490,51 @@ class LokiDouble:
                 if len(entry.line.encode()) > self.max_line_size:
                     return f"line_too_long: max size is {self.max_line_size} bytes for stream {labels}"
         return None
+
+
+def too_far_behind_answer(tenant: str, stream: str, ignored: list[tuple[LokiEntry, int]], total: int) -> str:
+    """The body of Loki's 400 for entries of a stream its ingester refused as too far behind, in Loki's words.
+
+    grafana/loki pkg/ingester/stream.go (commit 0e76b9d3), errorForFailedEntries, about line 263-269::
+
+        for _, entryWithError := range limitedFailedEntries {
+            fmt.Fprintf(&buf,
+                "entry with timestamp %s ignored, reason: '%s',\n",
+                entryWithError.entry.Timestamp.String(), entryWithError.e.Error())
+        }
+        fmt.Fprintf(&buf, "user '%s', total ignored: %d out of %d for stream: %s", s.tenant,
+            len(failedEntriesWithError), totalEntries, streamName)
+
+    with the reason from pkg/chunkenc (errTooFarBehind.Error)::
+
+        "entry too far behind, entry timestamp is: %s, oldest acceptable timestamp is: %s"  (both RFC 3339)
+
+    The distributor passes it on as the body (``http.Error(w, body, int(resp.Code))``, which adds a newline).
+    """
+    lines = [
+        f"entry with timestamp {_go_time(entry.timestamp_ns)} ignored, reason: 'entry too far behind, entry "
+        f"timestamp is: {_rfc3339(entry.timestamp_ns)}, oldest acceptable timestamp is: {_rfc3339(cutoff)}',\n"
+        for entry, cutoff in ignored[:_LOKI_MAX_RETURNED_STREAM_ERRORS]
+    ]
+    return "".join(lines) + f"user '{tenant}', total ignored: {len(ignored)} out of {total} for stream: {stream}"
+
+
+def _go_labels(labels: dict[str, str]) -> str:
+    """Prometheus ``labels.Labels.String()``: sorted by name, values quoted (Go's strconv.Quote)."""
+    return "{" + ", ".join(f"{name}={json.dumps(labels[name], ensure_ascii=False)}" for name in sorted(labels)) + "}"
+
+
+def _go_time(timestamp_ns: int) -> str:
+    """Go's ``time.Time.String()`` of a UTC time: ``2023-11-14 22:13:20.000000003 +0000 UTC``, zeros trimmed."""
+    seconds, nanos = divmod(timestamp_ns, 10**9)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + " +0000 UTC"
+
+
+def _rfc3339(timestamp_ns: int) -> str:
+    return datetime.fromtimestamp(timestamp_ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_labels(text: str) -> dict[str, str]:

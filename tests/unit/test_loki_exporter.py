@@ -20,9 +20,18 @@ from agent.component import Signal
 from agent.config.schema import ConfigError, build
 from agent.exporters.loki import LokiExporter, LokiExporterConfig
 from agent.exporters.loki.labels import render_labels, sanitize_label_name
+from agent.exporters.loki.refusal import ignored_entries
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
-from tests.delivery_doubles import LokiDouble, PlannedFailure, build_config, make_settings, parse_labels
+from tests.delivery_doubles import (
+    LokiDouble,
+    LokiEntry,
+    PlannedFailure,
+    build_config,
+    make_settings,
+    parse_labels,
+    too_far_behind_answer,
+)
 from tests.helpers import free_port, metric_value, self_signed_certificate
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
@@ -526,6 +535,141 @@ async def test_a_batch_loki_refuses_whole_is_counted_failed_and_rejected_as_befo
         await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
     assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 1
     assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 1
+
+
+HOUR_NS = 3600 * 10**9
+STREAM = '{level="info", retention="error", service_name="orchestrator"}'  # as Loki names the stream of logs_request
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+async def test_a_push_loki_refuses_in_part_counts_only_the_entries_its_answer_says_it_ignored(
+    encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loki's ingester refuses the entries over an hour behind their stream's newest, stores the others and answers
+    400 with how many it ignored (after ten entry lines: past the 1,024 characters of reason the log keeps). Only
+    those count as rejected, the stored one as sent; before, the whole push counted as rejected and failed."""
+    metrics = SelfMetrics()
+    late = [record(f"late {n}", -2 * HOUR_NS + n) for n in range(12)]
+    with LokiDouble(check_order=True) as loki:
+        config = loki_config(loki.url, encoding=encoding)
+        newest = logs_request(records=[record("newest", 0)])
+        await export(config, [(Signal.LOGS, newest)], metrics, lambda: loki.attempts >= 1)
+        mixed = logs_request(records=[*late, record("on time", 1)])
+        await export(config, [(Signal.LOGS, mixed)], metrics, lambda: loki.attempts >= 2)
+    assert loki.attempts == 2  # the 400 is not retried
+    assert [entry.line for _, entry in loki.entries()] == ["newest", "on time"]
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki", signal="logs") == 12
+    assert value(metrics, "exporter_sent_items_total", exporter="loki", signal="logs") == 2
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 0
+    assert "Loki refused 12 of the 13 log records of a push and stored the rest" in caplog.text
+    assert "entry too far behind" in caplog.text
+
+
+async def test_a_partial_refusal_of_one_push_of_several_counts_only_the_entries_it_ignored() -> None:
+    metrics = SelfMetrics()
+    probe = LokiExporter(loki_config("http://127.0.0.1:1/loki/api/v1/push"), make_settings("loki", SelfMetrics()))
+    first_push = probe._pushes_of(burst_request()).items[0]
+    late = [LokiEntry(1_700_000_000_000_000_000 + n, f"request {n} served", {}) for n in range(3)]
+    answer = too_far_behind_answer("fake", STREAM, [(entry, entry.timestamp_ns + 1) for entry in late], first_push)
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=answer)]
+        await export(loki_config(loki.url), [(Signal.LOGS, burst_request())], metrics, lambda: loki.attempts >= 2)
+    assert loki.attempts == 2  # the second push went, and the first was not sent again
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 3
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1097
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 0
+
+
+async def test_a_400_that_does_not_say_how_many_entries_it_ignored_counts_the_whole_push_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The distributor's answer (pkg/util GroupedErrors: "<n> errors like: <text>" joined by "; ") counts error
+    texts, not entries: one text stands for a whole stream when its labels are refused."""
+    metrics = SelfMetrics()
+    answer = (
+        f"2 errors like: entry for stream '{STREAM}' has timestamp too old: 2023-11-07T22:13:20Z, oldest acceptable "
+        f"timestamp is: 2023-11-07T22:13:21Z; 1 errors like: entry for stream '{STREAM}' has timestamp too new: "
+        "2023-11-14T23:13:20Z"
+    )
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=answer)]
+        request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3)])
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
+        await asyncio.sleep(0.1)
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 3
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 3
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 0
+    assert "does not say how many it ignored, so all 3 count as refused" in caplog.text
+    assert "has timestamp too old" in caplog.text
+
+
+async def test_an_answer_claiming_more_ignored_entries_than_the_push_held_counts_no_more_than_it_held(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = SelfMetrics()
+    answer = f"user 'fake', total ignored: 50 out of 50 for stream: {STREAM}"
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=answer)]
+        request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3)])
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
+        await asyncio.sleep(0.1)
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 3
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 3
+    assert "Loki refused all 3 log records of a push (its answer claims 50, more than the push held)" in caplog.text
+
+
+async def test_a_count_for_one_stream_of_a_push_of_several_also_counts_the_records_it_says_nothing_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Loki's answer names the last stream its ingester handled; what it did with the push's other streams it does
+    not say (it may have refused their entries too), so they count as refused: never fewer than were lost."""
+    metrics = SelfMetrics()
+    answer = f"user 'fake', total ignored: 2 out of 3 for stream: {STREAM}"
+    warnings = [record(f"warn {n}", 10 + n, SeverityNumber.SEVERITY_NUMBER_WARN) for n in range(2)]
+    request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3), *warnings])
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=answer)]
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
+        await asyncio.sleep(0.1)
+    assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 4
+    assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 0
+    assert "Loki refused 2 of the 3 log records it names of a push of 5, and does not say what it did with the " in (
+        caplog.text
+    )
+    assert "other 2: 4 count as refused" in caplog.text
+
+
+# An older Loki's ingester: "entry with timestamp %s ignored, reason: '%s' for stream: %s,\n" for each entry, then
+# "total ignored: %d out of %d".
+OLDER_LOKIS_ANSWER = (
+    "entry with timestamp 2023-11-14 22:13:20 +0000 UTC ignored, reason: 'entry out of order' for stream: "
+    '{a="b"},\ntotal ignored: 1 out of 4'
+)
+# pkg/validation/validate.go, LineTooLongErrorMsg: one of the distributor's refusals, which carry no count.
+LINE_TOO_LONG_ANSWER = (
+    "Max entry size '256' bytes exceeded for stream '{a=\"b\"}' while adding an entry with length '300' bytes"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "ignored"),
+    [
+        (f"user 'fake', total ignored: 2 out of 5 for stream: {STREAM}\n", (2, 5)),  # Loki 3, as the double answers
+        (OLDER_LOKIS_ANSWER, (1, 4)),
+        (f"user 'it''s', total ignored: 3 out of 3 for stream: {STREAM}", (3, 3)),  # a tenant ID may hold a quote
+        # The count is Loki's summary line, the answer's last: not a label value that looks like one.
+        ("entry for stream '{a=\"total ignored: 1 out of 1\"}' has timestamp too old: 2023-11-07T22:13:20Z", None),
+        (LINE_TOO_LONG_ANSWER, None),
+        ("user 'fake', total ignored: 0 out of 3 for stream: {a=\"b\"}", None),  # nothing ignored: not a refusal
+        ("user 'fake', total ignored: 4 out of 3 for stream: {a=\"b\"}", None),  # more than its stream held
+        ("", None),
+    ],
+)
+def test_lokis_count_of_ignored_entries_is_read_from_its_summary_line(
+    answer: str, ignored: tuple[int, int] | None
+) -> None:
+    assert ignored_entries(answer) == ignored
 
 
 async def test_a_batch_whose_second_push_runs_out_of_retries_counts_only_that_push_as_failed() -> None:

@@ -1,8 +1,9 @@
 """``loki`` exporter: ``POST /loki/api/v1/push`` with the OTLP log records and the span events of kept traces.
 
 Span events are turned into log records when they arrive (only the events are queued, not the spans), so the
-queue, the retries and the counters see one signal: ``logs``. Loki answers 204 on success; 400 means the
-request is invalid for good (Loki's reason is logged and the items are counted as rejected); 429 and 5xx
+queue, the retries and the counters see one signal: ``logs``. Loki answers 204 on success; 400 means it refused
+entries of the push for good and stored the others: Loki's reason is logged, and as many records count as
+rejected as its answer says it ignored, or the whole push when it does not say (see ``refusal``); 429 and 5xx
 are retried, honouring ``Retry-After``.
 """
 
@@ -24,6 +25,7 @@ from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, PermanentExportEr
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
+from agent.exporters.loki.refusal import PushRefused, ignored_entries, refusal_message, refused_records
 from agent.telemetry.logs import RateLimitedLog
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
@@ -104,8 +106,8 @@ class LokiExporter:
         """Send ``batch``; return how many of its records Loki refused for good while it took the others.
 
         A batch too big for one push goes as several; a retry resumes at the first not taken. Loki's 400 refuses
-        one push (an entry too old or too far ahead, too large) and stores its valid entries: the other pushes
-        still go. Only a batch Loki refused whole raises ``PermanentExportError``.
+        entries of one push (too old or too far ahead, out of order, too large) and stores its valid entries: the
+        other pushes still go. Only a batch Loki refused whole raises ``PermanentExportError``.
         """
         pushes = self._pushes_of(batch)
         rejected = 0  # in this attempt
@@ -117,12 +119,11 @@ class LokiExporter:
                     await self._post(pushes.bodies[pushes.delivered])
                 except PermanentExportError as exc:
                     refusal = exc
-                    rejected += items
-                    pushes.rejected += items
+                    refused = refused_records(exc, items)
+                    rejected += refused
+                    pushes.rejected += refused
                     self._log.warning(
-                        "rejected",
-                        f"Loki refused one push of the batch ({items} log records): {exc}",
-                        exporter=self._settings.component_id,
+                        "rejected", refusal_message(exc, refused, items), exporter=self._settings.component_id
                     )
                 pushes.delivered += 1
                 pushes.settled += items
@@ -157,8 +158,12 @@ class LokiExporter:
                     raise redirect_refused(
                         response.status, response.headers.get("Location", "?"), self._config.endpoint
                     )
-                reason = (await response.text(errors="replace")).strip()[:1024]
-                raise http_error(response.status, reason, response.headers.get("Retry-After"), LOKI_RETRYABLE)
+                answer = (await response.text(errors="replace")).strip()
+                error = http_error(response.status, answer[:1024], response.headers.get("Retry-After"), LOKI_RETRYABLE)
+                if response.status == 400:
+                    # Read from the whole answer: Loki's count of ignored entries ends it, past the cut.
+                    raise PushRefused(str(error), ignored_entries(answer))
+                raise error
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
 
@@ -197,7 +202,7 @@ class LokiExporter:
 @dataclass(slots=True)
 class _Pushes:
     """The push bodies of one batch and the records in each; how many pushes Loki has answered for good (a retry
-    resumes at the next), and the records in those (``settled``) and in those it refused (``rejected``)."""
+    resumes at the next), and the records in those (``settled``) and those of them it refused (``rejected``)."""
 
     batch: Message
     bodies: list[bytes]
