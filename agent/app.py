@@ -11,12 +11,14 @@ from collections.abc import Callable
 from agent.config.loader import AgentConfig
 from agent.config.schema import ConfigInvalid
 from agent.pipeline.graph import Graph
+from agent.server_tls import ServerTls, TlsServerConfig, load_server_tls
 from agent.telemetry.admin import AdminServer
 from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
 
 EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
 _FAILED_START_FLUSH_SECONDS = 2.0  # new pipelines that failed to start hold nothing yet: a short stop
+ADMIN_TLS_PATH = "service.telemetry.admin.tls"
 
 
 def handled_signals() -> list[signal.Signals]:
@@ -45,8 +47,12 @@ class Agent:
         self.config = config
         self.metrics = metrics or SelfMetrics()
         self.graph = Graph(config, self.metrics)
-        self._admin_endpoint = config.service.telemetry.admin.endpoint  # where it stays, across reloads
-        self.admin = AdminServer(self._admin_endpoint, self.metrics, self.not_ready_reason)
+        admin = config.service.telemetry.admin
+        self._admin_endpoint = admin.endpoint  # where it stays, across reloads
+        self._admin_tls = admin.tls  # whether TLS and client certificates are on stays too; the files rotate
+        self.admin = AdminServer(
+            self._admin_endpoint, self.metrics, self.not_ready_reason, load_server_tls(admin.tls, ADMIN_TLS_PATH)
+        )
         self._load_config = load_config or (lambda: self.config)
         self._log = component_logger("agent")
         self._stopping = False
@@ -161,6 +167,8 @@ class Agent:
         try:
             config = self._load_config()
             graph = Graph(config, self.metrics)
+            # Read now, so that bad files refuse the reload as the receivers' do; used once the reload is done.
+            admin_tls = load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
         except ConfigInvalid as exc:
             return self._reload_refused([str(e) for e in exc.errors])
         except Exception as exc:  # the file unreadable, or a component refusing its settings
@@ -176,7 +184,7 @@ class Agent:
                 return False
             reloaded = await self._start_instead(graph)
             if reloaded:
-                self._apply_service_settings(config)
+                self._apply_service_settings(config, admin_tls)
                 self.config = config
         finally:
             self._reloading = False
@@ -220,8 +228,9 @@ class Agent:
         self._log.error("config reload refused: the running config stays", extra={"errors": errors})
         return False
 
-    def _apply_service_settings(self, config: AgentConfig) -> None:
-        """The log level and format of ``config``; a changed admin endpoint is said to need a restart."""
+    def _apply_service_settings(self, config: AgentConfig, admin_tls: ServerTls | None) -> None:
+        """The log level and format of ``config``, and the admin endpoint's rotated certificates; a changed admin
+        endpoint, or TLS or client certificates turned on or off there, is said to need a restart."""
         logs, running = config.service.telemetry.logs, self.config.service.telemetry.logs
         if (logs.level, logs.format) != (running.level, running.format):
             configure(logs.level, logs.format)
@@ -231,3 +240,16 @@ class Agent:
                 "service.telemetry.admin.endpoint: a change takes a restart; the admin endpoint stays where it is",
                 extra={"listening": str(self._admin_endpoint), "configured": str(endpoint)},
             )
+        self._rotate_admin_tls(config.service.telemetry.admin.tls, admin_tls)
+
+    def _rotate_admin_tls(self, configured: TlsServerConfig, loaded: ServerTls | None) -> None:
+        running = self._admin_tls
+        if (configured.enabled, bool(configured.client_ca_file)) != (running.enabled, bool(running.client_ca_file)):
+            self._log.warning(
+                f"{ADMIN_TLS_PATH}: turning TLS or client certificates on or off takes a restart; the admin endpoint "
+                "keeps its TLS settings",
+                extra={"listening_tls": running.enabled, "client_certificates": bool(running.client_ca_file)},
+            )
+        elif loaded is not None:
+            self.admin.use_tls(loaded)
+            self._admin_tls = configured

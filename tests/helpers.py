@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,10 +67,13 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, wh
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers; status 0 when no answer came (refused, reset, a failed TLS handshake)."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)
@@ -113,6 +117,7 @@ class AgentProcess:
     config: dict[str, Any]
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    admin_ssl: ssl.SSLContext | None = None  # how to reach an admin endpoint served over TLS
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,7 +133,8 @@ class AgentProcess:
 
     @property
     def admin_url(self) -> str:
-        return "http://" + str(self.config["service"]["telemetry"]["admin"]["endpoint"])
+        scheme = "https://" if self.admin_ssl is not None else "http://"
+        return scheme + str(self.config["service"]["telemetry"]["admin"]["endpoint"])
 
     @property
     def out_dir(self) -> Path:
@@ -163,13 +169,13 @@ class AgentProcess:
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"agent exited with {self.process.returncode}:\n{self.log()}")
-        return http_get(self.admin_url + "/health/ready")[0] == 200
+        return http_get(self.admin_url + "/health/ready", context=self.admin_ssl)[0] == 200
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def metrics(self) -> str:
-        return http_get(self.admin_url + "/metrics")[1].decode()
+        return http_get(self.admin_url + "/metrics", context=self.admin_ssl)[1].decode()
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.config.schema import Duration, HostPort, setting
+from agent.server_tls import TlsServerConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class AdminConfig:
     endpoint: HostPort = setting(
         HostPort("127.0.0.1:13133"),
         doc="Listen address of /health/live, /health/ready and /metrics (the agent's own telemetry).",
+    )
+    tls: TlsServerConfig = setting(
+        doc="Serve the admin endpoint over HTTPS; off unless `cert_file` is set (probes then need `scheme: HTTPS`). "
+        "At a `SIGHUP` the files are read again and new connections get the rotated certificates; turning TLS or "
+        "`client_ca_file` on or off takes a restart, as a changed endpoint does.",
+        default_factory=TlsServerConfig,
     )
 
 

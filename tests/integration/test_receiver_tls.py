@@ -1,9 +1,11 @@
 """The agent process receiving over mutual TLS from the OpenTelemetry Python SDK (a real client), and taking a
-rotated certificate at SIGHUP. Certificates are made by openssl for each test."""
+rotated certificate at SIGHUP; its admin endpoint over TLS likewise. Certificates are made by openssl for each
+test."""
 
 from __future__ import annotations
 
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,15 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.helpers import AgentProcess, base_config, output_spans, running_agent, self_signed_certificate, wait_until
+from tests.helpers import (
+    AgentProcess,
+    base_config,
+    http_get,
+    output_spans,
+    running_agent,
+    self_signed_certificate,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +138,33 @@ def test_a_sighup_with_tls_files_broken_in_place_keeps_the_agent_serving(tmp_pat
         assert exported(sdk_exporter(agent, "grpc", first, client), spans(2))
         wait_until(lambda: len(output_spans(agent.out_dir)) == 2, what="the spans written")
         assert agent.stop() == 0
+
+
+def test_the_admin_endpoint_over_tls_answers_probes_and_takes_a_rotated_certificate_at_sighup(tmp_path: Path) -> None:
+    certs, cert, _ = made_certificates(tmp_path)
+    config = base_config(tmp_path / "out")
+    config["service"]["telemetry"]["admin"]["tls"] = {
+        "cert_file": str(certs / "server.pem"),
+        "key_file": str(certs / "server.key"),
+    }
+    first = cert.read_bytes()
+    agent = AgentProcess(config, tmp_path, admin_ssl=ssl.create_default_context(cafile=str(cert)))
+    agent.start()  # ready: /health/ready answered over HTTPS
+    try:
+        plain = "http://" + config["service"]["telemetry"]["admin"]["endpoint"]
+        assert http_get(plain + "/health/ready")[0] == 0
+        assert "otel_sidecar_ready 1.0" in agent.metrics()
+
+        self_signed_certificate(certs)  # rotated in place
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+        agent.admin_ssl = ssl.create_default_context(cafile=str(cert))
+        assert cert.read_bytes() != first
+        wait_until(agent.ready, timeout=10, what="ready over HTTPS with the rotated certificate")
+        old = certs / "first.pem"
+        old.write_bytes(first)
+        assert http_get(agent.admin_url + "/health/live", context=ssl.create_default_context(cafile=str(old)))[0] == 0
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
