@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent.connectors.spanmetrics.genai import (
@@ -13,6 +15,7 @@ from agent.connectors.spanmetrics.genai import (
     normalize_provider,
     normalize_tokens,
 )
+from tests.helpers import REPO
 
 # (convention, span attributes, expected disjoint usage: input, cache_read, cache_write, output, reasoning)
 CONVENTIONS = [
@@ -245,6 +248,13 @@ def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(ra
         (None, "CHAIN", None, False),
         (None, "AGENT", None, False),
         (None, None, "workflow", False),
+        # The Vercel AI SDK's operation ids: its provider calls are model calls, the functions around them are not
+        ("ai.generateText.doGenerate", None, None, True),
+        ("ai.streamObject.doStream", None, None, True),
+        ("ai.embedMany.doEmbed", None, None, True),
+        ("ai.generateText", None, None, False),
+        ("ai.embed", None, None, False),
+        ("ai.toolCall", None, None, False),
     ],
 )
 def test_only_model_calls_count_as_llm_requests(
@@ -285,3 +295,27 @@ def test_a_total_that_adds_the_cache_in_shows_an_input_count_without_it() -> Non
     assert normalize_attributes(attributes) == TokenUsage(3000, 2000, 0, 500, 0)
     inclusive = {**attributes, "llm.token_count.total": 3500}  # the same counts with the cache inside the input
     assert normalize_attributes(inclusive) == TokenUsage(1000, 2000, 0, 500, 0)
+
+
+# The rows of docs/metrics.md's alias table, by the concept they list.
+DOCUMENTED_CONCEPTS = {
+    "provider": Concept.PROVIDER,
+    "response model": Concept.RESPONSE_MODEL,
+    "request model": Concept.REQUEST_MODEL,
+    "operation": Concept.OPERATION,
+    "input tokens": Concept.INPUT,
+    "output tokens": Concept.OUTPUT,
+    "total tokens": Concept.TOTAL,
+    "cache read": Concept.CACHE_READ,
+    "cache write": Concept.CACHE_WRITE,
+    "reasoning": Concept.REASONING,
+}
+
+
+@pytest.mark.parametrize("row", DOCUMENTED_CONCEPTS)
+def test_the_documented_alias_table_lists_what_is_read_in_its_priority_order(row: str) -> None:
+    text = (REPO / "docs" / "metrics.md").read_text()
+    found = re.search(rf"^\| {row} \| (.*) \|$", text, re.MULTILINE)
+    assert found, f"docs/metrics.md has no '{row}' row"
+    listed = re.findall(r"`([^`]+)`", re.sub(r"\(.*?\)", "", found.group(1)))  # notes in parentheses aside
+    assert listed == list(ALIASES[DOCUMENTED_CONCEPTS[row]])

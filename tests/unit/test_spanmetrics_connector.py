@@ -938,6 +938,63 @@ def test_an_openinference_embedding_span_is_a_priced_request() -> None:
     assert f.llm_cost.value(("openai", "text-embedding-3-small")) > 0
 
 
+def vercel_span(name: str, span_id: int, **extra: str | int) -> Span:
+    """A span of the Vercel AI SDK's telemetry: every span of a call names the model and the provider."""
+    span = Span(trace_id=b"\x01" * 16, span_id=span_id.to_bytes(8, "big"), name=name)
+    span.attributes.extend(
+        [
+            attr("operation.name", name),
+            attr("ai.operationId", name),
+            attr("ai.model.id", "text-embedding-3-small"),
+            attr("ai.model.provider", "openai.embedding"),
+        ]
+    )
+    span.attributes.extend(attr(key, value) for key, value in extra.items())
+    return span
+
+
+def test_a_vercel_ai_sdk_embedding_call_is_a_priced_request_and_the_function_around_it_is_not() -> None:
+    """``embedMany`` records its function's span and one ``doEmbed`` span per provider call, each with the model
+    and ``ai.usage.tokens``: counting both would count every request and token twice."""
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    spans = [
+        vercel_span("ai.embedMany", 1, **{"ai.usage.tokens": 3000}),
+        vercel_span("ai.embedMany.doEmbed", 2, **{"ai.usage.tokens": 2000}),
+        vercel_span("ai.embedMany.doEmbed", 3, **{"ai.usage.tokens": 1000}),
+        vercel_span("ai.embed", 4, **{"ai.usage.tokens": 500}),
+        vercel_span("ai.embed.doEmbed", 5, **{"ai.usage.tokens": 500}),
+    ]
+    connector.consume(to_request({"svc": spans}))
+    f = connector.families
+    assert f.llm_requests.value(("openai", "text-embedding-3-small", "success")) == 3
+    assert f.llm_tokens.value(("openai", "text-embedding-3-small", "input")) == 3500
+    assert f.llm_cost.value(("openai", "text-embedding-3-small")) == pytest.approx(3500 * 0.02 / 1e6)
+    assert f.llm_without_usage.series == {}
+    assert f.genai_duration is not None
+    assert {key[0] for key in f.genai_duration.series} == {"embeddings"}
+
+
+def test_vercel_ai_sdk_generation_spans_are_counted_once_by_their_provider_call() -> None:
+    """``ai.generateText`` names the model too (``ai.model.id``): only its ``doGenerate`` span, which carries the
+    GenAI attributes, is the call; its operation label stays what the GenAI attributes say (none)."""
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
+    outer = vercel_span("ai.generateText", 1, **{"ai.usage.promptTokens": 100, "ai.usage.completionTokens": 20})
+    call = vercel_span(
+        "ai.generateText.doGenerate",
+        2,
+        **{"gen_ai.system": "openai.chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 100,
+           "gen_ai.usage.output_tokens": 20},
+    )  # fmt: skip
+    tool = vercel_span("ai.toolCall", 3)
+    connector.consume(to_request({"svc": [outer, call, tool]}))
+    f = connector.families
+    assert sum(series.value for series in f.llm_requests.series.values()) == 1
+    assert f.llm_requests.value(("openai", "gpt-4o", "success")) == 1
+    assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 100
+    assert f.genai_duration is not None
+    assert {key[0] for key in f.genai_duration.series} == {""}
+
+
 def test_the_genai_duration_error_type_falls_back_to_the_exception_type_as_errors_total_does() -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
     span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="chat gpt-4o", status=Status(code=2))

@@ -88,6 +88,7 @@ from agent.connectors.spanmetrics.genai import (
     first_text,
     is_inference,
     normalize_provider,
+    operation_name,
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
 from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
@@ -594,7 +595,12 @@ class SpanMetricsConnector:
             # Costed $0 above: say so, or a budget under-counts in silence (OpenAI streams without usage).
             self.families.llm_without_usage.add((target.provider, target.model), weight, now)
         if self.families.genai_duration is not None:
-            call = (label_text(operation or ""), target.provider, label_text(request_model), label_text(response_model))
+            call = (
+                label_text(operation_name(operation) or ""),
+                target.provider,
+                label_text(request_model),
+                label_text(response_model),
+            )
             self._record_genai(call, usage, roles, hist_weight, now)
             self.families.genai_duration.observe(
                 (*call, self._genai_error(span, values, failed)), duration, hist_weight, now, exemplar

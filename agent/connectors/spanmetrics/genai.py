@@ -55,6 +55,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.system",  # OTel <= 1.36, older OpenLLMetry
         "llm.provider",  # OpenInference: the hosting provider
         "llm.system",  # OpenInference: the model family's vendor
+        "ai.model.provider",  # Vercel AI SDK: provider id and API (`openai.embedding`)
     ),
     Concept.RESPONSE_MODEL: (
         "gen_ai.response.model",  # OTel, OpenLLMetry, OpenLIT
@@ -67,10 +68,12 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "llm.model_name",  # OpenInference (the model invoked)
         "embedding.model_name",  # OpenInference EMBEDDING spans
         "llm.request.model",  # early OpenLLMetry
+        "ai.model.id",  # Vercel AI SDK: on every span of a call (see VERCEL_CALL_OPERATIONS)
     ),
     Concept.OPERATION: (
         "gen_ai.operation.name",  # OTel, OpenLLMetry, OpenLIT
         "llm.request.type",  # OpenLLMetry before gen_ai.operation.name: chat / completion / embedding
+        "ai.operationId",  # Vercel AI SDK: `ai.embed.doEmbed` (see VERCEL_CALL_OPERATIONS)
     ),
     Concept.OPENINFERENCE_KIND: ("openinference.span.kind",),
     Concept.TRACELOOP_KIND: ("traceloop.span.kind",),
@@ -79,6 +82,7 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.usage.prompt_tokens",  # OTel < 1.28, older OpenLLMetry
         "llm.token_count.prompt",  # OpenInference
         "llm.usage.prompt_tokens",  # early OpenLLMetry
+        "ai.usage.tokens",  # Vercel AI SDK embedding calls (its generation calls carry gen_ai.usage.*)
     ),
     Concept.OUTPUT: (
         "gen_ai.usage.output_tokens",
@@ -155,6 +159,17 @@ NOT_INFERENCE_OPERATIONS = frozenset(
 )
 # OpenInference span kinds that are model calls; CHAIN, AGENT, TOOL, RETRIEVER... are not.
 INFERENCE_OPENINFERENCE_KINDS = frozenset({"LLM", "EMBEDDING"})
+
+# The Vercel AI SDK names each of its spans' operation in ``ai.operationId``, and every span of a call carries the
+# model (``ai.model.id``): the function (``ai.generateText``, ``ai.embed``), the provider calls it makes, the tool
+# calls between them. Only the provider calls are model calls; these end their operation ids, each with the
+# OpenTelemetry operation name it is (None: the SDK does not say, as the span's GenAI attributes do not).
+VERCEL_OPERATION_PREFIX = "ai."
+VERCEL_CALL_OPERATIONS: dict[str, str | None] = {
+    ".doGenerate": None,
+    ".doStream": None,
+    ".doEmbed": "embeddings",
+}
 
 # Old or non-standard provider names → the OpenTelemetry well-known value.
 PROVIDER_NAMES: dict[str, str] = {
@@ -335,11 +350,22 @@ def normalize_provider(raw: str) -> str:
 
 def is_inference(operation: str | None, openinference_kind: str | None, traceloop_kind: str | None) -> bool:
     """Whether a span that names a model is a model call (and not an agent, tool or workflow span around one)."""
-    if operation is not None and operation in NOT_INFERENCE_OPERATIONS:
-        return False
+    if operation is not None:
+        if operation in NOT_INFERENCE_OPERATIONS:
+            return False
+        if operation.startswith(VERCEL_OPERATION_PREFIX):
+            return operation.endswith(tuple(VERCEL_CALL_OPERATIONS))
     if openinference_kind is not None and openinference_kind.upper() not in INFERENCE_OPENINFERENCE_KINDS:
         return False
     return traceloop_kind is None  # Traceloop decorators mark workflow/task/agent/tool spans, never model calls
+
+
+def operation_name(operation: str | None) -> str | None:
+    """The OpenTelemetry operation name of a model call's operation attribute: a Vercel AI SDK operation id
+    (``ai.embed.doEmbed``) as the operation it is (``embeddings``), any other as it is."""
+    if operation is None or not operation.startswith(VERCEL_OPERATION_PREFIX):
+        return operation
+    return VERCEL_CALL_OPERATIONS.get(operation[operation.rfind(".") :])
 
 
 def any_to_str(value: AnyValue) -> str | None:
