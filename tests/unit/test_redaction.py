@@ -489,6 +489,10 @@ def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text:
         ("Authorization: Key abc123:def456", "Authorization: [REDACTED]"),  # fal.ai
         ("Authorization: SharedKey acct:c2lnMTIz", "Authorization: [REDACTED]"),  # Azure Storage
         ("Authorization: Bearer abc123", "Authorization: Bearer [REDACTED]"),  # a known scheme is kept
+        # A scheme no rule lists goes with the credential after it (Kerberos/SPNEGO, a vendor's own scheme)
+        ("Authorization: Negotiate YIIGhgYJKoZIhvcSAQICAQBuggZ1", "Authorization: [REDACTED]"),
+        ("curl -H 'Authorization: Vendor-Auth a1b2c3d4e5' x", "curl -H 'Authorization: [REDACTED]' x"),
+        ("X-Api-Key: abc123 was rejected", "X-Api-Key: [REDACTED] was rejected"),  # no scheme: prose stays
         ("AZURE_OPENAI_API_KEY: 0123456789abcdef0123", "AZURE_OPENAI_API_KEY: [REDACTED]"),
         ("api_key: 9f8e7d6c5b4a\nclient_secret: s3cr3t-value", "api_key: [REDACTED]\nclient_secret: [REDACTED]"),
         ("password: required token: 512 secret: false token_type: bearer",
