@@ -49,7 +49,7 @@ class Agent:
         self.graph = Graph(config, self.metrics)
         admin = config.service.telemetry.admin
         self._admin_endpoint = admin.endpoint  # where it stays, across reloads
-        self._admin_tls = admin.tls  # whether TLS and client certificates are on stays too; the files rotate
+        self._admin_tls = admin.tls  # what it listens with: read anew at each reload
         self.admin = AdminServer(
             self._admin_endpoint, self.metrics, self.not_ready_reason, load_server_tls(admin.tls, ADMIN_TLS_PATH)
         )
@@ -161,8 +161,9 @@ class Agent:
         The new config is read and its pipelines built before anything stops: an invalid one changes nothing.
         Then, as at shutdown, the receivers stop (senders retry meanwhile) and everything buffered flushes within
         ``service.shutdown_timeout``, and the new pipelines start, unless a SIGTERM came meanwhile. If they cannot
-        (a port taken), the previous config starts again. The admin endpoint stays as it is (changing it takes a
-        restart). The agent's own series of components the new config no longer has are removed.
+        (a port taken), the previous config starts again. The admin endpoint stays where it is (changing it takes a
+        restart); with TLS it listens again with its files read anew. The agent's own series of components the new
+        config no longer has are removed.
         """
         try:
             config = self._load_config()
@@ -184,8 +185,11 @@ class Agent:
                 return False
             reloaded = await self._start_instead(graph)
             if reloaded:
-                self._apply_service_settings(config, admin_tls)
+                self._apply_service_settings(config)
                 self.config = config
+            if config.service.telemetry.admin.tls == self.config.service.telemetry.admin.tls:
+                # Reloaded, or the previous config started again with the same admin TLS files, read anew.
+                await self._renew_admin_tls(self.config.service.telemetry.admin.tls, admin_tls)
         finally:
             self._reloading = False
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
@@ -228,9 +232,8 @@ class Agent:
         self._log.error("config reload refused: the running config stays", extra={"errors": errors})
         return False
 
-    def _apply_service_settings(self, config: AgentConfig, admin_tls: ServerTls | None) -> None:
-        """The log level and format of ``config``, and the admin endpoint's rotated certificates; a changed admin
-        endpoint, or TLS or client certificates turned on or off there, is said to need a restart."""
+    def _apply_service_settings(self, config: AgentConfig) -> None:
+        """The log level and format of ``config``; a changed admin endpoint is said to need a restart."""
         logs, running = config.service.telemetry.logs, self.config.service.telemetry.logs
         if (logs.level, logs.format) != (running.level, running.format):
             configure(logs.level, logs.format)
@@ -240,16 +243,18 @@ class Agent:
                 "service.telemetry.admin.endpoint: a change takes a restart; the admin endpoint stays where it is",
                 extra={"listening": str(self._admin_endpoint), "configured": str(endpoint)},
             )
-        self._rotate_admin_tls(config.service.telemetry.admin.tls, admin_tls)
 
-    def _rotate_admin_tls(self, configured: TlsServerConfig, loaded: ServerTls | None) -> None:
-        running = self._admin_tls
-        if (configured.enabled, bool(configured.client_ca_file)) != (running.enabled, bool(running.client_ca_file)):
-            self._log.warning(
-                f"{ADMIN_TLS_PATH}: turning TLS or client certificates on or off takes a restart; the admin endpoint "
-                "keeps its TLS settings",
-                extra={"listening_tls": running.enabled, "client_certificates": bool(running.client_ca_file)},
+    async def _renew_admin_tls(self, configured: TlsServerConfig, loaded: ServerTls | None) -> None:
+        """With TLS before or after the reload, the admin endpoint listens again with ``loaded``: rotated
+        certificates taken, and the connections and TLS sessions made with the old ones ended."""
+        if not configured.enabled and not self._admin_tls.enabled:
+            return
+        try:
+            await self.admin.listen_again(loaded)
+        except OSError as exc:
+            self._log.error(
+                "the admin endpoint could not listen again: probes and the agent's own metrics go unanswered",
+                extra={"endpoint": str(self._admin_endpoint), "error": str(exc)},
             )
-        elif loaded is not None:
-            self.admin.use_tls(loaded)
-            self._admin_tls = configured
+            return
+        self._admin_tls = configured

@@ -61,8 +61,8 @@ class AdminConfig:
     )
     tls: TlsServerConfig = setting(
         doc="Serve the admin endpoint over HTTPS; off unless `cert_file` is set (probes then need `scheme: HTTPS`). "
-        "At a `SIGHUP` the files are read again and new connections get the rotated certificates; turning TLS or "
-        "`client_ca_file` on or off takes a restart, as a changed endpoint does.",
+        "At a `SIGHUP` an endpoint with TLS (before or after) listens again with the files read anew: rotated "
+        "certificates are taken, and connections and TLS sessions made with the old ones end.",
         default_factory=TlsServerConfig,
     )
 

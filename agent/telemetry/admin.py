@@ -1,9 +1,10 @@
 """Admin HTTP endpoint: liveness, readiness and the agent's own metrics.
 
-It outlives config reloads (probes must be answered during one), so its TLS certificates are rotated without
-closing its socket: the listening context hands each new connection, at its handshake, the latest context loaded
-(``use_tls``). The client-certificate requirement is the listening context's, so turning it on or off takes a
-restart; the CAs that verify client certificates are the latest context's.
+It outlives config reloads (probes are answered during one). With TLS, a reload makes it listen again with the
+certificates read anew (``listen_again``), as the receivers do: its open connections and TLS sessions end with
+their context. Handing new connections a new context on the same socket would not do: a resumed TLS session
+skips the client-certificate check, the listening context keeps the sessions it made (Python cannot empty its
+session cache), and a scraper's keep-alive connection would outlive a client CA rotated away.
 """
 
 from __future__ import annotations
@@ -37,28 +38,20 @@ class AdminServer:
         self._metrics = metrics
         self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
-        self._listening_context = tls.ssl_context if tls is not None else None
-        self._latest_context = self._listening_context
-        if self._listening_context is not None:
-            self._listening_context.sni_callback = self._hand_latest_context
+        self._ssl_context: ssl.SSLContext | None = tls.ssl_context if tls is not None else None
 
-    def use_tls(self, tls: ServerTls) -> None:
-        """New connections get ``tls`` (certificates read again at a reload); those open keep theirs."""
-        if self._listening_context is None:
-            raise ValueError("the admin endpoint listens without TLS: turning it on takes a restart")
-        self._latest_context = tls.ssl_context
-
-    def _hand_latest_context(self, connection: ssl.SSLObject, _server_name: str | None, _: ssl.SSLContext) -> None:
-        # OpenSSL asks this of every ClientHello, with or without a server name in it.
-        if self._latest_context is not None and connection.context is not self._latest_context:
-            connection.context = self._latest_context
+    async def listen_again(self, tls: ServerTls | None) -> None:
+        """Close the endpoint (a probe or scrape in flight gets a moment) and listen again at once with ``tls``."""
+        await self.shutdown()
+        self._ssl_context = tls.ssl_context if tls is not None else None
+        await self.start()
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        self._runner = await serve(app, self._endpoint, component_logger("admin"), ssl_context=self._listening_context)
+        self._runner = await serve(app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context)
 
     async def shutdown(self) -> None:
         """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""

@@ -1,8 +1,10 @@
-"""The admin endpoint over TLS: certificates (and client CAs) rotated at a reload without closing its socket, with
-real aiohttp clients and certificates made by openssl."""
+"""The admin endpoint over TLS: certificates and client CAs rotated at a reload by listening again, with real
+aiohttp and ssl clients and certificates made by openssl."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ import yaml
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
 from agent.config.schema import HostPort
+from agent.receivers.otlp import OtlpReceiver
 from agent.server_tls import TlsServerConfig
 from agent.telemetry.admin import AdminServer
 from agent.telemetry.selfmetrics import SelfMetrics
@@ -58,6 +61,10 @@ def pair(cert: Pair) -> TlsServerConfig:
     return TlsServerConfig(cert_file=str(cert[0]), key_file=str(cert[1]))
 
 
+def mutual_tls(cert: Pair, client_ca: Path) -> TlsServerConfig:
+    return TlsServerConfig(cert_file=str(cert[0]), key_file=str(cert[1]), client_ca_file=str(client_ca))
+
+
 async def test_the_admin_endpoint_serves_https_only(tmp_path: Path) -> None:
     cert = self_signed_certificate(tmp_path)
     async with admin_server(pair(cert)) as (_, port):
@@ -66,16 +73,13 @@ async def test_the_admin_endpoint_serves_https_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-async def test_new_connections_get_the_rotated_certificate_with_or_without_a_server_name(
-    tmp_path: Path, host: str
-) -> None:
-    """A client connecting to an IP address sends no server name (SNI): the rotation must not depend on one."""
+async def test_listening_again_serves_the_rotated_certificate(tmp_path: Path, host: str) -> None:
     first = self_signed_certificate(tmp_path, "first")
     second = self_signed_certificate(tmp_path, "second")
     async with admin_server(pair(first)) as (server, port):
         url = f"https://{host}:{port}"
         assert await answers(url, client_context(first[0]))
-        server.use_tls(pair(second).load())
+        await server.listen_again(pair(second).load())
         assert await answers(url, client_context(second[0]))
         assert not await answers(url, client_context(first[0]))
 
@@ -84,22 +88,73 @@ async def test_rotated_client_cas_decide_which_client_certificates_get_in(tmp_pa
     cert = self_signed_certificate(tmp_path)
     old_client = self_signed_certificate(tmp_path, "old-client")  # self-signed: its own CA
     new_client = self_signed_certificate(tmp_path, "new-client")
-    tls = TlsServerConfig(cert_file=str(cert[0]), key_file=str(cert[1]), client_ca_file=str(old_client[0]))
-    async with admin_server(tls) as (server, port):
+    async with admin_server(mutual_tls(cert, old_client[0])) as (server, port):
         url = f"https://localhost:{port}"
         assert await answers(url, client_context(cert[0], old_client))
         assert not await answers(url, client_context(cert[0]))  # no certificate at all
-        rotated = TlsServerConfig(cert_file=tls.cert_file, key_file=tls.key_file, client_ca_file=str(new_client[0]))
-        server.use_tls(rotated.load())
+        await server.listen_again(mutual_tls(cert, new_client[0]).load())
         assert await answers(url, client_context(cert[0], new_client))
         assert not await answers(url, client_context(cert[0], old_client))
         assert not await answers(url, client_context(cert[0]))
 
 
-def test_turning_tls_on_for_a_plain_admin_endpoint_is_refused() -> None:
-    server = AdminServer(HostPort(f"127.0.0.1:{free_port()}"), SelfMetrics(), lambda: None)
-    with pytest.raises(ValueError, match="takes a restart"):
-        server.use_tls(object())  # type: ignore[arg-type]
+def fetch(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None) -> ssl.SSLSession | None:
+    """GET /health/live with a blocking client (``session`` to resume one); the session when it answered 200, with
+    its ticket (TLS 1.3 sends it after the handshake), or None when the connection was refused."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
+            tls.sendall(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(4096):
+                answer += chunk
+            if not answer.startswith(b"HTTP/1.1 200"):
+                return None
+            assert session is None or tls.session_reused, "served, but without resuming the session"
+            return tls.session
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_client_whose_ca_was_rotated_away_cannot_resume_a_session_made_before(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A resumed session skips the client-certificate check: the sessions (and the keys sealing the tickets) of the
+    old certificates must go with them."""
+    cert = self_signed_certificate(tmp_path)
+    old_client = self_signed_certificate(tmp_path, "old-client")
+    new_client = self_signed_certificate(tmp_path, "new-client")
+    async with admin_server(mutual_tls(cert, old_client[0])) as (server, port):
+        old = client_context(cert[0], old_client)
+        old.maximum_version = version
+        session = await asyncio.to_thread(fetch, port, old)
+        assert session is not None
+        assert await asyncio.to_thread(fetch, port, old, session) is not None  # resumption works
+        await server.listen_again(mutual_tls(cert, new_client[0]).load())
+        assert await asyncio.to_thread(fetch, port, old) is None
+        assert await asyncio.to_thread(fetch, port, old, session) is None
+
+
+async def test_a_keep_alive_connection_made_with_a_client_ca_rotated_away_does_not_outlive_the_rotation(
+    tmp_path: Path,
+) -> None:
+    """A scraper keeps its connection open between scrapes."""
+    cert = self_signed_certificate(tmp_path)
+    old_client = self_signed_certificate(tmp_path, "old-client")
+    new_client = self_signed_certificate(tmp_path, "new-client")
+    async with admin_server(mutual_tls(cert, old_client[0])) as (server, port):
+        url = f"https://localhost:{port}/health/live"
+        async with aiohttp.ClientSession() as scraper:
+            old = client_context(cert[0], old_client)
+            async with scraper.get(url, ssl=old) as response:
+                assert response.status == 200
+            await server.listen_again(mutual_tls(cert, new_client[0]).load())
+            with pytest.raises(aiohttp.ClientError):
+                async with scraper.get(url, ssl=old) as response:
+                    await response.read()
 
 
 # --- the agent: at start and at a reload ----------------------------------------------------------------------
@@ -166,11 +221,33 @@ async def test_a_reload_with_broken_admin_tls_files_is_refused_and_the_endpoint_
     assert await answers(admin_url(config), client_context(certs / "first.pem"))
 
 
-async def test_a_reload_turning_admin_tls_off_keeps_it_on_and_says_a_restart_is_needed(
-    agent_with_admin_tls: tuple[Agent, dict[str, Any], Path], caplog: pytest.LogCaptureFixture
+async def test_a_reload_turning_admin_tls_off_serves_plain_http(
+    agent_with_admin_tls: tuple[Agent, dict[str, Any], Path],
 ) -> None:
     agent, config, certs = agent_with_admin_tls
     del config["service"]["telemetry"]["admin"]["tls"]
     assert await agent.reload()
-    assert "service.telemetry.admin.tls: turning TLS or client certificates on or off takes a restart" in caplog.text
+    plain = "http://" + config["service"]["telemetry"]["admin"]["endpoint"]
+    assert await answers(plain, None)
+    assert not await answers(admin_url(config), client_context(certs / "server.pem"))
+
+
+async def test_a_reload_falling_back_to_the_running_config_takes_its_rotated_admin_certificate_too(
+    agent_with_admin_tls: tuple[Agent, dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new pipelines fail to start (a port taken) and the running config starts again, its receivers reading its
+    files anew: the admin endpoint, whose files are the same, takes what was read from them too."""
+    agent, config, certs = agent_with_admin_tls
+    self_signed_certificate(certs)  # rotated in place
+    start = OtlpReceiver.start
+    failures = [OSError(98, "address already in use")]
+
+    async def taken_once(self: OtlpReceiver) -> None:
+        if failures:
+            raise failures.pop()
+        await start(self)
+
+    monkeypatch.setattr(OtlpReceiver, "start", taken_once)
+    assert not await agent.reload()
+    assert agent.graph.receivers_started
     assert await answers(admin_url(config), client_context(certs / "server.pem"))
