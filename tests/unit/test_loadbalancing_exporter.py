@@ -605,3 +605,15 @@ async def test_a_gateways_partial_rejection_is_logged_with_its_reason_as_well_as
     assert told and told[0].getMessage().startswith("gateway 10.0.0."), [r.getMessage() for r in caplog.records]
     assert "3 spans rejected" in told[0].getMessage()
     assert getattr(told[0], "exporter", None) == "loadbalancing"
+
+
+@pytest.mark.parametrize("claimed", [-3, 1000])
+async def test_a_gateways_partial_rejection_counts_no_less_than_none_and_no_more_than_its_part(claimed: int) -> None:
+    """The parts' rejections are added up: a gateway answering -3 (partial_success is an int64) would take refusals
+    off the other gateways' count, or make the sending queue's counter refuse a negative increment; one claiming more
+    than it was sent would count spans other gateways took as refused."""
+    gateways = {GATEWAYS[0]: Gateway(reject=claimed), GATEWAYS[1]: Gateway(reject=2), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with(gateways)
+    rejected = await exporter._push(Signal.TRACES, batch_of(30))
+    first_part = len(gateways[GATEWAYS[0]].received)
+    assert rejected == (2 if claimed < 0 else first_part + 2)

@@ -702,3 +702,13 @@ def test_tls_settings_beside_insecure_true_are_a_config_error_not_plain_text() -
     # A URL's scheme decides: https:// is TLS whatever insecure says, so nothing is ignored.
     build(OtlpExporterConfig, {**raw, "endpoint": "https://jaeger:4318"}, "exporters.otlp", errors := [])
     assert errors == []
+
+
+async def test_a_partial_success_with_a_negative_count_counts_the_batch_sent_once() -> None:
+    """rejected_spans is an int64: a count below 0 once made the sending queue count the batch as sent (and more),
+    then, its counter refusing a negative increment, as failed too."""
+    _, metrics, batch = await export_to_capture(
+        "grpc", lambda capture: setattr(capture, "partial_rejections", [-3]), "exporter_sent_items_total"
+    )
+    assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(span_keys(batch))
+    assert value(metrics, "exporter_send_failed_items_total") == 0

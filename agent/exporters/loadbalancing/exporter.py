@@ -295,7 +295,10 @@ class LoadBalancingExporter:
         except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
             return RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
         self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
-        return partial_rejections(response, signal, self._log, self._settings.component_id, f"gateway {gateway}")
+        # No more than the part held: the parts' counts are added up, so one gateway's claim would take the others'.
+        return min(
+            items, partial_rejections(response, signal, self._log, self._settings.component_id, f"gateway {gateway}")
+        )
 
     def _init_metrics(self) -> None:
         m = self._settings.metrics

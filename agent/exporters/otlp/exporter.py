@@ -67,7 +67,7 @@ def partial_rejections(response: Message, signal: Signal, log: RateLimitedLog, e
         return 0
     spec = SPECS[signal]
     partial = response.partial_success  # type: ignore[attr-defined]
-    rejected = int(getattr(partial, spec.rejected_field))
+    rejected = max(0, int(getattr(partial, spec.rejected_field)))  # an int64: a server may send less than 0
     if not rejected and not partial.error_message:
         return 0
     log.warning(
