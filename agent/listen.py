@@ -77,13 +77,15 @@ async def serve(
     count_unparsable: Callable[[], None] | None = None,
     keepalive_timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sockets: list[socket.socket] | None = None,
     **options: Any,
 ) -> web.AppRunner:
     """Serve ``app`` on ``endpoint`` as every aiohttp server of the agent does: no access log, no signal handlers
     of aiohttp's own, idle keep-alive connections closed after ``keepalive_timeout`` (``IDLE_CONNECTION_SECONDS``
     unless given: each is a descriptor, and the port may be reachable from the cluster), and requests that are not
-    HTTP told by ``UnparsableRequestLog``; over TLS with ``ssl_context``. ``options`` are aiohttp's other server
-    settings. Raises OSError when it cannot listen, having released everything."""
+    HTTP told by ``UnparsableRequestLog``; over TLS with ``ssl_context``; on ``sockets`` (bound, a caller's own)
+    instead of binding ``endpoint`` anew. ``options`` are aiohttp's other server settings. Raises
+    OSError when it cannot listen, having released everything."""
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -94,16 +96,23 @@ async def serve(
     )
     await runner.setup()
     try:
-        await _start_sites(runner, endpoint, ssl_context)
+        await _start_sites(runner, endpoint, ssl_context, sockets)
     except OSError:
         await runner.cleanup()
         raise
     return runner
 
 
-async def _start_sites(runner: web.AppRunner, endpoint: HostPort, ssl_context: ssl.SSLContext | None) -> None:
-    """Serve ``runner``'s application on ``endpoint``. On failure the caller cleans ``runner`` up."""
-    sockets = await listening_sockets(endpoint.host, endpoint.port)
+async def _start_sites(
+    runner: web.AppRunner,
+    endpoint: HostPort,
+    ssl_context: ssl.SSLContext | None,
+    sockets: list[socket.socket] | None,
+) -> None:
+    """Serve ``runner``'s application on ``endpoint`` (on ``sockets`` when given: they are closed with ``runner``'s
+    sites, or here when they are not served). On failure the caller cleans ``runner`` up."""
+    if sockets is None:
+        sockets = await listening_sockets(endpoint.host, endpoint.port)
     started = 0
     try:
         for sock in sockets:
@@ -114,18 +123,36 @@ async def _start_sites(runner: web.AppRunner, endpoint: HostPort, ssl_context: s
             sock.close()
 
 
+async def stop_accepting(runner: web.AppRunner) -> None:
+    """Stop ``runner``'s sites accepting connections (the listening sockets close, but for their duplicates); its
+    open connections are served until ``stop_runner``."""
+    for site in list(runner.sites):
+        await site.stop()
+
+
 async def stop_runner(runner: web.AppRunner, seconds: float) -> None:
     """Close ``runner``'s sites and connections within ``seconds``.
 
     Unbounded, aiohttp's cleanup waits for in-flight handlers, and then reads the unread rest of a request's body
     for up to 10 s ("lingering close"): one client that sent half a body would hold the shutdown past the
     kubelet's grace period, and the stages still to stop would lose their time.
+
+    A TLS connection the listener accepted reaches aiohttp only once its handshake is done: one whose handshake
+    ends after this would be served by the stopped application, with the certificates and client CAs it had
+    (rotated away at a reload), and no one would close it. Such a connection is closed as it arrives.
     """
+    server = runner.server
+    if server is not None:
+        server.connection_made = _refuse_connection  # type: ignore[method-assign]
     with contextlib.suppress(TimeoutError):
         # Never less than a moment, even past the deadline: cancelled at once, cleanup would leave the port bound
         # and serving.
         async with asyncio.timeout(max(seconds, _STOP_FLOOR_SECONDS)):  # not wait_for: see agent/waits.py
             await runner.cleanup()
+
+
+def _refuse_connection(_handler: Any, transport: asyncio.Transport) -> None:
+    transport.abort()
 
 
 def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:

@@ -1,14 +1,16 @@
 """Admin HTTP endpoint: liveness, readiness and the agent's own metrics.
 
 It outlives config reloads (probes are answered during one). With TLS, a reload makes it listen again with the
-certificates read anew (``listen_again``), as the receivers do: its open connections and TLS sessions end with
-their context. Handing new connections a new context on the same socket would not do: a resumed TLS session
-skips the client-certificate check, the listening context keeps the sessions it made (Python cannot empty its
-session cache), and a scraper's keep-alive connection would outlive a client CA rotated away.
+certificates read anew (``listen_again``), on the same listening socket: its open connections and TLS sessions end
+with their context, and the port never closes (a probe meanwhile is not refused, no other socket can take it).
+Handing new connections a new context through the listening one's SNI callback would not do: a resumed TLS
+session skips the client-certificate check, the listening context keeps the sessions it made (Python cannot
+empty its session cache), and a scraper's keep-alive connection would outlive a client CA rotated away.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -16,7 +18,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
-from agent.listen import serve, stop_runner
+from agent.listen import listening_sockets, serve, stop_accepting, stop_runner
 from agent.server_tls import ServerTls
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
@@ -39,25 +41,44 @@ class AdminServer:
         self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
         self._ssl_context: ssl.SSLContext | None = tls.ssl_context if tls is not None else None
+        # Bound once and held until shutdown; each runner listens on duplicates of them, so the port stays open
+        # from one runner to the next.
+        self._sockets: list[socket.socket] = []
 
     async def listen_again(self, tls: ServerTls | None) -> None:
-        """Close the endpoint (a probe or scrape in flight gets a moment) and listen again at once with ``tls``."""
-        await self.shutdown()
+        """Serve with ``tls`` from now on, on the same listening sockets: new connections (and those waiting to be
+        accepted) get ``tls``, the open ones are closed (a probe or scrape in flight gets a moment). The port is
+        never closed meanwhile: a probe is not refused, and no other socket can take it."""
+        old, self._runner = self._runner, None
         self._ssl_context = tls.ssl_context if tls is not None else None
-        await self.start()
+        if old is not None:
+            await stop_accepting(old)
+        try:
+            await self.start()
+        finally:
+            if old is not None:
+                await stop_runner(old, _STOP_SECONDS)
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        self._runner = await serve(app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context)
+        if not self._sockets:
+            self._sockets = await listening_sockets(self._endpoint.host, self._endpoint.port)
+        duplicates = [sock.dup() for sock in self._sockets]  # closed with the runner's sites
+        self._runner = await serve(
+            app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context, sockets=duplicates
+        )
 
     async def shutdown(self) -> None:
         """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await stop_runner(runner, _STOP_SECONDS)
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
 
     async def _live(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "live"})

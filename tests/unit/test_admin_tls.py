@@ -157,6 +157,62 @@ async def test_a_keep_alive_connection_made_with_a_client_ca_rotated_away_does_n
                     await response.read()
 
 
+async def test_listening_again_keeps_the_port_listening_while_a_slow_client_holds_the_old_endpoint(
+    tmp_path: Path,
+) -> None:
+    """A slow client makes the old endpoint's stop take its whole grace: probes meanwhile must be answered (refused,
+    the kubelet counts a failure), and no other socket may take the port (the endpoint would stay closed)."""
+    cert = self_signed_certificate(tmp_path)
+    async with admin_server(pair(cert)) as (server, port):
+        _, slow = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(cert[0]), server_hostname="localhost"
+        )
+        slow.write(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\nhalf")
+        await slow.drain()
+        await asyncio.sleep(0.1)
+        again = asyncio.create_task(server.listen_again(pair(cert).load()))
+        await asyncio.sleep(0.3)
+        assert not again.done(), "the old endpoint's stop was expected to wait for the slow client"
+        assert await answers(f"https://localhost:{port}", client_context(cert[0]))
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+                other.listen()
+        await again
+        slow.close()
+        assert await answers(f"https://localhost:{port}", client_context(cert[0]))
+
+
+def request_after_handshake(raw: socket.socket, context: ssl.SSLContext) -> bytes | None:
+    """The status line answered on ``raw`` (connected earlier) after a TLS handshake started only now; None when
+    the handshake or the request failed."""
+    try:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return tls.recv(4096).split(b"\r\n", 1)[0] or None
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+async def test_a_connection_accepted_before_listening_again_cannot_finish_its_handshake_with_the_old_client_cas(
+    tmp_path: Path,
+) -> None:
+    """asyncio hands aiohttp a TLS connection only once its handshake is done: one the old endpoint accepted, whose
+    ClientHello came after the rotation, was verified with the client CAs rotated away and served by the stopped
+    endpoint, which no later reload or stop knew of."""
+    cert = self_signed_certificate(tmp_path)
+    old_client = self_signed_certificate(tmp_path, "old-client")
+    new_client = self_signed_certificate(tmp_path, "new-client")
+    async with admin_server(mutual_tls(cert, old_client[0])) as (server, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # accepted; no ClientHello yet
+            await asyncio.sleep(0.2)
+            await server.listen_again(mutual_tls(cert, new_client[0]).load())
+            answer = await asyncio.to_thread(request_after_handshake, raw, client_context(cert[0], old_client))
+        assert answer is None, answer
+        assert await answers(f"https://localhost:{port}", client_context(cert[0], new_client))
+
+
 # --- the agent: at start and at a reload ----------------------------------------------------------------------
 
 

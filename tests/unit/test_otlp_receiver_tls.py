@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 import subprocess
 import time
@@ -124,6 +126,38 @@ async def test_mutual_tls_serves_only_clients_with_a_certificate_the_client_ca_s
             with pytest.raises(aiohttp.ClientError):
                 await http_export(url, client_context(cert, identity))
         assert len(sink.batches) == 2  # nothing more got in
+
+
+def post_after_handshake(raw: socket.socket, context: ssl.SSLContext, body: bytes) -> bytes | None:
+    """The status line answered to an export on ``raw`` (connected earlier) after a TLS handshake made only now;
+    None when the handshake or the request failed."""
+    head = "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\n"
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    try:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(head.encode() + body)
+            return tls.recv(4096).split(b"\r\n", 1)[0] or None
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+async def test_a_stopped_receiver_takes_nothing_from_a_connection_whose_handshake_ends_after_its_stop(
+    tmp_path: Path,
+) -> None:
+    """asyncio hands aiohttp a TLS connection only once its handshake is done: one accepted before a reload stopped
+    the receiver was served after, by the stopped pipeline, verified with the client CAs the reload rotated away."""
+    cert, key = self_signed_certificate(tmp_path)
+    client_cert, client_key = self_signed_certificate(tmp_path, "client")
+    tls = TlsServerConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(client_cert))
+    sink = BatchSink()
+    async with tls_receiver(tls, sink) as (_, http_port):
+        raw = socket.create_connection(("127.0.0.1", http_port), timeout=10)  # accepted; no ClientHello yet
+        await asyncio.sleep(0.2)
+    with raw:
+        context = client_context(cert, (client_cert, client_key))
+        answer = await asyncio.to_thread(post_after_handshake, raw, context, request_body())
+    assert answer is None, answer
+    assert sink.batches == []
 
 
 def encrypted_key_certificate(directory: Path) -> tuple[Path, Path]:
