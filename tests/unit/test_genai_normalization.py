@@ -227,6 +227,11 @@ def test_no_alias_is_listed_under_two_concepts() -> None:
         ("openai.responses", "openai"),
         ("mistral.chat", "mistral_ai"),
         ("google.generative-ai", "gcp.gemini"),
+        # The Vercel AI SDK's embedding models (ai.model.provider on doEmbed spans)
+        ("openai.embedding", "openai"),
+        ("azure.embeddings", "azure.ai.openai"),  # @ai-sdk/azure: not .embedding
+        ("cohere.textEmbedding", "cohere"),  # @ai-sdk/cohere
+        ("google.vertex.embedding", "gcp.vertex_ai"),
         ("azure.ai.openai", "azure.ai.openai"),  # a well-known value with dots stays as it is
     ],
 )

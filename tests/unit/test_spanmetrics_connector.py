@@ -974,6 +974,37 @@ def test_a_vercel_ai_sdk_embedding_call_is_a_priced_request_and_the_function_aro
     assert {key[0] for key in f.genai_duration.series} == {"embeddings"}
 
 
+def test_vercel_ai_sdk_embedding_spans_renamed_by_sentry_are_counted_once() -> None:
+    """Sentry's Vercel AI integration (2025) renames, as each span starts, the ``ai.*`` attributes it has then to
+    ``vercel.ai.*`` (``vercel.ai.operationId``) and sets ``gen_ai.response.model`` on every span of a call; the
+    ``ai.usage.tokens`` set as the span ends keeps its name. Without the operation id, the function's span would be
+    a request too, its tokens (the sum of its calls') counted again."""
+    connector, _ = make(SpanMetricsConfig())
+
+    def renamed(name: str, span_id: int, tokens: int) -> Span:
+        span = Span(trace_id=b"\x01" * 16, span_id=span_id.to_bytes(8, "big"), name=name.removeprefix("ai."))
+        span.attributes.extend(
+            [
+                attr("vercel.ai.operationId", name),
+                attr("vercel.ai.model.id", "text-embedding-3-small"),
+                attr("vercel.ai.model.provider", "openai.embedding"),
+                attr("gen_ai.response.model", "text-embedding-3-small"),
+                attr("ai.usage.tokens", tokens),
+            ]
+        )
+        return span
+
+    spans = [
+        renamed("ai.embedMany", 1, 3000),
+        renamed("ai.embedMany.doEmbed", 2, 2000),
+        renamed("ai.embedMany.doEmbed", 3, 1000),
+    ]
+    connector.consume(to_request({"svc": spans}))
+    f = connector.families
+    assert f.llm_requests.value(("openai", "text-embedding-3-small", "success")) == 2
+    assert f.llm_tokens.value(("openai", "text-embedding-3-small", "input")) == 3000
+
+
 def test_vercel_ai_sdk_generation_spans_are_counted_once_by_their_provider_call() -> None:
     """``ai.generateText`` names the model too (``ai.model.id``): only its ``doGenerate`` span, which carries the
     GenAI attributes, is the call; its operation label stays what the GenAI attributes say (none)."""

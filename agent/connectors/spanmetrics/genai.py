@@ -74,6 +74,9 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
         "gen_ai.operation.name",  # OTel, OpenLLMetry, OpenLIT
         "llm.request.type",  # OpenLLMetry before gen_ai.operation.name: chat / completion / embedding
         "ai.operationId",  # Vercel AI SDK: `ai.embed.doEmbed` (see VERCEL_CALL_OPERATIONS)
+        # The same, renamed by Sentry's Vercel AI integration as a span starts (its ai.usage.tokens, set at the end,
+        # keeps its name: without this, a function's span would count its calls' tokens again)
+        "vercel.ai.operationId",
     ),
     Concept.OPENINFERENCE_KIND: ("openinference.span.kind",),
     Concept.TRACELOOP_KIND: ("traceloop.span.kind",),
@@ -200,7 +203,17 @@ PROVIDER_NAMES: dict[str, str] = {
 # "Langchain" and "crewai"): the provider label then comes from the price table's entry for the model.
 FRAMEWORK_PROVIDERS = frozenset({"langchain", "crewai"})
 # The API a Vercel AI SDK provider id names after its provider (``anthropic.messages``, ``openai.chat``).
-_API_SUFFIXES = (".chat", ".messages", ".responses", ".completion", ".embedding", ".image", ".transcription")
+_API_SUFFIXES = (
+    ".chat",
+    ".messages",
+    ".responses",
+    ".completion",
+    ".embedding",
+    ".embeddings",  # the Vercel AI SDK's Azure embedding models
+    ".textembedding",  # its Cohere embedding models (cohere.textEmbedding)
+    ".image",
+    ".transcription",
+)
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
 
