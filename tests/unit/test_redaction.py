@@ -493,6 +493,8 @@ def test_secrets_named_with_a_prefix_quoted_or_in_a_python_repr_are_masked(text:
         ("Authorization: Negotiate YIIGhgYJKoZIhvcSAQICAQBuggZ1", "Authorization: [REDACTED]"),
         ("curl -H 'Authorization: Vendor-Auth a1b2c3d4e5' x", "curl -H 'Authorization: [REDACTED]' x"),
         ("X-Api-Key: abc123 was rejected", "X-Api-Key: [REDACTED] was rejected"),  # no scheme: prose stays
+        ("Authorization: Custom abc,def123", "Authorization: [REDACTED]"),
+        ("Authorization: denied 403 Forbidden", "Authorization: [REDACTED] 403 Forbidden"),  # a status, not a key
         ("AZURE_OPENAI_API_KEY: 0123456789abcdef0123", "AZURE_OPENAI_API_KEY: [REDACTED]"),
         ("api_key: 9f8e7d6c5b4a\nclient_secret: s3cr3t-value", "api_key: [REDACTED]\nclient_secret: [REDACTED]"),
         ("password: required token: 512 secret: false token_type: bearer",

@@ -152,14 +152,16 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value. A scheme listed
     # here (ApiKey, Key, SharedKey, Splunk) goes with its credential; so does a word of any other scheme when the
-    # word after it looks like a credential (a digit in its first 64 characters, or 16 of them): "Custom a1b2".
+    # word after it looks like a credential (letters and digits in its first 64 characters, or 16 characters):
+    # "Custom a1b2", not "denied 403" or a date.
     "header_secret": (
         r"(\b(?i:proxy-authorization|authorization|x-api-key|api-key|ocp-apim-subscription-key|x-functions-key"
         r"|x-goog-api-key)\s{0,8}:\s{0,8}((?i:bearer|basic|token|digest)\s{1,8})?)"
         r"(?!\[REDACTED\]|(?i:bearer|basic|token|digest)\s)"
         r"((?i:apikey|key|sharedkey|sharedkeylite|splunk|sso-key|ssws|hmac|aws4-hmac-sha256)[ \t]{1,8})?"
         r"[^\r\n'\"\s]+"
-        r"(?(2)|(?(3)|(?:[ \t]{1,8}(?=[^\s'\",;]{0,64}\d|[^\s'\",;]{16})[^\r\n'\"\s]+)?))",
+        r"(?(2)|(?(3)|(?:[ \t]{1,8}(?=[^\s'\"]{0,64}\d)(?=[^\s'\"]{0,64}[A-Za-z])[^\r\n'\"\s]+"
+        r"|[ \t]{1,8}[^\r\n'\"\s]{16,})?))",
         r"\1" + MASK,
     ),
     "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}\[REDACTED\])\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
