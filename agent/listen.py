@@ -151,8 +151,12 @@ async def stop_runner(runner: web.AppRunner, seconds: float) -> None:
             await runner.cleanup()
 
 
-def _refuse_connection(_handler: Any, transport: asyncio.Transport) -> None:
-    transport.abort()
+def _refuse_connection(handler: Any, transport: asyncio.Transport) -> None:
+    # Nothing it sent is read (close(): over TLS, asyncio feeds the request that came with the handshake at once),
+    # and the abort waits a turn of the loop: aborted at once, its connection_lost would come before the start of
+    # its handler's task, which on Python 3.11 then fails on an assertion ("Task exception was never retrieved").
+    handler.close()
+    asyncio.get_running_loop().call_soon(transport.abort)
 
 
 def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:

@@ -64,21 +64,31 @@ class AdminServer:
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        if not self._sockets:
+        first = not self._sockets
+        if first:
             self._sockets = await listening_sockets(self._endpoint.host, self._endpoint.port)
-        duplicates = [sock.dup() for sock in self._sockets]  # closed with the runner's sites
-        self._runner = await serve(
-            app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context, sockets=duplicates
-        )
+        try:
+            duplicates = [sock.dup() for sock in self._sockets]  # closed with the runner's sites
+            self._runner = await serve(
+                app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context, sockets=duplicates
+            )
+        except BaseException:
+            if first:  # nothing is kept of a start that failed (a listen again's keeps the port)
+                for sock in self._sockets:
+                    sock.close()
+                self._sockets = []
+            raise
 
     async def shutdown(self) -> None:
         """Last in the shutdown, after the pipelines: a probe or scrape in flight gets a moment, no more."""
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await stop_runner(runner, _STOP_SECONDS)
+        # First: the port then closes as the runner's sites stop, not after its connections' grace (listening with
+        # no one accepting meanwhile, a probe would hang, and be reset at the end).
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await stop_runner(runner, _STOP_SECONDS)
 
     async def _live(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "live"})

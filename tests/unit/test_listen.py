@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import random
 import socket
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from agent import listen
 from agent.component import CreateSettings, Kind, Signal
@@ -333,3 +335,91 @@ def test_what_a_client_sent_is_not_logged_raw_nor_at_any_length(raw: bytes, capl
     told: str = record.error  # type: ignore[attr-defined]
     assert told.isascii() and told.isprintable(), told[:80]
     assert len(told) <= 300
+
+
+async def test_a_connection_reaching_a_stopped_server_is_closed_unread_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stop_runner closes a connection that reaches aiohttp after it (one accepted just before; over TLS, one whose
+    handshake ends after). Aborted at once, its connection_lost came before its handler's task began, which on
+    Python 3.11 (the image's) failed on an assertion: "Task exception was never retrieved", an ERROR with a
+    traceback for a connection the stop meant to refuse."""
+    served: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        served.append(await request.read())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = await listen.serve(app, HostPort(f"127.0.0.1:{free_dual_stack_port()}"), logging.getLogger("test"))
+    server = runner.server
+    assert server is not None
+    await listen.stop_runner(runner, 1.0)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    with client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: agent\r\nContent-Length: 2\r\n\r\nhi")
+        # As the stopped server's listener hands it a connection late.
+        await asyncio.get_running_loop().connect_accepted_socket(server, accepted)
+        client.settimeout(5)
+        try:
+            answer = await asyncio.to_thread(client.recv, 100)
+        except ConnectionResetError:
+            answer = b""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert answer == b""
+    assert served == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_admin_endpoint_that_cannot_listen_releases_the_port_it_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin endpoint binds its sockets itself and keeps them across its runners. When listening fails at its
+    start (another socket listened on the port between the bind and the listen), the socket it bound was kept:
+    a descriptor, and the port held bound, after "cannot listen"."""
+    port = free_dual_stack_port()
+    taker = socket.socket()
+    bound = listen.listening_sockets
+
+    async def port_taken_meanwhile(host: str, port: int) -> list[socket.socket]:
+        sockets = await bound(host, port)
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taker.bind((host, port))
+        taker.listen()
+        return sockets
+
+    monkeypatch.setattr("agent.telemetry.admin.listening_sockets", port_taken_meanwhile)
+    server = AdminServer(HostPort(f"127.0.0.1:{port}"), SelfMetrics(), lambda: None)
+    with taker:
+        with pytest.raises(OSError) as failed:
+            await server.start()
+        assert failed.value.errno == errno.EADDRINUSE
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # without SO_REUSEADDR: fails while any socket is bound to the port
+
+
+async def test_the_admin_port_closes_as_its_shutdown_begins_not_after_the_grace() -> None:
+    """The admin endpoint's runners listen on duplicates of sockets it holds until shutdown. Closed after the
+    runner's stop, they kept the port listening with no one accepting for the whole grace a slow client took: a
+    probe or scrape meanwhile hung, and was reset at the end, where it had been refused at once."""
+    port = free_dual_stack_port()
+    server = AdminServer(HostPort(f"127.0.0.1:{port}"), SelfMetrics(), lambda: None)
+    await server.start()
+    _, slow = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        slow.write(b"GET /health/live HTTP/1.1\r\nHost: agent\r\nContent-Length: 100000\r\n\r\nhalf")
+        await slow.drain()
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(server.shutdown())
+        await asyncio.sleep(0.2)
+        assert not stopping.done(), "the shutdown was expected to wait for the slow client"
+        with pytest.raises(ConnectionRefusedError):
+            async with asyncio.timeout(1):
+                await asyncio.open_connection("127.0.0.1", port)
+        await stopping
+    finally:
+        slow.close()
