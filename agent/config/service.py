@@ -60,9 +60,11 @@ class AdminConfig:
         doc="Listen address of /health/live, /health/ready and /metrics (the agent's own telemetry).",
     )
     tls: TlsServerConfig = setting(
-        doc="Serve the admin endpoint over HTTPS; off unless `cert_file` is set (probes then need `scheme: HTTPS`). "
-        "At a `SIGHUP` an endpoint with TLS (before or after) listens again with the files read anew: rotated "
-        "certificates are taken, and connections and TLS sessions made with the old ones end.",
+        doc="Serve the admin endpoint over HTTPS; off unless `cert_file` is set (probes then need `scheme: HTTPS`, "
+        "and the scrape of its /metrics `scheme: https`; the kubelet's probes present no client certificate, so "
+        "`client_ca_file` here fails them). At a `SIGHUP` that is not refused, an endpoint with TLS (before or "
+        "after) listens again with the files read anew: rotated certificates are taken, and connections and TLS "
+        "sessions made with the old ones end.",
         default_factory=TlsServerConfig,
     )
 
