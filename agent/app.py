@@ -11,7 +11,7 @@ from collections.abc import Callable
 from agent.config.loader import AgentConfig
 from agent.config.schema import ConfigInvalid
 from agent.pipeline.graph import Graph
-from agent.server_tls import ServerTls, TlsServerConfig, load_server_tls
+from agent.server_tls import ServerTls, load_server_tls
 from agent.telemetry.admin import AdminServer
 from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
@@ -49,7 +49,6 @@ class Agent:
         self.graph = Graph(config, self.metrics)
         admin = config.service.telemetry.admin
         self._admin_endpoint = admin.endpoint  # where it stays, across reloads
-        self._admin_tls = admin.tls  # what it listens with: read anew at each reload
         self.admin = AdminServer(
             self._admin_endpoint, self.metrics, self.not_ready_reason, load_server_tls(admin.tls, ADMIN_TLS_PATH)
         )
@@ -189,7 +188,7 @@ class Agent:
                 self.config = config
             if config.service.telemetry.admin.tls == self.config.service.telemetry.admin.tls:
                 # Reloaded, or the previous config started again with the same admin TLS files, read anew.
-                await self._renew_admin_tls(self.config.service.telemetry.admin.tls, admin_tls)
+                await self._renew_admin_tls(admin_tls)
         finally:
             self._reloading = False
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
@@ -244,10 +243,10 @@ class Agent:
                 extra={"listening": str(self._admin_endpoint), "configured": str(endpoint)},
             )
 
-    async def _renew_admin_tls(self, configured: TlsServerConfig, loaded: ServerTls | None) -> None:
+    async def _renew_admin_tls(self, loaded: ServerTls | None) -> None:
         """With TLS before or after the reload, the admin endpoint listens again with ``loaded``: rotated
         certificates taken, and the connections and TLS sessions made with the old ones ended."""
-        if not configured.enabled and not self._admin_tls.enabled:
+        if loaded is None and not self.admin.serves_tls:
             return
         try:
             await self.admin.listen_again(loaded)
@@ -257,4 +256,3 @@ class Agent:
                 extra={"endpoint": str(self._admin_endpoint), "error": str(exc)},
             )
             return
-        self._admin_tls = configured

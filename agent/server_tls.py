@@ -1,5 +1,5 @@
-"""Server TLS, as the Collector's ``tls`` server settings: the ``otlp`` receiver's gRPC and HTTP servers and the
-``prometheus`` exporter's scrape endpoint.
+"""Server TLS, as the Collector's ``tls`` server settings: the ``otlp`` receiver's gRPC and HTTP servers, the
+``prometheus`` exporter's scrape endpoint and the admin endpoint.
 
 Off unless ``cert_file`` is set. With ``client_ca_file`` clients must present a certificate those CAs signed
 (mutual TLS): the way a gateway tier knows its senders are the cluster's sidecars, or a scrape endpoint its
@@ -10,7 +10,8 @@ The files are read and checked when the component is built, before anything stop
 are missing or unusable is refused at start, and at a reload (``SIGHUP``) it is refused while the running pipelines
 go on with the certificates they loaded. Certificates are rotated in place (a Secret's files are replaced), so a
 reload that found them half-written and only failed later, at its start, would find the previous config's files
-broken too. A reload with good files takes the rotated certificates, since the components restart.
+broken too. A reload with good files takes the rotated certificates: the components restart, and the admin
+endpoint, which outlives reloads, listens again.
 """
 
 from __future__ import annotations

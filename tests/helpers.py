@@ -342,10 +342,27 @@ class PrometheusServer:
         return self.vector(query).get((), 0.0)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 15)
+
+
+def status_after_handshake(raw: socket.socket, context: ssl.SSLContext, request: bytes) -> bytes | None:
+    """The status line answered to ``request`` (a whole HTTP/1.1 request) on ``raw``, a connection made earlier,
+    after a TLS handshake started only now; None when the handshake or the request failed."""
+    try:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(request)
+            return tls.recv(4096).split(b"\r\n", 1)[0] or None
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM ``process`` if it still runs, and SIGKILL it if it has not exited within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -45,6 +45,10 @@ class AdminServer:
         # from one runner to the next.
         self._sockets: list[socket.socket] = []
 
+    @property
+    def serves_tls(self) -> bool:
+        return self._ssl_context is not None
+
     async def listen_again(self, tls: ServerTls | None) -> None:
         """Serve with ``tls`` from now on, on the same listening sockets: new connections (and those waiting to be
         accepted) get ``tls``, the open ones are closed (a probe or scrape in flight gets a moment). The port is

@@ -22,7 +22,7 @@ from agent.component import Signal
 from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, build_config, make_settings
-from tests.helpers import REPO, free_port, wait_until
+from tests.helpers import REPO, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +69,8 @@ class Rotel:
         return True
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, 10)
 
 
 @pytest.fixture(scope="module")

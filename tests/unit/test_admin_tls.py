@@ -22,7 +22,7 @@ from agent.receivers.otlp import OtlpReceiver
 from agent.server_tls import TlsServerConfig
 from agent.telemetry.admin import AdminServer
 from agent.telemetry.selfmetrics import SelfMetrics
-from tests.helpers import base_config, free_port, metric_value, self_signed_certificate
+from tests.helpers import base_config, free_port, metric_value, self_signed_certificate, status_after_handshake
 
 Pair = tuple[Path, Path]
 
@@ -184,15 +184,7 @@ async def test_listening_again_keeps_the_port_listening_while_a_slow_client_hold
         assert await answers(f"https://localhost:{port}", client_context(cert[0]))
 
 
-def request_after_handshake(raw: socket.socket, context: ssl.SSLContext) -> bytes | None:
-    """The status line answered on ``raw`` (connected earlier) after a TLS handshake started only now; None when
-    the handshake or the request failed."""
-    try:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            return tls.recv(4096).split(b"\r\n", 1)[0] or None
-    except (ssl.SSLError, ConnectionError):
-        return None
+PROBE = b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 async def test_a_connection_accepted_before_listening_again_cannot_finish_its_handshake_with_the_old_client_cas(
@@ -208,7 +200,7 @@ async def test_a_connection_accepted_before_listening_again_cannot_finish_its_ha
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # accepted; no ClientHello yet
             await asyncio.sleep(0.2)
             await server.listen_again(mutual_tls(cert, new_client[0]).load())
-            answer = await asyncio.to_thread(request_after_handshake, raw, client_context(cert[0], old_client))
+            answer = await asyncio.to_thread(status_after_handshake, raw, client_context(cert[0], old_client), PROBE)
         assert answer is None, answer
         assert await answers(f"https://localhost:{port}", client_context(cert[0], new_client))
 

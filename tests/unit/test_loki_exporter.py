@@ -538,6 +538,18 @@ async def test_a_batch_loki_refuses_whole_is_counted_failed_and_rejected_as_befo
 
 
 HOUR_NS = 3600 * 10**9
+THREE_RECORDS = [record("one", 1), record("two", 2), record("three", 3)]
+
+
+async def push_answered_400(answer: str, records: list[LogRecord], metrics: SelfMetrics) -> None:
+    """Export ``records`` in one push, which the Loki double answers 400 with ``answer``, as Loki would."""
+    with LokiDouble() as loki:
+        loki.failures = [PlannedFailure(http_status=400, message=answer)]
+        request = logs_request(records=records)
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
+        await asyncio.sleep(0.1)  # the counters are updated after the answer is read
+
+
 STREAM = '{level="info", retention="error", service_name="orchestrator"}'  # as Loki names the stream of logs_request
 
 
@@ -591,11 +603,7 @@ async def test_a_400_that_does_not_say_how_many_entries_it_ignored_counts_the_wh
         f"timestamp is: 2023-11-07T22:13:21Z; 1 errors like: entry for stream '{STREAM}' has timestamp too new: "
         "2023-11-14T23:13:20Z"
     )
-    with LokiDouble() as loki:
-        loki.failures = [PlannedFailure(http_status=400, message=answer)]
-        request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3)])
-        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
-        await asyncio.sleep(0.1)
+    await push_answered_400(answer, THREE_RECORDS, metrics)
     assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 3
     assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 3
     assert value(metrics, "exporter_sent_items_total", exporter="loki") == 0
@@ -608,11 +616,7 @@ async def test_an_answer_claiming_more_ignored_entries_than_the_push_held_counts
 ) -> None:
     metrics = SelfMetrics()
     answer = f"user 'fake', total ignored: 50 out of 50 for stream: {STREAM}"
-    with LokiDouble() as loki:
-        loki.failures = [PlannedFailure(http_status=400, message=answer)]
-        request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3)])
-        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
-        await asyncio.sleep(0.1)
+    await push_answered_400(answer, THREE_RECORDS, metrics)
     assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 3
     assert value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="rejected") == 3
     assert "Loki refused all 3 log records of a push (its answer claims 50, more than the push held)" in caplog.text
@@ -626,11 +630,7 @@ async def test_a_count_for_one_stream_of_a_push_of_several_also_counts_the_recor
     metrics = SelfMetrics()
     answer = f"user 'fake', total ignored: 2 out of 3 for stream: {STREAM}"
     warnings = [record(f"warn {n}", 10 + n, SeverityNumber.SEVERITY_NUMBER_WARN) for n in range(2)]
-    request = logs_request(records=[record("one", 1), record("two", 2), record("three", 3), *warnings])
-    with LokiDouble() as loki:
-        loki.failures = [PlannedFailure(http_status=400, message=answer)]
-        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, lambda: loki.attempts >= 1)
-        await asyncio.sleep(0.1)
+    await push_answered_400(answer, [*THREE_RECORDS, *warnings], metrics)
     assert value(metrics, "exporter_rejected_items_total", exporter="loki") == 4
     assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1
     assert value(metrics, "exporter_send_failed_items_total", exporter="loki") == 0

@@ -173,6 +173,7 @@ VERCEL_CALL_OPERATIONS: dict[str, str | None] = {
     ".doStream": None,
     ".doEmbed": "embeddings",
 }
+_VERCEL_CALL_SUFFIXES = tuple(VERCEL_CALL_OPERATIONS)
 
 # Old or non-standard provider names → the OpenTelemetry well-known value.
 PROVIDER_NAMES: dict[str, str] = {
@@ -367,7 +368,7 @@ def is_inference(operation: str | None, openinference_kind: str | None, traceloo
         if operation in NOT_INFERENCE_OPERATIONS:
             return False
         if operation.startswith(VERCEL_OPERATION_PREFIX):
-            return operation.endswith(tuple(VERCEL_CALL_OPERATIONS))
+            return operation.endswith(_VERCEL_CALL_SUFFIXES)
     if openinference_kind is not None and openinference_kind.upper() not in INFERENCE_OPENINFERENCE_KINDS:
         return False
     return traceloop_kind is None  # Traceloop decorators mark workflow/task/agent/tool spans, never model calls
