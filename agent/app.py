@@ -13,6 +13,7 @@ from agent.config.schema import ConfigInvalid
 from agent.pipeline.graph import Graph
 from agent.server_tls import ServerTls, load_server_tls
 from agent.telemetry.admin import AdminServer
+from agent.telemetry.certificates import CertificateValidity
 from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
 
@@ -62,6 +63,7 @@ class Agent:
         self._reload_requested = False
         self._signalled = asyncio.Event()  # a stop or a reload was asked for
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
+        self._certificate_validity = CertificateValidity(self.metrics)
         self._reloads = self.metrics.counter(
             "config_reloads_total",
             "Config reloads (SIGHUP) by result: reloaded; invalid (the new config was refused, the running one "
@@ -92,6 +94,7 @@ class Agent:
             raise
         self._started = True
         self._ready_gauge.set(1)
+        self._publish_certificates()
         self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
 
     async def stop(self) -> None:
@@ -193,10 +196,14 @@ class Agent:
             self._reloading = False
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
         self.metrics.forget_components(self.graph.component_ids())
+        self._publish_certificates()
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:
             self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
         return reloaded
+
+    def _publish_certificates(self) -> None:
+        self._certificate_validity.publish([*self.graph.certificates(), *self.admin.certificates()])
 
     async def _start_instead(self, graph: Graph) -> bool:
         """Start ``graph`` in place of the stopped one, or else the running config again; whether ``graph`` runs."""

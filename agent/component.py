@@ -86,7 +86,9 @@ class Component(Protocol):
     ``start`` runs on the agent's event loop before any data arrives. ``shutdown`` flushes what the
     component holds to its consumers, then releases resources; it must be idempotent, safe to call
     without ``start``, and finish by ``deadline`` (a ``time.monotonic()`` instant). A component may also
-    define ``receivers_stopped()``, called once every receiver has stopped and before anything is flushed.
+    define ``receivers_stopped()``, called once every receiver has stopped and before anything is flushed, and
+    ``certificates()``, the TLS certificates it presents (``LoadedCertificate``), read after its start for the
+    agent's certificate-expiry gauge.
     """
 
     async def start(self) -> None: ...

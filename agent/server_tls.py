@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from agent.config.schema import setting
+from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class TlsServerConfig:
     def enabled(self) -> bool:
         return bool(self.cert_file)
 
-    def load(self) -> ServerTls:
-        """The files read and checked; ValueError naming the file when one is missing, unreadable or unusable."""
+    def load(self, setting: str) -> ServerTls:
+        """The files read and checked; ValueError naming the file when one is missing, unreadable or unusable.
+        ``setting`` is the config path of these settings, naming the certificate in the agent's own metrics."""
         for _attempt in range(3):
             read = self._read()
             context = self._ssl_context()
@@ -61,7 +63,7 @@ class TlsServerConfig:
         credentials = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
-        return ServerTls(context, credentials)
+        return ServerTls(context, credentials, loaded_certificate(setting, self.cert_file, cert))
 
     def _files(self) -> list[str]:
         return [name for name in (self.cert_file, self.key_file, self.client_ca_file) if name]
@@ -98,6 +100,12 @@ class ServerTls:
 
     ssl_context: ssl.SSLContext
     grpc_credentials: grpc.ServerCredentials
+    certificate: LoadedCertificate | None  # what the server presents, for its expiry
+
+
+def presented_certificates(tls: ServerTls | None) -> list[LoadedCertificate]:
+    """The certificate a server with ``tls`` presents, for its expiry: none without TLS (or dates unreadable)."""
+    return [tls.certificate] if tls is not None and tls.certificate is not None else []
 
 
 class _EncryptedKey(Exception):
@@ -114,6 +122,6 @@ def load_server_tls(tls: TlsServerConfig, path: str) -> ServerTls | None:
     if not tls.enabled:
         return None
     try:
-        return tls.load()
+        return tls.load(path)
     except ValueError as exc:
         raise RuntimeError(f"{path}: {exc}") from None

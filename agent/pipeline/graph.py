@@ -19,6 +19,7 @@ from agent.config.loader import AgentConfig, ComponentConfig
 from agent.config.schema import ConfigError, ConfigInvalid
 from agent.pipeline.fanout import Target, fan_out
 from agent.pipeline.ingest import IngestQueue
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
@@ -67,6 +68,15 @@ class Graph:
         for node in self._nodes:
             ids[node.kind.value].add(node.id.split("[", 1)[0])  # a receiver's ingest queue is "otlp[ingest]"
         return ids
+
+    def certificates(self) -> list[LoadedCertificate]:
+        """The TLS certificates the components present (those with a ``certificates()`` hook), for their expiry."""
+        found: list[LoadedCertificate] = []
+        for node in self._nodes:
+            hook = getattr(node.instance, "certificates", None)
+            if hook is not None:
+                found.extend(hook())
+        return found
 
     def component(self, component_id: str, kind: Kind | None = None) -> Any:
         for node in self._nodes:

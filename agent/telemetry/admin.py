@@ -11,7 +11,6 @@ empty its session cache), and a scraper's keep-alive connection would outlive a 
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,7 +18,8 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
 from agent.listen import listening_sockets, serve, stop_accepting, stop_runner
-from agent.server_tls import ServerTls
+from agent.server_tls import ServerTls, presented_certificates
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
@@ -40,21 +40,24 @@ class AdminServer:
         self._metrics = metrics
         self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
-        self._ssl_context: ssl.SSLContext | None = tls.ssl_context if tls is not None else None
+        self._tls = tls
         # Bound once and held until shutdown; each runner listens on duplicates of them, so the port stays open
         # from one runner to the next.
         self._sockets: list[socket.socket] = []
 
     @property
     def serves_tls(self) -> bool:
-        return self._ssl_context is not None
+        return self._tls is not None
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return presented_certificates(self._tls)
 
     async def listen_again(self, tls: ServerTls | None) -> None:
         """Serve with ``tls`` from now on, on the same listening sockets: new connections (and those waiting to be
         accepted) get ``tls``, the open ones are closed (a probe or scrape in flight gets a moment). The port is
         never closed meanwhile: a probe is not refused, and no other socket can take it."""
         old, self._runner = self._runner, None
-        self._ssl_context = tls.ssl_context if tls is not None else None
+        self._tls = tls
         if old is not None:
             await stop_accepting(old)
         try:
@@ -73,8 +76,9 @@ class AdminServer:
             self._sockets = await listening_sockets(self._endpoint.host, self._endpoint.port)
         try:
             duplicates = [sock.dup() for sock in self._sockets]  # closed with the runner's sites
+            ssl_context = self._tls.ssl_context if self._tls is not None else None
             self._runner = await serve(
-                app, self._endpoint, component_logger("admin"), ssl_context=self._ssl_context, sockets=duplicates
+                app, self._endpoint, component_logger("admin"), ssl_context=ssl_context, sockets=duplicates
             )
         except BaseException:
             if first:  # nothing is kept of a start that failed (a listen again's keeps the port)

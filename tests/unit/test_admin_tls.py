@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 
-from agent.app import Agent
+from agent.app import ADMIN_TLS_PATH, Agent
 from agent.config.loader import AgentConfig, load_text
 from agent.config.schema import HostPort
 from agent.receivers.otlp import OtlpReceiver
@@ -49,7 +49,7 @@ async def answers(url: str, context: ssl.SSLContext | None) -> bool:
 @asynccontextmanager
 async def admin_server(tls: TlsServerConfig) -> AsyncIterator[tuple[AdminServer, int]]:
     port = free_port()
-    server = AdminServer(HostPort(f"127.0.0.1:{port}"), SelfMetrics(), lambda: None, tls.load())
+    server = AdminServer(HostPort(f"127.0.0.1:{port}"), SelfMetrics(), lambda: None, tls.load(ADMIN_TLS_PATH))
     await server.start()
     try:
         yield server, port
@@ -79,7 +79,7 @@ async def test_listening_again_serves_the_rotated_certificate(tmp_path: Path, ho
     async with admin_server(pair(first)) as (server, port):
         url = f"https://{host}:{port}"
         assert await answers(url, client_context(first[0]))
-        await server.listen_again(pair(second).load())
+        await server.listen_again(pair(second).load(ADMIN_TLS_PATH))
         assert await answers(url, client_context(second[0]))
         assert not await answers(url, client_context(first[0]))
 
@@ -92,7 +92,7 @@ async def test_rotated_client_cas_decide_which_client_certificates_get_in(tmp_pa
         url = f"https://localhost:{port}"
         assert await answers(url, client_context(cert[0], old_client))
         assert not await answers(url, client_context(cert[0]))  # no certificate at all
-        await server.listen_again(mutual_tls(cert, new_client[0]).load())
+        await server.listen_again(mutual_tls(cert, new_client[0]).load(ADMIN_TLS_PATH))
         assert await answers(url, client_context(cert[0], new_client))
         assert not await answers(url, client_context(cert[0], old_client))
         assert not await answers(url, client_context(cert[0]))
@@ -133,7 +133,7 @@ async def test_a_client_whose_ca_was_rotated_away_cannot_resume_a_session_made_b
         session = await asyncio.to_thread(fetch, port, old)
         assert session is not None
         assert await asyncio.to_thread(fetch, port, old, session) is not None  # resumption works
-        await server.listen_again(mutual_tls(cert, new_client[0]).load())
+        await server.listen_again(mutual_tls(cert, new_client[0]).load(ADMIN_TLS_PATH))
         assert await asyncio.to_thread(fetch, port, old) is None
         assert await asyncio.to_thread(fetch, port, old, session) is None
 
@@ -151,7 +151,7 @@ async def test_a_keep_alive_connection_made_with_a_client_ca_rotated_away_does_n
             old = client_context(cert[0], old_client)
             async with scraper.get(url, ssl=old) as response:
                 assert response.status == 200
-            await server.listen_again(mutual_tls(cert, new_client[0]).load())
+            await server.listen_again(mutual_tls(cert, new_client[0]).load(ADMIN_TLS_PATH))
             with pytest.raises(aiohttp.ClientError):
                 async with scraper.get(url, ssl=old) as response:
                     await response.read()
@@ -170,7 +170,7 @@ async def test_listening_again_keeps_the_port_listening_while_a_slow_client_hold
         slow.write(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\nhalf")
         await slow.drain()
         await asyncio.sleep(0.1)
-        again = asyncio.create_task(server.listen_again(pair(cert).load()))
+        again = asyncio.create_task(server.listen_again(pair(cert).load(ADMIN_TLS_PATH)))
         await asyncio.sleep(0.3)
         assert not again.done(), "the old endpoint's stop was expected to wait for the slow client"
         assert await answers(f"https://localhost:{port}", client_context(cert[0]))
@@ -199,7 +199,7 @@ async def test_a_connection_accepted_before_listening_again_cannot_finish_its_ha
     async with admin_server(mutual_tls(cert, old_client[0])) as (server, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # accepted; no ClientHello yet
             await asyncio.sleep(0.2)
-            await server.listen_again(mutual_tls(cert, new_client[0]).load())
+            await server.listen_again(mutual_tls(cert, new_client[0]).load(ADMIN_TLS_PATH))
             answer = await asyncio.to_thread(status_after_handshake, raw, client_context(cert[0], old_client), PROBE)
         assert answer is None, answer
         assert await answers(f"https://localhost:{port}", client_context(cert[0], new_client))

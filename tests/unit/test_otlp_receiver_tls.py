@@ -220,6 +220,6 @@ def test_files_rotated_while_being_read_are_read_again_and_never_handed_to_grpc_
 
     monkeypatch.setattr(TlsServerConfig, "_read", changing)
     with pytest.raises(ValueError, match="TLS files keep changing while being read"):
-        tls.load()
+        tls.load("receivers.otlp.grpc.tls")
     monkeypatch.setattr(TlsServerConfig, "_read", real_read)
-    assert tls.load().ssl_context is not None  # still, once they are still
+    assert tls.load("receivers.otlp.grpc.tls").ssl_context is not None  # still, once they are still

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config.schema import setting
+from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,17 @@ class TlsClientConfig:
 
     def read(self, name: str) -> bytes | None:
         return Path(name).read_bytes() if name else None
+
+    def client_certificates(self, setting: str) -> list[LoadedCertificate]:
+        """The client certificate a TLS connection presents, for its expiry (``setting``: the config path of these
+        settings); none without ``cert_file``. Read when the exporter starts, as its connections read it."""
+        if not self.cert_file:
+            return []
+        try:
+            loaded = loaded_certificate(setting, self.cert_file, Path(self.cert_file).read_bytes())
+        except OSError:  # gone since the exporter checked it: its connections say so
+            return []
+        return [loaded] if loaded is not None else []
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context for HTTPS (aiohttp)."""

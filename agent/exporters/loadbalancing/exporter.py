@@ -32,9 +32,10 @@ from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.exporters.loadbalancing.split import split_logs, split_traces
-from agent.exporters.otlp.exporter import check_tls_files, partial_rejections
+from agent.exporters.otlp.exporter import check_tls_files, client_certificates, partial_rejections
 from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
 from agent.otlp.signals import SPECS
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
 
 _SPLITTERS = {Signal.TRACES: split_traces, Signal.LOGS: split_logs}
@@ -57,16 +58,22 @@ class LoadBalancingExporter:
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
         self._resolver = self._make_resolver()
         self._init_metrics()
+        self._certificates: list[LoadedCertificate] = []
 
     def consumer_for(self, signal: Signal) -> Consumer:
         return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
         # Before anything is exposed or resolved: a refused reload leaves the running exporter's gauges alone.
-        check_tls_files(self._config.protocol.for_backend("gateway:4317"))
+        gateway = self._config.protocol.for_backend("gateway:4317")
+        check_tls_files(gateway)
+        self._certificates = client_certificates(gateway, f"exporters.{self._settings.component_id}.protocol.tls")
         self.expose_gauges()
         await self._resolver.start(self._set_backends)
         await self._queue.start()
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return self._certificates
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)

@@ -26,6 +26,7 @@ from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
 from agent.exporters.loki.refusal import PushRefused, ignored_entries, refusal_message, refused_records
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
@@ -47,6 +48,7 @@ class LokiExporter:
             settings, config.sending_queue, self._push, retry=config.retry_on_failure, batch=config.batch
         )
         self._session: aiohttp.ClientSession | None = None
+        self._certificates: list[LoadedCertificate] = []
         # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
         # time, and a few the queue has given up on since.
         self._bodies: dict[int, _Pushes] = {}
@@ -92,9 +94,15 @@ class LokiExporter:
         missing = self._config.tls.missing_files()
         if missing:
             raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
-        ssl_context = self._config.tls.ssl_context() if self._config.endpoint.startswith("https://") else False
+        uses_tls = self._config.endpoint.startswith("https://")
+        ssl_context = self._config.tls.ssl_context() if uses_tls else False
+        if uses_tls:
+            self._certificates = self._config.tls.client_certificates(f"exporters.{self._settings.component_id}.tls")
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context, limit=16))
         await self._queue.start()
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return self._certificates
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)

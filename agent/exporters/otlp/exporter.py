@@ -17,6 +17,7 @@ from agent.exporters._helper.retention import RetentionFilter
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
 from agent.otlp.signals import SPECS
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
 
 
@@ -35,6 +36,7 @@ class OtlpExporter:
             batch=config.batch,
         )
         self._log = RateLimitedLog(settings.logger)
+        self._certificates: list[LoadedCertificate] = []
 
     def consumer_for(self, signal: Signal) -> Consumer:
         return SignalConsumer(self.accept, signal)
@@ -47,8 +49,12 @@ class OtlpExporter:
 
     async def start(self) -> None:
         check_tls_files(self._config)
+        self._certificates = client_certificates(self._config, f"exporters.{self._settings.component_id}.tls")
         await self._transport.start()
         await self._queue.start()
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return self._certificates
 
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
@@ -79,6 +85,11 @@ def partial_rejections(response: Message, signal: Signal, log: RateLimitedLog, e
         error_message=partial.error_message,
     )
     return rejected
+
+
+def client_certificates(config: OtlpExporterConfig, setting: str) -> list[LoadedCertificate]:
+    """What the exporter's connections present (over TLS only), for its expiry."""
+    return config.tls.client_certificates(setting) if config.uses_tls else []
 
 
 def check_tls_files(config: OtlpExporterConfig) -> None:

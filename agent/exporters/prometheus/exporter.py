@@ -27,7 +27,8 @@ from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.listen import serve, stop_runner
-from agent.server_tls import load_server_tls
+from agent.server_tls import load_server_tls, presented_certificates
+from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.
@@ -105,6 +106,9 @@ class PrometheusExporter:
             self._update_series_gauge()
 
     # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return presented_certificates(self._tls)
 
     async def start(self) -> None:
         app = web.Application()

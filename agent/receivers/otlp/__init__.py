@@ -12,7 +12,8 @@ from agent.config.schema import EnvText, HostPort, setting
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
-from agent.server_tls import TlsServerConfig, load_server_tls
+from agent.server_tls import TlsServerConfig, load_server_tls, presented_certificates
+from agent.telemetry.certificates import LoadedCertificate
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class OtlpReceiver:
             http = config.http
             tls = load_server_tls(http.tls, f"receivers.{settings.component_id}.http.tls")
             self._servers.append(HttpServer(http.endpoint, http.max_request_body_size_mib, handler, settings, tls))
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return [cert for server in self._servers for cert in presented_certificates(server.tls)]
 
     async def start(self) -> None:
         for server in self._servers:

@@ -45,11 +45,11 @@ class GrpcServer:
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
-        self._tls = tls
+        self.tls = tls
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        credentials = self._tls.grpc_credentials if self._tls is not None else None
+        credentials = self.tls.grpc_credentials if self.tls is not None else None
         # gRPC's own limit is set above ours so that requests between the two are counted and answered by us.
         core_limit = min(self._limit * 2, 2**31 - 1)
         server = grpc.aio.server(

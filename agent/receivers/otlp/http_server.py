@@ -50,11 +50,11 @@ class HttpServer:
         self._limit = max_mib * _MIB
         self._handler = handler
         self._settings = settings
-        self._tls = tls
+        self.tls = tls
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        ssl_context = self._tls.ssl_context if self._tls is not None else None
+        ssl_context = self.tls.ssl_context if self.tls is not None else None
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
