@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -16,9 +17,11 @@ from agent.telemetry.admin import AdminServer
 from agent.telemetry.certificates import CertificateValidity
 from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
+from agent.tls_files import FileDigests, digests, tls_files
 
 EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
 _FAILED_START_FLUSH_SECONDS = 2.0  # new pipelines that failed to start hold nothing yet: a short stop
+_TLS_CHECK_OFF_SECONDS = 1.0  # how soon a reload turning service.tls_files_check_interval on is noticed
 ADMIN_TLS_PATH = "service.telemetry.admin.tls"
 
 
@@ -47,6 +50,9 @@ class Agent:
     ) -> None:
         self.config = config
         self.metrics = metrics or SelfMetrics()
+        # Before anything reads them: a rotation in between makes one reload more, never one fewer.
+        self._tls_read: FileDigests = digests(tls_files(config))
+        self._tls_refused: FileDigests | None = None  # what a refused reload found: not tried again until changed
         self.graph = Graph(config, self.metrics)
         admin = config.service.telemetry.admin
         self._admin_endpoint = admin.endpoint  # where it stays, across reloads
@@ -61,6 +67,7 @@ class Agent:
         self._started = False
         self._stop_requested = asyncio.Event()
         self._reload_requested = False
+        self._tls_reload_requested = False
         self._signalled = asyncio.Event()  # a stop or a reload was asked for
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
         self._certificate_validity = CertificateValidity(self.metrics)
@@ -141,7 +148,13 @@ class Agent:
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
         await self.start()
-        await self._serve_until_stopped()
+        checker = asyncio.create_task(self._check_tls_files())
+        try:
+            await self._serve_until_stopped()
+        finally:
+            checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checker
         await self.stop()
         # Flushed: the rest is teardown. Closing the loop would give these signals their default action back, and
         # one arriving then would kill a process that has lost nothing (exit 143 reads as a crash).
@@ -153,12 +166,37 @@ class Agent:
         while not self._stop_requested.is_set():
             await self._signalled.wait()
             self._signalled.clear()
-            if self._reload_requested and not self._stop_requested.is_set():
-                self._reload_requested = False
+            if self._stop_requested.is_set():
+                break
+            if self._reload_requested:  # reads the TLS files anew too
+                self._reload_requested = self._tls_reload_requested = False
                 await self.reload()
+            elif self._tls_reload_requested:
+                self._tls_reload_requested = False
+                await self.reload(read_config=False)
 
-    async def reload(self) -> bool:
-        """Replace the running pipelines with those of the config read again; whether it did.
+    async def _check_tls_files(self) -> None:
+        """Ask for a reload of the running config when a TLS file it names has changed since its pipelines read it
+        (``service.tls_files_check_interval``); files a refused reload found are not tried again until they
+        change."""
+        while True:
+            interval = float(self.config.service.tls_files_check_interval)
+            await asyncio.sleep(interval if interval > 0 else _TLS_CHECK_OFF_SECONDS)  # a reload may turn it on
+            if interval <= 0 or self._reloading or self._signalled.is_set():
+                continue
+            now = digests(list(self._tls_read))
+            if now == self._tls_read or now == self._tls_refused:
+                continue
+            self._log.info(
+                "TLS files changed: reloading the running config to take them",
+                extra={"files": [name for name, digest in now.items() if digest != self._tls_read[name]]},
+            )
+            self._tls_reload_requested = True
+            self._signalled.set()
+
+    async def reload(self, *, read_config: bool = True) -> bool:
+        """Replace the running pipelines with those of the config read again (or, without ``read_config``, of the
+        running config, its files read anew); whether it did.
 
         The new config is read and its pipelines built before anything stops: an invalid one changes nothing.
         Then, as at shutdown, the receivers stop (senders retry meanwhile) and everything buffered flushes within
@@ -167,15 +205,17 @@ class Agent:
         restart); with TLS it listens again with its files read anew. The agent's own series of components the new
         config no longer has are removed.
         """
+        read: FileDigests = {}
         try:
-            config = self._load_config()
+            config = self._load_config() if read_config else self.config
+            read = digests(tls_files(config))
             graph = Graph(config, self.metrics)
             # Read now, so that bad files refuse the reload as the receivers' do; used once the reload is done.
             admin_tls = load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
         except ConfigInvalid as exc:
-            return self._reload_refused([str(e) for e in exc.errors])
+            return self._reload_refused([str(e) for e in exc.errors], read)
         except Exception as exc:  # the file unreadable, or a component refusing its settings
-            return self._reload_refused([f"{type(exc).__name__}: {exc}"])
+            return self._reload_refused([f"{type(exc).__name__}: {exc}"], read)
         self._reloading = True
         self._ready_gauge.set(0)
         try:
@@ -189,6 +229,7 @@ class Agent:
             if reloaded:
                 self._apply_service_settings(config)
                 self.config = config
+                self._tls_read = read
             if config.service.telemetry.admin.tls == self.config.service.telemetry.admin.tls:
                 # Reloaded, or the previous config started again with the same admin TLS files, read anew.
                 await self._renew_admin_tls(admin_tls)
@@ -221,6 +262,7 @@ class Agent:
         previous: Graph | None = None
         try:
             # Built again (its components were shut down), which may fail now: TLS files moved away since.
+            self._tls_read = digests(tls_files(self.config))
             previous = self.graph = Graph(self.config, self.metrics)
             await previous.start()
         except Exception as exc:
@@ -231,7 +273,8 @@ class Agent:
             raise RuntimeError(f"config reload: neither the new nor the previous config could start: {exc}") from exc
         return False
 
-    def _reload_refused(self, errors: list[str]) -> bool:
+    def _reload_refused(self, errors: list[str], tls_read: FileDigests) -> bool:
+        self._tls_refused = tls_read
         # Building the refused config's graph made the series of its components: those that do not run go again.
         self.metrics.forget_components(self.graph.component_ids())
         self._reloads.labels("invalid").inc()

@@ -324,6 +324,41 @@ def dated_certificate(
     return cert_path, key_path
 
 
+@dataclass
+class MountedSecret:
+    """A directory the way the kubelet mounts a Secret: ``tls.crt`` and ``tls.key`` are symlinks through ``..data``,
+    a symlink to the current version's directory, swapped in one rename at each update."""
+
+    root: Path
+    versions: int = 0
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "tls.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "tls.key"
+
+    def update(self, not_after: datetime.datetime, *, key_of: int | None = None) -> None:
+        """A new version valid from yesterday to ``not_after``; with ``key_of``, the key of that earlier version
+        instead of its own (a broken update)."""
+        self.versions += 1
+        version = self.root / f"..v{self.versions}"
+        version.mkdir(parents=True)
+        yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+        dated_certificate(version, "tls", yesterday, not_after)
+        (version / "tls.pem").rename(version / "tls.crt")
+        if key_of is not None:
+            (version / "tls.key").write_bytes((self.root / f"..v{key_of}" / "tls.key").read_bytes())
+        staged = self.root / "..data_tmp"
+        staged.symlink_to(version.name)
+        os.replace(staged, self.root / "..data")
+        for name in ("tls.crt", "tls.key"):
+            if not (self.root / name).is_symlink():
+                (self.root / name).symlink_to(f"..data/{name}")
+
+
 class PrometheusServer:
     """A real Prometheus (the Debian package) with ``config`` as its configuration file; its HTTP API on a free
     port of 127.0.0.1. ``flags`` are added to its command line (``--enable-feature=exemplar-storage``)."""

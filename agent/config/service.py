@@ -126,6 +126,12 @@ class ServiceConfig:
         Duration(25.0),
         doc="Time to flush everything buffered after SIGTERM; keep it under the pod's grace period (30s).",
     )
+    tls_files_check_interval: Duration = setting(
+        Duration(60.0),
+        doc="How often the TLS files the config names (certificates, keys, CAs) are compared with what they held "
+        "when the running pipelines read them. A change reloads the running config, as SIGHUP does but without "
+        "reading the config file again, so that certificates rotated in place are taken. `0s`: never (SIGHUP only).",
+    )
 
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.pipelines:

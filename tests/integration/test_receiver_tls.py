@@ -1,9 +1,10 @@
 """The agent process receiving over mutual TLS from the OpenTelemetry Python SDK (a real client), and taking a
-rotated certificate at SIGHUP; its admin endpoint over TLS likewise. Certificates are made by openssl for each
-test."""
+rotated certificate at SIGHUP, or by itself when a mounted Secret's files are swapped; its admin endpoint over TLS
+likewise. Certificates are made for each test (openssl, or cryptography where their dates matter)."""
 
 from __future__ import annotations
 
+import datetime
 import signal
 import ssl
 from pathlib import Path
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.helpers import (
     AgentProcess,
+    MountedSecret,
     base_config,
     http_get,
     output_spans,
@@ -117,6 +119,27 @@ def test_the_sdk_exports_over_mutual_tls_and_a_sighup_takes_a_rotated_certificat
         assert not exported(sdk_exporter(agent, transport, first, client), spans(1))
         assert agent.stop() == 0
     assert len(output_spans(agent.out_dir)) == 5
+
+
+def test_a_certificate_rotated_in_a_mounted_secret_is_served_without_a_sighup(tmp_path: Path) -> None:
+    """service.tls_files_check_interval: the kubelet's swap of a Secret's files is noticed and the running config
+    reloaded; the SDK then needs the new certificate."""
+    secret = MountedSecret(tmp_path / "secret")
+    secret.update(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20))
+    client = self_signed_certificate(tmp_path, "client")
+    config = base_config(tmp_path / "out")
+    config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(secret.cert), "key_file": str(secret.key)}
+    config["service"]["tls_files_check_interval"] = "200ms"
+    with running_agent(tmp_path, config) as agent:
+        first = secret.cert.read_bytes()
+        assert exported(sdk_exporter(agent, "grpc", first, client), spans(2))
+        secret.update(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=80))
+        wait_until(lambda: "config reloaded" in agent.log(), timeout=20, what="the reload")
+        assert "TLS files changed: reloading the running config to take them" in agent.log()
+        assert exported(sdk_exporter(agent, "grpc", secret.cert.read_bytes(), client), spans(3))
+        assert not exported(sdk_exporter(agent, "grpc", first, client), spans(1))
+        wait_until(lambda: len(output_spans(agent.out_dir)) == 5, what="the spans written")
+        assert agent.stop() == 0
 
 
 def test_a_sighup_with_tls_files_broken_in_place_keeps_the_agent_serving(tmp_path: Path) -> None:
