@@ -135,11 +135,20 @@ class Agent:
         elif self._flushed:
             self._log.info(f"{sig.name} received after the flush: ignored, the agent is exiting")
         else:
-            self._log.error(
-                f"second termination signal ({sig.name}): exiting without flushing; what is still buffered or "
-                "queued in memory is lost"
-            )
-            os._exit(EXIT_FORCED)
+            self._exit_without_flushing(sig)
+
+    def _exit_without_flushing(self, sig: signal.Signals) -> None:
+        try:
+            held = self.graph.held_items()
+        except Exception:  # the exit must not depend on the count
+            self._log.exception("could not count the items held in memory")
+            held = {}
+        self._log.error(
+            f"second termination signal ({sig.name}): exiting without flushing; {sum(held.values())} items held in "
+            "memory are lost (persistent queues keep theirs on disk)",
+            extra={"lost_items": held},
+        )
+        os._exit(EXIT_FORCED)
 
     async def run(self) -> None:
         """Start, serve (reloading the config on SIGHUP) until SIGTERM or SIGINT, then stop."""

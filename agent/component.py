@@ -88,7 +88,8 @@ class Component(Protocol):
     without ``start``, and finish by ``deadline`` (a ``time.monotonic()`` instant). A component may also
     define ``receivers_stopped()``, called once every receiver has stopped and before anything is flushed, and
     ``certificates()``, the TLS certificates it presents (``LoadedCertificate``), read after its start for the
-    agent's certificate-expiry gauge.
+    agent's certificate-expiry gauge, and ``held_items()``, the accepted items only its memory holds, which a
+    second SIGTERM reports lost.
     """
 
     async def start(self) -> None: ...

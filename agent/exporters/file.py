@@ -72,6 +72,9 @@ class FileExporter:
         except OSError as exc:
             raise OSError(f"path: cannot write files in {self._dir}: {exc.strerror}") from None
 
+    def held_items(self) -> int:
+        return self._queue.held_items()
+
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
         self._closed = True  # no append starts from now on; one under way holds the lock

@@ -78,6 +78,18 @@ class Graph:
                 found.extend(hook())
         return found
 
+    def held_items(self) -> dict[str, int]:
+        """Items held in memory by the components that can say (a ``held_items()`` hook), by config path: what the
+        process exiting now would lose. Components holding none are left out."""
+        held: dict[str, int] = {}
+        for node in self._nodes:
+            hook = getattr(node.instance, "held_items", None)
+            items = hook() if hook is not None else 0
+            if items:
+                path = f"{node.kind.section}.{node.id}"
+                held[path] = held.get(path, 0) + items  # one sampler serves the traces and the logs pipelines
+        return held
+
     def component(self, component_id: str, kind: Kind | None = None) -> Any:
         for node in self._nodes:
             if node.id == component_id and (kind is None or node.kind is kind):

@@ -175,6 +175,9 @@ class IngestQueue:
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
 
+    def held_items(self) -> int:
+        return self._items
+
     async def shutdown(self, deadline: float) -> None:
         """Feed everything queued to the pipelines (their receivers have stopped), then stop; count what is left."""
         self._closing = True

@@ -296,15 +296,26 @@ def test_a_sighup_during_the_flush_is_ignored(tmp_path: Path) -> None:
     assert "agent stopped" in agent.log()
 
 
-def test_a_second_sigterm_during_the_flush_exits_at_once_with_its_own_code(tmp_path: Path) -> None:
+def test_a_second_sigterm_during_the_flush_exits_at_once_with_its_own_code_saying_what_it_loses(
+    tmp_path: Path,
+) -> None:
     agent = _agent_with_a_slow_flush(tmp_path)
     try:
+        accepted = agent.metric("otel_sidecar_receiver_accepted_items_total", signal="traces")
+        assert accepted > 0
         assert agent.process is not None
         agent.process.send_signal(signal.SIGTERM)
         assert agent.process.wait(timeout=5) == 3  # not 1, an invalid config's code
     finally:
         agent.kill()
-    assert "second termination signal (SIGTERM): exiting without flushing" in agent.log()
+    lines = [json.loads(line) for line in agent.log().splitlines() if line.startswith("{")]
+    [said] = [line for line in lines if line["message"].startswith("second termination signal (SIGTERM)")]
+    # Every span accepted is still in the otlp exporter's memory queue, retrying a backend nobody listens on.
+    assert said["lost_items"] == {"exporters.otlp": accepted}
+    assert said["message"] == (
+        f"second termination signal (SIGTERM): exiting without flushing; {int(accepted)} items held in memory are "
+        "lost (persistent queues keep theirs on disk)"
+    )
 
 
 def test_readiness_turns_false_during_shutdown_and_the_process_exits_zero(tmp_path: Path) -> None:

@@ -678,3 +678,15 @@ async def test_acknowledging_the_same_records_twice_changes_nothing_the_second_t
     assert left.seq == 2 and reopened.load(left).SerializeToString() == second.SerializeToString()
     assert reopened.peek() is None
     await reopened.close()
+
+
+async def test_a_persistent_queue_holds_nothing_only_memory_would_lose(tmp_path: Path) -> None:
+    backend = Backend(down=True)
+    queue = SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push, retry=FAST_RETRY)
+    await queue.start()
+    for batch in batches(3):
+        queue.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0.05)
+    assert len(queue) > 0
+    assert queue.held_items() == 0  # on disk, sent after a restart
+    await queue.shutdown(time.monotonic() + 0.2)

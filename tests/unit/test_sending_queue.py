@@ -334,3 +334,23 @@ async def test_a_failed_batch_counts_at_most_its_settled_items_as_rejected() -> 
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unavailable") == first - 2
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == first - 2
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == second
+
+
+async def test_the_items_held_are_those_queued_and_those_being_sent() -> None:
+    """What a second SIGTERM reports lost: queued requests, and those a worker is pushing."""
+    release = asyncio.Event()
+
+    async def push(signal: Signal, batch: Message) -> None:
+        await release.wait()
+
+    queue = SendingQueue(settings(SelfMetrics()), SendingQueueConfig(queue_size=10, num_consumers=1), push)
+    await queue.start()
+    offered = batches(3)
+    for batch in offered:
+        queue.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0.01)  # the worker takes the first and waits in its push
+    assert len(queue) == 2
+    assert queue.held_items() == sum(count_spans(batch) for batch in offered)
+    release.set()
+    await queue.shutdown(time.monotonic() + 5)
+    assert queue.held_items() == 0

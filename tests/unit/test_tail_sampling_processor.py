@@ -829,3 +829,17 @@ def test_a_heavy_trace_mixed_into_batches_of_small_traces_is_decided_at_max_byte
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") == 1
     assert heavy not in r.sampler.buffer.traces
     assert all(trace_id in r.sampler.buffer.traces for trace_id in waiting)  # not decided for the heavy one
+
+
+def test_the_items_held_are_those_buffered_and_those_the_next_stage_refused_per_signal() -> None:
+    """What a second SIGTERM reports lost, per pipeline of the one sampler."""
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1, root=True), span(KEPT, 2), span(DROPPED, 3, root=True)))
+    r.logs.consume(logs_request(log_record(KEPT, body="step done")))
+    assert (r.traces.held_items(), r.logs.held_items()) == (3, 1)
+    r.trace_sink.refusing = True
+    r.tick_after(2)
+    assert (r.traces.held_items(), r.logs.held_items()) == (2, 0)  # the kept spans wait for the next stage
+    r.trace_sink.refusing = False
+    r.tick_after(0.1)
+    assert (r.traces.held_items(), r.logs.held_items()) == (0, 0)

@@ -209,7 +209,7 @@ class SendingQueue:
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._in_flight = 0
+        self._in_flight: list[_Group] = []  # taken by the workers, not yet settled
         self._workers: list[asyncio.Task[None]] = []
         self._opened = False
         self._closed = False
@@ -326,6 +326,13 @@ class SendingQueue:
     def __len__(self) -> int:
         return len(self._store)
 
+    def held_items(self) -> int:
+        """Items only memory holds, queued or being sent: what the process exiting now would lose. None with a
+        persistent queue, whose records stay on disk until delivered."""
+        if self._store.persistent:
+            return 0
+        return self._store.items + sum(group.items for group in self._in_flight)
+
     # --- workers ---------------------------------------------------------------------------------------------------
 
     async def _work(self) -> None:
@@ -335,7 +342,7 @@ class SendingQueue:
                 self._ready.clear()
                 await self._ready.wait()
             group = _Group([self._store.pop()])
-            self._in_flight += 1
+            self._in_flight.append(group)
             try:
                 if self._batch is not None:
                     await self._gather_more(group)
@@ -347,12 +354,12 @@ class SendingQueue:
             except Exception as exc:  # a broken disk or an exporter bug must not stop this worker for good
                 self._fail(group, exc)
             finally:
-                self._in_flight -= 1
+                self._in_flight.remove(group)
                 self._update_gauges()  # a persistent store's bytes fall at the ack, not at the pop
                 self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._in_flight == 0 and (len(self._store) == 0 or self._stop_taking):
+        if not self._in_flight and (len(self._store) == 0 or self._stop_taking):
             self._idle.set()
 
     async def _gather_more(self, group: _Group) -> None:

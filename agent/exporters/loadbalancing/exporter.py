@@ -75,6 +75,9 @@ class LoadBalancingExporter:
     def certificates(self) -> list[LoadedCertificate]:
         return self._certificates
 
+    def held_items(self) -> int:
+        return self._queue.held_items()
+
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
         await self._resolver.shutdown()

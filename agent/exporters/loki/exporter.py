@@ -104,6 +104,9 @@ class LokiExporter:
     def certificates(self) -> list[LoadedCertificate]:
         return self._certificates
 
+    def held_items(self) -> int:
+        return self._queue.held_items()
+
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
         if self._session is not None:

@@ -56,6 +56,9 @@ class OtlpExporter:
     def certificates(self) -> list[LoadedCertificate]:
         return self._certificates
 
+    def held_items(self) -> int:
+        return self._queue.held_items()
+
     async def shutdown(self, deadline: float) -> None:
         await self._queue.shutdown(deadline)
         await self._transport.close()

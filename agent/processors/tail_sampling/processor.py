@@ -36,6 +36,9 @@ class TailSamplingProcessor:
     async def shutdown(self, deadline: float) -> None:
         await self.sampler.shutdown(deadline)
 
+    def held_items(self) -> int:
+        return self.sampler.held_items(self.signal)
+
 
 def create(
     config: TailSamplingConfig,

@@ -463,6 +463,14 @@ class TailSampler:
                 queue.popleft()
                 self.pending_bytes -= entry.size
 
+    def held_items(self, signal: Signal) -> int:
+        """Items of ``signal`` held here: buffered until their trace is decided, or decided and waiting for the next
+        stage to take them."""
+        pending = sum(entry.items for entry in self._pending[signal])
+        if signal is Signal.TRACES:
+            return self.buffer.spans + pending
+        return sum(trace.log_count for trace in self.buffer.traces.values()) + pending
+
     def _has_pending(self) -> bool:
         return any(self._pending.values())
 
