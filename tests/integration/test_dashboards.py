@@ -26,7 +26,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from agent.testing.workload import Workload, resource_for
-from tests.helpers import REPO, AgentProcess, PrometheusServer, free_port, http_post, wait_until
+from tests.helpers import (
+    REPO,
+    AgentProcess,
+    PrometheusServer,
+    free_port,
+    http_post,
+    self_signed_certificate,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +76,7 @@ KNOWN_METRICS = {
     "otel_sidecar_ready",
     "otel_sidecar_process_cpu_seconds_total",
     "otel_sidecar_process_resident_memory_bytes",
+    "otel_sidecar_tls_certificate_expiry_timestamp_seconds",
     "up",
 }
 
@@ -181,6 +190,7 @@ def test_provisioning_loads_the_dashboards_and_the_prometheus_datasource() -> No
 
 
 def agent_config(tmp_path: Path) -> dict[str, Any]:
+    client_cert, client_key = self_signed_certificate(tmp_path, "client")
     return {
         "receivers": {
             "otlp": {
@@ -197,10 +207,11 @@ def agent_config(tmp_path: Path) -> dict[str, Any]:
             # New series stay at zero for three of this Prometheus's 1s scrapes rather than a minute.
             "prometheus": {"endpoint": f"127.0.0.1:{free_port()}", "new_series_at_zero_for": "3s"},
             "file": {"path": str(tmp_path / "out")},
-            # A backend that is never there: its batches are given up after a short retry budget.
+            # A backend that is never there: its batches are given up after a short retry budget. Over TLS with a
+            # client certificate, whose expiry the certificates panel shows.
             "otlp/unreachable": {
                 "endpoint": f"127.0.0.1:{free_port()}",
-                "tls": {"insecure": True},
+                "tls": {"cert_file": str(client_cert), "key_file": str(client_key)},
                 "timeout": "1s",
                 "retry_on_failure": {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "500ms"},
                 "batch": {"flush_timeout": "100ms"},
