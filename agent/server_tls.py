@@ -16,6 +16,7 @@ endpoint, which outlives reloads, listens again.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import grpc
 
 from agent.config.schema import setting
 from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
+from agent.telemetry.logs import RateLimitedLog
+from agent.telemetry.selfmetrics import SelfMetrics
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,48 @@ class ServerTls:
     ssl_context: ssl.SSLContext
     grpc_credentials: grpc.ServerCredentials
     certificate: LoadedCertificate | None  # what the server presents, for its expiry
+
+
+class HandshakeFailures:
+    """Counts and logs the TLS handshakes one aiohttp server fails (``tls_handshake_failures_total``): a client
+    without an accepted certificate, one that refused the server's, plain HTTP sent to the TLS port, no protocol
+    version in common. asyncio closes those connections before the application sees them, so nothing else would
+    say so. gRPC's core does its own handshakes: its servers cannot count them (it writes a line to stderr)."""
+
+    def __init__(self, metrics: SelfMetrics, logger: logging.Logger, server: str) -> None:
+        self._server = server  # the config path of the server, e.g. receivers.otlp.http
+        self._failures = metrics.counter(
+            "tls_handshake_failures_total",
+            "TLS handshakes an HTTPS server (OTLP/HTTP receiver, scrape or admin endpoint) failed, by OpenSSL's "
+            "reason: peer_did_not_return_a_certificate, certificate_verify_failed, tlsv1_alert_unknown_ca (the "
+            "client refused the agent's certificate), http_request (plain HTTP sent to the TLS port)...",
+            ["server", "reason"],
+        )
+        self._log = RateLimitedLog(logger)
+
+    def ssl_context(self, tls: ServerTls | None) -> ssl.SSLContext | None:
+        """``tls``'s context, its failed handshakes counted from now on (None without TLS)."""
+        if tls is None:
+            return None
+        failed = self._failed
+
+        class CountedSSLObject(ssl.SSLObject):
+            # SSLContext.sslobject_class is the documented way to change what wrap_bio, which asyncio uses, returns.
+            def do_handshake(self) -> None:
+                try:
+                    super().do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    raise  # more bytes to come: the handshake goes on
+                except ssl.SSLError as exc:
+                    failed((exc.reason or type(exc).__name__).lower())
+                    raise
+
+        tls.ssl_context.sslobject_class = CountedSSLObject
+        return tls.ssl_context
+
+    def _failed(self, reason: str) -> None:
+        self._failures.labels(self._server, reason).inc()
+        self._log.warning(f"tls:{reason}", f"TLS handshake failed: {reason}", server=self._server, reason=reason)
 
 
 def presented_certificates(tls: ServerTls | None) -> list[LoadedCertificate]:

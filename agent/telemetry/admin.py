@@ -18,12 +18,13 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
 from agent.listen import listening_sockets, serve, stop_accepting, stop_runner
-from agent.server_tls import ServerTls, presented_certificates
+from agent.server_tls import HandshakeFailures, ServerTls, presented_certificates
 from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 
 _STOP_SECONDS = 2.0
+ADMIN_SERVER = "service.telemetry.admin"  # its config path, naming it in the agent's own metrics
 
 
 class AdminServer:
@@ -41,6 +42,7 @@ class AdminServer:
         self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
         self._tls = tls
+        self._handshakes = HandshakeFailures(metrics, component_logger("admin"), ADMIN_SERVER)
         # Bound once and held until shutdown; each runner listens on duplicates of them, so the port stays open
         # from one runner to the next.
         self._sockets: list[socket.socket] = []
@@ -76,7 +78,7 @@ class AdminServer:
             self._sockets = await listening_sockets(self._endpoint.host, self._endpoint.port)
         try:
             duplicates = [sock.dup() for sock in self._sockets]  # closed with the runner's sites
-            ssl_context = self._tls.ssl_context if self._tls is not None else None
+            ssl_context = self._handshakes.ssl_context(self._tls)
             self._runner = await serve(
                 app, self._endpoint, component_logger("admin"), ssl_context=ssl_context, sockets=duplicates
             )

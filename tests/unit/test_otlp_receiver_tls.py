@@ -25,20 +25,24 @@ from agent.server_tls import TlsServerConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.sinks import BatchSink
 from agent.testing.workload import Workload
-from tests.helpers import free_port, self_signed_certificate, status_after_handshake
+from tests.helpers import free_port, metric_value, self_signed_certificate, status_after_handshake
 
 TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+HANDSHAKE_FAILURES = "otel_sidecar_tls_handshake_failures_total"
 
 
 @asynccontextmanager
-async def tls_receiver(tls: TlsServerConfig, sink: BatchSink) -> AsyncIterator[tuple[int, int]]:
+async def tls_receiver(
+    tls: TlsServerConfig, sink: BatchSink, metrics: SelfMetrics | None = None
+) -> AsyncIterator[tuple[int, int]]:
     """A receiver serving both protocols with ``tls``; yields its gRPC and HTTP ports."""
     grpc_port, http_port = free_port(), free_port()
     config = OtlpReceiverConfig(
         grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{grpc_port}"), tls=tls),
         http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), tls=tls),
     )
-    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), SelfMetrics(), ServiceConfig(), {})
+    metrics = metrics or SelfMetrics()
+    settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), metrics, ServiceConfig(), {})
     receiver = OtlpReceiver(config, settings, {Signal.TRACES: sink})
     await receiver.start()
     try:
@@ -126,6 +130,40 @@ async def test_mutual_tls_serves_only_clients_with_a_certificate_the_client_ca_s
             with pytest.raises(aiohttp.ClientError):
                 await http_export(url, client_context(cert, identity))
         assert len(sink.batches) == 2  # nothing more got in
+
+
+def refuse_the_servers_certificate(port: int) -> None:
+    """A blocking client trusting only the system's CAs: it refuses the agent's self-signed certificate and says so
+    with a TLS alert (asyncio's clients close without one)."""
+    context = ssl.create_default_context()
+    with socket.create_connection(("localhost", port)) as raw, pytest.raises(ssl.SSLCertVerificationError):
+        context.wrap_socket(raw, server_hostname="localhost")
+
+
+async def test_the_https_receivers_failed_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    client = self_signed_certificate(tmp_path, "client")
+    tls = TlsServerConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(client[0]))
+    metrics = SelfMetrics()
+
+    def failures() -> dict[str, float]:
+        text = metrics.render().decode()
+        reasons = ("peer_did_not_return_a_certificate", "http_request", "tlsv1_alert_unknown_ca")
+        return {r: metric_value(text, HANDSHAKE_FAILURES, server="receivers.otlp.http", reason=r) for r in reasons}
+
+    async with tls_receiver(tls, BatchSink(), metrics) as (_, http_port):
+        url = f"https://localhost:{http_port}/v1/traces"
+        assert await http_export(url, client_context(cert, client)) == 200  # a handshake that succeeds: not counted
+        with pytest.raises(aiohttp.ClientError):
+            await http_export(url, client_context(cert))  # no client certificate
+        with pytest.raises(aiohttp.ClientError):
+            await http_export(f"http://localhost:{http_port}/v1/traces", None)  # plain HTTP to the TLS port
+        await asyncio.to_thread(refuse_the_servers_certificate, http_port)
+        deadline = time.monotonic() + 5
+        while sum(failures().values()) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the alert is read by the server after the client has gone
+        assert failures() == {"peer_did_not_return_a_certificate": 1, "http_request": 1, "tlsv1_alert_unknown_ca": 1}
+        assert metric_value(metrics.render().decode(), HANDSHAKE_FAILURES) == 3
 
 
 def export_request(body: bytes) -> bytes:

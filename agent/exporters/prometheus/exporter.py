@@ -27,7 +27,7 @@ from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.listen import serve, stop_runner
-from agent.server_tls import load_server_tls, presented_certificates
+from agent.server_tls import HandshakeFailures, load_server_tls, presented_certificates
 from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
 
@@ -114,7 +114,9 @@ class PrometheusExporter:
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
         endpoint = self._cfg.endpoint
-        ssl_context = self._tls.ssl_context if self._tls is not None else None
+        server = f"exporters.{self._settings.component_id}"
+        handshakes = HandshakeFailures(self._settings.metrics, self._settings.logger, server)
+        ssl_context = handshakes.ssl_context(self._tls)
         self._runner = await serve(app, endpoint, self._settings.logger, ssl_context=ssl_context)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="prometheus-fold")
         if self.accumulator.pending:

@@ -17,7 +17,7 @@ from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
 from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
-from agent.server_tls import ServerTls
+from agent.server_tls import HandshakeFailures, ServerTls
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -52,9 +52,12 @@ class HttpServer:
         self._settings = settings
         self.tls = tls
         self._runner: web.AppRunner | None = None
+        self._handshakes = HandshakeFailures(
+            settings.metrics, settings.logger, f"receivers.{settings.component_id}.http"
+        )
 
     async def start(self) -> None:
-        ssl_context = self.tls.ssl_context if self.tls is not None else None
+        ssl_context = self._handshakes.ssl_context(self.tls)
         app = web.Application(client_max_size=self._limit)
         for signal in (s for s in Signal if self._handler.accepts(s)):
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
