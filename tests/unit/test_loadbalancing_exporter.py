@@ -567,11 +567,11 @@ async def test_a_gateway_gone_from_the_resolver_takes_its_series_along() -> None
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ("mismatched", r"TLS file\(s\) not usable .*client\.pem"),
-        ("missing", r"TLS file\(s\) not found: .*absent\.pem"),
+        ("mismatched", r"^exporters\.loadbalancing\.protocol\.tls: TLS file\(s\) not usable .*client\.pem"),
+        ("missing", r"^exporters\.loadbalancing\.protocol\.tls: TLS file\(s\) not found: .*absent\.pem"),
     ],
 )
-async def test_client_tls_files_that_could_never_make_a_handshake_fail_the_start(
+def test_client_tls_files_that_could_never_make_a_handshake_are_refused_when_the_exporter_is_built(
     tmp_path: Path, files: str, expected: str
 ) -> None:
     """As the otlp exporter refuses to start: grpcio took a key that does not match its certificate, the agent
@@ -587,9 +587,8 @@ async def test_client_tls_files_that_could_never_make_a_handshake_fail_the_start
         protocol=BackendProtocolConfig(tls=tls),
         resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
     )
-    exporter = LoadBalancingExporter(config, settings)
     with pytest.raises(RuntimeError, match=expected):
-        await exporter.start()
+        LoadBalancingExporter(config, settings)
 
 
 async def test_a_gateways_partial_rejection_is_logged_with_its_reason_as_well_as_counted(

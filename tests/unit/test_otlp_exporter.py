@@ -370,7 +370,7 @@ async def test_an_http_backend_that_never_answers_is_a_retryable_timeout_that_ma
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     transport = HttpTransport(
-        build_config(OtlpExporterConfig, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "http/protobuf"})
+        build_config(OtlpExporterConfig, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "http/protobuf"}), None
     )
     await transport.start()
     try:
@@ -485,12 +485,12 @@ async def test_a_backend_never_connected_to_is_not_a_possible_delivery(protocol:
     import socket
 
     from agent.exporters._helper.retry import RetryableError
-    from agent.exporters.otlp.transport import GrpcTransport, HttpTransport
+    from agent.exporters.otlp.transport import make_transport
 
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
     config = exporter_config(f"{scheme}127.0.0.1:{port}", protocol=protocol)  # tls.insecure: the scheme decides
-    transport = GrpcTransport(config) if protocol == "grpc" else HttpTransport(config)
+    transport = make_transport(config, None)  # plain text
     await transport.start()
     try:
         with pytest.raises(RetryableError) as raised:
@@ -657,19 +657,18 @@ def test_credentials_in_the_endpoint_that_could_never_be_sent_are_a_config_error
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-async def test_a_ca_file_that_holds_no_certificate_fails_the_start_for_both_transports(
+def test_a_ca_file_that_holds_no_certificate_is_refused_when_the_exporter_is_built_for_both_transports(
     tmp_path: Path, protocol: str
 ) -> None:
     """grpcio takes an unreadable CA file and fails every handshake with "Failed to create security handshaker"
-    until each batch is given up; the exporter must refuse to start, as it does for a missing file."""
+    until each batch is given up; the exporter must refuse to be built (the start or the reload), as it does for a
+    missing file."""
     _, key = self_signed_certificate(tmp_path)
     endpoint = "localhost:4317" if protocol == "grpc" else "https://localhost:4318"
     raw = {"endpoint": endpoint, "protocol": protocol, "tls": {"ca_file": str(key)}}
     config = build_config(OtlpExporterConfig, raw)
-    exporter = OtlpExporter(config, make_settings("otlp"))
-    with pytest.raises(RuntimeError, match=r"TLS file\(s\) not usable .*server\.key"):
-        await exporter.start()
-    await exporter.shutdown(time.monotonic() + 1)
+    with pytest.raises(RuntimeError, match=r"^exporters\.otlp\.tls: TLS file\(s\) not usable .*server\.key"):
+        OtlpExporter(config, make_settings("otlp"))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])

@@ -1,4 +1,11 @@
-"""Client TLS settings shared by the network exporters (``otlp`` over gRPC and HTTP, ``loki``)."""
+"""Client TLS settings shared by the network exporters (``otlp`` over gRPC and HTTP, ``loki``, ``loadbalancing``).
+
+The files are read and checked when the exporter is built, before anything stops or binds, as the servers' are
+(``agent/server_tls.py``): a config whose files are missing or unusable is refused at start and at a reload, while
+the running pipelines go on. Every connection then uses what was read, so files rotated later (half-written,
+perhaps) change nothing until a reload reads them again, and a reload cannot pass its checks and then fail to start
+on them, which would fail the fallback to the previous config (same files) too.
+"""
 
 from __future__ import annotations
 
@@ -33,32 +40,73 @@ class TlsClientConfig:
         names = ("ca_file", "cert_file", "key_file", "server_name_override", "insecure_skip_verify")
         return [f"tls.{name}" for name in names if getattr(self, name)]
 
-    def missing_files(self) -> list[str]:
-        return [name for name in (self.ca_file, self.cert_file, self.key_file) if name and not Path(name).is_file()]
+    def _files(self) -> list[str]:
+        return [name for name in (self.ca_file, self.cert_file, self.key_file) if name]
 
-    def read(self, name: str) -> bytes | None:
-        return Path(name).read_bytes() if name else None
+    def load(self, setting: str) -> ClientTls:
+        """The files read and checked; ValueError naming them when one is missing, unreadable or unusable.
+        ``setting`` is the config path of these settings, naming the client certificate in the agent's metrics."""
+        missing = [name for name in self._files() if not Path(name).is_file()]
+        if missing:
+            raise ValueError(f"TLS file(s) not found: {', '.join(missing)}")
+        for _attempt in range(3):
+            read = self._read()
+            context = self._ssl_context()
+            if self._read() == read:  # what Python's ssl checked is what gRPC gets, not a pair half rotated
+                break
+        else:
+            raise ValueError(f"TLS files keep changing while being read: {', '.join(self._files())}")
+        ca, cert, key = read
+        certificate = loaded_certificate(setting, self.cert_file, cert) if cert is not None else None
+        return ClientTls(context, ca, key, cert, certificate)
 
-    def client_certificates(self, setting: str) -> list[LoadedCertificate]:
-        """The client certificate a TLS connection presents, for its expiry (``setting``: the config path of these
-        settings); none without ``cert_file``. Read when the exporter starts, as its connections read it."""
-        if not self.cert_file:
-            return []
+    def _read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        return _read_file(self.ca_file), _read_file(self.cert_file), _read_file(self.key_file)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        # grpcio would take an unreadable CA, or a key that does not match its certificate, and fail every
+        # handshake ("Failed to create security handshaker") until each batch is given up: Python's ssl checks them.
         try:
-            loaded = loaded_certificate(setting, self.cert_file, Path(self.cert_file).read_bytes())
-        except OSError:  # gone since the exporter checked it: its connections say so
-            return []
-        return [loaded] if loaded is not None else []
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client context for HTTPS (aiohttp)."""
-        context = ssl.create_default_context(cafile=self.ca_file or None)
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            context = ssl.create_default_context(cafile=self.ca_file or None)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"TLS file(s) not usable ({', '.join(self._files())}): {exc}") from None
         if self.insecure_skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS material, read and checked once: aiohttp's context, and the same files' bytes for gRPC."""
+
+    ssl_context: ssl.SSLContext
+    root_certificates: bytes | None
+    private_key: bytes | None
+    certificate_chain: bytes | None
+    certificate: LoadedCertificate | None  # what the client presents, for its expiry
+
+    def certificates(self) -> list[LoadedCertificate]:
+        return [self.certificate] if self.certificate is not None else []
+
+
+def _read_file(name: str) -> bytes | None:
+    if not name:
+        return None
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"TLS file not readable: {exc.filename}: {exc.strerror}") from None
+
+
+def load_client_tls(tls: TlsClientConfig, path: str) -> ClientTls:
+    """``tls`` read and checked when its exporter is built; RuntimeError naming the setting's config path."""
+    try:
+        return tls.load(path)
+    except ValueError as exc:
+        raise RuntimeError(f"{path}: {exc}") from None
 
 
 def plain_http_problem(ignored: list[str]) -> str:

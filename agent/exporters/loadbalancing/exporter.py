@@ -32,8 +32,8 @@ from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
 from agent.exporters.loadbalancing.split import split_logs, split_traces
-from agent.exporters.otlp.exporter import check_tls_files, client_certificates, partial_rejections
-from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
+from agent.exporters.otlp.exporter import client_tls, partial_rejections
+from agent.exporters.otlp.transport import Transport, make_transport
 from agent.otlp.signals import SPECS
 from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
@@ -58,22 +58,21 @@ class LoadBalancingExporter:
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
         self._resolver = self._make_resolver()
         self._init_metrics()
-        self._certificates: list[LoadedCertificate] = []
+        # Read now, so that bad files refuse the start or the reload before anything stops; every gateway's
+        # connection uses them, those resolved later too.
+        gateway = config.protocol.for_backend("gateway:4317")
+        self._tls = client_tls(gateway, f"exporters.{settings.component_id}.protocol.tls")
 
     def consumer_for(self, signal: Signal) -> Consumer:
         return SignalConsumer(self._queue.offer, signal)
 
     async def start(self) -> None:
-        # Before anything is exposed or resolved: a refused reload leaves the running exporter's gauges alone.
-        gateway = self._config.protocol.for_backend("gateway:4317")
-        check_tls_files(gateway)
-        self._certificates = client_certificates(gateway, f"exporters.{self._settings.component_id}.protocol.tls")
         self.expose_gauges()
         await self._resolver.start(self._set_backends)
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._certificates
+        return self._tls.certificates() if self._tls is not None else []
 
     def held_items(self) -> int:
         return self._queue.held_items()
@@ -140,8 +139,7 @@ class LoadBalancingExporter:
             self._ejections.remove(cid, endpoint)
 
     def _make_transport(self, endpoint: str) -> Transport:
-        config = self._config.protocol.for_backend(endpoint)
-        return GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
+        return make_transport(self._config.protocol.for_backend(endpoint), self._tls)
 
     def _healthy_ring(self) -> HashRing:
         now = time.monotonic()

@@ -22,6 +22,7 @@ from agent.exporters._helper.http import attempt_timeout, redirect_refused, unre
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
 from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, PermanentExportError, RetryableError, http_error
+from agent.exporters._helper.tls import load_client_tls
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
@@ -48,7 +49,9 @@ class LokiExporter:
             settings, config.sending_queue, self._push, retry=config.retry_on_failure, batch=config.batch
         )
         self._session: aiohttp.ClientSession | None = None
-        self._certificates: list[LoadedCertificate] = []
+        # Read now, so that bad files refuse the start or the reload before anything stops.
+        uses_tls = config.endpoint.startswith("https://")
+        self._tls = load_client_tls(config.tls, f"exporters.{settings.component_id}.tls") if uses_tls else None
         # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
         # time, and a few the queue has given up on since.
         self._bodies: dict[int, _Pushes] = {}
@@ -91,18 +94,12 @@ class LokiExporter:
                 self._converted.inc(sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs))
 
     async def start(self) -> None:
-        missing = self._config.tls.missing_files()
-        if missing:
-            raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
-        uses_tls = self._config.endpoint.startswith("https://")
-        ssl_context = self._config.tls.ssl_context() if uses_tls else False
-        if uses_tls:
-            self._certificates = self._config.tls.client_certificates(f"exporters.{self._settings.component_id}.tls")
+        ssl_context = self._tls.ssl_context if self._tls is not None else False
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context, limit=16))
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._certificates
+        return self._tls.certificates() if self._tls is not None else []
 
     def held_items(self) -> int:
         return self._queue.held_items()

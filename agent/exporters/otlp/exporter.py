@@ -6,16 +6,15 @@ A partial-success answer is counted (``exporter_rejected_items_total``) and logg
 
 from __future__ import annotations
 
-import ssl
-
 from google.protobuf.message import Message
 
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionFilter
+from agent.exporters._helper.tls import ClientTls, load_client_tls
 from agent.exporters.otlp.config import OtlpExporterConfig
-from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, Transport
+from agent.exporters.otlp.transport import Transport, make_transport
 from agent.otlp.signals import SPECS
 from agent.telemetry.certificates import LoadedCertificate
 from agent.telemetry.logs import RateLimitedLog
@@ -25,7 +24,9 @@ class OtlpExporter:
     def __init__(self, config: OtlpExporterConfig, settings: CreateSettings) -> None:
         self._config = config
         self._settings = settings
-        self._transport: Transport = GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
+        # Read now, so that bad files refuse the start or the reload before anything stops.
+        self._tls = client_tls(config, f"exporters.{settings.component_id}.tls")
+        self._transport: Transport = make_transport(config, self._tls)
         self._filter = RetentionFilter(config.retention_classes, settings)
         self._queue = SendingQueue(
             settings,
@@ -36,7 +37,6 @@ class OtlpExporter:
             batch=config.batch,
         )
         self._log = RateLimitedLog(settings.logger)
-        self._certificates: list[LoadedCertificate] = []
 
     def consumer_for(self, signal: Signal) -> Consumer:
         return SignalConsumer(self.accept, signal)
@@ -48,13 +48,11 @@ class OtlpExporter:
         self._filter.count(signal, routed)
 
     async def start(self) -> None:
-        check_tls_files(self._config)
-        self._certificates = client_certificates(self._config, f"exporters.{self._settings.component_id}.tls")
         await self._transport.start()
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._certificates
+        return self._tls.certificates() if self._tls is not None else []
 
     def held_items(self) -> int:
         return self._queue.held_items()
@@ -90,25 +88,6 @@ def partial_rejections(response: Message, signal: Signal, log: RateLimitedLog, e
     return rejected
 
 
-def client_certificates(config: OtlpExporterConfig, setting: str) -> list[LoadedCertificate]:
-    """What the exporter's connections present (over TLS only), for its expiry."""
-    return config.tls.client_certificates(setting) if config.uses_tls else []
-
-
-def check_tls_files(config: OtlpExporterConfig) -> None:
-    """Refuse to start (RuntimeError naming the files) on TLS files that are missing or unusable.
-
-    Read here for both transports, and by the ``loadbalancing`` exporter for its gateways: grpcio would take an
-    unreadable CA, or a key that does not match its certificate, and fail every handshake ("Failed to create
-    security handshaker") until each batch is given up.
-    """
-    missing = config.tls.missing_files()
-    if missing:
-        raise RuntimeError(f"TLS file(s) not found: {', '.join(missing)}")
-    if config.uses_tls:
-        tls = config.tls
-        try:
-            tls.ssl_context()
-        except (ssl.SSLError, ValueError) as exc:
-            files = ", ".join(name for name in (tls.ca_file, tls.cert_file, tls.key_file) if name)
-            raise RuntimeError(f"TLS file(s) not usable ({files}): {exc}") from None
+def client_tls(config: OtlpExporterConfig, path: str) -> ClientTls | None:
+    """What connections to ``config``'s endpoint use over TLS, read and checked now (None over plain text)."""
+    return load_client_tls(config.tls, path) if config.uses_tls else None

@@ -20,6 +20,7 @@ from agent.component import Signal
 from agent.config.schema import without_credentials
 from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
 from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
+from agent.exporters._helper.tls import ClientTls
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
 
@@ -97,9 +98,15 @@ def _connection_lost(details: str) -> bool:
     return not details.startswith("failed to connect") and any(words in details for words in _CONNECTION_LOST)
 
 
+def make_transport(config: OtlpExporterConfig, tls: ClientTls | None) -> Transport:
+    """The transport of ``config.protocol``; over TLS with ``tls`` (what the exporter read when it was built)."""
+    return GrpcTransport(config, tls) if config.protocol == "grpc" else HttpTransport(config, tls)
+
+
 class GrpcTransport:
-    def __init__(self, config: OtlpExporterConfig) -> None:
+    def __init__(self, config: OtlpExporterConfig, tls: ClientTls | None) -> None:
         self._config = config
+        self._tls = tls
         self._channel: grpc.aio.Channel | None = None
         self._methods: dict[Signal, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
@@ -118,11 +125,11 @@ class GrpcTransport:
         if config.tls.server_name_override:
             options.append(("grpc.ssl_target_name_override", config.tls.server_name_override))
         compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
-        if config.uses_tls:
+        if self._tls is not None:
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=config.tls.read(config.tls.ca_file),
-                private_key=config.tls.read(config.tls.key_file),
-                certificate_chain=config.tls.read(config.tls.cert_file),
+                root_certificates=self._tls.root_certificates,
+                private_key=self._tls.private_key,
+                certificate_chain=self._tls.certificate_chain,
             )
             self._channel = grpc.aio.secure_channel(config.grpc_target, credentials, options, compression)
         else:
@@ -161,8 +168,9 @@ class GrpcTransport:
 
 
 class HttpTransport:
-    def __init__(self, config: OtlpExporterConfig) -> None:
+    def __init__(self, config: OtlpExporterConfig, tls: ClientTls | None) -> None:
         self._config = config
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
         base = config.endpoint.rstrip("/")
         self._urls = {signal: base + spec.http_path for signal, spec in SPECS.items()}
@@ -171,7 +179,7 @@ class HttpTransport:
             self._headers["Content-Encoding"] = "gzip"
 
     async def start(self) -> None:
-        ssl_context = self._config.tls.ssl_context() if self._config.uses_tls else False
+        ssl_context = self._tls.ssl_context if self._tls is not None else False
         connector = aiohttp.TCPConnector(ssl=ssl_context, limit=32)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
 
