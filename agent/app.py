@@ -17,11 +17,10 @@ from agent.telemetry.admin import AdminServer
 from agent.telemetry.certificates import CertificateValidity
 from agent.telemetry.logs import component_logger, configure
 from agent.telemetry.selfmetrics import SelfMetrics
-from agent.tls_files import FileDigests, digests, tls_files
+from agent.tls_files import TlsFilesRead
 
 EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
 _FAILED_START_FLUSH_SECONDS = 2.0  # new pipelines that failed to start hold nothing yet: a short stop
-_TLS_CHECK_OFF_SECONDS = 1.0  # how soon a reload turning service.tls_files_check_interval on is noticed
 ADMIN_TLS_PATH = "service.telemetry.admin.tls"
 
 
@@ -51,8 +50,7 @@ class Agent:
         self.config = config
         self.metrics = metrics or SelfMetrics()
         # Before anything reads them: a rotation in between makes one reload more, never one fewer.
-        self._tls_read: FileDigests = digests(tls_files(config))
-        self._tls_refused: FileDigests | None = None  # what a refused reload found: not tried again until changed
+        self._tls_read = TlsFilesRead(config)
         self.graph = Graph(config, self.metrics)
         admin = config.service.telemetry.admin
         self._admin_endpoint = admin.endpoint  # where it stays, across reloads
@@ -69,12 +67,14 @@ class Agent:
         self._reload_requested = False
         self._tls_reload_requested = False
         self._signalled = asyncio.Event()  # a stop or a reload was asked for
+        self._reconfigured = asyncio.Event()  # a reload ended: the TLS files check reads its interval again
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
         self._certificate_validity = CertificateValidity(self.metrics)
         self._reloads = self.metrics.counter(
             "config_reloads_total",
-            "Config reloads (SIGHUP) by result: reloaded; invalid (the new config was refused, the running one "
-            "kept); failed (the new config did not start, the previous one was started again).",
+            "Config reloads (SIGHUP, or a change of the TLS files) by result: reloaded; invalid (the new config was "
+            "refused, the running one kept); failed (the new config did not start, the previous one was started "
+            "again).",
             ["result"],
         )
 
@@ -185,23 +185,26 @@ class Agent:
                 await self.reload(read_config=False)
 
     async def _check_tls_files(self) -> None:
-        """Ask for a reload of the running config when a TLS file it names has changed since its pipelines read it
+        """Ask for a reload of the running config when a TLS file it names has changed since it was read
         (``service.tls_files_check_interval``); files a refused reload found are not tried again until they
         change."""
         while True:
             interval = float(self.config.service.tls_files_check_interval)
-            await asyncio.sleep(interval if interval > 0 else _TLS_CHECK_OFF_SECONDS)  # a reload may turn it on
-            if interval <= 0 or self._reloading or self._signalled.is_set():
+            try:
+                async with asyncio.timeout(interval if interval > 0 else None):
+                    await self._reconfigured.wait()
+            except TimeoutError:
+                pass
+            else:  # a reload ended: its config may change the interval, or turn the check on or off
+                self._reconfigured.clear()
                 continue
-            now = digests(list(self._tls_read))
-            if now == self._tls_read or now == self._tls_refused:
+            if self._reloading or self._signalled.is_set():
                 continue
-            self._log.info(
-                "TLS files changed: reloading the running config to take them",
-                extra={"files": [name for name, digest in now.items() if digest != self._tls_read[name]]},
-            )
-            self._tls_reload_requested = True
-            self._signalled.set()
+            files = self._tls_read.changed_files()
+            if files:
+                self._log.info("TLS files changed: reloading the running config to take them", extra={"files": files})
+                self._tls_reload_requested = True
+                self._signalled.set()
 
     async def reload(self, *, read_config: bool = True) -> bool:
         """Replace the running pipelines with those of the config read again (or, without ``read_config``, of the
@@ -214,17 +217,17 @@ class Agent:
         restart); with TLS it listens again with its files read anew. The agent's own series of components the new
         config no longer has are removed.
         """
-        read: FileDigests = {}
+        read: TlsFilesRead | None = None
         try:
             config = self._load_config() if read_config else self.config
-            read = digests(tls_files(config))
+            read = TlsFilesRead(config)
             graph = Graph(config, self.metrics)
             # Read now, so that bad files refuse the reload as the receivers' do; used once the reload is done.
             admin_tls = load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
         except ConfigInvalid as exc:
-            return self._reload_refused([str(e) for e in exc.errors], read)
+            return self._reload_refused([str(e) for e in exc.errors], None if read_config else read)
         except Exception as exc:  # the file unreadable, or a component refusing its settings
-            return self._reload_refused([f"{type(exc).__name__}: {exc}"], read)
+            return self._reload_refused([f"{type(exc).__name__}: {exc}"], None if read_config else read)
         self._reloading = True
         self._ready_gauge.set(0)
         try:
@@ -238,12 +241,14 @@ class Agent:
             if reloaded:
                 self._apply_service_settings(config)
                 self.config = config
-                self._tls_read = read
+                self._tls_read.pipelines = read.pipelines
             if config.service.telemetry.admin.tls == self.config.service.telemetry.admin.tls:
                 # Reloaded, or the previous config started again with the same admin TLS files, read anew.
                 await self._renew_admin_tls(admin_tls)
+                self._tls_read.admin = read.admin
         finally:
             self._reloading = False
+            self._reconfigured.set()
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
         self.metrics.forget_components(self.graph.component_ids())
         self._publish_certificates()
@@ -271,7 +276,7 @@ class Agent:
         previous: Graph | None = None
         try:
             # Built again (its components were shut down), which may fail now: TLS files moved away since.
-            self._tls_read = digests(tls_files(self.config))
+            self._tls_read.pipelines = TlsFilesRead(self.config).pipelines
             previous = self.graph = Graph(self.config, self.metrics)
             await previous.start()
         except Exception as exc:
@@ -282,8 +287,12 @@ class Agent:
             raise RuntimeError(f"config reload: neither the new nor the previous config could start: {exc}") from exc
         return False
 
-    def _reload_refused(self, errors: list[str], tls_read: FileDigests) -> bool:
-        self._tls_refused = tls_read
+    def _reload_refused(self, errors: list[str], tls_attempt: TlsFilesRead | None) -> bool:
+        """``tls_attempt``: the files a reload of the running config (for their change) found, not tried again.
+        A SIGHUP's refusal marks nothing: its config may be refused for another reason than files that have
+        meanwhile changed for the better."""
+        if tls_attempt is not None:
+            self._tls_read.refuse(tls_attempt)
         # Building the refused config's graph made the series of its components: those that do not run go again.
         self.metrics.forget_components(self.graph.component_ids())
         self._reloads.labels("invalid").inc()

@@ -24,14 +24,18 @@ from agent.server_tls import TlsServerConfig
 FileDigests = Mapping[str, bytes | None]  # by path; None: missing or unreadable
 
 
-def tls_files(config: AgentConfig) -> list[str]:
-    """Every certificate, key and CA file named by the TLS settings of ``config``, components and service."""
+def component_tls_files(config: AgentConfig) -> list[str]:
+    """Every certificate, key and CA file named by the TLS settings of ``config``'s components."""
     found: set[str] = set()
     for kind_section in (config.receivers, config.processors, config.exporters, config.connectors):
         for component in kind_section.values():
             found.update(_files_in(component.config))
-    found.update(_files_in(config.service))
     return sorted(found)
+
+
+def admin_tls_files(config: AgentConfig) -> list[str]:
+    """The admin endpoint's TLS files: it outlives reloads, so what it holds is read apart from the pipelines'."""
+    return sorted(set(_files_in(config.service.telemetry.admin.tls)))
 
 
 def _files_in(node: Any) -> Iterator[str]:
@@ -61,6 +65,31 @@ def _digest(name: str) -> bytes | None:
         return None
 
 
-def changed(before: FileDigests) -> list[str]:
-    """The files of ``before`` whose content differs now (or that appeared or went)."""
-    return [name for name, digest in before.items() if _digest(name) != digest]
+class TlsFilesRead:
+    """What the TLS files held when the running pipelines and the admin endpoint read them, and what a refused
+    reload found, so that the same files are not tried again until they change.
+
+    The admin endpoint outlives reloads and is not always given new files (a reload falling back to a config with
+    other admin settings leaves it as it was), so its files' digests are kept apart from the pipelines'.
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.pipelines: FileDigests = digests(component_tls_files(config))
+        self.admin: FileDigests = digests(admin_tls_files(config))
+        self.refused: FileDigests | None = None
+
+    def changed_files(self) -> list[str]:
+        """The files that differ from what was read, unless they are what a refused reload found."""
+        now = digests(sorted({*self.pipelines, *self.admin}))
+        if now == self.refused:
+            return []
+        # A file both read (the admin endpoint's certificate for a receiver too) differs if either read differs.
+        return [
+            name
+            for name, digest in now.items()
+            if digest != self.pipelines.get(name, digest) or digest != self.admin.get(name, digest)
+        ]
+
+    def refuse(self, attempt: TlsFilesRead) -> None:
+        """``attempt``, read for a reload of the running config that was refused, is not to be tried again."""
+        self.refused = {**attempt.pipelines, **attempt.admin}

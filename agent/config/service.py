@@ -62,9 +62,9 @@ class AdminConfig:
     tls: TlsServerConfig = setting(
         doc="Serve the admin endpoint over HTTPS; off unless `cert_file` is set (probes then need `scheme: HTTPS`, "
         "and the scrape of its /metrics `scheme: https`; the kubelet's probes present no client certificate, so "
-        "`client_ca_file` here fails them). At a `SIGHUP` that is not refused, an endpoint with TLS (before or "
-        "after) listens again with the files read anew: rotated certificates are taken, and connections and TLS "
-        "sessions made with the old ones end.",
+        "`client_ca_file` here fails them). At a reload that is not refused (`SIGHUP`, or a change of the TLS files: "
+        "`service.tls_files_check_interval`), an endpoint with TLS (before or after) listens again with the files "
+        "read anew: rotated certificates are taken, and connections and TLS sessions made with the old ones end.",
         default_factory=TlsServerConfig,
     )
 
