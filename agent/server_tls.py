@@ -7,11 +7,11 @@ Prometheus. TLS 1.2 is the oldest version either server accepts (gRPC's core and
 the agent keeps).
 
 The files are read and checked when the component is built, before anything stops or binds: a config whose files
-are missing or unusable is refused at start, and at a reload (``SIGHUP``) it is refused while the running pipelines
-go on with the certificates they loaded. Certificates are rotated in place (a Secret's files are replaced), so a
-reload that found them half-written and only failed later, at its start, would find the previous config's files
-broken too. A reload with good files takes the rotated certificates: the components restart, and the admin
-endpoint, which outlives reloads, listens again.
+are missing or unusable is refused at start, and at a reload (``SIGHUP``, or a change of the TLS files, see
+``agent/tls_files.py``) it is refused while the running pipelines go on with the certificates they loaded.
+Certificates are rotated in place (a Secret's files are replaced), so a reload that found them half-written and
+only failed later, at its start, would find the previous config's files broken too. A reload with good files takes
+the rotated certificates: the components restart, and the admin endpoint, which outlives reloads, listens again.
 """
 
 from __future__ import annotations
@@ -85,13 +85,12 @@ class TlsServerConfig:
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            # Without a password OpenSSL would ask for one on the terminal, and wait there for good.
-            context.load_cert_chain(self.cert_file, self.key_file, password=_refuse_passphrase)
+            load_key_pair(context, self.cert_file, self.key_file)
             if self.client_ca_file:
                 context.load_verify_locations(cafile=self.client_ca_file)
                 context.verify_mode = ssl.CERT_REQUIRED
-        except _EncryptedKey:
-            raise ValueError(f"TLS key is encrypted (give it without a passphrase): {self.key_file}") from None
+        except EncryptedKeyError:
+            raise
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise ValueError(f"TLS file(s) not usable ({', '.join(self._files())}): {exc}") from None
         return context
@@ -118,7 +117,8 @@ class HandshakeFailures:
             "tls_handshake_failures_total",
             "TLS handshakes an HTTPS server (OTLP/HTTP receiver, scrape or admin endpoint) failed, by OpenSSL's "
             "reason: peer_did_not_return_a_certificate, certificate_verify_failed, tlsv1_alert_unknown_ca (the "
-            "client refused the agent's certificate), http_request (plain HTTP sent to the TLS port)...",
+            "client does not trust the agent's CA; other refusals give their own alert), http_request (plain HTTP "
+            "sent to the TLS port)...",
             ["server", "reason"],
         )
         self._log = RateLimitedLog(logger)
@@ -153,12 +153,26 @@ def presented_certificates(tls: ServerTls | None) -> list[LoadedCertificate]:
     return [tls.certificate] if tls is not None and tls.certificate is not None else []
 
 
-class _EncryptedKey(Exception):
+class EncryptedKeyError(ValueError):
+    """A TLS key protected by a passphrase, which the agent has no way to be given."""
+
+
+class _PassphraseAsked(Exception):
     pass
 
 
 def _refuse_passphrase() -> bytes:
-    raise _EncryptedKey
+    raise _PassphraseAsked
+
+
+def load_key_pair(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    """``context.load_cert_chain`` refusing an encrypted key (``EncryptedKeyError``, naming it): without a password
+    callback OpenSSL would ask for the passphrase on the terminal and wait there for good, or fail with a bare
+    "Invalid argument" without one. For the servers' keys and the exporters' client keys alike."""
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_refuse_passphrase)
+    except _PassphraseAsked:
+        raise EncryptedKeyError(f"TLS key is encrypted (give it without a passphrase): {key_file}") from None
 
 
 def load_server_tls(tls: TlsServerConfig, path: str) -> ServerTls | None:

@@ -19,6 +19,7 @@ from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, PlannedFailure, build_config, make_settings
 from tests.helpers import free_port, metric_value, self_signed_certificate
+from tests.unit.test_otlp_receiver_tls import encrypted_key_certificate
 
 FAST_RETRY = {"initial_interval": "20ms", "max_interval": "100ms", "max_elapsed_time": "5s"}
 
@@ -711,3 +712,12 @@ async def test_a_partial_success_with_a_negative_count_counts_the_batch_sent_onc
     )
     assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(span_keys(batch))
     assert value(metrics, "exporter_send_failed_items_total") == 0
+
+
+def test_an_encrypted_client_key_is_refused_naming_it_instead_of_asking_for_a_passphrase(tmp_path: Path) -> None:
+    """OpenSSL would ask for the passphrase on a terminal and wait there, or fail with a bare "Invalid argument"."""
+    cert, key = encrypted_key_certificate(tmp_path)
+    raw = {"endpoint": "localhost:4317", "tls": {"cert_file": str(cert), "key_file": str(key)}}
+    with pytest.raises(RuntimeError) as raised:
+        OtlpExporter(build_config(OtlpExporterConfig, raw), make_settings("otlp"))
+    assert str(raised.value) == f"exporters.otlp.tls: TLS key is encrypted (give it without a passphrase): {key}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config.schema import setting
+from agent.server_tls import EncryptedKeyError, load_key_pair
 from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
 
 
@@ -69,7 +70,9 @@ class TlsClientConfig:
         try:
             context = ssl.create_default_context(cafile=self.ca_file or None)
             if self.cert_file:
-                context.load_cert_chain(self.cert_file, self.key_file)
+                load_key_pair(context, self.cert_file, self.key_file)
+        except EncryptedKeyError:
+            raise
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise ValueError(f"TLS file(s) not usable ({', '.join(self._files())}): {exc}") from None
         if self.insecure_skip_verify:
