@@ -142,10 +142,12 @@ class Agent:
             held = self.graph.held_items()
         except Exception:  # the exit must not depend on the count
             self._log.exception("could not count the items held in memory")
-            held = {}
+            held = {"*": None}
+        counted = sum(items for items in held.values() if items is not None)
+        lost = f"{counted} items" if None not in held.values() else f"{counted} items and an unknown number more"
         self._log.error(
-            f"second termination signal ({sig.name}): exiting without flushing; {sum(held.values())} items held in "
-            "memory are lost (persistent queues keep theirs on disk)",
+            f"second termination signal ({sig.name}): exiting without flushing; {lost} held in memory are lost "
+            "(persistent queues keep theirs on disk)",
             extra={"lost_items": held},
         )
         os._exit(EXIT_FORCED)

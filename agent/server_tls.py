@@ -134,8 +134,8 @@ class HandshakeFailures:
             def do_handshake(self) -> None:
                 try:
                     super().do_handshake()
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    raise  # more bytes to come: the handshake goes on
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError):
+                    raise  # more bytes to come (asyncio retries a syscall error too): the handshake goes on
                 except ssl.SSLError as exc:
                     failed((exc.reason or type(exc).__name__).lower())
                     raise

@@ -78,16 +78,23 @@ class Graph:
                 found.extend(hook())
         return found
 
-    def held_items(self) -> dict[str, int]:
+    def held_items(self) -> dict[str, int | None]:
         """Items held in memory by the components that can say (a ``held_items()`` hook), by config path: what the
-        process exiting now would lose. Components holding none are left out."""
-        held: dict[str, int] = {}
+        process exiting now would lose. Components holding none are left out; one whose count failed is None."""
+        held: dict[str, int | None] = {}
         for node in self._nodes:
             hook = getattr(node.instance, "held_items", None)
-            items = hook() if hook is not None else 0
-            if items:
-                path = f"{node.kind.section}.{node.id}"
-                held[path] = held.get(path, 0) + items  # one sampler serves the traces and the logs pipelines
+            if hook is None:
+                continue
+            path = f"{node.kind.section}.{node.id}"
+            try:
+                items = hook()
+            except Exception:  # the others' counts still stand
+                self._log.exception("could not count the items held in memory", extra={"component": path})
+                held[path] = None
+                continue
+            if items and held.get(path, 0) is not None:
+                held[path] = (held.get(path) or 0) + items  # one sampler serves the traces and the logs pipelines
         return held
 
     def component(self, component_id: str, kind: Kind | None = None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import types
 from pathlib import Path
 
@@ -616,3 +617,21 @@ async def test_a_gateways_partial_rejection_counts_no_less_than_none_and_no_more
     rejected = await exporter._push(Signal.TRACES, batch_of(30))
     first_part = len(gateways[GATEWAYS[0]].received)
     assert rejected == (2 if claimed < 0 else first_part + 2)
+
+
+async def test_the_items_held_during_a_retry_are_the_part_no_gateway_took_yet() -> None:
+    """What a second SIGTERM reports lost: two gateways took their parts, the third's waits for its retry."""
+    busy = Gateway(RetryableError("full", reason="unavailable", retry_after=5.0))
+    retry = RetryConfig(initial_interval=Duration(5), max_interval=Duration(5), max_elapsed_time=Duration(60))
+    exporter, _ = exporter_with({GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}, retry=retry)
+    batch = batch_of(60)
+    ring = HashRing(GATEWAYS)
+    waiting = sum(1 for trace_id in spans_trace_ids(batch) if ring.owner(trace_id) == GATEWAYS[0])
+    assert 0 < waiting < len(spans_trace_ids(batch))
+    await exporter._queue.start()
+    try:
+        exporter.consumer_for(Signal.TRACES).consume(batch)
+        await asyncio.sleep(0.2)  # the first attempt is done; the retry waits 5 s
+        assert exporter.held_items() == waiting
+    finally:
+        await exporter._queue.shutdown(time.monotonic() + 0.1)

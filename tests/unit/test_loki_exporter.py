@@ -803,3 +803,32 @@ async def test_a_batch_whose_pushes_together_take_longer_than_timeout_keeps_each
     assert value(metrics, "exporter_rejected_items_total", exporter="loki") == first_push
     assert value(metrics, "exporter_sent_items_total", exporter="loki") == 1100 - first_push
     assert value(metrics, "exporter_duplicates_total", exporter="loki") == 0
+
+
+async def test_the_items_held_during_a_retry_leave_out_the_pushes_loki_already_took() -> None:
+    """What a second SIGTERM reports lost: of a batch sent in two pushes, the first taken and the second waiting
+    for its retry, only the second's records are in memory alone."""
+    from agent.exporters._helper.retry import RetryableError
+
+    retry = {"initial_interval": "5s", "max_interval": "5s", "max_elapsed_time": "60s"}
+    config = loki_config("http://127.0.0.1:1/loki/api/v1/push", retry_on_failure=retry)
+    exporter = LokiExporter(config, make_settings("loki", SelfMetrics()))
+    batch = burst_request()
+    pushes = exporter._pushes_of(batch)
+    exporter._bodies.clear()
+    taken = asyncio.Event()
+
+    async def post(body: bytes) -> None:
+        if body == pushes.bodies[1]:
+            taken.set()
+            raise RetryableError("503", reason="unavailable")
+
+    exporter._post = post  # type: ignore[method-assign]
+    await exporter.start()
+    try:
+        exporter.consumer_for(Signal.LOGS).consume(batch)
+        await asyncio.wait_for(taken.wait(), 5)
+        await asyncio.sleep(0.05)  # the retry's wait has begun
+        assert exporter.held_items() == pushes.items[1]
+    finally:
+        await exporter.shutdown(time.monotonic() + 0.1)

@@ -162,7 +162,7 @@ async def test_a_tls_reload_does_not_read_the_config_file_again(checking: Runnin
 async def test_with_the_check_off_a_rotation_waits_for_a_sighup(tmp_path: Path, handlers_restored: None) -> None:
     async with running_agent(tmp_path, "0s") as running:
         running.secret.update(NOW + 80 * DAY)
-        await asyncio.sleep(1.5)  # more than the 1 s the agent waits between looks at the setting
+        await asyncio.sleep(1.5)
         assert running.reloads("reloaded") == 0
         assert running.expiry() == (NOW + 20 * DAY).timestamp()
         running.agent.request_stop(signal.SIGHUP)

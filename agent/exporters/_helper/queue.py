@@ -172,12 +172,24 @@ class _Group:
         self.sending = None
         return delivered
 
+    def unsettled(self, settled_of: SettledOf | None) -> int:
+        """``items`` less what the push under way has already delivered: taken out of the request
+        (loadbalancing), or told by ``settled_of`` (loki, whose pushes of one batch are retried from the first
+        not taken)."""
+        if self.sending is None:
+            return self.items
+        delivered = max(self.sending_items - SPECS[self.entries[0].signal].count_items(self.sending), 0)
+        if settled_of is not None:
+            delivered += settled_of(self.sending)
+        return max(self.items - delivered, 0)
+
     def append(self, entry: QueueEntry) -> None:
         self.entries.append(entry)
         self.items += entry.items
 
 
 Push = Callable[[Signal, Message], Awaitable["int | None"]]
+SettledOf = Callable[[Message], int]  # items of a request being pushed that the backend already has
 
 
 class SendingQueue:
@@ -198,8 +210,10 @@ class SendingQueue:
         retry: RetryConfig | None = None,
         timeout: float | None = None,
         batch: BatchConfig | None = None,
+        settled_of: SettledOf | None = None,
     ) -> None:
         self._settings = settings
+        self._settled_of = settled_of
         self._config = config
         self._batch = batch if batch is not None and batch.enabled else None
         self._retry_enabled = retry is not None and retry.enabled
@@ -331,7 +345,7 @@ class SendingQueue:
         persistent queue, whose records stay on disk until delivered."""
         if self._store.persistent:
             return 0
-        return self._store.items + sum(group.items for group in self._in_flight)
+        return self._store.items + sum(group.unsettled(self._settled_of) for group in self._in_flight)
 
     # --- workers ---------------------------------------------------------------------------------------------------
 

@@ -46,7 +46,12 @@ class LokiExporter:
         # No whole-attempt backstop (``timeout``): a batch may take several pushes, each bounded by ``timeout`` in
         # ``_post``; cancelling the attempt mid-batch would lose what the pushes before had settled.
         self._queue = SendingQueue(
-            settings, config.sending_queue, self._push, retry=config.retry_on_failure, batch=config.batch
+            settings,
+            config.sending_queue,
+            self._push,
+            retry=config.retry_on_failure,
+            batch=config.batch,
+            settled_of=self._settled_of,
         )
         self._session: aiohttp.ClientSession | None = None
         # Read now, so that bad files refuse the start or the reload before anything stops.
@@ -174,6 +179,11 @@ class LokiExporter:
                 raise error
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
+
+    def _settled_of(self, batch: Message) -> int:
+        """Records of ``batch``, in a retry, that the pushes before the failed one settled (Loki has them)."""
+        pushes = self._bodies.get(id(batch))
+        return pushes.settled if pushes is not None and pushes.batch is batch else 0
 
     def _pushes_of(self, batch: Message) -> _Pushes:
         """The pushes of ``batch``, built once per batch: a retry sends the very same lines, timestamps included
