@@ -832,3 +832,33 @@ async def test_the_items_held_during_a_retry_leave_out_the_pushes_loki_already_t
         assert exporter.held_items() == pushes.items[1]
     finally:
         await exporter.shutdown(time.monotonic() + 0.1)
+
+
+async def test_a_batch_cut_by_the_shutdown_deadline_counts_the_pushes_loki_took_as_sent() -> None:
+    """Of a batch in two pushes, the first stored and the second waiting for its retry at the deadline: only the
+    second's records are lost (counted ``shutdown``), the first's are sent."""
+    from agent.exporters._helper.retry import RetryableError
+
+    metrics = SelfMetrics()
+    retry = {"initial_interval": "5s", "max_interval": "5s", "max_elapsed_time": "60s"}
+    config = loki_config("http://127.0.0.1:1/loki/api/v1/push", retry_on_failure=retry)
+    exporter = LokiExporter(config, make_settings("loki", metrics))
+    batch = burst_request()
+    pushes = exporter._pushes_of(batch)
+    exporter._bodies.clear()
+    taken = asyncio.Event()
+
+    async def post(body: bytes) -> None:
+        if body == pushes.bodies[1]:
+            taken.set()
+            raise RetryableError("503", reason="unavailable")
+
+    exporter._post = post  # type: ignore[method-assign]
+    await exporter.start()
+    exporter.consumer_for(Signal.LOGS).consume(batch)
+    await asyncio.wait_for(taken.wait(), 5)
+    await exporter.shutdown(time.monotonic() + 0.1)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == pushes.items[0]
+    failed = metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown")
+    assert failed == pushes.items[1]

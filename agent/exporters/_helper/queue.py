@@ -163,24 +163,30 @@ class _Group:
     def __post_init__(self) -> None:
         self.items = sum(e.items for e in self.entries)
 
-    def settle_partial_delivery(self, signal: Signal) -> int:
-        """Items the request being pushed had delivered when the push was cut short (taken off ``items``)."""
+    def settle_partial_delivery(self, signal: Signal, settled_of: SettledOf | None) -> tuple[int, int]:
+        """Items the request being pushed had delivered, and had refused for good, when the push was cut short
+        (taken off ``items``): what a push took out of the request (loadbalancing), or what ``settled_of`` says
+        (loki, whose pushes of one batch go one by one)."""
         if self.sending is None:
-            return 0
+            return 0, 0
         delivered = max(self.sending_items - SPECS[signal].count_items(self.sending), 0)
-        self.items -= delivered
+        rejected = 0
+        if settled_of is not None:
+            settled, rejected = settled_of(self.sending)
+            delivered += settled - rejected
+        self.items -= delivered + rejected
         self.sending = None
-        return delivered
+        return delivered, rejected
 
     def unsettled(self, settled_of: SettledOf | None) -> int:
-        """``items`` less what the push under way has already delivered: taken out of the request
-        (loadbalancing), or told by ``settled_of`` (loki, whose pushes of one batch are retried from the first
-        not taken)."""
+        """``items`` less what the push under way has already settled, as ``settle_partial_delivery`` counts it.
+        Loadbalancing takes a part out of the request at the end of an attempt: while one is under way, the parts
+        gateways have already taken still count."""
         if self.sending is None:
             return self.items
         delivered = max(self.sending_items - SPECS[self.entries[0].signal].count_items(self.sending), 0)
         if settled_of is not None:
-            delivered += settled_of(self.sending)
+            delivered += settled_of(self.sending)[0]
         return max(self.items - delivered, 0)
 
     def append(self, entry: QueueEntry) -> None:
@@ -189,7 +195,8 @@ class _Group:
 
 
 Push = Callable[[Signal, Message], Awaitable["int | None"]]
-SettledOf = Callable[[Message], int]  # items of a request being pushed that the backend already has
+# Of a request being pushed: the items the backend already settled, and how many of those it refused for good.
+SettledOf = Callable[[Message], tuple[int, int]]
 
 
 class SendingQueue:
@@ -459,7 +466,9 @@ class SendingQueue:
             self._store.ack(group.entries)
 
     def _count_partly_sent(self, signal: Signal, group: _Group) -> None:
-        delivered = group.settle_partial_delivery(signal)
+        delivered, rejected = group.settle_partial_delivery(signal, self._settled_of)
+        if rejected:
+            self._rejected.labels(self._settings.component_id, signal.value).inc(rejected)
         if delivered:
             self._sent.labels(self._settings.component_id, signal.value).inc(delivered)
 

@@ -180,10 +180,11 @@ class LokiExporter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._config.endpoint, float(self._config.timeout)) from None
 
-    def _settled_of(self, batch: Message) -> int:
-        """Records of ``batch``, in a retry, that the pushes before the failed one settled (Loki has them)."""
+    def _settled_of(self, batch: Message) -> tuple[int, int]:
+        """Records of ``batch``, in a retry, that the pushes before the failed one settled, and how many of those
+        Loki refused for good: the others it has."""
         pushes = self._bodies.get(id(batch))
-        return pushes.settled if pushes is not None and pushes.batch is batch else 0
+        return (pushes.settled, pushes.rejected) if pushes is not None and pushes.batch is batch else (0, 0)
 
     def _pushes_of(self, batch: Message) -> _Pushes:
         """The pushes of ``batch``, built once per batch: a retry sends the very same lines, timestamps included
