@@ -114,6 +114,7 @@ class Agent:
         started = time.monotonic()
         await self.graph.shutdown(started + timeout)
         self._flushed = True  # nothing is held any more: a second signal while the admin endpoint closes is moot
+        self._certificate_validity.stop_watching()
         await self.admin.shutdown()
         self._log.info("agent stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 

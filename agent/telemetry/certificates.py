@@ -1,7 +1,8 @@
-"""When the certificates the agent presents stop being valid: gauges per TLS ``cert_file``, and a log line.
+"""When the certificates the agent presents stop being valid: gauges per TLS ``cert_file``, and log lines.
 
 A certificate that expires breaks every connection it serves or opens, and nothing in the agent would say so
 beforehand (an expired one even loads without a word: OpenSSL checks dates at the handshake, on the peer's side).
+One loaded out of date is logged when it is loaded; one in use when it expires is logged at that moment.
 The dates are read from the bytes the component loaded, not from the file later: after a rotation without a
 reload the file is new but the agent still presents the old certificate, which is what must raise the alert.
 
@@ -11,6 +12,7 @@ reload changes nothing), so the series of a component that no longer runs, or no
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,9 +74,12 @@ class CertificateValidity:
             labels,
         )
         self._published: set[tuple[str, str]] = set()
+        self._expiries: list[asyncio.TimerHandle] = []
 
     def publish(self, certificates: Iterable[LoadedCertificate]) -> None:
-        """Expose ``certificates``, the running ones, in place of those published before; log those out of date."""
+        """Expose ``certificates``, the running ones, in place of those published before; log those out of date,
+        and each of the others at the moment it expires, should it still be in use then."""
+        self.stop_watching()
         now = time.time()
         current: set[tuple[str, str]] = set()
         for cert in certificates:
@@ -83,19 +88,43 @@ class CertificateValidity:
             self._not_after.labels(*key).set(cert.not_after)
             self._not_before.labels(*key).set(cert.not_before)
             _say_if_out_of_date(cert, now)
+            self._watch_expiry(cert, now)
         for key in self._published - current:
             self._not_after.remove(*key)
             self._not_before.remove(*key)
         self._published = current
 
+    def stop_watching(self) -> None:
+        for handle in self._expiries:
+            handle.cancel()
+        self._expiries.clear()
+
+    def _watch_expiry(self, cert: LoadedCertificate, now: float) -> None:
+        if cert.not_after <= now:
+            return  # said already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # published outside the agent's loop (a tool, a test): nothing to wake
+            return
+        # A timer, not a poll: the moment the handshakes start failing is what an operator reading the log needs.
+        self._expiries.append(loop.call_later(cert.not_after - now, _say_expired, cert))
+
+
+_EXPIRED = "has expired: its peers refuse it"
+
+
+def _say_expired(cert: LoadedCertificate) -> None:
+    _say(cert, _EXPIRED)  # the timer's clock is not the wall clock: comparing again could miss it by microseconds
+
 
 def _say_if_out_of_date(cert: LoadedCertificate, now: float) -> None:
     if cert.not_after <= now:
-        problem = "has expired: its peers refuse it"
+        _say(cert, _EXPIRED)
     elif cert.not_before > now:
-        problem = "is not valid yet: its peers refuse it (is the clock right?)"
-    else:
-        return
+        _say(cert, "is not valid yet: its peers refuse it (is the clock right?)")
+
+
+def _say(cert: LoadedCertificate, problem: str) -> None:
     _log.error(
         f"TLS certificate {problem}",
         extra={

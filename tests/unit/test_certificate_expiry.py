@@ -4,8 +4,10 @@ reload, and logged when a certificate is already out of date."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,20 @@ async def test_an_expired_certificate_is_said_at_the_start(tmp_path: Path, caplo
         assert record.not_after == (NOW - DAY).strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[attr-defined]
     finally:
         await agent.stop()
+
+
+async def test_a_certificate_in_use_is_logged_when_it_expires_unless_published_away_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    published = CertificateValidity(SelfMetrics())
+    soon = time.time() + 0.2
+    expiring = LoadedCertificate("receivers.otlp.grpc.tls", "a.pem", soon - 86400, soon)
+    replaced = LoadedCertificate("exporters.loki.tls", "b.pem", soon - 86400, soon)
+    with caplog.at_level(logging.ERROR, "otel_sidecar.tls"):
+        published.publish([replaced])
+        published.publish([expiring])  # a reload: the loki exporter's certificate no longer runs
+        assert caplog.records == []
+        await asyncio.sleep(0.4)
+    said = [(r.getMessage(), r.setting) for r in caplog.records]  # type: ignore[attr-defined]
+    assert said == [("TLS certificate has expired: its peers refuse it", "receivers.otlp.grpc.tls")]
+    published.stop_watching()
