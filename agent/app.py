@@ -203,7 +203,10 @@ class Agent:
                 continue
             if self._reloading or self._signalled.is_set():
                 continue
-            files = self._tls_read.changed_files()
+            # Off the event loop: a file on a stalled volume must not stop the agent serving.
+            files = await asyncio.to_thread(self._tls_read.changed_files)
+            if self._reloading or self._signalled.is_set() or self._reconfigured.is_set():
+                continue  # a reload began or ended meanwhile: what it read is newer than this look
             if files:
                 self._log.info("TLS files changed: reloading the running config to take them", extra={"files": files})
                 self._tls_reload_requested = True
