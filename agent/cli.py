@@ -93,7 +93,7 @@ def _run(config: AgentConfig, path: str | None) -> int:
         await Agent(config, load_config=lambda: load_path(path)).run()
 
     # Not asyncio.run: on exit it waits, without limit, for every thread of the default executor, so one file
-    # write or fsync blocked on a hung disk or a full FIFO would keep the pod alive until SIGKILL.
+    # read, write or fsync blocked on a hung disk or a full FIFO would keep the pod alive until SIGKILL.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="otel-sidecar-io")
@@ -114,7 +114,9 @@ def _run(config: AgentConfig, path: str | None) -> int:
         _close(loop, executor)
     stuck = _threads_still_blocked(EXECUTOR_GRACE_SECONDS)
     if stuck:
-        logger.error("exiting without waiting for blocked calls (a file write or fsync)", extra={"threads": stuck})
+        logger.error(
+            "exiting without waiting for blocked calls (a file read, write or fsync)", extra={"threads": stuck}
+        )
         logging.shutdown()
         os._exit(code)
     return code

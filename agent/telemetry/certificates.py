@@ -74,7 +74,7 @@ class CertificateValidity:
             labels,
         )
         self._published: set[tuple[str, str]] = set()
-        self._expiries: list[asyncio.TimerHandle] = []
+        self._expiries: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def publish(self, certificates: Iterable[LoadedCertificate]) -> None:
         """Expose ``certificates``, the running ones, in place of those published before; log those out of date,
@@ -95,7 +95,7 @@ class CertificateValidity:
         self._published = current
 
     def stop_watching(self) -> None:
-        for handle in self._expiries:
+        for handle in self._expiries.values():
             handle.cancel()
         self._expiries.clear()
 
@@ -107,14 +107,21 @@ class CertificateValidity:
         except RuntimeError:  # published outside the agent's loop (a tool, a test): nothing to wake
             return
         # A timer, not a poll: the moment the handshakes start failing is what an operator reading the log needs.
-        self._expiries.append(loop.call_later(cert.not_after - now, _say_expired, cert))
+        # The loop's clock is not the wall clock (a step by NTP, a suspended host): the timer looks again at most
+        # an hour later, and when it fires early it waits for the rest.
+        delay = min(cert.not_after - now, _LOOK_AGAIN_SECONDS)
+        self._expiries[(cert.setting, cert.file)] = loop.call_later(delay, self._expiry_due, cert)
+
+    def _expiry_due(self, cert: LoadedCertificate) -> None:
+        now = time.time()
+        if cert.not_after <= now:
+            _say(cert, _EXPIRED)
+        else:
+            self._watch_expiry(cert, now)
 
 
 _EXPIRED = "has expired: its peers refuse it"
-
-
-def _say_expired(cert: LoadedCertificate) -> None:
-    _say(cert, _EXPIRED)  # the timer's clock is not the wall clock: comparing again could miss it by microseconds
+_LOOK_AGAIN_SECONDS = 3600.0
 
 
 def _say_if_out_of_date(cert: LoadedCertificate, now: float) -> None:

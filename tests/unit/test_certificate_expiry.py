@@ -199,3 +199,36 @@ async def test_a_certificate_in_use_is_logged_when_it_expires_unless_published_a
     said = [(r.getMessage(), r.setting) for r in caplog.records]  # type: ignore[attr-defined]
     assert said == [("TLS certificate has expired: its peers refuse it", "receivers.otlp.grpc.tls")]
     published.stop_watching()
+
+
+async def test_the_expiry_log_follows_the_wall_clock_not_the_loops(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Published while the wall clock was 0.8 s ahead (then stepped back, as NTP does): the timer fires early,
+    looks at the clock again and waits for the rest instead of logging an expiry that has not come."""
+    published = CertificateValidity(SelfMetrics())
+    real = time.time()
+    cert = LoadedCertificate("receivers.otlp.grpc.tls", "a.pem", real - 86400, real + 1.0)
+    with caplog.at_level(logging.ERROR, "otel_sidecar.tls"):
+        monkeypatch.setattr(time, "time", lambda: real + 0.8)
+        published.publish([cert])
+        monkeypatch.undo()
+        await asyncio.sleep(0.5)
+        assert caplog.records == []
+        await asyncio.sleep(0.8)
+    assert [r.getMessage() for r in caplog.records] == ["TLS certificate has expired: its peers refuse it"]
+    published.stop_watching()
+
+
+async def test_a_stopped_agent_logs_no_expiry_after_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = dated_certificate(
+        tmp_path, "server", NOW - DAY, datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
+    )
+    config = base_config(tmp_path / "out")
+    config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    agent = Agent(load(config))
+    await agent.start()
+    await agent.stop()
+    with caplog.at_level(logging.ERROR, "otel_sidecar.tls"):
+        await asyncio.sleep(1.5)  # past the certificate's end, in the loop that ran the agent
+    assert caplog.records == []
