@@ -717,6 +717,44 @@ def test_openlits_anthropic_input_tokens_leave_the_cache_out_unlike_the_conventi
     assert f.llm_tokens.value(("anthropic", model, "cache_read")) == 2000
 
 
+def vercel_call(provider: str, model: str, input_tokens: int, **usage: int) -> ExportTraceServiceRequest:
+    """A Vercel AI SDK ``doStream`` span as SDK 5 writes it, with its ``ai.usage.*`` counts."""
+    return llm_span(b"\x05" * 16, b"\x05" * 8, **{
+        "ai.operationId": "ai.streamText.doStream", "gen_ai.system": provider, "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": 500,
+        "ai.usage.totalTokens": input_tokens + 500, **usage,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("provider", "usage", "uncached_input"),
+    [
+        # SDK 5 copies Anthropic's own input_tokens: the 2000 cache reads are outside the 3000.
+        ("anthropic.messages", {"ai.usage.cachedInputTokens": 2000}, 3000),
+        # SDK 5 with OpenAI copies prompt_tokens, which hold the cached tokens (the conventions' reading).
+        ("openai.chat", {"ai.usage.cachedInputTokens": 2000}, 1000),
+        # SDK 6 reports an inclusive input count beside its inputTokenDetails (and may keep the SDK 5 name too).
+        (
+            "anthropic.messages",
+            {"ai.usage.inputTokenDetails.cacheReadTokens": 2000, "ai.usage.cachedInputTokens": 2000},
+            1000,
+        ),
+    ],
+)
+def test_vercel_ai_sdk_5s_anthropic_input_count_leaves_the_cache_out(
+    provider: str, usage: dict[str, int], uncached_input: int
+) -> None:
+    """Its total is input + output, so it agrees with the inclusive reading and cannot settle it: the attribute
+    names do (pass 81)."""
+    connector, _ = make()
+    model = "claude-sonnet-4" if provider.startswith("anthropic") else "gpt-4o"
+    connector.consume(vercel_call(provider, f"{model}-20250514" if "claude" in model else model, 3000, **usage))
+    tokens = connector.families.llm_tokens
+    vendor = "anthropic" if provider.startswith("anthropic") else "openai"
+    assert tokens.value((vendor, model, "input")) == uncached_input
+    assert tokens.value((vendor, model, "cache_read")) == 2000
+
+
 def test_openlits_gemini_output_count_leaves_the_thoughts_out() -> None:
     connector, _ = make()
     request = llm_span(b"\x04" * 16, b"\x04" * 8, **{

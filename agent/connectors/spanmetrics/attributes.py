@@ -13,7 +13,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agent.connectors.spanmetrics.config import SpanMetricsConfig
-from agent.connectors.spanmetrics.genai import ALIASES, Concept, GenAiKeys
+from agent.connectors.spanmetrics.genai import ALIASES, VERCEL_5_CACHE_READ, Concept, GenAiKeys
 
 ROLE_WORKFLOW = 1 << 0
 ROLE_STEP_TYPE = 1 << 1
@@ -87,6 +87,7 @@ class AttributeScanner:
         self.output = concept[Concept.OUTPUT]
         self.total = concept[Concept.TOTAL]
         self.cache_read = concept[Concept.CACHE_READ]
+        self.vercel_5_cache_read = slot_of[VERCEL_5_CACHE_READ]
         self.cache_write = concept[Concept.CACHE_WRITE]
         self.reasoning = concept[Concept.REASONING]
         self.input_details = concept[Concept.INPUT_DETAILS]

@@ -80,8 +80,10 @@ from agent.connectors.spanmetrics.genai import (
     SDK_CACHE_IN_INPUT,
     SDK_REASONING_IN_OUTPUT,
     TOKEN_TYPES,
+    VERCEL_5_CACHE_OUTSIDE_INPUT,
     alias_text,
     any_to_str,
+    cache_read_from_vercel_5_only,
     detail_count,
     disjoint_tokens,
     first_number,
@@ -567,6 +569,13 @@ class SpanMetricsConnector:
         cache_in_input, reasoning_in_output = target.cache_in_input, target.reasoning_in_output
         if cache_in_input is None and self._sdk_cache_conventions is not None:
             cache_in_input = self._sdk_cache_conventions.get(target.provider)
+        if (
+            cache_in_input is None
+            and roles & ROLE_CACHE_READ
+            and target.provider in VERCEL_5_CACHE_OUTSIDE_INPUT
+            and cache_read_from_vercel_5_only(values, s.cache_read, s.vercel_5_cache_read)
+        ):
+            cache_in_input = False
         if reasoning_in_output is None and self._sdk_reasoning_conventions is not None:
             reasoning_in_output = self._sdk_reasoning_conventions.get(target.provider)
         usage = disjoint_tokens(

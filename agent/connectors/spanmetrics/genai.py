@@ -224,6 +224,12 @@ TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
 # reads and writes (openlit/instrumentation/anthropic/utils.py), while OpenLLMetry adds them in. Read when the
 # config does not say (genai.cache_tokens_in_input).
 SDK_CACHE_IN_INPUT: dict[str, dict[str, bool]] = {"openlit": {"anthropic": False}}
+# Vercel AI SDK 5 passes each provider's own input count through: Anthropic's leaves the cache out
+# (packages/anthropic/src/anthropic-messages-language-model.ts: inputTokens = usage.input_tokens, cachedInputTokens =
+# cache_read_input_tokens), and its totalTokens is input + output, so the total cannot tell. Recognised by SDK 5's
+# cache attribute read alone: SDK 6 reports an inclusive input count with ai.usage.inputTokenDetails.*.
+VERCEL_5_CACHE_READ = "ai.usage.cachedInputTokens"
+VERCEL_5_CACHE_OUTSIDE_INPUT = frozenset({"anthropic"})
 # Likewise for reasoning: OpenLIT's Gemini output count is candidates_token_count, thoughts not included
 # (openlit/instrumentation/google_ai_studio/utils.py), while Gemini's own total and the conventions add them.
 SDK_REASONING_IN_OUTPUT: dict[str, dict[str, bool]] = {"openlit": {"gcp.gemini": False}}
@@ -343,6 +349,15 @@ def _conventions_by_total(
     return (
         cache_readings.pop() if len(cache_readings) == 1 else cache_in_input,
         reasoning_readings.pop() if len(reasoning_readings) == 1 else reasoning_in_output,
+    )
+
+
+def cache_read_from_vercel_5_only(
+    values: Sequence[AnyValue | None], cache_read_slots: Sequence[int], vercel_5_slot: int
+) -> bool:
+    """Whether a span's cache reads come from Vercel AI SDK 5's attribute, no other convention's beside it."""
+    return values[vercel_5_slot] is not None and all(
+        values[slot] is None for slot in cache_read_slots if slot != vercel_5_slot
     )
 
 
