@@ -239,6 +239,13 @@ def test_a_price_file_the_yaml_parser_chokes_on_or_not_utf8_is_a_price_table_err
         ("mistral.mistral-large-2402-v1:0", "mistral-large-2402"),
         ("mistral-small-2402", "mistral-small-2402"),
         ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106"),
+        ("gpt-3.5-turbo-0613", "gpt-3.5-turbo-0613"),  # retired ones too (pass 81)
+        ("gpt-3.5-turbo-0301", "gpt-3.5-turbo-0301"),
+        ("azure/gpt-35-turbo-1106", "gpt-35-turbo-1106"),
+        ("gpt-35-turbo-0613", "gpt-35-turbo-0613"),
+        ("mistral-medium-2505", "mistral-medium-2505"),
+        ("mistral-medium-2508", "mistral-medium-2508"),
+        ("mistral/mistral-medium-2312", "mistral-medium-2312"),
         ("mistral-large-2512", "mistral-large"),  # a snapshot without its own entry: the current model
     ],
 )
@@ -256,6 +263,10 @@ def test_older_snapshots_priced_differently_match_their_own_entry(model: str, en
         ("anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5", 3.0),
         ("us.anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet", 3.0),  # older: same everywhere
         ("mistral-small-latest", "mistral-small-latest", 0.15),  # Mistral Small 3.2, not mistral-small
+        ("mistral-medium-2505", "mistral-medium-2505", 0.4),  # Mistral Medium 3, not 3.5 (mistral-medium)
+        ("mistral-medium-3", "mistral-medium-3", 0.4),
+        ("mistral-medium-latest", "mistral-medium", 1.5),
+        ("gpt-3.5-turbo-0613", "gpt-3.5-turbo-0613", 1.5),
         ("gpt-35-turbo", "gpt-35-turbo", 0.5),  # Azure OpenAI's name
         ("gpt-5.4-mini-2026-03-05", "gpt-5.4-mini", 0.75),  # current models are priced, not left unpriced
         ("us.anthropic.claude-opus-5-v1:0", "claude-opus-5", 5.5),
