@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -28,6 +29,9 @@ from agent.config.schema import setting
 from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
 from agent.telemetry.logs import RateLimitedLog
 from agent.telemetry.selfmetrics import SelfMetrics
+
+R = TypeVar("R")
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,7 @@ class TlsServerConfig:
     def load(self, setting: str) -> ServerTls:
         """The files read and checked; ValueError naming the file when one is missing, unreadable or unusable.
         ``setting`` is the config path of these settings, naming the certificate in the agent's own metrics."""
-        for _attempt in range(3):
-            read = self._read()
-            context = self._ssl_context()
-            if self._read() == read:  # what Python's ssl checked is what gRPC gets, not a pair half rotated
-                break
-        else:
-            raise ValueError(f"TLS files keep changing while being read: {', '.join(self._files())}")
-        key, cert, client_ca = read
+        (key, cert, client_ca), context = read_consistently(self._read, self._ssl_context, self._files())
         # gRPC's core would take a key that does not match its certificate, or a CA file without a certificate,
         # and fail each handshake instead: what it gets is what Python's ssl has just checked.
         credentials = grpc.ssl_server_credentials(
@@ -148,9 +145,16 @@ class HandshakeFailures:
         self._log.warning(f"tls:{reason}", f"TLS handshake failed: {reason}", server=self._server, reason=reason)
 
 
-def presented_certificates(tls: ServerTls | None) -> list[LoadedCertificate]:
-    """The certificate a server with ``tls`` presents, for its expiry: none without TLS (or dates unreadable)."""
-    return [tls.certificate] if tls is not None and tls.certificate is not None else []
+def read_consistently(read: Callable[[], R], check: Callable[[], C], files: list[str]) -> tuple[R, C]:
+    """``read()`` the files' bytes, ``check()`` them (Python's ssl loads the same files by name), and read again until
+    two reads around a check agree: what Python's ssl checked is what gRPC gets, not a pair half rotated. For the
+    servers' files and the exporters' client files alike; ValueError after three tries."""
+    for _attempt in range(3):
+        before = read()
+        checked = check()
+        if read() == before:
+            return before, checked
+    raise ValueError(f"TLS files keep changing while being read: {', '.join(files)}")
 
 
 class EncryptedKeyError(ValueError):

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from cryptography import x509
@@ -32,6 +32,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent.otlp import json_codec
+from agent.receivers.otlp import OtlpReceiver
+
+if TYPE_CHECKING:
+    import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS = "/usr/bin/prometheus"  # the Debian package, which `make test` installs
@@ -357,6 +361,20 @@ class MountedSecret:
         for name in ("tls.crt", "tls.key"):
             if not (self.root / name).is_symlink():
                 (self.root / name).symlink_to(f"..data/{name}")
+
+
+def receiver_port_taken_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next start of an OTLP receiver fails as a port another process took would; the ones after start: a
+    reload's new pipelines fail, and the running config starts again."""
+    start = OtlpReceiver.start
+    failures = [OSError(98, "address already in use")]
+
+    async def taken_once(self: OtlpReceiver) -> None:
+        if failures:
+            raise failures.pop()
+        await start(self)
+
+    monkeypatch.setattr(OtlpReceiver, "start", taken_once)
 
 
 class PrometheusServer:

@@ -93,8 +93,9 @@ class Graph:
                 self._log.exception("could not count the items held in memory", extra={"component": path})
                 held[path] = None
                 continue
-            if items and held.get(path, 0) is not None:
-                held[path] = (held.get(path) or 0) + items  # one sampler serves the traces and the logs pipelines
+            counted = held.get(path, 0)
+            if items and counted is not None:  # None: a node of the same path could not count
+                held[path] = counted + items  # one sampler serves the traces and the logs pipelines
         return held
 
     def component(self, component_id: str, kind: Kind | None = None) -> Any:

@@ -18,8 +18,8 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.config.schema import HostPort
 from agent.listen import listening_sockets, serve, stop_accepting, stop_runner
-from agent.server_tls import HandshakeFailures, ServerTls, presented_certificates
-from agent.telemetry.certificates import LoadedCertificate
+from agent.server_tls import HandshakeFailures, ServerTls
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import component_logger
 from agent.telemetry.selfmetrics import SelfMetrics
 

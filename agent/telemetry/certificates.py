@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 
@@ -34,6 +35,18 @@ class LoadedCertificate:
     file: str
     not_before: float  # Unix seconds
     not_after: float
+
+
+class PresentsCertificate(Protocol):
+    """TLS material read for a server or a client (``ServerTls``, ``ClientTls``)."""
+
+    @property
+    def certificate(self) -> LoadedCertificate | None: ...
+
+
+def presented_certificates(tls: PresentsCertificate | None) -> list[LoadedCertificate]:
+    """The certificate a component presents with ``tls``, for its expiry: none without TLS (or dates unreadable)."""
+    return [tls.certificate] if tls is not None and tls.certificate is not None else []
 
 
 def loaded_certificate(setting: str, file: str, pem: bytes) -> LoadedCertificate | None:

@@ -18,11 +18,17 @@ import yaml
 from agent.app import ADMIN_TLS_PATH, Agent
 from agent.config.loader import AgentConfig, load_text
 from agent.config.schema import HostPort
-from agent.receivers.otlp import OtlpReceiver
 from agent.server_tls import TlsServerConfig
 from agent.telemetry.admin import AdminServer
 from agent.telemetry.selfmetrics import SelfMetrics
-from tests.helpers import base_config, free_port, metric_value, self_signed_certificate, status_after_handshake
+from tests.helpers import (
+    base_config,
+    free_port,
+    metric_value,
+    receiver_port_taken_once,
+    self_signed_certificate,
+    status_after_handshake,
+)
 
 Pair = tuple[Path, Path]
 
@@ -287,15 +293,7 @@ async def test_a_reload_falling_back_to_the_running_config_takes_its_rotated_adm
     files anew: the admin endpoint, whose files are the same, takes what was read from them too."""
     agent, config, certs = agent_with_admin_tls
     self_signed_certificate(certs)  # rotated in place
-    start = OtlpReceiver.start
-    failures = [OSError(98, "address already in use")]
-
-    async def taken_once(self: OtlpReceiver) -> None:
-        if failures:
-            raise failures.pop()
-        await start(self)
-
-    monkeypatch.setattr(OtlpReceiver, "start", taken_once)
+    receiver_port_taken_once(monkeypatch)
     assert not await agent.reload()
     assert agent.graph.receivers_started
     assert await answers(admin_url(config), client_context(certs / "server.pem"))

@@ -805,30 +805,37 @@ async def test_a_batch_whose_pushes_together_take_longer_than_timeout_keeps_each
     assert value(metrics, "exporter_duplicates_total", exporter="loki") == 0
 
 
-async def test_the_items_held_during_a_retry_leave_out_the_pushes_loki_already_took() -> None:
-    """What a second SIGTERM reports lost: of a batch sent in two pushes, the first taken and the second waiting
-    for its retry, only the second's records are in memory alone."""
+async def waiting_to_retry_its_second_push(metrics: SelfMetrics) -> tuple[LokiExporter, Any]:
+    """A started exporter whose batch of two pushes had the first taken and the second answered 503, now waiting
+    5 s for its retry; returns it and the batch's pushes."""
     from agent.exporters._helper.retry import RetryableError
 
     retry = {"initial_interval": "5s", "max_interval": "5s", "max_elapsed_time": "60s"}
     config = loki_config("http://127.0.0.1:1/loki/api/v1/push", retry_on_failure=retry)
-    exporter = LokiExporter(config, make_settings("loki", SelfMetrics()))
+    exporter = LokiExporter(config, make_settings("loki", metrics))
     batch = burst_request()
     pushes = exporter._pushes_of(batch)
     exporter._bodies.clear()
-    taken = asyncio.Event()
+    refused = asyncio.Event()
 
     async def post(body: bytes) -> None:
         if body == pushes.bodies[1]:
-            taken.set()
+            refused.set()
             raise RetryableError("503", reason="unavailable")
 
     exporter._post = post  # type: ignore[method-assign]
     await exporter.start()
+    exporter.consumer_for(Signal.LOGS).consume(batch)
+    await asyncio.wait_for(refused.wait(), 5)
+    await asyncio.sleep(0.05)  # the retry's wait has begun
+    return exporter, pushes
+
+
+async def test_the_items_held_during_a_retry_leave_out_the_pushes_loki_already_took() -> None:
+    """What a second SIGTERM reports lost: of a batch sent in two pushes, the first taken and the second waiting
+    for its retry, only the second's records are in memory alone."""
+    exporter, pushes = await waiting_to_retry_its_second_push(SelfMetrics())
     try:
-        exporter.consumer_for(Signal.LOGS).consume(batch)
-        await asyncio.wait_for(taken.wait(), 5)
-        await asyncio.sleep(0.05)  # the retry's wait has begun
         assert exporter.held_items() == pushes.items[1]
     finally:
         await exporter.shutdown(time.monotonic() + 0.1)
@@ -837,26 +844,8 @@ async def test_the_items_held_during_a_retry_leave_out_the_pushes_loki_already_t
 async def test_a_batch_cut_by_the_shutdown_deadline_counts_the_pushes_loki_took_as_sent() -> None:
     """Of a batch in two pushes, the first stored and the second waiting for its retry at the deadline: only the
     second's records are lost (counted ``shutdown``), the first's are sent."""
-    from agent.exporters._helper.retry import RetryableError
-
     metrics = SelfMetrics()
-    retry = {"initial_interval": "5s", "max_interval": "5s", "max_elapsed_time": "60s"}
-    config = loki_config("http://127.0.0.1:1/loki/api/v1/push", retry_on_failure=retry)
-    exporter = LokiExporter(config, make_settings("loki", metrics))
-    batch = burst_request()
-    pushes = exporter._pushes_of(batch)
-    exporter._bodies.clear()
-    taken = asyncio.Event()
-
-    async def post(body: bytes) -> None:
-        if body == pushes.bodies[1]:
-            taken.set()
-            raise RetryableError("503", reason="unavailable")
-
-    exporter._post = post  # type: ignore[method-assign]
-    await exporter.start()
-    exporter.consumer_for(Signal.LOGS).consume(batch)
-    await asyncio.wait_for(taken.wait(), 5)
+    exporter, pushes = await waiting_to_retry_its_second_push(metrics)
     await exporter.shutdown(time.monotonic() + 0.1)
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == pushes.items[0]

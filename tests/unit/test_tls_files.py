@@ -21,9 +21,8 @@ import yaml
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
 from agent.pipeline.graph import Graph
-from agent.receivers.otlp import OtlpReceiver
 from agent.tls_files import TlsFilesRead, admin_tls_files, component_tls_files
-from tests.helpers import MountedSecret, base_config, free_port, metric_value
+from tests.helpers import MountedSecret, base_config, free_port, metric_value, receiver_port_taken_once
 from tests.unit.test_certificate_expiry import every_tls_config, expiry
 
 UTC = datetime.UTC
@@ -77,6 +76,12 @@ class Running:
 
     def expiry(self) -> float | None:
         return expiry(self.agent, "receivers.otlp.grpc.tls", self.secret.cert)
+
+    async def reload_with_interval(self, interval: str) -> None:
+        """A SIGHUP reloading the config with ``interval`` as ``tls_files_check_interval``."""
+        self.config["service"]["tls_files_check_interval"] = interval
+        self.agent.request_stop(signal.SIGHUP)
+        await eventually(lambda: self.reloads("reloaded") == 1)
 
 
 @pytest.fixture
@@ -175,15 +180,7 @@ async def test_a_reload_that_falls_back_takes_the_rotated_files_once(
 ) -> None:
     """The new pipelines fail to start (a port taken) and the running config starts again, reading the rotated
     files: those count as read, so no reload follows."""
-    start = OtlpReceiver.start
-    failures = [OSError(98, "address already in use")]
-
-    async def taken_once(self: OtlpReceiver) -> None:
-        if failures:
-            raise failures.pop()
-        await start(self)
-
-    monkeypatch.setattr(OtlpReceiver, "start", taken_once)
+    receiver_port_taken_once(monkeypatch)
     checking.secret.update(NOW + 80 * DAY)
     await eventually(lambda: checking.reloads("failed") == 1)
     assert checking.expiry() == (NOW + 80 * DAY).timestamp()
@@ -198,25 +195,19 @@ async def test_an_admin_certificate_rotated_during_a_reload_that_falls_back_is_t
     next check, not counted as read."""
     admin = MountedSecret(tmp_path / "admin")
     admin.update(NOW + 20 * DAY)
-    shutdown, start = Graph.shutdown, OtlpReceiver.start
-    failures = [OSError(98, "address already in use")]
+    shutdown = Graph.shutdown
 
     async def rotating_admin_during_the_flush(self: Graph, deadline: float) -> None:
         await shutdown(self, deadline)
         if admin.versions == 1:
             admin.update(NOW + 80 * DAY)
 
-    async def taken_once(self: OtlpReceiver) -> None:
-        if failures:
-            raise failures.pop()
-        await start(self)
-
     def with_admin_tls(config: dict[str, Any]) -> None:
         config["service"]["telemetry"]["admin"]["tls"] = {"cert_file": str(admin.cert), "key_file": str(admin.key)}
 
     async with running_agent(tmp_path, "50ms", with_admin_tls) as running:
         monkeypatch.setattr(Graph, "shutdown", rotating_admin_during_the_flush)
-        monkeypatch.setattr(OtlpReceiver, "start", taken_once)
+        receiver_port_taken_once(monkeypatch)
         running.secret.update(NOW + 80 * DAY)
         await eventually(lambda: running.reloads("reloaded") == 1)
         assert running.reloads("failed") == 1
@@ -225,9 +216,7 @@ async def test_an_admin_certificate_rotated_during_a_reload_that_falls_back_is_t
 
 async def test_a_reload_turning_the_check_off_stops_it_at_once(tmp_path: Path, handlers_restored: None) -> None:
     async with running_agent(tmp_path, "200ms") as running:
-        running.config["service"]["tls_files_check_interval"] = "0s"
-        running.agent.request_stop(signal.SIGHUP)
-        await eventually(lambda: running.reloads("reloaded") == 1)
+        await running.reload_with_interval("0s")
         running.secret.update(NOW + 80 * DAY)
         await asyncio.sleep(0.6)  # three of the old intervals
         assert running.reloads("reloaded") == 1
@@ -235,9 +224,7 @@ async def test_a_reload_turning_the_check_off_stops_it_at_once(tmp_path: Path, h
 
 async def test_a_reload_shortening_the_interval_is_followed_at_once(tmp_path: Path, handlers_restored: None) -> None:
     async with running_agent(tmp_path, "1h") as running:
-        running.config["service"]["tls_files_check_interval"] = "50ms"
-        running.agent.request_stop(signal.SIGHUP)
-        await eventually(lambda: running.reloads("reloaded") == 1)
+        await running.reload_with_interval("50ms")
         running.secret.update(NOW + 80 * DAY)
         await eventually(lambda: running.reloads("reloaded") == 2)
         assert running.expiry() == (NOW + 80 * DAY).timestamp()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config.schema import setting
-from agent.server_tls import EncryptedKeyError, load_key_pair
+from agent.server_tls import EncryptedKeyError, load_key_pair, read_consistently
 from agent.telemetry.certificates import LoadedCertificate, loaded_certificate
 
 
@@ -50,14 +50,7 @@ class TlsClientConfig:
         missing = [name for name in self._files() if not Path(name).is_file()]
         if missing:
             raise ValueError(f"TLS file(s) not found: {', '.join(missing)}")
-        for _attempt in range(3):
-            read = self._read()
-            context = self._ssl_context()
-            if self._read() == read:  # what Python's ssl checked is what gRPC gets, not a pair half rotated
-                break
-        else:
-            raise ValueError(f"TLS files keep changing while being read: {', '.join(self._files())}")
-        ca, cert, key = read
+        (ca, cert, key), context = read_consistently(self._read, self._ssl_context, self._files())
         certificate = loaded_certificate(setting, self.cert_file, cert) if cert is not None else None
         return ClientTls(context, ca, key, cert, certificate)
 
@@ -90,9 +83,6 @@ class ClientTls:
     private_key: bytes | None
     certificate_chain: bytes | None
     certificate: LoadedCertificate | None  # what the client presents, for its expiry
-
-    def certificates(self) -> list[LoadedCertificate]:
-        return [self.certificate] if self.certificate is not None else []
 
 
 def _read_file(name: str) -> bytes | None:

@@ -35,7 +35,7 @@ from agent.exporters.loadbalancing.split import split_logs, split_traces
 from agent.exporters.otlp.exporter import client_tls, partial_rejections
 from agent.exporters.otlp.transport import Transport, make_transport
 from agent.otlp.signals import SPECS
-from agent.telemetry.certificates import LoadedCertificate
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
 _SPLITTERS = {Signal.TRACES: split_traces, Signal.LOGS: split_logs}
@@ -72,7 +72,7 @@ class LoadBalancingExporter:
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._tls.certificates() if self._tls is not None else []
+        return presented_certificates(self._tls)
 
     def held_items(self) -> int:
         return self._queue.held_items()

@@ -27,7 +27,7 @@ from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
 from agent.exporters.loki.encode import JSON, PROTOBUF, encode_json, encode_protobuf, split_streams
 from agent.exporters.loki.refusal import PushRefused, ignored_entries, refusal_message, refused_records
-from agent.telemetry.certificates import LoadedCertificate
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
 # Loki's own clients also retry 500 ("Only retry 429s, 500s and connection-level errors").
@@ -104,7 +104,7 @@ class LokiExporter:
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._tls.certificates() if self._tls is not None else []
+        return presented_certificates(self._tls)
 
     def held_items(self) -> int:
         return self._queue.held_items()

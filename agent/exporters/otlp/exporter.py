@@ -16,7 +16,7 @@ from agent.exporters._helper.tls import ClientTls, load_client_tls
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.exporters.otlp.transport import Transport, make_transport
 from agent.otlp.signals import SPECS
-from agent.telemetry.certificates import LoadedCertificate
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
 
@@ -52,7 +52,7 @@ class OtlpExporter:
         await self._queue.start()
 
     def certificates(self) -> list[LoadedCertificate]:
-        return self._tls.certificates() if self._tls is not None else []
+        return presented_certificates(self._tls)
 
     def held_items(self) -> int:
         return self._queue.held_items()

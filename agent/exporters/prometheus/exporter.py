@@ -27,8 +27,8 @@ from agent.exporters.prometheus.accumulator import Accumulator
 from agent.exporters.prometheus.collector import OtlpCollector
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.listen import serve, stop_runner
-from agent.server_tls import HandshakeFailures, load_server_tls, presented_certificates
-from agent.telemetry.certificates import LoadedCertificate
+from agent.server_tls import HandshakeFailures, load_server_tls
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
 # Most event-loop time one fold slice takes before the receivers run again.

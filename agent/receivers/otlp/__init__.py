@@ -12,8 +12,8 @@ from agent.config.schema import EnvText, HostPort, setting
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
-from agent.server_tls import TlsServerConfig, load_server_tls, presented_certificates
-from agent.telemetry.certificates import LoadedCertificate
+from agent.server_tls import TlsServerConfig, load_server_tls
+from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 
 
 @dataclass(frozen=True)
