@@ -244,7 +244,11 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
         account["automountServiceAccountToken"] is False for account in objects(rendered[case], "ServiceAccount")
     )
     assert agent["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "admin"}
-    assert agent["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
+    assert agent["startupProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
+    if case.startswith("gateway"):  # not ready while reloading: out of the headless Service, which is right
+        assert agent["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "admin"}
+    else:  # beside the orchestrator, the agent's readiness would be the pod's: a reload would take it out of Services
+        assert "readinessProbe" not in agent
     assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {
         "otlp": 4317,
         "otlp-http": 4318,
@@ -260,9 +264,12 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
     }
     assert set(mounts.values()) <= volumes
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(
-        next(p["containerPort"] for p in agent["ports"] if p["name"] == "metrics")
-    )  # derived from ports.metrics.containerPort
+    if objects(rendered[case], "PodMonitor") or objects(rendered[case], "ServiceMonitor"):
+        assert not [key for key in annotations if key.startswith("prometheus.io/")]  # scraped once, by the monitor
+    else:
+        assert annotations["prometheus.io/port"] == str(
+            next(p["containerPort"] for p in agent["ports"] if p["name"] == "metrics")
+        )  # derived from ports.metrics.containerPort
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
 
 
@@ -600,6 +607,8 @@ def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None
     assert "your ConfigMap mine" in notes({"existingConfigMap": "mine"})
     assert "Span metrics are not derived here" in notes(yaml.safe_load((CHART / "ci" / "gateway.yaml").read_text()))
     assert "Span metrics: port 9464" in notes({"mode": "gateway"})
+    # A gateway whose config has no connectors at all, as config/gateway.yaml (Helm removes a key set to null).
+    assert "Span metrics are not derived here" in notes({"mode": "gateway", "config": {"connectors": None}})
 
 
 def sidecar_workload_with(helm_python: Path, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -628,7 +637,9 @@ def test_a_deployment_with_its_one_claim_is_replaced_not_rolled(helm_python: Pat
 
 
 def test_the_scrape_annotation_follows_the_metrics_port(helm_python: Path, tmp_path: Path) -> None:
-    workload = sidecar_workload_with(helm_python, tmp_path, ports={"metrics": {"containerPort": 9500}})
+    workload = sidecar_workload_with(
+        helm_python, tmp_path, ports={"metrics": {"containerPort": 9500}}, podMonitor={"enabled": False}
+    )
     assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9500"
 
 
@@ -724,10 +735,10 @@ def test_the_gateway_network_policy_lets_only_the_sidecars_send_otlp(rendered: A
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_template["metadata"]["labels"].items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     otlp, scrape = policy["spec"]["ingress"]
-    container_ports = {p["name"] for p in agent_container(pod_template["spec"])["ports"]}
-    assert [p["port"] for p in otlp["ports"]] == ["otlp", "otlp-http"]
-    assert [p["port"] for p in scrape["ports"]] == ["metrics", "admin"]
-    assert {p["port"] for p in otlp["ports"] + scrape["ports"]} <= container_ports  # named ports the pods declare
+    container_ports = {p["name"]: p["containerPort"] for p in agent_container(pod_template["spec"])["ports"]}
+    assert [p["port"] for p in otlp["ports"]] == [container_ports["otlp"], container_ports["otlp-http"]]
+    assert [p["port"] for p in scrape["ports"]] == [container_ports["metrics"], container_ports["admin"]]
+    assert {p["protocol"] for p in otlp["ports"] + scrape["ports"]} == {"TCP"}
     assert "from" not in scrape  # Prometheus and the kubelet's probes are never cut off
     ((peer,),) = [otlp["from"]]
     sidecar_labels = the_workload(sidecars)["spec"]["template"]["metadata"]["labels"]
@@ -736,16 +747,25 @@ def test_the_gateway_network_policy_lets_only_the_sidecars_send_otlp(rendered: A
     assert objects(sidecars, "NetworkPolicy") == []
 
 
-def test_a_network_policy_never_has_a_rule_without_ports(helm_python: Path, tmp_path: Path) -> None:
-    """A rule without ports would open every port: closing both OTLP ports leaves the scrape rule alone."""
-    closed = {"otlp": {"enabled": False}, "otlp-http": {"enabled": False}}
+def test_a_network_policy_opens_the_ports_the_agent_listens_on_whether_declared_or_not(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    """`ports.<name>.enabled: false` only leaves the port off the container: the agent still listens on it, and
+    sidecars dial the pods' addresses, so the policy must not close it (a named port no container declares would
+    match nothing). A rule never loses its ports either: one without ports would open every port."""
+    closed = {"otlp": {"enabled": False}, "otlp-http": {"enabled": False, "containerPort": 14318}}
     values = {"mode": "gateway", "networkPolicy": {"enabled": True}, "ports": closed}
     (policy,) = objects(render_with(helm_python, tmp_path, values), "NetworkPolicy")
-    assert [[p["port"] for p in rule["ports"]] for rule in policy["spec"]["ingress"]] == [["metrics", "admin"]]
-    values["ports"] = {"otlp-http": {"enabled": False}}
-    (policy,) = objects(render_with(helm_python, tmp_path, values), "NetworkPolicy")
-    otlp = policy["spec"]["ingress"][0]
-    assert ([p["port"] for p in otlp["ports"]], otlp["from"]) == (["otlp"], [{"podSelector": {}}])  # the default
+    otlp, scrape = policy["spec"]["ingress"]
+    assert ([p["port"] for p in otlp["ports"]], otlp["from"]) == ([4317, 14318], [{"podSelector": {}}])  # the default
+    assert [p["port"] for p in scrape["ports"]] == [9464, 13133]
+
+
+def test_agent_ports_are_tcp_only(helm_python: Path, tmp_path: Path) -> None:
+    """Every listener of the agent is TCP: a UDP port would mislabel the container and Service ports."""
+    for protocol, valid in (("UDP", False), ("SCTP", False), ("TCP", True)):
+        failures = lint_failures(helm_python, tmp_path, {"mode": "gateway", "ports": {"otlp": {"protocol": protocol}}})
+        assert (failures == []) == valid, (protocol, failures)
 
 
 def test_a_network_policy_is_for_gateway_mode_and_takes_network_policy_peers(helm_python: Path, tmp_path: Path) -> None:
@@ -760,3 +780,98 @@ def test_a_network_policy_is_for_gateway_mode_and_takes_network_policy_peers(hel
     assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": mixed})
     alone = {"enabled": True, "otlpFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}, {"podSelector": {}}]}
     assert lint_failures(helm_python, tmp_path, {**gateway, "networkPolicy": alone}) == []
+
+
+ADMIN_TLS = {"tls": {"cert_file": "/etc/tls/tls.crt", "key_file": "/etc/tls/tls.key"}}
+
+
+def test_probes_and_monitors_follow_the_tls_the_agent_serves(helm_python: Path, tmp_path: Path) -> None:
+    """An admin endpoint on HTTPS only: plain-HTTP probes would never pass (a native sidecar would hold the
+    orchestrator back) and a plain scrape would fail. The monitors' TLS settings go to the TLS endpoints only."""
+    values = {
+        "mode": "gateway",
+        "config": {"service": {"telemetry": {"admin": ADMIN_TLS}}},
+        "podMonitor": {"enabled": True, "tlsConfig": {"insecureSkipVerify": True}},
+        "livenessProbe": {"httpGet": {"scheme": "HTTP"}},  # a scheme set here is kept
+    }
+    rendered = render_with(helm_python, tmp_path, values)
+    agent = agent_container(the_workload(rendered)["spec"]["template"]["spec"])
+    assert agent["readinessProbe"]["httpGet"]["scheme"] == agent["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert agent["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+    (monitor,) = objects(rendered, "PodMonitor")
+    endpoints = {e["port"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert (endpoints["admin"]["scheme"], endpoints["admin"]["tlsConfig"]) == ("https", {"insecureSkipVerify": True})
+    assert "scheme" not in endpoints["metrics"] and "tlsConfig" not in endpoints["metrics"]
+
+    metrics_tls = {"exporters": {"prometheus": ADMIN_TLS}}
+    values = {"mode": "gateway", "config": metrics_tls, "serviceMonitor": {"enabled": True}}
+    rendered = render_with(helm_python, tmp_path, values)
+    agent = agent_container(the_workload(rendered)["spec"]["template"]["spec"])
+    assert "scheme" not in agent["readinessProbe"]["httpGet"]
+    (monitor,) = objects(rendered, "ServiceMonitor")
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert endpoints["metrics"]["scheme"] == "https" and "scheme" not in endpoints["admin"]
+    annotated = render_with(helm_python, tmp_path, {"mode": "gateway", "config": metrics_tls})
+    annotations = the_workload(annotated)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https"
+
+
+def test_an_admin_endpoint_asking_for_client_certificates_is_refused(helm_python: Path, tmp_path: Path) -> None:
+    mutual = {"tls": {**ADMIN_TLS["tls"], "client_ca_file": "/etc/tls/ca.crt"}}
+    values = {"mode": "gateway", "config": {"service": {"telemetry": {"admin": mutual}}}}
+    failures = lint_failures(helm_python, tmp_path, values)
+    assert any("kubelet's probes of the admin endpoint present no client certificate" in f for f in failures), failures
+
+
+def test_a_monitored_agent_is_not_also_annotated_for_scraping(helm_python: Path, tmp_path: Path) -> None:
+    """An annotation-based job and the PodMonitor would both scrape the agents: the LLM budget sums would count
+    every dollar twice. Other annotations stay."""
+    annotations = {"prometheus.io/scrape": "true", "team": "llm"}
+    monitored = sidecar_workload_with(helm_python, tmp_path, podAnnotations=annotations)
+    assert {
+        k: v for k, v in monitored["spec"]["template"]["metadata"]["annotations"].items() if k != "checksum/config"
+    } == {"team": "llm"}
+    plain = sidecar_workload_with(helm_python, tmp_path, podAnnotations=annotations, podMonitor={"enabled": False})
+    assert plain["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def test_a_drain_takes_one_gateway_agent_at_a_time(rendered: Any, helm_python: Path, tmp_path: Path) -> None:
+    gateway = rendered["gateway.yaml"]
+    (budget,) = objects(gateway, "PodDisruptionBudget")
+    labels = the_workload(gateway)["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert objects(rendered["sidecar.yaml"], "PodDisruptionBudget") == []
+    off = {"mode": "gateway", "gateway": {"podDisruptionBudget": {"enabled": False}}}
+    assert objects(render_with(helm_python, tmp_path, off), "PodDisruptionBudget") == []
+    share = {"mode": "gateway", "gateway": {"podDisruptionBudget": {"maxUnavailable": "50%"}}}
+    (budget,) = objects(render_with(helm_python, tmp_path, share), "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == "50%"
+    assert lint_failures(helm_python, tmp_path, {"gateway": {"podDisruptionBudget": {"maxUnavailable": "half"}}})
+
+
+@pytest.mark.parametrize(
+    ("grace", "timeout", "refused"),
+    [
+        (5, "20s", True),
+        (20, "20s", True),
+        (45, "1m", True),
+        (45, "20s", False),
+        (61, "1m", False),
+        (2, "1500ms", False),
+    ],
+)
+def test_a_grace_period_shorter_than_the_flush_budget_is_refused(
+    helm_python: Path, tmp_path: Path, grace: int, timeout: str, refused: bool
+) -> None:
+    values = {"terminationGracePeriodSeconds": grace, "config": {"service": {"shutdown_timeout": timeout}}}
+    failures = lint_failures(helm_python, tmp_path, values)
+    assert any("is not longer than config.service.shutdown_timeout" in f for f in failures) == refused, failures
+
+
+def test_a_regular_sidecar_is_held_back_while_the_orchestrator_flushes(rendered: Any) -> None:
+    """ci/sidecar-non-native.yaml: SIGTERM reaches both containers at once; the agent's preStop delays its own."""
+    agent = agent_container(the_workload(rendered["sidecar-non-native.yaml"])["spec"]["template"]["spec"])
+    assert agent["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
+    native = agent_container(the_workload(rendered["sidecar.yaml"])["spec"]["template"]["spec"])
+    assert "lifecycle" not in native  # stops after the orchestrator's containers anyway

@@ -138,11 +138,19 @@ The agent container. Also the snippet for injecting the agent into your own pod 
     {{- end }}
     {{- end }}
   livenessProbe:
-    {{- toYaml .Values.livenessProbe | nindent 4 }}
+    {{- include "otel-sidecar.probe" (list . .Values.livenessProbe) | nindent 4 }}
+  {{- if eq .Values.mode "gateway" }}
+  {{- /* Not beside the orchestrator: a sidecar's readiness is its pod's, and the agent is not ready while it
+  reloads (a SIGHUP, a rotated certificate), which would take the orchestrator out of its Services. */}}
   readinessProbe:
-    {{- toYaml .Values.readinessProbe | nindent 4 }}
+    {{- include "otel-sidecar.probe" (list . .Values.readinessProbe) | nindent 4 }}
+  {{- end }}
   startupProbe:
-    {{- toYaml .Values.startupProbe | nindent 4 }}
+    {{- include "otel-sidecar.probe" (list . .Values.startupProbe) | nindent 4 }}
+  {{- with .Values.lifecycle }}
+  lifecycle:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:
@@ -191,4 +199,31 @@ claim template instead. */}}
 {{/* True (non-empty) when a StatefulSet creates one data claim per pod from a claim template. */}}
 {{- define "otel-sidecar.claimTemplate" -}}
 {{- if and .Values.persistence.enabled (not .Values.persistence.existingClaim) (eq (include "otel-sidecar.kind" .) "StatefulSet") }}true{{ end }}
+{{- end }}
+
+{{/* A probe of the admin endpoint, over HTTPS when the config serves it so (unless the probe names its scheme).
+Called with (list <root context> <probe>). */}}
+{{- define "otel-sidecar.probe" -}}
+{{- $root := index . 0 }}
+{{- $probe := deepCopy (index . 1) }}
+{{- if and (include "otel-sidecar.adminTls" $root) (not (hasKey $probe.httpGet "scheme")) }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/* Non-empty when the config the chart renders serves the admin endpoint (probes, own metrics) over TLS. The chart
+cannot see into an existingConfigMap: set the probes' and monitors' schemes yourself then. */}}
+{{- define "otel-sidecar.adminTls" -}}
+{{- if and (not .Values.existingConfigMap) (dig "service" "telemetry" "admin" "tls" "cert_file" "" (.Values.config | default dict)) }}true{{ end }}
+{{- end }}
+
+{{/* Non-empty when the config the chart renders serves the span metrics (the `prometheus` exporter) over TLS. */}}
+{{- define "otel-sidecar.metricsTls" -}}
+{{- if and (not .Values.existingConfigMap) (dig "exporters" "prometheus" "tls" "cert_file" "" (.Values.config | default dict)) }}true{{ end }}
+{{- end }}
+
+{{/* Non-empty when the chart renders a PodMonitor or ServiceMonitor for these agents. */}}
+{{- define "otel-sidecar.monitored" -}}
+{{- if or .Values.podMonitor.enabled (and .Values.serviceMonitor.enabled (eq .Values.mode "gateway")) }}true{{ end }}
 {{- end }}
