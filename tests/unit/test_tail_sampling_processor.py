@@ -231,6 +231,37 @@ def test_a_late_error_span_of_an_error_trace_keeps_the_error_class() -> None:
     assert [(o.retention_class, o.policy) for o in exported_spans(r.trace_sink)] == [("error", "errors")] * 2
 
 
+def test_a_failure_arriving_after_its_trace_was_dropped_keeps_the_trace_from_then_on() -> None:
+    """A workflow failing (timing out) after decision_wait: its trace was dropped on its first spans. The failed
+    span and everything after it are kept as an error trace; what was dropped before is gone."""
+    r = rig()
+    r.traces.consume(spans_request(span(DROPPED, 1)))
+    r.tick_after(11)  # decision_wait: dropped on its first span
+    assert exported_spans(r.trace_sink) == []
+    r.traces.consume(spans_request(span(DROPPED, 2), span(DROPPED, 3, error=True)))  # the failed step, late
+    r.traces.consume(spans_request(span(DROPPED, 4, root=True)))  # the root, later still
+    out = exported_spans(r.trace_sink)  # no tick needed
+    assert [(o.span_id[-1], o.retention_class, o.policy) for o in out] == [
+        (2, "error", "errors"),
+        (3, "error", "errors"),
+        (4, "error", "errors"),
+    ]
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="keep") == 3
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 0
+
+
+@pytest.mark.parametrize("errors", [{"keep_late_failures": False}, {"enabled": False}])
+def test_a_late_failure_follows_the_drop_when_the_errors_policy_does_not_keep_it(errors: dict[str, bool]) -> None:
+    r = rig(policies={"errors": errors, "probabilistic": {"percentage": 10}})
+    r.traces.consume(spans_request(span(DROPPED, 1)))
+    r.tick_after(11)
+    r.traces.consume(spans_request(span(DROPPED, 2, error=True)))
+    assert exported_spans(r.trace_sink) == []
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 1
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 0
+
+
 # --- memory bounds -------------------------------------------------------------------------------------------------
 
 
@@ -368,9 +399,10 @@ def test_refused_data_held_for_the_next_stage_never_decides_waiting_traces_early
         assert r.sampler.pending_bytes + r.sampler.buffer.bytes <= r.sampler._byte_limit + 8 * 1024
     assert backlog, "the held data filled the bound: the senders were refused"
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") == 0
-    # Request k carries the roots of request k-1's 4 traces: late when k came decision_wait or more after k-1.
+    # Request k carries the roots of request k-1's 4 traces: late when k came decision_wait or more after k-1
+    # (those error roots then keep the rest of their dropped traces: policies.errors.keep_late_failures).
     came_late = sum(1 for before, after in itertools.pairwise(accepted_at) if after - before >= 10)
-    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 4 * came_late
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 4 * came_late
 
 
 def test_a_permanent_error_from_the_next_stage_is_counted_as_lost_not_retried() -> None:

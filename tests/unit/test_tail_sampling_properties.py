@@ -107,14 +107,24 @@ def check_exactly_once_and_complete(scenario: Scenario, result: Run) -> dict[byt
         by_trace.setdefault(o.trace_id, []).append(o)
     for spec in scenario.traces:
         exported = by_trace.get(spec.trace_id, [])
-        # Kept: every span, late ones included, comes out; dropped: none does. Nothing is left behind.
-        assert len(exported) in (0, spec.spans), (spec, exported)
-        if not is_sampled(spec.trace_id, TEN_PERCENT_THRESHOLD) and spec.error_span is None:
+        classes = {(o.retention_class, o.policy) for o in exported}
+        assert len(classes) <= 1, "spans of one trace carry different decisions"
+        # Kept: every span, late ones included, comes out; dropped: none does. Nothing is left behind. Except a
+        # trace dropped before its failure came: from the failing span's request on, everything is kept.
+        if 0 < len(exported) < spec.spans:
+            assert spec.error_span is not None, (spec, exported)
+            since = result.sent_at[(spec.trace_id, spec.error_span.to_bytes(8, "big"))]
+            expected = {
+                span_id for (tid, span_id), at in result.sent_at.items() if tid == spec.trace_id and at >= since
+            }
+            assert {o.span_id for o in exported} == expected, (spec, exported)
+            assert classes == {("error", "errors")}
+        if spec.error_span is not None:
+            assert spec.error_span.to_bytes(8, "big") in {o.span_id for o in exported}, "a failed span was dropped"
+        elif not is_sampled(spec.trace_id, TEN_PERCENT_THRESHOLD):
             assert exported == [], "a trace no policy keeps was exported"
         if is_sampled(spec.trace_id, TEN_PERCENT_THRESHOLD):
             assert len(exported) == spec.spans, "a trace the probabilistic policy keeps was not exported"
-        classes = {(o.retention_class, o.policy) for o in exported}
-        assert len(classes) <= 1, "spans of one trace carry different decisions"
     assert len(result.rig.sampler.buffer) == 0
     return by_trace
 

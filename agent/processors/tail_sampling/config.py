@@ -30,6 +30,13 @@ class ErrorsPolicyConfig:
     http_server_errors: bool = setting(
         False, doc="Also count a span with `http.response.status_code` >= 500 as an error, whatever its status."
     )
+    keep_late_failures: bool = setting(
+        True,
+        doc="A span with status ERROR arriving after its trace was dropped (a workflow failing, or timing out, "
+        "after `decision_wait`) keeps the trace from then on, with this policy's class: it and the trace's later "
+        "spans are exported, the spans dropped before are gone. Off: late spans follow the drop, as in the "
+        "Collector.",
+    )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ class SamplingMetrics:
         )
         self.late_kept = late.labels(cid, "keep")
         self.late_dropped = late.labels(cid, "drop")
+        self.late_failures_kept = m.counter(
+            "sampling_late_failures_kept_total",
+            "Dropped traces kept from then on because a failed span (status ERROR) of theirs came after the "
+            "decision (policies.errors.keep_late_failures); their spans dropped before are lost.",
+            label,
+        ).labels(cid)
         self.decision_latency = m.component_collector(_LatencyFamily.NAME, _LatencyFamily).child(cid)
         entries = m.gauge("sampling_cache_entries", "Trace ids in the decision caches.", [*label, "cache"])
         self.kept_entries = entries.labels(cid, "kept")

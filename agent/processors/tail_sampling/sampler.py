@@ -79,6 +79,12 @@ class TailSampler:
         self.dropped = DroppedCache(config.decision_cache.dropped_size)
         self.logs = LogClassifier(retention.classes, retention.default_class, config.log_error_class)
         self.metrics = SamplingMetrics(settings)
+        errors = config.policies.errors
+        self._late_failure: Decision | None = (
+            Decision(True, errors.retention_class, "errors", 0)
+            if errors.enabled and errors.keep_late_failures
+            else None
+        )
         self._consumers: dict[Signal, Consumer] = {}
         self._pending: dict[Signal, collections.deque[_Pending]] = {s: collections.deque() for s in SPECS}
         self.pending_bytes = 0
@@ -198,7 +204,11 @@ class TailSampler:
                             late_kept += len(indices)
                             continue
                         if trace_id in dropped:
-                            late_dropped += len(indices)
+                            if self._late_failure is not None and trace_id in failed:
+                                self._keep_late_failure(trace_id, rs, ss, indices, bytes_per_span, release)
+                                late_kept += len(indices)
+                            else:
+                                late_dropped += len(indices)
                             continue
                         trace = buffer.create(trace_id, now)
                     elif not trace.span_count:
@@ -314,6 +324,18 @@ class TailSampler:
         unheld = max(request_bytes - held_bytes, 0)
         if len(holders) > 1 or (holders and unheld > request_bytes >> 4):
             self.buffer.pin(holders, unheld, held_bytes)
+
+    def _keep_late_failure(
+        self, trace_id: bytes, rs: Any, ss: Any, indices: list[int], bytes_per_span: float, release: Release
+    ) -> None:
+        """A dropped trace failed after its decision: keep what comes of it from now on, as the errors policy
+        would have (the spans dropped before are gone)."""
+        decision = self._late_failure
+        assert decision is not None
+        self.kept.put(trace_id, decision)  # asked before the dropped filter, so its later spans follow
+        builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
+        builder.add_spans(rs, ss, indices, decision.retention_class, decision.policy, decision.threshold)
+        self.metrics.late_failures_kept.inc()
 
     def _after_ingest(self, release: Release) -> None:
         if self._closed:
