@@ -195,12 +195,24 @@ def test_a_configured_component_attribute_names_the_component_of_an_error() -> N
     assert connector.families.errors.value(("timeout", "executor")) == 1
 
 
-def test_skipped_steps_are_counted_as_skipped() -> None:
+@pytest.mark.parametrize(("key", "value"), [("step.status", "skipped"), ("step_status", "Skipped")])
+def test_skipped_steps_are_counted_as_skipped(key: str, value: str) -> None:
+    """`step_status = ?status` in a Rust orchestrator's tracing fields records the enum's Debug form."""
     connector, _ = make()
     span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="step")
-    span.attributes.extend([attr("step.type", "transform"), attr("step.status", "skipped")])
+    span.attributes.extend([attr("step.type", "transform"), attr(key, value)])
     connector.consume(to_request({"svc": [span]}))
     assert connector.families.step_executions.value(("transform", "skipped")) == 1
+
+
+def test_a_rust_orchestrators_error_type_field_labels_its_errors() -> None:
+    """The seeds' `record_error("timeout", ..)` as a tracing field: without it every error is `_OTHER`, and the
+    WorkflowTimeout alert cannot match."""
+    connector, _ = make()
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="workflow", status=Status(code=2))
+    span.attributes.extend([attr("workflow_name", "rag"), attr("error_type", "timeout")])
+    connector.consume(to_request({"svc": [span]}))
+    assert connector.families.errors.value(("timeout", "executor")) == 1
 
 
 def test_a_rust_orchestrators_tracing_fields_count_as_workflows_and_snake_cased_step_types() -> None:

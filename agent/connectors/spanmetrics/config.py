@@ -89,14 +89,14 @@ class AttributesConfig:
         default_factory=lambda: ["step.type", "step_type"],
     )
     step_status: list[str] = setting(
-        doc="Span attributes whose value `skipped` marks a skipped step (otherwise the status is success/failure "
-        "from the span status).",
-        default_factory=lambda: ["step.status"],
+        doc="Span attributes whose value `skipped` (in any case: `Skipped`, a Rust enum's `Debug` form) marks a "
+        "skipped step (otherwise the status is success/failure from the span status).",
+        default_factory=lambda: ["step.status", "step_status"],
     )
     error_type: list[str] = setting(
         doc="Span attributes giving the `error_type` of a failed span; without one, the `exception.type` of the "
         "span's exception event, else `_OTHER`.",
-        default_factory=lambda: ["error.type"],
+        default_factory=lambda: ["error.type", "error_type"],
     )
     component: list[str] = setting(
         doc="Span attributes giving the `component` of a failed span; without one: `executor` for workflow spans, "

@@ -125,6 +125,10 @@ RedLookup = dict[tuple[str, int, int], Execution]
 _CREDENTIALS = Redactor(RedactionConfig())
 
 
+def _is_skipped(step_status: str | None) -> bool:
+    return step_status is not None and step_status.lower() == "skipped"
+
+
 def label_text(text: str) -> str:
     """A label value taken from span content, with credentials masked as the redaction processor masks them.
 
@@ -492,7 +496,7 @@ class SpanMetricsConnector:
             if step_type is not None:
                 role = role or "step_executor"
                 step_status = status
-                if not failed and roles & ROLE_STEP_STATUS and first_text(values, scanner.step_status) == "skipped":
+                if not failed and roles & ROLE_STEP_STATUS and _is_skipped(first_text(values, scanner.step_status)):
                     step_status = "skipped"
                 key = (step_type, step_status)
                 execution = self._steps.get(key) or self._step_execution(key, now)
