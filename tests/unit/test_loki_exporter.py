@@ -176,6 +176,7 @@ def trace_with_events(retention_class: str) -> ExportTraceServiceRequest:
         trace_id=TRACE_ID, span_id=SPAN_ID, name="chat gpt-4o", start_time_unix_nano=1_700_000_000_000_000_000
     )
     span.status.code = 2
+    span.attributes.extend([attr("correlation_id", "req-7f3a"), attr("gen_ai.request.model", "gpt-4o")])
     exception = span.events.add(name="exception", time_unix_nano=1_700_000_000_000_000_900)
     exception.attributes.extend(
         [
@@ -205,9 +206,13 @@ async def test_span_events_of_kept_traces_become_log_lines_linked_to_their_span(
     assert exception.metadata["span_name"] == "chat gpt-4o"
     assert exception.metadata["exception_type"] == "RateLimitError"
     assert "exception_stacktrace" not in exception.metadata
+    # The span's correlation id, which a query by request starts from; not every span attribute.
+    assert exception.metadata["correlation_id"] == "req-7f3a"
+    assert "gen_ai_request_model" not in exception.metadata
     labels, retry = by_line["retry"]
     assert labels["level"] == "info"
     assert retry.metadata["retry_attempt"] == "1"
+    assert retry.metadata["correlation_id"] == "req-7f3a"
     assert by_line["no_time"][1].timestamp_ns == 1_700_000_000_000_000_000
     assert value(metrics, "loki_span_events_total") == 3
 

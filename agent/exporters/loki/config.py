@@ -43,6 +43,11 @@ class LokiExporterConfig:
         doc="Span events of the traces this exporter receives, sent as log lines linked by trace and span id: "
         "`all`, only `exceptions`, or `none`.",
     )
+    span_event_attributes: list[str] = setting(
+        doc="Attributes of a span copied onto the log lines of its events (structured metadata, as the event's own "
+        "attributes), so that a query by an orchestrator's correlation id finds its exceptions too.",
+        default_factory=lambda: ["correlation_id", "correlation.id", "workflow_id", "workflow.id"],
+    )
     retention_classes: list[str] = setting(
         doc="Retention classes this exporter receives; empty receives every class (Loki keeps each for as long "
         "as its `retention_stream` on the `retention` label says).",

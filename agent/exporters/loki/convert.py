@@ -91,8 +91,11 @@ def _plain(value: AnyValue) -> Any:
 # --- span events → log records ---------------------------------------------------------------------------------------
 
 
-def span_events_to_logs(request: ExportTraceServiceRequest, mode: str) -> ExportLogsServiceRequest | None:
-    """Log records for the span events of ``request`` (``mode``: ``all`` or ``exceptions``), or None."""
+def span_events_to_logs(
+    request: ExportTraceServiceRequest, mode: str, span_keys: frozenset[str] = frozenset()
+) -> ExportLogsServiceRequest | None:
+    """Log records for the span events of ``request`` (``mode``: ``all`` or ``exceptions``), or None. Each carries
+    the span's attributes named in ``span_keys`` besides its event's."""
     out = ExportLogsServiceRequest()
     for resource_spans in request.resource_spans:
         target_resource = None
@@ -109,7 +112,10 @@ def span_events_to_logs(request: ExportTraceServiceRequest, mode: str) -> Export
                     if target_scope is None:
                         target_scope = target_resource.scope_logs.add(schema_url=scope_spans.schema_url)
                         target_scope.scope.CopyFrom(scope_spans.scope)
-                    _event_record(target_scope.log_records.add(), span, event, exception)
+                    record = target_scope.log_records.add()
+                    _event_record(record, span, event, exception)
+                    if span_keys:
+                        record.attributes.extend(kv for kv in span.attributes if kv.key in span_keys)
     return out if out.resource_logs else None
 
 

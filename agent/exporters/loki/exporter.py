@@ -40,6 +40,7 @@ class LokiExporter:
         self._settings = settings
         self._log = RateLimitedLog(settings.logger)
         self._filter = RetentionFilter(config.retention_classes, settings)
+        self._span_event_keys = frozenset(config.span_event_attributes)
         self._mapper = StreamMapper(
             config.label_resource_attributes, RetentionClassifier(settings.service), config.max_line_bytes
         )
@@ -93,7 +94,7 @@ class LokiExporter:
         if signal is Signal.LOGS:
             self._queue.offer(signal, batch)
         elif signal is Signal.TRACES and self._config.span_events != "none":
-            logs = span_events_to_logs(batch, self._config.span_events)  # type: ignore[arg-type]
+            logs = span_events_to_logs(batch, self._config.span_events, self._span_event_keys)  # type: ignore[arg-type]
             if logs is not None:
                 self._queue.offer(Signal.LOGS, logs)
                 self._converted.inc(sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs))
