@@ -243,6 +243,7 @@ class Agent:
                 # ports to senders for a moment, and a failure there would turn a clean exit into a failed start.
                 self._log.info("stopping during the config reload: the new config is not started")
                 return False
+            graph.take_over(self.graph)
             reloaded = await self._start_instead(graph)
             if reloaded:
                 self._apply_service_settings(config)
@@ -283,7 +284,9 @@ class Agent:
         try:
             # Built again (its components were shut down), which may fail now: TLS files moved away since.
             self._tls_read.pipelines = TlsFilesRead(self.config).pipelines
-            previous = self.graph = Graph(self.config, self.metrics)
+            stopped, previous = self.graph, Graph(self.config, self.metrics)
+            self.graph = previous
+            previous.take_over(stopped)
             await previous.start()
         except Exception as exc:
             # Nothing runs any more: release what did start, and exit as at a failed start.

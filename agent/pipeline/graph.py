@@ -98,6 +98,15 @@ class Graph:
                 held[path] = counted + items  # one sampler serves the traces and the logs pipelines
         return held
 
+    def take_over(self, previous: Graph) -> None:
+        """At a reload, before this graph starts: each exporter with a ``take_over_from`` hook is given the stopped
+        exporter of the same id and type, for what it must know of its predecessor (not data: that was flushed)."""
+        for exporter_id, exporter in self._exporters.items():
+            before = previous._exporters.get(exporter_id)
+            hook = getattr(exporter, "take_over_from", None)
+            if hook is not None and before is not None and type(before) is type(exporter):
+                hook(before)
+
     def component(self, component_id: str, kind: Kind | None = None) -> Any:
         for node in self._nodes:
             if node.id == component_id and (kind is None or node.kind is kind):

@@ -3,6 +3,8 @@ the admin endpoint left where it listens. tests/integration/test_agent_process.p
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
@@ -188,3 +192,50 @@ async def test_a_refused_reload_leaves_the_running_exporters_gauges_alone(tmp_pa
         assert (gauge("backends"), gauge("healthy_backends")) == (2, 2)
     finally:
         await running.agent.stop()
+
+
+async def test_a_counter_restarted_by_a_reload_rises_from_zero_though_scraped_only_after_it(tmp_path: Path) -> None:
+    """A reload rebuilds the span-metrics connector, whose counters start again. A count of 1 scraped before the
+    reload and 2 after, first scraped after, read 1 → 2 in Prometheus: no reset, and one count lost from
+    increase(). The new exporter takes the previous one's last scrape, so the restarted series rises from zero."""
+    metrics_endpoint = f"127.0.0.1:{free_port()}"
+    config = base_config(tmp_path / "out")
+    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint}
+    config["service"]["pipelines"]["metrics"]["exporters"] = ["prometheus"]
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/metrics"
+
+        async def push_and_scrape(session: aiohttp.ClientSession, value: int) -> float:
+            start = time.time_ns()  # each run of the counter starts now, as the rebuilt connector's do
+            body = ExportMetricsServiceRequest(
+                resource_metrics=[{"scope_metrics": [{"metrics": [failed_spans(value, start)]}]}]
+            ).SerializeToString()
+            async with session.post(http, data=body, headers={"Content-Type": "application/x-protobuf"}) as answer:
+                assert answer.status == 200
+            await wait_for(lambda: agent.graph.component("prometheus").accumulator.pending == 0)
+            async with session.get(f"http://{metrics_endpoint}/metrics") as scrape:
+                return metric_value(await scrape.text(), "spans_failed_total")
+
+        async with aiohttp.ClientSession() as session:
+            assert await push_and_scrape(session, 1) == 1  # before any scrape: its value (the agent may be new)
+            assert await agent.reload()
+            assert await push_and_scrape(session, 2) == 0  # was 2
+    finally:
+        await agent.stop()
+
+
+def failed_spans(value: int, start_ns: int) -> Metric:
+    metric = Metric(name="spans.failed")
+    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    metric.sum.is_monotonic = True
+    metric.sum.data_points.add(as_int=value, start_time_unix_nano=start_ns, time_unix_nano=start_ns + 1)
+    return metric
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

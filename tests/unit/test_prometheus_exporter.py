@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import math
@@ -130,6 +131,7 @@ def dropped(metrics: SelfMetrics, reason: str) -> float:
         ("weird..name__x", "", "gauge", "weird_name_x"),
         ("2xx.responses", "", "counter", "_2xx_responses"),
         ("seconds", "s", "gauge", "seconds"),  # the name is the unit word: not seconds_seconds
+        ("http:requests", "", "counter", "http_requests"),  # colons are for recording rules
     ],
 )
 def test_metric_names_follow_the_opentelemetry_to_prometheus_rules(
@@ -729,6 +731,45 @@ async def test_the_endpoint_negotiates_text_or_openmetrics_and_gzip() -> None:
         )
 
 
+async def test_concurrent_scrapes_share_one_render() -> None:
+    """Rendering many series takes seconds of CPU: four scrapers each rendering their own shared the interpreter
+    and all timed out. Those asking while a render is under way get its result; a later scrape renders anew."""
+    port = free_port()
+    exp, metrics = exporter(PrometheusExporterConfig(endpoint=HostPort(f"127.0.0.1:{port}")))
+    exp.consume(request(sum_metric("jobs", number(3))))
+    renders = []
+
+    class SlowCollector:
+        def collect(self) -> list[Any]:
+            renders.append(time.monotonic())
+            time.sleep(0.3)  # in the render's thread: the event loop serves the other scrapes meanwhile
+            return []
+
+    exp.registry.register(SlowCollector())  # type: ignore[arg-type]
+    await exp.start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as session:
+
+            async def scrape(accept: str = "") -> str:
+                async with session.get(url, headers={"Accept": accept}) as response:
+                    assert response.status == 200
+                    return await response.text()
+
+            bodies = await asyncio.gather(*(scrape() for _ in range(4)))
+            assert len(renders) == 1 and len(set(bodies)) == 1 and "jobs_total 3.0" in bodies[0]
+            openmetrics_accept = "application/openmetrics-text;version=1.0.0"
+            text_body, om_body = await asyncio.gather(scrape(), scrape(openmetrics_accept))
+            assert len(renders) == 3  # one per format
+            assert om_body.endswith("# EOF\n") and not text_body.endswith("# EOF\n")
+    finally:
+        await exp.shutdown(time.monotonic() + 1)
+    scrapes = metrics.registry.get_sample_value(
+        "otel_sidecar_prometheus_scrapes_total", {"exporter": "prometheus", "format": "text"}
+    )
+    assert scrapes == 5  # every scrape is still counted
+
+
 def test_bad_exporter_settings_are_reported_with_their_paths() -> None:
     from agent.config.loader import load_text
     from agent.config.schema import ConfigInvalid
@@ -840,6 +881,67 @@ def test_delta_points_without_a_start_time_accumulate() -> None:
         exp.consume(request(sum_metric("hits", number(value, 0, end), temporality=DELTA)))
     assert metric_value(text(exp), "hits_total") == 7
     assert dropped(metrics, "misaligned_delta") == 0
+
+
+def test_a_colon_in_an_otlp_name_gives_one_family_name_in_both_formats() -> None:
+    """prometheus_client's OpenMetrics writer turns a sample name's colon into "_" but not its # TYPE line's: the
+    counter lost its type there, was named differently in the text format, and collided with `http_requests`."""
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("http:requests", number(2))))
+    for exposition in (text(exp), openmetrics(exp)):
+        assert metric_value(exposition, "http_requests_total") == 2
+        type_line = next(line for line in exposition.splitlines() if line.startswith("# TYPE"))
+        assert type_line.split()[2] in ("http_requests", "http_requests_total")  # OpenMetrics, text 0.0.4
+    families = {f.name: f.type for f in text_string_to_metric_families(openmetrics(exp))}
+    assert families["http_requests"] == "counter"
+
+
+def test_a_non_finite_exemplar_is_left_out_not_shown_as_zero_in_the_first_bucket() -> None:
+    exp, _ = exporter()
+    point = HistogramDataPoint(
+        time_unix_nano=5 * S,
+        count=3,
+        sum=0.05,
+        bucket_counts=[1, 0, 2],
+        explicit_bounds=[0.1, 1.0],
+        exemplars=[
+            Exemplar(as_double=0.05, trace_id=b"\xaa" * 16, span_id=b"\xbb" * 8),
+            Exemplar(as_double=math.nan, trace_id=b"\xcc" * 16, span_id=b"\xdd" * 8),
+            Exemplar(as_double=math.inf, trace_id=b"\xee" * 16, span_id=b"\xff" * 8),
+        ],
+    )
+    exp.consume(request(histogram_metric("rpc.duration", point)))
+    om = openmetrics(exp)
+    first = next(line for line in om.splitlines() if 'le="0.1"' in line)
+    assert "aa" * 16 in first and first.endswith(" 0.05")  # the real exemplar, not pushed out by a made-up 0.0
+    assert "cc" * 16 not in om and "ee" * 16 not in om
+
+
+def test_an_attribute_already_named_exported_job_is_not_overwritten_by_the_renamed_job() -> None:
+    """Two points differing only in exported_job merged into one series (the last value won)."""
+    exp, _ = exporter()
+    exp.consume(
+        request(
+            Metric(name="queue.depth", gauge={"data_points": [number(1, job="a", exported_job="x")]}),
+            Metric(name="queue.depth", gauge={"data_points": [number(2, job="a", exported_job="y")]}),
+            resource={"service.name": "svc"},
+        )
+    )
+    out = text(exp)
+    assert metric_value(out, "queue_depth", job="svc", exported_job="x", exported_exported_job="a") == 1
+    assert metric_value(out, "queue_depth", job="svc", exported_job="y", exported_exported_job="a") == 2
+
+
+def test_exponential_bucket_bounds_at_powers_of_two_are_exact() -> None:
+    exp, _ = exporter()
+    point = ExponentialHistogramDataPoint(time_unix_nano=S, count=3, sum=5.0, scale=3)
+    point.positive.offset = 7
+    point.positive.bucket_counts.extend([1, 2])  # (2**(7/8), 2] and (2, 2**(9/8)]
+    metric = Metric(name="payload.size", unit="By")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(point)
+    exp.consume(request(metric))
+    assert metric_value(text(exp), "payload_size_bytes_bucket", le="2.0") == 1  # was le="2.0000000000000004"
 
 
 # --- new series rise from zero ------------------------------------------------------------------------------------

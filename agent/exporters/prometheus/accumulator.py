@@ -175,20 +175,21 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     """
     if not 0.0 <= point.zero_threshold < math.inf:
         raise ValueError(f"zero_threshold {point.zero_threshold} is not a finite, non-negative number")
-    base = 2.0 ** (2.0**-point.scale)
+    # 2 ** (k / 2**scale) rather than base ** k: one rounding, so bounds at powers of two are exact (le="2.0").
+    step = 2.0**-point.scale
     uppers: list[float] = []
     counts: list[float] = []
     negative = point.negative
     # Empty negative buckets are left out: the Python SDK sends one ([0]) with all-positive data, and a bucket
     # with a negative bound forbids the _sum a histogram of positive observations has (OpenMetrics).
     for i in reversed(range(len(negative.bucket_counts) if any(negative.bucket_counts) else 0)):
-        uppers.append(-(base ** (negative.offset + i)))
+        uppers.append(-(2.0 ** ((negative.offset + i) * step)))
         counts.append(float(negative.bucket_counts[i]))
     uppers.append(point.zero_threshold)
     counts.append(float(point.zero_count))
     positive = point.positive
     for i, count in enumerate(positive.bucket_counts):
-        uppers.append(base ** (positive.offset + i + 1))
+        uppers.append(2.0 ** ((positive.offset + i + 1) * step))
         counts.append(float(count))
     counts.append(0.0)
     if not all(map(math.isfinite, uppers)) or any(b <= a for a, b in itertools.pairwise(uppers)):
@@ -424,7 +425,7 @@ class Accumulator:
             if name in labels:
                 # A point attribute named like a resource or scope label (job, instance) would merge the series
                 # of different services: it is kept as exported_<name>, as Prometheus renames clashing labels.
-                labels[f"exported_{name}"] = labels.pop(name)
+                labels[_free_exported_name(labels, name)] = labels.pop(name)
             labels[name] = value
         return labels
 
@@ -512,7 +513,7 @@ class Accumulator:
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
-                series.exemplar = _exemplar(point.exemplars[-1])
+                series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
 
     def _histograms(
         self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
@@ -593,6 +594,18 @@ class Accumulator:
             return False
         return start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
 
+    @property
+    def last_read_ns(self) -> int | None:
+        return self._last_read_ns
+
+    def resume_after(self, last_read_ns: int | None) -> None:
+        """Take the last scrape of the exporter this one replaced (a reload, on the same endpoint) as its own: the
+        span-metrics connector, rebuilt too, restarts its counters, and a series counting 1 before the reload and
+        2 after, first scraped after, must rise from zero, or Prometheus sees 1 → 2 and no reset."""
+        with self._lock:
+            if self._last_read_ns is None and last_read_ns is not None:
+                self._last_read_ns = last_read_ns
+
     @staticmethod
     def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
         slots = series.exemplars
@@ -600,6 +613,8 @@ class Accumulator:
             slots = series.exemplars = [None] * (len(series.bounds) + 1)
         for raw in exemplars:
             exemplar = _exemplar(raw)
+            if exemplar is None:
+                continue
             slots[bisect_left(series.bounds, exemplar.value)] = exemplar  # the bucket the value fell in
 
     def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Iterator[None]:
@@ -671,8 +686,17 @@ def _without_reserved(labels: dict[str, str], reserved: str) -> dict[str, str]:
     """An attribute named like the label a family type adds itself (``le``, ``quantile``) would be overwritten by
     it, merging series: it is kept as ``exported_<name>``, as Prometheus renames clashing target labels."""
     if reserved in labels:
-        labels[f"exported_{reserved}"] = labels.pop(reserved)
+        labels[_free_exported_name(labels, reserved)] = labels.pop(reserved)
     return labels
+
+
+def _free_exported_name(labels: dict[str, str], name: str) -> str:
+    """``exported_<name>``, or ``exported_exported_<name>`` … when an attribute already has that name, as
+    Prometheus renames clashing target labels: overwriting it would merge series."""
+    renamed = f"exported_{name}"
+    while renamed in labels:
+        renamed = f"exported_{renamed}"
+    return renamed
 
 
 def _exposable_sum(point: Any, exponential: bool, bounds: tuple[float, ...] = ()) -> float | None:
@@ -740,7 +764,12 @@ def _copy(series: Series) -> Series:
     )
 
 
-def _exemplar(raw: Any) -> ExemplarValue:
+def _exemplar(raw: Any) -> ExemplarValue | None:
+    """The exemplar as exposed, or None for a NaN or infinite value: no bucket holds it, and a made-up value would
+    push out a real exemplar."""
+    observed = raw.as_double if raw.WhichOneof("value") == "as_double" else float(raw.as_int)
+    if not math.isfinite(observed):
+        return None
     labels: dict[str, str] = {}
     if raw.trace_id:
         labels["trace_id"] = raw.trace_id.hex()
@@ -753,9 +782,8 @@ def _exemplar(raw: Any) -> ExemplarValue:
             continue
         labels[name] = value
         used += len(name) + len(value)
-    value = raw.as_double if raw.WhichOneof("value") == "as_double" else float(raw.as_int)
     time_s = raw.time_unix_nano / 1e9 if raw.time_unix_nano else None
-    return ExemplarValue(labels, value if math.isfinite(value) else 0.0, time_s)
+    return ExemplarValue(labels, observed, time_s)
 
 
 def _explicit_buckets(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from google.protobuf.message import Message
@@ -72,6 +73,7 @@ class PrometheusExporter:
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._queued = asyncio.Event()
+        self._renders: dict[str, asyncio.Future[bytes]] = {}  # by content type: the render under way
 
     def _drop(self, reason: str, points: int) -> None:
         self._dropped.labels(self._settings.component_id, reason).inc(points)
@@ -110,6 +112,13 @@ class PrometheusExporter:
     def certificates(self) -> list[LoadedCertificate]:
         return presented_certificates(self._tls)
 
+    def take_over_from(self, previous: PrometheusExporter) -> None:
+        """At a reload: on the same endpoint, Prometheus has scraped the previous exporter (see
+        ``Accumulator.resume_after``)."""
+        same_target = (previous._cfg.endpoint, previous._cfg.path) == (self._cfg.endpoint, self._cfg.path)
+        if same_target:
+            self.accumulator.resume_after(previous.accumulator.last_read_ns)
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(self._cfg.path, self._scrape)
@@ -139,13 +148,32 @@ class PrometheusExporter:
 
     async def _scrape(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = await asyncio.to_thread(encoder, self.registry)
+        body = await self._render(encoder, content_type)
         fmt = "openmetrics" if content_type.startswith("application/openmetrics-text") else "text"
         self._scrapes.labels(self._settings.component_id, fmt).inc()
         response = web.Response(body=body, headers={"Content-Type": content_type})
         if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             response.enable_compression(web.ContentCoding.gzip)
         return response
+
+    def _render(self, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> asyncio.Future[bytes]:
+        """The exposition in ``content_type``, rendered once for every scrape that asks while a render is under way.
+
+        A render of many series takes seconds of CPU in a thread; each scrape rendering its own (an HA pair of
+        Prometheus servers, a retry after a timeout) made them share the interpreter and all time out, and a
+        render goes on after its scraper gave up. Shielded: a scraper leaving does not cancel the others' render.
+        """
+        render = self._renders.get(content_type)
+        if render is None:
+            render = self._renders[content_type] = asyncio.ensure_future(asyncio.to_thread(encoder, self.registry))
+            render.add_done_callback(lambda done: self._render_done(content_type, done))
+        return asyncio.shield(render)
+
+    def _render_done(self, content_type: str, render: asyncio.Future[bytes]) -> None:
+        if self._renders.get(content_type) is render:
+            del self._renders[content_type]
+        if not render.cancelled() and render.exception() is not None:
+            self._log.warning("render", "cannot render the scrape", error=repr(render.exception()))
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

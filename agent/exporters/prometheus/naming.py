@@ -1,6 +1,9 @@
 """OpenTelemetry → Prometheus names (specification/compatibility/prometheus_and_openmetrics.md).
 
-- Characters outside ``[a-zA-Z0-9_:]`` (metric) or ``[a-zA-Z0-9_]`` (label) become ``_``; runs of ``_`` collapse.
+- Characters outside ``[a-zA-Z0-9_]`` become ``_``; runs of ``_`` collapse. Colons too, in metric names, which
+  Prometheus allows: they are reserved for recording rules (Prometheus' data model), and prometheus_client's
+  OpenMetrics writer turns them into ``_`` in sample names but not in ``# TYPE`` lines, so a name with one would
+  differ between the formats, and collide with its underscored twin.
 - The UCUM unit becomes a word suffix: ``s`` → ``seconds``, ``By`` → ``bytes``, ``m/s`` → ``meters_per_second``;
   ``{…}`` annotations are dropped (``{token}`` adds nothing); a gauge with unit ``1`` gets ``_ratio``; an
   unknown unit is appended sanitized. The suffix is not repeated when the name already ends with it.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-_INVALID_METRIC = re.compile(r"[^a-zA-Z0-9_:]")
+_INVALID_METRIC = re.compile(r"[^a-zA-Z0-9_]")
 _INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]")
 _UNDERSCORES = re.compile(r"__+")
 _ANNOTATION = re.compile(r"\{[^}]*\}")
