@@ -847,26 +847,41 @@ def test_a_drain_takes_one_gateway_agent_at_a_time(rendered: Any, helm_python: P
     share = {"mode": "gateway", "gateway": {"podDisruptionBudget": {"maxUnavailable": "50%"}}}
     (budget,) = objects(render_with(helm_python, tmp_path, share), "PodDisruptionBudget")
     assert budget["spec"]["maxUnavailable"] == "50%"
-    assert lint_failures(helm_python, tmp_path, {"gateway": {"podDisruptionBudget": {"maxUnavailable": "half"}}})
+    for refused in ("half", "0%", 0, "101%"):  # "0%" would block every drain
+        assert lint_failures(helm_python, tmp_path, {"gateway": {"podDisruptionBudget": {"maxUnavailable": refused}}})
+
+
+SLEEP_10 = {"preStop": {"exec": {"command": ["sleep", "10"]}}}
 
 
 @pytest.mark.parametrize(
-    ("grace", "timeout", "refused"),
+    ("grace", "timeout", "lifecycle", "refused"),
     [
-        (5, "20s", True),
-        (20, "20s", True),
-        (45, "1m", True),
-        (45, "20s", False),
-        (61, "1m", False),
-        (2, "1500ms", False),
+        (5, "20s", {}, True),
+        (20, "20s", {}, True),
+        (45, "1m", {}, True),
+        (45, "20s", {}, False),
+        (61, "1m", {}, False),
+        (2, "1500ms", {}, False),
+        (25, "20s", SLEEP_10, True),  # the preStop sleep spends the grace period first
+        (31, "20s", SLEEP_10, False),
+        (25, "20s", {"preStop": {"sleep": {"seconds": 10}}}, True),
+        (22, None, {}, True),  # no shutdown_timeout: the agent's default, 25s (the chart's is 20s)
     ],
 )
 def test_a_grace_period_shorter_than_the_flush_budget_is_refused(
-    helm_python: Path, tmp_path: Path, grace: int, timeout: str, refused: bool
+    helm_python: Path, tmp_path: Path, grace: int, timeout: str | None, lifecycle: dict[str, Any], refused: bool
 ) -> None:
-    values = {"terminationGracePeriodSeconds": grace, "config": {"service": {"shutdown_timeout": timeout}}}
+    values: dict[str, Any] = {**APP, "terminationGracePeriodSeconds": grace, "lifecycle": lifecycle}
+    values["config"] = {"service": {"shutdown_timeout": timeout}}  # None: Helm removes the default
     failures = lint_failures(helm_python, tmp_path, values)
-    assert any("is not longer than config.service.shutdown_timeout" in f for f in failures) == refused, failures
+    assert any("is not longer than the agent's flush budget" in f for f in failures) == refused, failures
+
+
+def test_the_grace_period_is_not_checked_when_the_chart_renders_no_pods(helm_python: Path, tmp_path: Path) -> None:
+    """Injecting the agent into your own manifests: terminationGracePeriodSeconds is yours, not this value."""
+    values = {"config": {"service": {"shutdown_timeout": "60s"}}}
+    assert lint_failures(helm_python, tmp_path, values) == []
 
 
 def test_a_regular_sidecar_is_held_back_while_the_orchestrator_flushes(rendered: Any) -> None:

@@ -197,7 +197,9 @@ async def test_a_refused_reload_leaves_the_running_exporters_gauges_alone(tmp_pa
 async def test_a_counter_restarted_by_a_reload_rises_from_zero_though_scraped_only_after_it(tmp_path: Path) -> None:
     """A reload rebuilds the span-metrics connector, whose counters start again. A count of 1 scraped before the
     reload and 2 after, first scraped after, read 1 → 2 in Prometheus: no reset, and one count lost from
-    increase(). The new exporter takes the previous one's last scrape, so the restarted series rises from zero."""
+    increase(). The new exporter takes the previous one's last scrape, so the restarted series rises from zero;
+    and its series' starts, so an application's counter that did not restart keeps its value (a zero would read
+    as a reset, and increase() would count it twice)."""
     metrics_endpoint = f"127.0.0.1:{free_port()}"
     config = base_config(tmp_path / "out")
     config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint}
@@ -207,27 +209,30 @@ async def test_a_counter_restarted_by_a_reload_rises_from_zero_though_scraped_on
     try:
         http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/metrics"
 
-        async def push_and_scrape(session: aiohttp.ClientSession, value: int) -> float:
-            start = time.time_ns()  # each run of the counter starts now, as the rebuilt connector's do
-            body = ExportMetricsServiceRequest(
-                resource_metrics=[{"scope_metrics": [{"metrics": [failed_spans(value, start)]}]}]
-            ).SerializeToString()
-            async with session.post(http, data=body, headers={"Content-Type": "application/x-protobuf"}) as answer:
+        app_start = time.time_ns()  # an application's counter, running through the reload
+
+        async def push_and_scrape(session: aiohttp.ClientSession, value: int, app_value: int) -> tuple[float, float]:
+            start = time.time_ns()  # each run of the span counter starts now, as the rebuilt connector's do
+            metrics = [counter("spans.failed", value, start), counter("jobs.done", app_value, app_start)]
+            body = ExportMetricsServiceRequest(resource_metrics=[{"scope_metrics": [{"metrics": metrics}]}])
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with session.post(http, data=body.SerializeToString(), headers=headers) as answer:
                 assert answer.status == 200
             await wait_for(lambda: agent.graph.component("prometheus").accumulator.pending == 0)
             async with session.get(f"http://{metrics_endpoint}/metrics") as scrape:
-                return metric_value(await scrape.text(), "spans_failed_total")
+                text = await scrape.text()
+            return metric_value(text, "spans_failed_total"), metric_value(text, "jobs_done_total")
 
         async with aiohttp.ClientSession() as session:
-            assert await push_and_scrape(session, 1) == 1  # before any scrape: its value (the agent may be new)
+            assert await push_and_scrape(session, 1, 5) == (1, 5)  # before any scrape: values (the agent may be new)
             assert await agent.reload()
-            assert await push_and_scrape(session, 2) == 0  # was 2
+            assert await push_and_scrape(session, 2, 6) == (0, 6)  # the restarted one from zero; the other goes on
     finally:
         await agent.stop()
 
 
-def failed_spans(value: int, start_ns: int) -> Metric:
-    metric = Metric(name="spans.failed")
+def counter(name: str, value: int, start_ns: int) -> Metric:
+    metric = Metric(name=name)
     metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
     metric.sum.is_monotonic = True
     metric.sum.data_points.add(as_int=value, start_time_unix_nano=start_ns, time_unix_nano=start_ns + 1)

@@ -217,6 +217,20 @@ async def test_span_events_of_kept_traces_become_log_lines_linked_to_their_span(
     assert value(metrics, "loki_span_events_total") == 3
 
 
+async def test_a_span_attribute_the_event_already_has_or_under_the_same_name_is_not_joined_to_it() -> None:
+    """Joined with ";" (`req-7f3a;req-7f3a`), the value no longer matched the documented `| correlation_id=...`."""
+    request = trace_with_events("error")
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.append(attr("correlation.id", "req-7f3a"))  # both spellings, one metadata name
+    span.events[1].attributes.append(attr("correlation_id", "req-retry"))  # the retry event's own
+    with LokiDouble() as loki:
+        await export(loki_config(loki.url), [(Signal.TRACES, request)], SelfMetrics(), lambda: len(loki.entries()) >= 3)
+        entries = loki.entries()
+    by_line = {entry.line.split("\n")[0]: entry for _, entry in entries}
+    assert by_line["RateLimitError: 429 from provider"].metadata["correlation_id"] == "req-7f3a"
+    assert by_line["retry"].metadata["correlation_id"] == "req-retry"
+
+
 async def test_only_exception_events_are_sent_when_configured() -> None:
     with LokiDouble() as loki:
         config = loki_config(loki.url, span_events="exceptions")

@@ -251,6 +251,39 @@ def test_a_failure_arriving_after_its_trace_was_dropped_keeps_the_trace_from_the
     assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 0
 
 
+def test_a_late_failure_keeps_the_traces_spans_of_every_resource_of_its_request() -> None:
+    """A gateway's request mixes services: the trace's spans under an earlier resource were dropped as late
+    before the failing one, under a later resource, was read."""
+    r = rig()
+    r.traces.consume(spans_request(span(DROPPED, 1)))
+    r.tick_after(11)
+    r.traces.consume(
+        request((resource("api"), [span(DROPPED, 2)]), (resource("llm-gateway"), [span(DROPPED, 3, error=True)]))
+    )
+    assert sorted((o.service, o.span_id[-1]) for o in exported_spans(r.trace_sink)) == [
+        ("api", 2),
+        ("llm-gateway", 3),
+    ]
+    assert r.metric("otel_sidecar_sampling_late_spans_total", decision="drop") == 0
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
+
+
+def test_a_trace_kept_by_a_late_failure_stays_kept_after_the_kept_cache_forgets_it() -> None:
+    """The kept cache (100,000 ids) forgets long before the dropped filter (1,000,000): the root, coming after
+    other traces pushed the rescued one out of the kept cache, followed the drop again."""
+    r = rig(decision_cache={"kept_size": 2})
+    r.traces.consume(spans_request(span(DROPPED, 1)))
+    r.tick_after(11)
+    r.traces.consume(spans_request(span(DROPPED, 2, error=True)))
+    others = [normal_id(n, kept=True) for n in range(1, 4)]
+    r.traces.consume(spans_request(*(span(t, 1, root=True) for t in others)))
+    r.tick_after(3)  # three kept decisions: the rescued trace leaves the kept cache
+    r.trace_sink.batches.clear()
+    r.traces.consume(spans_request(span(DROPPED, 3, root=True)))
+    assert [(o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)] == [(3, "error")]
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
+
+
 @pytest.mark.parametrize("errors", [{"keep_late_failures": False}, {"enabled": False}])
 def test_a_late_failure_follows_the_drop_when_the_errors_policy_does_not_keep_it(errors: dict[str, bool]) -> None:
     r = rig(policies={"errors": errors, "probabilistic": {"percentage": 10}})

@@ -115,7 +115,7 @@ def span_events_to_logs(
                     record = target_scope.log_records.add()
                     _event_record(record, span, event, exception)
                     if span_keys:
-                        record.attributes.extend(kv for kv in span.attributes if kv.key in span_keys)
+                        _add_span_attributes(record, span, span_keys)
     return out if out.resource_logs else None
 
 
@@ -138,6 +138,17 @@ def _event_record(record: Any, span: Any, event: Any, exception: bool) -> None:
         record.attributes.extend(event.attributes)
     record.attributes.append(KeyValue(key="span.name", value=AnyValue(string_value=span.name)))
     record.attributes.append(KeyValue(key="event.name", value=AnyValue(string_value=event.name)))
+
+
+def _add_span_attributes(record: Any, span: Any, span_keys: frozenset[str]) -> None:
+    """The span's attributes named in ``span_keys``, under names the record does not have yet: the event's own
+    value wins, and of two keys naming one metadata entry (``correlation.id``, ``correlation_id``) the first
+    does, where joining them would make ``req-7f3a;req-7f3a``, which a query for ``req-7f3a`` misses."""
+    taken = {sanitize_label_name(kv.key) for kv in record.attributes}
+    for kv in span.attributes:
+        if kv.key in span_keys and (name := sanitize_label_name(kv.key)) not in taken:
+            taken.add(name)
+            record.attributes.append(kv)
 
 
 def exception_line(attributes: Iterable[KeyValue]) -> str:

@@ -594,17 +594,24 @@ class Accumulator:
             return False
         return start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
 
-    @property
-    def last_read_ns(self) -> int | None:
-        return self._last_read_ns
-
-    def resume_after(self, last_read_ns: int | None) -> None:
-        """Take the last scrape of the exporter this one replaced (a reload, on the same endpoint) as its own: the
-        span-metrics connector, rebuilt too, restarts its counters, and a series counting 1 before the reload and
-        2 after, first scraped after, must rise from zero, or Prometheus sees 1 → 2 and no reset."""
+    def resume_after(self, previous: Accumulator) -> None:
+        """Carry on from the accumulator this one replaces (a reload, on the same endpoint): its last scrape, so
+        that the span-metric counters the reload restarted rise from zero (a series counting 1 before the reload
+        and 2 after, first scraped after, read 1 → 2 in Prometheus: no reset); and the start of every counter and
+        histogram it held, so that one whose source did not restart (an application's, pushed again) keeps its
+        value, as one that ended and came back with the same start does."""
+        with previous._lock:
+            last_read_ns = previous._last_read_ns
+            starts = dict(previous._ended_starts)
+            for family in previous._families.values():
+                if family.type in (COUNTER, HISTOGRAM):
+                    starts.update(((family.name, key), series.start_ns) for key, series in family.series.items())
+        if last_read_ns is None:
+            return  # never scraped: Prometheus has seen nothing of it
         with self._lock:
-            if self._last_read_ns is None and last_read_ns is not None:
+            if self._last_read_ns is None:
                 self._last_read_ns = last_read_ns
+                self._ended_starts.update(starts)
 
     @staticmethod
     def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:

@@ -117,7 +117,7 @@ class PrometheusExporter:
         ``Accumulator.resume_after``)."""
         same_target = (previous._cfg.endpoint, previous._cfg.path) == (self._cfg.endpoint, self._cfg.path)
         if same_target:
-            self.accumulator.resume_after(previous.accumulator.last_read_ns)
+            self.accumulator.resume_after(previous.accumulator)
 
     async def start(self) -> None:
         app = web.Application()

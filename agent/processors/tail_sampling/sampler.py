@@ -85,6 +85,7 @@ class TailSampler:
             if errors.enabled and errors.keep_late_failures
             else None
         )
+        self._rescued = KeptCache[Decision](config.decision_cache.kept_size)  # traces kept by a late failure
         self._consumers: dict[Signal, Consumer] = {}
         self._pending: dict[Signal, collections.deque[_Pending]] = {s: collections.deque() for s in SPECS}
         self.pending_bytes = 0
@@ -173,6 +174,11 @@ class TailSampler:
         heavy: dict[bytes, BufferedTrace] = {}
         holders: list[BufferedTrace] = []  # traces that took spans of this request (once per fragment)
         late_kept = late_dropped = held_spans = held_bytes = held_span_bytes = 0
+        # Late spans of dropped traces, settled once the whole request is read: a failed span of the trace in a
+        # later resource or scope of it keeps them too (policies.errors.keep_late_failures).
+        late_of_dropped: list[tuple[bytes, Any, Any, list[int], float]] = []
+        failed_here: set[bytes] = set()
+        rescue = self._late_failure is not None
         # This request's own size, never an average over earlier ones, under which large spans (prompts) would
         # pass for small ones.
         request_bytes = size or 0
@@ -204,9 +210,8 @@ class TailSampler:
                             late_kept += len(indices)
                             continue
                         if trace_id in dropped:
-                            if self._late_failure is not None and trace_id in failed:
-                                self._keep_late_failure(trace_id, rs, ss, indices, bytes_per_span, release)
-                                late_kept += len(indices)
+                            if rescue:
+                                late_of_dropped.append((trace_id, rs, ss, indices, bytes_per_span))
                             else:
                                 late_dropped += len(indices)
                             continue
@@ -231,10 +236,18 @@ class TailSampler:
                     trace = traces.get(trace_id)
                     if trace is not None:
                         trace.failed = True
+                if rescue and failed:
+                    failed_here.update(failed)
                 for trace_id in roots:
                     trace = traces.get(trace_id)
                     if trace is not None and trace.root_seen is None:
                         buffer.root_arrived(trace, now)
+        for trace_id, rs, ss, indices, per_span in late_of_dropped:
+            if trace_id in failed_here or self._rescued.get(trace_id) is not None:
+                self._keep_late_failure(trace_id, rs, ss, indices, per_span, release)
+                late_kept += len(indices)
+            else:
+                late_dropped += len(indices)
         buffer.count_added(held_spans, held_bytes)
         self._pin(holders, request_bytes, held_span_bytes)
         if late_kept:
@@ -329,13 +342,17 @@ class TailSampler:
         self, trace_id: bytes, rs: Any, ss: Any, indices: list[int], bytes_per_span: float, release: Release
     ) -> None:
         """A dropped trace failed after its decision: keep what comes of it from now on, as the errors policy
-        would have (the spans dropped before are gone)."""
+        would have (the spans dropped before are gone). Called for each of its fragments in the request."""
         decision = self._late_failure
         assert decision is not None
-        self.kept.put(trace_id, decision)  # asked before the dropped filter, so its later spans follow
+        if self._rescued.get(trace_id) is None:  # its first fragment here
+            self.kept.put(trace_id, decision)  # asked before the dropped filter: its later spans and logs follow
+            # Remembered apart too: the kept cache may forget it long before the dropped filter does, and its
+            # later spans would then follow the drop again.
+            self._rescued.put(trace_id, decision)
+            self.metrics.late_failures_kept.inc()
         builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
         builder.add_spans(rs, ss, indices, decision.retention_class, decision.policy, decision.threshold)
-        self.metrics.late_failures_kept.inc()
 
     def _after_ingest(self, release: Release) -> None:
         if self._closed:
