@@ -200,12 +200,30 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
         return None
     for sub, message in _section_problems(obj):
         errors.append(ConfigError(join_path(path, sub) if sub else path, message))
+    for name in known:
+        if name not in raw:
+            # A section left out takes its defaults, which its own checks may refuse: a loadbalancing exporter
+            # without a resolver would otherwise pass, to fail when the agent builds it.
+            for sub, message in _default_section_problems(getattr(obj, name)):
+                errors.append(
+                    ConfigError(join_path(join_path(path, name), sub) if sub else join_path(path, name), message)
+                )
     return obj
 
 
 def _section_problems(obj: Any) -> Iterator[tuple[str, str]]:
     validate = getattr(obj, "validate", None)
     return validate() if validate is not None else iter(())
+
+
+def _default_section_problems(value: Any) -> Iterator[tuple[str, str]]:
+    """What the checks of a section built from its defaults say, its own sections' included."""
+    if not is_dataclass(value) or isinstance(value, type):
+        return
+    yield from _section_problems(value)
+    for spec in fields(value):
+        for sub, message in _default_section_problems(getattr(value, spec.name)):
+            yield join_path(spec.name, sub) if sub else spec.name, message
 
 
 def _validate_the_rest(

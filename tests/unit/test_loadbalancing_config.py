@@ -150,3 +150,12 @@ def test_the_charts_sidecar_file_gives_an_unreachable_tier_as_long_as_the_shippe
         assert config is not None and not errors, errors
         waits.append(float(config.retry_on_failure.max_elapsed_time))
     assert waits == [15 * 60, 15 * 60]
+
+
+def test_a_loadbalancing_exporter_without_a_resolver_is_refused_at_load_not_at_build() -> None:
+    """A section left out takes its defaults, which were never checked: the agent failed later, building the
+    exporter, with a bare AssertionError. Found by fuzzing the shipped configs."""
+    assert problems({"protocol": {"tls": {"insecure": True}}}) == [
+        "exporters.loadbalancing.resolver: set exactly one of static and dns"
+    ]
+    assert problems({"resolver": DNS}) == []
