@@ -173,7 +173,9 @@ def test_hostile_spans_and_logs_get_answers_and_no_stage_fails(
     assert not failures, [(r.name, r.getMessage()) for r in failures[:5]]
     own = agent.metrics.render().decode()
     # A stage raising on a batch: the ingest queue drops it (counted by the exception's name) and goes on.
-    assert "otel_sidecar_ingest_dropped_items_total{" not in own, [l for l in own.splitlines() if "dropped" in l]
+    assert "otel_sidecar_ingest_dropped_items_total{" not in own, [
+        line for line in own.splitlines() if "dropped" in line
+    ]
     assert metric_value(own, "otel_sidecar_sampling_tick_failures_total", processor="tail_sampling") == 0
     registry = agent.graph.component("prometheus").registry
     assert b"orchestrator_spans_total" in generate_latest(registry)
