@@ -1,10 +1,13 @@
-"""Random OTLP traces and logs through the default pipeline in process: every request gets a defined answer,
-nothing a stage does with them is logged as an error, and the span metrics they made still render.
+"""Random OTLP traces, logs and metrics through the default pipeline in process: every request gets a defined
+answer, nothing a stage does with them is logged as an error, and the Prometheus exposition (span metrics and
+the metrics received) renders in both formats after every request.
 
 The spans are valid protobuf with hostile contents: ids of every length, timestamps at the extremes, end before
 start, unknown kinds and status codes, malformed `tracestate`, and the attribute keys the stages read (GenAI
 token counts, models, providers, workflow and step keys, credentials) with values of every type, nested arrays
-and maps, NaN and infinite doubles, extreme integers.
+and maps, NaN and infinite doubles, extreme integers. The metrics are of every type and temporality, with
+names that collide after translation, bucket counts that do not match their bounds, NaN bounds and sums,
+exponential scales and offsets at their limits.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -126,6 +131,83 @@ def log_requests(draw: st.DrawFn) -> ExportLogsServiceRequest:
     return request
 
 
+NUMBERS = st.floats() | st.sampled_from([0.0, -1.0, 1e308, 5e-324])
+COUNTS = st.integers(0, 2**64 - 1) | st.integers(0, 10)
+METRIC_NAMES = st.sampled_from(
+    ["http.requests", "a:b", "target_info", "target", "x_total", "le", "dup.name", "dup_name"]
+) | st.text(max_size=12)
+
+
+def _number_point(draw: st.DrawFn, container: Any) -> None:
+    point = container.data_points.add(start_time_unix_nano=draw(TIMES), time_unix_nano=draw(TIMES))
+    point.attributes.extend(draw(ATTRIBUTES))
+    if draw(st.booleans()):
+        point.as_double = draw(NUMBERS)
+    else:
+        point.as_int = draw(st.integers(-(2**63), 2**63 - 1))
+    point.flags = draw(st.integers(0, 3))
+    if draw(st.booleans()):
+        point.exemplars.add(as_double=draw(NUMBERS), trace_id=draw(TRACE_IDS), span_id=draw(SPAN_IDS))
+
+
+@st.composite
+def metrics(draw: st.DrawFn) -> Metric:
+    metric = Metric(
+        name=draw(METRIC_NAMES),
+        unit=draw(st.sampled_from(["", "s", "ms", "By", "1", "{token}", "%"]) | st.text(max_size=5)),
+    )
+    kind = draw(st.sampled_from(["gauge", "sum", "histogram", "exponential_histogram", "summary", "none"]))
+    temporality = draw(st.integers(0, 3))
+    for _ in range(draw(st.integers(0, 3))):
+        if kind == "gauge":
+            _number_point(draw, metric.gauge)
+        elif kind == "sum":
+            metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+            metric.sum.is_monotonic = draw(st.booleans())
+            _number_point(draw, metric.sum)
+        elif kind == "histogram":
+            metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+            bounds = draw(st.lists(NUMBERS, max_size=4))
+            point = metric.histogram.data_points.add(
+                start_time_unix_nano=draw(TIMES), time_unix_nano=draw(TIMES), count=draw(COUNTS), sum=draw(NUMBERS)
+            )
+            point.explicit_bounds.extend(bounds)
+            point.bucket_counts.extend(draw(st.lists(COUNTS, min_size=0, max_size=len(bounds) + 2)))
+            point.attributes.extend(draw(ATTRIBUTES))
+            if draw(st.booleans()):
+                point.exemplars.add(as_double=draw(NUMBERS), trace_id=draw(TRACE_IDS))
+        elif kind == "exponential_histogram":
+            metric.exponential_histogram.aggregation_temporality = temporality  # type: ignore[assignment]
+            point = metric.exponential_histogram.data_points.add(
+                start_time_unix_nano=draw(TIMES), time_unix_nano=draw(TIMES), count=draw(COUNTS), sum=draw(NUMBERS),
+                scale=draw(st.integers(-10, 20)), zero_count=draw(COUNTS), zero_threshold=draw(NUMBERS),
+            )  # fmt: skip
+            point.positive.offset = draw(st.integers(-(2**31), 2**31 - 1) | st.integers(-5, 5))
+            point.positive.bucket_counts.extend(draw(st.lists(COUNTS, max_size=4)))
+            point.negative.offset = draw(st.integers(-5, 5))
+            point.negative.bucket_counts.extend(draw(st.lists(COUNTS, max_size=3)))
+        elif kind == "summary":
+            point = metric.summary.data_points.add(
+                start_time_unix_nano=draw(TIMES), time_unix_nano=draw(TIMES), count=draw(COUNTS), sum=draw(NUMBERS)
+            )
+            for _ in range(draw(st.integers(0, 3))):
+                point.quantile_values.add(quantile=draw(NUMBERS), value=draw(NUMBERS))
+    return metric
+
+
+@st.composite
+def metric_requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    for _ in range(draw(st.integers(1, 2))):
+        resource_metrics = request.resource_metrics.add()
+        resource_metrics.resource.attributes.extend(draw(ATTRIBUTES))
+        scope = resource_metrics.scope_metrics.add()
+        scope.scope.name = draw(st.text(max_size=8))
+        scope.scope.attributes.extend(draw(ATTRIBUTES))
+        scope.metrics.extend(draw(st.lists(metrics(), max_size=4)))
+    return request
+
+
 @pytest.fixture
 def running(tmp_path: Any) -> Iterator[tuple[asyncio.AbstractEventLoop, Agent, dict[str, str]]]:
     raw = yaml.safe_load((REPO / "agent" / "default_config.yaml").read_text())
@@ -156,10 +238,14 @@ def test_hostile_spans_and_logs_get_answers_and_no_stage_fails(
             return answer.status
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(trace_requests(), log_requests())
-    def send(traces: ExportTraceServiceRequest, logs: ExportLogsServiceRequest) -> None:
+    @given(trace_requests(), log_requests(), metric_requests())
+    def send(
+        traces: ExportTraceServiceRequest, logs: ExportLogsServiceRequest, metrics: ExportMetricsServiceRequest
+    ) -> None:
         assert loop.run_until_complete(post("/v1/traces", traces.SerializeToString())) == 200  # partial success
         assert loop.run_until_complete(post("/v1/logs", logs.SerializeToString())) == 200
+        assert loop.run_until_complete(post("/v1/metrics", metrics.SerializeToString())) == 200
+        render_both(agent)  # as a scrape would, between the pushes
 
     try:
         with caplog.at_level(logging.WARNING):
@@ -177,9 +263,14 @@ def test_hostile_spans_and_logs_get_answers_and_no_stage_fails(
         line for line in own.splitlines() if "dropped" in line
     ]
     assert metric_value(own, "otel_sidecar_sampling_tick_failures_total", processor="tail_sampling") == 0
+    text, openmetrics = render_both(agent)
+    assert b"orchestrator_spans_total" in text
+    assert openmetrics.endswith(b"# EOF\n")
+
+
+def render_both(agent: Agent) -> tuple[bytes, bytes]:
     registry = agent.graph.component("prometheus").registry
-    assert b"orchestrator_spans_total" in generate_latest(registry)
-    assert generate_openmetrics(registry).endswith(b"# EOF\n")
+    return generate_latest(registry), generate_openmetrics(registry)
 
 
 async def _session() -> aiohttp.ClientSession:
