@@ -190,8 +190,9 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
             failed.add(name)
             continue
         values[name] = value
+    absent = [name for name in known if name not in raw and name not in failed]
     if failed:
-        _validate_the_rest(cls, values, failed, path, errors)
+        _validate_the_rest(cls, values, failed, absent, path, errors)
         return None
     try:
         obj = cls(**values)
@@ -200,20 +201,21 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
         return None
     for sub, message in _section_problems(obj):
         errors.append(ConfigError(join_path(path, sub) if sub else path, message))
-    for name in known:
-        if name not in raw:
-            # A section left out takes its defaults, which its own checks may refuse: a loadbalancing exporter
-            # without a resolver would otherwise pass, to fail when the agent builds it.
-            for sub, message in _default_section_problems(getattr(obj, name)):
-                errors.append(
-                    ConfigError(join_path(join_path(path, name), sub) if sub else join_path(path, name), message)
-                )
+    errors.extend(_absent_section_problems(obj, absent, path))
     return obj
 
 
 def _section_problems(obj: Any) -> Iterator[tuple[str, str]]:
     validate = getattr(obj, "validate", None)
     return validate() if validate is not None else iter(())
+
+
+def _absent_section_problems(obj: Any, absent: list[str], path: str) -> Iterator[ConfigError]:
+    """What the checks of the sections left out say of their defaults: a loadbalancing exporter without a
+    resolver would otherwise pass, to fail when the agent builds it."""
+    for name in absent:
+        for sub, message in _default_section_problems(getattr(obj, name)):
+            yield ConfigError(join_path(join_path(path, name), sub) if sub else join_path(path, name), message)
 
 
 def _default_section_problems(value: Any) -> Iterator[tuple[str, str]]:
@@ -227,11 +229,11 @@ def _default_section_problems(value: Any) -> Iterator[tuple[str, str]]:
 
 
 def _validate_the_rest(
-    cls: type[Any], values: dict[str, Any], failed: set[str], path: str, errors: list[ConfigError]
+    cls: type[Any], values: dict[str, Any], failed: set[str], absent: list[str], path: str, errors: list[ConfigError]
 ) -> None:
-    """A section's own checks (``validate()``) of the fields that did parse, so that one wrong field does not hide
-    another's problem: the failed fields take their defaults, and what is said of them, or in their name, is left
-    out (it would be about the default, not what was written)."""
+    """A section's own checks (``validate()``) of the fields that did parse, and of the sections left out, so that
+    one wrong field does not hide another's problem: the failed fields take their defaults, and what is said of
+    them, or in their name, is left out (it would be about the default, not what was written)."""
     try:
         obj = cls(**values)  # a required field that failed has no default: nothing to check against
         problems = list(_section_problems(obj))
@@ -240,6 +242,7 @@ def _validate_the_rest(
     for sub, message in problems:
         if sub and sub.split(".", 1)[0].split("[", 1)[0] not in failed and not any(n in message for n in failed):
             errors.append(ConfigError(join_path(path, sub), message))
+    errors.extend(_absent_section_problems(obj, absent, path))
 
 
 def _unknown_field_message(key: str, known: Mapping[str, Any]) -> str:

@@ -159,3 +159,8 @@ def test_a_loadbalancing_exporter_without_a_resolver_is_refused_at_load_not_at_b
         "exporters.loadbalancing.resolver: set exactly one of static and dns"
     ]
     assert problems({"resolver": DNS}) == []
+    # Beside another wrong field too: one problem must not hide the other.
+    assert problems({"backend_cooldown": "0s"}) == [
+        "exporters.loadbalancing.backend_cooldown: must be longer than 0s",
+        "exporters.loadbalancing.resolver: set exactly one of static and dns",
+    ]

@@ -1320,3 +1320,45 @@ async def test_the_scrape_endpoint_serves_https_with_its_certificate_and_nothing
                     await response.read()
     finally:
         await target.shutdown(time.monotonic() + 2)
+
+
+# --- the handover at a reload ----------------------------------------------------------------------------------
+
+
+def _counter_point(acc: Accumulator, name: str, value: float, start_ns: int, ended: bool = False) -> None:
+    point = NumberDataPoint(as_double=value, start_time_unix_nano=start_ns, time_unix_nano=start_ns + 1)
+    point.flags = 1 if ended else 0  # NO_RECORDED_VALUE: its source ended it
+    acc.consume(request(sum_metric(name, point)))
+
+
+def test_a_series_no_scrape_showed_yet_still_begins_at_zero_after_a_reload() -> None:
+    """Pushed after the old exporter's last scrape, it waited to be shown at zero first: handed over as seen, it
+    was shown at its value, and Prometheus (which counts no increase on a first sample) lost those counts."""
+    now = [100.0]
+    old = _held_accumulator(now)
+    start = time.time_ns()
+    _counter_point(old, "jobs", 4, start)  # after the last scrape: zero first, pending
+    old.fold_pending()  # as the exporter's drain task does
+    new = Accumulator(300.0, 1000, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    new.resume_after(old)
+    _counter_point(new, "jobs", 4, start)
+    assert _values(new) == [0.0]
+
+
+def test_handed_over_starts_survive_series_ending_after_the_reload() -> None:
+    """The handover filled the ended-starts memory; the first series to end after the reload found it full and
+    cleared it, and an application's counter running through the reload was then shown at zero: counted twice."""
+    now = [100.0]
+    old = Accumulator(300.0, 4, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    old.snapshot()
+    start = time.time_ns()
+    for index in range(3):
+        _counter_point(old, f"app.{index}", 20, start)
+    old.snapshot()  # shown at zero
+    new = Accumulator(300.0, 4, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    new.resume_after(old)
+    for index in range(2):  # two series of the new exporter's own end, filling the memory past its bound
+        _counter_point(new, f"own.{index}", 1, start + 10)
+        _counter_point(new, f"own.{index}", 1, start + 10, ended=True)
+    _counter_point(new, "app.2", 21, start)  # went on through the reload
+    assert _values(new) == [21.0]

@@ -282,6 +282,8 @@ def test_a_trace_kept_by_a_late_failure_stays_kept_after_the_kept_cache_forgets_
     r.traces.consume(spans_request(span(DROPPED, 3, root=True)))
     assert [(o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)] == [(3, "error")]
     assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
+    r.logs.consume(logs_request(log_record(DROPPED, body="step done")))  # its logs follow it as its spans do
+    assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
 
 
 @pytest.mark.parametrize("errors", [{"keep_late_failures": False}, {"enabled": False}])

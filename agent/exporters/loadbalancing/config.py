@@ -137,7 +137,9 @@ class LoadBalancingExporterConfig:
         "traceID", doc="What picks the gateway: every span and log of a trace goes to the same one."
     )
     protocol: BackendProtocolConfig = setting(doc="How gateways are reached.", default_factory=BackendProtocolConfig)
-    resolver: ResolverConfig = setting(doc="Where the gateways are.", default_factory=ResolverConfig)
+    resolver: ResolverConfig = setting(
+        doc="Where the gateways are: exactly one of `static` and `dns` (required).", default_factory=ResolverConfig
+    )
     backend_cooldown: Duration = setting(
         Duration(5.0),
         doc="A gateway taken out of the ring (see `eject_after`) stays out this long; its traces go to the next "

@@ -463,7 +463,8 @@ class Accumulator:
         if family.type not in (COUNTER, HISTOGRAM):
             return
         if len(self._ended_starts) >= self._max_series:
-            self._ended_starts.clear()  # bounded; forgetting one at worst shows a returning series at zero
+            # Bounded: the oldest goes (forgetting one at worst shows a returning series at zero).
+            del self._ended_starts[next(iter(self._ended_starts))]
         self._ended_starts[(family.name, key)] = series.start_ns
 
     def _numbers(
@@ -602,12 +603,19 @@ class Accumulator:
         value, as one that ended and came back with the same start does."""
         with previous._lock:
             last_read_ns = previous._last_read_ns
-            starts = dict(previous._ended_starts)
+            if last_read_ns is None:
+                return  # never scraped: Prometheus has seen nothing of it
+            # Only starts recent enough to be taken for new ones, and only of series a scrape has shown: one still
+            # waiting for its first scrape at zero must still begin at zero.
+            recent = last_read_ns - _NEW_SERIES_GRACE_NS
+            starts = {key: start for key, start in previous._ended_starts.items() if start >= recent}
             for family in previous._families.values():
                 if family.type in (COUNTER, HISTOGRAM):
-                    starts.update(((family.name, key), series.start_ns) for key, series in family.series.items())
-        if last_read_ns is None:
-            return  # never scraped: Prometheus has seen nothing of it
+                    starts.update(
+                        ((family.name, key), series.start_ns)
+                        for key, series in family.series.items()
+                        if series.start_ns >= recent and not series.zero_pending
+                    )
         with self._lock:
             if self._last_read_ns is None:
                 self._last_read_ns = last_read_ns

@@ -289,7 +289,7 @@ class TailSampler:
                         if trace_id in buffer.traces:
                             held.setdefault(trace_id, []).append(record)
                             continue
-                        decision = kept.get(trace_id)
+                        decision = kept.get(trace_id) or self._rescued.get(trace_id)
                         if decision is not None:
                             passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
                             continue
@@ -348,7 +348,7 @@ class TailSampler:
         if self._rescued.get(trace_id) is None:  # its first fragment here
             self.kept.put(trace_id, decision)  # asked before the dropped filter: its later spans and logs follow
             # Remembered apart too: the kept cache may forget it long before the dropped filter does, and its
-            # later spans would then follow the drop again.
+            # later spans and logs would then follow the drop again.
             self._rescued.put(trace_id, decision)
             self.metrics.late_failures_kept.inc()
         builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
