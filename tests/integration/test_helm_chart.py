@@ -501,6 +501,28 @@ def test_replicas_sharing_one_claim_fail_with_a_clear_message(
         assert any("3 replicas cannot share one claim" in f for f in failures) == shared, (kind, failures)
     one = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": 1}, "persistence": persistence}
     assert lint_failures(helm_python, tmp_path, one) == []
+    autoscaled = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": None}, "persistence": persistence}
+    failures = lint_failures(helm_python, tmp_path, autoscaled)  # an autoscaler may run more than one
+    assert any("replicas left to an autoscaler cannot share one claim" in f for f in failures), failures
+
+
+def test_replicas_can_be_left_to_an_autoscaler(helm_python: Path, tmp_path: Path) -> None:
+    """Rendered, `replicas` would be reset at every `helm upgrade`, fighting a HorizontalPodAutoscaler."""
+    gateway = the_workload(render_with(helm_python, tmp_path, {"mode": "gateway", "gateway": {"replicas": None}}))
+    assert "replicas" not in gateway["spec"]
+    sidecar = sidecar_workload_with(helm_python, tmp_path, workload={**APP["workload"], "replicas": None})
+    assert "replicas" not in sidecar["spec"]
+    assert the_workload(render_with(helm_python, tmp_path, {"mode": "gateway"}))["spec"]["replicas"] == 2
+
+
+def test_the_gateway_statefulsets_pod_management_policy_is_a_value(helm_python: Path, tmp_path: Path) -> None:
+    values = {"mode": "gateway", "gateway": {"kind": "StatefulSet", "podManagementPolicy": "Parallel"}}
+    assert the_workload(render_with(helm_python, tmp_path, values))["spec"]["podManagementPolicy"] == "Parallel"
+    values["gateway"]["podManagementPolicy"] = ""
+    assert "podManagementPolicy" not in the_workload(render_with(helm_python, tmp_path, values))["spec"]
+    values["gateway"] = {"kind": "Deployment", "podManagementPolicy": "Parallel"}  # a StatefulSet field only
+    assert "podManagementPolicy" not in the_workload(render_with(helm_python, tmp_path, values))["spec"]
+    assert lint_failures(helm_python, tmp_path, {"gateway": {"podManagementPolicy": "Ordered"}})
 
 
 def test_settings_that_render_but_cannot_work_are_refused(helm_python: Path, tmp_path: Path) -> None:
