@@ -21,6 +21,8 @@ from agent.config.schema import ConfigError, build
 from agent.exporters.loki import LokiExporter, LokiExporterConfig
 from agent.exporters.loki.labels import render_labels, sanitize_label_name
 from agent.exporters.loki.refusal import ignored_entries
+from agent.otlp.severity import level_of
+from agent.processors.tail_sampling.logs import LogClassifier
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
 from tests.delivery_doubles import (
@@ -870,3 +872,77 @@ async def test_a_batch_cut_by_the_shutdown_deadline_counts_the_pushes_loki_took_
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == pushes.items[0]
     failed = metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown")
     assert failed == pushes.items[1]
+
+
+# --- levels, times and look-alike lines ---------------------------------------------------------------------------
+
+
+def rust_error_event_trace() -> ExportTraceServiceRequest:
+    """What tracing-opentelemetry makes of `tracing::error!("agent call failed")` inside a span: an event named
+    after the message, its level in a `level` attribute."""
+    request = trace_with_events("error")
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    del span.events[:]
+    failed = span.events.add(name="agent call failed", time_unix_nano=1_700_000_000_000_000_100)
+    failed.attributes.extend([attr("level", "ERROR"), attr("target", "orchestrator::agents")])
+    span.events.add(name="step done", time_unix_nano=1_700_000_000_000_000_200).attributes.append(attr("level", "INFO"))
+    return request
+
+
+@pytest.mark.parametrize("mode", ["all", "exceptions"])
+async def test_a_rust_tracing_error_inside_a_span_is_an_error_line(mode: str) -> None:
+    """Labelled `info` before, a query for the orchestrator's errors missed it, and `span_events: exceptions`
+    dropped it (its name is its message, not `exception`)."""
+    with LokiDouble() as loki:
+        expected = 2 if mode == "all" else 1
+        config = loki_config(loki.url, span_events=mode)
+        await export(
+            config, [(Signal.TRACES, rust_error_event_trace())], SelfMetrics(), lambda: len(loki.entries()) >= expected
+        )
+        await asyncio.sleep(0.05)
+        entries = loki.entries()
+    levels = {entry.line: (labels["level"], entry.metadata.get("severity_text")) for labels, entry in entries}
+    assert levels["agent call failed"] == ("error", "ERROR")
+    assert (levels.get("step done") is None) == (mode == "exceptions")
+    failed = next(entry for _, entry in entries if entry.line == "agent call failed")
+    assert "level" not in failed.metadata and failed.metadata["target"] == "orchestrator::agents"
+
+
+async def test_a_line_timed_too_far_ahead_is_kept_at_its_observed_time_not_refused() -> None:
+    """A sender's clock running fast: Loki refuses an entry over 10 minutes ahead, and the line was lost."""
+    now = time.time_ns()
+    ahead = record("clock ahead", 0)
+    ahead.time_unix_nano, ahead.observed_time_unix_nano = now + 3600 * 10**9, now
+    metrics = SelfMetrics()
+    with LokiDouble(check_timestamps=True) as loki:
+        await export(loki_config(loki.url), [(Signal.LOGS, logs_request(records=[ahead]))], metrics, loki.entries)
+        entries = loki.entries()
+    assert [(entry.line, entry.timestamp_ns) for _, entry in entries] == [("clock ahead", now)]
+    assert value(metrics, "loki_truncated_total", exporter="loki", what="timestamp") == 1
+    assert value(metrics, "exporter_send_failed_items_total", exporter="loki", signal="logs", reason="rejected") == 0
+
+
+async def test_two_records_alike_but_for_their_metadata_are_both_kept() -> None:
+    """Loki keeps one of two entries of a stream with the same time and line: two tasks logging "Executing step"
+    in the same nanosecond, with their own correlation ids, lost one."""
+    records = [record("Executing step", 0, correlation_id=f"req-{n}") for n in (1, 2)]
+    records.append(record("Executing step", 0, correlation_id="req-2"))  # a true duplicate stays one
+    with LokiDouble() as loki:
+        batch = logs_request(records=records)
+        await export(loki_config(loki.url), [(Signal.LOGS, batch)], SelfMetrics(), lambda: len(loki.entries()) >= 2)
+        await asyncio.sleep(0.05)
+        stored = {(entry.timestamp_ns, entry.metadata["correlation_id"]) for _, entry in loki.entries()}
+    start = 1_700_000_000_000_000_000
+    assert stored == {(start, "req-1"), (start + 1, "req-2")}
+
+
+@pytest.mark.parametrize(
+    ("number", "text", "level"),
+    [(25, "INFO", "info"), (0, "ERROR ", "error"), (0, "severe", "error"), (0, "emerg", "fatal"), (17, "", "error")],
+)
+def test_the_level_label_and_the_sampler_read_a_severity_alike(number: int, text: str, level: str) -> None:
+    """A record labelled `level="info"` but classed `error` (or the other way round) for an odd severity."""
+    log = LogRecord(severity_number=number, severity_text=text)  # type: ignore[arg-type]
+    classifier = LogClassifier({"error": 30.0, "standard": 7.0}, "standard", "error")
+    assert level_of(log.severity_number, log.severity_text) == level
+    assert classifier.is_error(log) == (level in ("error", "fatal"))

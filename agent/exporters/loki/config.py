@@ -41,7 +41,8 @@ class LokiExporterConfig:
     span_events: Literal["all", "exceptions", "none"] = setting(
         "all",
         doc="Span events of the traces this exporter receives, sent as log lines linked by trace and span id: "
-        "`all`, only `exceptions`, or `none`.",
+        "`all`, only `exceptions` (exception events, and events whose `level` attribute is error or above, as "
+        "Rust's tracing-opentelemetry records `tracing::error!`), or `none`.",
     )
     span_event_attributes: list[str] = setting(
         doc="Attributes of a span copied onto the log lines of its events (structured metadata, as the event's own "

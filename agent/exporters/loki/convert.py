@@ -8,6 +8,7 @@ other resource attributes and the record's attributes) goes into structured meta
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 
 from agent.exporters._helper.retention import RETENTION_ATTRIBUTE, RetentionClassifier
 from agent.exporters.loki.labels import MAX_LABEL_VALUE_BYTES, sanitize_label_name, truncate_utf8
+from agent.otlp.severity import ERROR_LEVELS, level_of, level_of_text, severity_number_of
 
 MAX_METADATA_ENTRIES = 128  # Loki's max_structured_metadata_entries_count
 MAX_METADATA_BYTES = 64 * 1024  # max_structured_metadata_size
@@ -29,32 +31,12 @@ Labels = tuple[tuple[str, str], ...]
 Entry = tuple[int, str, list[tuple[str, str]]]
 Streams = dict[Labels, list[Entry]]
 
-_LEVELS_BY_NUMBER = ("trace", "debug", "info", "warn", "error", "fatal")
-_LEVELS_BY_TEXT = {
-    "trace": "trace",
-    "debug": "debug",
-    "info": "info",
-    "information": "info",
-    "notice": "info",
-    "warn": "warn",
-    "warning": "warn",
-    "error": "error",
-    "err": "error",
-    "fatal": "fatal",
-    "critical": "fatal",
-    "crit": "fatal",
-    "panic": "fatal",
-    "emergency": "fatal",
-    "alert": "fatal",
-}
 _EXCEPTION_EVENT = "exception"
+# The attribute tracing-opentelemetry (Rust) gives the span event of a `tracing::error!`/`warn!`/... inside a span.
+_EVENT_LEVEL_KEY = "level"
+# How far ahead of the agent's clock Loki takes an entry (its creation_grace_period default): later ones are refused.
+_FUTURE_GRACE_NS = 10 * 60 * 10**9
 _EXCEPTION_LINE_KEYS = ("exception.message", "exception.stacktrace")  # in the line, not repeated as metadata
-
-
-def level_of(severity_number: int, severity_text: str) -> str:
-    if 1 <= severity_number <= 24:
-        return _LEVELS_BY_NUMBER[(severity_number - 1) // 4]
-    return _LEVELS_BY_TEXT.get(severity_text.lower(), "unknown") if severity_text else "unknown"
 
 
 def any_value_text(value: AnyValue) -> str:
@@ -94,8 +76,9 @@ def _plain(value: AnyValue) -> Any:
 def span_events_to_logs(
     request: ExportTraceServiceRequest, mode: str, span_keys: frozenset[str] = frozenset()
 ) -> ExportLogsServiceRequest | None:
-    """Log records for the span events of ``request`` (``mode``: ``all`` or ``exceptions``), or None. Each carries
-    the span's attributes named in ``span_keys`` besides its event's."""
+    """Log records for the span events of ``request`` (``mode``: ``all``, or ``exceptions``: exception events and
+    events at error level or above), or None. Each carries the span's attributes named in ``span_keys`` besides
+    its event's."""
     out = ExportLogsServiceRequest()
     for resource_spans in request.resource_spans:
         target_resource = None
@@ -104,7 +87,8 @@ def span_events_to_logs(
             for span in scope_spans.spans:
                 for event in span.events:
                     exception = event.name == _EXCEPTION_EVENT
-                    if mode == "exceptions" and not exception:
+                    level = None if exception else _event_level(event)
+                    if mode == "exceptions" and not exception and level not in ERROR_LEVELS:
                         continue
                     if target_resource is None:
                         target_resource = out.resource_logs.add(schema_url=resource_spans.schema_url)
@@ -113,13 +97,21 @@ def span_events_to_logs(
                         target_scope = target_resource.scope_logs.add(schema_url=scope_spans.schema_url)
                         target_scope.scope.CopyFrom(scope_spans.scope)
                     record = target_scope.log_records.add()
-                    _event_record(record, span, event, exception)
+                    _event_record(record, span, event, exception, level)
                     if span_keys:
                         _add_span_attributes(record, span, span_keys)
     return out if out.resource_logs else None
 
 
-def _event_record(record: Any, span: Any, event: Any, exception: bool) -> None:
+def _event_level(event: Any) -> str | None:
+    """The level an event names in its ``level`` attribute (Rust's tracing-opentelemetry), or None."""
+    for kv in event.attributes:
+        if kv.key == _EVENT_LEVEL_KEY and kv.value.string_value:
+            return level_of_text(kv.value.string_value)
+    return None
+
+
+def _event_record(record: Any, span: Any, event: Any, exception: bool, level: str | None) -> None:
     timestamp = event.time_unix_nano or span.start_time_unix_nano
     record.time_unix_nano = timestamp
     record.observed_time_unix_nano = timestamp
@@ -132,10 +124,13 @@ def _event_record(record: Any, span: Any, event: Any, exception: bool) -> None:
         record.body.string_value = exception_line(event.attributes)
         record.attributes.extend(kv for kv in event.attributes if kv.key not in _EXCEPTION_LINE_KEYS)
     else:
-        record.severity_number = SeverityNumber.SEVERITY_NUMBER_INFO
-        record.severity_text = "INFO"
+        # A `tracing::error!` inside a span is an event named after its message, at its own level: labelled
+        # `info`, a query for the orchestrator's errors would miss it. The level is the label, not metadata too.
+        shown = level or "info"
+        record.severity_number = severity_number_of(shown)  # type: ignore[assignment]
+        record.severity_text = shown.upper()
         record.body.string_value = event.name
-        record.attributes.extend(event.attributes)
+        record.attributes.extend(kv for kv in event.attributes if level is None or kv.key != _EVENT_LEVEL_KEY)
     record.attributes.append(KeyValue(key="span.name", value=AnyValue(string_value=span.name)))
     record.attributes.append(KeyValue(key="event.name", value=AnyValue(string_value=event.name)))
 
@@ -149,6 +144,25 @@ def _add_span_attributes(record: Any, span: Any, span_keys: frozenset[str]) -> N
         if kv.key in span_keys and (name := sanitize_label_name(kv.key)) not in taken:
             taken.add(name)
             record.attributes.append(kv)
+
+
+def _part_identical_entries(entries: list[Entry]) -> None:
+    """Loki keeps one of two entries of a stream with the same time and line (which is what makes a retried push
+    harmless): two distinct records alike but for their metadata (two tasks logging "Executing step" in one
+    microsecond, with their own correlation ids) would lose one. Each further variant of a (time, line) moves
+    1 ns on per variant; a true duplicate keeps its time, and Loki keeps one, as before. Done once per batch, so
+    a retried push repeats its entries exactly. ``entries`` is in time order."""
+    if not any(a[0] == b[0] and a[1] == b[1] for a, b in itertools.pairwise(entries)):
+        return  # the usual case: one pass, nothing to part
+    variants: dict[tuple[int, str], list[list[tuple[str, str]]]] = {}
+    for index, (timestamp, line, metadata) in enumerate(entries):
+        known = variants.setdefault((timestamp, line), [])
+        offset = next((n for n, seen in enumerate(known) if seen == metadata), len(known))
+        if offset == len(known):
+            known.append(metadata)
+        if offset:
+            entries[index] = (timestamp + offset, line, metadata)
+    entries.sort(key=lambda entry: entry[0])
 
 
 def exception_line(attributes: Iterable[KeyValue]) -> str:
@@ -173,9 +187,11 @@ class StreamMapper:
         self._names: dict[str, str] = {}
         self.truncated_lines = 0
         self.dropped_metadata = 0
+        self.retimed_entries = 0  # lines whose own time was too far ahead for Loki
 
     def streams(self, request: ExportLogsServiceRequest) -> Streams:
         streams: Streams = {}
+        now = time.time_ns()
         for resource_logs in request.resource_logs:
             service, resource_class, resource_labels, resource_metadata = self._resource(resource_logs.resource)
             for scope_logs in resource_logs.scope_logs:
@@ -194,10 +210,12 @@ class StreamMapper:
                             )
                         )
                     )
-                    entry = (self._timestamp(record), self._line(record.body), self._metadata(record, scope_metadata))
+                    timestamp = self._timestamp(record, now)
+                    entry = (timestamp, self._line(record.body), self._metadata(record, scope_metadata))
                     streams.setdefault(labels, []).append(entry)
         for entries in streams.values():
             entries.sort(key=lambda entry: entry[0])  # Loki wants each stream in time order
+            _part_identical_entries(entries)
         return streams
 
     def _resource(self, resource: Any) -> tuple[str, str | None, list[tuple[str, str]], list[tuple[str, str]]]:
@@ -219,9 +237,17 @@ class StreamMapper:
         has_class = any(kv.key == RETENTION_ATTRIBUTE for kv in resource.attributes)
         return service, self._classifier.of(resource.attributes) if has_class else None, list(labels.items()), metadata
 
-    @staticmethod
-    def _timestamp(record: Any) -> int:
-        return record.time_unix_nano or record.observed_time_unix_nano or time.time_ns()
+    def _timestamp(self, record: Any, now: int) -> int:
+        """The record's time; its observed time, else now, when it has none or one Loki would refuse as more than
+        its grace period ahead (a sender's clock running fast): the line is kept at about when it came."""
+        latest = now + _FUTURE_GRACE_NS
+        for timestamp in (record.time_unix_nano, record.observed_time_unix_nano):
+            if timestamp and timestamp <= latest:
+                if timestamp != record.time_unix_nano:
+                    self.retimed_entries += record.time_unix_nano > latest
+                return timestamp
+        self.retimed_entries += record.time_unix_nano > latest
+        return now
 
     def _line(self, body: AnyValue) -> str:
         line = any_value_text(body)

@@ -77,7 +77,8 @@ class LokiExporter:
         ).labels(settings.component_id)
         self._truncated = m.counter(
             "loki_truncated_total",
-            "Loki limits applied: lines truncated (`line`), structured metadata entries dropped (`metadata`).",
+            "Loki limits applied: lines truncated (`line`), structured metadata entries dropped (`metadata`), lines "
+            "whose time was over 10 minutes ahead given their observed time or now (`timestamp`).",
             ["exporter", "what"],
         )
 
@@ -217,6 +218,9 @@ class LokiExporter:
         if self._mapper.dropped_metadata:
             self._truncated.labels(cid, "metadata").inc(self._mapper.dropped_metadata)
             self._mapper.dropped_metadata = 0
+        if self._mapper.retimed_entries:
+            self._truncated.labels(cid, "timestamp").inc(self._mapper.retimed_entries)
+            self._mapper.retimed_entries = 0
 
 
 @dataclass(slots=True)

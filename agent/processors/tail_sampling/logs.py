@@ -3,8 +3,8 @@
 Logs are never dropped by trace sampling. A record of a kept trace gets the trace's class and policy, unless its
 own severity class is retained longer (an ERROR log in a trace kept at 10% keeps its ``error`` retention: it
 would have had it had the trace been dropped, and keeping the trace must not shorten it). Every other record
-gets ``log_error_class`` from severity ERROR and above (or a severity text saying so when the number is unset),
-else the default class, with ``sampling.policy`` = ``severity``.
+gets ``log_error_class`` from severity ERROR and above (or a severity text saying so when the number is not one
+OTLP defines), else the default class, with ``sampling.policy`` = ``severity``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
-
+from agent.otlp.severity import ERROR_LEVELS, level_of
 from agent.processors.tail_sampling.policies import Decision
 
 SEVERITY_POLICY = "severity"
-_ERROR_NUMBER = SeverityNumber.SEVERITY_NUMBER_ERROR
-_ERROR_TEXTS = frozenset({"ERROR", "ERR", "FATAL", "CRITICAL", "CRIT", "ALERT", "EMERGENCY", "PANIC"})
 
 LogClass = tuple[str, str]
 """``(retention_class, sampling_policy)``."""
@@ -31,10 +28,8 @@ class LogClassifier:
         self._default = (default_class, SEVERITY_POLICY)
 
     def is_error(self, record: Any) -> bool:
-        number = record.severity_number
-        if number:
-            return bool(number >= _ERROR_NUMBER)
-        return record.severity_text.upper() in _ERROR_TEXTS
+        # The reading the Loki exporter's `level` label uses: an error class and an `info` label never meet.
+        return level_of(record.severity_number, record.severity_text) in ERROR_LEVELS
 
     def by_severity(self, record: Any) -> LogClass:
         return self._error if self.is_error(record) else self._default
