@@ -221,14 +221,17 @@ async def test_the_expiry_log_follows_the_wall_clock_not_the_loops(
 
 
 async def test_a_stopped_agent_logs_no_expiry_after_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cert, key = dated_certificate(
-        tmp_path, "server", NOW - DAY, datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
-    )
+    # Ends 3 s from now: well after the agent's start and stop even on a loaded machine (with 1 s, a slow start
+    # let it expire while the agent ran, which is logged rightly, and failed the test).
+    ends = datetime.datetime.now(UTC) + datetime.timedelta(seconds=3)
+    cert, key = dated_certificate(tmp_path, "server", NOW - DAY, ends)
     config = base_config(tmp_path / "out")
     config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
     agent = Agent(load(config))
     await agent.start()
     await agent.stop()
+    assert datetime.datetime.now(UTC) < ends  # the timer was still waiting when the agent stopped
     with caplog.at_level(logging.ERROR, "otel_sidecar.tls"):
-        await asyncio.sleep(1.5)  # past the certificate's end, in the loop that ran the agent
+        # Past the certificate's end, in the loop that ran the agent.
+        await asyncio.sleep((ends - datetime.datetime.now(UTC)).total_seconds() + 0.5)
     assert caplog.records == []
