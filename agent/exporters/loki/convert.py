@@ -241,12 +241,11 @@ class StreamMapper:
         """The record's time; its observed time, else now, when it has none or one Loki would refuse as more than
         its grace period ahead (a sender's clock running fast): the line is kept at about when it came."""
         latest = now + _FUTURE_GRACE_NS
+        if record.time_unix_nano > latest:
+            self.retimed_entries += 1
         for timestamp in (record.time_unix_nano, record.observed_time_unix_nano):
             if timestamp and timestamp <= latest:
-                if timestamp != record.time_unix_nano:
-                    self.retimed_entries += record.time_unix_nano > latest
                 return timestamp
-        self.retimed_entries += record.time_unix_nano > latest
         return now
 
     def _line(self, body: AnyValue) -> str:

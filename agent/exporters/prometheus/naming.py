@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import re
 
-_INVALID_METRIC = re.compile(r"[^a-zA-Z0-9_]")
-_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")  # metric and label names alike (see above: colons too)
 _UNDERSCORES = re.compile(r"__+")
 _ANNOTATION = re.compile(r"\{[^}]*\}")
 
@@ -53,7 +52,7 @@ PER_UNIT_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "w
 
 
 def sanitize_metric_name(name: str) -> str:
-    cleaned = _UNDERSCORES.sub("_", _INVALID_METRIC.sub("_", name)).strip("_")
+    cleaned = _UNDERSCORES.sub("_", _INVALID.sub("_", name)).strip("_")
     if not cleaned:
         return "_"
     return "_" + cleaned if cleaned[0].isdigit() else cleaned
@@ -61,7 +60,7 @@ def sanitize_metric_name(name: str) -> str:
 
 def sanitize_label_name(name: str) -> str:
     # Runs of "_" collapse, so no name comes out with the "__" prefix Prometheus reserves ("__meta" is "_meta").
-    cleaned = _UNDERSCORES.sub("_", _INVALID_LABEL.sub("_", name))
+    cleaned = _UNDERSCORES.sub("_", _INVALID.sub("_", name))
     if not cleaned or cleaned == "_":
         return "key_"
     if cleaned[0].isdigit():
