@@ -233,6 +233,23 @@ async def test_a_span_attribute_the_event_already_has_or_under_the_same_name_is_
     assert by_line["retry"].metadata["correlation_id"] == "req-retry"
 
 
+async def test_of_two_span_keys_naming_one_entry_the_one_first_in_the_config_wins() -> None:
+    """The operator's order decides, not the order the instrumentation happened to set the attributes in."""
+    request = trace_with_events("error")
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.insert(0, attr("correlation.id", "dotted"))  # first among the span's attributes
+    with LokiDouble() as loki:
+        config = loki_config(loki.url, span_event_attributes=["correlation_id", "correlation.id"])
+        await export(config, [(Signal.TRACES, request)], SelfMetrics(), lambda: len(loki.entries()) >= 3)
+        first = {entry.metadata["correlation_id"] for _, entry in loki.entries()}
+    assert first == {"req-7f3a"}
+    with LokiDouble() as loki:
+        config = loki_config(loki.url, span_event_attributes=["correlation.id", "correlation_id"])
+        await export(config, [(Signal.TRACES, request)], SelfMetrics(), lambda: len(loki.entries()) >= 3)
+        swapped = {entry.metadata["correlation_id"] for _, entry in loki.entries()}
+    assert swapped == {"dotted"}
+
+
 async def test_only_exception_events_are_sent_when_configured() -> None:
     with LokiDouble() as loki:
         config = loki_config(loki.url, span_events="exceptions")

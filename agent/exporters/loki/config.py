@@ -46,7 +46,8 @@ class LokiExporterConfig:
     )
     span_event_attributes: list[str] = setting(
         doc="Attributes of a span copied onto the log lines of its events (structured metadata, as the event's own "
-        "attributes), so that a query by an orchestrator's correlation id finds its exceptions too.",
+        "attributes), so that a query by an orchestrator's correlation id finds its exceptions too. Of two keys "
+        "naming one metadata entry (`correlation.id` and `correlation_id`), the one first in this list wins.",
         default_factory=lambda: ["correlation_id", "correlation.id", "workflow_id", "workflow.id"],
     )
     retention_classes: list[str] = setting(

@@ -11,7 +11,7 @@ import base64
 import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -74,7 +74,7 @@ def _plain(value: AnyValue) -> Any:
 
 
 def span_events_to_logs(
-    request: ExportTraceServiceRequest, mode: str, span_keys: frozenset[str] = frozenset()
+    request: ExportTraceServiceRequest, mode: str, span_keys: Sequence[str] = ()
 ) -> ExportLogsServiceRequest | None:
     """Log records for the span events of ``request`` (``mode``: ``all``, or ``exceptions``: exception events and
     events at error level or above), or None. Each carries the span's attributes named in ``span_keys`` besides
@@ -135,13 +135,21 @@ def _event_record(record: Any, span: Any, event: Any, exception: bool, level: st
     record.attributes.append(KeyValue(key="event.name", value=AnyValue(string_value=event.name)))
 
 
-def _add_span_attributes(record: Any, span: Any, span_keys: frozenset[str]) -> None:
+def _add_span_attributes(record: Any, span: Any, span_keys: Sequence[str]) -> None:
     """The span's attributes named in ``span_keys``, under names the record does not have yet: the event's own
-    value wins, and of two keys naming one metadata entry (``correlation.id``, ``correlation_id``) the first
-    does, where joining them would make ``req-7f3a;req-7f3a``, which a query for ``req-7f3a`` misses."""
-    taken = {sanitize_label_name(kv.key) for kv in record.attributes}
+    value wins, and of two keys naming one metadata entry (``correlation.id``, ``correlation_id``) the one first
+    in ``span_keys`` does (the operator's order, not the instrumentation's), where joining them would make
+    ``req-7f3a;req-7f3a``, which a query for ``req-7f3a`` misses."""
+    wanted: dict[str, KeyValue] = {}
     for kv in span.attributes:
-        if kv.key in span_keys and (name := sanitize_label_name(kv.key)) not in taken:
+        if kv.key in span_keys:
+            wanted.setdefault(kv.key, kv)  # a key repeated in one span: its first value, as OTLP readers take
+    if not wanted:
+        return
+    taken = {sanitize_label_name(kv.key) for kv in record.attributes}
+    for key in span_keys:
+        kv = wanted.get(key)
+        if kv is not None and (name := sanitize_label_name(key)) not in taken:
             taken.add(name)
             record.attributes.append(kv)
 

@@ -40,7 +40,7 @@ class LokiExporter:
         self._settings = settings
         self._log = RateLimitedLog(settings.logger)
         self._filter = RetentionFilter(config.retention_classes, settings)
-        self._span_event_keys = frozenset(config.span_event_attributes)
+        self._span_event_keys = tuple(config.span_event_attributes)
         self._mapper = StreamMapper(
             config.label_resource_attributes, RetentionClassifier(settings.service), config.max_line_bytes
         )
