@@ -10,6 +10,7 @@ several consumers gives each mutating consumer its own copy.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -137,7 +138,7 @@ class Factory(Generic[C]):
 
     kind: Kind
     type: str
-    config_class: type[C]
+    config_class: builtins.type[C]  # `type` is a field of this class
     signals: frozenset[Signal]
     create: Callable[..., Any]
     description: str

@@ -181,7 +181,7 @@ def _send_load(traces: int, target: str) -> dict[str, int]:
                 export(request.SerializeToString(), timeout=5)
                 break
             except grpc.RpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 49:  # type: ignore[attr-defined]
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 49:
                     raise
                 counts["refused_and_retried"] += 1
                 time.sleep(0.1)
@@ -231,8 +231,8 @@ def _report(
 ) -> None:
     print(f"\n== received (the agent's own metrics, {endpoints.admin}/metrics) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_receiver_accepted_items_total"):
-        items = SPECS[Signal(labels["signal"])].item_name  # the counter counts items: spans, not traces
-        print(f"  {value:>9.0f} {items} over {labels['transport']}")
+        item_name = SPECS[Signal(labels["signal"])].item_name  # the counter counts items: spans, not traces
+        print(f"  {value:>9.0f} {item_name} over {labels['transport']}")
     print("\n== tail sampling decisions (traces) ==")
     for labels, value in _labelled(self_metrics, "otel_sidecar_sampling_decisions_total"):
         print(f"  {value:>9.0f} {labels['decision']:<5} by policy {labels['policy']}")

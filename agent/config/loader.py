@@ -42,7 +42,7 @@ class AgentConfig:
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def section(self, kind: Kind) -> dict[str, ComponentConfig]:
-        return getattr(self, kind.section)  # type: ignore[no-any-return]
+        return getattr(self, kind.section)
 
     def effective(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """The config with every default filled in, as plain data (``print-config``)."""

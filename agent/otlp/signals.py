@@ -83,7 +83,7 @@ def _context_ids_valid(message: Message) -> bool:
     valid: the spec has SDKs record a link with an invalid context when it has attributes, a log record or an
     exemplar may have none, and senders built on the Collector's pdata (a Collector, Alloy, Jaeger v2) leave an
     all-zero id out of the wire."""
-    return len(message.trace_id) in (0, TRACE_ID_BYTES) and len(message.span_id) in (0, SPAN_ID_BYTES)  # type: ignore[attr-defined]
+    return len(message.trace_id) in (0, TRACE_ID_BYTES) and len(message.span_id) in (0, SPAN_ID_BYTES)
 
 
 def _remove_at(items: Any, bad: list[int]) -> int:
@@ -167,8 +167,8 @@ SPECS: dict[Signal, SignalSpec] = {
         ExportTracePartialSuccess,
         "rejected_spans",
         "spans",
-        count_spans,  # type: ignore[arg-type]
-        reject_invalid_spans,  # type: ignore[arg-type]
+        count_spans,
+        reject_invalid_spans,
         "/v1/traces",
         "opentelemetry.proto.collector.trace.v1.TraceService",
         "trace id must be 16 bytes (not all zero) and span id 8 bytes, in the span and in its links",
@@ -180,8 +180,8 @@ SPECS: dict[Signal, SignalSpec] = {
         ExportMetricsPartialSuccess,
         "rejected_data_points",
         "data points",
-        count_data_points,  # type: ignore[arg-type]
-        reject_invalid_data_points,  # type: ignore[arg-type]
+        count_data_points,
+        reject_invalid_data_points,
         "/v1/metrics",
         "opentelemetry.proto.collector.metrics.v1.MetricsService",
         "an exemplar's trace id must be empty or 16 bytes and its span id empty or 8 bytes",
@@ -193,8 +193,8 @@ SPECS: dict[Signal, SignalSpec] = {
         ExportLogsPartialSuccess,
         "rejected_log_records",
         "log records",
-        count_log_records,  # type: ignore[arg-type]
-        reject_invalid_log_records,  # type: ignore[arg-type]
+        count_log_records,
+        reject_invalid_log_records,
         "/v1/logs",
         "opentelemetry.proto.collector.logs.v1.LogsService",
         "trace id must be empty or 16 bytes and span id empty or 8 bytes",

@@ -28,7 +28,7 @@ _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 def decode_repairing_utf8(request_type: type[Message], body: bytes) -> tuple[Message, int] | None:
     """The request with every string that is not UTF-8 repaired, and how many were; None when the body does not
     decode for another reason too (then the original error stands)."""
-    lenient = _lenient_class(request_type)
+    lenient = _lenient_class(request_type)  # type: ignore[arg-type]  # a class is hashable; its instances are not
     try:
         message = lenient.FromString(body)
     except DecodeError:
@@ -90,9 +90,9 @@ def _repair(message: Message) -> int:
                     value.extend(fixed)
                     repaired += changed
             else:
-                fixed = _as_utf8(value)
-                if fixed is not value:
-                    setattr(message, field.name, fixed)
+                fixed_value = _as_utf8(value)
+                if fixed_value is not value:
+                    setattr(message, field.name, fixed_value)
                     repaired += 1
     return repaired
 

@@ -79,7 +79,7 @@ class SelfMetrics:
                 self._families[name] = family
             elif not isinstance(family, cls):
                 raise ValueError(f"self-metric {name} already registered as {type(family).__name__}")
-        return family  # type: ignore[return-value]
+        return family
 
     def component_collector(self, name: str, make: Callable[[], C]) -> C:
         """The custom collector ``name`` on this registry, made and registered the first time it is asked for."""

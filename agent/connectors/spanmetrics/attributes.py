@@ -76,22 +76,22 @@ class AttributeScanner:
         self.step_status = tuple(slot_of[k] for k in attrs.step_status)
         self.error_type = tuple(slot_of[k] for k in attrs.error_type)
         self.component = tuple(slot_of[k] for k in attrs.component)
-        concept = self.genai.slots
-        self.provider = concept[Concept.PROVIDER]
-        self.request_model = concept[Concept.REQUEST_MODEL]
-        self.response_model = concept[Concept.RESPONSE_MODEL]
-        self.operation = concept[Concept.OPERATION]
-        self.openinference_kind = concept[Concept.OPENINFERENCE_KIND]
-        self.traceloop_kind = concept[Concept.TRACELOOP_KIND]
-        self.input = concept[Concept.INPUT]
-        self.output = concept[Concept.OUTPUT]
-        self.total = concept[Concept.TOTAL]
-        self.cache_read = concept[Concept.CACHE_READ]
+        slots = self.genai.slots
+        self.provider = slots[Concept.PROVIDER]
+        self.request_model = slots[Concept.REQUEST_MODEL]
+        self.response_model = slots[Concept.RESPONSE_MODEL]
+        self.operation = slots[Concept.OPERATION]
+        self.openinference_kind = slots[Concept.OPENINFERENCE_KIND]
+        self.traceloop_kind = slots[Concept.TRACELOOP_KIND]
+        self.input = slots[Concept.INPUT]
+        self.output = slots[Concept.OUTPUT]
+        self.total = slots[Concept.TOTAL]
+        self.cache_read = slots[Concept.CACHE_READ]
         self.vercel_5_cache_read = slot_of[VERCEL_5_CACHE_READ]
-        self.cache_write = concept[Concept.CACHE_WRITE]
-        self.reasoning = concept[Concept.REASONING]
-        self.input_details = concept[Concept.INPUT_DETAILS]
-        self.output_details = concept[Concept.OUTPUT_DETAILS]
+        self.cache_write = slots[Concept.CACHE_WRITE]
+        self.reasoning = slots[Concept.REASONING]
+        self.input_details = slots[Concept.INPUT_DETAILS]
+        self.output_details = slots[Concept.OUTPUT_DETAILS]
 
     def scan(self, span: Span) -> tuple[list[AnyValue | None] | None, int]:
         """The values of the keys of interest by slot (None when the span has none: plain RED spans) and the

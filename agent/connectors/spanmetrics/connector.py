@@ -350,7 +350,7 @@ class SpanMetricsConnector:
     def consume(self, batch: Message) -> None:
         now = time.time_ns()
         spans = 0
-        for resource_spans in batch.resource_spans:  # type: ignore[attr-defined]
+        for resource_spans in batch.resource_spans:
             # Once per resource, not per span: an SDK sends one ResourceSpans per process with all its spans.
             service, sdk = self._service_and_sdk(resource_spans.resource)
             # What the spans' instrumentation means by its token counts, where it departs from the conventions.
@@ -373,7 +373,7 @@ class SpanMetricsConnector:
             if kv.key == "service.name":
                 service = any_to_str(kv.value) or UNKNOWN_SERVICE
             elif kv.key == "telemetry.sdk.name":
-                sdk = any_to_str(kv.value)
+                sdk = any_to_str(kv.value) or ""
         return service, sdk
 
     def _record_spans(self, spans: Sequence[Span], service: str, red_lookup: RedLookup, now: int) -> None:
@@ -424,7 +424,7 @@ class SpanMetricsConnector:
             )
             red.record(weight, duration, hist_weight, now, exemplar)
 
-            values = None
+            values: list[AnyValue | None] | None = None
             roles = 0
             attributes = span.attributes
             if attributes:

@@ -107,7 +107,8 @@ class ModelPrice:
             None if long_context is None else _scaled(long_context, factor),
         )
 
-    def cost(self, usage: TokenUsage) -> float:
+    def cost(self, usage: TokenUsage | tuple[float, float, float, float, float]) -> float:
+        """USD for ``usage``: a :class:`TokenUsage`, or the hot path's plain tuple in its order."""
         rates = self.per_token
         if usage[0] + usage[1] + usage[2] > self.long_context_above:
             rates = self.long_context_per_token  # type: ignore[assignment]

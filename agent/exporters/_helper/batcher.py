@@ -71,7 +71,7 @@ def merge(batches: list[Message]) -> Message:
 def _weight(signal: Signal, item: Message) -> int:
     if signal is not Signal.METRICS:
         return 1
-    kind = item.WhichOneof("data")  # type: ignore[attr-defined]
+    kind = item.WhichOneof("data")
     return max(len(getattr(item, kind).data_points), 1) if kind else 1
 
 

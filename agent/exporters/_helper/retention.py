@@ -80,7 +80,7 @@ class RetentionFilter:
             # Counted as every other exporter counter counts (data points, not metrics), so that routed and sent
             # items agree; the resource is read in place, as a request of one resource, not copied into one.
             one_resource = SimpleNamespace(**{_RESOURCE_LISTS[signal]: (resource,)})
-            items = SPECS[signal].count_items(one_resource)  # type: ignore[arg-type]
+            items = SPECS[signal].count_items(one_resource)
             routed.append((retention_class, items))
         if len(kept) == len(resources):
             return batch, routed

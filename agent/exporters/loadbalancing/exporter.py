@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -38,7 +39,11 @@ from agent.otlp.signals import SPECS
 from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
-_SPLITTERS = {Signal.TRACES: split_traces, Signal.LOGS: split_logs}
+# Each splitter takes and returns its own signal's requests; keyed by signal, the table can only say Message.
+_SPLITTERS: dict[Signal, Callable[[Any, Any], dict[str, Message]]] = {
+    Signal.TRACES: split_traces,
+    Signal.LOGS: split_logs,
+}
 
 
 class LoadBalancingExporter:
@@ -268,7 +273,7 @@ class LoadBalancingExporter:
 
     @staticmethod
     def _keep_only_undelivered(
-        batch: Message, parts: dict[str, Message], sends: list[asyncio.Future[Any]], waiting: list[Message]
+        batch: Message, parts: dict[str, Message], sends: Sequence[asyncio.Future[Any]], waiting: list[Message]
     ) -> None:
         undelivered = list(waiting)
         for part, send in zip(parts.values(), sends, strict=True):

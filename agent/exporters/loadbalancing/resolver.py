@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import dns.asyncresolver
@@ -104,7 +104,7 @@ class DnsResolver:
             raise _LookupFailed(f"{record_type}: {exc}") from None
         return [record.address for record in answer]
 
-    def _loses_a_family(self, answers: list[list[str] | BaseException]) -> bool:
+    def _loses_a_family(self, answers: Sequence[list[str] | BaseException]) -> bool:
         current = self._current or []
         has_ipv4 = any(not endpoint.startswith("[") for endpoint in current)
         has_ipv6 = any(endpoint.startswith("[") for endpoint in current)

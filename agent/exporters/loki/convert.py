@@ -127,7 +127,7 @@ def _event_record(record: Any, span: Any, event: Any, exception: bool, level: st
         # A `tracing::error!` inside a span is an event named after its message, at its own level: labelled
         # `info`, a query for the orchestrator's errors would miss it. The level is the label, not metadata too.
         shown = level or "info"
-        record.severity_number = severity_number_of(shown)  # type: ignore[assignment]
+        record.severity_number = severity_number_of(shown)
         record.severity_text = shown.upper()
         record.body.string_value = event.name
         record.attributes.extend(kv for kv in event.attributes if level is None or kv.key != _EVENT_LEVEL_KEY)

@@ -95,7 +95,7 @@ class LokiExporter:
         if signal is Signal.LOGS:
             self._queue.offer(signal, batch)
         elif signal is Signal.TRACES and self._config.span_events != "none":
-            logs = span_events_to_logs(batch, self._config.span_events, self._span_event_keys)  # type: ignore[arg-type]
+            logs = span_events_to_logs(batch, self._config.span_events, self._span_event_keys)
             if logs is not None:
                 self._queue.offer(Signal.LOGS, logs)
                 self._converted.inc(sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs))
@@ -195,7 +195,7 @@ class LokiExporter:
         cached = self._bodies.get(id(batch))
         if cached is not None and cached.batch is batch:
             return cached
-        streams = self._mapper.streams(batch)  # type: ignore[arg-type]
+        streams = self._mapper.streams(batch)
         self._count_limits()
         parts = split_streams(streams)
         if self._config.encoding == "json":

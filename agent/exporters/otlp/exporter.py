@@ -73,7 +73,7 @@ def partial_rejections(response: Message, signal: Signal, log: RateLimitedLog, e
     if not response.HasField("partial_success"):
         return 0
     spec = SPECS[signal]
-    partial = response.partial_success  # type: ignore[attr-defined]
+    partial = response.partial_success
     rejected = max(0, int(getattr(partial, spec.rejected_field)))  # an int64: a server may send less than 0
     if not rejected and not partial.error_message:
         return 0

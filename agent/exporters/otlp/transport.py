@@ -144,7 +144,7 @@ class GrpcTransport:
     async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
         connected_before = self._connected()
         try:
-            return await self._methods[signal](request, timeout=timeout, metadata=self._metadata)  # type: ignore[no-any-return]
+            return await self._methods[signal](request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             error = grpc_error(exc.code(), exc.details() or "", exc.trailing_metadata())
             never_connected = not connected_before and not self._connected()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
@@ -60,7 +61,7 @@ def to_metric(family: Family) -> Metric:
             for quantile, value in series.quantiles:
                 metric.add_sample(name, {**series.labels, "quantile": floatToGoString(quantile)}, value)
             metric.add_sample(name + "_count", series.labels, series.count)
-            metric.add_sample(name + "_sum", series.labels, series.sum)
+            metric.add_sample(name + "_sum", series.labels, cast(float, series.sum))  # a summary's is always set
     return metric
 
 

@@ -92,7 +92,7 @@ class PrometheusExporter:
         accumulator = self.accumulator
         if accumulator.pending >= MAX_PENDING_BATCHES:
             raise Refused("the prometheus exporter is still folding earlier batches")
-        accumulator.consume(batch)  # type: ignore[arg-type]
+        accumulator.consume(batch)
         if accumulator.fold_pending(FOLD_SLICE_SECONDS, wait=False) != "done":
             self._queued.set()  # the drain task folds the rest
         self._update_series_gauge()

@@ -31,7 +31,7 @@ def container_limit_bytes(
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
-    limits = []
+    limits: list[int] = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
@@ -62,7 +62,7 @@ def _read_limit(path: Path) -> int | None:
     return None if text == "max" or not text.isdigit() else int(text)
 
 
-def _load_malloc_trim():  # type: ignore[no-untyped-def]
+def _load_malloc_trim():
     name = ctypes.util.find_library("c")
     if name is None:
         return None

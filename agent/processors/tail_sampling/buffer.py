@@ -298,11 +298,11 @@ class TraceBuffer:
                 deadline, trace_id = deadlines.popleft(), ids.popleft()
                 # A trace decided earlier (by age or a bound) may still sit in this queue, or its id may since
                 # belong to a new trace (late spans after the caches forgot it): only the entry's own trace is due.
-                trace = self.traces.get(trace_id)
-                if trace is not None and self._is_entry_of(trace, deadline) and id(trace) not in seen:
-                    due.append(trace)
-                    seen.add(id(trace))
-                    work += trace.span_count
+                rooted = self.traces.get(trace_id)
+                if rooted is not None and self._is_entry_of(rooted, deadline) and id(rooted) not in seen:
+                    due.append(rooted)
+                    seen.add(id(rooted))
+                    work += rooted.span_count
                 else:
                     work += 1
         return due, False

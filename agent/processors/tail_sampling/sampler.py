@@ -313,8 +313,8 @@ class TailSampler:
                     holders.append(trace)
         self._pin(holders, request_bytes, held_bytes)
         # Records count toward a trace's bytes too (GenAI prompts and completions are often log records).
-        held = {trace.trace_id: trace for trace in holders}  # once per trace, not per fragment
-        self._decide([trace for trace in held.values() if self._is_heavy(trace)], "max_bytes_per_trace", release)
+        unique = {trace.trace_id: trace for trace in holders}  # once per trace, not per fragment
+        self._decide([trace for trace in unique.values() if self._is_heavy(trace)], "max_bytes_per_trace", release)
         self._after_ingest(release)
 
     def _is_heavy(self, trace: BufferedTrace) -> bool:

@@ -82,7 +82,7 @@ class HttpServer:
             # Half the time left at most: a slow client upload must not eat the time the pipelines need to flush.
             await stop_runner(runner, (deadline - time.monotonic()) / 2)
 
-    def _route(self, signal: Signal):  # type: ignore[no-untyped-def]
+    def _route(self, signal: Signal):
         async def handle(request: web.Request) -> web.Response:
             return await self._handle(signal, request)
 
