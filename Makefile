@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP) prometheus
 	$(BIN)/ruff check agent tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The unit tests on the dependency floors of pyproject.toml, installed together (a floor is a claim; CI checks it).
@@ -31,6 +32,7 @@ test-floors:
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests
 	$(BIN)/ruff format --check agent tests
+	$(BIN)/mypy
 
 # Prometheus and promtool (Debian package) are needed by the scrape and rule tests; never skipped.
 prometheus:
@@ -55,4 +57,4 @@ docs: $(STAMP)
 	$(BIN)/python -m agent.config.docs > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) $(FLOORS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .ruff_cache .mypy_cache .hypothesis
