@@ -8,6 +8,7 @@
 #
 # Config:  /etc/otel-sidecar/config.yaml (the packaged default config until you mount yours; the Helm chart mounts
 #          its ConfigMap there). Check one with: docker run --rm -v ...:ro otel-sidecar:0.1.0 validate --config ...
+#          (add --check-files, with the TLS files mounted too, to check them as a start does)
 # Ports:   4317  OTLP/gRPC receiver
 #          4318  OTLP/HTTP receiver
 #          9464  Prometheus exporter: span-derived orchestrator_* metrics at /metrics

@@ -33,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_INVALID_CONFIG
     if command == "validate":
-        print(f"{args.config or 'default config'}: valid")
+        source = args.config or "default config"
+        problem = _build_problem(config) if args.check_files else None
+        if problem is not None:
+            print(f"{source}: cannot start: {problem}", file=sys.stderr)
+            return EXIT_INVALID_CONFIG
+        print(f"{source}: valid" + (", and its TLS files are usable" if args.check_files else ""))
         return EXIT_OK
     if command == "print-config":
         print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
@@ -55,7 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
+        if name == "validate":
+            sub.add_argument(
+                "--check-files",
+                action="store_true",
+                help="also build the pipelines as a start does, reading the TLS files the config names (run it "
+                "where they are: in the pod, not in CI); the first problem found is reported",
+            )
     return parser
+
+
+def _build_problem(config: AgentConfig) -> str | None:
+    """What building ``config``'s pipelines and admin endpoint finds, as a start would, or None: files the config
+    names (TLS certificates and keys) missing or unusable. Nothing binds or starts."""
+    from agent.app import ADMIN_TLS_PATH
+    from agent.pipeline.graph import Graph
+    from agent.server_tls import load_server_tls
+    from agent.telemetry.selfmetrics import SelfMetrics
+
+    try:
+        Graph(config, SelfMetrics())
+        load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
+    except ConfigInvalid as exc:  # found only when the graph is built (a cycle through connectors)
+        return "; ".join(str(error) for error in exc.errors)
+    except Exception as exc:  # the messages name the setting and the file
+        return str(exc)
+    return None
 
 
 def _load(path: str | None) -> AgentConfig | None:

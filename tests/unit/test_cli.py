@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,34 @@ def test_sighup_is_handled_unless_the_process_was_started_to_ignore_it() -> None
         assert app.handled_signals() == [signal.SIGTERM, signal.SIGINT]
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+TLS_FILES_MISSING = """
+receivers:
+  otlp: {grpc: {endpoint: "127.0.0.1:0"}, http: {endpoint: "127.0.0.1:0"}}
+exporters:
+  otlp/jaeger: {endpoint: "https://jaeger:4317", tls: {ca_file: "%s"}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlp/jaeger]}
+  telemetry:
+    admin: {endpoint: "127.0.0.1:0"}
+"""
+
+
+def test_validate_checks_the_config_and_with_check_files_also_reads_its_tls_files_as_a_start_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the flag the config alone is checked (CI has no pod's certificates); with it, a missing CA file
+    that would fail the start fails validate too, naming the setting and the file."""
+    missing = tmp_path / "absent-ca.pem"
+    config = tmp_path / "agent.yaml"
+    config.write_text(TLS_FILES_MISSING % missing)
+    assert cli.main(["validate", "--config", str(config)]) == cli.EXIT_OK
+    assert capsys.readouterr().out == f"{config}: valid\n"
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert capsys.readouterr().err == (
+        f"{config}: cannot start: exporters.otlp/jaeger.tls: TLS file(s) not found: {missing}\n"
+    )
+    assert cli.main(["validate", "--check-files"]) == cli.EXIT_OK  # the packaged default names no files
+    assert capsys.readouterr().out == "default config: valid, and its TLS files are usable\n"
