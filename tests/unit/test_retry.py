@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from types import SimpleNamespace
@@ -81,6 +82,19 @@ async def test_retryable_failures_are_retried_until_success_and_counted() -> Non
     assert (rejected, maybe_delivered, push.calls) == (3, False, 3)
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_retries_total", exporter="otlp", signal="traces") == 2
+
+
+async def test_a_retried_failure_is_logged_when_it_starts_not_only_when_the_batch_is_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unreachable Jaeger logged nothing for max_elapsed_time (15m in the shipped configs): counted only."""
+    push = ScriptedPush(*(RetryableError("connection refused", reason="unavailable") for _ in range(3)), None)
+    with caplog.at_level(logging.WARNING, logger="otel_sidecar.otlp"):
+        await sender(push).send(Signal.LOGS, Message())
+    retries = [r for r in caplog.records if r.getMessage().startswith("export failed; retrying")]
+    assert len(retries) == 1  # three retries within the interval: one line, the rest counted on the next
+    assert (retries[0].signal, retries[0].error, retries[0].attempt) == ("logs", "connection refused", 1)  # type: ignore[attr-defined]
+    assert 0.005 <= retries[0].retry_in_seconds <= 0.02  # type: ignore[attr-defined]
 
 
 async def test_items_a_failed_attempt_rejected_are_reported_when_a_retry_then_succeeds() -> None:

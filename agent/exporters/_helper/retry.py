@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay, stop_never
@@ -27,6 +28,7 @@ from tenacity.wait import wait_base
 
 from agent.component import CreateSettings, Signal
 from agent.config.schema import Duration, setting
+from agent.telemetry.logs import RateLimitedLog
 from agent.waits import wait_event
 
 
@@ -146,6 +148,7 @@ class RetryingSender:
             "exporter_retries_total", "Export attempts retried after a retryable failure.", ["exporter", "signal"]
         )
         self._component_id = settings.component_id
+        self._log = RateLimitedLog(settings.logger)
 
     def interrupt(self) -> None:
         """End every backoff wait now (and any later one) with :class:`ExportAborted`."""
@@ -167,7 +170,7 @@ class RetryingSender:
             wait=BackoffWait(config),
             stop=stop_before_delay(config.max_elapsed_time) if config.max_elapsed_time > 0 else stop_never,
             sleep=self._sleep,
-            before_sleep=lambda _: retries.inc(),
+            before_sleep=lambda state: self._count_retry(retries, signal, state),
             reraise=True,
         )
         try:
@@ -185,6 +188,22 @@ class RetryingSender:
             aborted.maybe_delivered = maybe_delivered
             raise
         return rejected + rejected_before, maybe_delivered
+
+    def _count_retry(self, retries: Any, signal: Signal, state: RetryCallState) -> None:
+        """Counted, and logged now and then: a backend down or refusing must show in the log when it starts, not
+        only when the first batch is given up (``max_elapsed_time`` later)."""
+        retries.inc()
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        self._log.warning(
+            f"retry:{signal.value}",
+            "export failed; retrying (the batch waits in the queue)",
+            signal=signal.value,
+            error=str(error),
+            retry_in_seconds=round(wait, 3),
+            attempt=state.attempt_number,
+        )
 
     async def _attempt(self, signal: Signal, batch: Message) -> int:
         started = time.monotonic()
