@@ -74,42 +74,53 @@ def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | 
     return load_text(text, environ)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key written twice in one mapping is an error, as in the Collector:
-    keeping the last one silently would drop half of what the operator wrote (two ``traces:`` pipelines)."""
-
-
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    first_line: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == _MERGE_TAG:
-            continue  # `<<: *anchor`: the keys it brings may be overridden, as YAML merge keys mean
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            earlier = first_line.get(key)
-        except TypeError:
-            continue  # an unhashable key: the safe constructor reports it
-        if earlier is None:
-            first_line[key] = key_node.start_mark.line + 1
-        else:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found key {key!r} again (first on line {earlier}); a key may appear once in a mapping",
-                key_node.start_mark,
-            )
-    return loader.construct_mapping(node, deep=True)
+def _keys_written_twice(root: yaml.Node | None) -> list[ConfigError]:
+    """Each key written again in one mapping, at its config path: an error, as in the Collector, since keeping the
+    last one silently would drop half of what the operator wrote (two ``traces:`` pipelines). Found on the
+    composed nodes, so that the path is known and the other problems are listed beside it."""
+    found: list[tuple[int, ConfigError]] = []
+    visited: set[int] = set()  # an anchor's node is walked once, at its own place, however often it is used
+    pending: list[tuple[yaml.Node, str]] = [] if root is None else [(root, "")]
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend((item, join_path(path, index)) for index, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, Any], yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue  # `<<: *anchor`: the keys it brings may be overridden, as YAML merge keys mean
+                line = key_node.start_mark.line + 1
+                child = join_path(path, str(key_node.value))
+                earlier = first.setdefault((key_node.tag, key_node.value), key_node)
+                if earlier is not key_node:
+                    lines = f"lines {earlier.start_mark.line + 1} and {line}"
+                    message = f"written twice in one mapping ({lines}); a key may appear once"
+                    found.append((line, ConfigError(child, message)))
+                pending.append((value_node, child))
+    return [error for _, error in sorted(found, key=lambda item: item[0])]
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
+    """The document, and the keys it writes twice (the last one is what the document holds)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        written_twice = _keys_written_twice(root)  # first: constructing merges `<<` keys into the nodes
+        return (loader.construct_document(root) if root is not None else None), written_twice
+    finally:
+        loader.dispose()
 
 
 def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfig:
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)
+        raw, written_twice = _parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     except ValueError as exc:  # PyYAML's own value errors, e.g. a date like 2001-13-45
@@ -119,7 +130,7 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
     if expands_past(raw, MAX_CONFIG_VALUES):
         message = f"expands to more than {MAX_CONFIG_VALUES} values: YAML aliases repeated inside aliases?"
         raise ConfigInvalid([ConfigError("", message)])
-    errors: list[ConfigError] = []
+    errors: list[ConfigError] = written_twice
     raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
     substitution_failed = {e.path for e in errors}
     substitution_errors = len(errors)

@@ -489,8 +489,30 @@ exporters:
   file: {path: /tmp/b}
 service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}
 """
-    with pytest.raises(ConfigInvalid, match=r"found key 'file' again \(first on line 3\)"):
+    with pytest.raises(ConfigInvalid) as raised:
         load_text(text, environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        "exporters.file: written twice in one mapping (lines 3 and 4); a key may appear once"
+    ]
+
+
+def test_a_key_written_twice_is_listed_with_the_configs_other_problems() -> None:
+    """Reported alone as a YAML error, it hid every other problem until it was fixed (pass 89)."""
+    text = """receivers: {otlp: {}}
+processors:
+  tail_sampling:
+    max_traces: 1000
+    policies: {probabilistic: {percentage: .nan}}
+    max_traces: 2000
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        "processors.tail_sampling.max_traces: written twice in one mapping (lines 4 and 6); a key may appear once",
+        "processors.tail_sampling.policies.probabilistic.percentage: must be a finite number, got nan",
+    ]
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
@@ -584,7 +606,9 @@ def test_a_key_written_twice_on_one_line_is_an_error_too() -> None:
 exporters: {file: {path: /tmp/a}, file/b: {path: /tmp/b}}
 service: {pipelines: {traces: {receivers: [otlp], exporters: [file], exporters: [file/b]}}}
 """
-    with pytest.raises(ConfigInvalid, match=r"found key 'exporters' again \(first on line 3\)"):
+    with pytest.raises(
+        ConfigInvalid, match=r"service\.pipelines\.traces\.exporters: written twice .*\(lines 3 and 3\)"
+    ):
         load_text(text, environ={})
 
 
