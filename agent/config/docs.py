@@ -28,7 +28,9 @@ listens on its own address(es) only: `127.0.0.1:4318` is not reachable at `[::1]
 also takes the Collector's `protocols:` level around `grpc` and `http`. Unknown keys, keys written twice, wrong
 types, numbers that are not finite and references to undefined components are errors; `otel-sidecar validate
 --config FILE` lists all of them with their paths (checks across the fields of a section, such as
-`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid).
+`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid), naming the
+environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names,
+as a start does (run it where they are).
 """
 
 

@@ -20,6 +20,7 @@ from agent.config.service import PipelineConfig, ServiceConfig, pipeline_id_prob
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
 # a "${" that is none of these is reported.
 _ENV_NAME = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
+_REFERENCED_NAME = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
 _BAD_REFERENCE = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
 _COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
@@ -131,12 +132,16 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         message = f"expands to more than {MAX_CONFIG_VALUES} values: YAML aliases repeated inside aliases?"
         raise ConfigInvalid([ConfigError("", message)])
     errors: list[ConfigError] = written_twice
-    raw = substitute_env(raw, "", os.environ if environ is None else environ, errors)
+    environ = os.environ if environ is None else environ
+    substituted: dict[str, list[str]] = {}
+    raw = substitute_env(raw, "", environ, errors, substituted)
     substitution_failed = {e.path for e in errors}
     substitution_errors = len(errors)
     config = parse(raw, errors)
     # A value whose variable is missing fails validation too; the missing variable is the one thing to say.
-    errors[substitution_errors:] = [e for e in errors[substitution_errors:] if e.path not in substitution_failed]
+    errors[substitution_errors:] = [
+        _naming_variables(e, substituted) for e in errors[substitution_errors:] if e.path not in substitution_failed
+    ]
     if errors:
         raise ConfigInvalid(errors)
     assert config is not None
@@ -163,7 +168,32 @@ def expands_past(node: Any, budget: int) -> bool:
     return False
 
 
-def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: list[ConfigError]) -> Any:
+def _naming_variables(error: ConfigError, substituted: Mapping[str, list[str]]) -> ConfigError:
+    """``error`` saying which environment variables its value came from, when it did: an operator who set only
+    ``OTEL_SIDECAR_CRITICAL_SERVICES`` does not know which setting reads it."""
+    path = error.path
+    while path:
+        names = substituted.get(path)
+        if names:
+            variables = ", ".join(f"${{env:{name}}}" for name in names)
+            return ConfigError(error.path, f"{error.message} (the value comes from {variables})")
+        path = _parent_path(path)
+    return error
+
+
+def _parent_path(path: str) -> str:
+    """``a.b`` for ``a.b.c`` and for ``a.b[0]``; "" at the top."""
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+def substitute_env(
+    node: Any,
+    path: str,
+    environ: Mapping[str, str],
+    errors: list[ConfigError],
+    substituted: dict[str, list[str]] | None = None,
+) -> Any:
     """Replace ``${env:NAME}``, ``${env:NAME:-default}`` and ``${NAME}`` in every string value; ``$$`` is a
     literal ``$``.
 
@@ -172,11 +202,16 @@ def substitute_env(node: Any, path: str, environ: Mapping[str, str], errors: lis
     type decides, not the look of the text (a regex ``[0-9]`` is not a list to a string field).
     """
     if isinstance(node, dict):
-        return {k: substitute_env(v, join_path(path, str(k)), environ, errors) for k, v in node.items()}
+        return {k: substitute_env(v, join_path(path, str(k)), environ, errors, substituted) for k, v in node.items()}
     if isinstance(node, list):
-        return [substitute_env(v, join_path(path, i), environ, errors) for i, v in enumerate(node)]
+        return [substitute_env(v, join_path(path, i), environ, errors, substituted) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
+    if substituted is not None:
+        # For messages only: a `$${env:X}` written to mean the text is named too, which misleads no one.
+        names = [match.group(1) for match in _REFERENCED_NAME.finditer(node) if match.group(1) in environ]
+        if names:
+            substituted[path] = list(dict.fromkeys(names))
 
     problems: list[str] = []
     try:

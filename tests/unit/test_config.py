@@ -797,3 +797,30 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
         load_text(text, environ={})
     assert "receivers.otlp.http.endpoint: must differ from grpc.endpoint" in [str(e) for e in raised.value.errors]
     assert "otlp" in load_text(text.replace("14317", "0"), environ={}).receivers
+
+
+def test_a_value_from_an_environment_variable_names_the_variable_in_its_error() -> None:
+    """An operator who set only OTEL_SIDECAR_CRITICAL_SERVICES=payments (the README asks for a YAML list) was told
+    a setting path they never wrote (pass 89)."""
+    text = """receivers: {otlp: {}}
+processors:
+  tail_sampling:
+    policies: {critical_services: {services: "${env:OTEL_SIDECAR_CRITICAL_SERVICES:-[]}"}}
+exporters: {otlp: {endpoint: "jaeger:4317", timeout: "${env:TIMEOUT}s", tls: {insecure: true}}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [otlp]}}}
+"""
+    environ = {"OTEL_SIDECAR_CRITICAL_SERVICES": "payments", "TIMEOUT": "ten"}
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ=environ)
+    assert [str(e) for e in raised.value.errors] == [
+        "processors.tail_sampling.policies.critical_services.services: must be a list, got a string "
+        "(the value comes from ${env:OTEL_SIDECAR_CRITICAL_SERVICES})",
+        "exporters.otlp.timeout: must be a duration like '10s', '500ms' or '2m', got 'tens' "
+        "(the value comes from ${env:TIMEOUT})",
+    ]
+    # A default used, or a value written in the file, is the file's: nothing to name.
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text.replace("${env:TIMEOUT}s", "tens"), environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        "exporters.otlp.timeout: must be a duration like '10s', '500ms' or '2m', got 'tens'"
+    ]
