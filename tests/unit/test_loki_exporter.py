@@ -792,6 +792,17 @@ def test_credentials_in_the_url_and_an_authorization_header_are_a_config_error()
     ]
 
 
+@pytest.mark.parametrize("endpoint", ["http://loki:3100", "http://loki:3100/", "https://logs.example"])
+def test_an_endpoint_without_the_push_path_is_a_config_error(endpoint: str) -> None:
+    """Loki answers 404 at its root: every batch was dropped as rejected while validate passed (pass 89)."""
+    errors: list[ConfigError] = []
+    build(LokiExporterConfig, {"endpoint": endpoint}, "exporters.loki", errors)
+    assert [str(e) for e in errors] == [
+        "exporters.loki.endpoint: needs the push path, as in http://loki:3100/loki/api/v1/push"
+    ]
+    assert build(LokiExporterConfig, {"endpoint": f"{endpoint.rstrip('/')}/push"}, "exporters.loki", []) is not None
+
+
 async def test_a_secret_in_the_push_urls_query_never_reaches_the_log_through_aiohttps_own_text(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +21,7 @@ _TENANT = re.compile(r"^[A-Za-z0-9!\-_.*'()]{1,150}$")
 
 @dataclass(frozen=True)
 class LokiExporterConfig:
-    endpoint: Url = setting(doc="Loki's push URL, e.g. `http://loki:3100/loki/api/v1/push`.")
+    endpoint: Url = setting(doc="Loki's push URL, its path included: `http://loki:3100/loki/api/v1/push`.")
     encoding: Literal["protobuf", "json"] = setting(
         "protobuf", doc="`protobuf` (snappy-compressed, what Loki's own clients send) or `json`."
     )
@@ -62,6 +63,9 @@ class LokiExporterConfig:
     batch: BatchConfig = setting(doc="Batching by size and time.", default_factory=BatchConfig)
 
     def validate(self) -> Iterator[tuple[str, str]]:
+        if urllib.parse.urlsplit(str(self.endpoint)).path in ("", "/"):
+            # Loki answers 404 at its root, and every batch would be dropped as rejected at run time.
+            yield "endpoint", "needs the push path, as in http://loki:3100/loki/api/v1/push"
         if self.compression == "gzip" and self.encoding != "json":
             yield "compression", "gzip applies to encoding: json (protobuf bodies are snappy-compressed)"
         yield from header_problems(self.headers, grpc=False)
