@@ -620,6 +620,16 @@ async def test_requests_aiohttp_cannot_parse_are_answered_400_counted_and_logged
     assert len(sink.batches) == 1
 
 
+async def test_grpc_sent_to_the_http_port_is_logged_with_where_grpc_goes(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's own words, "Pause on PRI/Upgrade", told an operator nothing about an exporter on the wrong port."""
+    caplog.set_level(logging.WARNING)
+    assert (await send_raw(running.http_url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")).startswith(b"HTTP/1.0 400 ")
+    [line] = [r for r in caplog.records if r.getMessage() == "request is not valid HTTP; answered 400"]
+    assert "gRPC sent to the HTTP port? OTLP/gRPC goes to the gRPC port" in line.error  # type: ignore[attr-defined]
+
+
 async def test_grpc_and_http_both_on_port_0_each_get_a_port_and_the_log_says_which(
     sink: BatchSink, caplog: pytest.LogCaptureFixture
 ) -> None:
