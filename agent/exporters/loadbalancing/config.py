@@ -60,7 +60,10 @@ class StaticResolverConfig:
 
 @dataclass(frozen=True)
 class DnsResolverConfig:
-    hostname: str = setting(doc="Name whose A and AAAA records are the gateways (a Kubernetes headless Service).")
+    hostname: str = setting(
+        doc="Name whose A and AAAA records are the gateways (a Kubernetes headless Service). Asked of DNS servers "
+        "only, not `/etc/hosts`: to try the tier on one machine, use the `static` resolver."
+    )
     port: int = setting(4317, doc="Port of every gateway.", minimum=1, maximum=65535)
     interval: Duration = setting(Duration(5.0), doc="How often the name is resolved again.", positive=True)
     timeout: Duration = setting(Duration(1.0), doc="Time one resolution may take.", positive=True)
