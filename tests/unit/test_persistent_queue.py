@@ -690,3 +690,83 @@ async def test_a_persistent_queue_holds_nothing_only_memory_would_lose(tmp_path:
     assert len(queue) > 0
     assert queue.held_items() == 0  # on disk, sent after a restart
     await queue.shutdown(time.monotonic() + 0.2)
+
+
+async def test_a_restart_on_a_full_volume_opens_the_queue_and_delivers_what_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The volume filled while batches waited (pass 90): opening rewrote the ack log, which failed, so the agent
+    could not start (and a SIGHUP stopped a running one). Now the log is appended to as it is, a segment that
+    cannot be begun is begun at the next put, and the queue delivers what it holds, which frees the space."""
+    sent = batches(4)
+    await queue_while_down(queue_config(tmp_path), sent)
+    directory = tmp_path / "otlp"
+    (directory / "acks.log.tmp").mkdir()  # the rewrite's temporary file cannot be written, as on a full volume
+    begin_segment = PersistentStore._start_segment
+    full = True
+
+    def start_segment(store: PersistentStore) -> None:
+        if full:
+            raise OSError(28, "No space left on device")
+        begin_segment(store)
+
+    monkeypatch.setattr(PersistentStore, "_start_segment", start_segment)
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push)
+    await queue.start()
+    with pytest.raises(Refused):  # nothing can be written yet: the sender is refused, retryably
+        queue.offer(Signal.TRACES, batches(1, seed=9)[0])
+    full = False
+    queue.offer(Signal.TRACES, batches(1, seed=9)[0])  # a segment begun now
+    await run_until_delivered(queue, backend, len(sent) + 1, start=False)
+    assert backend.received[: len(sent)] == sent
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="ack_log") == 1
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="segment") >= 1
+
+
+async def test_a_delivered_segment_that_cannot_be_removed_is_counted_and_the_queue_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing a delivered segment failed (an immutable file, a read-only remount) after its descriptor was
+    closed, and the closed descriptor stayed on the list (pass 90): the byte bound shrank for good and the next
+    close() failed before releasing the directory's lock, so a reload could not open the queue again."""
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "0s"})
+    sent = batches(60, seed=8)
+    for batch in sent:  # 40 KB more each, so that they fill two 1 MiB segments
+        batch.resource_spans[0].resource.attributes.add(key="pad", value={"string_value": "x" * 40_000})
+    await queue_while_down(config, sent)
+    assert len(segments(tmp_path)) >= 3
+    unlink = Path.unlink
+
+    def refuse_segments(path: Path, missing_ok: bool = False) -> None:
+        if path.suffix == ".seg":
+            raise PermissionError(1, "Operation not permitted", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_segments)
+    metrics = SelfMetrics()
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp", metrics), config, backend.push)
+    await queue.start()
+    store = queue._store
+    assert isinstance(store, PersistentStore)
+    deadline = time.monotonic() + 10
+    while len(backend.received) < len(sent) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)  # the last ack
+    assert backend.received == sent
+    assert store.bytes == sum(segment.size for segment in store._segments)  # the bound counts live segments only
+    await queue.shutdown(time.monotonic() + 2)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="delete") >= 2
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == 0
+
+    # The lock was released, and the files left behind hold nothing to send again.
+    again = Backend()
+    second = SendingQueue(make_settings("otlp"), config, again.push)
+    await second.start()
+    await asyncio.sleep(0.2)
+    await second.shutdown(time.monotonic() + 2)
+    assert again.received == []

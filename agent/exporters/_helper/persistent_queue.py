@@ -88,6 +88,7 @@ class PersistentStore:
         self._settings = settings
         self._entries: collections.deque[DiskEntry] = collections.deque()
         self._segments: list[_Segment] = []
+        self._undeleted: list[_Segment] = []  # done, but their files could not be removed
         self._active: _Segment | None = None
         self._acks_fd = -1
         self._lock_fd = -1
@@ -102,7 +103,8 @@ class PersistentStore:
         self._errors = settings.metrics.counter(
             "exporter_persistent_queue_errors_total",
             "Damaged persistent-queue data skipped (a torn or corrupt segment tail, a record that does not decode), "
-            "and writes to the queue's disk that failed (the ack log, emptying the active segment).",
+            "and writes to the queue's disk that failed (the ack log, beginning a segment, emptying the active one, "
+            "removing a delivered one).",
             ["exporter", "reason"],
         )
         self._recovered = settings.metrics.counter(
@@ -130,8 +132,11 @@ class PersistentStore:
         for path in sorted(self._dir.glob("*.seg")):
             self._scan_segment(path, done, sending)
         self._sending = {seq for seq in sending if seq not in done}
-        self._rewrite_ack_log()
-        self._start_segment()
+        self._open_ack_log()
+        try:
+            self._start_segment()
+        except OSError as exc:  # a full volume: put() tries again, and refuses the sender until it can
+            self._disk_error("segment", exc)
         if self._sync_interval > 0:
             self._syncer = asyncio.create_task(self._sync_periodically())
         if self._entries:
@@ -141,6 +146,8 @@ class PersistentStore:
             )
 
     async def close(self) -> None:
+        """Sync and close everything, whatever the disk says: an error here must not keep the directory locked,
+        which would refuse the next config's queue (a reload) and the previous one's too."""
         if self._syncer is not None:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,16 +157,19 @@ class PersistentStore:
             if segment is self._active:
                 with contextlib.suppress(OSError):
                     os.fsync(segment.fd)
-            os.close(segment.fd)
+            with contextlib.suppress(OSError):
+                os.close(segment.fd)
         self._segments.clear()
         self._active = None
         if self._acks_fd >= 0:
             with contextlib.suppress(OSError):
                 os.fsync(self._acks_fd)
-            os.close(self._acks_fd)
+            with contextlib.suppress(OSError):
+                os.close(self._acks_fd)
             self._acks_fd = -1
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
     def _lock(self) -> None:
@@ -244,8 +254,12 @@ class PersistentStore:
             os.close(segment.fd)
             if damaged:
                 self._set_aside(path)
-            else:
+                return
+            try:
                 path.unlink()  # every record delivered
+            except OSError as exc:  # kept, with its acks, for a later start to remove
+                self._undeleted.append(segment)
+                self._disk_error("delete", exc)
             return
         self._segments.append(segment)
         self.bytes += segment.size
@@ -281,7 +295,11 @@ class PersistentStore:
         version's format (after a downgrade) or damage an operator wants to look at, and deleting it would lose
         that for good."""
         kept = path.with_suffix(".damaged")
-        path.rename(kept)
+        try:
+            path.rename(kept)
+        except OSError as exc:  # left in place: a later start looks at it again
+            self._disk_error("set_aside", exc)
+            return
         self._settings.logger.error(
             "persistent queue segment has no readable record; it is set aside, out of the queue",
             extra={"exporter": self._cid, "segment": path.name, "kept_as": str(kept)},
@@ -321,7 +339,10 @@ class PersistentStore:
     def put(self, signal: Signal, batch: Message, items: int, size: int) -> None:
         """Write one request; it is queued only once written (and synced, without ``sync_interval``). An OSError
         leaves nothing queued and nothing on disk, so the caller can refuse the sender without a duplicate."""
-        assert self._active is not None, "persistent queue is not open"
+        assert self._acks_fd >= 0, "persistent queue is not open"
+        if self._active is None:
+            self._start_segment()  # none could be begun yet (a full volume): an OSError refuses the sender
+        assert self._active is not None
         if self._active.size >= self._segment_bytes:
             finished = self._active
             os.fsync(finished.fd)
@@ -491,14 +512,38 @@ class PersistentStore:
         )
 
     def _delete(self, segment: _Segment) -> None:
-        os.close(segment.fd)
-        segment.path.unlink(missing_ok=True)
+        """Forget a segment whose records are all done, and remove its file. A file that cannot be removed (an
+        immutable or read-only volume) is counted and logged, and its records' acks are kept in the log, so a
+        restart skips them rather than sending them again."""
         self._segments.remove(segment)
         self.bytes -= segment.size
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+        try:
+            segment.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._undeleted.append(segment)
+            self._disk_error("delete", exc)
+
+    def _open_ack_log(self) -> None:
+        """The ack log, rewritten without the entries of records no longer on disk; on a full volume the rewrite
+        fails, and the log is appended to as it is (a torn last entry, from a crash mid-write, cut off first)."""
+        try:
+            self._rewrite_ack_log()
+        except OSError as exc:
+            self._disk_error("ack_log", exc)
+            path = self._dir / "acks.log"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            size = os.fstat(fd).st_size
+            if size % _ACK.size:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size - size % _ACK.size)  # a torn entry would shift every later one
+            self._acks_fd = fd
 
     def _rewrite_ack_log(self) -> None:
         """Keep only entries about records still on disk, so the log stays small."""
-        entries = [_ACK.pack(_DONE, seq) for segment in self._segments for seq in sorted(segment.done)]
+        on_disk = [*self._segments, *self._undeleted]
+        entries = [_ACK.pack(_DONE, seq) for segment in on_disk for seq in sorted(segment.done)]
         entries += [_ACK.pack(_SENDING, seq) for seq in sorted(self._sending)]
         temporary = self._dir / "acks.log.tmp"
         try:
