@@ -221,7 +221,7 @@ class Agent:
         ``service.shutdown_timeout``, and the new pipelines start, unless a SIGTERM came meanwhile. If they cannot
         (a port taken), the previous config starts again. The admin endpoint stays where it is (changing it takes a
         restart); with TLS it listens again with its files read anew. The agent's own series of components the new
-        config no longer has are removed.
+        config no longer has are removed, but for counters above zero.
         """
         read: TlsFilesRead | None = None
         try:

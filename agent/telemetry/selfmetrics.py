@@ -91,12 +91,15 @@ class SelfMetrics:
         return found  # type: ignore[return-value]
 
     def forget_components(self, kept: Mapping[str, Collection[str]]) -> int:
-        """Remove the series of components that no longer run; return how many.
+        """Remove the series of components that no longer run, but for counters that counted something; return
+        how many.
 
         A family is a component's when its first label names a kind (``exporter``...): its series whose id is not
         in ``kept[kind]`` go; so do those of the custom collectors (``component_collector``). After a config
         reload, the gauges of a removed exporter would otherwise stay at their last value for good (a full queue
-        firing its alert). prometheus_client lists a family's children only through its private ``_metrics``.
+        firing its alert). A counter above zero stays: a removed exporter's last count, such as the items its
+        flush at the reload gave up, must reach a scrape (a counter that no longer rises alerts on nothing).
+        prometheus_client lists a family's children, and their values, only through private attributes.
         """
         with self._lock:
             families = list(self._families.values())
@@ -106,9 +109,11 @@ class SelfMetrics:
             if not names or names[0] not in kept:
                 continue
             ids = kept[names[0]]
-            for values in [v for v in list(family._metrics) if v[0] not in ids]:
-                family.remove(*values)
-                removed += 1
+            counter = family._type == "counter"
+            for values, child in list(family._metrics.items()):
+                if values[0] not in ids and not (counter and child._value.get() > 0):  # type: ignore[attr-defined]
+                    family.remove(*values)
+                    removed += 1
         with self._lock:
             collectors = list(self._collectors.values())
         for collector in collectors:
