@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from agent.config.loader import AgentConfig
 from agent.config.schema import ConfigInvalid
+from agent.exporters._helper.abandoned_queues import abandoned_directories
 from agent.pipeline.graph import Graph
 from agent.server_tls import ServerTls, load_server_tls
 from agent.telemetry.admin import AdminServer
@@ -70,6 +71,14 @@ class Agent:
         self._reconfigured = asyncio.Event()  # a reload ended: the TLS files check reads its interval again
         self._ready_gauge = self.metrics.gauge("ready", "1 when the agent accepts data, 0 otherwise.")
         self._certificate_validity = CertificateValidity(self.metrics)
+        self._abandoned_bytes = self.metrics.gauge(
+            "persistent_queue_abandoned_bytes",
+            "Queued data in persistent-queue directories no running exporter reads (its exporter renamed or removed "
+            "by a reload, or switched to a memory queue): accepted, and not sent. Give the exporter its id and "
+            "storage back to send it, or delete the directory.",
+            ["directory"],
+        )
+        self._abandoned: set[str] = set()
         self._reloads = self.metrics.counter(
             "config_reloads_total",
             "Config reloads (SIGHUP, or a change of the TLS files) by result: reloaded; invalid (the new config was "
@@ -102,6 +111,7 @@ class Agent:
         self._started = True
         self._ready_gauge.set(1)
         self._publish_certificates()
+        self._report_abandoned_queues(self.config)
         self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
 
     async def stop(self) -> None:
@@ -236,6 +246,7 @@ class Agent:
             return self._reload_refused([f"{type(exc).__name__}: {exc}"], None if read_config else read)
         self._reloading = True
         self._ready_gauge.set(0)
+        previous_config = self.config
         try:
             await self.graph.shutdown(time.monotonic() + float(self.config.service.shutdown_timeout))
             if self._stop_requested.is_set():
@@ -259,10 +270,31 @@ class Agent:
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
         self.metrics.forget_components(self.graph.component_ids())
         self._publish_certificates()
+        self._report_abandoned_queues(previous_config, self.config)
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:
             self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
         return reloaded
+
+    def _report_abandoned_queues(self, *configs: AgentConfig) -> None:
+        """Say which persistent-queue directories of ``configs`` hold data no running exporter will send."""
+        found = {
+            str(directory): size
+            for directory, size in abandoned_directories(
+                configs, self.config, self.graph.component_ids()["exporter"]
+            ).items()
+        }
+        for gone in self._abandoned - found.keys():
+            self._abandoned_bytes.remove(gone)
+        self._abandoned = set(found)
+        for directory, size in found.items():
+            self._abandoned_bytes.labels(directory).set(size)
+            self._log.warning(
+                "a persistent queue directory holds data no exporter of this config sends (its exporter was renamed "
+                "or removed, or given a memory queue); give the exporter its id and storage back to send it, or "
+                "delete the directory",
+                extra={"directory": directory, "bytes": size},
+            )
 
     def _publish_certificates(self) -> None:
         self._certificate_validity.publish([*self.graph.certificates(), *self.admin.certificates()])

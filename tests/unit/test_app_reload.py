@@ -4,6 +4,7 @@ the admin endpoint left where it listens. tests/integration/test_agent_process.p
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
+from agent.exporters._helper.queue import SendingQueueConfig
 from agent.receivers.otlp import OtlpReceiver
 from tests.helpers import base_config, free_port, metric_value
 
@@ -244,3 +246,57 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_a_queue_directory_no_exporter_reads_is_reported_until_an_exporter_reads_it_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exporter renamed by a reload left its persistent queue, accepted data, on disk with nothing to send it
+    and nothing saying so (pass 90). The agent now reports such a directory, at start and after each reload."""
+    from agent.component import Signal
+    from agent.exporters._helper.queue import SendingQueue
+    from agent.exporters._helper.retry import RetryableError, RetryConfig
+    from agent.testing.workload import Workload
+    from tests.delivery_doubles import build_config, make_settings
+
+    root = tmp_path / "queue"
+
+    async def down(signal: Signal, batch: Any) -> None:
+        raise RetryableError("backend down", reason="unavailable")
+
+    storage = {"storage": {"directory": str(root), "sync_interval": "0s"}}
+    old = SendingQueue(
+        make_settings("otlp/old"),
+        build_config(SendingQueueConfig, storage),
+        down,
+        retry=RetryConfig(max_elapsed_time=0),
+    )
+    await old.start()
+    old.offer(Signal.TRACES, next(iter(Workload(seed=1).requests(1)))[0])
+    await old.shutdown(time.monotonic() + 0.5)  # left on disk, undelivered
+
+    running = Reloadable(tmp_path)
+    running.config["exporters"]["otlp"] = {
+        "endpoint": f"127.0.0.1:{free_port()}",
+        "tls": {"insecure": True},
+        "sending_queue": storage,
+    }
+    running.config["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    caplog.set_level(logging.WARNING)
+    await running.agent.start()
+    try:
+        text = running.agent.metrics.render().decode()
+        abandoned = str(root / "otlp__old")
+        assert metric_value(text, "otel_sidecar_persistent_queue_abandoned_bytes", directory=abandoned) > 0
+        assert [r.directory for r in caplog.records if "no exporter of this config sends" in r.getMessage()] == [
+            abandoned
+        ]
+        # Renamed back: the exporter reads its directory again, and the report is gone.
+        running.config["exporters"]["otlp/old"] = running.config["exporters"].pop("otlp")
+        running.config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/old"]
+        assert await running.agent.reload()
+        text = running.agent.metrics.render().decode()
+        assert "otel_sidecar_persistent_queue_abandoned_bytes{" not in text
+    finally:
+        await running.agent.stop()

@@ -50,6 +50,11 @@ _MAX_ACK_LOG = 1024 * 1024
 _MAX_SEQ = 2**63  # no queue writes that many records; a seq past it is garbage (near 2**64 it would overflow the u64)
 
 
+def queue_directory(root: str, exporter_id: str) -> Path:
+    """Where the exporter ``exporter_id`` queues under the storage directory ``root``."""
+    return Path(root) / exporter_id.replace("/", "__")
+
+
 class QueueDirectoryBusy(RuntimeError):
     """Another agent holds the queue directory."""
 

@@ -19,7 +19,6 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from google.protobuf.message import Message
 
@@ -242,9 +241,9 @@ class SendingQueue:
     def _make_store(settings: CreateSettings, config: SendingQueueConfig) -> MemoryStore:
         if not config.storage.directory:
             return MemoryStore()
-        from agent.exporters._helper.persistent_queue import PersistentStore
+        from agent.exporters._helper.persistent_queue import PersistentStore, queue_directory
 
-        directory = Path(config.storage.directory) / settings.component_id.replace("/", "__")
+        directory = queue_directory(config.storage.directory, settings.component_id)
         return PersistentStore(directory, config.storage, settings)  # type: ignore[return-value]
 
     def _init_metrics(self) -> None:
