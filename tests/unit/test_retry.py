@@ -142,6 +142,18 @@ async def test_an_attempt_that_times_out_is_retried_and_reported_as_maybe_delive
     assert (rejected, maybe_delivered, push.calls) == (0, True, 1)
 
 
+async def test_each_attempt_that_may_have_delivered_the_batch_is_one_more_copy() -> None:
+    """A backend storing each request and then closing the connection unanswered held 9 copies of each item, and
+    exporter_duplicates_total said 1 (pass 90): the count was per batch, not per attempt."""
+    unknown = [RetryableError("connection closed", reason="connection", maybe_delivered=True) for _ in range(8)]
+    refused = RetryableError("connection refused", reason="unavailable")  # never reached the backend
+    metrics = SelfMetrics()
+    rejected, copies = await sender(ScriptedPush(*unknown[:4], refused, *unknown[4:]), metrics=metrics).send(
+        Signal.TRACES, Message()
+    )
+    assert (rejected, copies) == (0, 8)
+
+
 async def test_giving_up_after_an_attempt_timed_out_says_the_batch_may_have_been_delivered() -> None:
     timed_out = RetryableError("no answer", reason="timeout", maybe_delivered=True)
     push = ScriptedPush(timed_out, RetryableError("refused", reason="unavailable"))

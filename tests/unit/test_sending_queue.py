@@ -354,3 +354,30 @@ async def test_the_items_held_are_those_queued_and_those_being_sent() -> None:
     release.set()
     await queue.shutdown(time.monotonic() + 5)
     assert queue.held_items() == 0
+
+
+async def test_duplicates_count_one_copy_per_attempt_that_may_have_reached_the_backend() -> None:
+    """Three attempts closed unanswered after the backend stored them, then a success: the backend holds four
+    copies of each span, three of them extra (pass 90: the counter said one)."""
+    metrics = SelfMetrics()
+    attempts = 0
+
+    async def stores_then_closes_three_times(signal: Signal, batch: Message) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise RetryableError("connection closed after the request", reason="connection", maybe_delivered=True)
+
+    [batch] = batches(1)
+    queue = SendingQueue(
+        settings(metrics),
+        SendingQueueConfig(num_consumers=1),
+        stores_then_closes_three_times,
+        retry=RetryConfig(initial_interval=0.01, max_interval=0.01),
+    )
+    await queue.start()
+    queue.offer(Signal.TRACES, batch)
+    await queue.shutdown(time.monotonic() + 5)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == count_spans(batch)
+    assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == 3 * count_spans(batch)

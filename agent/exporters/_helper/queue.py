@@ -39,7 +39,7 @@ from agent.waits import wait_event
 SEND_FAILED_DOC = "Items an exporter gave up on."
 DUPLICATES_DOC = (
     "Items sent again after an attempt whose outcome was unknown (a timeout, or a crash between sending and "
-    "recording the result): the backend may hold them twice (at-least-once)."
+    "recording the result), once per such attempt: each is a copy the backend may hold (at-least-once)."
 )
 
 
@@ -509,7 +509,7 @@ class SendingQueue:
         items = SPECS[signal].count_items(part)
         started = time.perf_counter()
         try:
-            rejected, maybe_delivered = await self._sender.send(signal, part)
+            rejected, copies = await self._sender.send(signal, part)
         except ExportAborted as aborted:
             self._aborted_maybe_delivered = aborted.maybe_delivered
             return _Outcome.ABORTED
@@ -536,8 +536,8 @@ class SendingQueue:
             self._sent.labels(cid, signal.value).inc(items - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
-            if maybe_delivered:  # what the successful attempt sent again (a push may have cut the part down)
-                self._duplicates.labels(cid, signal.value).inc(SPECS[signal].count_items(part))
+            if copies:  # what the successful attempt sent again (a push may have cut the part down), per copy
+                self._duplicates.labels(cid, signal.value).inc(SPECS[signal].count_items(part) * copies)
             return _Outcome.SENT
         finally:
             self._latency.observe(time.perf_counter() - started)

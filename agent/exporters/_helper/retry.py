@@ -134,9 +134,10 @@ Push = Callable[[Signal, Message], Awaitable["int | None"]]
 class RetryingSender:
     """Calls ``push`` under a timeout, retrying retryable failures as configured.
 
-    ``send`` returns the number of items the backend rejected in a partial-success answer (0 normally) and
-    whether an earlier attempt may already have delivered the batch; it raises :class:`PermanentExportError`,
-    the last :class:`RetryableError` when retries are exhausted (or disabled), or :class:`ExportAborted`.
+    ``send`` returns the number of items the backend rejected in a partial-success answer (0 normally) and how
+    many earlier attempts may already have delivered the batch (each a copy the backend may hold); it raises
+    :class:`PermanentExportError`, the last :class:`RetryableError` when retries are exhausted (or disabled), or
+    :class:`ExportAborted`.
     """
 
     def __init__(self, settings: CreateSettings, config: RetryConfig | None, timeout: float | None, push: Push) -> None:
@@ -158,11 +159,11 @@ class RetryingSender:
     def interrupted(self) -> bool:
         return self._interrupted.is_set()
 
-    async def send(self, signal: Signal, batch: Message) -> tuple[int, bool]:
-        maybe_delivered = False
+    async def send(self, signal: Signal, batch: Message) -> tuple[int, int]:
+        maybe_delivered = 0  # attempts whose outcome is unknown: each may have left a copy with the backend
         rejected_before = 0  # by attempts that failed as a whole; the last failure carries the total
         if self._config is None:
-            return await self._attempt(signal, batch), False
+            return await self._attempt(signal, batch), 0
         config = self._config
         retries = self._retries.labels(self._component_id, signal.value)
         retrying = AsyncRetrying(
@@ -179,13 +180,13 @@ class RetryingSender:
                     try:
                         rejected = await self._attempt(signal, batch)
                     except RetryableError as exc:
-                        maybe_delivered = maybe_delivered or exc.maybe_delivered
-                        exc.maybe_delivered = maybe_delivered  # sticky: the last failure speaks for every attempt
+                        maybe_delivered += exc.maybe_delivered
+                        exc.maybe_delivered = maybe_delivered > 0  # sticky: the last failure speaks for every attempt
                         rejected_before += exc.rejected
                         exc.rejected = rejected_before
                         raise
         except ExportAborted as aborted:
-            aborted.maybe_delivered = maybe_delivered
+            aborted.maybe_delivered = maybe_delivered > 0
             raise
         return rejected + rejected_before, maybe_delivered
 
