@@ -27,7 +27,9 @@ from agent.exporters._helper.retry import (
     parse_retry_after,
 )
 from agent.exporters.otlp.transport import grpc_error
+from agent.otlp.signals import count_spans
 from agent.telemetry.selfmetrics import SelfMetrics
+from agent.testing.workload import Workload
 from tests.delivery_doubles import make_settings
 from tests.helpers import metric_value
 
@@ -138,8 +140,9 @@ async def test_an_attempt_that_times_out_is_retried_and_reported_as_maybe_delive
             await asyncio.sleep(1)
         return await push(signal, batch)
 
-    rejected, maybe_delivered = await sender(first_slow, timeout=0.05).send(Signal.TRACES, Message())
-    assert (rejected, maybe_delivered, push.calls) == (0, True, 1)
+    batch = next(iter(Workload(seed=2).requests(1)))[0]
+    rejected, copies = await sender(first_slow, timeout=0.05).send(Signal.TRACES, batch)
+    assert (rejected, copies, push.calls) == (0, count_spans(batch), 1)
 
 
 async def test_each_attempt_that_may_have_delivered_the_batch_is_one_more_copy() -> None:
@@ -147,11 +150,15 @@ async def test_each_attempt_that_may_have_delivered_the_batch_is_one_more_copy()
     exporter_duplicates_total said 1 (pass 90): the count was per batch, not per attempt."""
     unknown = [RetryableError("connection closed", reason="connection", maybe_delivered=True) for _ in range(8)]
     refused = RetryableError("connection refused", reason="unavailable")  # never reached the backend
-    metrics = SelfMetrics()
-    rejected, copies = await sender(ScriptedPush(*unknown[:4], refused, *unknown[4:]), metrics=metrics).send(
-        Signal.TRACES, Message()
-    )
-    assert (rejected, copies) == (0, 8)
+    batch = next(iter(Workload(seed=2).requests(1)))[0]
+    spans = count_spans(batch)
+    rejected, copies = await sender(ScriptedPush(*unknown[:4], refused, *unknown[4:])).send(Signal.TRACES, batch)
+    assert (rejected, copies) == (0, 8 * spans)
+    # A push in parts says which of its items the failed part held: only those are at risk.
+    in_parts = RetryableError("the second push's connection closed", reason="connection", maybe_delivered=True)
+    in_parts.at_risk = 3
+    rejected, copies = await sender(ScriptedPush(in_parts, in_parts)).send(Signal.TRACES, batch)
+    assert (rejected, copies) == (0, 6)
 
 
 async def test_giving_up_after_an_attempt_timed_out_says_the_batch_may_have_been_delivered() -> None:
@@ -159,7 +166,7 @@ async def test_giving_up_after_an_attempt_timed_out_says_the_batch_may_have_been
     push = ScriptedPush(timed_out, RetryableError("refused", reason="unavailable"))
     config = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=0.015)
     with pytest.raises(RetryableError, match="refused") as raised:
-        await sender(push, config).send(Signal.TRACES, Message())
+        await sender(push, config).send(Signal.TRACES, next(iter(Workload(seed=2).requests(1)))[0])
     assert push.calls == 2 and raised.value.maybe_delivered
 
 

@@ -536,8 +536,8 @@ class SendingQueue:
             self._sent.labels(cid, signal.value).inc(items - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
-            if copies:  # what the successful attempt sent again (a push may have cut the part down), per copy
-                self._duplicates.labels(cid, signal.value).inc(SPECS[signal].count_items(part) * copies)
+            if copies:  # items earlier attempts may have delivered, sent again: once per such attempt
+                self._duplicates.labels(cid, signal.value).inc(copies)
             return _Outcome.SENT
         finally:
             self._latency.observe(time.perf_counter() - started)

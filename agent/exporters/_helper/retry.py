@@ -53,6 +53,10 @@ class RetryableError(ExportError):
     ``settled`` counts items of the batch that earlier parts of it delivered or had rejected, though the batch
     still holds them (loki, which sends a large batch as several pushes and resumes at the first not taken;
     loadbalancing removes settled parts from the batch instead).
+
+    ``at_risk``, with ``maybe_delivered``: how many items the attempt may have delivered, where a push sends the
+    batch in parts and knows (the failed push of several, the parts a gateway timed out on); None: the whole
+    batch as it stood. Each such attempt counts that many duplicates once a later attempt delivers them.
     """
 
     def __init__(
@@ -64,12 +68,14 @@ class RetryableError(ExportError):
         maybe_delivered: bool = False,
         rejected: int = 0,
         settled: int = 0,
+        at_risk: int | None = None,
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
         self.maybe_delivered = maybe_delivered
         self.rejected = rejected
         self.settled = settled
+        self.at_risk = at_risk
 
 
 class PermanentExportError(ExportError):
@@ -135,7 +141,8 @@ class RetryingSender:
     """Calls ``push`` under a timeout, retrying retryable failures as configured.
 
     ``send`` returns the number of items the backend rejected in a partial-success answer (0 normally) and how
-    many earlier attempts may already have delivered the batch (each a copy the backend may hold); it raises
+    many extra copies of items earlier attempts may have left with the backend (each attempt whose outcome is
+    unknown, its items at risk); it raises
     :class:`PermanentExportError`, the last :class:`RetryableError` when retries are exhausted (or disabled), or
     :class:`ExportAborted`.
     """
@@ -160,7 +167,7 @@ class RetryingSender:
         return self._interrupted.is_set()
 
     async def send(self, signal: Signal, batch: Message) -> tuple[int, int]:
-        maybe_delivered = 0  # attempts whose outcome is unknown: each may have left a copy with the backend
+        copies = 0  # items at risk of attempts whose outcome is unknown: each may be a copy with the backend
         rejected_before = 0  # by attempts that failed as a whole; the last failure carries the total
         if self._config is None:
             return await self._attempt(signal, batch), 0
@@ -180,15 +187,16 @@ class RetryingSender:
                     try:
                         rejected = await self._attempt(signal, batch)
                     except RetryableError as exc:
-                        maybe_delivered += exc.maybe_delivered
-                        exc.maybe_delivered = maybe_delivered > 0  # sticky: the last failure speaks for every attempt
+                        if exc.maybe_delivered:
+                            copies += exc.at_risk if exc.at_risk is not None else items_in(signal, batch)
+                        exc.maybe_delivered = copies > 0  # sticky: the last failure speaks for every attempt
                         rejected_before += exc.rejected
                         exc.rejected = rejected_before
                         raise
         except ExportAborted as aborted:
-            aborted.maybe_delivered = maybe_delivered > 0
+            aborted.maybe_delivered = copies > 0
             raise
-        return rejected + rejected_before, maybe_delivered
+        return rejected + rejected_before, copies
 
     def _count_retry(self, retries: Any, signal: Signal, state: RetryCallState) -> None:
         """Counted, and logged now and then: a backend down or refusing must show in the log when it starts, not
@@ -224,6 +232,12 @@ class RetryingSender:
             raise ExportAborted("shutting down")
         if await wait_event(self._interrupted, seconds):
             raise ExportAborted("shutdown interrupted a retry wait")
+
+
+def items_in(signal: Signal, batch: Message) -> int:
+    from agent.otlp.signals import SPECS  # not at import: the signals module's users import this one
+
+    return SPECS[signal].count_items(batch)
 
 
 # --- protocol rules --------------------------------------------------------------------------------------------------

@@ -348,9 +348,9 @@ class _Push:
         # and of those the ones whose attempt timed out after sending (that gateway may hold them: duplicates).
         self.rerouted_items = 0
         self.unconfirmed_items = 0
-        # Whether a part left waiting timed out at its gateway after sending: the gateway may hold it, and the
-        # queue's retry sends it to that gateway again.
-        self.unconfirmed_waiting = False
+        # The items of parts left waiting that timed out at their gateway after sending: the gateway may hold
+        # them, and the queue's retry sends them to that gateway again.
+        self.unconfirmed_waiting = 0
         self.last_error: RetryableError | None = None
         self.longest_wait: float | None = None  # the longest delay a throttled gateway asked for
 
@@ -362,7 +362,8 @@ class _Push:
             # No longer than max_throttled allows: a gateway asking for a minute holds up every batch behind.
             wait = error.retry_after if limit is None else min(error.retry_after, limit)
             self.longest_wait = max(self.longest_wait or 0.0, wait)
-        self.unconfirmed_waiting = self.unconfirmed_waiting or error.maybe_delivered
+        if error.maybe_delivered:
+            self.unconfirmed_waiting += SPECS[self.signal].count_items(part)
 
     def reroute(self, part: Message, error: RetryableError) -> None:
         items = SPECS[self.signal].count_items(part)
@@ -375,8 +376,9 @@ class _Push:
         error.rejected = self.rejected  # what delivered parts rejected: counted even though the batch is retried
         # Only what is still undelivered and may sit on a gateway makes the retry a possible duplicate: a part
         # that found no gateway to reroute it to, or one waiting for the gateway that timed out on it. The queue
-        # then counts what its successful retry sends (the whole remainder then, which may hold other parts).
-        error.maybe_delivered = self.unconfirmed_items > 0 or self.unconfirmed_waiting
+        # counts those items (``at_risk``), not the whole remainder, once its retry delivers them.
+        error.maybe_delivered = self.unconfirmed_items > 0 or self.unconfirmed_waiting > 0
+        error.at_risk = self.unconfirmed_items + self.unconfirmed_waiting
         if self.longest_wait is not None:
             error.retry_after = self.longest_wait  # the waiting parts go no sooner than their gateways asked
         return error

@@ -145,6 +145,7 @@ class LokiExporter:
         except RetryableError as exc:
             exc.rejected += rejected
             exc.settled = pushes.settled
+            exc.at_risk = items  # the failed push's records: the retry sends them again, the pushes before not
             raise  # the bodies stay for the retry
         except asyncio.CancelledError:
             raise  # the shutdown deadline cut it mid-push: the bodies stay for a retry (a disk queue's, after it)
