@@ -78,34 +78,47 @@ def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _keys_written_twice(root: yaml.Node | None) -> list[ConfigError]:
+def _keys_written_twice(loader: yaml.SafeLoader, root: yaml.Node | None) -> list[ConfigError]:
     """Each key written again in one mapping, at its config path: an error, as in the Collector, since keeping the
     last one silently would drop half of what the operator wrote (two ``traces:`` pipelines). Found on the
-    composed nodes, so that the path is known and the other problems are listed beside it."""
+    composed nodes, so that the path is known and the other problems are listed beside it; keys are compared as
+    YAML builds them (``1``, ``0x1`` and ``true`` are one key of a Python dict)."""
     found: list[tuple[int, ConfigError]] = []
     visited: set[int] = set()  # an anchor's node is walked once, at its own place, however often it is used
     pending: list[tuple[yaml.Node, str]] = [] if root is None else [(root, "")]
-    while pending:
+    while pending:  # depth first, in document order: an anchor comes before its aliases
         node, path = pending.pop()
         if id(node) in visited:
             continue
         visited.add(id(node))
         if isinstance(node, yaml.SequenceNode):
-            pending.extend((item, join_path(path, index)) for index, item in enumerate(node.value))
+            pending.extend(reversed([(item, join_path(path, index)) for index, item in enumerate(node.value)]))
         elif isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, Any], yaml.Node] = {}
+            children: list[tuple[yaml.Node, str]] = []
+            first: dict[Any, yaml.Node] = {}
             for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:
-                    continue  # `<<: *anchor`: the keys it brings may be overridden, as YAML merge keys mean
-                line = key_node.start_mark.line + 1
-                child = join_path(path, str(key_node.value))
-                earlier = first.setdefault((key_node.tag, key_node.value), key_node)
-                if earlier is not key_node:
-                    lines = f"lines {earlier.start_mark.line + 1} and {line}"
-                    message = f"written twice in one mapping ({lines}); a key may appear once"
-                    found.append((line, ConfigError(child, message)))
-                pending.append((value_node, child))
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # `<<: *anchor` may be overridden; a list or mapping as a key is refused when built
+                key = loader.construct_object(key_node, deep=True)
+                child = join_path(path, str(key))
+                try:
+                    earlier = first.get(key)
+                    first[key] = key_node  # a third is reported against the second
+                except TypeError:  # not hashable: refused when the document is built
+                    continue
+                if earlier is not None:
+                    found.append((key_node.start_mark.line, ConfigError(child, _written_twice(earlier, key_node))))
+                children.append((value_node, child))
+            pending.extend(reversed(children))
     return [error for _, error in sorted(found, key=lambda item: item[0])]
+
+
+def _written_twice(earlier: yaml.Node, later: yaml.Node) -> str:
+    if earlier is later:  # an alias of the key (`*k`): the composed node is the anchored one, where it was written
+        where = f"line {earlier.start_mark.line + 1}, and again as an alias of it"
+    else:
+        where = f"lines {earlier.start_mark.line + 1} and {later.start_mark.line + 1}"
+    return f"written twice in one mapping ({where}); a key may appear once"
 
 
 def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
@@ -113,7 +126,7 @@ def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
-        written_twice = _keys_written_twice(root)  # first: constructing merges `<<` keys into the nodes
+        written_twice = _keys_written_twice(loader, root)  # first: building merges `<<` keys into the nodes
         return (loader.construct_document(root) if root is not None else None), written_twice
     finally:
         loader.dispose()

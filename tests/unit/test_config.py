@@ -824,3 +824,30 @@ service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], e
     assert [str(e) for e in raised.value.errors] == [
         "exporters.otlp.timeout: must be a duration like '10s', '500ms' or '2m', got 'tens'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Keys YAML builds alike: 1, 0x1 and true are one key of a Python dict.
+        ("exporters:\n  nop:\n    1: a\n    0x1: b\n", "exporters.nop.1: written twice in one mapping (lines 3 and 4)"),
+        (
+            "exporters:\n  nop:\n    1: a\n    true: b\n",
+            "exporters.nop.True: written twice in one mapping (lines 3 and 4)",
+        ),
+        # An alias of a key written before: the composed node is the anchored one.
+        ("exporters:\n  nop:\n    &k a: 1\n    *k : 2\n", "exporters.nop.a: written twice in one mapping (line 3, and"),
+        # Found where the anchor is, not where an alias repeats it.
+        ("exporters:\n  nop: &n {a: 1, a: 2}\n  nop/2: *n\n", "exporters.nop.a: written twice in one mapping (lines 2"),
+    ],
+)
+def test_keys_written_twice_are_compared_as_yaml_builds_them(text: str, expected: str) -> None:
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert next(str(e) for e in raised.value.errors if "written twice" in str(e)).startswith(expected)
+
+
+@pytest.mark.parametrize("key", ["[a, b]", "? {a: 1}\n  "])
+def test_a_list_or_mapping_as_a_key_is_a_config_error_not_a_crash(key: str) -> None:
+    with pytest.raises(ConfigInvalid, match=r"(?s)not valid YAML: .*found unhashable key"):
+        load_text(f"receivers:\n  {key}: 1\n", environ={})
