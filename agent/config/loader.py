@@ -20,7 +20,6 @@ from agent.config.service import PipelineConfig, ServiceConfig, pipeline_id_prob
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
 # a "${" that is none of these is reported.
 _ENV_NAME = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
-_REFERENCED_NAME = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
 _BAD_REFERENCE = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
 _COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
@@ -146,7 +145,7 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raise ConfigInvalid([ConfigError("", message)])
     errors: list[ConfigError] = written_twice
     environ = os.environ if environ is None else environ
-    substituted: dict[str, list[str]] = {}
+    substituted: dict[str, _Substituted] = {}
     raw = substitute_env(raw, "", environ, errors, substituted)
     substitution_failed = {e.path for e in errors}
     substitution_errors = len(errors)
@@ -181,14 +180,20 @@ def expands_past(node: Any, budget: int) -> bool:
     return False
 
 
-def _naming_variables(error: ConfigError, substituted: Mapping[str, list[str]]) -> ConfigError:
+@dataclass(frozen=True)
+class _Substituted:
+    names: list[str]  # the variables a value took, in order
+    structure: bool  # the value is a list or mapping: errors below its path are about it too
+
+
+def _naming_variables(error: ConfigError, substituted: Mapping[str, _Substituted]) -> ConfigError:
     """``error`` saying which environment variables its value came from, when it did: an operator who set only
     ``OTEL_SIDECAR_CRITICAL_SERVICES`` does not know which setting reads it."""
     path = error.path
     while path:
-        names = substituted.get(path)
-        if names:
-            variables = ", ".join(f"${{env:{name}}}" for name in names)
+        found = substituted.get(path)
+        if found is not None and (path == error.path or found.structure):
+            variables = ", ".join(f"${{env:{name}}}" for name in found.names)
             return ConfigError(error.path, f"{error.message} (the value comes from {variables})")
         path = _parent_path(path)
     return error
@@ -205,7 +210,7 @@ def substitute_env(
     path: str,
     environ: Mapping[str, str],
     errors: list[ConfigError],
-    substituted: dict[str, list[str]] | None = None,
+    substituted: dict[str, _Substituted] | None = None,
 ) -> Any:
     """Replace ``${env:NAME}``, ``${env:NAME:-default}`` and ``${NAME}`` in every string value; ``$$`` is a
     literal ``$``.
@@ -220,39 +225,39 @@ def substitute_env(
         return [substitute_env(v, join_path(path, i), environ, errors, substituted) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
-    if substituted is not None:
-        # For messages only: a `$${env:X}` written to mean the text is named too, which misleads no one.
-        names = [match.group(1) for match in _REFERENCED_NAME.finditer(node) if match.group(1) in environ]
-        if names:
-            substituted[path] = list(dict.fromkeys(names))
-
     problems: list[str] = []
+    used: list[str] = []
     try:
-        result, end = _reference(node, 0, environ, problems) if node.startswith("${") else ("", -1)
+        result, end = _reference(node, 0, environ, problems, used) if node.startswith("${") else ("", -1)
         whole = end == len(node) and not problems
         if not whole:
             problems.clear()
-            result, _, _ = _expand(node, 0, environ, problems, in_default=False)
+            used.clear()
+            result, _, _ = _expand(node, 0, environ, problems, used, in_default=False)
     except RecursionError:
         errors.append(ConfigError(path, "references nested too deeply"))
         return node
     errors.extend(ConfigError(path, problem) for problem in problems)
+    value: Any = result
     if whole and result:
         try:
             parsed = yaml.safe_load(result)
         except (yaml.YAMLError, ValueError, RecursionError):
-            return result
-        if expands_past(parsed, MAX_CONFIG_VALUES):
-            return result  # as text: a field wanting a structure says it got a string
-        return result if parsed == result else EnvText(result, parsed)
-    return result
+            parsed = result
+        if parsed != result and not expands_past(parsed, MAX_CONFIG_VALUES):
+            value = EnvText(result, parsed)  # else as text: a field wanting a structure says it got a string
+    if substituted is not None and used:
+        structure = isinstance(value, EnvText) and isinstance(value.parsed, dict | list)
+        substituted[path] = _Substituted(list(dict.fromkeys(used)), structure)
+    return value
 
 
 def _expand(
-    text: str, start: int, environ: Mapping[str, str], problems: list[str], *, in_default: bool
+    text: str, start: int, environ: Mapping[str, str], problems: list[str], used: list[str], *, in_default: bool
 ) -> tuple[str, int, bool]:
     """``text`` from ``start`` with its references replaced, to its end, or in a default to the ``}`` closing it;
-    the index after what was read; and whether a default was closed."""
+    the index after what was read; and whether a default was closed. ``used``: the variables whose values it
+    took."""
     out: list[str] = []
     index = start
     while index < len(text):
@@ -262,7 +267,7 @@ def _expand(
             out.append("$")
             index += 2
         elif text.startswith("${", index):
-            value, index = _reference(text, index, environ, problems)
+            value, index = _reference(text, index, environ, problems, used)
             out.append(value)
         else:
             out.append(text[index])
@@ -270,10 +275,12 @@ def _expand(
     return "".join(out), index, False
 
 
-def _reference(text: str, start: int, environ: Mapping[str, str], problems: list[str]) -> tuple[str, int]:
+def _reference(
+    text: str, start: int, environ: Mapping[str, str], problems: list[str], used: list[str]
+) -> tuple[str, int]:
     """The value of the reference at ``text[start:]`` (``${env:NAME}``, ``${env:NAME:-default}``, ``${NAME}``) and
     the index after it. A default may hold references itself, expanded innermost first as the Collector does;
-    the problems of those count only when the default is used."""
+    the problems and variables of those count only when the default is used."""
     name_match = _ENV_NAME.match(text, start + 2)
     if name_match is None:
         problems.append(_BAD_REFERENCE)
@@ -281,19 +288,22 @@ def _reference(text: str, start: int, environ: Mapping[str, str], problems: list
     name, after_name = name_match.group(1), name_match.end()
     default: str | None = None
     default_problems: list[str] = []
+    default_used: list[str] = []
     if text.startswith("}", after_name):
         end = after_name + 1
     elif text.startswith(":-", after_name):
-        default, end, closed = _expand(text, after_name + 2, environ, default_problems, in_default=True)
+        default, end, closed = _expand(text, after_name + 2, environ, default_problems, default_used, in_default=True)
         if not closed:
             problems.append(f"'}}' missing: the default of {name} runs to the end of the value")
     else:
         problems.append(_BAD_REFERENCE)
         return "${", start + 2
     if name in environ:
+        used.append(name)
         return environ[name], end
     if default is not None:
         problems.extend(default_problems)
+        used.extend(default_used)
         return default, end
     problems.append(f"environment variable {name} is not set and has no default")
     return "", end

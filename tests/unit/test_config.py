@@ -851,3 +851,27 @@ def test_keys_written_twice_are_compared_as_yaml_builds_them(text: str, expected
 def test_a_list_or_mapping_as_a_key_is_a_config_error_not_a_crash(key: str) -> None:
     with pytest.raises(ConfigInvalid, match=r"(?s)not valid YAML: .*found unhashable key"):
         load_text(f"receivers:\n  {key}: 1\n", environ={})
+
+
+def test_only_variables_a_wrong_value_really_took_are_named() -> None:
+    """Named before: a set variable written as a literal (`$${env:HOME}`), one in a default that was not used,
+    and a sibling key's whose name is a prefix of the wrong key's with a dot (pass 92)."""
+    text = """receivers: {otlp: {}}
+exporters:
+  otlp:
+    endpoint: "jaeger:4317"
+    tls: {insecure: true}
+    headers:
+      x-tenant: "${env:TENANT}"
+      x-tenant.sig-bin: "abc"
+      x-note: "$${env:HOME} \\u0007"
+    timeout: "${env:TIMEOUT:-${env:FALLBACK}}"
+service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
+"""
+    environ = {"TENANT": "t1", "HOME": "/root", "TIMEOUT": "ten", "FALLBACK": "5s"}
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ=environ)
+    named = {e.path: e.message for e in raised.value.errors}
+    assert "(the value comes from" not in named["exporters.otlp.headers.x-tenant.sig-bin"]
+    assert "(the value comes from" not in named["exporters.otlp.headers.x-note"]
+    assert named["exporters.otlp.timeout"].endswith("(the value comes from ${env:TIMEOUT})")
