@@ -770,3 +770,52 @@ async def test_a_delivered_segment_that_cannot_be_removed_is_counted_and_the_que
     await asyncio.sleep(0.2)
     await second.shutdown(time.monotonic() + 2)
     assert again.received == []
+
+
+async def test_a_delivered_damaged_segment_that_cannot_be_set_aside_is_not_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its records all acked, its tail damaged, and its rename to *.damaged refused: the rewrite of the ack log
+    left its acks out, so the next start sent its records again (pass 92)."""
+    import struct
+
+    await queue_while_down(queue_config(tmp_path), batches(3))
+    [segment] = [path for path in segments(tmp_path) if path.stat().st_size]
+    with open(tmp_path / "otlp" / "acks.log", "ab") as log:  # delivered before a crash took the unlink
+        log.write(b"".join(struct.pack("<cQ", b"A", seq) for seq in (1, 2, 3)))
+    with open(segment, "ab") as data:
+        data.write(b"\x00garbage tail" * 3)
+    rename = Path.rename
+
+    def refuse_segments(path: Path, target: Any) -> Path:
+        if path.suffix == ".seg":
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return rename(path, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_segments)
+    for _ in range(2):
+        backend = Backend()
+        queue = SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push, retry=FAST_RETRY)
+        await queue.start()
+        await asyncio.sleep(0.2)
+        await queue.shutdown(time.monotonic() + 2)
+        assert backend.received == []
+    assert segment.exists()
+
+
+async def test_an_open_that_fails_releases_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while recovering kept the lock and descriptors: the reload's fallback to the previous config
+    then found the directory 'in use by another agent' and the agent exited (pass 92)."""
+    await queue_while_down(queue_config(tmp_path), batches(2))
+
+    def unusable(store: PersistentStore) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PersistentStore, "_open_ack_log", unusable)
+        failing = SendingQueue(make_settings("otlp"), queue_config(tmp_path), Backend().push)
+        with pytest.raises(OSError, match="Input/output error"):
+            await failing.start()
+    backend = Backend()
+    await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push), backend, 2)
+    assert len(backend.received) == 2

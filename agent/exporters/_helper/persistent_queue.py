@@ -132,6 +132,20 @@ class PersistentStore:
         # Owner-only, as the file exporter's output: queued telemetry can hold what redaction does not know to mask.
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock()
+        try:
+            self._recover()
+        except BaseException:
+            self._close_files()  # the lock too: a reload's fallback, or the next start, opens the directory again
+            raise
+        if self._sync_interval > 0:
+            self._syncer = asyncio.create_task(self._sync_periodically())
+        if self._entries:
+            self._settings.logger.info(
+                "persistent queue recovered undelivered data",
+                extra={"exporter": self._cid, "batches": len(self._entries), "items": self.items},
+            )
+
+    def _recover(self) -> None:
         done, sending = self._read_ack_log()
         self._next_seq = max([*done, *sending, 0]) + 1
         for path in sorted(self._dir.glob("*.seg")):
@@ -142,13 +156,6 @@ class PersistentStore:
             self._start_segment()
         except OSError as exc:  # a full volume: put() tries again, and refuses the sender until it can
             self._disk_error("segment", exc)
-        if self._sync_interval > 0:
-            self._syncer = asyncio.create_task(self._sync_periodically())
-        if self._entries:
-            self._settings.logger.info(
-                "persistent queue recovered undelivered data",
-                extra={"exporter": self._cid, "batches": len(self._entries), "items": self.items},
-            )
 
     async def close(self) -> None:
         """Sync and close everything, whatever the disk says: an error here must not keep the directory locked,
@@ -158,6 +165,9 @@ class PersistentStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
             self._syncer = None
+        self._close_files()
+
+    def _close_files(self) -> None:
         for segment in self._segments:
             if segment is self._active:
                 with contextlib.suppress(OSError):
@@ -258,7 +268,8 @@ class PersistentStore:
         if segment.live == 0:
             os.close(segment.fd)
             if damaged:
-                self._set_aside(path)
+                if not self._set_aside(path):
+                    self._undeleted.append(segment)  # left in place: its acks stay, or its records come back
                 return
             try:
                 path.unlink()  # every record delivered
@@ -295,20 +306,21 @@ class PersistentStore:
             offset = data.find(MAGIC, offset + 1)
         return len(data)
 
-    def _set_aside(self, path: Path) -> None:
+    def _set_aside(self, path: Path) -> bool:
         """Keep a segment with nothing readable in it under another name, out of the queue: it may be another
         version's format (after a downgrade) or damage an operator wants to look at, and deleting it would lose
-        that for good."""
+        that for good. False when it cannot be renamed: a later start looks at it again."""
         kept = path.with_suffix(".damaged")
         try:
             path.rename(kept)
-        except OSError as exc:  # left in place: a later start looks at it again
+        except OSError as exc:
             self._disk_error("set_aside", exc)
-            return
+            return False
         self._settings.logger.error(
             "persistent queue segment has no readable record; it is set aside, out of the queue",
             extra={"exporter": self._cid, "segment": path.name, "kept_as": str(kept)},
         )
+        return True
 
     def _skip_damaged(self, path: Path, offset: int, end: int, reason: str) -> None:
         self._errors.labels(self._cid, reason).inc()
@@ -537,6 +549,8 @@ class PersistentStore:
             self._rewrite_ack_log()
         except OSError as exc:
             self._disk_error("ack_log", exc)
+            if self._acks_fd >= 0:  # the rewrite replaced the log, then failed syncing the directory
+                return
             path = self._dir / "acks.log"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             size = os.fstat(fd).st_size
