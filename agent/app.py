@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from agent.config.loader import AgentConfig
 from agent.config.schema import ConfigInvalid
-from agent.exporters._helper.abandoned_queues import abandoned_directories
+from agent.exporters._helper.abandoned_queues import abandoned_directories, directories_in_use, queue_roots
 from agent.pipeline.graph import Graph
 from agent.server_tls import ServerTls, load_server_tls
 from agent.telemetry.admin import AdminServer
@@ -23,6 +23,7 @@ from agent.tls_files import TlsFilesRead
 EXIT_FORCED = 3  # a second SIGTERM or SIGINT during the flush: exited without it
 _FAILED_START_FLUSH_SECONDS = 2.0  # new pipelines that failed to start hold nothing yet: a short stop
 ADMIN_TLS_PATH = "service.telemetry.admin.tls"
+ABANDONED_QUEUES_CHECK_SECONDS = 60.0
 
 
 def handled_signals() -> list[signal.Signals]:
@@ -79,6 +80,7 @@ class Agent:
             ["directory"],
         )
         self._abandoned: set[str] = set()
+        self._queue_roots: set[str] = set()  # every storage directory a config has named since the start
         self._reloads = self.metrics.counter(
             "config_reloads_total",
             "Config reloads (SIGHUP, or a change of the TLS files) by result: reloaded; invalid (the new config was "
@@ -111,7 +113,7 @@ class Agent:
         self._started = True
         self._ready_gauge.set(1)
         self._publish_certificates()
-        self._report_abandoned_queues(self.config)
+        await self._report_abandoned_queues()
         self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
 
     async def stop(self) -> None:
@@ -170,13 +172,17 @@ class Agent:
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
         await self.start()
-        checker = asyncio.create_task(self._check_tls_files())
+        checkers = [
+            asyncio.create_task(self._check_tls_files()),
+            asyncio.create_task(self._watch_abandoned_queues()),
+        ]
         try:
             await self._serve_until_stopped()
         finally:
-            checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checker
+            for checker in checkers:
+                checker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checker
         await self.stop()
         # Flushed: the rest is teardown. Closing the loop would give these signals their default action back, and
         # one arriving then would kill a process that has lost nothing (exit 143 reads as a crash).
@@ -246,7 +252,6 @@ class Agent:
             return self._reload_refused([f"{type(exc).__name__}: {exc}"], None if read_config else read)
         self._reloading = True
         self._ready_gauge.set(0)
-        previous_config = self.config
         try:
             await self.graph.shutdown(time.monotonic() + float(self.config.service.shutdown_timeout))
             if self._stop_requested.is_set():
@@ -270,31 +275,43 @@ class Agent:
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
         self.metrics.forget_components(self.graph.component_ids())
         self._publish_certificates()
-        self._report_abandoned_queues(previous_config, self.config)
+        self._queue_roots |= queue_roots(config)
+        await self._report_abandoned_queues()
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:
             self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
         return reloaded
 
-    def _report_abandoned_queues(self, *configs: AgentConfig) -> None:
-        """Say which persistent-queue directories of ``configs`` hold data no running exporter will send."""
-        found = {
-            str(directory): size
-            for directory, size in abandoned_directories(
-                configs, self.config, self.graph.component_ids()["exporter"]
-            ).items()
-        }
+    async def _report_abandoned_queues(self) -> None:
+        """Say which persistent-queue directories hold data no running exporter will send: a warning for each one
+        found anew, and the gauge for all (gone when the directory is read again or deleted)."""
+        self._queue_roots |= queue_roots(self.config)
+        in_use = directories_in_use(self.config, self.graph.component_ids()["exporter"])
+        try:
+            found = await asyncio.to_thread(abandoned_directories, set(self._queue_roots), in_use)
+        except Exception:  # a bug here must not fail a start or a reload
+            self._log.exception("looking for abandoned persistent-queue directories failed")
+            return
         for gone in self._abandoned - found.keys():
             self._abandoned_bytes.remove(gone)
-        self._abandoned = set(found)
+        new, self._abandoned = found.keys() - self._abandoned, set(found)
         for directory, size in found.items():
             self._abandoned_bytes.labels(directory).set(size)
+        for directory in sorted(new):
             self._log.warning(
                 "a persistent queue directory holds data no exporter of this config sends (its exporter was renamed "
                 "or removed, or given a memory queue); give the exporter its id and storage back to send it, or "
                 "delete the directory",
-                extra={"directory": directory, "bytes": size},
+                extra={"directory": directory, "bytes": found[directory]},
             )
+
+    async def _watch_abandoned_queues(self) -> None:
+        """Look again every minute: a directory deleted as the warning advises, or another agent's that was only
+        stopped, must not keep its alert firing until the next reload."""
+        while True:
+            await asyncio.sleep(ABANDONED_QUEUES_CHECK_SECONDS)
+            if not self._reloading and not self._stopping:
+                await self._report_abandoned_queues()
 
     def _publish_certificates(self) -> None:
         self._certificate_validity.publish([*self.graph.certificates(), *self.admin.certificates()])

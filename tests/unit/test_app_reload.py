@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -248,47 +249,63 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_queue_directory_no_exporter_reads_is_reported_until_an_exporter_reads_it_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An exporter renamed by a reload left its persistent queue, accepted data, on disk with nothing to send it
-    and nothing saying so (pass 90). The agent now reports such a directory, at start and after each reload."""
+async def queue_left_on_disk(root: Path, exporter_id: str) -> None:
+    """A batch an exporter ``exporter_id`` queued under ``root`` and never delivered."""
     from agent.component import Signal
     from agent.exporters._helper.queue import SendingQueue
     from agent.exporters._helper.retry import RetryableError, RetryConfig
     from agent.testing.workload import Workload
     from tests.delivery_doubles import build_config, make_settings
 
-    root = tmp_path / "queue"
-
     async def down(signal: Signal, batch: Any) -> None:
         raise RetryableError("backend down", reason="unavailable")
 
     storage = {"storage": {"directory": str(root), "sync_interval": "0s"}}
-    old = SendingQueue(
-        make_settings("otlp/old"),
+    queue = SendingQueue(
+        make_settings(exporter_id),
         build_config(SendingQueueConfig, storage),
         down,
         retry=RetryConfig(max_elapsed_time=0),
     )
-    await old.start()
-    old.offer(Signal.TRACES, next(iter(Workload(seed=1).requests(1)))[0])
-    await old.shutdown(time.monotonic() + 0.5)  # left on disk, undelivered
+    await queue.start()
+    queue.offer(Signal.TRACES, next(iter(Workload(seed=1).requests(1)))[0])
+    await queue.shutdown(time.monotonic() + 0.5)
 
-    running = Reloadable(tmp_path)
-    running.config["exporters"]["otlp"] = {
+
+def with_disk_queued_otlp(running: Reloadable, root: Path, exporter_id: str = "otlp") -> None:
+    running.config["exporters"][exporter_id] = {
         "endpoint": f"127.0.0.1:{free_port()}",
         "tls": {"insecure": True},
-        "sending_queue": storage,
+        "sending_queue": {"storage": {"directory": str(root), "sync_interval": "0s"}},
     }
-    running.config["service"]["pipelines"]["traces"]["exporters"] = ["otlp"]
+    running.config["service"]["pipelines"]["traces"]["exporters"] = [exporter_id]
+
+
+def abandoned_bytes(running: Reloadable) -> dict[str, float]:
+    text = running.agent.metrics.render().decode()
+    family = "otel_sidecar_persistent_queue_abandoned_bytes{"
+    return {
+        line.split('directory="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(family)
+    }
+
+
+async def test_a_queue_directory_no_exporter_reads_is_reported_until_an_exporter_reads_it_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exporter renamed by a reload left its persistent queue, accepted data, on disk with nothing to send it
+    and nothing saying so (pass 90). The agent now reports such a directory, at start and after each reload."""
+    root = tmp_path / "queue"
+    await queue_left_on_disk(root, "otlp/old")
+    running = Reloadable(tmp_path)
+    with_disk_queued_otlp(running, root)
     running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
     caplog.set_level(logging.WARNING)
     await running.agent.start()
     try:
-        text = running.agent.metrics.render().decode()
         abandoned = str(root / "otlp__old")
-        assert metric_value(text, "otel_sidecar_persistent_queue_abandoned_bytes", directory=abandoned) > 0
+        assert list(abandoned_bytes(running)) == [abandoned]
         assert [r.directory for r in caplog.records if "no exporter of this config sends" in r.getMessage()] == [
             abandoned
         ]
@@ -296,7 +313,53 @@ async def test_a_queue_directory_no_exporter_reads_is_reported_until_an_exporter
         running.config["exporters"]["otlp/old"] = running.config["exporters"].pop("otlp")
         running.config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/old"]
         assert await running.agent.reload()
-        text = running.agent.metrics.render().decode()
-        assert "otel_sidecar_persistent_queue_abandoned_bytes{" not in text
+        assert abandoned_bytes(running) == {}
+    finally:
+        await running.agent.stop()
+
+
+async def test_the_report_outlives_configs_that_no_longer_name_the_directory_and_ends_when_it_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """Pass 92: a second reload whose configs named no storage directory cleared the report while the data was
+    still there, and deleting the directory, as the warning advises, left it (and its alert) until a reload."""
+    root = tmp_path / "queue"
+    await queue_left_on_disk(root, "otlp/old")
+    running = Reloadable(tmp_path)
+    with_disk_queued_otlp(running, root)
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    await running.agent.start()
+    try:
+        for _ in range(2):  # to memory queues, then again: no config names the storage directory any more
+            del running.config["exporters"]["otlp"]["sending_queue"]
+            running.config["exporters"]["otlp"]["sending_queue"] = {"queue_size": 100}
+            assert await running.agent.reload()
+            assert list(abandoned_bytes(running)) == [str(root / "otlp__old")]
+        shutil.rmtree(root / "otlp__old")
+        await running.agent._report_abandoned_queues()  # what the minute's check does
+        assert abandoned_bytes(running) == {}
+    finally:
+        await running.agent.stop()
+
+
+async def test_a_queue_directory_another_agent_holds_is_not_reported(tmp_path: Path) -> None:
+    """Another agent sharing the storage directory holds its own queue's lock: its data is not abandoned. Found in
+    /proc/locks, without taking the lock, which would fail that agent's open at that instant."""
+    import fcntl
+    import os
+
+    root = tmp_path / "queue"
+    await queue_left_on_disk(root, "otlp/neighbour")
+    held = os.open(root / "otlp__neighbour" / "lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    running = Reloadable(tmp_path)
+    with_disk_queued_otlp(running, root)
+    running.agent = Agent(load(running.config), load_config=lambda: load(running.config))
+    await running.agent.start()
+    try:
+        assert abandoned_bytes(running) == {}
+        os.close(held)  # the neighbour stopped: its data waits for it
+        await running.agent._report_abandoned_queues()
+        assert list(abandoned_bytes(running)) == [str(root / "otlp__neighbour")]
     finally:
         await running.agent.stop()
