@@ -242,7 +242,11 @@ async def test_a_gateway_that_took_data_between_two_bad_spells_starts_the_second
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
 
 
-async def test_an_ejected_gateway_takes_its_traces_again_once_its_cooldown_is_over(clock: FakeClock) -> None:
+async def test_an_ejected_gateway_takes_its_traces_again_once_its_cooldown_is_over(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """And says so, as its ejection was said: only the healthy_backends gauge showed it (pass 91)."""
+    caplog.set_level(logging.INFO)
     back = Gateway(RetryableError("connection refused", reason="unavailable"), failures=1)
     gateways = {GATEWAYS[0]: back, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
     exporter, metrics = exporter_with(gateways)  # backend_cooldown: 5 s
@@ -254,8 +258,12 @@ async def test_an_ejected_gateway_takes_its_traces_again_once_its_cooldown_is_ov
     clock.advance(0.1)
     batch = batch_of(60)
     owned_by_back = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    assert not [r for r in caplog.records if "answers again" in r.getMessage()]
     assert await exporter._push(Signal.TRACES, batch) == 0
     assert owned_by_back and set(back.received) == owned_by_back
+    assert [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()] == [
+        f"gateway {GATEWAYS[0]} answers again; its traces go to it"
+    ]
 
 
 async def test_a_gateway_failing_for_eject_after_leaves_the_ring() -> None:

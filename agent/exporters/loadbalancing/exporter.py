@@ -241,6 +241,12 @@ class LoadBalancingExporter:
         if not isinstance(outcome, RetryableError):
             self._throttled_since.pop(gateway, None)
             self._failing_since.pop(gateway, None)
+            if self._ejected_until.pop(gateway, None) is not None:
+                # Said, as its ejection was: else only the healthy_backends gauge shows it back in the ring.
+                self._settings.logger.info(
+                    f"gateway {gateway} answers again; its traces go to it",
+                    extra={"exporter": self._settings.component_id},
+                )
             push.rejected += outcome
             return True
         push.last_error = outcome
