@@ -37,7 +37,6 @@ first seen with, and an alert on sporadic errors (a new ``error_type`` series ea
 from __future__ import annotations
 
 import base64
-import copy
 import itertools
 import json
 import math
@@ -103,12 +102,8 @@ class Series:
     start_unsteady: bool = False
     shown: bool = False  # a scrape has seen its value since it (re)started (not the zero of _read's window)
     # A counter's last value from before a restart that no scrape had seen (it was still at zero): the new run
-    # counts on top of it, else a process restarting within the window would lose each run. The same for a
-    # histogram's buckets, sum and count (with the same bounds).
+    # counts on top of it, else a process restarting within the window would lose each run.
     carried: float = 0.0
-    carried_counts: list[float] | None = None
-    carried_sum: float | None = 0.0
-    carried_count: float = 0.0
 
 
 @dataclass
@@ -576,24 +571,10 @@ class Accumulator:
                     self._on_drop("out_of_order", 1)
                     continue
                 restarted = _restarted(series, point)
-                if series.start_unsteady or bounds != series.bounds:
-                    series.carried_counts = None  # several sources, or another layout: the latest point is the value
-                elif restarted and not series.shown:
-                    # Unseen so far (still at zero): the new run counts on top of it, and the hold goes on.
-                    series.carried_counts = list(series.counts)
-                    series.carried_sum, series.carried_count = series.sum, series.count
-                    restarted = False
-                elif restarted:
-                    series.carried_counts, series.shown = None, False
                 if bounds != series.bounds or restarted:
                     series.exemplars = None
                 series.bounds, series.counts = bounds, counts
                 series.sum, series.count = total_sum, float(point.count)
-                if series.carried_counts is not None:
-                    series.counts = [a + b for a, b in zip(counts, series.carried_counts, strict=True)]
-                    carried_sum = series.carried_sum
-                    series.sum = None if total_sum is None or carried_sum is None else total_sum + carried_sum
-                    series.count += series.carried_count
                 series.start_ns = point.start_time_unix_nano
             if fresh or restarted:
                 series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
@@ -617,26 +598,13 @@ class Accumulator:
     def resume_after(self, previous: Accumulator) -> None:
         """Carry on from the accumulator this one replaces (a reload, on the same endpoint): its last scrape, so
         that the span-metric counters the reload restarted rise from zero (a series counting 1 before the reload
-        and 2 after, first scraped after, read 1 → 2 in Prometheus: no reset); the start of every counter and
+        and 2 after, first scraped after, read 1 → 2 in Prometheus: no reset); and the start of every counter and
         histogram it held, so that one whose source did not restart (an application's, pushed again) keeps its
-        value, as one that ended and came back with the same start does; and the counters and histograms no scrape
-        has shown yet (still at zero, or never scraped), whose counts the reload's new span-metrics run then adds
-        to, as a source restarting within its minute does: else no scrape would ever show them."""
-        previous.fold_pending()  # its last points (the connector's flush at the reload) are part of what it held
+        value, as one that ended and came back with the same start does."""
         with previous._lock:
-            unseen = [
-                (family, key, copy.deepcopy(series))
-                for family in previous._families.values()
-                if family.type in (COUNTER, HISTOGRAM)
-                for key, series in family.series.items()
-                if series.seen and not series.shown
-            ]
             last_read_ns = previous._last_read_ns
-        with self._lock:
-            self._take_unseen(unseen)
-        if last_read_ns is None:
-            return  # never scraped: Prometheus has seen nothing of it
-        with previous._lock:
+            if last_read_ns is None:
+                return  # never scraped: Prometheus has seen nothing of it
             # Only starts recent enough to be taken for new ones, and only of series a scrape has shown: one still
             # waiting for its first scrape at zero must still begin at zero.
             recent = last_read_ns - _NEW_SERIES_GRACE_NS
@@ -652,21 +620,6 @@ class Accumulator:
             if self._last_read_ns is None:
                 self._last_read_ns = last_read_ns
                 self._ended_starts.update(starts)
-
-    def _take_unseen(self, unseen: list[tuple[Family, LabelKey, Series]]) -> None:
-        """Hold the predecessor's unseen series, as they were (their hold at zero too), within ``max_series``."""
-        for previous_family, key, series in unseen:
-            family = self._families.get(previous_family.name)
-            if family is None:
-                family = Family(previous_family.name, previous_family.type, previous_family.help, previous_family.unit)
-                self._families[family.name] = family
-            elif family.type != previous_family.type or key in family.series:
-                continue
-            if self._series_count >= self._max_series:
-                self._on_drop("series_limit", 1)
-                continue
-            family.series[key] = series
-            self._series_count += 1
 
     @staticmethod
     def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
