@@ -234,6 +234,50 @@ async def test_a_counter_restarted_by_a_reload_rises_from_zero_though_scraped_on
         await agent.stop()
 
 
+async def test_span_metrics_go_on_through_a_reload_with_their_counts(tmp_path: Path) -> None:
+    """Spans counted before a SIGHUP and still unscraped were lost: the reload built a new connector counting from
+    zero (pass 91). The new one takes the old one's series, so the scrape after the reload shows every span."""
+    from agent.testing.workload import Workload
+
+    metrics_endpoint = f"127.0.0.1:{free_port()}"
+    config = base_config(tmp_path / "out")
+    config["connectors"] = {"spanmetrics": {"metrics_flush_interval": "50ms"}}
+    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint, "new_series_at_zero_for": "0s"}
+    config["service"]["pipelines"]["traces"]["exporters"] = ["file", "spanmetrics"]
+    config["service"]["pipelines"]["metrics"] = {"receivers": ["spanmetrics"], "exporters": ["prometheus"]}
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/traces"
+        requests = [request for request, _ in Workload(seed=3).requests(4)]
+        spans = [sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans) for r in requests]
+
+        async def send_and_scrape(session: aiohttp.ClientSession, request: Any, expected: int) -> None:
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with session.post(http, data=request.SerializeToString(), headers=headers) as answer:
+                assert answer.status == 200
+            deadline = time.monotonic() + 5
+            while True:
+                async with session.get(f"http://{metrics_endpoint}/metrics") as scrape:
+                    text = await scrape.text()
+                total = metric_value(text, "orchestrator_spans_total") if "orchestrator_spans_total" in text else 0
+                if total == expected or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert total == expected
+
+        async with aiohttp.ClientSession() as session:
+            await send_and_scrape(session, requests[0], spans[0])
+            async with session.post(http, data=requests[1].SerializeToString(),
+                                    headers={"Content-Type": "application/x-protobuf"}) as answer:  # fmt: skip
+                assert answer.status == 200  # counted, not scraped before the reload
+            await asyncio.sleep(0.2)
+            assert await agent.reload()
+            await send_and_scrape(session, requests[2], sum(spans[:3]))
+    finally:
+        await agent.stop()
+
+
 def counter(name: str, value: int, start_ns: int) -> Metric:
     metric = Metric(name=name)
     metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE

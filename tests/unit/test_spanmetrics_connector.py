@@ -1131,3 +1131,33 @@ def test_the_default_llm_and_step_buckets_keep_the_catalogues_and_reach_past_ten
     for bounds in (buckets.llm_request_duration, buckets.step_duration):
         assert bounds[-1] >= 600
         assert 120.0 in bounds and 300.0 in bounds  # quantiles between 60 s and 600 s stay within 2.5x
+
+
+def test_a_reload_with_the_same_settings_goes_on_with_the_series_their_counts_and_start_times(
+    workload: Any,
+) -> None:
+    """A reload made a new connector counting from zero: what the old one counted since the last scrape was lost,
+    all of it for a series still at zero in its first minute (500 of 800 spans), and a series counted only before
+    the reload was never shown (pass 91)."""
+    requests, _ = workload
+    before, _ = make()
+    for request in requests[:200]:
+        before.consume(request)
+    starts = {key: series.start for key, series in before.families.spans.series.items()}
+    after, _ = make()
+    after.take_over_from(before)
+    for request in requests[200:]:
+        after.consume(request)
+    whole, _ = make()
+    for request in requests:
+        whole.consume(request)
+    spans = after.families.spans
+    assert {key: spans.value(key) for key in spans.series} == {
+        key: whole.families.spans.value(key) for key in whole.families.spans.series
+    }
+    assert all(spans.series[key].start == start for key, start in starts.items())  # no restart for Prometheus
+    assert after.collect().resource_metrics  # flushed like its own
+    # Families built otherwise (here another namespace): the series start anew.
+    changed, _ = make(SpanMetricsConfig(namespace="agents"))
+    changed.take_over_from(before)
+    assert len(changed.families.spans) == 0

@@ -259,6 +259,11 @@ class _Families:
         return families
 
 
+def _families_made_by(cfg: SpanMetricsConfig) -> tuple[object, ...]:
+    """The settings :class:`_Families` is built from."""
+    return (cfg.namespace, cfg.cardinality_limit, cfg.buckets, cfg.genai.semconv_metrics)
+
+
 class SpanMetricsConnector:
     def __init__(self, cfg: SpanMetricsConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
         self._cfg = cfg
@@ -319,6 +324,18 @@ class SpanMetricsConnector:
         if signal is not Signal.TRACES:
             raise ValueError(f"spanmetrics consumes traces, not {signal}")
         return self
+
+    def take_over_from(self, previous: SpanMetricsConnector) -> None:
+        """At a reload (before this connector starts), when its families are built alike: go on with the series the
+        previous one counted, their values and start times, so that a reload is no restart to Prometheus. Else
+        what was counted since the last scrape would be lost (a series still at zero in its first minute: all of
+        it), and a series counted only before the reload never shown. The lookup caches are this connector's own,
+        so a changed price table or attribute mapping applies from now on. Another namespace, cardinality limit,
+        bucket layout or set of GenAI metrics starts anew."""
+        if _families_made_by(previous._cfg) != _families_made_by(self._cfg):
+            return
+        self.families = previous.families
+        self._all_families = self.families.all()
 
     async def start(self) -> None:
         if self._task is None and not self._closed:
