@@ -387,8 +387,8 @@ async def test_the_report_outlives_configs_that_no_longer_name_the_directory_and
 
 
 async def test_a_queue_directory_another_agent_holds_is_not_reported(tmp_path: Path) -> None:
-    """Another agent sharing the storage directory holds its own queue's lock: its data is not abandoned. Found in
-    /proc/locks, without taking the lock, which would fail that agent's open at that instant."""
+    """Another agent sharing the storage directory holds its own queue's lock: its data is not abandoned. Probed
+    by taking the lock for a moment (an agent in another container is not in this one's /proc/locks)."""
     import fcntl
     import os
 

@@ -819,3 +819,17 @@ async def test_an_open_that_fails_releases_the_directory(tmp_path: Path, monkeyp
     backend = Backend()
     await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push), backend, 2)
     assert len(backend.received) == 2
+
+
+async def test_a_queue_opening_while_its_lock_is_probed_waits_the_probe_out(tmp_path: Path) -> None:
+    """The check for abandoned queue directories takes a lock for a moment: an agent opening its queue then was
+    refused as if another agent held the directory."""
+    import fcntl
+
+    await queue_while_down(queue_config(tmp_path), batches(1))
+    probe = os.open(tmp_path / "otlp" / "lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    asyncio.get_running_loop().call_later(0.05, os.close, probe)
+    backend = Backend()
+    await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push), backend, 1)
+    assert len(backend.received) == 1

@@ -9,6 +9,7 @@ finds: a warning when a directory is first found, and the gauge ``persistent_que
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -52,7 +53,6 @@ def directories_in_use(config: AgentConfig, exporters: Collection[str]) -> set[s
 def abandoned_directories(roots: Collection[str], in_use: Collection[str]) -> dict[str, int]:
     """Directories under ``roots`` that hold queued data and that neither an exporter (``in_use``) nor another agent
     reads, with their bytes. Reads the filesystem: run it off the event loop."""
-    locked = _flock_inodes()
     found: dict[str, int] = {}
     for root in roots:
         with contextlib.suppress(OSError):
@@ -60,7 +60,7 @@ def abandoned_directories(roots: Collection[str], in_use: Collection[str]) -> di
                 if _normal(directory) in in_use or not directory.is_dir():
                     continue
                 size = _queued_bytes(directory)
-                if size and not _is_locked(directory, locked):
+                if size and not _is_locked(directory):
                     found[_normal(directory)] = size
     return found
 
@@ -73,30 +73,20 @@ def _queued_bytes(directory: Path) -> int:
     return total
 
 
-def _flock_inodes() -> set[tuple[int, int, int]] | None:
-    """(major, minor, inode) of every file a process holds a flock on, from ``/proc/locks``; None where it cannot
-    be read. Read rather than probed: taking a directory's lock, even for a moment, would fail another agent
-    opening its queue at that instant."""
+def _is_locked(directory: Path) -> bool:
+    """Whether an agent holds the directory's lock (another one sharing the storage directory). Probed by taking
+    it for a moment, which sees a holder in another container too (``/proc/locks`` lists only the processes of
+    this PID namespace); an agent opening its queue at that moment tries again (``PersistentStore``)."""
     try:
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    held: set[tuple[int, int, int]] = set()
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK":
-            with contextlib.suppress(ValueError):
-                major, minor, inode = fields[5].split(":")
-                held.add((int(major, 16), int(minor, 16), int(inode)))
-    return held
-
-
-def _is_locked(directory: Path, locked: set[tuple[int, int, int]] | None) -> bool:
-    """Whether an agent holds the directory's lock (another one sharing the storage directory)."""
-    if locked is None:
-        return False
-    try:
-        status = (directory / "lock").stat()
+        fd = os.open(directory / "lock", os.O_RDONLY)
     except OSError:
         return False
-    return (os.major(status.st_dev), os.minor(status.st_dev), status.st_ino) in locked
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock, if it was taken here
+    return False

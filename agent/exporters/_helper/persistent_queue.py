@@ -55,6 +55,9 @@ def queue_directory(root: str, exporter_id: str) -> Path:
     return Path(root) / exporter_id.replace("/", "__")
 
 
+_LOCK_ATTEMPTS = 20  # 10 ms apart
+
+
 class QueueDirectoryBusy(RuntimeError):
     """Another agent holds the queue directory."""
 
@@ -131,7 +134,7 @@ class PersistentStore:
     async def open(self) -> None:
         # Owner-only, as the file exporter's output: queued telemetry can hold what redaction does not know to mask.
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock()
+        await self._lock()
         try:
             self._recover()
         except BaseException:
@@ -187,14 +190,21 @@ class PersistentStore:
                 os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
-    def _lock(self) -> None:
+    async def _lock(self) -> None:
+        """Take the directory's lock; held by another agent, it is refused. A holder for a moment only (the check
+        for abandoned queue directories probes the lock) is waited out."""
         fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise QueueDirectoryBusy(f"persistent queue directory {self._dir} is in use by another agent") from None
-        self._lock_fd = fd
+        for attempt in range(_LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if attempt + 1 < _LOCK_ATTEMPTS:
+                    await asyncio.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise QueueDirectoryBusy(f"persistent queue directory {self._dir} is in use by another agent") from None
+            self._lock_fd = fd
+            return
 
     # --- recovery --------------------------------------------------------------------------------------------------
 
