@@ -266,6 +266,18 @@ async def test_an_ejected_gateway_takes_its_traces_again_once_its_cooldown_is_ov
     ]
 
 
+async def test_an_answer_from_a_send_begun_before_the_ejection_does_not_end_the_cooldown(clock: FakeClock) -> None:
+    """Another batch's send, in flight when the gateway was ejected, succeeded a moment later: that put the failed
+    gateway straight back in the ring (pass 94)."""
+    failing = Gateway(RetryableError("connection refused", reason="unavailable"), failures=1)
+    gateways = {GATEWAYS[0]: failing, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with(gateways)  # backend_cooldown: 5 s
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out of the ring
+    clock.advance(0.5)
+    assert exporter._settle(exporter_module._Push(Signal.TRACES), GATEWAYS[0], batch_of(1), 0)  # the late answer
+    assert exporter._count_healthy() == 2
+
+
 async def test_a_gateway_failing_for_eject_after_leaves_the_ring() -> None:
     dead = Gateway(RetryableError("connection refused", reason="unavailable"))
     gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}

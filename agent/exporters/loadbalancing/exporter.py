@@ -241,8 +241,11 @@ class LoadBalancingExporter:
         if not isinstance(outcome, RetryableError):
             self._throttled_since.pop(gateway, None)
             self._failing_since.pop(gateway, None)
-            if self._ejected_until.pop(gateway, None) is not None:
-                # Said, as its ejection was: else only the healthy_backends gauge shows it back in the ring.
+            until = self._ejected_until.get(gateway)
+            if until is not None and until <= time.monotonic():
+                # Said, as its ejection was: else only the healthy_backends gauge shows it back in the ring. An
+                # answer within the cooldown (a send begun before the ejection) does not end the cooldown.
+                del self._ejected_until[gateway]
                 self._settings.logger.info(
                     f"gateway {gateway} answers again; its traces go to it",
                     extra={"exporter": self._settings.component_id},
