@@ -178,7 +178,6 @@ def _bound(family: int, address: Any, *, v6only: bool = True) -> socket.socket:
 
 _REASON_CHARS = 200  # of an unparsable request's error, escaped, in its log line
 _HTTP2_PREFACE_REASON = "Pause on PRI/Upgrade"  # aiohttp's parser, at "PRI * HTTP/2.0"
-_PURE_PARSER_PREFACE_REASON = "*"  # its pure-Python parser (no C extensions): the request target it refuses
 
 
 class UnparsableRequestLog:
@@ -215,7 +214,7 @@ class UnparsableRequestLog:
         reason = ascii((error.message or type(error).__name__).splitlines()[0].strip())[1:-1]
         if len(reason) > _REASON_CHARS:
             reason = reason[:_REASON_CHARS] + "..."
-        if reason.startswith(_HTTP2_PREFACE_REASON) or reason == _PURE_PARSER_PREFACE_REASON:
+        if reason.startswith(_HTTP2_PREFACE_REASON):
             # The HTTP/2 preface on an HTTP/1.1 port: almost always an OTLP/gRPC exporter given the HTTP port.
             reason += (
                 " (an HTTP/2 connection preface: gRPC sent to the HTTP port? OTLP/gRPC goes to the gRPC port, "
