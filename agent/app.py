@@ -81,6 +81,7 @@ class Agent:
         )
         self._abandoned: set[str] = set()
         self._queue_roots: set[str] = set()  # every storage directory a config has named since the start
+        self._abandoned_check = asyncio.Lock()  # one look at a time: a slow one must not undo a reload's
         self._reloads = self.metrics.counter(
             "config_reloads_total",
             "Config reloads (SIGHUP, or a change of the TLS files) by result: reloaded; invalid (the new config was "
@@ -285,13 +286,17 @@ class Agent:
     async def _report_abandoned_queues(self) -> None:
         """Say which persistent-queue directories hold data no running exporter will send: a warning for each one
         found anew, and the gauge for all (gone when the directory is read again or deleted)."""
-        self._queue_roots |= queue_roots(self.config)
-        in_use = directories_in_use(self.config, self.graph.component_ids()["exporter"])
-        try:
-            found = await asyncio.to_thread(abandoned_directories, set(self._queue_roots), in_use)
-        except Exception:  # a bug here must not fail a start or a reload
-            self._log.exception("looking for abandoned persistent-queue directories failed")
-            return
+        async with self._abandoned_check:
+            self._queue_roots |= queue_roots(self.config)
+            in_use = directories_in_use(self.config, self.graph.component_ids()["exporter"])
+            try:
+                found = await asyncio.to_thread(abandoned_directories, set(self._queue_roots), in_use)
+            except Exception:  # a bug here must not fail a start or a reload
+                self._log.exception("looking for abandoned persistent-queue directories failed")
+                return
+            self._show_abandoned(found)
+
+    def _show_abandoned(self, found: dict[str, int]) -> None:
         for gone in self._abandoned - found.keys():
             self._abandoned_bytes.remove(gone)
         new, self._abandoned = found.keys() - self._abandoned, set(found)

@@ -875,3 +875,8 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
     assert "(the value comes from" not in named["exporters.otlp.headers.x-tenant.sig-bin"]
     assert "(the value comes from" not in named["exporters.otlp.headers.x-note"]
     assert named["exporters.otlp.timeout"].endswith("(the value comes from ${env:TIMEOUT})")
+
+
+def test_a_tagged_value_yaml_cannot_read_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigInvalid, match="not valid YAML"):
+        load_text("receivers: {otlp: {grpc: {enabled: !!bool maybe}}}\n", environ={})
