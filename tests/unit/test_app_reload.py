@@ -278,6 +278,57 @@ async def test_span_metrics_go_on_through_a_reload_with_their_counts(tmp_path: P
         await agent.stop()
 
 
+async def test_an_applications_series_and_delta_sums_go_on_through_a_reload(tmp_path: Path) -> None:
+    """A reload built a new, empty exporter state: applications' gauges and counters were missing from the
+    scrape until they pushed again (a minute, with the SDKs' default), and a delta counter's sum restarted, losing
+    what it had counted since the last scrape (pass 93). The new exporter now takes the state whole."""
+    metrics_endpoint = f"127.0.0.1:{free_port()}"
+    config = base_config(tmp_path / "out")
+    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint}
+    config["service"]["pipelines"]["metrics"]["exporters"] = ["prometheus"]
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/metrics"
+        start = time.time_ns() - 10**9
+
+        async def push(session: aiohttp.ClientSession, *metrics: Metric) -> None:
+            body = ExportMetricsServiceRequest(resource_metrics=[{"scope_metrics": [{"metrics": list(metrics)}]}])
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with session.post(http, data=body.SerializeToString(), headers=headers) as answer:
+                assert answer.status == 200
+            await wait_for(lambda: agent.graph.component("prometheus").accumulator.pending == 0)
+
+        async def scrape(session: aiohttp.ClientSession) -> str:
+            async with session.get(f"http://{metrics_endpoint}/metrics") as answer:
+                return await answer.text()
+
+        async with aiohttp.ClientSession() as session:
+            await push(session, gauge("queue.depth", 7, start), delta("errors", 1, start))
+            assert metric_value(await scrape(session), "queue_depth") == 7
+            await push(session, delta("errors", 1, start + 10**6))  # counted after the last scrape
+            assert await agent.reload()
+            text = await scrape(session)
+            assert metric_value(text, "queue_depth") == 7  # still there: no push since the reload
+            assert metric_value(text, "errors_total") == 2
+    finally:
+        await agent.stop()
+
+
+def gauge(name: str, value: int, time_ns: int) -> Metric:
+    metric = Metric(name=name)
+    metric.gauge.data_points.add(as_int=value, time_unix_nano=time_ns)
+    return metric
+
+
+def delta(name: str, value: int, start_ns: int) -> Metric:
+    metric = Metric(name=name)
+    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+    metric.sum.is_monotonic = True
+    metric.sum.data_points.add(as_int=value, start_time_unix_nano=start_ns, time_unix_nano=start_ns + 10**6)
+    return metric
+
+
 def counter(name: str, value: int, start_ns: int) -> Metric:
     metric = Metric(name=name)
     metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE

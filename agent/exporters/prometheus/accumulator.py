@@ -243,6 +243,10 @@ class Accumulator:
         self._pending: deque[tuple[ExportMetricsServiceRequest, float]] = deque()
         self._folding: Iterator[None] | None = None
 
+    def serve_for(self, on_drop: Callable[[str, int], None], on_malformed: Callable[[Exception], None]) -> None:
+        """Report to the exporter that now holds this state (a reload's new one, which took it over)."""
+        self._on_drop, self._on_malformed = on_drop, on_malformed
+
     # --- intake ---------------------------------------------------------------------------------------------
 
     def consume(self, request: ExportMetricsServiceRequest) -> None:

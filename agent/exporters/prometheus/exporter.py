@@ -39,6 +39,18 @@ MAX_PENDING_BATCHES = 1024
 _SCRAPE_STOP_SECONDS = 2.0  # at shutdown, for a scrape in flight
 
 
+def _state_settings(cfg: PrometheusExporterConfig) -> tuple[object, ...]:
+    """The settings an accumulator's state depends on: what it holds, for how long, and under which names."""
+    return (
+        cfg.metric_expiration,
+        cfg.max_series,
+        cfg.add_metric_suffixes,
+        cfg.without_scope_info,
+        cfg.resource_to_telemetry_conversion,
+        cfg.new_series_at_zero_for,
+    )
+
+
 class PrometheusExporter:
     def __init__(self, cfg: PrometheusExporterConfig, settings: CreateSettings) -> None:
         self._cfg = cfg
@@ -65,15 +77,22 @@ class PrometheusExporter:
             scope_labels=not cfg.without_scope_info,
             resource_labels=cfg.resource_to_telemetry_conversion,
             new_series_at_zero_for=float(cfg.new_series_at_zero_for),
-            on_malformed=lambda exc: self._log.warning("malformed", "cannot expose a metrics batch", error=repr(exc)),
+            on_malformed=self._malformed,
         )
-        # Our own registry (never the global one): only what the pipeline delivered is exposed here.
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(OtlpCollector(self.accumulator, self._update_series_gauge))
+        self.registry = self._registry_of(self.accumulator)
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._queued = asyncio.Event()
         self._renders: dict[str, asyncio.Future[bytes]] = {}  # by content type: the render under way
+
+    def _registry_of(self, accumulator: Accumulator) -> CollectorRegistry:
+        # Our own registry (never the global one): only what the pipeline delivered is exposed here.
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(OtlpCollector(accumulator, self._update_series_gauge))
+        return registry
+
+    def _malformed(self, exc: Exception) -> None:
+        self._log.warning("malformed", "cannot expose a metrics batch", error=repr(exc))
 
     def _drop(self, reason: str, points: int) -> None:
         self._dropped.labels(self._settings.component_id, reason).inc(points)
@@ -113,10 +132,18 @@ class PrometheusExporter:
         return presented_certificates(self._tls)
 
     def take_over_from(self, previous: PrometheusExporter) -> None:
-        """At a reload: on the same endpoint, Prometheus has scraped the previous exporter (see
-        ``Accumulator.resume_after``)."""
+        """At a reload, on the same endpoint and path. With the same settings of what is held and how it is named,
+        the previous exporter's state goes on here whole: applications' series stay exposed until they push
+        again, delta sums go on, and nothing counted since the last scrape is lost. Otherwise Prometheus has
+        still scraped the previous exporter (see ``Accumulator.resume_after``)."""
         same_target = (previous._cfg.endpoint, previous._cfg.path) == (self._cfg.endpoint, self._cfg.path)
-        if same_target:
+        if not same_target:
+            return
+        if _state_settings(previous._cfg) == _state_settings(self._cfg):
+            self.accumulator = previous.accumulator
+            self.accumulator.serve_for(self._drop, self._malformed)
+            self.registry = self._registry_of(self.accumulator)
+        else:
             self.accumulator.resume_after(previous.accumulator)
 
     async def start(self) -> None:
