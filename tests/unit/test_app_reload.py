@@ -284,7 +284,7 @@ async def test_an_applications_series_and_delta_sums_go_on_through_a_reload(tmp_
     what it had counted since the last scrape (pass 93). The new exporter now takes the state whole."""
     metrics_endpoint = f"127.0.0.1:{free_port()}"
     config = base_config(tmp_path / "out")
-    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint}
+    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint, "new_series_at_zero_for": "0s"}
     config["service"]["pipelines"]["metrics"]["exporters"] = ["prometheus"]
     agent = Agent(load(config), load_config=lambda: load(config))
     await agent.start()

@@ -56,6 +56,9 @@ def settings(metrics: SelfMetrics, cid: str = "prometheus", kind: Kind = Kind.EX
     return CreateSettings(cid, kind, logging.getLogger(f"test.{cid}"), metrics, ServiceConfig(), {})
 
 
+NO_ZERO_HOLD = PrometheusExporterConfig(new_series_at_zero_for=Duration(0.0))
+
+
 def exporter(cfg: PrometheusExporterConfig | None = None) -> tuple[PrometheusExporter, SelfMetrics]:
     metrics = SelfMetrics()
     return PrometheusExporter(cfg or PrometheusExporterConfig(), settings(metrics)), metrics
@@ -183,7 +186,7 @@ def test_a_cumulative_monotonic_sum_is_a_counter_with_the_latest_value() -> None
 
 
 def test_delta_sums_accumulate_while_aligned_and_overlaps_are_dropped() -> None:
-    exp, metrics = exporter()
+    exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
     for start, end, value in ((0, 10, 3), (10, 20, 4), (30, 40, 5), (35, 45, 100)):
         exp.consume(request(sum_metric("hits", number(value, start, end), temporality=DELTA)))
     assert metric_value(text(exp), "hits_total") == 12  # 3 + 4, gap accepted: + 5; overlap dropped
@@ -240,7 +243,7 @@ def test_cumulative_histograms_become_classic_histograms_with_exemplars_in_their
 
 
 def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
-    exp, metrics = exporter()
+    exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
 
     def point(start: int, end: int, counts: list[int], bounds: list[float]) -> HistogramDataPoint:
         return HistogramDataPoint(
@@ -271,7 +274,7 @@ def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
 
 
 def test_an_overlapping_delta_histogram_point_with_the_same_bounds_is_dropped_as_misaligned() -> None:
-    exp, metrics = exporter()
+    exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
 
     def point(start: int, end: int, counts: list[int], total: float) -> HistogramDataPoint:
         return HistogramDataPoint(
@@ -876,7 +879,7 @@ def test_scope_attributes_that_collide_are_joined() -> None:
 
 
 def test_delta_points_without_a_start_time_accumulate() -> None:
-    exp, metrics = exporter()
+    exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
     for end, value in ((10, 3), (20, 4)):
         exp.consume(request(sum_metric("hits", number(value, 0, end), temporality=DELTA)))
     assert metric_value(text(exp), "hits_total") == 7
@@ -1362,3 +1365,14 @@ def test_handed_over_starts_survive_series_ending_after_the_reload() -> None:
         _counter_point(new, f"own.{index}", 1, start + 10, ended=True)
     _counter_point(new, "app.2", 21, start)  # went on through the reload
     assert _values(new) == [21.0]
+
+
+def test_a_sum_of_deltas_is_shown_at_zero_first_even_at_the_agents_first_scrape() -> None:
+    """After an agent restart, Prometheus had seen the old agent's sum (1); the new one began at 1 too and was
+    shown at once: 1 → 1, the new error never counted (pass 93). A sum of deltas is new to this agent: zero first."""
+    now = [100.0]
+    acc = Accumulator(300.0, 1000, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    acc.consume(request(sum_metric("errors", number(1, 10, 20), temporality=DELTA)))
+    assert _values(acc) == [0.0]  # the first scrape of this agent
+    now[0] += 61
+    assert _values(acc) == [1.0]

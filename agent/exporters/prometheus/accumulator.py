@@ -512,7 +512,7 @@ class Accumulator:
                 series.value = value + series.carried
                 series.start_ns = point.start_time_unix_nano
             if (fresh or restarted) and kind == COUNTER:
-                series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
+                series.zero_pending = self._starts_at_zero(family, labels, point.start_time_unix_nano, delta)
                 if restarted:
                     series.exemplar = None
             series.time_ns = point.time_unix_nano
@@ -581,11 +581,19 @@ class Accumulator:
                 series.sum, series.count = total_sum, float(point.count)
                 series.start_ns = point.start_time_unix_nano
             if fresh or restarted:
-                series.zero_pending = self._started_recently(family, labels, point.start_time_unix_nano)
+                series.zero_pending = self._starts_at_zero(family, labels, point.start_time_unix_nano, delta)
             series.time_ns = point.time_unix_nano
             series.updated, series.seen = now, True
             if point.exemplars:
                 self._bucket_exemplars(series, point.exemplars)
+
+    def _starts_at_zero(self, family: Family, labels: dict[str, str], start_ns: int, delta: bool) -> bool:
+        """Whether a new (or restarted) series is shown at zero first. A sum of deltas is always new: it began
+        with this state, so whatever Prometheus saw of the series before (from the agent before a restart) was
+        another sum, and showing this one at once would hide its first counts behind that one."""
+        if delta:
+            return self._zero_for > 0
+        return self._started_recently(family, labels, start_ns)
 
     def _started_recently(self, family: Family, labels: dict[str, str], start_ns: int) -> bool:
         """Whether a new series' counts all came after the previous scrape (give or take the minute a connector
