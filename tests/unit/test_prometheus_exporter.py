@@ -1376,3 +1376,15 @@ def test_a_sum_of_deltas_is_shown_at_zero_first_even_at_the_agents_first_scrape(
     assert _values(acc) == [0.0]  # the first scrape of this agent
     now[0] += 61
     assert _values(acc) == [1.0]
+
+
+def test_ratio_is_added_to_otlp_gauges_of_unit_1_not_to_up_down_counters() -> None:
+    """As Prometheus's OTLP translation names them (MetricTypeGauge only): an up-down counter of unit 1 is exposed
+    as a gauge, and was named `_ratio` too (pass 93), so queries ported from a Collector setup did not match."""
+    exp, _ = exporter()
+    gauge = Metric(name="pool.utilization", unit="1", description="used share")
+    gauge.gauge.data_points.append(number(0.5))
+    exp.consume(request(gauge, sum_metric("pool.connections", number(3), monotonic=False, unit="1")))
+    out = text(exp)
+    assert metric_value(out, "pool_utilization_ratio") == 0.5
+    assert metric_value(out, "pool_connections") == 3

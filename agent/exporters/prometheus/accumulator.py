@@ -380,8 +380,11 @@ class Accumulator:
     # --- families and series ----------------------------------------------------------------------------------
 
     def _family(self, metric: Metric, kind: str, points: int) -> Family | None:
+        # `_ratio` (unit "1") is for OTLP gauges only, as Prometheus's and the Collector's translation has it: an
+        # up-down counter is exposed as a gauge but named as the sum it is.
+        otlp_gauge = metric.WhichOneof("data") == "gauge"
         name = metric_family_name(
-            metric.name, metric.unit, counter=kind == COUNTER, gauge=kind == GAUGE, add_suffixes=self._add_suffixes
+            metric.name, metric.unit, counter=kind == COUNTER, gauge=otlp_gauge, add_suffixes=self._add_suffixes
         )
         family = self._families.get(name)
         if family is None:
@@ -390,7 +393,7 @@ class Accumulator:
                 # exposed under one of those names would make the scrape invalid (a second HELP for one name).
                 self._on_drop("name_conflict", points)
                 return None
-            unit = unit_suffix(metric.unit, gauge=kind == GAUGE) if self._add_suffixes else ""
+            unit = unit_suffix(metric.unit, gauge=otlp_gauge) if self._add_suffixes else ""
             family = Family(
                 name,
                 kind,
