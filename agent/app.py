@@ -338,9 +338,12 @@ class Agent:
         try:
             # Built again (its components were shut down), which may fail now: TLS files moved away since.
             self._tls_read.pipelines = TlsFilesRead(self.config).pipelines
-            stopped, previous = self.graph, Graph(self.config, self.metrics)
+            previous = Graph(self.config, self.metrics)
             self.graph = previous
-            previous.take_over(stopped)
+            # From the graph that failed, not the one stopped before it: the failed one took over that one's state
+            # (span metrics, the Prometheus exporter's) and may have added to it; going back to the older state
+            # would show Prometheus a start going back, and count again what it had seen.
+            previous.take_over(graph)
             await previous.start()
         except Exception as exc:
             # Nothing runs any more: release what did start, and exit as at a failed start.

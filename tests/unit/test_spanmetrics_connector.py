@@ -1161,3 +1161,27 @@ def test_a_reload_with_the_same_settings_goes_on_with_the_series_their_counts_an
     changed, _ = make(SpanMetricsConfig(namespace="agents"))
     changed.take_over_from(before)
     assert len(changed.families.spans) == 0
+
+
+def test_exemplars_turned_off_at_a_reload_are_not_sent_on(workload: Any) -> None:
+    """The adopted histograms kept the old connector's exemplars and flushed them for as long as their series lived
+    (pass 95)."""
+    from agent.connectors.spanmetrics.config import ExemplarsConfig
+
+    requests, _ = workload
+    before, _ = make()
+    for request in requests[:100]:
+        before.consume(request)
+    assert any(s.exemplars for s in before.families.span_duration.series.values())
+    after, _ = make(SpanMetricsConfig(exemplars=ExemplarsConfig(enabled=False)))
+    after.take_over_from(before)
+    exported = after.collect()
+    assert not [
+        e
+        for rm in exported.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.WhichOneof("data") == "histogram"
+        for p in m.histogram.data_points
+        for e in p.exemplars
+    ]

@@ -44,6 +44,7 @@ from agent.component import Consumer, ConsumerMap, CreateSettings, Refused, Sign
 from agent.connectors.spanmetrics.aggregation import (
     Execution,
     HistogramFamily,
+    HistogramSeries,
     SpanRef,
     SumFamily,
     SumSeries,
@@ -336,6 +337,11 @@ class SpanMetricsConnector:
             return
         self.families = previous.families
         self._all_families = self.families.all()
+        if not self._exemplars:  # turned off: the ones held must not be sent on for as long as their series live
+            for family in self._all_families:
+                for series in family.series.values():
+                    if isinstance(series, HistogramSeries):
+                        series.exemplars = None
 
     async def start(self) -> None:
         if self._task is None and not self._closed:
