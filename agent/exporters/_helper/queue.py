@@ -449,6 +449,12 @@ class SendingQueue:
             self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
         self._store.ack(entries)
 
+    def _count_sent(self, signal: Signal, items: int) -> None:
+        """Never creates the series at zero: a sent counter that appears reads as a first delivery (the
+        OtelSidecarExporterRetrying alert takes it for one), and giving a batch up delivers nothing."""
+        if items > 0:
+            self._sent.labels(self._settings.component_id, signal.value).inc(items)
+
     def _fail(self, group: _Group, exc: Exception) -> None:
         """``_deliver`` raised: count what the group had not settled as failed and take it off the queue (a
         persistent store that cannot record that keeps it on disk, to be sent again after a restart)."""
@@ -525,7 +531,7 @@ class SendingQueue:
             # is settled (loki): count what is left, and what the parts already delivered had rejected.
             undelivered = max(SPECS[signal].count_items(part) - exc.settled, 0)
             rejected = min(exc.rejected, items - undelivered)
-            self._sent.labels(cid, signal.value).inc(items - undelivered - rejected)
+            self._count_sent(signal, items - undelivered - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
             self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}): {exc}")
@@ -533,7 +539,7 @@ class SendingQueue:
             self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")
         else:
             rejected = min(rejected, items)  # a backend may claim more than it was sent
-            self._sent.labels(cid, signal.value).inc(items - rejected)
+            self._count_sent(signal, items - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
             if copies:  # items earlier attempts may have delivered, sent again: once per such attempt
