@@ -326,6 +326,9 @@ class Agent:
         try:
             await graph.start()
         except Exception as exc:
+            # Components that began anew beside a predecessor the fallback goes back to must not flush into the
+            # state they share with it (the Prometheus exporter's): their series would read as restarts.
+            graph.forgo_fresh_state_beside(self.graph)
             await graph.shutdown(time.monotonic() + _FAILED_START_FLUSH_SECONDS)
             self._log.error(
                 "config reload failed: the new pipelines did not start; the previous config starts again",
@@ -338,12 +341,12 @@ class Agent:
         try:
             # Built again (its components were shut down), which may fail now: TLS files moved away since.
             self._tls_read.pipelines = TlsFilesRead(self.config).pipelines
-            previous = Graph(self.config, self.metrics)
+            stopped, previous = self.graph, Graph(self.config, self.metrics)
             self.graph = previous
-            # From the graph that failed, not the one stopped before it: the failed one took over that one's state
-            # (span metrics, the Prometheus exporter's) and may have added to it; going back to the older state
-            # would show Prometheus a start going back, and count again what it had seen.
-            previous.take_over(graph)
+            # From the graph that failed where it took the stopped one's state over (span metrics, the Prometheus
+            # exporter's) and may have added to it: going back to the older state would show Prometheus a start
+            # going back, and count again what it had seen. Elsewhere from the stopped one, which kept its own.
+            previous.take_over(graph, older=stopped)
             await previous.start()
         except Exception as exc:
             # Nothing runs any more: release what did start, and exit as at a failed start.

@@ -98,14 +98,31 @@ class Graph:
                 held[path] = counted + items  # one sampler serves the traces and the logs pipelines
         return held
 
-    def take_over(self, previous: Graph) -> None:
-        """At a reload, before this graph starts: each exporter with a ``take_over_from`` hook is given the stopped
-        exporter of the same id and type, for what it must know of its predecessor (not data: that was flushed)."""
+    def take_over(self, previous: Graph, older: Graph | None = None) -> None:
+        """At a reload, before this graph starts: each exporter (and connector) with a ``take_over_from`` hook is
+        given the stopped one of the same id and type, for what it must know of its predecessor (not data: that
+        was flushed). With ``older`` (the fallback after ``previous`` failed to start), a component of ``previous``
+        that did not take its own predecessor's state over (``took_over``: another endpoint, other settings) holds
+        none of it, so this graph's takes over from ``older``'s instead."""
         for exporter_id, exporter in self._exporters.items():
-            before = previous._exporters.get(exporter_id)
             hook = getattr(exporter, "take_over_from", None)
-            if hook is not None and before is not None and type(before) is type(exporter):
+            if hook is None:
+                continue
+            before = previous._exporters.get(exporter_id)
+            if older is not None and not getattr(before, "took_over", False):
+                before = older._exporters.get(exporter_id)
+            if before is not None and type(before) is type(exporter):
                 hook(before)
+
+    def forgo_fresh_state_beside(self, stopped: Graph) -> None:
+        """This graph failed to start, and ``stopped``'s state comes back (``take_over`` with ``older``): each of
+        its components that did not take its predecessor's state over, though ``stopped`` has one to go back to,
+        drops what it made since (``forgo_state``: the span-metrics connector's flush of series begun anew)."""
+        for exporter_id, exporter in self._exporters.items():
+            forgo = getattr(exporter, "forgo_state", None)
+            before = stopped._exporters.get(exporter_id)
+            if forgo is not None and not getattr(exporter, "took_over", False) and type(before) is type(exporter):
+                forgo()
 
     def component(self, component_id: str, kind: Kind | None = None) -> Any:
         for node in self._nodes:

@@ -315,6 +315,44 @@ async def test_an_applications_series_and_delta_sums_go_on_through_a_reload(tmp_
         await agent.stop()
 
 
+async def test_a_failed_reloads_fallback_keeps_the_exporters_state_when_the_new_one_took_none(tmp_path: Path) -> None:
+    """The new config's Prometheus endpoint was taken: the new exporter (another endpoint) took nothing over, and
+    the fallback took over from it rather than from the stopped one, losing the gauges and delta sums the reload
+    was meant to keep (pass 96)."""
+    import socket
+
+    metrics_endpoint, taken = f"127.0.0.1:{free_port()}", free_port()
+    config = base_config(tmp_path / "out")
+    config["exporters"]["prometheus"] = {"endpoint": metrics_endpoint, "new_series_at_zero_for": "0s"}
+    config["service"]["pipelines"]["metrics"]["exporters"] = ["prometheus"]
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", taken))
+    busy.listen()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/metrics"
+        start = time.time_ns() - 10**9
+        async with aiohttp.ClientSession() as session:
+            body = ExportMetricsServiceRequest(
+                resource_metrics=[
+                    {"scope_metrics": [{"metrics": [gauge("queue.depth", 7, start), delta("errors", 2, start)]}]}
+                ]
+            )
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with session.post(http, data=body.SerializeToString(), headers=headers) as answer:
+                assert answer.status == 200
+            await wait_for(lambda: agent.graph.component("prometheus").accumulator.pending == 0)
+            config["exporters"]["prometheus"]["endpoint"] = f"127.0.0.1:{taken}"  # the new graph cannot bind
+            assert not await agent.reload()
+            async with session.get(f"http://{metrics_endpoint}/metrics") as scrape:
+                text = await scrape.text()
+        assert (metric_value(text, "queue_depth"), metric_value(text, "errors_total")) == (7, 2)
+    finally:
+        busy.close()
+        await agent.stop()
+
+
 def gauge(name: str, value: int, time_ns: int) -> Metric:
     metric = Metric(name=name)
     metric.gauge.data_points.add(as_int=value, time_unix_nano=time_ns)

@@ -299,6 +299,8 @@ class SpanMetricsConnector:
         self._random = random.Random()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.took_over = False  # whether it goes on with its predecessor's series (see take_over_from)
+        self._forgo = False
         cid = settings.component_id
         m = settings.metrics
         self._spans_metric = m.counter(
@@ -337,11 +339,17 @@ class SpanMetricsConnector:
             return
         self.families = previous.families
         self._all_families = self.families.all()
+        self.took_over = True
         if not self._exemplars:  # turned off: the ones held must not be sent on for as long as their series live
             for family in self._all_families:
                 for series in family.series.values():
                     if isinstance(series, HistogramSeries):
                         series.exemplars = None
+
+    def forgo_state(self) -> None:
+        """Flush nothing at shutdown: a reload failed, and the previous connector's series come back (see
+        ``Graph.forgo_fresh_state_beside``). Spans counted in the meantime are lost to the metrics."""
+        self._forgo = True
 
     async def start(self) -> None:
         if self._task is None and not self._closed:
@@ -356,7 +364,8 @@ class SpanMetricsConnector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.flush()
+        if not self._forgo:
+            self.flush()
 
     async def _flush_loop(self) -> None:
         interval = float(self._cfg.metrics_flush_interval)

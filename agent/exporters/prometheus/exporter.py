@@ -80,6 +80,7 @@ class PrometheusExporter:
             on_malformed=self._malformed,
         )
         self.registry = self._registry_of(self.accumulator)
+        self.took_over = False  # whether it holds its predecessor's state whole (see take_over_from)
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._queued = asyncio.Event()
@@ -143,6 +144,7 @@ class PrometheusExporter:
             self.accumulator = previous.accumulator
             self.accumulator.serve_for(self._drop, self._malformed)
             self.registry = self._registry_of(self.accumulator)
+            self.took_over = True
         else:
             self.accumulator.resume_after(previous.accumulator)
 
