@@ -1185,3 +1185,19 @@ def test_exemplars_turned_off_at_a_reload_are_not_sent_on(workload: Any) -> None
         for p in m.histogram.data_points
         for e in p.exemplars
     ]
+
+
+def test_a_connector_told_to_forgo_its_state_flushes_nothing_at_shutdown() -> None:
+    """A failed reload's connector that began anew beside the one the fallback goes back to: its fresh series,
+    flushed into the Prometheus state the two share, read as restarts (5 → 0 → 5; pass 95)."""
+    capture = Capture()
+    connector, _ = make(out=capture)
+
+    async def run() -> None:
+        await connector.start()
+        connector.consume(to_request({"svc": [Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="a")]}))
+        connector.forgo_state()
+        await connector.shutdown(time.monotonic() + 1)
+
+    asyncio.run(run())
+    assert capture.batches == []
