@@ -276,7 +276,6 @@ class Agent:
             self._ready_gauge.set(0 if self._stopping or not self.graph.receivers_started else 1)
         self.metrics.forget_components(self.graph.component_ids())
         self._publish_certificates()
-        self._queue_roots |= queue_roots(config)
         await self._report_abandoned_queues()
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:

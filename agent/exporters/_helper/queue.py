@@ -474,8 +474,7 @@ class SendingQueue:
         delivered, rejected = group.settle_partial_delivery(signal, self._settled_of)
         if rejected:
             self._rejected.labels(self._settings.component_id, signal.value).inc(rejected)
-        if delivered:
-            self._sent.labels(self._settings.component_id, signal.value).inc(delivered)
+        self._count_sent(signal, delivered)
 
     def _parts(self, signal: Signal, merged: Message, group: _Group) -> list[Message]:
         """``merged`` cut to ``batch.max_size`` items and ``batch.max_bytes`` bytes."""
