@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -377,3 +378,26 @@ def test_a_json_string_holding_a_lone_surrogate_in_a_utf16_or_utf32_body_is_repa
     body = text.encode(encoding, "surrogatepass")
     message, repaired = json_codec.decode_repairing(body, ExportTraceServiceRequest)
     assert message.resource_spans[0].scope_spans[0].spans[0].name == "cut \ufffd" and repaired == 1
+
+
+def _log_with_bytes_body(value: object) -> bytes:
+    body = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"bytesValue": value}}]}]}]}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("value", ["!!!", "SGVs!!bG8=", "SGVsbG8=x", "S", "SGVsbG8===", 5, ["SGVsbG8="]])
+def test_a_bytes_value_that_is_not_base64_is_refused_not_changed_silently(value: object) -> None:
+    # protobuf's parser drops characters outside the alphabet: "!!!" became b"" and "SGVs!!bG8=" b"Hello".
+    with pytest.raises(json_codec.OtlpJsonError, match=r"body\.bytesValue: must be a base64 string"):
+        json_codec.decode(_log_with_bytes_body(value), ExportLogsServiceRequest)
+
+
+@given(st.binary(max_size=64), st.booleans(), st.booleans())
+def test_a_bytes_value_in_standard_or_url_safe_base64_padded_or_not_decodes_to_its_bytes(
+    data: bytes, url_safe: bool, padded: bool
+) -> None:
+    text = (base64.urlsafe_b64encode(data) if url_safe else base64.b64encode(data)).decode()
+    if not padded:
+        text = text.rstrip("=")
+    request = json_codec.decode(_log_with_bytes_body(text), ExportLogsServiceRequest)
+    assert request.resource_logs[0].scope_logs[0].log_records[0].body.bytes_value == data
