@@ -27,6 +27,10 @@ from agent.component import Signal
 
 TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
+# The fewest bytes a span with valid ids takes in a request: its own tag and length (2), its trace id (2 + 16) and
+# span id (2 + 8). OTLP/JSON spells the ids in hex, so a JSON span takes more.
+MIN_VALID_SPAN_BYTES = 30
+DENSE_CHECK_ITEMS = 10_000
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:
@@ -88,7 +92,9 @@ def _context_ids_valid(message: Message) -> bool:
 
 def _remove_at(items: Any, bad: list[int]) -> int:
     """Remove ``items[i]`` for each index in ``bad`` (a repeated message field); return how many."""
-    if bad:
+    if len(bad) == len(items):  # a request of items without ids: no set of millions of indexes
+        del items[:]
+    elif bad:
         skip = set(bad)
         keep = [item for index, item in enumerate(items) if index not in skip]
         del items[:]
@@ -148,6 +154,21 @@ class SignalSpec:
     http_path: str
     grpc_service: str
     invalid_reason: str = ""
+    min_valid_item_bytes: int = 0  # 0: an item can be valid however small (a log record, a data point)
+
+    def too_dense(self, items: int, size: int) -> str | None:
+        """Why a request of ``size`` bytes cannot hold ``items`` valid items, or None.
+
+        Such a request (16 MiB of 2-byte spans: 8 million of them) would cost seconds of id checks on the event
+        loop and gigabytes of memory only to reject nearly every item one by one. A few thousand items cost little
+        to check, and their invalid ones are rejected one by one, through partial success, as in any request."""
+        if not self.min_valid_item_bytes or items <= DENSE_CHECK_ITEMS or items * self.min_valid_item_bytes <= size:
+            return None
+        return (
+            f"{items} {self.item_name} in {size} bytes: one with valid ids takes at least "
+            f"{self.min_valid_item_bytes} bytes, so at least {items - size // self.min_valid_item_bytes} of them "
+            f"have none; the request is refused whole"
+        )
 
     def response(self, rejected: int = 0, message: str = "") -> Message:
         """An export response; ``partial_success`` stays unset on full success, as the spec asks."""
@@ -172,6 +193,7 @@ SPECS: dict[Signal, SignalSpec] = {
         "/v1/traces",
         "opentelemetry.proto.collector.trace.v1.TraceService",
         "trace id must be 16 bytes (not all zero) and span id 8 bytes, in the span and in its links",
+        MIN_VALID_SPAN_BYTES,
     ),
     Signal.METRICS: SignalSpec(
         Signal.METRICS,

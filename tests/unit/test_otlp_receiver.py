@@ -395,6 +395,103 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
     assert most == 1
 
 
+async def test_a_small_json_body_of_many_objects_is_decoded_off_the_event_loop(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON costs per object as well as per byte: 100 KiB of 9,000 attributes would hold the loop as long as a
+    far larger body of long strings."""
+    threads = threads_calling(monkeypatch, json_codec, "decode_repairing")
+    request = request_of_spans(1)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    for n in range(9000):
+        span.attributes.add(key=f"k{n}")
+    body = json_codec.encode(request)
+    assert len(body) < core.SLOW_DECODE_ON_LOOP_BYTES
+    status, _, _ = await post(running.http_url + "/v1/traces", body, "application/json")
+    assert status == 200
+    assert threads[0] is not threading.main_thread()
+    assert sink.batches == [request]
+
+
+def slow_json_decodes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Make each JSON decode take ``seconds`` longer; the sizes of the bodies decoded, in order."""
+    decoded: list[int] = []
+    decode = json_codec.decode_repairing
+
+    def slow(body: bytes, message_type: Any) -> Any:
+        decoded.append(len(body))
+        time.sleep(seconds)
+        return decode(body, message_type)
+
+    monkeypatch.setattr(json_codec, "decode_repairing", slow)
+    return decoded
+
+
+async def test_bodies_waiting_to_be_decoded_are_bounded_and_the_rest_told_to_retry(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each body waiting for the decoding thread stays in memory: 40 of them once held 854 MiB."""
+    slow_json_decodes(monkeypatch, 0.3)
+    body = json_codec.encode(request_of_spans(5000))
+    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
+    answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(3)))
+    assert sorted(status for status, _, _ in answers) == [200, 503, 503]
+    assert all(headers["Retry-After"] == "2" for status, _, headers in answers if status == 503)
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="backpressure") == 2
+    status, _, _ = await post(running.http_url + "/v1/traces", body, "application/json")
+    assert status == 200  # the bound is on what waits, not on what was decoded before
+    assert len(sink.batches) == 2
+
+
+async def test_a_body_whose_sender_left_while_it_waited_is_not_decoded(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that timed out has gone, and will send its body again: decoding it anyway held later requests back
+    for a minute behind the bodies of senders long gone."""
+    decoded = slow_json_decodes(monkeypatch, 0.5)
+    first = json_codec.encode(request_of_spans(5000))
+    second = json_codec.encode(request_of_spans(5001))
+    answered = asyncio.ensure_future(post(running.http_url + "/v1/traces", first, "application/json"))
+    await asyncio.sleep(0.1)  # the first body is being decoded: the second waits for its turn
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as session:
+        with pytest.raises(TimeoutError):
+            await session.post(
+                running.http_url + "/v1/traces", data=second, headers={"Content-Type": "application/json"}
+            )
+    assert (await answered)[0] == 200
+    deadline = time.monotonic() + 5
+    while running.metric("otel_sidecar_receiver_failed_requests_total", reason="incomplete") < 1:
+        assert time.monotonic() < deadline, "the departed sender's request was never counted"
+        await asyncio.sleep(0.05)
+    assert decoded == [len(first)]
+    assert len(sink.batches) == 1
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_request_of_more_spans_than_its_bytes_can_hold_valid_is_refused_whole_and_counted(
+    running: Running, sink: BatchSink, transport: str
+) -> None:
+    """20,000 empty spans in 40 KB: none can carry ids. Checked one by one, 16 MiB of them took 2.3 GB and 17 s
+    on the event loop."""
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for _ in range(20_000):
+        scope.spans.add()
+    body = request.SerializeToString()
+    if transport == "grpc":
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await running.grpc_export(body)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        message = raised.value.details()
+    else:
+        status, answer, _ = await post(running.http_url + "/v1/traces", body, "application/x-protobuf")
+        assert status == 400
+        message = status_pb2.Status.FromString(answer).message
+    assert f"20000 spans in {len(body)} bytes" in message and "at least 30 bytes" in message
+    assert running.metric("otel_sidecar_receiver_refused_items_total", transport=transport, reason="invalid") == 20_000
+    assert sink.batches == []
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "reason"),
     [

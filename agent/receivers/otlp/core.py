@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import enum
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +25,12 @@ from agent.telemetry.logs import RateLimitedLog
 # bodies' objects, 125 MiB each, before any bound sees them, and would hold up the default executor's other work);
 # the loop gets the GIL between the decoder's slices.
 SLOW_DECODE_ON_LOOP_BYTES = 256 * 1024
+# JSON costs per object too: 256 KiB of empty spans ("{}," each, 87,000 of them) held the loop for over a second.
+# Counting braces is a C scan of the body; a body with more objects than this goes to the thread whatever its size.
+SLOW_DECODE_ON_LOOP_JSON_OBJECTS = 8192
+# Bodies waiting for the decoding thread stay in memory, decompressed, until their turn: past this many bytes
+# waiting (and at least one body), a sender is told to retry later rather than adding its body to the wait.
+SLOW_DECODE_QUEUE_BYTES = 64 * 1024 * 1024
 
 
 class Failure(enum.StrEnum):
@@ -59,6 +66,8 @@ class ExportHandler:
         self._retry_after = retry_after
         self._log = RateLimitedLog(settings.logger)
         self._slow_decoder: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slow_decode_turn = asyncio.Lock()  # waiters queue here, on the loop, where they can be checked
+        self._slow_decode_waiting_bytes = 0
         m = settings.metrics
         labels = ["receiver", "transport", "signal"]
         self._accepted = m.counter("receiver_accepted_items_total", "Items accepted into the pipeline.", labels)
@@ -81,18 +90,48 @@ class ExportHandler:
     def accepts(self, signal: Signal) -> bool:
         return signal in self._consumers
 
-    async def decode(self, signal: Signal, body: bytes, *, json: bool, transport: str) -> Decoded:
+    async def decode(
+        self,
+        signal: Signal,
+        body: bytes,
+        *,
+        json: bool,
+        transport: str,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> Decoded:
         """The request in ``body``; a large one that needs Python to decode (JSON, strings to repair) is decoded
-        off the event loop. Raises RequestFailed (counted) when it cannot be decoded."""
-        if len(body) <= SLOW_DECODE_ON_LOOP_BYTES:
+        off the event loop, once the bodies ahead of it are, and only if ``still_wanted()`` then (its sender has
+        not gone). Raises RequestFailed (counted) when it cannot be decoded, or is not decoded."""
+        if not self._slow_to_decode(body, json):
             return self._decode_now(signal, body, json=json, transport=transport)
         if not json:
             with contextlib.suppress(DecodeError):  # the common case, in C: no thread hop
                 return Decoded(SPECS[signal].request_type.FromString(body), 0)
-        if self._slow_decoder is None:
-            self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
-        decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
-        return await asyncio.get_running_loop().run_in_executor(self._slow_decoder, decode)
+        if self._slow_decode_waiting_bytes and self._slow_decode_waiting_bytes + len(body) > SLOW_DECODE_QUEUE_BYTES:
+            self.request_failed(signal, transport, Failure.REFUSED)
+            raise RequestFailed(
+                Failure.REFUSED,
+                f"{self._slow_decode_waiting_bytes} bytes of requests are waiting to be decoded; retry later",
+                self._retry_after,
+            )
+        self._slow_decode_waiting_bytes += len(body)
+        try:
+            async with self._slow_decode_turn:
+                if not still_wanted():
+                    self.request_failed(signal, transport, Failure.INCOMPLETE)
+                    raise RequestFailed(Failure.INCOMPLETE, "the sender closed the connection before its turn")
+                if self._slow_decoder is None:
+                    self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
+                decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
+                return await asyncio.get_running_loop().run_in_executor(self._slow_decoder, decode)
+        finally:
+            self._slow_decode_waiting_bytes -= len(body)
+
+    @staticmethod
+    def _slow_to_decode(body: bytes, json: bool) -> bool:
+        if len(body) > SLOW_DECODE_ON_LOOP_BYTES:
+            return True
+        return json and body.count(b"{") > SLOW_DECODE_ON_LOOP_JSON_OBJECTS
 
     def close(self) -> None:
         if self._slow_decoder is not None:
@@ -130,8 +169,14 @@ class ExportHandler:
         spec = SPECS[signal]
         cid = self._settings.component_id
         request = decoded.request
-        rejected = spec.reject_invalid(request)
         items = spec.count_items(request)
+        dense = spec.too_dense(items, size)
+        if dense is not None:
+            self._refused.labels(cid, transport, signal.value, "invalid").inc(items)
+            self._log.warning(f"dense:{signal}", dense, receiver=cid, transport=transport)
+            raise RequestFailed(Failure.MALFORMED, dense)
+        rejected = spec.reject_invalid(request)
+        items -= rejected
         if items:
             consumer = self._consumers.get(signal)
             if consumer is None:

@@ -56,8 +56,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", core_limit),
                 ("grpc.so_reuseport", 0),
-                # A sender's streams and idle connections are bounded, as the Collector's gRPC server bounds them:
-                # streams opened and never finished would each hold memory, without limit or end.
+                # A sender's streams and idle connections are bounded (grpc-go's advice after CVE-2023-44487; the
+                # Collector leaves streams unbounded unless configured): streams opened and never finished would
+                # each hold memory, without limit or end.
                 ("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION),
                 ("grpc.max_connection_idle_ms", _IDLE_CONNECTION_MS),
             ],

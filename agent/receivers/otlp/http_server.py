@@ -104,7 +104,9 @@ class HttpServer:
                 )
             self._handler.refuse_if_short_of_memory(signal, "http")
             body = await self._read_body(signal, request)
-            decoded = await self._handler.decode(signal, body, json=as_json, transport="http")
+            decoded = await self._handler.decode(
+                signal, body, json=as_json, transport="http", still_wanted=lambda: _connected(request)
+            )
             # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
             size = decoded.request.ByteSize() if as_json else len(body)
             response = self._handler.export(signal, decoded, "http", size)
@@ -145,6 +147,12 @@ class HttpServer:
         except RequestFailed as failed:
             self._handler.request_failed(signal, "http", failed.failure)
             raise
+
+
+def _connected(request: web.Request) -> bool:
+    """Whether the sender is still there to read an answer (aiohttp runs a handler on after it has gone)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def _reply(status: int, message: Message, as_json: bool) -> web.Response:
