@@ -156,6 +156,13 @@ class Factory(Generic[C]):
     # Checks that need the whole config (retention classes named by a policy exist, ...):
     # ``cross_check(cfg, agent_config) -> Iterable[(relative_path, message)]``.
     cross_check: Callable[[Any, Any], Iterable[tuple[str, str]]] | None = None
+    # The signals whose items an exporter stores or passes on as they are; None: all of ``signals``. An exporter
+    # that only derives other data from a signal (Loki: log lines from span events) does not deliver its items,
+    # so it does not count as a destination of the retention classes it takes.
+    delivers: frozenset[Signal] | None = None
+
+    def delivers_items_of(self, signal: Signal) -> bool:
+        return signal in (self.signals if self.delivers is None else self.delivers)
 
 
 ConsumerMap = Mapping[Signal, Consumer]

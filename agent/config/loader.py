@@ -498,27 +498,43 @@ def _require_signal(component: ComponentConfig, signal: Signal, path: str, error
 def _check_every_class_routed(config: AgentConfig, errors: list[ConfigError]) -> None:
     """A pipeline whose exporters all list ``retention_classes`` must take every defined class between them:
     data of a class none of them takes would otherwise be dropped without a trace (kept by the sampler,
-    exported nowhere, counted nowhere)."""
+    exported nowhere, counted nowhere). Exporters that only derive other data from the pipeline's items (Loki's
+    log lines from span events, span metrics) deliver none of them, whatever classes they take."""
     defined = list(config.service.retention.classes)
     for pipeline_id, pipeline in config.service.pipelines.items():
         if pipeline is None or not pipeline.exporters:
             continue
+        try:
+            signal = Signal(pipeline_id.split("/", 1)[0])
+        except ValueError:  # reported by _check_pipeline
+            continue
         taken: set[str] = set()
         takes_all = False
+        deriving: list[str] = []
         for name in pipeline.exporters:
             component = config.exporters.get(name) or config.connectors.get(name)
-            classes = getattr(component.config, "retention_classes", None) if component else None
-            if not classes:  # takes every class (or is undefined: reported by _check_pipeline)
+            if component is None:  # reported by _check_pipeline
+                takes_all = True
+                break
+            if not component.factory.delivers_items_of(signal):
+                deriving.append(name)
+                continue
+            classes = getattr(component.config, "retention_classes", None)
+            if not classes:  # takes every class
                 takes_all = True
                 break
             taken.update(classes)
+        if takes_all or len(deriving) == len(pipeline.exporters):  # nothing delivers: no routing by class
+            continue
         missing = [name for name in defined if name not in taken]
-        if not takes_all and missing:
+        if missing:
+            item = {Signal.TRACES: "spans", Signal.LOGS: "log records", Signal.METRICS: "data points"}[signal]
+            besides = f" (beside {', '.join(deriving)}, which pass(es) on no {item})" if deriving else ""
             errors.append(
                 ConfigError(
                     f"service.pipelines.{pipeline_id}.exporters",
-                    f"no exporter takes retention class(es) {', '.join(missing)} (each lists retention_classes): "
-                    "that data would be dropped; add an exporter without retention_classes or list them",
+                    f"no exporter takes retention class(es) {', '.join(missing)} (each lists retention_classes)"
+                    f"{besides}: that data would be dropped; add an exporter without retention_classes or list them",
                 )
             )
 

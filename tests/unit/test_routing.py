@@ -158,6 +158,34 @@ def test_a_class_no_exporter_of_a_pipeline_takes_is_refused_at_load() -> None:
     assert load_text(UNROUTED % "error, critical").service.pipelines["traces"].exporters
 
 
+UNROUTED_BESIDE_LOKI = """
+receivers:
+  otlp: {grpc: {endpoint: "127.0.0.1:0"}}
+processors:
+  tail_sampling: {}
+exporters:
+  otlp/jaeger_archive: {endpoint: "jaeger:4327", retention_classes: [error, critical]}
+  loki: {endpoint: "http://loki:3100/loki/api/v1/push"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [tail_sampling], exporters: [otlp/jaeger_archive, loki]}
+"""
+
+
+def test_loki_in_a_traces_pipeline_is_no_destination_for_the_spans_of_a_class() -> None:
+    """Loki turns spans into log lines of their events and stores no span: beside it, kept standard traces
+    reached no exporter and were counted only as routed to Loki."""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(UNROUTED_BESIDE_LOKI)
+    assert [str(e) for e in raised.value.errors] == [
+        "service.pipelines.traces.exporters: no exporter takes retention class(es) standard "
+        "(each lists retention_classes) (beside loki, which pass(es) on no spans): that data would be dropped; add an "
+        "exporter without retention_classes or list them"
+    ]
+    alone = UNROUTED_BESIDE_LOKI.replace("exporters: [otlp/jaeger_archive, loki]", "exporters: [loki]")
+    assert load_text(alone).service.pipelines["traces"].exporters == ["loki"]  # no routing by class there
+
+
 def hours(text: str) -> float:
     assert text.endswith("h"), text
     return float(text[:-1])

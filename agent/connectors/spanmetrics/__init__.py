@@ -82,4 +82,5 @@ FACTORY: Factory[SpanMetricsConfig] = Factory(
     retains_data=False,  # reads each batch synchronously in consume() and keeps nothing of it
     description="Derives RED, workflow, step, LLM token/cost and error metrics from every span (before sampling).",
     cross_check=cross_check,
+    delivers=frozenset(),  # it derives metrics; the spans go no further
 )

@@ -24,6 +24,7 @@ FACTORY: Factory[LokiExporterConfig] = Factory(
     description="Pushes log records, and the span events of kept traces, to Loki (protobuf+snappy or JSON) with "
     "low-cardinality labels (service_name, level, retention) and everything else as structured metadata.",
     cross_check=_cross_check,
+    delivers=frozenset({Signal.LOGS}),  # of spans, only their events go on, as log lines
 )
 
 __all__ = ["FACTORY", "LokiExporter", "LokiExporterConfig"]
