@@ -501,6 +501,7 @@ async def test_a_batch_in_retry_keeps_its_body_while_other_batches_are_sent() ->
     untimed = LogRecord(severity_number=SeverityNumber.SEVERITY_NUMBER_INFO)
     untimed.body.string_value = "no timestamp"
     waiting = logs_request(records=[untimed])
+    exporter._queue.parts_in_flight = lambda: [waiting]  # type: ignore[method-assign]  # a worker retries it
     bodies = exporter._pushes_of(waiting).bodies
     assert len(bodies) == 1
     failing.add(bodies[0])
@@ -755,6 +756,51 @@ async def test_a_retry_of_a_batch_sent_in_several_pushes_resends_only_the_undeli
     await exporter._push(Signal.LOGS, batch)
     assert sent == [bodies[0], bodies[1], bodies[1]]
     assert len(exporter._bodies) == 0
+
+
+async def test_a_batch_retrying_its_second_push_resumes_there_however_many_batches_are_given_up_meanwhile() -> None:
+    """Batches given up left their pushes behind, and a cache of a few entries evicted the oldest: a batch still
+    retrying lost its place, started again at its first push and sent Loki 20 records twice, uncounted."""
+    from agent.exporters._helper.retry import RetryableError
+
+    metrics = SelfMetrics()
+    config = loki_config(
+        "http://127.0.0.1:1/loki/api/v1/push",
+        encoding="json",  # the records' text readable in the bodies
+        sending_queue={"num_consumers": 2},
+        retry_on_failure={"initial_interval": "50ms", "max_interval": "50ms", "max_elapsed_time": "10s"},
+    )
+    exporter = LokiExporter(config, make_settings("loki", metrics))
+    big = burst_request()
+    sent: list[bytes] = []
+    others_given_up = asyncio.Event()
+
+    async def post(body: bytes) -> None:
+        sent.append(body)
+        if b"other " in body:
+            raise RetryableError("429", reason="throttled", retry_after=3600)  # beyond max_elapsed_time: given up
+        if b"request 0 served" not in body and not others_given_up.is_set():  # the big batch's later pushes
+            raise RetryableError("500", reason="unavailable")
+
+    exporter._post = post  # type: ignore[method-assign]
+    await exporter.start()
+    try:
+        exporter.consumer_for(Signal.LOGS).consume(big)
+        while len(sent) < 3:  # the second push has failed at least once
+            await asyncio.sleep(0.01)
+        for n in range(8):  # one by one, each its own batch: more than the old cache's 6 entries
+            exporter.consumer_for(Signal.LOGS).consume(logs_request(records=[record(f"other {n}", n)]))
+            while value(metrics, "exporter_send_failed_items_total", exporter="loki", reason="retries_exhausted") <= n:
+                await asyncio.sleep(0.01)
+        others_given_up.set()
+        while value(metrics, "exporter_sent_items_total", exporter="loki") < 1100:
+            await asyncio.sleep(0.01)
+    finally:
+        await exporter.shutdown(time.monotonic() + 2)
+    first_pushes = [body for body in sent if b"request 0 served" in body]
+    assert len(first_pushes) == 1  # never sent again
+    assert value(metrics, "exporter_duplicates_total", exporter="loki") == 0
+    assert len(exporter._bodies) <= 1  # the last batch given up, until the next batch is built
 
 
 async def test_duplicates_of_a_batch_in_several_pushes_are_the_records_of_the_push_that_may_have_landed() -> None:

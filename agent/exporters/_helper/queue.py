@@ -378,6 +378,11 @@ class SendingQueue:
                 self._update_gauges()  # a persistent store's bytes fall at the ack, not at the pop
                 self._check_idle()
 
+    def parts_in_flight(self) -> list[Message]:
+        """The requests the workers are pushing now, retries included: only these can be pushed again, so an
+        exporter's state for any other request (given up, delivered, cut by the shutdown) is no longer needed."""
+        return [group.sending for group in self._in_flight if group.sending is not None]
+
     def _check_idle(self) -> None:
         if not self._in_flight and (len(self._store) == 0 or self._stop_taking):
             self._idle.set()

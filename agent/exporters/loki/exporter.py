@@ -58,10 +58,9 @@ class LokiExporter:
         # Read now, so that bad files refuse the start or the reload before anything stops.
         uses_tls = config.endpoint.startswith("https://")
         self._tls = load_client_tls(config.tls, f"exporters.{settings.component_id}.tls") if uses_tls else None
-        # Bodies of batches whose last attempt failed retryably (by batch identity): at most one per worker at a
-        # time, and a few the queue has given up on since.
+        # Bodies of batches whose last attempt failed retryably (by batch identity), while a worker still sends
+        # them: at most one per worker.
         self._bodies: dict[int, _Pushes] = {}
-        self._max_bodies = 2 * config.sending_queue.num_consumers + 2
         self._headers = {
             **config.headers,
             "Content-Type": JSON if config.encoding == "json" else PROTOBUF,
@@ -204,12 +203,18 @@ class LokiExporter:
             bodies = [encode_json(part, gzip) for part in parts]
         else:
             bodies = [encode_protobuf(part) for part in parts]
-        if len(self._bodies) >= self._max_bodies:
-            # The oldest: a batch whose retries the queue gave up (delivered or refused ones leave at once).
-            del self._bodies[next(iter(self._bodies))]
+        self._forget_batches_not_in_flight()
         pushes = _Pushes(batch, bodies, [sum(len(entries) for entries in part.values()) for part in parts])
         self._bodies[id(batch)] = pushes
         return pushes
+
+    def _forget_batches_not_in_flight(self) -> None:
+        """Drop the pushes of batches the queue gave up on (delivered or refused ones leave at once). Never those of
+        a batch still being retried: rebuilt, it would start again at its first push, sending again what Loki has.
+        """
+        sending = {id(part) for part in self._queue.parts_in_flight()}
+        for key in [key for key, pushes in self._bodies.items() if id(pushes.batch) not in sending]:
+            del self._bodies[key]
 
     def _count_limits(self) -> None:
         cid = self._settings.component_id
