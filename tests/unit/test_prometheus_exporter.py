@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
@@ -36,7 +38,7 @@ from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import Duration, HostPort
 from agent.connectors.spanmetrics.config import GenAiConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.connector import SpanMetricsConnector
-from agent.exporters.prometheus.accumulator import Accumulator
+from agent.exporters.prometheus.accumulator import MAX_EXPONENTIAL_BUCKETS, Accumulator, exponential_to_explicit
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.exporters.prometheus.exporter import PrometheusExporter, accepts_gzip
 from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
@@ -345,6 +347,58 @@ def test_an_exponential_histogram_with_empty_negative_buckets_keeps_its_sum_in_v
     samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
     assert samples[("model_latency_milliseconds_sum", None)] == 7.5
     assert not any(le.startswith("-") for _, le in samples if le)
+
+
+def test_an_exponential_histogram_of_a_million_buckets_is_exposed_downscaled_to_at_most_160() -> None:
+    """1,000,000 buckets at scale 20 fit in a 1 KB gzipped request; exposed as they came, every scrape carried
+    a million `le` lines (61 MB, 16 s, past Prometheus's scrape timeout) until the series expired."""
+    exp, _ = exporter()
+    point = ExponentialHistogramDataPoint(time_unix_nano=S, count=1_000_000, sum=1_200_000.0, scale=20)
+    point.positive.offset = 0
+    point.positive.bucket_counts.extend([1] * 1_000_000)
+    metric = Metric(name="flood", unit="s")
+    metric.exponential_histogram.aggregation_temporality = CUMULATIVE
+    metric.exponential_histogram.data_points.append(point)
+    exp.consume(request(metric))
+    out = text(exp)
+    buckets = [line for line in out.splitlines() if line.startswith("flood_seconds_bucket")]
+    assert len(buckets) <= MAX_EXPONENTIAL_BUCKETS + 2  # the zero bucket and +Inf besides
+    assert metric_value(out, "flood_seconds_bucket", le="+Inf") == 1_000_000
+    assert metric_value(out, "flood_seconds_count") == 1_000_000
+
+
+@given(
+    st.integers(0, 8),  # with offsets and lengths that keep the original bounds within float range
+    st.integers(-300, 300),
+    st.lists(st.integers(0, 5), min_size=1, max_size=700),
+    st.integers(-300, 300),
+    st.lists(st.integers(0, 5), max_size=700),
+)
+def test_a_downscaled_exponential_histogram_counts_the_same_below_each_of_its_bounds(
+    scale: int, offset: int, counts: list[int], negative_offset: int, negative_counts: list[int]
+) -> None:
+    """Downscaling only merges neighbouring buckets: each bound it keeps is one of the original's, with the same
+    number of observations at or below it."""
+    point = ExponentialHistogramDataPoint(scale=scale, zero_count=3)
+    point.positive.offset, point.negative.offset = offset, negative_offset
+    point.positive.bucket_counts.extend(counts)
+    point.negative.bucket_counts.extend(negative_counts)
+    step = 2.0**-scale
+    original = [
+        (-(2.0 ** ((negative_offset + i) * step)), c) for i, c in enumerate(negative_counts) if any(negative_counts)
+    ]
+    original += [(0.0, 3)] + [(2.0 ** ((offset + i + 1) * step), c) for i, c in enumerate(counts)]
+    try:
+        bounds, merged = exponential_to_explicit(point)
+    except (OverflowError, ValueError):
+        return  # bounds beyond float range or rounding together: refused whole, as before
+    assert sum(1 for b in bounds if b > 0) <= MAX_EXPONENTIAL_BUCKETS
+    assert sum(1 for b in bounds if b < 0) <= MAX_EXPONENTIAL_BUCKETS
+    below = 0.0
+    for bound, count in zip(bounds, merged, strict=False):
+        below += count
+        assert below == sum(c for upper, c in original if upper <= bound)
+    assert sum(merged) == sum(counts) + sum(negative_counts) * any(negative_counts) + 3
 
 
 def test_summaries_keep_their_quantiles() -> None:

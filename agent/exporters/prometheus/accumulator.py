@@ -163,11 +163,19 @@ def _json_of(value: AnyValue) -> Any:
     return getattr(value, kind) if kind is not None else None
 
 
+# The OpenTelemetry SDKs' default ``max_size`` of an exponential histogram's buckets of one sign. A point with more
+# (1,000,000 buckets fit in a 1 KB gzipped request) is downscaled to at most this many: each exposed bucket is an
+# `le` line of every scrape, and max_series counts label sets, not lines.
+MAX_EXPONENTIAL_BUCKETS = 160
+
+
 def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple[float, ...], list[float]]:
     """Upper bounds (without +Inf) and per-bucket counts of a classic histogram equal to an exponential one.
 
     Bucket ``i`` of scale ``s`` holds ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``; negative buckets
-    mirror that; the zero bucket ends at the zero threshold. The last (+Inf) bucket is empty.
+    mirror that; the zero bucket ends at the zero threshold. The last (+Inf) bucket is empty. A point with more
+    than ``MAX_EXPONENTIAL_BUCKETS`` buckets of one sign is first downscaled until it has no more, as an SDK
+    would: each step down halves the scale and merges neighbouring buckets in pairs.
 
     ValueError when the bounds cannot be exposed (OpenMetrics wants them unique, increasing and never NaN): a zero
     threshold that is negative, NaN or infinite or reaches past the first positive bucket, or a scale or offset
@@ -175,26 +183,54 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     """
     if not 0.0 <= point.zero_threshold < math.inf:
         raise ValueError(f"zero_threshold {point.zero_threshold} is not a finite, non-negative number")
-    # 2 ** (k / 2**scale) rather than base ** k: one rounding, so bounds at powers of two are exact (le="2.0").
-    step = 2.0**-point.scale
-    uppers: list[float] = []
-    counts: list[float] = []
-    negative = point.negative
+    negative, positive = point.negative, point.positive
     # Empty negative buckets are left out: the Python SDK sends one ([0]) with all-positive data, and a bucket
     # with a negative bound forbids the _sum a histogram of positive observations has (OpenMetrics).
-    for i in reversed(range(len(negative.bucket_counts) if any(negative.bucket_counts) else 0)):
-        uppers.append(-(2.0 ** ((negative.offset + i) * step)))
-        counts.append(float(negative.bucket_counts[i]))
+    negative_counts = list(negative.bucket_counts) if any(negative.bucket_counts) else []
+    positive_counts = list(positive.bucket_counts)
+    shift = max(
+        _downscale_needed(negative.offset, len(negative_counts)),
+        _downscale_needed(positive.offset, len(positive_counts)),
+    )
+    negative_offset, negative_counts = _downscaled(negative.offset, negative_counts, shift)
+    positive_offset, positive_counts = _downscaled(positive.offset, positive_counts, shift)
+    # 2 ** (k / 2**scale) rather than base ** k: one rounding, so bounds at powers of two are exact (le="2.0").
+    step = 2.0 ** -(point.scale - shift)
+    uppers: list[float] = []
+    counts: list[float] = []
+    for i in reversed(range(len(negative_counts))):
+        uppers.append(-(2.0 ** ((negative_offset + i) * step)))
+        counts.append(float(negative_counts[i]))
     uppers.append(point.zero_threshold)
     counts.append(float(point.zero_count))
-    positive = point.positive
-    for i, count in enumerate(positive.bucket_counts):
-        uppers.append(2.0 ** ((positive.offset + i + 1) * step))
+    for i, count in enumerate(positive_counts):
+        uppers.append(2.0 ** ((positive_offset + i + 1) * step))
         counts.append(float(count))
     counts.append(0.0)
     if not all(map(math.isfinite, uppers)) or any(b <= a for a, b in itertools.pairwise(uppers)):
         raise ValueError("bucket bounds are not finite and strictly increasing at this scale and offset")
     return tuple(uppers), counts
+
+
+def _downscale_needed(offset: int, buckets: int) -> int:
+    """How many steps down the scale bring buckets ``offset .. offset + buckets - 1`` to at most the maximum."""
+    shift = 0
+    while buckets and ((offset + buckets - 1) >> shift) - (offset >> shift) + 1 > MAX_EXPONENTIAL_BUCKETS:
+        shift += 1
+    return shift
+
+
+def _downscaled(offset: int, counts: list[int], shift: int) -> tuple[int, list[int]]:
+    """Buckets ``counts`` from index ``offset``, ``shift`` steps down the scale: bucket ``j`` goes to ``j >> shift``
+    (an arithmetic shift, so negative indexes too), summed over contiguous runs of the old buckets."""
+    if not shift or not counts:
+        return offset, counts
+    first, last = offset >> shift, (offset + len(counts) - 1) >> shift
+    merged = []
+    for index in range(first, last + 1):
+        start, end = max((index << shift) - offset, 0), min(((index + 1) << shift) - offset, len(counts))
+        merged.append(sum(counts[start:end]))
+    return first, merged
 
 
 FoldOutcome = Literal["done", "more", "busy"]
