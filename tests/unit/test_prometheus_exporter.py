@@ -473,6 +473,46 @@ def test_resource_attributes_can_be_copied_onto_every_series() -> None:
     assert 'k8s_pod_name="p"' in line and 'job="checkout"' in line and "otel_scope_name" not in line
 
 
+def test_series_expire_to_make_room_for_new_ones_though_nothing_scrapes() -> None:
+    """Only a scrape removed stale series: with Prometheus down, series long expired held max_series and every new
+    series was dropped for good (a steady delta counter lost 60 increments in a soak)."""
+    now = [100.0]
+    drops: list[str] = []
+    acc = Accumulator(20.0, 3, lambda reason, n: drops.append(reason), clock=lambda: now[0])
+    for name in ("a", "b", "c"):
+        acc.consume(request(sum_metric(name, number(1))))
+    acc.fold_pending()
+    acc.consume(request(sum_metric("early", number(1))))
+    acc.fold_pending()
+    assert drops == ["series_limit"]  # full, and nothing stale yet
+    now[0] += 30
+    acc.consume(request(sum_metric("late", number(1))))
+    acc.fold_pending()
+    assert drops == ["series_limit"]
+    families, _ = acc.snapshot()
+    assert [f.name for f in families] == ["late"]
+    for n in range(2):  # full again; then a family whose every series went stale gets a new one
+        acc.consume(request(sum_metric("late", number(1, k=str(n)))))
+    now[0] += 30
+    acc.consume(request(sum_metric("late", number(1, k="new"))))
+    families, _ = acc.snapshot()
+    assert [(f.name, [dict(key) for key in f.series]) for f in families] == [("late", [{"k": "new"}])]
+    assert drops == ["series_limit"]
+
+
+def test_target_info_series_count_against_max_series_and_in_the_series_held() -> None:
+    """target_info had a budget of its own: twice max_series were held and exposed, and the gauge said half."""
+    drops: list[str] = []
+    acc = Accumulator(300.0, 2, lambda reason, n: drops.append(reason))
+    acc.consume(request(sum_metric("depth", number(1)), resource={"service.name": "one"}))
+    acc.consume(request(sum_metric("depth", number(1)), resource={"service.name": "two"}))
+    families, targets = acc.snapshot()
+    assert [t.labels for t in targets] == [{"job": "one"}]
+    assert [len(f.series) for f in families] == [1]
+    assert acc.series_count == 2
+    assert drops == ["series_limit", "series_limit"]  # the second resource's target_info and its series
+
+
 def test_colliding_attribute_keys_are_joined_with_a_semicolon() -> None:
     exp, _ = exporter()
     exp.consume(request(sum_metric("c", number(1, **{"a.b": "x", "a_b": "y"}))))
@@ -490,7 +530,7 @@ def test_series_that_stop_receiving_points_expire() -> None:
     now[0] += 150
     families, targets = acc.snapshot()
     assert [f.name for f in families] == ["kept"]
-    assert acc.series_count == 1
+    assert acc.series_count == 2  # kept_total and its target_info
     assert [t.labels for t in targets] == [{"job": "kept"}]  # the old resource's target_info expired with it
 
 

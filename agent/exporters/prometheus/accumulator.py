@@ -233,6 +233,8 @@ def _downscaled(offset: int, counts: list[int], shift: int) -> tuple[int, list[i
     return first, merged
 
 
+_EXPIRE_ON_INTAKE_EVERY = 1.0  # seconds: a full exporter's intake checks for stale series no more often
+
 FoldOutcome = Literal["done", "more", "busy"]
 
 
@@ -273,6 +275,7 @@ class Accumulator:
         self._families: dict[str, Family] = {}
         self._targets: dict[LabelKey, Target] = {}
         self._series_count = 0
+        self._last_expired = -math.inf  # when stale series were last removed (at a scrape, or on intake)
         self._label_names: dict[str, str] = {}
         self._on_malformed = on_malformed
         # Requests consumed and not folded yet, with their arrival time; the one being folded, paused.
@@ -351,7 +354,7 @@ class Accumulator:
         if info:
             # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
             key = tuple(sorted((identity or info).items()))
-            if key in self._targets or len(self._targets) < self._max_series:  # target_info series count too
+            if key in self._targets or self._has_room():  # target_info series count too
                 self._targets[key] = Target(info, now)
             else:
                 self._on_drop("series_limit", 1)
@@ -486,12 +489,39 @@ class Accumulator:
         key = tuple(sorted(labels.items()))
         series = family.series.get(key)
         if series is None and create:
-            if self._series_count >= self._max_series:
+            if not self._has_room():
                 self._on_drop("series_limit", 1)
                 return None
             series = family.series[key] = Series(labels)
             self._series_count += 1
         return series
+
+    def _has_room(self) -> bool:
+        """Whether one more series (or target_info) fits under ``max_series``. At the limit, stale series are
+        removed first (at most once a second): only a scrape removed them, so while nothing scraped (Prometheus
+        down, the pod not in its config) series long expired held the room and every new one was dropped."""
+        if self.series_count < self._max_series:
+            return True
+        if self._clock() - self._last_expired >= _EXPIRE_ON_INTAKE_EVERY:
+            self._expire(keep_families=True)  # the fold holds a family it is adding a series to
+        return self.series_count < self._max_series
+
+    def _expire(self, *, keep_families: bool = False) -> None:
+        """With the lock held: remove the series and targets with no new point for ``metric_expiration``, and
+        the families left empty unless ``keep_families``."""
+        now = self._clock()
+        self._last_expired = now
+        cutoff = now - self._expiration
+        for name in list(self._families):
+            family = self._families[name]
+            stale = [key for key, series in family.series.items() if series.updated < cutoff]
+            for key in stale:
+                self._remember_end(family, key, family.series.pop(key))
+            self._series_count -= len(stale)
+            if not family.series and not keep_families:
+                del self._families[name]
+        for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
+            del self._targets[key]
 
     def _remove(self, family: Family, labels: dict[str, str]) -> None:
         key = tuple(sorted(labels.items()))
@@ -721,17 +751,7 @@ class Accumulator:
         mutated, only under the lock, so readers outside it see consistent values)."""
         with self._lock:
             self._fold(None)  # what is queued is part of the state
-            cutoff = self._clock() - self._expiration
-            for name in list(self._families):
-                family = self._families[name]
-                stale = [key for key, series in family.series.items() if series.updated < cutoff]
-                for key in stale:
-                    self._remember_end(family, key, family.series.pop(key))
-                self._series_count -= len(stale)
-                if not family.series:
-                    del self._families[name]
-            for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
-                del self._targets[key]
+            self._expire()
             now, zero_for = self._clock(), self._zero_for
             families = [
                 Family(f.name, f.type, f.help, f.unit, {k: _read(s, now, zero_for) for k, s in f.series.items()})
@@ -742,7 +762,8 @@ class Accumulator:
 
     @property
     def series_count(self) -> int:
-        return self._series_count
+        """Series held, ``target_info`` ones included: what ``max_series`` bounds."""
+        return self._series_count + len(self._targets)
 
 
 TARGET_FAMILY, TARGET_INFO = "target", "target_info"  # an info family named target, exposed as target_info

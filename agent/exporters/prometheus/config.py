@@ -23,8 +23,9 @@ class PrometheusExporterConfig:
     )
     max_series: int = setting(
         50_000,
-        doc="Most series held; data points of further series are dropped and counted "
-        '(`otel_sidecar_prometheus_dropped_points_total{reason="series_limit"}`).',
+        doc="Most series held, `target_info` included; data points of further series are dropped and counted "
+        '(`otel_sidecar_prometheus_dropped_points_total{reason="series_limit"}`). Expired series make room '
+        "at the limit, scraped or not.",
         minimum=1,
     )
     add_metric_suffixes: bool = setting(
