@@ -469,6 +469,35 @@ async def test_a_body_whose_sender_left_while_it_waited_is_not_decoded(
     assert len(sink.batches) == 1
 
 
+async def test_a_grpc_sender_that_gives_up_while_its_body_waits_is_counted_and_not_decoded(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC cancels the call of a sender past its deadline: the wait for the decoding thread ends there, and the
+    request is counted as incomplete, as over HTTP."""
+    decoded: list[int] = []
+    repair = core.decode_repairing_utf8
+
+    def slow(message_type: Any, body: bytes) -> Any:
+        decoded.append(len(body))
+        time.sleep(0.6)
+        return repair(message_type, body)
+
+    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
+    first, second = (
+        request_of_spans(spans).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39) for spans in (5000, 5001)
+    )
+    assert len(first) > core.SLOW_DECODE_ON_LOOP_BYTES
+    call = running.channel.unary_unary(TRACES_METHOD)
+    answered = asyncio.ensure_future(call(first, timeout=10))
+    await asyncio.sleep(0.1)  # the first body is being repaired: the second waits for its turn
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(second, timeout=0.3)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await answered
+    assert decoded == [len(first)]
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", transport="grpc", reason="incomplete") == 1
+
+
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 async def test_a_request_of_more_spans_than_its_bytes_can_hold_valid_is_refused_whole_and_counted(
     running: Running, sink: BatchSink, transport: str

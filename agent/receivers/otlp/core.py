@@ -116,14 +116,21 @@ class ExportHandler:
             )
         self._slow_decode_waiting_bytes += len(body)
         try:
-            async with self._slow_decode_turn:
-                if not still_wanted():
+            try:
+                await self._slow_decode_turn.acquire()
+            except asyncio.CancelledError:  # gRPC cancels the call of a sender that gave up (its deadline)
+                self.request_failed(signal, transport, Failure.INCOMPLETE)
+                raise
+            try:
+                if not still_wanted():  # aiohttp runs on for a sender that has gone: asked here
                     self.request_failed(signal, transport, Failure.INCOMPLETE)
                     raise RequestFailed(Failure.INCOMPLETE, "the sender closed the connection before its turn")
                 if self._slow_decoder is None:
                     self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
                 decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
                 return await asyncio.get_running_loop().run_in_executor(self._slow_decoder, decode)
+            finally:
+                self._slow_decode_turn.release()
         finally:
             self._slow_decode_waiting_bytes -= len(body)
 
