@@ -397,17 +397,22 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
     assert most == 1
 
 
-async def test_a_small_json_body_of_many_objects_is_decoded_off_the_event_loop(
-    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("values", ["objects", "numbers"])
+async def test_a_small_json_body_of_many_values_is_decoded_off_the_event_loop(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch, values: str
 ) -> None:
-    """JSON costs per object as well as per byte: 100 KiB of 9,000 attributes would hold the loop as long as a
-    far larger body of long strings."""
+    """JSON costs per value as well as per byte: 100 KiB of 9,000 attributes, or 60 KiB of 30,000 numbers (a
+    field the agent does not know is parsed all the same), would hold the loop as long as a far larger body of
+    long strings."""
     threads = threads_calling(monkeypatch, json_codec, "decode_repairing")
     request = request_of_spans(1)
-    span = request.resource_spans[0].scope_spans[0].spans[0]
-    for n in range(9000):
-        span.attributes.add(key=f"k{n}")
-    body = json_codec.encode(request)
+    if values == "objects":
+        span = request.resource_spans[0].scope_spans[0].spans[0]
+        for n in range(9000):
+            span.attributes.add(key=f"k{n}")
+        body = json_codec.encode(request)
+    else:
+        body = json_codec.encode(request)[:-1] + b',"unknownField":[' + b",".join([b"1"] * 30_000) + b"]}"
     assert len(body) < core.SLOW_DECODE_ON_LOOP_BYTES
     status, _, _ = await post(running.http_url + "/v1/traces", body, "application/json")
     assert status == 200

@@ -25,9 +25,10 @@ from agent.telemetry.logs import RateLimitedLog
 # bodies' objects, 125 MiB each, before any bound sees them, and would hold up the default executor's other work);
 # the loop gets the GIL between the decoder's slices.
 SLOW_DECODE_ON_LOOP_BYTES = 256 * 1024
-# JSON costs per object too: 256 KiB of empty spans ("{}," each, 87,000 of them) held the loop for over a second.
-# Counting braces is a C scan of the body; a body with more objects than this goes to the thread whatever its size.
-SLOW_DECODE_ON_LOOP_JSON_OBJECTS = 8192
+# JSON costs per value too: 256 KiB of empty spans ("{}," each, 87,000 of them) held the loop for over a second,
+# and of bare numbers 0.3 s. Counting braces and commas is a C scan of the body; a body with more of them than
+# this goes to the thread whatever its size (a real 100 KiB request has about 10,000).
+SLOW_DECODE_ON_LOOP_JSON_VALUES = 16384
 # Bodies waiting for the decoding thread stay in memory, decompressed, until their turn: past this many bytes
 # waiting (and at least one body), a sender is told to retry later rather than adding its body to the wait.
 SLOW_DECODE_QUEUE_BYTES = 64 * 1024 * 1024
@@ -138,7 +139,7 @@ class ExportHandler:
     def _slow_to_decode(body: bytes, json: bool) -> bool:
         if len(body) > SLOW_DECODE_ON_LOOP_BYTES:
             return True
-        return json and body.count(b"{") > SLOW_DECODE_ON_LOOP_JSON_OBJECTS
+        return json and body.count(b"{") + body.count(b",") > SLOW_DECODE_ON_LOOP_JSON_VALUES
 
     def close(self) -> None:
         if self._slow_decoder is not None:
