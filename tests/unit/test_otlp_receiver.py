@@ -503,6 +503,55 @@ async def test_a_grpc_sender_that_gives_up_while_its_body_waits_is_counted_and_n
     assert running.metric("otel_sidecar_receiver_failed_requests_total", transport="grpc", reason="incomplete") == 1
 
 
+async def test_a_grpc_sender_that_gives_up_during_its_own_decode_is_counted_incomplete(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread decodes on after gRPC cancels the call: the request was counted nowhere."""
+    decoded: list[int] = []
+    repair = core.decode_repairing_utf8
+
+    def slow(message_type: Any, body: bytes) -> Any:
+        decoded.append(len(body))
+        time.sleep(0.6)
+        return repair(message_type, body)
+
+    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
+    first, second = (
+        request_of_spans(spans).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39) for spans in (5000, 5001)
+    )
+    call = running.channel.unary_unary(TRACES_METHOD)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(first, timeout=0.3)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await call(second, timeout=10)
+    assert decoded == [len(first), len(second)]
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", transport="grpc", reason="incomplete") == 1
+    assert len(sink.batches) == 1
+
+
+async def test_a_body_decoded_for_a_sender_gone_still_counts_against_the_wait_bound(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes were released when gRPC cancelled the call, while the thread still held the body: every sender
+    that gave up let another body in beyond the bound."""
+    repair = core.decode_repairing_utf8
+
+    def slow(message_type: Any, body: bytes) -> Any:
+        time.sleep(1.5)
+        return repair(message_type, body)
+
+    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
+    body = request_of_spans(5000).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39)
+    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
+    call = running.channel.unary_unary(TRACES_METHOD)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call(body, timeout=0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(body, timeout=10)  # while the first body is still being decoded
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", transport="grpc", reason="backpressure") == 1
+
+
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 async def test_a_request_of_more_spans_than_its_bytes_can_hold_valid_is_refused_whole_and_counted(
     running: Running, sink: BatchSink, transport: str

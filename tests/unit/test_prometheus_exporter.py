@@ -500,6 +500,19 @@ def test_series_expire_to_make_room_for_new_ones_though_nothing_scrapes() -> Non
     assert drops == ["series_limit"]
 
 
+def test_metrics_refused_at_the_limit_leave_no_empty_families_behind() -> None:
+    """Families were made before the limit was checked: with nothing scraping, 8,000 churned names left 8,000
+    empty families, each new name's conflict check scanning them all."""
+    drops: list[int] = []
+    acc = Accumulator(300.0, 1, lambda reason, n: drops.append(n))
+    acc.consume(request(sum_metric("held", number(1))))
+    for n in range(50):
+        acc.consume(request(sum_metric(f"churn{n}", number(1), number(2, x="y"))))
+    acc.fold_pending()
+    assert list(acc._families) == ["held"]
+    assert sum(drops) == 100  # every point of the refused metrics, counted
+
+
 def test_target_info_series_count_against_max_series_and_in_the_series_held() -> None:
     """target_info had a budget of its own: twice max_series were held and exposed, and the gauge said half."""
     drops: list[str] = []
@@ -510,7 +523,7 @@ def test_target_info_series_count_against_max_series_and_in_the_series_held() ->
     assert [t.labels for t in targets] == [{"job": "one"}]
     assert [len(f.series) for f in families] == [1]
     assert acc.series_count == 2
-    assert drops == ["series_limit", "series_limit"]  # the second resource's target_info and its series
+    assert drops == ["series_limit"]  # the second resource's point; its target_info is no data point
 
 
 def test_colliding_attribute_keys_are_joined_with_a_semicolon() -> None:

@@ -354,10 +354,10 @@ class Accumulator:
         if info:
             # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
             key = tuple(sorted((identity or info).items()))
-            if key in self._targets or self._has_room():  # target_info series count too
+            # target_info series count too; one refused is no data point dropped (the resource's points that
+            # need a series are counted as they are refused), and is asked for again with every request.
+            if key in self._targets or self._has_room():
                 self._targets[key] = Target(info, now)
-            else:
-                self._on_drop("series_limit", 1)
         if not self._resource_labels:
             return identity
         labels = self._joined_by_label_name(attrs.items())
@@ -427,6 +427,9 @@ class Accumulator:
         )
         family = self._families.get(name)
         if family is None:
+            if not self._has_room():  # a family of no series: left in place, they piled up while nothing scraped
+                self._on_drop("series_limit", points)
+                return None
             if self._exposed_names_taken(name, kind):
                 # A counter `x` is exposed as `x_total`, a histogram `x` as `x_bucket`...: another metric already
                 # exposed under one of those names would make the scrape invalid (a second HELP for one name).

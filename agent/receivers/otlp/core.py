@@ -117,23 +117,45 @@ class ExportHandler:
             )
         self._slow_decode_waiting_bytes += len(body)
         try:
-            try:
-                await self._slow_decode_turn.acquire()
-            except asyncio.CancelledError:  # gRPC cancels the call of a sender that gave up (its deadline)
-                self.request_failed(signal, transport, Failure.INCOMPLETE)
-                raise
-            try:
-                if not still_wanted():  # aiohttp runs on for a sender that has gone: asked here
-                    self.request_failed(signal, transport, Failure.INCOMPLETE)
-                    raise RequestFailed(Failure.INCOMPLETE, "the sender closed the connection before its turn")
-                if self._slow_decoder is None:
-                    self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
-                decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
-                return await asyncio.get_running_loop().run_in_executor(self._slow_decoder, decode)
-            finally:
-                self._slow_decode_turn.release()
-        finally:
+            await self._slow_decode_turn.acquire()
+        except asyncio.CancelledError:  # gRPC cancels the call of a sender that gave up (its deadline)
             self._slow_decode_waiting_bytes -= len(body)
+            self.request_failed(signal, transport, Failure.INCOMPLETE)
+            raise
+        decoding: asyncio.Future[Decoded] | None = None
+        handed_over = False  # to the decoding's callback: the turn and the bytes are released when it is done
+        try:
+            if not still_wanted():  # aiohttp runs on for a sender that has gone: asked here
+                self.request_failed(signal, transport, Failure.INCOMPLETE)
+                raise RequestFailed(Failure.INCOMPLETE, "the sender closed the connection before its turn")
+            if self._slow_decoder is None:
+                self._slow_decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="otlp-decode")
+            decode = functools.partial(self._decode_now, signal, body, json=json, transport=transport)
+            decoding = asyncio.wrap_future(self._slow_decoder.submit(decode))
+            return await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            # The sender gave up (gRPC) while its body was being decoded: the thread decodes on, keeping the turn
+            # and the body's bytes until it is done, so that the next body waits and the bound holds.
+            if decoding is not None:
+                handed_over = True
+                decoding.add_done_callback(functools.partial(self._abandoned_decode_done, signal, transport, len(body)))
+            raise
+        finally:
+            if not handed_over:
+                self._release_decode_turn(len(body))
+
+    def _release_decode_turn(self, size: int) -> None:
+        self._slow_decode_waiting_bytes -= size
+        self._slow_decode_turn.release()
+
+    def _abandoned_decode_done(
+        self, signal: Signal, transport: str, size: int, decoding: asyncio.Future[Decoded]
+    ) -> None:
+        """A body whose sender left while it was decoded: counted incomplete once decoded (a body that failed to
+        decode was counted as it failed), and the next body's turn begins."""
+        self._release_decode_turn(size)
+        if not decoding.cancelled() and decoding.exception() is None:
+            self.request_failed(signal, transport, Failure.INCOMPLETE)
 
     @staticmethod
     def _slow_to_decode(body: bytes, json: bool) -> bool:
