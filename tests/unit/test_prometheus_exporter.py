@@ -513,6 +513,29 @@ def test_metrics_refused_at_the_limit_leave_no_empty_families_behind() -> None:
     assert sum(drops) == 100  # every point of the refused metrics, counted
 
 
+@pytest.mark.parametrize(
+    ("metric", "reasons"),
+    [
+        (sum_metric("gone", NumberDataPoint(as_double=1, time_unix_nano=S, flags=1)), []),  # "no recorded value"
+        (sum_metric("nan", number(float("nan"))), [("malformed", 1)]),
+        (sum_metric("held_total", number(1), monotonic=False), [("name_conflict", 1)]),  # exposed as held_total
+    ],
+    ids=["series-ended", "nan", "name-conflict"],
+)
+def test_a_new_metric_at_the_limit_has_each_point_counted_for_what_it_is(
+    metric: Metric, reasons: list[tuple[str, int]]
+) -> None:
+    """A first fix refused a new family whole at the limit, counting every point as series_limit: an ended
+    series, a NaN or a name conflict then pointed the operator at max_series."""
+    drops: list[tuple[str, int]] = []
+    acc = Accumulator(300.0, 1, lambda reason, n: drops.append((reason, n)))
+    acc.consume(request(sum_metric("held", number(1))))
+    acc.consume(request(metric))
+    acc.fold_pending()
+    assert drops == reasons
+    assert list(acc._families) == ["held"]
+
+
 def test_target_info_series_count_against_max_series_and_in_the_series_held() -> None:
     """target_info had a budget of its own: twice max_series were held and exposed, and the gauge said half."""
     drops: list[str] = []

@@ -275,6 +275,7 @@ class Accumulator:
         self._families: dict[str, Family] = {}
         self._targets: dict[LabelKey, Target] = {}
         self._series_count = 0
+        self._made_family: Family | None = None  # by the metric being folded
         self._last_expired = -math.inf  # when stale series were last removed (at a scrape, or on intake)
         self._label_names: dict[str, str] = {}
         self._on_malformed = on_malformed
@@ -386,6 +387,15 @@ class Accumulator:
         return name
 
     def _metric(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
+        self._made_family = None
+        yield from self._metric_points(metric, base, now)
+        made = self._made_family
+        if made is not None and not made.series and self._families.get(made.name) is made:
+            # Made for this metric and every point refused (the series limit): left in place, such families piled
+            # up while nothing scraped, each new name's conflict check scanning them all.
+            del self._families[made.name]
+
+    def _metric_points(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
         kind = metric.WhichOneof("data")
         if kind == "gauge":
             yield from self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False)
@@ -427,9 +437,6 @@ class Accumulator:
         )
         family = self._families.get(name)
         if family is None:
-            if not self._has_room():  # a family of no series: left in place, they piled up while nothing scraped
-                self._on_drop("series_limit", points)
-                return None
             if self._exposed_names_taken(name, kind):
                 # A counter `x` is exposed as `x_total`, a histogram `x` as `x_bucket`...: another metric already
                 # exposed under one of those names would make the scrape invalid (a second HELP for one name).
@@ -443,6 +450,7 @@ class Accumulator:
                 unit if unit and name.endswith("_" + unit) else "",
             )
             self._families[name] = family
+            self._made_family = family
         elif family.type != kind:
             # Two OTLP metrics mapping to one name with different types cannot both be exposed.
             self._on_drop("type_conflict", points)
