@@ -108,13 +108,24 @@ class ExportHandler:
         if not json:
             with contextlib.suppress(DecodeError):  # the common case, in C: no thread hop
                 return Decoded(SPECS[signal].request_type.FromString(body), 0)
-        if self._slow_decode_waiting_bytes and self._slow_decode_waiting_bytes + len(body) > SLOW_DECODE_QUEUE_BYTES:
+        self._refuse_if_decode_wait_full(signal, transport, len(body))
+        return await self._decode_on_thread(signal, body, json, transport, still_wanted)
+
+    def _refuse_if_decode_wait_full(self, signal: Signal, transport: str, size: int) -> None:
+        waiting = self._slow_decode_waiting_bytes
+        if waiting and waiting + size > SLOW_DECODE_QUEUE_BYTES:
             self.request_failed(signal, transport, Failure.REFUSED)
             raise RequestFailed(
                 Failure.REFUSED,
-                f"{self._slow_decode_waiting_bytes} bytes of requests are waiting to be decoded; retry later",
+                f"{waiting} bytes of requests are waiting to be decoded; retry later",
                 self._retry_after,
             )
+
+    async def _decode_on_thread(
+        self, signal: Signal, body: bytes, json: bool, transport: str, still_wanted: Callable[[], bool]
+    ) -> Decoded:
+        """Decode ``body`` on the decoding thread once the bodies ahead of it are done, its bytes counted as
+        waiting until then (and until the thread is done with it, should its sender leave meanwhile)."""
         self._slow_decode_waiting_bytes += len(body)
         try:
             await self._slow_decode_turn.acquire()
