@@ -44,6 +44,10 @@ class ComponentCollector(Protocol):
 
 C = TypeVar("C", bound=ComponentCollector)
 
+# Removed components whose counters are kept (a renamed exporter's last counts must reach a scrape): the oldest
+# go beyond this many, so that a config renaming its components at every reload cannot grow the series for good.
+RETIRED_COMPONENTS_KEPT = 32
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -53,6 +57,8 @@ class SelfMetrics:
         self._families: dict[str, MetricWrapperBase] = {}
         self._collectors: dict[str, ComponentCollector] = {}
         self._lock = threading.Lock()
+        # (kind, id) of removed components whose counters are kept, oldest first.
+        self._retired: dict[tuple[str, str], None] = {}
         ProcessCollector(namespace=PREFIX, registry=self.registry)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
@@ -98,27 +104,57 @@ class SelfMetrics:
         in ``kept[kind]`` go; so do those of the custom collectors (``component_collector``). After a config
         reload, the gauges of a removed exporter would otherwise stay at their last value for good (a full queue
         firing its alert). A counter above zero stays: a removed exporter's last count, such as the items its
-        flush at the reload gave up, must reach a scrape (a counter that no longer rises alerts on nothing).
+        flush at the reload gave up, must reach a scrape (a counter that no longer rises alerts on nothing); those
+        of more than ``RETIRED_COMPONENTS_KEPT`` removed components go, the longest removed first.
         prometheus_client lists a family's children, and their values, only through private attributes.
         """
         with self._lock:
             families = list(self._families.values())
         removed = 0
-        for family in families:
-            names = family._labelnames
-            if not names or names[0] not in kept:
-                continue
-            ids = kept[names[0]]
+        retired: set[tuple[str, str]] = set()
+        for family in self._component_families(families, kept):
+            kind, ids = family._labelnames[0], kept[family._labelnames[0]]
             counter = family._type == "counter"
             for values, child in list(family._metrics.items()):
-                if values[0] not in ids and not (counter and child._value.get() > 0):  # type: ignore[attr-defined]
+                if values[0] in ids:
+                    continue
+                if counter and child._value.get() > 0:  # type: ignore[attr-defined]
+                    retired.add((kind, values[0]))
+                else:
                     family.remove(*values)
                     removed += 1
+        removed += self._keep_retired_bounded(families, kept, retired)
         with self._lock:
             collectors = list(self._collectors.values())
         for collector in collectors:
             if collector.KIND_LABEL in kept:
                 removed += collector.forget_except(kept[collector.KIND_LABEL])
+        return removed
+
+    @staticmethod
+    def _component_families(
+        families: list[MetricWrapperBase], kept: Mapping[str, Collection[str]]
+    ) -> list[MetricWrapperBase]:
+        """The families whose first label names a component kind of ``kept``."""
+        return [f for f in families if f._labelnames and f._labelnames[0] in kept]
+
+    def _keep_retired_bounded(
+        self, families: list[MetricWrapperBase], kept: Mapping[str, Collection[str]], retired: set[tuple[str, str]]
+    ) -> int:
+        """Remember ``retired`` components (forgetting those running again), and remove the counters of the
+        longest removed beyond ``RETIRED_COMPONENTS_KEPT``; return how many series went."""
+        for key in [key for key in self._retired if key[1] in kept.get(key[0], ())]:
+            del self._retired[key]
+        for key in sorted(retired):
+            self._retired.setdefault(key, None)
+        removed = 0
+        while len(self._retired) > RETIRED_COMPONENTS_KEPT:
+            kind, component = next(iter(self._retired))
+            del self._retired[(kind, component)]
+            for family in self._component_families(families, {kind: ()}):
+                for values in [values for values in family._metrics if values[0] == component]:
+                    family.remove(*values)
+                    removed += 1
         return removed
 
     def render(self) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.telemetry.selfmetrics import SelfMetrics
+from agent.telemetry.selfmetrics import RETIRED_COMPONENTS_KEPT, SelfMetrics
 from tests.helpers import metric_value
 
 
@@ -38,6 +38,21 @@ def test_forgetting_components_removes_only_the_gauges_of_ids_no_longer_running(
     assert 'otel_sidecar_exporter_queue_size{exporter="loki"} 1.0' in text
     assert 'otel_sidecar_receiver_accepted_items_total{receiver="otlp",signal="traces"} 1.0' in text
     assert 'otel_sidecar_config_reloads_total{result="invalid"} 1.0' in text
+
+
+def test_counters_of_removed_components_are_kept_for_the_latest_removed_only() -> None:
+    """A config renaming its exporter at every reload added three series for good each time (pass 100)."""
+    metrics = SelfMetrics()
+    sent = metrics.counter("exporter_sent_items_total", "Items.", ["exporter", "signal"])
+    for n in range(RETIRED_COMPONENTS_KEPT + 5):
+        sent.labels(f"otlp/v{n}", "traces").inc()
+        metrics.forget_components({"exporter": {f"otlp/v{n}"}})  # the reload that renamed it
+    metrics.forget_components({"exporter": {"otlp/v30"}})  # an earlier name comes back: running, not retired
+    text = metrics.render().decode()
+    running_and_kept = [line for line in text.splitlines() if line.startswith("otel_sidecar_exporter_sent_items_total")]
+    assert len(running_and_kept) == RETIRED_COMPONENTS_KEPT + 1
+    assert all(f'exporter="otlp/v{n}"' not in text for n in range(4))  # the longest removed went
+    assert all(f'exporter="otlp/v{n}"' in text for n in range(4, RETIRED_COMPONENTS_KEPT + 5))
 
 
 def test_the_tests_metric_reader_refuses_a_name_no_family_declares() -> None:
