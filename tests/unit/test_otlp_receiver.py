@@ -420,6 +420,27 @@ async def test_a_small_json_body_of_many_values_is_decoded_off_the_event_loop(
     assert sink.batches == [request]
 
 
+def slow_repairs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Make each UTF-8 repair of a protobuf body take ``seconds`` longer; the sizes of the bodies repaired."""
+    repaired: list[int] = []
+    repair = core.decode_repairing_utf8
+
+    def slow(message_type: Any, body: bytes) -> Any:
+        repaired.append(len(body))
+        time.sleep(seconds)
+        return repair(message_type, body)
+
+    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
+    return repaired
+
+
+def body_to_repair(spans: int) -> bytes:
+    """A protobuf body of ``spans`` spans, each name with a byte that is not UTF-8: repaired on the thread."""
+    body = request_of_spans(spans).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39)
+    assert len(body) > core.SLOW_DECODE_ON_LOOP_BYTES
+    return body
+
+
 def slow_json_decodes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
     """Make each JSON decode take ``seconds`` longer; the sizes of the bodies decoded, in order."""
     decoded: list[int] = []
@@ -479,19 +500,8 @@ async def test_a_grpc_sender_that_gives_up_while_its_body_waits_is_counted_and_n
 ) -> None:
     """gRPC cancels the call of a sender past its deadline: the wait for the decoding thread ends there, and the
     request is counted as incomplete, as over HTTP."""
-    decoded: list[int] = []
-    repair = core.decode_repairing_utf8
-
-    def slow(message_type: Any, body: bytes) -> Any:
-        decoded.append(len(body))
-        time.sleep(0.6)
-        return repair(message_type, body)
-
-    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
-    first, second = (
-        request_of_spans(spans).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39) for spans in (5000, 5001)
-    )
-    assert len(first) > core.SLOW_DECODE_ON_LOOP_BYTES
+    decoded = slow_repairs(monkeypatch, 0.6)
+    first, second = body_to_repair(5000), body_to_repair(5001)
     call = running.channel.unary_unary(TRACES_METHOD)
     answered = asyncio.ensure_future(call(first, timeout=10))
     await asyncio.sleep(0.1)  # the first body is being repaired: the second waits for its turn
@@ -507,18 +517,8 @@ async def test_a_grpc_sender_that_gives_up_during_its_own_decode_is_counted_inco
     running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The thread decodes on after gRPC cancels the call: the request was counted nowhere."""
-    decoded: list[int] = []
-    repair = core.decode_repairing_utf8
-
-    def slow(message_type: Any, body: bytes) -> Any:
-        decoded.append(len(body))
-        time.sleep(0.6)
-        return repair(message_type, body)
-
-    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
-    first, second = (
-        request_of_spans(spans).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39) for spans in (5000, 5001)
-    )
+    decoded = slow_repairs(monkeypatch, 0.6)
+    first, second = body_to_repair(5000), body_to_repair(5001)
     call = running.channel.unary_unary(TRACES_METHOD)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call(first, timeout=0.3)
@@ -534,14 +534,8 @@ async def test_a_body_decoded_for_a_sender_gone_still_counts_against_the_wait_bo
 ) -> None:
     """Its bytes were released when gRPC cancelled the call, while the thread still held the body: every sender
     that gave up let another body in beyond the bound."""
-    repair = core.decode_repairing_utf8
-
-    def slow(message_type: Any, body: bytes) -> Any:
-        time.sleep(1.5)
-        return repair(message_type, body)
-
-    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
-    body = request_of_spans(5000).SerializeToString().replace(b"x" * 40, b"\xff" + b"x" * 39)
+    slow_repairs(monkeypatch, 1.5)
+    body = body_to_repair(5000)
     monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
     call = running.channel.unary_unary(TRACES_METHOD)
     with pytest.raises(grpc.aio.AioRpcError):
