@@ -513,6 +513,18 @@ def test_metrics_refused_at_the_limit_leave_no_empty_families_behind() -> None:
     assert sum(drops) == 100  # every point of the refused metrics, counted
 
 
+def test_families_emptied_by_expiry_on_intake_go_though_nothing_scrapes() -> None:
+    """Expiry on intake kept every family it emptied, for the fold's sake: churning names without a scrape left
+    one empty family per name. Only the family the fold is adding a series to is kept."""
+    now = [100.0]
+    acc = Accumulator(20.0, 1, lambda reason, n: None, clock=lambda: now[0])
+    for n in range(20):
+        acc.consume(request(sum_metric(f"churn{n}", number(1))))
+        acc.fold_pending()
+        now[0] += 30
+    assert list(acc._families) == ["churn19"]
+
+
 @pytest.mark.parametrize(
     ("metric", "reasons"),
     [

@@ -44,7 +44,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -233,6 +233,9 @@ def _downscaled(offset: int, counts: list[int], shift: int) -> tuple[int, list[i
     return first, merged
 
 
+# A fold of one metric's points, returning the family they went to (None when it could not be had).
+Folding = Generator[None, None, "Family | None"]
+
 _EXPIRE_ON_INTAKE_EVERY = 1.0  # seconds: a full exporter's intake checks for stale series no more often
 
 FoldOutcome = Literal["done", "more", "busy"]
@@ -275,7 +278,6 @@ class Accumulator:
         self._families: dict[str, Family] = {}
         self._targets: dict[LabelKey, Target] = {}
         self._series_count = 0
-        self._made_family: Family | None = None  # by the metric being folded
         self._last_expired = -math.inf  # when stale series were last removed (at a scrape, or on intake)
         self._label_names: dict[str, str] = {}
         self._on_malformed = on_malformed
@@ -387,27 +389,28 @@ class Accumulator:
         return name
 
     def _metric(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
-        self._made_family = None
-        yield from self._metric_points(metric, base, now)
-        made = self._made_family
-        if made is not None and not made.series and self._families.get(made.name) is made:
-            # Made for this metric and every point refused (the series limit): left in place, such families piled
-            # up while nothing scraped, each new name's conflict check scanning them all.
-            del self._families[made.name]
+        family = yield from self._metric_points(metric, base, now)
+        if family is not None and not family.series and self._families.get(family.name) is family:
+            # Every point refused (the series limit) or ended: left in place, empty families piled up while nothing
+            # scraped, each new name's conflict check scanning them all.
+            del self._families[family.name]
 
-    def _metric_points(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
+    def _metric_points(self, metric: Metric, base: dict[str, str], now: float) -> Folding:
+        """Fold ``metric``'s points; return the family they went to (None when it could not be had)."""
         kind = metric.WhichOneof("data")
         if kind == "gauge":
-            yield from self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False)
+            return (yield from self._numbers(metric, GAUGE, metric.gauge.data_points, base, now, delta=False))
         elif kind == "sum":
             data = metric.sum
             temporality = data.aggregation_temporality
             if temporality not in (CUMULATIVE, DELTA):
                 self._on_drop("unspecified_temporality", len(data.data_points))
             elif data.is_monotonic:
-                yield from self._numbers(metric, COUNTER, data.data_points, base, now, delta=temporality == DELTA)
+                return (
+                    yield from self._numbers(metric, COUNTER, data.data_points, base, now, delta=temporality == DELTA)
+                )
             elif temporality == CUMULATIVE:
-                yield from self._numbers(metric, GAUGE, data.data_points, base, now, delta=False)
+                return (yield from self._numbers(metric, GAUGE, data.data_points, base, now, delta=False))
             else:
                 self._on_drop("delta_non_monotonic", len(data.data_points))
         elif kind == "histogram":
@@ -416,15 +419,16 @@ class Accumulator:
                 self._on_drop("unspecified_temporality", len(data.data_points))
             else:
                 delta = data.aggregation_temporality == DELTA
-                yield from self._histograms(metric, data.data_points, base, now, delta=delta)
+                return (yield from self._histograms(metric, data.data_points, base, now, delta=delta))
         elif kind == "exponential_histogram":
             data = metric.exponential_histogram
             if data.aggregation_temporality != CUMULATIVE:
                 self._on_drop("delta_exponential_histogram", len(data.data_points))
             else:
-                yield from self._histograms(metric, data.data_points, base, now, delta=False)
+                return (yield from self._histograms(metric, data.data_points, base, now, delta=False))
         elif kind == "summary":
-            yield from self._summaries(metric, metric.summary.data_points, base, now)
+            return (yield from self._summaries(metric, metric.summary.data_points, base, now))
+        return None
 
     # --- families and series ----------------------------------------------------------------------------------
 
@@ -450,7 +454,6 @@ class Accumulator:
                 unit if unit and name.endswith("_" + unit) else "",
             )
             self._families[name] = family
-            self._made_family = family
         elif family.type != kind:
             # Two OTLP metrics mapping to one name with different types cannot both be exposed.
             self._on_drop("type_conflict", points)
@@ -500,26 +503,26 @@ class Accumulator:
         key = tuple(sorted(labels.items()))
         series = family.series.get(key)
         if series is None and create:
-            if not self._has_room():
+            if not self._has_room(family):
                 self._on_drop("series_limit", 1)
                 return None
             series = family.series[key] = Series(labels)
             self._series_count += 1
         return series
 
-    def _has_room(self) -> bool:
+    def _has_room(self, in_use: Family | None = None) -> bool:
         """Whether one more series (or target_info) fits under ``max_series``. At the limit, stale series are
         removed first (at most once a second): only a scrape removed them, so while nothing scraped (Prometheus
         down, the pod not in its config) series long expired held the room and every new one was dropped."""
         if self.series_count < self._max_series:
             return True
         if self._clock() - self._last_expired >= _EXPIRE_ON_INTAKE_EVERY:
-            self._expire(keep_families=True)  # the fold holds a family it is adding a series to
+            self._expire(keeping=in_use)  # the family the fold is adding a series to stays, empty or not
         return self.series_count < self._max_series
 
-    def _expire(self, *, keep_families: bool = False) -> None:
+    def _expire(self, keeping: Family | None = None) -> None:
         """With the lock held: remove the series and targets with no new point for ``metric_expiration``, and
-        the families left empty unless ``keep_families``."""
+        the families left empty but ``keeping``."""
         now = self._clock()
         self._last_expired = now
         cutoff = now - self._expiration
@@ -529,7 +532,7 @@ class Accumulator:
             for key in stale:
                 self._remember_end(family, key, family.series.pop(key))
             self._series_count -= len(stale)
-            if not family.series and not keep_families:
+            if not family.series and family is not keeping:
                 del self._families[name]
         for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
             del self._targets[key]
@@ -553,10 +556,10 @@ class Accumulator:
 
     def _numbers(
         self, metric: Metric, kind: str, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
-    ) -> Iterator[None]:
+    ) -> Folding:
         family = self._family(metric, kind, len(points))
         if family is None:
-            return
+            return None
         for point in points:
             yield  # a pause point between data points (see _fold)
             labels = self._labels(point.attributes, base)
@@ -599,13 +602,14 @@ class Accumulator:
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
                 series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
+        return family
 
     def _histograms(
         self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float, *, delta: bool
-    ) -> Iterator[None]:
+    ) -> Folding:
         family = self._family(metric, HISTOGRAM, len(points))
         if family is None:
-            return
+            return None
         exponential = metric.WhichOneof("data") == "exponential_histogram"
         for point in points:
             yield  # a pause point between data points (see _fold)
@@ -666,6 +670,7 @@ class Accumulator:
             series.updated, series.seen = now, True
             if point.exemplars:
                 self._bucket_exemplars(series, point.exemplars)
+        return family
 
     def _starts_at_zero(self, family: Family, labels: dict[str, str], start_ns: int, delta: bool) -> bool:
         """Whether a new (or restarted) series is shown at zero first. A sum of deltas is always new: it began
@@ -724,10 +729,10 @@ class Accumulator:
                 continue
             slots[bisect_left(series.bounds, exemplar.value)] = exemplar  # the bucket the value fell in
 
-    def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Iterator[None]:
+    def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Folding:
         family = self._family(metric, SUMMARY, len(points))
         if family is None:
-            return
+            return None
         for point in points:
             yield  # a pause point between data points (see _fold)
             labels = _without_reserved(self._labels(point.attributes, base), "quantile")
@@ -754,6 +759,7 @@ class Accumulator:
             series.quantiles = [(q.quantile, q.value) for q in point.quantile_values]
             series.start_ns, series.time_ns = point.start_time_unix_nano, point.time_unix_nano
             series.updated, series.seen = now, True
+        return family
 
     # --- output ---------------------------------------------------------------------------------------------
 
