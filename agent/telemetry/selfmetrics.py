@@ -132,11 +132,9 @@ class SelfMetrics:
         return removed
 
     @staticmethod
-    def _component_families(
-        families: list[MetricWrapperBase], kept: Mapping[str, Collection[str]]
-    ) -> list[MetricWrapperBase]:
-        """The families whose first label names a component kind of ``kept``."""
-        return [f for f in families if f._labelnames and f._labelnames[0] in kept]
+    def _component_families(families: list[MetricWrapperBase], kinds: Collection[str]) -> list[MetricWrapperBase]:
+        """The families whose first label names one of the component ``kinds`` (``exporter``...)."""
+        return [f for f in families if f._labelnames and f._labelnames[0] in kinds]
 
     def _keep_retired_bounded(
         self, families: list[MetricWrapperBase], kept: Mapping[str, Collection[str]], retired: set[tuple[str, str]]
@@ -151,7 +149,7 @@ class SelfMetrics:
         while len(self._retired) > RETIRED_COMPONENTS_KEPT:
             kind, component = next(iter(self._retired))
             del self._retired[(kind, component)]
-            for family in self._component_families(families, {kind: ()}):
+            for family in self._component_families(families, (kind,)):
                 for values in [values for values in family._metrics if values[0] == component]:
                     family.remove(*values)
                     removed += 1
