@@ -157,6 +157,24 @@ async def test_a_wildcard_endpoint_whose_port_is_taken_on_ipv4_fails_with_addres
         assert await answers("::1", port, http=listener in HTTP_LISTENERS)
 
 
+async def test_a_grpc_receiver_whose_bind_failed_leaves_no_record_that_outlives_its_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpcio logs a server never started as it frees it, at DEBUG, with the server itself as an argument: a record
+    pytest's capture keeps would hold the freed server and crash the run later (see tests/conftest.py)."""
+    caplog.set_level(logging.DEBUG)
+    assert not logging.getLogger("grpc._cython.cygrpc").isEnabledFor(logging.DEBUG)
+    port = free_dual_stack_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(OSError, match="address already in use"):
+            async with LISTENERS["otlp_grpc"](HostPort.parse(f"0.0.0.0:{port}")):
+                pass
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("grpc")] == []
+
+
 async def test_the_wildcard_is_one_dual_stack_socket_reusing_addresses_as_aiohttp_did() -> None:
     sockets = await listen.listening_sockets("0.0.0.0", 0)
     try:
