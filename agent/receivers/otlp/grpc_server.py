@@ -6,6 +6,7 @@ and answered with a clear status instead of disappearing inside the gRPC core.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -136,9 +137,10 @@ class GrpcServer:
 async def _release_unstarted(server: grpc.aio.Server) -> None:
     """gRPC frees a server's core objects only when it stops, and stops only a server that started: one left
     unstarted keeps about 2.4 KB for good (a reload refused for a port in use, at every retry). Started with no
-    port, it listens nowhere."""
-    await server.start()
-    await server.stop(None)
+    port, it listens nowhere. Best effort: the bind's error is what the operator needs to see."""
+    with contextlib.suppress(Exception):
+        await server.start()
+        await server.stop(None)
 
 
 def _status_details(exc: RequestFailed) -> tuple[tuple[str, bytes], ...]:
