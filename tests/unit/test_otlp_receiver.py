@@ -420,18 +420,19 @@ async def test_a_small_json_body_of_many_values_is_decoded_off_the_event_loop(
     assert sink.batches == [request]
 
 
-def slow_repairs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
-    """Make each UTF-8 repair of a protobuf body take ``seconds`` longer; the sizes of the bodies repaired."""
-    repaired: list[int] = []
-    repair = core.decode_repairing_utf8
+def slow_down(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, seconds: float) -> list[int]:
+    """Make each call of ``owner.name`` (a decode: the repair of a protobuf body, or JSON's) take ``seconds``
+    longer; the sizes of the bodies it was given, in order."""
+    sizes: list[int] = []
+    decode = getattr(owner, name)
 
-    def slow(message_type: Any, body: bytes) -> Any:
-        repaired.append(len(body))
+    def slow(*args: Any) -> Any:
+        sizes.append(next(len(arg) for arg in args if isinstance(arg, bytes)))
         time.sleep(seconds)
-        return repair(message_type, body)
+        return decode(*args)
 
-    monkeypatch.setattr(core, "decode_repairing_utf8", slow)
-    return repaired
+    monkeypatch.setattr(owner, name, slow)
+    return sizes
 
 
 def body_to_repair(spans: int) -> bytes:
@@ -441,25 +442,11 @@ def body_to_repair(spans: int) -> bytes:
     return body
 
 
-def slow_json_decodes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
-    """Make each JSON decode take ``seconds`` longer; the sizes of the bodies decoded, in order."""
-    decoded: list[int] = []
-    decode = json_codec.decode_repairing
-
-    def slow(body: bytes, message_type: Any) -> Any:
-        decoded.append(len(body))
-        time.sleep(seconds)
-        return decode(body, message_type)
-
-    monkeypatch.setattr(json_codec, "decode_repairing", slow)
-    return decoded
-
-
 async def test_bodies_waiting_to_be_decoded_are_bounded_and_the_rest_told_to_retry(
     running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each body waiting for the decoding thread stays in memory: 40 of them once held 854 MiB."""
-    slow_json_decodes(monkeypatch, 0.3)
+    slow_down(monkeypatch, json_codec, "decode_repairing", 0.3)
     body = json_codec.encode(request_of_spans(5000))
     monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
     answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(3)))
@@ -476,7 +463,7 @@ async def test_a_body_whose_sender_left_while_it_waited_is_not_decoded(
 ) -> None:
     """A sender that timed out has gone, and will send its body again: decoding it anyway held later requests back
     for a minute behind the bodies of senders long gone."""
-    decoded = slow_json_decodes(monkeypatch, 0.5)
+    decoded = slow_down(monkeypatch, json_codec, "decode_repairing", 0.5)
     first = json_codec.encode(request_of_spans(5000))
     second = json_codec.encode(request_of_spans(5001))
     answered = asyncio.ensure_future(post(running.http_url + "/v1/traces", first, "application/json"))
@@ -500,7 +487,7 @@ async def test_a_grpc_sender_that_gives_up_while_its_body_waits_is_counted_and_n
 ) -> None:
     """gRPC cancels the call of a sender past its deadline: the wait for the decoding thread ends there, and the
     request is counted as incomplete, as over HTTP."""
-    decoded = slow_repairs(monkeypatch, 0.6)
+    decoded = slow_down(monkeypatch, core, "decode_repairing_utf8", 0.6)
     first, second = body_to_repair(5000), body_to_repair(5001)
     call = running.channel.unary_unary(TRACES_METHOD)
     answered = asyncio.ensure_future(call(first, timeout=10))
@@ -517,7 +504,7 @@ async def test_a_grpc_sender_that_gives_up_during_its_own_decode_is_counted_inco
     running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The thread decodes on after gRPC cancels the call: the request was counted nowhere."""
-    decoded = slow_repairs(monkeypatch, 0.6)
+    decoded = slow_down(monkeypatch, core, "decode_repairing_utf8", 0.6)
     first, second = body_to_repair(5000), body_to_repair(5001)
     call = running.channel.unary_unary(TRACES_METHOD)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -534,7 +521,7 @@ async def test_a_body_decoded_for_a_sender_gone_still_counts_against_the_wait_bo
 ) -> None:
     """Its bytes were released when gRPC cancelled the call, while the thread still held the body: every sender
     that gave up let another body in beyond the bound."""
-    slow_repairs(monkeypatch, 1.5)
+    slow_down(monkeypatch, core, "decode_repairing_utf8", 1.5)
     body = body_to_repair(5000)
     monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
     call = running.channel.unary_unary(TRACES_METHOD)
