@@ -8,6 +8,7 @@ stands in for a Kubernetes headless Service) and decide traces with the tail sam
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -245,8 +246,13 @@ def test_membership_changes_move_only_the_expected_share_and_lose_nothing(tmp_pa
     rings = [HashRing(f"127.0.0.{n}:{port}" for n in hosts) for hosts in ((2, 3, 4), (2, 3, 4, 5), (3, 4, 5))]
     for placement, ring in zip(placements, rings, strict=True):
         assert all(ring.owner(tid) == f"{ip}:{port}" for tid, ip in placement.items())
+    # The share that moves is the ring's business (tested in unit tests); with ~60 kept traces a share asserted on
+    # the sample would fail now and then. Here: the ring gives the newcomer about a quarter for this very port,
+    # and the traces that moved went to it and nowhere else.
+    probe = random.Random(7)
+    ids = [probe.randbytes(16) for _ in range(20_000)]
+    assert 0.15 < sum(rings[0].owner(i) != rings[1].owner(i) for i in ids) / len(ids) < 0.35
     added = [tid for tid in placements[1] if rings[0].owner(tid) != rings[1].owner(tid)]
-    assert 0.1 < len(added) / len(placements[1]) < 0.4
     assert {placements[1][tid] for tid in added} == {"127.0.0.5"}
     removed = [tid for tid in placements[2] if rings[1].owner(tid) != rings[2].owner(tid)]
     assert all(rings[1].owner(tid) == f"127.0.0.2:{port}" for tid in removed)
