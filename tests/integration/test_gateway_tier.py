@@ -180,6 +180,18 @@ def send(tier: Tier, traces: list[tuple[dict[str, list[Span]], TraceTruth]]) -> 
         channel.close()
 
 
+def wait_until_routed(tier: Tier) -> None:
+    """Until each sidecar has delivered everything it accepted: ``send`` returns once the sidecars have queued the
+    spans, and they pick a gateway only when their exporter splits the batch."""
+    wait_until(
+        lambda: all(
+            s.metric("otel_sidecar_loadbalancer_routed_items_total")
+            == s.metric("otel_sidecar_receiver_accepted_items_total")
+            for s in tier.sidecars
+        )
+    )
+
+
 def check_complete_and_whole(tier: Tier, traces: list[tuple[dict[str, list[Span]], TraceTruth]]) -> dict[bytes, str]:
     """Every kept trace on exactly one gateway with all its spans; return where each kept trace went."""
     by_gateway = tier.spans_by_gateway()
@@ -233,10 +245,12 @@ def test_membership_changes_move_only_the_expected_share_and_lose_nothing(tmp_pa
     with gateway_tier(tmp_path, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]) as tier:
         port = tier.gateway_port
         send(tier, phases[0])
+        wait_until_routed(tier)  # a batch still being split when DNS changes is split across both rings
         tier.add_gateway("127.0.0.5")
         tier.dns.addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
         wait_until(lambda: all(s.metric("otel_sidecar_loadbalancer_backends") == 4 for s in tier.sidecars))
         send(tier, phases[1])
+        wait_until_routed(tier)
         tier.dns.addresses = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
         wait_until(lambda: all(s.metric("otel_sidecar_loadbalancer_backends") == 3 for s in tier.sidecars))
         send(tier, phases[2])
