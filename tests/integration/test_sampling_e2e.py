@@ -27,7 +27,9 @@ from tests.helpers import AgentProcess, base_config, output_spans, read_output, 
 TEN_PERCENT = threshold_for(0.1)
 
 
-def sampling_config(tmp_path: Path, decision_wait: str = "1s", after_root: str = "500ms") -> dict[str, Any]:
+def sampling_config(tmp_path: Path, decision_wait: str = "5s", after_root: str = "3s") -> dict[str, Any]:
+    # Waits long beside the SDKs' 100 ms export timers: three providers and a log processor export on their own
+    # threads, and on a loaded machine one lagging the root by over 500 ms had its spans decided without them.
     config = base_config(tmp_path / "out")
     config["processors"] = {
         "tail_sampling": {
