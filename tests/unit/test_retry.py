@@ -164,7 +164,8 @@ async def test_each_attempt_that_may_have_delivered_the_batch_is_one_more_copy()
 async def test_giving_up_after_an_attempt_timed_out_says_the_batch_may_have_been_delivered() -> None:
     timed_out = RetryableError("no answer", reason="timeout", maybe_delivered=True)
     push = ScriptedPush(timed_out, RetryableError("refused", reason="unavailable"))
-    config = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=0.015)
+    # A retry at 0.2 s, none at 0.4 s: 0.1 s of margin either way for a loaded machine's late wake-ups.
+    config = RetryConfig(initial_interval=0.2, max_interval=0.2, randomization_factor=0, max_elapsed_time=0.3)
     with pytest.raises(RetryableError, match="refused") as raised:
         await sender(push, config).send(Signal.TRACES, next(iter(Workload(seed=2).requests(1)))[0])
     assert push.calls == 2 and raised.value.maybe_delivered
