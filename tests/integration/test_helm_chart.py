@@ -214,6 +214,11 @@ def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: 
         "admin": 13133,
     }
     assert [c["name"] for c in pod["containers"]] == ["otel-sidecar"]
+    # The zone spread counts this release's agents, whatever the release is called (the render's is test-release).
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    for spread in pod["topologySpreadConstraints"]:
+        assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert set(spread.get("matchLabelKeys", [])) <= pod_labels.keys()
     agent_env = env_of(agent_container(pod))
     assert agent_env["OTEL_SIDECAR_GRPC_ENDPOINT"] == "0.0.0.0:4317"
     assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "0.0.0.0:4318"
@@ -308,7 +313,8 @@ def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, c
     assert str(effective["service"]["telemetry"]["admin"]["endpoint"]) == "0.0.0.0:13133"
 
 
-def test_a_parent_chart_injects_the_agent_with_the_named_templates(helm_python: Path, tmp_path: Path) -> None:
+def parent_chart(tmp_path: Path) -> Path:
+    """A chart depending on otel-sidecar whose Deployment is the docs' exact parent-chart example."""
     parent = tmp_path / "my-orchestrator"
     (parent / "templates").mkdir(parents=True)
     shutil.copytree(CHART, parent / "charts" / "otel-sidecar")
@@ -320,15 +326,57 @@ def test_a_parent_chart_injects_the_agent_with_the_named_templates(helm_python: 
     snippet = (REPO / "docs" / "kubernetes.md").read_text().split("<!-- parent-chart-example -->")[1]
     template = snippet.split("```yaml\n", 1)[1].split("```", 1)[0]
     (parent / "templates" / "deployment.yaml").write_text(template)
-    lint = run_helm_tool(helm_python, str(parent), "--json")
-    assert lint.returncode == 0, lint.stdout
-    result = run_helm_tool(helm_python, str(parent), "--render")
+    return parent
+
+
+def parent_pod_template(helm_python: Path, parent: Path, values: Path | None = None) -> dict[str, Any]:
+    result = run_helm_tool(helm_python, str(parent), "--render", *(["--values", str(values)] if values else []))
     (case,) = json.loads(result.stdout)
     (deployment,) = yaml.safe_load_all(case["manifests"]["deployment.yaml"])
-    pod = deployment["spec"]["template"]["spec"]
+    template: dict[str, Any] = deployment["spec"]["template"]
+    return template
+
+
+def test_a_parent_chart_injects_the_agent_with_the_named_templates(helm_python: Path, tmp_path: Path) -> None:
+    parent = parent_chart(tmp_path)
+    lint = run_helm_tool(helm_python, str(parent), "--json")
+    assert lint.returncode == 0, lint.stdout
+    pod = parent_pod_template(helm_python, parent)["spec"]
     assert pod["initContainers"][0]["name"] == "otel-sidecar"
     assert pod["initContainers"][0]["restartPolicy"] == "Always"
     assert {"otel-sidecar-config", "otel-sidecar-data", "otel-sidecar-tmp"} <= {v["name"] for v in pod["volumes"]}
+
+
+def test_a_parent_chart_rolls_its_pods_when_the_agent_config_changes(helm_python: Path, tmp_path: Path) -> None:
+    """The agent reads its config only at start and on SIGHUP: a changed ConfigMap must change the pod template."""
+    parent = parent_chart(tmp_path)
+    debug = tmp_path / "debug.yaml"
+    debug.write_text("otel-sidecar:\n  config: {service: {telemetry: {logs: {level: debug}}}}\n")
+    same = tmp_path / "same.yaml"
+    same.write_text("otel-sidecar:\n  image: {tag: '9.9.9'}\n")
+    checksums = [
+        parent_pod_template(helm_python, parent, values)["metadata"]["annotations"]["checksum/otel-sidecar-config"]
+        for values in (None, debug, same)
+    ]
+    assert all(len(c) == 64 for c in checksums)
+    assert checksums[0] != checksums[1] and checksums[0] == checksums[2]
+
+
+def test_a_parent_chart_injecting_a_native_sidecar_is_refused_on_clusters_older_than_1_29(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    parent = parent_chart(tmp_path)
+    with FakeKubeApi("1.28") as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        result = subprocess.run(
+            [str(helm_python), str(HELM_INSTALL), str(parent), str(kubeconfig), "{}"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    outcome = json.loads(result.stdout)
+    assert not outcome["ok"]
+    assert f"{GUARD} and this cluster is v1.28.0: set sidecar.native=false" in outcome["error"]
+    assert not [r for r in api.requests if not r.startswith("GET ")]  # nothing was written
 
 
 def test_every_value_is_documented() -> None:

@@ -97,6 +97,8 @@ otel-sidecar/job: otel-sidecar
 
 {{/*
 The agent container. Also the snippet for injecting the agent into your own pod templates from a parent chart:
+  annotations:
+    checksum/otel-sidecar-config: {{ include "otel-sidecar.configChecksum" (index .Subcharts "otel-sidecar") | quote }}
   initContainers:
     {{- include "otel-sidecar.container" (index .Subcharts "otel-sidecar") | nindent 4 }}
   volumes:
@@ -104,6 +106,11 @@ The agent container. Also the snippet for injecting the agent into your own pod 
 (see docs/kubernetes.md).
 */}}
 {{- define "otel-sidecar.container" -}}
+{{- if and (eq .Values.mode "sidecar") .Values.sidecar.native (semverCompare "<1.29-0" .Capabilities.KubeVersion.Version) }}
+{{- /* Older API servers drop restartPolicy, and an init container without it may not have probes: the pods
+would be refused. Checked here, not in the workload, so that charts injecting the agent are guarded too. */}}
+{{- fail (printf "sidecar.native needs Kubernetes 1.29+ and this cluster is %s: set sidecar.native=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
 - name: otel-sidecar
   image: {{ include "otel-sidecar.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -166,6 +173,13 @@ The agent container. Also the snippet for injecting the agent into your own pod 
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+{{- end }}
+
+{{/* For a pod template annotation (`checksum/config`), so that a change of the agent config rolls the pods: the
+agent reads its config file only at start and on SIGHUP. Empty with `existingConfigMap`, which the chart cannot
+see into. */}}
+{{- define "otel-sidecar.configChecksum" -}}
+{{- if not .Values.existingConfigMap }}{{ toYaml .Values.config | sha256sum }}{{ end }}
 {{- end }}
 
 {{/* The pod volumes the agent container mounts. A StatefulSet with persistence gets `otel-sidecar-data` from its
