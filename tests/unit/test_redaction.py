@@ -578,8 +578,10 @@ def test_an_oauth_code_is_masked_whatever_the_case_of_its_parameter_name() -> No
     """The assigned_secret rule matches ?Code= and ?CODE= (case-insensitive), but the trigger pre-filter only knew
     ?code=, so those values were never searched: they went out unmasked, in kept spans and in span-metric labels
     (the span name of orchestrator_spans_total)."""
-    from agent.connectors.spanmetrics.connector import label_text
+    from agent.connectors.spanmetrics.config import LabelMaskingConfig
+    from agent.connectors.spanmetrics.connector import label_masker
 
+    label_text = label_masker(LabelMaskingConfig())
     for name in ("code", "Code", "CODE"):
         masked = label_text(f"GET /oauth/callback?{name}=4/0AfJohXk_secretvalue123")
         assert masked == f"GET /oauth/callback?{name}=[REDACTED]"

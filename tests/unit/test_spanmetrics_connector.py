@@ -25,6 +25,7 @@ from agent.connectors.spanmetrics.config import (
     AttributesConfig,
     ExemplarsConfig,
     GenAiConfig,
+    LabelMaskingConfig,
     ModelPriceConfig,
     PricingConfig,
     SpanMetricsConfig,
@@ -948,6 +949,30 @@ def test_credentials_in_span_names_and_error_labels_never_reach_a_label() -> Non
         "SPAN_KIND_UNSPECIFIED",
         "STATUS_CODE_ERROR",
     ) in f.spans.series
+
+
+def test_labels_are_masked_by_the_configured_value_patterns_too() -> None:
+    """The docs say the labels are masked "by the same rules" as the redaction processor's: an operator's own
+    shapes (an employee id) must not reach the scrape endpoint through a span name either."""
+    masking = LabelMaskingConfig(value_patterns={"employee_id": r"\bEMP-\d{6}\b"})
+    connector, _ = make(SpanMetricsConfig(label_masking=masking))
+    span = Span(trace_id=b"\x04" * 16, span_id=b"\x04" * 8, name="GET /employees/EMP-123456?api_key=abc123def")
+    connector.consume(to_request({"svc": [span]}))
+    ((_, name, _, _),) = connector.families.spans.series
+    assert name == "GET /employees/[REDACTED]?api_key=[REDACTED]"
+    unmasked, _ = make(SpanMetricsConfig(label_masking=LabelMaskingConfig(mask_credentials=False)))
+    unmasked.consume(to_request({"svc": [span]}))
+    ((_, name, _, _),) = unmasked.families.spans.series
+    assert name == span.name
+
+
+def test_label_masking_patterns_are_checked_at_load() -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config_text("{}", "{label_masking: {value_patterns: {Bad-Name: 'x', empty: 'a*', broken: '('}}}"))
+    message = str(caught.value)
+    assert "connectors.spanmetrics.label_masking.value_patterns.Bad-Name: rule names are lower_snake_case" in message
+    assert "connectors.spanmetrics.label_masking.value_patterns.empty: must not match the empty string" in message
+    assert "connectors.spanmetrics.label_masking.value_patterns.broken: not a valid regular expression" in message
 
 
 def test_credentials_in_a_model_or_provider_name_never_reach_a_label_or_the_log(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.config.schema import Duration, setting
+from agent.processors.redaction.config import check_value_patterns
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -228,6 +229,24 @@ class GenAiConfig:
 
 
 @dataclass(frozen=True)
+class LabelMaskingConfig:
+    mask_credentials: bool = setting(
+        True,
+        doc="Mask credentials in the label values taken from span text (service and span names, error types, "
+        "workflow and step names, models) by the redaction processor's built-in rules: span metrics are derived "
+        "before any redaction, and the scrape endpoint serves every label.",
+    )
+    value_patterns: dict[str, str] = setting(
+        doc="More shapes to mask in those labels: rule name → regular expression, as in the redaction "
+        "processor's `value_patterns` (a YAML anchor shares one mapping between the two).",
+        default_factory=dict,
+    )
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        yield from check_value_patterns(self.value_patterns)
+
+
+@dataclass(frozen=True)
 class SpanMetricsConfig:
     namespace: str = setting("orchestrator", doc="Prefix of every metric name (`orchestrator_spans_total`).")
     metrics_flush_interval: Duration = setting(
@@ -254,6 +273,9 @@ class SpanMetricsConfig:
     genai: GenAiConfig = setting(doc="GenAI token conventions and optional metrics.", default_factory=GenAiConfig)
     pricing: PricingConfig = setting(doc="Prices for `<namespace>_llm_cost_usd_total`.", default_factory=PricingConfig)
     exemplars: ExemplarsConfig = setting(doc="Histogram exemplars.", default_factory=ExemplarsConfig)
+    label_masking: LabelMaskingConfig = setting(
+        doc="What is masked in label values taken from span text.", default_factory=LabelMaskingConfig
+    )
 
     def validate(self) -> Iterator[tuple[str, str]]:
         if not _NAMESPACE.match(self.namespace):

@@ -31,7 +31,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -74,7 +74,7 @@ from agent.connectors.spanmetrics.attributes import (
     AttributeScanner,
     step_type_label,
 )
-from agent.connectors.spanmetrics.config import SpanMetricsConfig
+from agent.connectors.spanmetrics.config import LabelMaskingConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import (
     FRAMEWORK_PROVIDERS,
     PROVIDER_REASONING_IN_OUTPUT,
@@ -123,21 +123,19 @@ _NOT_INFERENCE_HINTS = ROLE_OPERATION | ROLE_OPENINFERENCE_KIND | ROLE_TRACELOOP
 RedLookup = dict[tuple[str, int, int], Execution]
 
 
-_CREDENTIALS = Redactor(RedactionConfig())
-
-
 def _is_skipped(step_status: str | None) -> bool:
     return step_status is not None and step_status.lower() == "skipped"
 
 
-def label_text(text: str) -> str:
-    """A label value taken from span content, with credentials masked as the redaction processor masks them.
+def label_masker(cfg: LabelMaskingConfig) -> Callable[[str], str]:
+    """Masks credentials in a label value taken from span content, as the redaction processor masks them.
 
     Span metrics are computed before redaction, and a span name such as ``GET /v1/models?key=AIza…`` would put
-    the key in every series of the scrape. Called when a series is resolved, not per span (errors aside). The
-    connector knows no redaction processor's settings: these are the default credential rules.
+    the key in every series of the scrape. Called when a series is resolved, not per span (errors aside).
     """
-    return _CREDENTIALS.mask_text(text, Counter())
+    redactor = Redactor(RedactionConfig(mask_credentials=cfg.mask_credentials, value_patterns=dict(cfg.value_patterns)))
+    fired: Counter[str] = Counter()  # rule names only: bounded
+    return lambda text: redactor.mask_text(text, fired)
 
 
 def _explicit_randomness_bytes(trace_state: str) -> bytes | None:
@@ -268,6 +266,7 @@ def _families_made_by(cfg: SpanMetricsConfig) -> tuple[object, ...]:
 class SpanMetricsConnector:
     def __init__(self, cfg: SpanMetricsConfig, settings: CreateSettings, consumers: ConsumerMap) -> None:
         self._cfg = cfg
+        self._label_text = label_masker(cfg.label_masking)
         self._label_priced_model = cfg.genai.model_label == "priced"
         self._settings = settings
         self._log = settings.logger
@@ -471,7 +470,7 @@ class SpanMetricsConnector:
                 self._record_roles(span, service, values, roles, weight, hist_weight, duration, failed, now, exemplar)
             elif failed:
                 error_type = self._exception_type(span) or OTHER_ERROR
-                self.families.errors.add((label_text(error_type), label_text(service)), weight, now)
+                self.families.errors.add((self._label_text(error_type), self._label_text(service)), weight, now)
 
     def _new_red_lookup(self, service: str) -> RedLookup:
         if len(self._red_lookups) >= self._cfg.cardinality_limit:
@@ -485,8 +484,8 @@ class SpanMetricsConnector:
     ) -> Execution:
         """The RED series of a span whose (name, kind, status) the lookup does not hold yet."""
         key = (
-            label_text(service),
-            label_text(name),
+            self._label_text(service),
+            self._label_text(name),
             SPAN_KIND_NAMES.get(kind, ""),
             STATUS_CODE_NAMES.get(status_code, ""),
         )
@@ -546,11 +545,11 @@ class SpanMetricsConnector:
                 or OTHER_ERROR
             )
             component = (first_text(values, scanner.component) if roles & ROLE_COMPONENT else None) or role or service
-            self.families.errors.add((label_text(error_type), label_text(component)), weight, now)
+            self.families.errors.add((self._label_text(error_type), self._label_text(component)), weight, now)
 
     def _workflow_execution(self, key: tuple[str, str], now: int) -> Execution:
         f = self.families
-        labels = (label_text(key[0]), key[1])
+        labels = (self._label_text(key[0]), key[1])
         execution, own = execution_of(f.workflow_executions, labels, f.workflow_duration, labels[:1], now)
         if own:
             self._remember(self._workflows, key, execution)
@@ -558,7 +557,7 @@ class SpanMetricsConnector:
 
     def _step_execution(self, key: tuple[str, str], now: int) -> Execution:
         f = self.families
-        labels = (label_text(step_type_label(key[0])), key[1])
+        labels = (self._label_text(step_type_label(key[0])), key[1])
         execution, own = execution_of(f.step_executions, labels, f.step_duration, labels[:1], now)
         if own:
             self._remember(self._steps, key, execution)
@@ -641,10 +640,10 @@ class SpanMetricsConnector:
             self.families.llm_without_usage.add((target.provider, target.model), weight, now)
         if self.families.genai_duration is not None:
             call = (
-                label_text(operation_name(operation) or ""),
+                self._label_text(operation_name(operation) or ""),
                 target.provider,
-                label_text(request_model),
-                label_text(response_model),
+                self._label_text(request_model),
+                self._label_text(response_model),
             )
             self._record_genai(call, usage, roles, hist_weight, now)
             self.families.genai_duration.observe(
@@ -673,13 +672,13 @@ class SpanMetricsConnector:
     def _llm_target(self, key: tuple[str, str, str, bool], now: int) -> LlmTarget:
         """Resolve, once per lookup key, the provider, the model, the price and the series of an LLM call."""
         raw_provider, response_model, request_model, failed = key
-        provider = label_text(normalize_provider(raw_provider)) if raw_provider else ""
+        provider = self._label_text(normalize_provider(raw_provider)) if raw_provider else ""
         price = self.prices.lookup(response_model, request_model)
         if (not provider or provider in FRAMEWORK_PROVIDERS) and price is not None:
             # No vendor named (a bare model attribute, or a framework's name): the price table knows the model's.
-            provider = label_text(price.provider)
+            provider = self._label_text(price.provider)
         reported = response_model or request_model
-        model = price.model if price is not None and self._label_priced_model else label_text(reported)
+        model = price.model if price is not None and self._label_priced_model else self._label_text(reported)
         f = self.families
         labels = (provider, model)
         requests, own = execution_of(
@@ -726,7 +725,9 @@ class SpanMetricsConnector:
         """``error.type`` of a failed call as ``errors_total`` has it: the attribute, else the exception's type."""
         if not failed:
             return ""
-        return label_text(first_text(values, self._scanner.error_type) or self._exception_type(span) or OTHER_ERROR)
+        return self._label_text(
+            first_text(values, self._scanner.error_type) or self._exception_type(span) or OTHER_ERROR
+        )
 
     @staticmethod
     def _exception_type(span: Span) -> str | None:

@@ -105,12 +105,17 @@ class RedactionConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         for index, pattern in enumerate(self.key_patterns):
             yield from _check_regex(f"key_patterns[{index}]", pattern)
-        for name, pattern in self.value_patterns.items():
-            if not _RULE_NAME.match(name):
-                yield f"value_patterns.{name}", "rule names are lower_snake_case (they label the redaction counter)"
-            yield from _check_regex(f"value_patterns.{name}", pattern)
-            if not _check_empty_match(pattern):
-                yield f"value_patterns.{name}", "must not match the empty string"
+        yield from check_value_patterns(self.value_patterns)
+
+
+def check_value_patterns(patterns: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """Problems with `value_patterns` (rule name → regular expression), as (path, message)."""
+    for name, pattern in patterns.items():
+        if not _RULE_NAME.match(name):
+            yield f"value_patterns.{name}", "rule names are lower_snake_case (they label the redaction counter)"
+        yield from _check_regex(f"value_patterns.{name}", pattern)
+        if not _check_empty_match(pattern):
+            yield f"value_patterns.{name}", "must not match the empty string"
 
 
 def _check_regex(path: str, pattern: str) -> Iterator[tuple[str, str]]:
