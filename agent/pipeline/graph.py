@@ -99,20 +99,29 @@ class Graph:
         return held
 
     def take_over(self, previous: Graph, older: Graph | None = None) -> None:
-        """At a reload, before this graph starts: each exporter (and connector) with a ``take_over_from`` hook is
-        given the stopped one of the same id and type, for what it must know of its predecessor (not data: that
-        was flushed). With ``older`` (the fallback after ``previous`` failed to start), a component of ``previous``
-        that did not take its own predecessor's state over (``took_over``: another endpoint, other settings) holds
-        none of it, so this graph's takes over from ``older``'s instead."""
-        for exporter_id, exporter in self._exporters.items():
-            hook = getattr(exporter, "take_over_from", None)
+        """At a reload, before this graph starts: each exporter, connector and processor with a ``take_over_from``
+        hook is given the stopped one of the same id and type, for what it must know of its predecessor (not data:
+        that was flushed). With ``older`` (the fallback after ``previous`` failed to start), a component of
+        ``previous`` that did not take its own predecessor's state over (``took_over``: another endpoint, other
+        settings) holds none of it, so this graph's takes over from ``older``'s instead."""
+        mine = [(exporter_id, exporter, Graph._exporter_of) for exporter_id, exporter in self._exporters.items()]
+        mine += [(node.id, node.instance, Graph._processor_of) for node in self._nodes if node.kind is Kind.PROCESSOR]
+        for component_id, component, find in mine:
+            hook = getattr(component, "take_over_from", None)
             if hook is None:
                 continue
-            before = previous._exporters.get(exporter_id)
+            before = find(previous, component_id)
             if older is not None and not getattr(before, "took_over", False):
-                before = older._exporters.get(exporter_id)
-            if before is not None and type(before) is type(exporter):
+                before = find(older, component_id)
+            if before is not None and type(before) is type(component):
                 hook(before)
+
+    def _exporter_of(self, component_id: str) -> Any:
+        return self._exporters.get(component_id)
+
+    def _processor_of(self, component_id: str) -> Any:
+        """The first instance of a processor (one per pipeline it is in; a tail sampler's share their state)."""
+        return next((n.instance for n in self._nodes if n.kind is Kind.PROCESSOR and n.id == component_id), None)
 
     def forgo_fresh_state_beside(self, stopped: Graph) -> None:
         """This graph failed to start, and ``stopped``'s state comes back (``take_over`` with ``older``): each of

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from agent.app import Agent
+from agent.component import Kind
 from agent.config.loader import AgentConfig, load_text
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.receivers.otlp import OtlpReceiver
@@ -496,3 +497,58 @@ async def test_a_queue_directory_another_agent_holds_is_not_reported(tmp_path: P
         assert list(abandoned_bytes(running)) == [str(root / "otlp__neighbour")]
     finally:
         await running.agent.stop()
+
+
+@pytest.mark.parametrize("same_cache_sizes", [True, False])
+async def test_late_spans_of_a_trace_decided_before_a_reload_follow_its_decision(
+    tmp_path: Path, same_cache_sizes: bool
+) -> None:
+    """A reload (a SIGHUP, rotated TLS files) built a new sampler with empty decision caches: the late spans of an
+    error trace kept before it were buffered as a new trace and, without an error of their own, mostly dropped
+    (pass 106). The new sampler goes on with the stopped one's caches, unless their sizes changed."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    from agent.otlp.probability import is_sampled, threshold_for
+    from agent.testing.workload import to_request
+    from tests.helpers import output_spans
+
+    trace_id = next(t for t in (bytes([i]) * 16 for i in range(1, 255)) if not is_sampled(t, threshold_for(0.1)))
+    config = base_config(tmp_path / "out")
+    config["processors"] = {
+        "tail_sampling": {"decision_wait": "200ms", "decision_wait_after_root": "200ms", "tick_interval": "20ms"}
+    }
+    config["service"]["pipelines"]["traces"]["processors"] = ["tail_sampling"]
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/traces"
+        root = Span(
+            trace_id=trace_id, span_id=b"\x01" * 8, name="workflow", status=Status(code=Status.STATUS_CODE_ERROR)
+        )
+        late = Span(trace_id=trace_id, span_id=b"\x02" * 8, parent_span_id=b"\x01" * 8, name="cleanup")
+        headers = {"Content-Type": "application/x-protobuf"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(http, data=to_request({"orchestrator": [root]}).SerializeToString(),
+                                    headers=headers) as answer:  # fmt: skip
+                assert answer.status == 200
+            await wait_for(lambda: len(output_spans(tmp_path / "out")) == 1)  # decided: kept by the errors policy
+            if not same_cache_sizes:
+                config["processors"]["tail_sampling"]["decision_cache"] = {"kept_size": 50_000}
+            assert await agent.reload()
+            async with session.post(http, data=to_request({"orchestrator": [late]}).SerializeToString(),
+                                    headers=headers) as answer:  # fmt: skip
+                assert answer.status == 200
+            sampler = agent.graph.component("tail_sampling", Kind.PROCESSOR).sampler
+            if same_cache_sizes:
+                await wait_for(lambda: len(output_spans(tmp_path / "out")) == 2)  # forwarded at once, as kept
+            else:
+                await wait_for(lambda: trace_id in sampler.dropped)  # decided afresh after decision_wait
+        spans = {span.span_id: span for _, _, span in output_spans(tmp_path / "out")}
+        if same_cache_sizes:
+            assert set(spans) == {root.span_id, late.span_id}
+            assert spans[late.span_id].trace_state == spans[root.span_id].trace_state == "ot=th:0"
+        else:  # a span without an error, in a trace outside the 10%
+            assert set(spans) == {root.span_id}
+        assert sampler.took_over is same_cache_sizes
+    finally:
+        await agent.stop()

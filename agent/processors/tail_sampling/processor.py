@@ -39,6 +39,13 @@ class TailSamplingProcessor:
     def held_items(self) -> int:
         return self.sampler.held_items(self.signal)
 
+    @property
+    def took_over(self) -> bool:
+        return self.sampler.took_over
+
+    def take_over_from(self, previous: TailSamplingProcessor) -> None:
+        self.sampler.take_over_from(previous.sampler)
+
 
 def create(
     config: TailSamplingConfig,

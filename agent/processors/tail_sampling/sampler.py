@@ -96,6 +96,7 @@ class TailSampler:
         )
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
+        self.took_over = False  # whether it goes on with its predecessor's decision caches (see take_over_from)
 
     # --- wiring and lifecycle ------------------------------------------------------------------------------------
 
@@ -107,6 +108,17 @@ class TailSampler:
     async def start(self) -> None:
         if self._timer is None and not self._closed:
             self._timer = asyncio.create_task(self._run_timer())
+
+    def take_over_from(self, previous: TailSampler) -> None:
+        """At a reload, before starting: go on with the decisions the stopped sampler remembers (its buffered
+        traces were decided at its shutdown), so that late spans and logs of traces decided before the reload follow
+        their trace's decision rather than being decided afresh. Not when the cache sizes changed: the caches are
+        sized when built, and such a reload starts them empty."""
+        if previous is self or previous._config.decision_cache != self._config.decision_cache:
+            return
+        self.kept, self.dropped, self._rescued = previous.kept, previous.dropped, previous._rescued
+        self.took_over = True
+        self._update_gauges()
 
     async def shutdown(self, deadline: float) -> None:
         """Decide every buffered trace now, release it, and retry refused data until ``deadline``."""
