@@ -552,3 +552,51 @@ async def test_late_spans_of_a_trace_decided_before_a_reload_follow_its_decision
         assert sampler.took_over is same_cache_sizes
     finally:
         await agent.stop()
+
+
+async def test_the_rest_of_a_trace_a_reload_dropped_early_is_judged_on_its_own_spans(tmp_path: Path) -> None:
+    """A reload decides what the sampler holds on the spans it has; a drop forced so must not follow the trace: its
+    slow root, arriving after the reload, is kept by the latency policy (pass 108: the inherited dropped filter
+    threw it away before any policy saw it)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from agent.otlp.probability import is_sampled, threshold_for
+    from agent.testing.workload import to_request
+    from tests.helpers import output_spans
+
+    trace_id = next(t for t in (bytes([i]) * 16 for i in range(1, 255)) if not is_sampled(t, threshold_for(0.1)))
+    config = base_config(tmp_path / "out")
+    config["processors"] = {
+        "tail_sampling": {
+            "decision_wait": "30s",
+            "decision_wait_after_root": "100ms",
+            "tick_interval": "20ms",
+            "policies": {"latency": {"threshold": "2s"}},
+        }
+    }
+    config["service"]["pipelines"]["traces"]["processors"] = ["tail_sampling"]
+    agent = Agent(load(config), load_config=lambda: load(config))
+    await agent.start()
+    try:
+        http = f"http://{config['receivers']['otlp']['http']['endpoint']}/v1/traces"
+        start = time.time_ns()
+        child = Span(trace_id=trace_id, span_id=b"\x02" * 8, parent_span_id=b"\x01" * 8, name="step",
+                     start_time_unix_nano=start + 10**9, end_time_unix_nano=start + 2 * 10**9)  # fmt: skip
+        root = Span(trace_id=trace_id, span_id=b"\x01" * 8, name="workflow",
+                    start_time_unix_nano=start, end_time_unix_nano=start + 30 * 10**9)  # fmt: skip
+        headers = {"Content-Type": "application/x-protobuf"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(http, data=to_request({"orchestrator": [child]}).SerializeToString(),
+                                    headers=headers) as answer:  # fmt: skip
+                assert answer.status == 200
+            buffered = agent.graph.component("tail_sampling", Kind.PROCESSOR).sampler.buffer
+            await wait_for(lambda: len(buffered) == 1)
+            assert await agent.reload()  # decides the child's trace: 1 s long, outside the 10%: dropped
+            async with session.post(http, data=to_request({"orchestrator": [root]}).SerializeToString(),
+                                    headers=headers) as answer:  # fmt: skip
+                assert answer.status == 200
+            await wait_for(lambda: len(output_spans(tmp_path / "out")) == 1)
+        ((_, _, kept),) = output_spans(tmp_path / "out")
+        assert kept.span_id == root.span_id
+    finally:
+        await agent.stop()

@@ -110,10 +110,10 @@ class TailSampler:
             self._timer = asyncio.create_task(self._run_timer())
 
     def take_over_from(self, previous: TailSampler) -> None:
-        """At a reload, before starting: go on with the decisions the stopped sampler remembers (its buffered
-        traces were decided at its shutdown), so that late spans and logs of traces decided before the reload follow
-        their trace's decision rather than being decided afresh. Not when the cache sizes changed: the caches are
-        sized when built, and such a reload starts them empty."""
+        """At a reload, before starting: go on with the decisions the stopped sampler remembers, so that late spans
+        and logs of traces decided before the reload follow their trace's decision rather than being decided
+        afresh. Its shutdown decided what it held: those kept are remembered, those dropped are not (see
+        ``_decide``). Not when the cache sizes changed: the caches are sized when built, and start empty then."""
         if previous is self or previous._config.decision_cache != self._config.decision_cache:
             return
         self.kept, self.dropped, self._rescued = previous.kept, previous.dropped, previous._rescued
@@ -432,7 +432,11 @@ class TailSampler:
                 dropped_spans += trace.span_count
                 if trace.logs:
                     self._release_logs_of_dropped(trace, release)
-        self.dropped.add_all(dropped_ids)
+        if reason != "shutdown":
+            # A drop forced by a shutdown is not remembered: at a reload the next sampler goes on with these
+            # caches, and the rest of a trace still running (its slow root, a critical service's span) must be
+            # judged on its own spans rather than follow a drop made on a part of them.
+            self.dropped.add_all(dropped_ids)
         if dropped_spans:
             self.metrics.dropped_spans.inc(dropped_spans)
         now = self._clock()
