@@ -30,7 +30,12 @@ from agent.connectors.spanmetrics.config import (
     PricingConfig,
     SpanMetricsConfig,
 )
-from agent.connectors.spanmetrics.connector import GENAI_DURATION_BUCKETS, GENAI_TOKEN_BUCKETS, SpanMetricsConnector
+from agent.connectors.spanmetrics.connector import (
+    GENAI_DURATION_BUCKETS,
+    GENAI_TOKEN_BUCKETS,
+    SpanMetricsConnector,
+    label_masker,
+)
 from agent.connectors.spanmetrics.pricing import PriceTable
 from agent.otlp.probability import encode_threshold, is_sampled, threshold_for
 from agent.telemetry.selfmetrics import SelfMetrics
@@ -964,6 +969,32 @@ def test_labels_are_masked_by_the_configured_value_patterns_too() -> None:
     unmasked.consume(to_request({"svc": [span]}))
     ((_, name, _, _),) = unmasked.families.spans.series
     assert name == span.name
+    # A reload adding a shape (most likely because a value leaked) must not go on serving the leaked series.
+    reloaded, _ = make(SpanMetricsConfig(label_masking=masking))
+    reloaded.take_over_from(unmasked)
+    assert not reloaded.took_over and len(reloaded.families.spans) == 0
+
+
+def test_a_masked_label_is_masked_once_not_on_every_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masking a text that holds a credential costs about 100 µs, and the error type of each failed span (or the
+    model of each LLM span with semconv metrics) is masked per span (pass 108)."""
+    from agent.processors.redaction.rules import Redactor
+
+    scanned = collections.Counter[str]()
+    original = Redactor.mask_text
+
+    def counting(self: Redactor, text: str, counts: collections.Counter[str]) -> str:
+        scanned[text] += 1
+        return original(self, text, counts)
+
+    monkeypatch.setattr(Redactor, "mask_text", counting)
+    secret = "AuthError for Bearer eyJhbGciOiJIUzI1NiJ9abcdefgh"
+    long_secret = secret + " " * 600  # too long to remember: scanned each time, the memo's memory stays bounded
+    mask = label_masker(LabelMaskingConfig())
+    for _ in range(100):
+        assert mask(secret) == "AuthError for Bearer [REDACTED]"
+        assert mask(long_secret).startswith("AuthError for Bearer [REDACTED]")
+    assert scanned[secret] == 1 and scanned[long_secret] == 100
 
 
 def test_label_masking_patterns_are_checked_at_load() -> None:

@@ -127,6 +127,10 @@ def _is_skipped(step_status: str | None) -> bool:
     return step_status is not None and step_status.lower() == "skipped"
 
 
+_MEMO_TEXTS = 4096
+_MEMO_TEXT_CHARS = 512
+
+
 def label_masker(cfg: LabelMaskingConfig) -> Callable[[str], str]:
     """Masks credentials in a label value taken from span content, as the redaction processor masks them.
 
@@ -135,7 +139,21 @@ def label_masker(cfg: LabelMaskingConfig) -> Callable[[str], str]:
     """
     redactor = Redactor(RedactionConfig(mask_credentials=cfg.mask_credentials, value_patterns=dict(cfg.value_patterns)))
     fired: Counter[str] = Counter()  # rule names only: bounded
-    return lambda text: redactor.mask_text(text, fired)
+    # The redactor remembers clean texts only, and a text it masks costs about 100 µs: the model of every LLM
+    # span with `genai.semconv_metrics`, and the error type of every failed span, are masked per span.
+    masked: dict[str, str] = {}
+
+    def mask(text: str) -> str:
+        found = masked.get(text)
+        if found is None:
+            found = redactor.mask_text(text, fired)
+            if len(text) <= _MEMO_TEXT_CHARS:  # bounds the memo's memory: 4,096 short texts
+                if len(masked) >= _MEMO_TEXTS:
+                    masked.clear()
+                masked[text] = found
+        return found
+
+    return mask
 
 
 def _explicit_randomness_bytes(trace_state: str) -> bytes | None:
@@ -260,7 +278,8 @@ class _Families:
 
 def _families_made_by(cfg: SpanMetricsConfig) -> tuple[object, ...]:
     """The settings :class:`_Families` is built from."""
-    return (cfg.namespace, cfg.cardinality_limit, cfg.buckets, cfg.genai.semconv_metrics)
+    # label_masking: series labelled with text the new rules would mask must not go on being served.
+    return (cfg.namespace, cfg.cardinality_limit, cfg.buckets, cfg.genai.semconv_metrics, cfg.label_masking)
 
 
 class SpanMetricsConnector:
@@ -333,7 +352,7 @@ class SpanMetricsConnector:
         what was counted since the last scrape would be lost (a series still at zero in its first minute: all of
         it), and a series counted only before the reload never shown. The lookup caches are this connector's own,
         so a changed price table or attribute mapping applies from now on. Another namespace, cardinality limit,
-        bucket layout or set of GenAI metrics starts anew."""
+        bucket layout, set of GenAI metrics or label masking starts anew."""
         if _families_made_by(previous._cfg) != _families_made_by(self._cfg):
             return
         self.families = previous.families

@@ -105,14 +105,14 @@ class RedactionConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         for index, pattern in enumerate(self.key_patterns):
             yield from _check_regex(f"key_patterns[{index}]", pattern)
-        yield from check_value_patterns(self.value_patterns)
+        yield from check_value_patterns(self.value_patterns, " (they label the redaction counter)")
 
 
-def check_value_patterns(patterns: dict[str, str]) -> Iterator[tuple[str, str]]:
+def check_value_patterns(patterns: dict[str, str], why_names: str = "") -> Iterator[tuple[str, str]]:
     """Problems with `value_patterns` (rule name → regular expression), as (path, message)."""
     for name, pattern in patterns.items():
         if not _RULE_NAME.match(name):
-            yield f"value_patterns.{name}", "rule names are lower_snake_case (they label the redaction counter)"
+            yield f"value_patterns.{name}", f"rule names are lower_snake_case{why_names}"
         yield from _check_regex(f"value_patterns.{name}", pattern)
         if not _check_empty_match(pattern):
             yield f"value_patterns.{name}", "must not match the empty string"
