@@ -177,6 +177,29 @@ def test_inline_prices_override_and_extend_the_packaged_table(tmp_path: Path) ->
     assert prices.last_checked == "2026-01-02"
 
 
+def test_an_override_naming_no_provider_keeps_the_provider_and_nothing_else_of_the_entry_it_replaces() -> None:
+    """The docs' negotiated-price example (`gpt-4o: {input: 2.5, ...}`) took the `provider` label off every call
+    of a span naming no provider (pass 109). The tiers go with the rest: a negotiated price is not the list's."""
+    prices = PriceTable.from_config(
+        PricingConfig(
+            models={
+                "gpt-4o": ModelPriceConfig(input=2.5, output=10.0),
+                "gpt-4o-mini": ModelPriceConfig(input=0.1, output=0.5, provider="azure.ai.openai"),
+                "claude-sonnet-4-5": ModelPriceConfig(input=2.7, output=13.5),
+            }
+        )
+    )
+    packaged = PriceTable.from_config(PricingConfig())
+    gpt, mini, sonnet = (prices.lookup(m) for m in ("gpt-4o", "gpt-4o-mini", "us.claude-sonnet-4-5"))
+    assert gpt is not None and gpt.provider == "openai" and gpt.per_token[0] == pytest.approx(2.5e-6)
+    assert mini is not None and mini.provider == "azure.ai.openai"
+    listed = packaged.lookup("us.claude-sonnet-4-5")
+    assert listed is not None and listed.long_context_per_token is not None
+    assert listed.per_token[0] == pytest.approx(3.3e-6)  # the listed 3.0, and 10% through a regional profile
+    assert sonnet is not None and sonnet.provider == listed.provider
+    assert sonnet.long_context_per_token is None and sonnet.per_token[0] == pytest.approx(2.7e-6)
+
+
 def test_the_packaged_table_can_be_left_out() -> None:
     prices = PriceTable.from_config(
         PricingConfig(packaged=False, models={"house-model": ModelPriceConfig(input=1, output=1)})

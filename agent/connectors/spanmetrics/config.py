@@ -150,7 +150,11 @@ class LongContextPriceConfig:
 class ModelPriceConfig:
     input: float = setting(doc="USD per million uncached input tokens.", minimum=0)
     output: float = setting(doc="USD per million output tokens (without reasoning).", minimum=0)
-    provider: str = setting("", doc="Provider the model belongs to (informational).")
+    provider: str = setting(
+        "",
+        doc="Provider the model belongs to: the `provider` label of calls whose spans name none (or a framework). "
+        "An entry overriding another without one keeps the overridden entry's.",
+    )
     cache_read: float | None = setting(None, doc="USD per million cache-read tokens; default: the input price.")
     cache_write: float | None = setting(None, doc="USD per million cache-write tokens; default: the input price.")
     reasoning: float | None = setting(None, doc="USD per million reasoning tokens; default: the output price.")
@@ -186,7 +190,8 @@ class PricingConfig:
     file: str = setting("", doc="A price table file in the same format, merged over the packaged one (its models win).")
     models: dict[str, ModelPriceConfig] = setting(
         doc="Prices by model name, merged last (they win over both tables). Names match as described in "
-        "docs/metrics.md (exact, without provider prefix, without date/version suffix).",
+        "docs/metrics.md (exact, without provider prefix, without date/version suffix). An entry replaces the "
+        "table's whole, its `long_context` tier and `regional_premium` too: give them again where they apply.",
         default_factory=dict,
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,17 @@ def candidates(model: str) -> Iterator[str]:
         yield base
 
 
+def _override(merged: dict[str, ModelPriceConfig], models: Mapping[str, ModelPriceConfig]) -> None:
+    """An entry replaces the one it overrides whole (a negotiated price is not the list's long-context tier), but
+    for its provider when it names none: the provider labels the calls of spans that name none themselves, and a
+    price override must not take it off them."""
+    for name, price in models.items():
+        before = merged.get(name)
+        if before is not None and not price.provider and before.provider:
+            price = replace(price, provider=before.provider)
+        merged[name] = price
+
+
 class PriceTable:
     """Model prices with cached name matching. Built once per connector; read on the hot path."""
 
@@ -217,9 +228,9 @@ class PriceTable:
             last_checked = table.last_checked
         if cfg.file:
             table = load_table_file(cfg.file)
-            merged.update(table.models)
+            _override(merged, table.models)
             last_checked = table.last_checked
-        merged.update({name.strip().lower(): price for name, price in cfg.models.items()})
+        _override(merged, {name.strip().lower(): price for name, price in cfg.models.items()})
         return cls({name: ModelPrice.from_config(name, price) for name, price in merged.items()}, last_checked)
 
     def __len__(self) -> int:
