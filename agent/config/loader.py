@@ -14,7 +14,17 @@ from typing import Any
 import yaml
 
 from agent.component import Factory, Kind, Signal
-from agent.config.schema import ConfigError, ConfigInvalid, EnvText, HostPort, build, join_path, to_plain
+from agent.config.schema import (
+    ConfigError,
+    ConfigInvalid,
+    EnvText,
+    HostPort,
+    YamlFloat,
+    YamlInt,
+    build,
+    join_path,
+    to_plain,
+)
 from agent.config.service import PipelineConfig, ServiceConfig, pipeline_id_problem
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
@@ -120,9 +130,27 @@ def _written_twice(earlier: yaml.Node, later: yaml.Node) -> str:
     return f"written twice in one mapping ({where}); a key may appear once"
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML whose numbers remember how they were written (:class:`YamlInt`, :class:`YamlFloat`)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> YamlInt:  # type: ignore[override]
+        number = YamlInt(super().construct_yaml_int(node))
+        number.source = node.value
+        return number
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> YamlFloat:  # type: ignore[override]
+        number = YamlFloat(super().construct_yaml_float(node))
+        number.source = node.value
+        return number
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
+
+
 def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
     """The document, and the keys it writes twice (the last one is what the document holds)."""
-    loader = yaml.SafeLoader(text)
+    loader = _ConfigLoader(text)
     try:
         root = loader.get_single_node()
         written_twice = _keys_written_twice(loader, root)  # first: building merges `<<` keys into the nodes

@@ -265,6 +265,24 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: l
         errors.append(ConfigError(path, f"must be at most {high:g}"))
 
 
+class YamlInt(int):
+    """An integer as YAML read it, with ``source``, the text it was written as: a field taking text gets what was
+    written (``tenant_id: 0123`` is ``0123``, not YAML 1.1's octal 83; ``values: [1.10]`` is ``1.10``)."""
+
+    source: str
+
+
+class YamlFloat(float):
+    """A float as YAML read it, with ``source``, the text it was written as (see :class:`YamlInt`)."""
+
+    source: str
+
+
+def _as_text(raw: int | float) -> str:
+    """The text of a number given to a field taking text: as written when YAML read it."""
+    return getattr(raw, "source", None) or str(raw)
+
+
 class EnvText(str):
     """A value given whole by an environment variable (``${env:NAME}``): its exact text for fields that take text,
     and ``parsed``, the text read as YAML, for the others (``${env:PORT}`` is a number to an int field, while
@@ -327,7 +345,7 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
             errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
             return None
         _, value_tp = get_args(tp)
-        return {str(k): _parse_value(value_tp, v, join_path(path, str(k)), errors) for k, v in raw.items()}
+        return {_key_text(k): _parse_value(value_tp, v, join_path(path, _key_text(k)), errors) for k, v in raw.items()}
     if is_dataclass(tp):
         return build(tp, raw, path, errors)  # type: ignore[arg-type]
     return _parse_scalar(tp, raw, path, errors)
@@ -351,24 +369,43 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
         return raw
     if tp is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            errors.append(ConfigError(path, f"must be an integer, got {raw!r}"))
-        return raw
+            errors.append(ConfigError(path, f"must be an integer, got {raw!r}{_number_as_text_hint(raw, True)}"))
+            return raw
+        return int(raw)
     if tp is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
-            errors.append(ConfigError(path, f"must be a number, got {raw!r}"))
+            errors.append(ConfigError(path, f"must be a number, got {raw!r}{_number_as_text_hint(raw, False)}"))
             return raw
         if not math.isfinite(raw):  # .nan would pass every bound (each comparison is false)
             errors.append(ConfigError(path, f"must be a finite number, got {raw!r}"))
         return float(raw)
     if tp is str:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return str(raw)  # tenant_id: 12345, or ${env:TENANT} holding digits, is text to this field
+            return _as_text(raw)  # tenant_id: 12345, or ${env:TENANT} holding digits, is text to this field
         if not isinstance(raw, str):
             errors.append(ConfigError(path, f"must be a string, got {_type_name(raw)}"))
         return raw
     if tp is Any:
         return raw
     raise TypeError(f"unsupported config field type {tp!r} at {path}")
+
+
+def _key_text(key: Any) -> str:
+    return _as_text(key) if isinstance(key, int | float) and not isinstance(key, bool) else str(key)
+
+
+def _number_as_text_hint(raw: Any, integer: bool) -> str:
+    """YAML 1.1 reads ``1e5`` (no dot) as text: say so, since it looks like a number to whoever wrote it."""
+    if not isinstance(raw, str):
+        return ""
+    try:
+        number = float(raw)
+    except ValueError:
+        return ""
+    if integer:
+        written = f"{int(number)}" if number.is_integer() else "an integer"
+        return f" (YAML reads it as text: write {written})"
+    return " (YAML reads it as text: write the number out, or with a dot, as in 1.0e+5)"
 
 
 def _custom_scalar_hint(tp: type, raw: Any) -> str:

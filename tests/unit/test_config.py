@@ -411,6 +411,45 @@ def test_a_string_field_given_by_an_env_variable_gets_its_exact_text(token: str)
     assert config.exporters["loki"].config.headers == {"authorization": token, "x-scope": token}
 
 
+@pytest.mark.parametrize("written", ["0123", "007", "1.10", "0x1F", "1_000", "12"])
+def test_a_number_written_in_the_file_is_its_text_to_a_string_field(written: str) -> None:
+    """YAML 1.1 reads 0123 as octal 83, 1.10 as 1.1 and 1:30 as 90: a tenant id or an attribute value to match
+    was silently rewritten, so logs went to another tenant and a rule never matched (pass 111)."""
+    text = f"""
+receivers: {{otlp: {{}}}}
+processors:
+  tail_sampling:
+    policies:
+      attributes: [{{name: v, key: app.version, values: [{written}], retention_class: standard}}]
+exporters:
+  loki: {{endpoint: "http://loki:3100/loki/api/v1/push", tenant_id: {written}}}
+service: {{pipelines: {{logs: {{receivers: [otlp], processors: [tail_sampling], exporters: [loki]}}}}}}
+"""
+    config = load_text(text)
+    assert config.exporters["loki"].config.tenant_id == written
+    assert config.processors["tail_sampling"].config.policies.attributes[0].values == [written]
+    effective = yaml.safe_dump(config.effective())  # the numbers YAML made are plain ones once parsed
+    assert f"tenant_id: '{written}'" in effective
+    sexagesimal = load_text(text.replace(f"[{written}]", "[1:30]").replace(f"tenant_id: {written}", "tenant_id: t"))
+    assert sexagesimal.processors["tail_sampling"].config.policies.attributes[0].values == ["1:30"]  # not 90
+
+
+def test_a_number_yaml_reads_as_text_says_so() -> None:
+    text = """
+receivers: {otlp: {}}
+processors: {tail_sampling: {max_traces: 1e5, max_buffered_bytes: 2.5e8}}
+exporters: {loki: {endpoint: "http://loki:3100/loki/api/v1/push"}}
+service: {pipelines: {logs: {receivers: [otlp], processors: [tail_sampling], exporters: [loki]}}}
+"""
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(text)
+    message = str(caught.value)
+    assert (
+        "processors.tail_sampling.max_traces: must be an integer, got '1e5' (YAML reads it as text: write 100000)"
+        in message
+    )
+
+
 @pytest.mark.parametrize("token", ["[0-9]", "{team-a}", "Basic: abc", "[a, b]", "{a: 1}", "- x"])
 def test_text_that_reads_as_a_yaml_list_or_mapping_is_still_exact_text_to_string_fields(token: str) -> None:
     """A regex like [0-9], a header like `Basic: abc`, a path like {team-a}: text to a string field (alone, as an
