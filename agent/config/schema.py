@@ -260,9 +260,15 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, path: str, errors: l
             ConfigError(path, "must be longer than 0s" if isinstance(value, Duration) else "must be positive")
         )
     elif low is not None and value < low:
-        errors.append(ConfigError(path, "must be positive" if low == 1 else f"must be at least {low:g}"))
+        errors.append(ConfigError(path, "must be positive" if low == 1 else f"must be at least {_bound_text(low)}"))
     elif high is not None and value > high:
-        errors.append(ConfigError(path, f"must be at most {high:g}"))
+        errors.append(ConfigError(path, f"must be at most {_bound_text(high)}"))
+
+
+def _bound_text(bound: float) -> str:
+    if isinstance(bound, int):
+        return f"{bound:_}" if bound >= 10_000 else str(bound)  # 100_000_000, as YAML takes it; not 1e+08
+    return f"{bound:g}"
 
 
 class YamlInt(int):

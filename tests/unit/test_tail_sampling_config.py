@@ -104,6 +104,24 @@ def test_bounds_are_checked_per_field() -> None:
     ]
 
 
+def test_a_latency_threshold_of_zero_is_refused_rather_than_keeping_every_trace() -> None:
+    """Elsewhere 0s turns a setting off; a latency policy at 0s kept every trace, so sampling was off (pass 111)."""
+    assert errors_of({"policies": {"latency": {"threshold": 0}}}) == [
+        "processors.tail_sampling.policies.latency.threshold: must be longer than 0s (0s keeps every trace); "
+        "leave it unset to turn the policy off"
+    ]
+    assert float(load({"policies": {"latency": {"threshold": "1ms"}}}).processors["tail_sampling"].config.policies
+                 .latency.threshold) == 0.001  # fmt: skip
+
+
+def test_decision_caches_have_an_upper_bound_since_they_are_allocated_at_start() -> None:
+    """A few zeros too many validated, then the start failed with a bare MemoryError (pass 111)."""
+    assert errors_of({"decision_cache": {"dropped_size": 10**14, "kept_size": 10**9}}) == [
+        "processors.tail_sampling.decision_cache.dropped_size: must be at most 100_000_000",
+        "processors.tail_sampling.decision_cache.kept_size: must be at most 10_000_000",
+    ]
+
+
 def test_the_wait_after_the_root_cannot_exceed_the_decision_wait() -> None:
     assert errors_of({"decision_wait": "1s", "decision_wait_after_root": "2s"}) == [
         "processors.tail_sampling.decision_wait_after_root: must not exceed decision_wait"

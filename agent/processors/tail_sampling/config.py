@@ -55,6 +55,11 @@ class LatencyPolicyConfig:
     )
     retention_class: str = setting("standard", doc="Retention class of traces this policy keeps.")
 
+    def validate(self) -> Iterator[tuple[str, str]]:
+        if self.threshold is not None and float(self.threshold) <= 0:
+            # Elsewhere 0s turns a setting off; here it would keep every trace, sampling nothing away.
+            yield "threshold", "must be longer than 0s (0s keeps every trace); leave it unset to turn the policy off"
+
 
 @dataclass(frozen=True)
 class ProbabilisticPolicyConfig:
@@ -155,12 +160,14 @@ class DecisionCacheConfig:
         100_000,
         doc="Kept trace ids remembered (LRU, about 200 bytes each) so late spans are forwarded at once.",
         minimum=1,
+        maximum=10_000_000,  # 2 GB when full
     )
     dropped_size: int = setting(
         1_000_000,
         doc="Dropped trace ids remembered at least (two generations of a cuckoo filter, about 10 bytes per id in "
-        "all) so late spans are dropped at once.",
+        "all) so late spans are dropped at once. Its memory is taken at start.",
         minimum=1,
+        maximum=100_000_000,  # 1 GB, allocated at start: a typo of a few zeros must not fail the start
     )
 
 
