@@ -116,6 +116,14 @@ class Agent:
         self._publish_certificates()
         await self._report_abandoned_queues()
         self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
+        self._warn_of_unused_components(self.config)
+
+    def _warn_of_unused_components(self, config: AgentConfig) -> None:
+        unused = config.unused_components()
+        if unused:
+            self._log.warning(
+                "components defined but used by no pipeline: they do nothing", extra={"components": unused}
+            )
 
     async def stop(self) -> None:
         if self._stopping:
@@ -280,6 +288,7 @@ class Agent:
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:
             self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
+            self._warn_of_unused_components(config)
         return reloaded
 
     async def _report_abandoned_queues(self) -> None:

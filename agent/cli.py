@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"{source}: cannot start: {problem}", file=sys.stderr)
             return EXIT_INVALID_CONFIG
+        for path in config.unused_components():
+            print(f"{source}: warning: {path}: defined but used by no pipeline (it does nothing)", file=sys.stderr)
         print(f"{source}: valid" + (", and its TLS files are usable" if args.check_files else ""))
         return EXIT_OK
     if command == "print-config":

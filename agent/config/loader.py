@@ -54,6 +54,18 @@ class AgentConfig:
     def section(self, kind: Kind) -> dict[str, ComponentConfig]:
         return getattr(self, kind.section)
 
+    def unused_components(self) -> list[str]:
+        """Components defined but in no pipeline, as paths (``processors.redaction``): they are never built, as in
+        the Collector, which is worth a warning: a `redaction` or `memory_limiter` forgotten in the pipelines
+        leaves secrets in the data or memory unbounded."""
+        used = {
+            member
+            for pipeline in self.service.pipelines.values()
+            for member in (*pipeline.receivers, *pipeline.processors, *pipeline.exporters)
+        }
+        kinds = (Kind.RECEIVER, Kind.PROCESSOR, Kind.CONNECTOR, Kind.EXPORTER)
+        return [f"{kind.section}.{cid}" for kind in kinds for cid in self.section(kind) if cid not in used]
+
     def effective(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """The config with every default filled in, as plain data (``print-config``)."""
         out: dict[str, Any] = {}

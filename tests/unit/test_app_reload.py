@@ -600,3 +600,29 @@ async def test_the_rest_of_a_trace_a_reload_dropped_early_is_judged_on_its_own_s
         assert kept.span_id == root.span_id
     finally:
         await agent.stop()
+
+
+async def test_components_no_pipeline_uses_are_warned_of_at_start_and_at_each_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = base_config(tmp_path / "out")
+    config["processors"] = {"redaction": {}}
+    agent = Agent(load(config), load_config=lambda: load(config))
+
+    def warnings() -> list[Any]:
+        found = [r for r in caplog.records if r.getMessage().startswith("components defined but used by no pipeline")]
+        caplog.clear()
+        return [getattr(r, "components", None) for r in found]
+
+    with caplog.at_level(logging.WARNING):
+        await agent.start()
+        try:
+            assert warnings() == [["processors.redaction"]]
+            config["service"]["pipelines"]["traces"]["processors"] = ["redaction"]
+            assert await agent.reload()
+            assert warnings() == []
+            config["exporters"]["file/unused"] = {"path": str(tmp_path / "unused")}
+            assert await agent.reload()
+            assert warnings() == [["exporters.file/unused"]]
+        finally:
+            await agent.stop()

@@ -81,3 +81,28 @@ def test_validate_checks_the_config_and_with_check_files_also_reads_its_tls_file
     )
     assert cli.main(["validate", "--check-files"]) == cli.EXIT_OK  # the packaged default names no files
     assert capsys.readouterr().out == "default config: valid, and its TLS files are usable\n"
+
+
+UNUSED = """
+receivers: {otlp: {}}
+processors: {tail_sampling: {}, redaction: {}}
+exporters: {file: {path: "%s"}, loki: {endpoint: "http://loki:3100/loki/api/v1/push"}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [file]}}}
+"""
+
+
+def test_validate_warns_of_components_no_pipeline_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """They are never built, as in the Collector; a redaction processor forgotten in the pipelines means secrets
+    go out, so it must not pass in silence (pass 111)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(UNUSED % (tmp_path / "out"))
+    assert cli.main(["--config", str(config), "validate"]) == cli.EXIT_OK
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{config}: warning: processors.redaction: defined but used by no pipeline (it does nothing)",
+        f"{config}: warning: exporters.loki: defined but used by no pipeline (it does nothing)",
+    ]
+    config.write_text((UNUSED % (tmp_path / "out")).replace("tail_sampling]", "tail_sampling, redaction]"))
+    config.write_text(config.read_text().replace(', loki: {endpoint: "http://loki:3100/loki/api/v1/push"}', ""))
+    assert cli.main(["--config", str(config), "validate"]) == cli.EXIT_OK
+    assert capsys.readouterr().err == ""
