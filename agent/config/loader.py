@@ -160,7 +160,7 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_y
 _ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
 
 
-def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
+def parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
     """The document, and the keys it writes twice (the last one is what the document holds)."""
     loader = _ConfigLoader(text)
     try:
@@ -173,7 +173,7 @@ def _parse_yaml(text: str) -> tuple[Any, list[ConfigError]]:
 
 def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfig:
     try:
-        raw, written_twice = _parse_yaml(text)
+        raw, written_twice = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     except ValueError as exc:  # PyYAML's own value errors, e.g. a date like 2001-13-45

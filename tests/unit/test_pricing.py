@@ -200,6 +200,46 @@ def test_an_override_naming_no_provider_keeps_the_provider_and_nothing_else_of_t
     assert sonnet.long_context_per_token is None and sonnet.per_token[0] == pytest.approx(2.7e-6)
 
 
+def config_with(pricing: dict[str, object]) -> str:
+    return yaml.safe_dump(
+        {
+            "receivers": {"otlp": {}},
+            "connectors": {"spanmetrics": {"pricing": pricing}},
+            "exporters": {"prometheus": {}},
+            "service": {
+                "pipelines": {
+                    "traces": {"receivers": ["otlp"], "exporters": ["spanmetrics"]},
+                    "metrics": {"receivers": ["spanmetrics"], "exporters": ["prometheus"]},
+                }
+            },
+        },
+        sort_keys=False,
+    )
+
+
+def test_model_names_matching_nothing_or_the_same_model_twice_are_config_errors(tmp_path: Path) -> None:
+    """Names are matched in lower case: of gpt-4o and GPT-4o the last won in silence, and so did the second of a
+    key written twice in a price file; an empty name matched nothing (pass 111)."""
+    table = tmp_path / "prices.yaml"
+    table.write_text(
+        "last_checked: '2026-01-01'\nmodels:\n  gpt-4o: {input: 1, output: 2}\n  gpt-4o: {input: 3, output: 4}\n"
+        "  GPT-4o-mini: {input: 1, output: 1}\n  gpt-4o-mini: {input: 1, output: 1}\n"
+    )
+    models = {"gpt-4o": {"input": 1, "output": 2}, "GPT-4o": {"input": 30, "output": 60}, "": {"input": 1, "output": 1}}
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(config_with({"file": str(table), "models": models}))
+    message = str(caught.value)
+    assert "pricing.models.GPT-4o: names the same model as gpt-4o (names are matched in lower case)" in message
+    assert "pricing.models.'': must name a model" in message
+    assert "models.gpt-4o: written twice in one mapping (lines 3 and 4)" in message
+    assert "models.gpt-4o-mini: names the same model as GPT-4o-mini" in message
+
+
+def test_a_regional_premium_is_a_fraction() -> None:
+    with pytest.raises(ConfigInvalid, match=r"models\.acme\.regional_premium: must be at most 1"):
+        load_text(config_with({"models": {"acme": {"input": 1, "output": 1, "regional_premium": 10}}}))
+
+
 def test_the_packaged_table_can_be_left_out() -> None:
     prices = PriceTable.from_config(
         PricingConfig(packaged=False, models={"house-model": ModelPriceConfig(input=1, output=1)})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agent.config.schema import Duration, setting
 from agent.processors.redaction.config import check_value_patterns
@@ -169,10 +169,25 @@ class ModelPriceConfig:
         "`apac.` before the model id), as a fraction: 0.1 for Claude 4.5 models and later. `global.` profiles and "
         "the model id alone cost the listed price.",
         minimum=0,
+        maximum=1,  # a fraction: 10 (for 10%) would multiply every price by 11
     )
 
     def validate(self) -> Iterator[tuple[str, str]]:
         yield from _negative_prices(self)
+
+
+def model_name_problems(models: Mapping[Any, Any]) -> Iterator[tuple[str, str]]:
+    """Names that match nothing (empty) or the same model as another: names are matched in lower case, and the
+    last of two such entries would win in silence."""
+    first: dict[str, str] = {}
+    for written in models:
+        name = str(written).strip().lower()
+        if not name:
+            yield f"models.{written!r}", "must name a model"
+        elif name in first:
+            yield f"models.{written}", f"names the same model as {first[name]} (names are matched in lower case)"
+        else:
+            first[name] = str(written)
 
 
 def _negative_prices(prices: ModelPriceConfig | LongContextPriceConfig) -> Iterator[tuple[str, str]]:
@@ -197,6 +212,8 @@ class PricingConfig:
 
     def validate(self) -> Iterator[tuple[str, str]]:
         from agent.connectors.spanmetrics.pricing import PriceTableError, load_table_file
+
+        yield from model_name_problems(self.models)
 
         if self.file:
             try:

@@ -26,7 +26,12 @@ from typing import Any
 import yaml
 
 from agent.config.schema import ConfigError, build
-from agent.connectors.spanmetrics.config import LongContextPriceConfig, ModelPriceConfig, PricingConfig
+from agent.connectors.spanmetrics.config import (
+    LongContextPriceConfig,
+    ModelPriceConfig,
+    PricingConfig,
+    model_name_problems,
+)
 from agent.connectors.spanmetrics.genai import TokenUsage
 
 PACKAGED_TABLE = "pricing.yaml"
@@ -129,15 +134,17 @@ class TableFile:
 
 def parse_table(text: str, source: str) -> TableFile:
     """Parse a price table (``last_checked``, ``currency: USD``, ``unit: per_million_tokens``, ``models``)."""
+    from agent.config.loader import parse_yaml  # here: the config loader imports the components' configs
+
     try:
-        raw = yaml.safe_load(text)
+        raw, written_twice = parse_yaml(text)  # the config's reading: keys written twice, numbers as written
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: PyYAML's own, e.g. a date like 2024-13-01
         raise PriceTableError(f"{source}: not valid YAML: {exc}") from None
     except RecursionError:
         raise PriceTableError(f"{source}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, Mapping):
         raise PriceTableError(f"{source}: must be a mapping with last_checked and models")
-    problems: list[str] = []
+    problems: list[str] = [str(e) for e in written_twice]
     for key in raw:
         if key not in ("last_checked", "currency", "unit", "models"):
             problems.append(f"{key}: unknown field; expected last_checked, currency, unit, models")
@@ -158,6 +165,7 @@ def parse_table(text: str, source: str) -> TableFile:
         if price is not None:
             models[str(name).strip().lower()] = price
     problems += [str(e) for e in errors]
+    problems += [f"{path}: {message}" for path, message in model_name_problems(models_raw)]
     if problems:
         raise PriceTableError(f"{source}: " + "; ".join(problems))
     return TableFile(str(raw["last_checked"]), models)
