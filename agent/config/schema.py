@@ -170,9 +170,14 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
         raw = prepare(raw)
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    explain = getattr(cls, "explain_unknown", None)  # a section that knows better what an unknown key meant
     for key in raw:
         if key not in known:
-            errors.append(ConfigError(join_path(path, str(key)), _unknown_field_message(str(key), known)))
+            explained = explain(str(key), raw[key]) if explain is not None else None
+            if explained is None:
+                explained = [("", _unknown_field_message(str(key), known))]
+            key_path = join_path(path, str(key))
+            errors.extend(ConfigError(join_path(key_path, where) if where else key_path, m) for where, m in explained)
     values: dict[str, Any] = {}
     failed: set[str] = set()
     for name, spec in known.items():

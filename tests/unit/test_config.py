@@ -636,8 +636,15 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
     assert (otlp.grpc.enabled, str(otlp.grpc.endpoint), otlp.http.enabled) == (True, "127.0.0.1:14317", False)
     both = load_text(text.replace('grpc: {endpoint: "127.0.0.1:14317"}', "{grpc: , http: }"), environ={})
     assert both.receivers["otlp"].config.grpc.enabled and both.receivers["otlp"].config.http.enabled
-    with pytest.raises(ConfigInvalid, match=r"receivers\.otlp\.protocols: unknown field"):
-        load_text(text.replace("grpc: {", "thrift: {}\n      grpc: {"), environ={})
+    # What protocols: holds and is no protocol is named under it, not blamed on protocols (pass 111).
+    with pytest.raises(ConfigInvalid, match=r"receivers\.otlp\.protocols\.htp: unknown protocol; did you mean http\?"):
+        load_text(text.replace("grpc: {", "htp: {}\n      grpc: {"), environ={})
+    twice = text.replace("    protocols:", '    grpc: {endpoint: "127.0.0.1:14318"}\n    protocols:')
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(twice, environ={})
+    assert [str(e) for e in caught.value.errors] == [
+        "receivers.otlp.protocols.grpc: grpc is given both under protocols: and beside it; keep one"
+    ]
 
 
 def test_a_key_written_twice_on_one_line_is_an_error_too() -> None:

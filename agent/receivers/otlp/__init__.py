@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,24 @@ class OtlpReceiverConfig:
             return raw
         (unnamed,) = set(_PROTOCOLS) - set(named)
         return {**raw, unnamed: {"enabled": False}}
+
+    @staticmethod
+    def explain_unknown(key: str, value: Any) -> list[tuple[str, str]] | None:
+        """What ``protocols:`` still holds after its protocols were lifted (see ``_without_protocols_level``): a
+        protocol also given beside it, or a key that is none, named under ``protocols`` rather than blaming it."""
+        if key != "protocols":
+            return None
+        if not isinstance(value, Mapping):
+            return [("", f"must be a mapping holding grpc and/or http, got {type(value).__name__}")]
+        problems = []
+        for name in value:
+            if name in _PROTOCOLS:
+                problems.append((str(name), f"{name} is given both under protocols: and beside it; keep one"))
+            else:
+                close = difflib.get_close_matches(str(name), _PROTOCOLS, n=1)
+                hint = f"did you mean {close[0]}?" if close else "protocols holds grpc and http"
+                problems.append((str(name), f"unknown protocol; {hint}"))
+        return problems
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
