@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -509,13 +510,18 @@ def _check_pipeline(
         elif name in config.receivers:
             _require_signal(config.receivers[name], signal, path, errors)
         else:
-            errors.append(ConfigError(path, f"receiver {name} is not defined under receivers or connectors"))
+            errors.append(
+                ConfigError(
+                    path,
+                    _undefined("receiver", name, "receivers or connectors", [*config.receivers, *config.connectors]),
+                )
+            )
     for index, name in enumerate(pipeline.processors):
         path = f"{base}.processors[{index}]"
         if name in invalid:
             continue
         if name not in config.processors:
-            errors.append(ConfigError(path, f"processor {name} is not defined under processors"))
+            errors.append(ConfigError(path, _undefined("processor", name, "processors", config.processors)))
         else:
             _require_signal(config.processors[name], signal, path, errors)
     for index, name in enumerate(pipeline.exporters):
@@ -524,9 +530,22 @@ def _check_pipeline(
         if name in invalid:
             continue
         if component is None:
-            errors.append(ConfigError(path, f"exporter {name} is not defined under exporters or connectors"))
+            errors.append(
+                ConfigError(
+                    path,
+                    _undefined("exporter", name, "exporters or connectors", [*config.exporters, *config.connectors]),
+                )
+            )
         else:
             _require_signal(component, signal, path, errors)
+
+
+def _undefined(role: str, name: str, sections: str, defined: Iterable[str]) -> str:
+    """With the defined id it most likely meant; quoted when blank at either end, else a stray space is unseen."""
+    close = difflib.get_close_matches(name.strip(), list(defined), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    shown = repr(name) if not name or name != name.strip() else name
+    return f"{role} {shown} is not defined under {sections}{hint}"
 
 
 def _require_signal(component: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:

@@ -926,3 +926,22 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp]}}}
 def test_a_tagged_value_yaml_cannot_read_is_a_config_error_not_a_crash() -> None:
     with pytest.raises(ConfigInvalid, match="not valid YAML"):
         load_text("receivers: {otlp: {grpc: {enabled: !!bool maybe}}}\n", environ={})
+
+
+def test_an_undefined_component_in_a_pipeline_is_told_the_id_it_most_likely_meant() -> None:
+    text = """
+receivers: {otlp: {}}
+processors: {tail_sampling: {}}
+exporters: {nop: {}, otlp/jaeger: {endpoint: "jaeger:4317", tls: {insecure: true}}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_samplng], exporters: [nopp, "otlp/jaeger "]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        "service.pipelines.traces.processors[0]: processor tail_samplng is not defined under processors; "
+        "did you mean tail_sampling?",
+        "service.pipelines.traces.exporters[0]: exporter nopp is not defined under exporters or connectors; "
+        "did you mean nop?",
+        "service.pipelines.traces.exporters[1]: exporter 'otlp/jaeger ' is not defined under exporters or "
+        "connectors; did you mean otlp/jaeger?",
+    ]
