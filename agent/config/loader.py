@@ -26,7 +26,7 @@ from agent.config.schema import (
     join_path,
     to_plain,
 )
-from agent.config.service import PipelineConfig, ServiceConfig, pipeline_id_problem
+from agent.config.service import NO_EXTENSIONS, PipelineConfig, ServiceConfig, pipeline_id_problem
 
 # ${env:NAME}, ${env:NAME:-default}, ${NAME} (the Collector's default provider is env too), $$ for a literal $;
 # a "${" that is none of these is reported.
@@ -370,7 +370,9 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         errors.append(ConfigError("", "the config must be a mapping with receivers, exporters and service"))
         return None
     for key in raw:
-        if key not in _SECTIONS:
+        if key == "extensions":
+            errors.append(ConfigError(str(key), NO_EXTENSIONS))
+        elif key not in _SECTIONS:
             errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
     sections: dict[str, dict[str, ComponentConfig]] = {}
     invalid: set[str] = set()  # defined but with errors: pipelines naming them are not wrong too

@@ -107,6 +107,12 @@ class RetentionConfig:
             yield "default_class", f"must be one of the classes ({', '.join(self.classes)})"
 
 
+# A Collector config's extensions (health_check, pprof, zpages): what serves their purpose here.
+NO_EXTENSIONS = (
+    "the agent has no extensions: its health endpoints and own metrics are served at service.telemetry.admin; remove it"
+)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     pipelines: dict[str, PipelineConfig] = setting(
@@ -132,6 +138,12 @@ class ServiceConfig:
         "when the running pipelines read them. A change reloads the running config, as SIGHUP does but without "
         "reading the config file again, so that certificates rotated in place are taken. `0s`: never (SIGHUP only).",
     )
+
+    @staticmethod
+    def explain_unknown(key: str, value: object) -> list[tuple[str, str]] | None:
+        if key == "extensions":  # a Collector config's service section
+            return [("", NO_EXTENSIONS)]
+        return None
 
     def validate(self) -> Iterator[tuple[str, str]]:
         if not self.pipelines:

@@ -953,3 +953,19 @@ def test_a_config_file_too_large_to_be_a_config_is_refused_before_it_is_parsed(t
     huge.write_text("receivers: {otlp: {}}\n" + "# padding\n" * 500_000)
     with pytest.raises(ConfigInvalid, match=r"config file .*huge\.yaml is 4\.8 MiB; at most 4 MiB is read"):
         load_path(huge)
+
+
+def test_a_collector_configs_extensions_are_explained_not_just_unknown() -> None:
+    text = """
+extensions: {health_check: {}}
+receivers: {otlp: {}}
+exporters: {nop: {}}
+service: {extensions: [health_check], pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    told = "the agent has no extensions: its health endpoints and own metrics are served at service.telemetry.admin"
+    assert [str(e) for e in raised.value.errors] == [
+        f"extensions: {told}; remove it",
+        f"service.extensions: {told}; remove it",
+    ]
