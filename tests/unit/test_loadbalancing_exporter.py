@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from agent.component import CreateSettings, Kind, Signal
 from agent.config.schema import Duration
@@ -655,3 +657,98 @@ async def test_the_items_held_during_a_retry_are_the_part_no_gateway_took_yet() 
         assert exporter.held_items() == waiting
     finally:
         await exporter._queue.shutdown(time.monotonic() + 0.1)
+
+
+class BusyForTraces(Gateway):
+    """A gateway whose traces queue is full while its logs queue takes data: its queues refuse signals apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs_received = 0
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        if signal is Signal.TRACES:
+            raise RetryableError("traces queue full", reason="unavailable", retry_after=0.01)
+        self.logs_received += 1
+        return ExportLogsServiceResponse()
+
+
+def logs_of(trace_ids: set[bytes]) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for trace_id in sorted(trace_ids):
+        records.add(trace_id=trace_id, body=AnyValue(string_value="step done"))
+    return request
+
+
+async def test_logs_a_busy_gateway_takes_do_not_end_the_busy_spell_of_its_traces(clock: FakeClock) -> None:
+    """Any answer of a gateway ended its busy spell: one refusing traces but taking logs was waited for again
+    after every cooldown, stalling the sidecar's whole queue about half the time (pass 110)."""
+    busy = BusyForTraces()
+    gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    metrics = SelfMetrics()
+    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    config = LoadBalancingExporterConfig(
+        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), max_throttled=Duration(10.0)
+    )
+    exporter = LoadBalancingExporter(config, settings)
+    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    batch = batch_of(60)
+    owned_by_busy = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):  # busy for less than max_throttled: its traces wait for it
+        await exporter._push(Signal.TRACES, batch)
+    clock.advance(11.0)
+    assert await exporter._push(Signal.LOGS, logs_of(owned_by_busy)) == 0
+    assert busy.logs_received == 1  # the logs went to it: it takes them
+    assert await exporter._push(Signal.TRACES, batch) == 0  # its traces are busy since 11 s: out, not waited for
+    delivered = set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received)
+    assert owned_by_busy <= delivered
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+
+
+class Hung(Gateway):
+    """A gateway that holds every request until the attempt times out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        raise RetryableError("deadline exceeded", reason="timeout", maybe_delivered=True)
+
+
+async def test_a_gateway_every_consumer_was_waiting_on_is_ejected_once() -> None:
+    """Each part failing at a hung gateway counted an ejection and restarted its cooldown: one ejection counted as
+    many as the queue's consumers (pass 110)."""
+    gateways = {GATEWAYS[0]: Hung(), GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    pushes = [exporter._push(Signal.TRACES, batch_of(60 + n)) for n in range(5)]  # five consumers at once
+    assert await asyncio.gather(*pushes) == [0] * 5  # every part went on to the next owner
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+
+
+async def test_a_gateway_back_from_its_cooldown_is_tried_with_one_batch_while_the_others_go_round_it(
+    clock: FakeClock,
+) -> None:
+    """At the end of each cooldown every consumer's part went to a hung gateway and waited for protocol.timeout:
+    the sidecar's queue stalled about half the time while the gateway stayed in DNS (pass 110). One batch tries it;
+    the others go round it until that one is answered."""
+    hung = Hung()
+    gateways = {GATEWAYS[0]: hung, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
+    assert hung.calls == 1
+    clock.advance(60.0)  # the cooldown is over
+    pushes = [exporter._push(Signal.TRACES, batch_of(60 + n)) for n in range(5)]
+    assert await asyncio.gather(*pushes) == [0] * 5
+    assert hung.calls == 2  # one trial, not one part per consumer
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 2
+    healthy = Gateway()
+    exporter._transports[GATEWAYS[0]] = healthy  # type: ignore[assignment]  # it recovers
+    clock.advance(60.0)
+    for n in range(3):
+        assert await exporter._push(Signal.TRACES, batch_of(70 + n)) == 0
+    assert healthy.received  # tried, answered, taken back
+    assert GATEWAYS[0] not in exporter._ejected_until and not exporter._on_trial

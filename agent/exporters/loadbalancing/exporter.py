@@ -53,11 +53,17 @@ class LoadBalancingExporter:
         self._log = RateLimitedLog(settings.logger)
         self._transports: dict[str, Transport] = {}
         self._ejected_until: dict[str, float] = {}
-        # Gateways answering "busy" since when, until they take data: kept across an ejection, so that one still
-        # busy when it returns leaves again at its first busy answer instead of holding the queue again.
-        self._throttled_since: dict[str, float] = {}
+        # (gateway, signal) answering "busy" since when, until the gateway takes data of that signal: kept across
+        # an ejection, so that one still busy when it returns leaves again at its first busy answer instead of
+        # holding the queue again. Per signal: a gateway's queues refuse one signal and take the other, and logs
+        # it takes must not end the busy spell of its traces.
+        self._throttled_since: dict[tuple[str, Signal], float] = {}
         # Gateways failing (no retry delay) since when, until one of their exports succeeds: see eject_after.
         self._failing_since: dict[str, float] = {}
+        # Gateways whose cooldown is over and whose first part since is on its way: until it is answered, the
+        # other batches keep going round it. A hung gateway would otherwise hold every consumer's part for
+        # protocol.timeout at the end of each cooldown, stalling the whole queue.
+        self._on_trial: set[str] = set()
         self._ring = HashRing([])
         self._ring_key: tuple[str, ...] = ()
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
@@ -123,8 +129,10 @@ class LoadBalancingExporter:
         for endpoint in removed:
             transport = self._transports.pop(endpoint)
             self._ejected_until.pop(endpoint, None)
-            self._throttled_since.pop(endpoint, None)
+            for signal in _SPLITTERS:
+                self._throttled_since.pop((endpoint, signal), None)
             self._failing_since.pop(endpoint, None)  # should it come back, its failures start afresh
+            self._on_trial.discard(endpoint)
             self._forget_series_of(endpoint)
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
@@ -146,9 +154,23 @@ class LoadBalancingExporter:
     def _make_transport(self, endpoint: str) -> Transport:
         return make_transport(self._config.protocol.for_backend(endpoint), self._tls)
 
-    def _healthy_ring(self) -> HashRing:
+    def _healthy_ring(self, trials: set[str]) -> HashRing:
+        """The gateways to split a batch over. A gateway whose cooldown is over comes back for one batch first
+        (added to ``trials``, which the caller must settle); while that batch's part is out, the others avoid it."""
         now = time.monotonic()
-        healthy = tuple(sorted(e for e in self._transports if self._ejected_until.get(e, 0.0) <= now))
+        healthy = []
+        for endpoint in self._transports:
+            until = self._ejected_until.get(endpoint)
+            if until is not None:
+                if until > now or endpoint in self._on_trial:
+                    continue
+                self._on_trial.add(endpoint)
+                trials.add(endpoint)
+            healthy.append(endpoint)
+        healthy.sort()
+        return self._ring_of(tuple(healthy))
+
+    def _ring_of(self, healthy: tuple[str, ...]) -> HashRing:
         if healthy != self._ring_key:
             self._ring, self._ring_key = HashRing(healthy), healthy
         return self._ring
@@ -161,17 +183,18 @@ class LoadBalancingExporter:
         ejected_until = dict(self._ejected_until)
         return sum(1 for e in tuple(self._transports) if ejected_until.get(e, 0.0) <= now)
 
-    def _throttled_too_long(self, gateway: str) -> bool:
+    def _throttled_too_long(self, gateway: str, signal: Signal) -> bool:
         limit = float(self._config.max_throttled)
-        since = self._throttled_since.setdefault(gateway, time.monotonic())
+        since = self._throttled_since.setdefault((gateway, signal), time.monotonic())
         return limit > 0 and time.monotonic() - since >= limit
 
-    def _throttle_left(self, gateway: str) -> float:
+    def _throttle_left(self, gateway: str, signal: Signal) -> float:
         """How long ``gateway`` may still be waited for before it is taken out as throttled too long."""
         limit = float(self._config.max_throttled)
         if limit <= 0:
             return math.inf
-        return max(limit - (time.monotonic() - self._throttled_since.get(gateway, time.monotonic())), 0.0)
+        since = self._throttled_since.get((gateway, signal), time.monotonic())
+        return max(limit - (time.monotonic() - since), 0.0)
 
     def _retry_to_come(self) -> bool:
         """Whether a part left waiting for its gateway is sent again: not with retries off, nor once the agent is
@@ -187,7 +210,12 @@ class LoadBalancingExporter:
         return time.monotonic() - since >= float(self._config.eject_after)
 
     def _eject(self, endpoint: str, error: Exception) -> None:
-        self._ejected_until[endpoint] = time.monotonic() + float(self._config.backend_cooldown)
+        now = time.monotonic()
+        if self._ejected_until.get(endpoint, 0.0) > now:
+            # Already out: the other parts sent to it before it left fail too (a hung gateway: every consumer's
+            # part, one timeout later). One ejection, and its cooldown runs from the first failure.
+            return
+        self._ejected_until[endpoint] = now + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
         self._log.warning(
             f"eject:{endpoint}",
@@ -211,15 +239,19 @@ class LoadBalancingExporter:
         push = _Push(signal)
         pending: Message | None = batch
         for _round in range(len(self._transports) + 1):
-            ring = self._healthy_ring()
+            trials: set[str] = set()
+            ring = self._healthy_ring(trials)
             if pending is None or not len(ring):
+                self._on_trial -= trials
                 break
             self._count_rerouted(push)  # counted when they do go to another gateway, not when there is none
             parts = _SPLITTERS[signal](pending, ring.owner)
+            self._on_trial -= trials - parts.keys()  # no part for it in this batch: the next batch tries it
             sends = [asyncio.ensure_future(self._send(signal, gw, part)) for gw, part in parts.items()]
             try:
                 outcomes = await asyncio.gather(*sends)
             except asyncio.CancelledError:
+                self._on_trial -= trials
                 # The shutdown deadline: what the gateways did take is delivered, not lost (the queue counts what
                 # is left in the batch); the rest stays in it.
                 self._keep_only_undelivered(batch, parts, sends, push.waiting)
@@ -238,8 +270,9 @@ class LoadBalancingExporter:
     def _settle(self, push: _Push, gateway: str, part: Message, outcome: int | RetryableError) -> bool:
         """Account for one part's outcome: True once it is settled (taken, or left waiting for its gateway), False
         when it must go to another gateway (its own was ejected)."""
+        self._on_trial.discard(gateway)  # answered: taken back, ejected again, or waited for (tried again next)
         if not isinstance(outcome, RetryableError):
-            self._throttled_since.pop(gateway, None)
+            self._throttled_since.pop((gateway, push.signal), None)
             self._failing_since.pop(gateway, None)
             until = self._ejected_until.get(gateway)
             if until is not None and until <= time.monotonic():
@@ -253,8 +286,8 @@ class LoadBalancingExporter:
             push.rejected += outcome
             return True
         push.last_error = outcome
-        if self._waits_for_its_gateway(gateway, outcome):
-            limit = self._throttle_left(gateway) if outcome.retry_after is not None else None
+        if self._waits_for_its_gateway(gateway, push.signal, outcome):
+            limit = self._throttle_left(gateway, push.signal) if outcome.retry_after is not None else None
             push.wait(part, outcome, limit)
             return True
         self._failing_since.pop(gateway, None)
@@ -262,13 +295,13 @@ class LoadBalancingExporter:
         push.reroute(part, outcome)
         return False
 
-    def _waits_for_its_gateway(self, gateway: str, error: RetryableError) -> bool:
+    def _waits_for_its_gateway(self, gateway: str, signal: Signal, error: RetryableError) -> bool:
         """Whether a part ``gateway`` did not take waits for the same gateway (the queue's retry) rather than go to
         the next one. A busy gateway (it asked for a delay) is waited for up to ``max_throttled``, but not with no
         retry to come: its part would be lost while others could take it, so it leaves like a failing one (and is
         ejected, so later batches avoid it too). A failing one is waited for until it has failed ``eject_after``."""
         if error.retry_after is not None:
-            return self._retry_to_come() and not self._throttled_too_long(gateway)
+            return self._retry_to_come() and not self._throttled_too_long(gateway, signal)
         return not self._failing_long_enough(gateway)
 
     def _count_rerouted(self, push: _Push) -> None:
