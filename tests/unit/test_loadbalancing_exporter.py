@@ -752,3 +752,30 @@ async def test_a_gateway_back_from_its_cooldown_is_tried_with_one_batch_while_th
         assert await exporter._push(Signal.TRACES, batch_of(70 + n)) == 0
     assert healthy.received  # tried, answered, taken back
     assert GATEWAYS[0] not in exporter._ejected_until and not exporter._on_trial
+
+
+async def test_with_every_gateway_back_from_its_cooldown_no_batch_is_left_without_a_gateway(clock: FakeClock) -> None:
+    """Trials took every cooled-down gateway: a one-gateway tier (or a tier a network blip emptied) left the other
+    batches no gateway at all, and with retries off they were dropped (pass 112)."""
+    only = Gateway()
+    exporter, _ = exporter_with({GATEWAYS[0]: only}, retry=RetryConfig(enabled=False))
+    exporter._ejected_until[GATEWAYS[0]] = clock() - 1.0  # ejected, its cooldown over
+    pushes = [exporter._push(Signal.TRACES, batch_of(60 + n)) for n in range(5)]
+    assert await asyncio.gather(*pushes) == [0] * 5
+    assert len(only.received) == sum(len(spans_trace_ids(batch_of(60 + n))) for n in range(5))
+
+
+async def test_a_gateway_back_from_its_cooldown_busy_keeps_its_traces_waiting_for_it(clock: FakeClock) -> None:
+    """A busy answer to the trial left it on probation: every later batch was a new trial, one at a time, and
+    the batches between went round it, splitting its traces (pass 112). A busy gateway is there: it is back."""
+    busy = Gateway(RetryableError("busy", reason="unavailable", retry_after=0.01))
+    others = {GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, _ = exporter_with({GATEWAYS[0]: busy, **others})
+    exporter._ejected_until[GATEWAYS[0]] = clock() - 1.0
+    batches = [batch_of(60 + n) for n in range(3)]
+    owned = {t for b in batches for t in trace_ids(b) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    with pytest.raises(RetryableError):
+        await exporter._push(Signal.TRACES, batches[0])  # the trial: busy, its part waits
+    outcomes = await asyncio.gather(*(exporter._push(Signal.TRACES, b) for b in batches[1:]), return_exceptions=True)
+    assert all(isinstance(o, RetryableError) for o in outcomes)  # their parts for it wait for it too
+    assert not owned & {t for g in others.values() for t in g.received}

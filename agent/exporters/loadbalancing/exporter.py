@@ -156,17 +156,25 @@ class LoadBalancingExporter:
 
     def _healthy_ring(self, trials: set[str]) -> HashRing:
         """The gateways to split a batch over. A gateway whose cooldown is over comes back for one batch first
-        (added to ``trials``, which the caller must settle); while that batch's part is out, the others avoid it."""
+        (added to ``trials``, which the caller must settle); while that batch's part is out, the others avoid it.
+        One trial per batch, and none when no other gateway is in: then they all come back at once, as with no
+        trials, rather than leave a batch no gateway at all (with no retry to come, it would be dropped)."""
         now = time.monotonic()
-        healthy = []
+        healthy, cooled = [], []
         for endpoint in self._transports:
             until = self._ejected_until.get(endpoint)
-            if until is not None:
-                if until > now or endpoint in self._on_trial:
-                    continue
-                self._on_trial.add(endpoint)
-                trials.add(endpoint)
-            healthy.append(endpoint)
+            if until is None:
+                healthy.append(endpoint)
+            elif until <= now:
+                cooled.append(endpoint)
+        if not healthy:
+            healthy = cooled
+        else:
+            trial = next((e for e in sorted(cooled) if e not in self._on_trial), None)
+            if trial is not None:
+                self._on_trial.add(trial)
+                trials.add(trial)
+                healthy.append(trial)
         healthy.sort()
         return self._ring_of(tuple(healthy))
 
@@ -270,19 +278,15 @@ class LoadBalancingExporter:
     def _settle(self, push: _Push, gateway: str, part: Message, outcome: int | RetryableError) -> bool:
         """Account for one part's outcome: True once it is settled (taken, or left waiting for its gateway), False
         when it must go to another gateway (its own was ejected)."""
-        self._on_trial.discard(gateway)  # answered: taken back, ejected again, or waited for (tried again next)
+        self._on_trial.discard(gateway)
+        answered = not isinstance(outcome, RetryableError) or outcome.retry_after is not None
+        if answered:
+            # Taken or busy, it is there: back in the ring, so that its traces wait for it rather than go round
+            # it (a busy spell older than max_throttled still takes it out again at once, below).
+            self._take_back_after_cooldown(gateway)
         if not isinstance(outcome, RetryableError):
             self._throttled_since.pop((gateway, push.signal), None)
             self._failing_since.pop(gateway, None)
-            until = self._ejected_until.get(gateway)
-            if until is not None and until <= time.monotonic():
-                # Said, as its ejection was: else only the healthy_backends gauge shows it back in the ring. An
-                # answer within the cooldown (a send begun before the ejection) does not end the cooldown.
-                del self._ejected_until[gateway]
-                self._settings.logger.info(
-                    f"gateway {gateway} answers again; its traces go to it",
-                    extra={"exporter": self._settings.component_id},
-                )
             push.rejected += outcome
             return True
         push.last_error = outcome
@@ -294,6 +298,16 @@ class LoadBalancingExporter:
         self._eject(gateway, outcome)
         push.reroute(part, outcome)
         return False
+
+    def _take_back_after_cooldown(self, gateway: str) -> None:
+        until = self._ejected_until.get(gateway)
+        if until is not None and until <= time.monotonic():
+            # Said, as its ejection was: else only the healthy_backends gauge shows it back in the ring. An
+            # answer within the cooldown (a send begun before the ejection) does not end the cooldown.
+            del self._ejected_until[gateway]
+            self._settings.logger.info(
+                f"gateway {gateway} answers again; its traces go to it", extra={"exporter": self._settings.component_id}
+            )
 
     def _waits_for_its_gateway(self, gateway: str, signal: Signal, error: RetryableError) -> bool:
         """Whether a part ``gateway`` did not take waits for the same gateway (the queue's retry) rather than go to
