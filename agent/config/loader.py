@@ -92,7 +92,7 @@ def load_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | 
         size = Path(path).stat().st_size
         if size > MAX_CONFIG_BYTES:
             # Parsing takes seconds per MB (34 s for 9 MB): refuse before, rather than hold a start or a reload.
-            message = f"config file {path} is {size / 2**20:.1f} MiB; at most {MAX_CONFIG_BYTES // 2**20} MiB is read"
+            message = f"config file {path} is {size:_} bytes; at most {MAX_CONFIG_BYTES:_} (4 MiB) are read"
             raise ConfigInvalid([ConfigError("", message)])
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

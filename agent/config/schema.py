@@ -163,7 +163,7 @@ def build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T | N
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
+        errors.append(ConfigError(path, f"must be a mapping, got {type_name(raw)}"))
         return None
     prepare = getattr(cls, "prepare_raw", None)
     if prepare is not None:  # a section whose defaults depend on which keys were written (the OTLP protocols)
@@ -345,7 +345,7 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
         return raw
     if origin is list:
         if not isinstance(raw, list):
-            errors.append(ConfigError(path, f"must be a list, got {_type_name(raw)}"))
+            errors.append(ConfigError(path, f"must be a list, got {type_name(raw)}"))
             return None
         (item_tp,) = get_args(tp)
         return [_parse_value(item_tp, item, join_path(path, i), errors) for i, item in enumerate(raw)]
@@ -353,7 +353,7 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
         if raw is None:
             return {}
         if not isinstance(raw, Mapping):
-            errors.append(ConfigError(path, f"must be a mapping, got {_type_name(raw)}"))
+            errors.append(ConfigError(path, f"must be a mapping, got {type_name(raw)}"))
             return None
         _, value_tp = get_args(tp)
         return {_key_text(k): _parse_value(value_tp, v, join_path(path, _key_text(k)), errors) for k, v in raw.items()}
@@ -394,7 +394,7 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             return _as_text(raw)  # tenant_id: 12345, or ${env:TENANT} holding digits, is text to this field
         if not isinstance(raw, str):
-            errors.append(ConfigError(path, f"must be a string, got {_type_name(raw)}"))
+            errors.append(ConfigError(path, f"must be a string, got {type_name(raw)}"))
         return raw
     if tp is Any:
         return raw
@@ -429,10 +429,12 @@ def _custom_scalar_hint(tp: type, raw: Any) -> str:
     return "must be a URL"
 
 
-def _type_name(raw: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
-        type(raw), type(raw).__name__
-    )
+def type_name(raw: Any) -> str:
+    """What a value is, in the YAML writer's words (a YamlInt or an EnvText is a number or a string to them)."""
+    for kind, name in ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (Mapping, "a mapping")):
+        if isinstance(raw, kind):
+            return name
+    return {list: "a list", type(None): "nothing"}.get(type(raw), type(raw).__name__)
 
 
 # --- rendering (print-config, docs) -------------------------------------------------------------------------------

@@ -645,6 +645,11 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
     assert [str(e) for e in caught.value.errors] == [
         "receivers.otlp.protocols.grpc: grpc is given both under protocols: and beside it; keep one"
     ]
+    with pytest.raises(ConfigInvalid) as caught:
+        load_text(text.replace('\n      grpc: {endpoint: "127.0.0.1:14317"}', " 5"), environ={})
+    assert [str(e) for e in caught.value.errors] == [
+        "receivers.otlp.protocols: must be a mapping holding grpc and/or http, got a number"  # not 'YamlInt'
+    ]
 
 
 def test_a_key_written_twice_on_one_line_is_an_error_too() -> None:
@@ -951,7 +956,9 @@ def test_a_config_file_too_large_to_be_a_config_is_refused_before_it_is_parsed(t
     """A 9 MB file took 34 s and 550 MB to parse before being refused (pass 111)."""
     huge = tmp_path / "huge.yaml"
     huge.write_text("receivers: {otlp: {}}\n" + "# padding\n" * 500_000)
-    with pytest.raises(ConfigInvalid, match=r"config file .*huge\.yaml is 4\.8 MiB; at most 4 MiB is read"):
+    with pytest.raises(
+        ConfigInvalid, match=r"config file .*huge\.yaml is 5_000_022 bytes; at most 4_194_304 \(4 MiB\) are read"
+    ):
         load_path(huge)
 
 

@@ -344,3 +344,8 @@ def test_regional_profiles_and_provider_specific_names_get_their_own_prices(
     price = PriceTable.from_config(PricingConfig()).lookup(model)
     assert price is not None and price.model == entry
     assert math.isclose(price.per_token[0] * 1e6, input_per_million)
+
+
+def test_a_price_file_with_a_tag_yaml_cannot_read_is_a_price_table_error_not_a_crash() -> None:
+    with pytest.raises(PriceTableError, match=r"x\.yaml: not valid YAML: no value for"):
+        parse_table("last_checked: !!bool maybe\nmodels: {}\n", "x.yaml")

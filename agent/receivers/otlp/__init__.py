@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
-from agent.config.schema import EnvText, HostPort, setting
+from agent.config.schema import EnvText, HostPort, setting, type_name
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
@@ -90,8 +90,9 @@ class OtlpReceiverConfig:
         protocol also given beside it, or a key that is none, named under ``protocols`` rather than blaming it."""
         if key != "protocols":
             return None
+        value = EnvText.structure(value)
         if not isinstance(value, Mapping):
-            return [("", f"must be a mapping holding grpc and/or http, got {type(value).__name__}")]
+            return [("", f"must be a mapping holding grpc and/or http, got {type_name(value)}")]
         problems = []
         for name in value:
             if name in _PROTOCOLS:
