@@ -779,3 +779,17 @@ async def test_a_gateway_back_from_its_cooldown_busy_keeps_its_traces_waiting_fo
     outcomes = await asyncio.gather(*(exporter._push(Signal.TRACES, b) for b in batches[1:]), return_exceptions=True)
     assert all(isinstance(o, RetryableError) for o in outcomes)  # their parts for it wait for it too
     assert not owned & {t for g in others.values() for t in g.received}
+
+
+async def test_a_gateway_removed_while_its_part_was_out_leaves_no_ejection_behind() -> None:
+    """Its failure, coming after the resolver dropped it, recreated its cooldown and its ejections series, which then
+    stayed for good (pass 112)."""
+    hung = Hung()
+    exporter, metrics = exporter_with({GATEWAYS[0]: hung, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()})
+    push = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(60)))
+    await asyncio.sleep(0.01)  # its part is out at the hung gateway
+    await exporter._set_backends(GATEWAYS[1:])
+    assert await push == 0  # its part went on to the next owner
+    assert GATEWAYS[0] not in exporter._ejected_until
+    lines = metrics.render().decode().splitlines()
+    assert not [line for line in lines if "backend_ejections" in line and GATEWAYS[0] in line]

@@ -219,6 +219,8 @@ class LoadBalancingExporter:
 
     def _eject(self, endpoint: str, error: Exception) -> None:
         now = time.monotonic()
+        if endpoint not in self._transports:
+            return  # gone from the resolver while its part was out: its state and series went with it
         if self._ejected_until.get(endpoint, 0.0) > now:
             # Already out: the other parts sent to it before it left fail too (a hung gateway: every consumer's
             # part, one timeout later). One ejection, and its cooldown runs from the first failure.
