@@ -276,7 +276,8 @@ async def test_an_answer_from_a_send_begun_before_the_ejection_does_not_end_the_
     exporter, _ = exporter_with(gateways)  # backend_cooldown: 5 s
     assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out of the ring
     clock.advance(0.5)
-    assert exporter._settle(exporter_module._Push(Signal.TRACES), GATEWAYS[0], batch_of(1), 0)  # the late answer
+    late = exporter._settle(exporter_module._Push(Signal.TRACES), GATEWAYS[0], batch_of(1), 0, False, clock() - 1)
+    assert late  # the late answer: taken
     assert exporter._count_healthy() == 2
 
 
@@ -793,3 +794,78 @@ async def test_a_gateway_removed_while_its_part_was_out_leaves_no_ejection_behin
     assert GATEWAYS[0] not in exporter._ejected_until
     lines = metrics.render().decode().splitlines()
     assert not [line for line in lines if "backend_ejections" in line and GATEWAYS[0] in line]
+
+
+class Manual(Gateway):
+    """Each export waits until the test answers it: ``calls[i].set_result(None or an error)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[asyncio.Future[BaseException | None]] = []
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        answer = asyncio.get_running_loop().create_future()
+        self.calls.append(answer)
+        error = await answer
+        if error is not None:
+            raise error
+        self.received.extend(spans_trace_ids(request))  # type: ignore[arg-type]
+        return ExportTraceServiceResponse()
+
+
+def refused() -> RetryableError:
+    return RetryableError("connection refused", reason="unavailable")
+
+
+async def test_a_part_sent_before_the_ejection_failing_after_the_cooldown_neither_ejects_again_nor_ends_the_trial(
+    clock: FakeClock,
+) -> None:
+    """A part out at the gateway before it left, failing once a trial was under way, ejected it again (two
+    ejections for one outage, and the trial's success undone) and ended the trial, so that another batch tried it
+    at the same time (pass 113)."""
+    manual = Manual()
+    exporter, metrics = exporter_with({GATEWAYS[0]: manual, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()})
+    early = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(60)))  # its part stays out
+    failing = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(61)))
+    await asyncio.sleep(0.01)
+    clock.advance(0.1)
+    manual.calls[1].set_result(refused())
+    assert await failing == 0  # the gateway left the ring; its part went on
+    clock.advance(5.0)  # the cooldown is over
+    trial = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(62)))
+    await asyncio.sleep(0.01)
+    assert len(manual.calls) == 3 and exporter._on_trial == {GATEWAYS[0]}
+    manual.calls[0].set_result(refused())  # the early part fails only now
+    assert await early == 0
+    assert exporter._on_trial == {GATEWAYS[0]}  # still the one trial
+    other = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(63)))
+    await asyncio.sleep(0.01)
+    assert len(manual.calls) == 3  # goes round it while the trial is out
+    manual.calls[2].set_result(None)
+    assert await trial == 0 and await other == 0
+    assert GATEWAYS[0] not in exporter._ejected_until  # back
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 1
+
+
+@pytest.mark.parametrize("answer", ["taken", "failed", "busy"])
+async def test_a_late_answer_from_a_gateway_the_resolver_dropped_leaves_no_state_or_series(answer: str) -> None:
+    """db8aed1 stopped its ejection; its routed series, failing and busy spells came back too, and a failure of
+    the old connection ejected the gateway re-added under the same address (pass 113)."""
+    manual = Manual()
+    exporter, metrics = exporter_with(
+        {GATEWAYS[0]: manual, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}, eject_after=5.0
+    )
+    readded = Gateway()
+    exporter._make_transport = lambda endpoint: readded  # type: ignore[method-assign,assignment,return-value]
+    push = asyncio.ensure_future(exporter._push(Signal.TRACES, batch_of(60)))
+    await asyncio.sleep(0.01)
+    await exporter._set_backends(GATEWAYS[1:])
+    await exporter._set_backends(GATEWAYS)  # back under the same address, a new connection
+    error = {"taken": None, "failed": refused(), "busy": RetryableError("busy", reason="unavailable", retry_after=1)}
+    manual.calls[0].set_result(error[answer])
+    assert await push == 0  # taken, or gone on to the owners the ring has now
+    assert not exporter._ejected_until and not exporter._failing_since and not exporter._throttled_since
+    lines = metrics.render().decode().splitlines()
+    assert not [line for line in lines if "backend_ejections" in line and GATEWAYS[0] in line and "#" not in line]
+    if answer == "taken":  # by the old connection: not the new one's delivery, and that one took nothing
+        assert not [line for line in lines if "routed_items" in line and GATEWAYS[0] in line and "#" not in line]

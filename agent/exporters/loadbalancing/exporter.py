@@ -39,6 +39,8 @@ from agent.otlp.signals import SPECS
 from agent.telemetry.certificates import LoadedCertificate, presented_certificates
 from agent.telemetry.logs import RateLimitedLog
 
+GATEWAY_REMOVED = "gateway_removed"
+
 # Each splitter takes and returns its own signal's requests; keyed by signal, the table can only say Message.
 _SPLITTERS: dict[Signal, Callable[[Any, Any], dict[str, Message]]] = {
     Signal.TRACES: split_traces,
@@ -64,6 +66,8 @@ class LoadBalancingExporter:
         # other batches keep going round it. A hung gateway would otherwise hold every consumer's part for
         # protocol.timeout at the end of each cooldown, stalling the whole queue.
         self._on_trial: set[str] = set()
+        # When each gateway last left the ring: a part sent to it before then failing later tells nothing new.
+        self._ejected_at: dict[str, float] = {}
         self._ring = HashRing([])
         self._ring_key: tuple[str, ...] = ()
         self._queue = SendingQueue(settings, config.sending_queue, self._push, retry=config.retry_on_failure)
@@ -133,6 +137,7 @@ class LoadBalancingExporter:
                 self._throttled_since.pop((endpoint, signal), None)
             self._failing_since.pop(endpoint, None)  # should it come back, its failures start afresh
             self._on_trial.discard(endpoint)
+            self._ejected_at.pop(endpoint, None)
             self._forget_series_of(endpoint)
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
@@ -217,14 +222,14 @@ class LoadBalancingExporter:
         since = self._failing_since.setdefault(gateway, time.monotonic())
         return time.monotonic() - since >= float(self._config.eject_after)
 
-    def _eject(self, endpoint: str, error: Exception) -> None:
+    def _eject(self, endpoint: str, error: Exception, sent_at: float) -> None:
         now = time.monotonic()
-        if endpoint not in self._transports:
-            return  # gone from the resolver while its part was out: its state and series went with it
-        if self._ejected_until.get(endpoint, 0.0) > now:
-            # Already out: the other parts sent to it before it left fail too (a hung gateway: every consumer's
-            # part, one timeout later). One ejection, and its cooldown runs from the first failure.
+        if self._ejected_until.get(endpoint, 0.0) > now or sent_at <= self._ejected_at.get(endpoint, -math.inf):
+            # Already out, or a part sent before it left: the other parts out at it then fail too (a hung
+            # gateway: every consumer's part, one timeout later, maybe after the cooldown). One ejection, and its
+            # cooldown runs from the first failure; a later success is not undone by an older failure.
             return
+        self._ejected_at[endpoint] = now
         self._ejected_until[endpoint] = now + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
         self._log.warning(
@@ -257,6 +262,7 @@ class LoadBalancingExporter:
             self._count_rerouted(push)  # counted when they do go to another gateway, not when there is none
             parts = _SPLITTERS[signal](pending, ring.owner)
             self._on_trial -= trials - parts.keys()  # no part for it in this batch: the next batch tries it
+            sent_at = time.monotonic()
             sends = [asyncio.ensure_future(self._send(signal, gw, part)) for gw, part in parts.items()]
             try:
                 outcomes = await asyncio.gather(*sends)
@@ -268,7 +274,7 @@ class LoadBalancingExporter:
                 raise
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
-                if not self._settle(push, gateway, part, outcome):
+                if not self._settle(push, gateway, part, outcome, gateway in trials, sent_at):
                     rerouted.append(part)
             pending = merge(rerouted) if rerouted else None
         undelivered = [*push.waiting, *([pending] if pending is not None else [])]
@@ -277,27 +283,33 @@ class LoadBalancingExporter:
         _leave_only(batch, undelivered)  # what was delivered is not sent again by the queue's retry
         raise push.retry_error()
 
-    def _settle(self, push: _Push, gateway: str, part: Message, outcome: int | RetryableError) -> bool:
+    def _settle(
+        self, push: _Push, gateway: str, part: Message, outcome: int | RetryableError, trial: bool, sent_at: float
+    ) -> bool:
         """Account for one part's outcome: True once it is settled (taken, or left waiting for its gateway), False
-        when it must go to another gateway (its own was ejected)."""
-        self._on_trial.discard(gateway)
-        answered = not isinstance(outcome, RetryableError) or outcome.retry_after is not None
-        if answered:
-            # Taken or busy, it is there: back in the ring, so that its traces wait for it rather than go round
-            # it (a busy spell older than max_throttled still takes it out again at once, below).
-            self._take_back_after_cooldown(gateway)
+        when it must go to another gateway (its own was ejected, or is gone)."""
+        if trial:
+            self._on_trial.discard(gateway)  # answered: the next batch may try it, if it is still out
+        if isinstance(outcome, RetryableError) and outcome.reason == GATEWAY_REMOVED:
+            push.last_error = outcome
+            push.reroute(part, outcome)  # the resolver dropped it while its part was out: its state went with it
+            return False
         if not isinstance(outcome, RetryableError):
+            self._take_back_after_cooldown(gateway)
             self._throttled_since.pop((gateway, push.signal), None)
             self._failing_since.pop(gateway, None)
             push.rejected += outcome
             return True
         push.last_error = outcome
         if self._waits_for_its_gateway(gateway, push.signal, outcome):
+            if outcome.retry_after is not None:
+                # Busy, but there: back in the ring, so that its traces wait for it rather than go round it.
+                self._take_back_after_cooldown(gateway)
             limit = self._throttle_left(gateway, push.signal) if outcome.retry_after is not None else None
             push.wait(part, outcome, limit)
             return True
         self._failing_since.pop(gateway, None)
-        self._eject(gateway, outcome)
+        self._eject(gateway, outcome, sent_at)
         push.reroute(part, outcome)
         return False
 
@@ -348,12 +360,12 @@ class LoadBalancingExporter:
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
         transport = self._transports.get(gateway)
         if transport is None:  # removed while this batch was being split
-            return RetryableError(f"gateway {gateway} left", reason="gateway_removed")
+            return RetryableError(f"gateway {gateway} left", reason=GATEWAY_REMOVED)
         items = SPECS[signal].count_items(part)
         try:
             response = await transport.export(signal, part, float(self._config.protocol.timeout))
         except RetryableError as exc:
-            return exc
+            return self._gone_instead(gateway, transport, exc) or exc
         except PermanentExportError as exc:
             self._log.warning(
                 f"rejected:{gateway}",
@@ -364,12 +376,23 @@ class LoadBalancingExporter:
             self._failed.labels(self._settings.component_id, signal.value, exc.reason).inc(items)
             return items
         except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
-            return RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
-        self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
+            error = RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
+            return self._gone_instead(gateway, transport, error) or error
+        if self._transports.get(gateway) is transport:  # a gateway the resolver dropped keeps no series
+            self._routed.labels(self._settings.component_id, gateway, signal.value).inc(items)
         # No more than the part held: the parts' counts are added up, so one gateway's claim would take the others'.
         return min(
             items, partial_rejections(response, signal, self._log, self._settings.component_id, f"gateway {gateway}")
         )
+
+    def _gone_instead(self, gateway: str, transport: Transport, error: RetryableError) -> RetryableError | None:
+        """For a failure of a gateway the resolver dropped (or replaced by a new connection) while its part was out:
+        an error saying so, which reroutes the part and leaves the gateway's state alone; else None."""
+        if self._transports.get(gateway) is transport:
+            return None
+        gone = RetryableError(f"gateway {gateway} left: {error}", reason=GATEWAY_REMOVED)
+        gone.maybe_delivered = error.maybe_delivered
+        return gone
 
     def _init_metrics(self) -> None:
         m = self._settings.metrics
