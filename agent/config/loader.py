@@ -184,8 +184,9 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
     except ValueError as exc:  # PyYAML's own value errors, e.g. a date like 2001-13-45
         raise ConfigInvalid([ConfigError("", f"not valid YAML: {exc}")]) from None
-    except KeyError as exc:  # PyYAML's, for a tagged value it has no reading of (`!!bool maybe`)
-        raise ConfigInvalid([ConfigError("", f"not valid YAML: no value for {exc}")]) from None
+    except (KeyError, IndexError, AttributeError, TypeError) as exc:
+        # PyYAML's own, for a tagged value it has no reading of: `!!bool maybe`, `!!int ''`, `!!timestamp x`
+        raise ConfigInvalid([ConfigError("", f"not valid YAML: a tagged value it cannot read ({exc!r})")]) from None
     except RecursionError:
         raise ConfigInvalid([ConfigError("", "not valid YAML: nested too deeply")]) from None
     if expands_past(raw, MAX_CONFIG_VALUES):

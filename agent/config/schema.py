@@ -13,6 +13,7 @@ for rules that span several fields.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import re
@@ -431,10 +432,18 @@ def _custom_scalar_hint(tp: type, raw: Any) -> str:
 
 def type_name(raw: Any) -> str:
     """What a value is, in the YAML writer's words (a YamlInt or an EnvText is a number or a string to them)."""
-    for kind, name in ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (Mapping, "a mapping")):
-        if isinstance(raw, kind):
-            return name
-    return {list: "a list", type(None): "nothing"}.get(type(raw), type(raw).__name__)
+    kinds: tuple[tuple[Any, str], ...] = (
+        (bool, "a boolean"),
+        (int | float, "a number"),
+        (str, "a string"),
+        (Mapping, "a mapping"),
+        (list, "a list"),
+        (datetime.date, "a date"),
+        (bytes, "binary data"),
+        (set | frozenset, "a set"),
+        (type(None), "nothing"),
+    )
+    return next((name for kind, name in kinds if isinstance(raw, kind)), type(raw).__name__)
 
 
 # --- rendering (print-config, docs) -------------------------------------------------------------------------------

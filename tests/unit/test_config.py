@@ -976,3 +976,17 @@ service: {extensions: [health_check], pipelines: {traces: {receivers: [otlp], ex
         f"extensions: {told}; remove it",
         f"service.extensions: {told}; remove it",
     ]
+
+
+@pytest.mark.parametrize("value", ["!!bool maybe", "!!int ''", "!!float ''", "!!timestamp x"])
+def test_a_tagged_value_yaml_cannot_read_is_an_error_not_a_crash(value: str) -> None:
+    with pytest.raises(ConfigInvalid, match="not valid YAML: a tagged value it cannot read"):
+        load_text(f"receivers: {{otlp: {{}}}}\nservice: {{shutdown_timeout: {value}}}\n", environ={})
+
+
+@pytest.mark.parametrize(
+    ("value", "told"), [("2024-01-01", "a date"), ("!!binary aGk=", "binary data"), ("!!set {a}", "a set")]
+)
+def test_yaml_values_are_named_in_the_writers_words(value: str, told: str) -> None:
+    with pytest.raises(ConfigInvalid, match=f"receivers.otlp: must be a mapping, got {told}"):
+        load_text(f"receivers: {{otlp: {value}}}\nexporters: {{nop: {{}}}}\n", environ={})

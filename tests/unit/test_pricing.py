@@ -346,6 +346,9 @@ def test_regional_profiles_and_provider_specific_names_get_their_own_prices(
     assert math.isclose(price.per_token[0] * 1e6, input_per_million)
 
 
-def test_a_price_file_with_a_tag_yaml_cannot_read_is_a_price_table_error_not_a_crash() -> None:
-    with pytest.raises(PriceTableError, match=r"x\.yaml: not valid YAML: no value for"):
-        parse_table("last_checked: !!bool maybe\nmodels: {}\n", "x.yaml")
+@pytest.mark.parametrize(
+    "value", ["!!bool maybe", "!!int ''", "!!float ''", "!!timestamp x", "!!timestamp '2024-01-01T'"]
+)
+def test_a_price_file_with_a_tag_yaml_cannot_read_is_a_price_table_error_not_a_crash(value: str) -> None:
+    with pytest.raises(PriceTableError, match=r"x\.yaml: not valid YAML: a tagged value it cannot read"):
+        parse_table(f"last_checked: {value}\nmodels: {{}}\n", "x.yaml")

@@ -140,8 +140,9 @@ def parse_table(text: str, source: str) -> TableFile:
         raw, written_twice = parse_yaml(text)  # the config's reading: keys written twice, numbers as written
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: PyYAML's own, e.g. a date like 2024-13-01
         raise PriceTableError(f"{source}: not valid YAML: {exc}") from None
-    except KeyError as exc:  # PyYAML's, for a tagged value it has no reading of (`!!bool maybe`)
-        raise PriceTableError(f"{source}: not valid YAML: no value for {exc}") from None
+    except (KeyError, IndexError, AttributeError, TypeError) as exc:
+        # PyYAML's own, for a tagged value it has no reading of: `!!bool maybe`, `!!int ''`, `!!timestamp x`
+        raise PriceTableError(f"{source}: not valid YAML: a tagged value it cannot read ({exc!r})") from None
     except RecursionError:
         raise PriceTableError(f"{source}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, Mapping):
