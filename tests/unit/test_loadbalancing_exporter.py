@@ -75,15 +75,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def exporter_with(
-    gateways: dict[str, Gateway], eject_after: float = 0.0, retry: RetryConfig | None = None
+    gateways: dict[str, Gateway],
+    eject_after: float = 0.0,
+    retry: RetryConfig | None = None,
+    max_throttled: float | None = None,
 ) -> tuple[LoadBalancingExporter, SelfMetrics]:
     """``eject_after`` 0 by default: most tests here are about what happens once a gateway has left the ring."""
     metrics = SelfMetrics()
     settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
+    throttled = {} if max_throttled is None else {"max_throttled": Duration(max_throttled)}
     config = LoadBalancingExporterConfig(
         resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
         eject_after=Duration(eject_after),
         retry_on_failure=retry or RetryConfig(),
+        **throttled,
     )
     exporter = LoadBalancingExporter(config, settings)
     exporter._transports = dict(gateways)  # type: ignore[assignment]
@@ -369,17 +374,8 @@ async def test_when_retries_run_out_only_the_undelivered_part_is_counted_as_fail
 
     dead = Gateway(RetryableError("full", reason="unavailable", retry_after=0.01))
     gateways = {GATEWAYS[0]: dead, GATEWAYS[1]: Gateway(reject=rejected_by_a_delivered_part), GATEWAYS[2]: Gateway()}
-    metrics = SelfMetrics()
-    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
-    config = LoadBalancingExporterConfig(
-        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)),
-        eject_after=Duration(0),
-        retry_on_failure=RetryConfig(
-            initial_interval=Duration(0.01), max_interval=Duration(0.01), max_elapsed_time=Duration(0.1)
-        ),
-    )
-    exporter = LoadBalancingExporter(config, settings)
-    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    retry = RetryConfig(initial_interval=Duration(0.01), max_interval=Duration(0.01), max_elapsed_time=Duration(0.1))
+    exporter, metrics = exporter_with(gateways, retry=retry)
     await exporter._queue.start()
     batch = batch_of(60)
     total = sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
@@ -514,17 +510,9 @@ async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_no
 
 
 async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing() -> None:
-    from agent.config.schema import Duration
-
     busy = Gateway(RetryableError("busy", reason="resource_exhausted", retry_after=0.01))
     gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    metrics = SelfMetrics()
-    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
-    config = LoadBalancingExporterConfig(
-        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), max_throttled=Duration(0.2)
-    )
-    exporter = LoadBalancingExporter(config, settings)
-    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    exporter, metrics = exporter_with(gateways, max_throttled=0.2)
     batch = batch_of(60)
     owned_by_busy = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
     with pytest.raises(RetryableError):  # busy for less than max_throttled: its traces wait for it
@@ -687,13 +675,7 @@ async def test_logs_a_busy_gateway_takes_do_not_end_the_busy_spell_of_its_traces
     after every cooldown, stalling the sidecar's whole queue about half the time (pass 110)."""
     busy = BusyForTraces()
     gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
-    metrics = SelfMetrics()
-    settings = CreateSettings("loadbalancing", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
-    config = LoadBalancingExporterConfig(
-        resolver=ResolverConfig(static=StaticResolverConfig(hostnames=GATEWAYS)), max_throttled=Duration(10.0)
-    )
-    exporter = LoadBalancingExporter(config, settings)
-    exporter._transports = dict(gateways)  # type: ignore[assignment]
+    exporter, metrics = exporter_with(gateways, max_throttled=10.0)
     batch = batch_of(60)
     owned_by_busy = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
     with pytest.raises(RetryableError):  # busy for less than max_throttled: its traces wait for it

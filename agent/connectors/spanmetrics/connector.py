@@ -135,7 +135,8 @@ def label_masker(cfg: LabelMaskingConfig) -> Callable[[str], str]:
     """Masks credentials in a label value taken from span content, as the redaction processor masks them.
 
     Span metrics are computed before redaction, and a span name such as ``GET /v1/models?key=AIza…`` would put
-    the key in every series of the scrape. Called when a series is resolved, not per span (errors aside).
+    the key in every series of the scrape. Called when a series is resolved, and per span on the error and GenAI
+    call paths, hence the memo of results.
     """
     redactor = Redactor(RedactionConfig(mask_credentials=cfg.mask_credentials, value_patterns=dict(cfg.value_patterns)))
     fired: Counter[str] = Counter()  # rule names only: bounded
