@@ -278,13 +278,14 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
 
 
-@pytest.mark.parametrize("case", ALL_CASES)
-def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, case: str, tmp_path: Path) -> None:
-    (config_map,) = objects(rendered[case], "ConfigMap")
+def validated_agent_config(rendered_case: dict[str, list[dict[str, Any]]], tmp_path: Path) -> dict[str, Any]:
+    """The rendered ConfigMap's agent config, after `otel-sidecar validate` accepted it with the environment the
+    chart gives the agent; returns the effective config `print-config` shows."""
+    (config_map,) = objects(rendered_case, "ConfigMap")
     config_path = tmp_path / "config.yaml"
     config_path.write_text(config_map["data"]["config.yaml"])
     env = {"PATH": "/usr/bin:/bin"}
-    workloads = objects(rendered[case], "Deployment") + objects(rendered[case], "StatefulSet")
+    workloads = objects(rendered_case, "Deployment") + objects(rendered_case, "StatefulSet")
     for workload in workloads:  # the endpoints the chart sets in the agent's environment
         env.update(env_of(agent_container(workload["spec"]["template"]["spec"])))
     result = subprocess.run(
@@ -296,7 +297,7 @@ def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, c
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"{case}:\n{result.stderr}"
+    assert result.returncode == 0, result.stderr
     printed = subprocess.run(
         [sys.executable, "-m", "agent", "print-config", "--config", str(config_path)],
         capture_output=True,
@@ -306,11 +307,44 @@ def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, c
         timeout=60,
         check=True,
     )
-    effective = yaml.safe_load(printed.stdout)
+    effective: dict[str, Any] = yaml.safe_load(printed.stdout)
+    return effective
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_the_rendered_agent_config_passes_otel_sidecar_validate(rendered: Any, case: str, tmp_path: Path) -> None:
+    effective = validated_agent_config(rendered[case], tmp_path)
     mode = yaml.safe_load((CHART / "ci" / case).read_text())["mode"] if case in CI_CASES else "sidecar"
     host = "0.0.0.0" if mode == "gateway" else "127.0.0.1"
     assert str(effective["receivers"]["otlp"]["grpc"]["endpoint"]) == f"{host}:4317"
     assert str(effective["service"]["telemetry"]["admin"]["endpoint"]) == "0.0.0.0:13133"
+
+
+def test_the_docs_values_example_renders_a_workload_whose_agent_sends_where_it_says(
+    helm_python: Path, tmp_path: Path
+) -> None:
+    """docs/kubernetes.md's `my-values.yaml`, as an operator copies it: it lints, renders the orchestrator with
+    the agent beside it, and the agent's config is valid and names the example's three backends."""
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    example = text.split("```yaml\n# my-values.yaml\n", 1)[1].split("```", 1)[0]
+    values = tmp_path / "my-values.yaml"
+    values.write_text(example)
+    linted = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--json")
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    result = run_helm_tool(helm_python, str(CHART), "--render", "--values", str(values))
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)
+    assert case["fails"] == []
+    manifests = {name: [doc for doc in yaml.safe_load_all(body) if doc] for name, body in case["manifests"].items()}
+    workload = the_workload(manifests)
+    assert workload["spec"]["replicas"] == 2
+    pod = workload["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["orchestrator"]
+    assert agent_container(pod)["image"].startswith("registry.example.com/otel-sidecar:")
+    exporters = validated_agent_config(manifests, tmp_path)["exporters"]
+    assert exporters["otlp/jaeger"]["endpoint"] == "jaeger-collector.observability.svc:4317"
+    assert exporters["otlp/jaeger_archive"]["endpoint"] == "jaeger-archive-collector.observability.svc:4317"
+    assert exporters["loki"]["endpoint"] == "http://loki-gateway.observability.svc/loki/api/v1/push"
 
 
 def parent_chart(tmp_path: Path) -> Path:
