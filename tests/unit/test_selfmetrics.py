@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent.telemetry.selfmetrics import RETIRED_COMPONENTS_KEPT, SelfMetrics
-from tests.helpers import metric_value
+from tests.helpers import REPO, metric_value
 
 
 def test_counters_and_histograms_come_without_created_series() -> None:
@@ -65,3 +67,28 @@ def test_the_tests_metric_reader_refuses_a_name_no_family_declares() -> None:
     assert metric_value(text, "otel_sidecar_wait_seconds_count") == 0
     with pytest.raises(AssertionError, match="no metric family declares otel_sidecar_thing_total"):
         metric_value(text, "otel_sidecar_thing_total")
+
+
+def declared_self_metrics() -> set[str]:
+    """Every name the agent's code declares through ``SelfMetrics`` (counter, gauge, histogram)."""
+    declared = re.compile(r"\.(?:counter|gauge|histogram)\(\s*\"([a-z0-9_]+)\"")
+    return {name for path in (REPO / "agent").rglob("*.py") for name in declared.findall(path.read_text())}
+
+
+def documented_names(text: str) -> set[str]:
+    """``otel_sidecar_*`` names in the docs, the tables' shorthand expanded: `otel_sidecar_exporter_queue_size` /
+    `_queue_bytes` names otel_sidecar_exporter_queue_bytes too (the suffix replaces as many words as it has)."""
+    names = set(re.findall(r"otel_sidecar_[a-z0-9_]+", text))
+    for first, rest in re.findall(r"`(otel_sidecar_[a-z0-9_]+)`((?:\s*[/,]\s*`_[a-z0-9_]+`)+)", text):
+        words = first.split("_")
+        for suffix in re.findall(r"`_([a-z0-9_]+)`", rest):
+            names.update("_".join(words[:cut] + suffix.split("_")) for cut in range(2, len(words)))
+    return names
+
+
+def test_every_self_metric_the_agent_declares_is_documented() -> None:
+    docs = (REPO / "README.md").read_text() + "".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
+    documented = documented_names(docs)
+    declared = declared_self_metrics()
+    assert len(declared) >= 50  # the scan still finds the declarations
+    assert sorted(f"otel_sidecar_{name}" for name in declared if f"otel_sidecar_{name}" not in documented) == []

@@ -381,3 +381,32 @@ async def test_duplicates_count_one_copy_per_attempt_that_may_have_reached_the_b
     text = metrics.render().decode()
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == count_spans(batch)
     assert metric_value(text, "otel_sidecar_exporter_duplicates_total") == 3 * count_spans(batch)
+
+
+async def test_the_items_the_consumers_hold_are_shown_apart_from_the_queue() -> None:
+    """In an outage the consumers hold the batches they retry: the queue gauge reads empty, the in-flight one
+    holds them, and both fall to zero once they are delivered."""
+    metrics, release = SelfMetrics(), asyncio.Event()
+
+    async def push(signal: Signal, batch: Message) -> None:
+        if not release.is_set():
+            raise RetryableError("backend down", reason="unavailable")
+
+    config = SendingQueueConfig(queue_size=10, num_consumers=2)
+    retry = RetryConfig(initial_interval=0.01, max_interval=0.01, max_elapsed_time=60)
+    queue = SendingQueue(settings(metrics), config, push, retry=retry)
+    await queue.start()
+    offered = batches(2)
+    for batch in offered:
+        queue.offer(Signal.TRACES, batch)
+    await asyncio.sleep(0.05)  # both consumers took a batch and are retrying it
+
+    def gauge(name: str) -> float | None:
+        return metric_value(metrics.render().decode(), f"otel_sidecar_exporter_{name}", exporter="test")
+
+    assert gauge("queue_size") == 0
+    assert gauge("in_flight_items") == sum(count_spans(batch) for batch in offered)
+    release.set()
+    await queue.shutdown(time.monotonic() + 5)
+    assert gauge("in_flight_items") == 0
+    assert gauge("queue_size") == 0

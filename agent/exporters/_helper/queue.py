@@ -271,6 +271,12 @@ class SendingQueue:
         self._queue_bytes = m.gauge("exporter_queue_bytes", "Bytes waiting in the sending queue.", ["exporter"]).labels(
             cid
         )
+        self._in_flight_items = m.gauge(
+            "exporter_in_flight_items",
+            "Items the consumers took from the sending queue and have not settled: being sent, or waiting to be sent"
+            " again after a failure (not in exporter_queue_size).",
+            ["exporter"],
+        ).labels(cid)
         self._queue_fill = m.gauge(
             "exporter_queue_fill_ratio",
             "How full the sending queue is by its tightest bound (batches, items or bytes): at 1 it refuses data.",
@@ -591,6 +597,7 @@ class SendingQueue:
         store, config = self._store, self._config
         self._queue_size.set(len(store))
         self._queue_bytes.set(store.bytes)
+        self._in_flight_items.set(sum(group.unsettled(self._settled_of) for group in self._in_flight))
         self._queue_fill.set(
             max(len(store) / config.queue_size, store.items / config.max_items, store.bytes / config.max_bytes)
         )
