@@ -55,6 +55,7 @@ rules-test: prometheus
 
 docs: $(STAMP)
 	$(BIN)/python -m agent.config.docs > docs/configuration.md
+	$(BIN)/python -m agent.config.jsonschema
 
 clean:
 	rm -rf $(VENV) $(FLOORS) .pytest_cache .ruff_cache .mypy_cache .hypothesis

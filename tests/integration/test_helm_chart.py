@@ -99,7 +99,16 @@ def test_there_is_a_ci_values_file_for_each_mode() -> None:
 
 
 def test_lint_fails_on_values_the_schema_rejects(helm_python: Path, tmp_path: Path) -> None:
-    for bad in ({"mode": "daemonset"}, {"sidecar": {"native": "yes"}}, {"replicaCount": 3}, {"ports": {"otlp": None}}):
+    bad_values: list[dict[str, Any]] = [
+        {"mode": "daemonset"},
+        {"sidecar": {"native": "yes"}},
+        {"replicaCount": 3},
+        {"ports": {"otlp": None}},
+        # The agent config's shape (agent/config/jsonschema.py): a misspelt key, an unknown component type.
+        {"config": {"receivers": {"otlp": {"grpc": {"endpiont": "127.0.0.1:4317"}}}}},
+        {"config": {"exporters": {"jaegr": {"endpoint": "jaeger:4317"}}}},
+    ]
+    for bad in bad_values:
         values = tmp_path / "bad.yaml"
         values.write_text(yaml.safe_dump(bad))
         result = run_helm_tool(helm_python, str(CHART), "--values", str(values), "--json")
