@@ -906,6 +906,16 @@ def test_error_exemplars_need_the_tail_samplers_errors_policy() -> None:
     load_text(config_text("{policies: {errors: {enabled: false}}}", "{exemplars: {error_spans: false}}"))
 
 
+def test_error_exemplars_need_the_tail_sampler_to_keep_late_failures() -> None:
+    """A failure arriving after its trace was dropped is dropped too with keep_late_failures off: an exemplar
+    taken from it would point to a trace nobody kept (an acceptance audit of issue 4 scraped one)."""
+    late_dropped = "{policies: {errors: {keep_late_failures: false}}}"
+    with pytest.raises(ConfigInvalid, match=r"exemplars\.error_spans: must be false: .*keep_late_failures is false"):
+        load_text(config_text(late_dropped))
+    load_text(config_text(late_dropped, "{exemplars: {error_spans: false}}"))
+    load_text(config_text("{policies: {errors: {keep_late_failures: true}}}"))
+
+
 def test_the_connector_may_not_be_fed_by_a_sampled_pipeline() -> None:
     with pytest.raises(ConfigInvalid, match="span metrics must see every span"):
         load_text(config_text("{}", traces_exporters="[file, spanmetrics]"))

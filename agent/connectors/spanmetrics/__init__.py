@@ -39,6 +39,13 @@ def sampler_keeps(processor_config: Any) -> tuple[float | None, bool | None]:
     return percentage, errors if isinstance(errors, bool) else None
 
 
+def late_failures_dropped(processor_config: Any) -> bool:
+    """Whether a ``tail_sampling`` config drops a failed span arriving after its trace was dropped (duck-typed,
+    as ``sampler_keeps``: False where unknown)."""
+    errors = getattr(getattr(processor_config, "policies", None), "errors", None)
+    return getattr(errors, "keep_late_failures", True) is False
+
+
 def cross_check(cfg: SpanMetricsConfig, agent_config: Any) -> Iterator[tuple[str, str]]:
     """Exemplars must point to traces the tail sampler keeps, and span metrics must be computed before sampling."""
     samplers = {
@@ -58,6 +65,13 @@ def cross_check(cfg: SpanMetricsConfig, agent_config: Any) -> Iterator[tuple[str
                     "exemplars.error_spans",
                     f"must be false: processors.{cid} does not keep error traces (policies.errors.enabled is false), "
                     "so exemplars from failed spans would point to traces that are not kept",
+                )
+            elif errors_kept and late_failures_dropped(component.config) and cfg.exemplars.error_spans:
+                yield (
+                    "exemplars.error_spans",
+                    f"must be false: processors.{cid} drops a failure that arrives after its trace was dropped "
+                    "(policies.errors.keep_late_failures is false), so an exemplar from such a failed span would "
+                    "point to a trace that is not kept",
                 )
     own_ids = [cid for cid, c in agent_config.connectors.items() if c.config is cfg]
     for pipeline_id, pipeline in agent_config.service.pipelines.items():

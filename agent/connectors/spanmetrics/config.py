@@ -117,7 +117,8 @@ class ExemplarsConfig:
     error_spans: bool = setting(
         True,
         doc="Take exemplars from failed spans (status ERROR) whatever their trace id: the tail sampler's errors "
-        "policy keeps their traces. Must be false when a `tail_sampling` processor has that policy disabled.",
+        "policy keeps their traces. Must be false when a `tail_sampling` processor has that policy disabled, or "
+        "drops late failures (`keep_late_failures: false`).",
     )
     sampled_percentage: float = setting(
         10.0,
