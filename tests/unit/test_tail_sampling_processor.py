@@ -910,3 +910,40 @@ def test_the_items_held_are_those_buffered_and_those_the_next_stage_refused_per_
     r.trace_sink.refusing = False
     r.tick_after(0.1)
     assert (r.traces.held_items(), r.logs.held_items()) == (0, 0)
+
+
+def test_records_of_traces_without_spans_here_are_decided_first_at_the_trace_bound() -> None:
+    """A flood of log records of traces this agent never sees spans of (head-sampled out, or sent to another
+    collector) each hold a place until max_traces: the early decisions take them, not a trace with spans still
+    waiting for its error root (an acceptance audit of issue 3 lost such a trace's first span)."""
+    r = rig(max_traces=100, decision_wait="20s")
+    failing = trace_id_with_randomness(DROPPED_AT_10, prefix=8)
+    r.traces.consume(spans_request(span(failing, 1)))
+    strangers = [trace_id_with_randomness(n + 1, prefix=9) for n in range(300)]
+    r.logs.consume(logs_request(*(log_record(trace_id) for trace_id in strangers)))
+    # Traces of records alone are not counted as decisions: nothing of them is sampled.
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_traces") == 0
+    assert failing in r.sampler.buffer.traces
+    assert strangers[-1] in r.sampler.buffer.traces  # the newest records wait for their spans still
+    passed = sum(len(sl.log_records) for b in r.log_sink.batches for rl in b.resource_logs for sl in rl.scope_logs)
+    assert passed == 201  # decided early, the records pass by their severity: none is lost
+    r.clock.advance(1)
+    r.traces.consume(spans_request(span(failing, 2, root=True, error=True)))
+    r.tick_after(21)
+    assert sorted(s.span_id for s in exported_spans(r.trace_sink) if s.trace_id == failing) == [
+        (1).to_bytes(8, "big"),
+        (2).to_bytes(8, "big"),
+    ]
+
+
+def test_at_the_trace_bound_the_oldest_trace_with_spans_goes_once_no_log_only_trace_is_left() -> None:
+    r = rig(max_traces=3)
+    first, second = trace_id_with_randomness(1, prefix=8), trace_id_with_randomness(2, prefix=8)
+    r.traces.consume(spans_request(span(first, 1), span(second, 2)))
+    stranger = trace_id_with_randomness(3, prefix=9)
+    r.logs.consume(logs_request(log_record(stranger)))
+    r.traces.consume(spans_request(span(trace_id_with_randomness(4, prefix=8), 4)))  # the stranger goes
+    assert stranger not in r.sampler.buffer.traces and first in r.sampler.buffer.traces
+    r.traces.consume(spans_request(span(trace_id_with_randomness(5, prefix=8), 5)))  # then the oldest
+    assert first not in r.sampler.buffer.traces and second in r.sampler.buffer.traces
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_traces") == 1

@@ -180,6 +180,9 @@ class TraceBuffer:
         self._after_root = after_root
         # A plain dict keeps insertion order, i.e. first-span order, and is cheaper than an OrderedDict.
         self.traces: dict[bytes, BufferedTrace] = {}
+        # Traces only log records have come for so far, in the same order: the first to decide early when a bound
+        # is reached (see ``oldest``).
+        self.log_only: dict[bytes, BufferedTrace] = {}
         # Deadlines and trace ids in two parallel queues (no tuple per entry); ids, not trace objects, so entries
         # of traces decided by other means stay small.
         self._root_deadlines: collections.deque[float] = collections.deque()
@@ -199,9 +202,16 @@ class TraceBuffer:
         self.bytes += trace.bytes
         return trace
 
+    def create_for_logs(self, trace_id: bytes, now: float) -> BufferedTrace:
+        """A trace whose log records came before any of its spans (``restart`` once its first span comes)."""
+        trace = self.create(trace_id, now)
+        self.log_only[trace_id] = trace
+        return trace
+
     def restart(self, trace: BufferedTrace, now: float) -> None:
         """Start ``trace``'s wait again from ``now`` (its first span, after log records), keeping the buffer in
         first-seen order: re-inserted, it goes to the end, after every trace seen before ``now``."""
+        self.log_only.pop(trace.trace_id, None)
         del self.traces[trace.trace_id]
         trace.first_seen = now
         self.traces[trace.trace_id] = trace
@@ -242,9 +252,12 @@ class TraceBuffer:
             self._root_ids.append(trace.trace_id)
 
     def remove_all(self, traces: list[BufferedTrace]) -> None:
-        buffered = self.traces
+        buffered, log_only = self.traces, self.log_only
         for trace in traces:
             del buffered[trace.trace_id]
+        if log_only:
+            for trace in traces:
+                log_only.pop(trace.trace_id, None)
         self.bytes -= sum(trace.bytes for trace in traces) + self._unpin(traces)
         self.spans -= sum(trace.span_count for trace in traces)
 
@@ -264,11 +277,25 @@ class TraceBuffer:
         return freed
 
     def oldest(self, count: int) -> list[BufferedTrace]:
-        """Up to ``count`` traces, oldest first (not removed)."""
+        """Up to ``count`` traces to decide before their time (not removed): those only log records have come for,
+        oldest first, then the oldest of the others.
+
+        Deciding a trace of log records alone early costs its records only their trace's class (they pass by
+        severity, as without a sampler); deciding a trace with spans early can drop it before its error root comes.
+        A flood of records of traces this agent never sees spans of (head-sampled out, or sent elsewhere) must not
+        push out the traces it does.
+        """
         out: list[BufferedTrace] = []
+        for trace in self.log_only.values():
+            if len(out) >= count:
+                return out
+            out.append(trace)
+        taken = len(out)
         for trace in self.traces.values():
             if len(out) >= count:
                 break
+            if taken and not trace.span_count:
+                continue  # a log-only trace, already taken above
             out.append(trace)
         return out
 

@@ -306,7 +306,7 @@ class TailSampler:
                             passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
                             continue
                         if waits_for_spans and trace_id not in dropped:
-                            buffer.create(trace_id, now)
+                            buffer.create_for_logs(trace_id, now)
                             held.setdefault(trace_id, []).append(record)
                             continue
                     passing.setdefault(logs.by_severity(record), []).append(record)
