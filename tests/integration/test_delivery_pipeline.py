@@ -104,6 +104,7 @@ def logs_for(truths: list[TraceTruth]) -> ExportLogsServiceRequest:
     for truth in truths:
         record = scope_logs.log_records.add(time_unix_nano=1_700_000_000_000_000_000, severity_number=9)
         record.trace_id = truth.trace_id
+        record.flags = 1  # written inside a sampled span, as an SDK marks it
         record.body.string_value = f"workflow {truth.trace_id.hex()} uses {OPENAI_KEY} and Bearer {BEARER}"
         record.attributes.extend([attr("user.password", DB_PASSWORD), attr("gen_ai.prompt", PROMPT)])
     return request

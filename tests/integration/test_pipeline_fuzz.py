@@ -123,6 +123,7 @@ def log_requests(draw: st.DrawFn) -> ExportLogsServiceRequest:
         record = records.add(
             trace_id=draw(TRACE_IDS),
             span_id=draw(SPAN_IDS),
+            flags=draw(st.sampled_from([0, 1, 0x100, 0x101, 2**32 - 1])),  # sampled or not; other bits set
             severity_number=draw(st.integers(0, 30)),  # type: ignore[arg-type]
             time_unix_nano=draw(TIMES),
         )

@@ -947,3 +947,16 @@ def test_at_the_trace_bound_the_oldest_trace_with_spans_goes_once_no_log_only_tr
     r.traces.consume(spans_request(span(trace_id_with_randomness(5, prefix=8), 5)))  # then the oldest
     assert first not in r.sampler.buffer.traces and second in r.sampler.buffer.traces
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_traces") == 1
+
+
+def test_a_record_of_a_trace_not_seen_yet_and_not_sampled_passes_at_once() -> None:
+    """The SDK marks a record written inside a span with the span's trace flags: a not-sampled trace's spans are
+    never exported, so its records pass by their severity at once instead of waiting decision_wait for them."""
+    r = rig()
+    unsampled, sampled = trace_id_with_randomness(1, prefix=8), trace_id_with_randomness(2, prefix=8)
+    r.logs.consume(logs_request(log_record(unsampled, sampled=False), log_record(sampled)))
+    assert exported_logs(r.log_sink) == [("hello", "standard", "severity")]
+    assert unsampled not in r.sampler.buffer.traces and sampled in r.sampler.buffer.traces
+    r.traces.consume(spans_request(span(unsampled, 1, root=True, error=True)))  # a span after all: its own trace
+    r.tick_after(3)
+    assert {s.trace_id for s in exported_spans(r.trace_sink)} == {unsampled}

@@ -160,8 +160,12 @@ def spans_request(*spans: Span, service: str = "orchestrator") -> ExportTraceSer
     return request((resource(service), spans))
 
 
-def log_record(trace_id: bytes = b"", severity: int = 9, body: str = "hello", severity_text: str = "") -> LogRecord:
-    record = LogRecord(trace_id=trace_id, severity_number=severity, severity_text=severity_text)  # type: ignore[arg-type]
+def log_record(
+    trace_id: bytes = b"", severity: int = 9, body: str = "hello", severity_text: str = "", sampled: bool = True
+) -> LogRecord:
+    """A record as an SDK writes it inside a span: with the span's trace flags (sampled, unless told otherwise)."""
+    flags = 1 if trace_id and sampled else 0
+    record = LogRecord(trace_id=trace_id, flags=flags, severity_number=severity, severity_text=severity_text)  # type: ignore[arg-type]
     record.body.string_value = body
     return record
 

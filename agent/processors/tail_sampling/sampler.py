@@ -37,8 +37,9 @@ from agent.telemetry.logs import RateLimitedLog
 Clock = Callable[[], float]
 
 TICK_SLICE_SPANS = 1024
-_NO_TRACE_ID = bytes(16)
 """Spans decided per slice of a timer tick (about a millisecond of event-loop time, with the stages after)."""
+_NO_TRACE_ID = bytes(16)
+_SAMPLED_FLAG = 0x01  # W3C trace flags: the trace is sampled (LogRecord.flags carries them in its low byte)
 
 
 @dataclass
@@ -305,7 +306,9 @@ class TailSampler:
                         if decision is not None:
                             passing.setdefault(logs.for_kept_trace(record, decision), []).append(record)
                             continue
-                        if waits_for_spans and trace_id not in dropped:
+                        # Not when the record says its trace was not sampled (W3C flags, the low byte): the SDK
+                        # exports none of its spans, and the record would wait decision_wait for nothing.
+                        if waits_for_spans and record.flags & _SAMPLED_FLAG and trace_id not in dropped:
                             buffer.create_for_logs(trace_id, now)
                             held.setdefault(trace_id, []).append(record)
                             continue
