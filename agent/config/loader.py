@@ -376,12 +376,18 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         elif key not in _SECTIONS:
             errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
     sections: dict[str, dict[str, ComponentConfig]] = {}
-    invalid: set[str] = set()  # defined but with errors: pipelines naming them are not wrong too
+    # Defined but with errors: pipelines naming them are not wrong too, though what signals one of a known type
+    # takes is still checked (an id with no known type: None).
+    invalid: dict[str, ComponentConfig | None] = {}
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
         section = EnvText.structure(raw.get(kind.section))
-        sections[kind.section] = _parse_components(kind, section, factories_for(kind), errors)
+        factories = factories_for(kind)
+        sections[kind.section] = _parse_components(kind, section, factories, errors)
         if isinstance(section, dict):
-            invalid |= {str(cid) for cid in section if cid not in sections[kind.section]}
+            for cid in section:
+                if cid not in sections[kind.section]:
+                    factory = factories.get(str(cid).split("/", 1)[0])
+                    invalid[str(cid)] = ComponentConfig(str(cid), kind, factory, None) if factory else None
     service = build(ServiceConfig, raw.get("service"), "service", errors)
     if service is None:
         # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
@@ -504,7 +510,11 @@ def _parse_components(
 
 
 def _check_pipeline(
-    config: AgentConfig, pipeline_id: str, pipeline: PipelineConfig, invalid: set[str], errors: list[ConfigError]
+    config: AgentConfig,
+    pipeline_id: str,
+    pipeline: PipelineConfig,
+    invalid: Mapping[str, ComponentConfig | None],
+    errors: list[ConfigError],
 ) -> None:
     try:
         signal = Signal(pipeline_id.split("/", 1)[0])
@@ -514,10 +524,10 @@ def _check_pipeline(
     for index, name in enumerate(pipeline.receivers):
         path = f"{base}.receivers[{index}]"
         if name in invalid:
+            _check_invalid_signal(invalid[name], (Kind.RECEIVER, Kind.CONNECTOR), signal, path, errors)
             continue
         if name in config.connectors:
-            if signal not in config.connectors[name].factory.output_signals:
-                errors.append(ConfigError(path, f"connector {name} does not produce {signal}"))
+            _require_output_signal(config.connectors[name], signal, path, errors)
         elif name in config.receivers:
             _require_signal(config.receivers[name], signal, path, errors)
         else:
@@ -530,6 +540,7 @@ def _check_pipeline(
     for index, name in enumerate(pipeline.processors):
         path = f"{base}.processors[{index}]"
         if name in invalid:
+            _check_invalid_signal(invalid[name], (Kind.PROCESSOR,), signal, path, errors)
             continue
         if name not in config.processors:
             errors.append(ConfigError(path, _undefined("processor", name, "processors", config.processors)))
@@ -539,6 +550,7 @@ def _check_pipeline(
         path = f"{base}.exporters[{index}]"
         component = config.exporters.get(name) or config.connectors.get(name)
         if name in invalid:
+            _check_invalid_signal(invalid[name], (Kind.EXPORTER, Kind.CONNECTOR), signal, path, errors)
             continue
         if component is None:
             errors.append(
@@ -557,6 +569,24 @@ def _undefined(role: str, name: str, sections: str, defined: Iterable[str]) -> s
     hint = f"; did you mean {close[0]}?" if close else ""
     shown = repr(name) if not name or name != name.strip() else name
     return f"{role} {shown} is not defined under {sections}{hint}"
+
+
+def _check_invalid_signal(
+    component: ComponentConfig | None, kinds: tuple[Kind, ...], signal: Signal, path: str, errors: list[ConfigError]
+) -> None:
+    """A component whose settings are wrong still has a known type: whether it takes the pipeline's signal is
+    said now, not after its settings are fixed."""
+    if component is None or component.kind not in kinds:
+        return
+    if component.kind is Kind.CONNECTOR and kinds[0] is Kind.RECEIVER:
+        _require_output_signal(component, signal, path, errors)
+    else:
+        _require_signal(component, signal, path, errors)
+
+
+def _require_output_signal(connector: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:
+    if signal not in connector.factory.output_signals:
+        errors.append(ConfigError(path, f"connector {connector.id} does not produce {signal}"))
 
 
 def _require_signal(component: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:
