@@ -189,6 +189,23 @@ async def test_spans_with_invalid_ids_are_rejected_individually_through_partial_
     assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == total - 1
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_the_warning_about_rejected_spans_names_the_sender(
+    running: Running, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many orchestrators send to one agent (a gateway): the operator needs to know which one to fix."""
+    request, _ = request_bytes()
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = b"short"
+    body = request.SerializeToString()
+    if transport == "grpc":
+        await running.grpc_export(body)
+    else:
+        status, _, _ = await post(f"{running.http_url}/v1/traces", body, "application/x-protobuf")
+        assert status == 200
+    (warning,) = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert "127.0.0.1" in warning.peer  # type: ignore[attr-defined]
+
+
 async def test_a_span_with_a_malformed_link_is_rejected_like_one_with_malformed_ids(
     running: Running, sink: BatchSink
 ) -> None:
@@ -570,10 +587,10 @@ async def test_a_request_refused_over_grpc_is_freed_at_once_not_at_the_next_full
     markers: list[weakref.ref[Marker]] = []
     original = core.ExportHandler.export
 
-    def export(self: core.ExportHandler, *args: Any) -> Any:
+    def export(self: core.ExportHandler, *args: Any, **kwargs: Any) -> Any:
         marker = Marker()  # lives as long as this frame, which holds the decoded request too
         markers.append(weakref.ref(marker))
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(core.ExportHandler, "export", export)
     request = ExportTraceServiceRequest()

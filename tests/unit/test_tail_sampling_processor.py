@@ -367,6 +367,15 @@ def test_an_enormous_trace_is_decided_at_max_spans_and_does_not_hold_up_other_tr
     assert r.metric("otel_sidecar_sampling_decisions_total") == 2
 
 
+def test_a_trace_decided_at_a_per_trace_bound_is_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The forced-decision counter says a trace was too large; the log says which one to look at."""
+    r = rig(max_spans_per_trace=50)
+    r.traces.consume(spans_request(*(span(KEPT, i) for i in range(60))))
+    (warning,) = [record for record in caplog.records if "max_spans_per_trace" in record.getMessage()]
+    assert warning.trace_id == KEPT.hex() and warning.decision == "kept"  # type: ignore[attr-defined]
+    assert f"trace {KEPT.hex()}" in warning.getMessage() and "60 spans" in warning.getMessage()
+
+
 # --- back-pressure -------------------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ Clock = Callable[[], float]
 TICK_SLICE_SPANS = 1024
 """Spans decided per slice of a timer tick (about a millisecond of event-loop time, with the stages after)."""
 _NO_TRACE_ID = bytes(16)
+_ONE_TRACE_BOUNDS = frozenset({"max_spans_per_trace", "max_bytes_per_trace"})  # an early decision of one trace
 _SAMPLED_FLAG = 0x01  # W3C trace flags: the trace is sampled (LogRecord.flags carries them in its low byte)
 
 
@@ -425,6 +426,8 @@ class TailSampler:
                 self._release_logs_of_dropped(trace, release)
                 continue
             decision = decide(trace, context)
+            if reason in _ONE_TRACE_BOUNDS:
+                self._log_outsized(trace, reason, decision.keep, decision.policy)
             key = (decision.policy, decision.keep)  # a Decision's own hash is a Python-level dataclass one
             counts[key] = counts.get(key, 0) + 1
             if decision.keep:
@@ -540,6 +543,19 @@ class TailSampler:
             queue.clear()
         self.pending_bytes = 0
         self._update_gauges()
+
+    def _log_outsized(self, trace: BufferedTrace, reason: str, kept: bool, policy: str) -> None:
+        """Name the trace a per-trace bound decided early: the counter says one did, its id says which to look at
+        (a runaway loop in one workflow, a prompt far larger than the rest)."""
+        self._log.warning(
+            f"outsized:{reason}",
+            f"trace {trace.trace_id.hex()} was decided before its time: it reached {reason} "
+            f"({trace.span_count} spans, about {trace.bytes} bytes held); its later spans follow the decision",
+            trace_id=trace.trace_id.hex(),
+            reason=reason,
+            decision="kept" if kept else "dropped",
+            policy=policy,
+        )
 
     def _lose(self, signal: Signal, reason: str, items: int, detail: str) -> None:
         self.metrics.lost(signal.value, reason, items)

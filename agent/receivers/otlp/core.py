@@ -202,10 +202,11 @@ class ExportHandler:
             self.request_failed(signal, transport, Failure.REFUSED)
             raise RequestFailed(Failure.REFUSED, f"{refusal.reason}; retry later", self._retry_after)
 
-    def export(self, signal: Signal, decoded: Decoded, transport: str, size: int) -> Message:
+    def export(self, signal: Signal, decoded: Decoded, transport: str, size: int, *, peer: str = "") -> Message:
         """Validate ids, hand the valid items to the pipeline, return the OTLP response (maybe partial success).
 
         ``size`` is the request's size as received (after decompression), which bounds the ingest queue by bytes.
+        ``peer``: the sender's address, named in the warnings about its data (which of many senders to fix).
         """
         spec = SPECS[signal]
         cid = self._settings.component_id
@@ -214,7 +215,7 @@ class ExportHandler:
         dense = spec.too_dense(items, size)
         if dense is not None:
             self._refused.labels(cid, transport, signal.value, "invalid").inc(items)
-            self._log.warning(f"dense:{signal}", dense, receiver=cid, transport=transport)
+            self._log.warning(f"dense:{signal}", dense, receiver=cid, transport=transport, peer=peer)
             raise RequestFailed(Failure.MALFORMED, dense)
         rejected = spec.reject_invalid(request)
         items -= rejected
@@ -237,14 +238,14 @@ class ExportHandler:
         if rejected:
             self._refused.labels(cid, transport, signal.value, "invalid").inc(rejected)
             warnings.append(f"{rejected} {spec.item_name} rejected: {spec.invalid_reason}")
-            self._log.warning(f"invalid:{signal}", warnings[-1], receiver=cid, transport=transport)
+            self._log.warning(f"invalid:{signal}", warnings[-1], receiver=cid, transport=transport, peer=peer)
         if decoded.repaired_strings:
             # Told in a partial success with nothing rejected: the spec's way of warning a sender.
             self._repaired.labels(cid, transport, signal.value).inc(decoded.repaired_strings)
             warnings.append(
                 f"{decoded.repaired_strings} strings were not valid UTF-8; their bad bytes were replaced by U+FFFD"
             )
-            self._log.warning(f"utf8:{signal}", warnings[-1], receiver=cid, transport=transport)
+            self._log.warning(f"utf8:{signal}", warnings[-1], receiver=cid, transport=transport, peer=peer)
         return spec.response(rejected, "; ".join(warnings))
 
     def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:

@@ -107,17 +107,17 @@ class GrpcServer:
     def _export_method(self, signal: Signal) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         handler = self._handler
 
-        async def answer(raw: bytes) -> bytes:
+        async def answer(raw: bytes, peer: str) -> bytes:
             if len(raw) > self._limit:
                 handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
                 raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")
             handler.refuse_if_short_of_memory(signal, "grpc")
             decoded = await handler.decode(signal, raw, json=False, transport="grpc")
-            return handler.export(signal, decoded, "grpc", len(raw)).SerializeToString()
+            return handler.export(signal, decoded, "grpc", len(raw), peer=peer).SerializeToString()
 
         async def export(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                return await answer(raw)
+                return await answer(raw, context.peer() or "")
             except RequestFailed as exc:
                 code, message, details = _GRPC_CODES[exc.failure], exc.message, _status_details(exc)
             except Exception:

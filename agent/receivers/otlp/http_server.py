@@ -109,7 +109,7 @@ class HttpServer:
             )
             # The protobuf size for JSON too: stages bound memory by it, and JSON is 2-3 times larger.
             size = decoded.request.ByteSize() if as_json else len(body)
-            response = self._handler.export(signal, decoded, "http", size)
+            response = self._handler.export(signal, decoded, "http", size, peer=request.remote or "")
             return _reply(200, response, as_json)
         except RequestFailed as exc:
             status, code = _HTTP_STATUS[exc.failure]
