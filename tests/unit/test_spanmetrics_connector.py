@@ -24,6 +24,7 @@ from agent.config.service import ServiceConfig
 from agent.connectors.spanmetrics.config import (
     AttributesConfig,
     ExemplarsConfig,
+    GenAiAttributesConfig,
     GenAiConfig,
     LabelMaskingConfig,
     ModelPriceConfig,
@@ -240,6 +241,27 @@ def test_a_rust_orchestrators_tracing_fields_count_as_workflows_and_snake_cased_
         ("llm_call", "success"): 1,
         ('Custom("x")', "success"): 1,
     }
+
+
+def test_an_instrumentations_own_llm_keys_are_read_when_configured() -> None:
+    """An in-house instrumentation naming the model and token counts its own way counts as an LLM call once
+    its keys are given, ahead of the conventions' keys."""
+    call = llm_span(
+        b"\x01" * 16, b"\x02" * 8, **{"acme.llm.model": "gpt-4o", "acme.usage.prompt": 1000, "acme.usage.reply": 100}
+    )
+    plain, _ = make()
+    plain.consume(call)
+    assert not plain.families.llm_requests.series
+    own = GenAiAttributesConfig(
+        request_model=["acme.llm.model"], input_tokens=["acme.usage.prompt"], output_tokens=["acme.usage.reply"]
+    )
+    connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(attributes=own)))
+    connector.consume(call)
+    f = connector.families
+    assert {labels for labels in f.llm_requests.series} == {("openai", "gpt-4o", "success")}
+    tokens = {labels[2]: f.llm_tokens.value(labels) for labels in f.llm_tokens.series}
+    assert tokens == {"input": 1000.0, "output": 100.0}
+    assert f.llm_cost.value(("openai", "gpt-4o")) == pytest.approx((1000 * 2.5 + 100 * 10.0) / 1e6)
 
 
 @pytest.mark.parametrize(

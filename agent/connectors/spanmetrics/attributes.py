@@ -12,7 +12,7 @@ import re
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from agent.connectors.spanmetrics.config import SpanMetricsConfig
+from agent.connectors.spanmetrics.config import GenAiAttributesConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.genai import ALIASES, VERCEL_5_CACHE_READ, Concept, GenAiKeys
 
 ROLE_WORKFLOW = 1 << 0
@@ -43,6 +43,28 @@ ROLE_OUTPUT_DETAILS = concept_role(Concept.OUTPUT_DETAILS)
 ROLE_MODEL = ROLE_REQUEST_MODEL | ROLE_RESPONSE_MODEL
 
 
+_EXTRA_KEYS_OF = {
+    Concept.PROVIDER: "provider",
+    Concept.REQUEST_MODEL: "request_model",
+    Concept.RESPONSE_MODEL: "response_model",
+    Concept.INPUT: "input_tokens",
+    Concept.OUTPUT: "output_tokens",
+    Concept.TOTAL: "total_tokens",
+    Concept.CACHE_READ: "cache_read_tokens",
+    Concept.CACHE_WRITE: "cache_write_tokens",
+    Concept.REASONING: "reasoning_tokens",
+}
+
+
+def aliases_with(extra: GenAiAttributesConfig) -> dict[Concept, tuple[str, ...]]:
+    """The built-in aliases of each GenAI concept, after the operator's own keys for it."""
+    out = {}
+    for concept, aliases in ALIASES.items():
+        own = tuple(getattr(extra, _EXTRA_KEYS_OF[concept])) if concept in _EXTRA_KEYS_OF else ()
+        out[concept] = (*own, *(key for key in aliases if key not in own))
+    return out
+
+
 class AttributeScanner:
     """Every attribute key the connector reads, mapped to a slot of a per-span value list and to its roles.
 
@@ -53,8 +75,9 @@ class AttributeScanner:
 
     def __init__(self, cfg: SpanMetricsConfig) -> None:
         attrs = cfg.attributes
+        aliases_of = aliases_with(cfg.genai.attributes)
         roles: dict[str, int] = {}  # key -> roles, in first-seen order (the slot order)
-        for concept, aliases in ALIASES.items():
+        for concept, aliases in aliases_of.items():
             for key in aliases:
                 roles[key] = roles.get(key, 0) | concept_role(concept)
         for role, keys in (
@@ -69,7 +92,7 @@ class AttributeScanner:
         self.slot_of = {key: index for index, key in enumerate(roles)}
         self.roles_of_slot = list(roles.values())
         self.size = len(roles)
-        self.genai = GenAiKeys(self.slot_of)
+        self.genai = GenAiKeys(self.slot_of, aliases_of)
         slot_of = self.slot_of
         self.workflow = tuple(slot_of[k] for k in attrs.workflow_name)
         self.step_type = tuple(slot_of[k] for k in attrs.step_type)

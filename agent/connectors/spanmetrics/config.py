@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from agent.config.schema import Duration, setting
@@ -223,8 +223,45 @@ class PricingConfig:
                 yield "file", str(exc)
 
 
+def _extra_keys(concept: str) -> Any:
+    return setting(
+        doc=f"More span attributes giving the {concept}, read before the built-in conventions' keys "
+        "(docs/metrics.md lists them).",
+        default_factory=list,
+    )
+
+
+@dataclass(frozen=True)
+class GenAiAttributesConfig:
+    """Keys of an instrumentation the built-in conventions do not know; each list is read first, in order."""
+
+    provider: list[str] = _extra_keys("provider (vendor) of an LLM call")
+    request_model: list[str] = _extra_keys("model an LLM call asked for")
+    response_model: list[str] = _extra_keys("model that answered an LLM call")
+    input_tokens: list[str] = _extra_keys("input (prompt) token count, cached tokens included")
+    output_tokens: list[str] = _extra_keys("output (completion) token count")
+    total_tokens: list[str] = _extra_keys("total token count (input + output)")
+    cache_read_tokens: list[str] = _extra_keys("count of input tokens read from the provider's cache")
+    cache_write_tokens: list[str] = _extra_keys("count of input tokens written to the provider's cache")
+    reasoning_tokens: list[str] = _extra_keys("reasoning token count")
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        for spec in fields(self):
+            keys = getattr(self, spec.name)
+            for index, key in enumerate(keys):
+                if not key:
+                    yield f"{spec.name}[{index}]", "must not be empty"
+                elif key in keys[:index]:
+                    yield f"{spec.name}[{index}]", f"{key} is listed twice"
+
+
 @dataclass(frozen=True)
 class GenAiConfig:
+    attributes: GenAiAttributesConfig = setting(
+        doc="Span attributes of LLM calls beyond the conventions the agent knows (OpenTelemetry GenAI, "
+        "OpenInference, OpenLLMetry, OpenLIT, Vercel AI SDK, LangSmith...).",
+        default_factory=GenAiAttributesConfig,
+    )
     cache_tokens_in_input: dict[str, bool] = setting(
         doc="Per provider (`anthropic: false`): whether the input token count already includes cache reads and "
         "writes. Unlisted providers: included (the OpenTelemetry convention) unless the counts contradict it, "

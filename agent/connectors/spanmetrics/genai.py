@@ -482,9 +482,9 @@ def first_number(values: Sequence[AnyValue | None], slots: Sequence[int]) -> flo
 class GenAiKeys:
     """Slots of the GenAI aliases in a span-attribute scan (see ``AttributeScanner``), by concept and priority."""
 
-    def __init__(self, slot_of: Mapping[str, int]) -> None:
+    def __init__(self, slot_of: Mapping[str, int], aliases: Mapping[Concept, tuple[str, ...]] = ALIASES) -> None:
         # Indexed by Concept (an IntEnum): a list index, not a dict lookup, on the hot path.
-        self.slots: list[tuple[int, ...]] = [tuple(slot_of[k] for k in ALIASES[c]) for c in Concept]
+        self.slots: list[tuple[int, ...]] = [tuple(slot_of[k] for k in aliases[c]) for c in Concept]
         self.all_slots = frozenset(s for slots in self.slots for s in slots)
 
     @staticmethod
