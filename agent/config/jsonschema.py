@@ -34,18 +34,22 @@ CONFIG_DESCRIPTION = (
 # takes a string, which must hold a reference. No ``anyOf``: under one, a misspelt key would be reported as the
 # whole section being "not valid under any of the given schemas", not by its name and path.
 ENV_REFERENCE = r"\$\{"
+# A section: a mapping of known keys, or null (its defaults), or a reference.
+MAPPING: dict[str, Any] = {
+    "type": ["object", "null", "string"],
+    "pattern": ENV_REFERENCE,
+    "additionalProperties": False,
+}
 
 
 def section_schema(cls: Any) -> dict[str, Any]:
-    """The keys of a config class, each with the schema of its own value."""
+    """The keys of a config class, each with the schema of its own value; and the keys its ``WRAPPERS`` name (a
+    level the loader lifts its fields out of, as the otlp receiver's ``protocols:``), holding those fields."""
     hints = get_type_hints(cls)
     properties = {spec.name: value_schema(hints[spec.name]) for spec in fields(cls)}
-    shape: dict[str, Any] = {"type": ["object", "null", "string"], "pattern": ENV_REFERENCE, "properties": properties}
-    # A section with ``prepare_raw`` rewrites what was written before reading it (the otlp receiver's
-    # ``protocols:`` level): the loader, not the schema, knows its keys.
-    if not hasattr(cls, "prepare_raw"):
-        shape["additionalProperties"] = False
-    return shape
+    for wrapper, wrapped in getattr(cls, "WRAPPERS", {}).items():
+        properties[wrapper] = {**MAPPING, "properties": {name: properties[name] for name in wrapped}}
+    return {**MAPPING, "properties": properties}
 
 
 def value_schema(tp: Any) -> dict[str, Any]:
@@ -57,8 +61,9 @@ def value_schema(tp: Any) -> dict[str, Any]:
     origin = get_origin(tp)
     if origin is list and args and is_dataclass(args[0]):
         return {"type": ["array", "string"], "pattern": ENV_REFERENCE, "items": section_schema(args[0])}
+    # null too: the loader reads an empty mapping (a price table with every entry commented out).
     if origin is dict and len(args) == 2 and is_dataclass(args[1]):
-        return {"type": ["object", "string"], "pattern": ENV_REFERENCE, "additionalProperties": section_schema(args[1])}
+        return {**MAPPING, "additionalProperties": section_schema(args[1])}
     if len(args) == 1 and is_dataclass(args[0]) and origin not in (list, dict):
         return section_schema(args[0])  # ``X | None``: null is allowed anyway
     return {}
@@ -71,12 +76,7 @@ def components_schema(kind: Kind) -> dict[str, Any]:
         for factory in sorted(FACTORIES, key=lambda f: f.type)
         if factory.kind is kind
     }
-    return {
-        "type": ["object", "null", "string"],
-        "pattern": ENV_REFERENCE,
-        "patternProperties": by_type,
-        "additionalProperties": False,
-    }
+    return {**MAPPING, "patternProperties": by_type}
 
 
 def config_schema() -> dict[str, Any]:

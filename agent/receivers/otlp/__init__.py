@@ -6,7 +6,7 @@ import asyncio
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
 from agent.config.schema import EnvText, HostPort, setting, type_name
@@ -68,6 +68,10 @@ class OtlpReceiverConfig:
     retry_after: float = setting(
         1.0, doc="Seconds a refused sender is told to wait (gRPC RetryInfo, HTTP Retry-After).", minimum=0
     )
+
+    # A key ``prepare_raw`` takes that is no field: the Collector's ``protocols:`` level around these fields
+    # (for the chart's schema, agent.config.jsonschema).
+    WRAPPERS: ClassVar[Mapping[str, tuple[str, ...]]] = {"protocols": _PROTOCOLS}
 
     @staticmethod
     def prepare_raw(raw: Mapping[str, Any]) -> Mapping[str, Any]:
