@@ -410,3 +410,32 @@ async def test_the_items_the_consumers_hold_are_shown_apart_from_the_queue() -> 
     await queue.shutdown(time.monotonic() + 5)
     assert gauge("in_flight_items") == 0
     assert gauge("queue_size") == 0
+
+
+async def test_the_in_flight_gauge_falls_as_each_part_of_a_split_batch_is_delivered() -> None:
+    from agent.exporters._helper.batcher import BatchConfig
+
+    metrics, release, pushed = SelfMetrics(), asyncio.Event(), []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        if pushed:
+            await release.wait()  # the backend stalls after the first part
+        pushed.append(count_spans(batch))
+
+    request = ExportTraceServiceRequest()
+    for part in batches(6):
+        request.resource_spans.extend(part.resource_spans)
+    limit = request.ByteSize() // 3 + 1
+    batch = BatchConfig(max_bytes=limit, flush_timeout=0.01)  # type: ignore[arg-type]
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push, batch=batch)
+    await queue.start()
+    queue.offer(Signal.TRACES, request)
+    await asyncio.sleep(0.1)  # the first part delivered, the second waiting on the backend
+    text = metrics.render().decode()
+    assert len(pushed) == 1
+    assert (
+        metric_value(text, "otel_sidecar_exporter_in_flight_items", exporter="test") == count_spans(request) - pushed[0]
+    )
+    release.set()
+    await queue.shutdown(time.monotonic() + 5)
+    assert metric_value(metrics.render().decode(), "otel_sidecar_exporter_in_flight_items", exporter="test") == 0

@@ -455,6 +455,7 @@ class SendingQueue:
             group.sending = None
             delivered = delivered and outcome is _Outcome.SENT
             group.items -= part_items
+            self._update_gauges()  # in_flight_items: a batch split into parts settles part by part
         duplicates = sum(e.items for e in entries if e.maybe_duplicate)
         if duplicates and delivered:  # re-sent after a restart; the first send may have reached the backend
             self._duplicates.labels(self._settings.component_id, signal.value).inc(duplicates)
