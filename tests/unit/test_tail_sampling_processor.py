@@ -376,6 +376,20 @@ def test_a_trace_decided_at_a_per_trace_bound_is_named_in_the_log(caplog: pytest
     assert f"trace {KEPT.hex()}" in warning.getMessage() and "60 spans" in warning.getMessage()
 
 
+def test_a_trace_decided_for_its_bytes_is_logged_with_its_own_size_not_its_requests_average(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The buffer charges each span its request's average: a prompt among 2,000 small spans would be reported
+    as a few hundred bytes beside a megabyte limit."""
+    r = rig(max_buffered_bytes=8 << 20)  # the per-trace cap: 2 MiB of memory, 585 KiB of protobuf
+    heavy = trace_id_with_randomness(9, prefix=4)
+    small = [span(trace_id_with_randomness(n + 1, prefix=3), n) for n in range(2000)]
+    r.traces.consume(spans_request(*small, span(heavy, 9999, attributes={"prompt": "p" * 700_000})))
+    (warning,) = [record for record in caplog.records if "max_bytes_per_trace" in record.getMessage()]
+    size = int(warning.getMessage().split(" bytes of protobuf")[0].rsplit(" ", 1)[1])
+    assert 700_000 < size < 710_000
+
+
 # --- back-pressure -------------------------------------------------------------------------------------------------
 
 

@@ -547,10 +547,12 @@ class TailSampler:
     def _log_outsized(self, trace: BufferedTrace, reason: str, kept: bool, policy: str) -> None:
         """Name the trace a per-trace bound decided early: the counter says one did, its id says which to look at
         (a runaway loop in one workflow, a prompt far larger than the rest)."""
+        # Measured, not the buffer's estimate (a span charged its request's average looks small beside a prompt).
+        size = trace.measured_bytes()
         self._log.warning(
             f"outsized:{reason}",
             f"trace {trace.trace_id.hex()} was decided before its time: it reached {reason} "
-            f"({trace.span_count} spans, about {trace.bytes} bytes held); its later spans follow the decision",
+            f"({trace.span_count} spans, {size} bytes of protobuf); its later spans follow the decision",
             trace_id=trace.trace_id.hex(),
             reason=reason,
             decision="kept" if kept else "dropped",
