@@ -377,8 +377,8 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
     sections: dict[str, dict[str, ComponentConfig]] = {}
     # Defined but with errors: pipelines naming them are not wrong too, though what signals one of a known type
-    # takes is still checked (an id with no known type: None).
-    invalid: dict[str, ComponentConfig | None] = {}
+    # takes is still checked (an id may be a receiver and an exporter both; one of no known type has no entry).
+    invalid: dict[str, list[ComponentConfig]] = {}
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
         section = EnvText.structure(raw.get(kind.section))
         factories = factories_for(kind)
@@ -387,7 +387,8 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             for cid in section:
                 if cid not in sections[kind.section]:
                     factory = factories.get(str(cid).split("/", 1)[0])
-                    invalid[str(cid)] = ComponentConfig(str(cid), kind, factory, None) if factory else None
+                    known = [ComponentConfig(str(cid), kind, factory, None)] if factory else []
+                    invalid[str(cid)] = invalid.get(str(cid), []) + known
     service = build(ServiceConfig, raw.get("service"), "service", errors)
     if service is None:
         # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
@@ -513,7 +514,7 @@ def _check_pipeline(
     config: AgentConfig,
     pipeline_id: str,
     pipeline: PipelineConfig,
-    invalid: Mapping[str, ComponentConfig | None],
+    invalid: Mapping[str, list[ComponentConfig]],
     errors: list[ConfigError],
 ) -> None:
     try:
@@ -524,7 +525,7 @@ def _check_pipeline(
     for index, name in enumerate(pipeline.receivers):
         path = f"{base}.receivers[{index}]"
         if name in invalid:
-            _check_invalid_signal(invalid[name], (Kind.RECEIVER, Kind.CONNECTOR), signal, path, errors)
+            _check_invalid_signal(invalid[name], (Kind.CONNECTOR, Kind.RECEIVER), signal, path, errors)
             continue
         if name in config.connectors:
             _require_output_signal(config.connectors[name], signal, path, errors)
@@ -572,16 +573,17 @@ def _undefined(role: str, name: str, sections: str, defined: Iterable[str]) -> s
 
 
 def _check_invalid_signal(
-    component: ComponentConfig | None, kinds: tuple[Kind, ...], signal: Signal, path: str, errors: list[ConfigError]
+    defined: list[ComponentConfig], kinds: tuple[Kind, ...], signal: Signal, path: str, errors: list[ConfigError]
 ) -> None:
     """A component whose settings are wrong still has a known type: whether it takes the pipeline's signal is
-    said now, not after its settings are fixed."""
-    if component is None or component.kind not in kinds:
-        return
-    if component.kind is Kind.CONNECTOR and kinds[0] is Kind.RECEIVER:
-        _require_output_signal(component, signal, path, errors)
-    else:
-        _require_signal(component, signal, path, errors)
+    said now, not after its settings are fixed. ``defined``: the components of that id; ``kinds``: those a
+    pipeline takes at ``path``, in the order valid ones are looked up (a connector before a receiver of the same
+    id, an exporter before a connector)."""
+    for component in sorted((c for c in defined if c.kind in kinds), key=lambda c: kinds.index(c.kind))[:1]:
+        if component.kind is Kind.CONNECTOR and Kind.RECEIVER in kinds:  # feeding the pipeline
+            _require_output_signal(component, signal, path, errors)
+        else:
+            _require_signal(component, signal, path, errors)
 
 
 def _require_output_signal(connector: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:
