@@ -32,7 +32,7 @@ from agent.config.service import NO_EXTENSIONS, PipelineConfig, ServiceConfig, p
 # a "${" that is none of these is reported.
 _ENV_NAME = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)")
 _BAD_REFERENCE = "'${' starts no valid reference: write ${env:NAME} or ${env:NAME:-default} ($$ for a $)"
-_COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
+_COMPONENT_ID = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?")  # whole ids only (fullmatch)
 _SECTIONS = ("receivers", "processors", "exporters", "connectors", "service")
 
 
@@ -376,9 +376,9 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         elif key not in _SECTIONS:
             errors.append(ConfigError(str(key), f"unknown section; expected one of {', '.join(_SECTIONS)}"))
     sections: dict[str, dict[str, ComponentConfig]] = {}
-    # Defined but with errors: pipelines naming them are not wrong too, though what signals one of a known type
-    # takes is still checked (an id may be a receiver and an exporter both; one of no known type has no entry).
-    invalid: dict[str, list[ComponentConfig]] = {}
+    # Defined but with errors, by id: the kinds it was defined as, each with its type when that is known. A pipeline
+    # naming one where that kind goes is not wrong too, though what signals one of a known type takes is checked.
+    invalid: dict[str, list[tuple[Kind, ComponentConfig | None]]] = {}
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
         section = EnvText.structure(raw.get(kind.section))
         factories = factories_for(kind)
@@ -387,8 +387,8 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             for cid in section:
                 if cid not in sections[kind.section]:
                     factory = factories.get(str(cid).split("/", 1)[0])
-                    known = [ComponentConfig(str(cid), kind, factory, None)] if factory else []
-                    invalid[str(cid)] = invalid.get(str(cid), []) + known
+                    typed = ComponentConfig(str(cid), kind, factory, None) if factory else None
+                    invalid.setdefault(str(cid), []).append((kind, typed))
     service = build(ServiceConfig, raw.get("service"), "service", errors)
     if service is None:
         # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
@@ -495,7 +495,7 @@ def _parse_components(
     out: dict[str, ComponentConfig] = {}
     for component_id, body in raw.items():
         path = join_path(section, str(component_id))
-        if not isinstance(component_id, str) or not _COMPONENT_ID.match(component_id):
+        if not isinstance(component_id, str) or not _COMPONENT_ID.fullmatch(component_id):
             errors.append(ConfigError(path, "component id must be type or type/name (lower_snake_case type)"))
             continue
         type_name = component_id.split("/", 1)[0]
@@ -514,7 +514,7 @@ def _check_pipeline(
     config: AgentConfig,
     pipeline_id: str,
     pipeline: PipelineConfig,
-    invalid: Mapping[str, list[ComponentConfig]],
+    invalid: Mapping[str, list[tuple[Kind, ComponentConfig | None]]],
     errors: list[ConfigError],
 ) -> None:
     try:
@@ -524,8 +524,7 @@ def _check_pipeline(
     base = f"service.pipelines.{pipeline_id}"
     for index, name in enumerate(pipeline.receivers):
         path = f"{base}.receivers[{index}]"
-        if name in invalid:
-            _check_invalid_signal(invalid[name], (Kind.CONNECTOR, Kind.RECEIVER), signal, path, errors)
+        if _invalid_here(invalid, name, (Kind.CONNECTOR, Kind.RECEIVER), signal, path, errors):
             continue
         if name in config.connectors:
             _require_output_signal(config.connectors[name], signal, path, errors)
@@ -540,8 +539,7 @@ def _check_pipeline(
             )
     for index, name in enumerate(pipeline.processors):
         path = f"{base}.processors[{index}]"
-        if name in invalid:
-            _check_invalid_signal(invalid[name], (Kind.PROCESSOR,), signal, path, errors)
+        if _invalid_here(invalid, name, (Kind.PROCESSOR,), signal, path, errors):
             continue
         if name not in config.processors:
             errors.append(ConfigError(path, _undefined("processor", name, "processors", config.processors)))
@@ -550,8 +548,7 @@ def _check_pipeline(
     for index, name in enumerate(pipeline.exporters):
         path = f"{base}.exporters[{index}]"
         component = config.exporters.get(name) or config.connectors.get(name)
-        if name in invalid:
-            _check_invalid_signal(invalid[name], (Kind.EXPORTER, Kind.CONNECTOR), signal, path, errors)
+        if _invalid_here(invalid, name, (Kind.EXPORTER, Kind.CONNECTOR), signal, path, errors):
             continue
         if component is None:
             errors.append(
@@ -572,18 +569,31 @@ def _undefined(role: str, name: str, sections: str, defined: Iterable[str]) -> s
     return f"{role} {shown} is not defined under {sections}{hint}"
 
 
-def _check_invalid_signal(
-    defined: list[ComponentConfig], kinds: tuple[Kind, ...], signal: Signal, path: str, errors: list[ConfigError]
-) -> None:
-    """A component whose settings are wrong still has a known type: whether it takes the pipeline's signal is
-    said now, not after its settings are fixed. ``defined``: the components of that id; ``kinds``: those a
-    pipeline takes at ``path``, in the order valid ones are looked up (a connector before a receiver of the same
-    id, an exporter before a connector)."""
-    for component in sorted((c for c in defined if c.kind in kinds), key=lambda c: kinds.index(c.kind))[:1]:
-        if component.kind is Kind.CONNECTOR and Kind.RECEIVER in kinds:  # feeding the pipeline
-            _require_output_signal(component, signal, path, errors)
-        else:
-            _require_signal(component, signal, path, errors)
+def _invalid_here(
+    invalid: Mapping[str, list[tuple[Kind, ComponentConfig | None]]],
+    name: str,
+    kinds: tuple[Kind, ...],
+    signal: Signal,
+    path: str,
+    errors: list[ConfigError],
+) -> bool:
+    """Whether ``name`` at ``path`` is a component defined with errors as one of ``kinds`` (those a pipeline
+    takes there, in the order valid ones are looked up: a connector before a receiver of the same id, an exporter
+    before a connector). Its settings are reported already; its type, when known, still has to take the
+    pipeline's signal, which is said now rather than after its settings are fixed."""
+    defined = sorted(
+        ((kind, typed) for kind, typed in invalid.get(name, ()) if kind in kinds), key=lambda d: kinds.index(d[0])
+    )
+    if not defined:
+        return False  # not defined with errors as a kind that goes here: checked as any other name
+    _, component = defined[0]
+    if component is None:
+        pass  # of a type no factory knows: reported at its definition
+    elif component.kind is Kind.CONNECTOR and Kind.RECEIVER in kinds:  # feeding the pipeline
+        _require_output_signal(component, signal, path, errors)
+    else:
+        _require_signal(component, signal, path, errors)
+    return True
 
 
 def _require_output_signal(connector: ComponentConfig, signal: Signal, path: str, errors: list[ConfigError]) -> None:
