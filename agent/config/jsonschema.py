@@ -34,6 +34,9 @@ CONFIG_DESCRIPTION = (
 # takes a string, which must hold a reference. No ``anyOf``: under one, a misspelt key would be reported as the
 # whole section being "not valid under any of the given schemas", not by its name and path.
 ENV_REFERENCE = r"\$\{"
+# What the loader takes as a component's name (``otlp/<name>``) and a pipeline's id.
+COMPONENT_NAME = r"[A-Za-z0-9_.\-]+"
+PIPELINE_ID = r"^(traces|metrics|logs)(/.+)?$"
 # A section: a mapping of known keys, or null (its defaults), or a reference.
 MAPPING: dict[str, Any] = {
     "type": ["object", "null", "string"],
@@ -47,9 +50,31 @@ def section_schema(cls: Any) -> dict[str, Any]:
     level the loader lifts its fields out of, as the otlp receiver's ``protocols:``), holding those fields."""
     hints = get_type_hints(cls)
     properties = {spec.name: value_schema(hints[spec.name]) for spec in fields(cls)}
+    given_twice = []
     for wrapper, wrapped in getattr(cls, "WRAPPERS", {}).items():
-        properties[wrapper] = {**MAPPING, "properties": {name: properties[name] for name in wrapped}}
-    return {**MAPPING, "properties": properties}
+        # Not null: the loader takes a wrapper only as a mapping.
+        properties[wrapper] = {
+            "type": ["object", "string"],
+            "pattern": ENV_REFERENCE,
+            "additionalProperties": False,
+            "properties": {name: properties[name] for name in wrapped},
+        }
+        # A field both in the wrapper and beside it is an error: the chart's defaults set the fields beside it,
+        # so a Collector-style `protocols:` in one's values meets them there.
+        given_twice += [
+            {
+                "not": {
+                    "type": "object",
+                    "required": [name, wrapper],
+                    "properties": {wrapper: {"type": "object", "required": [name]}},
+                }
+            }
+            for name in wrapped
+        ]
+    schema = {**MAPPING, "properties": properties}
+    if given_twice:
+        schema["allOf"] = given_twice
+    return schema
 
 
 def value_schema(tp: Any) -> dict[str, Any]:
@@ -72,7 +97,7 @@ def value_schema(tp: Any) -> dict[str, Any]:
 def components_schema(kind: Kind) -> dict[str, Any]:
     """``type`` or ``type/name`` ids of the kind's registered types, each with its config's keys."""
     by_type = {
-        f"^{re.escape(factory.type)}(/.*)?$": section_schema(factory.config_class)
+        f"^{re.escape(factory.type)}(/{COMPONENT_NAME})?$": section_schema(factory.config_class)
         for factory in sorted(FACTORIES, key=lambda f: f.type)
         if factory.kind is kind
     }
@@ -84,6 +109,7 @@ def config_schema() -> dict[str, Any]:
         kind.section: components_schema(kind) for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.CONNECTOR, Kind.EXPORTER)
     }
     sections["service"] = section_schema(ServiceConfig)
+    sections["service"]["properties"]["pipelines"]["propertyNames"] = {"pattern": PIPELINE_ID}
     return {
         "type": "object",
         "description": CONFIG_DESCRIPTION,

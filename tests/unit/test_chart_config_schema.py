@@ -168,3 +168,33 @@ def test_values_and_whole_sections_may_come_from_the_environment() -> None:
         "service": {"retention": "${env:RETENTION}"},
     }
     assert schema_errors(config) == []
+
+
+def test_the_collectors_protocols_level_over_the_charts_defaults_is_refused_as_the_agent_refuses_it() -> None:
+    """The chart's defaults set grpc and http beside protocols: a values file in the Collector's layout is merged
+    into them, and the agent refuses a protocol given twice."""
+    chart = yaml.safe_load((REPO / "helm" / "otel-sidecar" / "values.yaml").read_text())["config"]
+    values = {"receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "0.0.0.0:4317"}}}}}
+    config = merged(copy.deepcopy(chart), values)
+    assert any("given both under protocols" in error for error in loader_refuses(config))
+    assert schema_errors(config)
+    # Told to leave the defaults out (null, which Helm deletes), it passes both.
+    config["receivers"]["otlp"].pop("grpc")
+    assert schema_errors(config) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"service": {"pipelines": {"spans": {"receivers": ["otlp"], "exporters": ["file"]}}}},
+        {"service": {"pipelines": {"traces/": {"receivers": ["otlp"], "exporters": ["file"]}}}},
+        {"receivers": {"otlp/": None}},
+        {"receivers": {"otlp/a b": None}},
+        {"receivers": {"otlp": {"protocols": None}}},
+    ],
+    ids=str,
+)
+def test_ids_and_levels_the_agent_refuses_are_refused_by_the_schema(change: dict[str, Any]) -> None:
+    config = merged(copy.deepcopy(MINIMAL), change)
+    assert loader_refuses(config)
+    assert schema_errors(config)
