@@ -65,6 +65,11 @@ class Throttle:
         self._last: dict[object, float] = {}
         self._suppressed: dict[object, int] = {}
 
+    def due(self, key: object) -> bool:
+        """Whether ``admit(key)`` now would admit the event (without counting it either way)."""
+        last = self._last.get(key)
+        return last is None or time.monotonic() - last >= self._interval
+
     def admit(self, key: object) -> int | None:
         """None to drop this event; else how many were dropped since the last one admitted."""
         now = time.monotonic()
@@ -111,6 +116,10 @@ class RateLimitedLog:
 
     def warning(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.WARNING, key, message, extra)
+
+    def would_log(self, key: str) -> bool:
+        """Whether a message under ``key`` now would be written (not suppressed): to skip building a costly one."""
+        return self._throttle.due(key)
 
     def error(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.ERROR, key, message, extra)

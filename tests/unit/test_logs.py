@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from agent.telemetry.logs import configure
+from agent.telemetry.logs import Throttle, configure
 
 
 @pytest.fixture
@@ -46,3 +46,12 @@ def test_a_library_repeating_one_error_is_logged_once_per_interval(
     logging.getLogger("asyncio").error("another problem")
     messages = [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()]
     assert messages == ["socket.accept() out of system resource", "another problem"]
+
+
+def test_a_message_is_due_when_it_would_be_written_and_asking_counts_nothing() -> None:
+    throttle = Throttle(interval=60)
+    assert throttle.due("key") and throttle.due("key")  # asking admits nothing
+    assert throttle.admit("key") == 0
+    assert not throttle.due("key") and throttle.due("other")
+    assert throttle.admit("key") is None
+    assert not throttle.due("key")

@@ -153,11 +153,12 @@ class BufferedTrace:
             start += 3 + count
 
     def measured_bytes(self) -> int:
-        """The protobuf size of the spans and records held. ``bytes`` gives each span its request's average, which
-        is right for the buffer's total but can make a small trace look large beside a prompt-heavy one."""
+        """The protobuf size of the spans and records held. ``bytes`` gives each span and record its request's
+        average, which is right for the buffer's total but can make a small trace look large beside a prompt-heavy
+        one, or the reverse."""
         self.size_checked = self.bytes_bound
         spans = sum(span.ByteSize() for _, span in self.iter_spans())
-        return spans + self.log_bytes
+        return spans + sum(record.ByteSize() for _, _, records in self.logs for record in records)
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""

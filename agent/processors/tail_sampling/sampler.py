@@ -547,10 +547,12 @@ class TailSampler:
     def _log_outsized(self, trace: BufferedTrace, reason: str, kept: bool, policy: str) -> None:
         """Name the trace a per-trace bound decided early: the counter says one did, its id says which to look at
         (a runaway loop in one workflow, a prompt far larger than the rest)."""
-        # Measured, not the buffer's estimate (a span charged its request's average looks small beside a prompt).
-        size = trace.measured_bytes()
+        key = f"outsized:{reason}"
+        # Measured, not the buffer's estimate (a span charged its request's average looks small beside a prompt),
+        # and only for a message that is written: measuring 10,000 spans of prompts takes milliseconds.
+        size = trace.measured_bytes() if self._log.would_log(key) else 0
         self._log.warning(
-            f"outsized:{reason}",
+            key,
             f"trace {trace.trace_id.hex()} was decided before its time: it reached {reason} "
             f"({trace.span_count} spans, {size} bytes of protobuf); its later spans follow the decision",
             trace_id=trace.trace_id.hex(),
