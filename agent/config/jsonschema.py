@@ -7,7 +7,8 @@ that refuses its config at pod start (a native sidecar that never starts holds t
 The schema checks the config's shape only: the keys of every section and component, from the same config
 classes the loader builds (the single source of truth). Values are not type-checked: any of them may be a
 ``${env:...}`` reference (even a whole section), and the loader's checks (types, bounds, cross-field rules,
-pipelines) say far more than a schema could; ``otel-sidecar validate`` runs them.
+pipelines) say far more than a schema could; ``otel-sidecar validate`` runs them. The config itself is a
+mapping here: the loader also takes a whole config given as one reference, which the chart has no use for.
 
 Run ``python -m agent.config.jsonschema`` to rewrite the chart's schema; a test fails when it is out of date.
 """
