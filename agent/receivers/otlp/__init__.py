@@ -86,6 +86,8 @@ class OtlpReceiverConfig:
         if len(named) != 1:
             return raw
         (unnamed,) = set(_PROTOCOLS) - set(named)
+        if unnamed in raw:
+            return raw  # switched off in a section of its own, which is read (and checked) as written
         return {**raw, unnamed: {"enabled": False}}
 
     @staticmethod
