@@ -14,10 +14,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 
 from agent.config.jsonschema import CHART_SCHEMA, chart_schema_text, config_schema
 from agent.config.loader import load_text
 from agent.config.schema import ConfigInvalid
+from tests.unit.test_config_properties import edited_configs
 from tests.unit.test_docs_examples import EXAMPLES, OTHER_FILES, as_whole_document, kind_of, merged
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -198,3 +200,17 @@ def test_ids_and_levels_the_agent_refuses_are_refused_by_the_schema(change: dict
     config = merged(copy.deepcopy(MINIMAL), change)
     assert loader_refuses(config)
     assert schema_errors(config)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edited_configs())
+def test_an_edited_config_the_schema_refuses_is_refused_by_the_agent_and_never_the_other_way_for_keys(
+    config: dict[str, Any],
+) -> None:
+    """The shipped configs with random edits (values replaced by any YAML value, keys removed or added)."""
+    loader_errors = loader_refuses(config)
+    found = schema_errors(config)
+    if found:
+        assert loader_errors, f"the schema refuses ({found}); the agent takes it"
+    if any(UNKNOWN.search(error) for error in loader_errors):
+        assert found, f"the agent refuses for a key ({loader_errors}); the schema takes it"
