@@ -117,9 +117,10 @@ class RateLimitedLog:
     def warning(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.WARNING, key, message, extra)
 
-    def would_log(self, key: str) -> bool:
-        """Whether a message under ``key`` now would be written (not suppressed): to skip building a costly one."""
-        return self._throttle.due(key)
+    def would_warn(self, key: str) -> bool:
+        """Whether a warning under ``key`` now would be written (the level on, not suppressed): to skip building a
+        costly one."""
+        return self._logger.isEnabledFor(logging.WARNING) and self._throttle.due(key)
 
     def error(self, key: str, message: str, **extra: Any) -> None:
         self._log(logging.ERROR, key, message, extra)

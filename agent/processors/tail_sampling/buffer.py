@@ -153,12 +153,13 @@ class BufferedTrace:
             start += 3 + count
 
     def measured_bytes(self) -> int:
-        """The protobuf size of the spans and records held. ``bytes`` gives each span and record its request's
-        average, which is right for the buffer's total but can make a small trace look large beside a prompt-heavy
-        one, or the reverse."""
+        """The protobuf size of the spans held, and the records' share of their requests (as ``bytes_bound``
+        counts them: measured exactly, records would come out below it, and ``_is_heavy`` would wait for the bound
+        to double). ``bytes`` gives each span its request's average, which is right for the buffer's total but can
+        make a small trace look large beside a prompt-heavy one."""
         self.size_checked = self.bytes_bound
         spans = sum(span.ByteSize() for _, span in self.iter_spans())
-        return spans + sum(record.ByteSize() for _, _, records in self.logs for record in records)
+        return spans + self.log_bytes
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""

@@ -550,11 +550,11 @@ class TailSampler:
         key = f"outsized:{reason}"
         # Measured, not the buffer's estimate (a span charged its request's average looks small beside a prompt),
         # and only for a message that is written: measuring 10,000 spans of prompts takes milliseconds.
-        size = trace.measured_bytes() if self._log.would_log(key) else 0
+        size = f", {trace.measured_bytes()} bytes of protobuf" if self._log.would_warn(key) else ""
         self._log.warning(
             key,
             f"trace {trace.trace_id.hex()} was decided before its time: it reached {reason} "
-            f"({trace.span_count} spans, {size} bytes of protobuf); its later spans follow the decision",
+            f"({trace.span_count} spans{size}); its later spans follow the decision",
             trace_id=trace.trace_id.hex(),
             reason=reason,
             decision="kept" if kept else "dropped",
