@@ -524,12 +524,12 @@ def _check_pipeline(
     base = f"service.pipelines.{pipeline_id}"
     for index, name in enumerate(pipeline.receivers):
         path = f"{base}.receivers[{index}]"
-        if _invalid_here(invalid, name, (Kind.CONNECTOR, Kind.RECEIVER), signal, path, errors):
-            continue
         if name in config.connectors:
             _require_output_signal(config.connectors[name], signal, path, errors)
         elif name in config.receivers:
             _require_signal(config.receivers[name], signal, path, errors)
+        elif _invalid_here(invalid, name, (Kind.CONNECTOR, Kind.RECEIVER), signal, path, errors):
+            continue
         else:
             errors.append(
                 ConfigError(
@@ -539,16 +539,14 @@ def _check_pipeline(
             )
     for index, name in enumerate(pipeline.processors):
         path = f"{base}.processors[{index}]"
-        if _invalid_here(invalid, name, (Kind.PROCESSOR,), signal, path, errors):
-            continue
-        if name not in config.processors:
-            errors.append(ConfigError(path, _undefined("processor", name, "processors", config.processors)))
-        else:
+        if name in config.processors:
             _require_signal(config.processors[name], signal, path, errors)
+        elif not _invalid_here(invalid, name, (Kind.PROCESSOR,), signal, path, errors):
+            errors.append(ConfigError(path, _undefined("processor", name, "processors", config.processors)))
     for index, name in enumerate(pipeline.exporters):
         path = f"{base}.exporters[{index}]"
         component = config.exporters.get(name) or config.connectors.get(name)
-        if _invalid_here(invalid, name, (Kind.EXPORTER, Kind.CONNECTOR), signal, path, errors):
+        if component is None and _invalid_here(invalid, name, (Kind.EXPORTER, Kind.CONNECTOR), signal, path, errors):
             continue
         if component is None:
             errors.append(
@@ -577,22 +575,22 @@ def _invalid_here(
     path: str,
     errors: list[ConfigError],
 ) -> bool:
-    """Whether ``name`` at ``path`` is a component defined with errors as one of ``kinds`` (those a pipeline
-    takes there, in the order valid ones are looked up: a connector before a receiver of the same id, an exporter
-    before a connector). Its settings are reported already; its type, when known, still has to take the
-    pipeline's signal, which is said now rather than after its settings are fixed."""
+    """Whether ``name`` at ``path``, defined nowhere valid, is a component defined with errors as one of
+    ``kinds`` (those a pipeline takes there, in the order valid ones are looked up: a connector before a receiver
+    of the same id, an exporter before a connector). Its settings are reported already; its type, when known,
+    still has to take the pipeline's signal, which is said now rather than after its settings are fixed."""
     defined = sorted(
         ((kind, typed) for kind, typed in invalid.get(name, ()) if kind in kinds), key=lambda d: kinds.index(d[0])
     )
     if not defined:
         return False  # not defined with errors as a kind that goes here: checked as any other name
-    _, component = defined[0]
-    if component is None:
-        pass  # of a type no factory knows: reported at its definition
-    elif component.kind is Kind.CONNECTOR and Kind.RECEIVER in kinds:  # feeding the pipeline
-        _require_output_signal(component, signal, path, errors)
-    else:
-        _require_signal(component, signal, path, errors)
+    typed = [component for _, component in defined if component is not None]  # not of a type no factory knows
+    if typed:
+        component = typed[0]
+        if component.kind is Kind.CONNECTOR and Kind.RECEIVER in kinds:  # feeding the pipeline
+            _require_output_signal(component, signal, path, errors)
+        else:
+            _require_signal(component, signal, path, errors)
     return True
 
 
