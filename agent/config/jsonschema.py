@@ -37,7 +37,7 @@ CONFIG_DESCRIPTION = (
 ENV_REFERENCE = r"\$\{"
 # What the loader takes as a component's name (``otlp/<name>``) and a pipeline's id.
 COMPONENT_NAME = r"[A-Za-z0-9_.\-]+"
-PIPELINE_ID = r"^(traces|metrics|logs)(/.+)?$"
+PIPELINE_ID = r"^(traces|metrics|logs)(/[\s\S]+)?$"  # any name, a line break included, as the loader takes
 # A section: a mapping of known keys, or null (its defaults), or a reference.
 MAPPING: dict[str, Any] = {
     "type": ["object", "null", "string"],

@@ -100,6 +100,7 @@ MINIMAL = {
         {"receivers": {"otlp": {"grpc": None, "http": {"endpoint": "127.0.0.1:4318"}}}},
         {"processors": {"tail_sampling": {"decision_wait": "1s"}}},
         {"exporters": {"file": {"path": "/tmp/x", "sending_queue": None}}},
+        {"service": {"pipelines": {"traces/a\nb": {"receivers": ["otlp"], "exporters": ["file"]}}}},
     ],
     ids=str,
 )
