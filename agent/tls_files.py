@@ -44,6 +44,8 @@ def _files_in(node: Any) -> Iterator[str]:
     elif isinstance(node, TlsClientConfig):
         yield from (name for name in (node.ca_file, node.cert_file, node.key_file) if name)
     elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        if getattr(node, "enabled", True) is False:
+            return  # a switched-off section (a protocol) presents no certificate: its files' changes mean nothing
         for field in dataclasses.fields(node):
             yield from _files_in(getattr(node, field.name))
     elif isinstance(node, Mapping):

@@ -47,6 +47,21 @@ def test_every_file_of_every_tls_setting_is_found_the_admin_endpoints_apart(tmp_
     assert admin_tls_files(loaded) == sorted(admin.values())
 
 
+def test_a_switched_off_protocols_files_are_not_watched(tmp_path: Path) -> None:
+    """No server presents them: a rotation there must not reload the pipelines."""
+    config = {
+        "receivers": {
+            "otlp": {
+                "grpc": {"endpoint": "127.0.0.1:4317"},
+                "http": {"enabled": False, "tls": {"cert_file": str(tmp_path / "h.pem"), "key_file": "h.key"}},
+            }
+        },
+        "exporters": {"file": {"path": str(tmp_path / "out")}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file"]}}},
+    }
+    assert component_tls_files(load(config)) == []
+
+
 def test_files_changed_appeared_or_gone_are_changes_unless_a_refused_reload_found_them(tmp_path: Path) -> None:
     cert, key, admin_cert, admin_key = (tmp_path / name for name in ("c.pem", "c.key", "a.pem", "a.key"))
     for path in (cert, key, admin_cert):
