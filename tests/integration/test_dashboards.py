@@ -68,6 +68,7 @@ KNOWN_METRICS = {
     "otel_sidecar_exporter_sent_items_total",
     "otel_sidecar_exporter_send_failed_items_total",
     "otel_sidecar_exporter_queue_fill_ratio",
+    "otel_sidecar_exporter_in_flight_items",
     "otel_sidecar_exporter_send_duration_seconds_bucket",
     "otel_sidecar_sampling_traces_buffered",
     "otel_sidecar_sampling_decisions_total",
