@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INVALID_CONFIG
         for path in config.unused_components():
             print(f"{source}: warning: {path}: defined but used by no pipeline (it does nothing)", file=sys.stderr)
-        print(f"{source}: valid" + (", and its TLS files are usable" if args.check_files else ""))
+        print(f"{source}: valid" + (", and its files and queue directories are usable" if args.check_files else ""))
         return EXIT_OK
     if command == "print-config":
         print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
@@ -87,6 +88,23 @@ def _build_problem(config: AgentConfig) -> str | None:
         return "; ".join(str(error) for error in exc.errors)
     except Exception as exc:  # the messages name the setting and the file
         return str(exc)
+    return _queue_directory_problem(config)
+
+
+def _queue_directory_problem(config: AgentConfig) -> str | None:
+    """A persistent queue's directory the agent could not create or write at start (the exporter makes it, with
+    its parents, when it starts: the nearest existing one must be a directory it may write in)."""
+    for cid, component in config.exporters.items():
+        storage = getattr(getattr(component.config, "sending_queue", None), "storage", None)
+        directory = getattr(storage, "directory", "")
+        if not directory:
+            continue
+        existing = Path(directory)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            made = "is not a writable directory" if existing == Path(directory) else f"cannot be made in {existing}"
+            return f"exporters.{cid}.sending_queue.storage.directory: {directory} {made}"
     return None
 
 

@@ -80,7 +80,37 @@ def test_validate_checks_the_config_and_with_check_files_also_reads_its_tls_file
         f"{config}: cannot start: exporters.otlp/jaeger.tls: TLS file(s) not found: {missing}\n"
     )
     assert cli.main(["validate", "--check-files"]) == cli.EXIT_OK  # the packaged default names no files
-    assert capsys.readouterr().out == "default config: valid, and its TLS files are usable\n"
+    assert capsys.readouterr().out == "default config: valid, and its files and queue directories are usable\n"
+
+
+QUEUE_ON_DISK = """
+receivers: {otlp: {}}
+exporters:
+  otlp/jaeger: {endpoint: "jaeger:4317", sending_queue: {storage: {directory: "%s"}}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlp/jaeger]}
+  telemetry:
+    admin: {endpoint: "127.0.0.1:0"}
+"""
+
+
+def test_validate_check_files_reports_a_queue_directory_the_exporter_could_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The start would fail making it (found by a new user: validate said usable, the start failed)."""
+    config = tmp_path / "agent.yaml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config.write_text(QUEUE_ON_DISK % (blocker / "queue"))
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert capsys.readouterr().err == (
+        f"{config}: cannot start: exporters.otlp/jaeger.sending_queue.storage.directory: {blocker / 'queue'} "
+        f"cannot be made in {blocker}\n"
+    )
+    config.write_text(QUEUE_ON_DISK % (tmp_path / "not" / "yet" / "there"))
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_OK
+    assert not (tmp_path / "not").exists()  # checked, not made
 
 
 UNUSED = """
