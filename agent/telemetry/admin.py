@@ -82,6 +82,11 @@ class AdminServer:
             self._runner = await serve(
                 app, self._endpoint, component_logger("admin"), ssl_context=ssl_context, sockets=duplicates
             )
+            if first:  # as the receivers say where they listen: health and the agent's own metrics are here
+                port = self._sockets[0].getsockname()[1] if self._sockets else self._endpoint.port
+                listening = {"endpoint": str(self._endpoint), "port": port, "tls": ssl_context is not None}
+                paths = "/health/live, /health/ready, /metrics"
+                component_logger("admin").info(f"admin endpoint listening ({paths})", extra=listening)
         except BaseException:
             if first:  # nothing is kept of a start that failed (a listen again's keeps the port)
                 for sock in self._sockets:

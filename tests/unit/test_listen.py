@@ -459,3 +459,17 @@ async def test_the_admin_port_closes_as_its_shutdown_begins_not_after_the_grace(
         await stopping
     finally:
         slow.close()
+
+
+async def test_the_admin_endpoint_says_where_it_listens_the_port_the_kernel_chose_included(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As the receivers do: health and the agent's own metrics are found from this line (a new user's point)."""
+    server = AdminServer(HostPort("127.0.0.1:0"), SelfMetrics(), lambda: None)
+    with caplog.at_level(logging.INFO, logger="otel_sidecar.admin"):
+        await server.start()
+    try:
+        (line,) = [r for r in caplog.records if r.getMessage().startswith("admin endpoint listening")]
+        assert line.port > 0 and line.endpoint == "127.0.0.1:0" and line.tls is False  # type: ignore[attr-defined]
+    finally:
+        await server.shutdown()
