@@ -95,7 +95,7 @@ def _free_port(preferred: int) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--traces", type=int, default=2000, help="workflow runs to send (default 2000)")
     parser.add_argument("--out", default=None, help="directory for the file exporter (default: a temp dir)")
     args = parser.parse_args()
