@@ -29,8 +29,8 @@ also takes the Collector's `protocols:` level around `grpc` and `http`. Unknown 
 types, numbers that are not finite and references to undefined components are errors; `otel-sidecar validate
 --config FILE` lists all of them with their paths (checks across the fields of a section, such as
 `decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid), naming the
-environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names,
-as a start does (run it where they are).
+environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names
+and checks that the persistent queues' directories can be made, as a start does (run it where they are).
 """
 
 

@@ -41,8 +41,9 @@ class PrometheusExporterConfig:
         Duration(60.0),
         doc="A counter or histogram series that starts while the agent runs is scraped at zero for this long from "
         "its first scrape, then with its value: every scraper (HA Prometheus pairs, a curl) sees it rise from zero, "
-        "so `rate()` and `increase()` count its first increments. At least the longest scrape interval. 0s: off "
-        "(a series first seen at its value is invisible to them).",
+        "so `rate()` and `increase()` count its first increments (series held before the endpoint's first scrape "
+        "show their value at once: docs/metrics.md). At least the longest scrape interval. 0s: off (a series first "
+        "seen at its value is invisible to them).",
     )
 
     def validate(self) -> Iterator[tuple[str, str]]:
