@@ -983,35 +983,3 @@ def test_a_record_of_a_trace_not_seen_yet_and_not_sampled_passes_at_once() -> No
     r.traces.consume(spans_request(span(unsampled, 1, root=True, error=True)))  # a span after all: its own trace
     r.tick_after(3)
     assert {s.trace_id for s in exported_spans(r.trace_sink)} == {unsampled}
-
-
-def test_a_trace_of_many_small_records_is_decided_near_its_byte_cap_not_at_twice_it() -> None:
-    """Measured below the cap, a trace is measured again once its bound has grown by what it lacked: deciding it
-    only when the bound doubled let it take the buffer's room and push every waiting trace out early."""
-    r = rig(max_buffered_bytes=8 << 20, decision_wait="600s", decision_wait_after_root="2s")
-    waiting = [trace_id_with_randomness(n + 1, prefix=3) for n in range(200)]
-    r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(waiting))))
-    chatty = [trace_id_with_randomness(n + 1, prefix=4) for n in range(2)]
-    for _ in range(200):
-        for trace_id in chatty:
-            r.traces.consume(spans_request(span(trace_id, 1)))
-            r.logs.consume(logs_request(*(log_record(trace_id, body="step done") for _ in range(100))))
-    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_buffered_bytes") == 0
-    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") >= 2
-    assert all(trace_id in r.sampler.buffer.traces for trace_id in waiting)
-
-
-def test_a_trace_whose_prompts_come_as_records_among_other_traces_records_is_decided_at_its_byte_cap() -> None:
-    """Its records are charged their request's average, a few hundred bytes for a 20 KB prompt: the bound counts
-    each request whole, so the trace is measured, and decided, once it holds the cap."""
-    r = rig(max_buffered_bytes=8 << 20)  # the per-trace cap: 2 MiB of memory, 585 KiB of protobuf
-    others = [trace_id_with_randomness(n + 1, prefix=3) for n in range(100)]
-    r.traces.consume(spans_request(*(span(trace_id, n) for n, trace_id in enumerate(others))))
-    heavy = trace_id_with_randomness(9, prefix=4)
-    r.traces.consume(spans_request(span(heavy, 9999)))
-    for _ in range(40):  # 800 KB of prompts in all
-        prompt = log_record(heavy, body="p" * 20_000)
-        r.logs.consume(logs_request(prompt, *(log_record(trace_id, body="x") for trace_id in others)))
-    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_bytes_per_trace") == 1
-    assert heavy not in r.sampler.buffer.traces
-    assert all(trace_id in r.sampler.buffer.traces for trace_id in others)

@@ -104,7 +104,7 @@ class BufferedTrace:
 
     __slots__ = (
         "_spans", "bytes", "bytes_bound", "explicit_randomness", "failed", "first_seen", "log_bytes", "log_count",
-        "logs", "measured", "pins", "root_seen", "size_checked", "span_count", "trace_id",
+        "logs", "pins", "root_seen", "size_checked", "span_count", "trace_id",
     )  # fmt: skip
 
     def __init__(self, trace_id: bytes, first_seen: float) -> None:
@@ -121,12 +121,10 @@ class BufferedTrace:
         """A span with status ERROR arrived (read by the ``errors`` policy without another pass)."""
         self.pins: tuple[RequestPin, ...] = _NO_PINS  # requests this trace keeps alive beyond its own spans
         self.bytes_bound = 0
-        """An upper bound of the protobuf bytes held: the size of every request (or scope) a fragment came from.
-        ``bytes`` charges a span or record its request's average, which makes a prompt sharing a batch with many
-        small items of other traces look small; the bound never underestimates, and grows at least as fast as what
-        is held."""
-        self.size_checked = 0  # ``bytes_bound`` when the held items were last measured (see ``measured_bytes``)
-        self.measured = 0  # what they measured then
+        """An upper bound of the protobuf bytes held: the size of every request (or scope) a fragment came from, and
+        the records' bytes. ``bytes`` charges a span its request's average, which makes a prompt-heavy span sharing
+        a batch with many small spans of other traces look small; the bound never underestimates."""
+        self.size_checked = 0  # ``bytes_bound`` when the held spans were last measured (see ``measured_bytes``)
         self.explicit_randomness: int | None = None
         """``rv`` from the ``tracestate`` of the trace's first span: its randomness in place of the trace id's."""
 
@@ -155,13 +153,13 @@ class BufferedTrace:
             start += 3 + count
 
     def measured_bytes(self) -> int:
-        """The protobuf size of the spans and records held (remembered in ``measured``, with the bound then in
-        ``size_checked``). ``bytes`` gives each its request's average, which is right for the buffer's total but
-        can make a small trace look large beside a prompt-heavy one, or the reverse."""
+        """The protobuf size of the spans held, and the records' share of their requests (as ``bytes_bound``
+        counts them: measured exactly, records would come out below it, and ``_is_heavy`` would wait for the bound
+        to double). ``bytes`` gives each span its request's average, which is right for the buffer's total but can
+        make a small trace look large beside a prompt-heavy one."""
         self.size_checked = self.bytes_bound
         spans = sum(span.ByteSize() for _, span in self.iter_spans())
-        self.measured = spans + sum(record.ByteSize() for _, _, records in self.logs for record in records)
-        return self.measured
+        return spans + self.log_bytes
 
     def iter_spans(self) -> Iterator[tuple[Any, Any]]:
         """``(resource_spans, span)`` for every span held."""
@@ -225,12 +223,7 @@ class TraceBuffer:
         self.spans += spans
         self.bytes += size
 
-    def add_logs(
-        self, trace: BufferedTrace, rl: Any, sl: Any, records: list[Any], size: int, container_size: int = 0
-    ) -> None:
-        """Hold ``records`` of ``trace``: ``size`` bytes (their share of the request), ``container_size`` the size
-        of the request (or scope) they came in (``bytes_bound``, as for spans)."""
-        trace.bytes_bound += max(size, container_size)
+    def add_logs(self, trace: BufferedTrace, rl: Any, sl: Any, records: list[Any], size: int) -> None:
         size += FRAGMENT_OVERHEAD_BYTES
         logs = trace.logs if isinstance(trace.logs, list) else []
         logs.append((rl, sl, records))
@@ -238,6 +231,7 @@ class TraceBuffer:
         trace.log_count += len(records)
         trace.bytes += size
         trace.log_bytes += size
+        trace.bytes_bound += size
         self.bytes += size
 
     def pin(self, holders: Sequence[BufferedTrace], size: int, held: int) -> None:

@@ -325,7 +325,7 @@ class TailSampler:
                     trace = buffer.traces[trace_id]
                     group_bytes = int(bytes_per_record * len(group))
                     held_bytes += group_bytes
-                    buffer.add_logs(trace, rl, sl, group, group_bytes, size if size is not None else scope_bytes)
+                    buffer.add_logs(trace, rl, sl, group, group_bytes)
                     holders.append(trace)
         self._pin(holders, request_bytes, held_bytes)
         # Records count toward a trace's bytes too (GenAI prompts and completions are often log records).
@@ -335,15 +335,14 @@ class TailSampler:
 
     def _is_heavy(self, trace: BufferedTrace) -> bool:
         """Whether ``trace`` holds ``max_bytes_per_trace`` (spans and log records) and is to be decided now."""
-        limit, bound = self._trace_byte_limit, trace.bytes_bound
+        limit = self._trace_byte_limit
         return (
             # The bound, not the average-based estimate: a prompt-heavy span in a batch of small spans of other
             # traces is charged the batch's average size.
-            bound >= limit
-            # Measured before deciding, as the bound may be other traces' prompts; then again once the bound has
-            # grown by what the measure lacked of the limit (what is held grows no faster than the bound), and by
-            # an eighth of the limit at least, so a trace passes the limit by at most that between two measures.
-            and bound - trace.size_checked >= max(limit - trace.measured, limit >> 3)
+            trace.bytes_bound >= limit
+            and trace.bytes_bound >= 2 * trace.size_checked
+            # Measured before deciding (then again once its bound has doubled): the bound may be another trace's
+            # prompts.
             and trace.measured_bytes() >= limit
         )
 
