@@ -92,19 +92,33 @@ def _build_problem(config: AgentConfig) -> str | None:
 
 
 def _queue_directory_problem(config: AgentConfig) -> str | None:
-    """A persistent queue's directory the agent could not create or write at start (the exporter makes it, with
-    its parents, when it starts: the nearest existing one must be a directory it may write in)."""
+    """A persistent queue's directory (``<storage.directory>/<exporter id>``) the agent could not create or write
+    at start: the exporter makes it with its parents, so it, or else its nearest existing parent, must be a
+    directory the agent may write in."""
+    from agent.exporters._helper.persistent_queue import queue_directory
+
     for cid, component in config.exporters.items():
         storage = getattr(getattr(component.config, "sending_queue", None), "storage", None)
-        directory = getattr(storage, "directory", "")
-        if not directory:
+        root = getattr(storage, "directory", "")
+        if not root:
             continue
-        existing = Path(directory)
+        target = queue_directory(root, cid)
+        problem = _directory_problem(target)
+        if problem is not None:
+            return f"exporters.{cid}.sending_queue.storage.directory: {target} {problem}"
+    return None
+
+
+def _directory_problem(target: Path) -> str | None:
+    """Why ``target`` could not be made (with its parents) and written in, or None."""
+    existing = target
+    try:
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            made = "is not a writable directory" if existing == Path(directory) else f"cannot be made in {existing}"
-            return f"exporters.{cid}.sending_queue.storage.directory: {directory} {made}"
+    except OSError as exc:  # a parent that may not be searched
+        return f"cannot be reached: {exc.strerror or exc}"
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return "is not a writable directory" if existing == target else f"cannot be made in {existing}"
     return None
 
 

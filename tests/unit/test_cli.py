@@ -105,9 +105,16 @@ def test_validate_check_files_reports_a_queue_directory_the_exporter_could_not_m
     config.write_text(QUEUE_ON_DISK % (blocker / "queue"))
     assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
     assert capsys.readouterr().err == (
-        f"{config}: cannot start: exporters.otlp/jaeger.sending_queue.storage.directory: {blocker / 'queue'} "
-        f"cannot be made in {blocker}\n"
+        f"{config}: cannot start: exporters.otlp/jaeger.sending_queue.storage.directory: "
+        f"{blocker / 'queue' / 'otlp__jaeger'} cannot be made in {blocker}\n"
     )
+    # The exporter's own subdirectory is what it makes: a file there fails the start too.
+    root = tmp_path / "queues"
+    root.mkdir()
+    (root / "otlp__jaeger").write_text("")
+    config.write_text(QUEUE_ON_DISK % root)
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert "otlp__jaeger is not a writable directory" in capsys.readouterr().err
     config.write_text(QUEUE_ON_DISK % (tmp_path / "not" / "yet" / "there"))
     assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_OK
     assert not (tmp_path / "not").exists()  # checked, not made
@@ -136,3 +143,15 @@ def test_validate_warns_of_components_no_pipeline_uses(tmp_path: Path, capsys: p
     config.write_text(config.read_text().replace(', loki: {endpoint: "http://loki:3100/loki/api/v1/push"}', ""))
     assert cli.main(["--config", str(config), "validate"]) == cli.EXIT_OK
     assert capsys.readouterr().err == ""
+
+
+def test_a_queue_directory_under_a_parent_that_may_not_be_searched_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's Path.exists raises for EACCES (a root-owned 0700 parent, the agent not root)."""
+
+    def denied(self: Path, *args: object, **kwargs: object) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert cli._directory_problem(tmp_path / "locked" / "q") == "cannot be reached: Permission denied"
