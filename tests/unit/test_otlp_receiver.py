@@ -157,6 +157,30 @@ async def test_strings_that_are_not_utf8_are_repaired_not_the_whole_request_refu
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 0
 
 
+async def test_a_request_whose_strings_were_repaired_is_handed_on_with_its_size_after_the_repair() -> None:
+    """The stages bound their memory by the size a batch comes with: each bad byte became three."""
+
+    class SizedSink(BatchSink):
+        sizes: list[int] = []
+
+        def consume_sized(self, batch: Any, size: int) -> None:
+            self.sizes.append(size)
+            self.consume(batch)
+
+    sink = SizedSink()
+    receiver, state = await start_receiver(sink)
+    try:
+        request, _ = request_bytes()
+        request.resource_spans[0].scope_spans[0].spans[0].name = "Z" * 30_000
+        body = request.SerializeToString().replace(b"Z" * 30_000, b"\xff" * 30_000)
+        await state.grpc_export(body)
+        (batch,) = sink.batches
+        assert sink.sizes == [batch.ByteSize()] and batch.ByteSize() > len(body) + 50_000
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
 async def test_a_body_broken_beyond_its_strings_is_still_refused_as_malformed(running: Running) -> None:
     _, body = request_with_bad_utf8()
     with pytest.raises(grpc.aio.AioRpcError) as raised:

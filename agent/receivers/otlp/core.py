@@ -219,6 +219,10 @@ class ExportHandler:
             raise RequestFailed(Failure.MALFORMED, dense)
         rejected = spec.reject_invalid(request)
         items -= rejected
+        if decoded.repaired_strings:
+            # Each bad byte became a three-byte U+FFFD: the stages bound their memory by this size, which the wire
+            # size would understate up to threefold (a hostile sender's 16 MiB of 0xFF holds 48 MiB).
+            size = max(size, request.ByteSize())
         if items:
             consumer = self._consumers.get(signal)
             if consumer is None:
