@@ -377,6 +377,18 @@ def test_structured_metadata_is_kept_within_lokis_limit_in_bytes_not_characters(
     assert mapper.dropped_metadata >= 1
 
 
+def test_an_entry_over_the_metadata_limit_is_dropped_alone_not_with_the_entries_after_it() -> None:
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES
+
+    big = "x" * (MAX_METADATA_BYTES + 10)
+    metadata, mapper = _mapped_metadata({"http.request.body": big, "correlation_id": "req-7f3a"}, {"host.name": "h1"})
+    names = dict(metadata)
+    assert "http_request_body" not in names
+    assert names["correlation_id"] == "req-7f3a"
+    assert names["host_name"] == "h1"
+    assert mapper.dropped_metadata == 1
+
+
 def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name() -> None:
     metadata, _ = _mapped_metadata({"host.name": "record-host"}, {"host.name": "resource-host"})
     assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]

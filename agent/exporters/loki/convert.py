@@ -315,13 +315,18 @@ class StreamMapper:
         characters = sum(len(name) + len(value) for name, value in metadata)
         if characters * 4 <= MAX_METADATA_BYTES:  # cannot be over Loki's limit, which counts bytes: skip encoding
             return metadata
-        sizes = [len(name.encode()) + len(value.encode()) for name, value in metadata]
-        size = sum(sizes)
-        while metadata and size > MAX_METADATA_BYTES:  # drop from the end: ids and the record's own come first
-            metadata.pop()
-            size -= sizes.pop()
-            self.dropped_metadata += 1
-        return metadata
+        # In order, so ids and the record's own entries claim the room first; an entry that does not fit is
+        # skipped, not the end cut off: one large attribute must not take the small ones after it along.
+        kept: list[tuple[str, str]] = []
+        room = MAX_METADATA_BYTES
+        for name, value in metadata:
+            size = len(name.encode()) + len(value.encode())
+            if size <= room:
+                kept.append((name, value))
+                room -= size
+            else:
+                self.dropped_metadata += 1
+        return kept
 
     def _name(self, key: str) -> str:
         name = self._names.get(key)
