@@ -987,6 +987,31 @@ def test_resource_attributes_without_a_service_name_still_make_a_target_info() -
     assert targets == ['target_info{host_name="h1",k8s_pod_name="p1"} 1.0', 'target_info{host_name="h2"} 1.0']
 
 
+@pytest.mark.parametrize("conversion", [False, True])
+def test_resource_attributes_named_job_or_instance_are_kept_as_exported_names(conversion: bool) -> None:
+    """target_info took them as its own job/instance while the series got the scrape's (or service.*'s), so
+    `* on(job, instance) group_left target_info` found nothing; copied to the series they were overwritten."""
+    exp, _ = exporter(PrometheusExporterConfig(resource_to_telemetry_conversion=conversion))
+    resource = {"service.name": "rj", "job": "res-job", "instance": "res-inst", "host.name": "h"}
+    exp.consume(request(sum_metric("c", number(1)), resource=resource))
+    lines = text(exp).splitlines()
+    assert [line for line in lines if line.startswith("target_info{")] == [
+        'target_info{exported_instance="res-inst",exported_job="res-job",host_name="h",job="rj"} 1.0'
+    ]
+    series = next(line for line in lines if line.startswith("c_total"))
+    assert 'job="rj"' in series and 'instance="' not in series.replace("exported_instance", "")
+    assert ('exported_job="res-job"' in series and 'exported_instance="res-inst"' in series) is conversion
+
+
+def test_a_bytes_attribute_is_a_base64_label_alone_as_inside_an_array() -> None:
+    exp, _ = exporter()
+    point = number(1)
+    point.attributes.add(key="raw").value.bytes_value = b"hello"
+    point.attributes.add(key="arr").value.array_value.values.add().bytes_value = b"hello"
+    exp.consume(request(Metric(name="g", gauge={"data_points": [point]})))
+    assert metric_value(text(exp), "g", raw="aGVsbG8=", arr=r'[\"aGVsbG8=\"]') == 1
+
+
 def test_colliding_attribute_values_are_joined_in_the_order_of_their_original_keys() -> None:
     exp, _ = exporter()
     exp.consume(request(sum_metric("c", number(1, **{"a_b": "y", "a.b": "x"}))))

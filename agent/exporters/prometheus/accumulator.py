@@ -142,8 +142,8 @@ def label_value(value: AnyValue) -> str:
         return "true" if value.bool_value else "false"
     if kind in ("int_value", "double_value"):
         return str(getattr(value, kind))
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
+    if kind == "bytes_value":  # base64, as inside arrays, in Loki's metadata and in the Collector (AsString)
+        return base64.b64encode(value.bytes_value).decode()
     if kind in ("array_value", "kvlist_value"):
         # JSON with each element in its own type ([1,2], not ["1", "2"]): the label the Collector gives too.
         return json.dumps(_json_of(value), separators=(",", ":"))
@@ -350,10 +350,8 @@ class Accumulator:
         job = f"{namespace}/{name}" if namespace and name else name
         instance = attrs.get("service.instance.id", "")
         identity = {k: v for k, v in (("job", job), ("instance", instance)) if v}
-        info = dict(identity)
         others = self._joined_by_label_name((k, v) for k, v in attrs.items() if k not in IDENTIFYING_RESOURCE_KEYS)
-        for name, value in others.items():
-            info.setdefault(name, value)
+        info = {**_identity_names_kept_apart(others), **identity}
         if info:
             # Keyed by job/instance; without them the scrape's own target labels identify it: by attribute set.
             key = tuple(sorted((identity or info).items()))
@@ -363,7 +361,7 @@ class Accumulator:
                 self._targets[key] = Target(info, now)
         if not self._resource_labels:
             return identity
-        labels = self._joined_by_label_name(attrs.items())
+        labels = _identity_names_kept_apart(self._joined_by_label_name(attrs.items()))
         labels.update(identity)
         return labels
 
@@ -791,6 +789,16 @@ def _without_reserved(labels: dict[str, str], reserved: str) -> dict[str, str]:
     it, merging series: it is kept as ``exported_<name>``, as Prometheus renames clashing target labels."""
     if reserved in labels:
         labels[_free_exported_name(labels, reserved)] = labels.pop(reserved)
+    return labels
+
+
+def _identity_names_kept_apart(labels: dict[str, str]) -> dict[str, str]:
+    """A resource attribute named ``job`` or ``instance`` is kept as ``exported_<name>``. As itself it would give
+    ``target_info`` (and, copied, every series) a job or instance other than the series' own, which come from
+    ``service.*`` or from the scrape, so joins on them would find nothing; or be overwritten by ``service.*``."""
+    for name in ("job", "instance"):
+        if name in labels:
+            labels[_free_exported_name(labels, name)] = labels.pop(name)
     return labels
 
 
