@@ -16,7 +16,9 @@
 
 A delta point that overlaps what was already added (``start`` before the previous point's end) would count
 twice and is dropped (``misaligned_delta``), as the Collector's exporter does; a gap (the SDK skipped empty
-intervals) is accumulated. A cumulative point older than the one held is dropped (``out_of_order``).
+intervals) is accumulated. A cumulative point older than the one held is dropped (``out_of_order``); so is a
+second point of a series at the same time in one request, when its value differs (``duplicate_series``: two
+sources whose labels became alike, by redaction or sanitization).
 
 Labels: the point's attributes (sanitized; colliding keys joined with ``;``), the scope as ``otel_scope_name``,
 ``otel_scope_version``, ``otel_scope_schema_url`` and ``otel_scope_<attribute>``, and ``job``
@@ -104,6 +106,7 @@ class Series:
     # A counter's last value from before a restart that no scrape had seen (it was still at zero): the new run
     # counts on top of it, else a process restarting within the window would lose each run.
     carried: float = 0.0
+    folded_by: int = 0  # the request (its serial number) that stored the last point
 
 
 @dataclass
@@ -284,6 +287,7 @@ class Accumulator:
         # Requests consumed and not folded yet, with their arrival time; the one being folded, paused.
         self._pending: deque[tuple[ExportMetricsServiceRequest, float]] = deque()
         self._folding: Iterator[None] | None = None
+        self._request_serial = 0  # of the request being folded: see _second_source
 
     def serve_for(self, on_drop: Callable[[str, int], None], on_malformed: Callable[[Exception], None]) -> None:
         """Report to the exporter that now holds this state (a reload's new one, which took it over)."""
@@ -334,6 +338,7 @@ class Accumulator:
 
     def _fold_request(self, request: ExportMetricsServiceRequest, now: float) -> Iterator[None]:
         """Fold one request, yielding after every data point so that the fold can pause between slices."""
+        self._request_serial += 1
         for resource_metrics in request.resource_metrics:
             resource = self._resource_labels_of(resource_metrics.resource, now)
             for scope_metrics in resource_metrics.scope_metrics:
@@ -582,6 +587,8 @@ class Accumulator:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
                     continue
+                if self._second_source(series, point, value + series.carried != series.value):
+                    continue
                 restarted = _restarted(series, point)
                 if kind == COUNTER:
                     if series.start_unsteady:
@@ -596,7 +603,7 @@ class Accumulator:
                 series.zero_pending = self._starts_at_zero(family, labels, point.start_time_unix_nano, delta)
                 if restarted:
                     series.exemplar = None
-            series.time_ns = point.time_unix_nano
+            series.time_ns, series.folded_by = point.time_unix_nano, self._request_serial
             series.updated, series.seen = now, True
             if kind == COUNTER and point.exemplars:
                 series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
@@ -656,6 +663,9 @@ class Accumulator:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
                     continue
+                differs = (bounds, counts, total_sum) != (series.bounds, series.counts, series.sum)
+                if self._second_source(series, point, differs):
+                    continue
                 restarted = _restarted(series, point)
                 if bounds != series.bounds or restarted:
                     series.exemplars = None
@@ -664,11 +674,23 @@ class Accumulator:
                 series.start_ns = point.start_time_unix_nano
             if fresh or restarted:
                 series.zero_pending = self._starts_at_zero(family, labels, point.start_time_unix_nano, delta)
-            series.time_ns = point.time_unix_nano
+            series.time_ns, series.folded_by = point.time_unix_nano, self._request_serial
             series.updated, series.seen = now, True
             if point.exemplars:
                 self._bucket_exemplars(series, point.exemplars)
         return family
+
+    def _second_source(self, series: Series, point: Any, differs: bool) -> bool:
+        """Whether ``point`` is a second point of ``series`` at the same time in the request being folded: one
+        source does not measure a series twice at one instant, so its labels met another series' on the way (an
+        attribute redacted to one mask, keys sanitized alike). The first point is kept, as Prometheus keeps the
+        first of duplicate samples in a scrape; another value is counted (``duplicate_series``), not shown
+        alternately with it. An identical point loses nothing (a batch holding one export twice)."""
+        if series.folded_by != self._request_serial or point.time_unix_nano != series.time_ns or not series.seen:
+            return False
+        if differs:
+            self._on_drop("duplicate_series", 1)
+        return True
 
     def _starts_at_zero(self, family: Family, labels: dict[str, str], start_ns: int, delta: bool) -> bool:
         """Whether a new (or restarted) series is shown at zero first. A sum of deltas is always new: it began
@@ -753,9 +775,14 @@ class Accumulator:
             if series.seen and point.time_unix_nano < series.time_ns:
                 self._on_drop("out_of_order", 1)
                 continue
+            quantile_values = [(q.quantile, q.value) for q in point.quantile_values]
+            differs = (point.sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles)
+            if self._second_source(series, point, differs):
+                continue
             series.sum, series.count = point.sum, float(point.count)
-            series.quantiles = [(q.quantile, q.value) for q in point.quantile_values]
+            series.quantiles = quantile_values
             series.start_ns, series.time_ns = point.start_time_unix_nano, point.time_unix_nano
+            series.folded_by = self._request_serial
             series.updated, series.seen = now, True
         return family
 
