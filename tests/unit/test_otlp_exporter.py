@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from agent.component import Signal
 from agent.config.schema import ConfigError, build
+from agent.exporters._helper.retry import RetryableError
 from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
@@ -608,6 +609,41 @@ async def test_a_grpc_connection_lost_after_the_backend_stored_the_request_count
     spans = len(span_keys(batch))
     assert value(metrics, "exporter_sent_items_total") == spans
     assert value(metrics, "exporter_duplicates_total") == spans
+
+
+async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it() -> None:
+    """A gRPC core server stopped while handling the call (a backend's shutdown without grace) answers UNAVAILABLE
+    "Cancelling all calls" after it has read, and perhaps stored, the request: a resend may duplicate it."""
+    from agent.exporters.otlp.transport import GrpcTransport
+
+    received = asyncio.Event()
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        received.set()
+        await asyncio.sleep(10)
+        return b""
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    await transport.start()
+    try:
+        call = asyncio.ensure_future(transport.export(Signal.TRACES, traces(1)[0], timeout=5))
+        await asyncio.wait_for(received.wait(), 5)
+        await server.stop(0)
+        with pytest.raises(RetryableError) as raised:
+            await call
+        assert "Cancelling all calls" in str(raised.value)
+        assert raised.value.maybe_delivered
+    finally:
+        await transport.close()
+        await server.stop(0)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])

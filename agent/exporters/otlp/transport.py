@@ -40,10 +40,19 @@ GRPC_RETRYABLE = frozenset(
 )
 
 
-# gRPC core's words for a connection lost under a call (a pod killed, a load balancer's reset): the call had a
-# stream, so the request may have reached the server before the answer was lost. A connection that never came up
-# is reported as "failed to connect to all addresses; last error: ..." instead.
-_CONNECTION_LOST = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY", "keepalive")
+# gRPC core's words for a connection lost under a call (a pod killed, a load balancer's reset), and for a gRPC
+# core server stopped with calls in flight ("Cancelling all calls"): the call had a stream, so the request may
+# have reached the server before the answer was lost. A connection that never came up is reported as "failed to
+# connect to all addresses; last error: ..." instead.
+_CONNECTION_LOST = (
+    "Socket closed",
+    "Stream removed",
+    "Connection reset",
+    "Broken pipe",
+    "GOAWAY",
+    "keepalive",
+    "Cancelling all calls",
+)
 
 
 def wire_bytes(request: Message) -> bytes:
