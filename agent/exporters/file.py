@@ -50,7 +50,8 @@ class FileExporter:
         self._settings = settings
         self._dir = Path(config.path)
         self._files: dict[Signal, IO[bytes]] = {}
-        self._queue = SendingQueue(settings, config.sending_queue, self._write)
+        # A write cut short by the shutdown deadline appends nothing (see shutdown): it was not delivered.
+        self._queue = SendingQueue(settings, config.sending_queue, self._write, cut_push_may_deliver=False)
         self._write_lock = asyncio.Lock()  # one writer at a time keeps lines whole and rotation safe
         # Between the writing thread and shutdown: no line after the files are closed, no file opened after.
         self._files_lock = threading.Lock()

@@ -18,7 +18,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
@@ -31,6 +31,7 @@ from agent.exporters._helper.retry import (
     RetryableError,
     RetryConfig,
     RetryingSender,
+    SendProgress,
 )
 from agent.otlp.signals import SPECS
 from agent.telemetry.logs import RateLimitedLog
@@ -158,6 +159,7 @@ class _Group:
     # rest in it (loadbalancing): what a cut-short push delivered is counted as sent, not lost.
     sending: Message | None = None
     sending_items: int = 0
+    progress: SendProgress = field(default_factory=SendProgress)  # of the push of ``sending``
 
     def __post_init__(self) -> None:
         self.items = sum(e.items for e in self.entries)
@@ -217,9 +219,13 @@ class SendingQueue:
         timeout: float | None = None,
         batch: BatchConfig | None = None,
         settled_of: SettledOf | None = None,
+        cut_push_may_deliver: bool = True,
     ) -> None:
         self._settings = settings
         self._settled_of = settled_of
+        # Whether a push cut short under way may have delivered: a backend over the network may have stored the
+        # request before the answer was lost; a local writer (``file``) that writes nothing once cancelled says no.
+        self._cut_push_may_deliver = cut_push_may_deliver
         self._config = config
         self._batch = batch if batch is not None and batch.enabled else None
         self._retry_enabled = retry is not None and retry.enabled
@@ -235,6 +241,9 @@ class SendingQueue:
         self._closed = False
         self._stop_taking = False
         self._log = RateLimitedLog(settings.logger)
+        # Items given up while the shutdown flush ran, by signal and reason: their warnings are rate-limited, and
+        # the last ones of a flush would otherwise never be written (logged whole when the flush ends).
+        self._dropped_closing: collections.Counter[tuple[str, str]] = collections.Counter()
         self._init_metrics()
 
     @staticmethod
@@ -346,6 +355,7 @@ class SendingQueue:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
+        self._report_dropped_closing()
         self._report_left()
         await self._store.close()
 
@@ -433,8 +443,8 @@ class SendingQueue:
         delivered = True
         for index, part in enumerate(parts):
             part_items = SPECS[signal].count_items(part)  # before the push, which may cut the part down
-            group.sending, group.sending_items = part, part_items
-            outcome = await self._send_part(signal, part)
+            group.sending, group.sending_items, group.progress = part, part_items, SendProgress()
+            outcome = await self._send_part(signal, part, group.progress)
             if outcome is _Outcome.ABORTED:
                 if self._store.persistent:
                     self._stop_taking = True  # the rest stays on disk for the next start
@@ -499,16 +509,42 @@ class SendingQueue:
         return [merged]
 
     def _abandon(self, group: _Group) -> None:
-        """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver."""
+        """A worker was cancelled at the shutdown deadline holding ``group``: count what it did not deliver, and
+        apart from it what the backend may have stored (an attempt under way, or an earlier one that timed out)."""
         if not self._store.persistent and group.items:
             signal = group.entries[0].signal
+            unconfirmed = self._unconfirmed_items(signal, group)
             self._count_partly_sent(signal, group)
-            self._count_failed(signal, group.items, "shutdown")
-            self._settings.logger.error(
-                "shutdown deadline reached while sending; the batch was not delivered",
-                extra={"exporter": self._settings.component_id, "undelivered_items": {signal.value: group.items}},
-            )
+            unconfirmed = min(unconfirmed, group.items)
+            undelivered = group.items - unconfirmed
+            extra: dict[str, object] = {"exporter": self._settings.component_id}
+            if undelivered:
+                self._count_failed(signal, undelivered, "shutdown")
+                extra["undelivered_items"] = {signal.value: undelivered}
+            if unconfirmed:
+                self._count_failed(signal, unconfirmed, "unconfirmed")
+                extra["unconfirmed_items"] = {signal.value: unconfirmed}
+            message = "shutdown deadline reached while sending; the batch was not delivered"
+            if unconfirmed:
+                message = (
+                    "shutdown deadline reached while sending; the backend had not answered, "
+                    "and may have stored what it was sent (unconfirmed_items)"
+                )
+            self._settings.logger.error(message, extra=extra)
             group.items = 0
+
+    def _unconfirmed_items(self, signal: Signal, group: _Group) -> int:
+        """Items of the push under way (not yet settled) that the backend may hold: none unless an attempt was
+        cut short under way or an earlier attempt's outcome was unknown."""
+        progress = group.progress
+        if group.sending is None or not (
+            progress.maybe_delivered or (progress.attempting and self._cut_push_may_deliver)
+        ):
+            return 0
+        left = SPECS[signal].count_items(group.sending)
+        if self._settled_of is not None:
+            left -= self._settled_of(group.sending)[0]
+        return max(left, 0)
 
     def _load(self, group: list[QueueEntry]) -> list[Message]:
         loaded = []
@@ -520,13 +556,13 @@ class SendingQueue:
                 self._log.warning("load", f"queued request dropped: {exc}", exporter=self._settings.component_id)
         return loaded
 
-    async def _send_part(self, signal: Signal, part: Message) -> _Outcome:
+    async def _send_part(self, signal: Signal, part: Message, progress: SendProgress) -> _Outcome:
         """Push one request through the retry sender and count the outcome."""
         cid = self._settings.component_id
         items = SPECS[signal].count_items(part)
         started = time.perf_counter()
         try:
-            rejected, copies = await self._sender.send(signal, part)
+            rejected, copies = await self._sender.send(signal, part, progress)
         except ExportAborted as aborted:
             self._aborted_maybe_delivered = aborted.maybe_delivered
             return _Outcome.ABORTED
@@ -562,6 +598,8 @@ class SendingQueue:
 
     def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
         self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
+        if self._closed:
+            self._dropped_closing[(signal.value, reason)] += items
         self._log.warning(
             f"drop:{signal}:{reason}",
             f"{message}; {items} {SPECS[signal].item_name} dropped",
@@ -572,6 +610,19 @@ class SendingQueue:
 
     def _count_failed(self, signal: Signal, items: int, reason: str) -> None:
         self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
+
+    def _report_dropped_closing(self) -> None:
+        if not self._dropped_closing:
+            return
+        dropped: dict[str, dict[str, int]] = {}
+        for (signal, reason), items in self._dropped_closing.items():
+            dropped.setdefault(signal, {})[reason] = items
+        self._settings.logger.error(
+            "batches given up while flushing at shutdown (each reason counted in otel_sidecar_exporter_send_failed_"
+            "items_total)",
+            extra={"exporter": self._settings.component_id, "dropped_items": dropped},
+        )
+        self._dropped_closing.clear()
 
     def _report_left(self) -> None:
         if self._store.persistent:

@@ -137,6 +137,15 @@ class BackoffWait(wait_base):
 Push = Callable[[Signal, Message], Awaitable["int | None"]]
 
 
+@dataclass
+class SendProgress:
+    """Where a ``send`` stands, for a caller that cancels it (the shutdown deadline): whether an attempt is under
+    way, so that the backend may be storing the batch, and whether an earlier attempt's outcome was unknown."""
+
+    attempting: bool = False
+    maybe_delivered: bool = False
+
+
 class RetryingSender:
     """Calls ``push`` under a timeout, retrying retryable failures as configured.
 
@@ -166,11 +175,12 @@ class RetryingSender:
     def interrupted(self) -> bool:
         return self._interrupted.is_set()
 
-    async def send(self, signal: Signal, batch: Message) -> tuple[int, int]:
+    async def send(self, signal: Signal, batch: Message, progress: SendProgress | None = None) -> tuple[int, int]:
+        progress = progress or SendProgress()
         copies = 0  # items at risk of attempts whose outcome is unknown: each may be a copy with the backend
         rejected_before = 0  # by attempts that failed as a whole; the last failure carries the total
         if self._config is None:
-            return await self._attempt(signal, batch), 0
+            return await self._attempt(signal, batch, progress), 0
         config = self._config
         retries = self._retries.labels(self._component_id, signal.value)
         retrying = AsyncRetrying(
@@ -185,10 +195,11 @@ class RetryingSender:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        rejected = await self._attempt(signal, batch)
+                        rejected = await self._attempt(signal, batch, progress)
                     except RetryableError as exc:
                         if exc.maybe_delivered:
                             copies += exc.at_risk if exc.at_risk is not None else items_in(signal, batch)
+                            progress.maybe_delivered = True
                         exc.maybe_delivered = copies > 0  # sticky: the last failure speaks for every attempt
                         rejected_before += exc.rejected
                         exc.rejected = rejected_before
@@ -214,7 +225,19 @@ class RetryingSender:
             attempt=state.attempt_number,
         )
 
-    async def _attempt(self, signal: Signal, batch: Message) -> int:
+    async def _attempt(self, signal: Signal, batch: Message, progress: SendProgress) -> int:
+        progress.attempting = True
+        try:
+            rejected = await self._push_in_time(signal, batch)
+        except asyncio.CancelledError:
+            raise  # cut short under way: ``attempting`` stays set for whoever cancelled it
+        except BaseException:
+            progress.attempting = False
+            raise
+        progress.attempting = False
+        return rejected
+
+    async def _push_in_time(self, signal: Signal, batch: Message) -> int:
         started = time.monotonic()
         try:
             if self._timeout:
