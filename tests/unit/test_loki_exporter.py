@@ -389,6 +389,17 @@ def test_an_entry_over_the_metadata_limit_is_dropped_alone_not_with_the_entries_
     assert mapper.dropped_metadata == 1
 
 
+def test_an_entry_over_the_size_limit_leaves_its_place_among_the_128_to_the_next() -> None:
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES, MAX_METADATA_ENTRIES
+
+    record = {"big": "x" * (MAX_METADATA_BYTES + 10), **{f"k{i:03}": "v" for i in range(129)}}
+    metadata, mapper = _mapped_metadata(record, {"host.name": "h1"})
+    assert len(metadata) == MAX_METADATA_ENTRIES
+    assert "big" not in dict(metadata) and dict(metadata)["k126"] == "v"
+    # 131 entries (big, k000-k128, host_name): big does not fit, and 128 of the other 130 do.
+    assert mapper.dropped_metadata == 3
+
+
 def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name() -> None:
     metadata, _ = _mapped_metadata({"host.name": "record-host"}, {"host.name": "resource-host"})
     assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]

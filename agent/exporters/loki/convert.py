@@ -309,19 +309,17 @@ class StreamMapper:
         return list(merged.items())
 
     def _within_limits(self, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if len(metadata) > MAX_METADATA_ENTRIES:
-            self.dropped_metadata += len(metadata) - MAX_METADATA_ENTRIES
-            metadata = metadata[:MAX_METADATA_ENTRIES]
-        characters = sum(len(name) + len(value) for name, value in metadata)
-        if characters * 4 <= MAX_METADATA_BYTES:  # cannot be over Loki's limit, which counts bytes: skip encoding
-            return metadata
+        if len(metadata) <= MAX_METADATA_ENTRIES:
+            characters = sum(len(name) + len(value) for name, value in metadata)
+            if characters * 4 <= MAX_METADATA_BYTES:  # cannot be over Loki's limit, which counts bytes: skip encoding
+                return metadata
         # In order, so ids and the record's own entries claim the room first; an entry that does not fit is
         # skipped, not the end cut off: one large attribute must not take the small ones after it along.
         kept: list[tuple[str, str]] = []
         room = MAX_METADATA_BYTES
         for name, value in metadata:
             size = len(name.encode()) + len(value.encode())
-            if size <= room:
+            if size <= room and len(kept) < MAX_METADATA_ENTRIES:
                 kept.append((name, value))
                 room -= size
             else:

@@ -16,9 +16,9 @@
 
 A delta point that overlaps what was already added (``start`` before the previous point's end) would count
 twice and is dropped (``misaligned_delta``), as the Collector's exporter does; a gap (the SDK skipped empty
-intervals) is accumulated. A cumulative point older than the one held is dropped (``out_of_order``); so is a
-second point of a series at the same time in one request, when its value differs (``duplicate_series``: two
-sources whose labels became alike, by redaction or sanitization).
+intervals) is accumulated. A cumulative point older than the one held is dropped (``out_of_order``). Points of
+one series at one instant in one request are streams whose labels became alike (redaction, sanitization): sums
+and histograms are added up, a gauge or summary keeps the first (``duplicate_series`` for another value).
 
 Labels: the point's attributes (sanitized; colliding keys joined with ``;``), the scope as ``otel_scope_name``,
 ``otel_scope_version``, ``otel_scope_schema_url`` and ``otel_scope_<attribute>``, and ``job``
@@ -287,7 +287,7 @@ class Accumulator:
         # Requests consumed and not folded yet, with their arrival time; the one being folded, paused.
         self._pending: deque[tuple[ExportMetricsServiceRequest, float]] = deque()
         self._folding: Iterator[None] | None = None
-        self._request_serial = 0  # of the request being folded: see _second_source
+        self._request_serial = 0  # of the request being folded: see _same_instant
 
     def serve_for(self, on_drop: Callable[[str, int], None], on_malformed: Callable[[Exception], None]) -> None:
         """Report to the exporter that now holds this state (a reload's new one, which took it over)."""
@@ -540,8 +540,11 @@ class Accumulator:
         for key in [k for k, t in self._targets.items() if t.updated < cutoff]:
             del self._targets[key]
 
-    def _remove(self, family: Family, labels: dict[str, str]) -> None:
+    def _remove(self, family: Family, labels: dict[str, str], point: Any) -> None:
         key = tuple(sorted(labels.items()))
+        held = family.series.get(key)
+        if held is not None and self._same_instant(held, point):
+            return  # the end of one of the streams made alike this request holds (see _same_instant): the others go on
         removed = family.series.pop(key, None)
         if removed is not None:
             self._series_count -= 1
@@ -567,7 +570,7 @@ class Accumulator:
             yield  # a pause point between data points (see _fold)
             labels = self._labels(point.attributes, base)
             if point.flags & _NO_RECORDED_VALUE:
-                self._remove(family, labels)  # the source says the series ended
+                self._remove(family, labels, point)  # the source says the series ended
                 continue
             value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
             if kind == COUNTER and not value >= 0.0:  # NaN or negative: no counter is (OpenMetrics, OTLP)
@@ -575,6 +578,9 @@ class Accumulator:
                 continue
             series = self._series(family, labels)
             if series is None:
+                continue
+            if self._same_instant(series, point):
+                self._merge_number(series, kind == COUNTER or metric.HasField("sum"), value, point)
                 continue
             fresh = not series.seen
             restarted = False
@@ -586,8 +592,6 @@ class Accumulator:
             else:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
-                    continue
-                if self._second_source(series, point, value + series.carried != series.value):
                     continue
                 restarted = _restarted(series, point)
                 if kind == COUNTER:
@@ -620,7 +624,7 @@ class Accumulator:
             yield  # a pause point between data points (see _fold)
             labels = _without_reserved(self._labels(point.attributes, base), "le")
             if point.flags & _NO_RECORDED_VALUE:
-                self._remove(family, labels)
+                self._remove(family, labels, point)
                 continue
             if exponential:
                 try:
@@ -637,9 +641,12 @@ class Accumulator:
             series = self._series(family, labels)
             if series is None:
                 continue
+            total_sum = _exposable_sum(point, exponential, bounds)
+            if self._same_instant(series, point):
+                self._merge_histogram(series, bounds, counts, total_sum, point)
+                continue
             fresh = not series.seen
             restarted = False
-            total_sum = _exposable_sum(point, exponential, bounds)
             if delta and not fresh and bounds != series.bounds and point.start_time_unix_nano >= series.time_ns > 0:
                 # New bounds in a run that starts after the series' last point: the sender restarted with another
                 # bucket layout (the Collector's accumulator resets on it too). Dropping every later point kept the
@@ -663,9 +670,6 @@ class Accumulator:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
                     continue
-                differs = (bounds, counts, total_sum) != (series.bounds, series.counts, series.sum)
-                if self._second_source(series, point, differs):
-                    continue
                 restarted = _restarted(series, point)
                 if bounds != series.bounds or restarted:
                     series.exemplars = None
@@ -680,17 +684,38 @@ class Accumulator:
                 self._bucket_exemplars(series, point.exemplars)
         return family
 
-    def _second_source(self, series: Series, point: Any, differs: bool) -> bool:
-        """Whether ``point`` is a second point of ``series`` at the same time in the request being folded: one
-        source does not measure a series twice at one instant, so its labels met another series' on the way (an
-        attribute redacted to one mask, keys sanitized alike). The first point is kept, as Prometheus keeps the
-        first of duplicate samples in a scrape; another value is counted (``duplicate_series``), not shown
-        alternately with it. An identical point loses nothing (a batch holding one export twice)."""
-        if series.folded_by != self._request_serial or point.time_unix_nano != series.time_ns or not series.seen:
-            return False
-        if differs:
+    # --- streams made alike -----------------------------------------------------------------------------------
+    # One source never measures a series twice at one instant: a second point of a series at the time of the one
+    # this request stored is another of the sender's streams whose labels became alike on the way (an attribute
+    # masked by the redaction processor, keys sanitized to one name). The data model has streams whose
+    # attributes were removed re-aggregated: sums and histograms are added up, whatever order the sender lists
+    # them in (the Go SDK's changes at every export); a gauge or a summary has no such sum, so the first point
+    # is kept and another value counted (``duplicate_series``), not shown in turn with it.
+
+    def _same_instant(self, series: Series, point: Any) -> bool:
+        return series.seen and series.folded_by == self._request_serial and point.time_unix_nano == series.time_ns
+
+    def _merge_number(self, series: Series, additive: bool, value: float, point: Any) -> None:
+        if additive:
+            series.value += value
+            _merge_start(series, point)
+            if point.exemplars:
+                series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
+        elif not (value == series.value or (math.isnan(value) and math.isnan(series.value))):
             self._on_drop("duplicate_series", 1)
-        return True
+
+    def _merge_histogram(
+        self, series: Series, bounds: tuple[float, ...], counts: list[float], total_sum: float | None, point: Any
+    ) -> None:
+        if bounds != series.bounds:
+            self._on_drop("duplicate_series", 1)  # no bucket of one matches the other's
+            return
+        series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
+        series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
+        series.count += float(point.count)
+        _merge_start(series, point)
+        if point.exemplars:
+            self._bucket_exemplars(series, point.exemplars)
 
     def _starts_at_zero(self, family: Family, labels: dict[str, str], start_ns: int, delta: bool) -> bool:
         """Whether a new (or restarted) series is shown at zero first. A sum of deltas is always new: it began
@@ -757,7 +782,7 @@ class Accumulator:
             yield  # a pause point between data points (see _fold)
             labels = _without_reserved(self._labels(point.attributes, base), "quantile")
             if point.flags & _NO_RECORDED_VALUE:
-                self._remove(family, labels)
+                self._remove(family, labels, point)
                 continue
             quantiles = [q.quantile for q in point.quantile_values]
             # OTLP and OpenMetrics both want each quantile in [0, 1] (NaN is not), one series per quantile, and
@@ -776,8 +801,9 @@ class Accumulator:
                 self._on_drop("out_of_order", 1)
                 continue
             quantile_values = [(q.quantile, q.value) for q in point.quantile_values]
-            differs = (point.sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles)
-            if self._second_source(series, point, differs):
+            if self._same_instant(series, point):
+                if (point.sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles):
+                    self._on_drop("duplicate_series", 1)
                 continue
             series.sum, series.count = point.sum, float(point.count)
             series.quantiles = quantile_values
@@ -849,6 +875,16 @@ def _exposable_sum(point: Any, exponential: bool, bounds: tuple[float, ...] = ()
     if (bounds and bounds[0] < 0.0) or not point.sum >= 0.0:
         return None
     return point.sum
+
+
+def _merge_start(series: Series, point: Any) -> None:
+    """Streams added up into one series may have started at different times: the series starts with the
+    earliest, and takes no start moving between its points for a restart (two sources, as ``_restarted`` says)."""
+    start = point.start_time_unix_nano
+    if start and start != series.start_ns:
+        series.start_unsteady = True
+        if not series.start_ns or start < series.start_ns:
+            series.start_ns = start
 
 
 def _restarted(series: Series, point: Any) -> bool:
