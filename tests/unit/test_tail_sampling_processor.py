@@ -286,6 +286,41 @@ def test_a_trace_kept_by_a_late_failure_stays_kept_after_the_kept_cache_forgets_
     assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
 
 
+def test_a_failure_after_a_trace_was_kept_by_the_ten_percent_raises_its_class_from_then_on() -> None:
+    """A trace kept by the probabilistic policy whose root failed late kept its 7-day class, and so never reached
+    the error archive: less than a dropped trace the same failure rescues."""
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1)))
+    r.tick_after(11)
+    r.traces.consume(spans_request(span(KEPT, 2), span(KEPT, 3, error=True)))
+    r.traces.consume(spans_request(span(KEPT, 4, root=True)))
+    r.logs.consume(logs_request(log_record(KEPT, body="step done")))
+    out = exported_spans(r.trace_sink)
+    assert [(o.span_id[-1], o.retention_class, o.policy) for o in out] == [
+        (1, "standard", "probabilistic"),
+        (2, "error", "errors"),
+        (3, "error", "errors"),
+        (4, "error", "errors"),
+    ]
+    assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
+    assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 1
+    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 0
+
+
+def test_a_late_failure_of_a_trace_kept_as_an_error_or_without_keep_late_failures_keeps_its_decision() -> None:
+    r = rig(policies={"errors": {"keep_late_failures": False}, "probabilistic": {"percentage": 10}})
+    r.traces.consume(spans_request(span(KEPT, 1)))
+    r.tick_after(11)
+    r.traces.consume(spans_request(span(KEPT, 2, error=True)))
+    assert [o.retention_class for o in exported_spans(r.trace_sink)] == ["standard", "standard"]
+    r = rig()
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, root=True, error=True)))
+    r.tick_after(2)
+    r.traces.consume(spans_request(span(ERROR_TRACE, 2, error=True)))
+    assert [o.retention_class for o in exported_spans(r.trace_sink)] == ["error", "error"]
+    assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 0
+
+
 @pytest.mark.parametrize("errors", [{"keep_late_failures": False}, {"enabled": False}])
 def test_a_late_failure_follows_the_drop_when_the_errors_policy_does_not_keep_it(errors: dict[str, bool]) -> None:
     r = rig(policies={"errors": errors, "probabilistic": {"percentage": 10}})

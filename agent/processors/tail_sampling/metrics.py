@@ -65,6 +65,12 @@ class SamplingMetrics:
             "decision (policies.errors.keep_late_failures); their spans dropped before are lost.",
             label,
         ).labels(cid)
+        self.late_failures_raised = m.counter(
+            "sampling_late_failures_raised_total",
+            "Traces kept with a shorter retention class whose failed span came after the decision: their spans from "
+            "then on get the errors policy's class (policies.errors.keep_late_failures).",
+            label,
+        ).labels(cid)
         self.decision_latency = m.component_collector(_LatencyFamily.NAME, _LatencyFamily).child(cid)
         entries = m.gauge("sampling_cache_entries", "Trace ids in the decision caches.", [*label, "cache"])
         self.kept_entries = entries.labels(cid, "kept")

@@ -88,6 +88,7 @@ class TailSampler:
             else None
         )
         self._rescued = KeptCache[Decision](config.decision_cache.kept_size)  # traces kept by a late failure
+        self._retention = {name: float(period) for name, period in retention.classes.items()}
         self._consumers: dict[Signal, Consumer] = {}
         self._pending: dict[Signal, collections.deque[_Pending]] = {s: collections.deque() for s in SPECS}
         self.pending_bytes = 0
@@ -217,6 +218,8 @@ class TailSampler:
                         # Only an id not buffered can be a late span of a decided trace: ask the caches then.
                         decision = kept.get(trace_id)
                         if decision is not None:
+                            if rescue and failed and trace_id in failed and self._outlived_by_late_failure(decision):
+                                decision = self._raise_to_late_failure(trace_id)
                             builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
                             builder.add_spans(
                                 rs, ss, indices, decision.retention_class, decision.policy, decision.threshold
@@ -369,6 +372,21 @@ class TailSampler:
             self.metrics.late_failures_kept.inc()
         builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
         builder.add_spans(rs, ss, indices, decision.retention_class, decision.policy, decision.threshold)
+
+    def _outlived_by_late_failure(self, decision: Decision) -> bool:
+        late = self._late_failure
+        assert late is not None
+        return self._retention.get(decision.retention_class, 0.0) < self._retention.get(late.retention_class, 0.0)
+
+    def _raise_to_late_failure(self, trace_id: bytes) -> Decision:
+        """A trace kept with a shorter class (the 10%) failed after its decision: from now on it is kept as a
+        dropped trace that failed late would be, with the errors policy's class, so that its failure reaches the
+        archive too rather than keeping less than a trace the failure rescued."""
+        decision = self._late_failure
+        assert decision is not None
+        self.kept.put(trace_id, decision)
+        self.metrics.late_failures_raised.inc()
+        return decision
 
     def _after_ingest(self, release: Release) -> None:
         if self._closed:
