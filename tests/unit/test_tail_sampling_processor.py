@@ -307,6 +307,38 @@ def test_a_failure_after_a_trace_was_kept_by_the_ten_percent_raises_its_class_fr
     assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 0
 
 
+def test_a_late_failure_raises_the_traces_spans_of_every_resource_of_its_request() -> None:
+    """As for a dropped trace: a gateway's request mixes services, and the failure may come under a later one."""
+    r = rig()
+    r.traces.consume(spans_request(span(KEPT, 1)))
+    r.tick_after(11)
+    r.traces.consume(
+        request((resource("api"), [span(KEPT, 2)]), (resource("llm-gateway"), [span(KEPT, 3, error=True)]))
+    )
+    assert sorted((o.service, o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)) == [
+        ("api", 2, "error"),
+        ("llm-gateway", 3, "error"),
+        ("orchestrator", 1, "standard"),
+    ]
+    assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 1
+
+
+def test_a_raised_trace_stays_raised_after_the_kept_cache_forgets_it() -> None:
+    r = rig(decision_cache={"kept_size": 2})
+    r.traces.consume(spans_request(span(KEPT, 1)))
+    r.tick_after(11)
+    r.traces.consume(spans_request(span(KEPT, 2, error=True)))
+    others = [normal_id(n, kept=True) for n in range(1, 4)]
+    r.traces.consume(spans_request(*(span(t, 1, root=True) for t in others)))
+    r.tick_after(3)  # three kept decisions: the raised trace leaves the kept cache
+    r.trace_sink.batches.clear()
+    r.traces.consume(spans_request(span(KEPT, 3, root=True)))
+    assert [(o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)] == [(3, "error")]
+    r.logs.consume(logs_request(log_record(KEPT, body="step done")))
+    assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
+    assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 1
+
+
 def test_a_late_failure_of_a_trace_kept_as_an_error_or_without_keep_late_failures_keeps_its_decision() -> None:
     r = rig(policies={"errors": {"keep_late_failures": False}, "probabilistic": {"percentage": 10}})
     r.traces.consume(spans_request(span(KEPT, 1)))

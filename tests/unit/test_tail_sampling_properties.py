@@ -108,7 +108,16 @@ def check_exactly_once_and_complete(scenario: Scenario, result: Run) -> dict[byt
     for spec in scenario.traces:
         exported = by_trace.get(spec.trace_id, [])
         classes = {(o.retention_class, o.policy) for o in exported}
-        assert len(classes) <= 1, "spans of one trace carry different decisions"
+        if len(classes) > 1:
+            # Kept by the 10% and failed after the decision: raised to the errors policy's class from the failing
+            # span's request on (policies.errors.keep_late_failures), the spans sent before keep theirs.
+            assert spec.error_span is not None, "spans of one trace carry different decisions"
+            assert classes == {("standard", "probabilistic"), ("error", "errors")}, classes
+            since = result.sent_at[(spec.trace_id, spec.error_span.to_bytes(8, "big"))]
+            for o in exported:
+                raised = result.sent_at[(o.trace_id, o.span_id)] >= since
+                assert (o.retention_class == "error") == raised, (spec, exported)
+            classes = {("error", "errors")}
         # Kept: every span, late ones included, comes out; dropped: none does. Nothing is left behind. Except a
         # trace dropped before its failure came: from the failing span's request on, everything is kept.
         if 0 < len(exported) < spec.spans:

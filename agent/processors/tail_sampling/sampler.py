@@ -192,6 +192,8 @@ class TailSampler:
         # Late spans of dropped traces, settled once the whole request is read: a failed span of the trace in a
         # later resource or scope of it keeps them too (policies.errors.keep_late_failures).
         late_of_dropped: list[tuple[bytes, Any, Any, list[int], float]] = []
+        # Likewise late spans of traces kept with a class a late failure would raise.
+        late_of_kept: list[tuple[bytes, Any, Any, list[int], float, Decision]] = []
         failed_here: set[bytes] = set()
         rescue = self._late_failure is not None
         # This request's own size, never an average over earlier ones, under which large spans (prompts) would
@@ -217,13 +219,16 @@ class TailSampler:
                     if trace is None:
                         # Only an id not buffered can be a late span of a decided trace: ask the caches then.
                         decision = kept.get(trace_id)
+                        if decision is None and rescue:  # kept by a late failure, and forgotten by the kept cache
+                            decision = self._rescued.get(trace_id)
                         if decision is not None:
-                            if rescue and failed and trace_id in failed and self._outlived_by_late_failure(decision):
-                                decision = self._raise_to_late_failure(trace_id)
-                            builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
-                            builder.add_spans(
-                                rs, ss, indices, decision.retention_class, decision.policy, decision.threshold
-                            )
+                            if rescue and self._outlived_by_late_failure(decision):
+                                late_of_kept.append((trace_id, rs, ss, indices, bytes_per_span, decision))
+                            else:
+                                builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
+                                builder.add_spans(
+                                    rs, ss, indices, decision.retention_class, decision.policy, decision.threshold
+                                )
                             late_kept += len(indices)
                             continue
                         if trace_id in dropped:
@@ -259,6 +264,11 @@ class TailSampler:
                     trace = traces.get(trace_id)
                     if trace is not None and trace.root_seen is None:
                         buffer.root_arrived(trace, now)
+        for trace_id, rs, ss, indices, per_span, decision in late_of_kept:
+            if trace_id in failed_here:
+                decision = self._raise_to_late_failure(trace_id)
+            builder = release.builder(Signal.TRACES, int(per_span * len(indices)))
+            builder.add_spans(rs, ss, indices, decision.retention_class, decision.policy, decision.threshold)
         for trace_id, rs, ss, indices, per_span in late_of_dropped:
             if trace_id in failed_here or self._rescued.get(trace_id) is not None:
                 self._keep_late_failure(trace_id, rs, ss, indices, per_span, release)
@@ -384,8 +394,11 @@ class TailSampler:
         archive too rather than keeping less than a trace the failure rescued."""
         decision = self._late_failure
         assert decision is not None
-        self.kept.put(trace_id, decision)
-        self.metrics.late_failures_raised.inc()
+        if self._rescued.get(trace_id) is None:  # its first fragment here
+            self.kept.put(trace_id, decision)
+            # Remembered apart too, as a rescued trace is: the kept cache forgets sooner.
+            self._rescued.put(trace_id, decision)
+            self.metrics.late_failures_raised.inc()
         return decision
 
     def _after_ingest(self, release: Release) -> None:
