@@ -473,6 +473,18 @@ def test_sums_and_histograms_of_streams_made_alike_are_added_up_gauges_keep_the_
     assert dropped(metrics, "misaligned_delta") == 0
 
 
+@pytest.mark.parametrize("old_first", [True, False])
+def test_streams_added_up_are_held_at_zero_only_if_every_one_started_recently(old_first: bool) -> None:
+    exp, _ = exporter()
+    text(exp)  # a first scrape: series starting after it are new, and shown at zero first
+    now = time.time_ns()
+    old, new = number(2, 0, 0, a_b="x"), number(4, 0, 0, **{"a:b": "x"})
+    old.start_time_unix_nano, new.start_time_unix_nano = now - 3600 * S, now - S
+    old.time_unix_nano = new.time_unix_nano = now
+    exp.consume(request(sum_metric("api.calls", *((old, new) if old_first else (new, old)))))
+    assert metric_value(text(exp), "api_calls_total", a_b="x") == 6
+
+
 def test_points_of_one_series_at_different_times_in_a_request_are_all_used() -> None:
     exp, metrics = exporter()
     exp.consume(request(sum_metric("api.calls", number(8, end=3, a_b="x"), number(9, end=4, a_b="x"))))

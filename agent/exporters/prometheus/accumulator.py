@@ -580,7 +580,13 @@ class Accumulator:
             if series is None:
                 continue
             if self._same_instant(series, point):
-                self._merge_number(series, kind == COUNTER or metric.HasField("sum"), value, point)
+                if kind == COUNTER or metric.HasField("sum"):
+                    self._add_stream(family, labels, series, point, delta)
+                    series.value += value
+                    if point.exemplars:
+                        series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
+                elif not (value == series.value or (math.isnan(value) and math.isnan(series.value))):
+                    self._on_drop("duplicate_series", 1)
                 continue
             fresh = not series.seen
             restarted = False
@@ -643,7 +649,15 @@ class Accumulator:
                 continue
             total_sum = _exposable_sum(point, exponential, bounds)
             if self._same_instant(series, point):
-                self._merge_histogram(series, bounds, counts, total_sum, point)
+                if bounds != series.bounds:
+                    self._on_drop("duplicate_series", 1)  # no bucket of one matches the other's
+                    continue
+                self._add_stream(family, labels, series, point, delta)
+                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
+                series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
+                series.count += float(point.count)
+                if point.exemplars:
+                    self._bucket_exemplars(series, point.exemplars)
                 continue
             fresh = not series.seen
             restarted = False
@@ -690,32 +704,24 @@ class Accumulator:
     # masked by the redaction processor, keys sanitized to one name). The data model has streams whose
     # attributes were removed re-aggregated: sums and histograms are added up, whatever order the sender lists
     # them in (the Go SDK's changes at every export); a gauge or a summary has no such sum, so the first point
-    # is kept and another value counted (``duplicate_series``), not shown in turn with it.
+    # is kept and another value counted (``duplicate_series``), not shown in turn with it. An identical second
+    # point is added too: one request never holds one export twice (a sender retries whole requests), while two
+    # masked streams often have equal counts.
 
     def _same_instant(self, series: Series, point: Any) -> bool:
         return series.seen and series.folded_by == self._request_serial and point.time_unix_nano == series.time_ns
 
-    def _merge_number(self, series: Series, additive: bool, value: float, point: Any) -> None:
-        if additive:
-            series.value += value
-            _merge_start(series, point)
-            if point.exemplars:
-                series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
-        elif not (value == series.value or (math.isnan(value) and math.isnan(series.value))):
-            self._on_drop("duplicate_series", 1)
-
-    def _merge_histogram(
-        self, series: Series, bounds: tuple[float, ...], counts: list[float], total_sum: float | None, point: Any
-    ) -> None:
-        if bounds != series.bounds:
-            self._on_drop("duplicate_series", 1)  # no bucket of one matches the other's
-            return
-        series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
-        series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
-        series.count += float(point.count)
-        _merge_start(series, point)
-        if point.exemplars:
-            self._bucket_exemplars(series, point.exemplars)
+    def _add_stream(self, family: Family, labels: dict[str, str], series: Series, point: Any, delta: bool) -> None:
+        """Streams added up into one series may have started at different times: the series starts with the
+        earliest, takes no start moving between its points for a restart (two sources, as ``_restarted`` says),
+        and is shown at zero first only if every stream started recently, whichever came first."""
+        start = point.start_time_unix_nano
+        if series.zero_pending:
+            series.zero_pending = self._starts_at_zero(family, labels, start, delta)
+        if start and start != series.start_ns:
+            series.start_unsteady = True
+            if not series.start_ns or start < series.start_ns:
+                series.start_ns = start
 
     def _starts_at_zero(self, family: Family, labels: dict[str, str], start_ns: int, delta: bool) -> bool:
         """Whether a new (or restarted) series is shown at zero first. A sum of deltas is always new: it began
@@ -875,16 +881,6 @@ def _exposable_sum(point: Any, exponential: bool, bounds: tuple[float, ...] = ()
     if (bounds and bounds[0] < 0.0) or not point.sum >= 0.0:
         return None
     return point.sum
-
-
-def _merge_start(series: Series, point: Any) -> None:
-    """Streams added up into one series may have started at different times: the series starts with the
-    earliest, and takes no start moving between its points for a restart (two sources, as ``_restarted`` says)."""
-    start = point.start_time_unix_nano
-    if start and start != series.start_ns:
-        series.start_unsteady = True
-        if not series.start_ns or start < series.start_ns:
-            series.start_ns = start
 
 
 def _restarted(series: Series, point: Any) -> bool:
