@@ -21,6 +21,7 @@ from agent.component import Consumer, CreateSettings, Factory, Kind, Signal
 from agent.config.schema import setting
 from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig
+from agent.exporters._helper.retry import report_cut_short
 from agent.otlp import json_codec
 
 _CLOSE_WAIT_SECONDS = 1.0  # at shutdown, for a line being appended
@@ -50,8 +51,7 @@ class FileExporter:
         self._settings = settings
         self._dir = Path(config.path)
         self._files: dict[Signal, IO[bytes]] = {}
-        # A write cut short by the shutdown deadline appends nothing (see shutdown): it was not delivered.
-        self._queue = SendingQueue(settings, config.sending_queue, self._write, cut_push_may_deliver=False)
+        self._queue = SendingQueue(settings, config.sending_queue, self._write)
         self._write_lock = asyncio.Lock()  # one writer at a time keeps lines whole and rotation safe
         # Between the writing thread and shutdown: no line after the files are closed, no file opened after.
         self._files_lock = threading.Lock()
@@ -93,9 +93,13 @@ class FileExporter:
         async with self._write_lock:
             # Encoded off the event loop: JSON for a large batch takes seconds of pure Python. The queue owns the
             # batch (nothing else touches it meanwhile). Cancelled at the shutdown deadline while encoding (the
-            # long part), nothing is written, as the queue then counts; only a line being appended at that moment
-            # is written though counted as not delivered.
-            line = await asyncio.to_thread(json_codec.encode, batch)
+            # long part), nothing is written: not delivered. A line being appended at that moment is written
+            # (the thread runs on), and counts as unconfirmed.
+            try:
+                line = await asyncio.to_thread(json_codec.encode, batch)
+            except asyncio.CancelledError:
+                report_cut_short(0)
+                raise
             await asyncio.to_thread(self._append_unless_closed, signal, line + b"\n")
 
     def _append_unless_closed(self, signal: Signal, line: bytes) -> None:

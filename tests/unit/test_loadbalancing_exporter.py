@@ -513,6 +513,47 @@ async def test_what_a_cut_short_push_delivered_is_counted_as_sent_at_shutdown_no
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total") == owned_by_first
 
 
+async def test_at_the_deadline_only_the_parts_gateways_had_not_answered_for_are_unconfirmed() -> None:
+    """A part refused with a retry delay is not stored: it waits, undelivered; a silent gateway may hold its part."""
+    import time
+
+    throttled = Gateway(RetryableError("full", reason="resource_exhausted", retry_after=30.0))
+    gateways = {GATEWAYS[0]: throttled, GATEWAYS[1]: Silent(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    owners = [HashRing(GATEWAYS).owner(t) for t in spans_trace_ids(batch)]
+    refused, silent, taken = (owners.count(g) for g in GATEWAYS)
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    while len(gateways[GATEWAYS[2]].received) < taken:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the throttled gateway answered at once: its part now waits for its retry
+    await exporter._queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    assert refused and silent and taken
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unconfirmed") == silent
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == refused
+    assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == taken
+
+
+async def test_a_gateways_refusals_during_the_shutdown_flush_are_in_its_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    from agent.exporters._helper.retry import PermanentExportError
+
+    exporter, metrics = exporter_with({g: Gateway(PermanentExportError("refused")) for g in GATEWAYS})
+    await exporter._queue.start()
+    with caplog.at_level(logging.WARNING):
+        for i in range(5):
+            exporter.consumer_for(Signal.TRACES).consume(batch_of(10 + i))
+        await exporter._queue.shutdown(time.monotonic() + 5)
+    failed = metric_value(metrics.render().decode(), "otel_sidecar_exporter_send_failed_items_total")
+    summaries = [r.dropped_items for r in caplog.records if hasattr(r, "dropped_items")]
+    assert failed > 0 and summaries == [{"traces": {"rejected": failed}}]
+
+
 async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing() -> None:
     busy = Gateway(RetryableError("busy", reason="resource_exhausted", retry_after=0.01))
     gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}

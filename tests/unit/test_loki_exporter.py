@@ -1073,3 +1073,27 @@ def test_the_level_label_and_the_sampler_read_a_severity_alike(number: int, text
     classifier = LogClassifier({"error": 30.0, "standard": 7.0}, "standard", "error")
     assert level_of(log.severity_number, log.severity_text) == level
     assert classifier.is_error(log) == (level in ("error", "fatal"))
+
+
+async def test_a_push_cut_short_at_the_shutdown_deadline_is_unconfirmed_and_the_pushes_after_it_undelivered() -> None:
+    """A batch sent as two pushes, the first cut short under way: Loki may hold that one, not the second."""
+    metrics = SelfMetrics()
+    exporter = LokiExporter(loki_config("http://127.0.0.1:1/loki/api/v1/push"), make_settings("loki", metrics))
+    batch = burst_request()
+    pushes = exporter._pushes_of(batch)
+    exporter._bodies.clear()
+    posted = asyncio.Event()
+
+    async def post(body: bytes) -> None:
+        posted.set()
+        await asyncio.Event().wait()  # never answers
+
+    exporter._post = post  # type: ignore[method-assign]
+    await exporter.start()
+    exporter.consumer_for(Signal.LOGS).consume(batch)
+    await asyncio.wait_for(posted.wait(), 5)
+    await exporter.shutdown(time.monotonic() + 0.1)
+    text = metrics.render().decode()
+    assert len(pushes.items) == 2
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unconfirmed") == pushes.items[0]
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == pushes.items[1]

@@ -646,6 +646,36 @@ async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it
         await server.stop(0)
 
 
+async def test_an_export_still_connecting_at_the_shutdown_deadline_was_not_delivered() -> None:
+    """A peer that takes the TCP connection and never speaks HTTP/2: the request was never sent."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await asyncio.sleep(60)
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    metrics = SelfMetrics()
+    exporter = OtlpExporter(exporter_config(f"127.0.0.1:{port}", timeout="10s"), make_settings("otlp", metrics))
+    await exporter.start()
+    try:
+        (batch,) = traces(1)
+        exporter.consumer_for(Signal.TRACES).consume(batch)
+        while not connections:
+            await asyncio.sleep(0.01)
+        await exporter.shutdown(time.monotonic() + 0.2)
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unconfirmed") == 0
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == len(
+        span_keys([batch])
+    )
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 @pytest.mark.parametrize("value", ["Bearer s3cr3t\n", "Bearer\r\nX-Injected: 1", "tok\x00en"])
 def test_a_header_value_with_a_control_character_is_a_config_error(protocol: str, value: str) -> None:

@@ -219,13 +219,9 @@ class SendingQueue:
         timeout: float | None = None,
         batch: BatchConfig | None = None,
         settled_of: SettledOf | None = None,
-        cut_push_may_deliver: bool = True,
     ) -> None:
         self._settings = settings
         self._settled_of = settled_of
-        # Whether a push cut short under way may have delivered: a backend over the network may have stored the
-        # request before the answer was lost; a local writer (``file``) that writes nothing once cancelled says no.
-        self._cut_push_may_deliver = cut_push_may_deliver
         self._config = config
         self._batch = batch if batch is not None and batch.enabled else None
         self._retry_enabled = retry is not None and retry.enabled
@@ -534,17 +530,19 @@ class SendingQueue:
             group.items = 0
 
     def _unconfirmed_items(self, signal: Signal, group: _Group) -> int:
-        """Items of the push under way (not yet settled) that the backend may hold: none unless an attempt was
-        cut short under way or an earlier attempt's outcome was unknown."""
+        """Items of the push under way (not yet settled) that the backend may hold: those an earlier attempt sent
+        and had no answer for, or what the attempt cut short was sending (as its push reported it)."""
         progress = group.progress
-        if group.sending is None or not (
-            progress.maybe_delivered or (progress.attempting and self._cut_push_may_deliver)
-        ):
+        if group.sending is None:
             return 0
         left = SPECS[signal].count_items(group.sending)
         if self._settled_of is not None:
             left -= self._settled_of(group.sending)[0]
-        return max(left, 0)
+        if progress.maybe_delivered:
+            return max(left, 0)
+        if progress.attempting:
+            return max(left if progress.at_risk is None else min(progress.at_risk, left), 0)
+        return 0
 
     def _load(self, group: list[QueueEntry]) -> list[Message]:
         loaded = []
@@ -611,6 +609,13 @@ class SendingQueue:
     def _count_failed(self, signal: Signal, items: int, reason: str) -> None:
         self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
 
+    def count_given_up(self, signal: Signal, items: int, reason: str) -> None:
+        """Count items given up by a push that drops part of a batch itself (a gateway's refusal); they go into the
+        flush's summary like the queue's own drops."""
+        self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
+        if self._closed:
+            self._dropped_closing[(signal.value, reason)] += items
+
     def _report_dropped_closing(self) -> None:
         if not self._dropped_closing:
             return
@@ -618,8 +623,8 @@ class SendingQueue:
         for (signal, reason), items in self._dropped_closing.items():
             dropped.setdefault(signal, {})[reason] = items
         self._settings.logger.error(
-            "batches given up while flushing at shutdown (each reason counted in otel_sidecar_exporter_send_failed_"
-            "items_total)",
+            "items given up while flushing before a shutdown or reload (each reason counted in "
+            "otel_sidecar_exporter_send_failed_items_total)",
             extra={"exporter": self._settings.component_id, "dropped_items": dropped},
         )
         self._dropped_closing.clear()

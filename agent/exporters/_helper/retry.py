@@ -14,6 +14,7 @@ so shutdown never sleeps out a backoff.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import email.utils
 import random
@@ -144,6 +145,21 @@ class SendProgress:
 
     attempting: bool = False
     maybe_delivered: bool = False
+    # Of the attempt cut short: how many items the backend may hold, where the push knows (see report_cut_short);
+    # None: all it was sending.
+    at_risk: int | None = None
+
+
+_ATTEMPT: contextvars.ContextVar[SendProgress | None] = contextvars.ContextVar("export_attempt", default=None)
+
+
+def report_cut_short(at_risk: int) -> None:
+    """Said by a push cancelled under way (the shutdown deadline) that knows how many of its items the backend
+    may hold: the one push of several under way (loki), the parts whose gateways had not answered
+    (loadbalancing), none for a connection never made. Without it, all it was sending counts as unconfirmed."""
+    progress = _ATTEMPT.get()
+    if progress is not None:
+        progress.at_risk = at_risk
 
 
 class RetryingSender:
@@ -226,7 +242,8 @@ class RetryingSender:
         )
 
     async def _attempt(self, signal: Signal, batch: Message, progress: SendProgress) -> int:
-        progress.attempting = True
+        progress.attempting, progress.at_risk = True, None
+        token = _ATTEMPT.set(progress)
         try:
             rejected = await self._push_in_time(signal, batch)
         except asyncio.CancelledError:
@@ -234,6 +251,8 @@ class RetryingSender:
         except BaseException:
             progress.attempting = False
             raise
+        finally:
+            _ATTEMPT.reset(token)
         progress.attempting = False
         return rejected
 

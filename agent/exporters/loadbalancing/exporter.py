@@ -27,8 +27,8 @@ from google.protobuf.message import Message
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.batcher import merge
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.queue import DUPLICATES_DOC, SEND_FAILED_DOC, SendingQueue
-from agent.exporters._helper.retry import PermanentExportError, RetryableError
+from agent.exporters._helper.queue import DUPLICATES_DOC, SendingQueue
+from agent.exporters._helper.retry import PermanentExportError, RetryableError, report_cut_short
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
@@ -270,7 +270,7 @@ class LoadBalancingExporter:
                 self._on_trial -= trials
                 # The shutdown deadline: what the gateways did take is delivered, not lost (the queue counts what
                 # is left in the batch); the rest stays in it.
-                self._keep_only_undelivered(batch, parts, sends, push.waiting)
+                report_cut_short(self._keep_only_undelivered(batch, parts, sends, push.waiting, signal))
                 raise
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
@@ -343,19 +343,27 @@ class LoadBalancingExporter:
 
     @staticmethod
     def _keep_only_undelivered(
-        batch: Message, parts: dict[str, Message], sends: Sequence[asyncio.Future[Any]], waiting: list[Message]
-    ) -> None:
+        batch: Message,
+        parts: dict[str, Message],
+        sends: Sequence[asyncio.Future[Any]],
+        waiting: list[Message],
+        signal: Signal,
+    ) -> int:
+        """Leave in ``batch`` what no gateway took; return how many of those items a gateway may hold: the parts
+        whose gateway had not answered, or answered after a timeout (not those refused, or waiting to be retried)."""
         undelivered = list(waiting)
+        at_risk = 0
         for part, send in zip(parts.values(), sends, strict=True):
-            taken = (
-                send.done()
-                and not send.cancelled()
-                and send.exception() is None
-                and not isinstance(send.result(), RetryableError)
-            )
-            if not taken:
+            if not send.done() or send.cancelled():
                 undelivered.append(part)
+                at_risk += SPECS[signal].count_items(part)
+            elif send.exception() is not None or isinstance(send.result(), RetryableError):
+                undelivered.append(part)
+                error = send.exception() or send.result()
+                if getattr(error, "maybe_delivered", False):
+                    at_risk += SPECS[signal].count_items(part)
         _leave_only(batch, undelivered)
+        return at_risk
 
     async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
         transport = self._transports.get(gateway)
@@ -373,7 +381,7 @@ class LoadBalancingExporter:
                 exporter=self._settings.component_id,
             )
             # Dropped as the otlp exporter drops a rejected batch; the sending queue counts them as rejected.
-            self._failed.labels(self._settings.component_id, signal.value, exc.reason).inc(items)
+            self._queue.count_given_up(signal, items, exc.reason)
             return items
         except Exception as exc:  # unclassified: treat as a failed gateway, so the other parts stay accounted for
             error = RetryableError(f"gateway {gateway} failed: {exc!r}", reason=type(exc).__name__)
@@ -410,9 +418,6 @@ class LoadBalancingExporter:
             ["exporter", "signal"],
         )
         self._duplicates = m.counter("exporter_duplicates_total", DUPLICATES_DOC, ["exporter", "signal"])
-        self._failed = m.counter(  # the sending queue's family: one series set for both
-            "exporter_send_failed_items_total", SEND_FAILED_DOC, ["exporter", "signal", "reason"]
-        )
         self._ejections = m.counter(
             "loadbalancer_backend_ejections_total", "Times a failing gateway left the ring.", ["exporter", "backend"]
         )

@@ -21,7 +21,13 @@ from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
-from agent.exporters._helper.retry import OTLP_HTTP_RETRYABLE, PermanentExportError, RetryableError, http_error
+from agent.exporters._helper.retry import (
+    OTLP_HTTP_RETRYABLE,
+    PermanentExportError,
+    RetryableError,
+    http_error,
+    report_cut_short,
+)
 from agent.exporters._helper.tls import load_client_tls
 from agent.exporters.loki.config import LokiExporterConfig
 from agent.exporters.loki.convert import StreamMapper, span_events_to_logs
@@ -147,7 +153,10 @@ class LokiExporter:
             exc.at_risk = items  # the failed push's records: the retry sends them again, the pushes before not
             raise  # the bodies stay for the retry
         except asyncio.CancelledError:
-            raise  # the shutdown deadline cut it mid-push: the bodies stay for a retry (a disk queue's, after it)
+            # The shutdown deadline cut it mid-push: the bodies stay for a retry (a disk queue's, after it). Loki
+            # may hold the push under way, not the ones after it.
+            report_cut_short(pushes.items[pushes.delivered] if pushes.delivered < len(pushes.items) else 0)
+            raise
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise

@@ -7,6 +7,7 @@ error following the OTLP specification: retryable gRPC codes and HTTP statuses b
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from typing import Protocol
 
@@ -19,7 +20,13 @@ from agent import __version__
 from agent.component import Signal
 from agent.config.schema import without_credentials
 from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
-from agent.exporters._helper.retry import ExportError, PermanentExportError, RetryableError, http_error
+from agent.exporters._helper.retry import (
+    ExportError,
+    PermanentExportError,
+    RetryableError,
+    http_error,
+    report_cut_short,
+)
 from agent.exporters._helper.tls import ClientTls
 from agent.exporters.otlp.config import OtlpExporterConfig
 from agent.otlp.signals import SPECS
@@ -154,6 +161,10 @@ class GrpcTransport:
         connected_before = self._connected()
         try:
             return await self._methods[signal](request, timeout=timeout, metadata=self._metadata)
+        except asyncio.CancelledError:
+            if not connected_before and not self._connected():
+                report_cut_short(0)  # still connecting when the shutdown deadline came: nothing was sent
+            raise
         except grpc.aio.AioRpcError as exc:
             error = grpc_error(exc.code(), exc.details() or "", exc.trailing_metadata())
             never_connected = not connected_before and not self._connected()
