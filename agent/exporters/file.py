@@ -90,16 +90,14 @@ class FileExporter:
                 self._files_lock.release()
 
     async def _write(self, signal: Signal, batch: Message) -> None:
+        report_cut_short(0)  # nothing is written while waiting for the lock or encoding
         async with self._write_lock:
             # Encoded off the event loop: JSON for a large batch takes seconds of pure Python. The queue owns the
             # batch (nothing else touches it meanwhile). Cancelled at the shutdown deadline while encoding (the
             # long part), nothing is written: not delivered. A line being appended at that moment is written
             # (the thread runs on), and counts as unconfirmed.
-            try:
-                line = await asyncio.to_thread(json_codec.encode, batch)
-            except asyncio.CancelledError:
-                report_cut_short(0)
-                raise
+            line = await asyncio.to_thread(json_codec.encode, batch)
+            report_cut_short(None)  # from here on the line may be written, even if the deadline comes
             await asyncio.to_thread(self._append_unless_closed, signal, line + b"\n")
 
     def _append_unless_closed(self, signal: Signal, line: bytes) -> None:

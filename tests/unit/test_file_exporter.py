@@ -82,14 +82,17 @@ async def test_a_batch_still_encoding_at_the_shutdown_deadline_is_not_written_af
     settings = CreateSettings("file", Kind.EXPORTER, logging.getLogger("t"), metrics, ServiceConfig(), {})
     file = FileExporter(FileExporterConfig(path=str(tmp_path)), settings)
     await file.start()
-    request = next(Workload(seed=6).requests(1))[0]
-    file.consumer_for(Signal.TRACES).consume(request)
+    # The second waits for the write lock (two consumers by default): nothing of it is written either.
+    requests = [request for request, _ in Workload(seed=6).requests(2)]
+    for request in requests:
+        file.consumer_for(Signal.TRACES).consume(request)
     assert await asyncio.to_thread(started.wait, 5)
+    await asyncio.sleep(0.1)
     await file.shutdown(time.monotonic() + 0.2)
     release.set()
     assert await asyncio.to_thread(encoded.wait, 5)
     await asyncio.sleep(0.3)  # time for an append that would follow the encoding
-    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    spans = sum(len(ss.spans) for request in requests for rs in request.resource_spans for ss in rs.scope_spans)
     failed = metric_value(metrics.render().decode(), "otel_sidecar_exporter_send_failed_items_total", reason="shutdown")
     assert failed == spans
     assert not (tmp_path / "traces.jsonl").exists() or (tmp_path / "traces.jsonl").stat().st_size == 0

@@ -536,6 +536,40 @@ async def test_at_the_deadline_only_the_parts_gateways_had_not_answered_for_are_
     assert metric_value(text, "otel_sidecar_exporter_sent_items_total") == taken
 
 
+class NeverConnected(Gateway):
+    """A gateway whose connection never came up: its transport says, when cut short, that nothing was sent."""
+
+    async def export(self, signal: Signal, request: Message, timeout: float) -> Message:
+        from agent.exporters._helper.retry import report_cut_short
+
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            report_cut_short(0)
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_gateway_never_connected_at_the_deadline_holds_nothing_of_its_part() -> None:
+    """Its transport's word is its part's own: the parts are sent in tasks of their own, which share the
+    attempt's context, and the exporter's sum over the parts came last and counted this one too."""
+    import time
+
+    gateways = {GATEWAYS[0]: NeverConnected(), GATEWAYS[1]: Silent(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways)
+    await exporter._queue.start()
+    batch = batch_of(60)
+    owners = [HashRing(GATEWAYS).owner(t) for t in spans_trace_ids(batch)]
+    never, silent, taken = (owners.count(g) for g in GATEWAYS)
+    exporter.consumer_for(Signal.TRACES).consume(batch)
+    while len(gateways[GATEWAYS[2]].received) < taken:
+        await asyncio.sleep(0.01)
+    await exporter._queue.shutdown(time.monotonic() + 0.2)
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unconfirmed") == silent
+    assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == never
+
+
 async def test_a_gateways_refusals_during_the_shutdown_flush_are_in_its_summary(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -485,6 +485,30 @@ def test_streams_added_up_are_held_at_zero_only_if_every_one_started_recently(ol
     assert metric_value(text(exp), "api_calls_total", a_b="x") == 6
 
 
+@pytest.mark.parametrize("old_first", [True, False])
+def test_streams_added_up_that_ended_and_come_back_with_their_starts_keep_their_value(old_first: bool) -> None:
+    """The first stream's check took the ended series' start from the record even when it was the other's."""
+    exp, _ = exporter(at_zero_for(0.05))
+    text(exp)
+    now = time.time_ns() // S
+
+    def points(old_value: float, new_value: float, end: int, flags: int = 0) -> list[NumberDataPoint]:
+        old = number(old_value, start=now - 20, end=end, a_b="x")
+        new = number(new_value, start=now - 1, end=end, **{"a:b": "x"})
+        old.flags = new.flags = flags
+        return [old, new] if old_first else [new, old]
+
+    exp.consume(request(sum_metric("jobs.done", *points(2, 3, now))))
+    text(exp)
+    time.sleep(0.06)
+    assert metric_value(text(exp), "jobs_done_total", a_b="x") == 5
+    ended = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+    exp.consume(request(sum_metric("jobs.done", *points(0, 0, now + 1, ended))))
+    assert "jobs_done_total{" not in text(exp)
+    exp.consume(request(sum_metric("jobs.done", *points(4, 5, now + 2))))
+    assert metric_value(text(exp), "jobs_done_total", a_b="x") == 9  # not 0 first: 5 -> 0 -> 9 reads as a reset
+
+
 def test_points_of_one_series_at_different_times_in_a_request_are_all_used() -> None:
     exp, metrics = exporter()
     exp.consume(request(sum_metric("api.calls", number(8, end=3, a_b="x"), number(9, end=4, a_b="x"))))

@@ -14,6 +14,7 @@ so shutdown never sleeps out a backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime
 import email.utils
@@ -153,13 +154,25 @@ class SendProgress:
 _ATTEMPT: contextvars.ContextVar[SendProgress | None] = contextvars.ContextVar("export_attempt", default=None)
 
 
-def report_cut_short(at_risk: int) -> None:
-    """Said by a push cancelled under way (the shutdown deadline) that knows how many of its items the backend
-    may hold: the one push of several under way (loki), the parts whose gateways had not answered
-    (loadbalancing), none for a connection never made. Without it, all it was sending counts as unconfirmed."""
+def report_cut_short(at_risk: int | None) -> None:
+    """Said by a push that knows how many of its items the backend would hold if the shutdown deadline cut it
+    short now: the one push of several under way (loki), the parts whose gateways had not answered
+    (loadbalancing), none for a connection never made or a file not written yet; None: all it is sending. The
+    last word before the cut counts; without one, all it was sending counts as unconfirmed."""
     progress = _ATTEMPT.get()
     if progress is not None:
         progress.at_risk = at_risk
+
+
+@contextlib.contextmanager
+def attempt_part(progress: SendProgress) -> Iterator[None]:
+    """Within a push that sends parts of its batch in tasks of their own (loadbalancing): what a part's transport
+    reports goes to ``progress``, the part's, not to the attempt's as a whole."""
+    token = _ATTEMPT.set(progress)
+    try:
+        yield
+    finally:
+        _ATTEMPT.reset(token)
 
 
 class RetryingSender:

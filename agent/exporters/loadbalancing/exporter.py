@@ -28,7 +28,13 @@ from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.batcher import merge
 from agent.exporters._helper.consumer import SignalConsumer
 from agent.exporters._helper.queue import DUPLICATES_DOC, SendingQueue
-from agent.exporters._helper.retry import PermanentExportError, RetryableError, report_cut_short
+from agent.exporters._helper.retry import (
+    PermanentExportError,
+    RetryableError,
+    SendProgress,
+    attempt_part,
+    report_cut_short,
+)
 from agent.exporters.loadbalancing.config import LoadBalancingExporterConfig
 from agent.exporters.loadbalancing.resolver import DnsResolver, Resolver, StaticResolver
 from agent.exporters.loadbalancing.ring import HashRing
@@ -263,14 +269,18 @@ class LoadBalancingExporter:
             parts = _SPLITTERS[signal](pending, ring.owner)
             self._on_trial -= trials - parts.keys()  # no part for it in this batch: the next batch tries it
             sent_at = time.monotonic()
-            sends = [asyncio.ensure_future(self._send(signal, gw, part)) for gw, part in parts.items()]
+            progress = [SendProgress() for _ in parts]
+            sends = [
+                asyncio.ensure_future(self._send(signal, gateway, part, part_progress))
+                for (gateway, part), part_progress in zip(parts.items(), progress, strict=True)
+            ]
             try:
                 outcomes = await asyncio.gather(*sends)
             except asyncio.CancelledError:
                 self._on_trial -= trials
                 # The shutdown deadline: what the gateways did take is delivered, not lost (the queue counts what
                 # is left in the batch); the rest stays in it.
-                report_cut_short(self._keep_only_undelivered(batch, parts, sends, push.waiting, signal))
+                report_cut_short(self._keep_only_undelivered(batch, parts, sends, progress, push.waiting, signal))
                 raise
             rerouted: list[Message] = []
             for (gateway, part), outcome in zip(parts.items(), outcomes, strict=True):
@@ -346,17 +356,20 @@ class LoadBalancingExporter:
         batch: Message,
         parts: dict[str, Message],
         sends: Sequence[asyncio.Future[Any]],
+        progress: Sequence[SendProgress],
         waiting: list[Message],
         signal: Signal,
     ) -> int:
         """Leave in ``batch`` what no gateway took; return how many of those items a gateway may hold: the parts
-        whose gateway had not answered, or answered after a timeout (not those refused, or waiting to be retried)."""
+        whose gateway had not answered (unless its transport said it never connected), or answered after a
+        timeout (not those refused, or waiting to be retried)."""
         undelivered = list(waiting)
         at_risk = 0
-        for part, send in zip(parts.values(), sends, strict=True):
+        for part, send, part_progress in zip(parts.values(), sends, progress, strict=True):
             if not send.done() or send.cancelled():
                 undelivered.append(part)
-                at_risk += SPECS[signal].count_items(part)
+                items = SPECS[signal].count_items(part)
+                at_risk += items if part_progress.at_risk is None else min(part_progress.at_risk, items)
             elif send.exception() is not None or isinstance(send.result(), RetryableError):
                 undelivered.append(part)
                 error = send.exception() or send.result()
@@ -365,13 +378,14 @@ class LoadBalancingExporter:
         _leave_only(batch, undelivered)
         return at_risk
 
-    async def _send(self, signal: Signal, gateway: str, part: Message) -> int | RetryableError:
+    async def _send(self, signal: Signal, gateway: str, part: Message, progress: SendProgress) -> int | RetryableError:
         transport = self._transports.get(gateway)
         if transport is None:  # removed while this batch was being split
             return RetryableError(f"gateway {gateway} left", reason=GATEWAY_REMOVED)
         items = SPECS[signal].count_items(part)
         try:
-            response = await transport.export(signal, part, float(self._config.protocol.timeout))
+            with attempt_part(progress):
+                response = await transport.export(signal, part, float(self._config.protocol.timeout))
         except RetryableError as exc:
             return self._gone_instead(gateway, transport, exc) or exc
         except PermanentExportError as exc:

@@ -739,7 +739,9 @@ class Accumulator:
         started long ago (idle past expiration), one coming back with the start it ended with."""
         if self._last_read_ns is None or start_ns <= 0 or self._zero_for <= 0:
             return False
-        if self._ended_starts.pop((family.name, tuple(sorted(labels.items()))), None) == start_ns:
+        key = (family.name, tuple(sorted(labels.items())))
+        if self._ended_starts.get(key) == start_ns:  # only a match is taken: another stream of it may match
+            del self._ended_starts[key]
             return False
         return start_ns >= self._last_read_ns - _NEW_SERIES_GRACE_NS
 
