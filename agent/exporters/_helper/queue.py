@@ -595,9 +595,7 @@ class SendingQueue:
         return _Outcome.DROPPED
 
     def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
-        self._failed.labels(self._settings.component_id, signal.value, reason).inc(items)
-        if self._closed:
-            self._dropped_closing[(signal.value, reason)] += items
+        self.count_given_up(signal, items, reason)
         self._log.warning(
             f"drop:{signal}:{reason}",
             f"{message}; {items} {SPECS[signal].item_name} dropped",
