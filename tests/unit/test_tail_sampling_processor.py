@@ -268,21 +268,25 @@ def test_a_late_failure_keeps_the_traces_spans_of_every_resource_of_its_request(
     assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
 
 
-def test_a_trace_kept_by_a_late_failure_stays_kept_after_the_kept_cache_forgets_it() -> None:
+@pytest.mark.parametrize(("trace_id", "counter"), [(DROPPED, "kept"), (KEPT, "raised")], ids=["dropped", "kept"])
+def test_a_trace_a_late_failure_kept_or_raised_stays_so_after_the_kept_cache_forgets_it(
+    trace_id: bytes, counter: str
+) -> None:
     """The kept cache (100,000 ids) forgets long before the dropped filter (1,000,000): the root, coming after
-    other traces pushed the rescued one out of the kept cache, followed the drop again."""
+    other traces pushed the rescued one out of the kept cache, followed the drop again; a trace the 10% kept and
+    its late failure raised went back to its 7-day class."""
     r = rig(decision_cache={"kept_size": 2})
-    r.traces.consume(spans_request(span(DROPPED, 1)))
+    r.traces.consume(spans_request(span(trace_id, 1)))
     r.tick_after(11)
-    r.traces.consume(spans_request(span(DROPPED, 2, error=True)))
+    r.traces.consume(spans_request(span(trace_id, 2, error=True)))
     others = [normal_id(n, kept=True) for n in range(1, 4)]
     r.traces.consume(spans_request(*(span(t, 1, root=True) for t in others)))
-    r.tick_after(3)  # three kept decisions: the rescued trace leaves the kept cache
+    r.tick_after(3)  # three kept decisions: the rescued or raised trace leaves the kept cache
     r.trace_sink.batches.clear()
-    r.traces.consume(spans_request(span(DROPPED, 3, root=True)))
+    r.traces.consume(spans_request(span(trace_id, 3, root=True)))
     assert [(o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)] == [(3, "error")]
-    assert r.metric("otel_sidecar_sampling_late_failures_kept_total") == 1
-    r.logs.consume(logs_request(log_record(DROPPED, body="step done")))  # its logs follow it as its spans do
+    assert r.metric(f"otel_sidecar_sampling_late_failures_{counter}_total") == 1
+    r.logs.consume(logs_request(log_record(trace_id, body="step done")))  # its logs follow it as its spans do
     assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
 
 
@@ -320,22 +324,6 @@ def test_a_late_failure_raises_the_traces_spans_of_every_resource_of_its_request
         ("llm-gateway", 3, "error"),
         ("orchestrator", 1, "standard"),
     ]
-    assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 1
-
-
-def test_a_raised_trace_stays_raised_after_the_kept_cache_forgets_it() -> None:
-    r = rig(decision_cache={"kept_size": 2})
-    r.traces.consume(spans_request(span(KEPT, 1)))
-    r.tick_after(11)
-    r.traces.consume(spans_request(span(KEPT, 2, error=True)))
-    others = [normal_id(n, kept=True) for n in range(1, 4)]
-    r.traces.consume(spans_request(*(span(t, 1, root=True) for t in others)))
-    r.tick_after(3)  # three kept decisions: the raised trace leaves the kept cache
-    r.trace_sink.batches.clear()
-    r.traces.consume(spans_request(span(KEPT, 3, root=True)))
-    assert [(o.span_id[-1], o.retention_class) for o in exported_spans(r.trace_sink)] == [(3, "error")]
-    r.logs.consume(logs_request(log_record(KEPT, body="step done")))
-    assert exported_logs(r.log_sink) == [("step done", "error", "errors")]
     assert r.metric("otel_sidecar_sampling_late_failures_raised_total") == 1
 
 
