@@ -372,14 +372,7 @@ class TailSampler:
     ) -> None:
         """A dropped trace failed after its decision: keep what comes of it from now on, as the errors policy
         would have (the spans dropped before are gone). Called for each of its fragments in the request."""
-        decision = self._late_failure
-        assert decision is not None
-        if self._rescued.get(trace_id) is None:  # its first fragment here
-            self.kept.put(trace_id, decision)  # asked before the dropped filter: its later spans and logs follow
-            # Remembered apart too: the kept cache may forget it long before the dropped filter does, and its
-            # later spans and logs would then follow the drop again.
-            self._rescued.put(trace_id, decision)
-            self.metrics.late_failures_kept.inc()
+        decision = self._remember_late_failure(trace_id, self.metrics.late_failures_kept)
         builder = release.builder(Signal.TRACES, int(bytes_per_span * len(indices)))
         builder.add_spans(rs, ss, indices, decision.retention_class, decision.policy, decision.threshold)
 
@@ -392,13 +385,18 @@ class TailSampler:
         """A trace kept with a shorter class (the 10%) failed after its decision: from now on it is kept as a
         dropped trace that failed late would be, with the errors policy's class, so that its failure reaches the
         archive too rather than keeping less than a trace the failure rescued."""
+        return self._remember_late_failure(trace_id, self.metrics.late_failures_raised)
+
+    def _remember_late_failure(self, trace_id: bytes, counter: Any) -> Decision:
+        """The errors policy's decision for a trace that failed late, remembered (and counted) at its first
+        fragment: in the kept cache, asked before the dropped filter, so that its later spans and logs follow it;
+        and apart, since the kept cache may forget it long before the dropped filter does."""
         decision = self._late_failure
         assert decision is not None
-        if self._rescued.get(trace_id) is None:  # its first fragment here
+        if self._rescued.get(trace_id) is None:
             self.kept.put(trace_id, decision)
-            # Remembered apart too, as a rescued trace is: the kept cache forgets sooner.
             self._rescued.put(trace_id, decision)
-            self.metrics.late_failures_raised.inc()
+            counter.inc()
         return decision
 
     def _after_ingest(self, release: Release) -> None:
