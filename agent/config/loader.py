@@ -59,13 +59,20 @@ class AgentConfig:
         """Components defined but in no pipeline, as paths (``processors.redaction``): they are never built, as in
         the Collector, which is worth a warning: a `redaction` or `memory_limiter` forgotten in the pipelines
         leaves secrets in the data or memory unbounded."""
-        used = {
-            member
-            for pipeline in self.service.pipelines.values()
-            for member in (*pipeline.receivers, *pipeline.processors, *pipeline.exporters)
-        }
         kinds = (Kind.RECEIVER, Kind.PROCESSOR, Kind.CONNECTOR, Kind.EXPORTER)
-        return [f"{kind.section}.{cid}" for kind in kinds for cid in self.section(kind) if cid not in used]
+        return [
+            f"{kind.section}.{cid}" for kind in kinds for cid in self.section(kind) if not self.in_a_pipeline(kind, cid)
+        ]
+
+    def in_a_pipeline(self, kind: Kind, component_id: str) -> bool:
+        """Whether a pipeline names this component where one of its kind goes. Per section: an exporter ``otlp``
+        no pipeline uses is unused also when a receiver ``otlp`` is (the Collector's usual layout)."""
+        pipelines = [pipeline for pipeline in self.service.pipelines.values() if pipeline]
+        if kind in (Kind.RECEIVER, Kind.CONNECTOR) and any(component_id in p.receivers for p in pipelines):
+            return True
+        if kind in (Kind.EXPORTER, Kind.CONNECTOR) and any(component_id in p.exporters for p in pipelines):
+            return True
+        return kind is Kind.PROCESSOR and any(component_id in p.processors for p in pipelines)
 
     def effective(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """The config with every default filled in, as plain data (``print-config``)."""
@@ -434,22 +441,17 @@ def _check_listen_addresses(config: AgentConfig, errors: list[ConfigError]) -> N
     Listen addresses are the ``HostPort`` settings of the components pipelines use (a section switched off with
     ``enabled: false`` does not listen) and the admin endpoint.
     """
-    used = {name for pipeline in config.service.pipelines.values() if pipeline for name in _pipeline_members(pipeline)}
     listeners: list[tuple[str, HostPort]] = [
         ("service.telemetry.admin.endpoint", config.service.telemetry.admin.endpoint)
     ]
     for kind in (Kind.RECEIVER, Kind.EXPORTER):
         for component_id, component in config.section(kind).items():
-            if component_id in used:
+            if config.in_a_pipeline(kind, component_id):
                 listeners += _host_ports(component.config, join_path(kind.section, component_id))
     for index, (path, address) in enumerate(listeners):
         for other_path, other in listeners[:index]:
             if address.port == other.port and address.port != 0 and _hosts_overlap(address.host, other.host):
                 errors.append(ConfigError(path, f"{address} is also where {other_path} listens"))
-
-
-def _pipeline_members(pipeline: Any) -> list[str]:
-    return [*pipeline.receivers, *pipeline.exporters]
 
 
 def _host_ports(settings: Any, path: str) -> list[tuple[str, HostPort]]:

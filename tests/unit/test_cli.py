@@ -123,14 +123,15 @@ def test_validate_check_files_reports_a_queue_directory_the_exporter_could_not_m
 UNUSED = """
 receivers: {otlp: {}}
 processors: {tail_sampling: {}, redaction: {}}
-exporters: {file: {path: "%s"}, loki: {endpoint: "http://loki:3100/loki/api/v1/push"}}
+exporters: {file: {path: "%s"}, loki: {endpoint: "http://loki:3100/loki/api/v1/push"}, otlp: {endpoint: "jaeger:4317"}}
 service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [file]}}}
 """
 
 
 def test_validate_warns_of_components_no_pipeline_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """They are never built, as in the Collector; a redaction processor forgotten in the pipelines means secrets
-    go out, so it must not pass in silence (pass 111)."""
+    go out, so it must not pass in silence (pass 111). Per section: the receiver ``otlp`` in a pipeline does not
+    make the exporter ``otlp`` used (pass 127)."""
     config = tmp_path / "config.yaml"
     config.write_text(UNUSED % (tmp_path / "out"))
     assert cli.main(["--config", str(config), "validate"]) == cli.EXIT_OK
@@ -138,9 +139,10 @@ def test_validate_warns_of_components_no_pipeline_uses(tmp_path: Path, capsys: p
     assert err == [
         f"{config}: warning: processors.redaction: defined but used by no pipeline (it does nothing)",
         f"{config}: warning: exporters.loki: defined but used by no pipeline (it does nothing)",
+        f"{config}: warning: exporters.otlp: defined but used by no pipeline (it does nothing)",
     ]
     config.write_text((UNUSED % (tmp_path / "out")).replace("tail_sampling]", "tail_sampling, redaction]"))
-    config.write_text(config.read_text().replace(', loki: {endpoint: "http://loki:3100/loki/api/v1/push"}', ""))
+    config.write_text(config.read_text().replace("exporters: [file]", "exporters: [file, loki, otlp]"))
     assert cli.main(["--config", str(config), "validate"]) == cli.EXIT_OK
     assert capsys.readouterr().err == ""
 
