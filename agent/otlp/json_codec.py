@@ -39,6 +39,7 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 # with the lengths checked apart: a pattern of 4-character groups backtracked through a 16 MiB value for seconds.
 _BASE64_ALPHABETS = (re.compile(r"[A-Za-z0-9+/]*"), re.compile(r"[A-Za-z0-9_-]*"))
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")  # bytes 0x80-0xFF as "surrogateescape" keeps them
 _NUMBER_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_DOUBLE,
@@ -71,7 +72,7 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     (utf8_repair.py), instead of the whole request being refused for one string. A key is never repaired: one
     with such bytes would become an unknown field, dropped silently, so the body is refused."""
     try:
-        text, maybe_broken = _text_of(body)
+        text, maybe_broken, bytes_escaped = _text_of(body)
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OtlpJsonError(f"body is not JSON: {exc}") from None
@@ -85,7 +86,7 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     repaired = 0
     try:
         if maybe_broken:
-            data, repaired = _repaired(data)
+            data, repaired = _repaired(data, bytes_escaped)
         _prepare(data, message_type.DESCRIPTOR, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except OtlpJsonError:
@@ -99,22 +100,23 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     return message, repaired
 
 
-def _text_of(body: bytes) -> tuple[str, bool]:
-    """The body as text, and whether a string of it may hold a lone surrogate. Bytes that do not decode (and
-    UTF-8-encoded surrogates, which json.loads would let through and protobuf then refuses) are kept as lone
-    surrogates ("surrogateescape"), so that the repair pass finds them in their strings, and only there."""
+def _text_of(body: bytes) -> tuple[str, bool, bool]:
+    """The body as text, whether a string of it may hold a lone surrogate, and whether bytes of it were kept as
+    surrogates. Bytes that do not decode as UTF-8 (and UTF-8-encoded surrogates, which json.loads would let through
+    and protobuf then refuses) are kept as lone surrogates ("surrogateescape"), so that the repair pass finds them
+    in their strings, and only there."""
     encoding = json.detect_encoding(body)
     try:
         text = body.decode(encoding)
     except UnicodeDecodeError:
         # UTF-8: any byte that does not decode. UTF-16 and UTF-32: a lone surrogate code unit (what else fails
         # there, an odd length, is no such body at all and refused).
-        handler = "surrogateescape" if encoding.startswith("utf-8") else "surrogatepass"
-        return body.decode(encoding, handler), True
-    return text, _SURROGATE_ESCAPE.search(text) is not None
+        utf8 = encoding.startswith("utf-8")
+        return body.decode(encoding, "surrogateescape" if utf8 else "surrogatepass"), True, utf8
+    return text, _SURROGATE_ESCAPE.search(text) is not None, False
 
 
-def _repaired(node: Any) -> tuple[Any, int]:
+def _repaired(node: Any, bytes_escaped: bool) -> tuple[Any, int]:
     """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD, and how many strings held one.
 
     JSON may escape half a surrogate pair (a JavaScript SDK cutting a value to its length limit splits an emoji),
@@ -123,20 +125,20 @@ def _repaired(node: Any) -> tuple[Any, int]:
     not comprehensions: one frame a nesting level, as deep as json.loads itself goes.
     """
     if isinstance(node, str):
-        return (_replace_surrogates(node), 1) if _has_surrogate(node) else (node, 0)
+        return (_replace_surrogates(node, bytes_escaped), 1) if _has_surrogate(node) else (node, 0)
     count = 0
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if _has_surrogate(key):
                 raise OtlpJsonError(f"a key holds bytes that are not text or a lone surrogate: {ascii(key)[1:41]}")
-            out[key], repaired = _repaired(value)
+            out[key], repaired = _repaired(value, bytes_escaped)
             count += repaired
         return out, count
     if isinstance(node, list):
         items = []
         for item in node:
-            fixed, repaired = _repaired(item)
+            fixed, repaired = _repaired(item, bytes_escaped)
             items.append(fixed)
             count += repaired
         return items, count
@@ -151,8 +153,17 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _replace_surrogates(text: str) -> str:
+def _replace_surrogates(text: str, bytes_escaped: bool) -> str:
+    if bytes_escaped:
+        text = _ESCAPED_BYTES.sub(_bytes_replaced, text)
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _bytes_replaced(run: re.Match[str]) -> str:
+    """A run of bytes "surrogateescape" kept, decoded again together: a broken sequence (a character cut short)
+    becomes one U+FFFD, as the protobuf receiver's ``decode("utf-8", "replace")`` makes it, not one per byte. The
+    same data must not give different names (and span-metric series) by the transport it came over."""
+    return run.group().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agent.otlp import json_codec
 from agent.otlp.signals import (
@@ -22,6 +23,7 @@ from agent.otlp.signals import (
     reject_invalid_log_records,
     reject_invalid_spans,
 )
+from agent.otlp.utf8_repair import _lenient_class, decode_repairing_utf8
 from agent.testing.workload import Workload
 
 
@@ -367,6 +369,28 @@ def test_a_json_string_holding_a_utf8_encoded_surrogate_is_repaired_as_in_protob
     JSON; json.loads reads it with surrogatepass and protobuf then refuses the whole request."""
     message, repaired = json_codec.decode_repairing(_json_spans(b"x\xed\xa0\x80y"), ExportTraceServiceRequest)
     assert "\ufffd" in message.resource_spans[0].scope_spans[0].spans[0].name and repaired == 1
+
+
+# Bytes a JSON string may hold as they are (no quote, backslash or control character), most of them not UTF-8.
+_STRING_BYTES = st.binary(max_size=24).map(lambda raw: bytes(b if b > 0x5C else 0x61 for b in raw))
+
+
+@given(_STRING_BYTES)
+def test_a_string_that_is_not_utf8_is_repaired_alike_over_json_and_protobuf(raw: bytes) -> None:
+    """Pass 126: JSON gave one U+FFFD per bad byte, protobuf one per broken sequence (a character cut short), so one
+    span name became two span-metric series by the transport it came over."""
+    span = Span(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="x")
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    lenient = _lenient_class(ExportTraceServiceRequest)
+    body = lenient.FromString(request.SerializeToString())
+    body.resource_spans[0].scope_spans[0].spans[0].name = raw
+    over_protobuf = decode_repairing_utf8(ExportTraceServiceRequest, body.SerializeToString())
+    over_json = json_codec.decode(_json_spans(raw), ExportTraceServiceRequest)
+    name = over_json.resource_spans[0].scope_spans[0].spans[0].name
+    assert name == raw.decode("utf-8", "replace")
+    if over_protobuf is not None:  # None: the bytes are UTF-8, and protobuf decodes them as they are
+        assert over_protobuf[0].resource_spans[0].scope_spans[0].spans[0].name == name
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
