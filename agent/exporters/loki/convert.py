@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,16 +38,21 @@ _EVENT_LEVEL_KEY = "level"
 # How far ahead of the agent's clock Loki takes an entry (its creation_grace_period default): later ones are refused.
 _FUTURE_GRACE_NS = 10 * 60 * 10**9
 _EXCEPTION_LINE_KEYS = ("exception.message", "exception.stacktrace")  # in the line, not repeated as metadata
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # OTLP/JSON's (proto3 JSON's) spelling
 
 
 def any_value_text(value: AnyValue) -> str:
-    """An attribute value or log body as text: strings as they are, everything else as compact JSON."""
+    """An attribute value or log body as text: strings as they are, other scalars as OTLP/JSON spells them but
+    unquoted, arrays and maps as compact JSON that LogQL's ``| json`` parses and ``|=`` finds the text in (no
+    ``\\u`` escapes of non-ASCII characters, NaN and infinities as the strings OTLP/JSON uses)."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
     if kind is None:
         return ""
-    return _scalar_text(kind, value) if kind not in ("array_value", "kvlist_value") else json.dumps(_plain(value))
+    if kind in ("array_value", "kvlist_value"):
+        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+    return _scalar_text(kind, value)
 
 
 def _scalar_text(kind: str, value: AnyValue) -> str:
@@ -55,8 +61,12 @@ def _scalar_text(kind: str, value: AnyValue) -> str:
     if kind == "int_value":
         return str(value.int_value)
     if kind == "double_value":
-        return repr(value.double_value)
+        return _double_text(value.double_value)
     return base64.b64encode(value.bytes_value).decode()
+
+
+def _double_text(number: float) -> str:
+    return repr(number) if math.isfinite(number) else _NON_FINITE[repr(number)]
 
 
 def _plain(value: AnyValue) -> Any:
@@ -65,8 +75,11 @@ def _plain(value: AnyValue) -> Any:
         return [_plain(v) for v in value.array_value.values]
     if kind == "kvlist_value":
         return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+    if kind in ("string_value", "bool_value", "int_value"):
         return getattr(value, kind)
+    if kind == "double_value":
+        number = value.double_value
+        return number if math.isfinite(number) else _NON_FINITE[repr(number)]
     return any_value_text(value) if kind else None
 
 
@@ -282,11 +295,12 @@ class StreamMapper:
             metadata.append(("event_name", record.event_name))
         own = len(metadata)
         for kv in record.attributes:
-            if kv.key != RETENTION_ATTRIBUTE:
+            if kv.key != RETENTION_ATTRIBUTE:  # the stream's label already
                 metadata.append((self._name(kv.key), any_value_text(kv.value)))
+        records_end = len(metadata)
         metadata.extend(shared)
         if len({name for name, _ in metadata}) != len(metadata):
-            metadata = self._one_of_each_name(metadata, own, own + len(record.attributes))
+            metadata = self._one_of_each_name(metadata, own, records_end)
         return self._within_limits(metadata)
 
     def _one_of_each_name(self, metadata: list[tuple[str, str]], first: int, end: int) -> list[tuple[str, str]]:
