@@ -717,7 +717,13 @@ def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None
     workload = the_workload(render_with(helm_python, tmp_path, sidecar))
     assert f"StatefulSet {workload['metadata']['name']}\n" in notes(sidecar)
     assert len(workload["metadata"]["name"]) == 52
-    assert "your ConfigMap mine" in notes({"existingConfigMap": "mine"})
+    assert "your ConfigMap mine. Rendered: ServiceAccount test-release-otel-sidecar.\n" in notes(
+        {"existingConfigMap": "mine"}
+    )
+    # Pass 127: the ServiceAccount rendered beside the ConfigMap was left out.
+    rendered_alone = "Rendered: ConfigMap test-release-otel-sidecar and ServiceAccount test-release-otel-sidecar.\n"
+    assert rendered_alone in notes({})
+    assert "Rendered: ConfigMap test-release-otel-sidecar.\n" in notes({"serviceAccount": {"create": False}})
     assert "Span metrics are not derived here" in notes(yaml.safe_load((CHART / "ci" / "gateway.yaml").read_text()))
     assert "Span metrics: port 9464" in notes({"mode": "gateway"})
     # A gateway whose config has no connectors at all, as config/gateway.yaml (Helm removes a key set to null).
