@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import time
@@ -15,7 +14,6 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 
 from agent.component import Signal
@@ -409,37 +407,6 @@ def test_a_records_own_metadata_wins_over_its_resources_under_the_same_name(befo
     metadata, mapper = _mapped_metadata({**before, "host.name": "record-host"}, {"host.name": "resource-host"})
     assert [(n, v) for n, v in metadata if n == "host_name"] == [("host_name", "record-host")]
     assert "retention_class" not in dict(metadata) and mapper.dropped_metadata == 0
-
-
-@pytest.mark.parametrize(
-    ("body", "line"),
-    [
-        (AnyValue(double_value=float("nan")), "NaN"),
-        (AnyValue(double_value=float("-inf")), "-Infinity"),
-        (AnyValue(double_value=0.25), "0.25"),
-        (
-            AnyValue(
-                kvlist_value=KeyValueList(
-                    values=[
-                        KeyValue(key="msg", value=AnyValue(string_value="naïve café")),
-                        KeyValue(key="ratio", value=AnyValue(double_value=float("inf"))),
-                        KeyValue(key="tags", value=AnyValue(array_value=ArrayValue(values=[AnyValue(int_value=7)]))),
-                    ]
-                )
-            ),
-            '{"msg":"naïve café","ratio":"Infinity","tags":[7]}',
-        ),
-    ],
-    ids=["nan", "minus-infinity", "double", "map"],
-)
-def test_a_body_that_is_not_a_string_is_a_line_logql_can_parse_and_search(body: AnyValue, line: str) -> None:
-    """Pass 126: a map body was ``{"msg": "na\\u00efve caf\\u00e9", "ratio": Infinity}``: not JSON to ``| json``,
-    and ``|= "naïve"`` did not find the text the application logged."""
-    from agent.exporters.loki.convert import any_value_text
-
-    assert any_value_text(body) == line
-    if body.HasField("kvlist_value"):
-        assert json.loads(line)["msg"] == "naïve café"
 
 
 def test_record_attributes_that_clean_up_to_one_name_are_joined_not_dropped() -> None:

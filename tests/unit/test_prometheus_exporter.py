@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
@@ -1445,6 +1445,28 @@ def test_array_attributes_are_json_with_their_element_types() -> None:
     array.values.add(int_value=2)
     exp.consume(request(sum_metric("c", point)))
     assert 'arr="[1,2]"' in text(exp)
+
+
+def test_an_attribute_reads_alike_as_a_prometheus_label_and_a_loki_line() -> None:
+    """Pass 128: labels spelled ``caf\\u00e9`` and ``nan`` where Loki's lines had the text (one formatter now)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from agent.config.service import ServiceConfig
+    from agent.exporters._helper.retention import RetentionClassifier
+    from agent.exporters.loki.convert import StreamMapper
+
+    value = AnyValue()
+    value.kvlist_value.values.add(key="place").value.string_value = "café"
+    value.kvlist_value.values.add(key="ratio").value.double_value = float("inf")
+    logs = ExportLogsServiceRequest()
+    logs.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=1).body.CopyFrom(value)
+    ((_, entries),) = StreamMapper([], RetentionClassifier(ServiceConfig()), 1 << 18).streams(logs).items()
+    exp, _ = exporter()
+    point = number(1)
+    point.attributes.add(key="where").value.CopyFrom(value)
+    exp.consume(request(Metric(name="g", gauge={"data_points": [point]})))
+    (family,) = [f for f in exp.registry.collect() if f.name == "g"]
+    assert entries[0][1] == family.samples[0].labels["where"] == '{"place":"café","ratio":"Infinity"}'
 
 
 def _exponential(scale: int, offset: int = 0, zero_threshold: float = 0.0) -> Metric:

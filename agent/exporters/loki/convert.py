@@ -7,10 +7,7 @@ other resource attributes and the record's attributes) goes into structured meta
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
-import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,6 +19,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 
 from agent.exporters._helper.retention import RETENTION_ATTRIBUTE, RetentionClassifier
 from agent.exporters.loki.labels import MAX_LABEL_VALUE_BYTES, sanitize_label_name, truncate_utf8
+from agent.otlp.anyvalue import any_value_text
 from agent.otlp.severity import ERROR_LEVELS, level_of, level_of_text, severity_number_of
 
 MAX_METADATA_ENTRIES = 128  # Loki's max_structured_metadata_entries_count
@@ -38,49 +36,6 @@ _EVENT_LEVEL_KEY = "level"
 # How far ahead of the agent's clock Loki takes an entry (its creation_grace_period default): later ones are refused.
 _FUTURE_GRACE_NS = 10 * 60 * 10**9
 _EXCEPTION_LINE_KEYS = ("exception.message", "exception.stacktrace")  # in the line, not repeated as metadata
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # OTLP/JSON's (proto3 JSON's) spelling
-
-
-def any_value_text(value: AnyValue) -> str:
-    """An attribute value or log body as text: strings as they are, other scalars as OTLP/JSON spells them but
-    unquoted, arrays and maps as compact JSON that LogQL's ``| json`` parses and ``|=`` finds the text in (no
-    ``\\u`` escapes of non-ASCII characters, NaN and infinities as the strings OTLP/JSON uses)."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind is None:
-        return ""
-    if kind in ("array_value", "kvlist_value"):
-        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
-    return _scalar_text(kind, value)
-
-
-def _scalar_text(kind: str, value: AnyValue) -> str:
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        return _double_text(value.double_value)
-    return base64.b64encode(value.bytes_value).decode()
-
-
-def _double_text(number: float) -> str:
-    return repr(number) if math.isfinite(number) else _NON_FINITE[repr(number)]
-
-
-def _plain(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind in ("string_value", "bool_value", "int_value"):
-        return getattr(value, kind)
-    if kind == "double_value":
-        number = value.double_value
-        return number if math.isfinite(number) else _NON_FINITE[repr(number)]
-    return any_value_text(value) if kind else None
 
 
 # --- span events → log records ---------------------------------------------------------------------------------------

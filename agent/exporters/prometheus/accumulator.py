@@ -38,9 +38,7 @@ first seen with, and an alert on sporadic errors (a new ``error_type`` series ea
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import math
 import threading
 import time
@@ -51,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     DataPointFlags,
@@ -61,6 +59,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from agent.exporters.prometheus.naming import metric_family_name, sanitize_label_name, unit_suffix
+from agent.otlp.anyvalue import any_value_text
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
@@ -135,35 +134,6 @@ def exposed_names(family: str, kind: str) -> frozenset[str]:
     if kind == SUMMARY:
         return frozenset((family, family + "_count", family + "_sum", family + "_created"))
     return frozenset((family,))
-
-
-def label_value(value: AnyValue) -> str:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind in ("int_value", "double_value"):
-        return str(getattr(value, kind))
-    if kind == "bytes_value":  # base64, as inside arrays, in Loki's metadata and in the Collector (AsString)
-        return base64.b64encode(value.bytes_value).decode()
-    if kind in ("array_value", "kvlist_value"):
-        # JSON with each element in its own type ([1,2], not ["1", "2"]): the label the Collector gives too.
-        return json.dumps(_json_of(value), separators=(",", ":"))
-    return ""
-
-
-def _json_of(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_json_of(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _json_of(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind == "double_value" and not math.isfinite(value.double_value):
-        return str(value.double_value)  # JSON has no NaN or Infinity
-    return getattr(value, kind) if kind is not None else None
 
 
 # The OpenTelemetry SDKs' default ``max_size`` of an exponential histogram's buckets of one sign. A point with more
@@ -348,7 +318,7 @@ class Accumulator:
 
     def _resource_labels_of(self, resource: Resource, now: float) -> dict[str, str]:
         """``job``/``instance`` (plus every attribute with resource_to_telemetry_conversion); records target_info."""
-        attrs = {kv.key: label_value(kv.value) for kv in resource.attributes}
+        attrs = {kv.key: any_value_text(kv.value) for kv in resource.attributes}
         if not attrs:
             return {}
         name, namespace = attrs.get("service.name", ""), attrs.get("service.namespace", "")
@@ -373,7 +343,8 @@ class Accumulator:
     def _scope_labels_of(self, scope: InstrumentationScope, schema_url: str) -> dict[str, str]:
         if not self._scope_labels:
             return {}
-        labels = self._joined_by_label_name(("otel_scope_" + kv.key, label_value(kv.value)) for kv in scope.attributes)
+        attributes = scope.attributes
+        labels = self._joined_by_label_name(("otel_scope_" + kv.key, any_value_text(kv.value)) for kv in attributes)
         for key, value in (
             ("otel_scope_name", scope.name),
             ("otel_scope_version", scope.version),
@@ -474,7 +445,7 @@ class Accumulator:
         collided = False
         for kv in attributes:
             raw = kv.value
-            value = raw.string_value or label_value(raw)  # strings first: no WhichOneof for the common case
+            value = raw.string_value or any_value_text(raw)  # strings first: no WhichOneof for the common case
             if not value:
                 continue
             name = self._label_name(kv.key)
@@ -482,7 +453,7 @@ class Accumulator:
                 collided = True
             labels[name] = value
         if collided:
-            pairs = ((kv.key, kv.value.string_value or label_value(kv.value)) for kv in attributes)
+            pairs = ((kv.key, kv.value.string_value or any_value_text(kv.value)) for kv in attributes)
             labels.update(self._joined_by_label_name(pairs))
         for name, value in base.items():
             if name in labels:
@@ -950,7 +921,7 @@ def _exemplar(raw: Any) -> ExemplarValue | None:
         labels["span_id"] = raw.span_id.hex()
     used = sum(len(k) + len(v) for k, v in labels.items())
     for kv in raw.filtered_attributes:
-        name, value = sanitize_label_name(kv.key), label_value(kv.value)
+        name, value = sanitize_label_name(kv.key), any_value_text(kv.value)
         if name in labels or not value or used + len(name) + len(value) > EXEMPLAR_MAX_RUNES:
             continue
         labels[name] = value
