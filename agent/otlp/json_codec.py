@@ -39,7 +39,6 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 # with the lengths checked apart: a pattern of 4-character groups backtracked through a 16 MiB value for seconds.
 _BASE64_ALPHABETS = (re.compile(r"[A-Za-z0-9+/]*"), re.compile(r"[A-Za-z0-9_-]*"))
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as a JSON escape
-_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")  # bytes 0x80-0xFF as "surrogateescape" keeps them
 _NUMBER_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_DOUBLE,
@@ -72,8 +71,10 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     (utf8_repair.py), instead of the whole request being refused for one string. A key is never repaired: one
     with such bytes would become an unknown field, dropped silently, so the body is refused."""
     try:
-        text, maybe_broken, bytes_escaped = _text_of(body)
+        text, maybe_broken, text_replaced = _text_of(body)
         data = json.loads(text)
+        # Read again with each broken UTF-8 sequence as one U+FFFD: the strings a repair takes (``_repaired``).
+        replaced = json.loads(text_replaced) if text_replaced is not None else None
     except json.JSONDecodeError as exc:
         raise OtlpJsonError(f"body is not JSON: {exc}") from None
     except RecursionError:
@@ -86,7 +87,7 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     repaired = 0
     try:
         if maybe_broken:
-            data, repaired = _repaired(data, bytes_escaped)
+            data, repaired = _repaired(data, replaced)
         _prepare(data, message_type.DESCRIPTOR, "")
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except OtlpJsonError:
@@ -100,24 +101,30 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
     return message, repaired
 
 
-def _text_of(body: bytes) -> tuple[str, bool, bool]:
-    """The body as text, whether a string of it may hold a lone surrogate, and whether bytes of it were kept as
-    surrogates. Bytes that do not decode as UTF-8 (and UTF-8-encoded surrogates, which json.loads would let through
-    and protobuf then refuses) are kept as lone surrogates ("surrogateescape"), so that the repair pass finds them
-    in their strings, and only there."""
+def _text_of(body: bytes) -> tuple[str, bool, str | None]:
+    """The body as text, whether a string of it may hold a lone surrogate, and, for a UTF-8 body with bytes that
+    do not decode, the body as text with each broken sequence one U+FFFD, as the protobuf receiver's
+    ``decode("utf-8", "replace")`` repairs it (a character cut short is one U+FFFD, not one per byte). In the
+    first text such bytes (and UTF-8-encoded surrogates, which json.loads would let through and protobuf then
+    refuses) are kept as lone surrogates ("surrogateescape"), so that the repair pass finds them in their strings,
+    and only there; they cannot be decoded again from it, as a JSON escape of a lone surrogate (``\\udcc3``) reads
+    alike there."""
     encoding = json.detect_encoding(body)
     try:
         text = body.decode(encoding)
     except UnicodeDecodeError:
         # UTF-8: any byte that does not decode. UTF-16 and UTF-32: a lone surrogate code unit (what else fails
         # there, an odd length, is no such body at all and refused).
-        utf8 = encoding.startswith("utf-8")
-        return body.decode(encoding, "surrogateescape" if utf8 else "surrogatepass"), True, utf8
-    return text, _SURROGATE_ESCAPE.search(text) is not None, False
+        if encoding.startswith("utf-8"):
+            return body.decode(encoding, "surrogateescape"), True, body.decode(encoding, "replace")
+        return body.decode(encoding, "surrogatepass"), True, None
+    return text, _SURROGATE_ESCAPE.search(text) is not None, None
 
 
-def _repaired(node: Any, bytes_escaped: bool) -> tuple[Any, int]:
+def _repaired(node: Any, replaced: Any) -> tuple[Any, int]:
     """``node`` with each lone UTF-16 surrogate in its strings replaced by U+FFFD, and how many strings held one.
+    ``replaced``: the same document read with broken UTF-8 sequences replaced (None when the body had none), whose
+    string is taken where ``node``'s needs a repair.
 
     JSON may escape half a surrogate pair (a JavaScript SDK cutting a value to its length limit splits an emoji),
     and bytes that are not UTF-8 reach here as lone surrogates too (``_text_of``); protobuf refuses such a string,
@@ -125,20 +132,23 @@ def _repaired(node: Any, bytes_escaped: bool) -> tuple[Any, int]:
     not comprehensions: one frame a nesting level, as deep as json.loads itself goes.
     """
     if isinstance(node, str):
-        return (_replace_surrogates(node, bytes_escaped), 1) if _has_surrogate(node) else (node, 0)
+        if not _has_surrogate(node):
+            return node, 0
+        return _replace_surrogates(replaced if isinstance(replaced, str) else node), 1
     count = 0
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if _has_surrogate(key):
                 raise OtlpJsonError(f"a key holds bytes that are not text or a lone surrogate: {ascii(key)[1:41]}")
-            out[key], repaired = _repaired(value, bytes_escaped)
+            out[key], repaired = _repaired(value, replaced.get(key) if isinstance(replaced, dict) else None)
             count += repaired
         return out, count
     if isinstance(node, list):
         items = []
-        for item in node:
-            fixed, repaired = _repaired(item, bytes_escaped)
+        twins = replaced if isinstance(replaced, list) and len(replaced) == len(node) else [None] * len(node)
+        for item, twin in zip(node, twins, strict=True):
+            fixed, repaired = _repaired(item, twin)
             items.append(fixed)
             count += repaired
         return items, count
@@ -153,17 +163,8 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _replace_surrogates(text: str, bytes_escaped: bool) -> str:
-    if bytes_escaped:
-        text = _ESCAPED_BYTES.sub(_bytes_replaced, text)
+def _replace_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _bytes_replaced(run: re.Match[str]) -> str:
-    """A run of bytes "surrogateescape" kept, decoded again together: a broken sequence (a character cut short)
-    becomes one U+FFFD, as the protobuf receiver's ``decode("utf-8", "replace")`` makes it, not one per byte. The
-    same data must not give different names (and span-metric series) by the transport it came over."""
-    return run.group().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -391,6 +391,27 @@ def test_a_string_that_is_not_utf8_is_repaired_alike_over_json_and_protobuf(raw:
     assert name == raw.decode("utf-8", "replace")
     if over_protobuf is not None:  # None: the bytes are UTF-8, and protobuf decodes them as they are
         assert over_protobuf[0].resource_spans[0].scope_spans[0].spans[0].name == name
+
+
+# JSON escapes of surrogates, lone or in pairs (\ud83d\ude00), among the raw bytes.
+_ESCAPES = st.sampled_from([b"\\udcc3", b"\\udca9", b"\\udc80", b"\\ud83d", b"\\ude00", b"\\udbff", b"\\udcff"])
+
+
+@given(st.lists(st.one_of(_STRING_BYTES, _ESCAPES), max_size=8), _STRING_BYTES)
+@example([b"\\udcc3", b"\\udca9"], b"")  # the UTF-8 bytes of an é, as escapes
+def test_a_strings_repair_does_not_depend_on_bad_bytes_in_another_string(pieces: list[bytes], other: bytes) -> None:
+    """Pass 128: with a raw bad byte anywhere in the body, escaped lone surrogates (\\udcc3\\udca9) were decoded as
+    the bytes they look like (an é), and a raw E2 82 before an escaped \\udcac became a euro sign."""
+    name = b"".join(pieces)
+    alone = json_codec.decode(_json_spans(name), ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans
+    beside = json_codec.decode(_json_spans(name, other + b"\xff"), ExportTraceServiceRequest)
+    assert beside.resource_spans[0].scope_spans[0].spans[0].name == alone[0].name
+    assert b"\\" in name or alone[0].name == name.decode("utf-8", "replace")
+
+
+def test_a_cut_character_before_an_escaped_lone_surrogate_is_two_replacements_not_one_character() -> None:
+    request = json_codec.decode(_json_spans(b"\xe2\x82\\udcac"), ExportTraceServiceRequest)
+    assert request.resource_spans[0].scope_spans[0].spans[0].name == "\ufffd\ufffd"
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
