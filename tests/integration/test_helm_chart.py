@@ -709,6 +709,7 @@ def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None
         result = run_helm_tool(helm_python, str(CHART), "--values", str(path), "--render")
         assert result.returncode == 0, result.stderr
         (case,) = json.loads(result.stdout)
+        assert case["fails"] == [], case["fails"]
         return str(case["notes"])
 
     sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
@@ -717,13 +718,22 @@ def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None
     workload = the_workload(render_with(helm_python, tmp_path, sidecar))
     assert f"StatefulSet {workload['metadata']['name']}\n" in notes(sidecar)
     assert len(workload["metadata"]["name"]) == 52
-    assert "your ConfigMap mine. Rendered: ServiceAccount test-release-otel-sidecar.\n" in notes(
-        {"existingConfigMap": "mine"}
-    )
-    # Pass 127: the ServiceAccount rendered beside the ConfigMap was left out.
-    rendered_alone = "Rendered: ConfigMap test-release-otel-sidecar and ServiceAccount test-release-otel-sidecar.\n"
-    assert rendered_alone in notes({})
-    assert "Rendered: ConfigMap test-release-otel-sidecar.\n" in notes({"serviceAccount": {"create": False}})
+    # Pass 127/128: what the chart renders without a workload, all of it.
+    name = "test-release-otel-sidecar"
+    for values, rendered in [
+        ({"existingConfigMap": "mine"}, f"your ConfigMap mine. Rendered: ServiceAccount {name}.\n"),
+        ({}, f"Rendered: ConfigMap {name}, ServiceAccount {name}.\n"),
+        ({"serviceAccount": {"create": False}}, f"Rendered: ConfigMap {name}.\n"),
+        (
+            {
+                "prometheusRule": {"enabled": True},
+                "podMonitor": {"enabled": True, "podSelector": {"app": "orchestrator"}},
+                "persistence": {"enabled": True},
+            },
+            f"ServiceAccount {name}, PrometheusRule {name}, PodMonitor {name}, PersistentVolumeClaim {name}-data.\n",
+        ),
+    ]:
+        assert rendered in notes(values), values
     assert "Span metrics are not derived here" in notes(yaml.safe_load((CHART / "ci" / "gateway.yaml").read_text()))
     assert "Span metrics: port 9464" in notes({"mode": "gateway"})
     # A gateway whose config has no connectors at all, as config/gateway.yaml (Helm removes a key set to null).
