@@ -11,9 +11,12 @@ the adjusted count ``1 / p = 2**56 / (2**56 - T)`` follows.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 MAX_THRESHOLD = 1 << 56
+MAX_MEMBERS = 32  # W3C Trace Context: list-members of a tracestate
+MAX_OT_VALUE_CHARS = 256  # OpenTelemetry: the value of the ``ot`` member
 _HEX_DIGITS = 14
 _RANDOMNESS = re.compile(r"[0-9a-f]{14}")
 _THRESHOLD = re.compile(r"[0-9a-f]{1,14}")
@@ -79,32 +82,96 @@ def threshold_from_tracestate(tracestate: str) -> int | None:
     return None if value is None else decode_threshold(value)
 
 
-def with_threshold(tracestate: str, threshold: int) -> str:
-    """``tracestate`` with ``ot``'s ``th`` set to ``threshold`` (other ``ot`` fields kept, ``ot`` moved first).
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a kept span's ``tracestate`` becomes (``stamp``): ``kept`` with the threshold written, or ``erased``
+    without one when the span's trace-id randomness is below ``must_reach`` (0: nothing to check)."""
 
-    A span already carrying a higher threshold (sampled with a lower probability upstream) keeps it:
-    its adjusted count must reflect every sampling stage it went through. An explicit randomness value (``rv``)
-    stays: it is the trace's randomness, which the decision compared with ``threshold`` (see ``randomness``).
+    kept: str
+    erased: str
+    must_reach: int = 0
+
+    def for_randomness(self, trace_randomness: int) -> str:
+        return self.erased if trace_randomness < self.must_reach else self.kept
+
+
+def stamp(tracestate: str, threshold: int) -> Stamp:
+    """``tracestate`` for a span kept at ``threshold``: ``ot``'s ``th`` set (other ``ot`` fields kept, ``ot``
+    moved first), by the OpenTelemetry tracestate rules:
+
+    - a higher threshold recorded upstream (sampled with a lower probability) stays: a later stage may raise a
+      threshold, never lower it, and the adjusted count must reflect every stage the span went through;
+    - no ``th`` when the probability is unknown: the upstream ``th`` is malformed, or the randomness does not
+      reach the threshold (an inconsistent sampler upstream, or a span whose ``rv`` is not its trace's). The
+      randomness is the span's ``rv``, which stays, else its trace id's: ``must_reach`` then, as only the caller
+      has the trace id. Our own threshold needs no check: the decision compared the trace's randomness with it;
+    - the first ``ot`` member is the one read (``_ot_field``) and the only one written (W3C allows a key once),
+      at most 32 members (the right-most others removed), and an ``ot`` value over 256 characters is not
+      written at all: the tracestate stays as it came.
     """
-    members = [m.strip() for m in tracestate.split(",") if m.strip()] if tracestate else []
-    ot_fields: list[str] = []
+    ot_fields, others = _ot_fields_and_others(tracestate)
+    upstream = next((f[3:] for f in ot_fields if f.startswith("th:")), None)
+    fields = [f for f in ot_fields if not f.startswith("th:")]
+    erased = _joined(fields, others)
+    if erased is None:
+        return Stamp(tracestate, tracestate)
+    effective = threshold if upstream is None else _raised(threshold, decode_threshold(upstream))
+    if effective is None:
+        return Stamp(erased, erased)
+    kept = _joined([f"th:{encode_threshold(effective)}", *fields], others)
+    if kept is None:
+        return Stamp(tracestate, tracestate)
+    rv = next((f[3:] for f in fields if f.startswith("rv:")), None)
+    if rv is not None and _RANDOMNESS.fullmatch(rv):
+        return Stamp(erased if int(rv, 16) < effective else kept, erased)
+    return Stamp(kept, erased, effective if effective > threshold else 0)
+
+
+def with_threshold(tracestate: str, threshold: int, trace_randomness: int | None = None) -> str:
+    """``stamp``'s tracestate for a span of a trace with this randomness (None: taken as consistent)."""
+    stamped = stamp(tracestate, threshold)
+    return stamped.kept if trace_randomness is None else stamped.for_randomness(trace_randomness)
+
+
+def _ot_fields_and_others(tracestate: str) -> tuple[list[str], list[str]]:
+    """The fields of the first ``ot`` member, and the other members in order (further ``ot`` members, which
+    W3C does not allow, and empty ones left out)."""
+    ot_fields: list[str] | None = None
     others: list[str] = []
-    for member in members:
+    for member in tracestate.split(",") if tracestate else ():
+        member = member.strip()
+        if not member:
+            continue
         key, _, value = member.partition("=")
-        if key == "ot":
-            ot_fields = [f for f in value.split(";") if f]
-        else:
+        if key != "ot":
             others.append(member)
-    existing = next((decode_threshold(f[3:]) for f in ot_fields if f.startswith("th:")), None)
-    effective = max(threshold, existing) if existing is not None else threshold
-    kept = [f for f in ot_fields if not f.startswith("th:")]
-    ot = "ot=" + ";".join([f"th:{encode_threshold(effective)}", *kept])
-    return ",".join([ot, *others])
+        elif ot_fields is None:
+            ot_fields = [f for f in value.split(";") if f]
+    return ot_fields or [], others
 
 
-def adjusted_count(tracestate: str) -> float:
-    """How many spans one span stands for: ``1/p`` from its ``th``, 1 when it carries none."""
+def _raised(threshold: int, upstream: int | None) -> int | None:
+    return None if upstream is None else max(threshold, upstream)
+
+
+def _joined(ot_fields: list[str], others: list[str]) -> str | None:
+    """The members as a tracestate, ``ot`` first; None when the ``ot`` value would be over its 256 characters."""
+    value = ";".join(ot_fields)
+    if len(value) > MAX_OT_VALUE_CHARS:
+        return None
+    members = [f"ot={value}", *others] if value else others
+    return ",".join(members[:MAX_MEMBERS])
+
+
+def adjusted_count(tracestate: str) -> tuple[float, int]:
+    """How many spans one span stands for, ``1/p`` from its ``th`` (1 when it has none), and the threshold its
+    trace id's randomness must reach for that to hold (0: nothing to check). A ``th`` its randomness does not
+    reach came from a sampler that was not consistent: its probability is unknown, and the span counts once, as
+    the specification says such a threshold is erased."""
     threshold = threshold_from_tracestate(tracestate)
     if threshold is None or threshold >= MAX_THRESHOLD:
-        return 1.0
-    return MAX_THRESHOLD / (MAX_THRESHOLD - threshold)
+        return 1.0, 0
+    explicit = explicit_randomness(tracestate)
+    if explicit is not None and explicit < threshold:
+        return 1.0, 0
+    return MAX_THRESHOLD / (MAX_THRESHOLD - threshold), threshold if explicit is None else 0

@@ -290,12 +290,20 @@ def test_the_model_label_is_the_price_entry_a_call_matched_unless_reported_names
     assert {model for _, model in f.llm_unpriced.series} == {"my-finetune-2024-01-01"}
 
 
+_ONE_PERCENT = f"th:{encode_threshold(threshold_for(0.01))}"
+
+
+def _kept_by_any_sampler(index: int) -> bytes:
+    """A trace id whose randomness (its last 7 bytes) reaches every threshold: a consistent sampler kept it."""
+    return index.to_bytes(9, "big") + b"\xff" * 7
+
+
 def test_head_sampled_spans_count_with_their_adjusted_count() -> None:
     connector, _ = make()
     spans = []
     for index in range(100):
         span = Span(
-            trace_id=index.to_bytes(16, "big"),
+            trace_id=_kept_by_any_sampler(index),
             span_id=(index + 1).to_bytes(8, "big"),
             name="op",
             trace_state=f"ot=th:{encode_threshold(threshold_for(0.1))},vendor=x",
@@ -326,7 +334,7 @@ def test_fractional_adjusted_counts_are_exact_in_counters_and_rounded_without_bi
     threshold = threshold_for(0.3)  # adjusted count 3.333...
     spans = [
         Span(
-            trace_id=index.to_bytes(16, "big"),
+            trace_id=_kept_by_any_sampler(index),
             span_id=(index + 1).to_bytes(8, "big"),
             name="op",
             trace_state=f"ot=th:{encode_threshold(threshold)}",
@@ -339,6 +347,27 @@ def test_fractional_adjusted_counts_are_exact_in_counters_and_rounded_without_bi
     snapshot = connector.families.span_duration.snapshot(key)
     assert snapshot is not None
     assert abs(snapshot[2] - 10_000) < 150  # stochastic rounding: 3 or 4 per span, 10 000 on average
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "trace_state", "count"),
+    [
+        (_kept_by_any_sampler(1), f"ot={_ONE_PERCENT}", 100.0),  # 1%, and the trace id reaches it
+        (bytes(15) + b"\x01", f"ot={_ONE_PERCENT}", 1.0),  # a 1% sampler could not have kept this trace id
+        (_kept_by_any_sampler(1), f"ot={_ONE_PERCENT};rv:00000000000010", 1.0),  # nor this explicit randomness
+        (bytes(15) + b"\x01", f"ot={_ONE_PERCENT};rv:ffffffffffffff", 100.0),  # rv, not the id, is the randomness
+    ],
+    ids=["consistent", "id-below-threshold", "rv-below-threshold", "rv-above-threshold"],
+)
+def test_a_threshold_the_spans_randomness_does_not_reach_counts_the_span_once(
+    trace_id: bytes, trace_state: str, count: float
+) -> None:
+    """Pass 130: an error span with th:fd70a4 and an rv below it counted 100 times. The OpenTelemetry tracestate
+    rules: stages "should erase the threshold when it is apparently inconsistent" (probability unknown)."""
+    connector, _ = make()
+    span = Span(trace_id=trace_id, span_id=b"\x01" * 8, name="op", trace_state=trace_state)
+    connector.consume(to_request({"svc": [span]}))
+    assert connector.families.spans.value(("svc", "op", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET")) == count
 
 
 def test_exemplars_come_only_from_error_spans_and_trace_ids_the_tail_sampler_keeps(workload: Any) -> None:

@@ -171,6 +171,24 @@ def test_an_explicit_randomness_in_tracestate_decides_and_is_kept(
     assert [s.trace_state for s in exported] == ([] if expected is None else [expected])
 
 
+@pytest.mark.parametrize(
+    ("id_randomness", "expected"),
+    [(MAX_RANDOMNESS, "ot=th:f,v=1"), (1, "v=1")],
+    ids=["consistent", "inconsistent"],
+)
+def test_an_upstream_threshold_the_trace_id_does_not_reach_is_erased_not_passed_on(
+    id_randomness: int, expected: str
+) -> None:
+    """Pass 130: an error trace carrying th:f (1/16) from a sampler that could not have kept its trace id went out
+    with th:f, and every later stage counted each span 16 times. The OpenTelemetry rule: erase a threshold that is
+    apparently inconsistent (probability unknown)."""
+    r = rig()
+    trace_id = trace_id_with_randomness(id_randomness)
+    r.traces.consume(spans_request(span(trace_id, 1, root=True, error=True, trace_state="ot=th:f,v=1")))
+    r.tick_after(2)
+    assert [s.trace_state for s in exported_spans(r.trace_sink)] == [expected]
+
+
 def test_retention_attributes_set_upstream_are_replaced_not_duplicated() -> None:
     r = rig()
     res = resource(**{"retention.class": "forever", "sampling.policy": "mine"})

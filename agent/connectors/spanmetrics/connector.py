@@ -94,7 +94,7 @@ from agent.connectors.spanmetrics.genai import (
     operation_name,
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
-from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
+from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, randomness, threshold_for
 from agent.processors.redaction.config import RedactionConfig
 from agent.processors.redaction.rules import Redactor
 from agent.telemetry.logs import RateLimitedLog
@@ -313,7 +313,7 @@ class SpanMetricsConnector:
         self._llm_targets: dict[tuple[str, str, str, bool], LlmTarget] = {}
         self._exemplars = cfg.exemplars.enabled
         self._error_exemplars = cfg.exemplars.error_spans
-        self._adjusted_counts: dict[str, float] = {}
+        self._adjusted_counts: dict[str, tuple[float, int]] = {}
         self._logged_unpriced: set[tuple[str, str]] = set()
         self._random = random.Random()
         self._task: asyncio.Task[None] | None = None
@@ -447,7 +447,7 @@ class SpanMetricsConnector:
             status_code = span.status.code if span.HasField("status") else 0
             trace_state = span.trace_state
             if trace_state:
-                weight = self._adjusted_count(trace_state)
+                weight = self._adjusted_count(trace_state, span)
                 hist_weight = 1 if weight == 1.0 else self._round_weight(weight)
             else:
                 weight, hist_weight = 1.0, 1
@@ -758,16 +758,19 @@ class SpanMetricsConnector:
                         return any_to_str(kv.value)
         return None
 
-    def _adjusted_count(self, trace_state: str) -> float:
-        count = self._adjusted_counts.get(trace_state)
-        if count is None:
-            count = adjusted_count(trace_state)
+    def _adjusted_count(self, trace_state: str, span: Span) -> float:
+        found = self._adjusted_counts.get(trace_state)
+        if found is None:
+            count, must_reach = adjusted_count(trace_state)
             nearest = round(count)
             if abs(count - nearest) < 1e-9 * count:
                 count = float(nearest)  # 2**56 / (2**56 - th) is 10.000000000000002 for 10%: count 10
             if len(self._adjusted_counts) >= _ADJUSTED_COUNT_CACHE:
                 self._adjusted_counts.clear()
-            self._adjusted_counts[trace_state] = count
+            found = self._adjusted_counts[trace_state] = (count, must_reach)
+        count, must_reach = found
+        if must_reach and randomness(span.trace_id) < must_reach:
+            return 1.0  # a threshold its trace id does not reach: an inconsistent sampler, probability unknown
         return count
 
     def _round_weight(self, weight: float) -> int:

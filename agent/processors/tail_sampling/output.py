@@ -7,7 +7,8 @@ ResourceLogs) per distinct resource *and* decision, whose resource carries ``ret
 incoming requests that are equal are merged (compared by their serialized form, computed once per container).
 
 Kept spans get the trace's OTEP 235 threshold in ``tracestate`` (``ot=th:…``), raised but never lowered
-relative to a threshold an earlier sampler already recorded.
+relative to a threshold an earlier sampler already recorded, and erased where that one is malformed or not
+consistent with the span's randomness (``probability.stamp``).
 
 Spans are added as positions in their incoming scope and copied when the request is built: the kept traces of
 one incoming request (decided together as a rule) then cost one copy call per scope and decision rather than
@@ -23,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from agent.component import Signal
-from agent.otlp.probability import with_threshold
+from agent.otlp.probability import Stamp, randomness, stamp
 
 RETENTION_CLASS_KEY = "retention.class"
 SAMPLING_POLICY_KEY = "sampling.policy"
@@ -66,7 +67,7 @@ class StampMemo:
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
         self.resources: dict[tuple[bytes, str, str], bytes] = {}
-        self.tracestates: dict[tuple[str, int], str] = {}
+        self.tracestates: dict[tuple[str, int], Stamp] = {}
 
     def stamped_resource(self, key: tuple[bytes, str, str], resource: Any) -> bytes:
         """``resource`` (whose content ``key[0]`` identifies) with ``key``'s class and policy, serialized."""
@@ -80,12 +81,12 @@ class StampMemo:
             found = self.resources[key] = copy.SerializeToString()
         return found
 
-    def tracestate(self, old: str, threshold: int) -> str:
+    def tracestate(self, old: str, threshold: int) -> Stamp:
         found = self.tracestates.get((old, threshold))
         if found is None:
             if len(self.tracestates) >= self.limit:
                 self.tracestates.clear()
-            found = self.tracestates[(old, threshold)] = with_threshold(old, threshold)
+            found = self.tracestates[(old, threshold)] = stamp(old, threshold)
         return found
 
 
@@ -197,7 +198,6 @@ class OutputBuilder:
         for index in range(start, len(spans)):
             span = spans[index]
             old = span.trace_state
-            new = known.get((old, threshold))
-            if new is None:
-                new = self._memo.tracestate(old, threshold)
-            span.trace_state = new
+            stamped = known.get((old, threshold)) or self._memo.tracestate(old, threshold)
+            # A threshold raised upstream, on a span without ``rv``: its trace id must reach it, else it is erased.
+            span.trace_state = stamped.for_randomness(randomness(span.trace_id)) if stamped.must_reach else stamped.kept
