@@ -245,6 +245,32 @@ def test_cumulative_histograms_become_classic_histograms_with_exemplars_in_their
     assert "# UNIT rpc_duration_seconds seconds" in om
 
 
+def test_each_bucket_shows_its_largest_exemplar_and_an_empty_one_the_highest_below_it() -> None:
+    """Pass 129: the latest exemplar of a bucket was shown, and buckets without one showed none. The compatibility
+    spec: "the largest exemplar from each bucket MUST be used ... If no exemplars exist on a bucket, the highest
+    exemplar from a lower bucket MUST be used"."""
+    exp, _ = exporter()
+    values = [0.9, 0.2, 2.5, 2.1]  # two in the first bucket (<= 1), two in the third (<= 5)
+    point = HistogramDataPoint(
+        time_unix_nano=5 * S,
+        count=4,
+        sum=5.7,
+        bucket_counts=[2, 0, 2, 0],
+        explicit_bounds=[1.0, 2.0, 5.0],
+        exemplars=[
+            Exemplar(as_double=v, trace_id=bytes([i + 1]) * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)
+            for i, v in enumerate(values)
+        ],
+    )
+    exp.consume(request(histogram_metric("rpc.duration", point)))
+    shown = {
+        line.split('le="')[1].split('"')[0]: float(line.split(" # ")[1].split("} ")[1].split()[0])
+        for line in openmetrics(exp).splitlines()
+        if line.startswith("rpc_duration_seconds_bucket") and " # " in line
+    }
+    assert shown == {"1.0": 0.9, "2.0": 0.9, "5.0": 2.5, "+Inf": 2.5}
+
+
 def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
     exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
 

@@ -747,11 +747,19 @@ class Accumulator:
         slots = series.exemplars
         if slots is None:
             slots = series.exemplars = [None] * (len(series.bounds) + 1)
+        # The largest of a point's exemplars in each bucket, as the OpenTelemetry-Prometheus compatibility spec
+        # asks of pull endpoints; a bucket this point has none for keeps the one an earlier point gave it.
+        latest: dict[int, ExemplarValue] = {}
         for raw in exemplars:
             exemplar = _exemplar(raw)
             if exemplar is None:
                 continue
-            slots[bisect_left(series.bounds, exemplar.value)] = exemplar  # the bucket the value fell in
+            bucket = bisect_left(series.bounds, exemplar.value)  # the bucket the value fell in
+            found = latest.get(bucket)
+            if found is None or exemplar.value > found.value:
+                latest[bucket] = exemplar
+        for bucket, exemplar in latest.items():
+            slots[bucket] = exemplar
 
     def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Folding:
         family = self._family(metric, SUMMARY, len(points))

@@ -44,9 +44,13 @@ def to_metric(family: Family) -> Metric:
         for series in family.series.values():
             cumulative = 0.0
             exemplars = series.exemplars
+            exemplar = None
             for index, upper in enumerate(series.bounds + _INF):
                 cumulative += series.counts[index]
-                exemplar = _exemplar(exemplars[index]) if exemplars is not None else None
+                # A bucket without an exemplar shows the highest of a lower bucket (the compatibility spec's
+                # MUST): it is a valid exemplar of this cumulative bucket too.
+                if exemplars is not None and exemplars[index] is not None:
+                    exemplar = _exemplar(exemplars[index])
                 labels = {**series.labels, "le": floatToGoString(upper)}
                 metric.add_sample(name + "_bucket", labels, cumulative, exemplar=exemplar)
             if series.sum is None:
