@@ -1573,17 +1573,40 @@ def test_a_histogram_sum_openmetrics_forbids_is_left_out_and_the_buckets_kept(
     assert "lat_seconds_sum" not in out
 
 
-@pytest.mark.parametrize("total", [math.nan, -1.0])
-def test_a_summary_whose_sum_is_nan_or_negative_is_dropped_not_exposed(total: float) -> None:
+@pytest.mark.parametrize("total", [math.nan, -0.75])
+def test_a_summary_whose_sum_is_nan_or_negative_is_shown_without_its_sum(total: float) -> None:
+    """Pass 129: such a summary (a clock offset's sum is negative) was dropped whole as malformed. The compatibility
+    spec produces the quantiles and _count always, and {name}_sum "only if the sum is positive and monotonic"."""
     exp, metrics = exporter()
     point = SummaryDataPoint(time_unix_nano=S, count=3, sum=total)
-    point.quantile_values.add(quantile=0.5, value=1.0)
-    metric = Metric(name="bad.summary")
+    point.quantile_values.add(quantile=0.5, value=0.25)
+    metric = Metric(name="clock.offset")
     metric.summary.data_points.append(point)
     exp.consume(request(metric))
-    out = openmetrics(exp)
-    list(text_string_to_metric_families(out))
-    assert "bad_summary" not in out
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "clock_offset"]
+    assert {(s.name, s.labels.get("quantile"), s.value) for s in family.samples} == {
+        ("clock_offset", "0.5", 0.25),
+        ("clock_offset_count", None, 3.0),
+    }
+    assert dropped(metrics, "malformed") == 0
+
+
+def test_a_negative_quantile_value_is_left_out_so_the_openmetrics_scrape_stays_valid() -> None:
+    """Pass 129 (found writing the test above): OpenMetrics forbids negative quantile values, and the strict
+    parser refused the whole scrape for one. The others and _count are shown; the point counts as malformed."""
+    exp, metrics = exporter()
+    point = SummaryDataPoint(time_unix_nano=S, count=3, sum=1.0)
+    point.quantile_values.add(quantile=0.5, value=-0.25)
+    point.quantile_values.add(quantile=0.99, value=0.5)
+    metric = Metric(name="clock.offset")
+    metric.summary.data_points.append(point)
+    exp.consume(request(metric))
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "clock_offset"]
+    assert {(s.name, s.labels.get("quantile")) for s in family.samples} == {
+        ("clock_offset", "0.99"),
+        ("clock_offset_count", None),
+        ("clock_offset_sum", None),
+    }
     assert dropped(metrics, "malformed") == 1
 
 

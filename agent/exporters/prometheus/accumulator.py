@@ -91,7 +91,7 @@ class Series:
     exemplar: ExemplarValue | None = None  # counter
     bounds: tuple[float, ...] = ()  # histogram: explicit upper bounds (+Inf implied)
     counts: list[float] = field(default_factory=list)  # histogram: per bucket (not cumulative)
-    sum: float | None = 0.0  # histogram (None: the source sent none, or one over negative values), summary
+    sum: float | None = 0.0  # histogram, summary (None: the source sent none, or one that is negative or NaN)
     count: float = 0.0  # histogram, summary
     exemplars: list[ExemplarValue | None] | None = None  # histogram: per bucket
     quantiles: list[tuple[float, float]] = field(default_factory=list)  # summary
@@ -772,27 +772,29 @@ class Accumulator:
                 self._remove(family, labels, point)
                 continue
             quantiles = [q.quantile for q in point.quantile_values]
-            # OTLP and OpenMetrics both want each quantile in [0, 1] (NaN is not), one series per quantile, and
-            # a sum that is neither NaN nor negative (it is a counter).
-            if (
-                not all(0.0 <= q <= 1.0 for q in quantiles)
-                or len(set(quantiles)) != len(quantiles)
-                or not point.sum >= 0.0
-            ):
+            # OTLP and OpenMetrics both want each quantile in [0, 1] (NaN is not), one series per quantile.
+            if not all(0.0 <= q <= 1.0 for q in quantiles) or len(set(quantiles)) != len(quantiles):
                 self._on_drop("malformed", 1)
                 continue
+            # A sum that is NaN or negative (a clock offset's) is no counter: _sum is left out, and the quantiles
+            # and _count, which the compatibility spec always produces, are shown.
+            total_sum = point.sum if point.sum >= 0.0 else None
             series = self._series(family, labels)
             if series is None:
                 continue
             if series.seen and point.time_unix_nano < series.time_ns:
                 self._on_drop("out_of_order", 1)
                 continue
-            quantile_values = [(q.quantile, q.value) for q in point.quantile_values]
+            quantile_values = [(q.quantile, q.value) for q in point.quantile_values if not q.value < 0.0]
+            if len(quantile_values) != len(quantiles):
+                # OpenMetrics forbids a negative quantile value, and a strict parser refuses the whole scrape for
+                # one: those quantiles are left out (a clock offset's belongs in a gauge or a histogram).
+                self._on_drop("malformed", 1)
             if self._same_instant(series, point):
-                if (point.sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles):
+                if (total_sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles):
                     self._on_drop("duplicate_series", 1)
                 continue
-            series.sum, series.count = point.sum, float(point.count)
+            series.sum, series.count = total_sum, float(point.count)
             series.quantiles = quantile_values
             series.start_ns, series.time_ns = point.start_time_unix_nano, point.time_unix_nano
             series.folded_by = self._request_serial

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
@@ -65,7 +64,8 @@ def to_metric(family: Family) -> Metric:
             for quantile, value in series.quantiles:
                 metric.add_sample(name, {**series.labels, "quantile": floatToGoString(quantile)}, value)
             metric.add_sample(name + "_count", series.labels, series.count)
-            metric.add_sample(name + "_sum", series.labels, cast(float, series.sum))  # a summary's is always set
+            if series.sum is not None:
+                metric.add_sample(name + "_sum", series.labels, series.sum)
     return metric
 
 
