@@ -46,6 +46,7 @@ def _ot_field(tracestate: str, wanted: str) -> str | None:
             name, _, sub = field.partition(":")
             if name == wanted:
                 return sub
+        return None  # only the first ot member counts (W3C allows a key once): as stamp() writes
     return None
 
 
@@ -85,14 +86,16 @@ def threshold_from_tracestate(tracestate: str) -> int | None:
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """What a kept span's ``tracestate`` becomes (``stamp``): ``kept`` with the threshold written, or ``erased``
-    without one when the span's trace-id randomness is below ``must_reach`` (0: nothing to check)."""
+    without one when the span's trace id does not reach ``must_reach`` (7 big-endian bytes, compared with the
+    id's last 7; None: nothing to check)."""
 
     kept: str
     erased: str
-    must_reach: int = 0
+    must_reach: bytes | None = None
 
-    def for_randomness(self, trace_randomness: int) -> str:
-        return self.erased if trace_randomness < self.must_reach else self.kept
+    def for_trace_id(self, trace_id: bytes) -> str:
+        reach = self.must_reach
+        return self.erased if reach is not None and trace_id[-7:] < reach else self.kept
 
 
 def stamp(tracestate: str, threshold: int) -> Stamp:
@@ -101,36 +104,42 @@ def stamp(tracestate: str, threshold: int) -> Stamp:
 
     - a higher threshold recorded upstream (sampled with a lower probability) stays: a later stage may raise a
       threshold, never lower it, and the adjusted count must reflect every stage the span went through;
-    - no ``th`` when the probability is unknown: the upstream ``th`` is malformed, or the randomness does not
-      reach the threshold (an inconsistent sampler upstream, or a span whose ``rv`` is not its trace's). The
-      randomness is the span's ``rv``, which stays, else its trace id's: ``must_reach`` then, as only the caller
-      has the trace id. Our own threshold needs no check: the decision compared the trace's randomness with it;
-    - the first ``ot`` member is the one read (``_ot_field``) and the only one written (W3C allows a key once),
-      at most 32 members (the right-most others removed), and an ``ot`` value over 256 characters is not
-      written at all: the tracestate stays as it came.
+    - no ``th`` when the probability is unknown: the upstream ``th`` is malformed, or the span's randomness does
+      not reach the threshold (an inconsistent sampler upstream, or a span whose trace was decided on another
+      span's ``rv``). The randomness is the span's ``rv``, which stays, else its trace id's: ``must_reach``
+      then, as only the caller has the trace id;
+    - the first ``ot`` member is the only one read (``_ot_field``) and written (W3C allows a key once), at most
+      32 members (the right-most others removed). A ``th`` that would take the ``ot`` value past its 256
+      characters is not written: then no ``th`` is (the probability is not stated), and an ``ot`` value already
+      past them, invalid, is left out.
     """
     ot_fields, others = _ot_fields_and_others(tracestate)
     upstream = next((f[3:] for f in ot_fields if f.startswith("th:")), None)
     fields = [f for f in ot_fields if not f.startswith("th:")]
     erased = _joined(fields, others)
     if erased is None:
-        return Stamp(tracestate, tracestate)
+        erased = _joined([], others) or ""
+        return Stamp(erased, erased)
     effective = threshold if upstream is None else _raised(threshold, decode_threshold(upstream))
     if effective is None:
         return Stamp(erased, erased)
     kept = _joined([f"th:{encode_threshold(effective)}", *fields], others)
     if kept is None:
-        return Stamp(tracestate, tracestate)
+        return Stamp(erased, erased)
     rv = next((f[3:] for f in fields if f.startswith("rv:")), None)
     if rv is not None and _RANDOMNESS.fullmatch(rv):
         return Stamp(erased if int(rv, 16) < effective else kept, erased)
-    return Stamp(kept, erased, effective if effective > threshold else 0)
+    return Stamp(kept, erased, _as_bytes(effective) if effective else None)
 
 
 def with_threshold(tracestate: str, threshold: int, trace_randomness: int | None = None) -> str:
     """``stamp``'s tracestate for a span of a trace with this randomness (None: taken as consistent)."""
     stamped = stamp(tracestate, threshold)
-    return stamped.kept if trace_randomness is None else stamped.for_randomness(trace_randomness)
+    return stamped.kept if trace_randomness is None else stamped.for_trace_id(_as_bytes(trace_randomness))
+
+
+def _as_bytes(randomness_or_threshold: int) -> bytes:
+    return randomness_or_threshold.to_bytes(7, "big")
 
 
 def _ot_fields_and_others(tracestate: str) -> tuple[list[str], list[str]]:

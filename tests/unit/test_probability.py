@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 
 from agent.otlp.probability import (
     MAX_THRESHOLD,
+    adjusted_count,
     decode_threshold,
     encode_threshold,
     explicit_randomness,
     threshold_for,
+    threshold_from_tracestate,
     with_threshold,
 )
 
@@ -59,12 +61,17 @@ KEYS = [f"k{i}=v" for i in range(32)]
         ("ot=th:123456789abcdef", 0, None, ""),
         # At most 32 members: the right-most other member gives way to ot.
         (",".join(KEYS[:32]), TEN, None, ",".join(["ot=th:e6666666666666", *KEYS[:31]])),
-        # An ot value over 256 characters is not written: the tracestate stays as it came.
+        # A th that would take the ot value past 256 characters is not written, nor a lower one from upstream.
         ("ot=x:" + "a" * 247 + ",v=1", TEN, None, "ot=x:" + "a" * 247 + ",v=1"),
+        ("ot=th:8;x:" + "a" * 240, TEN, None, "ot=x:" + "a" * 240),
+        # An ot value past 256 characters already is invalid: left out.
+        ("ot=th:8;x:" + "a" * 260 + ",v=1", TEN, None, "v=1"),
+        # Our own threshold on a span without rv whose trace id does not reach it (decided on another span's rv).
+        ("v=1", TEN, 1, "v=1"),
     ],
     ids=[
         "added", "duplicate-rv", "duplicate-th", "rv-below-upstream", "id-below-upstream", "own-rv-below-ours",
-        "uppercase-th", "long-th", "33-members", "ot-over-256",
+        "uppercase-th", "long-th", "33-members", "ot-over-256", "th-over-256", "ot-was-over-256", "id-below-ours",
     ],
 )  # fmt: skip
 def test_a_kept_spans_tracestate_follows_the_w3c_and_opentelemetry_rules(
@@ -77,11 +84,36 @@ def test_a_kept_spans_tracestate_follows_the_w3c_and_opentelemetry_rules(
 _MEMBER = st.from_regex(r"[a-z][a-z0-9_\-*/]{0,8}=[!-+\--<>-~]{1,8}", fullmatch=True).filter(
     lambda m: not m.startswith("ot=")
 )
+_OT_MEMBER = st.sampled_from(["ot=rv:ffffffffffffff", "ot=th:8", "ot=x:1", "ot=", "ot=th:zz;rv:00000000000001"])
 
 
-@given(st.lists(_MEMBER, max_size=40, unique_by=lambda m: m.partition("=")[0]), st.sampled_from([0, TEN]))
-def test_a_stamped_tracestate_has_one_ot_member_first_and_at_most_32(members: list[str], threshold: int) -> None:
-    stamped = with_threshold(",".join(members), threshold)
-    out = stamped.split(",")
-    assert out[0].startswith("ot=th:") and len(out) <= 32
-    assert out[1:] == members[: len(out) - 1]
+@given(
+    st.lists(_MEMBER, max_size=40, unique_by=lambda m: m.partition("=")[0]),
+    st.lists(st.tuples(st.integers(0, 40), _OT_MEMBER), max_size=3),
+    st.sampled_from([0, TEN]),
+)
+def test_a_stamped_tracestate_has_one_ot_member_first_and_at_most_32(
+    members: list[str], ots: list[tuple[int, str]], threshold: int
+) -> None:
+    """Pass 131: duplicate ot members and one past position 32 are in the input too."""
+    for position, member in ots:
+        members.insert(min(position, len(members)), member)
+    out = with_threshold(",".join(members), threshold).split(",")
+    others = [m for m in members if not m.startswith("ot=")]
+    assert len(out) <= 32 and not any(m.startswith("ot=") for m in out[1:])
+    assert out[1 if out[0].startswith("ot=") else 0 :] == others[: len(out) - out[0].startswith("ot=")]
+    first_ot = next((m for m in members if m.startswith("ot=")), "")
+    if "th:zz" not in first_ot:  # a malformed th erases ours too
+        assert out[0].startswith("ot=th:")
+
+
+@pytest.mark.parametrize(
+    "tracestate", ["ot=rv:ffffffffffffff,ot=th:fd70a4", "ot=,ot=th:fd70a4", "ot=x:1,v=1,ot=th:fd70a4;rv:ffffffffffffff"]
+)
+def test_only_the_first_ot_member_is_read(tracestate: str) -> None:
+    """Pass 131: the readers went on to a later ot member when the first lacked the field, while the writer keeps
+    the first only: span metrics counted 100 for a th the export then dropped."""
+    assert threshold_from_tracestate("ot=th:fd70a4,ot=th:8") == decode_threshold("fd70a4")
+    assert threshold_from_tracestate(tracestate) is None
+    assert adjusted_count(tracestate) == (1.0, 0)
+    assert explicit_randomness(tracestate) == (0xFFFFFFFFFFFFFF if tracestate.startswith("ot=rv") else None)

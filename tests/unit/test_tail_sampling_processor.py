@@ -189,6 +189,29 @@ def test_an_upstream_threshold_the_trace_id_does_not_reach_is_erased_not_passed_
     assert [s.trace_state for s in exported_spans(r.trace_sink)] == [expected]
 
 
+def test_a_span_without_rv_in_a_trace_decided_on_anothers_rv_is_not_sent_with_a_threshold_its_id_misses() -> None:
+    """Pass 131: the trace was kept at 10% on its root's rv; a child without rv went out with th:e666... although
+    its trace id's randomness (1) does not reach it, so later stages weighed the two spans of one trace apart."""
+    r = rig()
+    trace_id = trace_id_with_randomness(1)
+    r.traces.consume(spans_request(span(trace_id, 1, root=True, trace_state="ot=rv:ffffffffffffff"), span(trace_id, 2)))
+    r.tick_after(2)
+    assert sorted((s.span_id[-1], s.trace_state) for s in exported_spans(r.trace_sink)) == [
+        (1, "ot=th:e6666666666666;rv:ffffffffffffff"),
+        (2, ""),
+    ]
+
+
+def test_an_rv_in_a_second_ot_member_is_not_the_traces_randomness() -> None:
+    """Pass 131: ot=th:0,ot=rv:ff... was kept at 10% on the second member's rv, which the export then dropped."""
+    r = rig()
+    r.traces.consume(
+        spans_request(span(trace_id_with_randomness(1), 1, root=True, trace_state="ot=th:0,ot=rv:ffffffffffffff"))
+    )
+    r.tick_after(2)
+    assert exported_spans(r.trace_sink) == []
+
+
 def test_retention_attributes_set_upstream_are_replaced_not_duplicated() -> None:
     r = rig()
     res = resource(**{"retention.class": "forever", "sampling.policy": "mine"})

@@ -94,7 +94,7 @@ from agent.connectors.spanmetrics.genai import (
     operation_name,
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
-from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, randomness, threshold_for
+from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
 from agent.processors.redaction.config import RedactionConfig
 from agent.processors.redaction.rules import Redactor
 from agent.telemetry.logs import RateLimitedLog
@@ -313,7 +313,7 @@ class SpanMetricsConnector:
         self._llm_targets: dict[tuple[str, str, str, bool], LlmTarget] = {}
         self._exemplars = cfg.exemplars.enabled
         self._error_exemplars = cfg.exemplars.error_spans
-        self._adjusted_counts: dict[str, tuple[float, int]] = {}
+        self._adjusted_counts: dict[str, tuple[float, bytes | None]] = {}
         self._logged_unpriced: set[tuple[str, str]] = set()
         self._random = random.Random()
         self._task: asyncio.Task[None] | None = None
@@ -767,10 +767,12 @@ class SpanMetricsConnector:
                 count = float(nearest)  # 2**56 / (2**56 - th) is 10.000000000000002 for 10%: count 10
             if len(self._adjusted_counts) >= _ADJUSTED_COUNT_CACHE:
                 self._adjusted_counts.clear()
-            found = self._adjusted_counts[trace_state] = (count, must_reach)
-        count, must_reach = found
-        if must_reach and randomness(span.trace_id) < must_reach:
-            return 1.0  # a threshold its trace id does not reach: an inconsistent sampler, probability unknown
+            found = self._adjusted_counts[trace_state] = (count, must_reach.to_bytes(7, "big") if must_reach else None)
+        count, reach = found
+        # A threshold its trace id does not reach (big-endian bytes compare as the numbers): an inconsistent
+        # sampler, probability unknown.
+        if reach is not None and span.trace_id[-7:] < reach:
+            return 1.0
         return count
 
     def _round_weight(self, weight: float) -> int:

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from agent.component import Signal
-from agent.otlp.probability import Stamp, randomness, stamp
+from agent.otlp.probability import Stamp, stamp
 
 RETENTION_CLASS_KEY = "retention.class"
 SAMPLING_POLICY_KEY = "sampling.policy"
@@ -199,5 +199,6 @@ class OutputBuilder:
             span = spans[index]
             old = span.trace_state
             stamped = known.get((old, threshold)) or self._memo.tracestate(old, threshold)
-            # A threshold raised upstream, on a span without ``rv``: its trace id must reach it, else it is erased.
-            span.trace_state = stamped.for_randomness(randomness(span.trace_id)) if stamped.must_reach else stamped.kept
+            # A span without ``rv``: its trace id must reach the threshold, else it is erased (its trace was decided
+            # on another span's ``rv``, or an upstream sampler was not consistent).
+            span.trace_state = stamped.kept if stamped.must_reach is None else stamped.for_trace_id(span.trace_id)
