@@ -110,6 +110,7 @@ def test_a_series_that_expired_is_not_updated_through_a_stale_lookup(monkeypatch
 
 
 def test_attributes_of_other_kinds_than_string_are_read_as_before() -> None:
+    """A bool is spelled as the exporters spell it (``true``: pass 131 found ``True`` beside their ``true``)."""
     connector, _ = make(SpanMetricsConfig())
     spans = [
         span("int step", **{"step.type": AnyValue(int_value=7)}),
@@ -129,7 +130,7 @@ def test_attributes_of_other_kinds_than_string_are_read_as_before() -> None:
     connector.consume(to_request({"svc": spans}))
     f = connector.families
     assert set(f.step_executions.series) == {("7", "success")}
-    assert set(f.workflow_executions.series) == {("True", "success")}
+    assert set(f.workflow_executions.series) == {("true", "success")}
     assert f.llm_tokens.value(("openai", "gpt-4o", "input")) == 120
     assert f.llm_tokens.value(("openai", "gpt-4o", "output")) == 12
     assert ("openai", "gpt-4o", "reasoning") not in f.llm_tokens.series

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from agent.otlp.anyvalue import any_value_text
+
 
 class Concept(enum.IntEnum):
     PROVIDER = 0
@@ -398,11 +400,13 @@ def operation_name(operation: str | None) -> str | None:
 
 
 def any_to_str(value: AnyValue) -> str | None:
+    """A scalar as text, spelled as the exporters spell it (``true``, ``NaN``: ``any_value_text``); None for
+    bytes, arrays, maps and no value, which name nothing."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
     if kind in ("int_value", "double_value", "bool_value"):
-        return str(getattr(value, kind))
+        return any_value_text(value)
     return None
 
 
