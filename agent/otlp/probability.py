@@ -42,6 +42,8 @@ def _ot_field(tracestate: str, wanted: str) -> str | None:
         key, _, value = member.strip().partition("=")
         if key != "ot":
             continue
+        if len(value) > MAX_OT_VALUE_CHARS:
+            return None  # invalid (OpenTelemetry's limit): read as absent, as stamp() leaves it out
         for field in value.split(";"):
             name, _, sub = field.partition(":")
             if name == wanted:
@@ -95,7 +97,8 @@ class Stamp:
 
     def for_trace_id(self, trace_id: bytes) -> str:
         reach = self.must_reach
-        return self.erased if reach is not None and trace_id[-7:] < reach else self.kept
+        # rjust: a short (invalid) id is zero-padded, as randomness() reads it.
+        return self.erased if reach is not None and trace_id[-7:].rjust(7, b"\0") < reach else self.kept
 
 
 def stamp(tracestate: str, threshold: int) -> Stamp:

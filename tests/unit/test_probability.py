@@ -12,6 +12,7 @@ from agent.otlp.probability import (
     decode_threshold,
     encode_threshold,
     explicit_randomness,
+    stamp,
     threshold_for,
     threshold_from_tracestate,
     with_threshold,
@@ -117,3 +118,19 @@ def test_only_the_first_ot_member_is_read(tracestate: str) -> None:
     assert threshold_from_tracestate(tracestate) is None
     assert adjusted_count(tracestate) == (1.0, 0)
     assert explicit_randomness(tracestate) == (0xFFFFFFFFFFFFFF if tracestate.startswith("ot=rv") else None)
+
+
+def test_an_ot_value_past_256_characters_is_read_as_absent_as_it_is_left_out_when_stamped() -> None:
+    """Pass 132: stamp() left such a member out, while span metrics counted its th and the sampler decided on its
+    rv, which the export then dropped."""
+    tracestate = "ot=th:8;rv:ffffffffffffff;x:" + "a" * 240
+    assert threshold_from_tracestate(tracestate) is None and explicit_randomness(tracestate) is None
+    assert adjusted_count(tracestate) == (1.0, 0)
+    assert with_threshold(tracestate, TEN) == ""
+
+
+def test_a_trace_id_shorter_than_7_bytes_is_zero_padded_as_randomness_reads_it() -> None:
+    """Pass 132: the 7-byte compare took b"\\x90\\0\\0\\0" as reaching th:8, randomness() as 0x90000000."""
+    short = b"\x90\x00\x00\x00"
+    assert stamp("ot=th:8", 0).for_trace_id(short) == ""
+    assert stamp("ot=th:8", 0).for_trace_id(b"\x00" * 9 + b"\x90" + b"\x00" * 6) == "ot=th:8"

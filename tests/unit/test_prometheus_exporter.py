@@ -271,6 +271,41 @@ def test_each_bucket_shows_its_largest_exemplar_and_an_empty_one_the_highest_bel
     assert shown == {"1.0": 0.9, "2.0": 0.9, "5.0": 2.5, "+Inf": 2.5}
 
 
+@pytest.mark.parametrize("order", [(0.9, 0.2), (0.2, 0.9)])
+def test_streams_added_up_show_the_largest_exemplar_whatever_their_order(order: tuple[float, float]) -> None:
+    """Pass 132: the exemplar of the stream listed last was shown, so it flipped with the sender's order."""
+    exp, _ = exporter()
+
+    def point(value: float, key: str) -> HistogramDataPoint:
+        exemplar = Exemplar(as_double=value, trace_id=b"\x01" * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)
+        found = HistogramDataPoint(
+            time_unix_nano=5 * S, count=1, sum=value, bucket_counts=[1, 0], explicit_bounds=[1.0], exemplars=[exemplar]
+        )
+        found.attributes.append(attr(key, "x"))
+        return found
+
+    exp.consume(request(histogram_metric("rpc.duration", point(order[0], "a:b"), point(order[1], "a_b"))))
+    line = next(line for line in openmetrics(exp).splitlines() if 'le="1.0"' in line)
+    assert float(line.split(" # ")[1].split("} ")[1].split()[0]) == 0.9
+
+
+def test_a_bucket_that_counts_nothing_shows_no_exemplar_of_its_own_or_from_below() -> None:
+    """Pass 132: an exemplar the counts do not hold (a source reset without a start time keeps the old ones) was
+    shown on an empty bucket, and carried up to every empty bucket above it."""
+    exp, _ = exporter()
+    point = HistogramDataPoint(
+        time_unix_nano=5 * S,
+        count=2,
+        sum=3.0,
+        bucket_counts=[0, 0, 2],
+        explicit_bounds=[0.5, 1.0],
+        exemplars=[Exemplar(as_double=0.3, trace_id=b"\x01" * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)],
+    )
+    exp.consume(request(histogram_metric("rpc.duration", point)))
+    buckets = [line for line in openmetrics(exp).splitlines() if line.startswith("rpc_duration_seconds_bucket")]
+    assert [(" # " in line) for line in buckets] == [False, False, True]
+
+
 def test_delta_histograms_accumulate_bucket_by_bucket() -> None:
     exp, metrics = exporter(NO_ZERO_HOLD)  # a sum of deltas is shown at zero first (tested below)
 
@@ -542,12 +577,14 @@ def test_points_of_one_series_at_different_times_in_a_request_are_all_used() -> 
     assert dropped(metrics, "duplicate_series") == 0
 
 
-def test_a_summary_of_streams_made_alike_keeps_the_first_and_counts_another_value() -> None:
+@pytest.mark.parametrize("quantile_value", [0.2, math.nan])
+def test_a_summary_of_streams_made_alike_keeps_the_first_and_counts_another_value(quantile_value: float) -> None:
+    """NaN is a quantile's value over an empty window (OpenMetrics): two of them are alike (pass 132)."""
     exp, metrics = exporter()
     summary = Metric(name="gc.pause", unit="s")
     for count in (3, 3, 5):
         point = SummaryDataPoint(time_unix_nano=S, count=count, sum=float(count))
-        point.quantile_values.add(quantile=0.5, value=0.2)
+        point.quantile_values.add(quantile=0.5, value=quantile_value)
         summary.summary.data_points.append(point)
     exp.consume(request(summary))
     assert metric_value(text(exp), "gc_pause_seconds_count") == 3

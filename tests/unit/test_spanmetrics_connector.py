@@ -356,8 +356,9 @@ def test_fractional_adjusted_counts_are_exact_in_counters_and_rounded_without_bi
         (bytes(15) + b"\x01", f"ot={_ONE_PERCENT}", 1.0),  # a 1% sampler could not have kept this trace id
         (_kept_by_any_sampler(1), f"ot={_ONE_PERCENT};rv:00000000000010", 1.0),  # nor this explicit randomness
         (bytes(15) + b"\x01", f"ot={_ONE_PERCENT};rv:ffffffffffffff", 100.0),  # rv, not the id, is the randomness
+        (b"\xff" * 4, f"ot={_ONE_PERCENT}", 1.0),  # a short id is zero-padded, as randomness() reads it (pass 132)
     ],
-    ids=["consistent", "id-below-threshold", "rv-below-threshold", "rv-above-threshold"],
+    ids=["consistent", "id-below-threshold", "rv-below-threshold", "rv-above-threshold", "short-id"],
 )
 def test_a_threshold_the_spans_randomness_does_not_reach_counts_the_span_once(
     trace_id: bytes, trace_state: str, count: float

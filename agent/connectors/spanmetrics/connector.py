@@ -771,7 +771,7 @@ class SpanMetricsConnector:
         count, reach = found
         # A threshold its trace id does not reach (big-endian bytes compare as the numbers): an inconsistent
         # sampler, probability unknown.
-        if reach is not None and span.trace_id[-7:] < reach:
+        if reach is not None and span.trace_id[-7:].rjust(7, b"\0") < reach:
             return 1.0
         return count
 

@@ -12,7 +12,7 @@
 | Histogram, delta | classic histogram, accumulated like delta sums (same bucket bounds required) |
 | ExponentialHistogram, cumulative | classic histogram with the exponential bucket boundaries as ``le`` |
 | ExponentialHistogram, delta | dropped (``delta_exponential_histogram``) |
-| Summary | summary |
+| Summary | summary (``_sum`` only when not negative or NaN; negative quantile values left out) |
 
 A delta point that overlaps what was already added (``start`` before the previous point's end) would count
 twice and is dropped (``misaligned_delta``), as the Collector's exporter does; a gap (the SDK skipped empty
@@ -183,6 +183,13 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     if not all(map(math.isfinite, uppers)) or any(b <= a for a, b in itertools.pairwise(uppers)):
         raise ValueError("bucket bounds are not finite and strictly increasing at this scale and offset")
     return tuple(uppers), counts
+
+
+def _alike(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    """Quantile lists equal, NaN values counting as equal."""
+    return len(a) == len(b) and all(
+        qa == qb and (va == vb or (math.isnan(va) and math.isnan(vb))) for (qa, va), (qb, vb) in zip(a, b, strict=True)
+    )
 
 
 def _downscale_needed(offset: int, buckets: int) -> int:
@@ -628,7 +635,7 @@ class Accumulator:
                 series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
                 series.count += float(point.count)
                 if point.exemplars:
-                    self._bucket_exemplars(series, point.exemplars)
+                    self._bucket_exemplars(series, point.exemplars, beside_another_stream=True)
                 continue
             fresh = not series.seen
             restarted = False
@@ -743,12 +750,13 @@ class Accumulator:
                 self._ended_starts.update(starts)
 
     @staticmethod
-    def _bucket_exemplars(series: Series, exemplars: Iterable[Any]) -> None:
+    def _bucket_exemplars(series: Series, exemplars: Iterable[Any], *, beside_another_stream: bool = False) -> None:
         slots = series.exemplars
         if slots is None:
             slots = series.exemplars = [None] * (len(series.bounds) + 1)
         # The largest of a point's exemplars in each bucket, as the OpenTelemetry-Prometheus compatibility spec
-        # asks of pull endpoints; a bucket this point has none for keeps the one an earlier point gave it.
+        # asks of pull endpoints; a bucket this point has none for keeps the one an earlier point gave it. Points
+        # of streams added up at one instant are one point: the largest of all of them, whatever their order.
         latest: dict[int, ExemplarValue] = {}
         for raw in exemplars:
             exemplar = _exemplar(raw)
@@ -759,7 +767,9 @@ class Accumulator:
             if found is None or exemplar.value > found.value:
                 latest[bucket] = exemplar
         for bucket, exemplar in latest.items():
-            slots[bucket] = exemplar
+            held = slots[bucket]
+            if not beside_another_stream or held is None or exemplar.value > held.value:
+                slots[bucket] = exemplar
 
     def _summaries(self, metric: Metric, points: Sequence[Any], base: dict[str, str], now: float) -> Folding:
         family = self._family(metric, SUMMARY, len(points))
@@ -791,7 +801,10 @@ class Accumulator:
                 # one: those quantiles are left out (a clock offset's belongs in a gauge or a histogram).
                 self._on_drop("malformed", 1)
             if self._same_instant(series, point):
-                if (total_sum, float(point.count), quantile_values) != (series.sum, series.count, series.quantiles):
+                same = (total_sum, float(point.count)) == (series.sum, series.count) and _alike(
+                    quantile_values, series.quantiles
+                )
+                if not same:  # NaN is a quantile's value in an empty window: two of them are alike
                     self._on_drop("duplicate_series", 1)
                 continue
             series.sum, series.count = total_sum, float(point.count)

@@ -51,7 +51,9 @@ def to_metric(family: Family) -> Metric:
                 if exemplars is not None and exemplars[index] is not None:
                     exemplar = _exemplar(exemplars[index])
                 labels = {**series.labels, "le": floatToGoString(upper)}
-                metric.add_sample(name + "_bucket", labels, cumulative, exemplar=exemplar)
+                # None on a bucket that counts nothing (a source reset without a start time keeps old exemplars).
+                shown = exemplar if cumulative else None
+                metric.add_sample(name + "_bucket", labels, cumulative, exemplar=shown)
             if series.sum is None:
                 # No sum to expose (none sent, or over negative values): OpenMetrics then allows no _count either;
                 # the +Inf bucket holds the count.
