@@ -549,6 +549,27 @@ def test_the_value_after_a_secrets_name_in_a_list_of_texts_is_masked() -> None:
     assert counts["array_secret"] == 3
 
 
+@pytest.mark.parametrize("signal", [Signal.TRACES, Signal.LOGS, Signal.METRICS])
+def test_a_scopes_name_and_version_and_a_metrics_description_are_masked(signal: Signal) -> None:
+    """Pass 134: they reach Loki's scope_name, Prometheus's otel_scope_name/otel_scope_version labels and HELP
+    line, and Jaeger, and were not scanned: docs/delivery.md says a credential is masked wherever it appears."""
+    key = "sk-proj-" + "a1B2" * 10
+    stage, sink = processor(signal, SelfMetrics())
+    request: Any = {
+        Signal.TRACES: ExportTraceServiceRequest,
+        Signal.LOGS: ExportLogsServiceRequest,
+        Signal.METRICS: ExportMetricsServiceRequest,
+    }[signal]()
+    items = {Signal.TRACES: "spans", Signal.LOGS: "logs", Signal.METRICS: "metrics"}[signal]
+    scoped = getattr(getattr(request, f"resource_{items}").add(), f"scope_{items}").add()
+    scoped.scope.name, scoped.scope.version = f"lib {key}", f"1.0+{key}"
+    if signal is Signal.METRICS:
+        scoped.metrics.add(name="m", description=f"calls with {key}").gauge.data_points.add(as_double=1.0)
+    stage.consume(request)
+    out = sink.batches[0]
+    assert key not in str(out) and "[REDACTED]" in str(out)
+
+
 def test_azure_key_headers_completions_and_metric_metadata_are_redacted() -> None:
     stage, sink = processor(Signal.LOGS, SelfMetrics())
     stage.consume(
@@ -624,6 +645,14 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
         ("DB_PWD=/Sup3r/S3cret", "DB_PWD=[REDACTED]"),
         # A JWT after a non-ASCII letter and "-" (the run's start is looked for among ASCII token characters).
         ("café-" + JWT, "café-[REDACTED]"),
+        # Pass 134: prose ending a sentence or a clause, a cookie quoted as JSON or a dict, a setting left empty.
+        ("use bearer authentication.", None),
+        ("basic authentication, OAuth or mTLS", None),
+        ("Bearer abc123def456.", "Bearer [REDACTED]"),  # "." is a token character
+        ('headers={"cookie": "session=abc123def456"}', 'headers={"cookie": "[REDACTED]"}'),
+        ("{'Set-Cookie': 'sessionid=abc123def456; Path=/'}", "{'Set-Cookie': '[REDACTED]'}"),
+        ("token=None password = null api_key=<your-key-here>", None),
+        ("token=Nonesuch123", "token=[REDACTED]"),
     ],
 )
 def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:

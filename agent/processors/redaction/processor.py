@@ -77,7 +77,10 @@ class RedactionProcessor:
         for resource in resources:
             redactor.attributes(resource.resource.attributes, counts)
             for scope in getattr(resource, scope_field):
-                redactor.attributes(scope.scope.attributes, counts)
+                instrumentation = scope.scope
+                redactor.attributes(instrumentation.attributes, counts)
+                # Shown as Loki metadata and Prometheus labels: masked as any text, once per scope.
+                _mask_fields(redactor, instrumentation, ("name", "version"), counts)
                 yield scope
 
     def _span_event(self, event: Any, counts: Counter[str]) -> None:
@@ -100,12 +103,7 @@ class RedactionProcessor:
                 else:
                     redactor.value(record.body, counts)
                 redactor.attributes(record.attributes, counts)
-                for field in ("event_name", "severity_text"):  # Loki shows both
-                    text = getattr(record, field)
-                    if text:
-                        masked = redactor.mask_text(text, counts)
-                        if masked is not text:
-                            setattr(record, field, masked)
+                _mask_fields(redactor, record, ("event_name", "severity_text"), counts)  # Loki shows both
 
     def _metrics(self, batch: Any, counts: Counter[str]) -> None:
         """Resource, scope, metric metadata and data point attributes, and the attributes exemplars carry: an
@@ -116,6 +114,8 @@ class RedactionProcessor:
             for metric in scope_metrics.metrics:
                 if metric.metadata:  # the metric's own key-values, written out whole by the file exporter
                     redactor.attributes(metric.metadata, counts)
+                if metric.description:  # Prometheus's HELP line
+                    _mask_fields(redactor, metric, ("description",), counts)
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue
@@ -139,6 +139,15 @@ class RedactionProcessor:
             if kv.key == "event.name":
                 return self._redactor.is_content_event(kv.value.string_value)
         return False
+
+
+def _mask_fields(redactor: Redactor, message: Any, fields: tuple[str, ...], counts: Counter[str]) -> None:
+    for field in fields:
+        text = getattr(message, field)
+        if text:
+            masked = redactor.mask_text(text, counts)
+            if masked is not text:
+                setattr(message, field, masked)
 
 
 def _keep_metadata_only(attributes: Any, metadata: frozenset[str], counts: Counter[str]) -> None:

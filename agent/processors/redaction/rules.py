@@ -37,6 +37,10 @@ _SECRET_NAMES = (
 # A number is a count (max_tokens=512, temperature=0.7), not a secret, unless it is as long as a card number.
 _COUNT = r"(?:\d{1,12}|\d{1,6}\.\d{1,6})"
 _WORD = r"[A-Za-z][a-z]{1,63}+"  # a word as prose writes it: lowercase, or capitalized
+_PROSE_WORD = _WORD + r"(?:\s+[A-Za-z]|[.,;:!?)])"  # ... followed by another word or by punctuation
+# A value that says there is none, or a placeholder to fill in (token=None, password=null, api_key=<your-key>):
+# masking it would hide that the setting was missing, which is what one debugs.
+_NO_VALUE = r"(?:None|null|NULL|nil|undefined|<[^<>\s]{1,64}>)"
 # An absolute path of two or more segments after PWD= or OLDPWD= (the shell's working directories), not a
 # password; after any other name a value of that shape may well be a secret (an AWS secret key can look so).
 _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
@@ -48,14 +52,15 @@ _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|t
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "openai_key": (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}", MASK),
-    # A plain word followed by more words after "bearer" or "basic" is prose ("basic configuration for",
-    # "bearer authentication failed"), not a credential: random tokens and base64 mix cases or hold digits.
+    # A plain word followed by more words or by punctuation after "bearer" or "basic" is prose ("basic
+    # configuration for", "bearer authentication failed", "use bearer authentication."), not a credential:
+    # random tokens and base64 mix cases or hold digits.
     "bearer_token": (
-        r"(\b(?i:bearer)\s+)(?!" + _WORD + r"\s+[A-Za-z])[A-Za-z0-9\-._~+/]{8,}=*",
+        r"(\b(?i:bearer)\s+)(?!" + _PROSE_WORD + r")[A-Za-z0-9\-._~+/]{8,}=*",
         r"\1" + MASK,
     ),
     "basic_auth": (
-        r"(\b(?i:basic)\s+)(?!" + _WORD + r"\s+[A-Za-z])[A-Za-z0-9+/]{12,}={0,2}",
+        r"(\b(?i:basic)\s+)(?!" + _PROSE_WORD + r")[A-Za-z0-9+/]{12,}={0,2}",
         r"\1" + MASK,
     ),
     "aws_access_key": (r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", MASK),
@@ -109,6 +114,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         + _COUNT
         + r"|(?:(?<=\b(?i:pwd)=)|(?<=\b(?i:oldpwd)=))"
         + _PATH
+        + r"|"
+        + _NO_VALUE
         + r")(?![^&\s;,'\"]))[^&\s;,'\"]+",
         r"\1" + MASK,
     ),
@@ -118,7 +125,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
+        r"((?i:" + _SECRET_NAMES + r"|authorization|(?:set-)?cookie)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
         r"(?!\[REDACTED\])(?:[^'\"\\\r\n]|\\[^'\"\r\n]){1,1024}(?=\\?['\"])",
         r"\1" + MASK,
     ),
@@ -173,7 +180,8 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 CREDENTIAL_TRIGGERS = re.compile(
     r"sk-|(?i:bearer|basic)|A[KSBC][IC]A|gh[pousr]_|github_pat_|AIza|xox|xapp-|eyJ|://|[rs]k_|whsec_|hf_|glpat-|npm_|ya29\."
     r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)[ \t]{0,8}[=:]"
-    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization)[\w.-]{0,40}\\?['\"]?\s{0,8}[=:]"
+    r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization|cookie)[\w.-]{0,40}"
+    r"\\?['\"]?\s{0,8}[=:]"
     r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
 )
 
