@@ -653,6 +653,10 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
         ("{'Set-Cookie': 'sessionid=abc123def456; Path=/'}", "{'Set-Cookie': '[REDACTED]'}"),
         ("token=None password = null api_key=<your-key-here>", None),
         ("token=Nonesuch123", "token=[REDACTED]"),
+        # A pod or a CSS class after sk- is no key: no random run of 12 letters and digits.
+        ("pod sk-inference-gateway-7d9f8b6c5-x2k4p restarted", None),
+        ("div.sk-folding-cube-animated-loader", None),
+        ("key sk-or-v1-" + "0f3a9c" * 10 + "abcd", "key [REDACTED]"),
     ],
 )
 def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:

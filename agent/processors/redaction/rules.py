@@ -51,7 +51,9 @@ _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|t
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
-    "openai_key": (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}", MASK),
+    # sk- (OpenAI, Anthropic's sk-ant-, DeepSeek, OpenRouter's sk-or-v1-) and a random run of at least 12 letters
+    # and digits among its first 76 characters: "sk-inference-gateway-7d9f8b6c5-x2k4p", a pod, has none.
+    "openai_key": (r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_\-]{0,64}[A-Za-z0-9]{12})[A-Za-z0-9_\-]{16,}", MASK),
     # A plain word followed by more words or by punctuation after "bearer" or "basic" is prose ("basic
     # configuration for", "bearer authentication failed", "use bearer authentication."), not a credential:
     # random tokens and base64 mix cases or hold digits.
