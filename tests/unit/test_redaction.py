@@ -657,6 +657,10 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
         ("pod sk-inference-gateway-7d9f8b6c5-x2k4p restarted", None),
         ("div.sk-folding-cube-animated-loader", None),
         ("key sk-or-v1-" + "0f3a9c" * 10 + "abcd", "key [REDACTED]"),
+        # SQL statements a database client logs or an agent's SQL tool writes.
+        ("CREATE USER app WITH PASSWORD 'S3cr3t!pw';", "CREATE USER app WITH PASSWORD '[REDACTED]';"),
+        ("ALTER USER bob IDENTIFIED BY 'hunter2';", "ALTER USER bob IDENTIFIED BY '[REDACTED]';"),
+        ("ALTER USER x IDENTIFIED BY ''", None),
     ],
 )
 def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:

@@ -157,6 +157,12 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"(?=[^\s}]{0,64}\d|[^\s}]{16})[^\s}]{4,1024}",
         r"\1" + MASK,
     ),
+    # SQL: CREATE/ALTER USER ... WITH PASSWORD '...' (PostgreSQL), ... IDENTIFIED BY '...' (MySQL, Oracle), as a
+    # statement logged by a database client or written by an agent's SQL tool.
+    "sql_password": (
+        r"(\b(?i:password|identified\s{1,8}by)\s{1,8}')(?!\[REDACTED\])[^'\r\n]{1,1024}+(?=')",
+        r"\1" + MASK,
+    ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})(?!\[REDACTED\])[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value. A scheme listed
@@ -184,7 +190,7 @@ CREDENTIAL_TRIGGERS = re.compile(
     r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)[ \t]{0,8}[=:]"
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization|cookie)[\w.-]{0,40}"
     r"\\?['\"]?\s{0,8}[=:]"
-    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:"
+    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:|(?i:password|identified\s{1,8}by)\s{1,8}'"
 )
 
 # An array element that is only a secret's name (an argv flag such as --api-key, a header name in a
