@@ -661,6 +661,15 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
         ("CREATE USER app WITH PASSWORD 'S3cr3t!pw';", "CREATE USER app WITH PASSWORD '[REDACTED]';"),
         ("ALTER USER bob IDENTIFIED BY 'hunter2';", "ALTER USER bob IDENTIFIED BY '[REDACTED]';"),
         ("ALTER USER x IDENTIFIED BY ''", None),
+        # Pass 135, on the changes above: a token with a dot after its first word, a LiteLLM virtual key (no run
+        # of 12), a placeholder-shaped value with digits or a name inside, a cookie in a longer name.
+        ("curl with bearer sl.B0123AbCdEfGhIjKlMnOp0123 failed", "curl with bearer [REDACTED] failed"),
+        ("sk-q7Rz-4mWpX2vKdL_9sTnYb", "[REDACTED]"),
+        ("password=<P4ssw0rd!>", "password=[REDACTED]"),
+        ("token=<password=hunter22>", "token=[REDACTED]"),
+        ("{'fortune_cookie': 'You will travel far'}", None),
+        ('{"cookies": "session=abc123"}', '{"cookies": "[REDACTED]"}'),
+        ("Cookie: 'session=abc123'", "Cookie: '[REDACTED]'"),  # once, by quoted_secret
     ],
 )
 def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str, expected: str | None) -> None:
@@ -668,7 +677,11 @@ def test_webhook_secrets_are_masked_and_prose_and_paths_are_left_alone(text: str
 
     from agent.processors.redaction.rules import Redactor
 
-    assert Redactor(RedactionConfig()).mask_text(text, Counter()) == (expected or text)
+    redactor = Redactor(RedactionConfig())
+    masked = redactor.mask_text(text, Counter())
+    assert masked == (expected or text)
+    again: Counter[str] = Counter()
+    assert redactor.mask_text(masked, again) == masked and not again  # idempotent (pass 135: it was not)
 
 
 def test_masking_what_is_already_masked_changes_nothing_and_counts_nothing() -> None:

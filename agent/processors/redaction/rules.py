@@ -37,10 +37,12 @@ _SECRET_NAMES = (
 # A number is a count (max_tokens=512, temperature=0.7), not a secret, unless it is as long as a card number.
 _COUNT = r"(?:\d{1,12}|\d{1,6}\.\d{1,6})"
 _WORD = r"[A-Za-z][a-z]{1,63}+"  # a word as prose writes it: lowercase, or capitalized
-_PROSE_WORD = _WORD + r"(?:\s+[A-Za-z]|[.,;:!?)])"  # ... followed by another word or by punctuation
+# ... followed by another word or by punctuation; a dot only where it ends the text's token (sl.B0123..., a
+# Dropbox or Mapbox token, goes on after its dot).
+_PROSE_WORD = _WORD + r"(?:\s+[A-Za-z]|[,;:!?)]|\.(?![A-Za-z0-9\-_~+/]))"
 # A value that says there is none, or a placeholder to fill in (token=None, password=null, api_key=<your-key>):
 # masking it would hide that the setting was missing, which is what one debugs.
-_NO_VALUE = r"(?:None|null|NULL|nil|undefined|<[^<>\s]{1,64}>)"
+_NO_VALUE = r"(?:None|null|NULL|nil|undefined|<[A-Za-z_\-]{1,64}>)"  # no digit, "=" or ":": <hunter2> is none
 # An absolute path of two or more segments after PWD= or OLDPWD= (the shell's working directories), not a
 # password; after any other name a value of that shape may well be a secret (an AWS secret key can look so).
 _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
@@ -51,9 +53,14 @@ _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|t
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
-    # sk- (OpenAI, Anthropic's sk-ant-, DeepSeek, OpenRouter's sk-or-v1-) and a random run of at least 12 letters
-    # and digits among its first 76 characters: "sk-inference-gateway-7d9f8b6c5-x2k4p", a pod, has none.
-    "openai_key": (r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_\-]{0,64}[A-Za-z0-9]{12})[A-Za-z0-9_\-]{16,}", MASK),
+    # sk- (OpenAI, Anthropic's sk-ant-, DeepSeek, OpenRouter's sk-or-v1-, LiteLLM's virtual keys) and either a
+    # random run of at least 12 letters and digits among its first 76 characters, or an upper-case letter, a digit
+    # and a lower-case letter among its first 22: "sk-inference-gateway-7d9f8b6c5-x2k4p", a pod, has neither.
+    "openai_key": (
+        r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_\-]{0,64}[A-Za-z0-9]{12}|(?=[A-Za-z0-9_\-]{0,21}[A-Z])"
+        r"(?=[A-Za-z0-9_\-]{0,21}[0-9])(?=[A-Za-z0-9_\-]{0,21}[a-z]))[A-Za-z0-9_\-]{16,}",
+        MASK,
+    ),
     # A plain word followed by more words or by punctuation after "bearer" or "basic" is prose ("basic
     # configuration for", "bearer authentication failed", "use bearer authentication."), not a credential:
     # random tokens and base64 mix cases or hold digits.
@@ -127,7 +134,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization|(?:set-)?cookie)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
+        r"((?i:" + _SECRET_NAMES + r"|authorization|\b(?:set-)?cookies?)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
         r"(?!\[REDACTED\])(?:[^'\"\\\r\n]|\\[^'\"\r\n]){1,1024}(?=\\?['\"])",
         r"\1" + MASK,
     ),
@@ -179,7 +186,11 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"|[ \t]{1,8}[^\r\n'\"\s]{16,})?))",
         r"\1" + MASK,
     ),
-    "cookie_header": (r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}\[REDACTED\])\s{0,8})[^\r\n'\"]+", r"\1" + MASK),
+    # A quoted value is quoted_secret's ({'Cookie': '...'}): not masked twice.
+    "cookie_header": (
+        r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}(?:\[REDACTED\]|\\?['\"]))\s{0,8})[^\r\n'\"]+",
+        r"\1" + MASK,
+    ),
 }
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
