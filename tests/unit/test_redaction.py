@@ -317,6 +317,7 @@ def test_custom_patterns_with_backreferences_or_inline_flags_work_on_their_own()
 
 
 def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_masked() -> None:
+    """The key rules read names as the value rules do: a token limit, a secret's name and oauth.provider stay."""
     metrics = SelfMetrics()
     stage, sink = processor(Signal.TRACES, metrics)
     request = ExportTraceServiceRequest()
@@ -327,8 +328,19 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
         "tokenizer.name": "cl100k_base",
         "gen_ai.token.type": "input",
         "llm.token_count.prompt": "12",
+        # Pass 134: names of a secret, a limit and a provider are no secrets.
+        "gen_ai.request.token_limit": "8192",
+        "k8s.secret.name": "openai-credentials-ref",
+        "oauth.provider": "google",
     }
-    masked = {"access_token": "abc", "x-auth-token": "def", "token": "ghi", "refreshToken": "jkl"}
+    masked = {
+        "access_token": "abc",
+        "x-auth-token": "def",
+        "token": "ghi",
+        "refreshToken": "jkl",
+        "client_secret": "mno",
+        "auth.key": "pqr",
+    }
     span.attributes.extend(attr(k, v) for k, v in {**kept, **masked}.items())
     usage = KeyValue(key="langchain.llm_output.token_usage", value=kvlist(prompt_tokens="12"))
     span.attributes.append(usage)

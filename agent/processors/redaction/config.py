@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from agent.config.schema import setting
 
 DEFAULT_KEY_PATTERNS = [
-    # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer).
-    "password", "passwd", "pwd", "passphrase", "secret", "api[-_.]?key", "token(?!s|izer|[._-]?(?:type|count|usage))",
-    "authorization", "auth[-_.]", "cookie", "credential", "private[-_.]?key", "subscription[-_.]?key",
-    "functions[-_.]?key", "access[-_.]?key", "account[-_.]?key",
+    # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer,
+    # gen_ai.request.token_limit); secret, but not a secret's name (k8s.secret.name); auth as a word of its own
+    # (auth.token, x_auth_key), not inside oauth.provider: as the value rules read names.
+    "password", "passwd", "pwd", "passphrase", "secret(?![._-]?name)", "api[-_.]?key",
+    "token(?!s|izer|[._-]?(?:type|count|usage|limit))", "authorization", "(?<![a-z])auth[-_.]", "cookie",
+    "credential", "private[-_.]?key", "subscription[-_.]?key", "functions[-_.]?key", "access[-_.]?key",
+    "account[-_.]?key",
 ]  # fmt: skip
 DEFAULT_CONTENT_KEYS = [
     # OpenTelemetry GenAI (current and earlier conventions)
