@@ -134,7 +134,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     "quoted_secret": (
         # No backreference (the matching quote): the rules are also joined into one expression, which renumbers
         # groups.
-        r"((?i:" + _SECRET_NAMES + r"|authorization|\b(?:set-)?cookies?)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
+        r"((?i:" + _SECRET_NAMES + r"|authorization|(?:set-)?cookies?)\\?['\"]?\s{0,8}(?:=>|:=|[=:])\s{0,8}\\?['\"])"
         r"(?!\[REDACTED\])(?:[^'\"\\\r\n]|\\[^'\"\r\n]){1,1024}(?=\\?['\"])",
         r"\1" + MASK,
     ),
@@ -164,10 +164,15 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"(?=[^\s}]{0,64}\d|[^\s}]{16})[^\s}]{4,1024}",
         r"\1" + MASK,
     ),
-    # SQL: CREATE/ALTER USER ... WITH PASSWORD '...' (PostgreSQL), ... IDENTIFIED BY '...' (MySQL, Oracle), as a
-    # statement logged by a database client or written by an agent's SQL tool.
+    # SQL: CREATE/ALTER USER|ROLE ... WITH [ENCRYPTED] PASSWORD '...' (PostgreSQL), ... IDENTIFIED [WITH plugin]
+    # BY '...' (MySQL; GRANT ... TO u IDENTIFIED BY), USER u IDENTIFIED BY pw or "pw" (Oracle), as a database
+    # client logs it or an agent's SQL tool writes it; "password 'reset' flow" or "identified by the team" in
+    # prose is not SQL. A quote doubled inside a value is part of it.
     "sql_password": (
-        r"(\b(?i:password|identified\s{1,8}by)\s{1,8}')(?!\[REDACTED\])[^'\r\n]{1,1024}+(?=')",
+        r"(\b(?i:(?:with|encrypted|unencrypted)\s{1,8}password"
+        r"|(?:user|role|to)\s{1,8}\S{1,128}+\s{1,8}identified(?:\s{1,8}with\s{1,8}\w{1,64})?\s{1,8}by)"
+        r"\s{1,8}['\"]?)(?!\[REDACTED\])"
+        r"(?:(?<=')(?:[^'\r\n]|''){1,1024}+(?=')|(?<=\")[^\"\r\n]{1,1024}+(?=\")|(?<![\"'])[^\s;'\",)]{1,1024}+)",
         r"\1" + MASK,
     ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})(?!\[REDACTED\])[^\s-]\S*", r"\1" + MASK),
@@ -188,7 +193,7 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     ),
     # A quoted value is quoted_secret's ({'Cookie': '...'}): not masked twice.
     "cookie_header": (
-        r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}(?:\[REDACTED\]|\\?['\"]))\s{0,8})[^\r\n'\"]+",
+        r"(\b(?i:set-cookie|cookie)\s{0,8}:(?!\s{0,8}(?:\[REDACTED\]|\\?['\"]))\s{0,8}+)[^\s'\"][^\r\n'\"]*",
         r"\1" + MASK,
     ),
 }
@@ -201,7 +206,7 @@ CREDENTIAL_TRIGGERS = re.compile(
     r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)[ \t]{0,8}[=:]"
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization|cookie)[\w.-]{0,40}"
     r"\\?['\"]?\s{0,8}[=:]"
-    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:|(?i:password|identified\s{1,8}by)\s{1,8}'"
+    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:|(?i:with|encrypted|unencrypted)\s{1,8}(?i:password)|(?i:identified)"
 )
 
 # An array element that is only a secret's name (an argv flag such as --api-key, a header name in a
