@@ -27,6 +27,12 @@ def randomness(trace_id: bytes) -> int:
     return int.from_bytes(trace_id[-7:], "big")
 
 
+def randomness_bytes(trace_id: bytes) -> bytes:
+    """``randomness`` as 7 big-endian bytes, which compare as the numbers do, without building an int: a short
+    (invalid) id is zero-padded, as ``randomness`` reads it."""
+    return trace_id[-7:].rjust(7, b"\0")
+
+
 def explicit_randomness(tracestate: str) -> int | None:
     """The ``rv`` of the ``ot`` vendor entry (exactly 14 hex digits), or None when absent or malformed."""
     value = _ot_field(tracestate, "rv")
@@ -38,17 +44,10 @@ def explicit_randomness(tracestate: str) -> int | None:
 def _ot_field(tracestate: str, wanted: str) -> str | None:
     if "ot=" not in tracestate:
         return None
-    for member in tracestate.split(","):
-        key, _, value = member.strip().partition("=")
-        if key != "ot":
-            continue
-        if len(value) > MAX_OT_VALUE_CHARS:
-            return None  # invalid (OpenTelemetry's limit): read as absent, as stamp() leaves it out
-        for field in value.split(";"):
-            name, _, sub = field.partition(":")
-            if name == wanted:
-                return sub
-        return None  # only the first ot member counts (W3C allows a key once): as stamp() writes
+    for field in _ot_fields_and_others(tracestate)[0] or ():
+        name, _, sub = field.partition(":")
+        if name == wanted:
+            return sub
     return None
 
 
@@ -97,8 +96,7 @@ class Stamp:
 
     def for_trace_id(self, trace_id: bytes) -> str:
         reach = self.must_reach
-        # rjust: a short (invalid) id is zero-padded, as randomness() reads it.
-        return self.erased if reach is not None and trace_id[-7:].rjust(7, b"\0") < reach else self.kept
+        return self.erased if reach is not None and randomness_bytes(trace_id) < reach else self.kept
 
 
 def stamp(tracestate: str, threshold: int) -> Stamp:
@@ -111,18 +109,15 @@ def stamp(tracestate: str, threshold: int) -> Stamp:
       not reach the threshold (an inconsistent sampler upstream, or a span whose trace was decided on another
       span's ``rv``). The randomness is the span's ``rv``, which stays, else its trace id's: ``must_reach``
       then, as only the caller has the trace id;
-    - the first ``ot`` member is the only one read (``_ot_field``) and written (W3C allows a key once), at most
-      32 members (the right-most others removed). A ``th`` that would take the ``ot`` value past its 256
-      characters is not written: then no ``th`` is (the probability is not stated), and an ``ot`` value already
-      past them, invalid, is left out.
+    - the first ``ot`` member is the only one read and written (``_ot_fields_and_others``), at most 32 members
+      (the right-most others removed). A ``th`` that would take the ``ot`` value past its 256
+      characters is not written: then no ``th`` is (the probability is not stated). An ``ot`` value already past
+      them is invalid: read as absent, as everywhere, it is replaced by one with our ``th``.
     """
     ot_fields, others = _ot_fields_and_others(tracestate)
-    upstream = next((f[3:] for f in ot_fields if f.startswith("th:")), None)
-    fields = [f for f in ot_fields if not f.startswith("th:")]
-    erased = _joined(fields, others)
-    if erased is None:
-        erased = _joined([], others) or ""
-        return Stamp(erased, erased)
+    upstream = next((f[3:] for f in ot_fields or () if f.startswith("th:")), None)
+    fields = [f for f in ot_fields or () if not f.startswith("th:")]
+    erased = _joined(fields, others) or ""  # a field list read in is within the limit: never None
     effective = threshold if upstream is None else _raised(threshold, decode_threshold(upstream))
     if effective is None:
         return Stamp(erased, erased)
@@ -145,10 +140,12 @@ def _as_bytes(randomness_or_threshold: int) -> bytes:
     return randomness_or_threshold.to_bytes(7, "big")
 
 
-def _ot_fields_and_others(tracestate: str) -> tuple[list[str], list[str]]:
-    """The fields of the first ``ot`` member, and the other members in order (further ``ot`` members, which
-    W3C does not allow, and empty ones left out)."""
+def _ot_fields_and_others(tracestate: str) -> tuple[list[str] | None, list[str]]:
+    """The fields of the first ``ot`` member, the only one read and written (W3C allows a key once), or None when
+    there is none or its value is past 256 characters (invalid: read as absent), and the other members in order
+    (further ``ot`` members and empty ones left out)."""
     ot_fields: list[str] | None = None
+    seen_ot = False
     others: list[str] = []
     for member in tracestate.split(",") if tracestate else ():
         member = member.strip()
@@ -157,9 +154,11 @@ def _ot_fields_and_others(tracestate: str) -> tuple[list[str], list[str]]:
         key, _, value = member.partition("=")
         if key != "ot":
             others.append(member)
-        elif ot_fields is None:
-            ot_fields = [f for f in value.split(";") if f]
-    return ot_fields or [], others
+        elif not seen_ot:
+            seen_ot = True
+            fields = [f for f in value.split(";") if f]
+            ot_fields = fields if len(";".join(fields)) <= MAX_OT_VALUE_CHARS else None
+    return ot_fields, others
 
 
 def _raised(threshold: int, upstream: int | None) -> int | None:

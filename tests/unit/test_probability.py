@@ -65,8 +65,8 @@ KEYS = [f"k{i}=v" for i in range(32)]
         # A th that would take the ot value past 256 characters is not written, nor a lower one from upstream.
         ("ot=x:" + "a" * 247 + ",v=1", TEN, None, "ot=x:" + "a" * 247 + ",v=1"),
         ("ot=th:8;x:" + "a" * 240, TEN, None, "ot=x:" + "a" * 240),
-        # An ot value past 256 characters already is invalid: left out.
-        ("ot=th:8;x:" + "a" * 260 + ",v=1", TEN, None, "v=1"),
+        # An ot value past 256 characters already is invalid: read as absent, so replaced by ours alone.
+        ("ot=th:8;x:" + "a" * 260 + ",v=1", TEN, None, "ot=th:e6666666666666,v=1"),
         # Our own threshold on a span without rv whose trace id does not reach it (decided on another span's rv).
         ("v=1", TEN, 1, "v=1"),
     ],
@@ -126,7 +126,7 @@ def test_an_ot_value_past_256_characters_is_read_as_absent_as_it_is_left_out_whe
     tracestate = "ot=th:8;rv:ffffffffffffff;x:" + "a" * 240
     assert threshold_from_tracestate(tracestate) is None and explicit_randomness(tracestate) is None
     assert adjusted_count(tracestate) == (1.0, 0)
-    assert with_threshold(tracestate, TEN) == ""
+    assert with_threshold(tracestate, TEN) == "ot=th:e6666666666666"
 
 
 def test_a_trace_id_shorter_than_7_bytes_is_zero_padded_as_randomness_reads_it() -> None:

@@ -108,6 +108,10 @@ def openmetrics(exp: PrometheusExporter) -> str:
     return generate_openmetrics(exp.registry).decode()
 
 
+def an_exemplar(value: float, trace: int = 1) -> Exemplar:
+    return Exemplar(as_double=value, trace_id=bytes([trace]) * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)
+
+
 def bucket_exemplars(exp: PrometheusExporter, family: str) -> dict[str, float | None]:
     """``le`` -> the value of the exemplar on that bucket (None: none), as the strict OpenMetrics parser reads it."""
     (parsed,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == family]
@@ -265,10 +269,7 @@ def test_each_bucket_shows_its_largest_exemplar_and_an_empty_one_the_highest_bel
         sum=5.7,
         bucket_counts=[2, 0, 2, 0],
         explicit_bounds=[1.0, 2.0, 5.0],
-        exemplars=[
-            Exemplar(as_double=v, trace_id=bytes([i + 1]) * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)
-            for i, v in enumerate(values)
-        ],
+        exemplars=[an_exemplar(v, trace=i + 1) for i, v in enumerate(values)],
     )
     exp.consume(request(histogram_metric("rpc.duration", point)))
     assert bucket_exemplars(exp, "rpc_duration_seconds") == {"1.0": 0.9, "2.0": 0.9, "5.0": 2.5, "+Inf": 2.5}
@@ -280,7 +281,7 @@ def test_streams_added_up_show_the_largest_exemplar_whatever_their_order(order: 
     exp, _ = exporter()
 
     def point(value: float, key: str) -> HistogramDataPoint:
-        exemplar = Exemplar(as_double=value, trace_id=b"\x01" * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)
+        exemplar = an_exemplar(value)
         found = HistogramDataPoint(
             time_unix_nano=5 * S, count=1, sum=value, bucket_counts=[1, 0], explicit_bounds=[1.0], exemplars=[exemplar]
         )
@@ -301,7 +302,7 @@ def test_a_bucket_that_counts_nothing_shows_no_exemplar_of_its_own_or_from_below
         sum=3.0,
         bucket_counts=[0, 0, 2],
         explicit_bounds=[0.5, 1.0],
-        exemplars=[Exemplar(as_double=0.3, trace_id=b"\x01" * 16, span_id=b"\x01" * 8, time_unix_nano=4 * S)],
+        exemplars=[an_exemplar(0.3)],
     )
     exp.consume(request(histogram_metric("rpc.duration", point)))
     assert bucket_exemplars(exp, "rpc_duration_seconds") == {"0.5": None, "1.0": None, "+Inf": 0.3}

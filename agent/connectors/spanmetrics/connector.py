@@ -94,7 +94,13 @@ from agent.connectors.spanmetrics.genai import (
     operation_name,
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
-from agent.otlp.probability import MAX_THRESHOLD, adjusted_count, explicit_randomness, threshold_for
+from agent.otlp.probability import (
+    MAX_THRESHOLD,
+    adjusted_count,
+    explicit_randomness,
+    randomness_bytes,
+    threshold_for,
+)
 from agent.processors.redaction.config import RedactionConfig
 from agent.processors.redaction.rules import Redactor
 from agent.telemetry.logs import RateLimitedLog
@@ -461,9 +467,7 @@ class SpanMetricsConnector:
                 trace_id = span.trace_id
                 if trace_id != last_trace_id:  # an SDK batch holds runs of spans of one trace
                     last_trace_id = trace_id
-                    # The OTEP 235 randomness is the last 7 bytes, big-endian: comparing equal-length bytes
-                    # compares the numbers (rjust: a short, invalid id is zero-padded, as randomness() reads it).
-                    trace_randomness = trace_id[-7:].rjust(7, b"\0")
+                    trace_randomness = randomness_bytes(trace_id)  # the OTEP 235 randomness, as bytes
                     if trace_state and "rv:" in trace_state:  # an explicit randomness wins, as in the sampler
                         trace_randomness = _explicit_randomness_bytes(trace_state) or trace_randomness
                     kept_trace = trace_randomness >= threshold_bytes
@@ -769,9 +773,8 @@ class SpanMetricsConnector:
                 self._adjusted_counts.clear()
             found = self._adjusted_counts[trace_state] = (count, must_reach.to_bytes(7, "big") if must_reach else None)
         count, reach = found
-        # A threshold its trace id does not reach (big-endian bytes compare as the numbers): an inconsistent
-        # sampler, probability unknown.
-        if reach is not None and span.trace_id[-7:].rjust(7, b"\0") < reach:
+        # A threshold its trace id does not reach: an inconsistent sampler, probability unknown.
+        if reach is not None and randomness_bytes(span.trace_id) < reach:
             return 1.0
         return count
 

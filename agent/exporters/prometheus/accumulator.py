@@ -185,11 +185,14 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     return tuple(uppers), counts
 
 
+def _same_value(a: float, b: float) -> bool:
+    """Equal, two NaNs counting as one value (a gauge's, or a quantile's over an empty window)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def _alike(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
     """Quantile lists equal, NaN values counting as equal."""
-    return len(a) == len(b) and all(
-        qa == qb and (va == vb or (math.isnan(va) and math.isnan(vb))) for (qa, va), (qb, vb) in zip(a, b, strict=True)
-    )
+    return len(a) == len(b) and all(qa == qb and _same_value(va, vb) for (qa, va), (qb, vb) in zip(a, b, strict=True))
 
 
 def _downscale_needed(offset: int, buckets: int) -> int:
@@ -563,7 +566,7 @@ class Accumulator:
                     series.value += value
                     if point.exemplars:
                         series.exemplar = _exemplar(point.exemplars[-1]) or series.exemplar
-                elif not (value == series.value or (math.isnan(value) and math.isnan(series.value))):
+                elif not _same_value(value, series.value):
                     self._on_drop("duplicate_series", 1)
                 continue
             fresh = not series.seen
