@@ -65,11 +65,12 @@ class Duration(float):
 class HostPort(str):
     """A listen or dial address ``host:port`` (``[::1]:4317`` for IPv6)."""
 
-    _FORM = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]*):(\d{1,5})$")
+    # The host may be empty (":4317": every interface) for a listen address; a dial address checks it has one.
+    FORM = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]*):(\d{1,5})$")
 
     @classmethod
     def parse(cls, text: str) -> HostPort:
-        match = cls._FORM.match(text)
+        match = cls.FORM.match(text)
         if not match or int(match.group(2)) > 65535:
             raise ValueError(f"must be host:port, got {text!r}")
         return cls(text)
@@ -90,16 +91,22 @@ class Url(str):
 
     @classmethod
     def parse(cls, text: str) -> Url:
-        problem = f"must be a URL (http:// or https:// and a host), got {without_credentials(text)!r}"
+        shown = without_credentials(text)
+        problem = f"must be a URL (http:// or https:// and a host), got {shown!r}"
         if "@" in text:
             problem += "; a / or @ in a user name or password is written %2F or %40"
         if any(c.isspace() for c in text):
             raise ValueError(problem)
         try:
             parts = urllib.parse.urlsplit(text)
-            parts.port  # noqa: B018 - raises on a port out of range
-        except ValueError:
+        except ValueError:  # an IPv6 address without its closing bracket
             raise ValueError(problem) from None
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:  # out of range, not a number, or 0: nothing can be dialled there
+            raise ValueError(f"the port must be 1-65535, got {shown!r}")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError(problem)
         return cls(parts.scheme.lower() + text[len(parts.scheme) :])

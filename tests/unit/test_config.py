@@ -272,12 +272,26 @@ def test_configuration_reference_is_up_to_date() -> None:
     assert path.read_text() == render(), "run `make docs` to regenerate docs/configuration.md"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/loki/api/v1/push", "https://loki:0x50/push", "loki:3100"])
-def test_urls_with_a_port_out_of_range_or_no_scheme_are_rejected(url: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:99999/loki/api/v1/push", "the port must be 1-65535"),
+        ("https://loki:0x50/push", "the port must be 1-65535"),
+        ("http://loki:0/push", "the port must be 1-65535"),
+        ("loki:3100", "must be a URL"),
+        ("http://lo ki:3100/push", "must be a URL"),
+    ],
+)
+def test_urls_loki_and_otlp_dial_are_checked_alike(url: str, problem: str) -> None:
+    """One URL check for every exporter: the OTLP exporter's adds only what is its own (no query, no signal path)."""
     from agent.config.schema import Url
+    from agent.exporters.otlp.config import OtlpExporterConfig
 
-    with pytest.raises(ValueError, match="must be a URL"):
+    with pytest.raises(ValueError, match=problem):
         Url.parse(url)
+    errors: list[ConfigError] = []
+    build(OtlpExporterConfig, {"endpoint": url.removesuffix("/push"), "protocol": "http/protobuf"}, "otlp", errors)
+    assert [e.message for e in errors] and all(e.message.startswith(problem) for e in errors), errors
 
 
 def test_an_otlp_endpoint_with_a_port_out_of_range_is_rejected_without_echoing_its_password() -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from agent.config.schema import Duration, setting, without_credentials
+from agent.config.schema import Duration, HostPort, Url, setting, without_credentials
 from agent.exporters._helper.batcher import BatchConfig
 from agent.exporters._helper.headers import credential_problems, header_problems
 from agent.exporters._helper.queue import SendingQueueConfig
 from agent.exporters._helper.retry import RetryConfig
 from agent.exporters._helper.tls import TlsClientConfig, insecure_problem, plain_http_problem
-
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -74,15 +71,13 @@ class OtlpExporterConfig:
 def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
     shown = without_credentials(endpoint)
     if "://" in endpoint:
-        parts = urlsplit(endpoint)
         try:
-            parts.port  # noqa: B018 - raises for a port out of range
-        except ValueError:
-            yield "endpoint", f"the port must be 1-65535, got {shown!r}"
+            Url.parse(endpoint)
+        except ValueError as exc:
+            yield "endpoint", str(exc)
             return
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            yield "endpoint", f"must be an http:// or https:// URL, got {shown!r}"
-        elif parts.query or parts.fragment:
+        parts = urlsplit(endpoint)
+        if parts.query or parts.fragment:
             yield "endpoint", f"must have no query or fragment (the signal path is appended), got {shown!r}"
         elif protocol == "grpc" and parts.path not in ("", "/"):
             yield "endpoint", "a gRPC endpoint has no path"
@@ -91,7 +86,9 @@ def _check_endpoint(endpoint: str, protocol: str) -> Iterator[tuple[str, str]]:
         return
     if protocol != "grpc":
         yield "endpoint", f"must be a URL such as http://jaeger:4318 for {protocol}, got {shown!r}"
-    elif not _HOST_PORT.match(endpoint):
+        return
+    address = HostPort.FORM.match(endpoint)
+    if address is None or not address.group(1):  # a dial address needs its host
         yield "endpoint", f"must be host:port or a URL, got {shown!r}"
-    elif not 1 <= int(endpoint.rpartition(":")[2]) <= 65535:
+    elif not 1 <= int(address.group(2)) <= 65535:
         yield "endpoint", f"the port must be 1-65535, got {shown!r}"
