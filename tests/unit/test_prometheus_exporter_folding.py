@@ -130,6 +130,33 @@ def test_a_malformed_batch_is_counted_and_the_next_ones_are_folded(caplog: pytes
     assert any("cannot expose a metrics batch" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("fail_at", [0, 3, 5, 10])
+def test_a_batch_failing_part_way_counts_every_point_it_did_not_fold(
+    monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    """A fault while folding point ``fail_at`` (of the counter's 5, then the histogram's 5) loses that point and
+    the rest of the request; the points before it stay folded, and the count says how many were lost."""
+    exp = exporter()
+    labels = Accumulator._labels
+    calls = [0]
+
+    def failing_labels(self: Accumulator, *args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == fail_at + 1:
+            raise RuntimeError("a fault in the fold")
+        return labels(self, *args)
+
+    monkeypatch.setattr(Accumulator, "_labels", failing_labels)
+    exp.consume(big_request(5))
+    exposed = text(exp)
+    assert exposed.count("jobs_total{") == min(fail_at, 5)
+    assert exposed.count("job_duration_seconds_count{") == max(fail_at - 5, 0)
+    dropped = exp._settings.metrics.registry.get_sample_value(
+        "otel_sidecar_prometheus_dropped_points_total", {"exporter": "prometheus", "reason": "malformed"}
+    )
+    assert (dropped or 0) == 10 - fail_at  # 10: no fault, nothing lost
+
+
 def test_the_exporter_declares_that_it_keeps_batches_after_consume() -> None:
     # A queued batch is read after consume() returns: fan-out must not hand it to a mutating pipeline as well.
     assert FACTORY.retains_data is True

@@ -185,6 +185,11 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     return tuple(uppers), counts
 
 
+def _points_in(metric: Metric) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
 def _same_value(a: float, b: float) -> bool:
     """Equal, two NaNs counting as one value (a gauge's, or a quantile's over an empty window)."""
     return a == b or (math.isnan(a) and math.isnan(b))
@@ -267,6 +272,11 @@ class Accumulator:
         # Requests consumed and not folded yet, with their arrival time; the one being folded, paused.
         self._pending: deque[tuple[ExportMetricsServiceRequest, float]] = deque()
         self._folding: Iterator[None] | None = None
+        self._folding_request: ExportMetricsServiceRequest | None = None
+        # Progress through the request being folded, to count what a failure part way through loses: the points
+        # of the metrics folded whole, and the points of the current metric started (each yields as it starts).
+        self._points_done = 0
+        self._points_started = 0
         self._request_serial = 0  # of the request being folded: see _same_instant
 
     def serve_for(self, on_drop: Callable[[str, int], None], on_malformed: Callable[[Exception], None]) -> None:
@@ -306,25 +316,40 @@ class Accumulator:
                 if not self._pending:
                     return "done"
                 request, now = self._pending.popleft()
-                self._folding = self._fold_request(request, now)
+                self._folding, self._folding_request = self._fold_request(request, now), request
             try:
                 for folded, _ in enumerate(self._folding, 1):
                     if deadline is not None and folded % 16 == 0 and time.perf_counter() > deadline:
                         return "more"  # the generator keeps its place: the next call resumes this request
             except Exception as exc:  # a malformed batch must not take the exporter down; count it and say why
-                self._on_drop("malformed", 1)
+                self._on_drop("malformed", self._points_lost(self._folding_request))
                 self._on_malformed(exc)
-            self._folding = None
+            self._folding = self._folding_request = None
+
+    def _points_lost(self, request: ExportMetricsServiceRequest | None) -> int:
+        """The points of the request that failed which were not folded: the rest of it, from the point it failed on
+        (at least 1: a request that cannot even be read counts once)."""
+        try:
+            metrics = [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]  # type: ignore[union-attr]
+            total = sum(_points_in(metric) for metric in metrics)
+        except Exception:
+            return 1
+        return max(total - self._points_done - max(self._points_started - 1, 0), 1)
 
     def _fold_request(self, request: ExportMetricsServiceRequest, now: float) -> Iterator[None]:
         """Fold one request, yielding after every data point so that the fold can pause between slices."""
         self._request_serial += 1
+        self._points_done = self._points_started = 0
         for resource_metrics in request.resource_metrics:
             resource = self._resource_labels_of(resource_metrics.resource, now)
             for scope_metrics in resource_metrics.scope_metrics:
                 base = {**self._scope_labels_of(scope_metrics.scope, scope_metrics.schema_url), **resource}
                 for metric in scope_metrics.metrics:
-                    yield from self._metric(metric, base, now)
+                    for _ in self._metric(metric, base, now):
+                        self._points_started += 1
+                        yield
+                    self._points_done += _points_in(metric)
+                    self._points_started = 0
 
     def _resource_labels_of(self, resource: Resource, now: float) -> dict[str, str]:
         """``job``/``instance`` (plus every attribute with resource_to_telemetry_conversion); records target_info."""
