@@ -19,7 +19,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 WORKFLOWS = ("rag-pipeline", "support-agent", "summarize-docs", "code-review")
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-sonnet-20241022"))
-SERVICES = ("orchestrator", "llm-gateway", "vector-store", "tools")
 
 
 @dataclass

@@ -324,3 +324,10 @@ def test_the_documented_alias_table_lists_what_is_read_in_its_priority_order(row
     assert found, f"docs/metrics.md has no '{row}' row"
     listed = re.findall(r"`([^`]+)`", re.sub(r"\(.*?\)", "", found.group(1)))  # notes in parentheses aside
     assert listed == list(ALIASES[DOCUMENTED_CONCEPTS[row]])
+
+
+def test_plain_attributes_are_read_as_the_connector_reads_span_attributes() -> None:
+    """A count that is negative, not a number or past 2**53 is no count: the next alias is read, as on spans."""
+    assert normalize_attributes({"gen_ai.usage.input_tokens": -5, "gen_ai.usage.output_tokens": 3}).input == 0
+    assert normalize_attributes({"gen_ai.usage.input_tokens": "n/a", "gen_ai.usage.prompt_tokens": 7}).input == 7
+    assert normalize_attributes({"gen_ai.usage.input_tokens": 2.0**60, "llm.token_count.prompt": "12"}).input == 12

@@ -12,7 +12,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from agent.component import CreateSettings, Kind
 from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
-from agent.connectors.spanmetrics.attributes import ROLE_INPUT, ROLE_STEP_TYPE, ROLE_WORKFLOW, AttributeScanner
 from agent.connectors.spanmetrics.config import ExemplarsConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.connector import SpanMetricsConnector
 from agent.otlp.probability import is_sampled, threshold_for
@@ -163,11 +162,14 @@ def test_failed_spans_without_attributes_count_as_errors_of_their_service() -> N
     assert connector.families.spans.value(key("boom", "STATUS_CODE_ERROR")) == 2
 
 
-def test_the_attribute_scan_reports_the_values_and_roles_of_the_keys_of_interest_only() -> None:
-    scanner = AttributeScanner(SpanMetricsConfig())
-    values, roles = scanner.scan(span("s", **{"step.type": text("llm"), "http.method": text("GET")}))
-    assert roles == ROLE_STEP_TYPE and values is not None
-    assert [v.string_value for v in values if v is not None] == ["llm"]
-    values, roles = scanner.scan(span("w", **{"workflow.name": text("w"), "llm.token_count.prompt": text("3")}))
-    assert roles == ROLE_WORKFLOW | ROLE_INPUT
-    assert scanner.scan(span("plain", **{"db.system": text("qdrant")})) == (None, 0)
+def test_only_the_keys_of_interest_give_a_span_more_than_red() -> None:
+    connector, _ = make(SpanMetricsConfig())
+    step = span("s", **{"step.type": text("llm"), "http.method": text("GET")})
+    workflow = span("w", **{"workflow.name": text("w"), "llm.token_count.prompt": text("3")})
+    plain = span("plain", **{"db.system": text("qdrant")})
+    connector.consume(to_request({"svc": [step, workflow, plain]}))
+    families = connector.families
+    assert [families.spans.value(key(name)) for name in ("s", "w", "plain")] == [1, 1, 1]
+    assert families.step_executions.value(("llm", "success")) == 1 and len(families.step_executions) == 1
+    assert families.workflow_executions.value(("w", "success")) == 1 and len(families.workflow_executions) == 1
+    assert len(families.llm_requests) == 0  # a token count without a model is no LLM call

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import re
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
 from agent.connectors.spanmetrics.config import GenAiAttributesConfig, SpanMetricsConfig
-from agent.connectors.spanmetrics.genai import ALIASES, VERCEL_5_CACHE_READ, Concept, GenAiKeys
+from agent.connectors.spanmetrics.genai import ALIASES, VERCEL_5_CACHE_READ, Concept
 
 ROLE_WORKFLOW = 1 << 0
 ROLE_STEP_TYPE = 1 << 1
@@ -92,14 +89,14 @@ class AttributeScanner:
         self.slot_of = {key: index for index, key in enumerate(roles)}
         self.roles_of_slot = list(roles.values())
         self.size = len(roles)
-        self.genai = GenAiKeys(self.slot_of, aliases_of)
         slot_of = self.slot_of
+        # Indexed by Concept (an IntEnum): the slots of each concept's aliases, by priority.
+        slots = [tuple(slot_of[key] for key in aliases_of[concept]) for concept in Concept]
         self.workflow = tuple(slot_of[k] for k in attrs.workflow_name)
         self.step_type = tuple(slot_of[k] for k in attrs.step_type)
         self.step_status = tuple(slot_of[k] for k in attrs.step_status)
         self.error_type = tuple(slot_of[k] for k in attrs.error_type)
         self.component = tuple(slot_of[k] for k in attrs.component)
-        slots = self.genai.slots
         self.provider = slots[Concept.PROVIDER]
         self.request_model = slots[Concept.REQUEST_MODEL]
         self.response_model = slots[Concept.RESPONSE_MODEL]
@@ -115,20 +112,6 @@ class AttributeScanner:
         self.reasoning = slots[Concept.REASONING]
         self.input_details = slots[Concept.INPUT_DETAILS]
         self.output_details = slots[Concept.OUTPUT_DETAILS]
-
-    def scan(self, span: Span) -> tuple[list[AnyValue | None] | None, int]:
-        """The values of the keys of interest by slot (None when the span has none: plain RED spans) and the
-        roles they play. The connector's hot loop inlines this; it is here for tests and tools."""
-        values: list[AnyValue | None] | None = None
-        roles = 0
-        for kv in span.attributes:
-            slot = self.slot_of.get(kv.key)
-            if slot is not None:
-                if values is None:
-                    values = [None] * self.size
-                values[slot] = kv.value
-                roles |= self.roles_of_slot[slot]
-        return values, roles
 
 
 _ENUM_VARIANT = re.compile(r"[A-Z][A-Za-z0-9]*")

@@ -436,8 +436,8 @@ class SpanMetricsConnector:
     def _record_spans(self, spans: Sequence[Span], service: str, red_lookup: RedLookup, now: int) -> None:
         """RED for every span; the workflow, step, LLM and error families for spans that carry their keys.
 
-        Inlined here for speed: the attribute scan (``AttributeScanner.scan``) and the RED update
-        (``Execution.record``); everything else is a call.
+        The attribute scan is inlined here for speed: a lookup of each key in ``AttributeScanner.slot_of``, the
+        value kept in its slot and the key's roles added up; everything else is a call.
         """
         scanner = self._scanner
         slot_of = scanner.slot_of

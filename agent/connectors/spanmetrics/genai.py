@@ -140,15 +140,6 @@ ALIASES: dict[Concept, tuple[str, ...]] = {
     Concept.OUTPUT_DETAILS: ("gen_ai.usage.output_token_details",),
 }
 
-TOKEN_CONCEPTS = (
-    Concept.INPUT,
-    Concept.OUTPUT,
-    Concept.TOTAL,
-    Concept.CACHE_READ,
-    Concept.CACHE_WRITE,
-    Concept.REASONING,
-)
-
 # Operations that are not a billed model call even when a model attribute is present (agent and tool spans
 # often repeat the model name): counting them would double-count requests and tokens.
 NOT_INFERENCE_OPERATIONS = frozenset(
@@ -252,9 +243,6 @@ class TokenUsage(NamedTuple):
 
     def total(self) -> float:
         return self.input + self.cache_read + self.cache_write + self.output + self.reasoning
-
-
-NO_TOKENS = TokenUsage()
 
 
 def normalize_tokens(
@@ -483,33 +471,13 @@ def first_number(values: Sequence[AnyValue | None], slots: Sequence[int]) -> flo
     return None
 
 
-class GenAiKeys:
-    """Slots of the GenAI aliases in a span-attribute scan (see ``AttributeScanner``), by concept and priority."""
-
-    def __init__(self, slot_of: Mapping[str, int], aliases: Mapping[Concept, tuple[str, ...]] = ALIASES) -> None:
-        # Indexed by Concept (an IntEnum): a list index, not a dict lookup, on the hot path.
-        self.slots: list[tuple[int, ...]] = [tuple(slot_of[k] for k in aliases[c]) for c in Concept]
-        self.all_slots = frozenset(s for slots in self.slots for s in slots)
-
-    @staticmethod
-    def keys() -> list[str]:
-        return [key for keys in ALIASES.values() for key in keys]
-
-    def text(self, values: Sequence[AnyValue | None], concept: Concept) -> str | None:
-        return alias_text(values, self.slots[concept])
-
-    def number(self, values: Sequence[AnyValue | None], concept: Concept) -> float | None:
-        return first_number(values, self.slots[concept])
-
-
 def normalize_attributes(attributes: Mapping[str, float | int | str], **conventions: bool | None) -> TokenUsage:
-    """:func:`normalize_tokens` from plain ``{attribute key: value}`` (tests, docs, tools; not the hot path)."""
+    """:func:`normalize_tokens` from plain ``{attribute key: value}`` (tests, docs, tools), each count read as the
+    hot path reads it (:func:`first_number`: the first alias holding a usable count)."""
 
     def pick(concept: Concept) -> float | None:
-        for key in ALIASES[concept]:
-            if key in attributes:
-                return float(attributes[key])
-        return None
+        values = [_as_any_value(attributes[key]) for key in ALIASES[concept] if key in attributes]
+        return first_number(values, range(len(values)))
 
     return normalize_tokens(
         pick(Concept.INPUT),
@@ -520,3 +488,11 @@ def normalize_attributes(attributes: Mapping[str, float | int | str], **conventi
         pick(Concept.REASONING),
         **conventions,
     )
+
+
+def _as_any_value(value: float | int | str) -> AnyValue:
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return AnyValue(int_value=value)
+    return AnyValue(double_value=float(value))
