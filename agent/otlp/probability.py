@@ -59,6 +59,12 @@ def threshold_for(probability: float) -> int:
     return min(MAX_THRESHOLD, round((1 - Fraction(str(probability))) * MAX_THRESHOLD))
 
 
+def threshold_for_percentage(percentage: float) -> int:
+    """``threshold_for`` a percentage, with float noise rounded away (33.3 / 100 = 0.33299999999999996), so the
+    threshold is the decimal one wherever a percentage is configured."""
+    return threshold_for(round(percentage / 100.0, 12))
+
+
 def is_sampled(trace_id: bytes, threshold: int) -> bool:
     return randomness(trace_id) >= threshold
 
@@ -127,17 +133,19 @@ def stamp(tracestate: str, threshold: int) -> Stamp:
     rv = next((f[3:] for f in fields if f.startswith("rv:")), None)
     if rv is not None and _RANDOMNESS.fullmatch(rv):
         return Stamp(erased if int(rv, 16) < effective else kept, erased)
-    return Stamp(kept, erased, _as_bytes(effective) if effective else None)
+    return Stamp(kept, erased, as_bytes(effective) if effective else None)
 
 
 def with_threshold(tracestate: str, threshold: int, trace_randomness: int | None = None) -> str:
     """``stamp``'s tracestate for a span of a trace with this randomness (None: taken as consistent)."""
     stamped = stamp(tracestate, threshold)
-    return stamped.kept if trace_randomness is None else stamped.for_trace_id(_as_bytes(trace_randomness))
+    return stamped.kept if trace_randomness is None else stamped.for_trace_id(as_bytes(trace_randomness))
 
 
-def _as_bytes(randomness_or_threshold: int) -> bytes:
-    return randomness_or_threshold.to_bytes(7, "big")
+def as_bytes(randomness_or_threshold: int) -> bytes:
+    """7 big-endian bytes, which compare with ``randomness_bytes`` as the numbers do; above every 7 bytes for the
+    threshold that keeps nothing (2**56 needs 8)."""
+    return randomness_or_threshold.to_bytes(7, "big") if randomness_or_threshold < MAX_THRESHOLD else b"\xff" * 8
 
 
 def _ot_fields_and_others(tracestate: str) -> tuple[list[str] | None, list[str]]:

@@ -14,7 +14,7 @@ from agent.config.schema import Duration
 from agent.config.service import ServiceConfig
 from agent.connectors.spanmetrics.config import ExemplarsConfig, SpanMetricsConfig
 from agent.connectors.spanmetrics.connector import SpanMetricsConnector
-from agent.otlp.probability import is_sampled, threshold_for
+from agent.otlp.probability import is_sampled, threshold_for_percentage
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import to_request
 
@@ -145,7 +145,7 @@ def test_an_empty_genai_alias_wins_over_the_next_one_as_before() -> None:
 @pytest.mark.parametrize("percentage", [0.0, 10.0, 37.5, 100.0])
 def test_exemplars_come_from_exactly_the_trace_ids_the_tail_sampler_keeps(percentage: float) -> None:
     connector, _ = make(SpanMetricsConfig(exemplars=ExemplarsConfig(sampled_percentage=percentage)))
-    threshold = threshold_for(round(percentage / 100.0, 12))
+    threshold = threshold_for_percentage(percentage)
     trace_ids = [os.urandom(16) for _ in range(200)] + [b"", b"\x01", os.urandom(6), os.urandom(7), b"\xff" * 16]
     for index, trace_id in enumerate(trace_ids):
         connector.consume(to_request({"svc": [span(f"op{index}", trace_id)]}))

@@ -95,11 +95,11 @@ from agent.connectors.spanmetrics.genai import (
 )
 from agent.connectors.spanmetrics.pricing import ModelPrice, PriceTable
 from agent.otlp.probability import (
-    MAX_THRESHOLD,
     adjusted_count,
+    as_bytes,
     explicit_randomness,
     randomness_bytes,
-    threshold_for,
+    threshold_for_percentage,
 )
 from agent.processors.redaction.config import RedactionConfig
 from agent.processors.redaction.rules import Redactor
@@ -165,13 +165,7 @@ def label_masker(cfg: LabelMaskingConfig) -> Callable[[str], str]:
 
 def _explicit_randomness_bytes(trace_state: str) -> bytes | None:
     explicit = explicit_randomness(trace_state)
-    return None if explicit is None else explicit.to_bytes(7, "big")
-
-
-def _as_randomness_bytes(threshold: int) -> bytes:
-    """The threshold as 7 big-endian bytes, to compare with a trace id's last 7; above every 7 bytes when the
-    threshold keeps nothing (2**56 needs 8)."""
-    return threshold.to_bytes(7, "big") if threshold < MAX_THRESHOLD else b"\xff" * 8
+    return None if explicit is None else as_bytes(explicit)
 
 
 class LlmTarget:
@@ -309,9 +303,9 @@ class SpanMetricsConnector:
             **PROVIDER_REASONING_IN_OUTPUT,
             **{normalize_provider(k): v for k, v in cfg.genai.reasoning_tokens_in_output.items()},
         }
-        # Same rounding as the tail sampler, so both compute the identical threshold from the same percentage.
-        self._exemplar_threshold = threshold_for(round(cfg.exemplars.sampled_percentage / 100.0, 12))
-        self._exemplar_threshold_bytes = _as_randomness_bytes(self._exemplar_threshold)
+        # As the tail sampler reads a percentage, so both have the identical threshold for the same one.
+        self._exemplar_threshold = threshold_for_percentage(cfg.exemplars.sampled_percentage)
+        self._exemplar_threshold_bytes = as_bytes(self._exemplar_threshold)
         # Lookup caches of series by what spans carry (no label tuple to build); see _forget_series.
         self._red_lookups: dict[str, RedLookup] = {}
         self._workflows: dict[tuple[str, str], Execution] = {}
@@ -771,7 +765,7 @@ class SpanMetricsConnector:
                 count = float(nearest)  # 2**56 / (2**56 - th) is 10.000000000000002 for 10%: count 10
             if len(self._adjusted_counts) >= _ADJUSTED_COUNT_CACHE:
                 self._adjusted_counts.clear()
-            found = self._adjusted_counts[trace_state] = (count, must_reach.to_bytes(7, "big") if must_reach else None)
+            found = self._adjusted_counts[trace_state] = (count, as_bytes(must_reach) if must_reach else None)
         count, reach = found
         # A threshold its trace id does not reach: an inconsistent sampler, probability unknown.
         if reach is not None and randomness_bytes(span.trace_id) < reach:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.otlp.probability import MAX_THRESHOLD, randomness, threshold_for
+from agent.otlp.probability import MAX_THRESHOLD, randomness
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import PoliciesConfig
 
@@ -57,11 +57,6 @@ class Policy(Protocol):
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
         """The threshold at which this policy keeps the trace, or None when it does not apply."""
         ...
-
-
-def percentage_threshold(percentage: float) -> int:
-    # Round away float noise (33.3 / 100 = 0.33299999999999996) so the threshold is the decimal one.
-    return threshold_for(round(percentage / 100.0, 12))
 
 
 class PolicySet:

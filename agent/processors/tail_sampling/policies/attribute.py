@@ -9,9 +9,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from agent.otlp.probability import threshold_for_percentage
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import AttributeRuleConfig
-from agent.processors.tail_sampling.policies import EvaluationContext, percentage_threshold
+from agent.processors.tail_sampling.policies import EvaluationContext
 
 Matcher = Callable[[Any], bool]
 """Tests one ``AnyValue``."""
@@ -50,7 +51,7 @@ class AttributePolicy:
         self._matches = build_matcher(rule)
         self._on_resource = rule.match_on in ("any", "resource")
         self._on_span = rule.match_on in ("any", "span")
-        self._threshold = percentage_threshold(rule.percentage)
+        self._threshold = threshold_for_percentage(rule.percentage)
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
         if self._on_resource and self._resource_matches(trace, context):

@@ -8,9 +8,10 @@ traces.
 
 from __future__ import annotations
 
+from agent.otlp.probability import threshold_for_percentage
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import ProbabilisticPolicyConfig
-from agent.processors.tail_sampling.policies import EvaluationContext, percentage_threshold
+from agent.processors.tail_sampling.policies import EvaluationContext
 
 
 class ProbabilisticPolicy:
@@ -18,7 +19,7 @@ class ProbabilisticPolicy:
 
     def __init__(self, config: ProbabilisticPolicyConfig) -> None:
         self.retention_class = config.retention_class
-        self.fixed_threshold = percentage_threshold(config.percentage)
+        self.fixed_threshold = threshold_for_percentage(config.percentage)
         """The same for every trace, so the policy set need not call ``threshold``."""
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
