@@ -92,9 +92,9 @@ class Url(str):
     @classmethod
     def parse(cls, text: str) -> Url:
         shown = without_credentials(text)
-        problem = f"must be a URL (http:// or https:// and a host), got {shown!r}"
-        if "@" in text:
-            problem += "; a / or @ in a user name or password is written %2F or %40"
+        # A / or @ in a password ends the host early: what follows reads as a port, or the host is missing.
+        hint = "; a / or @ in a user name or password is written %2F or %40" if "@" in text else ""
+        problem = f"must be a URL (http:// or https:// and a host), got {shown!r}{hint}"
         if any(c.isspace() for c in text):
             raise ValueError(problem)
         try:
@@ -106,7 +106,7 @@ class Url(str):
         except ValueError:
             port = 0
         if port == 0:  # out of range, not a number, or 0: nothing can be dialled there
-            raise ValueError(f"the port must be 1-65535, got {shown!r}")
+            raise ValueError(f"the port must be 1-65535, got {shown!r}{hint}")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError(problem)
         return cls(parts.scheme.lower() + text[len(parts.scheme) :])
