@@ -21,6 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agent.testing.workload import Workload, to_request
 
+# What an SDK retries after a backoff: the agent refusing, for now.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -102,9 +103,7 @@ def run(target: str, rate: float, duration: float, concurrency: int, templates: 
                 outcome = "ok"
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                outcome = (
-                    "refused" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED) else "failed"
-                )
+                outcome = "refused" if code in RETRYABLE else "failed"
             elapsed = time.perf_counter() - started
             with stats.lock:
                 stats.requests += 1
@@ -113,9 +112,12 @@ def run(target: str, rate: float, duration: float, concurrency: int, templates: 
                     stats.accepted_spans += template.spans
                 elif outcome == "refused":
                     stats.refused_requests += 1
-                    time.sleep(0.05)  # what an SDK does: back off before retrying
                 else:
                     stats.failed_requests += 1
+            if outcome == "refused":
+                # Back off as an SDK would (outside the lock: the other workers go on). The load then goes on with
+                # the next request, not this one again: the refusals are counted, the offered rate stays fixed.
+                time.sleep(0.05)
         channel.close()
 
     started = time.monotonic()

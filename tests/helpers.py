@@ -291,10 +291,6 @@ def output_spans(out_dir: Path) -> list[tuple[Any, Any, Any]]:
     return found
 
 
-def dump(message: Message) -> str:
-    return json.dumps(json_codec.to_dict(message), indent=1, sort_keys=True)
-
-
 def self_signed_certificate(
     directory: Path, name: str = "server", host: str = "localhost", ip: str | None = "127.0.0.1"
 ) -> tuple[Path, Path]:

@@ -59,10 +59,6 @@ class RetentionFilter:
             ["exporter", "signal", "retention_class"],
         )
 
-    @property
-    def active(self) -> bool:
-        return bool(self._accepted)
-
     def apply(self, signal: Signal, batch: Message) -> tuple[Message | None, Routed]:
         """The part of ``batch`` this exporter takes (``batch`` itself, a new request, or None) and its items by
         class, to pass to :meth:`count` once the part is queued (a refused part comes again with the retry).

@@ -200,10 +200,6 @@ class RetryingSender:
         """End every backoff wait now (and any later one) with :class:`ExportAborted`."""
         self._interrupted.set()
 
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupted.is_set()
-
     async def send(self, signal: Signal, batch: Message, progress: SendProgress | None = None) -> tuple[int, int]:
         progress = progress or SendProgress()
         copies = 0  # items at risk of attempts whose outcome is unknown: each may be a copy with the backend

@@ -101,7 +101,9 @@ class RedactionConfig:
         default_factory=lambda: list(DEFAULT_CONTENT_KEYS),
     )
     content_events: list[str] = setting(
-        doc="Log records with these event names carry message content in their body, emptied unless `capture_content`.",
+        doc="Events carrying message content, unless `capture_content`: log records of these event names lose "
+        "their body, and they and span events of these names keep only their metadata attributes (role, index, "
+        "finish_reason, id, the provider).",
         default_factory=lambda: list(DEFAULT_CONTENT_EVENTS),
     )
 

@@ -111,9 +111,6 @@ class OutputBuilder:
         # containers keep their ids valid until ``build``.
         self._positions: dict[tuple[int, str, str, int], tuple[Any, Any, list[int]]] = {}
 
-    def __bool__(self) -> bool:
-        return self.items > 0
-
     def add_spans(
         self, rs: Any, ss: Any, indices: list[int], retention_class: str, policy: str, threshold: int
     ) -> None:
@@ -135,16 +132,11 @@ class OutputBuilder:
         return self.request
 
     def add(
-        self,
-        resource_container: Any,
-        scope_container: Any,
-        items: list[Any],
-        retention_class: str,
-        policy: str,
-        threshold: int | None = None,
+        self, resource_container: Any, scope_container: Any, items: list[Any], retention_class: str, policy: str
     ) -> None:
-        """Copy ``items`` (spans or log records) under their resource and scope, stamped with the decision."""
-        self._copy(resource_container, scope_container, items, retention_class, policy, threshold)
+        """Copy log records ``items`` under their resource and scope, stamped with the decision (spans are added
+        by position, ``add_spans``, and copied at ``build``)."""
+        self._copy(resource_container, scope_container, items, retention_class, policy, None)
         self.items += len(items)
 
     def _copy(

@@ -4,7 +4,8 @@ Each policy answers one question about a whole trace: *at which OTEP 235 rejecti
 it?* ``0`` means "always" (errors, critical services, latency), ``threshold_for(p)`` means "with probability
 p" (probabilistic, attribute rules), ``None`` means "this policy does not apply". Combining is an OR of
 consistent samplers: the trace's threshold is the minimum over the applying policies, and it is kept when its
-randomness (the trace id's low 56 bits) reaches that threshold. The threshold never depends on the randomness,
+randomness (an explicit ``rv`` in the trace's ``tracestate``, else its trace id's low 56 bits) reaches that
+threshold. The threshold never depends on the randomness,
 which keeps the decision consistent in the OTEP 235 sense; only the choice of the *reported* policy does.
 
 Among the policies that keep the trace, the one whose retention class is kept longest wins (first configured

@@ -1,6 +1,7 @@
 """Attribute rules: keep traces with a span or resource attribute matching a string, regex, range or boolean.
 
-A matching trace is kept with the rule's probability (100% by default), consistently by trace id.
+A matching trace is kept with the rule's probability (100% by default), consistently by the trace's randomness
+(its explicit ``rv``, else its trace id).
 """
 
 from __future__ import annotations
