@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from agent.component import Signal
 from agent.config.schema import ConfigError, build
 from agent.processors.redaction import RedactionConfig, RedactionProcessor
+from agent.processors.redaction.config import DEFAULT_KEY_PATTERNS
 from agent.processors.redaction.rules import CREDENTIAL_RULES, CREDENTIAL_TRIGGERS
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import attr
@@ -349,6 +352,10 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
         "gen_ai.request.token_limit": "8192",
         "k8s.secret.name": "openai-credentials-ref",
         "oauth.provider": "google",
+        # Pass 138: the words the value rules leave alone after token and secret (rules.py's _SECRET_NAMES).
+        "oauth.token_endpoint": "https://auth.example/token",
+        "tokenized": "true",
+        "office.secretary": "Ada",
     }
     masked = {
         "access_token": "abc",
@@ -357,6 +364,7 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
         "refreshToken": "jkl",
         "client_secret": "mno",
         "auth.key": "pqr",
+        "password_reset": "stu",  # searched anywhere in a key: broader than the value rules
     }
     span.attributes.extend(attr(k, v) for k, v in {**kept, **masked}.items())
     usage = KeyValue(key="langchain.llm_output.token_usage", value=kvlist(prompt_tokens="12"))
@@ -368,6 +376,12 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
     assert {k: found[k] for k in kept} == kept
     assert {k: found[k] for k in masked} == dict.fromkeys(masked, "[REDACTED]")
     assert "langchain.llm_output.token_usage" in found and found["langchain.llm_output.token_usage"] != "[REDACTED]"
+
+
+def test_the_delivery_docs_show_the_default_key_patterns() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "delivery.md").read_text()
+    block = text[text.index("    key_patterns: [") : text.index("# the defaults")]
+    assert yaml.safe_load(block)["key_patterns"] == DEFAULT_KEY_PATTERNS
 
 
 def test_bytes_that_are_not_utf8_survive_around_a_masked_credential() -> None:

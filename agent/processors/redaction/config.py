@@ -10,10 +10,13 @@ from agent.config.schema import setting
 
 DEFAULT_KEY_PATTERNS = [
     # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer,
-    # gen_ai.request.token_limit); secret, but not a secret's name (k8s.secret.name); auth as a word of its own
-    # (auth.token, x_auth_key), not inside oauth.provider: as the value rules read names.
-    "password", "passwd", "pwd", "passphrase", "secret(?![._-]?name)", "api[-_.]?key",
-    "token(?!s|izer|[._-]?(?:type|count|usage|limit))", "authorization", "(?<![a-z])auth[-_.]", "cookie",
+    # tokenized, gen_ai.request.token_limit) nor where to get one (token_endpoint, oauth.token_uri); secret, but
+    # not a secret's name (k8s.secret.name) nor a secretary; auth as a word of its own (auth.token, x_auth_key),
+    # not inside oauth.provider. The value rules (rules.py) leave the same names alone; a pattern is searched
+    # anywhere in a key, though, so other words after a secret's (password_reset) still mask by key.
+    "password", "passwd", "pwd", "passphrase", "secret(?!ary|[._-]?name)", "api[-_.]?key",
+    "token(?!s|iz|[._-]?(?:type|count|usage|limit|endpoint|url|uri))", "authorization", "(?<![a-z])auth[-_.]",
+    "cookie",
     "credential", "private[-_.]?key", "subscription[-_.]?key", "functions[-_.]?key", "access[-_.]?key",
     "account[-_.]?key",
 ]  # fmt: skip
