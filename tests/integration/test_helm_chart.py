@@ -6,6 +6,7 @@ and the agent config Helm renders into the ConfigMap, validated by the agent its
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -89,6 +90,33 @@ def test_the_chart_lints_without_warnings_or_errors(lint_results: dict[str, dict
     result = lint_results[case]
     assert result["ok"], f"helm lint with {case}: {result['messages']} {result['fail_messages']}"
     assert all(m["severity"] < 2 for m in result["messages"])
+
+
+# prometheus-operator's resources: not in the Kubernetes API schemas (their fields are tested one by one below).
+CUSTOM_RESOURCES = {"PrometheusRule", "PodMonitor", "ServiceMonitor"}
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_every_object_the_chart_renders_is_valid_for_the_kubernetes_api(rendered: Any, case: str) -> None:
+    """Strict validation against the API's OpenAPI schemas (unknown fields are errors, as `kubectl apply
+    --validate=strict` has them): of 1.29, the oldest a native sidecar runs on, and of the newest release the
+    installed kubernetes-validate knows. No cluster can run here; a field misspelt would otherwise show only
+    when someone applies the chart."""
+    import jsonschema
+    import kubernetes_validate
+
+    versions = ("1.29.0", kubernetes_validate.latest_version())
+    built_in = [obj for docs in rendered[case].values() for obj in docs if obj["kind"] not in CUSTOM_RESOURCES]
+    assert built_in, f"{case} rendered no Kubernetes object"
+    problems = []
+    for obj in built_in:
+        for version in versions:
+            try:
+                kubernetes_validate.validate(copy.deepcopy(obj), version, strict=True)
+            except jsonschema.ValidationError as exc:  # kubernetes_validate's own derives from it
+                where = ".".join(map(str, exc.absolute_path))
+                problems.append(f"{obj['kind']} {obj['metadata']['name']}: {where}: {exc.message} ({version})")
+    assert problems == []
 
 
 def test_there_is_a_ci_values_file_for_each_mode() -> None:
