@@ -185,6 +185,14 @@ def exponential_to_explicit(point: ExponentialHistogramDataPoint) -> tuple[tuple
     return tuple(uppers), counts
 
 
+def _add_histogram(series: Series, counts: list[float], total_sum: float | None, count: int) -> None:
+    """Add a point's buckets, sum and count to the series' (a delta, or a stream made alike): a sum that either
+    lacks cannot be exposed for both."""
+    series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
+    series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
+    series.count += float(count)
+
+
 def _points_in(metric: Metric) -> int:
     kind = metric.WhichOneof("data")
     return len(getattr(metric, kind).data_points) if kind else 0
@@ -659,9 +667,7 @@ class Accumulator:
                     self._on_drop("duplicate_series", 1)  # no bucket of one matches the other's
                     continue
                 self._add_stream(family, labels, series, point, delta)
-                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
-                series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
-                series.count += float(point.count)
+                _add_histogram(series, counts, total_sum, point.count)
                 if point.exemplars:
                     self._bucket_exemplars(series, point.exemplars, beside_another_stream=True)
                 continue
@@ -683,9 +689,7 @@ class Accumulator:
                 if 0 < point.start_time_unix_nano < series.time_ns:  # 0: unset, nothing to check
                     self._on_drop("misaligned_delta", 1)
                     continue
-                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
-                series.sum = None if series.sum is None or total_sum is None else series.sum + total_sum
-                series.count += float(point.count)
+                _add_histogram(series, counts, total_sum, point.count)
             else:
                 if not fresh and point.time_unix_nano < series.time_ns:
                     self._on_drop("out_of_order", 1)
