@@ -93,7 +93,7 @@ class Url(str):
     def parse(cls, text: str) -> Url:
         shown = without_credentials(text)
         # A / or @ in a password ends the host early: what follows reads as a port, or the host is missing.
-        hint = "; a / or @ in a user name or password is written %2F or %40" if "@" in text else ""
+        hint = "; a /, ?, # or @ in a user name or password is written %2F, %3F, %23 or %40" if "@" in text else ""
         problem = f"must be a URL (http:// or https:// and a host), got {shown!r}{hint}"
         if any(c.isspace() for c in text):
             raise ValueError(problem)
@@ -488,7 +488,9 @@ def to_plain(obj: Any, *, mask_secrets: bool = True) -> Any:
 
 # Up to the last @ before the query: a password holding an unescaped / or @ (a base64 token) is masked whole, at
 # the price of masking a path that holds an @ too.
-_USERINFO = re.compile(r"(?<=://)[^?#\s]*@")
+# Up to the last "@": a password written with a raw /, ?, # or space (it should be percent-encoded) is masked
+# whole, at the cost of the host too when a path or query holds an "@" as well.
+_USERINFO = re.compile(r"(?<=://).*@")
 _QUERY_VALUE = re.compile(r"(?<=[?&])([^=&#?\s]+)=[^&#\s]*")  # ?api_key=... in a URL
 _BARE_USERINFO = re.compile(r"^[^/:@\s]+:[^\s]+@(?=[^@/\s]+:\d+$)")  # user:password@host:port, no scheme
 

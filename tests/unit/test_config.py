@@ -694,6 +694,10 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file, file/b]}}}
     [
         "https://123456:glc_eyJrIjoi/ab+cd=@logs-prod.grafana.net/loki/api/v1/push",  # a / in a base64 token
         "https://user:p@ss@logs.example.net/loki/api/v1/push",  # an @ in the password
+        # Pass 140: a #, ? or space ended the masked part, and the rest of the password was shown.
+        "https://user:pa#ss@logs.example.net:99999/loki/api/v1/push",
+        "https://user:pa?ss@logs.example.net:99999/loki/api/v1/push",
+        "https://user:pa ss@logs.example.net/loki/api/v1/push",
     ],
 )
 def test_a_password_with_a_slash_or_an_at_sign_is_masked_whole(url: str) -> None:

@@ -278,6 +278,16 @@ def test_a_host_port_endpoint_needs_a_port_in_range(endpoint: str) -> None:
     assert [str(e) for e in errors] == [f"exporters.otlp.endpoint: the port must be 1-65535, got {endpoint!r}"]
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_an_ipv6_endpoint_missing_its_bracket_is_a_config_error_not_a_crash(protocol: str) -> None:
+    """Pass 140: the checks after the endpoint's own split it again, and urlsplit raised out of validation."""
+    errors: list[ConfigError] = []
+    endpoint = "http://u:p@[::1:4318"
+    build(OtlpExporterConfig, {"endpoint": endpoint, "protocol": protocol}, "exporters.otlp", errors)
+    assert [e.path for e in errors] == ["exporters.otlp.endpoint"]
+    assert errors[0].message.startswith("must be a URL")
+
+
 def test_endpoints_decide_tls_by_scheme_and_otherwise_by_the_insecure_flag() -> None:
     assert build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317"}).uses_tls
     assert not build_config(OtlpExporterConfig, {"endpoint": "jaeger:4317", "tls": {"insecure": True}}).uses_tls

@@ -43,8 +43,11 @@ class OtlpExporterConfig:
     batch: BatchConfig = setting(doc="Batching by size and time.", default_factory=BatchConfig)
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        yield from _check_endpoint(self.endpoint, self.protocol)
+        endpoint_problems = list(_check_endpoint(self.endpoint, self.protocol))
+        yield from endpoint_problems
         yield from header_problems(self.headers, grpc=self.protocol == "grpc")
+        if endpoint_problems:
+            return  # what follows reads the endpoint (its scheme, its credentials)
         yield from credential_problems(self.endpoint, self.headers, grpc=self.protocol == "grpc")
         if self.protocol == "grpc" and self.tls.insecure_skip_verify and self.uses_tls:
             # grpcio cannot skip certificate verification: every export would fail the TLS handshake.
