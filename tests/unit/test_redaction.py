@@ -356,6 +356,8 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
         "oauth.token_endpoint": "https://auth.example/token",
         "tokenized": "true",
         "office.secretary": "Ada",
+        "MAX_TOKENS": "512",
+        "tokensUsed": "40",
     }
     masked = {
         "access_token": "abc",
@@ -365,6 +367,10 @@ def test_token_counts_and_their_kin_keep_their_values_while_token_keys_are_maske
         "client_secret": "mno",
         "auth.key": "pqr",
         "password_reset": "stu",  # searched anywhere in a key: broader than the value rules
+        # Pass 140: an exempt word only when it ends there.
+        "tokenString": "vwx",
+        "session.token_urlsafe": "yz0",
+        "tokenization_key": "123",
     }
     span.attributes.extend(attr(k, v) for k, v in {**kept, **masked}.items())
     usage = KeyValue(key="langchain.llm_output.token_usage", value=kvlist(prompt_tokens="12"))
