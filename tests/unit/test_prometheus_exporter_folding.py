@@ -157,6 +157,25 @@ def test_a_batch_failing_part_way_counts_every_point_it_did_not_fold(
     assert (dropped or 0) == 10 - fail_at  # 10: no fault, nothing lost
 
 
+def test_a_fault_after_a_metric_is_folded_counts_only_the_metrics_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass 140: a fault in the clean-up after a metric's last point counted that point lost as well."""
+    exp = exporter()
+    fold_metric = Accumulator._metric
+
+    def failing_after_jobs(self: Accumulator, metric: Metric, *args: Any) -> Any:
+        yield from fold_metric(self, metric, *args)
+        if metric.name == "jobs":
+            raise RuntimeError("a fault after the metric")
+
+    monkeypatch.setattr(Accumulator, "_metric", failing_after_jobs)
+    exp.consume(big_request(5))
+    assert text(exp).count("jobs_total{") == 5
+    dropped = exp._settings.metrics.registry.get_sample_value(
+        "otel_sidecar_prometheus_dropped_points_total", {"exporter": "prometheus", "reason": "malformed"}
+    )
+    assert dropped == 5  # the histogram's
+
+
 def test_the_exporter_declares_that_it_keeps_batches_after_consume() -> None:
     # A queued batch is read after consume() returns: fan-out must not hand it to a mutating pipeline as well.
     assert FACTORY.retains_data is True

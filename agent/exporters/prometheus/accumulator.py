@@ -356,8 +356,6 @@ class Accumulator:
                     for _ in self._metric(metric, base, now):
                         self._points_started += 1
                         yield
-                    self._points_done += _points_in(metric)
-                    self._points_started = 0
 
     def _resource_labels_of(self, resource: Resource, now: float) -> dict[str, str]:
         """``job``/``instance`` (plus every attribute with resource_to_telemetry_conversion); records target_info."""
@@ -407,6 +405,8 @@ class Accumulator:
 
     def _metric(self, metric: Metric, base: dict[str, str], now: float) -> Iterator[None]:
         family = yield from self._metric_points(metric, base, now)
+        self._points_done += _points_in(metric)  # before the clean-up below: a fault there loses no point
+        self._points_started = 0
         if family is not None and not family.series and self._families.get(family.name) is family:
             # Every point refused (the series limit) or ended: left in place, empty families piled up while nothing
             # scraped, each new name's conflict check scanning them all.
