@@ -125,7 +125,7 @@ def stamp(tracestate: str, threshold: int) -> Stamp:
     fields = [f for f in ot_fields or () if not f.startswith("th:")]
     erased = _joined(fields, others) or ""  # a field list read in is within the limit: never None
     effective = threshold if upstream is None else _raised(threshold, decode_threshold(upstream))
-    if effective is None:
+    if effective is None or effective >= MAX_THRESHOLD:  # keeps nothing: no th says so (encoding needs < 2**56)
         return Stamp(erased, erased)
     kept = _joined([f"th:{encode_threshold(effective)}", *fields], others)
     if kept is None:

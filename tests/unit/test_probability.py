@@ -134,3 +134,11 @@ def test_a_trace_id_shorter_than_7_bytes_is_zero_padded_as_randomness_reads_it()
     short = b"\x90\x00\x00\x00"
     assert stamp("ot=th:8", 0).for_trace_id(short) == ""
     assert stamp("ot=th:8", 0).for_trace_id(b"\x00" * 9 + b"\x90" + b"\x00" * 6) == "ot=th:8"
+
+
+def test_the_threshold_that_keeps_nothing_is_never_written() -> None:
+    """Pass 140: 2**56 has no 14-digit encoding (it came out as th:1, a 1/16 probability); such a span was kept
+    by no sampler, so no th is stated, and the one upstream is erased with the rest of the decision."""
+    assert stamp("ot=th:8;rv:ffffffffffffff,v=1", MAX_THRESHOLD).kept == "ot=rv:ffffffffffffff,v=1"
+    assert with_threshold("", MAX_THRESHOLD) == ""
+    assert with_threshold("ot=th:8,v=1", MAX_THRESHOLD) == "v=1"
