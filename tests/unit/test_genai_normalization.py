@@ -331,3 +331,5 @@ def test_plain_attributes_are_read_as_the_connector_reads_span_attributes() -> N
     assert normalize_attributes({"gen_ai.usage.input_tokens": -5, "gen_ai.usage.output_tokens": 3}).input == 0
     assert normalize_attributes({"gen_ai.usage.input_tokens": "n/a", "gen_ai.usage.prompt_tokens": 7}).input == 7
     assert normalize_attributes({"gen_ai.usage.input_tokens": 2.0**60, "llm.token_count.prompt": "12"}).input == 12
+    assert normalize_attributes({"gen_ai.usage.input_tokens": True, "gen_ai.usage.prompt_tokens": 4}).input == 4
+    assert normalize_attributes({"gen_ai.usage.input_tokens": 2**70, "gen_ai.usage.prompt_tokens": 5}).input == 5

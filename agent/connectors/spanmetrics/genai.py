@@ -491,8 +491,11 @@ def normalize_attributes(attributes: Mapping[str, float | int | str], **conventi
 
 
 def _as_any_value(value: float | int | str) -> AnyValue:
+    """The value as an OTLP exporter would send it (a bool is no count; an int past int64, a double)."""
     if isinstance(value, str):
         return AnyValue(string_value=value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
         return AnyValue(int_value=value)
     return AnyValue(double_value=float(value))
