@@ -333,3 +333,11 @@ def test_plain_attributes_are_read_as_the_connector_reads_span_attributes() -> N
     assert normalize_attributes({"gen_ai.usage.input_tokens": 2.0**60, "llm.token_count.prompt": "12"}).input == 12
     assert normalize_attributes({"gen_ai.usage.input_tokens": True, "gen_ai.usage.prompt_tokens": 4}).input == 4
     assert normalize_attributes({"gen_ai.usage.input_tokens": 2**70, "gen_ai.usage.prompt_tokens": 5}).input == 5
+
+
+def test_counts_that_equal_their_parts_read_as_including_them() -> None:
+    """An input count equal to its cache reads and writes is the inclusive convention with no uncached token, not
+    an exclusive one beside them; likewise an output count equal to its reasoning."""
+    assert normalize_tokens(100, None, cache_read=100) == TokenUsage(0, 100, 0, 0, 0)
+    assert normalize_tokens(100, None, cache_read=60, cache_write=40) == TokenUsage(0, 60, 40, 0, 0)
+    assert normalize_tokens(None, 50, reasoning=50) == TokenUsage(0, 0, 0, 0, 50)

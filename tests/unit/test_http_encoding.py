@@ -80,3 +80,12 @@ def test_a_body_of_a_thousand_members_is_read_and_one_of_more_is_refused() -> No
         decompressed("gzip", empty * 200_000, LIMIT)
     assert failed.value.failure is Failure.MALFORMED
     assert "more than 1000 members" in failed.value.message
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_of_exactly_the_limit_passes_and_one_byte_more_is_too_large(encoding: str) -> None:
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    assert len(decompressed(encoding, compress(b"x" * LIMIT), LIMIT)) == LIMIT
+    with pytest.raises(RequestFailed) as failed:
+        decompressed(encoding, compress(b"x" * (LIMIT + 1)), LIMIT)
+    assert failed.value.failure is Failure.TOO_LARGE

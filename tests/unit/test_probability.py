@@ -142,3 +142,19 @@ def test_the_threshold_that_keeps_nothing_is_never_written() -> None:
     assert stamp("ot=th:8;rv:ffffffffffffff,v=1", MAX_THRESHOLD).kept == "ot=rv:ffffffffffffff,v=1"
     assert with_threshold("", MAX_THRESHOLD) == ""
     assert with_threshold("ot=th:8,v=1", MAX_THRESHOLD) == "v=1"
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold"),
+    [(0.9, "1999999999999a"), (0.5, "8"), (0.25, "c"), (0.1, "e6666666666666"), (0.01, "fd70a3d70a3d71")],
+)
+def test_thresholds_are_one_minus_p_times_2_to_56_rounded_to_the_nearest(probability: float, threshold: str) -> None:
+    """The definition, T = round((1 - p) * 2**56), written out: other samplers compute the same T for the same p,
+    and a T rounded down instead (…99 for 90%, …70 for 1%) would disagree with them on the boundary ids."""
+    assert encode_threshold(threshold_for(probability)) == threshold
+
+
+def test_a_randomness_equal_to_the_threshold_is_kept_and_counts_1_over_p() -> None:
+    """A span is kept when its randomness is at least the threshold (R >= T)."""
+    assert adjusted_count("ot=th:8;rv:80000000000000") == (2.0, 0)
+    assert adjusted_count("ot=th:8;rv:7fffffffffffff") == (1.0, 0)

@@ -277,6 +277,9 @@ def test_every_credential_a_rule_matches_contains_a_trigger_fragment(rule: str, 
         ("hf_abcdefghijklmnopqrstuvwxyzABCDEF", "[REDACTED]"),
         ("glpat-abcdefghij0123456789", "[REDACTED]"),
         ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "[REDACTED]"),
+        # AWS key ids by prefix: a user's (AKIA), a session's (ASIA), a bearer's (ABIA), a context's (ACCA).
+        ("key AKIAIOSFODNN7EXAMPLE ASIAIOSFODNN7EXAMPLE", "key [REDACTED] [REDACTED]"),
+        ("key ABIAIOSFODNN7EXAMPLE ACCAIOSFODNN7EXAMPLE", "key [REDACTED] [REDACTED]"),
         ("ya29.a0AfH6SMBabcdefghijklmnopqrstuv", "[REDACTED]"),
         ("https://hooks.slack.com/services/T000/B000/XXXXabcd", "https://hooks.slack.com/services/[REDACTED]"),
         ("max_tokens=512 tokens=30 token_count=9", "max_tokens=512 tokens=30 token_count=9"),  # counts stay

@@ -122,6 +122,22 @@ def test_red_metrics_count_every_span_by_service_name_kind_and_status(workload: 
     assert ("orchestrator", "workflow rag-pipeline", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR") in expected
 
 
+def test_a_duration_exactly_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    """OTLP explicit buckets are (previous bound, bound]: 100 ms is in the 0.1 s bucket, for RED and for the
+    families recorded through an Execution alike."""
+    connector, _ = make()
+    on_bound = Span(name="op", start_time_unix_nano=1_000_000_000, end_time_unix_nano=1_100_000_000)
+    on_bound.attributes.append(attr("workflow.name", "wf"))
+    connector.consume(to_request({"svc": [on_bound]}))
+    red = connector.families.span_duration
+    workflow = connector.families.workflow_duration
+    for family, key in ((red, ("svc", "op", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET")), (workflow, ("wf",))):
+        snapshot = family.snapshot(key)
+        assert snapshot is not None
+        index = family.bounds.index(0.1)
+        assert snapshot[0][index] == 1, (key, snapshot[0])
+
+
 def test_workflow_and_step_executions_are_counted_from_their_attributes(workload: Any) -> None:
     requests, truths = workload
     connector, _ = make()

@@ -67,11 +67,13 @@ def test_a_trace_with_an_error_span_is_kept_as_error_with_probability_one() -> N
 def test_error_type_and_http_5xx_count_as_errors_only_when_enabled() -> None:
     typed = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes={"error.type": "Timeout"})]))
     http = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes={"http.response.status_code": 503})]))
-    ok_http = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes={"http.response.status_code": 404})]))
+    first_5xx = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes={"http.response.status_code": 500})]))
+    last_4xx = trace_of((resource(), [span(NOT_SAMPLED, 1, attributes={"http.response.status_code": 499})]))
     assert decide(typed) is DROP and decide(http) is DROP
     assert decide(typed, errors={"error_type": True}).policy == "errors"
     assert decide(http, errors={"http_server_errors": True}).policy == "errors"
-    assert decide(ok_http, errors={"http_server_errors": True}) is DROP
+    assert decide(first_5xx, errors={"http_server_errors": True}).policy == "errors"
+    assert decide(last_4xx, errors={"http_server_errors": True}) is DROP
 
 
 def test_a_trace_touching_a_critical_service_is_kept_as_critical() -> None:
@@ -104,6 +106,8 @@ def test_attribute_rules_match_strings_exactly_or_by_regex_numbers_by_range_and_
         (rule(regex="dev.*"), "development", True),
         (rule(regex="dev"), "development", False),  # the whole value must match
         (rule(min_value=1, max_value=5), 5, True),
+        (rule(min_value=1, max_value=5), 1, True),  # both bounds are inclusive
+        (rule(min_value=1, max_value=5), 0.99, False),
         (rule(min_value=1, max_value=5), 5.5, False),
         (rule(min_value=1.5), 2.0, True),
         (rule(max_value=0), 1, False),

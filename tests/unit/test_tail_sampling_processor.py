@@ -458,9 +458,16 @@ def test_an_enormous_trace_is_decided_at_max_spans_and_does_not_hold_up_other_tr
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_spans_per_trace") == 1
     r.traces.consume(spans_request(*(span(KEPT, i) for i in range(60, 100))))
     assert len(exported_spans(r.trace_sink)) == 100  # later spans pass through the kept cache
+    # Reaching the bound decides: a trace of exactly 50 spans goes at once too.
+    other = trace_id_with_randomness(KEPT_AT_10 + 7, prefix=5)
+    r.traces.consume(spans_request(*(span(other, i) for i in range(49))))
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_spans_per_trace") == 1
+    r.traces.consume(spans_request(span(other, 49)))
+    assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="max_spans_per_trace") == 2
+    assert len(exported_spans(r.trace_sink)) == 150
     assert len(r.sampler.buffer) == 1  # the other trace waits for its own decision as usual
     r.tick_after(2)
-    assert r.metric("otel_sidecar_sampling_decisions_total") == 2
+    assert r.metric("otel_sidecar_sampling_decisions_total") == 3
 
 
 def test_a_trace_decided_at_a_per_trace_bound_is_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
@@ -758,6 +765,8 @@ async def test_shutdown_decides_every_buffered_trace_at_once_and_flushes_it() ->
     assert sorted(o.span_id[-1] for o in exported_spans(r.trace_sink)) == [1, 2]
     assert exported_logs(r.log_sink) == [("kept anyway", "standard", "severity")]
     assert r.metric("otel_sidecar_sampling_forced_decisions_total", reason="shutdown") == 3
+    # A drop forced by the shutdown is not remembered: at a reload the next sampler takes over these caches.
+    assert DROPPED not in r.sampler.dropped
     # Data arriving after shutdown (a late upstream flush) is decided at once rather than stranded.
     r.traces.consume(spans_request(span(trace_id_with_randomness(KEPT_AT_10 + 99, prefix=3), 9)))
     assert len(exported_spans(r.trace_sink)) == 3
