@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -26,12 +27,18 @@ ADMIN_TLS_PATH = "service.telemetry.admin.tls"
 ABANDONED_QUEUES_CHECK_SECONDS = 60.0
 
 
-def handled_signals() -> list[signal.Signals]:
+def handled_signals(log: logging.Logger | None = None) -> list[signal.Signals]:
     """SIGTERM and SIGINT (stop), and SIGHUP (reload the config) unless the agent was started to ignore it
-    (``nohup``): an inherited "ignore" is the operator's wish that a closing terminal change nothing."""
+    (``nohup``): an inherited "ignore" is the operator's wish that a closing terminal change nothing. ``log`` is
+    told so: a ``kill -HUP`` that does nothing, with nothing logged, is a trap otherwise."""
     signals = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signals.append(signal.SIGHUP)
+    elif log is not None:
+        log.warning(
+            "SIGHUP is ignored: the agent was started with it ignored (nohup), so it reloads its config only when "
+            "its TLS files change; start it without nohup (setsid, a service manager) to reload with SIGHUP"
+        )
     return signals
 
 
@@ -177,7 +184,7 @@ class Agent:
     async def run(self) -> None:
         """Start, serve (reloading the config on SIGHUP) until SIGTERM or SIGINT, then stop."""
         loop = asyncio.get_running_loop()
-        signals = handled_signals()
+        signals = handled_signals(self._log)
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
         await self.start()
