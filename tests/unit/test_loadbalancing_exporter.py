@@ -594,6 +594,22 @@ async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_t
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 2
 
 
+async def test_with_max_throttled_0_a_busy_gateway_is_waited_for_however_long_it_stays_busy(clock: FakeClock) -> None:
+    """0 means never: its traces keep waiting for it (pass 143: nothing showed it was not taken out at once)."""
+    busy = Gateway(RetryableError("busy", reason="resource_exhausted", retry_after=60.0))
+    gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
+    exporter, metrics = exporter_with(gateways, max_throttled=0.0)
+    batch = batch_of(60)
+    owned_by_busy = {t for t in trace_ids(batch) if HashRing(GATEWAYS).owner(t) == GATEWAYS[0]}
+    for _ in range(5):
+        with pytest.raises(RetryableError):
+            await exporter._push(Signal.TRACES, batch)
+        clock.advance(60.0)
+    assert trace_ids(batch) == owned_by_busy  # still waiting for it, not moved on
+    assert not (set(gateways[GATEWAYS[1]].received) | set(gateways[GATEWAYS[2]].received)) & owned_by_busy
+    assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 0
+
+
 async def test_the_healthy_gauge_follows_membership_and_cooldowns_even_when_no_data_flows() -> None:
     """`loadbalancer_healthy_backends` ("gateways currently in the ring") must not keep the value of the last push:
     a gateway the resolver dropped, or one whose cooldown ended, shows at the next scrape."""

@@ -44,6 +44,21 @@ def test_removing_a_backend_moves_only_its_own_traces() -> None:
             assert after.owner(trace_id) == before.owner(trace_id)
 
 
+def test_a_trace_id_hashing_past_the_last_ring_point_belongs_to_the_first_point_s_owner() -> None:
+    """The ring wraps around: past its last point, the first point owns (pass 143: the last one's did)."""
+    from agent.exporters.loadbalancing.ring import _hash
+
+    # Backends whose first and last ring points have different owners, so that the two readings differ.
+    ring = next(
+        ring
+        for ring in (HashRing([f"gw{n}-{i}:4317" for i in range(3)]) for n in range(100))
+        if ring._owners[0] != ring._owners[-1]
+    )
+    past_the_end = [trace_id for trace_id in IDS if _hash(trace_id) > ring._positions[-1]]
+    assert past_the_end, "no trace id hashed past the last point"
+    assert all(ring.owner(trace_id) == ring._owners[0] for trace_id in past_the_end)
+
+
 def test_every_sidecar_computes_the_same_owner_whatever_the_order_it_learned_backends_in() -> None:
     assert all(HashRing(["a:1", "b:1", "c:1"]).owner(i) == HashRing(["c:1", "a:1", "b:1"]).owner(i) for i in IDS[:500])
 
@@ -67,6 +82,23 @@ def test_splitting_a_batch_keeps_every_span_once_and_each_trace_on_one_backend(t
                     span_ids.append(span.span_id)
     expected = [s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
     assert sorted(span_ids) == sorted(expected)
+
+
+def test_a_split_batch_keeps_the_schema_urls_of_its_resources_and_scopes() -> None:
+    request = ExportTraceServiceRequest()
+    for part, _ in Workload(seed=5).requests(30):
+        request.resource_spans.extend(part.resource_spans)
+    for rs in request.resource_spans:
+        rs.schema_url = "https://opentelemetry.io/schemas/1.21.0"
+        for ss in rs.scope_spans:
+            ss.schema_url = "https://opentelemetry.io/schemas/1.24.0"
+    parts = split_traces(request, HashRing(["gw0:4317", "gw1:4317", "gw2:4317"]).owner)
+    assert len(parts) == 3
+    for part in parts.values():
+        assert {rs.schema_url for rs in part.resource_spans} == {"https://opentelemetry.io/schemas/1.21.0"}
+        assert {ss.schema_url for rs in part.resource_spans for ss in rs.scope_spans} == {
+            "https://opentelemetry.io/schemas/1.24.0"
+        }
 
 
 GATEWAY_NAME = "gateways.observability.svc.cluster.local"
