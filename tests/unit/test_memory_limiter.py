@@ -172,8 +172,32 @@ async def test_above_the_soft_limit_data_is_refused_and_below_it_accepted_again(
         limiter.check()
         assert not limiter.refusing
         assert metric_value(metrics.render().decode(), "otel_sidecar_memory_limiter_refusing") == 0
+        fake.resident = 400 * MIB  # at the soft limit, not above it
+        limiter.check()
+        assert not limiter.refusing
+        text = metrics.render().decode()
+        assert metric_value(text, "otel_sidecar_memory_limiter_limit_bytes", limit="hard") == 500 * MIB
+        assert metric_value(text, "otel_sidecar_memory_limiter_limit_bytes", limit="soft") == 400 * MIB
     finally:
         await limiter.shutdown(0)
+
+
+async def test_memory_is_measured_every_check_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded_sleep(delay: float, *args: Any) -> Any:
+        waits.append(delay)
+        return await sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    limiter = limiter_with(FakeMemory(300 * MIB), SelfMetrics(), check_interval=Duration(0.05), limit_mib=500)
+    await limiter.start()
+    try:
+        await sleep(0.02)  # the periodic check's task starts and waits its first interval
+    finally:
+        await limiter.shutdown(0)
+    assert waits == [0.05]
 
 
 async def test_memory_the_allocator_kept_is_released_before_deciding_to_refuse() -> None:
