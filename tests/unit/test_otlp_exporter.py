@@ -331,6 +331,23 @@ async def test_tls_endpoints_are_verified_against_the_configured_ca(tmp_path: Pa
         assert value(metrics, "exporter_send_failed_items_total") > 0  # the system CAs do not trust it
 
 
+async def test_insecure_skip_verify_sends_over_https_to_a_server_nobody_vouches_for(tmp_path: Path) -> None:
+    """OTLP/HTTP only (grpcio cannot skip verification: the config refuses it there)."""
+    cert, key = self_signed_certificate(tmp_path)
+    batch = traces(2)
+    with OtlpCapture(tls=(cert, key)) as backend:
+        raw = {
+            "endpoint": f"https://localhost:{backend.http_port}",
+            "protocol": "http/protobuf",
+            "tls": {"insecure_skip_verify": True},
+            "batch": {"enabled": False},
+        }
+        await run_exporter(
+            build_config(OtlpExporterConfig, raw), batch, SelfMetrics(), lambda: len(backend.capture.spans()) >= 2
+        )
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys(batch)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 async def test_mutual_tls_presents_the_configured_client_certificate(tmp_path: Path, protocol: str) -> None:
     """A backend that requires a client certificate accepts the exporter's ``cert_file``/``key_file`` and turns
@@ -434,6 +451,24 @@ def test_split_keeps_every_item_with_its_resource_and_scope_fields() -> None:
     ]
     assert spans == expected and len(parts) == -(-len(expected) // 5)
     assert all(sum(len(ss.spans) for rs in p.resource_spans for ss in rs.scope_spans) <= 5 for p in parts)
+
+
+def test_metrics_are_split_by_data_points_a_metric_staying_whole() -> None:
+    """A metric weighs its data points (the Collector's batch sizes count points): two gauges of 8 points go in
+    two requests of at most 10, and a metric of 12 points alone is one request larger than the limit."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from agent.exporters._helper.batcher import split
+
+    request = ExportMetricsServiceRequest()
+    scope = request.resource_metrics.add().scope_metrics.add()
+    for name, points in (("a", 8), ("b", 8), ("c", 12)):
+        metric = scope.metrics.add(name=name)
+        for value in range(points):
+            metric.gauge.data_points.add(as_int=value)
+    parts = split(Signal.METRICS, request, 10)
+    names = [[m.name for rm in p.resource_metrics for sm in rm.scope_metrics for m in sm.metrics] for p in parts]
+    assert names == [["a"], ["b"], ["c"]]
 
 
 @pytest.mark.parametrize(
