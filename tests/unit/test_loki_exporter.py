@@ -1069,7 +1069,15 @@ async def test_two_records_alike_but_for_their_metadata_are_both_kept() -> None:
 
 @pytest.mark.parametrize(
     ("number", "text", "level"),
-    [(25, "INFO", "info"), (0, "ERROR ", "error"), (0, "severe", "error"), (0, "emerg", "fatal"), (17, "", "error")],
+    [
+        (25, "INFO", "info"),
+        (0, "ERROR ", "error"),
+        (0, "severe", "error"),
+        (0, "emerg", "fatal"),
+        (17, "", "error"),
+        (24, "", "fatal"),  # FATAL4, the last severity OTLP defines
+        (1, "", "trace"),
+    ],
 )
 def test_the_level_label_and_the_sampler_read_a_severity_alike(number: int, text: str, level: str) -> None:
     """A record labelled `level="info"` but classed `error` (or the other way round) for an odd severity."""

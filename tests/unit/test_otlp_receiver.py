@@ -675,6 +675,29 @@ def _several_requests_in_one() -> tuple[ExportTraceServiceRequest, bytes, bytes]
     return merged, first_bytes, second_bytes
 
 
+@pytest.mark.parametrize("retry_after", [2.0, 2.5, 0.25])
+def test_a_refusal_s_retry_info_carries_fractions_of_a_second(retry_after: float) -> None:
+    from agent.receivers.otlp.grpc_server import _status_details
+
+    details = dict(_status_details(core.RequestFailed(core.Failure.REFUSED, "busy", retry_after)))
+    retry = error_details_pb2.RetryInfo.FromString(details["google.rpc.retryinfo-bin"])
+    assert retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9 == retry_after
+    status = status_pb2.Status.FromString(details["grpc-status-details-bin"])
+    packed = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(packed) and packed == retry
+
+
+async def test_a_deflate_body_in_gzip_framing_is_read_as_some_senders_send_it(
+    running: Running, sink: BatchSink
+) -> None:
+    request, raw = request_bytes()
+    status, _, _ = await post(
+        running.http_url + "/v1/traces", gzip.compress(raw), "application/x-protobuf", **{"Content-Encoding": "deflate"}
+    )
+    assert status == 200
+    assert sink.batches == [request]
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "identity", "GZIP"])
 async def test_http_bodies_are_decompressed_by_content_encoding(
     running: Running, sink: BatchSink, encoding: str

@@ -149,6 +149,7 @@ def dropped(metrics: SelfMetrics, reason: str) -> float:
         ("weird..name__x", "", "gauge", "weird_name_x"),
         ("2xx.responses", "", "counter", "_2xx_responses"),
         ("seconds", "s", "gauge", "seconds"),  # the name is the unit word: not seconds_seconds
+        ("disk.megabytes", "By", "gauge", "disk_megabytes_bytes"),  # the word ends a word of the name only
         ("http:requests", "", "counter", "http_requests"),  # colons are for recording rules
     ],
 )
