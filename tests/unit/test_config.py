@@ -85,6 +85,7 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}, logs: {rec
         ("${env:A:-${env:B}}", {"A": "/a"}, "/a", None),  # the default's missing variable does not matter
         ("${env:A:-${env:B}}", {}, "", "environment variable B is not set and has no default"),
         ("/x/${env:A:-$${B}}", {}, "/x/${B}", None),  # $$ in a default is a literal $ too
+        ("/x${env:A:-/tmp/out}", {"A": ""}, "/x", None),  # set but empty is empty, as the Collector has it
         ("${env:A:-no end", {"A": "/a"}, "/a", "'}' missing: the default of A runs to the end of the value"),
     ],
 )

@@ -63,13 +63,15 @@ class Recorder:
 
 def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: set[str] = frozenset()) -> Graph:
     def exporter_factory(name: str) -> Factory[Any]:
+        mutates = name.startswith("mutexp")  # changes what it is given (as loadbalancing does at a retry)
         return Factory(
             Kind.EXPORTER,
             "rec",
             Empty,
             frozenset(Signal),
-            lambda cfg, s: Recorder(s.component_id, journal, logger=s.logger),
+            lambda cfg, s: Recorder(s.component_id, journal, mutate=mutates, logger=s.logger),
             "",
+            mutates_data=mutates,
         )
 
     processor = Factory(
@@ -112,7 +114,8 @@ def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: se
             "inplace": ComponentConfig("inplace", Kind.PROCESSOR, in_place, Empty()),
         },
         "exporters": {
-            name: ComponentConfig(name, Kind.EXPORTER, exporter_factory(name), Empty()) for name in ("rec/x", "rec/y")
+            name: ComponentConfig(name, Kind.EXPORTER, exporter_factory(name), Empty())
+            for name in ("rec/x", "rec/y", "mutexp")
         },
     }
     config = AgentConfig(**components, service=ServiceConfig(pipelines=pipelines))
@@ -192,6 +195,17 @@ async def test_a_mutating_pipeline_gets_a_copy_and_readers_see_the_original() ->
     assert mutated is not batch
     assert [a.key for a in mutated.resource_spans[0].resource.attributes][-1] == "touched.by"
     assert "touched.by" not in [a.key for a in raw.resource_spans[0].resource.attributes]
+
+
+async def test_an_exporter_that_changes_its_batch_gets_a_copy_beside_one_that_keeps_it() -> None:
+    """Exporters declare it too (the loadbalancing exporter empties a batch it is done with): pass 143 found the
+    graph could ignore an exporter's declaration and no test would notice."""
+    graph = build({"traces": PipelineConfig(receivers=["src"], exporters=["rec/x", "mutexp"])}, [])
+    batch, _ = next(Workload(seed=2).requests(1))
+    await deliver(graph, batch)
+    assert graph.component("rec/x").batches == [batch] and not touched(batch)
+    mutated = graph.component("mutexp").batches[0]
+    assert mutated is not batch and touched(mutated)
 
 
 async def test_a_single_pipeline_passes_the_batch_without_copying() -> None:

@@ -80,6 +80,15 @@ async def test_a_full_queue_refuses_so_that_the_sender_retries() -> None:
         queue.consume(sent[1])
 
 
+async def test_a_queue_takes_batches_up_to_exactly_its_bound() -> None:
+    first, second = batches(2)
+    queue, _ = queue_for(BatchSink(), capacity=count_spans(first) + count_spans(second))
+    queue.consume(first)
+    queue.consume(second)  # fills it to the item, not one past
+    with pytest.raises(Refused):
+        queue.consume(batches(1)[0])
+
+
 async def test_a_batch_larger_than_the_queue_is_still_taken_when_the_queue_is_empty() -> None:
     queue, _ = queue_for(BatchSink(), capacity=1)
     queue.consume(batches(1)[0])
