@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from agent.processors.tail_sampling.buffer import FRAGMENT_OVERHEAD_BYTES, TRACE_OVERHEAD_BYTES, group_by_trace
+from agent.processors.tail_sampling.buffer import (
+    FRAGMENT_OVERHEAD_BYTES,
+    TRACE_OVERHEAD_BYTES,
+    TraceBuffer,
+    group_by_trace,
+)
 from tests.unit.test_tail_sampling_support import (
     log_record,
     logs_request,
@@ -107,3 +112,20 @@ def test_given_the_requests_size_the_sampler_counts_it_instead_of_measuring() ->
     r.traces.consume_sized(batch, 100_000)  # a wire size far from the scope's own: it is the one counted
     overheads = 10 * (TRACE_OVERHEAD_BYTES + FRAGMENT_OVERHEAD_BYTES)
     assert 100_000 - 10 <= r.sampler.buffer.bytes - overheads <= 100_000
+
+
+def test_the_oldest_traces_count_a_log_only_trace_once() -> None:
+    buffer = TraceBuffer(decision_wait=10.0, after_root=2.0)
+    logs_first = buffer.create_for_logs(b"\x01" * 16, now=0.0)
+    with_spans = buffer.create(b"\x02" * 16, now=1.0)
+    with_spans.span_count = 1
+    assert buffer.oldest(3) == [logs_first, with_spans]
+
+
+def test_a_slice_of_due_traces_stops_once_it_holds_max_spans() -> None:
+    buffer = TraceBuffer(decision_wait=1.0, after_root=1.0)
+    traces = [buffer.create(bytes([n]) * 16, now=0.0) for n in (1, 2, 3)]
+    for trace in traces:
+        trace.span_count = 1
+    assert buffer.due(5.0, max_spans=2) == (traces[:2], True)
+    assert buffer.due(5.0) == (traces, False)

@@ -89,6 +89,16 @@ def test_attribute_rules_need_exactly_one_valid_matcher_and_an_unreserved_name()
     ]
 
 
+def test_edge_settings_that_are_allowed_stay_allowed() -> None:
+    """A range of one value, and a tick as long as the wait, are valid (the checks are strict inequalities)."""
+    rules = [{"name": "five", "key": "k", "min_value": 5, "max_value": 5}]
+    load({"policies": {"attributes": rules}})
+    load({"decision_wait": "30s", "tick_interval": "30s"})
+    assert errors_of({"decision_wait": "30s", "tick_interval": "31s"}) == [
+        "processors.tail_sampling.tick_interval: must not exceed decision_wait"
+    ]
+
+
 def test_attribute_rule_names_must_be_unique() -> None:
     rules = [{"name": "dup", "key": "k", "values": ["a"]}, {"name": "dup", "key": "j", "bool_value": True}]
     assert errors_of({"policies": {"attributes": rules}}) == [

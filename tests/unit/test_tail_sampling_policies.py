@@ -84,6 +84,9 @@ def test_a_trace_touching_a_critical_service_is_kept_as_critical() -> None:
     assert decide(trace) is DROP
     decision = decide(trace, critical_services={"services": ["payments"]})
     assert (decision.retention_class, decision.policy, decision.threshold) == ("critical", "critical_services", 0)
+    # Service names are compared as written, as the Collector's string matchers do.
+    shouted = trace_of((resource("Payments"), [span(NOT_SAMPLED, 1, root=True)]))
+    assert decide(shouted, critical_services={"services": ["payments"]}) is DROP
 
 
 def test_latency_is_measured_from_the_earliest_start_to_the_latest_end_of_the_whole_trace() -> None:
@@ -93,6 +96,16 @@ def test_latency_is_measured_from_the_earliest_start_to_the_latest_end_of_the_wh
     assert decide(trace, latency={"threshold": "3s"}) is DROP
     decision = decide(trace, latency={"threshold": "2900ms", "retention_class": "critical"})
     assert (decision.policy, decision.retention_class) == ("latency", "critical")
+
+
+def test_a_trace_lasting_exactly_the_latency_threshold_is_kept_and_an_unset_start_is_not_the_epoch() -> None:
+    exact = trace_of((resource(), [span(NOT_SAMPLED, 1, start_ms=1000, duration_ms=5000)]))
+    assert decide(exact, latency={"threshold": "5s"}).policy == "latency"
+    assert decide(exact, latency={"threshold": "5001ms"}) is DROP
+    unset = span(NOT_SAMPLED, 1, start_ms=0, duration_ms=2000)
+    unset.start_time_unix_nano = 0  # a span without its start: not a trace lasting since 1970
+    late = span(NOT_SAMPLED, 2, start_ms=1000, duration_ms=1000)
+    assert decide(trace_of((resource(), [unset, late])), latency={"threshold": "5s"}) is DROP
 
 
 def rule(**fields: Any) -> dict[str, Any]:
