@@ -999,6 +999,12 @@ def test_bad_connector_settings_are_reported_with_their_paths() -> None:
     assert "connectors.spanmetrics.buckets.span_duration[1]: must be a finite number, got inf" in message
     with pytest.raises(ConfigInvalid, match=r"buckets\.step_duration: bucket bounds must be strictly increasing"):
         load_text(config_text("{}", "{buckets: {step_duration: [1, 0.5]}}"))
+    with pytest.raises(
+        ConfigInvalid, match=r"buckets\.llm_request_duration: bucket bounds must be strictly increasing"
+    ):
+        load_text(
+            config_text("{}", "{buckets: {llm_request_duration: [0.1, 0.1, 1]}}")
+        )  # a bound twice: one bucket empty
     with pytest.raises(ConfigInvalid) as caught:
         load_text(config_text("{}", "{namespace: Orch-1, metrics_flush_interval: 0s}"))
     message = str(caught.value)

@@ -153,6 +153,39 @@ def test_exemplars_come_from_exactly_the_trace_ids_the_tail_sampler_keeps(percen
         assert len(found) == is_sampled(trace_id, threshold), (percentage, trace_id.hex())
 
 
+def test_each_trace_of_a_batch_is_judged_on_its_own_randomness_for_exemplars() -> None:
+    """Spans of several traces in one batch, each with an explicit rv: A's keeps it at 10%, B's does not (pass 144:
+    the first trace's verdict was reused for the others)."""
+    connector, _ = make(SpanMetricsConfig(exemplars=ExemplarsConfig(sampled_percentage=10.0)))
+    kept, dropped = span("a", b"\x0a" * 16), span("b", b"\x0b" * 16)
+    kept.trace_state, dropped.trace_state = "ot=rv:ffffffffffffff", "ot=rv:00000000000000"
+    connector.consume(to_request({"svc": [kept, dropped, span("a", b"\x0a" * 16)]}))
+    assert len(connector.families.span_duration.exemplars(key("a"))) == 1
+    assert connector.families.span_duration.exemplars(key("b")) == []
+
+
+def test_a_threshold_its_trace_id_reaches_exactly_counts_the_span_1_over_p() -> None:
+    """R >= T keeps: a randomness equal to th:8 (50%) stands for 2 spans; one below it is an inconsistent sampler."""
+    connector, _ = make(SpanMetricsConfig())
+    at = span("at", bytes(9) + bytes.fromhex("80000000000000"))
+    below = span("below", bytes(9) + bytes.fromhex("7fffffffffffff"))
+    at.trace_state = below.trace_state = "ot=th:8"
+    connector.consume(to_request({"svc": [at, below]}))
+    assert connector.families.spans.value(key("at")) == 2.0
+    assert connector.families.spans.value(key("below")) == 1.0
+
+
+def test_a_span_ending_before_it_starts_lasts_zero_seconds() -> None:
+    connector, _ = make(SpanMetricsConfig())
+    backwards = span("backwards")
+    backwards.start_time_unix_nano, backwards.end_time_unix_nano = 5 * 10**9, 3 * 10**9
+    connector.consume(to_request({"svc": [backwards]}))
+    snapshot = connector.families.span_duration.snapshot(key("backwards"))
+    assert snapshot is not None
+    buckets, total, count = snapshot
+    assert (total, count, buckets[0]) == (0.0, 1, 1)
+
+
 def test_failed_spans_without_attributes_count_as_errors_of_their_service() -> None:
     connector, _ = make(SpanMetricsConfig())
     failed = span("boom")
