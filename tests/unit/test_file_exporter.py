@@ -48,6 +48,25 @@ async def test_files_rotate_by_size_and_keep_the_configured_backups(tmp_path: Pa
     assert all(p.stat().st_size < 1.1 * 2**20 for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("backups", [0, 1])
+async def test_a_file_rotates_once_it_reaches_the_size_and_no_backups_means_none_kept(
+    tmp_path: Path, backups: int
+) -> None:
+    file = exporter(tmp_path, RotationConfig(max_megabytes=1, max_backups=backups))
+    await file.start()
+    try:
+        line = b"x" * (512 * 1024 - 1) + b"\n"
+        file._append(Signal.TRACES, line)
+        assert (tmp_path / "traces.jsonl").stat().st_size == 512 * 1024
+        file._append(Signal.TRACES, line)  # exactly 1 MiB: rotated now, not a line later
+        assert not (tmp_path / "traces.jsonl").exists()
+        assert (tmp_path / "traces.jsonl.1").exists() == (backups == 1)
+        file._append(Signal.TRACES, b"after\n")
+        assert (tmp_path / "traces.jsonl").read_bytes() == b"after\n"
+    finally:
+        await file.shutdown(time.monotonic() + 5)
+
+
 async def test_a_directory_it_cannot_write_in_fails_the_start_not_every_batch() -> None:
     # sysfs refuses new files even to root, as a read-only volume or a directory of another user would.
     file = exporter(Path("/sys/kernel"), RotationConfig())
