@@ -225,12 +225,17 @@ def test_malformed_durations_are_rejected(text: str) -> None:
 
 def test_durations_render_back_to_their_shortest_form() -> None:
     assert [Duration(v).render() for v in (0.5, 10, 120, 2592000, 90)] == ["500ms", "10s", "2m", "30d", "90s"]
+    assert [Duration(v).render() for v in (0.0015, 0.0001)] == ["1.5ms", "0.1ms"]  # fractions of a millisecond kept
 
 
-@pytest.mark.parametrize("text", ["localhost", "host:99999", "host:", ":x"])
+@pytest.mark.parametrize("text", ["localhost", "host:99999", "host:65536", "host:", ":x"])
 def test_bad_endpoints_are_rejected(text: str) -> None:
     with pytest.raises(ValueError):
         HostPort.parse(text)
+
+
+def test_the_highest_port_is_a_port() -> None:
+    assert HostPort.parse("host:65535").port == 65535
 
 
 def test_ipv6_endpoints_expose_host_and_port() -> None:
@@ -260,6 +265,8 @@ def test_secret_fields_are_masked_when_printed() -> None:
 
     plain = to_plain(WithSecrets(headers={"Authorization": "Bearer abc"}, token="s3cr3t"))
     assert plain == {"headers": {"Authorization": "[REDACTED]"}, "token": "[REDACTED]", "name": "x"}
+    # An unset secret shows as unset: "[REDACTED]" there would hide that it is missing, which is what one checks.
+    assert to_plain(WithSecrets()) == {"headers": {}, "token": "", "name": "x"}
 
 
 def test_service_defaults_keep_shutdown_within_the_kubernetes_grace_period() -> None:
