@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -161,3 +162,14 @@ def test_a_queue_directory_under_a_parent_that_may_not_be_searched_is_reported_n
 
     monkeypatch.setattr(Path, "exists", denied)
     assert cli._directory_problem(tmp_path / "locked" / "q") == "cannot be reached: Permission denied"
+
+
+@pytest.mark.parametrize("denied", [os.W_OK, os.X_OK])
+def test_a_queue_directory_the_agent_may_not_write_or_enter_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, denied: int
+) -> None:
+    """The tests run as root, for whom every directory is writable: the permission check is seen through
+    os.access, as a non-root agent would meet it."""
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: not mode & denied)
+    assert cli._directory_problem(tmp_path) == "is not a writable directory"
+    assert cli._directory_problem(tmp_path / "new") == f"cannot be made in {tmp_path}"

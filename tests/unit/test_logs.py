@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from agent.telemetry.logs import Throttle, configure
+from agent.telemetry.logs import JsonFormatter, RateLimitedLog, Throttle, configure
 
 
 @pytest.fixture
@@ -55,3 +55,27 @@ def test_a_message_is_due_when_it_would_be_written_and_asking_counts_nothing() -
     assert not throttle.due("key") and throttle.due("other")
     assert throttle.admit("key") is None
     assert not throttle.due("key")
+
+
+def test_a_rate_limited_warning_says_how_many_were_suppressed_since_the_last(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.telemetry import logs
+
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    log = RateLimitedLog(logging.getLogger("test.rate"), interval=10.0)
+    for _ in range(3):
+        log.warning("export", "export failed")  # the first is written, two are suppressed
+    now[0] += 10.0
+    log.warning("export", "export failed")
+    first, second = caplog.records
+    assert not hasattr(first, "suppressed_since_last")
+    assert second.suppressed_since_last == 2  # type: ignore[attr-defined]
+
+
+def test_the_agent_s_own_logger_is_the_agent_component() -> None:
+    record = logging.LogRecord("otel_sidecar", logging.INFO, __file__, 1, "started", None, None)
+    assert json.loads(JsonFormatter().format(record))["component"] == "agent"
+    record.name = "otel_sidecar.exporters.loki"
+    assert json.loads(JsonFormatter().format(record))["component"] == "exporters.loki"
