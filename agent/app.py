@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import time
@@ -27,18 +26,12 @@ ADMIN_TLS_PATH = "service.telemetry.admin.tls"
 ABANDONED_QUEUES_CHECK_SECONDS = 60.0
 
 
-def handled_signals(log: logging.Logger | None = None) -> list[signal.Signals]:
+def handled_signals() -> list[signal.Signals]:
     """SIGTERM and SIGINT (stop), and SIGHUP (reload the config) unless the agent was started to ignore it
-    (``nohup``): an inherited "ignore" is the operator's wish that a closing terminal change nothing. ``log`` is
-    told so: a ``kill -HUP`` that does nothing, with nothing logged, is a trap otherwise."""
+    (``nohup``): an inherited "ignore" is the operator's wish that a closing terminal change nothing."""
     signals = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signals.append(signal.SIGHUP)
-    elif log is not None:
-        log.warning(
-            "SIGHUP is ignored: the agent was started with it ignored (nohup), so it reloads its config only when "
-            "its TLS files change; start it without nohup (setsid, a service manager) to reload with SIGHUP"
-        )
     return signals
 
 
@@ -184,9 +177,11 @@ class Agent:
     async def run(self) -> None:
         """Start, serve (reloading the config on SIGHUP) until SIGTERM or SIGINT, then stop."""
         loop = asyncio.get_running_loop()
-        signals = handled_signals(self._log)
+        signals = handled_signals()
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop, sig)
+        if signal.SIGHUP not in signals:
+            self._warn_that_sighup_is_ignored()
         await self.start()
         checkers = [
             asyncio.create_task(self._check_tls_files()),
@@ -205,6 +200,17 @@ class Agent:
         for sig in signals:
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
+
+    def _warn_that_sighup_is_ignored(self) -> None:
+        """A ``kill -HUP`` that does nothing, with nothing logged, is a trap (pass 141 fell in it)."""
+        tls_checked = (self._tls_read.pipelines or self._tls_read.admin) and float(
+            self.config.service.tls_files_check_interval
+        ) > 0
+        self._log.warning(
+            "SIGHUP is ignored (inherited, e.g. from nohup): kill -HUP will not reload the config file; restart "
+            "the agent to change it, or start it without nohup (setsid, a service manager)"
+            + ("; a change of the TLS files it names still restarts its pipelines" if tls_checked else "")
+        )
 
     async def _serve_until_stopped(self) -> None:
         while not self._stop_requested.is_set():

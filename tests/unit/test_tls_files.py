@@ -144,6 +144,39 @@ async def eventually(condition: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.parametrize(
+    ("sighup", "interval", "warned"),
+    [
+        (signal.SIG_IGN, "50ms", "; a change of the TLS files it names still restarts its pipelines"),
+        (signal.SIG_IGN, "0s", ""),  # nothing reloads it then
+        (signal.SIG_DFL, "50ms", None),
+    ],
+)
+async def test_an_agent_started_with_sighup_ignored_warns_that_kill_hup_will_not_reload_it(
+    tmp_path: Path,
+    handlers_restored: None,
+    caplog: pytest.LogCaptureFixture,
+    sighup: Any,
+    interval: str,
+    warned: str | None,
+) -> None:
+    """Pass 141 started the agent under nohup: its reloads did nothing, and nothing said so."""
+    signal.signal(signal.SIGHUP, sighup)
+    caplog.set_level(logging.WARNING, "otel_sidecar.agent")
+    async with running_agent(tmp_path, interval):
+        pass
+    found = [r for r in caplog.records if "SIGHUP" in r.getMessage()]
+    if warned is None:
+        assert found == []
+        return
+    (warning,) = found
+    assert warning.name == "otel_sidecar.agent" and warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        "SIGHUP is ignored (inherited, e.g. from nohup): kill -HUP will not reload the config file; restart the "
+        "agent to change it, or start it without nohup (setsid, a service manager)" + warned
+    )
+
+
 async def test_a_rotated_certificate_is_taken_without_a_sighup(
     checking: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
