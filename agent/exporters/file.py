@@ -30,7 +30,9 @@ _CLOSE_WAIT_SECONDS = 1.0  # at shutdown, for a line being appended
 @dataclass(frozen=True)
 class RotationConfig:
     max_megabytes: int = setting(0, doc="Rotate a file once it reaches this size; 0 turns rotation off.", minimum=0)
-    max_backups: int = setting(3, doc="Rotated files kept per signal (`traces.jsonl.1` is the newest).", minimum=0)
+    max_backups: int = setting(
+        3, doc="Rotated files kept per signal (`traces.jsonl.1` is the newest); 0: a full file is deleted.", minimum=0
+    )
 
 
 @dataclass(frozen=True)

@@ -162,11 +162,15 @@ def test_a_queue_directory_under_a_parent_that_may_not_be_searched_is_reported_n
 
 
 @pytest.mark.parametrize("denied", [os.W_OK, os.X_OK])
-def test_a_queue_directory_the_agent_may_not_write_or_enter_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, denied: int
+def test_validate_reports_a_queue_directory_the_agent_may_not_write_or_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], denied: int
 ) -> None:
-    """The tests run as root, for whom every directory is writable: the permission check is seen through
-    os.access, as a non-root agent would meet it."""
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: not mode & denied)
-    assert cli._directory_problem(tmp_path) == "is not a writable directory"
-    assert cli._directory_problem(tmp_path / "new") == f"cannot be made in {tmp_path}"
+    """The tests run as root, for whom every directory is writable: the permission is denied through os.access,
+    as a non-root agent would meet it."""
+    config = tmp_path / "agent.yaml"
+    root = tmp_path / "queues"
+    (root / "otlp__jaeger").mkdir(parents=True)
+    config.write_text(QUEUE_ON_DISK % root)
+    monkeypatch.setattr(cli.os, "access", lambda path, mode, **_: not mode & denied)
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert f"{root / 'otlp__jaeger'} is not a writable directory" in capsys.readouterr().err

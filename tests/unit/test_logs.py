@@ -74,8 +74,6 @@ def test_a_rate_limited_warning_says_how_many_were_suppressed_since_the_last(
     assert second.suppressed_since_last == 2  # type: ignore[attr-defined]
 
 
-def test_the_agent_s_own_logger_is_the_agent_component() -> None:
-    record = logging.LogRecord("otel_sidecar", logging.INFO, __file__, 1, "started", None, None)
+def test_the_cli_s_records_on_the_bare_otel_sidecar_logger_are_the_agent_component() -> None:
+    record = logging.LogRecord("otel_sidecar", logging.INFO, __file__, 1, "invalid configuration", None, None)
     assert json.loads(JsonFormatter().format(record))["component"] == "agent"
-    record.name = "otel_sidecar.exporters.loki"
-    assert json.loads(JsonFormatter().format(record))["component"] == "exporters.loki"
