@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from agent.connectors.spanmetrics.genai import (
     ALIASES,
     Concept,
     TokenUsage,
+    detail_count,
     is_inference,
     normalize_attributes,
     normalize_provider,
@@ -233,6 +235,28 @@ def test_no_alias_is_listed_under_two_concepts() -> None:
         ("cohere.textEmbedding", "cohere"),  # @ai-sdk/cohere
         ("google.vertex.embedding", "gcp.vertex_ai"),
         ("azure.ai.openai", "azure.ai.openai"),  # a well-known value with dots stays as it is
+        # Every older or vendor spelling, written out (pass 146: one could go missing from the table unseen)
+        ("xai", "x_ai"),
+        ("az.ai.inference", "azure.ai.inference"),
+        ("az.ai.openai", "azure.ai.openai"),
+        ("azure_openai", "azure.ai.openai"),
+        ("mistralai", "mistral_ai"),
+        ("mistral", "mistral_ai"),
+        ("vertex_ai", "gcp.vertex_ai"),
+        ("vertexai", "gcp.vertex_ai"),
+        ("gemini", "gcp.gemini"),
+        ("bedrock", "aws.bedrock"),
+        ("aws_bedrock", "aws.bedrock"),
+        ("watsonx", "ibm.watsonx.ai"),
+        ("aws", "aws.bedrock"),
+        ("azure", "azure.ai.openai"),
+        ("azure_ai", "azure.ai.inference"),
+        ("google", "gcp.gen_ai"),
+        ("google.generative-ai", "gcp.gemini"),
+        ("google.vertex", "gcp.vertex_ai"),
+        ("amazon-bedrock", "aws.bedrock"),
+        ("azure-openai", "azure.ai.openai"),
+        (".chat", ".chat"),  # nothing before the API suffix: kept as it came, not emptied
     ],
 )
 def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(raw: str, expected: str) -> None:
@@ -260,6 +284,8 @@ def test_provider_names_are_normalized_to_the_opentelemetry_well_known_values(ra
         ("ai.generateText", None, None, False),
         ("ai.embed", None, None, False),
         ("ai.toolCall", None, None, False),
+        (None, "llm", None, True),  # OpenInference span kinds in any case
+        (None, "Embedding", None, True),
     ],
 )
 def test_only_model_calls_count_as_llm_requests(
@@ -341,3 +367,14 @@ def test_counts_that_equal_their_parts_read_as_including_them() -> None:
     assert normalize_tokens(100, None, cache_read=100) == TokenUsage(0, 100, 0, 0, 0)
     assert normalize_tokens(100, None, cache_read=60, cache_write=40) == TokenUsage(0, 60, 40, 0, 0)
     assert normalize_tokens(None, 50, reasoning=50) == TokenUsage(0, 0, 0, 0, 50)
+
+
+def test_a_token_detail_count_is_read_up_to_2_to_the_53() -> None:
+    details = [AnyValue(string_value="{'cache_read': 9007199254740992, 'reasoning': 9007199254740994}")]
+    assert detail_count(details, [0], "cache_read") == 2.0**53
+    assert detail_count(details, [0], "reasoning") is None  # past it a float no longer holds every count
+
+
+def test_a_total_one_token_off_does_not_settle_the_cache_convention() -> None:
+    """A total that matches neither reading within half a token leaves the input as the convention reads it."""
+    assert normalize_tokens(100, 50, total_tokens=151, cache_read=1).input == 100

@@ -172,6 +172,21 @@ async def test_lines_over_the_limit_are_truncated_with_a_marker_and_counted() ->
     assert value(metrics, "loki_truncated_total", what="line") == 1
 
 
+async def test_a_line_of_exactly_the_limit_is_whole_and_an_empty_label_attribute_adds_no_label() -> None:
+    """Pass 146: a line at the limit was not tested (one byte more is cut), nor a configured label attribute that
+    is present but empty (Loki drops empty label values; a stream must not be keyed by one)."""
+    exact = "é" * 512  # 1024 bytes
+    metrics = SelfMetrics()
+    request = logs_request(records=[record(exact, 1)], resource_extra={"deployment.environment": ""})
+    with LokiDouble(max_line_size=1024) as loki:
+        config = loki_config(loki.url, max_line_bytes=1024, label_resource_attributes=["deployment.environment"])
+        await export(config, [(Signal.LOGS, request)], metrics, loki.entries)
+        ((labels, entry),) = loki.entries()
+    assert entry.line == exact
+    assert "deployment_environment" not in labels
+    assert value(metrics, "loki_truncated_total", what="line") == 0
+
+
 def trace_with_events(retention_class: str) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()

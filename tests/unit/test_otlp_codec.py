@@ -462,3 +462,36 @@ def test_a_bytes_value_in_standard_or_url_safe_base64_padded_or_not_decodes_to_i
         text = text.rstrip("=")
     request = json_codec.decode(_log_with_bytes_body(text), ExportLogsServiceRequest)
     assert request.resource_logs[0].scope_logs[0].log_records[0].body.bytes_value == data
+
+
+def test_hex_ids_are_read_in_either_case() -> None:
+    """Lowercase is what OTLP/JSON writes; an id in capitals (some hand-written senders) is the same id."""
+    body = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {"spans": [{"traceId": "5B8EFFF798038103D269B633813FC60C", "spanId": "EEE19B7EC3C1B174"}]}
+                    ]
+                }
+            ]
+        }
+    ).encode()
+    span = json_codec.decode(body, ExportTraceServiceRequest).resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c"
+    assert span.span_id.hex() == "eee19b7ec3c1b174"
+
+
+@pytest.mark.parametrize(
+    ("span", "path"),
+    [
+        ({"startTimeUnixNano": True}, "startTimeUnixNano"),
+        ({"kind": 2147483648}, "kind"),
+        ({"traceId": "abc"}, "traceId"),
+    ],
+)
+def test_a_bad_field_is_refused_with_its_path(span: dict[str, object], path: str) -> None:
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    with pytest.raises(json_codec.OtlpJsonError) as refused:
+        json_codec.decode(body, ExportTraceServiceRequest)
+    assert f"resourceSpans[0].scopeSpans[0].spans[0].{path}" in str(refused.value)

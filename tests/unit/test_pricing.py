@@ -74,6 +74,18 @@ def test_the_packaged_table_is_found_through_the_package_not_the_working_directo
         ("gpt-4.1-mini", ["gpt-4.1-mini"]),
         ("gemini-1.5-pro-002", ["gemini-1.5-pro-002", "gemini-1.5-pro"]),
         ("", []),
+        # Pass 146: each prefix and suffix form, one by one
+        ("command-r-08-2024", ["command-r-08-2024", "command-r"]),  # Cohere's month-year
+        ("openrouter/openai/gpt-4o", ["openrouter/openai/gpt-4o", "gpt-4o"]),  # routers nest providers
+        (
+            "us-gov.anthropic.claude-3-5-sonnet-20240620-v1:0",
+            [
+                "us-gov.anthropic.claude-3-5-sonnet-20240620-v1:0",
+                "claude-3-5-sonnet-20240620-v1:0",
+                "claude-3-5-sonnet-20240620",
+                "claude-3-5-sonnet",
+            ],
+        ),
     ],
 )
 def test_model_names_are_tried_exact_then_without_prefix_then_without_version_suffixes(
@@ -352,3 +364,20 @@ def test_regional_profiles_and_provider_specific_names_get_their_own_prices(
 def test_a_price_file_with_a_tag_yaml_cannot_read_is_a_price_table_error_not_a_crash(value: str) -> None:
     with pytest.raises(PriceTableError, match=r"x\.yaml: not valid YAML: a tagged value it cannot read"):
         parse_table(f"last_checked: {value}\nmodels: {{}}\n", "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("model", "input_price"),
+    [
+        ("anthropic.claude-opus-4-6", 5.0),  # in-region: the list price
+        ("global.anthropic.claude-opus-4-6", 5.0),  # global profiles are not regional
+        ("us.anthropic.claude-opus-4-6", 5.5),
+        ("apac.anthropic.claude-opus-4-6", 5.5),
+        ("us-gov.anthropic.claude-opus-4-6", 5.5),
+        ("bedrock/us.anthropic.claude-opus-4-6", 5.5),  # LiteLLM's provider prefix before the profile
+    ],
+)
+def test_a_regional_inference_profile_pays_its_premium_wherever_it_is_named(model: str, input_price: float) -> None:
+    price = PriceTable.from_config(PricingConfig()).lookup(model)
+    assert price is not None and price.model == "claude-opus-4-6"
+    assert price.cost((1_000_000, 0, 0, 0, 0)) == pytest.approx(input_price)

@@ -277,6 +277,12 @@ def test_every_credential_a_rule_matches_contains_a_trigger_fragment(rule: str, 
         ("hf_abcdefghijklmnopqrstuvwxyzABCDEF", "[REDACTED]"),
         ("glpat-abcdefghij0123456789", "[REDACTED]"),
         ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "[REDACTED]"),
+        # Pass 146: each token family by one example of its own
+        ("token ghr_" + "a" * 36, "token [REDACTED]"),  # GitHub refresh token
+        ("slack xoxs-1234567890-abcdef", "slack [REDACTED]"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefgh123", "jwt [REDACTED]"),  # short signature
+        ("token=1234567 retries=3", "token=1234567 retries=3"),  # a count
+        ("token=1234567890123", "token=[REDACTED]"),  # as long as a card number: a secret
         # AWS key ids by prefix: a user's (AKIA), a session's (ASIA), a bearer's (ABIA), a context's (ACCA).
         ("key AKIAIOSFODNN7EXAMPLE ASIAIOSFODNN7EXAMPLE", "key [REDACTED] [REDACTED]"),
         ("key ABIAIOSFODNN7EXAMPLE ACCAIOSFODNN7EXAMPLE", "key [REDACTED] [REDACTED]"),

@@ -206,3 +206,38 @@ def test_only_the_keys_of_interest_give_a_span_more_than_red() -> None:
     assert families.step_executions.value(("llm", "success")) == 1 and len(families.step_executions) == 1
     assert families.workflow_executions.value(("w", "success")) == 1 and len(families.workflow_executions) == 1
     assert len(families.llm_requests) == 0  # a token count without a model is no LLM call
+
+
+def failed(name: str, **attributes: AnyValue) -> Span:
+    out = span(name, **attributes)
+    out.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR))
+    return out
+
+
+def test_an_error_s_component_is_the_first_role_its_span_plays_and_its_type_the_attribute_before_the_event() -> None:
+    """Pass 146: the role order (executor, step_executor, provider) and the error type's precedence were unseen."""
+    connector, _ = make(SpanMetricsConfig())
+    workflow_step = failed("a", **{"workflow.name": text("w"), "step.type": text("llm")})
+    workflow_call = failed(
+        "b",
+        **{"workflow.name": text("w"), "gen_ai.request.model": text("gpt-4o"), "gen_ai.provider.name": text("openai")},
+    )
+    typed = failed("c", **{"error.type": text("timeout")})
+    typed.events.add(name="exception").attributes.add(key="exception.type", value=text("ValueError"))
+    not_an_exception = failed("d")
+    not_an_exception.events.add(name="log").attributes.add(key="exception.type", value=text("ValueError"))
+    connector.consume(to_request({"svc": [workflow_step, workflow_call, typed, not_an_exception]}))
+    errors = connector.families.errors
+    assert {key: errors.value(key) for key in errors.series} == {
+        ("_OTHER", "executor"): 2,
+        ("timeout", "svc"): 1,
+        ("_OTHER", "svc"): 1,
+    }
+
+
+def test_a_resource_with_an_empty_service_name_is_the_unknown_service() -> None:
+    connector, _ = make(SpanMetricsConfig())
+    request = to_request({"": [failed("op")]})
+    connector.consume(request)
+    assert set(connector.families.errors.series) == {("_OTHER", "unknown_service")}
+    assert connector.families.spans.value(("unknown_service", "op", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_ERROR")) == 1

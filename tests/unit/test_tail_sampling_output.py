@@ -28,3 +28,31 @@ def test_the_memo_reuses_what_it_stamped_and_forgets_everything_past_its_limit()
     assert len(memo.resources) <= 3
     assert memo.tracestate("vendor=x", 0).kept == "ot=th:0,vendor=x"
     assert len(memo.tracestates) == 1
+
+
+def test_the_memo_keeps_a_tracestate_per_threshold() -> None:
+    memo = StampMemo()
+    assert memo.tracestate("", 1 << 55).kept == "ot=th:8"
+    assert memo.tracestate("", 1 << 54).kept == "ot=th:4"  # the same tracestate at another threshold
+
+
+def test_built_spans_keep_their_resource_and_scope_schema_urls_and_resources_of_two_schemas_stay_apart() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from agent.component import Signal
+    from agent.processors.tail_sampling.output import OutputBuilder
+
+    request = ExportTraceServiceRequest()
+    for version in ("1.20.0", "1.26.0"):
+        rs = request.resource_spans.add(schema_url=f"https://opentelemetry.io/schemas/{version}")
+        rs.resource.CopyFrom(resource("orchestrator"))
+        ss = rs.scope_spans.add(schema_url="https://opentelemetry.io/schemas/1.21.0")
+        ss.spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    builder = OutputBuilder(Signal.TRACES)
+    for rs in request.resource_spans:
+        builder.add_spans(rs, rs.scope_spans[0], [0], "standard", "probabilistic", 0)
+    out = builder.build()
+    assert [rs.schema_url for rs in out.resource_spans] == [rs.schema_url for rs in request.resource_spans]
+    assert [rs.scope_spans[0].schema_url for rs in out.resource_spans] == [
+        "https://opentelemetry.io/schemas/1.21.0"
+    ] * 2
