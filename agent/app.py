@@ -203,9 +203,8 @@ class Agent:
 
     def _warn_that_sighup_is_ignored(self) -> None:
         """A ``kill -HUP`` that does nothing, with nothing logged, is a trap (pass 141 fell in it)."""
-        tls_checked = (self._tls_read.pipelines or self._tls_read.admin) and float(
-            self.config.service.tls_files_check_interval
-        ) > 0
+        names_tls_files = bool(self._tls_read.pipelines or self._tls_read.admin)
+        tls_checked = names_tls_files and float(self.config.service.tls_files_check_interval) > 0
         self._log.warning(
             "SIGHUP is ignored (inherited, e.g. from nohup): kill -HUP will not reload the config file; restart "
             "the agent to change it, or start it without nohup (setsid, a service manager)"

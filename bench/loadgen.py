@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agent.testing.workload import Workload, to_request
 
-# What an SDK retries after a backoff: the agent refusing, for now.
+# The codes the agent refuses with when full, which an SDK retries after a backoff.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

@@ -337,8 +337,10 @@ class Accumulator:
     def _points_lost(self, request: ExportMetricsServiceRequest | None) -> int:
         """The points of the request that failed which were not folded: the rest of it, from the point it failed on
         (at least 1: a request that cannot even be read counts once)."""
+        if request is None:
+            return 1
         try:
-            metrics = [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]  # type: ignore[union-attr]
+            metrics = [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
             total = sum(_points_in(metric) for metric in metrics)
         except Exception:
             return 1

@@ -12,8 +12,8 @@ DEFAULT_KEY_PATTERNS = [
     # token, but not token counts and their kin (gen_ai.usage.input_tokens, max_tokens, token_usage, tokenizer,
     # tokenized, gen_ai.request.token_limit) nor where to get one (token_endpoint, oauth.token_uri), each a whole
     # word (tokenString, token_urlsafe and tokenization_key are secrets); secret, but not a secret's name
-    # (k8s.secret.name) nor a secretary; auth as a word of its own (auth.token, x_auth_key),
-    # not inside oauth.provider. The value rules (rules.py) leave the same names alone; a pattern is searched
+    # (k8s.secret.name) nor a secretary; auth as a word of its own (auth.token, x_auth_key), not inside
+    # oauth.provider. The value rules (rules.py) leave the same names alone; a pattern is searched
     # anywhere in a key, though, so other words after a secret's (password_reset) still mask by key.
     "password", "passwd", "pwd", "passphrase", "secret(?!ar(?:y|ies|iat)|[._-]?name)", "api[-_.]?key",
     "token(?!(?-i:[sS](?![a-z]))|iz(?:er|ed?|ation)(?![._-]?key)|[._-]?(?:type|count|usage|limit|endpoint|url|uri)(?![a-z]))",
