@@ -157,16 +157,20 @@ async def test_strings_that_are_not_utf8_are_repaired_not_the_whole_request_refu
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 0
 
 
+class SizedSink(BatchSink):
+    """A sink that takes the size a batch was received with, as the ingest queue and the tail sampler do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def consume_sized(self, batch: Any, size: int) -> None:
+        self.sizes.append(size)
+        self.consume(batch)
+
+
 async def test_a_request_whose_strings_were_repaired_is_handed_on_with_its_size_after_the_repair() -> None:
     """The stages bound their memory by the size a batch comes with: each bad byte became three."""
-
-    class SizedSink(BatchSink):
-        sizes: list[int] = []
-
-        def consume_sized(self, batch: Any, size: int) -> None:
-            self.sizes.append(size)
-            self.consume(batch)
-
     sink = SizedSink()
     receiver, state = await start_receiver(sink)
     try:
@@ -176,6 +180,24 @@ async def test_a_request_whose_strings_were_repaired_is_handed_on_with_its_size_
         await state.grpc_export(body)
         (batch,) = sink.batches
         assert sink.sizes == [batch.ByteSize()] and batch.ByteSize() > len(body) + 50_000
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+async def test_an_http_request_is_handed_on_with_its_protobuf_size_whichever_encoding_it_came_in() -> None:
+    """JSON is two to three times the protobuf size: the stages bound their memory by the protobuf size, the
+    size the batch holds in memory, so a JSON sender is not held to a third of the bound."""
+    sink = SizedSink()
+    receiver, state = await start_receiver(sink)
+    try:
+        request, body = request_bytes()
+        as_json = json_codec.encode(request)
+        for payload, content_type in ((body, "application/x-protobuf"), (as_json, "application/json")):
+            status, _, _ = await post(state.http_url + "/v1/traces", payload, content_type)
+            assert status == 200
+        assert sink.batches == [request, request]
+        assert sink.sizes == [len(body), request.ByteSize()] and len(as_json) > 2 * len(body)
     finally:
         await state.channel.close()
         await receiver.shutdown(time.monotonic() + 2)
