@@ -130,6 +130,7 @@ async def test_log_records_arrive_with_few_labels_and_the_rest_as_structured_met
     assert entry.metadata["correlation_id"] == "abc-123"
     assert entry.metadata["k8s_pod_name"] == "orchestrator-7d9f"
     assert entry.metadata["scope_name"] == "orchestrator.executor"
+    assert "retention_class" not in entry.metadata  # the resource's class is the stream's label already
 
 
 async def test_entries_of_a_stream_are_sorted_by_time_and_streams_split_by_level() -> None:
