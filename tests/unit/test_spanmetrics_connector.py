@@ -1216,17 +1216,24 @@ def test_vercel_ai_sdk_generation_spans_are_counted_once_by_their_provider_call(
     assert {key[0] for key in f.genai_duration.series} == {""}
 
 
-def test_the_genai_duration_error_type_falls_back_to_the_exception_type_as_errors_total_does() -> None:
+@pytest.mark.parametrize(
+    ("error_type", "expected"), [(None, "openai.RateLimitError"), ("429", "429")], ids=["exception", "attribute"]
+)
+def test_the_genai_duration_error_type_is_the_attribute_else_the_exception_type_as_errors_total_has_it(
+    error_type: str | None, expected: str
+) -> None:
     connector, _ = make(SpanMetricsConfig(genai=GenAiConfig(semconv_metrics=True)))
     span = Span(trace_id=b"\x01" * 16, span_id=b"\x01" * 8, name="chat gpt-4o", status=Status(code=2))
     span.attributes.extend([attr("gen_ai.operation.name", "chat"), attr("gen_ai.provider.name", "openai"),
                             attr("gen_ai.request.model", "gpt-4o")])  # fmt: skip
+    if error_type is not None:
+        span.attributes.append(attr("error.type", error_type))
     span.events.add(name="exception").attributes.append(attr("exception.type", "openai.RateLimitError"))
     connector.consume(to_request({"svc": [span]}))
     f = connector.families
     assert f.genai_duration is not None
-    assert {key[-1] for key in f.genai_duration.series} == {"openai.RateLimitError"}
-    assert f.errors.value(("openai.RateLimitError", "provider")) == 1
+    assert {key[-1] for key in f.genai_duration.series} == {expected}
+    assert f.errors.value((expected, "provider")) == 1
 
 
 def test_the_default_workflow_buckets_keep_the_catalogues_and_reach_past_a_five_minute_sla() -> None:
