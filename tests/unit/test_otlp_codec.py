@@ -258,6 +258,8 @@ def test_enum_names_and_integers_are_read_and_an_unknown_integer_is_kept_for_new
     assert (span.kind, span.status.code) == (2, 2)
     newer = json_codec.decode(_span_json(kind=9), ExportTraceServiceRequest)
     assert newer.resource_spans[0].scope_spans[0].spans[0].kind == 9
+    lowest = json_codec.decode(_span_json(kind=-(2**31)), ExportTraceServiceRequest)  # an enum is an int32
+    assert lowest.resource_spans[0].scope_spans[0].spans[0].kind == -(2**31)
 
 
 @given(json_values, json_values)

@@ -219,6 +219,30 @@ async def test_grpc_rejects_oversized_requests_with_resource_exhausted(running: 
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="too_large") == 1
 
 
+def request_of_exactly(size: int) -> ExportTraceServiceRequest:
+    """A valid request of one span, ``size`` bytes serialized (its name fills it)."""
+    request = request_of_spans(1)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    while (missing := size - request.ByteSize()) != 0:
+        span.name = "x" * (len(span.name) + missing)
+    return request
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_a_request_of_exactly_the_size_limit_is_accepted(
+    running: Running, sink: BatchSink, transport: str
+) -> None:
+    """The limit (``max_recv_msg_size_mib``, ``max_request_body_size_mib``) is the largest request accepted."""
+    request = request_of_exactly(1024 * 1024)
+    body = request.SerializeToString()
+    if transport == "grpc":
+        await running.grpc_export(body)
+    else:
+        status, _, _ = await post(running.http_url + "/v1/traces", body, "application/x-protobuf")
+        assert status == 200
+    assert sink.batches == [request]
+
+
 async def test_spans_with_invalid_ids_are_rejected_individually_through_partial_success(
     running: Running, sink: BatchSink
 ) -> None:
@@ -226,13 +250,24 @@ async def test_spans_with_invalid_ids_are_rejected_individually_through_partial_
     spans = request.resource_spans[0].scope_spans[0].spans
     total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     spans[0].trace_id = b"short"
+    spans[1].span_id = b"short"
     answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
-    assert answer.partial_success.rejected_spans == 1
+    assert answer.partial_success.rejected_spans == 2
     assert "16 bytes" in answer.partial_success.error_message
     accepted = sink.batches[0]
-    assert sum(len(ss.spans) for rs in accepted.resource_spans for ss in rs.scope_spans) == total - 1
-    assert running.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 1
-    assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == total - 1
+    assert sum(len(ss.spans) for rs in accepted.resource_spans for ss in rs.scope_spans) == total - 2
+    assert running.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 2
+    assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == total - 2
+
+
+async def test_a_request_whose_every_span_is_invalid_hands_nothing_on(running: Running, sink: BatchSink) -> None:
+    request = request_of_spans(2)
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        span.trace_id = b"short"
+    answer = ExportTraceServiceResponse.FromString(await running.grpc_export(request.SerializeToString()))
+    assert answer.partial_success.rejected_spans == 2
+    assert sink.batches == []
+    assert running.metric("otel_sidecar_receiver_refused_items_total", reason="invalid") == 2
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -341,7 +376,35 @@ async def test_a_full_pipeline_gets_unavailable_with_retry_info_over_grpc(retry_
         await receiver.shutdown(time.monotonic() + 2)
 
 
-@pytest.mark.parametrize(("retry_after", "header"), [(2.0, "2"), (2.5, "3"), (0.2, "1")])
+class ShortOfMemory(BatchSink):
+    """A pipeline whose memory limiter refuses: the ingest queue tells the receiver so before a request is read."""
+
+    def memory_refusal(self) -> Refused | None:
+        return Refused("high memory usage", 1.0, process_wide=True)
+
+
+async def test_while_memory_is_short_requests_are_refused_unread_with_the_configured_retry_after() -> None:
+    receiver, state = await start_receiver(ShortOfMemory(), retry_after=3.0)
+    try:
+        unread = b"\x0a\xff\xff"  # malformed: a 400 had it been decoded
+        status, body, headers = await post(state.http_url + "/v1/traces", unread, "application/x-protobuf")
+        assert status == 503 and headers["Retry-After"] == "3"
+        assert "high memory usage" in status_pb2.Status.FromString(body).message
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await state.grpc_export(unread)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        trailers = dict(tuple(raised.value.trailing_metadata()))
+        assert error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay.seconds == 3
+        failed = "otel_sidecar_receiver_failed_requests_total"
+        for transport in ("grpc", "http"):
+            assert state.metric(failed, transport=transport, reason="backpressure") == 1
+        assert state.metric(failed, reason="malformed") == 0
+    finally:
+        await state.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(2.0, "2"), (2.5, "3"), (0.2, "1"), (0.0, "1")])
 async def test_a_full_pipeline_gets_503_with_retry_after_over_http(retry_after: float, header: str) -> None:
     """Whole seconds, rounded up: a sender must never be told to come back sooner than configured."""
     receiver, state = await start_receiver(RefusingSink(), retry_after=retry_after)
@@ -362,6 +425,9 @@ async def test_http_protobuf_export_answers_in_protobuf(running: Running, sink: 
     assert headers["Content-Type"] == "application/x-protobuf"
     assert not ExportTraceServiceResponse.FromString(answer).HasField("partial_success")
     assert sink.batches == [request]
+    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="http") == spans
+    assert running.metric("otel_sidecar_receiver_accepted_items_total", transport="grpc") == 0
 
 
 async def test_http_json_export_with_gzip_answers_in_json(running: Running, sink: BatchSink) -> None:
@@ -373,6 +439,18 @@ async def test_http_json_export_with_gzip_answers_in_json(running: Running, sink
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
     assert answer == b"{}"
+    assert sink.batches == [request]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+async def test_a_json_content_type_with_a_charset_or_in_capitals_is_json(
+    running: Running, sink: BatchSink, content_type: str
+) -> None:
+    """A media type is case-insensitive, and many HTTP clients add a charset to application/json."""
+    request, _ = request_bytes()
+    status, answer, headers = await post(running.http_url + "/v1/traces", json_codec.encode(request), content_type)
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json") and answer == b"{}"
     assert sink.batches == [request]
 
 
@@ -506,20 +584,35 @@ def body_to_repair(spans: int) -> bytes:
     return body
 
 
+@pytest.mark.parametrize(("bound", "statuses"), [(1.5, [200, 503, 503]), (2, [200, 200, 503])])
 async def test_bodies_waiting_to_be_decoded_are_bounded_and_the_rest_told_to_retry(
-    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch, bound: float, statuses: list[int]
 ) -> None:
-    """Each body waiting for the decoding thread stays in memory: 40 of them once held 854 MiB."""
+    """Each body waiting for the decoding thread stays in memory: 40 of them once held 854 MiB. A body that
+    brings the bytes waiting to the bound exactly is within it."""
     slow_down(monkeypatch, json_codec, "decode_repairing", 0.3)
     body = json_codec.encode(request_of_spans(5000))
-    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * 1.5))
+    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", int(len(body) * bound))
     answers = await asyncio.gather(*(post(running.http_url + "/v1/traces", body, "application/json") for _ in range(3)))
-    assert sorted(status for status, _, _ in answers) == [200, 503, 503]
+    assert sorted(status for status, _, _ in answers) == statuses
     assert all(headers["Retry-After"] == "2" for status, _, headers in answers if status == 503)
-    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="backpressure") == 2
+    refused = statuses.count(503)
+    assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="backpressure") == refused
     status, _, _ = await post(running.http_url + "/v1/traces", body, "application/json")
     assert status == 200  # the bound is on what waits, not on what was decoded before
-    assert len(sink.batches) == 2
+    assert len(sink.batches) == 4 - refused
+
+
+async def test_a_body_larger_than_the_wait_bound_is_decoded_when_nothing_else_waits(
+    running: Running, sink: BatchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is on bodies waiting beside one another: a body over it on its own (a size limit raised past
+    64 MiB) is decoded, not refused at every retry."""
+    body = json_codec.encode(request_of_spans(5000))
+    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", len(body) // 2)
+    status, _, _ = await post(running.http_url + "/v1/traces", body, "application/json")
+    assert status == 200
+    assert len(sink.batches) == 1
 
 
 async def test_a_body_whose_sender_left_while_it_waited_is_not_decoded(
@@ -562,6 +655,11 @@ async def test_a_grpc_sender_that_gives_up_while_its_body_waits_is_counted_and_n
     await answered
     assert decoded == [len(first)]
     assert running.metric("otel_sidecar_receiver_failed_requests_total", transport="grpc", reason="incomplete") == 1
+    # Its bytes no longer count as waiting: with a bound that a single byte waiting would exceed, the next body
+    # is still decoded, not refused.
+    monkeypatch.setattr(core, "SLOW_DECODE_QUEUE_BYTES", 1)
+    await call(first, timeout=10)
+    assert len(sink.batches) == 2
 
 
 async def test_a_grpc_sender_that_gives_up_during_its_own_decode_is_counted_incomplete(
@@ -669,13 +767,13 @@ async def test_bad_http_requests_get_their_documented_status_and_are_counted(
 ) -> None:
     got, answer, _ = await post(running.http_url + "/v1/traces", body, content_type)
     assert got == status
-    if status == 400:
-        parsed = (
-            json_codec.decode(answer, status_pb2.Status)
-            if content_type == "application/json"
-            else status_pb2.Status.FromString(answer)
-        )
-        assert parsed.code == code_pb2.INVALID_ARGUMENT and parsed.message
+    parsed = (
+        json_codec.decode(answer, status_pb2.Status)
+        if content_type == "application/json"
+        else status_pb2.Status.FromString(answer)
+    )
+    codes = {400: code_pb2.INVALID_ARGUMENT, 413: code_pb2.RESOURCE_EXHAUSTED, 415: code_pb2.INVALID_ARGUMENT}
+    assert parsed.code == codes[status] and parsed.message
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason=reason) == 1
     assert sink.batches == []
     _request, good = request_bytes()
@@ -847,6 +945,27 @@ async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not
     assert answer.startswith(b"HTTP/1.1 503")
     assert b"\r\nRetry-After: 1\r\n" in answer
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="incomplete") == 1
+
+
+async def test_a_sender_that_drops_the_connection_mid_body_is_counted_incomplete_not_malformed(
+    running: Running,
+) -> None:
+    """Nothing was wrong with its data, only with its delivery."""
+    host, port = running.http_url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    failed = "otel_sidecar_receiver_failed_requests_total"
+    deadline = time.monotonic() + 5
+    while running.metric(failed, reason="incomplete") < 1:
+        assert time.monotonic() < deadline, "the dropped request was never counted"
+        await asyncio.sleep(0.05)
+    assert running.metric(failed) == 1
 
 
 UNPARSABLE_HTTP = {
