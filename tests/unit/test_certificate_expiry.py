@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from agent import server_tls
 from agent.app import Agent
 from agent.config.loader import AgentConfig, load_text
+from agent.telemetry import certificates
 from agent.telemetry.certificates import CertificateValidity, LoadedCertificate, loaded_certificate
 from agent.telemetry.selfmetrics import SelfMetrics
 from tests.helpers import base_config, dated_certificate
@@ -218,6 +220,39 @@ async def test_the_expiry_log_follows_the_wall_clock_not_the_loops(
         await asyncio.sleep(0.8)
     assert [r.getMessage() for r in caplog.records] == ["TLS certificate has expired: its peers refuse it"]
     published.stop_watching()
+
+
+async def test_an_expiry_far_ahead_is_looked_at_again_so_a_host_suspended_past_it_still_says_so(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's clock stops while a host is suspended: a timer set for an expiry a month ahead would fire a month
+    after it. The timer looks at the wall clock again at least hourly (here: every 0.2 s)."""
+    monkeypatch.setattr(certificates, "_LOOK_AGAIN_SECONDS", 0.2)
+    published = CertificateValidity(SelfMetrics())
+    real = time.time()
+    cert = LoadedCertificate("receivers.otlp.grpc.tls", "a.pem", real - 86400, real + 30 * 86400)
+    with caplog.at_level(logging.ERROR, "otel_sidecar.tls"):
+        published.publish([cert])
+        monkeypatch.setattr(time, "time", lambda: real + 31 * 86400)  # woken a month later
+        await asyncio.sleep(0.6)
+    assert [r.getMessage() for r in caplog.records] == ["TLS certificate has expired: its peers refuse it"]
+    published.stop_watching()
+
+
+async def test_a_certificate_whose_dates_cannot_be_read_leaves_the_agent_running_without_its_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What OpenSSL accepts and the parser of dates does not: no series for it, and nothing else changes.
+    monkeypatch.setattr(server_tls, "loaded_certificate", lambda setting, file, pem: None)
+    cert, key = dated_certificate(tmp_path, "server", NOW - DAY, NOW + 20 * DAY)
+    config = base_config(tmp_path / "out")
+    config["receivers"]["otlp"]["grpc"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    agent = Agent(load(config))
+    await agent.start()
+    try:
+        assert expiry(agent, "receivers.otlp.grpc.tls", cert) is None
+    finally:
+        await agent.stop()
 
 
 async def test_a_stopped_agent_logs_no_expiry_after_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -287,6 +287,42 @@ async def test_an_idle_connection_to_the_admin_or_scrape_endpoint_is_closed(
             writer.close()
 
 
+async def test_an_idle_connection_to_the_otlp_http_receiver_is_closed_after_the_receivers_own_idle_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Senders from the whole cluster keep connections to a gateway's OTLP/HTTP port: an idle one is closed after the
+    receiver's idle time (longer than the admin endpoint's, which a scraper reconnects to at once)."""
+    from agent.receivers.otlp import http_server
+
+    monkeypatch.setattr(http_server, "_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(listen, "IDLE_CONNECTION_SECONDS", 3600.0)
+    port = free_dual_stack_port()
+    async with otlp_http(HostPort(f"127.0.0.1:{port}")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await asyncio.wait_for(reader.read(), 5)  # returns at EOF: the server closed the connection
+        finally:
+            writer.close()
+
+
+async def test_an_address_a_name_resolves_to_twice_is_bound_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/hosts may list a name's address twice (and getaddrinfo then returns it twice): binding it twice would
+    fail the start with "address already in use"."""
+    port = free_dual_stack_port()
+    resolved = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))] * 2
+
+    async def getaddrinfo(*args: Any, **kwargs: Any) -> list[Any]:
+        return resolved
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    sockets = await listen.listening_sockets("agent.local", port)
+    try:
+        assert [sock.getsockname() for sock in sockets] == [("127.0.0.1", port)]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
@@ -315,8 +351,16 @@ async def test_a_server_stopped_past_its_deadline_still_frees_its_port(component
         stage = OtlpReceiver(config, _settings("otlp", Kind.RECEIVER), {Signal.TRACES: BatchSink()})
     await stage.start()
     assert await answers("127.0.0.1", port, http=True)
-    await stage.shutdown(time.monotonic() - 1)
-    assert not await answers("127.0.0.1", port, http=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: agent\r\n\r\n")  # a keep-alive connection
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await stage.shutdown(time.monotonic() - 1)
+        assert not await answers("127.0.0.1", port, http=True)
+        # Its open connections are closed too: none goes on being served by the stopped stage.
+        await asyncio.wait_for(reader.read(), 5)  # returns at EOF
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("listener", HTTP_LISTENERS)
@@ -359,8 +403,9 @@ def _pure_python_parse_error(raw: bytes) -> Exception:
         + b"\r\n",
         # InvalidURLError(<the target, decoded as latin-1>)
         b"GET /\x1b[2J\x1b]0;owned\x07\x85next HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"Z" * 1000 + b"\r\n",
     ],
-    ids=["chunk size line", "request target"],
+    ids=["chunk size line", "request target", "a line of a thousand bytes"],
 )
 def test_what_a_client_sent_is_not_logged_raw_nor_at_any_length(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
     """With the pure-Python parser the first line of the error's message is the client's bytes themselves."""

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -166,6 +167,33 @@ async def test_the_https_receivers_failed_handshakes_are_counted_by_reason(tmp_p
         assert metric_value(metrics.render().decode(), HANDSHAKE_FAILURES) == 3
 
 
+def handshake_offering_tls_1_1_at_most(port: int) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # what this client is for
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.0 and 1.1 at security level 0 only
+    with socket.create_connection(("localhost", port)) as raw, pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw, server_hostname="localhost")
+
+
+async def test_a_client_offering_only_tls_older_than_1_2_is_refused_for_its_version(tmp_path: Path) -> None:
+    """TLS 1.2 is the oldest version the receiver accepts; the refusal is counted as what it is."""
+    cert, key = self_signed_certificate(tmp_path)
+    metrics = SelfMetrics()
+    async with tls_receiver(TlsServerConfig(cert_file=str(cert), key_file=str(key)), BatchSink(), metrics) as ports:
+        await asyncio.to_thread(handshake_offering_tls_1_1_at_most, ports[1])
+        deadline = time.monotonic() + 5
+        while metric_value(metrics.render().decode(), HANDSHAKE_FAILURES) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    text = metrics.render().decode()
+    assert metric_value(text, HANDSHAKE_FAILURES, server="receivers.otlp.http", reason="unsupported_protocol") == 1
+    assert metric_value(text, HANDSHAKE_FAILURES) == 1
+
+
 def export_request(body: bytes) -> bytes:
     head = "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\n"
     return (head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
@@ -261,3 +289,11 @@ def test_files_rotated_while_being_read_are_read_again_and_never_handed_to_grpc_
         tls.load("receivers.otlp.grpc.tls")
     monkeypatch.setattr(TlsServerConfig, "_read", real_read)
     assert tls.load("receivers.otlp.grpc.tls").ssl_context is not None  # still, once they are still
+    rotating = iter([True])  # the first read finds a rotation under way; the next ones agree
+
+    def rotated_once(self: TlsServerConfig) -> tuple[bytes, bytes, bytes | None]:
+        key_bytes, cert_bytes, ca = real_read(self)
+        return (b"old" if next(rotating, False) else key_bytes), cert_bytes, ca
+
+    monkeypatch.setattr(TlsServerConfig, "_read", rotated_once)
+    assert tls.load("receivers.otlp.grpc.tls").ssl_context is not None
