@@ -19,7 +19,6 @@ Results are printed as a table and written to ``bench/results/<timestamp>.json``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -38,7 +37,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ROTEL = Path(importlib.util.find_spec("rotel").origin).parent / "rotel-agent"  # type: ignore[arg-type,union-attr]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Requests of 8 traces (about 64 spans) instead of 64 (about 512, an SDK batch processor's default batch): what a
 # request costs whatever its size shows here.
@@ -46,7 +44,7 @@ SMALL_BATCH_TRACES = 8
 OVERLOAD_SENDERS = 16  # concurrent senders in the overload run (4 elsewhere)
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import free_port, rotel_command, rotel_environment  # noqa: E402
 
 
 @dataclass
@@ -82,25 +80,29 @@ class Process:
 
 def start_rotel(workdir: Path, exporter: str = "blackhole") -> tuple[Process, str]:
     grpc_port = free_port()
-    command = [
-        str(ROTEL), "start",
+    command = rotel_command(
+        "start",
         "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
         "--otlp-http-endpoint", f"127.0.0.1:{free_port()}",
         "--exporter", exporter,
         "--pid-file", str(workdir / f"rotel-{grpc_port}.pid"),
-    ]  # fmt: skip
-    popen = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(grpc_port)
+    )  # fmt: skip
+    with open(workdir / f"rotel-{grpc_port}.log", "wb") as log:  # the process has its own copy of the descriptor
+        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=rotel_environment())
+    _wait_port(grpc_port, popen, workdir / f"rotel-{grpc_port}.log")
     return Process(popen, "rotel"), f"127.0.0.1:{grpc_port}"
 
 
 def start_agent(workdir: Path, config: dict[str, Any], admin: str) -> Process:
     path = workdir / f"agent-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = open(workdir / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-    )
+    with open(workdir / "agent.log", "ab") as log:  # the process has its own copy of the descriptor
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if popen.poll() is not None:
@@ -312,11 +314,13 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _wait_port(port: int) -> None:
+def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     import socket
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
+        if process.poll() is not None:  # a library missing, a port taken: say what it said
+            raise RuntimeError(f"rotel exited with {process.returncode}: {log.read_text(errors='replace')}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.parse
@@ -72,6 +74,24 @@ def reassign_listen_ports(config: dict[str, Any]) -> None:
         if exporter_id.split("/")[0] == "prometheus" and isinstance(exporter, dict):
             exporter["endpoint"] = f"127.0.0.1:{free_port()}"
     config["service"]["telemetry"]["admin"]["endpoint"] = f"127.0.0.1:{free_port()}"
+
+
+def rotel_command(*args: str) -> list[str]:
+    """The command line of rotel (PyPI ``rotel``, a Rust OTLP collector): the third-party OTLP peer of the tests
+    and of the benchmark. Run it with ``env=rotel_environment()``."""
+    spec = importlib.util.find_spec("rotel")
+    if spec is None or spec.origin is None:
+        raise AssertionError("rotel is not installed: `make test` installs it (the test extra of pyproject.toml)")
+    return [str(Path(spec.origin).parent / "rotel-agent"), *args]
+
+
+def rotel_environment() -> dict[str, str]:
+    """rotel-agent links to the libpython of the Python its wheel is for. The loader finds a system package's
+    copy only: an interpreter installed apart (pyenv, built from source) keeps its own in its LIBDIR, which is
+    looked in first here so that rotel runs beside any interpreter that has one."""
+    library_dir = sysconfig.get_config_var("LIBDIR") or ""
+    inherited = os.environ.get("LD_LIBRARY_PATH")
+    return {**os.environ, "LD_LIBRARY_PATH": f"{library_dir}:{inherited}" if inherited else library_dir}
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -174,14 +194,14 @@ class AgentProcess:
     def _spawn(self) -> None:
         config_path = self.workdir / "agent.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        with open(self.log_path, "ab") as log:  # the process has its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
 
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

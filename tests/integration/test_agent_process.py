@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -33,11 +32,11 @@ from tests.helpers import (
     http_get,
     output_spans,
     read_output,
+    rotel_command,
+    rotel_environment,
     running_agent,
     wait_until,
 )
-
-ROTEL = Path(importlib.util.find_spec("rotel").origin).parent / "rotel-agent"  # type: ignore[arg-type,union-attr]
 
 
 def emit_orchestrator_spans(exporter: SpanExporter) -> InMemorySpanExporter:
@@ -95,30 +94,35 @@ def test_every_span_from_the_sdk_comes_out_identical(tmp_path: Path, transport: 
         assert got[span_id] == (resource, scope, span)
 
 
+def _listening(process: subprocess.Popen[bytes], port: int, log: Path) -> bool:
+    """Whether ``process`` accepts connections on ``port``; what it printed if it has exited (a missing library)."""
+    if process.poll() is not None:
+        raise AssertionError(f"exited with {process.returncode}: {log.read_text(errors='replace')}")
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_rotel_forwarding_with_gzip_is_accepted(tmp_path: Path) -> None:
     with running_agent(tmp_path) as agent:
-        rotel_port = _free_port()
-        rotel = subprocess.Popen(
-            [
-                str(ROTEL),
-                "start",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{rotel_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{_free_port()}",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                f"http://{agent.grpc_endpoint}",
-                "--otlp-exporter-protocol",
-                "grpc",
-                "--otlp-exporter-compression",
-                "gzip",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        rotel_port = free_port()
+        rotel_log = tmp_path / "rotel.log"
+        with rotel_log.open("wb") as log:
+            rotel = subprocess.Popen(
+                rotel_command(
+                    "start",
+                    "--otlp-grpc-endpoint", f"127.0.0.1:{rotel_port}",
+                    "--otlp-http-endpoint", f"127.0.0.1:{free_port()}",
+                    "--exporter", "otlp",
+                    "--otlp-exporter-endpoint", f"http://{agent.grpc_endpoint}",
+                    "--otlp-exporter-protocol", "grpc",
+                    "--otlp-exporter-compression", "gzip",
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=rotel_environment(),
+            )  # fmt: skip
         try:
+            wait_until(lambda: _listening(rotel, rotel_port, rotel_log), timeout=15, what="rotel listening")
             sent = _send_workload_to(f"127.0.0.1:{rotel_port}", traces=30)
             wait_until(lambda: len(output_spans(agent.out_dir)) == sent, timeout=20, what="spans forwarded by rotel")
         finally:
@@ -441,12 +445,6 @@ def test_a_port_already_in_use_fails_the_start_with_a_clear_log_line(tmp_path: P
         assert second.process is not None
         assert second.process.wait(timeout=30) == 2
         assert "agent failed to start" in second.log()
-
-
-def _free_port() -> int:
-    from tests.helpers import free_port
-
-    return free_port()
 
 
 def _send_workload_to(endpoint: str, traces: int) -> int:

@@ -22,11 +22,9 @@ from agent.component import Signal
 from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, build_config, make_settings
-from tests.helpers import REPO, free_port, stop_process, wait_until
+from tests.helpers import free_port, rotel_command, rotel_environment, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
-
-ROTEL = REPO / ".venv/lib/python3.11/site-packages/rotel/rotel-agent"
 
 
 class Rotel:
@@ -38,22 +36,23 @@ class Rotel:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Rotel:
-        log = open(self._workdir / "rotel.log", "ab")  # noqa: SIM115 - closed with the process
-        self._process = subprocess.Popen(
-            [
-                str(ROTEL), "start",
-                "--otlp-grpc-endpoint", self.grpc_endpoint,
-                "--otlp-http-endpoint", self.http_endpoint,
-                "--exporter", "otlp",
-                "--otlp-exporter-endpoint", self._forward_to,
-                "--otlp-exporter-protocol", "grpc",
-                "--batch-timeout", "50ms",
-                "--pid-file", str(self._workdir / "rotel.pid"),
-                "--log-file", str(self._workdir / "rotel-daemon.log"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with open(self._workdir / "rotel.log", "ab") as log:  # the process has its own copy of the descriptor
+            self._process = subprocess.Popen(
+                rotel_command(
+                    "start",
+                    "--otlp-grpc-endpoint", self.grpc_endpoint,
+                    "--otlp-http-endpoint", self.http_endpoint,
+                    "--exporter", "otlp",
+                    "--otlp-exporter-endpoint", self._forward_to,
+                    "--otlp-exporter-protocol", "grpc",
+                    "--batch-timeout", "50ms",
+                    "--pid-file", str(self._workdir / "rotel.pid"),
+                    "--log-file", str(self._workdir / "rotel-daemon.log"),
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=rotel_environment(),
+            )  # fmt: skip
         wait_until(self._listening, timeout=15, what="rotel listening")
         return self
 
