@@ -959,11 +959,13 @@ async def test_a_batch_whose_pushes_together_take_longer_than_timeout_keeps_each
 
     class Slow(LokiDouble):
         def handle(self, *args: Any) -> tuple[int, str, dict[str, str]]:
-            time.sleep(0.6)  # within the 1 s a push may take
+            # 2 s and the double's own 0.2-0.3 s (it decodes each record's time): within the 3 s a push may take,
+            # with room for a loaded machine (0.6 s against 1 s failed there), and over it for the two together.
+            time.sleep(2)
             return super().handle(*args)
 
     with Slow(check_timestamps=True) as loki:
-        config = loki_config(loki.url, timeout="1s")
+        config = loki_config(loki.url, timeout="3s")
         await export(config, [(Signal.LOGS, request)], metrics,
                      lambda: value(metrics, "exporter_sent_items_total", exporter="loki") > 0)  # fmt: skip
     first_push = len(loki.pushes[0].streams[0][1]) + 1
