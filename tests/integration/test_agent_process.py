@@ -380,8 +380,10 @@ def test_metrics_and_logs_pass_through_to_the_file_exporter(tmp_path: Path) -> N
         from opentelemetry.sdk._logs import LoggingHandler
 
         logger = logging.getLogger("orchestrator.test")
-        logger.addHandler(LoggingHandler(logger_provider=logs))
+        handler = LoggingHandler(logger_provider=logs)
+        logger.addHandler(handler)
         logger.error("workflow failed", extra={"workflow.name": "rag"})
+        logger.removeHandler(handler)  # left attached, logging's flush at exit reaches a provider shut down
         logs.shutdown()
         wait_until(lambda: read_output(agent.out_dir, "metrics") and read_output(agent.out_dir, "logs"))
     metric = read_output(agent.out_dir, "metrics")[0].resource_metrics[0].scope_metrics[0].metrics[0]

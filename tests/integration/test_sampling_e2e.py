@@ -74,7 +74,8 @@ class Orchestrator:
         self.logger = logging.getLogger("orchestrator.sampling-e2e")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
-        self.logger.addHandler(LoggingHandler(logger_provider=self.logs))
+        self.handler = LoggingHandler(logger_provider=self.logs)
+        self.logger.addHandler(self.handler)
 
     @staticmethod
     def _provider(service: str, endpoint: str) -> TracerProvider:
@@ -106,6 +107,7 @@ class Orchestrator:
     def close(self) -> None:
         for provider in self.providers.values():
             provider.shutdown()
+        self.logger.removeHandler(self.handler)  # left attached, logging's flush at exit reaches a provider shut down
         self.logs.shutdown()
 
 
