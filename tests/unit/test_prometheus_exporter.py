@@ -190,6 +190,26 @@ def test_unit_annotations_are_dropped_and_unknown_units_kept() -> None:
 # --- type and temporality mapping ---------------------------------------------------------------------------------
 
 
+def test_a_gauge_named_like_its_unit_word_has_no_unit_metadata_and_a_valid_openmetrics_scrape() -> None:
+    """OpenMetrics allows a UNIT only on a family whose name ends with it: `seconds` (unit s) is not named twice, so
+    it has none."""
+    exp, _ = exporter()
+    gauge = Metric(name="seconds", unit="s", description="uptime")
+    gauge.gauge.data_points.append(number(3))
+    exp.consume(request(gauge))
+    om = openmetrics(exp)
+    assert "# UNIT" not in om
+    assert [f.name for f in text_string_to_metric_families(om)] == ["seconds"]
+
+
+def test_a_metric_without_a_description_is_helped_by_its_name() -> None:
+    exp, _ = exporter()
+    metric = sum_metric("orders", number(2))
+    metric.description = ""
+    exp.consume(request(metric))
+    assert "# HELP orders_total orders\n" in text(exp)
+
+
 def test_a_cumulative_monotonic_sum_is_a_counter_with_the_latest_value() -> None:
     exp, metrics = exporter()
     exp.consume(request(sum_metric("jobs.done", number(5, 0, 1, queue="a"), unit="{job}")))
@@ -256,6 +276,32 @@ def test_cumulative_histograms_become_classic_histograms_with_exemplars_in_their
     inf = next(line for line in om.splitlines() if 'le="+Inf"' in line)
     assert "cc" * 16 in inf
     assert "# UNIT rpc_duration_seconds seconds" in om
+
+
+def test_a_counter_shows_the_last_exemplar_of_its_point_with_its_time_in_seconds() -> None:
+    exp, _ = exporter()
+    point = number(2)
+    point.exemplars.extend([an_exemplar(1.0, trace=1), an_exemplar(1.0, trace=2)])
+    exp.consume(request(sum_metric("jobs", point)))
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "jobs"]
+    (sample,) = [s for s in family.samples if s.name == "jobs_total"]
+    assert sample.exemplar is not None
+    assert sample.exemplar.labels["trace_id"] == "02" * 16
+    assert float(sample.exemplar.timestamp) == 4.0  # an_exemplar's time, 4 s after the epoch
+
+
+def test_a_histogram_whose_bucket_layout_changes_shows_no_exemplar_of_the_old_layout() -> None:
+    """The old layout's exemplars sit at its bucket indexes: kept, one would show on another bucket (or past the
+    new layout's last one)."""
+    exp, _ = exporter()
+    old = HistogramDataPoint(
+        time_unix_nano=S, count=1, sum=4.0, bucket_counts=[1, 0], explicit_bounds=[5.0], exemplars=[an_exemplar(4.0)]
+    )
+    new = HistogramDataPoint(time_unix_nano=2 * S, count=1, sum=4.0, bucket_counts=[0, 1, 0], explicit_bounds=[1, 5])
+    exp.consume(request(histogram_metric("rpc.duration", old)))
+    assert bucket_exemplars(exp, "rpc_duration_seconds") == {"5.0": 4.0, "+Inf": 4.0}
+    exp.consume(request(histogram_metric("rpc.duration", new)))
+    assert bucket_exemplars(exp, "rpc_duration_seconds") == {"1.0": None, "5.0": None, "+Inf": None}
 
 
 def test_each_bucket_shows_its_largest_exemplar_and_an_empty_one_the_highest_below_it() -> None:
@@ -396,6 +442,16 @@ def test_exponential_histograms_are_exposed_as_classic_buckets_at_their_boundari
     delta.exponential_histogram.data_points.append(point)
     exp.consume(request(delta))
     assert dropped(metrics, "delta_exponential_histogram") == 1
+
+
+def test_an_exponential_histogram_of_exactly_the_maximum_buckets_keeps_its_scale() -> None:
+    """Only a point with more than MAX_EXPONENTIAL_BUCKETS buckets of one sign is downscaled."""
+    point = ExponentialHistogramDataPoint(count=MAX_EXPONENTIAL_BUCKETS, scale=3)
+    point.positive.bucket_counts.extend([1] * MAX_EXPONENTIAL_BUCKETS)
+    bounds, counts = exponential_to_explicit(point)
+    assert len(bounds) == 1 + MAX_EXPONENTIAL_BUCKETS  # the zero bucket's bound, then one per bucket
+    assert bounds[1] == 2.0 ** (1 / 8)  # the first bucket's upper bound at scale 3
+    assert counts == [0.0] + [1.0] * MAX_EXPONENTIAL_BUCKETS + [0.0]
 
 
 def test_an_exponential_histogram_with_empty_negative_buckets_keeps_its_sum_in_valid_openmetrics() -> None:
@@ -573,6 +629,36 @@ def test_streams_added_up_that_ended_and_come_back_with_their_starts_keep_their_
     assert metric_value(text(exp), "jobs_done_total", a_b="x") == 9  # not 0 first: 5 -> 0 -> 9 reads as a reset
 
 
+def test_histograms_of_streams_made_alike_have_no_sum_when_one_of_them_has_none() -> None:
+    """A sum of one stream only would not be the sum of the buckets shown."""
+    exp, _ = exporter()
+    with_sum = HistogramDataPoint(time_unix_nano=S, count=1, sum=0.2, bucket_counts=[1, 0], explicit_bounds=[0.5])
+    without = HistogramDataPoint(time_unix_nano=S, count=1, bucket_counts=[0, 1], explicit_bounds=[0.5])
+    with_sum.attributes.append(attr("a:b", "x"))
+    without.attributes.append(attr("a_b", "x"))
+    exp.consume(request(histogram_metric("rpc.duration", with_sum, without)))
+    out = text(exp)
+    assert metric_value(out, "rpc_duration_seconds_bucket", le="+Inf", a_b="x") == 2
+    assert "rpc_duration_seconds_sum" not in out
+
+
+def test_streams_made_alike_with_different_starts_in_a_new_order_are_not_taken_for_a_restart() -> None:
+    """The Go SDK lists streams in a new order at every export: the later start coming first is no restart of the
+    series (which would carry the earlier value on top of the new ones)."""
+    exp, _ = exporter()
+    text(exp)  # scraped since the start
+    now = time.time_ns() // S
+
+    def points(old_value: float, new_value: float, end: int) -> list[NumberDataPoint]:
+        old = number(old_value, start=now - 3600, end=end, a_b="x")
+        new = number(new_value, start=now - 600, end=end, **{"a:b": "x"})
+        return [old, new] if end == now - 2 else [new, old]
+
+    exp.consume(request(sum_metric("api.calls", *points(2, 4, now - 2))))
+    exp.consume(request(sum_metric("api.calls", *points(3, 5, now - 1))))  # no scrape between the two
+    assert metric_value(text(exp), "api_calls_total", a_b="x") == 8
+
+
 def test_points_of_one_series_at_different_times_in_a_request_are_all_used() -> None:
     exp, metrics = exporter()
     exp.consume(request(sum_metric("api.calls", number(8, end=3, a_b="x"), number(9, end=4, a_b="x"))))
@@ -631,6 +717,21 @@ def test_metrics_without_resource_or_scope_get_exactly_their_own_labels() -> Non
     out = text(exp)
     assert 'orders_total{region="eu"} 2.0' in out
     assert "target_info" not in out
+
+
+def test_an_attribute_with_an_empty_value_adds_no_label() -> None:
+    """Prometheus takes an empty label for an absent one: `{region=""}` and `{}` would be one series shown twice."""
+    exp, _ = exporter()
+    exp.consume(request(sum_metric("orders", number(2, region=""))))
+    assert "orders_total 2.0" in text(exp)
+
+
+def test_a_service_namespace_without_a_service_name_gives_no_job() -> None:
+    exp, _ = exporter()
+    exp.consume(
+        request(sum_metric("orders", number(2)), resource={"service.namespace": "shop", "service.instance.id": "p"})
+    )
+    assert 'orders_total{instance="p"} 2.0' in text(exp)
 
 
 def test_resource_attributes_can_be_copied_onto_every_series() -> None:
@@ -734,6 +835,30 @@ def test_target_info_series_count_against_max_series_and_in_the_series_held() ->
     assert drops == ["series_limit"]  # the second resource's point; its target_info is no data point
 
 
+def test_a_resource_that_keeps_sending_at_the_limit_keeps_its_target_info() -> None:
+    """At max_series its target_info is refreshed like its series: it must not expire while they are held."""
+    now = [100.0]
+    acc = Accumulator(300.0, 2, lambda reason, n: None, clock=lambda: now[0])
+    for _ in range(2):
+        acc.consume(request(sum_metric("depth", number(1)), resource={"service.name": "one"}))
+        acc.fold_pending()
+        now[0] += 200
+    families, targets = acc.snapshot()  # 400 s after the first point, 200 s after the second
+    assert [len(f.series) for f in families] == [1]
+    assert [t.labels for t in targets] == [{"job": "one"}]
+
+
+def test_the_starts_remembered_of_ended_series_are_bounded_by_max_series() -> None:
+    acc = Accumulator(300.0, 2, lambda reason, n: None)
+    for n in range(5):
+        ended = number(0, 5, 7, k=str(n))
+        ended.flags = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+        acc.consume(request(sum_metric("jobs", number(1, 5, 6, k=str(n)))))
+        acc.consume(request(sum_metric("jobs", ended)))
+    assert acc.snapshot()[0] == []
+    assert len(acc._ended_starts) == 2  # the oldest forgotten, not one per series that ever ended
+
+
 def test_colliding_attribute_keys_are_joined_with_a_semicolon() -> None:
     exp, _ = exporter()
     exp.consume(request(sum_metric("c", number(1, **{"a.b": "x", "a_b": "y"}))))
@@ -832,6 +957,15 @@ def test_an_explicit_infinite_last_bound_is_folded_into_the_inf_bucket_and_nan_b
     assert dropped(metrics, "malformed") == 1
 
 
+def test_an_explicit_histogram_with_a_repeated_bound_is_dropped_not_exposed() -> None:
+    """OpenMetrics wants bucket bounds unique: two `le="1.0"` lines make a strict parser refuse the scrape."""
+    exp, metrics = exporter()
+    point = HistogramDataPoint(count=2, sum=1.0, explicit_bounds=[1.0, 1.0], bucket_counts=[1, 1, 0])
+    exp.consume(request(histogram_metric("lat", point)))
+    assert "lat_seconds" not in text(exp)
+    assert dropped(metrics, "malformed") == 1
+
+
 def test_the_scope_schema_url_is_a_label_like_the_scope_name_and_version() -> None:
     exp, _ = exporter()
     req = request(sum_metric("orders", number(2)), scope=InstrumentationScope(name="shop"))
@@ -851,11 +985,27 @@ def test_a_non_monotonic_sum_and_a_gauge_of_one_name_are_one_gauge() -> None:
     assert dropped(metrics, "type_conflict") == 0
 
 
-def test_unspecified_temporality_is_dropped() -> None:
+def _of_unspecified_temporality(kind: str) -> Metric:
+    metric = Metric(name="payload.size", unit="By")
+    if kind == "sum":
+        metric.sum.data_points.append(number(1))
+        metric.sum.is_monotonic = True
+    elif kind == "histogram":
+        metric.histogram.data_points.append(HistogramDataPoint(time_unix_nano=S, count=1, sum=1.5, bucket_counts=[1]))
+    else:
+        point = ExponentialHistogramDataPoint(time_unix_nano=S, count=1, sum=1.5, scale=0)
+        point.positive.bucket_counts.extend([1])
+        metric.exponential_histogram.data_points.append(point)
+    return metric  # aggregation_temporality left unspecified
+
+
+@pytest.mark.parametrize("kind", ["sum", "histogram", "exponential_histogram"])
+def test_unspecified_temporality_is_dropped_and_counted_as_such(kind: str) -> None:
     exp, metrics = exporter()
-    exp.consume(request(sum_metric("c", number(1), temporality=0)))
-    assert "c_total" not in text(exp)
+    exp.consume(request(_of_unspecified_temporality(kind)))
+    assert "payload_size" not in text(exp)
     assert dropped(metrics, "unspecified_temporality") == 1
+    assert dropped(metrics, "delta_exponential_histogram") == 0  # an exponential histogram's was, once
 
 
 # --- span metrics through the exporter ---------------------------------------------------------------------------
@@ -1369,6 +1519,37 @@ def test_a_histogram_that_started_recently_is_scraped_empty_at_first() -> None:
     assert 'step_duration_seconds_bucket{le="+Inf"} 2.0' in second and "step_duration_seconds_sum 0.7" in second
 
 
+def test_a_histogram_without_a_sum_held_at_zero_has_no_sum_either() -> None:
+    exp, _ = exporter()  # held at zero for a minute
+    text(exp)  # scraped since the agent started
+    now_s = time.time_ns() // S
+    point = HistogramDataPoint(
+        start_time_unix_nano=(now_s - 1) * S,
+        time_unix_nano=now_s * S,
+        count=2,
+        explicit_bounds=[0.5],
+        bucket_counts=[1, 1],
+    )
+    exp.consume(request(histogram_metric("step.duration", point)))
+    out = openmetrics(exp)
+    assert metric_value(out, "step_duration_seconds_bucket", le="+Inf") == 0
+    assert "step_duration_seconds_sum" not in out and "step_duration_seconds_count" not in out
+
+
+def test_a_counter_that_restarted_shows_no_exemplar_of_its_previous_run() -> None:
+    exp, _ = exporter(NO_ZERO_HOLD)
+    text(exp)
+    now_s = time.time_ns() // S
+    first = number(5, start=now_s - 600, end=now_s - 2)
+    first.exemplars.append(an_exemplar(5.0))
+    exp.consume(request(sum_metric("jobs", first)))
+    text(exp)  # its value shown
+    exp.consume(request(sum_metric("jobs", number(1, start=now_s - 1, end=now_s))))  # a new start: a new run
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "jobs"]
+    (sample,) = [s for s in family.samples if s.name == "jobs_total"]
+    assert (sample.value, sample.exemplar) == (1.0, None)
+
+
 def test_what_an_agent_holds_before_its_first_scrape_keeps_its_value() -> None:
     """After an agent restart, a counter that started a moment before it was scraped from the agent before: a
     zero would read as a reset, and increase() would count what it had already counted."""
@@ -1503,6 +1684,19 @@ def test_exemplar_labels_past_the_openmetrics_limit_are_left_out_so_the_scrape_s
     assert sample.exemplar.labels == {"trace_id": "aa" * 16, "span_id": "bb" * 8, "tenant": "t1"}
 
 
+def test_exemplar_labels_of_exactly_the_openmetrics_limit_are_kept_and_empty_ones_left_out() -> None:
+    exp, _ = exporter()
+    point = number(1)
+    exemplar = point.exemplars.add(as_double=1.0, trace_id=b"\xaa" * 16, span_id=b"\xbb" * 8, time_unix_nano=S)
+    # trace_id and span_id take 63 runes; tenant and its value the other 65 of the 128.
+    exemplar.filtered_attributes.extend([attr("note", ""), attr("tenant", "t" * 59)])
+    exp.consume(request(sum_metric("jobs", point)))
+    (family,) = [f for f in text_string_to_metric_families(openmetrics(exp)) if f.name == "jobs"]
+    (sample,) = family.samples
+    assert sample.exemplar is not None
+    assert sample.exemplar.labels == {"trace_id": "aa" * 16, "span_id": "bb" * 8, "tenant": "t" * 59}
+
+
 def test_array_attributes_are_json_with_their_element_types() -> None:
     exp, _ = exporter()
     point = number(1)
@@ -1597,7 +1791,8 @@ def test_a_counter_that_is_nan_or_negative_is_dropped_not_exposed(value: float) 
 
 
 @pytest.mark.parametrize(
-    ("bounds", "counts", "total"), [([1.0], [1, 1], math.nan), ([1.0], [1, 1], -1.0), ([-5.0, 0.0], [1, 1, 1], -3.0)]
+    ("bounds", "counts", "total"),
+    [([1.0], [1, 1], math.nan), ([1.0], [1, 1], -1.0), ([-5.0, 0.0], [1, 1, 1], -3.0), ([-5.0, 0.0], [1, 1, 1], 3.0)],
 )
 def test_a_histogram_sum_openmetrics_forbids_is_left_out_and_the_buckets_kept(
     bounds: list[float], counts: list[int], total: float
@@ -1750,6 +1945,30 @@ def test_handed_over_starts_survive_series_ending_after_the_reload() -> None:
         _counter_point(new, f"own.{index}", 1, start + 10, ended=True)
     _counter_point(new, "app.2", 21, start)  # went on through the reload
     assert _values(new) == [21.0]
+
+
+def test_a_histogram_running_through_a_reload_keeps_its_counts() -> None:
+    """Its start is handed over like a counter's: shown at zero again after the reload, it would read as a reset."""
+    now = [100.0]
+    old = _held_accumulator(now)
+    start = time.time_ns()
+
+    def point(end: int) -> HistogramDataPoint:
+        return HistogramDataPoint(
+            start_time_unix_nano=start,
+            time_unix_nano=end,
+            count=3,
+            sum=1.0,
+            explicit_bounds=[0.5],
+            bucket_counts=[1, 2],
+        )
+
+    old.consume(request(histogram_metric("step.duration", point(start + 1))))
+    old.snapshot()  # shown, at zero
+    new = Accumulator(300.0, 1000, lambda reason, n: None, clock=lambda: now[0], new_series_at_zero_for=60.0)
+    new.resume_after(old)
+    new.consume(request(histogram_metric("step.duration", point(start + 2))))
+    assert [s.counts for f in new.snapshot()[0] for s in f.series.values()] == [[1.0, 2.0]]
 
 
 def test_a_sum_of_deltas_is_shown_at_zero_first_even_at_the_agents_first_scrape() -> None:

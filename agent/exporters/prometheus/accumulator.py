@@ -441,7 +441,9 @@ class Accumulator:
                 return (yield from self._histograms(metric, data.data_points, base, now, delta=delta))
         elif kind == "exponential_histogram":
             data = metric.exponential_histogram
-            if data.aggregation_temporality != CUMULATIVE:
+            if data.aggregation_temporality not in (CUMULATIVE, DELTA):
+                self._on_drop("unspecified_temporality", len(data.data_points))
+            elif data.aggregation_temporality == DELTA:
                 self._on_drop("delta_exponential_histogram", len(data.data_points))
             else:
                 return (yield from self._histograms(metric, data.data_points, base, now, delta=False))
