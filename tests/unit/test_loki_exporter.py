@@ -448,6 +448,88 @@ def test_the_event_name_is_metadata_and_all_zero_ids_are_left_out() -> None:
     assert "span_id" not in metadata and metadata["trace_id"] == "an attribute"  # no zero id to link to
 
 
+def _streams(records: list[LogRecord], resource: dict[str, str], max_line_bytes: int = 256 * 1024) -> Any:
+    """The streams StreamMapper makes of ``records`` under a resource of ``resource``, and the mapper."""
+    from agent.config.service import ServiceConfig
+    from agent.exporters._helper.retention import RetentionClassifier
+    from agent.exporters.loki.convert import StreamMapper
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.extend(attr(k, v) for k, v in resource.items())
+    resource_logs.scope_logs.add().log_records.extend(records)
+    mapper = StreamMapper([], RetentionClassifier(ServiceConfig()), max_line_bytes)
+    return mapper.streams(request), mapper
+
+
+def test_a_record_without_a_time_of_its_own_is_kept_at_its_observed_time_or_else_now() -> None:
+    """OTLP leaves time_unix_nano 0 when unknown: Loki refuses an entry of 1970."""
+    observed = LogRecord(observed_time_unix_nano=1_700_000_000_000_000_000)
+    observed.body.string_value = "observed"
+    neither = LogRecord()
+    neither.body.string_value = "neither"
+    before = time.time_ns()
+    ((_, entries),) = _streams([observed, neither], {"service.name": "api"})[0].items()
+    times = {line: timestamp for timestamp, line, _ in entries}
+    assert times["observed"] == 1_700_000_000_000_000_000
+    assert before <= times["neither"] <= time.time_ns()
+
+
+def test_a_line_of_few_characters_but_over_the_limit_in_bytes_is_truncated() -> None:
+    line = "é" * 600  # 600 characters, 1200 bytes
+    ((_, entries),) = _streams([record(line, 0)], {"service.name": "api"}, max_line_bytes=1024)[0].items()
+    ((_, shown, _),) = entries
+    assert len(shown.encode()) <= 1024 and "…[truncated " in shown
+
+
+def test_an_empty_service_name_is_labelled_unknown_service_and_the_retention_class_is_no_metadata() -> None:
+    """The retention class is the stream's label: as metadata too, every entry would carry it twice."""
+    streams, _ = _streams([record("hello", 0)], {"service.name": "", "retention.class": "error"})
+    ((labels, entries),) = streams.items()
+    assert dict(labels)["service_name"] == "unknown_service"
+    assert "retention_class" not in dict(entries[0][2])
+
+
+def test_a_line_a_few_minutes_ahead_keeps_its_own_time() -> None:
+    """Loki takes entries up to 10 minutes ahead of its clock (creation_grace_period): only later ones are retimed."""
+    ahead = record("clock a little fast", 0)
+    ahead.time_unix_nano, ahead.observed_time_unix_nano = time.time_ns() + 300 * 10**9, time.time_ns()
+    streams, mapper = _streams([ahead], {"service.name": "api"})
+    ((_, entries),) = streams.items()
+    assert [timestamp for timestamp, _, _ in entries] == [ahead.time_unix_nano]
+    assert mapper.retimed_entries == 0
+
+
+def test_a_span_key_repeated_in_a_span_gives_the_log_line_its_first_value() -> None:
+    from agent.exporters.loki.convert import span_events_to_logs
+
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(trace_id=TRACE_ID, span_id=SPAN_ID, name="step")
+    span.attributes.extend([attr("correlation_id", "req-1"), attr("correlation_id", "req-2")])
+    span.events.add(name="retry", time_unix_nano=1)
+    logs = span_events_to_logs(request, "all", ["correlation_id"])
+    assert logs is not None
+    (log,) = logs.resource_logs[0].scope_logs[0].log_records
+    assert [kv.value.string_value for kv in log.attributes if kv.key == "correlation_id"] == ["req-1"]
+
+
+def test_a_record_attribute_losing_its_name_to_the_records_own_id_is_counted_as_dropped_metadata() -> None:
+    streams, mapper = _streams([record("hello", 0, trace_id="mine")], {"service.name": "api"})
+    ((_, entries),) = streams.items()
+    assert dict(entries[0][2])["trace_id"] == TRACE_ID.hex()
+    assert mapper.dropped_metadata == 1
+
+
+def test_entries_parted_by_a_nanosecond_stay_in_time_order() -> None:
+    """Loki wants a stream's entries in time order: the variants moved on must not pass an entry after them."""
+    records = [record("Executing step", 0, correlation_id=f"req-{n}") for n in range(3)]
+    records.append(record("Step done", 1))
+    ((_, entries),) = _streams(records, {"service.name": "api"})[0].items()
+    times = [timestamp for timestamp, _, _ in entries]
+    start = 1_700_000_000_000_000_000
+    assert times == sorted(times) and sorted(times) == [start, start + 1, start + 1, start + 2]
+
+
 async def test_a_resource_key_repeated_in_a_resource_gives_one_label_not_a_rejected_stream() -> None:
     request = logs_request(records=[record("x", 1)])
     resource = request.resource_logs[0].resource
@@ -959,13 +1041,14 @@ async def test_a_batch_whose_pushes_together_take_longer_than_timeout_keeps_each
 
     class Slow(LokiDouble):
         def handle(self, *args: Any) -> tuple[int, str, dict[str, str]]:
-            # 2 s and the double's own 0.2-0.3 s (it decodes each record's time): within the 3 s a push may take,
-            # with room for a loaded machine (0.6 s against 1 s failed there), and over it for the two together.
-            time.sleep(2)
+            # Half the timeout, and the double's own 0.2-0.3 s (it decodes each record's time): the two pushes
+            # together take longer than the timeout, and each has 2 s of room for a loaded machine (0.6 s against
+            # 1 s, and 2 s against 3 s, failed there).
+            time.sleep(2.5)
             return super().handle(*args)
 
     with Slow(check_timestamps=True) as loki:
-        config = loki_config(loki.url, timeout="3s")
+        config = loki_config(loki.url, timeout="5s")
         await export(config, [(Signal.LOGS, request)], metrics,
                      lambda: value(metrics, "exporter_sent_items_total", exporter="loki") > 0)  # fmt: skip
     first_push = len(loki.pushes[0].streams[0][1]) + 1

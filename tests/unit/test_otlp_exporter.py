@@ -79,6 +79,67 @@ async def test_every_span_arrives_intact_with_the_configured_headers(protocol: s
     assert value(metrics, "exporter_sent_items_total", exporter="otlp") == len(expected)
 
 
+async def test_a_grpc_header_named_in_capitals_arrives_as_lowercase_metadata() -> None:
+    """gRPC refuses a metadata key with a capital letter (HTTP/2 field names are lowercase): `Authorization` as an
+    operator writes it would fail every call."""
+    batches = traces(2)
+    with OtlpCapture() as backend:
+        config = exporter_config(backend.grpc_endpoint, headers={"Authorization": "Bearer t0k"})
+        await run_exporter(config, batches, SelfMetrics(), lambda: bool(backend.capture.spans()))
+        assert backend.capture.spans()
+        assert all(h.get("authorization") == "Bearer t0k" for h in backend.capture.headers)
+
+
+@pytest.mark.parametrize(("compression", "expected"), [("gzip", grpc.Compression.Gzip), ("none", None)])
+async def test_the_grpc_channel_compresses_with_gzip_only_when_configured(
+    monkeypatch: pytest.MonkeyPatch, compression: str, expected: grpc.Compression | None
+) -> None:
+    from agent.exporters.otlp.transport import GrpcTransport
+
+    opened: list[Any] = []
+    insecure_channel = grpc.aio.insecure_channel
+
+    def recording(target: str, options: Any, compression: Any) -> Any:
+        opened.append(compression)
+        return insecure_channel(target, options, compression)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recording)
+    transport = GrpcTransport(exporter_config("127.0.0.1:4317", compression=compression), None)
+    await transport.start()
+    await transport.close()
+    assert opened == [expected or grpc.Compression.NoCompression]
+
+
+async def test_an_http_endpoint_ending_in_a_slash_is_posted_to_once_with_the_agents_user_agent() -> None:
+    """`http://collector:4318/` must not post to `//v1/traces` (a Go server redirects it, which is refused)."""
+    from aiohttp import web
+
+    from agent.exporters.otlp.transport import HttpTransport
+
+    seen: list[tuple[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, request.headers.get("User-Agent", "")))
+        return web.Response(status=200, content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    transport = HttpTransport(exporter_config(f"http://127.0.0.1:{port}/", protocol="http/protobuf"), None)
+    await transport.start()
+    try:
+        await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    ((path, user_agent),) = seen
+    assert path == "/v1/traces"
+    assert user_agent.startswith("otel-sidecar/")
+
+
 async def test_small_requests_are_merged_into_batches_and_large_ones_split() -> None:
     batches = traces(30)
     total = len(span_keys(batches))
@@ -478,6 +539,8 @@ def test_metrics_are_split_by_data_points_a_metric_staying_whole() -> None:
         (202, "application/x-protobuf", b"", 1, 0),
         (302, None, b"", 0, 1),  # not followed: a POST would come back as a GET without its body
         (200, "text/html", b"<html>Jaeger UI</html>", 0, 1),  # not an OTLP receiver
+        (200, "text/html", b"", 1, 0),  # no page, only a proxy's content type: a success
+        (200, "application/x-protobuf", b"\xff\xff", 1, 0),  # a body that does not decode: still a success
     ],
 )
 async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
@@ -517,6 +580,22 @@ async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
     assert posts == ["POST"]
     assert value(metrics, "exporter_sent_items_total") == sent * spans
     assert value(metrics, "exporter_rejected_items_total") == rejected * spans
+
+
+async def test_an_http_error_is_reported_with_the_message_of_its_status_body() -> None:
+    from agent.exporters._helper.retry import PermanentExportError
+    from agent.exporters.otlp.transport import HttpTransport
+
+    with OtlpCapture() as backend:
+        backend.capture.failures = [PlannedFailure(grpc.StatusCode.INVALID_ARGUMENT, 400, "span 3 has no name")]
+        transport = HttpTransport(exporter_config(backend.http_url, protocol="http/protobuf"), None)
+        await transport.start()
+        try:
+            with pytest.raises(PermanentExportError) as raised:
+                await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+        finally:
+            await transport.close()
+    assert str(raised.value) == f"HTTP 400: span 3 has no name ({backend.http_url}/v1/traces)"
 
 
 @pytest.mark.parametrize(
@@ -689,6 +768,60 @@ async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it
     finally:
         await transport.close()
         await server.stop(0)
+
+
+async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possible_delivery() -> None:
+    """gRPC says "failed to connect to all addresses; last error: ... Connection reset by peer": the words of a
+    connection lost under a call, but no call had a connection, so nothing was sent."""
+    from agent.exporters.otlp.transport import GrpcTransport
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+    finally:
+        await transport.close()
+        server.close()
+    assert "failed to connect" in str(raised.value)
+    assert not raised.value.maybe_delivered
+
+
+async def test_a_grpc_deadline_passing_while_the_backend_handles_the_call_may_have_delivered() -> None:
+    """Connected, sent, and no answer in time: the backend may store the request after all, so a resend is a
+    possible duplicate (unlike a deadline passing while connecting)."""
+    from agent.exporters.otlp.transport import GrpcTransport
+
+    received = asyncio.Event()
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        received.set()
+        await asyncio.sleep(10)
+        return b""
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], timeout=1)
+    finally:
+        await transport.close()
+        await server.stop(0)
+    assert received.is_set()
+    assert (raised.value.reason, raised.value.maybe_delivered) == ("deadline_exceeded", True)
 
 
 async def test_an_export_still_connecting_at_the_shutdown_deadline_was_not_delivered() -> None:

@@ -103,6 +103,90 @@ async def test_data_queued_while_the_backend_is_down_is_delivered_after_a_restar
     assert segments(tmp_path) == [] or all(p.stat().st_size == 0 for p in segments(tmp_path))
 
 
+async def wait_for_received(backend: Backend, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(backend.received) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def test_a_batch_queued_after_a_restart_is_delivered_after_the_next_restart(tmp_path: Path) -> None:
+    """A record written after a restart takes a sequence number after every record on disk: reusing one of them
+    (a record never begun is in no acknowledgement), it would share that record's acknowledgements and be skipped
+    as delivered."""
+    sent = batches(3)
+    await queue_while_down(queue_config(tmp_path), sent[:2])
+    backend = Backend()
+    second = SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push, retry=FAST_RETRY)
+    await second.start()
+    await wait_for_received(backend, 2)
+    backend.down = True
+    second.offer(Signal.TRACES, sent[2])
+    await asyncio.sleep(0.1)
+    await second.shutdown(time.monotonic() + 1)
+    assert backend.received == sent[:2]
+
+    last = Backend()
+    await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), last.push), last, 1)
+    assert last.received == [sent[2]]
+
+
+async def test_a_batch_queued_after_a_restart_that_could_not_compact_the_ack_log_is_delivered(tmp_path: Path) -> None:
+    """The log kept the acknowledgements of records whose segment was emptied in place (the rewrite at start
+    failed, as on a full volume): a new record must not take one of their sequence numbers."""
+    sent = batches(3)
+    first, _, backend = await started_queue(tmp_path, SelfMetrics())
+    for batch in sent[:2]:
+        first.offer(Signal.TRACES, batch)
+    await wait_for_received(backend, 2)
+    await asyncio.sleep(0.05)  # the last acknowledgement
+    await first.shutdown(time.monotonic() + 1)
+    assert backend.received == sent[:2]
+
+    (tmp_path / "otlp" / "acks.log.tmp").mkdir()  # the rewrite's temporary file cannot be written
+    await queue_while_down(queue_config(tmp_path), sent[2:])
+    (tmp_path / "otlp" / "acks.log.tmp").rmdir()
+
+    last = Backend()
+    await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), last.push), last, 1)
+    assert last.received == [sent[2]]
+
+
+async def test_a_compacted_ack_log_keeps_the_mark_of_a_batch_that_may_have_reached_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is rewritten without its done entries once it grows past a bound: the mark of a batch whose attempt
+    timed out after sending must survive it, so that its resend after a restart counts as a possible duplicate."""
+    import agent.exporters._helper.persistent_queue as persistent_queue
+
+    monkeypatch.setattr(persistent_queue, "_MAX_ACK_LOG", 0)  # every acknowledgement compacts the log
+    stuck, delivered = batches(2)
+    received: list[Message] = []
+
+    async def push(signal: Signal, batch: Message) -> None:
+        if batch == stuck:
+            raise RetryableError("no answer within 5s", reason="timeout", maybe_delivered=True)
+        received.append(batch)
+
+    first = SendingQueue(make_settings("otlp"), queue_config(tmp_path, num_consumers=2), push, retry=FAST_RETRY)
+    await first.start()
+    first.offer(Signal.TRACES, stuck)
+    first.offer(Signal.TRACES, delivered)
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)  # the acknowledgement, and the compaction with it
+    await first.shutdown(time.monotonic() + 1)
+    assert received == [delivered]
+
+    metrics = SelfMetrics()
+    backend = Backend()
+    await run_until_delivered(
+        SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), backend.push), backend, 1
+    )
+    assert backend.received == [stuck]
+    assert metric_value(metrics.render().decode(), "otel_sidecar_exporter_duplicates_total") == spans_in(stuck)
+
+
 class DeliversPart:
     """A push that delivers a batch's first resource and leaves the rest in it, failing: as the loadbalancing
     exporter does when one gateway takes its part and another is down."""
@@ -235,6 +319,19 @@ async def test_the_queue_is_bounded_by_bytes_on_disk(tmp_path: Path) -> None:
     await queue.shutdown(time.monotonic() + 1)
 
 
+async def test_the_queue_bound_in_items_counts_what_a_restart_found_on_disk(tmp_path: Path) -> None:
+    sent = batches(2)
+    await queue_while_down(queue_config(tmp_path), sent)
+    config = queue_config(tmp_path, max_items=sum(spans_in(b) for b in sent))  # full with what is on disk
+    queue = SendingQueue(make_settings("otlp"), config, Backend(down=True).push, retry=FAST_RETRY)
+    await queue.start()
+    try:
+        with pytest.raises(Refused):
+            queue.offer(Signal.TRACES, batches(1, seed=9)[0])
+    finally:
+        await queue.shutdown(time.monotonic() + 1)
+
+
 async def test_segments_are_deleted_once_everything_in_them_is_delivered(tmp_path: Path) -> None:
     config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "50ms"})
     backend = Backend()
@@ -270,6 +367,32 @@ async def test_a_segment_whose_records_were_all_delivered_while_it_was_written_i
             await asyncio.sleep(0.005)
     written = sum(b.ByteSize() for b in sent)
     assert written > 3 * 1024 * 1024  # several rotations
+    assert len(segments(tmp_path)) == 1  # the active one
+    await queue.shutdown(time.monotonic() + 2)
+    assert len(backend.received) == len(sent)
+
+
+async def test_a_delivered_segment_that_could_not_be_emptied_in_place_is_deleted_at_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emptying the active segment once its records are done failed (a disk error): it fills with delivered
+    records, and must go when the next one starts, or the files grow until the queue refuses data."""
+    import agent.exporters._helper.persistent_queue as persistent_queue
+
+    def failing_ftruncate(fd: int, length: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(persistent_queue.os, "ftruncate", failing_ftruncate)
+    config = queue_config(tmp_path, storage={"directory": str(tmp_path), "segment_mib": 1, "sync_interval": "50ms"})
+    backend = Backend()
+    queue = SendingQueue(make_settings("otlp"), config, backend.push)
+    await queue.start()
+    sent = batches(40, seed=8)
+    for batch in sent:  # 40 KB more each, so that 40 of them fill a 1 MiB segment
+        batch.resource_spans[0].resource.attributes.add(key="pad", value={"string_value": "x" * 40_000})
+    for index, batch in enumerate(sent):
+        queue.offer(Signal.TRACES, batch)
+        await wait_for_received(backend, index + 1)
     assert len(segments(tmp_path)) == 1  # the active one
     await queue.shutdown(time.monotonic() + 2)
     assert len(backend.received) == len(sent)
@@ -646,6 +769,30 @@ async def test_a_torn_last_entry_of_the_ack_log_is_ignored_at_start(tmp_path: Pa
     await asyncio.sleep(0.1)
     await third.shutdown(time.monotonic() + 1)
     assert again.received == []  # the acknowledgements written after the torn entry were read back
+
+
+async def test_a_torn_last_entry_is_cut_off_when_the_ack_log_cannot_be_rewritten_at_start(tmp_path: Path) -> None:
+    """On a full volume the log is appended to as it is: the entries written after a torn one must still be read
+    back whole, or the delivered records are sent again after the next restart."""
+    sent = batches(2)
+    await queue_while_down(queue_config(tmp_path), sent)
+    (acks,) = tmp_path.rglob("acks.log")
+    with open(acks, "ab") as handle:
+        handle.write(b"A" + (1).to_bytes(8, "little")[:2])  # a crash in the middle of an entry
+    (acks.parent / "acks.log.tmp").mkdir()  # the rewrite's temporary file cannot be written
+    backend = Backend()
+    await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push), backend, 2)
+    (acks.parent / "acks.log.tmp").rmdir()
+    assert backend.received == sent
+
+    metrics = SelfMetrics()
+    again = Backend()
+    third = SendingQueue(make_settings("otlp", metrics), queue_config(tmp_path), again.push)
+    await third.start()
+    await asyncio.sleep(0.1)
+    await third.shutdown(time.monotonic() + 1)
+    assert again.received == []
+    assert metric_value(metrics.render().decode(), "otel_sidecar_exporter_persistent_queue_errors_total") == 0
 
 
 async def test_acknowledging_the_same_records_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:

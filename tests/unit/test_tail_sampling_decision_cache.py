@@ -55,3 +55,12 @@ def test_a_cuckoo_filter_holds_its_capacity_without_losing_ids() -> None:
     hashes = [int.from_bytes(os.urandom(8), "big") for _ in range(10_000)]
     assert all(cuckoo.add(h) for h in hashes)
     assert all(h in cuckoo for h in hashes)
+
+
+def test_the_dropped_cache_counts_and_measures_both_of_its_generations() -> None:
+    """Its size is the sampling_cache_entries gauge: after a rotation the older generation still holds ids."""
+    cache = DroppedCache(100)
+    for n in range(150):
+        cache.add(n.to_bytes(16, "big"))
+    assert len(cache) == 150
+    assert cache.nbytes == 2 * CuckooFilter(100).nbytes

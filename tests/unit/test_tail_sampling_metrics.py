@@ -41,3 +41,23 @@ def test_decision_latencies_render_as_a_cumulative_histogram_per_processor() -> 
 def test_the_same_processor_id_on_one_registry_shares_its_histogram() -> None:
     registry = SelfMetrics()
     assert metrics_of(registry, "x").decision_latency is metrics_of(registry, "x").decision_latency
+
+
+def test_latencies_observed_together_count_a_value_on_a_bound_in_that_bounds_bucket() -> None:
+    """The sampler observes each tick's decisions at once (observe_all): a bound is inclusive there too."""
+    registry = SelfMetrics()
+    metrics_of(registry, "tail_sampling").decision_latency.observe_all([0.1, 2.0, 2.1])
+    text = registry.render().decode()
+    assert metric_value(text, NAME + "_bucket", processor="tail_sampling", le="0.1") == 1
+    assert metric_value(text, NAME + "_bucket", processor="tail_sampling", le="2.0") == 2
+    assert metric_value(text, NAME + "_sum", processor="tail_sampling") == 4.2
+
+
+def test_a_processor_removed_by_a_reload_leaves_no_latency_histogram_behind() -> None:
+    registry = SelfMetrics()
+    metrics_of(registry, "tail_sampling").decision_latency.observe(1.0)
+    metrics_of(registry, "tail_sampling/old").decision_latency.observe(1.0)
+    registry.forget_components({"processor": {"tail_sampling"}})
+    text = registry.render().decode()
+    assert metric_value(text, NAME + "_count", processor="tail_sampling") == 1
+    assert 'processor="tail_sampling/old"' not in text
