@@ -6,9 +6,13 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from agent import app, cli
 from agent.config.schema import ConfigError, ConfigInvalid
@@ -174,3 +178,135 @@ def test_validate_reports_a_queue_directory_the_agent_may_not_write_or_enter(
     monkeypatch.setattr(cli.os, "access", lambda path, mode, **_: not mode & denied)
     assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
     assert f"{root / 'otlp__jaeger'} is not a writable directory" in capsys.readouterr().err
+
+
+class _RecordingAgent:
+    def __init__(self, config: object, ran: list[object]) -> None:
+        self.config, self.ran = config, ran
+
+    async def run(self) -> None:
+        self.ran.append(self.config)
+
+
+def test_a_config_given_without_a_command_is_run_as_otelcol_runs_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`otel-sidecar --config X` runs the agent (the default command), not only checks the config."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(UNUSED % (tmp_path / "out"))
+    ran: list[object] = []
+    monkeypatch.setattr(app, "Agent", lambda config, **_: _RecordingAgent(config, ran))
+    assert cli.main(["--config", str(config)]) == cli.EXIT_OK
+    logging.shutdown()
+    assert len(ran) == 1
+
+
+def test_print_config_keeps_the_sections_in_the_config_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """Receivers first, the service last, as a Collector config reads: not sorted alphabetically."""
+    assert cli.main(["print-config"]) == cli.EXIT_OK
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert list(printed) == ["receivers", "processors", "connectors", "exporters", "service"]
+    assert list(printed["service"])[:2] == ["pipelines", "telemetry"]
+
+
+ADMIN_TLS_FILES_MISSING = """
+receivers: {otlp: {}}
+exporters: {file: {path: "%s"}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [file]}
+  telemetry:
+    admin: {endpoint: "127.0.0.1:0", tls: {cert_file: "%s", key_file: "%s"}}
+"""
+
+
+def test_validate_check_files_reads_the_admin_endpoints_tls_files_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The admin endpoint is built at start like the pipelines: its missing certificate fails the start."""
+    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
+    config = tmp_path / "agent.yaml"
+    config.write_text(ADMIN_TLS_FILES_MISSING % (tmp_path / "out", cert, key))
+    assert cli.main(["validate", "--config", str(config)]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"{config}: cannot start: service.telemetry.admin.tls: ")
+    assert str(cert) in err
+
+
+def test_validate_check_files_reports_an_executable_file_where_the_queue_directory_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file is no directory even when its mode lets the agent write and search it (0755, or root)."""
+    config = tmp_path / "agent.yaml"
+    root = tmp_path / "queues"
+    root.mkdir()
+    (root / "otlp__jaeger").write_text("")
+    (root / "otlp__jaeger").chmod(0o755)
+    config.write_text(QUEUE_ON_DISK % root)
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert f"{root / 'otlp__jaeger'} is not a writable directory" in capsys.readouterr().err
+
+
+def test_an_invalid_config_is_reported_with_the_number_of_its_problems_and_each_of_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "receivers: {otlp: {grpc: {endpoint: nowhere}}}\n"
+        "exporters: {file: {path: /tmp/x, rotation: daily}}\n"
+        "service: {pipelines: {traces: {receivers: [otlp], exporters: [file]}}}\n"
+    )
+    assert cli.main(["validate", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    first, *problems = capsys.readouterr().err.splitlines()
+    assert first == f"{config}: invalid configuration (2 problem(s)):"
+    assert problems == [
+        "  receivers.otlp.grpc.endpoint: must be host:port, got 'nowhere'",
+        "  exporters.file.rotation: must be a mapping, got a string",
+    ]
+
+
+def test_threads_that_end_within_the_grace_period_are_not_reported_as_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write finishing while the process exits is waited for: only one still running after the grace period
+    makes the agent exit without the interpreter's shutdown. Each wait of the check lets the thread finish here."""
+    release = threading.Event()
+    writer = threading.Thread(target=release.wait, name="otel-sidecar-io-test")
+    writer.start()
+
+    def the_write_finishes(seconds: float) -> None:
+        release.set()
+        writer.join()
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=time.monotonic, sleep=the_write_finishes))
+    try:
+        assert "otel-sidecar-io-test" not in cli._threads_still_blocked(cli.EXECUTOR_GRACE_SECONDS)
+    finally:
+        release.set()
+        writer.join()
+
+
+def test_a_failed_start_leaving_a_call_blocked_still_exits_with_the_failures_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process then exits without the interpreter's shutdown (os._exit), but with the code of the failure."""
+    release = threading.Event()
+    blocked = threading.Thread(target=release.wait, name="otel-sidecar-io_0")
+
+    class _BlockedThenFailing:
+        async def run(self) -> None:
+            blocked.start()  # a file write that never returns, as on a hung disk
+            raise OSError("address already in use")
+
+    exits: list[int] = []
+    monkeypatch.setattr(app, "Agent", lambda config, **_: _BlockedThenFailing())
+    monkeypatch.setattr(cli, "EXECUTOR_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    try:
+        assert cli.main(["run"]) == cli.EXIT_START_FAILED
+    finally:
+        release.set()
+        blocked.join()
+    assert exits == [cli.EXIT_START_FAILED]
