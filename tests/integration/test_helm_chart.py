@@ -130,6 +130,7 @@ def test_lint_fails_on_values_the_schema_rejects(helm_python: Path, tmp_path: Pa
     bad_values: list[dict[str, Any]] = [
         {"mode": "daemonset"},
         {"sidecar": {"native": "yes"}},
+        {"sidecar": {"nativ": True}},  # misspelt: the native sidecar would silently stay the default
         {"replicaCount": 3},
         {"ports": {"otlp": None}},
         # The agent config's shape (agent/config/jsonschema.py): a misspelt key, an unknown component type.
@@ -250,6 +251,13 @@ def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: 
         "metrics": 9464,
         "admin": 13133,
     }
+    # A service mesh or gateway in front takes the protocol from appProtocol: OTLP/gRPC needs HTTP/2.
+    assert {p["name"]: p.get("appProtocol") for p in service["spec"]["ports"]} == {
+        "otlp": "grpc",
+        "otlp-http": "http",
+        "metrics": "http",
+        "admin": "http",
+    }
     assert [c["name"] for c in pod["containers"]] == ["otel-sidecar"]
     # The zone spread counts this release's agents, whatever the release is called (the render's is test-release).
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -261,6 +269,9 @@ def test_gateway_is_a_statefulset_of_agents_behind_a_headless_service(rendered: 
     assert agent_env["OTEL_SIDECAR_HTTP_ENDPOINT"] == "0.0.0.0:4318"
     (monitor,) = objects(case, "ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "admin"]
+    assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}  # both serve their metrics there
+    # This release's Service only: not the Services of other gateway releases in the namespace.
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     # Applications' own metrics keep their job and instance (target_info joins on them), not exported_job.
     assert [e.get("honorLabels", False) for e in monitor["spec"]["endpoints"]] == [True, False]
     # The Prometheus Operator names the job after the Service's jobLabel label, else after the Service
@@ -280,6 +291,9 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}  # the "restricted" Pod Security Standard
+    # A claim's volume (owned by root) is made writable by the agent's group: its queue directory goes there.
+    assert pod["securityContext"]["fsGroup"] == security["runAsGroup"]
     # The agent never calls the Kubernetes API: no token in its pods (nor in a container sharing them).
     assert pod["automountServiceAccountToken"] is False
     assert all(
@@ -305,6 +319,10 @@ def test_agent_container_is_hardened_probed_and_has_writable_volumes(rendered: A
         c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])
     }
     assert set(mounts.values()) <= volumes
+    if not workload["spec"].get("volumeClaimTemplates"):  # an emptyDir queue may not fill the node's disk
+        (data,) = [v for v in pod["volumes"] if v["name"] == "otel-sidecar-data"]
+        limit = yaml.safe_load((CHART / "values.yaml").read_text())["persistence"]["emptyDirSizeLimit"]
+        assert data.get("emptyDir", {"sizeLimit": limit}) == {"sizeLimit": limit}
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
     if objects(rendered[case], "PodMonitor") or objects(rendered[case], "ServiceMonitor"):
         assert not [key for key in annotations if key.startswith("prometheus.io/")]  # scraped once, by the monitor
@@ -448,6 +466,16 @@ def test_a_parent_chart_injecting_a_native_sidecar_is_refused_on_clusters_older_
     assert not outcome["ok"]
     assert f"{GUARD} and this cluster is v1.28.0: set sidecar.native=false" in outcome["error"]
     assert not [r for r in api.requests if not r.startswith("GET ")]  # nothing was written
+
+
+def test_the_agents_memory_limit_is_the_default_the_docs_give() -> None:
+    """docs/kubernetes.md: the memory limiter's percentages are of this limit, and 64 senders of 2.5 MB requests
+    fitted at 512Mi, not at 256Mi."""
+    (documented,) = re.findall(
+        r"`resources.limits.memory` \((\w+) by default\)", (REPO / "docs" / "kubernetes.md").read_text()
+    )
+    assert documented == "512Mi"
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["resources"]["limits"]["memory"] == documented
 
 
 def test_every_value_is_documented() -> None:
@@ -618,6 +646,8 @@ def test_replicas_sharing_one_claim_fail_with_a_clear_message(
         )
         shared = kind == "Deployment" or "existingClaim" in persistence
         assert any("3 replicas cannot share one claim" in f for f in failures) == shared, (kind, failures)
+    two = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": 2}, "persistence": persistence}
+    assert any("2 replicas cannot share one claim" in f for f in lint_failures(helm_python, tmp_path, two))
     one = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": 1}, "persistence": persistence}
     assert lint_failures(helm_python, tmp_path, one) == []
     autoscaled = {"mode": "gateway", "gateway": {"kind": "Deployment", "replicas": None}, "persistence": persistence}
@@ -642,6 +672,12 @@ def test_the_gateway_statefulsets_pod_management_policy_is_a_value(helm_python: 
     values["gateway"] = {"kind": "Deployment", "podManagementPolicy": "Parallel"}  # a StatefulSet field only
     assert "podManagementPolicy" not in the_workload(render_with(helm_python, tmp_path, values))["spec"]
     assert lint_failures(helm_python, tmp_path, {"gateway": {"podManagementPolicy": "Ordered"}})
+    # A gateway setting: the orchestrator's own StatefulSet (sidecar mode) keeps its default.
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar-non-native.yaml").read_text())
+    orchestrator = the_workload(
+        render_with(helm_python, tmp_path, {**sidecar, "gateway": {"podManagementPolicy": "Parallel"}})
+    )
+    assert orchestrator["kind"] == "StatefulSet" and "podManagementPolicy" not in orchestrator["spec"]
 
 
 def test_settings_that_render_but_cannot_work_are_refused(helm_python: Path, tmp_path: Path) -> None:
@@ -677,14 +713,25 @@ def test_long_release_names_still_give_valid_names(helm_python: Path, tmp_path: 
 
 def test_the_monitors_name_the_job_otel_sidecar_whatever_the_name_overrides(helm_python: Path, tmp_path: Path) -> None:
     gateway = {"mode": "gateway", "nameOverride": "tracer"}
-    rendered = render_with(helm_python, tmp_path, {**gateway, "serviceMonitor": {"enabled": True}})
+    rendered = render_with(helm_python, tmp_path, {**gateway, "serviceMonitor": {"enabled": True, "interval": "15s"}})
     (service,) = objects(rendered, "Service")
     (service_monitor,) = objects(rendered, "ServiceMonitor")
     assert service["metadata"]["labels"][service_monitor["spec"]["jobLabel"]] == "otel-sidecar"
-    rendered = render_with(helm_python, tmp_path, {**gateway, "podMonitor": {"enabled": True}})
+    assert [(e["path"], e["interval"]) for e in service_monitor["spec"]["endpoints"]] == [("/metrics", "15s")] * 2
+    rendered = render_with(helm_python, tmp_path, {**gateway, "podMonitor": {"enabled": True, "interval": "15s"}})
     (pod_monitor,) = objects(rendered, "PodMonitor")
     pod_labels = the_workload(rendered)["spec"]["template"]["metadata"]["labels"]
     assert pod_labels[pod_monitor["spec"]["jobLabel"]] == "otel-sidecar"
+    endpoints = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert [(e["port"], e["path"], e["interval"]) for e in endpoints] == [
+        ("metrics", "/metrics", "15s"),
+        ("admin", "/metrics", "15s"),
+    ]
+    # Applications' own metrics keep their job and instance (target_info joins on them), the agent's own not.
+    assert [e.get("honorLabels", False) for e in endpoints] == [True, False]
+    # This release's pods only, selected by the labels its workload gives them.
+    selector = pod_monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items() and "app.kubernetes.io/instance" in selector
 
 
 def test_a_pod_monitor_scrapes_only_the_agents_container_of_the_pods_the_chart_renders(
@@ -764,6 +811,7 @@ def test_notes_name_what_was_rendered(helm_python: Path, tmp_path: Path) -> None
         assert rendered in notes(values), values
     assert "Span metrics are not derived here" in notes(yaml.safe_load((CHART / "ci" / "gateway.yaml").read_text()))
     assert "Span metrics: port 9464" in notes({"mode": "gateway"})
+    assert "on OTLP/gRPC port 14317.\n" in notes({"mode": "gateway", "ports": {"otlp": {"containerPort": 14317}}})
     # A gateway whose config has no connectors at all, as config/gateway.yaml (Helm removes a key set to null).
     assert "Span metrics are not derived here" in notes({"mode": "gateway", "config": {"connectors": None}})
 
@@ -791,6 +839,23 @@ def test_a_deployment_with_its_one_claim_is_replaced_not_rolled(helm_python: Pat
     )
     assert workload["kind"] == "Deployment"
     assert workload["spec"]["strategy"] == {"type": "Recreate"}
+    # Without a claim the pods roll as usual: the orchestrator's Deployment keeps serving through an upgrade.
+    assert "strategy" not in sidecar_workload_with(helm_python, tmp_path)["spec"]
+
+
+def test_a_deployments_data_volume_is_the_one_claim_the_chart_renders(
+    rendered: Any, helm_python: Path, tmp_path: Path
+) -> None:
+    sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
+    case = render_with(helm_python, tmp_path, {**sidecar, "persistence": {"enabled": True}})
+    (claim,) = objects(case, "PersistentVolumeClaim")
+    pod = the_workload(case)["spec"]["template"]["spec"]
+    (data,) = [v for v in pod["volumes"] if v["name"] == "otel-sidecar-data"]
+    assert data["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    # A StatefulSet's pods get a claim each from its claim template: no claim of their own.
+    for name in ("gateway.yaml", "sidecar-non-native.yaml"):
+        assert the_workload(rendered[name])["spec"]["volumeClaimTemplates"]
+        assert objects(rendered[name], "PersistentVolumeClaim") == [], name
 
 
 def test_the_scrape_annotation_follows_the_metrics_port(helm_python: Path, tmp_path: Path) -> None:
@@ -798,6 +863,10 @@ def test_the_scrape_annotation_follows_the_metrics_port(helm_python: Path, tmp_p
         helm_python, tmp_path, ports={"metrics": {"containerPort": 9500}}, podMonitor={"enabled": False}
     )
     assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9500"
+    # A port given in podAnnotations is kept (a scrape through a proxy, say): derived only when none is given.
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": "9999"}
+    workload = sidecar_workload_with(helm_python, tmp_path, podAnnotations=scrape, podMonitor={"enabled": False})
+    assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9999"
 
 
 def render_with(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
