@@ -87,9 +87,10 @@ def start_rotel(workdir: Path, exporter: str = "blackhole") -> tuple[Process, st
         "--exporter", exporter,
         "--pid-file", str(workdir / f"rotel-{grpc_port}.pid"),
     )  # fmt: skip
-    with open(workdir / f"rotel-{grpc_port}.log", "wb") as log:  # the process has its own copy of the descriptor
+    log_path = workdir / f"rotel-{grpc_port}.log"
+    with open(log_path, "wb") as log:  # the process has its own copy of the descriptor
         popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=rotel_environment())
-    _wait_port(grpc_port, popen, workdir / f"rotel-{grpc_port}.log")
+    _wait_port(grpc_port, popen, log_path)
     return Process(popen, "rotel"), f"127.0.0.1:{grpc_port}"
 
 
