@@ -140,6 +140,20 @@ async def test_an_http_endpoint_ending_in_a_slash_is_posted_to_once_with_the_age
     assert user_agent.startswith("otel-sidecar/")
 
 
+@pytest.mark.filterwarnings("error::ResourceWarning")  # aiohttp's, for a body over 1 MiB it would write at once
+async def test_an_http_body_over_a_mebibyte_is_sent_whole_in_chunks() -> None:
+    """A prompt captured whole makes a request of megabytes: aiohttp writes it in chunks, the loop free between
+    them (the receiver shares it), and does not warn that it may block the loop."""
+    (batch,) = traces(1)
+    batch.resource_spans[0].scope_spans[0].spans[0].attributes.add(
+        key="gen_ai.prompt", value={"string_value": "x" * 1_500_000}
+    )
+    with OtlpCapture() as backend:
+        config = exporter_config(backend.http_url, protocol="http/protobuf", compression="none")
+        await run_exporter(config, [batch], SelfMetrics(), lambda: bool(backend.capture.spans()))
+        assert span_keys(backend.capture.requests[Signal.TRACES]) == span_keys([batch])
+
+
 async def test_small_requests_are_merged_into_batches_and_large_ones_split() -> None:
     batches = traces(30)
     total = len(span_keys(batches))

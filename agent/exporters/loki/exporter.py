@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from agent import __version__
 from agent.component import Consumer, CreateSettings, Signal
 from agent.exporters._helper.consumer import SignalConsumer
-from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
+from agent.exporters._helper.http import attempt_timeout, redirect_refused, request_body, unreachable
 from agent.exporters._helper.queue import SendingQueue
 from agent.exporters._helper.retention import RetentionClassifier, RetentionFilter
 from agent.exporters._helper.retry import (
@@ -170,7 +170,7 @@ class LokiExporter:
         try:
             async with self._session.post(
                 self._config.endpoint,
-                data=body,
+                data=request_body(body),
                 headers=self._headers,
                 timeout=attempt_timeout(float(self._config.timeout)),
                 server_hostname=self._config.tls.server_name_override or None,

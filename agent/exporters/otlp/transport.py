@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from agent import __version__
 from agent.component import Signal
 from agent.config.schema import without_credentials
-from agent.exporters._helper.http import attempt_timeout, redirect_refused, unreachable
+from agent.exporters._helper.http import attempt_timeout, redirect_refused, request_body, unreachable
 from agent.exporters._helper.retry import (
     ExportError,
     PermanentExportError,
@@ -212,7 +212,7 @@ class HttpTransport:
         try:
             async with self._session.post(
                 url,
-                data=body,
+                data=request_body(body),
                 headers=self._headers,
                 timeout=attempt_timeout(timeout),
                 server_hostname=self._config.tls.server_name_override or None,
