@@ -11,9 +11,11 @@ import yaml
 
 from agent import app as app_module
 from agent.app import Agent
+from agent.component import Signal
 from agent.config.loader import load_text
 from agent.exporters.file import FileExporter
 from agent.pipeline.ingest import IngestQueue
+from agent.processors.tail_sampling.processor import TailSamplingProcessor
 from tests.helpers import base_config
 
 
@@ -43,3 +45,32 @@ def test_a_component_that_cannot_count_leaves_the_others_counts_and_the_total_sa
         "in memory are lost (persistent queues keep theirs on disk)"
     )
     assert said.lost_items == {"receivers.otlp[ingest]": 500, "exporters.file": None}  # type: ignore[attr-defined]
+
+
+def tail_sampled(tmp_path: Path) -> Agent:
+    """An agent whose traces and logs pipelines share one tail sampler: one config path, a node in each."""
+    config = base_config(tmp_path / "out")
+    config["processors"] = {"tail_sampling": {}}
+    for signal_name in ("traces", "logs"):
+        config["service"]["pipelines"][signal_name]["processors"] = ["tail_sampling"]
+    return Agent(load_text(yaml.safe_dump(config, sort_keys=False)))  # the traces pipeline first
+
+
+def test_what_one_component_holds_for_several_pipelines_is_counted_once_for_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = {Signal.TRACES: 30, Signal.LOGS: 12}
+    monkeypatch.setattr(TailSamplingProcessor, "held_items", lambda self: held[self.signal])
+    assert tail_sampled(tmp_path).graph.held_items()["processors.tail_sampling"] == 42
+
+
+def test_a_component_one_of_whose_pipelines_cannot_count_is_unknown_whatever_the_next_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def traces_broken(self: TailSamplingProcessor) -> int:
+        if self.signal is Signal.TRACES:
+            raise RuntimeError("a bug")
+        return 12
+
+    monkeypatch.setattr(TailSamplingProcessor, "held_items", traces_broken)
+    assert tail_sampled(tmp_path).graph.held_items()["processors.tail_sampling"] is None

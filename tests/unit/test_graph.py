@@ -72,6 +72,7 @@ def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: se
             lambda cfg, s: Recorder(s.component_id, journal, mutate=mutates, logger=s.logger),
             "",
             mutates_data=mutates,
+            retains_data=not name.startswith("reader"),  # done with a batch when consume returns
         )
 
     processor = Factory(
@@ -115,7 +116,7 @@ def build(pipelines: dict[str, PipelineConfig], journal: list[str], mutating: se
         },
         "exporters": {
             name: ComponentConfig(name, Kind.EXPORTER, exporter_factory(name), Empty())
-            for name in ("rec/x", "rec/y", "mutexp")
+            for name in ("rec/x", "rec/y", "mutexp", "reader")
         },
     }
     config = AgentConfig(**components, service=ServiceConfig(pipelines=pipelines))
@@ -251,6 +252,38 @@ async def test_a_mutation_before_a_buffer_still_makes_its_pipeline_take_a_copy()
     assert not touched(batch)
     mutated = graph.component("rec/x").batches[0]
     assert mutated is not batch and touched(mutated)
+
+
+async def test_a_pipeline_whose_buffer_hands_on_to_exporters_done_with_it_still_keeps_the_batch() -> None:
+    """The buffer holds the very batch it is given, whatever its exporters do after it: a mutator beside it
+    must get a copy even when those exporters keep nothing."""
+    graph = build(
+        {
+            "traces/held": PipelineConfig(receivers=["src"], processors=["proc/a"], exporters=["reader"]),
+            "traces": PipelineConfig(receivers=["src"], processors=["mut"], exporters=["rec/y"]),
+        },
+        [],
+    )
+    batch, _ = next(Workload(seed=2).requests(1))
+    await deliver(graph, batch)
+    assert graph.component("proc/a").batches == [batch]
+    assert not touched(batch)
+    assert touched(graph.component("rec/y").batches[0])
+
+
+async def test_a_pipeline_of_only_a_mutating_exporter_gets_a_copy_beside_another_pipeline() -> None:
+    graph = build(
+        {
+            "traces/raw": PipelineConfig(receivers=["src"], exporters=["rec/y"]),
+            "traces": PipelineConfig(receivers=["src"], exporters=["mutexp"]),
+        },
+        [],
+    )
+    batch, _ = next(Workload(seed=2).requests(1))
+    await deliver(graph, batch)
+    assert graph.component("rec/y").batches == [batch]
+    assert not touched(batch)
+    assert touched(graph.component("mutexp").batches[0])
 
 
 def test_a_receiver_no_pipeline_uses_is_not_built() -> None:
