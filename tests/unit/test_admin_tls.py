@@ -297,3 +297,21 @@ async def test_a_reload_falling_back_to_the_running_config_takes_its_rotated_adm
     assert not await agent.reload()
     assert agent.graph.receivers_started
     assert await answers(admin_url(config), client_context(certs / "server.pem"))
+
+
+async def test_a_reload_falling_back_keeps_the_running_configs_admin_certificate_not_the_new_configs(
+    agent_with_admin_tls: tuple[Agent, dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new config names other admin files, and its pipelines fail to start: the running config, started again,
+    serves its own certificate, not one of a config that is not running."""
+    agent, config, certs = agent_with_admin_tls
+    self_signed_certificate(certs, "next")
+    config["service"]["telemetry"]["admin"]["tls"] = {
+        "cert_file": str(certs / "next.pem"),
+        "key_file": str(certs / "next.key"),
+    }
+    receiver_port_taken_once(monkeypatch)
+    assert not await agent.reload()
+    assert agent.graph.receivers_started
+    assert await answers(admin_url(config), client_context(certs / "server.pem"))
+    assert not await answers(admin_url(config), client_context(certs / "next.pem"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,6 +72,47 @@ async def test_when_neither_config_can_start_the_reload_says_so_and_releases_wha
         await reloadable.agent.reload()
     assert not await admin_answers(url)  # released, not left serving a dead agent
     assert reloadable.agent.graph.receivers_started is False
+
+
+async def admin_status(url: str, path: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url + path) as response:
+        return response.status
+
+
+async def test_a_reload_a_sigterm_interrupted_leaves_the_agent_not_ready_until_it_stops(
+    reloadable: Reloadable, tmp_path: Path
+) -> None:
+    """The receivers stopped for the flush and the new config is not started: nothing listens, so neither the
+    probe nor the gauge may say ready while the agent goes on to stop."""
+    reloadable.config["exporters"]["file"]["path"] = str(tmp_path / "out-after")
+    reloadable.agent.request_stop(signal.SIGTERM)  # the first one: it asks for the stop, the loop does it
+    assert not await reloadable.agent.reload()
+    assert await admin_status(reloadable.admin_url, "/health/ready") == 503
+    assert metric_value(reloadable.agent.metrics.render().decode(), "otel_sidecar_ready") == 0
+    assert not (tmp_path / "out-after").exists()
+
+
+async def test_a_start_that_fails_releases_what_had_started(tmp_path: Path) -> None:
+    """The gRPC server starts before the HTTP one: when the HTTP port is taken, the gRPC port and the admin
+    endpoint are free again for whatever starts next (the process, or a test, going on)."""
+    config = base_config(tmp_path / "out")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        config["receivers"]["otlp"]["http"]["endpoint"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        agent = Agent(load(config))
+        with pytest.raises(RuntimeError, match=r"receivers\.otlp: failed to start"):
+            await agent.start()
+    finally:
+        taken.close()
+    for endpoint in (
+        config["receivers"]["otlp"]["grpc"]["endpoint"],
+        config["service"]["telemetry"]["admin"]["endpoint"],
+    ):
+        host, port = endpoint.rsplit(":", 1)
+        with socket.socket() as probe:
+            probe.bind((host, int(port)))  # raises OSError while something still listens there
 
 
 async def test_the_admin_endpoint_warning_compares_with_where_it_listens(

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config.loader import default_config_text, load_path, load_text
+from agent.config import loader
+from agent.config.loader import default_config_text, expands_past, load_path, load_text
 from agent.config.schema import ConfigError, ConfigInvalid, Duration, HostPort, build
 from agent.config.service import ServiceConfig
 
@@ -288,6 +289,7 @@ def test_configuration_reference_is_up_to_date() -> None:
         ("http://loki:0/push", "the port must be 1-65535"),
         ("loki:3100", "must be a URL"),
         ("http://lo ki:3100/push", "must be a URL"),
+        ("http://:3100/push", "must be a URL"),  # a port but no host
     ],
 )
 def test_urls_loki_and_otlp_dial_are_checked_alike(url: str, problem: str) -> None:
@@ -1016,3 +1018,60 @@ def test_a_tagged_value_yaml_cannot_read_is_an_error_not_a_crash(value: str) -> 
 def test_yaml_values_are_named_in_the_writers_words(value: str, told: str) -> None:
     with pytest.raises(ConfigInvalid, match=f"receivers.otlp: must be a mapping, got {told}"):
         load_text(f"receivers: {{otlp: {value}}}\nexporters: {{nop: {{}}}}\n", environ={})
+
+
+def test_a_config_file_of_exactly_the_size_limit_is_read_and_one_byte_more_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "receivers: {otlp: {}}\nexporters: {nop: {}}\n"
+    text += "service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}\n"
+    monkeypatch.setattr(loader, "MAX_CONFIG_BYTES", len(text) + 1)
+    at_limit = tmp_path / "at_limit.yaml"
+    at_limit.write_text(text + "#")
+    assert "otlp" in load_path(at_limit).receivers
+    over = tmp_path / "over.yaml"
+    over.write_text(text + "##")
+    with pytest.raises(ConfigInvalid, match=rf"is {len(text) + 2} bytes; at most {len(text) + 1} "):
+        load_path(over)
+
+
+def test_the_value_budget_takes_exactly_its_count_of_values_and_refuses_one_more() -> None:
+    assert not expands_past({"a": [1, 2], "b": 3}, 5)  # the mapping, its list, 1, 2 and 3: five values
+    assert expands_past({"a": [1, 2], "b": 3}, 4)
+    assert expands_past({"a": [1, 2, 3], "b": 3}, 5)
+
+
+def test_an_environment_variable_set_but_empty_is_empty_text_to_a_number_field_not_nothing() -> None:
+    text = """receivers: {otlp: {grpc: {max_recv_msg_size_mib: "${env:SIZE}"}}}
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={"SIZE": ""})
+    assert [str(e) for e in raised.value.errors] == [
+        "receivers.otlp.grpc.max_recv_msg_size_mib: must be an integer, got '' (the value comes from ${env:SIZE})"
+    ]
+
+
+def test_a_key_written_three_times_is_reported_against_the_one_before_each_time() -> None:
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text("exporters:\n  nop:\n    a: 1\n    a: 2\n    a: 3\n", environ={})
+    twice = [str(e) for e in raised.value.errors if "written twice" in str(e)]
+    assert twice == [
+        "exporters.nop.a: written twice in one mapping (lines 3 and 4); a key may appear once",
+        "exporters.nop.a: written twice in one mapping (lines 4 and 5); a key may appear once",
+    ]
+
+
+def test_an_environment_variable_holding_null_leaves_an_optional_number_unset() -> None:
+    text = """receivers: {otlp: {}}
+processors:
+  tail_sampling:
+    policies:
+      attributes: [{name: big, key: tenant.size, min_value: "${env:MIN}", max_value: "${env:MAX}"}]
+exporters: {nop: {}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], exporters: [nop]}}}
+"""
+    config = load_text(text, environ={"MIN": "~", "MAX": "10"})
+    [rule] = config.processors["tail_sampling"].config.policies.attributes
+    assert (rule.min_value, rule.max_value) == (None, 10.0)
