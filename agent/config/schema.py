@@ -349,7 +349,7 @@ def _parse_value(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> Any
     if origin is Literal:
         choices = get_args(tp)
         if raw not in choices:
-            errors.append(ConfigError(path, f"must be one of {', '.join(map(str, choices))}, got {raw!r}"))
+            errors.append(ConfigError(path, f"must be one of {', '.join(map(str, choices))}, got {as_written(raw)}"))
         return raw
     if origin is list:
         if not isinstance(raw, list):
@@ -384,16 +384,18 @@ def _parse_scalar(tp: Any, raw: Any, path: str, errors: list[ConfigError]) -> An
             return None
     if tp is bool:
         if not isinstance(raw, bool):
-            errors.append(ConfigError(path, f"must be true or false, got {raw!r}"))
+            errors.append(ConfigError(path, f"must be true or false, got {as_written(raw)}"))
         return raw
     if tp is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            errors.append(ConfigError(path, f"must be an integer, got {raw!r}{_number_as_text_hint(raw, True)}"))
+            hint = _number_as_text_hint(raw, True)
+            errors.append(ConfigError(path, f"must be an integer, got {as_written(raw)}{hint}"))
             return raw
         return int(raw)
     if tp is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
-            errors.append(ConfigError(path, f"must be a number, got {raw!r}{_number_as_text_hint(raw, False)}"))
+            hint = _number_as_text_hint(raw, False)
+            errors.append(ConfigError(path, f"must be a number, got {as_written(raw)}{hint}"))
             return raw
         if not math.isfinite(raw):  # .nan would pass every bound (each comparison is false)
             errors.append(ConfigError(path, f"must be a finite number, got {raw!r}"))
@@ -431,10 +433,20 @@ def _custom_scalar_hint(tp: type, raw: Any) -> str:
     if tp is Duration:
         if raw == 0 and not isinstance(raw, bool):
             return "0"  # a bare 0 (YAML reads it as a number) is no time, as in Go; see _parse_scalar
-        return f"must be a duration like '10s', '500ms' or '2m', got {raw!r}"
+        return f"must be a duration like '10s', '500ms' or '2m', got {as_written(raw)}"
     if tp is HostPort:
-        return f"must be host:port, got {raw!r}"
+        return f"must be host:port, got {as_written(raw)}"
     return "must be a URL"
+
+
+def as_written(raw: Any) -> str:
+    """A scalar as the YAML writer wrote it: ``true``, ``false`` and an empty value in YAML's words, not Python's
+    (``True``, ``None``); anything else as its repr, which quotes text."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if raw is None:
+        return "nothing"
+    return repr(raw)
 
 
 def type_name(raw: Any) -> str:
