@@ -17,6 +17,19 @@ class BatchSink:
         self.batches.append(batch)
 
 
+class SizedSink(BatchSink):
+    """Keeps every batch and the size it came with, as the stages that take sizes do (the ingest queue, the
+    fan-out, the tail sampler): ``consume_sized``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def consume_sized(self, batch: Message, size: int) -> None:
+        self.sizes.append(size)
+        self.consume(batch)
+
+
 class RefusingSink:
     """Refuses everything, as a full pipeline does."""
 

@@ -16,6 +16,7 @@ from agent.component import Signal
 from agent.config.schema import ConfigError, build
 from agent.exporters._helper.retry import RetryableError
 from agent.exporters.otlp import OtlpExporter, OtlpExporterConfig
+from agent.exporters.otlp.transport import GrpcTransport, HttpTransport, make_transport
 from agent.telemetry.selfmetrics import SelfMetrics
 from agent.testing.workload import Workload, attr
 from tests.delivery_doubles import OtlpCapture, PlannedFailure, build_config, make_settings
@@ -94,8 +95,6 @@ async def test_a_grpc_header_named_in_capitals_arrives_as_lowercase_metadata() -
 async def test_the_grpc_channel_compresses_with_gzip_only_when_configured(
     monkeypatch: pytest.MonkeyPatch, compression: str, expected: grpc.Compression | None
 ) -> None:
-    from agent.exporters.otlp.transport import GrpcTransport
-
     opened: list[Any] = []
     insecure_channel = grpc.aio.insecure_channel
 
@@ -113,8 +112,6 @@ async def test_the_grpc_channel_compresses_with_gzip_only_when_configured(
 async def test_an_http_endpoint_ending_in_a_slash_is_posted_to_once_with_the_agents_user_agent() -> None:
     """`http://collector:4318/` must not post to `//v1/traces` (a Go server redirects it, which is refused)."""
     from aiohttp import web
-
-    from agent.exporters.otlp.transport import HttpTransport
 
     seen: list[tuple[str, str]] = []
 
@@ -458,7 +455,6 @@ async def test_an_http_backend_that_never_answers_is_a_retryable_timeout_that_ma
     from aiohttp import web
 
     from agent.exporters._helper.retry import RetryableError
-    from agent.exporters.otlp.transport import HttpTransport
 
     released = asyncio.Event()
 
@@ -598,7 +594,6 @@ async def test_http_answers_other_than_200_are_classified_not_taken_for_success(
 
 async def test_an_http_error_is_reported_with_the_message_of_its_status_body() -> None:
     from agent.exporters._helper.retry import PermanentExportError
-    from agent.exporters.otlp.transport import HttpTransport
 
     with OtlpCapture() as backend:
         backend.capture.failures = [PlannedFailure(grpc.StatusCode.INVALID_ARGUMENT, 400, "span 3 has no name")]
@@ -625,7 +620,6 @@ async def test_a_backend_never_connected_to_is_not_a_possible_delivery(protocol:
     import socket
 
     from agent.exporters._helper.retry import RetryableError
-    from agent.exporters.otlp.transport import make_transport
 
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
@@ -749,11 +743,12 @@ async def test_a_grpc_connection_lost_after_the_backend_stored_the_request_count
     assert value(metrics, "exporter_duplicates_total") == spans
 
 
-async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it() -> None:
-    """A gRPC core server stopped while handling the call (a backend's shutdown without grace) answers UNAVAILABLE
-    "Cancelling all calls" after it has read, and perhaps stored, the request: a resend may duplicate it."""
-    from agent.exporters.otlp.transport import GrpcTransport
+def grpc_transport_to(port: int) -> GrpcTransport:
+    return GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
 
+
+async def backend_that_never_answers() -> tuple[grpc.aio.Server, int, asyncio.Event]:
+    """A gRPC core server that reads each Export call, sets the event, and answers none (within 10 s)."""
     received = asyncio.Event()
 
     async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -769,7 +764,14 @@ async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    return server, port, received
+
+
+async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it() -> None:
+    """A gRPC core server stopped while handling the call (a backend's shutdown without grace) answers UNAVAILABLE
+    "Cancelling all calls" after it has read, and perhaps stored, the request: a resend may duplicate it."""
+    server, port, received = await backend_that_never_answers()
+    transport = grpc_transport_to(port)
     await transport.start()
     try:
         call = asyncio.ensure_future(transport.export(Signal.TRACES, traces(1)[0], timeout=5))
@@ -787,14 +789,13 @@ async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it
 async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possible_delivery() -> None:
     """gRPC says "failed to connect to all addresses; last error: ... Connection reset by peer": the words of a
     connection lost under a call, but no call had a connection, so nothing was sent."""
-    from agent.exporters.otlp.transport import GrpcTransport
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
 
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    transport = grpc_transport_to(port)
     await transport.start()
     try:
         with pytest.raises(RetryableError) as raised:
@@ -809,24 +810,8 @@ async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possibl
 async def test_a_grpc_deadline_passing_while_the_backend_handles_the_call_may_have_delivered() -> None:
     """Connected, sent, and no answer in time: the backend may store the request after all, so a resend is a
     possible duplicate (unlike a deadline passing while connecting)."""
-    from agent.exporters.otlp.transport import GrpcTransport
-
-    received = asyncio.Event()
-
-    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        received.set()
-        await asyncio.sleep(10)
-        return b""
-
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    transport = GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
+    server, port, received = await backend_that_never_answers()
+    transport = grpc_transport_to(port)
     await transport.start()
     try:
         with pytest.raises(RetryableError) as raised:

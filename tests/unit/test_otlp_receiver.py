@@ -30,7 +30,7 @@ from agent.config.service import ServiceConfig
 from agent.otlp import json_codec
 from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig, core
 from agent.telemetry.selfmetrics import SelfMetrics
-from agent.testing.sinks import BatchSink, RefusingSink
+from agent.testing.sinks import BatchSink, RefusingSink, SizedSink
 from agent.testing.workload import Workload
 from tests.helpers import free_port, metric_value
 
@@ -155,18 +155,6 @@ async def test_strings_that_are_not_utf8_are_repaired_not_the_whole_request_refu
     assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="grpc") == 2
     assert running.metric("otel_sidecar_receiver_repaired_strings_total", transport="http") == 2
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="malformed") == 0
-
-
-class SizedSink(BatchSink):
-    """A sink that takes the size a batch was received with, as the ingest queue and the tail sampler do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: list[int] = []
-
-    def consume_sized(self, batch: Any, size: int) -> None:
-        self.sizes.append(size)
-        self.consume(batch)
 
 
 async def test_a_request_whose_strings_were_repaired_is_handed_on_with_its_size_after_the_repair() -> None:
@@ -926,12 +914,8 @@ async def test_an_empty_request_is_a_success(running: Running, sink: BatchSink) 
     assert sink.batches == []
 
 
-async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not_held(
-    running: Running, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import agent.receivers.otlp.http_server as http_server
-
-    monkeypatch.setattr(http_server, "_BODY_SECONDS", 0.3)
+async def a_body_cut_short(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that has sent 10 bytes of a body of 100,000, and nothing more yet."""
     host, port = running.http_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
@@ -939,6 +923,16 @@ async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not
         b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
     )
     await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not_held(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.receivers.otlp.http_server as http_server
+
+    monkeypatch.setattr(http_server, "_BODY_SECONDS", 0.3)
+    reader, writer = await a_body_cut_short(running)
     answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
     # Nothing is wrong with the data, only with its delivery: a retryable answer (OTLP: 400 must not be retried).
@@ -951,13 +945,7 @@ async def test_a_sender_that_drops_the_connection_mid_body_is_counted_incomplete
     running: Running,
 ) -> None:
     """Nothing was wrong with its data, only with its delivery."""
-    host, port = running.http_url.removeprefix("http://").split(":")
-    _reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-        b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10
-    )
-    await writer.drain()
+    _reader, writer = await a_body_cut_short(running)
     writer.close()
     await writer.wait_closed()
     failed = "otel_sidecar_receiver_failed_requests_total"
