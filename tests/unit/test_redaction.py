@@ -811,3 +811,77 @@ def test_redacting_attributes_that_are_already_masked_counts_nothing() -> None:
     redactor.attributes(span.attributes, second)
     assert attributes(span)["db.password"].string_value == "[REDACTED]"
     assert not second
+
+
+@pytest.mark.parametrize("kind", ["api03", "admin01", "oat01"])
+def test_anthropic_keys_are_counted_as_anthropic_not_openai(kind: str) -> None:
+    """sk-ant- keys were masked by openai_key and counted there: a leak of Anthropic keys showed as OpenAI's."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    counts: Counter[str] = Counter()
+    key = f"sk-ant-{kind}-" + "Ab3_x-9Z" * 12 + "AA"
+    masked = Redactor(RedactionConfig()).mask_text(f"ANTHROPIC_KEY {key} set", counts)
+    assert masked == "ANTHROPIC_KEY [REDACTED] set"
+    assert counts == Counter({"anthropic_key": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mysql -u root -pS3cret shop", "mysql -u root -p[REDACTED] shop"),
+        ("mysql -uroot -pS3cret", "mysql -uroot -p[REDACTED]"),
+        ("mysqldump -h db -u app -p'pass word' shop > d.sql", "mysqldump -h db -u app -p[REDACTED] shop > d.sql"),
+        ('mysql --host=db -P 3306 -p"a b" x', "mysql --host=db -P 3306 -p[REDACTED] x"),
+        ("/usr/bin/mariadb-dump -pX1 db|gzip", "/usr/bin/mariadb-dump -p[REDACTED] db|gzip"),
+        ("sshpass -p hunter2 ssh host", "sshpass -p [REDACTED] ssh host"),
+        (
+            "sshpass -f ~/.pw ssh host; sshpass -phunter2 scp f h:",
+            "sshpass -f ~/.pw ssh host; sshpass -p[REDACTED] scp f h:",
+        ),
+        # Left: -p alone prompts, -p with a space takes the database, -P is the port; prose and ssh's own -p.
+        ("mysql -u root -p", "mysql -u root -p"),
+        ("mysql -p shop", "mysql -p shop"),
+        ("mysql -P3306 -h db", "mysql -P3306 -h db"),
+        ("we run mysql in prod, and gcc -pthread", "we run mysql in prod, and gcc -pthread"),
+        ("sshpass -f file ssh -p 22 host", "sshpass -f file ssh -p 22 host"),
+        ("import mysql.connector -pfoo", "import mysql.connector -pfoo"),
+    ],
+)
+def test_a_database_clients_password_on_its_command_line_is_masked(text: str, expected: str) -> None:
+    """Agents run shell tools, and a tool span's command or its output holds the line as typed (mysql takes its
+    password glued to -p, which no name=value rule sees)."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    counts: Counter[str] = Counter()
+    assert Redactor(RedactionConfig()).mask_text(text, counts) == expected
+    assert counts["cli_password"] == (text != expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["mysql", "-u", "root", "-pS3cret", "shop"], ["mysql", "-u", "root", "-p[REDACTED]", "shop"]),
+        (["/usr/bin/sshpass", "-p", "hunter2", "ssh", "h"], ["/usr/bin/sshpass", "-p", "[REDACTED]", "ssh", "h"]),
+        (["sshpass", "-phunter2", "ssh"], ["sshpass", "-p[REDACTED]", "ssh"]),
+        (["mysqldump", "-h", "db", "-p"], ["mysqldump", "-h", "db", "-p"]),  # prompts
+        (["sshpass", "-f", "file", "ssh", "-p", "22", "h"], ["sshpass", "-f", "file", "ssh", "-p", "22", "h"]),
+        (["python", "-u", "-pX"], ["python", "-u", "-pX"]),  # another program's -p
+    ],
+)
+def test_a_database_clients_password_in_an_argv_list_is_masked(argv: list[str], expected: list[str]) -> None:
+    """process.command_args holds the argv one word per element: the text rule never sees "mysql" beside -p."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    value = AnyValue()
+    for word in argv:
+        value.array_value.values.add(string_value=word)
+    counts: Counter[str] = Counter()
+    Redactor(RedactionConfig()).value(value, counts)
+    assert [v.string_value for v in value.array_value.values] == expected
+    assert counts["cli_password"] == (argv != expected)

@@ -51,9 +51,16 @@ _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
 # token = self._token, key := os.Getenv("K")).
 _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|this|os|ctx)\.[A-Za-z_])"
 
+# Options of a command line before its password flag (-u app, --host=db, -h db): each a dash and a letter, then
+# at most one value that is not an option.
+_CLI_OPTIONS = r"(?:[ \t]{1,8}+-{1,2}+[A-Za-z][^\s|;&<>]{0,255}+(?:[ \t]{1,8}+[^\s|;&<>\-][^\s|;&<>]{0,255}+)?){0,16}?"
+
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
-    # sk- (OpenAI, Anthropic's sk-ant-, DeepSeek, OpenRouter's sk-or-v1-, LiteLLM's virtual keys) and either a
+    # Anthropic's API, admin and OAuth keys (sk-ant-api03-…, sk-ant-admin01-…, sk-ant-oat01-…), before
+    # openai_key, whose sk- would otherwise take them and count them as OpenAI's.
+    "anthropic_key": (r"(?<![A-Za-z0-9])sk-ant-[a-z]{2,8}\d{2}-[A-Za-z0-9_\-]{20,}", MASK),
+    # sk- (OpenAI, DeepSeek, OpenRouter's sk-or-v1-, LiteLLM's virtual keys) and either a
     # random run of at least 12 letters and digits among its first 76 characters, or an upper-case letter, a digit
     # and a lower-case letter among its first 22: "sk-inference-gateway-7d9f8b6c5-x2k4p", a pod, has neither.
     "openai_key": (
@@ -175,6 +182,17 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"(?:(?<=')(?:[^'\r\n]|''){1,1024}+(?=')|(?<=\")[^\"\r\n]{1,1024}+(?=\")|(?<![\"'])[^\s;'\",)]{1,1024}+)",
         r"\1" + MASK,
     ),
+    # A MySQL or MariaDB client's password, written onto its -p (mysql -u app -pS3cret shop, as a shell tool runs
+    # it; "-p" alone prompts, and "-p pw" would read pw as the database), and sshpass's -p pw or -ppw. Only
+    # options, each with at most one value, may come between the program and the flag: "mysql in prod, gcc
+    # -pthread" is prose, and "sshpass -f file ssh -p 22 host" gives ssh a port.
+    "cli_password": (
+        r"(\b(?:(?:mysql(?:dump|admin|import|show|check|pump|sh)?|mariadb(?:-dump|-admin|-import|-show|-check)?)"
+        r"(?![\w.-])" + _CLI_OPTIONS + r"[ \t]{1,8}+-p(?=\S)"
+        r"|\bsshpass" + _CLI_OPTIONS + r"[ \t]{1,8}+-p[ \t]{0,8}+))"
+        r"(?!\[REDACTED\])(?:'[^'\r\n]{1,256}+'|\"[^\"\r\n]{1,256}+\"|[^\s|;&<>'\"]+)",
+        r"\1" + MASK,
+    ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})(?!\[REDACTED\])[^\s-]\S*", r"\1" + MASK),
     # An HTTP header written out as text (a logged request: "Authorization: Token abc", "Cookie: a=1; b=2"):
     # the credential after the scheme word, whatever its length; a cookie header's whole value. A scheme listed
@@ -198,6 +216,11 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     ),
 }
 
+# The programs of cli_password, as the first element of an argv (a path or a bare name).
+_CLI_PROGRAM = re.compile(
+    r"(?:.*/)?(?:mysql(?:dump|admin|import|show|check|pump|sh)?|mariadb(?:-dump|-admin|-import|-show|-check)?|sshpass)"
+)
+
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
 # three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
 # CREDENTIAL_RULES (a test checks that every rule's matches contain a trigger).
@@ -206,7 +229,7 @@ CREDENTIAL_TRIGGERS = re.compile(
     r"|gsk_|xai-|lsv2_|r8_|pplx-|[?&](?i:code)[ \t]{0,8}[=:]"
     r"|hooks\.slack|-----BEGIN|(?i:pass|pwd|secret|credential|key|token|sig|authorization|cookie)[\w.-]{0,40}"
     r"\\?['\"]?\s{0,8}[=:]"
-    r"|--(?i:pass|api|token|secret)|(?i:cookie)\s{0,8}:|(?i:with|encrypted|unencrypted)\s{1,8}(?i:password)|(?i:identified)"
+    r"|--(?i:pass|api|token|secret)|mysql|mariadb|sshpass|(?i:cookie)\s{0,8}:|(?i:with|encrypted|unencrypted)\s{1,8}(?i:password)|(?i:identified)"
 )
 
 # An array element that is only a secret's name (an argv flag such as --api-key, a header name in a
@@ -357,8 +380,11 @@ class Redactor:
         elif kind == "kvlist_value":
             self.attributes(value.kvlist_value.values, counts)
         elif kind == "array_value":
+            items = value.array_value.values
+            if items and self._config.mask_credentials and _CLI_PROGRAM.fullmatch(items[0].string_value):
+                self._mask_argv_password(items, counts)
             value_of_a_secret = False
-            for item in value.array_value.values:
+            for item in items:
                 text = item.string_value
                 if value_of_a_secret and text and text != MASK and not text.startswith("-"):  # not the next flag
                     item.string_value = MASK
@@ -372,6 +398,30 @@ class Redactor:
                     and len(text) <= _SECRET_NAME_MAX_LENGTH
                     and _SECRET_NAME_ELEMENT.fullmatch(text)
                 )
+
+    @staticmethod
+    def _mask_argv_password(items: Any, counts: Counter[str]) -> None:
+        """cli_password on an argv (``process.command_args``: ["mysql", "-u", "app", "-pS3cret"]): its options
+        are read as the text rule reads a command line, each with at most one value, up to the first argument
+        that is neither."""
+        sshpass = items[0].string_value.endswith("sshpass")
+        after_option = False
+        for index in range(1, len(items)):
+            text = items[index].string_value
+            if text.startswith("-p") and text != "-p" + MASK:
+                if len(text) > 2:
+                    items[index].string_value = "-p" + MASK
+                    counts["cli_password"] += 1
+                elif sshpass and index + 1 < len(items) and items[index + 1].string_value not in ("", MASK):
+                    items[index + 1].string_value = MASK
+                    counts["cli_password"] += 1
+                return
+            if text.startswith("-") and len(text) > 1:
+                after_option = True
+            elif after_option:
+                after_option = False
+            else:
+                return
 
     def is_content_event(self, name: str) -> bool:
         return not self._config.capture_content and name in self._content_events
