@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent import listen
 from agent.component import CreateSettings, Kind, Signal
-from agent.config.schema import HostPort
+from agent.config.schema import Duration, HostPort
 from agent.config.service import ServiceConfig
 from agent.exporters.prometheus.config import PrometheusExporterConfig
 from agent.exporters.prometheus.exporter import PrometheusExporter
@@ -291,13 +291,11 @@ async def test_an_idle_connection_to_the_otlp_http_receiver_is_closed_after_the_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Senders from the whole cluster keep connections to a gateway's OTLP/HTTP port: an idle one is closed after the
-    receiver's idle time (longer than the admin endpoint's, which a scraper reconnects to at once)."""
-    from agent.receivers.otlp import http_server
-
-    monkeypatch.setattr(http_server, "_IDLE_SECONDS", 0.3)
+    receiver's idle_timeout (longer than the admin endpoint's, which a scraper reconnects to at once)."""
     monkeypatch.setattr(listen, "IDLE_CONNECTION_SECONDS", 3600.0)
     port = free_dual_stack_port()
-    async with otlp_http(HostPort(f"127.0.0.1:{port}")):
+    http = HttpConfig(endpoint=HostPort(f"127.0.0.1:{port}"), idle_timeout=Duration(0.3))
+    async with otlp_receiver(OtlpReceiverConfig(grpc=GrpcConfig(enabled=False), http=http)):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             await asyncio.wait_for(reader.read(), 5)  # returns at EOF: the server closed the connection

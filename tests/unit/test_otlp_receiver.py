@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from agent.component import Consumer, CreateSettings, Kind, Refused, Signal
-from agent.config.schema import HostPort
+from agent.config.schema import Duration, HostPort
 from agent.config.service import ServiceConfig
 from agent.otlp import json_codec
 from agent.receivers.otlp import GrpcConfig, HttpConfig, OtlpReceiver, OtlpReceiverConfig, core
@@ -53,13 +53,13 @@ class Running:
 
 
 async def start_receiver(
-    consumer: Consumer, max_mib: int = 1, retry_after: float = 2.0
+    consumer: Consumer, max_mib: int = 1, retry_after: float = 2.0, **http: Any
 ) -> tuple[OtlpReceiver, Running]:
     metrics = SelfMetrics()
     grpc_port, http_port = free_port(), free_port()
     config = OtlpReceiverConfig(
         grpc=GrpcConfig(endpoint=HostPort(f"127.0.0.1:{grpc_port}"), max_recv_msg_size_mib=max_mib),
-        http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), max_request_body_size_mib=max_mib),
+        http=HttpConfig(endpoint=HostPort(f"127.0.0.1:{http_port}"), max_request_body_size_mib=max_mib, **http),
         retry_after=retry_after,
     )
     settings = CreateSettings("otlp", Kind.RECEIVER, logging.getLogger("test"), metrics, ServiceConfig(), {})
@@ -926,19 +926,29 @@ async def a_body_cut_short(running: Running) -> tuple[asyncio.StreamReader, asyn
     return reader, writer
 
 
-async def test_a_body_that_stops_short_of_its_length_is_answered_and_counted_not_held(
-    running: Running, monkeypatch: pytest.MonkeyPatch
+async def test_a_body_that_stops_short_of_its_length_is_answered_after_read_timeout_and_counted_not_held(
+    sink: BatchSink,
 ) -> None:
-    import agent.receivers.otlp.http_server as http_server
-
-    monkeypatch.setattr(http_server, "_BODY_SECONDS", 0.3)
-    reader, writer = await a_body_cut_short(running)
-    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    writer.close()
+    receiver, running = await start_receiver(sink, read_timeout=Duration(0.3))
+    try:
+        reader, writer = await a_body_cut_short(running)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(answer.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+        writer.close()
+    finally:
+        await running.channel.close()
+        await receiver.shutdown(time.monotonic() + 2)
     # Nothing is wrong with the data, only with its delivery: a retryable answer (OTLP: 400 must not be retried).
     assert answer.startswith(b"HTTP/1.1 503")
     assert b"\r\nRetry-After: 1\r\n" in answer
+    assert status_pb2.Status.FromString(body).message == ("request body not received within 0.3s; retry later")
     assert running.metric("otel_sidecar_receiver_failed_requests_total", reason="incomplete") == 1
+
+
+def test_the_http_receiver_waits_30s_for_a_body_and_closes_a_connection_idle_for_60s() -> None:
+    """The defaults: long enough for a large body on a slow link and for the SDKs' 5-60 s export intervals."""
+    assert (HttpConfig().read_timeout, HttpConfig().idle_timeout) == (30.0, 60.0)
 
 
 async def test_a_sender_that_drops_the_connection_mid_body_is_counted_incomplete_not_malformed(

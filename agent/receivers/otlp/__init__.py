@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agent.component import ConsumerMap, CreateSettings, Factory, Kind, Signal
-from agent.config.schema import EnvText, HostPort, setting, type_name
+from agent.config.schema import Duration, EnvText, HostPort, setting, type_name
 from agent.receivers.otlp.core import ExportHandler
 from agent.receivers.otlp.grpc_server import GrpcServer
 from agent.receivers.otlp.http_server import HttpServer
@@ -39,6 +39,15 @@ class HttpConfig:
     )
     max_request_body_size_mib: int = setting(
         16, doc="Largest request body accepted (after decompression); larger ones get 413.", minimum=1
+    )
+    read_timeout: Duration = setting(
+        Duration(30.0),
+        doc="Time a request body may take to arrive whole; a slower one gets 503 with `Retry-After` and is counted "
+        "as `incomplete`. It bounds how long a trickled body holds memory.",
+        positive=True,
+    )
+    idle_timeout: Duration = setting(
+        Duration(60.0), doc="An idle keep-alive connection is closed after this.", positive=True
     )
     tls: TlsServerConfig = setting(doc="Server TLS; off unless `cert_file` is set.", default_factory=TlsServerConfig)
 
@@ -136,7 +145,7 @@ class OtlpReceiver:
         if config.http.enabled:
             http = config.http
             tls = load_server_tls(http.tls, f"receivers.{settings.component_id}.http.tls")
-            self._servers.append(HttpServer(http.endpoint, http.max_request_body_size_mib, handler, settings, tls))
+            self._servers.append(HttpServer(http, handler, settings, tls))
 
     def certificates(self) -> list[LoadedCertificate]:
         return [cert for server in self._servers for cert in presented_certificates(server.tls)]

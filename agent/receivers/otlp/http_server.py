@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from agent.component import CreateSettings, Signal
-from agent.config.schema import HostPort
 from agent.listen import serve, stop_runner
 from agent.otlp import json_codec
 from agent.otlp.signals import SPECS
@@ -19,12 +19,13 @@ from agent.receivers.otlp.core import ExportHandler, Failure, RequestFailed
 from agent.receivers.otlp.encoding import decompressed
 from agent.server_tls import HandshakeFailures, ServerTls
 
+if TYPE_CHECKING:
+    from agent.receivers.otlp import HttpConfig
+
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _MIB = 1024 * 1024
-_BODY_SECONDS = 30.0  # to receive a whole request body
 _INCOMPLETE_RETRY_AFTER = 1.0  # a body that did not arrive whole is nothing wrong with the data: send it again
-_IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this
 
 _HTTP_STATUS = {
     Failure.MALFORMED: (400, code_pb2.INVALID_ARGUMENT),
@@ -39,15 +40,12 @@ _HTTP_STATUS = {
 
 class HttpServer:
     def __init__(
-        self,
-        endpoint: HostPort,
-        max_mib: int,
-        handler: ExportHandler,
-        settings: CreateSettings,
-        tls: ServerTls | None = None,
+        self, config: HttpConfig, handler: ExportHandler, settings: CreateSettings, tls: ServerTls | None = None
     ) -> None:
-        self._endpoint = endpoint
-        self._limit = max_mib * _MIB
+        self._endpoint = config.endpoint
+        self._limit = config.max_request_body_size_mib * _MIB
+        self._read_timeout = float(config.read_timeout)
+        self._idle_timeout = float(config.idle_timeout)
         self._handler = handler
         self._settings = settings
         self.tls = tls
@@ -66,7 +64,7 @@ class HttpServer:
             self._endpoint,
             self._settings.logger,
             count_unparsable=self._handler.unparsable_http_request,
-            keepalive_timeout=_IDLE_SECONDS,
+            keepalive_timeout=self._idle_timeout,
             ssl_context=ssl_context,
             auto_decompress=False,  # bodies are decompressed by the handler (encoding.py), bounded, checked whole
         )
@@ -125,13 +123,13 @@ class HttpServer:
     async def _read_body(self, signal: Signal, request: web.Request) -> bytes:
         try:
             # A body trickled in (or stopped short of its Content-Length) would hold up to the size limit, forever.
-            async with asyncio.timeout(_BODY_SECONDS):
+            async with asyncio.timeout(self._read_timeout):
                 body = await request.read()
         except TimeoutError:
             self._handler.request_failed(signal, "http", Failure.INCOMPLETE)
             raise RequestFailed(
                 Failure.INCOMPLETE,
-                f"request body not received within {_BODY_SECONDS:g}s; retry later",
+                f"request body not received within {self._read_timeout:g}s; retry later",
                 _INCOMPLETE_RETRY_AFTER,
             ) from None
         except web.HTTPRequestEntityTooLarge:
