@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-floors lint bench prometheus docs helm-lint rules-test clean
+.PHONY: demo test test-floors test-newest lint bench prometheus docs helm-lint rules-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test-floors:
 	$(FLOORS)/bin/python tests/tools/floors.py > $(FLOORS)/constraints.txt
 	$(FLOORS)/bin/python -m pip install --quiet -c $(FLOORS)/constraints.txt '.[test]'
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The unit tests on the newest Python release the machine has (PATH or pyenv), with the newest dependencies:
+# pyproject.toml sets no upper bound on Python, which is a claim too. Fails, saying so, when none newer than 3.11.
+NEWEST := .venv-newest
+test-newest:
+	@test -x $(NEWEST)/bin/python || { newest=$$($(PYTHON) -m tests.tools.newest_python) && $$newest -m venv $(NEWEST); }
+	$(NEWEST)/bin/python --version
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade '.[test]'
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests
@@ -58,4 +68,4 @@ docs: $(STAMP)
 	$(BIN)/python -m agent.config.jsonschema
 
 clean:
-	rm -rf $(VENV) $(FLOORS) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS) $(NEWEST) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -50,7 +50,7 @@ def find_python312() -> Path:
         found = shutil.which(name)
         if found:
             candidates.append(found)
-    for root in _pyenv_roots():
+    for root in pyenv_roots():
         candidates.extend(sorted(glob.glob(str(root / "versions" / "3.1[2-9]*" / "bin" / "python3"))))
     for candidate in candidates:
         if _is_python312_or_newer(candidate):
@@ -61,7 +61,7 @@ def find_python312() -> Path:
     )
 
 
-def _pyenv_roots() -> list[Path]:
+def pyenv_roots() -> list[Path]:
     roots = []
     if os.environ.get("PYENV_ROOT"):
         roots.append(Path(os.environ["PYENV_ROOT"]))
