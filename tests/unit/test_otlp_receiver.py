@@ -903,9 +903,34 @@ async def test_a_bug_behind_the_receiver_is_answered_internal_logged_and_counted
         await receiver.shutdown(time.monotonic() + 2)
 
 
-async def test_a_signal_without_a_pipeline_is_answered_not_found(running: Running) -> None:
-    status, _, _ = await post(running.http_url + "/v1/metrics", b"", "application/x-protobuf")
+async def test_a_signal_without_a_pipeline_is_answered_with_why_and_counted(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver here feeds traces and logs pipelines only. A sender of metrics was answered by aiohttp's plain
+    404 and gRPC's "Method not found!", and nothing on the agent's side showed that metrics arrived."""
+    why = "this agent has no metrics pipeline with receiver 'otlp' (service.pipelines)"
+    status, body, _ = await post(running.http_url + "/v1/metrics", b"\x0a\x00", "application/x-protobuf")
+    assert (status, status_pb2.Status.FromString(body)) == (
+        404,
+        status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=why),
+    )
+    status, body, _ = await post(running.http_url + "/v1/metrics", b"{}", "application/json")
+    assert (status, json_codec.decode(body, status_pb2.Status).message) == (404, why)
+    call = running.channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(b"", timeout=5)
+    assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, why)
+    failed = "otel_sidecar_receiver_failed_requests_total"
+    assert running.metric(failed, transport="http", signal="metrics", reason="no_pipeline") == 2
+    assert running.metric(failed, transport="grpc", signal="metrics", reason="no_pipeline") == 1
+    assert running.metric(failed) == 3
+    assert sum(why in r.getMessage() for r in caplog.records) == 1  # at a limited rate
+
+
+async def test_a_path_that_is_no_signals_export_gets_a_plain_not_found(running: Running) -> None:
+    status, _, _ = await post(running.http_url + "/v1/profiles", b"", "application/x-protobuf")
     assert status == 404
+    assert running.metric("otel_sidecar_receiver_failed_requests_total") == 0
 
 
 async def test_an_empty_request_is_a_success(running: Running, sink: BatchSink) -> None:

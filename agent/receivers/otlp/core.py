@@ -42,7 +42,7 @@ class Failure(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REFUSED = "backpressure"
     INCOMPLETE = "incomplete"  # the body did not arrive whole (too slow, or the connection dropped): retryable
-    UNAVAILABLE = "unavailable"
+    NO_PIPELINE = "no_pipeline"  # a signal no pipeline of this agent takes from this receiver
     INTERNAL = "internal"  # a bug: answered 500 / INTERNAL, logged with its traceback
 
 
@@ -88,8 +88,17 @@ class ExportHandler:
             labels,
         )
 
-    def accepts(self, signal: Signal) -> bool:
-        return signal in self._consumers
+    def refuse_unless_accepted(self, signal: Signal, transport: str, peer: str) -> None:
+        """A sender exporting a signal that no pipeline takes from this receiver is told so (gRPC UNIMPLEMENTED,
+        HTTP 404, neither retried by OTLP senders), counted and logged: a config that forgot a pipeline, or a
+        sender pointed at the wrong agent, otherwise shows only in the sender's own log."""
+        if signal in self._consumers:
+            return
+        self.request_failed(signal, transport, Failure.NO_PIPELINE)
+        cid = self._settings.component_id
+        message = f"this agent has no {signal.value} pipeline with receiver {cid!r} (service.pipelines)"
+        self._log.warning(f"no_pipeline:{signal}", message, receiver=cid, transport=transport, peer=peer)
+        raise RequestFailed(Failure.NO_PIPELINE, message)
 
     async def decode(
         self,
@@ -224,10 +233,7 @@ class ExportHandler:
             # size would understate up to threefold (a hostile sender's 16 MiB of 0xFF holds 48 MiB).
             size = max(size, request.ByteSize())
         if items:
-            consumer = self._consumers.get(signal)
-            if consumer is None:
-                self.request_failed(signal, transport, Failure.UNAVAILABLE)
-                raise RequestFailed(Failure.UNAVAILABLE, f"this agent has no {signal.value} pipeline")
+            consumer = self._consumers[signal]  # the servers asked refuse_unless_accepted before reading the body
             try:
                 consume_with_size(consumer, request, size)
             except Refused as exc:

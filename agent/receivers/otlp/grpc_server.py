@@ -25,7 +25,7 @@ _GRPC_CODES = {
     Failure.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
     Failure.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Failure.REFUSED: grpc.StatusCode.UNAVAILABLE,
-    Failure.UNAVAILABLE: grpc.StatusCode.UNIMPLEMENTED,
+    Failure.NO_PIPELINE: grpc.StatusCode.UNIMPLEMENTED,
     Failure.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 _MIB = 1024 * 1024
@@ -64,7 +64,8 @@ class GrpcServer:
                 ("grpc.max_connection_idle_ms", _IDLE_CONNECTION_MS),
             ],
         )
-        server.add_generic_rpc_handlers([self._service(signal) for signal in Signal if self._handler.accepts(signal)])
+        # Every signal's service, also one without a pipeline: its sender is told why (refuse_unless_accepted).
+        server.add_generic_rpc_handlers([self._service(signal) for signal in Signal])
         # gRPC's core listens on IPv4 and IPv6 for a wildcard host (":4317", "0.0.0.0", "[::]"), and on the one
         # address otherwise: as agent/listen.py binds the HTTP servers.
         host = self._endpoint.host
@@ -108,6 +109,7 @@ class GrpcServer:
         handler = self._handler
 
         async def answer(raw: bytes, peer: str) -> bytes:
+            handler.refuse_unless_accepted(signal, "grpc", peer)
             if len(raw) > self._limit:
                 handler.request_failed(signal, "grpc", Failure.TOO_LARGE)
                 raise RequestFailed(Failure.TOO_LARGE, f"request of {len(raw)} bytes exceeds {self._limit}")

@@ -33,7 +33,7 @@ _HTTP_STATUS = {
     Failure.UNSUPPORTED_MEDIA_TYPE: (415, code_pb2.INVALID_ARGUMENT),
     Failure.REFUSED: (503, code_pb2.UNAVAILABLE),
     Failure.INCOMPLETE: (503, code_pb2.UNAVAILABLE),
-    Failure.UNAVAILABLE: (404, code_pb2.UNIMPLEMENTED),
+    Failure.NO_PIPELINE: (404, code_pb2.UNIMPLEMENTED),
     Failure.INTERNAL: (500, code_pb2.INTERNAL),
 }
 
@@ -57,7 +57,7 @@ class HttpServer:
     async def start(self) -> None:
         ssl_context = self._handshakes.ssl_context(self.tls)
         app = web.Application(client_max_size=self._limit)
-        for signal in (s for s in Signal if self._handler.accepts(s)):
+        for signal in Signal:  # a signal without a pipeline too: its sender is told why (refuse_unless_accepted)
             app.router.add_post(SPECS[signal].http_path, self._route(signal))
         runner = await serve(
             app,
@@ -90,6 +90,7 @@ class HttpServer:
         content_type = request.content_type.lower()
         as_json = content_type == JSON  # an answer mirrors the request's encoding; protobuf when that is unknown
         try:
+            self._handler.refuse_unless_accepted(signal, "http", request.remote or "")
             if content_type not in (PROTOBUF, JSON):
                 self._handler.request_failed(signal, "http", Failure.UNSUPPORTED_MEDIA_TYPE)
                 # Not request.content_type: aiohttp reports a missing header as application/octet-stream.
