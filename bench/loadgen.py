@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import threading
@@ -141,9 +142,10 @@ def run(target: str, rate: float, duration: float, concurrency: int, templates: 
 
 
 def _quantile(values: list[float], q: float) -> float:
+    """The nearest-rank quantile of sorted ``values``: the smallest value with at least ``q`` of them at or below it."""
     if not values:
         return 0.0
-    return values[min(len(values) - 1, int(q * len(values)))]
+    return values[max(0, math.ceil(q * len(values)) - 1)]
 
 
 def main() -> None:

@@ -172,15 +172,19 @@ async def longest_stall(seconds: float, series: int) -> dict[str, float]:
                 await asyncio.sleep(0.02)
 
     feeder = loop.create_task(keep_consuming())
+    flushed = target._flushes.labels("spanmetrics", "ok")._value
     last = time.perf_counter()
+    flushes_before: float | None = None
     while loop.time() < stop_at:
         await asyncio.sleep(0)
         now = time.perf_counter()
         if loop.time() > measure_from:
+            if flushes_before is None:  # the warm-up's flushes are not the ones measured
+                flushes_before = flushed.get()
             longest = max(longest, now - last)
         last = now
     await feeder
-    flushes = target._flushes.labels("spanmetrics", "ok")._value.get()
+    flushes = flushed.get() - (flushes_before or 0.0)
     await target.shutdown(time.monotonic() + 5)
     await exporter.shutdown(time.monotonic() + 5)
     return {"longest_ms": longest * 1e3, "flushes": flushes}
