@@ -308,6 +308,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
         prometheus.start()
         wait_until(lambda: prometheus.total('up{job="otel-sidecar"}') == 2, timeout=20, what="both targets up")
         send(agent, [*workload_requests(TRACES_PER_PHASE, seed=11), malformed_request()])
+        status, _, _ = http_post(agent.http_url + "/v1/logs", b"", {"Content-Type": "application/x-protobuf"})
+        assert status == 404  # no logs pipeline: a request rejected without a retry (no_pipeline)
         runs = "sum(orchestrator_workflow_executions_total)"
         wait_until(lambda: prometheus.total(runs) == TRACES_PER_PHASE, timeout=30, what="first burst scraped")
         send(agent, workload_requests(TRACES_PER_PHASE, seed=12))
@@ -338,6 +340,18 @@ def test_panel_query_returns_data_from_prometheus(scraped: Prometheus, board: st
     assert result, f"{board} / {title}: no data for {substitute(expr)}"
     values = [float(sample["value"][1]) for sample in result]
     assert any(math.isfinite(v) for v in values), f"{board} / {title}: only NaN/Inf: {result}"
+
+
+def test_the_refused_panel_shows_requests_rejected_without_a_retry(scraped: Prometheus) -> None:
+    """Logs sent to an agent without a logs pipeline are lost (OtelSidecarRejectingRequests): the receivers panel
+    shows them by reason and signal, apart from the items refused."""
+    (expr,) = (e for board, title, e in QUERIES if title.startswith("Refused items and requests per second"))
+    shown = {
+        (s["metric"].get("reason"), s["metric"].get("signal"), s["metric"].get("kind"))
+        for s in scraped.query(substitute(expr))
+    }
+    assert ("no_pipeline", "logs", "(requests, not retried)") in shown
+    assert ("invalid", "traces", None) in shown  # the malformed request's span, refused as an item
 
 
 @pytest.mark.parametrize(("board", "name", "definition"), variable_queries())
