@@ -41,6 +41,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Requests of 8 traces (about 64 spans) instead of 64 (about 512, an SDK batch processor's default batch): what a
 # request costs whatever its size shows here.
 SMALL_BATCH_TRACES = 8
+WARM_UP_SECONDS = 3.0
 OVERLOAD_SENDERS = 16  # concurrent senders in the overload run (4 elsewhere)
 sys.path.insert(0, str(REPO))
 
@@ -236,6 +237,13 @@ def measure(
     return result
 
 
+def warm_up(target: str, rate: float = 0.0) -> None:
+    """Load before a measurement, so that it starts in steady state (span-metric series made, decisions
+    under way) and takes in a backlog of work queued before it as it leaves one after it (the traces of its last
+    2 s are decided after the CPU is read)."""
+    load(target, rate, WARM_UP_SECONDS)
+
+
 def measure_median(process: Process, target: str, duration: float, repeat: int) -> dict[str, Any]:
     """``repeat`` saturation runs against the same process; the run with the median CPU per span, with every
     run's figure beside it. The ratio to rotel is taken from these: one 10 s run of either varies by up to a
@@ -255,6 +263,7 @@ def overload(workdir: Path, sink_target: str, duration: float) -> dict[str, Any]
     config, target, admin = agent_config("full", sink_target)
     agent = start_agent(workdir, config, admin)
     try:
+        warm_up(target)
         accepted_before = _metric(admin, "otel_sidecar_receiver_accepted_items_total")
         rss: list[int] = []
         stop = threading.Event()
@@ -355,6 +364,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
         workdir = Path(tmp)
         rotel, target = start_rotel(workdir)
         try:
+            warm_up(target)
             results["rotel_saturation"] = measure_median(rotel, target, duration, repeat)
             results["rotel_fixed"] = measure(rotel, target, rate, duration)
             results["rotel_small_batches"] = measure(rotel, target, 0, duration, SMALL_BATCH_TRACES)
@@ -364,6 +374,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
         config, target, admin = agent_config("receive", None)
         agent = start_agent(workdir, config, admin)
         try:
+            warm_up(target)
             results["agent_receive_saturation"] = measure(agent, target, 0, duration)
         finally:
             agent.stop()
@@ -375,7 +386,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
             try:
                 # Latency in steady state: after a warm-up (first span-metric series, first decisions), and before
                 # the saturation run, whose backlog would still be draining.
-                load(target, rate, 3.0)
+                warm_up(target, rate)
                 lost_before = _lost_items(admin)
                 accepted_before = _metric(admin, "otel_sidecar_receiver_accepted_items_total")
                 fixed = results["agent_full_fixed"] = measure(agent, target, rate, duration)
@@ -399,6 +410,7 @@ def run_all(duration: float, rate: float, repeat: int) -> dict[str, Any]:
                 config, target, admin = agent_config(role, sink_target)
                 agent = start_agent(workdir, config, admin)
                 try:
+                    warm_up(target)
                     results[f"agent_{role}_saturation"] = measure(agent, target, 0, duration)
                 finally:
                     agent.stop()
