@@ -924,7 +924,20 @@ async def test_a_signal_without_a_pipeline_is_answered_with_why_and_counted(
     assert running.metric(failed, transport="http", signal="metrics", reason="no_pipeline") == 2
     assert running.metric(failed, transport="grpc", signal="metrics", reason="no_pipeline") == 1
     assert running.metric(failed) == 3
-    assert sum(why in r.getMessage() for r in caplog.records) == 1  # at a limited rate
+    (warning,) = [r for r in caplog.records if why in r.getMessage()]  # at a limited rate
+    assert "127.0.0.1" in warning.peer  # type: ignore[attr-defined] # the alert says the log names the sender
+
+
+async def test_a_signal_without_a_pipeline_is_refused_before_its_body_is_looked_at(running: Running) -> None:
+    """Neither its content type, size nor bytes matter: the sender is told what to fix, and it is counted as that."""
+    status, _, _ = await post(running.http_url + "/v1/metrics", b"\xff", "text/plain")
+    assert status == 404
+    call = running.channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(b"\xff" * (1024 * 1024 + 1), timeout=5)  # above the 1 MiB limit, and not protobuf
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    failed = "otel_sidecar_receiver_failed_requests_total"
+    assert (running.metric(failed, reason="no_pipeline"), running.metric(failed)) == (2, 2)
 
 
 async def test_a_path_that_is_no_signals_export_gets_a_plain_not_found(running: Running) -> None:

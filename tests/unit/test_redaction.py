@@ -847,6 +847,10 @@ def test_anthropic_keys_are_counted_as_anthropic_not_openai(kind: str) -> None:
         ("we run mysql in prod, and gcc -pthread", "we run mysql in prod, and gcc -pthread"),
         ("sshpass -f file ssh -p 22 host", "sshpass -f file ssh -p 22 host"),
         ("import mysql.connector -pfoo", "import mysql.connector -pfoo"),
+        # Pass 149: a quoted option value before the flag, and a password holding what a shell would split on
+        ("mysql -u root -e 'SHOW DATABASES' -pS3cret", "mysql -u root -e 'SHOW DATABASES' -p[REDACTED]"),
+        ('mysql --execute="SELECT 1" -pS3cret', 'mysql --execute="SELECT 1" -p[REDACTED]'),
+        ("mysql -u app -pXy7&k2<Qz shop", "mysql -u app -p[REDACTED] shop"),
     ],
 )
 def test_a_database_clients_password_on_its_command_line_is_masked(text: str, expected: str) -> None:
@@ -870,6 +874,19 @@ def test_a_database_clients_password_on_its_command_line_is_masked(text: str, ex
         (["mysqldump", "-h", "db", "-p"], ["mysqldump", "-h", "db", "-p"]),  # prompts
         (["sshpass", "-f", "file", "ssh", "-p", "22", "h"], ["sshpass", "-f", "file", "ssh", "-p", "22", "h"]),
         (["python", "-u", "-pX"], ["python", "-u", "-pX"]),  # another program's -p
+        (["mysql", "-p", "shop"], ["mysql", "-p", "shop"]),  # prompts: shop is the database, not sshpass's password
+        (["sshpass", "-p"], ["sshpass", "-p"]),  # nothing after -p
+        # Pass 149: the client run through another program
+        (["sudo", "mysql", "-uroot", "-pS3cret"], ["sudo", "mysql", "-uroot", "-p[REDACTED]"]),
+        (
+            ["docker", "exec", "db", "mysql", "-uroot", "-pS3cret"],
+            ["docker", "exec", "db", "mysql", "-uroot", "-p[REDACTED]"],
+        ),
+        (
+            ["kubectl", "exec", "db-0", "--", "mysql", "-pS3cret"],
+            ["kubectl", "exec", "db-0", "--", "mysql", "-p[REDACTED]"],
+        ),
+        ([], []),
     ],
 )
 def test_a_database_clients_password_in_an_argv_list_is_masked(argv: list[str], expected: list[str]) -> None:
@@ -879,9 +896,68 @@ def test_a_database_clients_password_in_an_argv_list_is_masked(argv: list[str], 
     from agent.processors.redaction.rules import Redactor
 
     value = AnyValue()
+    value.array_value.SetInParent()  # an empty list too
     for word in argv:
         value.array_value.values.add(string_value=word)
     counts: Counter[str] = Counter()
     Redactor(RedactionConfig()).value(value, counts)
     assert [v.string_value for v in value.array_value.values] == expected
     assert counts["cli_password"] == (argv != expected)
+
+
+_DATABASE_CLIENTS = [
+    "mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlshow", "mysqlcheck", "mysqlpump", "mysqlsh",
+    "mariadb", "mariadb-dump", "mariadb-admin", "mariadb-import", "mariadb-show", "mariadb-check",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("program", _DATABASE_CLIENTS)
+def test_every_client_is_masked_alike_in_a_command_line_and_in_an_argv(program: str) -> None:
+    """cli_password and the argv's program list (_CLI_PROGRAM) are two lists of the same clients, kept in step."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    counts: Counter[str] = Counter()
+    line = f"{program} -h db -P 3306 -u app -pX shop"
+    assert redactor.mask_text(line, counts) == f"{program} -h db -P 3306 -u app -p[REDACTED] shop"
+    argv = AnyValue()
+    for word in [f"/usr/bin/{program}", "-h", "db", "-u", "app", "-pX", "shop"]:
+        argv.array_value.values.add(string_value=word)
+    redactor.value(argv, counts)
+    assert argv.array_value.values[5].string_value == "-p[REDACTED]"
+    assert counts == Counter({"cli_password": 2})
+
+
+def test_a_command_lines_password_masked_before_is_not_counted_again() -> None:
+    """A gateway redacts again what its sidecars redacted: the mask after -p is not a password."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    counts: Counter[str] = Counter()
+    for line in ["mysql -u root -p[REDACTED] shop", "sshpass -p [REDACTED] ssh host"]:
+        assert redactor.mask_text(line, counts) == line
+    for argv in [["mysql", "-u", "root", "-p[REDACTED]"], ["sshpass", "-p", "[REDACTED]", "ssh"]]:
+        value = AnyValue()
+        for word in argv:
+            value.array_value.values.add(string_value=word)
+        redactor.value(value, counts)
+        assert [v.string_value for v in value.array_value.values] == argv
+    assert not counts
+
+
+def test_an_argv_is_left_alone_when_credentials_are_not_masked() -> None:
+    from collections import Counter
+
+    from agent.processors.redaction.rules import Redactor
+
+    value = AnyValue()
+    for word in ["mysql", "-pS3cret"]:
+        value.array_value.values.add(string_value=word)
+    counts: Counter[str] = Counter()
+    Redactor(RedactionConfig(mask_credentials=False)).value(value, counts)
+    assert [v.string_value for v in value.array_value.values] == ["mysql", "-pS3cret"]
+    assert not counts

@@ -51,9 +51,12 @@ _PATH = r"/[\w.\-]{1,255}+(?:/[\w.\-]{0,255}+)+"
 # token = self._token, key := os.Getenv("K")).
 _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|this|os|ctx)\.[A-Za-z_])"
 
-# Options of a command line before its password flag (-u app, --host=db, -h db): each a dash and a letter, then
-# at most one value that is not an option.
-_CLI_OPTIONS = r"(?:[ \t]{1,8}+-{1,2}+[A-Za-z][^\s|;&<>]{0,255}+(?:[ \t]{1,8}+[^\s|;&<>\-][^\s|;&<>]{0,255}+)?){0,16}?"
+# Options of a command line before its password flag (-u app, --host=db, -h db, -e 'SHOW TABLES'): each a dash
+# and a letter, then at most one value that is not an option; quoted parts may hold spaces.
+_CLI_WORD = r"""(?:[^\s|;&<>'"]|'[^'\r\n]{0,256}+'|"[^"\r\n]{0,256}+"){0,256}+"""
+_CLI_OPTIONS = (
+    r"(?:[ \t]{1,8}+-{1,2}+[A-Za-z]" + _CLI_WORD + r"(?:[ \t]{1,8}+(?![\-\s])(?=[^|;&<>])" + _CLI_WORD + r")?){0,16}?"
+)
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
 CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
@@ -190,7 +193,9 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
         r"(\b(?:(?:mysql(?:dump|admin|import|show|check|pump|sh)?|mariadb(?:-dump|-admin|-import|-show|-check)?)"
         r"(?![\w.-])" + _CLI_OPTIONS + r"[ \t]{1,8}+-p(?=\S)"
         r"|\bsshpass" + _CLI_OPTIONS + r"[ \t]{1,8}+-p[ \t]{0,8}+))"
-        r"(?!\[REDACTED\])(?:'[^'\r\n]{1,256}+'|\"[^\"\r\n]{1,256}+\"|[^\s|;&<>'\"]+)",
+        # The password runs to a space or a quote: one written unquoted may hold & < | ; (a command line read
+        # from /proc is no shell's), and masking a pipe after it costs nothing.
+        r"(?!\[REDACTED\])(?:'[^'\r\n]{1,256}+'|\"[^\"\r\n]{1,256}+\"|[^\s'\"]+)",
         r"\1" + MASK,
     ),
     "flag_secret": (r"(--(?i:password|passwd|api[-_]?key|token|secret)\s{1,8})(?!\[REDACTED\])[^\s-]\S*", r"\1" + MASK),
@@ -381,7 +386,7 @@ class Redactor:
             self.attributes(value.kvlist_value.values, counts)
         elif kind == "array_value":
             items = value.array_value.values
-            if items and self._config.mask_credentials and _CLI_PROGRAM.fullmatch(items[0].string_value):
+            if self._config.mask_credentials:
                 self._mask_argv_password(items, counts)
             value_of_a_secret = False
             for item in items:
@@ -401,12 +406,15 @@ class Redactor:
 
     @staticmethod
     def _mask_argv_password(items: Any, counts: Counter[str]) -> None:
-        """cli_password on an argv (``process.command_args``: ["mysql", "-u", "app", "-pS3cret"]): its options
-        are read as the text rule reads a command line, each with at most one value, up to the first argument
-        that is neither."""
-        sshpass = items[0].string_value.endswith("sshpass")
+        """cli_password on an argv (``process.command_args``: ["mysql", "-u", "app", "-pS3cret"], also run through
+        sudo, docker exec or kubectl exec): the options after the client's name are read as the text rule reads a
+        command line, each with at most one value, up to the first argument that is neither."""
+        start = next((i for i, item in enumerate(items) if _CLI_PROGRAM.fullmatch(item.string_value)), None)
+        if start is None:
+            return
+        sshpass = items[start].string_value.endswith("sshpass")
         after_option = False
-        for index in range(1, len(items)):
+        for index in range(start + 1, len(items)):
             text = items[index].string_value
             if text.startswith("-p") and text != "-p" + MASK:
                 if len(text) > 2:
