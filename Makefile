@@ -33,7 +33,9 @@ test-floors:
 # pyproject.toml sets no upper bound on Python, which is a claim too. Fails, saying so, when none newer than 3.11.
 NEWEST := .venv-newest
 test-newest:
-	@test -x $(NEWEST)/bin/python || { newest=$$($(PYTHON) -m tests.tools.newest_python) && $$newest -m venv $(NEWEST); }
+	@newest=$$($(PYTHON) -m tests.tools.newest_python) && \
+	  if [ "$$($(NEWEST)/bin/python -VV 2>/dev/null)" != "$$($$newest -VV)" ]; then \
+	    rm -rf $(NEWEST) && $$newest -m venv $(NEWEST); fi  # made anew when a newer release appears
 	$(NEWEST)/bin/python --version
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade '.[test]'

@@ -32,7 +32,7 @@ def version(python: str) -> tuple[int, int, int] | None:
     pre-release."""
     try:
         result = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
     fields = result.stdout.split()
     if result.returncode != 0 or len(fields) != 4 or fields[3] != "final":
