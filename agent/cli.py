@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -92,12 +93,17 @@ def _build_problem(config: AgentConfig) -> str | None:
 
 
 def _queue_directory_problem(config: AgentConfig) -> str | None:
-    """A persistent queue's directory (``<storage.directory>/<exporter id>``) the agent could not create or write
-    at start: the exporter makes it with its parents, so it, or else its nearest existing parent, must be a
-    directory the agent may write in."""
+    """A directory an exporter makes at start (with its parents) and writes in that it could not: a persistent
+    queue's (``<storage.directory>/<exporter id>``) or the ``file`` exporter's ``path``."""
     from agent.exporters._helper.persistent_queue import queue_directory
+    from agent.exporters.file import FileExporterConfig
 
     for cid, component in config.exporters.items():
+        if isinstance(component.config, FileExporterConfig):
+            target = Path(component.config.path)
+            problem = _directory_problem(target)
+            if problem is not None:
+                return f"exporters.{cid}.path: {target} {problem}"
         storage = getattr(getattr(component.config, "sending_queue", None), "storage", None)
         root = getattr(storage, "directory", "")
         if not root:
@@ -110,15 +116,22 @@ def _queue_directory_problem(config: AgentConfig) -> str | None:
 
 
 def _directory_problem(target: Path) -> str | None:
-    """Why ``target`` could not be made (with its parents) and written in, or None."""
+    """Why ``target`` could not be made (with its parents) and written in, or None. The permissions are asked,
+    then a directory is made and removed there: root may write anywhere by permissions, and still not in /proc
+    or on a read-only volume."""
     existing = target
     try:
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
     except OSError as exc:  # a parent that may not be searched
         return f"cannot be reached: {exc.strerror or exc}"
+    problem = "is not a writable directory" if existing == target else f"cannot be made in {existing}"
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return "is not a writable directory" if existing == target else f"cannot be made in {existing}"
+        return problem
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".otel-sidecar-check-", dir=existing))
+    except OSError as exc:
+        return f"{problem}: {exc.strerror or exc}"
     return None
 
 

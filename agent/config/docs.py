@@ -28,9 +28,12 @@ listens on its own address(es) only: `127.0.0.1:4318` is not reachable at `[::1]
 also takes the Collector's `protocols:` level around `grpc` and `http`. Unknown keys, keys written twice, wrong
 types, numbers that are not finite and references to undefined components are errors; `otel-sidecar validate
 --config FILE` lists all of them with their paths (checks across the fields of a section, such as
-`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid), naming the
+`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid, and checks
+across sections, such as retention classes or which pipelines feed a connector, once the sections they read are:
+a second run may find more), naming the
 environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names
-and checks that the persistent queues' directories can be made, as a start does (run it where they are).
+and checks that the persistent queues' directories and the `file` exporter's `path` can be made and written,
+as a start does (run it where they are).
 """
 
 

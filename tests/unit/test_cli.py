@@ -126,6 +126,42 @@ def test_validate_check_files_reports_a_queue_directory_the_exporter_could_not_m
     assert not (tmp_path / "not").exists()  # checked, not made
 
 
+FILE_EXPORTER = """
+receivers: {otlp: {}}
+exporters: {file: {path: "%s"}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [file]}
+  telemetry:
+    admin: {endpoint: "127.0.0.1:0"}
+"""
+
+
+def test_validate_check_files_reports_a_file_exporter_path_the_exporter_could_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user's OTEL_SIDECAR_FILE_PATH naming a file: validate said the files were usable, and the start
+    failed with "File exists" (pass 150)."""
+    config = tmp_path / "agent.yaml"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    config.write_text(FILE_EXPORTER % a_file)
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    assert (
+        capsys.readouterr().err
+        == f"{config}: cannot start: exporters.file.path: {a_file} is not a writable directory\n"
+    )
+    config.write_text(FILE_EXPORTER % (tmp_path / "out"))
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_OK
+    assert not (tmp_path / "out").exists()  # checked, not made
+
+
+def test_a_directory_root_may_write_by_its_permissions_but_cannot_make_is_reported() -> None:
+    """os.access says yes to root everywhere; /proc takes no new directory (pass 150: validate passed
+    storage.directory: /proc/nope/queue, and the start failed)."""
+    assert cli._directory_problem(Path("/proc/nope/queue")) == "cannot be made in /proc: No such file or directory"
+
+
 UNUSED = """
 receivers: {otlp: {}}
 processors: {tail_sampling: {}, redaction: {}}

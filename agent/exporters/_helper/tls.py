@@ -24,7 +24,8 @@ class TlsClientConfig:
     insecure: bool = setting(
         False,
         doc="Plain text instead of TLS for a gRPC endpoint without a scheme (`jaeger:4317`). URLs decide by their "
-        "scheme: `http://` is plain text, `https://` is TLS.",
+        "scheme: `http://` is plain text, `https://` is TLS; so for an endpoint that is always a URL (Loki's) "
+        "this has no effect.",
     )
     ca_file: str = setting("", doc="PEM file of the CA(s) that sign the server's certificate; empty uses the system's.")
     cert_file: str = setting("", doc="PEM client certificate, for mutual TLS (needs `key_file`).")
