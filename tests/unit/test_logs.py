@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +80,34 @@ def test_a_rate_limited_warning_says_how_many_were_suppressed_since_the_last(
 def test_the_cli_s_records_on_the_bare_otel_sidecar_logger_are_the_agent_component() -> None:
     record = logging.LogRecord("otel_sidecar", logging.INFO, __file__, 1, "invalid configuration", None, None)
     assert json.loads(JsonFormatter().format(record))["component"] == "agent"
+
+
+_FAILED_HANDSHAKE = """
+import agent  # first, as the agent's entry points are: it quiets gRPC's core
+import grpc
+from concurrent import futures
+
+server = grpc.server(futures.ThreadPoolExecutor(1))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials())
+try:
+    channel.unary_unary("/x.Y/Z")(b"", timeout=2)
+except grpc.RpcError as exc:
+    print(exc.code().name)
+"""
+
+
+@pytest.mark.parametrize(("verbosity", "core_lines"), [(None, False), ("INFO", True)])
+def test_grpc_core_writes_nothing_of_its_own_to_stderr_unless_asked(verbosity: str | None, core_lines: bool) -> None:
+    """gRPC's core logged "Handshake failed with error SSL_ERROR_SSL" on stderr at every reconnect of an exporter
+    using TLS against a plain-text backend: lines outside the agent's JSON log, every few seconds, long after the
+    batches were given up (pass 150). The agent's own warning carries the status; GRPC_VERBOSITY still wins."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    if verbosity:
+        env["GRPC_VERBOSITY"] = verbosity
+    result = subprocess.run(
+        [sys.executable, "-c", _FAILED_HANDSHAKE], capture_output=True, text=True, timeout=60, env=env, check=True
+    )
+    assert result.stdout.strip() == "UNAVAILABLE"
+    assert ("ssl_transport_security" in result.stderr) is core_lines, result.stderr

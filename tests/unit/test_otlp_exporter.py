@@ -786,6 +786,25 @@ async def test_a_grpc_backend_stopped_with_the_call_in_flight_may_have_stored_it
         await server.stop(0)
 
 
+async def test_a_tls_handshake_failing_against_a_plain_text_backend_says_what_to_set() -> None:
+    """An in-cluster Jaeger without TLS, the endpoint written without tls.insecure: gRPC says only "Tls handshake
+    failed" at every retry (pass 150, a new user's walkthrough)."""
+    from agent.exporters._helper.tls import TlsClientConfig
+
+    server, port, _ = await backend_that_never_answers()  # plain text
+    config = build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"})
+    transport = GrpcTransport(config, TlsClientConfig().load("exporters.otlp.tls"))
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+    finally:
+        await transport.close()
+        await server.stop(0)
+    assert "handshake failed" in str(raised.value).lower()
+    assert str(raised.value).endswith("(if the endpoint speaks plain text, set tls.insecure: true or write http://)")
+
+
 async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possible_delivery() -> None:
     """gRPC says "failed to connect to all addresses; last error: ... Connection reset by peer": the words of a
     connection lost under a call, but no call had a connection, so nothing was sent."""

@@ -166,7 +166,7 @@ class GrpcTransport:
                 report_cut_short(0)  # still connecting when the shutdown deadline came: nothing was sent
             raise
         except grpc.aio.AioRpcError as exc:
-            error = grpc_error(exc.code(), exc.details() or "", exc.trailing_metadata())
+            error = grpc_error(exc.code(), self._explained(exc.details() or ""), exc.trailing_metadata())
             never_connected = not connected_before and not self._connected()
             if isinstance(error, RetryableError) and error.maybe_delivered and never_connected:
                 # Not connected before the call, nor after: the deadline passed while connecting, nothing sent.
@@ -176,6 +176,13 @@ class GrpcTransport:
                 # UNAVAILABLE from the transport, not from the server: the server may have stored the request.
                 error.maybe_delivered = True
             raise error from None
+
+    def _explained(self, details: str) -> str:
+        """gRPC's words, with what to do when they are a TLS handshake's failure against a plain-text server (an
+        in-cluster Jaeger without TLS, the most common case): gRPC says only "Tls handshake failed"."""
+        if self._tls is not None and "handshake failed" in details.lower():
+            return f"{details} (if the endpoint speaks plain text, set tls.insecure: true or write http://)"
+        return details
 
     def _connected(self) -> bool:
         assert self._channel is not None
