@@ -75,6 +75,7 @@ async def serve(
     logger: logging.Logger,
     *,
     count_unparsable: Callable[[], None] | None = None,
+    grpc_port_hint: str = "the gRPC port, 4317 by default",
     keepalive_timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
     sockets: list[socket.socket] | None = None,
@@ -91,7 +92,7 @@ async def serve(
         access_log=None,
         handle_signals=False,
         keepalive_timeout=IDLE_CONNECTION_SECONDS if keepalive_timeout is None else keepalive_timeout,
-        logger=UnparsableRequestLog(logger, count_unparsable),
+        logger=UnparsableRequestLog(logger, count_unparsable, grpc_port_hint),
         **options,
     )
     await runner.setup()
@@ -190,9 +191,15 @@ class UnparsableRequestLog:
     a client repeating its mistake must not flood the log. Everything else goes to aiohttp's own logger.
     """
 
-    def __init__(self, logger: logging.Logger, count: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        count: Callable[[], None] | None = None,
+        grpc_port_hint: str = "the gRPC port, 4317 by default",
+    ) -> None:
         self._log = RateLimitedLog(logger)
         self._count = count
+        self._grpc_port_hint = grpc_port_hint  # where an exporter that sent gRPC here should send it
 
     def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
         if not self._took_unparsable(kwargs):
@@ -217,8 +224,7 @@ class UnparsableRequestLog:
         if reason.startswith(_HTTP2_PREFACE_REASON):
             # The HTTP/2 preface on an HTTP/1.1 port: almost always an OTLP/gRPC exporter given the HTTP port.
             reason += (
-                " (an HTTP/2 connection preface: gRPC sent to the HTTP port? OTLP/gRPC goes to the gRPC port, "
-                "4317 by default)"
+                f" (an HTTP/2 connection preface: gRPC sent to the HTTP port? OTLP/gRPC goes to {self._grpc_port_hint})"
             )
         self._log.warning("unparsable_http", "request is not valid HTTP; answered 400", error=reason)
         return True

@@ -1048,11 +1048,16 @@ async def test_requests_aiohttp_cannot_parse_are_answered_400_counted_and_logged
 async def test_grpc_sent_to_the_http_port_is_logged_with_where_grpc_goes(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """aiohttp's own words, "Pause on PRI/Upgrade", told an operator nothing about an exporter on the wrong port."""
+    """aiohttp's own words, "Pause on PRI/Upgrade", told an operator nothing about an exporter on the wrong port;
+    then the hint named the default 4317 where the receiver's gRPC port was another (pass 150)."""
     caplog.set_level(logging.WARNING)
     assert (await send_raw(running.http_url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")).startswith(b"HTTP/1.0 400 ")
     [line] = [r for r in caplog.records if r.getMessage() == "request is not valid HTTP; answered 400"]
-    assert "gRPC sent to the HTTP port? OTLP/gRPC goes to the gRPC port" in line.error  # type: ignore[attr-defined]
+    grpc_port = running.grpc_target.rsplit(":", 1)[1]
+    assert line.error.endswith(  # type: ignore[attr-defined]
+        f"(an HTTP/2 connection preface: gRPC sent to the HTTP port? OTLP/gRPC goes to this receiver's gRPC port, "
+        f"{grpc_port})"
+    )
 
 
 async def test_grpc_and_http_both_on_port_0_each_get_a_port_and_the_log_says_which(

@@ -145,7 +145,8 @@ class OtlpReceiver:
         if config.http.enabled:
             http = config.http
             tls = load_server_tls(http.tls, f"receivers.{settings.component_id}.http.tls")
-            self._servers.append(HttpServer(http, handler, settings, tls))
+            grpc_endpoint = config.grpc.endpoint if config.grpc.enabled else None
+            self._servers.append(HttpServer(http, handler, settings, tls, grpc_endpoint))
 
     def certificates(self) -> list[LoadedCertificate]:
         return [cert for server in self._servers for cert in presented_certificates(server.tls)]

@@ -20,6 +20,7 @@ from agent.receivers.otlp.encoding import decompressed
 from agent.server_tls import HandshakeFailures, ServerTls
 
 if TYPE_CHECKING:
+    from agent.config.schema import HostPort
     from agent.receivers.otlp import HttpConfig
 
 PROTOBUF = "application/x-protobuf"
@@ -40,9 +41,21 @@ _HTTP_STATUS = {
 
 class HttpServer:
     def __init__(
-        self, config: HttpConfig, handler: ExportHandler, settings: CreateSettings, tls: ServerTls | None = None
+        self,
+        config: HttpConfig,
+        handler: ExportHandler,
+        settings: CreateSettings,
+        tls: ServerTls | None = None,
+        grpc_endpoint: HostPort | None = None,
     ) -> None:
         self._endpoint = config.endpoint
+        # Where gRPC sent to this port should go (the log of an HTTP/2 preface here): this receiver's gRPC port.
+        if grpc_endpoint is None:
+            self._grpc_port_hint = "another receiver: this one serves no OTLP/gRPC"
+        elif grpc_endpoint.port == 0:
+            self._grpc_port_hint = "the gRPC port this receiver logged at start"
+        else:
+            self._grpc_port_hint = f"this receiver's gRPC port, {grpc_endpoint.port}"
         self._limit = config.max_request_body_size_mib * _MIB
         self._read_timeout = float(config.read_timeout)
         self._idle_timeout = float(config.idle_timeout)
@@ -64,6 +77,7 @@ class HttpServer:
             self._endpoint,
             self._settings.logger,
             count_unparsable=self._handler.unparsable_http_request,
+            grpc_port_hint=self._grpc_port_hint,
             keepalive_timeout=self._idle_timeout,
             ssl_context=ssl_context,
             auto_decompress=False,  # bodies are decompressed by the handler (encoding.py), bounded, checked whole
