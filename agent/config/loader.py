@@ -504,12 +504,26 @@ def _parse_components(
         factory = factories.get(type_name)
         if factory is None:
             known = ", ".join(sorted(factories)) or "none"
-            errors.append(ConfigError(path, f"unknown {kind.value} type {type_name!r}; known types: {known}"))
+            hint = _COLLECTOR_TYPES.get((kind.value, type_name), "")
+            message = f"unknown {kind.value} type {type_name!r}; known types: {known}"
+            errors.append(ConfigError(path, f"{message}; {hint}" if hint else message))
             continue
         config = build(factory.config_class, body, path, errors)
         if config is not None:
             out[component_id] = ComponentConfig(component_id, kind, factory, config)
     return out
+
+
+# The OpenTelemetry Collector's components a config written for it often has, and what serves their purpose here.
+_COLLECTOR_TYPES = {
+    ("processor", "batch"): "batching is each exporter's own here, in exporters.<id>.batch (min_size, max_size, "
+    "flush_timeout): remove this processor and its pipeline entries",
+    ("processor", "probabilistic_sampler"): "sampling is tail_sampling's: its probabilistic policy keeps a share of "
+    "normal traces, consistent by trace id",
+    ("exporter", "debug"): "to see what goes out, use the file exporter (OTLP/JSON lines), or nop to discard",
+    ("exporter", "logging"): "to see what goes out, use the file exporter (OTLP/JSON lines), or nop to discard",
+    ("exporter", "otlphttp"): "use otlp with protocol: http/protobuf and a base URL such as http://jaeger:4318",
+}
 
 
 def _check_pipeline(

@@ -1006,6 +1006,31 @@ service: {extensions: [health_check], pipelines: {traces: {receivers: [otlp], ex
     ]
 
 
+def test_a_collector_configs_usual_components_say_what_serves_them_here() -> None:
+    """A Collector config's batch processor, debug exporter and otlphttp exporter were only "unknown" (pass 150)."""
+    text = """
+receivers: {otlp: {}}
+processors: {batch: {}, probabilistic_sampler: {}}
+exporters: {debug: {}, logging: {}, otlphttp: {endpoint: "http://jaeger:4318"}}
+service: {pipelines: {traces: {receivers: [otlp], processors: [batch], exporters: [debug]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    told = {str(e).split(";")[0]: str(e).rsplit("; ", 1)[1] for e in raised.value.errors if "unknown" in str(e)}
+    assert told == {
+        "processors.batch: unknown processor type 'batch'": "batching is each exporter's own here, in "
+        "exporters.<id>.batch (min_size, max_size, flush_timeout): remove this processor and its pipeline entries",
+        "processors.probabilistic_sampler: unknown processor type 'probabilistic_sampler'": "sampling is "
+        "tail_sampling's: its probabilistic policy keeps a share of normal traces, consistent by trace id",
+        "exporters.debug: unknown exporter type 'debug'": "to see what goes out, use the file exporter "
+        "(OTLP/JSON lines), or nop to discard",
+        "exporters.logging: unknown exporter type 'logging'": "to see what goes out, use the file exporter "
+        "(OTLP/JSON lines), or nop to discard",
+        "exporters.otlphttp: unknown exporter type 'otlphttp'": "use otlp with protocol: http/protobuf and a base "
+        "URL such as http://jaeger:4318",
+    }
+
+
 @pytest.mark.parametrize("value", ["!!bool maybe", "!!int ''", "!!float ''", "!!timestamp x"])
 def test_a_tagged_value_yaml_cannot_read_is_an_error_not_a_crash(value: str) -> None:
     with pytest.raises(ConfigInvalid, match="not valid YAML: a tagged value it cannot read"):
