@@ -177,6 +177,23 @@ def load_key_pair(context: ssl.SSLContext, cert_file: str, key_file: str) -> Non
         context.load_cert_chain(cert_file, key_file, password=_refuse_passphrase)
     except _PassphraseAsked:
         raise EncryptedKeyError(f"TLS key is encrypted (give it without a passphrase): {key_file}") from None
+    except ssl.SSLError as exc:
+        raise ValueError(_key_pair_problem(cert_file, key_file, exc)) from None
+
+
+def _key_pair_problem(cert_file: str, key_file: str, exc: ssl.SSLError) -> str:
+    """OpenSSL's words for a file that is not what its setting wants are "[SSL] PEM lib": say which file."""
+    try:
+        cert, key = Path(cert_file).read_bytes(), Path(key_file or cert_file).read_bytes()
+    except OSError:
+        return str(exc)
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        return f"cert_file {cert_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    if b"PRIVATE KEY-----" not in key:
+        return f"key_file {key_file or cert_file} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+    if "KEY_VALUES_MISMATCH" in str(exc):
+        return f"the key in {key_file or cert_file} is not the key of the certificate in {cert_file}"
+    return str(exc)
 
 
 def load_server_tls(tls: TlsServerConfig, path: str) -> ServerTls | None:

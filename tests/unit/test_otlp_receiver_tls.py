@@ -297,3 +297,24 @@ def test_files_rotated_while_being_read_are_read_again_and_never_handed_to_grpc_
 
     monkeypatch.setattr(TlsServerConfig, "_read", rotated_once)
     assert tls.load("receivers.otlp.grpc.tls").ssl_context is not None
+
+
+def test_a_certificate_or_key_file_that_is_not_one_is_named_with_what_it_lacks(tmp_path: Path) -> None:
+    """OpenSSL said "[SSL] PEM lib" for a YAML file given as cert_file, naming no file and no reason (pass 150)."""
+    import ssl
+
+    from agent.server_tls import load_key_pair
+
+    cert, key = self_signed_certificate(tmp_path)
+    other_cert, _ = self_signed_certificate(tmp_path, "other")
+    not_pem = tmp_path / "my.yaml"
+    not_pem.write_text("receivers: {otlp: {}}\n")
+    cases = [
+        (not_pem, key, f"cert_file {not_pem} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        (cert, not_pem, f"key_file {not_pem} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)"),
+        (other_cert, key, f"the key in {key} is not the key of the certificate in {other_cert}"),
+    ]
+    for cert_file, key_file, message in cases:
+        with pytest.raises(ValueError) as refused:
+            load_key_pair(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), str(cert_file), str(key_file))
+        assert str(refused.value) == message
