@@ -65,11 +65,12 @@ def decode(body: bytes, message_type: type[M]) -> M:
     return decode_repairing(body, message_type)[0]
 
 
-def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
+def decode_repairing(body: bytes, message_type: type[M], unknown_keys: list[str] | None = None) -> tuple[M, int]:
     """The message in ``body``, and how many of its strings were repaired: bytes that are not UTF-8 (UTF-16 or
     UTF-32 for a body in those) and lone UTF-16 surrogates become U+FFFD, as the protobuf receiver repairs strings
     (utf8_repair.py), instead of the whole request being refused for one string. A key is never repaired: one
-    with such bytes would become an unknown field, dropped silently, so the body is refused."""
+    with such bytes would become an unknown field, dropped silently, so the body is refused. ``unknown_keys``, if
+    given, collects the top-level keys that are no field of ``message_type`` (ignored, as OTLP wants)."""
     try:
         text, maybe_broken, text_replaced = _text_of(body)
         data = json.loads(text)
@@ -83,6 +84,10 @@ def decode_repairing(body: bytes, message_type: type[M]) -> tuple[M, int]:
         raise OtlpJsonError(f"body is not JSON this agent reads: {exc}") from None
     if not isinstance(data, dict):
         raise OtlpJsonError("body must be a JSON object")
+    if unknown_keys is not None:
+        descriptor = message_type.DESCRIPTOR
+        known = {*descriptor.fields_by_camelcase_name, *descriptor.fields_by_name}
+        unknown_keys.extend(str(key)[:64] for key in data if key not in known)
     message = message_type()
     repaired = 0
     try:

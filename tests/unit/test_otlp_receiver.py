@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
+import json
 import logging
 import threading
 import time
@@ -508,14 +509,14 @@ async def test_large_json_bodies_are_decoded_one_at_a_time(
     lock = threading.Lock()
     decode = json_codec.decode_repairing
 
-    def counting(body: bytes, message_type: Any) -> Any:
+    def counting(body: bytes, message_type: Any, unknown_keys: list[str] | None = None) -> Any:
         nonlocal running_now, most
         with lock:
             running_now += 1
             most = max(most, running_now)
         try:
             time.sleep(0.05)  # long enough for the other requests' decodes to start if they could
-            return decode(body, message_type)
+            return decode(body, message_type, unknown_keys)
         finally:
             with lock:
                 running_now -= 1
@@ -938,6 +939,29 @@ async def test_a_signal_without_a_pipeline_is_refused_before_its_body_is_looked_
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     failed = "otel_sidecar_receiver_failed_requests_total"
     assert (running.metric(failed, reason="no_pipeline"), running.metric(failed)) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "told"),
+    [
+        (b'{"resourceLogs": [{}]}', "the request holds no resourceSpans, only unknown keys ('resourceLogs')"),
+        (
+            b'{"resourceSpan": [{}], "x": 1}',
+            "the request holds no resourceSpans, only unknown keys ('resourceSpan', 'x')",
+        ),
+    ],
+)
+async def test_an_otlp_json_body_of_only_unknown_keys_is_told_to_its_sender(
+    running: Running, body: bytes, told: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTLP/JSON ignores unknown fields, so logs sent to /v1/traces, or a misspelt key, were a 200 and an empty
+    answer: the sender saw success and nothing was accepted, counted or logged (pass 150)."""
+    status, answer, _ = await post(running.http_url + "/v1/traces", body, "application/json")
+    message = json.loads(answer)["partialSuccess"]["errorMessage"]
+    assert (status, message) == (200, f"{told}: nothing was accepted")
+    assert any(told in r.getMessage() for r in caplog.records)
+    status, answer, _ = await post(running.http_url + "/v1/traces", b'{"resourceSpans": []}', "application/json")
+    assert (status, json.loads(answer)) == (200, {})  # nothing unknown, nothing to tell
 
 
 async def test_a_path_that_is_no_signals_export_gets_a_plain_not_found(running: Running) -> None:

@@ -49,6 +49,7 @@ class Failure(enum.StrEnum):
 class Decoded(NamedTuple):
     request: Message
     repaired_strings: int  # strings that were not UTF-8, their bad bytes replaced by U+FFFD
+    unknown_keys: tuple[str, ...] = ()  # an OTLP/JSON body's top-level keys that are no field (ignored)
 
 
 @dataclass
@@ -192,7 +193,9 @@ class ExportHandler:
         spec = SPECS[signal]
         try:
             if json:
-                return Decoded(*json_codec.decode_repairing(body, spec.request_type))
+                unknown: list[str] = []
+                request, repaired_strings = json_codec.decode_repairing(body, spec.request_type, unknown)
+                return Decoded(request, repaired_strings, tuple(unknown))
             return Decoded(spec.request_type.FromString(body), 0)
         except (DecodeError, json_codec.OtlpJsonError) as exc:
             repaired = None if json else decode_repairing_utf8(spec.request_type, body)
@@ -256,6 +259,13 @@ class ExportHandler:
                 f"{decoded.repaired_strings} strings were not valid UTF-8; their bad bytes were replaced by U+FFFD"
             )
             self._log.warning(f"utf8:{signal}", warnings[-1], receiver=cid, transport=transport, peer=peer)
+        if not items and not rejected and decoded.unknown_keys:
+            # OTLP/JSON ignores unknown fields, so a body sent to another signal's path ({"resourceLogs": …} to
+            # /v1/traces) or with a misspelt key is a success holding nothing: say so to the sender.
+            field = request.DESCRIPTOR.fields[0].json_name
+            keys = ", ".join(repr(key) for key in decoded.unknown_keys[:5])
+            warnings.append(f"the request holds no {field}, only unknown keys ({keys}): nothing was accepted")
+            self._log.warning(f"unknown_keys:{signal}", warnings[-1], receiver=cid, transport=transport, peer=peer)
         return spec.response(rejected, "; ".join(warnings))
 
     def request_failed(self, signal: Signal, transport: str, failure: Failure) -> None:
