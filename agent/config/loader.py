@@ -202,13 +202,16 @@ def load_text(text: str, environ: Mapping[str, str] | None = None) -> AgentConfi
     errors: list[ConfigError] = written_twice
     environ = os.environ if environ is None else environ
     substituted: dict[str, _Substituted] = {}
+    bare = _bare_references(raw, "")
     raw = substitute_env(raw, "", environ, errors, substituted)
     substitution_failed = {e.path for e in errors}
     substitution_errors = len(errors)
     config = parse(raw, errors)
     # A value whose variable is missing fails validation too; the missing variable is the one thing to say.
     errors[substitution_errors:] = [
-        _naming_variables(e, substituted) for e in errors[substitution_errors:] if e.path not in substitution_failed
+        _with_bare_reference_hint(_naming_variables(e, substituted), bare)
+        for e in errors[substitution_errors:]
+        if e.path not in substitution_failed
     ]
     if errors:
         raise ConfigInvalid(errors)
@@ -256,6 +259,35 @@ def _naming_variables(error: ConfigError, substituted: Mapping[str, _Substituted
             return ConfigError(error.path, f"{error.message} (the value comes from {variables})")
         path = _parent_path(path)
     return error
+
+
+# $NAME, which the Collector once read as an environment variable and this agent (as the Collector now) takes as
+# text; not $$NAME, a literal $ followed by NAME.
+_BARE_REFERENCE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _bare_references(node: Any, path: str, found: dict[str, str] | None = None) -> dict[str, str]:
+    """The paths of string values holding a ``$NAME``, and the first such name in each."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _bare_references(value, join_path(path, str(key)), found)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _bare_references(value, join_path(path, index), found)
+    elif isinstance(node, str) and (match := _BARE_REFERENCE.search(node)):
+        found[path] = match.group(1)
+    return found
+
+
+def _with_bare_reference_hint(error: ConfigError, bare: Mapping[str, str]) -> ConfigError:
+    """A value refused while it holds ``$NAME`` is most likely an environment variable written the old way: say
+    how to write it. A value accepted with one is left alone (a password may hold a $)."""
+    name = bare.get(error.path)
+    if name is None:
+        return error
+    hint = f"${name} is taken as text: write ${{env:{name}}} for the environment variable"
+    return ConfigError(error.path, f"{error.message} ({hint})")
 
 
 def _parent_path(path: str) -> str:

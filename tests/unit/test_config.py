@@ -1031,6 +1031,26 @@ service: {pipelines: {traces: {receivers: [otlp], processors: [batch], exporters
     }
 
 
+def test_a_refused_value_holding_a_bare_dollar_name_says_how_to_write_the_variable() -> None:
+    """`$JAEGER_EP`, the Collector's old way, was refused as "must be host:port or a URL" with no word of the
+    variable (pass 150). A value accepted with one stays as written: a password may hold a $, and $$ is a $."""
+    text = """
+receivers: {otlp: {}}
+exporters:
+  otlp: {endpoint: "$JAEGER_EP"}
+  otlp/b: {endpoint: "jaeger:4317", headers: {authorization: "Basic pa$word"}, tls: {insecure: true}}
+  otlp/c: {endpoint: "$$JAEGER_EP"}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [otlp, otlp/b, otlp/c]}}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={"JAEGER_EP": "jaeger:4317"})
+    assert [str(e) for e in raised.value.errors] == [
+        "exporters.otlp.endpoint: must be host:port or a URL, got '$JAEGER_EP' ($JAEGER_EP is taken as text: write "
+        "${env:JAEGER_EP} for the environment variable)",
+        "exporters.otlp/c.endpoint: must be host:port or a URL, got '$JAEGER_EP'",
+    ]
+
+
 @pytest.mark.parametrize("value", ["!!bool maybe", "!!int ''", "!!float ''", "!!timestamp x"])
 def test_a_tagged_value_yaml_cannot_read_is_an_error_not_a_crash(value: str) -> None:
     with pytest.raises(ConfigInvalid, match="not valid YAML: a tagged value it cannot read"):
