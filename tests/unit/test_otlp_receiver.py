@@ -36,6 +36,7 @@ from agent.testing.workload import Workload
 from tests.helpers import free_port, metric_value
 
 TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"  # no pipeline takes metrics here
 
 
 @dataclass
@@ -917,7 +918,7 @@ async def test_a_signal_without_a_pipeline_is_answered_with_why_and_counted(
     )
     status, body, _ = await post(running.http_url + "/v1/metrics", b"{}", "application/json")
     assert (status, json_codec.decode(body, status_pb2.Status).message) == (404, why)
-    call = running.channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+    call = running.channel.unary_unary(METRICS_METHOD)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call(b"", timeout=5)
     assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, why)
@@ -933,7 +934,7 @@ async def test_a_signal_without_a_pipeline_is_refused_before_its_body_is_looked_
     """Neither its content type, size nor bytes matter: the sender is told what to fix, and it is counted as that."""
     status, _, _ = await post(running.http_url + "/v1/metrics", b"\xff", "text/plain")
     assert status == 404
-    call = running.channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+    call = running.channel.unary_unary(METRICS_METHOD)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call(b"\xff" * (1024 * 1024 + 1), timeout=5)  # above the 1 MiB limit, and not protobuf
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -50,6 +50,18 @@ def kvlist(**values: str) -> AnyValue:
     return value
 
 
+def text_list(words: list[str]) -> AnyValue:
+    """A list of texts, as process.command_args holds an argv (an empty list too)."""
+    value = AnyValue()
+    value.array_value.SetInParent()
+    value.array_value.values.extend(AnyValue(string_value=word) for word in words)
+    return value
+
+
+def texts(value: AnyValue) -> list[str]:
+    return [item.string_value for item in value.array_value.values]
+
+
 def span_request() -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
@@ -895,13 +907,10 @@ def test_a_database_clients_password_in_an_argv_list_is_masked(argv: list[str], 
 
     from agent.processors.redaction.rules import Redactor
 
-    value = AnyValue()
-    value.array_value.SetInParent()  # an empty list too
-    for word in argv:
-        value.array_value.values.add(string_value=word)
+    value = text_list(argv)
     counts: Counter[str] = Counter()
     Redactor(RedactionConfig()).value(value, counts)
-    assert [v.string_value for v in value.array_value.values] == expected
+    assert texts(value) == expected
     assert counts["cli_password"] == (argv != expected)
 
 
@@ -922,11 +931,9 @@ def test_every_client_is_masked_alike_in_a_command_line_and_in_an_argv(program: 
     counts: Counter[str] = Counter()
     line = f"{program} -h db -P 3306 -u app -pX shop"
     assert redactor.mask_text(line, counts) == f"{program} -h db -P 3306 -u app -p[REDACTED] shop"
-    argv = AnyValue()
-    for word in [f"/usr/bin/{program}", "-h", "db", "-u", "app", "-pX", "shop"]:
-        argv.array_value.values.add(string_value=word)
+    argv = text_list([f"/usr/bin/{program}", "-h", "db", "-u", "app", "-pX", "shop"])
     redactor.value(argv, counts)
-    assert argv.array_value.values[5].string_value == "-p[REDACTED]"
+    assert texts(argv)[5] == "-p[REDACTED]"
     assert counts == Counter({"cli_password": 2})
 
 
@@ -941,11 +948,9 @@ def test_a_command_lines_password_masked_before_is_not_counted_again() -> None:
     for line in ["mysql -u root -p[REDACTED] shop", "sshpass -p [REDACTED] ssh host"]:
         assert redactor.mask_text(line, counts) == line
     for argv in [["mysql", "-u", "root", "-p[REDACTED]"], ["sshpass", "-p", "[REDACTED]", "ssh"]]:
-        value = AnyValue()
-        for word in argv:
-            value.array_value.values.add(string_value=word)
+        value = text_list(argv)
         redactor.value(value, counts)
-        assert [v.string_value for v in value.array_value.values] == argv
+        assert texts(value) == argv
     assert not counts
 
 
@@ -954,10 +959,8 @@ def test_an_argv_is_left_alone_when_credentials_are_not_masked() -> None:
 
     from agent.processors.redaction.rules import Redactor
 
-    value = AnyValue()
-    for word in ["mysql", "-pS3cret"]:
-        value.array_value.values.add(string_value=word)
+    value = text_list(["mysql", "-pS3cret"])
     counts: Counter[str] = Counter()
     Redactor(RedactionConfig(mask_credentials=False)).value(value, counts)
-    assert [v.string_value for v in value.array_value.values] == ["mysql", "-pS3cret"]
+    assert texts(value) == ["mysql", "-pS3cret"]
     assert not counts
