@@ -18,8 +18,9 @@ HEADER = """# Configuration reference
 
 The config is YAML in the OpenTelemetry Collector's shape: `receivers`, `processors`, `connectors` and
 `exporters` define components by id (`type` or `type/name`, e.g. `otlp/jaeger`), and `service.pipelines`
-wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables (a default
-may hold a reference itself: `${env:A:-${env:B:-x}}`; `$$` is a literal `$`); a value
+wires them per signal. `${env:NAME}` and `${env:NAME:-default}` are replaced by environment variables (so is
+`${NAME}`, as in the Collector, whose default provider is env; a default may hold a reference itself:
+`${env:A:-${env:B:-x}}`; `$$` is a literal `$`, and `$NAME` is text); a value
 that is one whole reference is typed by its field: a string field gets the variable's exact text (`0123` stays
 `0123`), a number, boolean or list field reads it as YAML. Durations are written `500ms`, `10s`, `2m`, `1h` or
 `30d` (also `us` and `ns`; `0` is no time). A listen address (`host:port`) with the host `0.0.0.0`, `[::]` or
