@@ -245,15 +245,9 @@ def test_print_config_keeps_the_sections_in_the_config_order(capsys: pytest.Capt
     assert list(printed["service"])[:2] == ["pipelines", "telemetry"]
 
 
-ADMIN_TLS_FILES_MISSING = """
-receivers: {otlp: {}}
-exporters: {file: {path: "%s"}}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
-  telemetry:
-    admin: {endpoint: "127.0.0.1:0", tls: {cert_file: "%s", key_file: "%s"}}
-"""
+ADMIN_TLS_FILES_MISSING = FILE_EXPORTER.replace(
+    'admin: {endpoint: "127.0.0.1:0"}', 'admin: {endpoint: "127.0.0.1:0", tls: {cert_file: "%s", key_file: "%s"}}'
+)
 
 
 def test_validate_check_files_reads_the_admin_endpoints_tls_files_too(

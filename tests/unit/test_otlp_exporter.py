@@ -619,20 +619,14 @@ async def test_a_backend_never_connected_to_is_not_a_possible_delivery(protocol:
     running out of retries is retries_exhausted, not unconfirmed."""
     import socket
 
-    from agent.exporters._helper.retry import RetryableError
-
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
     config = exporter_config(f"{scheme}127.0.0.1:{port}", protocol=protocol)  # tls.insecure: the scheme decides
-    transport = make_transport(config, None)  # plain text
-    await transport.start()
     try:
-        with pytest.raises(RetryableError) as raised:
-            await transport.export(Signal.TRACES, traces(1)[0], 0.5)
+        error = await failed_export(make_transport(config, None), 0.5)  # plain text
     finally:
-        await transport.close()
         silent.close()
-    assert (raised.value.reason, raised.value.maybe_delivered) == ("connection", False)
+    assert (error.reason, error.maybe_delivered) == ("connection", False)
 
 
 class _CuttingBackend:
@@ -747,6 +741,17 @@ def grpc_transport_to(port: int) -> GrpcTransport:
     return GrpcTransport(build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"}), None)
 
 
+async def failed_export(transport: Any, timeout: float = 5) -> RetryableError:
+    """The retryable error one export of a span through ``transport`` (started here, closed after) ends in."""
+    await transport.start()
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await transport.export(Signal.TRACES, traces(1)[0], timeout=timeout)
+    finally:
+        await transport.close()
+    return raised.value
+
+
 async def backend_that_never_answers() -> tuple[grpc.aio.Server, int, asyncio.Event]:
     """A gRPC core server that reads each Export call, sets the event, and answers none (within 10 s)."""
     received = asyncio.Event()
@@ -793,16 +798,12 @@ async def test_a_tls_handshake_failing_against_a_plain_text_backend_says_what_to
 
     server, port, _ = await backend_that_never_answers()  # plain text
     config = build_config(OtlpExporterConfig, {"endpoint": f"127.0.0.1:{port}"})
-    transport = GrpcTransport(config, TlsClientConfig().load("exporters.otlp.tls"))
-    await transport.start()
     try:
-        with pytest.raises(RetryableError) as raised:
-            await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+        error = await failed_export(GrpcTransport(config, TlsClientConfig().load("exporters.otlp.tls")))
     finally:
-        await transport.close()
         await server.stop(0)
-    assert "handshake failed" in str(raised.value).lower()
-    assert str(raised.value).endswith("(if the endpoint speaks plain text, set tls.insecure: true or write http://)")
+    assert "handshake failed" in str(error).lower()
+    assert str(error).endswith("(if the endpoint speaks plain text, set tls.insecure: true or write http://)")
 
 
 async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possible_delivery() -> None:
@@ -813,33 +814,24 @@ async def test_a_grpc_backend_that_hangs_up_on_every_connection_is_not_a_possibl
         writer.close()
 
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport = grpc_transport_to(port)
-    await transport.start()
     try:
-        with pytest.raises(RetryableError) as raised:
-            await transport.export(Signal.TRACES, traces(1)[0], timeout=5)
+        error = await failed_export(grpc_transport_to(server.sockets[0].getsockname()[1]))
     finally:
-        await transport.close()
         server.close()
-    assert "failed to connect" in str(raised.value)
-    assert not raised.value.maybe_delivered
+    assert "failed to connect" in str(error)
+    assert not error.maybe_delivered
 
 
 async def test_a_grpc_deadline_passing_while_the_backend_handles_the_call_may_have_delivered() -> None:
     """Connected, sent, and no answer in time: the backend may store the request after all, so a resend is a
     possible duplicate (unlike a deadline passing while connecting)."""
     server, port, received = await backend_that_never_answers()
-    transport = grpc_transport_to(port)
-    await transport.start()
     try:
-        with pytest.raises(RetryableError) as raised:
-            await transport.export(Signal.TRACES, traces(1)[0], timeout=1)
+        error = await failed_export(grpc_transport_to(port), timeout=1)
     finally:
-        await transport.close()
         await server.stop(0)
     assert received.is_set()
-    assert (raised.value.reason, raised.value.maybe_delivered) == ("deadline_exceeded", True)
+    assert (error.reason, error.maybe_delivered) == ("deadline_exceeded", True)
 
 
 async def test_an_export_still_connecting_at_the_shutdown_deadline_was_not_delivered() -> None:
