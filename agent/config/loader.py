@@ -444,8 +444,8 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
         if pipeline is not None:
             _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
     _check_connectors_used_both_ways(config, errors)
+    _cross_check_components(config, errors)  # an unknown class is the cause of a class none takes: said first
     _check_every_class_routed(config, errors)
-    _cross_check_components(config, errors)
     _check_listen_addresses(config, errors)
     return config
 

@@ -158,6 +158,16 @@ def test_a_class_no_exporter_of_a_pipeline_takes_is_refused_at_load() -> None:
     assert load_text(UNROUTED % "error, critical").service.pipelines["traces"].exporters
 
 
+def test_an_unknown_class_is_listed_before_the_class_it_leaves_unrouted() -> None:
+    """The misspelt class is the cause and the unrouted one its consequence: the cause comes first."""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(UNROUTED % "eror, critical")
+    assert [str(e).split(";")[0].split(" (")[0] for e in raised.value.errors] == [
+        "exporters.otlp/jaeger_archive.retention_classes[0]: unknown retention class 'eror'",
+        "service.pipelines.traces.exporters: no exporter takes retention class(es) error",
+    ]
+
+
 UNROUTED_BESIDE_LOKI = """
 receivers:
   otlp: {grpc: {endpoint: "127.0.0.1:0"}}
