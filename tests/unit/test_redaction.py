@@ -863,6 +863,11 @@ def test_anthropic_keys_are_counted_as_anthropic_not_openai(kind: str) -> None:
         ("mysql -u root -e 'SHOW DATABASES' -pS3cret", "mysql -u root -e 'SHOW DATABASES' -p[REDACTED]"),
         ('mysql --execute="SELECT 1" -pS3cret', 'mysql --execute="SELECT 1" -p[REDACTED]'),
         ("mysql -u app -pXy7&k2<Qz shop", "mysql -u app -p[REDACTED] shop"),
+        # The database first (mysql reads its options wherever they stand), but only one bare word
+        ("mysql shop -pS3cret", "mysql shop -p[REDACTED]"),
+        ("mysql -u app shop -h db -pS3cret", "mysql -u app shop -h db -p[REDACTED]"),
+        ("mysql is slow, gcc -pthread", "mysql is slow, gcc -pthread"),
+        ("sshpass host -phunter2", "sshpass host -phunter2"),
     ],
 )
 def test_a_database_clients_password_on_its_command_line_is_masked(text: str, expected: str) -> None:
@@ -898,6 +903,11 @@ def test_a_database_clients_password_on_its_command_line_is_masked(text: str, ex
             ["kubectl", "exec", "db-0", "--", "mysql", "-pS3cret"],
             ["kubectl", "exec", "db-0", "--", "mysql", "-p[REDACTED]"],
         ),
+        # The database first; a second bare word ends the client's arguments, and sshpass takes none
+        (["mysql", "shop", "-pS3cret"], ["mysql", "shop", "-p[REDACTED]"]),
+        (["mysql", "-u", "app", "shop", "-pS3cret"], ["mysql", "-u", "app", "shop", "-p[REDACTED]"]),
+        (["mysql", "shop", "more", "-pX"], ["mysql", "shop", "more", "-pX"]),
+        (["sshpass", "host", "-phunter2"], ["sshpass", "host", "-phunter2"]),
         ([], []),
     ],
 )

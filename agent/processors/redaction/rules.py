@@ -187,11 +187,12 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
     ),
     # A MySQL or MariaDB client's password, written onto its -p (mysql -u app -pS3cret shop, as a shell tool runs
     # it; "-p" alone prompts, and "-p pw" would read pw as the database), and sshpass's -p pw or -ppw. Only
-    # options, each with at most one value, may come between the program and the flag: "mysql in prod, gcc
-    # -pthread" is prose, and "sshpass -f file ssh -p 22 host" gives ssh a port.
+    # options, each with at most one value, may come between the program and the flag, and for the database
+    # clients one bare word, the database (mysql shop -pS3cret): "mysql in prod, gcc -pthread" is prose, and
+    # "sshpass -f file ssh -p 22 host" gives ssh a port.
     "cli_password": (
         r"(\b(?:(?:mysql(?:dump|admin|import|show|check|pump|sh)?|mariadb(?:-dump|-admin|-import|-show|-check)?)"
-        r"(?![\w.-])" + _CLI_OPTIONS + r"[ \t]{1,8}+-p(?=\S)"
+        r"(?![\w.-])" + _CLI_OPTIONS + r"(?:[ \t]{1,8}+[\w$]{1,64}+" + _CLI_OPTIONS + r")?[ \t]{1,8}+-p(?=\S)"
         r"|\bsshpass" + _CLI_OPTIONS + r"[ \t]{1,8}+-p[ \t]{0,8}+))"
         # The password runs to a space or a quote: one written unquoted may hold & < | ; (a command line read
         # from /proc is no shell's), and masking a pipe after it costs nothing.
@@ -225,6 +226,9 @@ CREDENTIAL_RULES: dict[str, tuple[str, str]] = {
 _CLI_PROGRAM = re.compile(
     r"(?:.*/)?(?:mysql(?:dump|admin|import|show|check|pump|sh)?|mariadb(?:-dump|-admin|-import|-show|-check)?|sshpass)"
 )
+
+# The bare word the text rule takes for a database client's database (mysql shop -pS3cret).
+_DATABASE_NAME = re.compile(r"[\w$]{1,64}")
 
 # Literal fragments at least one of which every credential rule above needs. Searching for them first is about
 # three times cheaper than the combined expression, and almost no ordinary value contains one. Keep in step with
@@ -408,11 +412,13 @@ class Redactor:
     def _mask_argv_password(items: Any, counts: Counter[str]) -> None:
         """cli_password on an argv (``process.command_args``: ["mysql", "-u", "app", "-pS3cret"], also run through
         sudo, docker exec or kubectl exec): the options after the client's name are read as the text rule reads a
-        command line, each with at most one value, up to the first argument that is neither."""
+        command line, each with at most one value (and for a database client one bare word, the database), up to
+        the first argument that is none of these."""
         start = next((i for i, item in enumerate(items) if _CLI_PROGRAM.fullmatch(item.string_value)), None)
         if start is None:
             return
         sshpass = items[start].string_value.endswith("sshpass")
+        databases_left = 0 if sshpass else 1
         after_option = False
         for index in range(start + 1, len(items)):
             text = items[index].string_value
@@ -428,6 +434,8 @@ class Redactor:
                 after_option = True
             elif after_option:
                 after_option = False
+            elif databases_left and _DATABASE_NAME.fullmatch(text):
+                databases_left -= 1
             else:
                 return
 
