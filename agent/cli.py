@@ -36,9 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID_CONFIG
     if command == "validate":
         source = args.config or "default config"
-        problem = _build_problem(config) if args.check_files else None
-        if problem is not None:
-            print(f"{source}: cannot start: {problem}", file=sys.stderr)
+        problems = _build_problems(config) if args.check_files else []
+        if len(problems) == 1:
+            print(f"{source}: cannot start: {problems[0]}", file=sys.stderr)
+        elif problems:
+            listed = "".join(f"\n  {problem}" for problem in problems)
+            print(f"{source}: cannot start ({len(problems)} problems):{listed}", file=sys.stderr)
+        if problems:
             return EXIT_INVALID_CONFIG
         for path in config.unused_components():
             print(f"{source}: warning: {path}: defined but used by no pipeline (it does nothing)", file=sys.stderr)
@@ -69,41 +73,48 @@ def _parser() -> argparse.ArgumentParser:
                 "--check-files",
                 action="store_true",
                 help="also build the pipelines as a start does, reading the TLS files the config names (run it "
-                "where they are: in the pod, not in CI); the first problem found is reported",
+                "where they are: in the pod, not in CI)",
             )
     return parser
 
 
-def _build_problem(config: AgentConfig) -> str | None:
-    """What building ``config``'s pipelines and admin endpoint finds, as a start would, or None: files the config
-    names (TLS certificates and keys) missing or unusable. Nothing binds or starts."""
+def _build_problems(config: AgentConfig) -> list[str]:
+    """What building ``config``'s pipelines and admin endpoint finds, as a start would: files the config names
+    (TLS certificates and keys) missing or unusable, and directories that could not be made. Nothing binds or
+    starts. The pipelines are built as one graph, which stops at its first failing component; the admin
+    endpoint and each directory are checked whatever that found, so one run lists what it can."""
     from agent.app import ADMIN_TLS_PATH
     from agent.pipeline.graph import Graph
     from agent.server_tls import load_server_tls
     from agent.telemetry.selfmetrics import SelfMetrics
 
+    problems: list[str] = []
     try:
         Graph(config, SelfMetrics())
-        load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
     except ConfigInvalid as exc:  # found only when the graph is built (a cycle through connectors)
-        return "; ".join(str(error) for error in exc.errors)
+        problems += [str(error) for error in exc.errors]
     except Exception as exc:  # the messages name the setting and the file
-        return str(exc)
-    return _queue_directory_problem(config)
+        problems.append(str(exc))
+    try:
+        load_server_tls(config.service.telemetry.admin.tls, ADMIN_TLS_PATH)
+    except Exception as exc:
+        problems.append(str(exc))
+    return problems + _directory_problems(config)
 
 
-def _queue_directory_problem(config: AgentConfig) -> str | None:
-    """A directory an exporter makes at start (with its parents) and writes in that it could not: a persistent
-    queue's (``<storage.directory>/<exporter id>``) or the ``file`` exporter's ``path``."""
+def _directory_problems(config: AgentConfig) -> list[str]:
+    """The directories an exporter makes at start (with their parents) and writes in that it could not: a
+    persistent queue's (``<storage.directory>/<exporter id>``) or the ``file`` exporter's ``path``."""
     from agent.exporters._helper.persistent_queue import queue_directory
     from agent.exporters.file import FileExporterConfig
 
+    problems: list[str] = []
     for cid, component in config.exporters.items():
         if isinstance(component.config, FileExporterConfig):
             target = Path(component.config.path)
             problem = _directory_problem(target)
             if problem is not None:
-                return f"exporters.{cid}.path: {target} {problem}"
+                problems.append(f"exporters.{cid}.path: {target} {problem}")
         storage = getattr(getattr(component.config, "sending_queue", None), "storage", None)
         root = getattr(storage, "directory", "")
         if not root:
@@ -111,8 +122,8 @@ def _queue_directory_problem(config: AgentConfig) -> str | None:
         target = queue_directory(root, cid)
         problem = _directory_problem(target)
         if problem is not None:
-            return f"exporters.{cid}.sending_queue.storage.directory: {target} {problem}"
-    return None
+            problems.append(f"exporters.{cid}.sending_queue.storage.directory: {target} {problem}")
+    return problems
 
 
 def _directory_problem(target: Path) -> str | None:

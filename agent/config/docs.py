@@ -34,7 +34,8 @@ across sections, such as retention classes or which pipelines feed a connector, 
 a second run may find more), naming the
 environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names
 and checks that the persistent queues' directories and the `file` exporter's `path` can be made and written,
-as a start does (run it where they are).
+as a start does (run it where they are); it lists every directory problem, and of the pipelines' TLS files the
+first one that fails, as the pipelines are built in one piece.
 """
 
 

@@ -265,6 +265,33 @@ def test_validate_check_files_reads_the_admin_endpoints_tls_files_too(
     assert str(cert) in err
 
 
+def test_validate_check_files_lists_every_file_problem_it_can_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator fixing a pod's mounts should not find them one run at a time: the pipelines' first problem,
+    the admin endpoint's and every directory's are listed together."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cert, key, ca = tmp_path / "admin.crt", tmp_path / "admin.key", tmp_path / "absent-ca.pem"
+    config = tmp_path / "agent.yaml"
+    text = ADMIN_TLS_FILES_MISSING % (a_file, cert, key)
+    text = text.replace(
+        "exporters: {file: {path:",
+        f'exporters: {{otlp/jaeger: {{endpoint: "https://jaeger:4317", tls: {{ca_file: "{ca}"}}, '
+        f'sending_queue: {{storage: {{directory: "{a_file / "queue"}"}}}}}}, file: {{path:',
+    ).replace("exporters: [file]", "exporters: [file, otlp/jaeger]")
+    config.write_text(text)
+    assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_INVALID_CONFIG
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{config}: cannot start (4 problems):"
+    assert [line.split(":", 1)[0] for line in lines[1:]] == [
+        "  exporters.otlp/jaeger.tls",
+        "  service.telemetry.admin.tls",
+        "  exporters.otlp/jaeger.sending_queue.storage.directory",
+        "  exporters.file.path",
+    ]
+
+
 def test_validate_check_files_reports_an_executable_file_where_the_queue_directory_goes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
