@@ -28,14 +28,15 @@ none (`:4318`) listens on every interface, IPv4 and IPv6 (IPv4 only on a host wi
 listens on its own address(es) only: `127.0.0.1:4318` is not reachable at `[::1]:4318`. The `otlp` receiver
 also takes the Collector's `protocols:` level around `grpc` and `http`. Unknown keys, keys written twice, wrong
 types, numbers that are not finite and references to undefined components are errors; `otel-sidecar validate
---config FILE` lists all of them with their paths (checks across the fields of a section, such as
-`decision_wait_after_root` below `decision_wait`, run once the section's own fields are valid, and checks
-across sections, such as retention classes or which pipelines feed a connector, once the sections they read are:
-a second run may find more), naming the
-environment variables a wrong value came from. `validate --check-files` also reads the TLS files the config names
-and checks that the persistent queues' directories and the `file` exporter's `path` can be made and written,
-as a start does (run it where they are); it lists every directory problem, and of the pipelines' TLS files the
-first one that fails, as the pipelines are built in one piece.
+--config FILE` lists all of them with their paths, naming the environment variables a wrong value came from.
+Checks across the fields of a section, such as `decision_wait_after_root` below `decision_wait`, run once the
+section's own fields are valid. Checks across sections, such as retention classes or which pipelines feed a
+connector, run with the failed settings left out, and report nothing that only a left-out setting's default
+would cause; they do not run when `service.pipelines` or `service.retention` failed, so a second run may
+still find more. `validate --check-files` also reads the TLS files the config names and checks that the
+persistent queues' directories and the `file` exporter's `path` can be made and written, as a start does (run
+it where they are); it lists every directory problem, and of the pipelines' TLS files the first one that
+fails, as the pipelines are built in one piece.
 """
 
 

@@ -428,7 +428,9 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
                     factory = factories.get(str(cid).split("/", 1)[0])
                     typed = ComponentConfig(str(cid), kind, factory, None) if factory else None
                     invalid.setdefault(str(cid), []).append((kind, typed))
+    before_service = len(errors)
     service = build(ServiceConfig, raw.get("service"), "service", errors)
+    service_failed = [error.path for error in errors[before_service:]]
     if service is None:
         # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
         salvaged = AgentConfig(service=ServiceConfig(), **sections)
@@ -438,16 +440,99 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             if bad_id is not None and bad_id not in errors:
                 errors.append(bad_id)
             _check_pipeline(salvaged, pipeline_id, pipeline, invalid, errors)
+        service = _salvaged(ServiceConfig, raw.get("service"), "service", service_failed, {"pipelines", "retention"})
+        if service is not None:
+            _check_across_sections_salvaged(raw, sections, service, errors)
         return None
     config = AgentConfig(service=service, **sections)
     for pipeline_id, pipeline in service.pipelines.items():
         if pipeline is not None:
             _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
+    if invalid:
+        _check_across_sections_salvaged(raw, sections, service, errors)
+    else:
+        _check_across_sections(config, errors)
+    _check_listen_addresses(config, errors)
+    return config
+
+
+def _check_across_sections(config: AgentConfig, errors: list[ConfigError]) -> None:
     _check_connectors_used_both_ways(config, errors)
     _cross_check_components(config, errors)  # an unknown class is the cause of a class none takes: said first
     _check_every_class_routed(config, errors)
-    _check_listen_addresses(config, errors)
-    return config
+
+
+def _check_across_sections_salvaged(
+    raw: dict[Any, Any],
+    sections: dict[str, dict[str, ComponentConfig]],
+    service: ServiceConfig,
+    errors: list[ConfigError],
+) -> None:
+    """The checks across sections, run although some section failed, so that one run of validate finds what a
+    second would (an unknown retention class beside a misspelt log level). A failed section takes part with
+    its failed settings left out (their defaults stand in). What the checks then say under a setting left out,
+    or say of a component that had one left out from another's check, would be about a default, not the
+    config, and is not said. ``service`` is the one parsed, or salvaged where neither its pipelines nor its
+    retention classes failed (what these checks read)."""
+    from agent.registry import factories_for
+
+    failed = [error.path for error in errors]
+    left_out: list[str] = []  # paths of the settings left out
+    salvaged_components: list[str] = []
+    salvaged_sections = {section: dict(components) for section, components in sections.items()}
+    for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.CONNECTOR):
+        section = EnvText.structure(raw.get(kind.section))
+        for cid, body in section.items() if isinstance(section, dict) else ():
+            factory = factories_for(kind).get(str(cid).split("/", 1)[0])
+            if cid in sections[kind.section] or factory is None or not _COMPONENT_ID.fullmatch(str(cid)):
+                continue
+            path = join_path(kind.section, cid)
+            settings = _salvaged(factory.config_class, body, path, failed)
+            if settings is not None:
+                salvaged_sections[kind.section][cid] = ComponentConfig(cid, kind, factory, settings)
+                salvaged_components.append(path)
+                left_out += [join_path(path, key) for key in _settings_left_out(failed, path) or ()]
+    found: list[ConfigError] = []
+    _check_across_sections(AgentConfig(service=service, **salvaged_sections), found)
+    for error in found:
+        under_a_default = any(_is_under(error.path, path) for path in left_out)
+        of_another_salvaged = any(
+            re.search(re.escape(path) + r"(?![\w/.-])", error.message) and not _is_under(error.path, path)
+            for path in salvaged_components
+        )
+        if not under_a_default and not of_another_salvaged and error not in errors:
+            errors.append(error)
+
+
+def _salvaged(
+    cls: type[Any], raw: Any, path: str, failed: list[str], needed: frozenset[str] | set[str] = frozenset()
+) -> Any | None:
+    """``cls`` built from ``raw`` without the settings whose paths are among ``failed``, or None if it cannot be
+    (the section failed as a whole, a ``needed`` setting failed, or leaving them out fails it)."""
+    raw = EnvText.structure(raw)
+    left_out = _settings_left_out(failed, path)
+    if left_out is None or left_out & needed or not isinstance(raw, dict | None):
+        return None
+    rest = {key: value for key, value in (raw or {}).items() if str(key) not in left_out}
+    problems: list[ConfigError] = []
+    built = build(cls, rest, path, problems)
+    return None if problems else built
+
+
+def _settings_left_out(failed: list[str], path: str) -> set[str] | None:
+    """The settings of the section at ``path`` that an error's path lies in (``tls`` of
+    ``exporters.otlp.tls.insecure``); None if the section itself failed."""
+    keys: set[str] = set()
+    for failed_path in failed:
+        if failed_path == path:
+            return None
+        if failed_path.startswith(f"{path}."):
+            keys.add(re.split(r"[.\[]", failed_path[len(path) + 1 :], maxsplit=1)[0])
+    return keys
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith((f"{parent}.", f"{parent}["))
 
 
 def _pipelines_as_written(raw_service: Any) -> dict[str, PipelineConfig]:
