@@ -61,14 +61,23 @@ def section_schema(cls: Any) -> dict[str, Any]:
             "properties": {name: properties[name] for name in wrapped},
         }
         # A field both in the wrapper and beside it is an error: the chart's defaults set the fields beside it,
-        # so a Collector-style `protocols:` in one's values meets them there.
+        # so a Collector-style `protocols:` in one's values meets them there. Helm shows a failed `const` with
+        # its path and value, which is this schema's only way to say what to do (a `not` says "'not' failed").
         given_twice += [
             {
-                "not": {
+                "if": {
                     "type": "object",
                     "required": [name, wrapper],
                     "properties": {wrapper: {"type": "object", "required": [name]}},
-                }
+                },
+                "then": {
+                    "properties": {
+                        name: {
+                            "const": f"given also under {wrapper}: write it in one place ({name}: null here "
+                            "drops the chart's default)"
+                        }
+                    }
+                },
             }
             for name in wrapped
         ]

@@ -393,6 +393,7 @@ def test_the_docs_values_example_renders_a_workload_whose_agent_sends_where_it_s
     manifests = {name: [doc for doc in yaml.safe_load_all(body) if doc] for name, body in case["manifests"].items()}
     workload = the_workload(manifests)
     assert workload["spec"]["replicas"] == 2
+    assert workload["spec"]["template"]["metadata"]["labels"]["app"] == "orchestrator"  # for its own Service
     pod = workload["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["orchestrator"]
     assert agent_container(pod)["image"].startswith("registry.example.com/otel-sidecar:")
@@ -919,17 +920,29 @@ def test_pod_labels_may_not_reuse_a_selector_label(helm_python: Path, tmp_path: 
     assert lint_failures(helm_python, tmp_path, {**sidecar, "podLabels": {"team": "llm"}}) == []
 
 
-def test_otlp_variables_a_container_sets_itself_are_not_added_again(helm_python: Path, tmp_path: Path) -> None:
-    """A name given twice in one env list breaks Helm's strategic-merge upgrades."""
+@pytest.mark.parametrize(
+    "own",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318"},
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://localhost:4318/v1/traces"},
+    ],
+)
+def test_a_container_choosing_its_own_otlp_exporter_gets_neither_variable(
+    helm_python: Path, tmp_path: Path, own: dict[str, str]
+) -> None:
+    """Endpoint and protocol go together (pass 151): a container setting only the endpoint, to the HTTP port
+    (enough for the JS and Java SDKs, whose default is http/protobuf), got PROTOCOL=grpc added, spoke gRPC to
+    the HTTP receiver and lost every span (counted as malformed_http). A name given twice in one env list
+    would also break Helm's strategic-merge upgrades."""
     sidecar = yaml.safe_load((CHART / "ci" / "sidecar.yaml").read_text())
     (orchestrator,) = sidecar["workload"]["containers"]
-    orchestrator["env"].append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://localhost:9999"})
+    orchestrator["env"] += [{"name": name, "value": value} for name, value in own.items()]
     workload = sidecar_workload_with(helm_python, tmp_path, workload=sidecar["workload"])
     (container,) = workload["spec"]["template"]["spec"]["containers"]
     names = [e["name"] for e in container["env"]]
     assert sorted(names) == sorted(set(names))
-    assert env_of(container)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:9999"
-    assert env_of(container)["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert {name: value for name, value in env_of(container).items() if name.startswith("OTEL_EXPORTER_")} == own
 
 
 def test_the_listen_address_serves_ipv6_clusters(helm_python: Path, tmp_path: Path) -> None:
@@ -1116,3 +1129,70 @@ def test_a_regular_sidecar_is_held_back_while_the_orchestrator_flushes(rendered:
     assert agent["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
     native = agent_container(the_workload(rendered["sidecar.yaml"])["spec"]["template"]["spec"])
     assert "lifecycle" not in native  # stops after the orchestrator's containers anyway
+
+
+def helm_install_error(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> str:
+    """Helm's own message for ``helm install`` with ``values`` (against the stand-in API server, 1.30): what an
+    operator reads when the values schema or a template refuses them."""
+    with FakeKubeApi("1.30") as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        result = subprocess.run(
+            [str(helm_python), str(HELM_INSTALL), str(CHART), str(kubeconfig), json.dumps(values)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    outcome = json.loads(result.stdout)
+    assert not outcome["ok"]
+    return str(outcome["error"])
+
+
+def test_a_gateway_given_workload_containers_is_refused_naming_the_value(helm_python: Path, tmp_path: Path) -> None:
+    """Reusing a sidecar values file for the gateway release (`-f ci/gateway.yaml -f my-values.yaml`, for its image
+    and backends) must say which value to drop, not `at '': 'allOf' failed - at '': false schema`."""
+    error = helm_install_error(helm_python, tmp_path, {"mode": "gateway", **APP})
+    assert "/workload/containers" in error, error
+
+
+def test_a_collector_style_protocols_level_is_refused_naming_the_protocol(helm_python: Path, tmp_path: Path) -> None:
+    """The Collector's `protocols:` level meets the chart's default `grpc` beside it: the error must name
+    `/config/receivers/otlp/grpc` and say what to do, not only `'allOf' failed - 'not' failed` at the receiver.
+    Setting the chart's default to null, as it says, passes the schema."""
+    protocols = {"protocols": {"grpc": {"endpoint": "0.0.0.0:4317"}}}
+    error = helm_install_error(helm_python, tmp_path, {**APP, "config": {"receivers": {"otlp": protocols}}})
+    assert (
+        "at '/config/receivers/otlp/grpc': value must be 'given also under protocols: write it in one place (grpc: null"
+        in error
+    ), error
+    taken = {**APP, "config": {"receivers": {"otlp": {"grpc": None, **protocols}}}}
+    assert "schema" not in helm_install_error(helm_python, tmp_path, taken)  # stopped later, at the stand-in API
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({**APP, "livenessProbe": {"tcpSocket": {"port": 13133}}}, "at '/livenessProbe/tcpSocket': false schema"),
+        (
+            {
+                "mode": "gateway",
+                "networkPolicy": {"otlpFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+            },
+            "at '/networkPolicy/otlpFrom/0/podSelector': false schema",
+        ),
+    ],
+)
+def test_a_value_the_schema_refuses_in_combination_is_named_by_its_path(
+    helm_python: Path, tmp_path: Path, values: dict[str, Any], named: str
+) -> None:
+    """A probe handler beside the default httpGet, a NetworkPolicy peer with a selector beside its ipBlock (which
+    Kubernetes refuses): Helm said only "'not' failed" at the probe or the peer (pass 151)."""
+    assert named in helm_install_error(helm_python, tmp_path, values)
+
+
+@pytest.mark.parametrize("port", [9464, 13133, 4317])
+def test_a_workload_port_the_agent_listens_on_is_refused(helm_python: Path, tmp_path: Path, port: int) -> None:
+    """The agent and the orchestrator share the pod's network: an orchestrator serving its own Prometheus exporter
+    on 9464 (the OpenTelemetry SDKs' default) renders and is admitted, then one of the two cannot bind."""
+    app = copy.deepcopy(APP)
+    app["workload"]["containers"][0]["ports"] = [{"name": "app", "containerPort": port}]
+    failures = lint_failures(helm_python, tmp_path, app)
+    assert any("workload.containers[0].ports[0].containerPort" in f for f in failures), failures
