@@ -980,3 +980,44 @@ async def test_a_queue_opening_while_its_lock_is_probed_waits_the_probe_out(tmp_
     backend = Backend()
     await run_until_delivered(SendingQueue(make_settings("otlp"), queue_config(tmp_path), backend.push), backend, 1)
     assert len(backend.received) == 1
+
+
+async def test_a_full_disk_under_the_active_segment_is_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment write that fails (a full volume, here /dev/full) refuses the sender, as documented, and is
+    counted in persistent_queue_errors_total{reason="segment"} and logged: otherwise the operator sees only
+    enqueue_failed_items_total, which reads as a full queue, and nothing in the agent's log says the disk is full."""
+    metrics = SelfMetrics()
+    queue, store, _backend = await started_queue(tmp_path, metrics)
+    assert store._active is not None
+    os.close(store._active.fd)
+    store._active.fd = os.open("/dev/full", os.O_WRONLY)
+    with caplog.at_level("WARNING"), pytest.raises(Refused, match="No space left on device"):
+        queue.offer(Signal.TRACES, batches(1)[0])
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_persistent_queue_errors_total", reason="segment") >= 1
+    assert any("disk" in record.getMessage() for record in caplog.records)
+    store._active.fd = os.open(store._active.path, os.O_RDWR | os.O_APPEND)
+    await queue.shutdown(time.monotonic() + 2)
+
+
+async def test_a_second_unreadable_segment_does_not_overwrite_the_one_set_aside_before(tmp_path: Path) -> None:
+    """A segment set aside as ``*.damaged`` is kept for the operator ("rather than deleted"). The queue's next
+    segment may take the same number (its sequence restarts from the acknowledgement log), so a second unreadable
+    segment of that name, set aside at a later start, must not replace the first one."""
+    await queue_while_down(queue_config(tmp_path), batches(1))
+    (segment,) = [p for p in segments(tmp_path) if p.stat().st_size]
+    first = b"first damage, nothing readable " * 40
+    for path in segments(tmp_path):
+        path.unlink()
+    for path in tmp_path.rglob("acks.log"):
+        path.write_bytes(b"")
+    segment.write_bytes(first)  # nothing readable, no acknowledgements: set aside at the next start
+    await queue_while_down(queue_config(tmp_path), [])
+    assert segment.with_suffix(".damaged").read_bytes() == first
+    assert segment.exists()  # the new queue began a segment of the same name
+    segment.write_bytes(b"second damage, nothing readable " * 40)
+    await queue_while_down(queue_config(tmp_path), [])
+    kept = sorted(p.read_bytes() for p in tmp_path.rglob("*.damaged*"))
+    assert first in kept, "the segment set aside first was overwritten"

@@ -320,7 +320,7 @@ class PersistentStore:
         """Keep a segment with nothing readable in it under another name, out of the queue: it may be another
         version's format (after a downgrade) or damage an operator wants to look at, and deleting it would lose
         that for good. False when it cannot be renamed: a later start looks at it again."""
-        kept = path.with_suffix(".damaged")
+        kept = _free_name(path.with_suffix(".damaged"))
         try:
             path.rename(kept)
         except OSError as exc:
@@ -365,8 +365,16 @@ class PersistentStore:
 
     def put(self, signal: Signal, batch: Message, items: int, size: int) -> None:
         """Write one request; it is queued only once written (and synced, without ``sync_interval``). An OSError
-        leaves nothing queued and nothing on disk, so the caller can refuse the sender without a duplicate."""
+        leaves nothing queued and nothing on disk, so the caller can refuse the sender without a duplicate; it is
+        counted and logged here, as the refusal alone reads like a full queue (a full volume is no full queue)."""
         assert self._acks_fd >= 0, "persistent queue is not open"
+        try:
+            self._put(signal, batch, items)
+        except OSError as exc:
+            self._disk_error("segment", exc)
+            raise
+
+    def _put(self, signal: Signal, batch: Message, items: int) -> None:
         if self._active is None:
             self._start_segment()  # none could be begun yet (a full volume): an OSError refuses the sender
         assert self._active is not None
@@ -592,3 +600,13 @@ class PersistentStore:
 
     def drain(self) -> list[QueueEntry]:
         return []
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2`` … added, whichever is not taken: the segment numbers start over
+    from the acknowledgement log, so a later segment set aside may have the name of one set aside before."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{number}")
+    return candidate
