@@ -69,6 +69,7 @@ KNOWN_METRICS = {
     "otel_sidecar_exporter_send_failed_items_total",
     "otel_sidecar_exporter_queue_fill_ratio",
     "otel_sidecar_exporter_in_flight_items",
+    "otel_sidecar_exporter_persistent_queue_errors_total",
     "otel_sidecar_exporter_send_duration_seconds_bucket",
     "otel_sidecar_sampling_traces_buffered",
     "otel_sidecar_sampling_decisions_total",
@@ -216,6 +217,8 @@ def agent_config(tmp_path: Path) -> dict[str, Any]:
                 "timeout": "1s",
                 "retry_on_failure": {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "500ms"},
                 "batch": {"flush_timeout": "100ms"},
+                # On disk, where the agent finds a damaged segment at start (seeded below): the disk-queue panel.
+                "sending_queue": {"storage": {"directory": str(tmp_path / "queue")}},
             },
         },
         "service": {
@@ -297,6 +300,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """A Prometheus that has scraped the agent before, between and after two bursts of workload."""
     workdir = tmp_path_factory.mktemp("dashboards")
     config = agent_config(workdir)
+    damaged = workdir / "queue" / "otlp__unreachable" / f"{1:020d}.seg"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"no record of the queue's format")  # skipped as corrupt, and set aside
     agent = AgentProcess(config, workdir)
     targets = {
         "metrics": config["exporters"]["prometheus"]["endpoint"],
