@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import re
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -121,6 +122,26 @@ async def test_the_last_error_is_raised_when_the_next_wait_would_pass_max_elapse
     with pytest.raises(RetryableError, match="try 2"):
         await sender(push, config).send(Signal.TRACES, Message())
     assert push.calls == 3  # at 0, 0.4 and 0.8 s; a retry at 1.2 s would pass the 1.0 s budget
+
+
+async def test_a_batch_given_up_says_how_often_it_was_tried_and_why_no_more() -> None:
+    """A server asking to wait past the budget (Retry-After: 60 against max_elapsed_time 30s) gives the batch up
+    at once, which read as retries run out (pass 152): the line says what the server asked."""
+    config = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=30.0)
+    push = ScriptedPush(RetryableError("HTTP 503: busy", reason="http_503", retry_after=60.0))
+    with pytest.raises(RetryableError) as raised:
+        await sender(push, config).send(Signal.TRACES, Message())
+    assert raised.value.given_up == (
+        "after 1 attempt in 0.0s: the backend asked to retry in 60s, past retry_on_failure.max_elapsed_time (30s)"
+    )
+    short = RetryConfig(initial_interval=0.4, max_interval=0.4, randomization_factor=0, max_elapsed_time=1.0)
+    push = ScriptedPush(*[RetryableError("down", reason="unavailable") for _ in range(10)])
+    with pytest.raises(RetryableError) as raised:
+        await sender(push, short).send(Signal.TRACES, Message())
+    assert re.fullmatch(
+        r"after 3 attempts in 0\.[89]s: the next retry would pass retry_on_failure\.max_elapsed_time \(1s\)",
+        raised.value.given_up,
+    ), raised.value.given_up
 
 
 async def test_a_disabled_retry_makes_one_attempt() -> None:

@@ -579,7 +579,8 @@ class SendingQueue:
             self._count_sent(signal, items - undelivered - rejected)
             if rejected:
                 self._rejected.labels(cid, signal.value).inc(rejected)
-            self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}): {exc}")
+            given_up = f" {exc.given_up}" if exc.given_up else ""
+            self._drop(signal, undelivered, reason, f"giving up on the batch ({reason}){given_up}: {exc}")
         except Exception as exc:  # an exporter bug must not kill the worker
             self._drop(signal, items, type(exc).__name__, f"export failed: {exc!r}")
         else:

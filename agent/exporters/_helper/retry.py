@@ -74,6 +74,8 @@ class RetryableError(ExportError):
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+        # Set when the retries end: how many attempts, how long, and why no more (for the log line).
+        self.given_up = ""
         self.maybe_delivered = maybe_delivered
         self.rejected = rejected
         self.settled = settled
@@ -206,6 +208,7 @@ class RetryingSender:
         rejected_before = 0  # by attempts that failed as a whole; the last failure carries the total
         if self._config is None:
             return await self._attempt(signal, batch, progress), 0
+        attempts, started = 0, time.monotonic()
         config = self._config
         retries = self._retries.labels(self._component_id, signal.value)
         retrying = AsyncRetrying(
@@ -219,6 +222,7 @@ class RetryingSender:
         try:
             async for attempt in retrying:
                 with attempt:
+                    attempts += 1
                     try:
                         rejected = await self._attempt(signal, batch, progress)
                     except RetryableError as exc:
@@ -232,7 +236,20 @@ class RetryingSender:
         except ExportAborted as aborted:
             aborted.maybe_delivered = copies > 0
             raise
+        except RetryableError as exc:
+            exc.given_up = self._given_up(exc, attempts, time.monotonic() - started)
+            raise
         return rejected + rejected_before, copies
+
+    def _given_up(self, last: RetryableError, attempts: int, elapsed: float) -> str:
+        """Why the retries ended, as the log line says it: a server asking to wait past the budget gives up at
+        once, which otherwise reads as a budget spent."""
+        assert self._config is not None
+        budget = f"retry_on_failure.max_elapsed_time ({Duration(self._config.max_elapsed_time).render()})"
+        tried = f"after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f}s"
+        if last.retry_after and elapsed + last.retry_after >= self._config.max_elapsed_time:
+            return f"{tried}: the backend asked to retry in {round(last.retry_after, 1):g}s, past {budget}"
+        return f"{tried}: the next retry would pass {budget}"
 
     def _count_retry(self, retries: Any, signal: Signal, state: RetryCallState) -> None:
         """Counted, and logged now and then: a backend down or refusing must show in the log when it starts, not
