@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from agent.component import Refused, Signal
 from agent.exporters._helper.batcher import merge
-from agent.exporters._helper.persistent_queue import PersistentStore, QueueDirectoryBusy
+from agent.exporters._helper.persistent_queue import PersistentStore, QueueDirectoryBusy, QueueDirectoryUnusable
 from agent.exporters._helper.queue import SendingQueue, SendingQueueConfig, StorageConfig
 from agent.exporters._helper.retry import RetryableError, RetryConfig
 from agent.telemetry.selfmetrics import SelfMetrics
@@ -406,6 +406,17 @@ async def test_two_agents_cannot_share_a_queue_directory(tmp_path: Path) -> None
     with pytest.raises(QueueDirectoryBusy, match="in use by another agent"):
         await second.open()
     await first.close()
+
+
+async def test_a_directory_that_cannot_be_made_names_the_setting(tmp_path: Path) -> None:
+    """The start failed with "[Errno 2] No such file or directory: '/proc/q'" after the exporter's path, which
+    said nothing of sending_queue.storage.directory (pass 152)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = PersistentStore(blocker / "otlp", StorageConfig(directory=str(blocker)), make_settings("otlp"))
+    with pytest.raises(QueueDirectoryUnusable) as raised:
+        await store.open()
+    assert str(raised.value) == f"sending_queue.storage.directory: cannot use {blocker / 'otlp'}: Not a directory"
 
 
 async def test_a_record_whose_payload_no_longer_decodes_is_dropped_and_counted(tmp_path: Path) -> None:

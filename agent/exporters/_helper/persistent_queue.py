@@ -62,6 +62,13 @@ class QueueDirectoryBusy(RuntimeError):
     """Another agent holds the queue directory."""
 
 
+class QueueDirectoryUnusable(RuntimeError):
+    """The queue directory cannot be made or locked (a path under /proc, a read-only volume, permissions)."""
+
+
+_SETTING = "sending_queue.storage.directory"  # named in start failures: the agent prefixes the exporter's path
+
+
 @dataclass(eq=False)
 class _Segment:
     path: Path
@@ -132,9 +139,13 @@ class PersistentStore:
     # --- open / close ----------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # Owner-only, as the file exporter's output: queued telemetry can hold what redaction does not know to mask.
-        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await self._lock()
+        try:
+            # Owner-only, as the file exporter's output: queued telemetry can hold what redaction does not know to
+            # mask.
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await self._lock()
+        except OSError as exc:
+            raise QueueDirectoryUnusable(f"{_SETTING}: cannot use {self._dir}: {exc.strerror or exc}") from exc
         try:
             self._recover()
         except BaseException:
@@ -202,7 +213,7 @@ class PersistentStore:
                     await asyncio.sleep(0.01)
                     continue
                 os.close(fd)
-                raise QueueDirectoryBusy(f"persistent queue directory {self._dir} is in use by another agent") from None
+                raise QueueDirectoryBusy(f"{_SETTING}: {self._dir} is in use by another agent") from None
             self._lock_fd = fd
             return
 
