@@ -477,6 +477,7 @@ async def test_an_http_backend_that_never_answers_is_a_retryable_timeout_that_ma
         with pytest.raises(RetryableError) as raised:
             await transport.export(Signal.TRACES, traces(1)[0], timeout=0.3)
         assert raised.value.reason == "timeout" and raised.value.maybe_delivered
+        assert str(raised.value).endswith("within 0.3s (the exporter's timeout)"), str(raised.value)
     finally:
         released.set()
         await transport.close()
@@ -832,6 +833,8 @@ async def test_a_grpc_deadline_passing_while_the_backend_handles_the_call_may_ha
         await server.stop(0)
     assert received.is_set()
     assert (error.reason, error.maybe_delivered) == ("deadline_exceeded", True)
+    # gRPC says only "Deadline Exceeded": which limit, and whose setting (pass 152)
+    assert str(error).endswith(": no answer within 1s (the exporter's timeout)"), str(error)
 
 
 async def test_an_export_still_connecting_at_the_shutdown_deadline_was_not_delivered() -> None:

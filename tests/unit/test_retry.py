@@ -204,6 +204,22 @@ async def test_interrupting_ends_a_backoff_wait_at_once() -> None:
     assert time.monotonic() - started < 1.0
 
 
+async def test_a_failure_after_the_interrupt_is_neither_logged_nor_counted_as_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At shutdown a persistent queue's sender stops at the first failure, leaving the batch on disk: the log
+    said "export failed; retrying ... retry_in_seconds=4.8" and, a millisecond later, that the data was left in
+    the queue (pass 152)."""
+    metrics = SelfMetrics()
+    retrying = sender(ScriptedPush(RetryableError("down", reason="unavailable")), metrics=metrics)
+    retrying.interrupt()
+    with caplog.at_level(logging.WARNING), pytest.raises(ExportAborted):
+        await retrying.send(Signal.TRACES, Message())
+    assert "retrying" not in caplog.text
+    text = metrics.render().decode()
+    assert metric_value(text, "otel_sidecar_exporter_retries_total", exporter="otlp", signal="traces") in (None, 0)
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [("3", 3.0), ("0", 0.0), (None, None), ("soon", None), ("", None)],

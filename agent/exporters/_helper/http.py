@@ -48,7 +48,8 @@ def unreachable(exc: aiohttp.ClientError | TimeoutError, url: str, timeout: floa
         return RetryableError(f"cannot reach {shown}: {said}", reason="connection")
     if isinstance(exc, aiohttp.ClientError):
         return RetryableError(f"exchange with {shown} failed: {said}", reason="connection", maybe_delivered=True)
-    return RetryableError(f"no answer from {shown} within {timeout:g}s", reason="timeout", maybe_delivered=True)
+    message = f"no answer from {shown} within {timeout:g}s (the exporter's timeout)"
+    return RetryableError(message, reason="timeout", maybe_delivered=True)
 
 
 def redirect_refused(status: int, location: str, url: str) -> PermanentExportError:

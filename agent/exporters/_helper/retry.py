@@ -253,7 +253,10 @@ class RetryingSender:
 
     def _count_retry(self, retries: Any, signal: Signal, state: RetryCallState) -> None:
         """Counted, and logged now and then: a backend down or refusing must show in the log when it starts, not
-        only when the first batch is given up (``max_elapsed_time`` later)."""
+        only when the first batch is given up (``max_elapsed_time`` later). Not once interrupted (a shutdown):
+        the wait ends at once and no retry follows, which "retrying" would contradict."""
+        if self._interrupted.is_set():
+            return
         retries.inc()
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None

@@ -166,7 +166,11 @@ class GrpcTransport:
                 report_cut_short(0)  # still connecting when the shutdown deadline came: nothing was sent
             raise
         except grpc.aio.AioRpcError as exc:
-            error = grpc_error(exc.code(), self._explained(exc.details() or ""), exc.trailing_metadata())
+            details = self._explained(exc.details() or "")
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                # gRPC says only "Deadline Exceeded": which deadline, and whose setting it is.
+                details = f"{details}: no answer within {timeout:g}s (the exporter's timeout)"
+            error = grpc_error(exc.code(), details, exc.trailing_metadata())
             never_connected = not connected_before and not self._connected()
             if isinstance(error, RetryableError) and error.maybe_delivered and never_connected:
                 # Not connected before the call, nor after: the deadline passed while connecting, nothing sent.
