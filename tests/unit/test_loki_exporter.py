@@ -780,6 +780,16 @@ async def test_a_400_that_does_not_say_how_many_entries_it_ignored_counts_the_wh
     assert "has timestamp too old" in caplog.text
 
 
+async def test_a_push_refused_whole_is_one_warning_with_lokis_answer(caplog: pytest.LogCaptureFixture) -> None:
+    """The exporter's 'Loki refused all 3 log records' and the queue's 'the backend rejected the batch' were two
+    warnings, each with Loki's whole (multi-line) answer (pass 152): now the queue's line says it once."""
+    answer = f"user 'fake', total ignored: 3 out of 3 for stream: {STREAM}"
+    await push_answered_400(answer, THREE_RECORDS, SelfMetrics())
+    (line,) = [r.getMessage() for r in caplog.records if "total ignored: 3 out of 3" in r.getMessage()]
+    assert line.startswith("the backend rejected the batch: Loki refused all 3 log records of a push: "), line
+    assert line.endswith("; 3 log records dropped"), line
+
+
 async def test_an_answer_claiming_more_ignored_entries_than_the_push_held_counts_no_more_than_it_held(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -131,22 +131,24 @@ class LokiExporter:
         """
         pushes = self._pushes_of(batch)
         rejected = 0  # in this attempt
-        refusal: PermanentExportError | None = None
+        # Each refused push's line, logged when the attempt ends: a batch refused whole raises the last one's,
+        # which the queue logs as it drops the batch (logged here too, it was said twice, Loki's body each time).
+        refusals: list[tuple[PermanentExportError, str]] = []
         try:
             while pushes.delivered < len(pushes.bodies):
                 items = pushes.items[pushes.delivered]
                 try:
                     await self._post(pushes.bodies[pushes.delivered])
                 except PermanentExportError as exc:
-                    refusal = exc
                     refused = refused_records(exc, items)
                     rejected += refused
                     pushes.rejected += refused
-                    self._log.warning(
-                        "rejected", refusal_message(exc, refused, items), exporter=self._settings.component_id
-                    )
+                    refusals.append((exc, refusal_message(exc, refused, items)))
                 pushes.delivered += 1
                 pushes.settled += items
+            if refusals and pushes.rejected == pushes.settled:  # nothing of the batch was taken: rejected whole
+                last, message = refusals.pop()
+                raise PermanentExportError(message, reason=last.reason)
         except RetryableError as exc:
             exc.rejected += rejected
             exc.settled = pushes.settled
@@ -160,9 +162,10 @@ class LokiExporter:
         except BaseException:
             self._bodies.pop(id(batch), None)
             raise
+        finally:
+            for _, message in refusals:
+                self._log.warning("rejected", message, exporter=self._settings.component_id)
         self._bodies.pop(id(batch), None)
-        if refusal is not None and pushes.rejected == pushes.settled:
-            raise refusal  # nothing of the batch was taken: rejected whole, as a single push would be
         return rejected
 
     async def _post(self, body: bytes) -> None:
