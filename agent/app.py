@@ -12,6 +12,7 @@ from collections.abc import Callable
 from agent.config.loader import AgentConfig
 from agent.config.schema import ConfigInvalid
 from agent.exporters._helper.abandoned_queues import abandoned_directories, directories_in_use, queue_roots
+from agent.exporters._helper.queue_volumes import oversubscribed_queue_volumes
 from agent.pipeline.graph import Graph
 from agent.server_tls import ServerTls, load_server_tls
 from agent.telemetry.admin import AdminServer
@@ -116,14 +117,16 @@ class Agent:
         self._publish_certificates()
         await self._report_abandoned_queues()
         self._log.info("agent started", extra={"pipelines": list(self.config.service.pipelines)})
-        self._warn_of_unused_components(self.config)
+        self._warn_of_config_concerns(self.config)
 
-    def _warn_of_unused_components(self, config: AgentConfig) -> None:
+    def _warn_of_config_concerns(self, config: AgentConfig) -> None:
         unused = config.unused_components()
         if unused:
             self._log.warning(
                 "components defined but used by no pipeline: they do nothing", extra={"components": unused}
             )
+        for problem in oversubscribed_queue_volumes(config):
+            self._log.warning("persistent queues may outgrow their volume", extra={"problem": problem})
 
     async def stop(self) -> None:
         if self._stopping:
@@ -300,7 +303,7 @@ class Agent:
         self._reloads.labels("reloaded" if reloaded else "failed").inc()
         if reloaded:
             self._log.info("config reloaded", extra={"pipelines": list(config.service.pipelines)})
-            self._warn_of_unused_components(config)
+            self._warn_of_config_concerns(config)
         return reloaded
 
     async def _report_abandoned_queues(self) -> None:

@@ -4,6 +4,7 @@ the admin endpoint left where it listens. tests/integration/test_agent_process.p
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import shutil
 import signal
@@ -667,5 +668,33 @@ async def test_components_no_pipeline_uses_are_warned_of_at_start_and_at_each_re
             config["exporters"]["file/unused"] = {"path": str(tmp_path / "unused")}
             assert await agent.reload()
             assert warnings() == [["exporters.file/unused"]]
+        finally:
+            await agent.stop()
+
+
+async def test_persistent_queues_that_may_outgrow_their_volume_are_warned_of_at_start_and_at_each_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pass 152: three 256 MiB queues on a full 200 KiB volume started without a word, and refused every sender."""
+    stats = os.statvfs(tmp_path)
+    config = base_config(tmp_path / "out")
+    config["exporters"]["file"]["sending_queue"] = {
+        "max_bytes": stats.f_blocks * stats.f_frsize + 1,
+        "storage": {"directory": str(tmp_path / "queue")},
+    }
+    agent = Agent(load(config), load_config=lambda: load(config))
+
+    def warnings() -> list[Any]:
+        found = [r for r in caplog.records if r.getMessage() == "persistent queues may outgrow their volume"]
+        caplog.clear()
+        return [str(getattr(r, "problem", "")).split(":")[0] for r in found]
+
+    with caplog.at_level(logging.WARNING):
+        await agent.start()
+        try:
+            assert warnings() == ["exporters.file"]
+            config["exporters"]["file"]["sending_queue"]["max_bytes"] = 1024
+            assert await agent.reload()
+            assert warnings() == []
         finally:
             await agent.stop()
