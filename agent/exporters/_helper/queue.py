@@ -596,8 +596,10 @@ class SendingQueue:
         return _Outcome.DROPPED
 
     def _drop(self, signal: Signal, items: int, reason: str, message: str) -> None:
+        """Data given up is lost: an error, as the Collector's "Exporting failed. Dropping data." is, where a retry
+        is a warning."""
         self.count_given_up(signal, items, reason)
-        self._log.warning(
+        self._log.error(
             f"drop:{signal}:{reason}",
             f"{message}; {items} {SPECS[signal].item_name} dropped",
             exporter=self._settings.component_id,
