@@ -4,8 +4,8 @@ the admin endpoint left where it listens. tests/integration/test_agent_process.p
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import shutil
 import signal
 import socket
