@@ -1196,3 +1196,36 @@ def test_a_workload_port_the_agent_listens_on_is_refused(helm_python: Path, tmp_
     app["workload"]["containers"][0]["ports"] = [{"name": "app", "containerPort": port}]
     failures = lint_failures(helm_python, tmp_path, app)
     assert any("workload.containers[0].ports[0].containerPort" in f for f in failures), failures
+
+
+@pytest.mark.parametrize(
+    ("workload", "refused"),
+    [
+        # UDP and SCTP: the agent listens on TCP only
+        ({"containers": [{"name": "o", "image": "o:1", "ports": [{"containerPort": 4317, "protocol": "UDP"}]}]}, False),
+        # A regular init container has exited before a regular agent container starts...
+        (
+            {**APP["workload"], "initContainers": [{"name": "i", "image": "i:1", "ports": [{"containerPort": 9464}]}]},
+            "non-native only",
+        ),
+        # ...but runs beside one that is a native sidecar, and a native sidecar of its own runs throughout
+        (
+            {
+                **APP["workload"],
+                "initContainers": [
+                    {"name": "i", "image": "i:1", "restartPolicy": "Always", "ports": [{"containerPort": "13133"}]}
+                ],
+            },
+            True,
+        ),
+    ],
+)
+def test_only_ports_that_can_clash_with_the_agents_are_refused(
+    helm_python: Path, tmp_path: Path, workload: dict[str, Any], refused: bool | str
+) -> None:
+    """Pass 153: a UDP port of the agent's number, and a regular init container's, were refused though neither
+    can take the agent's TCP port while it listens."""
+    for native in (True, False):
+        failures = lint_failures(helm_python, tmp_path, {"workload": workload, "sidecar": {"native": native}})
+        expected = refused is True or (refused == "non-native only" and native)
+        assert any("is where the agent listens" in f for f in failures) == expected, (native, failures)

@@ -42,8 +42,8 @@ def config_text(root: Path, bounds: dict[str, int], unused: tuple[str, ...] = ()
 
 
 def test_queues_that_together_may_outgrow_their_volume_are_named_with_their_sum(tmp_path: Path) -> None:
-    """On a 200 KiB volume, three queues of 256 MiB each: the volume fills first, senders are refused with no
-    bound reached, and the near-full alert never fires (pass 152)."""
+    """Pass 152 found three queues of 256 MiB each on a 200 KiB volume: it fills first, the senders are refused
+    with no bound reached, and the near-full alert never fires. Here two queues of just over half the volume."""
     half = volume_size(tmp_path) // 2 + 1
     config = load_text(config_text(tmp_path, {"otlp/a": half, "otlp/b": half}))
     (problem,) = oversubscribed_queue_volumes(config)
@@ -67,3 +67,19 @@ def test_validate_check_files_warns_of_it_and_still_passes(tmp_path: Path, capsy
     assert cli.main(["validate", "--check-files", "--config", str(config)]) == cli.EXIT_OK
     err = capsys.readouterr().err
     assert err.startswith(f"{config}: warning: exporters.otlp/a: sending_queue.max_bytes add up to "), err
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (1000 * 2**20, "1000 MiB"),
+        (1536 * 2**30, "1.5 TiB"),
+        (200 * 2**10, "200 KiB"),
+        (3 * 2**29, "1.5 GiB"),
+        (512, "512 B"),
+    ],
+)
+def test_sizes_are_shown_without_an_exponent(size: int, shown: str) -> None:
+    from agent.exporters._helper.queue_volumes import _binary
+
+    assert _binary(size) == shown

@@ -60,7 +60,8 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _binary(size: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """``1000 MiB``, ``1.5 GiB``, ``200 KiB``: at most one decimal, never an exponent."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.3g} {unit}"
+            return f"{round(size / scale, 1):g} {unit}"
     return f"{size} B"
