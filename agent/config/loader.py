@@ -428,9 +428,9 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
                     factory = factories.get(str(cid).split("/", 1)[0])
                     typed = ComponentConfig(str(cid), kind, factory, None) if factory else None
                     invalid.setdefault(str(cid), []).append((kind, typed))
-    before_service = len(errors)
     service = build(ServiceConfig, raw.get("service"), "service", errors)
-    service_failed = [error.path for error in errors[before_service:]]
+    # Settings that stand for nothing written: failed, or holding a variable that was not set (its value is "").
+    failed = [error.path for error in errors]
     if service is None:
         # Still name the pipelines' undefined or wrong components: validate lists every problem, not the first.
         salvaged = AgentConfig(service=ServiceConfig(), **sections)
@@ -440,16 +440,14 @@ def parse(raw: Any, errors: list[ConfigError]) -> AgentConfig | None:
             if bad_id is not None and bad_id not in errors:
                 errors.append(bad_id)
             _check_pipeline(salvaged, pipeline_id, pipeline, invalid, errors)
-        service = _salvaged(ServiceConfig, raw.get("service"), "service", service_failed, {"pipelines", "retention"})
-        if service is not None:
-            _check_across_sections_salvaged(raw, sections, service, errors)
+        _check_across_sections_salvaged(raw, sections, failed, errors)
         return None
     config = AgentConfig(service=service, **sections)
     for pipeline_id, pipeline in service.pipelines.items():
         if pipeline is not None:
             _check_pipeline(config, pipeline_id, pipeline, invalid, errors)
-    if invalid:
-        _check_across_sections_salvaged(raw, sections, service, errors)
+    if failed:
+        _check_across_sections_salvaged(raw, sections, failed, errors)
     else:
         _check_across_sections(config, errors)
     _check_listen_addresses(config, errors)
@@ -463,20 +461,19 @@ def _check_across_sections(config: AgentConfig, errors: list[ConfigError]) -> No
 
 
 def _check_across_sections_salvaged(
-    raw: dict[Any, Any],
-    sections: dict[str, dict[str, ComponentConfig]],
-    service: ServiceConfig,
-    errors: list[ConfigError],
+    raw: dict[Any, Any], sections: dict[str, dict[str, ComponentConfig]], failed: list[str], errors: list[ConfigError]
 ) -> None:
-    """The checks across sections, run although some section failed, so that one run of validate finds what a
-    second would (an unknown retention class beside a misspelt log level). A failed section takes part with
-    its failed settings left out (their defaults stand in). What the checks then say under a setting left out,
-    or say of a component that had one left out from another's check, would be about a default, not the
-    config, and is not said. ``service`` is the one parsed, or salvaged where neither its pipelines nor its
-    retention classes failed (what these checks read)."""
+    """The checks across sections, run although some settings ``failed`` (their paths), so that one run of
+    validate finds what a second would (an unknown retention class beside a misspelt log level). Each section
+    holding one takes part with it left out, its default standing in; what the checks then say under a setting
+    left out, or say of a component that had one left out from another's check, would be about a default, not
+    the config, and is not said. Nothing is checked when ``service.pipelines`` or ``service.retention`` failed:
+    what these checks read."""
     from agent.registry import factories_for
 
-    failed = [error.path for error in errors]
+    service = _salvaged(ServiceConfig, raw.get("service"), "service", failed, {"pipelines", "retention"})
+    if service is None:
+        return
     left_out: list[str] = []  # paths of the settings left out
     salvaged_components: list[str] = []
     salvaged_sections = {section: dict(components) for section, components in sections.items()}
@@ -484,14 +481,18 @@ def _check_across_sections_salvaged(
         section = EnvText.structure(raw.get(kind.section))
         for cid, body in section.items() if isinstance(section, dict) else ():
             factory = factories_for(kind).get(str(cid).split("/", 1)[0])
-            if cid in sections[kind.section] or factory is None or not _COMPONENT_ID.fullmatch(str(cid)):
+            if factory is None or not _COMPONENT_ID.fullmatch(str(cid)):
                 continue
             path = join_path(kind.section, cid)
+            keys = _settings_left_out(failed, path)
+            if cid in sections[kind.section] and keys == set():
+                continue  # nothing failed in it: taken as parsed
+            salvaged_sections[kind.section].pop(cid, None)
             settings = _salvaged(factory.config_class, body, path, failed)
             if settings is not None:
                 salvaged_sections[kind.section][cid] = ComponentConfig(cid, kind, factory, settings)
                 salvaged_components.append(path)
-                left_out += [join_path(path, key) for key in _settings_left_out(failed, path) or ()]
+                left_out += [join_path(path, key) for key in keys or ()]
     found: list[ConfigError] = []
     _check_across_sections(AgentConfig(service=service, **salvaged_sections), found)
     for error in found:
