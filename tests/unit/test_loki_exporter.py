@@ -390,19 +390,22 @@ def test_structured_metadata_is_kept_within_lokis_limit_in_bytes_not_characters(
     # 30,000 characters of three bytes each: within the limit by characters, over it in bytes.
     metadata, mapper = _mapped_metadata({"prompt_hash": "日本" * 15_000, "short": "x"}, {})
     assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
-    assert mapper.dropped_metadata >= 1
+    assert dict(metadata)["prompt_hash"].endswith(" bytes]") and dict(metadata)["short"] == "x"
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 0)
 
 
-def test_an_entry_over_the_metadata_limit_is_dropped_alone_not_with_the_entries_after_it() -> None:
+def test_an_entry_over_the_metadata_limit_is_cut_to_the_room_the_entries_after_it_leave() -> None:
+    """Pass 155: a traceback over the limit was dropped whole, the error log left with no stack trace."""
     from agent.exporters.loki.convert import MAX_METADATA_BYTES
 
     big = "x" * (MAX_METADATA_BYTES + 10)
     metadata, mapper = _mapped_metadata({"http.request.body": big, "correlation_id": "req-7f3a"}, {"host.name": "h1"})
     names = dict(metadata)
-    assert "http_request_body" not in names
     assert names["correlation_id"] == "req-7f3a"
     assert names["host_name"] == "h1"
-    assert mapper.dropped_metadata == 1
+    assert names["http_request_body"].startswith("xxxx") and names["http_request_body"].endswith(" bytes]")
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 0)
 
 
 def test_an_entry_over_the_size_limit_leaves_its_place_among_the_128_to_the_next() -> None:
@@ -411,9 +414,9 @@ def test_an_entry_over_the_size_limit_leaves_its_place_among_the_128_to_the_next
     record = {"big": "x" * (MAX_METADATA_BYTES + 10), **{f"k{i:03}": "v" for i in range(129)}}
     metadata, mapper = _mapped_metadata(record, {"host.name": "h1"})
     assert len(metadata) == MAX_METADATA_ENTRIES
-    assert "big" not in dict(metadata) and dict(metadata)["k126"] == "v"
-    # 131 entries (big, k000-k128, host_name): big does not fit, and 128 of the other 130 do.
-    assert mapper.dropped_metadata == 3
+    assert dict(metadata)["big"].endswith(" bytes]") and dict(metadata)["k126"] == "v"
+    # 131 entries (big, k000-k128, host_name): big is cut to the room left, in its place, and 127 others fit.
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 3)
 
 
 @pytest.mark.parametrize("before", [{}, {"retention.class": "errors"}], ids=["alone", "after-retention-class"])

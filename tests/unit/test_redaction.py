@@ -482,15 +482,42 @@ def test_an_applications_own_metrics_are_redacted_labels_exemplars_and_resource_
     assert "llm.requests" in text and "as_int: 3" in text
 
 
-def test_a_value_too_long_to_scan_is_replaced_whole_and_counted() -> None:
+def test_a_value_too_long_to_scan_keeps_its_scanned_beginning_and_is_counted() -> None:
+    """A log line of a state dump lost everything to a marker (pass 155): its scanned beginning stays, less the
+    last UNSCANNED_MARGIN characters scanned, where a secret may run on past what was scanned."""
     from collections import Counter
 
-    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, Redactor
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, UNSCANNED_MARGIN, Redactor
 
     counts: Counter[str] = Counter()
-    masked = Redactor(RedactionConfig()).mask_text("x" * (MAX_SCANNED_CHARS + 1), counts)
-    assert masked.startswith("[REDACTED] (") and "too long to scan" in masked
+    text = "state dump " + "x" * MAX_SCANNED_CHARS
+    masked = Redactor(RedactionConfig()).mask_text(text, counts)
+    kept = MAX_SCANNED_CHARS - UNSCANNED_MARGIN
+    assert masked == f"{text[:kept]}…[REDACTED] (cut from {len(text)} characters: too long to scan whole)"
     assert counts == Counter({"too_long": 1})
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "postgres://app:" + "p" * 200 + "@db:5432/shop",  # a URL's password, its "@" beyond the part kept
+        "-----BEGIN PRIVATE KEY-----\n" + "A" * 20_000,  # a key running past everything scanned
+        "sk-proj-" + "a1B2" * 30,
+    ],
+)
+@pytest.mark.parametrize("offset", [0, 100, 1500, 3000, 4000, 4095, 4200])
+def test_a_secret_at_the_cut_of_a_value_too_long_to_scan_is_not_kept(secret: str, offset: int) -> None:
+    """Wherever a secret starts around the cut, no part of it that a rule would mask stays in the value."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, UNSCANNED_MARGIN, Redactor
+
+    start = MAX_SCANNED_CHARS - UNSCANNED_MARGIN - offset
+    text = "x" * (start - 1) + " " + secret + " tail" * 10_000
+    masked = Redactor(RedactionConfig()).mask_text(text, Counter())
+    kept = masked.split("…[REDACTED] (cut from")[0]
+    visible = kept[start:]
+    assert len(visible) < 12 or visible.startswith(("[REDACTED]", "postgres://app:[REDACTED]")), visible[:80]
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,7 @@ class StreamMapper:
         self._names: dict[str, str] = {}
         self.truncated_lines = 0
         self.dropped_metadata = 0
+        self.truncated_metadata = 0
         self.retimed_entries = 0  # lines whose own time was too far ahead for Loki
 
     def streams(self, request: ExportLogsServiceRequest) -> Streams:
@@ -282,18 +283,32 @@ class StreamMapper:
             characters = sum(len(name) + len(value) for name, value in metadata)
             if characters * 4 <= MAX_METADATA_BYTES:  # cannot be over Loki's limit, which counts bytes: skip encoding
                 return metadata
-        # In order, so ids and the record's own entries claim the room first; an entry that does not fit is
-        # skipped, not the end cut off: one large attribute must not take the small ones after it along.
-        kept: list[tuple[str, str]] = []
+        # In order, so ids and the record's own entries claim the room first; an entry that does not fit waits,
+        # not the end cut off: one large attribute must not take the small ones after it along. What room is left
+        # then goes to the entries that waited, each cut as a line is (a traceback keeps its beginning).
+        kept: list[tuple[str, str] | None] = []
+        waiting: list[tuple[int, str, str]] = []
         room = MAX_METADATA_BYTES
         for name, value in metadata:
             size = len(name.encode()) + len(value.encode())
             if size <= room and len(kept) < MAX_METADATA_ENTRIES:
                 kept.append((name, value))
                 room -= size
+            elif len(kept) < MAX_METADATA_ENTRIES and _cut_to(value, room - len(name.encode())) is not None:
+                waiting.append((len(kept), name, value))  # its place among the entries, held for it
+                kept.append(None)
             else:
                 self.dropped_metadata += 1
-        return kept
+        for index, name, value in waiting:
+            cut = _cut_to(value, room - len(name.encode()))
+            if cut is None:
+                kept[index] = None
+                self.dropped_metadata += 1
+                continue
+            kept[index] = (name, cut)
+            room -= len(name.encode()) + len(cut.encode())
+            self.truncated_metadata += 1
+        return [entry for entry in kept if entry is not None]
 
     def _name(self, key: str) -> str:
         name = self._names.get(key)
@@ -302,3 +317,17 @@ class StreamMapper:
                 self._names.clear()
             name = self._names[key] = sanitize_label_name(key)
         return name
+
+
+_SHORTEST_CUT_VALUE = 256  # bytes kept of a value cut to fit: less than this says too little to be worth an entry
+
+
+def _cut_to(value: str, room: int) -> str | None:
+    """``value`` within ``room`` bytes, cut at a character boundary and ending with ``…[truncated N bytes]``; None
+    when too little of it would be left."""
+    raw = value.encode()
+    marker_room = len(f"…[truncated {len(raw)} bytes]".encode())
+    if room - marker_room < _SHORTEST_CUT_VALUE:
+        return None
+    kept = raw[: room - marker_room].decode("utf-8", "ignore")
+    return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"

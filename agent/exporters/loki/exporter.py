@@ -233,9 +233,9 @@ class LokiExporter:
         if self._mapper.truncated_lines:
             self._truncated.labels(cid, "line").inc(self._mapper.truncated_lines)
             self._mapper.truncated_lines = 0
-        if self._mapper.dropped_metadata:
-            self._truncated.labels(cid, "metadata").inc(self._mapper.dropped_metadata)
-            self._mapper.dropped_metadata = 0
+        if self._mapper.dropped_metadata or self._mapper.truncated_metadata:  # entries dropped or cut
+            self._truncated.labels(cid, "metadata").inc(self._mapper.dropped_metadata + self._mapper.truncated_metadata)
+            self._mapper.dropped_metadata = self._mapper.truncated_metadata = 0
         if self._mapper.retimed_entries:
             self._truncated.labels(cid, "timestamp").inc(self._mapper.retimed_entries)
             self._mapper.retimed_entries = 0

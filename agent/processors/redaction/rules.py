@@ -23,6 +23,10 @@ MASK = "[REDACTED]"
 CONTENT_RULE = "content"
 TOO_LONG_RULE = "too_long"
 MAX_SCANNED_CHARS = 128 * 1024
+# Of a value cut to what is scanned, the end of the scanned part is left out too: a secret there may run on
+# past it, where no rule sees its end (a URL's password before its "@"). Every built-in rule's match is bounded
+# well below this, or runs to the end of the text (a private key without its END line).
+UNSCANNED_MARGIN = 4 * 1024
 
 # Words that make the name of a value a secret's (``token`` but not token counts, tokenizers or token types).
 # A name may go on after the word only with parts that keep it a secret's name (aws_secret_access_key,
@@ -310,13 +314,21 @@ class Redactor:
         if text in self._clean:
             return text
         if len(text) > MAX_SCANNED_CHARS:
-            # Scanning costs up to a few µs per character on crafted text, on the event loop: a value this long
-            # (prompts and documents are content, dropped by key before) goes whole rather than hold the agent.
+            # Scanning costs up to a few µs per character on crafted text, on the event loop: of a value this long
+            # (a state dump in a log line; prompts and documents are content, dropped by key before) only the
+            # beginning is scanned and kept, as Loki cuts a line too long for it.
             counts[TOO_LONG_RULE] += 1
-            return f"{MASK} ({len(text)} characters: too long to scan)"
+            scanned = text[:MAX_SCANNED_CHARS]
+            if self._may_hold_credential(scanned):
+                scanned = self._masked(scanned, counts)
+            kept = scanned[: len(scanned) - UNSCANNED_MARGIN]
+            return f"{kept}…{MASK} (cut from {len(text)} characters: too long to scan whole)"
         if not self._may_hold_credential(text):
             self._remember_clean(text)
             return text
+        return self._masked(text, counts)
+
+    def _masked(self, text: str, counts: Counter[str]) -> str:
         for name, pattern, replacement in self._value_rules:
             text, found = pattern.subn(replacement, text)
             if found:
