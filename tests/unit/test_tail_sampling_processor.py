@@ -631,6 +631,24 @@ def test_a_log_arriving_before_its_traces_spans_waits_for_them_and_takes_the_tra
     assert exported_logs(r.log_sink) == [("step started", "error", "errors")]
 
 
+@pytest.mark.parametrize("error_logs", [False, True])
+def test_an_error_log_held_with_its_trace_keeps_it_only_with_error_logs(error_logs: bool) -> None:
+    """A handled exception logged at ERROR inside a span left OK (pass 155): only spans decided, and the trace was
+    dropped 90% of the time while its 30-day log line pointed to it. With ``error_logs`` the record counts."""
+    r = rig(policies={"errors": {"error_logs": error_logs}})
+    r.logs.consume(logs_request(log_record(DROPPED, body="retrying after RateLimitError", severity=17)))
+    r.traces.consume(spans_request(span(DROPPED, 1, root=True)))
+    r.tick_after(3)
+    assert len(exported_spans(r.trace_sink)) == (1 if error_logs else 0)
+    policy = "errors" if error_logs else "severity"
+    assert exported_logs(r.log_sink) == [("retrying after RateLimitError", "error", policy)]
+    # A record arriving after the decision changes nothing: the next trace's error log comes late.
+    r.traces.consume(spans_request(span(ERROR_TRACE, 1, root=True)))
+    r.tick_after(3)
+    r.logs.consume(logs_request(log_record(ERROR_TRACE, body="late", severity=17)))
+    assert len(exported_spans(r.trace_sink)) == (1 if error_logs else 0)
+
+
 def test_a_log_arriving_first_does_not_start_the_decision_clock_of_its_trace() -> None:
     """Workflows log when they start and export their spans later: decided 10 s after the log, the error span
     arriving at 10.5 s would find the trace already dropped and be dropped as late."""

@@ -30,6 +30,12 @@ class ErrorsPolicyConfig:
     http_server_errors: bool = setting(
         False, doc="Also count a span with `http.response.status_code` >= 500 as an error, whatever its status."
     )
+    error_logs: bool = setting(
+        False,
+        doc="Also count a log record of severity ERROR or above held with the trace as an error (a logs pipeline "
+        "shares this processor): a handled exception logged without setting its span's status. Records that "
+        "arrive after the trace is decided do not change the decision.",
+    )
     keep_late_failures: bool = setting(
         True,
         doc="A span with status ERROR arriving after its trace was dropped (a workflow failing, or timing out, "

@@ -1,7 +1,9 @@
-"""``errors``: keep every trace with a failed span (status ERROR, optionally ``error.type`` or HTTP 5xx)."""
+"""``errors``: keep every trace with a failed span (status ERROR, optionally ``error.type`` or HTTP 5xx), or
+optionally with an ERROR log record held with it."""
 
 from __future__ import annotations
 
+from agent.otlp.severity import ERROR_LEVELS, level_of
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import ErrorsPolicyConfig
 from agent.processors.tail_sampling.policies import EvaluationContext
@@ -14,12 +16,15 @@ class ErrorsPolicy:
         self.retention_class = config.retention_class
         self._error_type = config.error_type
         self._http = config.http_server_errors
+        self._logs = config.error_logs
 
     def threshold(self, trace: BufferedTrace, context: EvaluationContext) -> int | None:
         # Status first: read as the spans arrived, and it settles almost every error trace without a scan.
         if trace.failed:
             return 0
         if (self._error_type or self._http) and self._any_error_attribute(trace):
+            return 0
+        if self._logs and trace.logs and _any_error_record(trace):
             return 0
         return None
 
@@ -32,3 +37,12 @@ class ErrorsPolicy:
                 if self._http and key == "http.response.status_code" and kv.value.int_value >= 500:
                     return True
         return False
+
+
+def _any_error_record(trace: BufferedTrace) -> bool:
+    """The reading of the Loki exporter's ``level`` label and of the records' own class (``LogClassifier``)."""
+    return any(
+        level_of(record.severity_number, record.severity_text) in ERROR_LEVELS
+        for _, _, records in trace.logs
+        for record in records
+    )
