@@ -490,11 +490,17 @@ def test_a_value_too_long_to_scan_keeps_its_scanned_beginning_and_is_counted() -
     from agent.processors.redaction.rules import MAX_SCANNED_CHARS, UNSCANNED_MARGIN, Redactor
 
     counts: Counter[str] = Counter()
-    text = "state dump " + "x" * MAX_SCANNED_CHARS
+    text = "state dump " + '{"step": 1}, ' * (MAX_SCANNED_CHARS // 12)
     masked = Redactor(RedactionConfig()).mask_text(text, counts)
     kept = MAX_SCANNED_CHARS - UNSCANNED_MARGIN
     assert masked == f"{text[:kept]}…[REDACTED] (cut from {len(text)} characters: too long to scan whole)"
     assert counts == Counter({"too_long": 1})
+    # A run of token characters going on past what is scanned is left out whole: no rule saw its end.
+    word = "state dump " + "x" * MAX_SCANNED_CHARS
+    assert Redactor(RedactionConfig()).mask_text(word, counts).startswith("state dump …[REDACTED] (cut from ")
+    # The operator's own shapes may reach any length: with value_patterns, nothing of the value is kept.
+    custom = Redactor(RedactionConfig(value_patterns={"ticket": r"TCK-\d{6}"}))
+    assert custom.mask_text(text, counts) == f"[REDACTED] ({len(text)} characters: too long to scan)"
 
 
 @pytest.mark.parametrize(
@@ -1001,3 +1007,39 @@ def test_an_argv_is_left_alone_when_credentials_are_not_masked() -> None:
     Redactor(RedactionConfig(mask_credentials=False)).value(value, counts)
     assert texts(value) == ["mysql", "-pS3cret"]
     assert not counts
+
+
+@pytest.mark.parametrize("offset", [100, 1000, 1900])
+def test_a_long_jwt_at_the_cut_of_a_value_too_long_to_scan_is_not_kept(offset: int) -> None:
+    """A JWT whose payload runs over UNSCANNED_MARGIN (an Azure AD or Keycloak token with many group claims):
+    the jwt rule needs both dots, and its second one is past what is scanned."""
+    import random
+    import string
+    from collections import Counter
+
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, UNSCANNED_MARGIN, Redactor
+
+    rnd = random.Random(offset)
+    part = lambda n: "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(n))  # noqa: E731
+    token = "eyJ" + part(60) + "." + part(6000) + "." + part(342)
+    start = MAX_SCANNED_CHARS - UNSCANNED_MARGIN - offset
+    text = "x" * (start - 1) + " " + token + " tail" * 10_000
+    assert Redactor(RedactionConfig()).mask_text(token, Counter()) == "[REDACTED]"  # masked whole when scanned
+    kept = Redactor(RedactionConfig()).mask_text(text, Counter()).split("…[REDACTED] (cut from")[0]
+    assert token[:12] not in kept, kept[start - 20 : start + 60]
+
+
+def test_a_custom_pattern_match_running_past_the_scanned_part_is_not_kept() -> None:
+    """value_patterns shapes longer than UNSCANNED_MARGIN (an armored PGP message) were masked whole before."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, UNSCANNED_MARGIN, Redactor
+
+    redactor = Redactor(
+        RedactionConfig(value_patterns={"pgp_message": r"-----BEGIN PGP MESSAGE-----[\s\S]*?-----END PGP MESSAGE-----"})
+    )
+    secret = "-----BEGIN PGP MESSAGE-----\nhQEMA" + "Q9x2" * 2500 + "\n-----END PGP MESSAGE-----"
+    start = MAX_SCANNED_CHARS - UNSCANNED_MARGIN - 1000
+    text = "x" * (start - 1) + " " + secret + " tail" * 10_000
+    kept = redactor.mask_text(text, Counter()).split("…[REDACTED] (cut from")[0]
+    assert "hQEMA" not in kept

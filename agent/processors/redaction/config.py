@@ -91,7 +91,8 @@ class RedactionConfig:
         "and Slack tokens, JWTs, passwords in URLs.",
     )
     value_patterns: dict[str, str] = setting(
-        doc="More credential shapes to mask: rule name → regular expression (the whole match is masked).",
+        doc="More credential shapes to mask: rule name → regular expression (the whole match is masked). With any "
+        "set, a text value over 128 Ki characters is replaced whole rather than cut to its scanned beginning.",
         default_factory=dict,
     )
     capture_content: bool = setting(

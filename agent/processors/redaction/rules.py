@@ -24,9 +24,11 @@ CONTENT_RULE = "content"
 TOO_LONG_RULE = "too_long"
 MAX_SCANNED_CHARS = 128 * 1024
 # Of a value cut to what is scanned, the end of the scanned part is left out too: a secret there may run on
-# past it, where no rule sees its end (a URL's password before its "@"). Every built-in rule's match is bounded
-# well below this, or runs to the end of the text (a private key without its END line).
+# past it, where no rule sees its end (a URL's password before its "@", a quoted SQL password). The built-in
+# rules' matches are bounded well below this but for a token's run of characters (a JWT of many claims, whose
+# rule needs both its dots), which is left out whole when it runs on past the scan.
 UNSCANNED_MARGIN = 4 * 1024
+_LEADING_TOKEN = re.compile(r"[\w.\-]*")  # of the scanned part reversed: "[\w.-]*\Z" searched forwards is quadratic
 
 # Words that make the name of a value a secret's (``token`` but not token counts, tokenizers or token types).
 # A name may go on after the word only with parts that keep it a secret's name (aws_secret_access_key,
@@ -59,7 +61,7 @@ _CODE = r"(?:[A-Za-z_]\w{0,63}+(?:\.[A-Za-z_]\w{0,63}+){0,8}+[(\[]|(?:self|cls|t
 # and a letter, then at most one value that is not an option; quoted parts may hold spaces.
 _CLI_WORD = r"""(?:[^\s|;&<>'"]|'[^'\r\n]{0,256}+'|"[^"\r\n]{0,256}+"){0,256}+"""
 _CLI_OPTIONS = (
-    r"(?:[ \t]{1,8}+-{1,2}+[A-Za-z]" + _CLI_WORD + r"(?:[ \t]{1,8}+(?![\-\s])(?=[^|;&<>])" + _CLI_WORD + r")?){0,16}?"
+    r"(?:[ \t]{1,8}+-{1,2}+[A-Za-z]" + _CLI_WORD + r"(?:[ \t]{1,8}+(?![\-\s])(?=[^|;&<>])" + _CLI_WORD + r")?+){0,16}?"
 )
 
 # name → (expression, replacement); a replacement keeps a leading group such as "Bearer ".
@@ -318,15 +320,28 @@ class Redactor:
             # (a state dump in a log line; prompts and documents are content, dropped by key before) only the
             # beginning is scanned and kept, as Loki cuts a line too long for it.
             counts[TOO_LONG_RULE] += 1
-            scanned = text[:MAX_SCANNED_CHARS]
-            if self._may_hold_credential(scanned):
-                scanned = self._masked(scanned, counts)
-            kept = scanned[: len(scanned) - UNSCANNED_MARGIN]
+            if self._custom:  # the operator's shapes may reach any length: nothing of the value is known safe
+                return f"{MASK} ({len(text)} characters: too long to scan)"
+            kept = self._scanned_beginning(text, counts)
             return f"{kept}…{MASK} (cut from {len(text)} characters: too long to scan whole)"
         if not self._may_hold_credential(text):
             self._remember_clean(text)
             return text
         return self._masked(text, counts)
+
+    def _scanned_beginning(self, text: str, counts: Counter[str]) -> str:
+        """The first ``MAX_SCANNED_CHARS`` of ``text`` masked, less their last ``UNSCANNED_MARGIN``, and less a word
+        of token characters that runs on past them (of which no rule saw the end)."""
+        scanned = text[:MAX_SCANNED_CHARS]
+        if self._may_hold_credential(scanned):
+            scanned = self._masked(scanned, counts)
+        cut = len(scanned) - UNSCANNED_MARGIN
+        after = text[MAX_SCANNED_CHARS]
+        if after.isalnum() or after in "_.-":
+            token = _LEADING_TOKEN.match(scanned[::-1])
+            assert token is not None  # the pattern matches, if only the empty run
+            cut = min(cut, len(scanned) - token.end())
+        return scanned[:cut]
 
     def _masked(self, text: str, counts: Counter[str]) -> str:
         for name, pattern, replacement in self._value_rules:
