@@ -173,6 +173,20 @@ async def test_lines_over_the_limit_are_truncated_with_a_marker_and_counted() ->
     assert value(metrics, "loki_truncated_total", what="line") == 1
 
 
+async def test_a_traceback_over_the_metadata_limit_reaches_loki_cut_and_counted() -> None:
+    """The Python SDK puts a logged exception's traceback in ``exception.stacktrace``: over the 64 KB Loki leaves
+    for structured metadata it was dropped whole (pass 155)."""
+    metrics = SelfMetrics()
+    stacktrace = "Traceback (most recent call last):\n" + '  File "app.py", line 1, in run\n' * 3000
+    with LokiDouble() as loki:
+        request = logs_request(records=[record("step failed", 1, **{"exception.stacktrace": stacktrace})])
+        await export(loki_config(loki.url), [(Signal.LOGS, request)], metrics, loki.entries)
+        ((_, entry),) = loki.entries()
+    assert entry.metadata["exception_stacktrace"].startswith("Traceback (most recent call last):")
+    assert entry.metadata["exception_stacktrace"].endswith(" bytes]")
+    assert value(metrics, "loki_truncated_total", what="metadata") == 1
+
+
 async def test_a_line_of_exactly_the_limit_is_whole_and_an_empty_label_attribute_adds_no_label() -> None:
     """Pass 146: a line at the limit was not tested (one byte more is cut), nor a configured label attribute that
     is present but empty (Loki drops empty label values; a stream must not be keyed by one)."""
@@ -1224,3 +1238,25 @@ async def test_a_push_cut_short_at_the_shutdown_deadline_is_unconfirmed_and_the_
     assert len(pushes.items) == 2
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="unconfirmed") == pushes.items[0]
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason="shutdown") == pushes.items[1]
+
+
+def test_two_entries_over_the_metadata_limit_share_the_room_left_within_it() -> None:
+    """The second entry waiting gets what the first one left, not the same room again."""
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES
+
+    metadata, mapper = _mapped_metadata({"a": "x" * 70_000, "b": "y" * 70_000, "c": "z"}, {})
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert dict(metadata)["a"].endswith(" bytes]") and dict(metadata)["c"] == "z"
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 1)
+
+
+def test_an_entry_held_for_a_cut_then_dropped_does_not_keep_its_place_among_the_128() -> None:
+    """A waiting entry holds a place among the 128; dropped at the end for want of room, it must not have cost an
+    entry after it that fits in the room left."""
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES, MAX_METADATA_ENTRIES
+
+    record = {"big": "x" * 70_000, **{f"k{i:03}": "v" * 510 for i in range(127)}, **{f"z{i}": "v" for i in range(5)}}
+    metadata, mapper = _mapped_metadata(record, {})
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert len(metadata) == MAX_METADATA_ENTRIES and dict(metadata)["z0"] == "v"
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (0, 5)  # big, and z1-z4 past the 128

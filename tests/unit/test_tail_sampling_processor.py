@@ -1106,3 +1106,12 @@ def test_a_record_of_a_trace_not_seen_yet_and_not_sampled_passes_at_once() -> No
     r.traces.consume(spans_request(span(unsampled, 1, root=True, error=True)))  # a span after all: its own trace
     r.tick_after(3)
     assert {s.trace_id for s in exported_spans(r.trace_sink)} == {unsampled}
+
+
+def test_an_error_log_known_by_its_severity_text_alone_keeps_its_trace_with_error_logs() -> None:
+    """The Loki level label's reading: no OTLP severity number, a text saying error (zap's, logrus')."""
+    r = rig(policies={"errors": {"error_logs": True}})
+    r.logs.consume(logs_request(log_record(DROPPED, body="handled", severity=0, severity_text="ERROR")))
+    r.traces.consume(spans_request(span(DROPPED, 1, root=True)))
+    r.tick_after(3)
+    assert len(exported_spans(r.trace_sink)) == 1

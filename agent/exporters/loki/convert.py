@@ -288,27 +288,38 @@ class StreamMapper:
         # then goes to the entries that waited, each cut as a line is (a traceback keeps its beginning).
         kept: list[tuple[str, str] | None] = []
         waiting: list[tuple[int, str, str]] = []
+        over_count: list[tuple[str, str]] = []  # fitting, but past the 128 places: they take any a waiting one frees
         room = MAX_METADATA_BYTES
         for name, value in metadata:
             size = len(name.encode()) + len(value.encode())
-            if size <= room and len(kept) < MAX_METADATA_ENTRIES:
+            if len(kept) >= MAX_METADATA_ENTRIES:
+                over_count.append((name, value))
+            elif size <= room:
                 kept.append((name, value))
                 room -= size
-            elif len(kept) < MAX_METADATA_ENTRIES and _cut_to(value, room - len(name.encode())) is not None:
+            elif _cut_to(value, room - len(name.encode())) is not None:
                 waiting.append((len(kept), name, value))  # its place among the entries, held for it
                 kept.append(None)
             else:
                 self.dropped_metadata += 1
         for index, name, value in waiting:
             cut = _cut_to(value, room - len(name.encode()))
-            if cut is None:
+            if cut is None:  # the entries after it took the room: its place goes to one past the 128 that fits
                 kept[index] = None
                 self.dropped_metadata += 1
                 continue
             kept[index] = (name, cut)
             room -= len(name.encode()) + len(cut.encode())
             self.truncated_metadata += 1
-        return [entry for entry in kept if entry is not None]
+        result = [entry for entry in kept if entry is not None]
+        for name, value in over_count:
+            size = len(name.encode()) + len(value.encode())
+            if len(result) < MAX_METADATA_ENTRIES and size <= room:
+                result.append((name, value))
+                room -= size
+            else:
+                self.dropped_metadata += 1
+        return result
 
     def _name(self, key: str) -> str:
         name = self._names.get(key)
