@@ -575,7 +575,12 @@ async def test_a_gateways_refusals_during_the_shutdown_flush_are_in_its_summary(
     assert failed > 0 and summaries == [{"traces": {"rejected": failed}}]
 
 
-async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing() -> None:
+async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_the_others_keep_flowing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each ejection is logged, and a busy gateway's as busy, not failed (pass 158: the line read like a dead
+    gateway's, and the second ejection, at the trial after the cooldown, was rate-limited away)."""
+    caplog.set_level(logging.WARNING)
     busy = Gateway(RetryableError("busy", reason="resource_exhausted", retry_after=0.01))
     gateways = {GATEWAYS[0]: busy, GATEWAYS[1]: Gateway(), GATEWAYS[2]: Gateway()}
     exporter, metrics = exporter_with(gateways, max_throttled=0.2)
@@ -592,6 +597,15 @@ async def test_a_gateway_busy_for_longer_than_max_throttled_leaves_the_ring_so_t
     exporter._ejected_until.clear()  # its cooldown is over: back in the ring, and still busy
     assert await exporter._push(Signal.TRACES, batch_of(60)) == 0  # out again at once, nothing waits for it
     assert metric_value(metrics.render().decode(), "otel_sidecar_loadbalancer_backend_ejections_total") == 2
+    ejections = [r.getMessage() for r in caplog.records if "its traces go to the next gateway" in r.getMessage()]
+    assert (
+        ejections
+        == [
+            f"gateway {GATEWAYS[0]} is still busy after max_throttled (200ms) (busy); its traces go to the next "
+            "gateway for 5s"
+        ]
+        * 2
+    )
 
 
 async def test_with_max_throttled_0_a_busy_gateway_is_waited_for_however_long_it_stays_busy(clock: FakeClock) -> None:
@@ -933,3 +947,32 @@ async def test_a_late_answer_from_a_gateway_the_resolver_dropped_leaves_no_state
     assert not [line for line in lines if "backend_ejections" in line and GATEWAYS[0] in line and "#" not in line]
     if answer == "taken":  # by the old connection: not the new one's delivery, and that one took nothing
         assert not [line for line in lines if "routed_items" in line and GATEWAYS[0] in line and "#" not in line]
+
+
+async def test_the_first_membership_is_logged_as_resolved_and_later_ones_as_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a reload the exporter is new, and its first membership read as every gateway added (pass 158)."""
+    caplog.set_level(logging.INFO)
+    exporter, _ = exporter_with({})
+    await exporter._set_backends(GATEWAYS)
+    await exporter._set_backends(GATEWAYS[1:])
+    lines = [(r.getMessage(), getattr(r, "added", None), getattr(r, "removed", None)) for r in caplog.records]
+    assert [line for line in lines if "gateway" in line[0]] == [
+        ("gateways resolved", None, None),
+        ("gateway membership changed", [], [GATEWAYS[0]]),
+    ]
+    await asyncio.gather(*(transport.close() for transport in exporter._transports.values()))
+
+
+async def test_a_failing_gateway_is_logged_as_failed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    gateways = {
+        GATEWAYS[0]: Gateway(RetryableError("connection refused", reason="unavailable")),
+        GATEWAYS[1]: Gateway(),
+    }
+    exporter, _ = exporter_with({**gateways, GATEWAYS[2]: Gateway()})
+    assert await exporter._push(Signal.TRACES, batch_of(60)) == 0
+    assert [r.getMessage() for r in caplog.records if "next gateway" in r.getMessage()] == [
+        f"gateway {GATEWAYS[0]} failed (connection refused); its traces go to the next gateway for 5s"
+    ]

@@ -60,6 +60,7 @@ class LoadBalancingExporter:
         self._settings = settings
         self._log = RateLimitedLog(settings.logger)
         self._transports: dict[str, Transport] = {}
+        self._resolved_once = False  # the first membership is no change: after a reload, all would read as added
         self._ejected_until: dict[str, float] = {}
         # (gateway, signal) answering "busy" since when, until the gateway takes data of that signal: kept across
         # an ejection, so that one still busy when it returns leaves again at its first busy answer instead of
@@ -147,6 +148,12 @@ class LoadBalancingExporter:
             self._forget_series_of(endpoint)
             asyncio.get_running_loop().call_later(float(self._config.protocol.timeout) + 1, _close_later, transport)
         self._backends.labels(self._settings.component_id).set(len(self._transports))
+        if not self._resolved_once:
+            self._resolved_once = True
+            self._settings.logger.info(
+                "gateways resolved", extra={"exporter": self._settings.component_id, "gateways": endpoints}
+            )
+            return
         self._settings.logger.info(
             "gateway membership changed",
             extra={"exporter": self._settings.component_id, "gateways": endpoints, "added": added, "removed": removed},
@@ -238,11 +245,18 @@ class LoadBalancingExporter:
         self._ejected_at[endpoint] = now
         self._ejected_until[endpoint] = now + float(self._config.backend_cooldown)
         self._ejections.labels(self._settings.component_id, endpoint).inc()
-        self._log.warning(
-            f"eject:{endpoint}",
-            f"gateway {endpoint} failed ({error}); its traces go to the next gateway for "
+        if getattr(error, "retry_after", None) is not None:
+            why = "is busy"  # alive, asking for a delay: past max_throttled, or with no retry to come
+            if self._retry_to_come():
+                why = f"is still busy after max_throttled ({self._config.max_throttled.render()})"
+        else:
+            why = "failed"
+        # Not rate-limited: at most one per gateway per backend_cooldown, and each is a change of the ring an
+        # operator reads the log for (a second one, after the trial that followed the cooldown, was suppressed).
+        self._settings.logger.warning(
+            f"gateway {endpoint} {why} ({error}); its traces go to the next gateway for "
             f"{self._config.backend_cooldown.render()}",
-            exporter=self._settings.component_id,
+            extra={"exporter": self._settings.component_id},
         )
 
     # --- sending ----------------------------------------------------------------------------------------------
