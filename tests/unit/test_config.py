@@ -1120,3 +1120,23 @@ service: {pipelines: {traces: {receivers: [otlp], processors: [tail_sampling], e
     config = load_text(text, environ={"MIN": "~", "MAX": "10"})
     [rule] = config.processors["tail_sampling"].config.policies.attributes
     assert (rule.min_value, rule.max_value) == (None, 10.0)
+
+
+def test_an_unknown_retention_class_is_said_before_the_class_no_exporter_takes() -> None:
+    """The unknown class is the cause of the class none takes: validate lists it first."""
+    text = """
+receivers: {otlp: {}}
+exporters:
+  otlp/archive: {endpoint: "jaeger:4317", retention_classes: [eror]}
+  otlp: {endpoint: "jaeger:4317", retention_classes: [standard]}
+service:
+  pipelines: {traces: {receivers: [otlp], exporters: [otlp/archive, otlp]}}
+  retention: {classes: {error: 30d, standard: 7d}}
+"""
+    with pytest.raises(ConfigInvalid) as raised:
+        load_text(text, environ={})
+    said = [str(e) for e in raised.value.errors]
+    assert [e.split(":", 1)[0] for e in said] == [
+        "exporters.otlp/archive.retention_classes[0]",
+        "service.pipelines.traces.exporters",
+    ], said

@@ -1250,6 +1250,47 @@ def test_two_entries_over_the_metadata_limit_share_the_room_left_within_it() -> 
     assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 1)
 
 
+def test_a_cut_entry_spends_the_room_its_name_takes_too() -> None:
+    """A long name counts against the limit like its value: a second waiting entry must not get the room the first
+    one's name took."""
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES
+
+    metadata, mapper = _mapped_metadata({"n" * 400: "x" * 70_000, "m": "y" * 70_000}, {})
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert (mapper.truncated_metadata, mapper.dropped_metadata) == (1, 1)
+
+
+async def test_cut_metadata_is_counted_once_across_batches() -> None:
+    """The count of entries cut is reset with each batch's: a second batch must not count the first one's again."""
+    metrics = SelfMetrics()
+    stacktrace = "Traceback (most recent call last):\n" + '  File "app.py", line 1, in run\n' * 3000
+    with LokiDouble() as loki:
+        exporter = LokiExporter(loki_config(loki.url), make_settings("loki", metrics))
+        await exporter.start()
+        try:
+            for i in range(2):  # one after the other: two batches, not one merged
+                request = logs_request(records=[record(f"step {i}", 1, **{"exception.stacktrace": stacktrace})])
+                exporter.consumer_for(Signal.LOGS).consume(request)
+                deadline = time.monotonic() + 10
+                while len(loki.entries()) <= i and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+        finally:
+            await exporter.shutdown(time.monotonic() + 5)
+    assert value(metrics, "loki_truncated_total", what="metadata") == 2
+
+
+def test_an_entry_past_the_128_takes_a_place_freed_only_if_it_fits_the_room_left() -> None:
+    """A waiting entry dropped frees its place among the 128; one past them that does not fit the room left must
+    not take it, however its place was freed."""
+    from agent.exporters.loki.convert import MAX_METADATA_BYTES
+
+    record = {"big": "x" * 70_000, **{f"k{i:03}": "v" * 510 for i in range(127)}, "z0": "w" * 600}
+    metadata, mapper = _mapped_metadata(record, {})
+    assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
+    assert "z0" not in dict(metadata)
+    assert mapper.dropped_metadata == 2  # big, and z0
+
+
 def test_an_entry_held_for_a_cut_then_dropped_does_not_keep_its_place_among_the_128() -> None:
     """A waiting entry holds a place among the 128; dropped at the end for want of room, it must not have cost an
     entry after it that fits in the room left."""
@@ -1260,3 +1301,18 @@ def test_an_entry_held_for_a_cut_then_dropped_does_not_keep_its_place_among_the_
     assert sum(len(n.encode()) + len(v.encode()) for n, v in metadata) <= MAX_METADATA_BYTES
     assert len(metadata) == MAX_METADATA_ENTRIES and dict(metadata)["z0"] == "v"
     assert (mapper.truncated_metadata, mapper.dropped_metadata) == (0, 5)  # big, and z1-z4 past the 128
+
+
+@pytest.mark.parametrize("room", [400, 401, 402])
+def test_a_metadata_value_cut_fits_its_room_and_says_what_it_left_out(room: int) -> None:
+    """Cut between the bytes of a character, the value keeps whole characters only, within the room, and its
+    marker counts the bytes left out."""
+    from agent.exporters.loki.convert import _cut_to
+
+    value = "é" * 1000  # 2000 bytes
+    cut = _cut_to(value, room)
+    assert cut is not None and "\ufffd" not in cut
+    assert len(cut.encode()) <= room
+    kept, marker = cut.split("…[truncated ")
+    assert value.startswith(kept)
+    assert marker == f"{len(value.encode()) - len(kept.encode())} bytes]"

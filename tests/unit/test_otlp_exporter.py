@@ -829,10 +829,11 @@ async def test_a_grpc_deadline_passing_while_the_backend_handles_the_call_may_ha
     possible duplicate (unlike a deadline passing while connecting)."""
     server, port, received = await backend_that_never_answers()
     try:
-        error = await failed_export(grpc_transport_to(port), timeout=1)
+        error = await failed_export(grpc_transport_to(port), timeout=1.0)  # a float, as from a Duration setting
     finally:
         await server.stop(0)
     assert received.is_set()
+    assert "Deadline Exceeded" in str(error)  # gRPC's own words are kept
     assert (error.reason, error.maybe_delivered) == ("deadline_exceeded", True)
     # gRPC says only "Deadline Exceeded": which limit, and whose setting (pass 152)
     assert str(error).endswith(": no answer within 1s (the exporter's timeout)"), str(error)

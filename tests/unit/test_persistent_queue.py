@@ -403,8 +403,9 @@ async def test_two_agents_cannot_share_a_queue_directory(tmp_path: Path) -> None
     first = PersistentStore(tmp_path / "otlp", config, make_settings("otlp"))
     await first.open()
     second = PersistentStore(tmp_path / "otlp", config, make_settings("otlp"))
-    with pytest.raises(QueueDirectoryBusy, match="in use by another agent"):
+    with pytest.raises(QueueDirectoryBusy, match="in use by another agent") as raised:
         await second.open()
+    assert str(raised.value).startswith("sending_queue.storage.directory: ")  # the agent prefixes the exporter
     await first.close()
 
 
@@ -1032,3 +1033,15 @@ async def test_a_second_unreadable_segment_does_not_overwrite_the_one_set_aside_
     await queue_while_down(queue_config(tmp_path), [])
     kept = sorted(p.read_bytes() for p in tmp_path.rglob("*.damaged*"))
     assert first in kept, "the segment set aside first was overwritten"
+
+
+def test_a_segment_set_aside_takes_the_first_name_not_taken(tmp_path: Path) -> None:
+    """Set aside at a third start, a segment of a number set aside twice before keeps both earlier ones."""
+    from agent.exporters._helper.persistent_queue import _free_name
+
+    damaged = tmp_path / "00000001.damaged"
+    assert _free_name(damaged) == damaged
+    damaged.write_bytes(b"first")
+    assert _free_name(damaged) == tmp_path / "00000001.damaged.1"
+    (tmp_path / "00000001.damaged.1").write_bytes(b"second")
+    assert _free_name(damaged) == tmp_path / "00000001.damaged.2"

@@ -76,6 +76,8 @@ def test_validate_check_files_warns_of_it_and_still_passes(tmp_path: Path, capsy
         (1536 * 2**30, "1.5 TiB"),
         (200 * 2**10, "200 KiB"),
         (3 * 2**29, "1.5 GiB"),
+        (2**30, "1 GiB"),  # a unit reached exactly is that unit, not 1024 of the one below
+        (int(1.34 * 2**30), "1.3 GiB"),  # one decimal at most
         (512, "512 B"),
     ],
 )

@@ -526,6 +526,22 @@ def test_a_secret_at_the_cut_of_a_value_too_long_to_scan_is_not_kept(secret: str
     assert len(visible) < 12 or visible.startswith(("[REDACTED]", "postgres://app:[REDACTED]")), visible[:80]
 
 
+@pytest.mark.parametrize("after", [".", "-", "_", "A"])
+def test_a_token_running_on_past_the_scan_is_left_out_whatever_token_character_follows(after: str) -> None:
+    """A JWT's run of characters crossing the end of the scan is left out whole, whether the character past the
+    scan is a letter or one of a token's dots, dashes and underscores (no rule saw the token's end)."""
+    from collections import Counter
+
+    from agent.processors.redaction.rules import MAX_SCANNED_CHARS, Redactor
+
+    start = MAX_SCANNED_CHARS - 6000
+    token = "eyJhbGciOiJIUzI1NiJ9" + "A" * (MAX_SCANNED_CHARS - start - 20)
+    text = "x" * (start - 1) + " " + token + after + "B" * 100 + ".sig" + " tail" * 10_000
+    assert text[MAX_SCANNED_CHARS] == after
+    masked = Redactor(RedactionConfig()).mask_text(text, Counter())
+    assert "eyJ" not in masked.split("…[REDACTED] (cut from")[0]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -898,6 +914,7 @@ def test_anthropic_keys_are_counted_as_anthropic_not_openai(kind: str) -> None:
         ("mysql -u app -pXy7&k2<Qz shop", "mysql -u app -p[REDACTED] shop"),
         # The database first (mysql reads its options wherever they stand), but only one bare word
         ("mysql shop -pS3cret", "mysql shop -p[REDACTED]"),
+        ("mysqldump app$prod -pS3cret", "mysqldump app$prod -p[REDACTED]"),  # a $ in a database name
         ("mysql -u app shop -h db -pS3cret", "mysql -u app shop -h db -p[REDACTED]"),
         ("mysql is slow, gcc -pthread", "mysql is slow, gcc -pthread"),
         ("sshpass host -phunter2", "sshpass host -phunter2"),

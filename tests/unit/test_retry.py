@@ -144,6 +144,16 @@ async def test_a_batch_given_up_says_how_often_it_was_tried_and_why_no_more() ->
     ), raised.value.given_up
 
 
+async def test_a_short_retry_after_does_not_read_as_the_reason_the_retries_ended() -> None:
+    """A server's Retry-After well within the budget is not why the batch was given up: the budget was spent."""
+    short = RetryConfig(initial_interval=0.4, max_interval=0.4, randomization_factor=0, max_elapsed_time=1.0)
+    errors = [RetryableError("busy", reason="http_503", retry_after=0.001) for _ in range(10)]
+    with pytest.raises(RetryableError) as raised:
+        await sender(ScriptedPush(*errors), short).send(Signal.TRACES, Message())
+    assert "asked to retry" not in raised.value.given_up
+    assert raised.value.given_up.endswith(": the next retry would pass retry_on_failure.max_elapsed_time (1s)")
+
+
 async def test_a_disabled_retry_makes_one_attempt() -> None:
     push = ScriptedPush(RetryableError("down", reason="unavailable"))
     with pytest.raises(RetryableError):

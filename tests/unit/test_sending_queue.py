@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -261,6 +262,24 @@ async def test_a_batch_given_up_after_an_attempt_timed_out_is_counted_as_unconfi
     text = metrics.render().decode()
     assert attempts > 1
     assert metric_value(text, "otel_sidecar_exporter_send_failed_items_total", reason=reason) == items
+
+
+async def test_a_batch_given_up_logs_how_often_it_was_tried(caplog: pytest.LogCaptureFixture) -> None:
+    """The drop line carries the retries' account (attempts, time, why no more), between the reason and the error."""
+    metrics = SelfMetrics()
+
+    async def push(signal: Signal, batch: Message) -> None:
+        raise RetryableError("down", reason="unavailable")
+
+    retry = RetryConfig(initial_interval=0.01, max_interval=0.01, randomization_factor=0, max_elapsed_time=0.05)
+    queue = SendingQueue(settings(metrics), SendingQueueConfig(num_consumers=1), push, retry=retry)
+    await queue.start()
+    with caplog.at_level(logging.WARNING):
+        queue.offer(Signal.TRACES, batches(1)[0])
+        await queue.shutdown(time.monotonic() + 5)
+    (line,) = [r.getMessage() for r in caplog.records if "giving up on the batch" in r.getMessage()]
+    given_up = r"giving up on the batch \(retries_exhausted\) after \d+ attempts in [\d.]+s: the next retry would pass"
+    assert re.search(given_up, line), line
 
 
 async def test_merged_exports_stay_under_max_bytes_and_a_larger_request_is_split_to_fit() -> None:
