@@ -168,6 +168,24 @@ GUARD = "sidecar.native needs Kubernetes 1.29+"
 APP = {"workload": {"containers": [{"name": "orchestrator", "image": "orchestrator:1"}]}}
 
 
+def helm_install(
+    helm_python: Path, tmp_path: Path, values: dict[str, Any], kube_version: str = "1.30", chart: Path = CHART
+) -> tuple[dict[str, Any], list[str]]:
+    """``helm install`` of ``chart`` with ``values`` against a stand-in API server of ``kube_version``
+    (``tests/tools/fake_kube_api.py``: no cluster runs here): Helm's outcome, which must be a failure, and the
+    requests the server saw."""
+    with FakeKubeApi(kube_version) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        result = subprocess.run(
+            [str(helm_python), str(HELM_INSTALL), str(chart), str(kubeconfig), json.dumps(values)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    outcome = json.loads(result.stdout)
+    assert not outcome["ok"]
+    return outcome, api.requests
+
+
 @pytest.mark.parametrize(
     ("kube_version", "native", "guarded"),
     [("1.28", True, True), ("1.29", True, False), ("1.28", False, False)],
@@ -178,23 +196,14 @@ def test_a_native_sidecar_is_refused_on_clusters_older_than_1_29(
     """``helm install`` against a stand-in API server of the given version (``tests/tools/fake_kube_api.py``: no
     cluster runs here). Below 1.29 a native sidecar fails with the chart's message before anything is written;
     otherwise rendering passes and Helm fails only later, at the stand-in's missing ``apps/v1``."""
-    with FakeKubeApi(kube_version) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(api.kubeconfig())
-        values = {**APP, "sidecar": {"native": native}}
-        result = subprocess.run(
-            [str(helm_python), str(HELM_INSTALL), str(CHART), str(kubeconfig), json.dumps(values)],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
-    outcome = json.loads(result.stdout)
-    assert not outcome["ok"]
-    assert "GET /version" in api.requests  # the version came from the server
+    outcome, requests = helm_install(helm_python, tmp_path, {**APP, "sidecar": {"native": native}}, kube_version)
+    assert "GET /version" in requests  # the version came from the server
     if guarded:
         assert f"{GUARD} and this cluster is v{kube_version}.0: set sidecar.native=false" in outcome["error"]
     else:
         assert GUARD not in outcome["error"]
         assert "no matches for kind" in outcome["error"]  # rendered, then stopped at building the objects
-    assert not [r for r in api.requests if not r.startswith("GET ")]  # nothing was written
+    assert not [r for r in requests if not r.startswith("GET ")]  # nothing was written
 
 
 def test_native_sidecar_is_the_first_init_container_with_restart_policy_always(rendered: Any) -> None:
@@ -455,18 +464,9 @@ def test_a_parent_chart_rolls_its_pods_when_the_agent_config_changes(helm_python
 def test_a_parent_chart_injecting_a_native_sidecar_is_refused_on_clusters_older_than_1_29(
     helm_python: Path, tmp_path: Path
 ) -> None:
-    parent = parent_chart(tmp_path)
-    with FakeKubeApi("1.28") as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(api.kubeconfig())
-        result = subprocess.run(
-            [str(helm_python), str(HELM_INSTALL), str(parent), str(kubeconfig), "{}"],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
-    outcome = json.loads(result.stdout)
-    assert not outcome["ok"]
+    outcome, requests = helm_install(helm_python, tmp_path, {}, "1.28", parent_chart(tmp_path))
     assert f"{GUARD} and this cluster is v1.28.0: set sidecar.native=false" in outcome["error"]
-    assert not [r for r in api.requests if not r.startswith("GET ")]  # nothing was written
+    assert not [r for r in requests if not r.startswith("GET ")]  # nothing was written
 
 
 def test_the_agents_memory_limit_is_the_default_the_docs_give() -> None:
@@ -1132,18 +1132,9 @@ def test_a_regular_sidecar_is_held_back_while_the_orchestrator_flushes(rendered:
 
 
 def helm_install_error(helm_python: Path, tmp_path: Path, values: dict[str, Any]) -> str:
-    """Helm's own message for ``helm install`` with ``values`` (against the stand-in API server, 1.30): what an
-    operator reads when the values schema or a template refuses them."""
-    with FakeKubeApi("1.30") as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(api.kubeconfig())
-        result = subprocess.run(
-            [str(helm_python), str(HELM_INSTALL), str(CHART), str(kubeconfig), json.dumps(values)],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
-    outcome = json.loads(result.stdout)
-    assert not outcome["ok"]
-    return str(outcome["error"])
+    """Helm's own message for ``helm install`` with ``values``: what an operator reads when the values schema or
+    a template refuses them."""
+    return str(helm_install(helm_python, tmp_path, values)[0]["error"])
 
 
 def test_a_gateway_given_workload_containers_is_refused_naming_the_value(helm_python: Path, tmp_path: Path) -> None:
