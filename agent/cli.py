@@ -21,6 +21,7 @@ import yaml
 from agent import __version__
 from agent.config.loader import AgentConfig, load_path
 from agent.config.schema import ConfigInvalid
+from agent.exporters._helper.queue_volumes import oversubscribed_queue_volumes
 
 EXIT_OK = 0
 EXIT_INVALID_CONFIG = 1
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INVALID_CONFIG
         for path in config.unused_components():
             print(f"{source}: warning: {path}: defined but used by no pipeline (it does nothing)", file=sys.stderr)
-        for problem in _queue_volume_problems(config) if args.check_files else []:
+        for problem in oversubscribed_queue_volumes(config) if args.check_files else []:
             print(f"{source}: warning: {problem}", file=sys.stderr)
         print(f"{source}: valid" + (", and its files and queue directories are usable" if args.check_files else ""))
         return EXIT_OK
@@ -102,12 +103,6 @@ def _build_problems(config: AgentConfig) -> list[str]:
     except Exception as exc:
         problems.append(str(exc))
     return problems + _directory_problems(config)
-
-
-def _queue_volume_problems(config: AgentConfig) -> list[str]:
-    from agent.exporters._helper.queue_volumes import oversubscribed_queue_volumes
-
-    return oversubscribed_queue_volumes(config)
 
 
 def _directory_problems(config: AgentConfig) -> list[str]:

@@ -3,6 +3,8 @@ class, so that a record labelled `level="error"` is never classed as a normal on
 
 from __future__ import annotations
 
+from typing import Any
+
 LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 ERROR_LEVELS = frozenset({"error", "fatal"})
 _LEVELS_BY_TEXT = {
@@ -33,6 +35,12 @@ def level_of(severity_number: int, severity_text: str) -> str:
     if 1 <= severity_number <= 24:
         return LEVELS[(severity_number - 1) // 4]
     return _LEVELS_BY_TEXT.get(severity_text.strip().lower(), "unknown") if severity_text else "unknown"
+
+
+def is_error_record(record: Any) -> bool:
+    """Whether a log record is an error or worse, as the Loki exporter's ``level`` label reads it: the sampler's
+    error class of records and its ``error_logs`` policy read it alike."""
+    return level_of(record.severity_number, record.severity_text) in ERROR_LEVELS
 
 
 def level_of_text(text: str) -> str | None:

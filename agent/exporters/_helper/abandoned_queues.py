@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agent.config.loader import AgentConfig
 
 
-def _storage_roots(config: AgentConfig) -> dict[str, str]:
+def storage_roots(config: AgentConfig) -> dict[str, str]:
     """The storage directory of each exporter of ``config`` that queues on disk, by exporter id."""
     roots: dict[str, str] = {}
     for exporter_id, component in config.exporters.items():
@@ -38,14 +38,14 @@ def _normal(path: str | Path) -> str:
 
 
 def queue_roots(config: AgentConfig) -> set[str]:
-    return {_normal(root) for root in _storage_roots(config).values()}
+    return {_normal(root) for root in storage_roots(config).values()}
 
 
 def directories_in_use(config: AgentConfig, exporters: Collection[str]) -> set[str]:
     """The queue directories of the exporters ``exporters`` (the ones built) of ``config``."""
     return {
         _normal(queue_directory(root, exporter_id))
-        for exporter_id, root in _storage_roots(config).items()
+        for exporter_id, root in storage_roots(config).items()
         if exporter_id in exporters
     }
 

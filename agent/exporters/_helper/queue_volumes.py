@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.component import Kind
+from agent.exporters._helper.abandoned_queues import storage_roots
 
 if TYPE_CHECKING:
     from agent.config.loader import AgentConfig
@@ -23,17 +24,16 @@ def oversubscribed_queue_volumes(config: AgentConfig) -> list[str]:
     than the volume's size. Reads the filesystem; a directory that cannot be looked at is left out (a start
     reports it)."""
     by_volume: dict[int, tuple[Path, list[tuple[str, int]]]] = {}
-    for exporter_id, component in config.exporters.items():
-        queue = getattr(component.config, "sending_queue", None)
-        root = getattr(getattr(queue, "storage", None), "directory", "")
-        if not root or not config.in_a_pipeline(Kind.EXPORTER, exporter_id):
+    for exporter_id, root in storage_roots(config).items():
+        if not config.in_a_pipeline(Kind.EXPORTER, exporter_id):
             continue
         try:
             existing = _nearest_existing(Path(root))
             device = existing.stat().st_dev
         except OSError:
             continue
-        by_volume.setdefault(device, (existing, []))[1].append((exporter_id, int(getattr(queue, "max_bytes", 0))))
+        max_bytes = config.exporters[exporter_id].config.sending_queue.max_bytes
+        by_volume.setdefault(device, (existing, []))[1].append((exporter_id, max_bytes))
     problems = []
     for existing, queues in by_volume.values():
         try:

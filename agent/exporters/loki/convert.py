@@ -233,10 +233,7 @@ class StreamMapper:
         if len(raw) <= self._max_line_bytes:
             return line
         self.truncated_lines += 1
-        # The marker names the bytes really removed; its longest form (all of them) sets the room it takes.
-        room = len(f"…[truncated {len(raw)} bytes]".encode())
-        kept = raw[: self._max_line_bytes - room].decode("utf-8", "ignore")
-        return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
+        return _cut(raw, self._max_line_bytes)
 
     def _metadata(self, record: Any, shared: list[tuple[str, str]]) -> list[tuple[str, str]]:
         metadata: list[tuple[str, str]] = []
@@ -334,11 +331,19 @@ _SHORTEST_CUT_VALUE = 256  # bytes kept of a value cut to fit: less than this sa
 
 
 def _cut_to(value: str, room: int) -> str | None:
-    """``value`` within ``room`` bytes, cut at a character boundary and ending with ``…[truncated N bytes]``; None
-    when too little of it would be left."""
+    """``value`` cut to ``room`` bytes as a line is; None when too little of it would be left."""
     raw = value.encode()
-    marker_room = len(f"…[truncated {len(raw)} bytes]".encode())
-    if room - marker_room < _SHORTEST_CUT_VALUE:
+    if room - len(_marker(len(raw))) < _SHORTEST_CUT_VALUE:
         return None
-    kept = raw[: room - marker_room].decode("utf-8", "ignore")
+    return _cut(raw, room)
+
+
+def _cut(raw: bytes, limit: int) -> str:
+    """``raw`` (UTF-8) within ``limit`` bytes, cut at a character boundary and ending with ``…[truncated N
+    bytes]``. The marker names the bytes really removed; its longest form (all of them) sets the room it takes."""
+    kept = raw[: limit - len(_marker(len(raw)))].decode("utf-8", "ignore")
     return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
+
+
+def _marker(removed: int) -> bytes:
+    return f"…[truncated {removed} bytes]".encode()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.otlp.severity import ERROR_LEVELS, level_of
+from agent.otlp.severity import is_error_record
 from agent.processors.tail_sampling.policies import Decision
 
 SEVERITY_POLICY = "severity"
@@ -29,7 +29,7 @@ class LogClassifier:
 
     def is_error(self, record: Any) -> bool:
         # The reading the Loki exporter's `level` label uses: an error class and an `info` label never meet.
-        return level_of(record.severity_number, record.severity_text) in ERROR_LEVELS
+        return is_error_record(record)
 
     def by_severity(self, record: Any) -> LogClass:
         return self._error if self.is_error(record) else self._default

@@ -3,7 +3,7 @@ optionally with an ERROR log record held with it."""
 
 from __future__ import annotations
 
-from agent.otlp.severity import ERROR_LEVELS, level_of
+from agent.otlp.severity import is_error_record
 from agent.processors.tail_sampling.buffer import BufferedTrace
 from agent.processors.tail_sampling.config import ErrorsPolicyConfig
 from agent.processors.tail_sampling.policies import EvaluationContext
@@ -24,7 +24,7 @@ class ErrorsPolicy:
             return 0
         if (self._error_type or self._http) and self._any_error_attribute(trace):
             return 0
-        if self._logs and trace.logs and _any_error_record(trace):
+        if self._logs and any(is_error_record(r) for _, _, records in trace.logs for r in records):
             return 0
         return None
 
@@ -37,12 +37,3 @@ class ErrorsPolicy:
                 if self._http and key == "http.response.status_code" and kv.value.int_value >= 500:
                     return True
         return False
-
-
-def _any_error_record(trace: BufferedTrace) -> bool:
-    """The reading of the Loki exporter's ``level`` label and of the records' own class (``LogClassifier``)."""
-    return any(
-        level_of(record.severity_number, record.severity_text) in ERROR_LEVELS
-        for _, _, records in trace.logs
-        for record in records
-    )
